@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The local cluster's demo (run by run.sh once the cluster is up): a phased rollout shown
+# by `status` and `watch` until it completes, then a label-staged fleet rollout with
+# simulated agents and a `continue`. Usage: demo.sh BIN_DIR
+set -euo pipefail
+BIN="$1"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CTL=("$BIN/rolloutctl" -n demo)
+step() { printf '\n\033[1;36m-- %s\033[0m\n' "$*"; }
+show() { printf '\033[2m$ rolloutctl -n demo %s\033[0m\n' "$*"; "${CTL[@]}" "$@"; }
+
+step "1. a flag"
+show flag create -f "$HERE/demo/flag.yaml" || show flag get demo-checkout
+
+step "2. a phased rollout: 10 % → 25 % → 50 % → 100 %, four seconds each"
+created=$("${CTL[@]}" --json rollout create -f "$HERE/demo/phased.yaml")
+rollout_id=$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rollout_id"])')
+echo "created rollout $rollout_id"
+show rollout status "$rollout_id"
+
+step "3. which side do entities get? (evaluated by the evaluators, in memory)"
+for user in user-1 user-2 user-3 user-4 user-5; do
+    printf '%s → ' "$user"
+    "${CTL[@]}" eval demo-checkout --entity "$user" --explain | head -n 1
+done
+
+step "4. watch the tickers advance it (Ctrl-C leaves the cluster running)"
+show rollout watch "$rollout_id"
+show rollout status "$rollout_id"
+
+step "5. a fleet rollout by label stages, with 30 simulated agents"
+show flag create -f "$HERE/demo/agent-flag.yaml" || true
+"$BIN/loadtest" agents --nats-url "$ROLLOUT_NATS__URL" --namespace demo --flag demo-collector-config \
+    --count 30 --duration 90s >"${LOGS:-/tmp}/agents.log" 2>&1 &
+agents=$!
+trap 'kill $agents 2>/dev/null || true' EXIT
+sleep 2
+staged=$("${CTL[@]}" --json rollout create -f "$HERE/demo/stages.yaml")
+staged_id=$(printf '%s' "$staged" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rollout_id"])')
+echo "created rollout $staged_id: the canary stage is released, agents apply v2"
+sleep 6
+show rollout status "$staged_id"
+echo "the canary gate (80 % applied) releases prod-eu by itself; prod-us waits for continue"
+sleep 6
+show rollout status "$staged_id"
+
+step "6. continue: release prod-us"
+show rollout continue "$staged_id"
+sleep 6
+show rollout status "$staged_id"
+show rollout audit --rollout "$staged_id"
+kill "$agents" 2>/dev/null || true
+step "demo done"

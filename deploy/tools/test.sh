@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# THE one command that runs every test of the workspace:
+#   1. deploy/tools/install.sh (nats-server >= 2.10, redis-server, cargo-nextest);
+#   2. cargo nextest run --workspace --all-targets (profile "ci");
+#   3. cargo test --workspace --doc (nextest does not run doctests).
+# Tests start their own nats-server/redis-server on free ports (see
+# shared/rollout-testkit); the machine's servers on 4222/6379 are not used.
+# Exits non-zero if anything fails; both test steps run even if the first fails.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+bash deploy/tools/install.sh
+
+# The test kit finds .tools/bin on its own; exporting keeps every process
+# (and any tool run from a test) on the same binary.
+export ROLLOUT_NATS_SERVER_BIN="${ROLLOUT_NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+status=0
+
+echo "=== cargo nextest run --workspace --all-targets ==="
+cargo nextest run --workspace --all-targets --no-fail-fast --profile ci || status=$?
+
+echo "=== cargo test --workspace --doc ==="
+cargo test --workspace --doc --no-fail-fast || status=$?
+
+if [ "$status" -ne 0 ]; then
+    echo "test.sh: FAILED (exit $status)"
+else
+    echo "test.sh: all tests passed"
+fi
+exit "$status"

@@ -1,0 +1,8 @@
+//! The scenarios, one module each: `run(args) -> Report`.
+
+pub mod agents;
+pub mod commands;
+pub mod eval;
+pub mod failover;
+pub mod propagation;
+pub mod ticker;

@@ -1,0 +1,310 @@
+//! Where a scenario's load goes: private `nats-server` / `redis-server` processes started
+//! by `rollout-testkit` (the default), or a running cluster on this machine given by
+//! `--nats-url` / `--redis-url`; and the services a private run starts in process
+//! (planner, evaluators, ticker) with their one shutdown signal.
+//!
+//! **Loopback only:** every URL must name this machine. The load generator measures
+//! latency against Redis `TIME` with its own clock, and it must never be pointed at
+//! somebody else's servers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context};
+use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
+use planner::{Planner, PlannerConfig};
+use redis::aio::ConnectionManager;
+use rollout_runtime::config::{NatsSettings, RedisSettings};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_testkit::TestCluster;
+use rollout_wire::subjects::{Namespace, Subjects};
+use ticker::{Ticker, TickerSettings};
+
+use crate::cli::Common;
+
+/// The servers a scenario talks to.
+#[derive(Debug)]
+pub enum Servers {
+    /// Started for this run; killed when dropped.
+    Private(Box<TestCluster>),
+    /// A running cluster.
+    External {
+        /// Its NATS.
+        nats_url: String,
+        /// Its Redis, when given.
+        redis_url: Option<String>,
+    },
+}
+
+impl Servers {
+    /// The servers named by `common`, or fresh private ones.
+    pub async fn from_common(common: &Common) -> anyhow::Result<Servers> {
+        match (&common.nats_url, &common.redis_url) {
+            (Some(nats_url), redis_url) => {
+                ensure_loopback(nats_url)
+                    .map_err(|error| crate::usage(format!("--nats-url: {error:#}")))?;
+                if let Some(redis_url) = redis_url {
+                    ensure_loopback(redis_url)
+                        .map_err(|error| crate::usage(format!("--redis-url: {error:#}")))?;
+                }
+                Ok(Servers::External {
+                    nats_url: nats_url.clone(),
+                    redis_url: redis_url.clone(),
+                })
+            }
+            (None, Some(_)) => Err(crate::usage("--redis-url needs --nats-url as well")),
+            (None, None) => Servers::start_private().await,
+        }
+    }
+
+    /// Starts a private NATS (JetStream on) and Redis.
+    pub async fn start_private() -> anyhow::Result<Servers> {
+        let cluster = tokio::task::spawn_blocking(TestCluster::start)
+            .await
+            .context("server start task")?
+            .context("starting nats-server and redis-server (run deploy/tools/install.sh once)")?;
+        Ok(Servers::Private(Box::new(cluster)))
+    }
+
+    /// Whether the servers were started for this run.
+    pub fn is_private(&self) -> bool {
+        matches!(self, Servers::Private(_))
+    }
+
+    /// `private` or `external`, for reports.
+    pub fn mode(&self) -> &'static str {
+        if self.is_private() {
+            "private"
+        } else {
+            "external"
+        }
+    }
+
+    /// The NATS URL.
+    pub fn nats_url(&self) -> String {
+        match self {
+            Servers::Private(cluster) => cluster.nats.url(),
+            Servers::External { nats_url, .. } => nats_url.clone(),
+        }
+    }
+
+    /// The Redis URL, if known.
+    pub fn redis_url(&self) -> Option<String> {
+        match self {
+            Servers::Private(cluster) => Some(cluster.redis.url()),
+            Servers::External { redis_url, .. } => redis_url.clone(),
+        }
+    }
+
+    /// The Redis URL, or an error saying what needs it.
+    pub fn require_redis(&self, why: &str) -> anyhow::Result<String> {
+        self.redis_url()
+            .with_context(|| format!("{why} needs --redis-url with --nats-url"))
+    }
+
+    /// A NATS connection.
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        connect_nats(&self.nats_url()).await
+    }
+
+    /// A Redis connection.
+    pub async fn redis(&self, why: &str) -> anyhow::Result<ConnectionManager> {
+        connect_redis(&self.require_redis(why)?).await
+    }
+}
+
+/// A NATS connection to `url`.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    rollout_runtime::connect::connect_nats(&nats_settings(url), "loadtest")
+        .await
+        .with_context(|| format!("connecting to nats at {url}"))
+}
+
+/// A Redis connection to `url`.
+pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
+    rollout_runtime::connect::connect_redis(&redis_settings(url))
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to redis at {}",
+                rollout_runtime::connect::redact_url(url)
+            )
+        })
+}
+
+fn nats_settings(url: &str) -> NatsSettings {
+    NatsSettings {
+        url: url.to_owned(),
+        ..NatsSettings::default()
+    }
+}
+
+fn redis_settings(url: &str) -> RedisSettings {
+    RedisSettings {
+        url: url.to_owned(),
+        ..RedisSettings::default()
+    }
+}
+
+/// Refuses a URL (or a comma-separated list of them) whose host is not this machine.
+pub fn ensure_loopback(urls: &str) -> anyhow::Result<()> {
+    for url in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+        let host = url_host(url);
+        if !is_loopback_host(host) {
+            bail!("{host:?} is not a loopback address: loadtest only targets servers on this machine (127.0.0.1, ::1, localhost)");
+        }
+    }
+    Ok(())
+}
+
+/// The host part of `scheme://user:pass@host:port/path` (any part but the host optional).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(bracketed) = host_port.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or(bracketed);
+    }
+    host_port.split(':').next().unwrap_or(host_port)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+/// Refuses an `host:port` that is not on this machine.
+pub fn loopback_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let address: SocketAddr = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{text:?} is not an address such as 127.0.0.1:18081"))?;
+    if !address.ip().is_loopback() {
+        bail!("{address} is not a loopback address: loadtest only targets servers on this machine");
+    }
+    Ok(address)
+}
+
+/// Services started in process on private servers, stopped together.
+#[derive(Debug)]
+pub struct InProcess {
+    shutdown: Shutdown,
+    planner: Option<Planner>,
+    evaluators: Vec<EvaluatorHandle>,
+    tickers: Vec<tokio::task::JoinHandle<Result<(), ticker::TickerError>>>,
+    nats_url: String,
+    redis_url: String,
+}
+
+impl InProcess {
+    /// Nothing started yet, on `servers`.
+    pub fn new(servers: &Servers) -> anyhow::Result<InProcess> {
+        Ok(InProcess {
+            shutdown: Shutdown::new(),
+            planner: None,
+            evaluators: Vec::new(),
+            tickers: Vec::new(),
+            nats_url: servers.nats_url(),
+            redis_url: servers.require_redis("the in-process services")?,
+        })
+    }
+
+    /// Starts a planner.
+    pub async fn start_planner(&mut self) -> anyhow::Result<()> {
+        let config = PlannerConfig {
+            nats: nats_settings(&self.nats_url),
+            redis: redis_settings(&self.redis_url),
+            ..PlannerConfig::default()
+        };
+        let started = Planner::start(config, self.shutdown.child())
+            .await
+            .context("starting the planner")?;
+        self.planner = Some(started);
+        Ok(())
+    }
+
+    /// Starts an evaluator with HTTP on a free loopback port, serving OFREP for
+    /// `namespace` by default, and waits until it is ready.
+    pub async fn start_evaluator(&mut self, namespace: &Namespace) -> anyhow::Result<SocketAddr> {
+        let mut config = EvaluatorConfig {
+            nats: nats_settings(&self.nats_url),
+            redis: redis_settings(&self.redis_url),
+            ..EvaluatorConfig::default()
+        };
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.namespace = namespace.as_str().to_owned();
+        let handle = Evaluator::start(config, self.shutdown.child())
+            .await
+            .context("starting an evaluator")?;
+        tokio::time::timeout(std::time::Duration::from_secs(60), handle.ready())
+            .await
+            .context("the evaluator did not become ready within 60 s")?;
+        let address = handle.http_addr();
+        self.evaluators.push(handle);
+        Ok(address)
+    }
+
+    /// Builds a ticker with its own connections (not running).
+    pub async fn ticker(&self, settings: TickerSettings) -> anyhow::Result<Ticker> {
+        let redis = connect_redis(&self.redis_url).await?;
+        let nats = connect_nats(&self.nats_url).await?;
+        Ok(Ticker::new(redis, nats, Subjects::default(), settings))
+    }
+
+    /// Runs `ticker` until [`InProcess::stop`].
+    pub fn run_ticker(&mut self, ticker: Ticker) {
+        let shutdown = self.shutdown.child();
+        self.tickers.push(tokio::spawn(ticker.run(shutdown)));
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        for ticker in self.tickers {
+            match ticker.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "ticker stopped with an error"),
+                Err(error) => tracing::warn!(%error, "ticker task failed"),
+            }
+        }
+        for evaluator in self.evaluators {
+            let unfinished = evaluator.wait().await;
+            if !unfinished.is_empty() {
+                tracing::warn!(?unfinished, "evaluator tasks outlived the grace period");
+            }
+        }
+        if let Some(planner) = self.planner {
+            planner.wait().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for url in [
+            "nats://127.0.0.1:4222",
+            "redis://user:secret@localhost:6379/0",
+            "nats://[::1]:4222",
+            "127.0.0.2:1",
+            "nats://127.0.0.1:4222,nats://localhost:4223",
+        ] {
+            assert!(ensure_loopback(url).is_ok(), "{url}");
+        }
+        for url in [
+            "nats://10.0.0.5:4222",
+            "redis://redis.example.com:6379",
+            "nats://127.0.0.1:4222,nats://nats-2:4222",
+        ] {
+            assert!(ensure_loopback(url).is_err(), "{url}");
+        }
+        assert!(loopback_addr("127.0.0.1:18081").is_ok());
+        assert!(loopback_addr("192.168.1.2:80").is_err());
+    }
+}

@@ -1,0 +1,491 @@
+//! Fleet agents on `rollout.fleet.<ns>.<verb>` (SPEC §3.4), queue group `evaluator`:
+//! `register` stores the agent with its labels (it joins its label stage at once, since
+//! stage membership is computed from labels when counted), `heartbeat` keeps it alive,
+//! `desired` answers which variation it should run given the released stages, and
+//! `report` records that it applied (or failed to apply) a variation, which feeds the
+//! per-stage counts of `rollout_store::fleet::stage_counts`.
+//!
+//! An agent is evaluated as the entity `{id: agent_id, labels}` with the labels stored in
+//! Redis (cached for `agent_cache_ttl`), so every replica gives it the same answer. Any
+//! fleet call proves the agent alive: `desired` and `report` refresh its heartbeat when
+//! the last refresh this replica made is older than a quarter of `stale_agent_after`, so
+//! an agent that only polls is never counted stale.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rollout_core::plan::{stage_of, Audience};
+use rollout_core::{Entity, Labels, ViewAudience};
+use rollout_store::fleet::{self, Agent, Report};
+use rollout_store::StoreError;
+use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
+use rollout_wire::fleet::{
+    AgentAck, AgentHeartbeat, AgentRegister, AgentReport, Desired, DesiredQuery, FleetRequest,
+    ReportStatus,
+};
+use rollout_wire::keys::Keys;
+use rollout_wire::subjects::{Namespace, Route};
+use serde::Serialize;
+
+use crate::transport::{request_encoding, send_reply};
+use crate::Shared;
+
+/// Entries kept before a cache starts over (bounds memory against agent-id floods).
+const CACHE_LIMIT: usize = 100_000;
+
+/// The reply of any fleet call.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FleetReply {
+    /// `register`, `heartbeat`, `report`.
+    Ack(AgentAck),
+    /// `desired`.
+    Desired(Desired),
+}
+
+#[derive(Debug)]
+struct CachedAgent {
+    profile: AgentProfile,
+    read_at: Instant,
+    refreshed_at: Option<Instant>,
+}
+
+/// What an agent is evaluated with: its labels and attributes.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct AgentProfile {
+    labels: Labels,
+    attributes: rollout_core::Attributes,
+}
+
+/// Agents' profiles as recently read, and when this replica last refreshed each one's
+/// heartbeat.
+#[derive(Debug, Default)]
+pub struct AgentCache {
+    entries: Mutex<HashMap<(String, String), CachedAgent>>,
+}
+
+impl AgentCache {
+    fn profile(&self, namespace: &str, agent_id: &str, ttl: Duration) -> Option<AgentProfile> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = entries.get(&(namespace.to_owned(), agent_id.to_owned()))?;
+        (cached.read_at.elapsed() < ttl).then(|| cached.profile.clone())
+    }
+
+    fn remember(&self, namespace: &str, agent_id: &str, profile: AgentProfile, refreshed: bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CACHE_LIMIT {
+            entries.clear();
+        }
+        let now = Instant::now();
+        let entry = entries
+            .entry((namespace.to_owned(), agent_id.to_owned()))
+            .or_insert(CachedAgent {
+                profile: AgentProfile::default(),
+                read_at: now,
+                refreshed_at: None,
+            });
+        entry.profile = profile;
+        entry.read_at = now;
+        if refreshed {
+            entry.refreshed_at = Some(now);
+        }
+    }
+
+    /// Whether the agent's heartbeat should be refreshed now; if so, notes it as done.
+    fn claim_refresh(&self, namespace: &str, agent_id: &str, every: Duration) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match entries.get_mut(&(namespace.to_owned(), agent_id.to_owned())) {
+            Some(entry) => {
+                let due = entry
+                    .refreshed_at
+                    .is_none_or(|refreshed| refreshed.elapsed() >= every);
+                if due {
+                    entry.refreshed_at = Some(Instant::now());
+                }
+                due
+            }
+            None => true,
+        }
+    }
+}
+
+/// Stage names of label-stage rollouts, by (namespace, rollout id): a plan never changes,
+/// so each is read from Redis once.
+#[derive(Debug, Default)]
+pub struct StageNames {
+    entries: Mutex<HashMap<(String, String), StageList>>,
+}
+
+/// The names of a plan's stages, `unassigned` last.
+type StageList = Arc<Vec<String>>;
+
+impl StageNames {
+    async fn name(
+        &self,
+        shared: &Shared,
+        keys: &Keys,
+        namespace: &str,
+        rollout_id: &str,
+        stage: usize,
+    ) -> Result<Option<String>, StoreError> {
+        let cache_key = (namespace.to_owned(), rollout_id.to_owned());
+        let cached = self
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&cache_key)
+            .cloned();
+        let names = match cached {
+            Some(names) => names,
+            None => {
+                let mut connection = shared.redis.clone();
+                let Some(record) =
+                    rollout_store::load_rollout(&mut connection, keys, rollout_id).await?
+                else {
+                    return Ok(None);
+                };
+                let names: StageList = Arc::new(
+                    record
+                        .plan
+                        .steps
+                        .iter()
+                        .filter_map(|step| match &step.audience {
+                            Audience::Stage { name, .. } => Some(name.clone()),
+                            Audience::Share(_) => None,
+                        })
+                        .collect(),
+                );
+                let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+                if entries.len() >= CACHE_LIMIT {
+                    entries.clear();
+                }
+                entries.insert(cache_key, Arc::clone(&names));
+                names
+            }
+        };
+        Ok(names.get(stage).cloned())
+    }
+}
+
+/// Handles one message of `rollout.fleet.*.*`.
+pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
+    let encoding = request_encoding(message.headers.as_ref());
+    let (verb, outcome) = match shared.subjects.parse(message.subject.as_str()) {
+        Ok(Route::Fleet { namespace, verb }) => {
+            let outcome = match FleetRequest::decode(verb, &message.payload, encoding) {
+                Ok(request) => dispatch(shared, &namespace, request).await,
+                Err(error) => Err(WireError::from(error)),
+            };
+            (Some(verb), outcome)
+        }
+        Ok(_) | Err(_) => (
+            None,
+            Err(WireError::invalid_argument(
+                "subject",
+                format!("{} is not a fleet subject", message.subject),
+            )),
+        ),
+    };
+    let code = outcome.as_ref().err().map(|error| error.code);
+    if let Some(verb) = verb {
+        shared.metrics.add_fleet(verb, code);
+    }
+    if let Err(error) = &outcome {
+        if matches!(error.code, ErrorCode::Internal | ErrorCode::Unavailable) {
+            tracing::warn!(%error, subject = %message.subject, "fleet call failed");
+        }
+    }
+    send_reply(
+        &shared.nats,
+        message.reply,
+        encoding,
+        encode_reply(&outcome, encoding),
+    )
+    .await;
+}
+
+/// Validates and runs one fleet call in `namespace`.
+pub async fn dispatch(
+    shared: &Shared,
+    namespace: &Namespace,
+    request: FleetRequest,
+) -> Result<FleetReply, WireError> {
+    request.validate()?;
+    let keys = Keys::new(namespace);
+    match request {
+        FleetRequest::Register(register) => {
+            self::register(shared, namespace, &keys, register).await
+        }
+        FleetRequest::Heartbeat(beat) => heartbeat(shared, &keys, beat).await,
+        FleetRequest::Desired(query) => desired(shared, namespace, &keys, query)
+            .await
+            .map(FleetReply::Desired),
+        FleetRequest::Report(report) => self::report(shared, namespace, &keys, report).await,
+    }
+}
+
+async fn register(
+    shared: &Shared,
+    namespace: &Namespace,
+    keys: &Keys,
+    register: AgentRegister,
+) -> Result<FleetReply, WireError> {
+    let mut connection = shared.redis.clone();
+    let now = rollout_store::redis_time(&mut connection)
+        .await
+        .map_err(|error| error.to_wire())?;
+    let agent = Agent {
+        id: register.agent_id.clone(),
+        labels: register.labels.clone(),
+        attributes: register.attributes.clone(),
+        last_seen: now,
+    };
+    fleet::register_agent(&mut connection, keys, &agent)
+        .await
+        .map_err(|error| error.to_wire())?;
+    shared.agents.remember(
+        namespace.as_str(),
+        &register.agent_id,
+        AgentProfile {
+            labels: register.labels,
+            attributes: register.attributes,
+        },
+        true,
+    );
+    tracing::debug!(namespace = %namespace, agent = %register.agent_id, "agent registered");
+    Ok(FleetReply::Ack(AgentAck {
+        agent_id: register.agent_id,
+    }))
+}
+
+async fn heartbeat(
+    shared: &Shared,
+    keys: &Keys,
+    beat: AgentHeartbeat,
+) -> Result<FleetReply, WireError> {
+    let mut connection = shared.redis.clone();
+    let now = rollout_store::redis_time(&mut connection)
+        .await
+        .map_err(|error| error.to_wire())?;
+    let known = fleet::heartbeat(&mut connection, keys, &beat.agent_id, now)
+        .await
+        .map_err(|error| error.to_wire())?;
+    if !known {
+        return Err(WireError::not_found(format!(
+            "agent {} is not registered; register it again",
+            beat.agent_id
+        ))
+        .with_field("agent_id"));
+    }
+    Ok(FleetReply::Ack(AgentAck {
+        agent_id: beat.agent_id,
+    }))
+}
+
+/// Refreshes the agent's heartbeat when this replica has not done so lately.
+async fn refresh_liveness(shared: &Shared, namespace: &Namespace, keys: &Keys, agent_id: &str) {
+    let every = shared.settings.stale_agent_after / 4;
+    if !shared
+        .agents
+        .claim_refresh(namespace.as_str(), agent_id, every)
+    {
+        return;
+    }
+    let mut connection = shared.redis.clone();
+    let refreshed = match rollout_store::redis_time(&mut connection).await {
+        Ok(now) => fleet::heartbeat(&mut connection, keys, agent_id, now).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = refreshed {
+        tracing::debug!(%error, agent = %agent_id, "liveness refresh failed");
+    }
+}
+
+async fn agent_profile(
+    shared: &Shared,
+    namespace: &Namespace,
+    keys: &Keys,
+    agent_id: &str,
+) -> Result<AgentProfile, WireError> {
+    if let Some(profile) = shared.agents.profile(
+        namespace.as_str(),
+        agent_id,
+        shared.settings.agent_cache_ttl,
+    ) {
+        return Ok(profile);
+    }
+    let mut connection = shared.redis.clone();
+    let agent = fleet::load_agent(&mut connection, keys, agent_id)
+        .await
+        .map_err(|error| error.to_wire())?
+        .ok_or_else(|| {
+            WireError::not_found(format!(
+                "agent {agent_id} is not registered in namespace {namespace}; register it first"
+            ))
+            .with_field("agent_id")
+        })?;
+    let profile = AgentProfile {
+        labels: agent.labels,
+        attributes: agent.attributes,
+    };
+    shared
+        .agents
+        .remember(namespace.as_str(), agent_id, profile.clone(), false);
+    Ok(profile)
+}
+
+/// What the evaluation of a `desired` query decided, before the stage is named.
+struct Decided {
+    desired: Desired,
+    stage: Option<(String, usize)>,
+}
+
+async fn desired(
+    shared: &Shared,
+    namespace: &Namespace,
+    keys: &Keys,
+    query: DesiredQuery,
+) -> Result<Desired, WireError> {
+    let profile = agent_profile(shared, namespace, keys, &query.agent_id).await?;
+    refresh_liveness(shared, namespace, keys, &query.agent_id).await;
+    let entity = Entity {
+        id: query.agent_id.clone(),
+        attributes: profile.attributes,
+        labels: profile.labels,
+    };
+    let decided = shared
+        .snapshot
+        .namespace(namespace.as_str())
+        .and_then(|snapshot| {
+            snapshot.with_flag(&query.flag, |live| {
+                let evaluation = live.compiled().evaluate(&entity);
+                let stage = match (evaluation.rollout_id, live.rollout()) {
+                    (Some(rollout_id), Some(view)) => match &view.audience {
+                        ViewAudience::Stages { stages, .. } => {
+                            Some((rollout_id.to_owned(), stage_of(stages, &entity.labels)))
+                        }
+                        ViewAudience::Share(_) => None,
+                    },
+                    _ => None,
+                };
+                Decided {
+                    desired: Desired {
+                        flag: query.flag.clone(),
+                        variation: evaluation.variation.to_owned(),
+                        value: evaluation.value.clone(),
+                        rollout_id: evaluation.rollout_id.map(str::to_owned),
+                        stage: None,
+                        version: live.version(),
+                    },
+                    stage,
+                }
+            })
+        })
+        .ok_or_else(|| {
+            WireError::not_found(format!(
+                "flag {} does not exist in namespace {namespace}",
+                query.flag
+            ))
+            .with_field("flag")
+        })?;
+    let mut desired = decided.desired;
+    if let Some((rollout_id, stage)) = decided.stage {
+        match shared
+            .stage_names
+            .name(shared, keys, namespace.as_str(), &rollout_id, stage)
+            .await
+        {
+            Ok(name) => desired.stage = name,
+            Err(error) => {
+                tracing::warn!(%error, rollout = %rollout_id, "stage names unavailable; answering without the stage")
+            }
+        }
+    }
+    Ok(desired)
+}
+
+async fn report(
+    shared: &Shared,
+    namespace: &Namespace,
+    keys: &Keys,
+    report: AgentReport,
+) -> Result<FleetReply, WireError> {
+    let rollout_id = match &report.rollout_id {
+        Some(rollout_id) => rollout_id.clone(),
+        None => {
+            let active = shared
+                .snapshot
+                .namespace(namespace.as_str())
+                .and_then(|snapshot| {
+                    snapshot.with_flag(&report.flag, |live| {
+                        live.rollout().map(|view| view.rollout_id.clone())
+                    })
+                });
+            match active {
+                Some(Some(rollout_id)) => rollout_id,
+                Some(None) => {
+                    return Err(WireError::failed_precondition(format!(
+                        "flag {} has no active rollout; name the rollout_id the report is for",
+                        report.flag
+                    ))
+                    .with_field("rollout_id"))
+                }
+                None => {
+                    return Err(WireError::not_found(format!(
+                        "flag {} does not exist in namespace {namespace}",
+                        report.flag
+                    ))
+                    .with_field("flag"))
+                }
+            }
+        }
+    };
+    let stored = match report.status {
+        ReportStatus::Applied => Report::Applied(report.variation.clone()),
+        ReportStatus::Failed => Report::Failed(report.variation.clone()),
+    };
+    let mut connection = shared.redis.clone();
+    fleet::record_report(
+        &mut connection,
+        keys,
+        &rollout_id,
+        &report.agent_id,
+        &stored,
+    )
+    .await
+    .map_err(|error| error.to_wire())?;
+    refresh_liveness(shared, namespace, keys, &report.agent_id).await;
+    tracing::debug!(namespace = %namespace, agent = %report.agent_id, rollout = %rollout_id, report = %stored.encode(), "agent report recorded");
+    Ok(FleetReply::Ack(AgentAck {
+        agent_id: report.agent_id,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_cache_expires_profiles_and_spaces_refreshes() {
+        let cache = AgentCache::default();
+        assert_eq!(cache.profile("prod", "a", Duration::from_secs(60)), None);
+        assert!(cache.claim_refresh("prod", "a", Duration::from_secs(60)));
+        let profile = AgentProfile {
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            attributes: [(
+                "arch".to_owned(),
+                rollout_core::AttributeValue::String("arm64".to_owned()),
+            )]
+            .into(),
+        };
+        cache.remember("prod", "a", profile.clone(), true);
+        assert_eq!(
+            cache.profile("prod", "a", Duration::from_secs(60)),
+            Some(profile)
+        );
+        assert_eq!(cache.profile("prod", "a", Duration::ZERO), None);
+        assert!(!cache.claim_refresh("prod", "a", Duration::from_secs(60)));
+        assert!(cache.claim_refresh("prod", "a", Duration::ZERO));
+    }
+}

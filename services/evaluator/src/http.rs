@@ -1,0 +1,256 @@
+//! The HTTP face of an evaluator (SPEC §8.3): OFREP single and bulk evaluation, answered
+//! from the snapshot like `rollout.eval`, and `GET /healthz` (the process runs),
+//! `GET /readyz` (200 once the first full load is done, 503 before) and `GET /metrics`
+//! (Prometheus text).
+//!
+//! The namespace is the `X-Rollout-Namespace` header, else `http.namespace`. The bulk
+//! response carries a strong `ETag` of its body; a request whose `If-None-Match` matches
+//! gets `304 Not Modified`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rollout_wire::codec::{self, CodecErrorKind, Encoding, DEFAULT_MAX_BYTES};
+use rollout_wire::envelope::ErrorCode;
+use rollout_wire::subjects::Namespace;
+use serde_json::Value;
+
+use crate::metrics::Transport;
+use crate::ofrep::{self, OfrepError, OfrepRequest};
+use crate::snapshot::NamespaceSnapshot;
+use crate::Shared;
+
+/// Header naming the namespace of an OFREP request.
+pub const NAMESPACE_HEADER: &str = "x-rollout-namespace";
+
+/// The evaluator's routes.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(DEFAULT_MAX_BYTES))
+        .with_state(shared)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response()
+}
+
+fn status_of(error: &OfrepError) -> StatusCode {
+    StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+fn code_of(error: &OfrepError) -> ErrorCode {
+    match error.status {
+        404 => ErrorCode::NotFound,
+        503 => ErrorCode::Unavailable,
+        500 => ErrorCode::Internal,
+        _ => ErrorCode::InvalidArgument,
+    }
+}
+
+/// What every evaluation request needs before evaluating: readiness, the namespace, the
+/// entity.
+struct Prepared {
+    name: String,
+    namespace: Option<Arc<NamespaceSnapshot>>,
+    entity: rollout_core::Entity,
+}
+
+enum Refused {
+    NotReady,
+    Bad(Option<Arc<NamespaceSnapshot>>, OfrepError),
+}
+
+fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared, Refused> {
+    if !shared.metrics.is_ready() {
+        return Err(Refused::NotReady);
+    }
+    let name = match headers.get(NAMESPACE_HEADER) {
+        None => shared.default_namespace.clone(),
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default();
+            match Namespace::new(text) {
+                Ok(namespace) => namespace.to_string(),
+                Err(error) => {
+                    return Err(Refused::Bad(
+                        None,
+                        OfrepError::general(format!("{NAMESPACE_HEADER}: {}", error.message())),
+                    ))
+                }
+            }
+        }
+    };
+    let namespace = shared.snapshot.namespace(&name);
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        OfrepRequest::default()
+    } else {
+        match codec::decode::<OfrepRequest>(body, Encoding::Json) {
+            Ok(request) => request,
+            Err(error) if error.kind() == CodecErrorKind::Invalid => {
+                return Err(Refused::Bad(
+                    namespace,
+                    OfrepError::invalid_context(error.message()),
+                ))
+            }
+            Err(error) => return Err(Refused::Bad(namespace, OfrepError::parse(error.message()))),
+        }
+    };
+    match ofrep::entity_from_context(request.context.as_ref()) {
+        Ok(entity) => Ok(Prepared {
+            name,
+            namespace,
+            entity,
+        }),
+        Err(error) => Err(Refused::Bad(namespace, error)),
+    }
+}
+
+fn record(shared: &Shared, namespace: Option<&NamespaceSnapshot>, code: Option<ErrorCode>) {
+    let counters = namespace.map_or(shared.metrics.unknown_namespace(), |namespace| {
+        namespace.counters()
+    });
+    counters.record(Transport::Http, code);
+}
+
+fn not_ready(shared: &Shared) -> Response {
+    record(shared, None, Some(ErrorCode::Unavailable));
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"errorDetails": "the evaluator has not loaded its snapshot yet; retry"}),
+    )
+}
+
+async fn evaluate_one(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let response = match prepare(&shared, &headers, &body) {
+        Err(Refused::NotReady) => not_ready(&shared),
+        Err(Refused::Bad(namespace, error)) => {
+            record(&shared, namespace.as_deref(), Some(code_of(&error)));
+            json_response(status_of(&error), &error.body_for(&key))
+        }
+        Ok(prepared) => {
+            let answer = prepared.namespace.as_deref().and_then(|namespace| {
+                namespace.with_flag(&key, |live| {
+                    let evaluation = live.compiled().evaluate(&prepared.entity);
+                    ofrep::success_body(live, &evaluation)
+                })
+            });
+            match answer {
+                Some(body) => {
+                    record(&shared, prepared.namespace.as_deref(), None);
+                    json_response(StatusCode::OK, &body)
+                }
+                None => {
+                    record(
+                        &shared,
+                        prepared.namespace.as_deref(),
+                        Some(ErrorCode::NotFound),
+                    );
+                    let error = OfrepError::flag_not_found(&key, &prepared.name);
+                    json_response(status_of(&error), &error.body_for(&key))
+                }
+            }
+        }
+    };
+    shared
+        .metrics
+        .record_latency(Transport::Http, started.elapsed());
+    response
+}
+
+async fn evaluate_bulk(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let response = match prepare(&shared, &headers, &body) {
+        Err(Refused::NotReady) => not_ready(&shared),
+        Err(Refused::Bad(namespace, error)) => {
+            record(&shared, namespace.as_deref(), Some(code_of(&error)));
+            json_response(status_of(&error), &error.bulk_body())
+        }
+        Ok(prepared) => {
+            let mut flags = Vec::new();
+            if let Some(namespace) = prepared.namespace.as_deref() {
+                namespace.for_each_flag(|live| {
+                    let evaluation = live.compiled().evaluate(&prepared.entity);
+                    flags.push(ofrep::success_body(live, &evaluation));
+                });
+            }
+            record(&shared, prepared.namespace.as_deref(), None);
+            let bytes =
+                serde_json::to_vec(&serde_json::json!({ "flags": flags })).unwrap_or_default();
+            let etag = ofrep::etag_of(&bytes);
+            let unchanged = headers
+                .get(IF_NONE_MATCH)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|wanted| ofrep::etag_matches(wanted, &etag));
+            let etag_value =
+                HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+            if unchanged {
+                (StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response()
+            } else {
+                (
+                    StatusCode::OK,
+                    [
+                        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                        (ETAG, etag_value),
+                    ],
+                    bytes,
+                )
+                    .into_response()
+            }
+        }
+    };
+    shared
+        .metrics
+        .record_latency(Transport::Http, started.elapsed());
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.metrics.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading the snapshot\n").into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        shared.metrics.render(&shared.snapshot),
+    )
+        .into_response()
+}

@@ -1,0 +1,565 @@
+//! The in-memory snapshot every evaluation reads: per namespace, each flag compiled at its
+//! version (or the version at which it was deleted), and the rule deciding what a change
+//! event does to it.
+//!
+//! Readers never block and never wait for writers: the namespace map, each namespace's
+//! flag index and each flag's state sit behind [`ArcSwap`]s, so a read is a few atomic
+//! loads. Writers — the event applier and the resync worker — take one mutex between
+//! them, and every install is a compare on versions: a flag's version only ever rises.
+//!
+//! A flag update swaps one slot; only a flag key never seen before (or a new namespace)
+//! rebuilds an index, once per batch of writes.
+//!
+//! **Architecture Invariant:** nothing here does IO; [`decide`] is the whole apply rule
+//! and is tested without servers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+use rollout_core::{CompiledFlag, RolloutView};
+
+use crate::metrics::EvalCounters;
+
+/// A flag as served: compiled at one version, with the view of its active rollout (kept
+/// for fleet answers, which name the agent's label stage).
+#[derive(Debug)]
+pub struct LiveFlag {
+    compiled: CompiledFlag,
+    // boxed: most flags have no active rollout, and an inline view would double the
+    // size of every flag's state
+    rollout: Option<Box<RolloutView>>,
+}
+
+impl LiveFlag {
+    /// A flag compiled with the view `rollout` of its active rollout.
+    pub fn new(compiled: CompiledFlag, rollout: Option<RolloutView>) -> LiveFlag {
+        LiveFlag {
+            compiled,
+            rollout: rollout.map(Box::new),
+        }
+    }
+
+    /// The compiled flag.
+    pub fn compiled(&self) -> &CompiledFlag {
+        &self.compiled
+    }
+
+    /// The active rollout's view, while one runs or is paused.
+    pub fn rollout(&self) -> Option<&RolloutView> {
+        self.rollout.as_deref()
+    }
+
+    /// Per-flag state version.
+    pub fn version(&self) -> u64 {
+        self.compiled.version()
+    }
+}
+
+/// What the snapshot holds for one flag key.
+// each state sits alone behind an `Arc` and deletions are rare: boxing the live variant
+// would only add an indirection to every evaluation
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum FlagState {
+    /// Served.
+    Live(LiveFlag),
+    /// Deleted at `version`: kept so a late, older event cannot bring it back.
+    Deleted {
+        /// Version of the deletion.
+        version: u64,
+    },
+}
+
+impl FlagState {
+    /// The version this state stands for.
+    pub fn version(&self) -> u64 {
+        match self {
+            FlagState::Live(live) => live.version(),
+            FlagState::Deleted { version } => *version,
+        }
+    }
+
+    /// The served flag, unless deleted.
+    pub fn live(&self) -> Option<&LiveFlag> {
+        match self {
+            FlagState::Live(live) => Some(live),
+            FlagState::Deleted { .. } => None,
+        }
+    }
+}
+
+/// Why a flag is read again from Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResyncReason {
+    /// An event's version skipped at least one version.
+    Gap,
+    /// An event without a usable snapshot.
+    NoSnapshot,
+    /// An event that could not be decoded or compiled.
+    Invalid,
+    /// The periodic comparison of versions with Redis found the flag behind.
+    Periodic,
+    /// After a NATS reconnection (events may have been missed meanwhile).
+    Reconnect,
+    /// Too many resyncs were queued at once; everything was compared instead.
+    Overflow,
+}
+
+impl ResyncReason {
+    /// Every reason, in metric order.
+    pub const ALL: [ResyncReason; 6] = [
+        ResyncReason::Gap,
+        ResyncReason::NoSnapshot,
+        ResyncReason::Invalid,
+        ResyncReason::Periodic,
+        ResyncReason::Reconnect,
+        ResyncReason::Overflow,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::Gap => "gap",
+            ResyncReason::NoSnapshot => "no_snapshot",
+            ResyncReason::Invalid => "invalid",
+            ResyncReason::Periodic => "periodic",
+            ResyncReason::Reconnect => "reconnect",
+            ResyncReason::Overflow => "overflow",
+        }
+    }
+
+    /// Position in [`ResyncReason::ALL`].
+    pub fn index(self) -> usize {
+        ResyncReason::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .unwrap_or(0)
+    }
+}
+
+/// What a change event does to the flag it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventAction {
+    /// At or below the version held: already applied, or older. Nothing changes.
+    Ignore,
+    /// The next version, with the whole state: compile and install its snapshot.
+    Apply,
+    /// The next version, and the flag is deleted.
+    Delete,
+    /// The flag cannot be brought up to date from this event: read it from Redis.
+    Resync(ResyncReason),
+}
+
+/// The apply rule. `held` is the version held for the flag (`None`: never seen, which
+/// counts as 0); `snapshot_version` is the version of the event's snapshot, if it has one.
+///
+/// - at or below `held`: ignore (never go backwards; duplicates are harmless);
+/// - more than one above: a gap, resync;
+/// - exactly one above: a deletion deletes; a snapshot at least as new as the event is
+///   installed (one commit may publish several events that all carry its final
+///   snapshot); anything else is read from Redis.
+pub fn decide(
+    held: Option<u64>,
+    event_version: u64,
+    deleted: bool,
+    snapshot_version: Option<u64>,
+) -> EventAction {
+    let held_version = held.unwrap_or(0);
+    if event_version <= held_version {
+        return EventAction::Ignore;
+    }
+    if event_version > held_version.saturating_add(1) {
+        return EventAction::Resync(ResyncReason::Gap);
+    }
+    if deleted {
+        return EventAction::Delete;
+    }
+    match snapshot_version {
+        Some(version) if version >= event_version => EventAction::Apply,
+        _ => EventAction::Resync(ResyncReason::NoSnapshot),
+    }
+}
+
+#[derive(Debug)]
+struct FlagSlot {
+    key: String,
+    state: ArcSwap<FlagState>,
+}
+
+/// The flags of one namespace: by key for lookups, in key order for "all flags".
+#[derive(Debug, Default)]
+struct FlagIndex {
+    by_key: HashMap<String, Arc<FlagSlot>>,
+    ordered: Vec<Arc<FlagSlot>>,
+}
+
+impl FlagIndex {
+    fn with_new(&self, additions: BTreeMap<String, Arc<FlagState>>) -> FlagIndex {
+        let mut by_key = self.by_key.clone();
+        let mut ordered = self.ordered.clone();
+        for (key, state) in additions {
+            let slot = Arc::new(FlagSlot {
+                key: key.clone(),
+                state: ArcSwap::new(state),
+            });
+            ordered.push(Arc::clone(&slot));
+            by_key.insert(key, slot);
+        }
+        ordered.sort_by(|left, right| left.key.cmp(&right.key));
+        FlagIndex { by_key, ordered }
+    }
+}
+
+/// One namespace's flags, with its evaluation counters.
+#[derive(Debug)]
+pub struct NamespaceSnapshot {
+    name: String,
+    index: ArcSwap<FlagIndex>,
+    counters: EvalCounters,
+}
+
+impl NamespaceSnapshot {
+    fn new(name: &str) -> NamespaceSnapshot {
+        NamespaceSnapshot {
+            name: name.to_owned(),
+            index: ArcSwap::from_pointee(FlagIndex::default()),
+            counters: EvalCounters::default(),
+        }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Evaluation counters of this namespace.
+    pub fn counters(&self) -> &EvalCounters {
+        &self.counters
+    }
+
+    /// Runs `read` on the served flag `key`; `None` when there is none (or it is deleted).
+    pub fn with_flag<R>(&self, key: &str, read: impl FnOnce(&LiveFlag) -> R) -> Option<R> {
+        let index = self.index.load();
+        let slot = index.by_key.get(key)?;
+        let state = slot.state.load();
+        state.live().map(read)
+    }
+
+    /// Runs `read` on every served flag, in key order.
+    pub fn for_each_flag(&self, mut read: impl FnMut(&LiveFlag)) {
+        let index = self.index.load();
+        for slot in &index.ordered {
+            let state = slot.state.load_full();
+            if let Some(live) = state.live() {
+                read(live);
+            }
+        }
+    }
+
+    /// The version held for `key`, including a deletion's.
+    pub fn held_version(&self, key: &str) -> Option<u64> {
+        let index = self.index.load();
+        index
+            .by_key
+            .get(key)
+            .map(|slot| slot.state.load().version())
+    }
+
+    /// Every key held with its version and whether it is served (false: deleted).
+    pub fn versions(&self) -> BTreeMap<String, (u64, bool)> {
+        let index = self.index.load();
+        index
+            .ordered
+            .iter()
+            .map(|slot| {
+                let state = slot.state.load();
+                (slot.key.clone(), (state.version(), state.live().is_some()))
+            })
+            .collect()
+    }
+
+    /// Keys of the served flags.
+    pub fn live_keys(&self) -> Vec<String> {
+        let index = self.index.load();
+        index
+            .ordered
+            .iter()
+            .filter(|slot| slot.state.load().live().is_some())
+            .map(|slot| slot.key.clone())
+            .collect()
+    }
+
+    /// How many flags are served, and the sum of every held version (deletions included):
+    /// the sum only rises, and replicas holding the same state report the same sum.
+    pub fn totals(&self) -> (u64, u64) {
+        let index = self.index.load();
+        let mut live = 0_u64;
+        let mut version_sum = 0_u64;
+        for slot in &index.ordered {
+            let state = slot.state.load();
+            version_sum = version_sum.saturating_add(state.version());
+            if state.live().is_some() {
+                live += 1;
+            }
+        }
+        (live, version_sum)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    namespaces: ArcSwap<HashMap<String, Arc<NamespaceSnapshot>>>,
+    writer: Mutex<()>,
+}
+
+/// Every namespace's flags. Cheap to clone; clones share the same state.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    inner: Arc<Inner>,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// One namespace, if anything of it is known.
+    pub fn namespace(&self, name: &str) -> Option<Arc<NamespaceSnapshot>> {
+        self.inner.namespaces.load().get(name).cloned()
+    }
+
+    /// Every known namespace, by name.
+    pub fn namespaces(&self) -> Vec<Arc<NamespaceSnapshot>> {
+        let mut all: Vec<_> = self.inner.namespaces.load().values().cloned().collect();
+        all.sort_by(|left, right| left.name.cmp(&right.name));
+        all
+    }
+
+    /// The version held for flag `key` of `namespace`, including a deletion's.
+    pub fn held_version(&self, namespace: &str, key: &str) -> Option<u64> {
+        self.namespace(namespace)?.held_version(key)
+    }
+
+    /// Starts a batch of writes; they become visible as they are installed (updates of
+    /// known flags) or when the writer is dropped (new keys and namespaces).
+    pub fn writer(&self) -> SnapshotWriter<'_> {
+        SnapshotWriter {
+            snapshot: self,
+            _exclusive: self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            new_flags: BTreeMap::new(),
+            new_namespaces: Vec::new(),
+        }
+    }
+}
+
+/// Exclusive access for installing flag states. Dropping it publishes what is pending.
+#[derive(Debug)]
+pub struct SnapshotWriter<'s> {
+    snapshot: &'s Snapshot,
+    _exclusive: MutexGuard<'s, ()>,
+    new_flags: BTreeMap<String, BTreeMap<String, Arc<FlagState>>>,
+    new_namespaces: Vec<String>,
+}
+
+impl SnapshotWriter<'_> {
+    /// The version held for `key` of `namespace`, counting writes of this batch.
+    pub fn held_version(&self, namespace: &str, key: &str) -> Option<u64> {
+        if let Some(state) = self
+            .new_flags
+            .get(namespace)
+            .and_then(|flags| flags.get(key))
+        {
+            return Some(state.version());
+        }
+        self.snapshot.held_version(namespace, key)
+    }
+
+    /// Makes sure `namespace` exists (empty) once this batch is published.
+    pub fn ensure_namespace(&mut self, namespace: &str) {
+        if self.snapshot.namespace(namespace).is_none()
+            && !self.new_namespaces.iter().any(|name| name == namespace)
+        {
+            self.new_namespaces.push(namespace.to_owned());
+        }
+    }
+
+    /// Installs `state` for `key` of `namespace` if it is newer than what is held;
+    /// returns whether it did.
+    pub fn install(&mut self, namespace: &str, key: &str, state: FlagState) -> bool {
+        let held = self.held_version(namespace, key);
+        if held.is_some_and(|version| state.version() <= version) {
+            return false;
+        }
+        let existing_slot = self.snapshot.namespace(namespace).and_then(|snapshot| {
+            let index = snapshot.index.load();
+            index.by_key.get(key).cloned()
+        });
+        match existing_slot {
+            Some(slot) => slot.state.store(Arc::new(state)),
+            None => {
+                self.ensure_namespace(namespace);
+                self.new_flags
+                    .entry(namespace.to_owned())
+                    .or_default()
+                    .insert(key.to_owned(), Arc::new(state));
+            }
+        }
+        true
+    }
+
+    fn publish(&mut self) {
+        let inner = &self.snapshot.inner;
+        if !self.new_namespaces.is_empty() {
+            let mut namespaces = HashMap::clone(&inner.namespaces.load());
+            for name in self.new_namespaces.drain(..) {
+                namespaces
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(NamespaceSnapshot::new(&name)));
+            }
+            inner.namespaces.store(Arc::new(namespaces));
+        }
+        for (namespace, additions) in std::mem::take(&mut self.new_flags) {
+            if let Some(snapshot) = self.snapshot.namespace(&namespace) {
+                let index = snapshot.index.load_full().with_new(additions);
+                snapshot.index.store(Arc::new(index));
+            }
+        }
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout_core::{Entity, Flag};
+
+    fn flag(key: &str, serve: &str) -> Flag {
+        serde_json::from_value(serde_json::json!({
+            "key": key,
+            "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+            "off_variation": "off",
+            "default": {"variation": serve},
+        }))
+        .expect("flag")
+    }
+
+    fn live(key: &str, version: u64, serve: &str) -> FlagState {
+        let compiled = CompiledFlag::compile(&flag(key, serve), version, None).expect("compiles");
+        FlagState::Live(LiveFlag::new(compiled, None))
+    }
+
+    fn served(snapshot: &Snapshot, namespace: &str, key: &str) -> Option<(String, u64)> {
+        snapshot.namespace(namespace)?.with_flag(key, |live| {
+            let evaluation = live.compiled().evaluate(&Entity::with_id("u"));
+            (evaluation.variation.to_owned(), live.version())
+        })
+    }
+
+    #[test]
+    fn the_apply_rule_never_goes_backwards_and_resyncs_on_gaps() {
+        assert_eq!(decide(None, 1, false, Some(1)), EventAction::Apply);
+        assert_eq!(
+            decide(None, 3, false, Some(3)),
+            EventAction::Resync(ResyncReason::Gap)
+        );
+        assert_eq!(decide(Some(4), 4, false, Some(4)), EventAction::Ignore);
+        assert_eq!(decide(Some(4), 2, true, None), EventAction::Ignore);
+        assert_eq!(decide(Some(4), 5, false, Some(5)), EventAction::Apply);
+        // one commit publishing two events: both carry the final snapshot
+        assert_eq!(decide(Some(4), 5, false, Some(6)), EventAction::Apply);
+        assert_eq!(decide(Some(6), 6, false, Some(6)), EventAction::Ignore);
+        assert_eq!(
+            decide(Some(4), 7, false, Some(7)),
+            EventAction::Resync(ResyncReason::Gap)
+        );
+        assert_eq!(decide(Some(4), 5, true, None), EventAction::Delete);
+        assert_eq!(
+            decide(Some(4), 5, false, None),
+            EventAction::Resync(ResyncReason::NoSnapshot)
+        );
+        assert_eq!(
+            decide(Some(4), 5, false, Some(4)),
+            EventAction::Resync(ResyncReason::NoSnapshot)
+        );
+        assert_eq!(
+            decide(Some(u64::MAX), u64::MAX, false, None),
+            EventAction::Ignore
+        );
+    }
+
+    #[test]
+    fn installs_only_newer_versions_and_keeps_deletions() {
+        let snapshot = Snapshot::new();
+        {
+            let mut writer = snapshot.writer();
+            assert!(writer.install("prod", "a", live("a", 3, "on")));
+            assert!(writer.install("prod", "b", live("b", 1, "off")));
+            // not visible before the batch is published
+            assert_eq!(writer.held_version("prod", "a"), Some(3));
+        }
+        assert_eq!(served(&snapshot, "prod", "a"), Some(("on".into(), 3)));
+        {
+            let mut writer = snapshot.writer();
+            assert!(!writer.install("prod", "a", live("a", 2, "off")), "older");
+            assert!(!writer.install("prod", "a", live("a", 3, "off")), "same");
+            assert!(writer.install("prod", "a", live("a", 4, "off")));
+            // an update of a known flag is visible at once
+            assert_eq!(served(&snapshot, "prod", "a"), Some(("off".into(), 4)));
+            assert!(writer.install("prod", "b", FlagState::Deleted { version: 2 }));
+            assert!(
+                !writer.install("prod", "b", live("b", 2, "on")),
+                "no resurrection"
+            );
+        }
+        assert_eq!(served(&snapshot, "prod", "b"), None);
+        assert_eq!(snapshot.held_version("prod", "b"), Some(2));
+        let namespace = snapshot.namespace("prod").expect("namespace");
+        assert_eq!(namespace.live_keys(), vec!["a".to_owned()]);
+        assert_eq!(namespace.totals(), (1, 6));
+        {
+            let mut writer = snapshot.writer();
+            assert!(
+                writer.install("prod", "b", live("b", 3, "on")),
+                "re-created"
+            );
+        }
+        assert_eq!(served(&snapshot, "prod", "b"), Some(("on".into(), 3)));
+    }
+
+    #[test]
+    fn all_flags_come_in_key_order_across_batches() {
+        let snapshot = Snapshot::new();
+        for key in ["m", "c", "x"] {
+            let mut writer = snapshot.writer();
+            writer.install("dev", key, live(key, 1, "on"));
+        }
+        {
+            let mut writer = snapshot.writer();
+            writer.install("dev", "a", live("a", 1, "on"));
+            writer.ensure_namespace("empty");
+        }
+        let mut keys = Vec::new();
+        snapshot
+            .namespace("dev")
+            .expect("dev")
+            .for_each_flag(|live| keys.push(live.compiled().key().to_owned()));
+        assert_eq!(keys, ["a", "c", "m", "x"]);
+        let names: Vec<_> = snapshot
+            .namespaces()
+            .iter()
+            .map(|namespace| namespace.name().to_owned())
+            .collect();
+        assert_eq!(names, ["dev", "empty"]);
+    }
+}

@@ -1,0 +1,673 @@
+//! Keeping the snapshot current (SPEC §9: evaluators never serve an older version after a
+//! newer one; on a gap in events they resynchronise from Redis).
+//!
+//! - At start, the event subscription is opened first (events buffer), then every
+//!   namespace's flags are loaded from Redis ([`full_sync`]), then the buffered and later
+//!   events are applied by `apply_events` in batches (see [`apply_batch`]), each event through
+//!   [`crate::snapshot::decide`].
+//! - Events that cannot bring a flag up to date (a version gap, no snapshot, undecodable)
+//!   become [`ResyncRequest`]s for the resync worker, which reads those flags from Redis,
+//!   so Redis latency never holds up the applying of other events.
+//! - The resync worker also compares every held version with Redis every
+//!   `resync_interval` (pipelined `HGET rev`), and after every NATS reconnection, to catch
+//!   events that were never delivered.
+//!
+//! Every install goes through the snapshot's version check, so the applier and the
+//! resync worker can race freely: the newer version wins, an older one is dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::ConnectionManager;
+use rollout_core::CompiledFlag;
+use rollout_runtime::shutdown::Shutdown;
+use rollout_store::{load_flag, load_rollout, StoreError};
+use rollout_wire::events::{ChangeEvent, EventKind};
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::subjects::{Namespace, Route, Subjects};
+use tokio::sync::mpsc;
+
+use crate::metrics::{EventResult, Metrics};
+use crate::snapshot::{
+    decide, EventAction, FlagState, LiveFlag, ResyncReason, Snapshot, SnapshotWriter,
+};
+use crate::transport::request_encoding;
+use crate::Shared;
+
+/// Flags read from Redis at once during a sync.
+const LOAD_CONCURRENCY: usize = 64;
+/// Flags whose revision is asked for in one pipeline.
+const REVISION_CHUNK: usize = 1000;
+/// How often a flag is read again when its version moved while it was being read.
+const MAX_LOAD_ATTEMPTS: u32 = 8;
+/// Most events applied under one writer lock.
+const EVENT_BATCH: usize = 1024;
+/// Most resync requests handled together.
+const RESYNC_BATCH: usize = 1024;
+/// Capacity of the resync queue; beyond it, everything is compared instead.
+pub(crate) const RESYNC_QUEUE: usize = 4096;
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Redis failed or held something unreadable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored flag did not compile (a bug upstream: every write validates).
+    #[error("flag {namespace}/{flag} does not compile: {message}")]
+    Compile {
+        /// Namespace.
+        namespace: String,
+        /// Flag key.
+        flag: String,
+        /// The validation errors.
+        message: String,
+    },
+    /// The flag kept changing while it was being read.
+    #[error("flag {namespace}/{flag} kept changing while being read")]
+    Unstable {
+        /// Namespace.
+        namespace: String,
+        /// Flag key.
+        flag: String,
+    },
+}
+
+impl From<redis::RedisError> for SyncError {
+    fn from(error: redis::RedisError) -> SyncError {
+        SyncError::Store(StoreError::Redis(error))
+    }
+}
+
+/// A flag to read again from Redis.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ResyncRequest {
+    /// Namespace.
+    pub namespace: String,
+    /// Flag key.
+    pub flag: String,
+    /// Why.
+    pub reason: ResyncReason,
+}
+
+/// Reads the evaluable state of one flag: its record at a version and, when it has an
+/// active rollout, that rollout's view. The two live in different hashes, so the flag's
+/// revision is read again afterwards and the read repeated if it moved (every rollout
+/// change also raises its flag's version). `None`: the flag never existed.
+pub async fn load_state(
+    redis: &ConnectionManager,
+    namespace: &Namespace,
+    key: &str,
+) -> Result<Option<FlagState>, SyncError> {
+    let keys = Keys::new(namespace);
+    let mut connection = redis.clone();
+    for _ in 0..MAX_LOAD_ATTEMPTS {
+        let stored = load_flag(&mut connection, &keys, key).await?;
+        let Some(record) = stored.record else {
+            return Ok((stored.version > 0).then_some(FlagState::Deleted {
+                version: stored.version,
+            }));
+        };
+        let view = match &record.active_rollout {
+            None => None,
+            Some(rollout_id) => {
+                let rollout = load_rollout(&mut connection, &keys, rollout_id).await?;
+                let revision: Option<u64> = redis::cmd("HGET")
+                    .arg(keys.flag(key))
+                    .arg("rev")
+                    .query_async(&mut connection)
+                    .await?;
+                if revision != Some(stored.version) {
+                    continue;
+                }
+                rollout.and_then(|rollout| rollout.state.view(&rollout.id, &rollout.plan))
+            }
+        };
+        let compiled = CompiledFlag::compile(&record.flag, stored.version, view.as_ref()).map_err(
+            |errors| SyncError::Compile {
+                namespace: namespace.to_string(),
+                flag: key.to_owned(),
+                message: errors.to_string(),
+            },
+        )?;
+        return Ok(Some(FlagState::Live(LiveFlag::new(compiled, view))));
+    }
+    Err(SyncError::Unstable {
+        namespace: namespace.to_string(),
+        flag: key.to_owned(),
+    })
+}
+
+/// Reads `flags` of `namespace` and installs whatever is newer than held; returns how
+/// many were installed. A flag that fails is skipped; the first failure is returned
+/// after the others are installed.
+async fn load_and_install(
+    shared: &Shared,
+    namespace: &Namespace,
+    flags: Vec<String>,
+) -> Result<usize, SyncError> {
+    let loaded: Vec<(String, Result<Option<FlagState>, SyncError>)> =
+        futures_util::stream::iter(flags)
+            .map(|flag| async move {
+                let state = load_state(&shared.redis, namespace, &flag).await;
+                (flag, state)
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+    let mut first_error = None;
+    let mut installed = 0;
+    let mut writer = shared.snapshot.writer();
+    writer.ensure_namespace(namespace.as_str());
+    for (flag, state) in loaded {
+        match state {
+            Ok(Some(state)) => {
+                if writer.install(namespace.as_str(), &flag, state) {
+                    installed += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, namespace = %namespace, flag = %flag, "flag could not be loaded");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    drop(writer);
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(installed),
+    }
+}
+
+/// Compares every flag of `namespace` (those Redis lists and those held) with its
+/// revision in Redis and reads again the ones held behind. Counts them as resyncs for
+/// `reason` (`None` for the first load). Returns how many were behind.
+pub async fn sync_namespace(
+    shared: &Shared,
+    namespace: &Namespace,
+    reason: Option<ResyncReason>,
+) -> Result<usize, SyncError> {
+    let keys = Keys::new(namespace);
+    let mut connection = shared.redis.clone();
+    let listed: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.flags())
+        .query_async(&mut connection)
+        .await?;
+    let mut candidates: BTreeSet<String> = listed.into_iter().collect();
+    if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
+        candidates.extend(held.live_keys());
+    }
+    let candidates: Vec<String> = candidates.into_iter().collect();
+    let mut behind = Vec::new();
+    for chunk in candidates.chunks(REVISION_CHUNK) {
+        let mut pipe = redis::pipe();
+        for flag in chunk {
+            pipe.hget(keys.flag(flag), "rev");
+        }
+        let revisions: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+        for (flag, revision) in chunk.iter().zip(revisions) {
+            let held = shared
+                .snapshot
+                .held_version(namespace.as_str(), flag)
+                .unwrap_or(0);
+            if revision.unwrap_or(0) > held {
+                behind.push(flag.clone());
+            }
+        }
+    }
+    let behind_count = behind.len();
+    if let Some(reason) = reason {
+        shared
+            .metrics
+            .add_resyncs(reason, u64::try_from(behind_count).unwrap_or(u64::MAX));
+        if behind_count > 0 {
+            tracing::info!(namespace = %namespace, flags = behind_count, reason = reason.as_str(), "flags behind redis, resynchronising");
+        }
+    }
+    load_and_install(shared, namespace, behind).await?;
+    Ok(behind_count)
+}
+
+/// Compares every namespace in the registry with Redis (see [`sync_namespace`]) and
+/// measures the Redis clock. The first load passes `None`.
+pub async fn full_sync(shared: &Shared, reason: Option<ResyncReason>) -> Result<(), SyncError> {
+    let outcome = full_sync_inner(shared, reason).await;
+    shared.metrics.add_full_sync(outcome.is_ok());
+    outcome
+}
+
+async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Result<(), SyncError> {
+    shared.clock.measure(&shared.redis).await?;
+    let mut connection = shared.redis.clone();
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::namespaces())
+        .query_async(&mut connection)
+        .await?;
+    let mut names: BTreeSet<String> = registered.into_iter().collect();
+    names.extend(
+        shared
+            .snapshot
+            .namespaces()
+            .iter()
+            .map(|namespace| namespace.name().to_owned()),
+    );
+    let mut first_error = None;
+    for name in names {
+        let namespace = match Namespace::new(name.as_str()) {
+            Ok(namespace) => namespace,
+            Err(error) => {
+                tracing::error!(%error, namespace = %name, "invalid namespace in the registry");
+                continue;
+            }
+        };
+        if let Err(error) = sync_namespace(shared, &namespace, reason).await {
+            tracing::warn!(%error, namespace = %name, "namespace sync failed");
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Reads the requested flags again; the newer of what is held and what Redis has wins.
+pub async fn resync_flags(shared: &Shared, requests: Vec<ResyncRequest>) -> Result<(), SyncError> {
+    let mut by_namespace: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for request in requests {
+        shared.metrics.add_resyncs(request.reason, 1);
+        tracing::debug!(namespace = %request.namespace, flag = %request.flag, reason = request.reason.as_str(), "resynchronising flag");
+        by_namespace
+            .entry(request.namespace)
+            .or_default()
+            .insert(request.flag);
+    }
+    let mut first_error = None;
+    for (name, flags) in by_namespace {
+        let Ok(namespace) = Namespace::new(name.as_str()) else {
+            continue;
+        };
+        if let Err(error) = load_and_install(shared, &namespace, flags.into_iter().collect()).await
+        {
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// What one change event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Installed (a new state, or a deletion).
+    Applied,
+    /// At or below the version held.
+    Ignored,
+    /// The flag must be read from Redis.
+    Resync(ResyncRequest),
+    /// Not an event of this prefix, or undecodable without a flag to resync.
+    Invalid,
+}
+
+/// Applies one received event message through `writer`: the subject (under `subjects`)
+/// names the flag, the body is a [`ChangeEvent`] in the encoding its `Content-Type` says.
+pub fn apply_event(
+    subjects: &Subjects,
+    writer: &mut SnapshotWriter<'_>,
+    message: &async_nats::Message,
+) -> EventOutcome {
+    let Ok(Route::Events { namespace, flag }) = subjects.parse(message.subject.as_str()) else {
+        tracing::warn!(subject = %message.subject, "event on an unexpected subject");
+        return EventOutcome::Invalid;
+    };
+    let resync = |reason| {
+        EventOutcome::Resync(ResyncRequest {
+            namespace: namespace.to_string(),
+            flag: flag.clone(),
+            reason,
+        })
+    };
+    let encoding = request_encoding(message.headers.as_ref());
+    let event = match ChangeEvent::decode(&message.payload, encoding) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%error, namespace = %namespace, flag = %flag, "undecodable change event");
+            return resync(ResyncReason::Invalid);
+        }
+    };
+    let snapshot_matches = event
+        .snapshot
+        .as_ref()
+        .is_none_or(|snapshot| snapshot.flag.key == flag);
+    if event.namespace != namespace.as_str() || event.flag != flag || !snapshot_matches {
+        tracing::warn!(namespace = %namespace, flag = %flag, "change event names another flag than its subject");
+        return resync(ResyncReason::Invalid);
+    }
+    let held = writer.held_version(namespace.as_str(), &flag);
+    let deleted = event.kind == EventKind::FlagDeleted;
+    let snapshot_version = event.snapshot.as_ref().map(|snapshot| snapshot.version);
+    match decide(held, event.version, deleted, snapshot_version) {
+        EventAction::Ignore => EventOutcome::Ignored,
+        EventAction::Delete => {
+            writer.install(
+                namespace.as_str(),
+                &flag,
+                FlagState::Deleted {
+                    version: event.version,
+                },
+            );
+            EventOutcome::Applied
+        }
+        EventAction::Apply => {
+            let Some(snapshot) = event.snapshot else {
+                return resync(ResyncReason::NoSnapshot);
+            };
+            match snapshot.compile() {
+                Ok(compiled) => {
+                    writer.install(
+                        namespace.as_str(),
+                        &flag,
+                        FlagState::Live(LiveFlag::new(compiled, snapshot.rollout)),
+                    );
+                    EventOutcome::Applied
+                }
+                Err(errors) => {
+                    tracing::error!(%errors, namespace = %namespace, flag = %flag, "event snapshot does not compile");
+                    resync(ResyncReason::Invalid)
+                }
+            }
+        }
+        EventAction::Resync(reason) => resync(reason),
+    }
+}
+
+/// Applies a batch of event messages to `snapshot` under one writer lock, counting them
+/// in `metrics`; returns the resyncs needed.
+pub fn apply_batch(
+    snapshot: &Snapshot,
+    subjects: &Subjects,
+    metrics: &Metrics,
+    messages: &[async_nats::Message],
+) -> Vec<ResyncRequest> {
+    let mut requests = Vec::new();
+    let mut writer = snapshot.writer();
+    for message in messages {
+        match apply_event(subjects, &mut writer, message) {
+            EventOutcome::Applied => metrics.add_event(EventResult::Applied),
+            EventOutcome::Ignored => metrics.add_event(EventResult::Ignored),
+            EventOutcome::Invalid => metrics.add_event(EventResult::Invalid),
+            EventOutcome::Resync(request) => {
+                metrics.add_event(EventResult::Resync);
+                requests.push(request);
+            }
+        }
+    }
+    requests
+}
+
+/// Applies change events from `events` until shutdown, in batches of whatever has
+/// arrived, handing flags that need Redis to the resync worker.
+pub(crate) async fn apply_events(
+    shared: Arc<Shared>,
+    mut events: async_nats::Subscriber,
+    resyncs: mpsc::Sender<ResyncRequest>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            message = events.next() => message,
+        };
+        let Some(first) = first else {
+            tracing::warn!("event subscription closed");
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < EVENT_BATCH {
+            match events.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        for request in apply_batch(&shared.snapshot, &shared.subjects, &shared.metrics, &batch) {
+            if resyncs.try_send(request).is_err() {
+                shared.resync_overflow.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reads flags named by resync requests, compares everything with Redis every
+/// `resync_interval`, and after a NATS reconnection, a queue overflow or a failed
+/// resync compares everything at the next check.
+pub(crate) async fn resync_worker(
+    shared: Arc<Shared>,
+    mut requests: mpsc::Receiver<ResyncRequest>,
+    shutdown: Shutdown,
+) {
+    let settings = &shared.settings;
+    let mut periodic = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.resync_interval,
+        settings.resync_interval,
+    );
+    periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(settings.reconnect_check_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let statistics = shared.nats.statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
+    let mut pending_full: Option<ResyncReason> = None;
+    let mut requests_closed = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            request = requests.recv(), if !requests_closed => {
+                // the applier is gone (its subscription ended): keep the periodic
+                // comparisons, which now carry the snapshot alone
+                let Some(request) = request else {
+                    requests_closed = true;
+                    continue;
+                };
+                let mut batch = vec![request];
+                while batch.len() < RESYNC_BATCH {
+                    match requests.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let reason = batch[0].reason;
+                if let Err(error) = resync_flags(&shared, batch).await {
+                    tracing::warn!(%error, "resync failed; comparing everything at the next check");
+                    pending_full.get_or_insert(reason);
+                }
+            }
+            _ = periodic.tick() => {
+                if let Err(error) = full_sync(&shared, Some(ResyncReason::Periodic)).await {
+                    tracing::warn!(%error, "periodic comparison with redis failed");
+                    pending_full.get_or_insert(ResyncReason::Periodic);
+                }
+            }
+            _ = check.tick() => {
+                let now_connects = statistics.connects.load(Ordering::Relaxed);
+                if now_connects != connects {
+                    connects = now_connects;
+                    tracing::info!("nats reconnected; comparing every flag with redis");
+                    // the flush is a round trip: the server has our subscriptions again
+                    // before redis is read, so no event falls between the two
+                    if let Err(error) = shared.nats.flush().await {
+                        tracing::warn!(%error, "nats flush after reconnect failed");
+                    }
+                    pending_full = Some(ResyncReason::Reconnect);
+                }
+                if shared.resync_overflow.swap(false, Ordering::Relaxed) {
+                    pending_full.get_or_insert(ResyncReason::Overflow);
+                }
+                if let Some(reason) = pending_full.take() {
+                    if let Err(error) = full_sync(&shared, Some(reason)).await {
+                        tracing::warn!(%error, reason = reason.as_str(), "comparison with redis failed; retrying");
+                        pending_full = Some(reason);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first full load, retried with backoff until it succeeds; `false` on shutdown.
+pub(crate) async fn first_load(shared: &Shared, shutdown: &Shutdown) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match full_sync(shared, None).await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "first load from redis failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout_core::{Flag, Timestamp};
+    use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
+    use rollout_wire::events::FlagSnapshot;
+
+    fn flag(key: &str, enabled: bool) -> Flag {
+        serde_json::from_value(serde_json::json!({
+            "key": key,
+            "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+            "off_variation": "off",
+            "enabled": enabled,
+            "default": {"variation": "on"},
+        }))
+        .expect("flag")
+    }
+
+    fn message(subject: &str, payload: Vec<u8>, json: bool) -> async_nats::Message {
+        let headers = json.then(|| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(CONTENT_TYPE_HEADER, "application/json");
+            headers
+        });
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            length: payload.len(),
+            payload: payload.into(),
+            headers,
+            status: None,
+            description: None,
+        }
+    }
+
+    fn event(key: &str, version: u64, kind: EventKind, enabled: bool) -> ChangeEvent {
+        let mut event = ChangeEvent::new("prod", key, version, kind, Timestamp::from_millis(0));
+        if kind != EventKind::FlagDeleted {
+            event.snapshot = Some(FlagSnapshot {
+                flag: flag(key, enabled),
+                version,
+                rollout: None,
+            });
+        }
+        event
+    }
+
+    fn packed(event: &ChangeEvent) -> async_nats::Message {
+        let payload = codec::encode(event, Encoding::MessagePack).expect("encodes");
+        message(
+            &format!("rollout.events.prod.{}", event.flag),
+            payload,
+            false,
+        )
+    }
+
+    fn served(snapshot: &Snapshot, key: &str) -> Option<(u64, String)> {
+        snapshot.namespace("prod")?.with_flag(key, |live| {
+            let evaluation = live
+                .compiled()
+                .evaluate(&rollout_core::Entity::with_id("u"));
+            (live.version(), evaluation.variation.to_owned())
+        })
+    }
+
+    #[test]
+    fn events_apply_in_order_and_never_go_back() {
+        let snapshot = Snapshot::new();
+        let subjects = Subjects::default();
+        let metrics = Metrics::default();
+        let apply = |messages: &[async_nats::Message]| {
+            apply_batch(&snapshot, &subjects, &metrics, messages)
+        };
+        let created = event("a", 1, EventKind::FlagCreated, true);
+        let disabled = event("a", 2, EventKind::FlagDisabled, false);
+        assert!(apply(&[packed(&created), packed(&disabled)]).is_empty());
+        assert_eq!(served(&snapshot, "a"), Some((2, "off".into())));
+        // duplicates and older events change nothing
+        assert!(apply(&[packed(&created), packed(&disabled)]).is_empty());
+        assert_eq!(served(&snapshot, "a"), Some((2, "off".into())));
+        // a gap asks for a resync and installs nothing
+        let ahead = event("a", 5, EventKind::FlagEnabled, true);
+        let resyncs = apply(&[packed(&ahead)]);
+        assert_eq!(
+            resyncs,
+            vec![ResyncRequest {
+                namespace: "prod".into(),
+                flag: "a".into(),
+                reason: ResyncReason::Gap
+            }]
+        );
+        assert_eq!(served(&snapshot, "a"), Some((2, "off".into())));
+        // JSON events are read by their content type; deletion keeps its version
+        let deleted = event("a", 3, EventKind::FlagDeleted, true);
+        let json = serde_json::to_vec(&deleted).expect("json");
+        assert!(apply(&[message("rollout.events.prod.a", json, true)]).is_empty());
+        assert_eq!(served(&snapshot, "a"), None);
+        assert!(apply(&[packed(&disabled)]).is_empty(), "no resurrection");
+        assert_eq!(snapshot.held_version("prod", "a"), Some(3));
+        let recreated = event("a", 4, EventKind::FlagCreated, true);
+        assert!(apply(&[packed(&recreated)]).is_empty());
+        assert_eq!(served(&snapshot, "a"), Some((4, "on".into())));
+    }
+
+    #[test]
+    fn bad_events_are_resynchronised_or_dropped() {
+        let snapshot = Snapshot::new();
+        let subjects = Subjects::default();
+        let metrics = Metrics::default();
+        let garbage = message("rollout.events.prod.a", b"\xc1".to_vec(), false);
+        let wrong_flag = packed(&event("b", 1, EventKind::FlagCreated, true));
+        let wrong_flag = message("rollout.events.prod.a", wrong_flag.payload.to_vec(), false);
+        let mut bare = event("a", 1, EventKind::FlagUpdated, true);
+        bare.snapshot = None;
+        let off_prefix = message("elsewhere.events.prod.a", Vec::new(), false);
+        let resyncs = apply_batch(
+            &snapshot,
+            &subjects,
+            &metrics,
+            &[garbage, wrong_flag, packed(&bare), off_prefix],
+        );
+        let reasons: Vec<ResyncReason> = resyncs.iter().map(|request| request.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                ResyncReason::Invalid,
+                ResyncReason::Invalid,
+                ResyncReason::NoSnapshot
+            ]
+        );
+        assert_eq!(served(&snapshot, "a"), None);
+    }
+}

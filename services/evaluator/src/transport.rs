@@ -1,0 +1,91 @@
+//! NATS plumbing shared by the request handlers: the encoding a request asks for, replies
+//! in that encoding, and the serving loop that bounds in-flight work and, on shutdown,
+//! stops taking requests and finishes the ones already received.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Subject, Subscriber};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use rollout_runtime::shutdown::Shutdown;
+use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
+
+/// The encoding a request selects with its `Content-Type` header (MessagePack without).
+pub fn request_encoding(headers: Option<&HeaderMap>) -> Encoding {
+    let content_type = headers
+        .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
+        .map(|value| value.as_str());
+    Encoding::from_content_type(content_type)
+}
+
+/// Publishes `payload` to the request's reply subject. A JSON reply is labelled with its
+/// `Content-Type`; a MessagePack reply is not, since no header means MessagePack (SPEC
+/// §8.2) and a header block costs every reply on the hot path. A request without a reply
+/// subject (a publish) gets nothing.
+pub async fn send_reply(
+    client: &async_nats::Client,
+    reply: Option<Subject>,
+    encoding: Encoding,
+    payload: Vec<u8>,
+) {
+    let Some(reply) = reply else {
+        return;
+    };
+    let published = match encoding {
+        Encoding::MessagePack => client.publish(reply, payload.into()).await,
+        Encoding::Json => {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+            client
+                .publish_with_headers(reply, headers, payload.into())
+                .await
+        }
+    };
+    if let Err(error) = published {
+        tracing::warn!(%error, "reply publish failed");
+    }
+}
+
+/// Feeds the messages of `subscriber` to `handler`, at most `concurrency` at a time, until
+/// `shutdown`; then unsubscribes, handles what was already delivered, and returns once
+/// everything in flight is done (or `grace` after shutdown if the server never confirms
+/// the unsubscription).
+pub async fn serve<H, F>(
+    mut subscriber: Subscriber,
+    concurrency: usize,
+    shutdown: Shutdown,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(async_nats::Message) -> F,
+    F: Future<Output = ()>,
+{
+    let mut in_flight = FuturesUnordered::new();
+    let mut draining = false;
+    let drain_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_deadline);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+                if let Err(error) = subscriber.drain().await {
+                    tracing::warn!(%error, "unsubscribe failed; stopping at once");
+                    break;
+                }
+            }
+            () = &mut drain_deadline, if draining => {
+                tracing::warn!("subscription drain not confirmed within the grace period");
+                break;
+            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            message = subscriber.next(), if in_flight.len() < concurrency => match message {
+                Some(message) => in_flight.push(handler(message)),
+                None => break,
+            },
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}

@@ -1,0 +1,598 @@
+//! Test fixtures: private NATS and Redis servers, evaluator replicas started in process,
+//! state committed the way the planner commits it (a store `Mutation` through the one
+//! commit script, events published by the `Relay`), and small NATS and HTTP clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
+use redis::aio::ConnectionManager;
+use rollout_core::machine::{step, Event};
+use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
+use rollout_core::{
+    compile, CompileContext, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
+};
+use rollout_runtime::config::{NatsSettings, RedisSettings};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_store::{
+    load_flag, load_rollout, redis_time, settle_flag, Actor, CommitOutcome, FlagRecord, Mutation,
+    Relay, RolloutRecord,
+};
+use rollout_testkit::{NatsServer, RedisServer};
+use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
+use rollout_wire::envelope::{decode_reply, WireError};
+use rollout_wire::events::{ChangeEvent, EventKind};
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::subjects::{Namespace, Subjects};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Generous bound on waiting for something that should happen within milliseconds; only
+/// failures ever take it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The namespace most tests use.
+pub const NS: &str = "prod";
+
+pub fn namespace(name: &str) -> Namespace {
+    Namespace::new(name).expect("valid namespace")
+}
+
+/// A configuration for a replica on `nats_url` and `redis_url`, HTTP on a free port.
+pub fn config(nats_url: &str, redis_url: &str) -> EvaluatorConfig {
+    let mut config = EvaluatorConfig {
+        nats: NatsSettings {
+            url: nats_url.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            ..NatsSettings::default()
+        },
+        redis: RedisSettings {
+            url: redis_url.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            ..RedisSettings::default()
+        },
+        ..EvaluatorConfig::default()
+    };
+    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.namespace = NS.to_owned();
+    config.evaluator.shutdown_grace = Duration::from_secs(5);
+    config.evaluator.reconnect_check_interval = Duration::from_millis(100);
+    config
+}
+
+/// Starts a replica and waits until it serves.
+pub async fn start(config: EvaluatorConfig) -> EvaluatorHandle {
+    rollout_runtime::telemetry::init_for_tests();
+    let handle = Evaluator::start(config, Shutdown::new())
+        .await
+        .expect("evaluator starts");
+    tokio::time::timeout(PATIENCE, handle.ready())
+        .await
+        .expect("evaluator becomes ready");
+    handle
+}
+
+/// Polls `check` every few milliseconds until it holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What one commit wrote.
+#[derive(Debug)]
+pub struct Committed {
+    pub events: Vec<ChangeEvent>,
+    pub outbox_ids: Vec<String>,
+    pub version: u64,
+}
+
+/// Writes state like the planner: one store `Mutation` per change, events by the relay.
+#[derive(Clone)]
+pub struct Store {
+    pub redis: ConnectionManager,
+    pub nats: async_nats::Client,
+    relays: Vec<Relay>,
+}
+
+impl Store {
+    /// A store on `redis` publishing events to every NATS server in `nats_urls`.
+    pub async fn connect(redis_url: &str, nats_urls: &[String]) -> Store {
+        let client = redis::Client::open(redis_url).expect("redis url");
+        let redis = ConnectionManager::new(client)
+            .await
+            .expect("redis connects");
+        let mut relays = Vec::new();
+        let mut first = None;
+        for url in nats_urls {
+            let nats = async_nats::connect(url.as_str())
+                .await
+                .expect("nats connects");
+            first.get_or_insert_with(|| nats.clone());
+            relays.push(Relay::new(nats, redis.clone(), Subjects::default()));
+        }
+        Store {
+            redis,
+            nats: first.expect("at least one nats server"),
+            relays,
+        }
+    }
+
+    pub async fn now(&self) -> Timestamp {
+        let mut connection = self.redis.clone();
+        redis_time(&mut connection).await.expect("redis time")
+    }
+
+    async fn register_namespace(&self, name: &str) {
+        let mut connection = self.redis.clone();
+        let _: i64 = redis::cmd("SADD")
+            .arg(keys::namespaces())
+            .arg(name)
+            .query_async(&mut connection)
+            .await
+            .expect("sadd");
+    }
+
+    async fn execute(&self, mutation: Mutation<'_>) -> Committed {
+        let prepared = mutation.into_commit(None).expect("commit builds");
+        let mut connection = self.redis.clone();
+        match prepared
+            .commit
+            .execute(&mut connection)
+            .await
+            .expect("commit runs")
+        {
+            CommitOutcome::Committed { outbox_ids, .. } => Committed {
+                events: prepared.events,
+                outbox_ids,
+                version: prepared.flag_version,
+            },
+            other => panic!("commit refused: {other:?}"),
+        }
+    }
+
+    /// Publishes what a commit appended (to every NATS server) and trims the outbox.
+    pub async fn publish(&self, name: &str, committed: &Committed) {
+        let keys = Keys::new(&namespace(name));
+        for relay in &self.relays {
+            relay
+                .publish_committed(&keys, &committed.events, &committed.outbox_ids)
+                .await;
+        }
+    }
+
+    /// Publishes only the events of `committed` at these versions.
+    pub async fn publish_only(&self, name: &str, committed: &Committed, versions: &[u64]) {
+        let events: Vec<ChangeEvent> = committed
+            .events
+            .iter()
+            .filter(|event| versions.contains(&event.version))
+            .cloned()
+            .collect();
+        let keys = Keys::new(&namespace(name));
+        for relay in &self.relays {
+            relay
+                .publish_committed(&keys, &events, &committed.outbox_ids)
+                .await;
+        }
+    }
+
+    /// Publishes a raw event to every NATS server, as a misbehaving publisher would.
+    pub async fn publish_raw(&self, event: &ChangeEvent) {
+        let subject = Subjects::default()
+            .events(&namespace(&event.namespace), &event.flag)
+            .expect("subject");
+        let payload = codec::encode(event, Encoding::MessagePack).expect("encodes");
+        self.nats
+            .publish(subject, payload.into())
+            .await
+            .expect("publish");
+        self.nats.flush().await.expect("flush");
+    }
+
+    pub async fn flag_record(&self, name: &str, key: &str) -> (u64, Option<FlagRecord>) {
+        let keys = Keys::new(&namespace(name));
+        let mut connection = self.redis.clone();
+        let stored = load_flag(&mut connection, &keys, key)
+            .await
+            .expect("load flag");
+        (stored.version, stored.record)
+    }
+
+    pub async fn rollout_record(&self, name: &str, rollout_id: &str) -> RolloutRecord {
+        let keys = Keys::new(&namespace(name));
+        let mut connection = self.redis.clone();
+        load_rollout(&mut connection, &keys, rollout_id)
+            .await
+            .expect("load rollout")
+            .expect("rollout exists")
+    }
+
+    /// `flag.create`, committed but not published.
+    pub async fn commit_create_flag(&self, name: &str, flag: Flag) -> Committed {
+        self.register_namespace(name).await;
+        let keys = Keys::new(&namespace(name));
+        let now = self.now().await;
+        let (version, existing) = self.flag_record(name, &flag.key).await;
+        assert!(existing.is_none(), "flag {} exists", flag.key);
+        let key = flag.key.clone();
+        let record = FlagRecord {
+            flag,
+            active_rollout: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut mutation = Mutation::new(&keys, name, &key, version, now, actor());
+        mutation
+            .flag(record, true)
+            .happened(EventKind::FlagCreated, None, None, None);
+        self.execute(mutation).await
+    }
+
+    /// `flag.create`, published.
+    pub async fn create_flag(&self, name: &str, flag: Flag) -> u64 {
+        let committed = self.commit_create_flag(name, flag).await;
+        self.publish(name, &committed).await;
+        committed.version
+    }
+
+    /// `flag.update` (replaces the definition), committed but not published.
+    pub async fn commit_update_flag(&self, name: &str, flag: Flag) -> Committed {
+        let keys = Keys::new(&namespace(name));
+        let now = self.now().await;
+        let (version, existing) = self.flag_record(name, &flag.key).await;
+        let existing = existing.expect("flag exists");
+        let key = flag.key.clone();
+        let record = FlagRecord {
+            flag,
+            updated_at: now,
+            ..existing
+        };
+        let mut mutation = Mutation::new(&keys, name, &key, version, now, actor());
+        mutation
+            .flag(record, false)
+            .happened(EventKind::FlagUpdated, None, None, None);
+        self.execute(mutation).await
+    }
+
+    /// `flag.update`, published.
+    pub async fn update_flag(&self, name: &str, flag: Flag) -> u64 {
+        let committed = self.commit_update_flag(name, flag).await;
+        self.publish(name, &committed).await;
+        committed.version
+    }
+
+    /// `flag.delete`, published.
+    pub async fn delete_flag(&self, name: &str, key: &str) -> u64 {
+        let keys = Keys::new(&namespace(name));
+        let now = self.now().await;
+        let (version, _) = self.flag_record(name, key).await;
+        let mut mutation = Mutation::new(&keys, name, key, version, now, actor());
+        mutation.happened(EventKind::FlagDeleted, None, None, None);
+        let committed = self.execute(mutation).await;
+        self.publish(name, &committed).await;
+        committed.version
+    }
+
+    /// `rollout.create` as the planner decides it (compile, create, settle the flag),
+    /// committed but not published. Returns the rollout id too.
+    pub async fn commit_create_rollout(
+        &self,
+        name: &str,
+        spec: RolloutSpec,
+        salt: &str,
+    ) -> (String, Committed) {
+        let keys = Keys::new(&namespace(name));
+        let now = self.now().await;
+        let (version, record) = self.flag_record(name, &spec.flag).await;
+        let record = record.expect("flag exists");
+        let context = CompileContext {
+            now,
+            min_phase_interval: DEFAULT_MIN_PHASE_INTERVAL,
+            fresh_salt: salt,
+        };
+        let plan = compile(&spec, &record.flag, &context).expect("spec compiles");
+        let created = RolloutState::created(&plan, now);
+        let rollout_id = format!("r-{salt}");
+        let rollout = RolloutRecord {
+            id: rollout_id.clone(),
+            namespace: name.to_owned(),
+            spec: spec.clone(),
+            plan,
+            state: created.state,
+            created_at: now,
+            created_by: None,
+            traceparent: None,
+        };
+        let mut updated = FlagRecord {
+            active_rollout: Some(rollout_id.clone()),
+            ..record
+        };
+        settle_flag(&mut updated, &rollout, &created.effects, now);
+        let before = RolloutState {
+            lifecycle: Lifecycle::Queued,
+            ..rollout.state.clone()
+        };
+        let mut mutation = Mutation::new(&keys, name, &spec.flag, version, now, actor());
+        mutation
+            .flag(updated, false)
+            .happened(EventKind::RolloutCreated, Some(&rollout_id), None, None)
+            .effects(&rollout_id, &before, &created.effects)
+            .rollout(0, rollout);
+        (rollout_id, self.execute(mutation).await)
+    }
+
+    /// `rollout.create`, published.
+    pub async fn create_rollout(&self, name: &str, spec: RolloutSpec, salt: &str) -> String {
+        let (rollout_id, committed) = self.commit_create_rollout(name, spec, salt).await;
+        self.publish(name, &committed).await;
+        rollout_id
+    }
+
+    /// A rollout command (`continue`, `pause`, ...) through the step function, committed
+    /// but not published.
+    pub async fn commit_rollout_event(
+        &self,
+        name: &str,
+        rollout_id: &str,
+        event: Event,
+    ) -> Committed {
+        let keys = Keys::new(&namespace(name));
+        let now = self.now().await;
+        let rollout = self.rollout_record(name, rollout_id).await;
+        let (version, record) = self.flag_record(name, &rollout.plan.flag).await;
+        let record = record.expect("flag exists");
+        let outcome = step(&rollout.plan, &rollout.state, &event, now).expect("event applies");
+        let next = RolloutRecord {
+            state: outcome.state,
+            ..rollout.clone()
+        };
+        let mut updated = record;
+        settle_flag(&mut updated, &next, &outcome.effects, now);
+        let mut mutation = Mutation::new(&keys, name, &rollout.plan.flag, version, now, actor());
+        mutation
+            .flag(updated, false)
+            .rollout(rollout.state.revision, next)
+            .effects(rollout_id, &rollout.state, &outcome.effects);
+        self.execute(mutation).await
+    }
+
+    /// A rollout command, published. Returns the flag's new version.
+    pub async fn rollout_event(&self, name: &str, rollout_id: &str, event: Event) -> u64 {
+        let committed = self.commit_rollout_event(name, rollout_id, event).await;
+        self.publish(name, &committed).await;
+        committed.version
+    }
+}
+
+fn actor() -> Actor {
+    Actor {
+        name: "test".into(),
+        command_id: None,
+        trace_id: None,
+    }
+}
+
+/// A two-variation boolean flag with rule `beta` (`plan in [beta]` → on), default off.
+pub fn checkout_flag(key: &str) -> Flag {
+    serde_json::from_value(serde_json::json!({
+        "key": key,
+        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+        "off_variation": "off",
+        "default": {"variation": "off"},
+        "rules": [{"id": "beta", "conditions": [{"attribute": "plan", "op": "in", "values": ["beta"]}],
+                   "serve": {"variation": "on"}}],
+    }))
+    .expect("flag")
+}
+
+/// A phases rollout of `flag`'s default serve from off to on.
+pub fn phases(flag: &str, percentages: &[f64]) -> RolloutSpec {
+    let phases: Vec<serde_json::Value> = percentages
+        .iter()
+        .map(|percentage| serde_json::json!({"percentage": percentage, "duration": "1h"}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "flag": flag, "baseline": "off", "candidate": "on", "phases": phases,
+    }))
+    .expect("spec")
+}
+
+/// Sends `body` (given as JSON, sent in `encoding`) to `subject` and decodes the reply.
+pub async fn request(
+    client: &async_nats::Client,
+    subject: String,
+    body: &serde_json::Value,
+    encoding: Encoding,
+) -> Result<serde_json::Value, WireError> {
+    let payload = codec::encode(body, encoding).expect("encodes");
+    request_bytes(client, subject, payload, encoding).await
+}
+
+/// Sends raw bytes labelled with `encoding` and decodes the reply.
+pub async fn request_bytes(
+    client: &async_nats::Client,
+    subject: String,
+    payload: Vec<u8>,
+    encoding: Encoding,
+) -> Result<serde_json::Value, WireError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+    let reply = tokio::time::timeout(
+        PATIENCE,
+        client.request_with_headers(subject, headers, payload.into()),
+    )
+    .await
+    .expect("reply in time")
+    .expect("request answered");
+    decode_reply(&reply.payload, encoding)
+}
+
+/// Evaluates over `rollout.eval.<ns>`.
+pub async fn eval(
+    client: &async_nats::Client,
+    name: &str,
+    body: &serde_json::Value,
+    encoding: Encoding,
+) -> Result<serde_json::Value, WireError> {
+    request(
+        client,
+        Subjects::default().eval(&namespace(name)),
+        body,
+        encoding,
+    )
+    .await
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "not json ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    stream.write_all(body).await.expect("writes body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("reads");
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect::<HashMap<_, _>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = raw.windows(2).position(|window| window == b"\r\n") else {
+            return body;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return body;
+        }
+        let start = line_end + 2;
+        body.extend_from_slice(&raw[start..start + size]);
+        raw = &raw[start + size + 2..];
+    }
+}
+
+/// OFREP single evaluation of `key` for `context` on one replica.
+pub async fn ofrep(
+    addr: SocketAddr,
+    name: &str,
+    key: &str,
+    context: serde_json::Value,
+) -> HttpResponse {
+    let body = serde_json::to_vec(&serde_json::json!({"context": context})).expect("json");
+    http(
+        addr,
+        "POST",
+        &format!("/ofrep/v1/evaluate/flags/{key}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Rollout-Namespace", name),
+        ],
+        &body,
+    )
+    .await
+}
+
+/// Servers for one test.
+pub struct Servers {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+}
+
+impl Servers {
+    pub fn start() -> Servers {
+        Servers {
+            nats: NatsServer::start().expect("nats starts"),
+            redis: RedisServer::start().expect("redis starts"),
+        }
+    }
+
+    pub fn config(&self) -> EvaluatorConfig {
+        config(&self.nats.url(), &self.redis.url())
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.redis.url(), &[self.nats.url()]).await
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats.url())
+            .await
+            .expect("nats connects")
+    }
+}

@@ -1,0 +1,334 @@
+//! Read-only queries on `rollout.query.<ns>.<what>`: flags, rollout status (steps with
+//! planned and actual times, current share or stage, per-stage fleet counts), lists, the
+//! audit log (newest first, paged) and plan previews. Reads never write.
+
+use redis::aio::ConnectionManager;
+use rollout_core::{compile, CompileContext, DurationMs};
+use rollout_store::{
+    decode_record, fleet, load_flag, load_rollout, redis_time, FlagRecord, StoreError,
+};
+use rollout_wire::checks::PageWindow;
+use rollout_wire::commands::FlagResult;
+use rollout_wire::envelope::WireError;
+use rollout_wire::keys::Keys;
+use rollout_wire::queries::{
+    AuditPage, FlagList, FlagSummary, ListState, PlanPreview, Query, RolloutList, RolloutStatus,
+    RolloutSummary,
+};
+use rollout_wire::subjects::Namespace;
+
+use crate::decide::to_result;
+
+/// Answers queries from Redis; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    redis: ConnectionManager,
+    min_phase_interval: DurationMs,
+    stale_agent_after: DurationMs,
+}
+
+impl Reader {
+    /// A reader over `redis`.
+    pub fn new(
+        redis: ConnectionManager,
+        min_phase_interval: DurationMs,
+        stale_agent_after: DurationMs,
+    ) -> Reader {
+        Reader {
+            redis,
+            min_phase_interval,
+            stale_agent_after,
+        }
+    }
+
+    /// Answers `query` in `namespace`.
+    pub async fn answer(
+        &self,
+        namespace: &Namespace,
+        query: &Query,
+    ) -> Result<serde_json::Value, WireError> {
+        query.validate()?;
+        let keys = Keys::new(namespace);
+        let mut connection = self.redis.clone();
+        let result = match query {
+            Query::FlagGet(get) => self.flag(&mut connection, &keys, &get.key).await,
+            Query::FlagList(list) => {
+                self.flags(
+                    &mut connection,
+                    &keys,
+                    PageWindow::new(list.page, list.page_size),
+                )
+                .await
+            }
+            Query::RolloutStatus(status) => {
+                self.status(&mut connection, &keys, &status.rollout_id)
+                    .await
+            }
+            Query::RolloutList(list) => {
+                let window = PageWindow::new(list.page, list.page_size);
+                self.rollouts(
+                    &mut connection,
+                    &keys,
+                    list.state,
+                    list.flag.as_deref(),
+                    window,
+                )
+                .await
+            }
+            Query::RolloutAudit(audit) => {
+                let key = match (&audit.rollout_id, &audit.flag) {
+                    (Some(rollout_id), _) => keys.audit_rollout(rollout_id),
+                    (None, Some(flag)) => keys.audit_flag(flag),
+                    (None, None) => {
+                        return Err(WireError::invalid_argument(
+                            "rollout_id",
+                            "give rollout_id or flag",
+                        ))
+                    }
+                };
+                self.audit(
+                    &mut connection,
+                    &key,
+                    PageWindow::new(audit.page, audit.page_size),
+                )
+                .await
+            }
+            Query::RolloutPlan(plan) => self.preview(&mut connection, &keys, &plan.rollout).await,
+        };
+        result.map_err(|error| match error {
+            QueryError::Wire(wire) => wire,
+            QueryError::Store(store) => store.to_wire(),
+        })
+    }
+
+    async fn flag(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        key: &str,
+    ) -> Result<serde_json::Value, QueryError> {
+        let stored = load_flag(connection, keys, key).await?;
+        let record = stored.record.ok_or_else(|| {
+            WireError::not_found(format!("flag {key} does not exist")).with_field("key")
+        })?;
+        Ok(to_result(&FlagResult {
+            flag: record.flag,
+            version: stored.version,
+            active_rollout: record.active_rollout,
+        })?)
+    }
+
+    async fn flags(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        window: PageWindow,
+    ) -> Result<serde_json::Value, QueryError> {
+        let mut flag_keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.flags())
+            .query_async(connection)
+            .await
+            .map_err(StoreError::from)?;
+        flag_keys.sort();
+        let total = flag_keys.len() as u64;
+        let page: Vec<&String> = flag_keys
+            .iter()
+            .skip(usize::try_from(window.offset()).unwrap_or(usize::MAX))
+            .take(window.size as usize)
+            .collect();
+        if page.is_empty() {
+            return Ok(to_result(&FlagList {
+                flags: Vec::new(),
+                next_page: None,
+            })?);
+        }
+        let mut pipe = redis::pipe();
+        for key in &page {
+            pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data");
+        }
+        let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe
+            .query_async(connection)
+            .await
+            .map_err(StoreError::from)?;
+        let mut flags = Vec::with_capacity(rows.len());
+        for (key, (version, data)) in page.into_iter().zip(rows) {
+            let Some(bytes) = data else { continue };
+            let record: FlagRecord = decode_record(&bytes, &format!("flag {key}"))?;
+            flags.push(FlagSummary {
+                key: record.flag.key.clone(),
+                description: record.flag.description.clone(),
+                enabled: record.flag.enabled,
+                version: version.unwrap_or(0),
+                variations: record
+                    .flag
+                    .variations
+                    .iter()
+                    .map(|variation| variation.id.clone())
+                    .collect(),
+                active_rollout: record.active_rollout.clone(),
+            });
+        }
+        Ok(to_result(&FlagList {
+            flags,
+            next_page: window.next_page(total),
+        })?)
+    }
+
+    async fn status(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        rollout_id: &str,
+    ) -> Result<serde_json::Value, QueryError> {
+        let now = redis_time(connection).await?;
+        let record = load_rollout(connection, keys, rollout_id)
+            .await?
+            .ok_or_else(|| {
+                WireError::not_found(format!("rollout {rollout_id} does not exist"))
+                    .with_field("rollout_id")
+            })?;
+        let mut status = RolloutStatus::new(
+            &record.id,
+            &record.plan,
+            &record.state,
+            record.created_at,
+            now,
+        );
+        let counts = fleet::load_stage_counts(
+            connection,
+            keys,
+            &record.id,
+            &record.plan,
+            &record.state,
+            now,
+            self.stale_agent_after,
+        )
+        .await?;
+        for (step, stage_counts) in status.steps.iter_mut().zip(counts) {
+            step.counts = Some(stage_counts);
+        }
+        Ok(to_result(&status)?)
+    }
+
+    async fn rollouts(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        state: ListState,
+        flag: Option<&str>,
+        window: PageWindow,
+    ) -> Result<serde_json::Value, QueryError> {
+        let index = match state {
+            ListState::Active => keys.rollouts_active(),
+            ListState::Finished => keys.rollouts_finished(),
+        };
+        // newest first
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(connection)
+            .await
+            .map_err(StoreError::from)?;
+        let mut summaries = Vec::new();
+        for id in ids {
+            let Some(record) = load_rollout(connection, keys, &id).await? else {
+                continue;
+            };
+            if flag.is_some_and(|wanted| wanted != record.plan.flag) {
+                continue;
+            }
+            summaries.push(RolloutSummary::new(
+                &record.id,
+                &record.plan,
+                &record.state,
+                record.created_at,
+            ));
+        }
+        let total = summaries.len() as u64;
+        let rollouts = summaries
+            .into_iter()
+            .skip(usize::try_from(window.offset()).unwrap_or(usize::MAX))
+            .take(window.size as usize)
+            .collect();
+        Ok(to_result(&RolloutList {
+            rollouts,
+            next_page: window.next_page(total),
+        })?)
+    }
+
+    async fn audit(
+        &self,
+        connection: &mut ConnectionManager,
+        key: &str,
+        window: PageWindow,
+    ) -> Result<serde_json::Value, QueryError> {
+        let start = i64::try_from(window.offset()).unwrap_or(i64::MAX);
+        let stop = start + i64::from(window.size) - 1;
+        let (total, raw): (u64, Vec<Vec<u8>>) = redis::pipe()
+            .llen(key)
+            .lrange(
+                key,
+                isize::try_from(start).unwrap_or(isize::MAX),
+                isize::try_from(stop).unwrap_or(isize::MAX),
+            )
+            .query_async(connection)
+            .await
+            .map_err(StoreError::from)?;
+        let entries = raw
+            .iter()
+            .map(|bytes| {
+                rollout_wire::codec::decode_with(
+                    bytes,
+                    rollout_wire::codec::Encoding::MessagePack,
+                    rollout_wire::codec::Limits::SERVICE_OUTPUT,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| StoreError::Corrupt(format!("audit entry: {error}")))?;
+        Ok(to_result(&AuditPage {
+            entries,
+            next_page: window.next_page(total),
+        })?)
+    }
+
+    async fn preview(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        spec: &rollout_core::RolloutSpec,
+    ) -> Result<serde_json::Value, QueryError> {
+        let now = redis_time(connection).await?;
+        let stored = load_flag(connection, keys, &spec.flag).await?;
+        let record = stored.record.ok_or_else(|| {
+            WireError::not_found(format!("flag {} does not exist", spec.flag))
+                .with_field("rollout.flag")
+        })?;
+        let context = CompileContext {
+            now,
+            min_phase_interval: self.min_phase_interval,
+            fresh_salt: "preview",
+        };
+        let plan = compile(spec, &record.flag, &context).map_err(WireError::from)?;
+        Ok(to_result(&PlanPreview::new(&plan, now))?)
+    }
+}
+
+/// A query failure: the caller's fault, or the store's.
+#[derive(Debug)]
+enum QueryError {
+    Wire(WireError),
+    Store(StoreError),
+}
+
+impl From<WireError> for QueryError {
+    fn from(error: WireError) -> QueryError {
+        QueryError::Wire(error)
+    }
+}
+
+impl From<StoreError> for QueryError {
+    fn from(error: StoreError) -> QueryError {
+        QueryError::Store(error)
+    }
+}

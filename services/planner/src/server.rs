@@ -1,0 +1,281 @@
+//! The planner's NATS front: request-reply commands on `rollout.cmd.<ns>.<verb>` and
+//! queries on `rollout.query.<ns>.<what>` (queue group `planner`, any number of replicas),
+//! and the durable stream `ROLLOUT_CMDS` on `rollout.cmdq.<ns>.<verb>`, whose outcomes are
+//! published on `rollout.outcome.<command_id>`. Replies use the request's encoding.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use rollout_runtime::shutdown::Shutdown;
+use rollout_runtime::telemetry::{
+    set_remote_parent, traceparent_of_current_span, TRACEPARENT_HEADER,
+};
+use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
+use rollout_wire::commands::Command;
+use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
+use rollout_wire::queries::Query;
+use rollout_wire::subjects::{Route, Subjects, COMMAND_CONSUMER, COMMAND_STREAM};
+use tracing::Instrument;
+
+use crate::executor::Executor;
+use crate::queries::Reader;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Handler {
+    /// The NATS client (replies and outcomes).
+    pub nats: async_nats::Client,
+    /// Subject builder and parser.
+    pub subjects: Subjects,
+    /// Command execution.
+    pub executor: Executor,
+    /// Queries.
+    pub reader: Reader,
+}
+
+fn encoding_of(headers: Option<&HeaderMap>) -> Encoding {
+    Encoding::from_content_type(
+        headers
+            .and_then(|map| map.get(CONTENT_TYPE_HEADER))
+            .map(|value| value.as_str()),
+    )
+}
+
+/// The command's W3C trace context: the `traceparent` it arrived with, else the one of the
+/// span handling it (when tracing exports), so a rollout links back to its creator.
+fn command_traceparent(headers: Option<&HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|map| map.get(TRACEPARENT_HEADER))
+        .map(|value| value.as_str().to_owned())
+        .filter(|value| crate::executor::trace_id_of(value).is_some())
+        .or_else(traceparent_of_current_span)
+}
+
+fn reply_headers(encoding: Encoding) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+    headers
+}
+
+impl Handler {
+    /// Handles one request-reply message (command or query) and sends the reply.
+    pub async fn handle_request(&self, message: async_nats::Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
+            return;
+        };
+        let encoding = encoding_of(message.headers.as_ref());
+        let span = tracing::info_span!("planner.request", subject = %message.subject, command_id = tracing::field::Empty, code = tracing::field::Empty);
+        set_remote_parent(&span, message.headers.as_ref());
+        let result = self
+            .dispatch(&message, encoding)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            span.record("code", error.code.as_str());
+        }
+        let payload = encode_reply(&result, encoding);
+        if let Err(error) = self
+            .nats
+            .publish_with_headers(reply_to, reply_headers(encoding), payload.into())
+            .await
+        {
+            tracing::warn!(%error, "reply publish failed");
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        message: &async_nats::Message,
+        encoding: Encoding,
+    ) -> Result<serde_json::Value, WireError> {
+        match self.subjects.parse(&message.subject)? {
+            Route::Command { namespace, verb } => {
+                let command = Command::decode(verb, &message.payload, encoding)?;
+                if let Some(id) = command.command_id() {
+                    tracing::Span::current().record("command_id", id);
+                }
+                self.executor
+                    .execute(
+                        &namespace,
+                        &command,
+                        command_traceparent(message.headers.as_ref()),
+                    )
+                    .await
+            }
+            Route::Query { namespace, kind } => {
+                let query = Query::decode(kind, &message.payload, encoding)?;
+                self.reader.answer(&namespace, &query).await
+            }
+            _ => Err(WireError::invalid_argument(
+                "subject",
+                format!("the planner does not serve {}", message.subject),
+            )),
+        }
+    }
+
+    /// Handles one message of the durable command stream: executes it exactly once by its
+    /// command id (the stream sequence stands in when the command has none), publishes the
+    /// outcome on `rollout.outcome.<command_id>`, then acknowledges. A transient failure
+    /// (Redis unreachable) is not acknowledged, so the stream redelivers it.
+    pub async fn handle_queued(&self, message: jetstream::Message) {
+        let encoding = encoding_of(message.headers.as_ref());
+        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        let span = tracing::info_span!("planner.queued_command", subject = %message.subject, sequence, code = tracing::field::Empty);
+        set_remote_parent(&span, message.headers.as_ref());
+        let outcome = async {
+            let (namespace, verb) = match self.subjects.parse(&message.subject) {
+                Ok(Route::QueuedCommand { namespace, verb }) => (namespace, verb),
+                Ok(_) => {
+                    return (
+                        None,
+                        Err(WireError::invalid_argument(
+                            "subject",
+                            "not a queued command subject",
+                        )),
+                    )
+                }
+                Err(error) => return (None, Err(error.into())),
+            };
+            let mut command = match Command::decode(verb, &message.payload, encoding) {
+                Ok(command) => command,
+                Err(error) => return (None, Err(error.into())),
+            };
+            let command_id = match command.command_id() {
+                Some(id) => id.to_owned(),
+                None => {
+                    let stand_in = format!("js-{sequence}");
+                    command.set_command_id(stand_in.clone());
+                    stand_in
+                }
+            };
+            let result = self
+                .executor
+                .execute(
+                    &namespace,
+                    &command,
+                    command_traceparent(message.headers.as_ref()),
+                )
+                .await;
+            (Some((namespace, command_id)), result)
+        }
+        .instrument(span.clone())
+        .await;
+        let (identity, result) = outcome;
+        if let Err(error) = &result {
+            span.record("code", error.code.as_str());
+            if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Internal) {
+                tracing::warn!(%error, sequence, "queued command failed transiently; it will be redelivered");
+                if let Err(nak_error) = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+                {
+                    tracing::warn!(error = %nak_error, "nak failed");
+                }
+                return;
+            }
+        }
+        match identity {
+            Some((_namespace, command_id)) => match self.subjects.outcome(&command_id) {
+                Ok(subject) => {
+                    let payload = encode_reply(&result, encoding);
+                    if let Err(error) = self
+                        .nats
+                        .publish_with_headers(subject, reply_headers(encoding), payload.into())
+                        .await
+                    {
+                        // not acknowledged: the redelivery finds the stored outcome and publishes it again
+                        tracing::warn!(%error, "outcome publish failed");
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %command_id, "command id cannot name an outcome subject")
+                }
+            },
+            None => {
+                tracing::warn!(sequence, error = ?result.as_ref().err(), "undecodable queued command dropped")
+            }
+        }
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, sequence, "ack failed; the command will be redelivered and answered from its stored outcome");
+        }
+    }
+}
+
+/// Serves request-reply commands and queries until `shutdown`; in-flight requests finish.
+pub async fn serve_requests(
+    handler: Handler,
+    commands: async_nats::Subscriber,
+    queries: async_nats::Subscriber,
+    concurrency: usize,
+    shutdown: Shutdown,
+) {
+    futures_util::stream::select(commands, queries)
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(concurrency, |message| {
+            let handler = handler.clone();
+            async move { handler.handle_request(message).await }
+        })
+        .await;
+}
+
+/// Creates the stream `ROLLOUT_CMDS` and its durable consumer if missing.
+pub async fn ensure_command_stream(
+    nats: &async_nats::Client,
+    subjects: &Subjects,
+    ack_wait: Duration,
+) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
+    let context = jetstream::new(nats.clone());
+    let stream = context
+        .get_or_create_stream(jetstream::stream::Config {
+            name: COMMAND_STREAM.to_owned(),
+            subjects: vec![subjects.cmdq_all()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            COMMAND_CONSUMER,
+            pull::Config {
+                durable_name: Some(COMMAND_CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
+/// Consumes the durable command stream until `shutdown`.
+pub async fn serve_stream(
+    handler: Handler,
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    shutdown: Shutdown,
+) {
+    let messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(error) => {
+            tracing::error!(%error, "cannot consume the command stream");
+            return;
+        }
+    };
+    messages
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(concurrency, |message| {
+            let handler = handler.clone();
+            async move {
+                match message {
+                    Ok(message) => handler.handle_queued(message).await,
+                    Err(error) => tracing::warn!(%error, "command stream error"),
+                }
+            }
+        })
+        .await;
+}

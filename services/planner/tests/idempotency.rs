@@ -1,0 +1,105 @@
+//! A command id seen before returns the first outcome and changes nothing — for successes
+//! and refusals alike, over request-reply and the durable stream.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_repeated_command_id_returns_the_first_outcome_and_changes_nothing() {
+    let cluster = Cluster::start(1).await;
+    let body = json!({"command_id": "c-1", "flag": flag_body("checkout")});
+    let first = cluster.command("flag.create", body.clone()).await;
+    ok(&first);
+    let dump = cluster.dump().await;
+    let again = cluster.command("flag.create", body).await;
+    assert_eq!(again, first, "the first outcome, not a conflict");
+    assert_eq!(cluster.dump().await, dump, "nothing changed");
+
+    let rollout_id = create_rollout(&cluster, "checkout").await;
+    let pause = json!({"command_id": "c-2", "rollout_id": rollout_id});
+    let paused = cluster.command("rollout.pause", pause.clone()).await;
+    ok(&paused);
+    ok(&cluster
+        .command("rollout.resume", json!({"rollout_id": rollout_id}))
+        .await);
+    let dump = cluster.dump().await;
+    // a retry after a lost reply must not pause the resumed rollout again
+    let retried = cluster.command("rollout.pause", pause).await;
+    assert_eq!(retried, paused);
+    assert_eq!(cluster.dump().await, dump);
+    let status = cluster
+        .query("rollout.status", json!({"rollout_id": rollout_id}))
+        .await;
+    assert_eq!(ok(&status)["state"], json!("running"));
+}
+
+#[tokio::test]
+async fn a_refusal_stands_for_its_command_id() {
+    let cluster = Cluster::start(1).await;
+    create_flag(&cluster, "checkout").await;
+    let rollout_id = create_rollout(&cluster, "checkout").await;
+    let resume = json!({"command_id": "c-9", "rollout_id": rollout_id});
+    let refused = cluster.command("rollout.resume", resume.clone()).await;
+    assert_eq!(error(&refused).0, "failed_precondition");
+    ok(&cluster
+        .command("rollout.pause", json!({"rollout_id": rollout_id}))
+        .await);
+    // the same id now would succeed as a new command, but it is the same command
+    let retried = cluster.command("rollout.resume", resume).await;
+    assert_eq!(retried, refused);
+    let status = cluster
+        .query("rollout.status", json!({"rollout_id": rollout_id}))
+        .await;
+    assert_eq!(ok(&status)["state"], json!("paused"));
+}
+
+#[tokio::test]
+async fn queued_commands_are_applied_once_and_answered_on_their_outcome_subject() {
+    let cluster = Cluster::start(1).await;
+    let mut outcomes = cluster
+        .client
+        .subscribe("rollout.outcome.>")
+        .await
+        .expect("subscribe");
+    cluster.client.flush().await.expect("flush");
+    let jetstream = async_nats::jetstream::new(cluster.client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    let body = serde_json::to_vec(&json!({"command_id": "q-1", "flag": flag_body("queued")}))
+        .expect("json");
+    for _ in 0..2 {
+        jetstream
+            .publish_with_headers(
+                "rollout.cmdq.test.flag.create",
+                headers.clone(),
+                body.clone().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in the stream");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut outcomes),
+        )
+        .await
+        .expect("outcome within 20 s")
+        .expect("subscription open");
+        assert_eq!(message.subject.as_str(), "rollout.outcome.q-1");
+        seen.push(
+            serde_json::from_slice::<serde_json::Value>(&message.payload).expect("json outcome"),
+        );
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same command twice gets the first outcome twice"
+    );
+    assert_eq!(ok(&seen[0])["version"], json!(1));
+    let flag = cluster.query("flag.get", json!({"key": "queued"})).await;
+    assert_eq!(ok(&flag)["version"], json!(1), "applied exactly once");
+}

@@ -1,0 +1,51 @@
+//! The ticker service (SPEC §3–§6, §9): any number of replicas, one leader at a time, which
+//! advances rollouts when their gates open — start times, phase timers, template and manual
+//! execute-at times, bake times, stage gates after a duration or on completion counts —
+//! checks guards at every tick and kill switches every `health_check_interval`, catches up
+//! after downtime in one transition, and emits a `rollout.transition` span per transition.
+//!
+//! Code map:
+//! - [`config`]: [`TickerConfig`] and [`TickerSettings`] (`ROLLOUT_TICKER__*`).
+//! - [`lease`]: the Redis lease (`SET NX PX` with a rising epoch, renew, release) and the
+//!   per-namespace fences.
+//! - [`ticker`]: [`Ticker`], the campaign / lead loop, and its hand-driven steps.
+//! - [`fire`]: one due rollout: health, step function, fenced commit, publish, span.
+//! - [`kill_switch`]: the kill switch index and its checks.
+//! - [`stats`]: [`TickerStats`], counters and the firing-lag histogram.
+//!
+//! **Architecture Invariant:** the lease only saves work; correctness comes from the fence.
+//! Every write the ticker makes carries its epoch and is refused by the namespace's fence
+//! once a newer leader raised it, and every transition is one compare-and-set script over
+//! the revisions it read, with Redis `TIME` as the clock. A paused or partitioned old
+//! leader can waste work, never double-advance or skip a step.
+
+pub mod config;
+pub mod error;
+pub mod fire;
+pub mod kill_switch;
+pub mod lease;
+pub mod stats;
+pub mod ticker;
+
+use rollout_runtime::connect::{connect_nats, connect_redis};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_wire::subjects::Subjects;
+
+pub use config::{TickerConfig, TickerSettings};
+pub use error::TickerError;
+pub use stats::{StatsSnapshot, TickerStats};
+pub use ticker::{Round, Term, Ticker};
+
+/// Connects to NATS and Redis and runs a ticker replica until `shutdown`; a leader
+/// releases its lease on the way out.
+pub async fn run(config: TickerConfig, shutdown: Shutdown) -> Result<(), TickerError> {
+    let subjects = Subjects::new(config.nats.subject_prefix.as_str())?;
+    let nats = connect_nats(&config.nats, "ticker").await?;
+    let redis = connect_redis(&config.redis).await?;
+    let ticker = Ticker::new(redis, nats.clone(), subjects, config.ticker);
+    let result = ticker.run(shutdown).await;
+    if let Err(error) = nats.drain().await {
+        tracing::warn!(%error, "nats drain failed");
+    }
+    result
+}

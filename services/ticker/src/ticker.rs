@@ -1,0 +1,691 @@
+//! The ticker: campaign for the lease, and while leading, fire every due rollout at its
+//! due time and judge kill switches; step down at once when the lease or a fence says
+//! another replica leads, and release the lease on shutdown.
+//!
+//! There is no polling interval. The leader sleeps until the earliest score of any
+//! namespace's `due` index (Redis time), or until a change event from another writer
+//! arrives on `rollout.events.>` (a command may have made something due earlier), or until
+//! its next kill switch check or namespace refresh. Lease renewal runs beside the work, so
+//! a long round never delays it.
+//!
+//! The steps are public so tests drive a ticker by hand: [`Ticker::campaign`] takes the
+//! lease and fences every namespace, [`Ticker::fire_due`] runs one round,
+//! [`Ticker::check_kill_switches`] one kill switch check, [`Ticker::resign`] releases.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::ConnectionManager;
+use rollout_core::{DurationMs, Timestamp};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_store::{redis_time, Relay};
+use rollout_wire::codec::{self, Encoding, Limits, CONTENT_TYPE_HEADER};
+use rollout_wire::events::ChangeEvent;
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::subjects::{Namespace, Route, Subjects};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::TickerSettings;
+use crate::error::TickerError;
+use crate::fire::{fire, FireContext, Fired, TICKER_ACTOR};
+use crate::kill_switch::{KillSwitchReport, KillSwitches};
+use crate::lease::{FenceRaise, Lease};
+use crate::stats::TickerStats;
+
+/// The kill switch index is rebuilt from Redis this often, in case an event was missed.
+const KILL_SWITCH_RESCAN: Duration = Duration::from_secs(300);
+/// How often the leader sweeps the outbox for events nobody published (planners sweep too;
+/// this keeps events flowing while no planner runs).
+const OUTBOX_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Outbox entries younger than this are left to the process that committed them.
+const OUTBOX_SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// Pause after a round that failed, so a broken Redis is not hammered.
+const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+/// Shortest wait between two attempts to take a free lease.
+const MIN_CAMPAIGN_WAIT: Duration = Duration::from_millis(5);
+
+/// One term of leadership: the epoch every write carries, the namespaces whose fence holds
+/// it, and the kill switch index.
+#[derive(Debug)]
+pub struct Term {
+    epoch: u64,
+    namespaces: BTreeMap<String, (Namespace, Keys)>,
+    kill_switches: KillSwitches,
+    namespaces_stale: bool,
+    lost: bool,
+    /// Triggered when the term ends: shutdown, a failed renewal or a fence refusal.
+    signal: Shutdown,
+}
+
+impl Term {
+    fn new(epoch: u64, signal: Shutdown) -> Term {
+        Term {
+            epoch,
+            namespaces: BTreeMap::new(),
+            kill_switches: KillSwitches::default(),
+            namespaces_stale: true,
+            lost: false,
+            signal,
+        }
+    }
+
+    /// The epoch of this term.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether a fence or the lease said another replica leads now.
+    pub fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// The namespaces fenced for this term.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+
+    /// How many flags with a kill switch the term knows.
+    pub fn kill_switch_count(&self) -> usize {
+        self.kill_switches.len()
+    }
+
+    fn lose(&mut self) {
+        self.lost = true;
+        self.signal.trigger();
+    }
+}
+
+/// What one round of firing did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Due rollouts looked at.
+    pub looked_at: usize,
+    /// Transitions committed.
+    pub committed: usize,
+    /// Rollouts that failed (retried later).
+    pub errors: usize,
+    /// A write was refused by a fence: the term is lost.
+    pub fenced: bool,
+    /// Some namespace had more due rollouts than one batch.
+    pub full: bool,
+}
+
+/// Only the actor of a change event, to tell our own events from others' cheaply.
+#[derive(Deserialize)]
+struct EventActor {
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// A ticker replica. Cheap to clone; clones share the lease identity and the stats.
+#[derive(Clone, Debug)]
+pub struct Ticker {
+    lease: Lease,
+    context: FireContext,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    settings: TickerSettings,
+}
+
+impl Ticker {
+    /// A replica using `redis` for state and the lease and `nats` for events.
+    pub fn new(
+        redis: ConnectionManager,
+        nats: async_nats::Client,
+        subjects: Subjects,
+        settings: TickerSettings,
+    ) -> Ticker {
+        let replica = settings.replica();
+        let stale_ms = i64::try_from(settings.stale_agent_after.as_millis()).unwrap_or(i64::MAX);
+        Ticker {
+            lease: Lease::new(redis.clone(), replica, settings.lease_ttl),
+            context: FireContext {
+                relay: Relay::new(nats.clone(), redis.clone(), subjects.clone()),
+                redis,
+                stats: TickerStats::new(),
+                stale_agent_after: DurationMs::from_millis(stale_ms),
+            },
+            nats,
+            subjects,
+            settings,
+        }
+    }
+
+    /// The counters of this replica.
+    pub fn stats(&self) -> TickerStats {
+        self.context.stats.clone()
+    }
+
+    /// This replica's id in the lease.
+    pub fn replica_id(&self) -> &str {
+        self.lease.replica_id()
+    }
+
+    /// The lease handle.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// One attempt to become leader: take the lease if it is free, then raise every
+    /// namespace's fence to the new epoch and index the kill switches. `None` when another
+    /// replica holds the lease (or a fence showed a newer epoch).
+    pub async fn campaign(&self) -> Result<Option<Term>, TickerError> {
+        self.campaign_under(&Shutdown::new()).await
+    }
+
+    async fn campaign_under(&self, parent: &Shutdown) -> Result<Option<Term>, TickerError> {
+        let Some(epoch) = self.lease.acquire().await? else {
+            return Ok(None);
+        };
+        self.context.stats.term_started(epoch);
+        tracing::info!(replica = %self.replica_id(), epoch, "leadership acquired");
+        let mut term = Term::new(epoch, parent.child());
+        if let Err(error) = self.refresh_namespaces(&mut term).await {
+            let _ = self.resign(term).await;
+            return Err(error);
+        }
+        if term.lost {
+            let _ = self.resign(term).await;
+            return Ok(None);
+        }
+        Ok(Some(term))
+    }
+
+    /// Reads the namespace registry and fences (and indexes the kill switches of) every
+    /// namespace the term does not hold yet. A fence above our epoch loses the term.
+    pub async fn refresh_namespaces(&self, term: &mut Term) -> Result<(), TickerError> {
+        let mut connection = self.context.redis.clone();
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::namespaces())
+            .query_async(&mut connection)
+            .await?;
+        for name in names {
+            if term.namespaces.contains_key(&name) {
+                continue;
+            }
+            let namespace = match Namespace::new(name.as_str()) {
+                Ok(namespace) => namespace,
+                Err(error) => {
+                    tracing::warn!(%error, namespace = %name, "skipping an invalid namespace in the registry");
+                    continue;
+                }
+            };
+            let keys = Keys::new(&namespace);
+            match self.lease.raise_fence(&keys, term.epoch).await? {
+                FenceRaise::Ours => {}
+                FenceRaise::Ahead(fence) => {
+                    tracing::warn!(namespace = %namespace, epoch = term.epoch, fence, "a namespace fence is ahead of our epoch; stepping down");
+                    term.lose();
+                    return Ok(());
+                }
+            }
+            if let Err(error) = term
+                .kill_switches
+                .scan(&self.context, &namespace, &keys)
+                .await
+            {
+                tracing::warn!(%error, namespace = %namespace, "kill switch index incomplete; rescanning later");
+            }
+            tracing::debug!(namespace = %namespace, epoch = term.epoch, "namespace fenced");
+            term.namespaces.insert(name, (namespace, keys));
+        }
+        term.namespaces_stale = false;
+        Ok(())
+    }
+
+    /// Rebuilds the kill switch index of every fenced namespace.
+    pub async fn rescan_kill_switches(&self, term: &mut Term) -> Result<(), TickerError> {
+        for (namespace, keys) in term.namespaces.values() {
+            term.kill_switches
+                .scan(&self.context, namespace, keys)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One round: fires every rollout due at the current Redis time (up to a batch per
+    /// namespace).
+    pub async fn fire_due(&self, term: &mut Term) -> Result<Round, TickerError> {
+        let mut connection = self.context.redis.clone();
+        let now = redis_time(&mut connection).await?;
+        self.fire_round(term, now).await
+    }
+
+    async fn fire_round(&self, term: &mut Term, now: Timestamp) -> Result<Round, TickerError> {
+        let mut round = Round::default();
+        if term.namespaces.is_empty() || term.signal.is_triggered() {
+            return Ok(round);
+        }
+        let batch = self.settings.batch_size;
+        let mut pipe = redis::pipe();
+        for (_, keys) in term.namespaces.values() {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(keys.due())
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch);
+        }
+        let mut connection = self.context.redis.clone();
+        let due: Vec<Vec<String>> = pipe.query_async(&mut connection).await?;
+        let mut work = Vec::new();
+        for ((namespace, keys), ids) in term.namespaces.values().zip(due) {
+            round.full |= ids.len() >= batch;
+            work.extend(
+                ids.into_iter()
+                    .map(|id| (namespace.clone(), keys.clone(), id)),
+            );
+        }
+        round.looked_at = work.len();
+        let epoch = term.epoch;
+        let fenced = Arc::new(AtomicBool::new(false));
+        // every future owns what it uses, so the stream is `Send` for any caller
+        let results: Vec<(String, Result<Fired, rollout_store::StoreError>)> =
+            futures_util::stream::iter(work)
+                .map(|(namespace, keys, rollout_id)| {
+                    let fenced = Arc::clone(&fenced);
+                    let context = self.context.clone();
+                    let signal = term.signal.clone();
+                    async move {
+                        // a term that ended stops taking work; what is in flight finishes
+                        if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
+                            return (rollout_id, Ok(Fired::Conflict));
+                        }
+                        let fired =
+                            fire(&context, &namespace, &keys, epoch, &rollout_id, now).await;
+                        if matches!(fired, Ok(Fired::Fenced)) {
+                            fenced.store(true, Ordering::Relaxed);
+                        }
+                        (rollout_id, fired)
+                    }
+                })
+                .buffer_unordered(self.settings.max_in_flight)
+                .collect()
+                .await;
+        for (rollout_id, result) in results {
+            match result {
+                Ok(Fired::Committed) => round.committed += 1,
+                Ok(Fired::Fenced) => round.fenced = true,
+                Ok(Fired::Failed(reason)) => {
+                    round.errors += 1;
+                    self.context.stats.error();
+                    tracing::error!(rollout_id = %rollout_id, %reason, "rollout could not be fired; trying again later");
+                }
+                Ok(Fired::Unchanged | Fired::Removed | Fired::Conflict | Fired::Early) => {}
+                Err(error) => {
+                    round.errors += 1;
+                    self.context.stats.error();
+                    tracing::warn!(rollout_id = %rollout_id, %error, "firing failed; trying again next round");
+                }
+            }
+        }
+        if round.fenced {
+            tracing::warn!(
+                epoch,
+                "a fence refused our write: another replica leads; stepping down"
+            );
+            term.lose();
+        }
+        Ok(round)
+    }
+
+    /// Judges every enabled kill switch now, disabling the flags whose switch is breached.
+    pub async fn check_kill_switches(
+        &self,
+        term: &mut Term,
+    ) -> Result<KillSwitchReport, TickerError> {
+        if !term.kill_switches.any_enabled() {
+            return Ok(KillSwitchReport::default());
+        }
+        let mut connection = self.context.redis.clone();
+        let now = redis_time(&mut connection).await?;
+        let report = term
+            .kill_switches
+            .check(&self.context, &term.namespaces, term.epoch, now)
+            .await?;
+        if report.fenced {
+            term.lose();
+        }
+        Ok(report)
+    }
+
+    /// Extends the lease of `term`; `false` when it is no longer ours.
+    pub async fn renew(&self, term: &Term) -> Result<bool, TickerError> {
+        Ok(self.lease.renew(term.epoch).await?)
+    }
+
+    /// Ends `term`, releasing the lease if it is still ours so another replica takes over
+    /// at once; `true` when it was released.
+    pub async fn resign(&self, term: Term) -> Result<bool, TickerError> {
+        term.signal.trigger();
+        self.context.stats.term_ended();
+        let released = self.lease.release(term.epoch).await?;
+        tracing::info!(replica = %self.replica_id(), epoch = term.epoch, released, "leadership ended");
+        Ok(released)
+    }
+
+    /// The current Redis time and the earliest due score over the term's namespaces.
+    async fn peek_due(&self, term: &Term) -> Result<(Timestamp, Option<Timestamp>), TickerError> {
+        let mut connection = self.context.redis.clone();
+        let now = redis_time(&mut connection).await?;
+        if term.namespaces.is_empty() {
+            return Ok((now, None));
+        }
+        let mut pipe = redis::pipe();
+        for (_, keys) in term.namespaces.values() {
+            pipe.cmd("ZRANGE")
+                .arg(keys.due())
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut connection).await?;
+        let earliest = firsts
+            .iter()
+            .filter_map(|first| first.first())
+            .map(|(_, score)| Timestamp::from_millis(score.floor() as i64))
+            .min();
+        Ok((now, earliest))
+    }
+
+    /// Runs until `shutdown`: campaign, lead while leading, campaign again.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), TickerError> {
+        tracing::info!(
+            replica = %self.replica_id(),
+            lease_ttl_ms = self.settings.lease_ttl.as_millis() as u64,
+            renew_ms = self.settings.renew_every().as_millis() as u64,
+            "ticker started"
+        );
+        while !shutdown.is_triggered() {
+            match self.campaign_under(&shutdown).await {
+                Ok(Some(term)) => self.lead(term, &shutdown).await,
+                Ok(None) => self.wait_for_lease(&shutdown).await,
+                Err(error) => {
+                    tracing::warn!(%error, "campaign failed; trying again");
+                    sleep_or_stop(self.settings.renew_every(), &shutdown).await;
+                }
+            }
+        }
+        let stats = self.context.stats.snapshot();
+        tracing::info!(
+            replica = %self.replica_id(),
+            transitions = stats.transitions,
+            fenced = stats.fenced,
+            conflicts = stats.conflicts,
+            terms = stats.terms,
+            kill_switch_trips = stats.kill_switch_trips,
+            lag_p99_ms = stats.lag_p99_ms,
+            "ticker stopped"
+        );
+        Ok(())
+    }
+
+    /// Waits until the lease may be free: until it expires, but no longer than the
+    /// renewal interval (a released lease is noticed within it).
+    async fn wait_for_lease(&self, shutdown: &Shutdown) {
+        let every = self.settings.renew_every();
+        let wait = match self.lease.remaining().await {
+            Ok(Some(remaining)) => remaining.min(every),
+            Ok(None) => MIN_CAMPAIGN_WAIT,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the lease; trying again");
+                every
+            }
+        };
+        sleep_or_stop(wait.max(MIN_CAMPAIGN_WAIT), shutdown).await;
+    }
+
+    /// Leads for one term: work and lease renewal side by side until the term ends, then
+    /// resign.
+    async fn lead(&self, mut term: Term, shutdown: &Shutdown) {
+        let mut events = match self.nats.subscribe(self.subjects.events_all()).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to change events; relying on timers");
+                None
+            }
+        };
+        let signal = term.signal.clone();
+        let grace = self.settings.shutdown_grace;
+        let both = async {
+            tokio::join!(
+                self.keep_lease(term.epoch, signal.clone()),
+                self.work(&mut term, &mut events)
+            )
+        };
+        let overstay = async {
+            signal.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let still_ours = tokio::select! {
+            (still_ours, ()) = both => still_ours,
+            () = overstay => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "work in flight did not finish within the grace period");
+                true
+            }
+        };
+        drop(events);
+        if !still_ours {
+            term.lost = true;
+        }
+        if shutdown.is_triggered() {
+            tracing::info!(epoch = term.epoch, "shutting down: releasing the lease");
+        }
+        if let Err(error) = self.resign(term).await {
+            tracing::warn!(%error, "could not release the lease; it expires on its own");
+        }
+    }
+
+    /// Renews the lease every renewal interval until `signal`. Returns `false` (after
+    /// triggering `signal`) when the lease is lost or could not be renewed before it would
+    /// expire.
+    async fn keep_lease(&self, epoch: u64, signal: Shutdown) -> bool {
+        let every = self.settings.renew_every();
+        let ttl = self.lease.ttl();
+        let mut valid_until = Instant::now() + ttl;
+        loop {
+            tokio::select! {
+                () = signal.cancelled() => return true,
+                () = tokio::time::sleep(every) => {}
+            }
+            let attempt = Instant::now();
+            match tokio::time::timeout(every, self.lease.renew(epoch)).await {
+                Ok(Ok(true)) => valid_until = attempt + ttl,
+                Ok(Ok(false)) => {
+                    tracing::warn!(epoch, "the lease is held by another replica; stepping down");
+                    signal.trigger();
+                    return false;
+                }
+                Ok(Err(_)) | Err(_) if Instant::now() + every >= valid_until => {
+                    tracing::warn!(
+                        epoch,
+                        "the lease could not be renewed before it expires; stepping down"
+                    );
+                    signal.trigger();
+                    return false;
+                }
+                Ok(Err(error)) => tracing::warn!(%error, epoch, "lease renewal failed; retrying"),
+                Err(_) => tracing::warn!(epoch, "lease renewal timed out; retrying"),
+            }
+        }
+    }
+
+    /// The leader's loop: fire what is due, judge kill switches, sleep until the next due
+    /// time or an event, until the term ends.
+    async fn work(&self, term: &mut Term, events: &mut Option<async_nats::Subscriber>) {
+        let every = self.settings.renew_every();
+        let health_interval = self.settings.health_check_interval;
+        let mut next_refresh = Instant::now() + every;
+        let mut next_health = Instant::now();
+        let mut next_rescan = Instant::now() + KILL_SWITCH_RESCAN;
+        let mut next_sweep = Instant::now() + OUTBOX_SWEEP_EVERY;
+        loop {
+            if term.signal.is_triggered() {
+                return;
+            }
+            self.drain_events(term, events);
+            let instant = Instant::now();
+            if term.namespaces_stale || instant >= next_refresh {
+                next_refresh = instant + every;
+                if let Err(error) = self.refresh_namespaces(term).await {
+                    tracing::warn!(%error, "namespace refresh failed");
+                }
+                if events.is_none() {
+                    *events = self.nats.subscribe(self.subjects.events_all()).await.ok();
+                }
+            }
+            if instant >= next_sweep {
+                next_sweep = instant + OUTBOX_SWEEP_EVERY;
+                // events a crashed ticker or planner committed but never published
+                match self.context.relay.sweep_all(OUTBOX_SWEEP_GRACE).await {
+                    Ok(0) => {}
+                    Ok(relayed) => {
+                        tracing::info!(relayed, "outbox sweep published orphaned events")
+                    }
+                    Err(error) => tracing::warn!(%error, "outbox sweep failed"),
+                }
+            }
+            if instant >= next_rescan {
+                next_rescan = instant + KILL_SWITCH_RESCAN;
+                if let Err(error) = self.rescan_kill_switches(term).await {
+                    tracing::warn!(%error, "kill switch rescan failed");
+                }
+            }
+            if instant >= next_health {
+                next_health = instant + health_interval;
+                if let Err(error) = self.check_kill_switches(term).await {
+                    tracing::warn!(%error, "kill switch check failed");
+                }
+            }
+            if term.signal.is_triggered() {
+                return;
+            }
+            let (now, earliest) = match self.peek_due(term).await {
+                Ok(peek) => peek,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the due index; retrying");
+                    sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                    continue;
+                }
+            };
+            if earliest.is_some_and(|earliest| earliest <= now) {
+                match self.fire_round(term, now).await {
+                    Ok(round) if round.errors > 0 && round.committed == 0 => {
+                        sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "firing round failed; retrying");
+                        sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                    }
+                }
+                continue;
+            }
+            let mut deadline = next_refresh.min(next_rescan);
+            if term.kill_switches.any_enabled() {
+                deadline = deadline.min(next_health);
+            }
+            if let Some(earliest) = earliest {
+                let wait_ms = u64::try_from(earliest.millis_since(now)).unwrap_or(0);
+                deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
+            }
+            self.sleep_until(term, events, deadline).await;
+        }
+    }
+
+    /// Sleeps until `deadline`, the end of the term, or a change event from another
+    /// writer (our own events only update the kill switch index).
+    async fn sleep_until(
+        &self,
+        term: &mut Term,
+        events: &mut Option<async_nats::Subscriber>,
+        deadline: Instant,
+    ) {
+        loop {
+            let signal = term.signal.clone();
+            let woke = tokio::select! {
+                biased;
+                () = signal.cancelled() => Wake::Stop,
+                () = tokio::time::sleep_until(deadline) => Wake::Stop,
+                message = next_event(events) => Wake::Event(message),
+            };
+            match woke {
+                Wake::Stop => return,
+                Wake::Event(None) => {
+                    tracing::warn!("change event subscription ended; relying on timers");
+                    *events = None;
+                }
+                Wake::Event(Some(message)) => {
+                    if self.absorb(term, &message) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every event already received, without waiting.
+    fn drain_events(&self, term: &mut Term, events: &mut Option<async_nats::Subscriber>) {
+        let Some(subscriber) = events.as_mut() else {
+            return;
+        };
+        while let Some(Some(message)) = subscriber.next().now_or_never() {
+            self.absorb(term, &message);
+        }
+    }
+
+    /// Applies a change event to the term; `true` when it may have made something due
+    /// earlier (it came from another writer, or from a namespace not fenced yet).
+    fn absorb(&self, term: &mut Term, message: &async_nats::Message) -> bool {
+        let Ok(Route::Events { namespace, flag }) = self.subjects.parse(message.subject.as_str())
+        else {
+            return false;
+        };
+        if !term.namespaces.contains_key(namespace.as_str()) {
+            term.namespaces_stale = true;
+            return true;
+        }
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
+                .map(|value| value.as_str()),
+        );
+        let own =
+            codec::decode_with::<EventActor>(&message.payload, encoding, Limits::SERVICE_OUTPUT)
+                .map(|peek| peek.actor.as_deref() == Some(TICKER_ACTOR))
+                .unwrap_or(false);
+        if !own || term.kill_switches.contains(namespace.as_str(), &flag) {
+            match ChangeEvent::decode(&message.payload, encoding) {
+                Ok(event) => term.kill_switches.absorb(&event),
+                Err(error) => tracing::debug!(%error, "ignoring an undecodable change event"),
+            }
+        }
+        !own
+    }
+}
+
+enum Wake {
+    Stop,
+    Event(Option<async_nats::Message>),
+}
+
+async fn next_event(events: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match events.as_mut() {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_or_stop(duration: Duration, stop: &Shutdown) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(duration) => {}
+    }
+}

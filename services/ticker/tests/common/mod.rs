@@ -1,0 +1,573 @@
+//! What the ticker's tests (and its benchmark) share: a private NATS + Redis pair, rollouts
+//! written the way the planner writes them (one store `Mutation`), readers for records,
+//! audit and events, and ticker replicas in process or as child processes.
+
+// each test binary uses a different part of this module
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use rollout_core::{
+    compile, CompileContext, DurationMs, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
+};
+use rollout_runtime::config::{NatsSettings, RedisSettings};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_store::{
+    load_flag, load_rollout, redis_time, settle_flag, Actor, CommitOutcome, FlagRecord, Mutation,
+    Relay, RolloutRecord, StoredFlag,
+};
+use rollout_testkit::TestCluster;
+use rollout_wire::codec::Encoding;
+use rollout_wire::events::{ChangeEvent, EventKind};
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::queries::AuditEntry;
+use rollout_wire::subjects::{Namespace, Subjects};
+use ticker::{Ticker, TickerSettings};
+
+/// The namespace most tests use.
+pub const NS: &str = "prod";
+
+/// A private NATS and Redis with clients on them.
+pub struct Harness {
+    pub cluster: TestCluster,
+    pub redis: ConnectionManager,
+    pub nats: async_nats::Client,
+    pub subjects: Subjects,
+    pub relay: Relay,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        rollout_runtime::telemetry::init_for_tests();
+        let cluster = tokio::task::spawn_blocking(TestCluster::start)
+            .await
+            .expect("start task")
+            .expect("nats-server and redis-server start (run deploy/tools/install.sh)");
+        let redis = connect_redis(&cluster.redis.url()).await;
+        let nats = async_nats::connect(cluster.nats.url())
+            .await
+            .expect("nats connects");
+        let subjects = Subjects::new("rollout").expect("prefix");
+        let relay = Relay::new(nats.clone(), redis.clone(), subjects.clone());
+        Harness {
+            cluster,
+            redis,
+            nats,
+            subjects,
+            relay,
+        }
+    }
+
+    pub fn keys(&self, namespace: &str) -> Keys {
+        Keys::new(&Namespace::new(namespace).expect("namespace"))
+    }
+
+    /// Ticker settings for an in-process replica with a short lease.
+    pub fn settings(&self, replica: &str) -> TickerSettings {
+        TickerSettings {
+            lease_ttl: Duration::from_secs(1),
+            renew_interval: Some(Duration::from_millis(200)),
+            replica_id: Some(replica.to_owned()),
+            ..TickerSettings::default()
+        }
+    }
+
+    /// An in-process replica with its own Redis and NATS connections.
+    pub async fn ticker(&self, settings: TickerSettings) -> Ticker {
+        let redis = connect_redis(&self.cluster.redis.url()).await;
+        let nats = async_nats::connect(self.cluster.nats.url())
+            .await
+            .expect("nats connects");
+        Ticker::new(redis, nats, self.subjects.clone(), settings)
+    }
+
+    pub async fn now(&self) -> Timestamp {
+        let mut connection = self.redis.clone();
+        redis_time(&mut connection).await.expect("redis time")
+    }
+
+    /// Registers `namespace` as the planner does.
+    pub async fn register_namespace(&self, namespace: &str) {
+        let mut connection = self.redis.clone();
+        let _: i64 = redis::cmd("SADD")
+            .arg(keys::namespaces())
+            .arg(namespace)
+            .query_async(&mut connection)
+            .await
+            .expect("sadd");
+    }
+
+    /// Creates flag `flag_key` (variations `off`/`on`, serving `off`) and, when `spec` is
+    /// given, a rollout of it compiled at `now`, in one commit, as the planner does; the
+    /// events are published. Returns the rollout.
+    pub async fn create(
+        &self,
+        namespace: &str,
+        flag_key: &str,
+        spec: Option<serde_json::Value>,
+        now: Timestamp,
+        options: CreateOptions,
+    ) -> Option<RolloutRecord> {
+        let publish = options.publish;
+        let (prepared, record) = self.prepare_create(namespace, flag_key, spec, now, options);
+        let keys = self.keys(namespace);
+        self.register_namespace(namespace).await;
+        let mut connection = self.redis.clone();
+        let outcome = prepared
+            .commit
+            .execute(&mut connection)
+            .await
+            .expect("commit runs");
+        let CommitOutcome::Committed { outbox_ids, .. } = outcome else {
+            panic!("creation not committed: {outcome:?}");
+        };
+        if publish {
+            self.relay
+                .publish_committed(&keys, &prepared.events, &outbox_ids)
+                .await;
+        } else {
+            let _: i64 = redis::cmd("XDEL")
+                .arg(keys.outbox())
+                .arg(&outbox_ids)
+                .query_async(&mut connection)
+                .await
+                .expect("xdel");
+        }
+        record
+    }
+
+    /// The commit [`Harness::create`] executes, without executing it.
+    pub fn prepare_create(
+        &self,
+        namespace: &str,
+        flag_key: &str,
+        spec: Option<serde_json::Value>,
+        now: Timestamp,
+        options: CreateOptions,
+    ) -> (rollout_store::PreparedCommit, Option<RolloutRecord>) {
+        let keys = self.keys(namespace);
+        let mut flag_json = serde_json::json!({
+            "key": flag_key,
+            "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+            "off_variation": "off",
+            "enabled": true,
+            "default": {"variation": "off"},
+        });
+        if let Some(kill_switch) = options.kill_switch.clone() {
+            flag_json["kill_switch"] = kill_switch;
+        }
+        let flag: Flag = serde_json::from_value(flag_json).expect("flag");
+        let mut flag_record = FlagRecord {
+            flag: flag.clone(),
+            active_rollout: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let actor = Actor {
+            name: "test".to_owned(),
+            command_id: None,
+            trace_id: None,
+        };
+        let mut mutation = Mutation::new(&keys, namespace, flag_key, 0, now, actor);
+        mutation.happened(EventKind::FlagCreated, None, None, None);
+        let mut rollout = None;
+        if let Some(spec_json) = spec {
+            let mut spec_json = spec_json;
+            spec_json["flag"] = serde_json::Value::String(flag_key.to_owned());
+            spec_json
+                .as_object_mut()
+                .expect("spec object")
+                .entry("baseline")
+                .or_insert(serde_json::json!("off"));
+            spec_json
+                .as_object_mut()
+                .expect("spec object")
+                .entry("candidate")
+                .or_insert(serde_json::json!("on"));
+            let spec: RolloutSpec = serde_json::from_value(spec_json).expect("spec");
+            let context = CompileContext {
+                now,
+                min_phase_interval: DurationMs::from_millis(500),
+                fresh_salt: "test-salt",
+            };
+            let plan = compile(&spec, &flag, &context).expect("spec compiles");
+            let created = RolloutState::created(&plan, now);
+            let id = format!("r-{flag_key}");
+            let record = RolloutRecord {
+                id: id.clone(),
+                namespace: namespace.to_owned(),
+                spec,
+                plan,
+                state: created.state,
+                created_at: now,
+                created_by: Some("test".to_owned()),
+                traceparent: options.traceparent.clone(),
+            };
+            flag_record.active_rollout = Some(id.clone());
+            settle_flag(&mut flag_record, &record, &created.effects, now);
+            let before = RolloutState {
+                lifecycle: Lifecycle::Queued,
+                ..record.state.clone()
+            };
+            mutation.happened(EventKind::RolloutCreated, Some(&id), None, None);
+            mutation.effects(&id, &before, &created.effects);
+            mutation.rollout(0, record.clone());
+            rollout = Some(record);
+        }
+        mutation.flag(flag_record, true);
+        let prepared = mutation.into_commit(None).expect("commit builds");
+        (prepared, rollout)
+    }
+
+    pub async fn rollout(&self, namespace: &str, rollout_id: &str) -> RolloutRecord {
+        let mut connection = self.redis.clone();
+        load_rollout(&mut connection, &self.keys(namespace), rollout_id)
+            .await
+            .expect("load")
+            .expect("rollout exists")
+    }
+
+    pub async fn flag(&self, namespace: &str, flag_key: &str) -> StoredFlag {
+        let mut connection = self.redis.clone();
+        load_flag(&mut connection, &self.keys(namespace), flag_key)
+            .await
+            .expect("load flag")
+    }
+
+    /// A rollout's audit, oldest first.
+    pub async fn audit(&self, namespace: &str, rollout_id: &str) -> Vec<AuditEntry> {
+        self.audit_list(&self.keys(namespace).audit_rollout(rollout_id))
+            .await
+    }
+
+    /// A flag's audit, oldest first.
+    pub async fn flag_audit(&self, namespace: &str, flag_key: &str) -> Vec<AuditEntry> {
+        self.audit_list(&self.keys(namespace).audit_flag(flag_key))
+            .await
+    }
+
+    async fn audit_list(&self, key: &str) -> Vec<AuditEntry> {
+        let mut connection = self.redis.clone();
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .expect("lrange");
+        let mut entries: Vec<AuditEntry> = raw
+            .iter()
+            .map(|bytes| rollout_wire::codec::decode(bytes, Encoding::MessagePack).expect("audit"))
+            .collect();
+        entries.reverse();
+        entries
+    }
+
+    /// The replica holding the lease and its epoch.
+    pub async fn lease_holder(&self) -> Option<(String, u64)> {
+        let mut connection = self.redis.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(keys::ticker_lease())
+            .query_async(&mut connection)
+            .await
+            .expect("get lease");
+        value.and_then(|value| {
+            ticker::lease::parse_lease_value(&value)
+                .map(|(replica, epoch)| (replica.to_owned(), epoch))
+        })
+    }
+
+    /// Collects every change event of `namespace` from now on.
+    pub async fn collect_events(&self, namespace: &str) -> EventLog {
+        let subscriber = self
+            .nats
+            .subscribe(format!("rollout.events.{namespace}.>"))
+            .await
+            .expect("subscribe");
+        self.nats.flush().await.expect("flush");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&events);
+        let task = tokio::spawn(async move {
+            let mut subscriber = subscriber;
+            while let Some(message) = subscriber.next().await {
+                let event = ChangeEvent::decode(&message.payload, Encoding::MessagePack)
+                    .expect("event decodes");
+                sink.lock().expect("lock").push(event);
+            }
+        });
+        EventLog { events, task }
+    }
+
+    /// Environment for a `ticker` child process.
+    pub fn child_env(&self, replica: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("ROLLOUT_NATS__URL".to_owned(), self.cluster.nats.url()),
+            ("ROLLOUT_REDIS__URL".to_owned(), self.cluster.redis.url()),
+            ("ROLLOUT_TICKER__REPLICA_ID".to_owned(), replica.to_owned()),
+            ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
+            ("ROLLOUT_LOG__LEVEL".to_owned(), "info".to_owned()),
+        ])
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub kill_switch: Option<serde_json::Value>,
+    pub traceparent: Option<String>,
+    /// Publish the creation events (as the planner does); off for bulk set-ups.
+    pub publish: bool,
+}
+
+impl CreateOptions {
+    pub fn published() -> CreateOptions {
+        CreateOptions {
+            publish: true,
+            ..CreateOptions::default()
+        }
+    }
+}
+
+pub struct EventLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<ChangeEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    pub fn events(&self) -> Vec<ChangeEvent> {
+        self.events.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn connect_redis(url: &str) -> ConnectionManager {
+    let settings = RedisSettings {
+        url: url.to_owned(),
+        ..RedisSettings::default()
+    };
+    rollout_runtime::connect::connect_redis(&settings)
+        .await
+        .expect("redis connects")
+}
+
+pub fn nats_settings(url: &str) -> NatsSettings {
+    NatsSettings {
+        url: url.to_owned(),
+        ..NatsSettings::default()
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An in-process replica running on its own task until stopped or aborted.
+pub struct Running {
+    pub ticker: Ticker,
+    pub shutdown: Shutdown,
+    pub handle: tokio::task::JoinHandle<Result<(), ticker::TickerError>>,
+}
+
+impl Running {
+    pub fn start(ticker: Ticker) -> Running {
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(ticker.clone().run(shutdown.clone()));
+        Running {
+            ticker,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// A clean stop: the leader releases its lease.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.handle.await.expect("ticker task").expect("ticker ran");
+    }
+
+    /// A crash: the task is dropped where it stands; the lease is not released.
+    pub async fn crash(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+/// A `ticker` child process, SIGKILLed when dropped.
+pub struct TickerProcess {
+    pub replica: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl TickerProcess {
+    pub fn spawn(dir: &Path, env: &HashMap<String, String>) -> TickerProcess {
+        let replica = env
+            .get("ROLLOUT_TICKER__REPLICA_ID")
+            .cloned()
+            .unwrap_or_else(|| "ticker".to_owned());
+        let log = dir.join(format!("{replica}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ticker"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ROLLOUT_") && name.contains("__") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("ticker binary starts");
+        TickerProcess {
+            replica,
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal delivered");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + deadline;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for TickerProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks one rollout's history and audit: every step index appears exactly once and in
+/// order (entered, or skipped by catch-up), each entered step has exactly one
+/// `rollout_step` audit entry, each skipped one is listed by exactly one, and the rollout
+/// started at most once. Returns the number of `rollout_step` entries.
+pub fn assert_single_advances(record: &RolloutRecord, audit: &[AuditEntry]) -> usize {
+    let indexes: Vec<usize> = record.state.history.iter().map(|step| step.index).collect();
+    let expected: Vec<usize> = (0..indexes.len()).collect();
+    assert_eq!(
+        indexes, expected,
+        "{}: history {:?}",
+        record.id, record.state.history
+    );
+    let started = audit
+        .iter()
+        .filter(|entry| entry.kind == EventKind::RolloutStarted)
+        .count();
+    assert!(started <= 1, "{}: started {started} times", record.id);
+    let steps: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|entry| entry.kind == EventKind::RolloutStep)
+        .collect();
+    let mut entered_by_audit: Vec<usize> = steps
+        .iter()
+        .map(|entry| entry.details["to"].as_u64().expect("to") as usize)
+        .collect();
+    let mut skipped_by_audit: Vec<usize> = steps
+        .iter()
+        .flat_map(|entry| {
+            entry.details["skipped"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|value| value.as_u64().expect("index") as usize)
+        })
+        .collect();
+    let entered: Vec<usize> = record
+        .state
+        .history
+        .iter()
+        .filter(|step| !step.skipped)
+        .map(|step| step.index)
+        .collect();
+    let skipped: Vec<usize> = record
+        .state
+        .history
+        .iter()
+        .filter(|step| step.skipped)
+        .map(|step| step.index)
+        .collect();
+    entered_by_audit.sort_unstable();
+    skipped_by_audit.sort_unstable();
+    assert_eq!(
+        entered_by_audit, entered,
+        "{}: entered steps vs audit",
+        record.id
+    );
+    assert_eq!(
+        skipped_by_audit, skipped,
+        "{}: skipped steps vs audit",
+        record.id
+    );
+    for step in &record.state.history {
+        if let Some(entered_at) = step.entered_at {
+            assert!(
+                entered_at >= step.planned_at,
+                "{}: step {} entered at {entered_at} before its planned {}",
+                record.id,
+                step.index,
+                step.planned_at
+            );
+        }
+    }
+    steps.len()
+}
+
+/// `time` as RFC 3339.
+pub fn rfc3339(time: Timestamp) -> String {
+    time.to_rfc3339()
+}
+
+/// `time` plus `millis` (which may be negative).
+pub fn after(time: Timestamp, millis: i64) -> Timestamp {
+    Timestamp::from_millis(time.as_millis() + millis)
+}

@@ -1,0 +1,755 @@
+//! The ticker in process against a private NATS and Redis: transitions at their times,
+//! several replicas and crashes without double advances, the fence refusing a stale
+//! leader, catch-up in one transition, lease hand-over on shutdown, guards, kill switches,
+//! stage completion gates, and a small firing run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{
+    after, assert_single_advances, eventually, rfc3339, CreateOptions, Harness, Running, NS,
+};
+use rollout_core::{Lifecycle, Timestamp};
+use rollout_store::fleet::{self, Agent, Report};
+use rollout_store::outcomes::{self, Tally};
+use rollout_testkit::{RedisOptions, RedisServer};
+use rollout_wire::events::EventKind;
+use serde_json::json;
+use ticker::lease::Lease;
+use ticker::TickerSettings;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_fire_at_their_planned_times_in_order() {
+    let harness = Harness::start().await;
+    let events = harness.collect_events(NS).await;
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    let now = harness.now().await;
+    let start = after(now, 1_500);
+    let phases = harness
+        .create(
+            NS,
+            "checkout",
+            Some(json!({
+                "phases": [{"percentage": 10, "duration": "1s"}, {"percentage": 50, "duration": "1s"}, {"percentage": 100}],
+                "start_at": rfc3339(start),
+            })),
+            now,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    let manual = harness
+        .create(
+            NS,
+            "search",
+            Some(json!({
+                "manual": [
+                    {"weight": 20, "execute_at": rfc3339(after(now, 1_200))},
+                    {"weight": 60, "execute_at": rfc3339(after(now, 2_200))},
+                ],
+            })),
+            now,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    assert_eq!(phases.state.lifecycle, Lifecycle::Queued);
+
+    let (phases_done, manual_done) = eventually("both rollouts complete", DEADLINE, || async {
+        let phases_now = harness.rollout(NS, &phases.id).await;
+        let manual_now = harness.rollout(NS, &manual.id).await;
+        (phases_now.state.lifecycle == Lifecycle::Completed
+            && manual_now.state.lifecycle == Lifecycle::Completed)
+            .then_some((phases_now, manual_now))
+    })
+    .await;
+
+    let planned: Vec<Timestamp> = phases_done
+        .state
+        .history
+        .iter()
+        .map(|step| step.planned_at)
+        .collect();
+    assert_eq!(planned, [start, after(start, 1_000), after(start, 2_000)]);
+    let entered: Vec<Timestamp> = phases_done
+        .state
+        .history
+        .iter()
+        .map(|step| step.entered_at.expect("entered"))
+        .collect();
+    assert!(
+        entered.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{entered:?}"
+    );
+    for (entered_at, planned_at) in entered.iter().zip(&planned) {
+        assert!(
+            entered_at >= planned_at,
+            "entered {entered_at} before {planned_at}"
+        );
+        println!(
+            "step planned {planned_at} entered {entered_at} lag {} ms",
+            entered_at.millis_since(*planned_at)
+        );
+    }
+    assert!(phases_done.state.finished_at.expect("finished") >= after(start, 2_000));
+    let manual_planned: Vec<Timestamp> = manual_done
+        .state
+        .history
+        .iter()
+        .map(|step| step.planned_at)
+        .collect();
+    assert_eq!(manual_planned, [after(now, 1_200), after(now, 2_200)]);
+
+    for record in [&phases_done, &manual_done] {
+        let audit = harness.audit(NS, &record.id).await;
+        assert_eq!(
+            assert_single_advances(record, &audit),
+            record.plan.steps.len()
+        );
+        assert!(audit
+            .iter()
+            .filter(|entry| entry.kind == EventKind::RolloutStep)
+            .all(|entry| entry.actor == "ticker" && entry.trace_id.is_none()));
+    }
+
+    // the events on NATS: the ticker's, with rising versions, in order
+    let flag_events = eventually("the completion event", DEADLINE, || async {
+        let flag_events: Vec<_> = events
+            .events()
+            .into_iter()
+            .filter(|event| event.flag == "checkout")
+            .collect();
+        flag_events
+            .iter()
+            .any(|event| event.kind == EventKind::RolloutCompleted)
+            .then_some(flag_events)
+    })
+    .await;
+    let versions: Vec<u64> = flag_events.iter().map(|event| event.version).collect();
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{versions:?}"
+    );
+    let ticker_kinds: Vec<EventKind> = flag_events
+        .iter()
+        .filter(|event| event.actor.as_deref() == Some("ticker"))
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(
+        ticker_kinds,
+        [
+            EventKind::RolloutStarted,
+            EventKind::RolloutStep,
+            EventKind::RolloutStep,
+            EventKind::RolloutStep,
+            EventKind::RolloutCompleted
+        ]
+    );
+    let last = flag_events.last().expect("events");
+    let snapshot = last.snapshot.as_ref().expect("snapshot");
+    assert_eq!(
+        snapshot.flag.default.variation.as_deref(),
+        Some("on"),
+        "completed at 100 %"
+    );
+    assert!(snapshot.rollout.is_none());
+    // finished rollouts left the due index
+    let mut connection = harness.redis.clone();
+    let due: Vec<String> = redis::cmd("ZRANGE")
+        .arg(harness.keys(NS).due())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .expect("zrange");
+    assert!(due.is_empty(), "{due:?}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tickers_and_crashed_leaders_never_advance_a_step_twice() {
+    let harness = Harness::start().await;
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(Running::start(harness.ticker(harness.settings(name)).await));
+    }
+    let now = harness.now().await;
+    let mut phases: Vec<serde_json::Value> = (1..=6)
+        .map(|step| json!({"percentage": step * 10, "duration": "300ms"}))
+        .collect();
+    phases.push(json!({"percentage": 100, "duration": "300ms"}));
+    let mut ids = Vec::new();
+    for index in 0..8_i64 {
+        let record = harness
+            .create(
+                NS,
+                &format!("flag-{index}"),
+                Some(json!({"phases": phases, "start_at": rfc3339(after(now, 500 + index * 37))})),
+                now,
+                CreateOptions::published(),
+            )
+            .await
+            .expect("rollout");
+        ids.push(record.id);
+    }
+    // crash the leader twice while the rollouts move, then add a fresh replica
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let leader = eventually("a leader", DEADLINE, || {
+            let position = replicas
+                .iter()
+                .position(|running| running.ticker.stats().is_leader());
+            async move { position }
+        })
+        .await;
+        let crashed = replicas.remove(leader);
+        println!("crashing leader {}", crashed.ticker.replica_id());
+        crashed.crash().await;
+    }
+    replicas.push(Running::start(harness.ticker(harness.settings("d")).await));
+
+    let mut steps = 0;
+    for id in &ids {
+        let record = eventually("the rollout completes", DEADLINE, || async {
+            let record = harness.rollout(NS, id).await;
+            (record.state.lifecycle == Lifecycle::Completed).then_some(record)
+        })
+        .await;
+        let audit = harness.audit(NS, id).await;
+        steps += assert_single_advances(&record, &audit);
+    }
+    let holder = harness.lease_holder().await.expect("a leader");
+    println!("rollout_step entries: {steps}; leader now {holder:?}");
+    assert!(holder.1 >= 3, "three terms at least: {holder:?}");
+    for running in replicas {
+        running.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_is_refused_by_the_fence() {
+    let harness = Harness::start().await;
+    let now = harness.now().await;
+    let record = harness
+        .create(
+            NS,
+            "checkout",
+            Some(json!({"phases": [{"percentage": 10, "duration": "1s"}, {"percentage": 100, "duration": "1h"}]})),
+            after(now, -5_000),
+            CreateOptions::default(),
+        )
+        .await
+        .expect("rollout");
+    let old = harness.ticker(harness.settings("old")).await;
+    let new = harness.ticker(harness.settings("new")).await;
+    let mut old_term = old.campaign().await.expect("campaign").expect("old leads");
+    assert!(
+        new.campaign().await.expect("campaign").is_none(),
+        "the lease is held"
+    );
+
+    // the old leader stalls past its lease; the lease expires; the new one takes over
+    let mut connection = harness.redis.clone();
+    let _: i64 = redis::cmd("DEL")
+        .arg(rollout_wire::keys::ticker_lease())
+        .query_async(&mut connection)
+        .await
+        .expect("del");
+    let mut new_term = new.campaign().await.expect("campaign").expect("new leads");
+    assert!(new_term.epoch() > old_term.epoch());
+    assert_eq!(new_term.namespaces(), [NS]);
+
+    // the stale leader wakes up and tries to fire the due step: refused
+    let stale_round = old.fire_due(&mut old_term).await.expect("round runs");
+    assert!(stale_round.fenced, "{stale_round:?}");
+    assert_eq!(stale_round.committed, 0);
+    assert!(old_term.is_lost());
+    assert_eq!(old.stats().fenced(), 1);
+    let untouched = harness.rollout(NS, &record.id).await;
+    assert_eq!(
+        untouched.state, record.state,
+        "nothing written by the stale leader"
+    );
+
+    let round = new.fire_due(&mut new_term).await.expect("round runs");
+    assert_eq!((round.committed, round.fenced), (1, false));
+    let advanced = harness.rollout(NS, &record.id).await;
+    assert_eq!(advanced.state.step, Some(1));
+    assert_eq!(advanced.state.revision, record.state.revision + 1);
+
+    // a lost term takes no more work; resigning it does not touch the new lease
+    let after_loss = old.fire_due(&mut old_term).await.expect("round runs");
+    assert_eq!(after_loss.looked_at, 0);
+    assert!(!old.resign(old_term).await.expect("resign"));
+    assert!(new.resign(new_term).await.expect("resign"));
+    let audit = harness.audit(NS, &record.id).await;
+    assert_eq!(assert_single_advances(&advanced, &audit), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_after_twelve_missed_steps_is_one_transition() {
+    let harness = Harness::start().await;
+    let events = harness.collect_events(NS).await;
+    let now = harness.now().await;
+    let mut phases: Vec<serde_json::Value> = (1..=12)
+        .map(|step| json!({"percentage": step * 5, "duration": "1s"}))
+        .collect();
+    phases.push(json!({"percentage": 100, "duration": "1h"}));
+    // created (and started) 15 s ago, while no ticker ran
+    let record = harness
+        .create(
+            NS,
+            "checkout",
+            Some(json!({ "phases": phases })),
+            after(now, -15_000),
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    assert_eq!(record.state.step, Some(0));
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    let caught_up = eventually("the catch-up", DEADLINE, || async {
+        let record = harness.rollout(NS, &record.id).await;
+        (record.state.step == Some(12)).then_some(record)
+    })
+    .await;
+    let audit = harness.audit(NS, &record.id).await;
+    let ticker_steps: Vec<_> = audit
+        .iter()
+        .filter(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+        .collect();
+    assert_eq!(ticker_steps.len(), 1, "one transition: {ticker_steps:?}");
+    assert_eq!(ticker_steps[0].details["from"], 0);
+    assert_eq!(ticker_steps[0].details["to"], 12);
+    assert_eq!(
+        ticker_steps[0].details["skipped"],
+        json!((1..=11).collect::<Vec<_>>())
+    );
+    assert_single_advances(&caught_up, &audit);
+    let skipped_event = eventually("the catch-up event", DEADLINE, || async {
+        events.events().into_iter().find(|event| {
+            event.kind == EventKind::RolloutStep && event.actor.as_deref() == Some("ticker")
+        })
+    })
+    .await;
+    assert!(
+        skipped_event.skipped.len() >= 9,
+        "{:?}",
+        skipped_event.skipped
+    );
+    assert_eq!(running.ticker.stats().snapshot().skipped_steps, 11);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_hands_the_lease_over_at_once() {
+    let harness = Harness::start().await;
+    let long_lease = |name: &str| TickerSettings {
+        lease_ttl: Duration::from_secs(30),
+        renew_interval: Some(Duration::from_millis(200)),
+        ..harness.settings(name)
+    };
+    let first = Running::start(harness.ticker(long_lease("first")).await);
+    eventually("first leads", DEADLINE, || {
+        let leads = first.ticker.stats().is_leader();
+        async move { leads.then_some(()) }
+    })
+    .await;
+    let second = Running::start(harness.ticker(long_lease("second")).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.ticker.stats().is_leader());
+    let first_epoch = first.ticker.stats().snapshot().epoch;
+
+    let stopped_at = tokio::time::Instant::now();
+    first.stop().await;
+    // far sooner than the 30 s the lease would take to expire
+    eventually("second leads", Duration::from_secs(10), || {
+        let leads = second.ticker.stats().is_leader();
+        async move { leads.then_some(()) }
+    })
+    .await;
+    println!("hand-over took {:?} (lease ttl 30 s)", stopped_at.elapsed());
+    let (holder, epoch) = harness.lease_holder().await.expect("held");
+    assert_eq!(holder, "second");
+    assert_eq!(epoch, first_epoch + 1);
+    second.stop().await;
+    assert_eq!(harness.lease_holder().await, None, "released on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_rise_on_every_acquisition_and_survive_a_redis_restart() {
+    rollout_runtime::telemetry::init_for_tests();
+    let server = tokio::task::spawn_blocking(|| {
+        RedisServer::start_with(RedisOptions::default().appendonly(true))
+    })
+    .await
+    .expect("task")
+    .expect("redis starts");
+    let redis = common::connect_redis(&server.url()).await;
+    let lease = Lease::new(redis.clone(), "solo", Duration::from_secs(5));
+    let first = lease.acquire().await.expect("acquire").expect("free");
+    assert_eq!(lease.acquire().await.expect("acquire"), None, "held");
+    assert!(lease.renew(first).await.expect("renew"));
+    assert!(lease.release(first).await.expect("release"));
+    let second = lease.acquire().await.expect("acquire").expect("free");
+    assert!(second > first);
+    assert!(
+        !lease.renew(first).await.expect("renew"),
+        "an old epoch cannot renew"
+    );
+    assert!(lease.release(second).await.expect("release"));
+
+    let restarted = tokio::task::spawn_blocking(move || {
+        server.stop().expect("stop");
+        server.restart().expect("restart");
+        server
+    })
+    .await
+    .expect("task");
+    let redis = common::connect_redis(&restarted.url()).await;
+    let lease = Lease::new(redis, "solo", Duration::from_secs(5));
+    let third = lease.acquire().await.expect("acquire").expect("free");
+    assert!(third > second, "{third} after {second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_breach_rolls_back_with_its_figures() {
+    let harness = Harness::start().await;
+    let now = harness.now().await;
+    let record = harness
+        .create(
+            NS,
+            "checkout",
+            Some(json!({
+                "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}],
+                "guard": {"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "rollback"},
+            })),
+            now,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        harness.rollout(NS, &record.id).await.state.lifecycle,
+        Lifecycle::Running,
+        "healthy without samples"
+    );
+
+    let tallies = HashMap::from([
+        (
+            ("checkout".to_owned(), "on".to_owned()),
+            Tally {
+                success: 50,
+                error: 10,
+            },
+        ),
+        (
+            ("checkout".to_owned(), "off".to_owned()),
+            Tally {
+                success: 500,
+                error: 5,
+            },
+        ),
+    ]);
+    let mut connection = harness.redis.clone();
+    outcomes::add_tallies(
+        &mut connection,
+        &harness.keys(NS),
+        &tallies,
+        harness.now().await,
+    )
+    .await
+    .expect("tallies");
+    let rolled_back = eventually("the rollback", DEADLINE, || async {
+        let record = harness.rollout(NS, &record.id).await;
+        (record.state.lifecycle == Lifecycle::RolledBack).then_some(record)
+    })
+    .await;
+    let audit = harness.audit(NS, &record.id).await;
+    let breach = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::GuardBreached)
+        .expect("a guard_breached entry");
+    assert_eq!(breach.details["figures"]["candidate_samples"], 60);
+    assert_eq!(breach.details["action"], "rollback");
+    assert!(audit
+        .iter()
+        .any(|entry| entry.kind == EventKind::RolloutRolledBack));
+    let flag = harness.flag(NS, "checkout").await.record.expect("flag");
+    assert_eq!(flag.active_rollout, None);
+    assert_eq!(flag.flag.default.variation.as_deref(), Some("off"));
+    assert!(rolled_back.state.finished_at.is_some());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
+    let harness = Harness::start().await;
+    let now = harness.now().await;
+    let kill_switch = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"});
+    let record = harness
+        .create(
+            NS,
+            "checkout",
+            Some(json!({"phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}]})),
+            now,
+            CreateOptions {
+                kill_switch: Some(kill_switch.clone()),
+                ..CreateOptions::published()
+            },
+        )
+        .await
+        .expect("rollout");
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    eventually("leadership", DEADLINE, || {
+        let leads = running.ticker.stats().is_leader();
+        async move { leads.then_some(()) }
+    })
+    .await;
+    // a flag created after the term started reaches the index through its event
+    harness
+        .create(
+            NS,
+            "plain",
+            None,
+            harness.now().await,
+            CreateOptions {
+                kill_switch: Some(kill_switch),
+                ..CreateOptions::published()
+            },
+        )
+        .await;
+    let tallies = HashMap::from([
+        (
+            ("checkout".to_owned(), "on".to_owned()),
+            Tally {
+                success: 50,
+                error: 10,
+            },
+        ),
+        (
+            ("plain".to_owned(), "on".to_owned()),
+            Tally {
+                success: 10,
+                error: 20,
+            },
+        ),
+    ]);
+    let mut connection = harness.redis.clone();
+    outcomes::add_tallies(
+        &mut connection,
+        &harness.keys(NS),
+        &tallies,
+        harness.now().await,
+    )
+    .await
+    .expect("tallies");
+
+    for flag_key in ["checkout", "plain"] {
+        let flag = eventually("the flag disabled", DEADLINE, || async {
+            let flag = harness.flag(NS, flag_key).await.record.expect("flag");
+            (!flag.flag.enabled).then_some(flag)
+        })
+        .await;
+        assert_eq!(flag.active_rollout, None);
+        let audit = harness.flag_audit(NS, flag_key).await;
+        let tripped = audit
+            .iter()
+            .find(|entry| entry.kind == EventKind::KillSwitchTripped)
+            .expect("kill_switch_tripped");
+        assert!(
+            tripped
+                .to
+                .as_deref()
+                .unwrap_or_default()
+                .contains("error rate"),
+            "{tripped:?}"
+        );
+        // the figures behind the breach are kept with the audit entry
+        assert!(
+            tripped.details["candidate_samples"]
+                .as_u64()
+                .is_some_and(|samples| samples > 0),
+            "{tripped:?}"
+        );
+        assert!(audit
+            .iter()
+            .any(|entry| entry.kind == EventKind::FlagDisabled));
+    }
+    let stopped = harness.rollout(NS, &record.id).await;
+    assert_eq!(stopped.state.lifecycle, Lifecycle::Stopped);
+    let audit = harness.audit(NS, &record.id).await;
+    let stop = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutStopped)
+        .expect("rollout_stopped");
+    assert_eq!(stop.details["cause"], "flag_disabled");
+    assert_eq!(running.ticker.stats().snapshot().kill_switch_trips, 2);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_completion_gate_releases_the_next_stage() {
+    let harness = Harness::start().await;
+    let now = harness.now().await;
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, env) in [
+        ("edge-1", "staging"),
+        ("edge-2", "staging"),
+        ("edge-3", "prod"),
+    ] {
+        let agent = Agent {
+            id: id.to_owned(),
+            labels: [("env".to_owned(), env.to_owned())].into_iter().collect(),
+            attributes: rollout_core::Attributes::new(),
+            last_seen: now,
+        };
+        fleet::register_agent(&mut connection, &keys, &agent)
+            .await
+            .expect("register");
+    }
+    let record = harness
+        .create(
+            NS,
+            "firmware",
+            Some(json!({"stages": [
+                {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
+                {"name": "fleet", "labels": {"env": "prod"}},
+            ]})),
+            now,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        harness.rollout(NS, &record.id).await.state.step,
+        Some(0),
+        "gate shut: nothing applied"
+    );
+
+    fleet::record_report(
+        &mut connection,
+        &keys,
+        &record.id,
+        "edge-1",
+        &Report::Applied("on".to_owned()),
+    )
+    .await
+    .expect("report");
+    let released = eventually("the next stage", DEADLINE, || async {
+        let record = harness.rollout(NS, &record.id).await;
+        (record.state.step == Some(1)).then_some(record)
+    })
+    .await;
+    let audit = harness.audit(NS, &record.id).await;
+    let gate_step = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+        .expect("the gate's step");
+    assert_eq!(gate_step.details["cause"], "gate");
+    // the next stage waits for `continue`: the rollout left the due index
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.due())
+        .arg(&record.id)
+        .query_async(&mut connection)
+        .await
+        .expect("zscore");
+    assert_eq!(score, None);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        harness.rollout(NS, &record.id).await.state,
+        released.state,
+        "held at the continue gate"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firing_smoke_run_reports_its_lag() {
+    let harness = Harness::start().await;
+    let count = 300_i64;
+    let spread_ms = 2_000_i64;
+    let now = harness.now().await;
+    let first_due = after(now, 2_000);
+    for index in 0..count {
+        let due = after(first_due, index * spread_ms / count);
+        harness
+            .create(
+                NS,
+                &format!("smoke-{index}"),
+                Some(json!({"phases": [
+                    {"percentage": 10, "duration": format!("{}ms", due.millis_since(now))},
+                    {"percentage": 100, "duration": "1h"},
+                ]})),
+                now,
+                CreateOptions::default(),
+            )
+            .await;
+    }
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    let stats = running.ticker.stats();
+    eventually("every rollout fired", DEADLINE, || {
+        let fired = stats.transitions();
+        async move { (fired >= count as u64).then_some(()) }
+    })
+    .await;
+    let snapshot = stats.snapshot();
+    println!(
+        "smoke: {} transitions, lag p50 {} ms, p99 {} ms, max {} ms",
+        snapshot.transitions, snapshot.lag_p50_ms, snapshot.lag_p99_ms, snapshot.lag_max_ms
+    );
+    assert_eq!(snapshot.transitions, count as u64, "each fired once");
+    assert_eq!(snapshot.fenced, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_rollout_is_pushed_back_not_spun_on() {
+    let harness = Harness::start().await;
+    harness.register_namespace(NS).await;
+    let keys = harness.keys(NS);
+    let now = harness.now().await;
+    let mut connection = harness.redis.clone();
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(keys.rollout("r-broken"))
+        .arg("rev")
+        .arg(3)
+        .arg("data")
+        .arg(&b"\xc1 not messagepack"[..])
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.due())
+        .arg(now.as_millis() - 10)
+        .arg("r-broken")
+        .ignore()
+        .query_async(&mut connection)
+        .await
+        .expect("write");
+    let ticker = harness.ticker(harness.settings("solo")).await;
+    let mut term = ticker.campaign().await.expect("campaign").expect("leads");
+    let round = ticker.fire_due(&mut term).await.expect("round");
+    assert_eq!((round.looked_at, round.errors, round.fenced), (1, 1, false));
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(keys.due())
+        .arg("r-broken")
+        .query_async(&mut connection)
+        .await
+        .expect("zscore");
+    assert!(
+        score as i64 >= after(now, 29_000).as_millis(),
+        "pushed back: {score}"
+    );
+    let again = ticker.fire_due(&mut term).await.expect("round");
+    assert_eq!(again.looked_at, 0, "not due again at once");
+    assert!(ticker.resign(term).await.expect("resign"));
+}

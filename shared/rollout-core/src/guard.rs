@@ -1,0 +1,347 @@
+//! Health guards (SPEC §6): a condition on the outcome counters of a rollout's candidate
+//! and baseline over a window. The verdict is pure; the counters come from Redis.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationErrors;
+use crate::time::DurationMs;
+
+/// A guard as written in a rollout spec or as a flag's kill switch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSpec {
+    /// Only `error_rate` today.
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// Breach when the candidate's error rate exceeds the baseline's times this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio_to_baseline: Option<f64>,
+    /// Breach when the candidate's error rate exceeds this percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Fewer candidate samples than this in the window decide nothing.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// Counting window, e.g. `5m`.
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// What a breach does: `pause`, `stop` or `rollback` (a kill switch always disables).
+    #[serde(default = "default_action")]
+    pub action: String,
+}
+
+fn default_metric() -> String {
+    "error_rate".to_owned()
+}
+fn default_min_samples() -> u64 {
+    100
+}
+fn default_window() -> String {
+    "5m".to_owned()
+}
+fn default_action() -> String {
+    "pause".to_owned()
+}
+
+/// What a guard breach does to the rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardAction {
+    /// Hold at the current share until resumed.
+    Pause,
+    /// End as stopped at the current share.
+    Stop,
+    /// End as rolled back: everyone gets the baseline.
+    Rollback,
+}
+
+/// A validated guard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Guard {
+    /// Ratio limit against the baseline's error rate.
+    pub max_ratio_to_baseline: Option<f64>,
+    /// Absolute limit on the candidate's error rate, as a fraction (0.05 = 5 %).
+    pub max_error_rate: Option<f64>,
+    /// Minimum samples on each compared side.
+    pub min_samples: u64,
+    /// Counting window.
+    pub window: DurationMs,
+    /// What a breach does.
+    pub action: GuardAction,
+}
+
+/// Outcome counters of one side over the guard's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SideCounts {
+    /// Successful outcomes.
+    pub success: u64,
+    /// Failed outcomes.
+    pub error: u64,
+}
+
+impl SideCounts {
+    /// All samples.
+    pub fn samples(self) -> u64 {
+        self.success.saturating_add(self.error)
+    }
+
+    /// Errors over samples, 0 without samples.
+    pub fn error_rate(self) -> f64 {
+        let samples = self.samples();
+        if samples == 0 {
+            0.0
+        } else {
+            self.error as f64 / samples as f64
+        }
+    }
+}
+
+/// Counters of both sides of a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// Entities served the candidate.
+    pub candidate: SideCounts,
+    /// Entities served the baseline.
+    pub baseline: SideCounts,
+}
+
+/// The figures behind a verdict, carried in breach events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuardFigures {
+    /// Candidate error rate (fraction).
+    pub candidate_error_rate: f64,
+    /// Baseline error rate (fraction).
+    pub baseline_error_rate: f64,
+    /// Candidate samples.
+    pub candidate_samples: u64,
+    /// Baseline samples.
+    pub baseline_samples: u64,
+    /// Which limit was crossed, e.g. `error rate 7.5% > 5%`.
+    pub limit: String,
+}
+
+/// What a guard says about the counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+pub enum GuardVerdict {
+    /// Too few samples to judge.
+    InsufficientData,
+    /// Within limits.
+    Healthy,
+    /// A limit was crossed.
+    Breached(GuardFigures),
+}
+
+impl GuardSpec {
+    /// Validates and compiles; problems are reported under `path`.
+    pub fn compile(&self, path: &str) -> Result<Guard, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if self.metric != "error_rate" {
+            errors.push(
+                format!("{path}.metric"),
+                format!("unknown metric {:?}; supported: error_rate", self.metric),
+            );
+        }
+        if self.max_ratio_to_baseline.is_none() && self.max_error_rate.is_none() {
+            errors.push(
+                path.to_owned(),
+                "give max_ratio_to_baseline, max_error_rate or both",
+            );
+        }
+        if let Some(ratio) = self.max_ratio_to_baseline {
+            if !ratio.is_finite() || !(1.0..=1000.0).contains(&ratio) {
+                errors.push(
+                    format!("{path}.max_ratio_to_baseline"),
+                    "must be between 1 and 1000",
+                );
+            }
+        }
+        if let Some(rate) = self.max_error_rate {
+            if !rate.is_finite() || !(0.0..=100.0).contains(&rate) {
+                errors.push(
+                    format!("{path}.max_error_rate"),
+                    "must be a percentage in 0..=100",
+                );
+            }
+        }
+        if self.min_samples == 0 || self.min_samples > 1_000_000_000 {
+            errors.push(format!("{path}.min_samples"), "must be between 1 and 10^9");
+        }
+        let window = match DurationMs::parse(&self.window) {
+            Ok(window) if window.as_millis() >= 1_000 && window <= DurationMs::from_hours(24) => {
+                window
+            }
+            Ok(_) => {
+                errors.push(format!("{path}.window"), "must be between 1s and 24h");
+                DurationMs::default()
+            }
+            Err(message) => {
+                errors.push(format!("{path}.window"), message);
+                DurationMs::default()
+            }
+        };
+        let action = match self.action.as_str() {
+            "pause" => GuardAction::Pause,
+            "stop" => GuardAction::Stop,
+            "rollback" => GuardAction::Rollback,
+            other => {
+                errors.push(
+                    format!("{path}.action"),
+                    format!("unknown action {other:?}; use pause, stop or rollback"),
+                );
+                GuardAction::Pause
+            }
+        };
+        errors.into_result(Guard {
+            max_ratio_to_baseline: self.max_ratio_to_baseline,
+            max_error_rate: self.max_error_rate.map(|percentage| percentage / 100.0),
+            min_samples: self.min_samples,
+            window,
+            action,
+        })
+    }
+}
+
+impl Guard {
+    /// Judges the counters. The absolute limit needs `min_samples` candidate samples; the
+    /// ratio limit needs `min_samples` on both sides.
+    pub fn verdict(&self, counts: &OutcomeCounts) -> GuardVerdict {
+        let candidate_samples = counts.candidate.samples();
+        let baseline_samples = counts.baseline.samples();
+        let candidate_rate = counts.candidate.error_rate();
+        let baseline_rate = counts.baseline.error_rate();
+        let figures = |limit: String| GuardFigures {
+            candidate_error_rate: candidate_rate,
+            baseline_error_rate: baseline_rate,
+            candidate_samples,
+            baseline_samples,
+            limit,
+        };
+        if candidate_samples < self.min_samples {
+            return GuardVerdict::InsufficientData;
+        }
+        if let Some(limit) = self.max_error_rate {
+            if candidate_rate > limit {
+                return GuardVerdict::Breached(figures(format!(
+                    "candidate error rate {:.4}% > {:.4}%",
+                    candidate_rate * 100.0,
+                    limit * 100.0
+                )));
+            }
+        }
+        if let Some(ratio) = self.max_ratio_to_baseline {
+            if baseline_samples < self.min_samples {
+                return if self.max_error_rate.is_some() {
+                    GuardVerdict::Healthy
+                } else {
+                    GuardVerdict::InsufficientData
+                };
+            }
+            if candidate_rate > baseline_rate * ratio {
+                return GuardVerdict::Breached(figures(format!(
+                    "candidate error rate {:.4}% > baseline {:.4}% x {ratio}",
+                    candidate_rate * 100.0,
+                    baseline_rate * 100.0
+                )));
+            }
+        }
+        GuardVerdict::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_guard() -> GuardSpec {
+        serde_json::from_str(
+            r#"{"metric": "error_rate", "max_ratio_to_baseline": 1.5, "min_samples": 100,
+                "window": "5m", "action": "rollback"}"#,
+        )
+        .expect("spec example parses")
+    }
+
+    fn counts(candidate: (u64, u64), baseline: (u64, u64)) -> OutcomeCounts {
+        OutcomeCounts {
+            candidate: SideCounts {
+                success: candidate.0,
+                error: candidate.1,
+            },
+            baseline: SideCounts {
+                success: baseline.0,
+                error: baseline.1,
+            },
+        }
+    }
+
+    #[test]
+    fn ratio_guard_needs_samples_on_both_sides() {
+        let guard = spec_guard().compile("guard").expect("valid");
+        assert_eq!(guard.action, GuardAction::Rollback);
+        assert_eq!(guard.window, DurationMs::from_minutes(5));
+        assert_eq!(
+            guard.verdict(&counts((50, 49), (1000, 10))),
+            GuardVerdict::InsufficientData
+        );
+        assert_eq!(
+            guard.verdict(&counts((990, 10), (50, 0))),
+            GuardVerdict::InsufficientData
+        );
+    }
+
+    #[test]
+    fn ratio_guard_breaches_above_one_and_a_half_times_baseline() {
+        let guard = spec_guard().compile("guard").expect("valid");
+        // baseline 2 %, candidate 3 % = exactly 1.5x: healthy
+        assert_eq!(
+            guard.verdict(&counts((970, 30), (980, 20))),
+            GuardVerdict::Healthy
+        );
+        // candidate 4 % > 3 %
+        let verdict = guard.verdict(&counts((960, 40), (980, 20)));
+        let GuardVerdict::Breached(figures) = verdict else {
+            panic!("expected a breach, got {verdict:?}");
+        };
+        assert_eq!(figures.candidate_samples, 1000);
+        assert!((figures.candidate_error_rate - 0.04).abs() < 1e-12);
+        assert!((figures.baseline_error_rate - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absolute_guard_breaches_above_its_rate() {
+        let mut spec = spec_guard();
+        spec.max_ratio_to_baseline = None;
+        spec.max_error_rate = Some(5.0);
+        let guard = spec.compile("guard").expect("valid");
+        assert_eq!(
+            guard.verdict(&counts((95, 5), (0, 0))),
+            GuardVerdict::Healthy
+        );
+        assert!(matches!(
+            guard.verdict(&counts((94, 6), (0, 0))),
+            GuardVerdict::Breached(_)
+        ));
+    }
+
+    #[test]
+    fn invalid_guards_name_each_field() {
+        let spec = GuardSpec {
+            metric: "latency".into(),
+            max_ratio_to_baseline: Some(0.5),
+            max_error_rate: None,
+            min_samples: 0,
+            window: "forever".into(),
+            action: "explode".into(),
+        };
+        let errors = spec.compile("rollout.guard").expect_err("invalid");
+        for field in [
+            "rollout.guard.metric",
+            "rollout.guard.max_ratio_to_baseline",
+            "rollout.guard.min_samples",
+            "rollout.guard.window",
+            "rollout.guard.action",
+        ] {
+            assert!(errors.has_field(field), "missing {field}: {errors}");
+        }
+    }
+}

@@ -1,0 +1,882 @@
+//! The rollout step function: `step(plan, state, event, now) -> (state, effects)`.
+//!
+//! One pure function decides every lifecycle change (SPEC §5): queued start, timers,
+//! manual `continue`, pause (keeping the remaining step time) and resume (shifting later
+//! times by the pause length), promote, stop with a share, rollback, completion after bake
+//! time, guard breaches, and catch-up in one jump that never crosses a manual or health
+//! gate. The planner runs it for commands, the ticker for ticks; both persist the returned
+//! state and effects in one atomic script, guarded by the state's `revision`.
+//!
+//! Timers run from a step's *planned* start (its anchor), not from when a ticker happened
+//! to fire, so lateness never accumulates and catch-up lands exactly where the clock says.
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{RolloutView, ViewAudience};
+use crate::flag::{Serve, StagedServe, WeightedVariation};
+use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
+use crate::plan::{Gate, Plan, StartMode};
+use crate::share::Share;
+use crate::time::{DurationMs, Timestamp};
+
+/// Lifecycle states (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Created, waiting for its start time or the `start` command.
+    Queued,
+    /// Moving through its steps.
+    Running,
+    /// Frozen at the current step by an operator or a guard.
+    Paused,
+    /// Reached the end of its plan.
+    Completed,
+    /// Ended early, keeping a share.
+    Stopped,
+    /// Ended early, everyone back on the baseline.
+    RolledBack,
+}
+
+impl Lifecycle {
+    /// Queued, running or paused: holds the flag's one active-rollout slot.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Queued | Lifecycle::Running | Lifecycle::Paused
+        )
+    }
+
+    /// Completed, stopped or rolled back.
+    pub fn is_finished(self) -> bool {
+        !self.is_active()
+    }
+
+    /// The wire name (`rolled_back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Queued => "queued",
+            Lifecycle::Running => "running",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Completed => "completed",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// What a held rollout waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// The `start` command (or the start time: see `due_at`).
+    Start,
+    /// A timer; see [`RolloutState::due_at`].
+    Timer,
+    /// An operator's `continue`.
+    Continue,
+    /// A health condition (a stage completion gate).
+    Guard,
+}
+
+/// What happened to one step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step index.
+    pub index: usize,
+    /// When the plan said it would begin.
+    pub planned_at: Timestamp,
+    /// When it actually began (`None` for a step skipped by catch-up).
+    pub entered_at: Option<Timestamp>,
+    /// Passed over by catch-up.
+    pub skipped: bool,
+}
+
+/// The mutable part of a rollout. Stored beside its plan; `revision` rises with each change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutState {
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// Current step; `None` while queued.
+    pub step: Option<usize>,
+    /// Planned start of the current step: the base of its timer.
+    pub step_anchor: Option<Timestamp>,
+    /// Start time of a rollout queued for a time.
+    pub queued_until: Option<Timestamp>,
+    /// When the current pause began.
+    pub paused_at: Option<Timestamp>,
+    /// Share served after a stop (share plans only).
+    pub stopped_share: Option<Share>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// Every step entered or skipped, in order.
+    pub history: Vec<StepRecord>,
+    /// Count of accepted changes; scripts compare it before writing.
+    pub revision: u64,
+}
+
+/// Per-stage fleet counts (SPEC §3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageCounts {
+    /// Entities in the stage.
+    pub members: u64,
+    /// Applied the candidate.
+    pub completed: u64,
+    /// Reported failure.
+    pub errors: u64,
+    /// Released, not yet reported.
+    pub pending: u64,
+    /// Not yet released.
+    pub waiting: u64,
+    /// Members that stopped heartbeating and have not reported: counted apart, so they
+    /// neither stay pending forever nor block a completion gate's percentage.
+    #[serde(default)]
+    pub stale: u64,
+}
+
+/// What the ticker knows about health at a tick.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct Health {
+    /// Outcome counters over the guard's window, when the rollout has a guard.
+    pub outcomes: Option<OutcomeCounts>,
+    /// Counts of the current stage, for staged plans.
+    pub current_stage: Option<StageCounts>,
+}
+
+/// Why an ending happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// An operator's command.
+    Command,
+    /// The flag was disabled (command or kill switch).
+    FlagDisabled,
+    /// A guard breach.
+    Guard,
+}
+
+/// What moved the rollout into a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryCause {
+    /// The start time or the `start` command.
+    Start,
+    /// A timer ran out.
+    Timer,
+    /// A stage completion gate opened.
+    Gate,
+    /// An operator's `continue`.
+    Continue,
+    /// An operator's `promote`.
+    Promote,
+}
+
+/// An input to the step function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The clock moved (the ticker), with what it knows of health.
+    Tick(Health),
+    /// Start a rollout waiting for the command (or early).
+    Start,
+    /// Freeze.
+    Pause,
+    /// Unfreeze.
+    Resume,
+    /// Open the current gate.
+    Continue,
+    /// Jump to the final step.
+    Promote,
+    /// End, keeping `percentage` (or the current share).
+    Stop {
+        /// Share to keep, in percent.
+        percentage: Option<f64>,
+    },
+    /// End, everyone on baseline.
+    Rollback,
+    /// The flag was disabled: stop at the current share.
+    FlagDisabled,
+}
+
+/// Something that happened, for the event stream, the audit log and the services.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum Effect {
+    /// The rollout left `queued`; the flag must be enabled if it was disabled.
+    Started {
+        /// Planned start.
+        planned_at: Timestamp,
+    },
+    /// The current step changed.
+    StepEntered {
+        /// Previous step.
+        from: Option<usize>,
+        /// New step.
+        to: usize,
+        /// Steps passed over by catch-up, in order.
+        skipped: Vec<usize>,
+        /// What caused it.
+        cause: EntryCause,
+        /// When the new step was due by the plan.
+        planned_at: Timestamp,
+        /// How late the transition is, in ms (0 for commands).
+        lag_ms: i64,
+    },
+    /// Frozen.
+    Paused {
+        /// Time left on the current timer, when one runs.
+        remaining_ms: Option<i64>,
+    },
+    /// Unfrozen; later times shift by the pause length.
+    Resumed {
+        /// Length of the pause.
+        paused_ms: i64,
+    },
+    /// A guard crossed its limit.
+    GuardBreached {
+        /// What the guard does.
+        action: GuardAction,
+        /// The numbers.
+        figures: GuardFigures,
+    },
+    /// Reached the end of the plan.
+    Completed,
+    /// Ended early keeping a share.
+    Stopped {
+        /// Why.
+        cause: EndCause,
+    },
+    /// Ended early on the baseline.
+    RolledBack {
+        /// Why.
+        cause: EndCause,
+    },
+}
+
+/// A refused event: nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct Rejection {
+    /// Stable code.
+    pub code: RejectionCode,
+    /// What is wrong and what to do, lowercase.
+    pub message: String,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+}
+
+/// Codes of refusals; they map one to one onto wire error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionCode {
+    /// The event does not apply in the current state.
+    FailedPrecondition,
+    /// An argument is out of range.
+    InvalidArgument,
+}
+
+fn precondition(message: impl Into<String>) -> Rejection {
+    Rejection {
+        code: RejectionCode::FailedPrecondition,
+        message: message.into(),
+        field: None,
+    }
+}
+
+/// The new state and what happened. No effects means nothing changed (and `state` is the
+/// input state, revision included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The state to persist.
+    pub state: RolloutState,
+    /// What happened, in order.
+    pub effects: Vec<Effect>,
+}
+
+impl StepOutcome {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !self.effects.is_empty()
+    }
+}
+
+impl RolloutState {
+    /// The state of a just-created rollout: running at step 0 when it starts now, else
+    /// queued. Returns the effects of starting, if it started.
+    pub fn created(plan: &Plan, now: Timestamp) -> StepOutcome {
+        let queued = RolloutState {
+            lifecycle: Lifecycle::Queued,
+            step: None,
+            step_anchor: None,
+            queued_until: match plan.start {
+                StartMode::At(time) => Some(time),
+                StartMode::Now | StartMode::OnCommand => None,
+            },
+            paused_at: None,
+            stopped_share: None,
+            finished_at: None,
+            history: Vec::new(),
+            revision: 1,
+        };
+        match plan.start {
+            StartMode::Now => {
+                let mut effects = Vec::new();
+                let mut state = queued;
+                start(&mut state, now, now, EntryCause::Start, &mut effects);
+                advance_due(plan, &mut state, now, None, &mut effects);
+                StepOutcome { state, effects }
+            }
+            StartMode::At(_) | StartMode::OnCommand => StepOutcome {
+                state: queued,
+                effects: Vec::new(),
+            },
+        }
+    }
+
+    /// When the ticker must next look at this rollout on account of time alone: the start
+    /// time of a queued rollout or the end of the current step's timer. `None` when held
+    /// for a command, a health gate, or finished.
+    pub fn due_at(&self, plan: &Plan) -> Option<Timestamp> {
+        match self.lifecycle {
+            Lifecycle::Queued => self.queued_until,
+            Lifecycle::Running => {
+                let step = plan.steps.get(self.step?)?;
+                match step.gate {
+                    Gate::Timer(duration) => Some(self.step_anchor?.plus(duration)),
+                    Gate::Immediate => self.step_anchor,
+                    Gate::Continue | Gate::Completion { .. } => None,
+                }
+            }
+            Lifecycle::Paused
+            | Lifecycle::Completed
+            | Lifecycle::Stopped
+            | Lifecycle::RolledBack => None,
+        }
+    }
+
+    /// What a running or queued rollout waits for.
+    pub fn waiting_for(&self, plan: &Plan) -> Option<WaitingFor> {
+        match self.lifecycle {
+            Lifecycle::Queued => Some(if self.queued_until.is_some() {
+                WaitingFor::Timer
+            } else {
+                WaitingFor::Start
+            }),
+            Lifecycle::Running => match plan.steps.get(self.step?)?.gate {
+                Gate::Timer(_) | Gate::Immediate => Some(WaitingFor::Timer),
+                Gate::Continue => Some(WaitingFor::Continue),
+                Gate::Completion { .. } => Some(WaitingFor::Guard),
+            },
+            _ => None,
+        }
+    }
+
+    /// The share served right now (share plans; staged plans use [`Self::released_stages`]).
+    pub fn served_share(&self, plan: &Plan) -> Share {
+        match self.lifecycle {
+            Lifecycle::Queued | Lifecycle::RolledBack => Share::NONE,
+            Lifecycle::Stopped => self
+                .stopped_share
+                .unwrap_or_else(|| self.step.map_or(Share::NONE, |step| plan.share_at(step))),
+            Lifecycle::Running | Lifecycle::Paused | Lifecycle::Completed => {
+                self.step.map_or(Share::NONE, |step| plan.share_at(step))
+            }
+        }
+    }
+
+    /// How many label stages serve the candidate right now (counting `unassigned` last).
+    pub fn released_stages(&self) -> usize {
+        match self.lifecycle {
+            Lifecycle::Queued | Lifecycle::RolledBack => 0,
+            _ => self.step.map_or(0, |step| step + 1),
+        }
+    }
+
+    /// What evaluators need while the rollout is running or paused.
+    pub fn view(&self, rollout_id: &str, plan: &Plan) -> Option<RolloutView> {
+        if !matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+            return None;
+        }
+        Some(RolloutView {
+            rollout_id: rollout_id.to_owned(),
+            target: plan.target.clone(),
+            baseline: plan.baseline.clone(),
+            candidate: plan.candidate.clone(),
+            salt: plan.salt.clone(),
+            stickiness: plan.stickiness.clone(),
+            step: self.step.unwrap_or(0),
+            audience: self.audience(plan),
+        })
+    }
+
+    fn audience(&self, plan: &Plan) -> ViewAudience {
+        if plan.is_staged() {
+            ViewAudience::Stages {
+                stages: plan.stage_labels(),
+                released: self.released_stages(),
+            }
+        } else {
+            ViewAudience::Share(self.served_share(plan))
+        }
+    }
+
+    /// The serve that replaces the target once the rollout has ended, so the flag keeps
+    /// serving exactly the same entities: the candidate at 100 %, the baseline at 0 %, else
+    /// a split with the rollout's salt and stickiness (candidate first, so the same buckets
+    /// keep it) or the frozen stages.
+    pub fn final_serve(&self, plan: &Plan) -> Option<Serve> {
+        if self.lifecycle.is_active() {
+            return None;
+        }
+        if plan.is_staged() {
+            let released = self.released_stages();
+            let stage_count = plan.steps.len();
+            return Some(if released == 0 {
+                Serve::variation(plan.baseline.clone())
+            } else if released >= stage_count {
+                Serve::variation(plan.candidate.clone())
+            } else {
+                Serve {
+                    stages: Some(StagedServe {
+                        candidate: plan.candidate.clone(),
+                        baseline: plan.baseline.clone(),
+                        stages: plan.stage_labels(),
+                        released,
+                    }),
+                    ..Serve::default()
+                }
+            });
+        }
+        let share = self.served_share(plan);
+        Some(if share == Share::NONE {
+            Serve::variation(plan.baseline.clone())
+        } else if share == Share::ALL {
+            Serve::variation(plan.candidate.clone())
+        } else {
+            let rest = Share::from_ppm(Share::ALL.ppm() - share.ppm());
+            Serve {
+                split: Some(vec![
+                    WeightedVariation {
+                        variation: plan.candidate.clone(),
+                        weight: share.percentage(),
+                    },
+                    WeightedVariation {
+                        variation: plan.baseline.clone(),
+                        weight: rest.percentage(),
+                    },
+                ]),
+                salt: Some(plan.salt.clone()),
+                stickiness: plan.stickiness.clone(),
+                ..Serve::default()
+            }
+        })
+    }
+
+    /// Planned start of every step as things stand at `now`: recorded for steps already
+    /// reached, projected through timer gates for later ones, `None` beyond a gate that
+    /// waits for a command or for health. A paused rollout is projected as if resumed now.
+    pub fn projected_starts(&self, plan: &Plan, now: Timestamp) -> Vec<Option<Timestamp>> {
+        let mut starts: Vec<Option<Timestamp>> = vec![None; plan.steps.len()];
+        for record in &self.history {
+            if let Some(slot) = starts.get_mut(record.index) {
+                *slot = Some(record.planned_at);
+            }
+        }
+        if self.lifecycle.is_finished() {
+            return starts;
+        }
+        let (mut next_index, mut next_start) = match (self.lifecycle, self.step, self.step_anchor) {
+            (Lifecycle::Queued, _, _) => match self.queued_until {
+                Some(time) => (0, Some(time)),
+                None => return starts,
+            },
+            (_, Some(step), Some(anchor)) => {
+                let pause_shift = self
+                    .paused_at
+                    .map_or(0, |paused_at| now.millis_since(paused_at).max(0));
+                let anchor = anchor.plus(DurationMs::from_millis(pause_shift));
+                let end = match plan.steps[step].gate {
+                    Gate::Timer(duration) => Some(anchor.plus(duration)),
+                    _ => None,
+                };
+                (step + 1, end)
+            }
+            _ => return starts,
+        };
+        while let (Some(start_time), true) = (next_start, next_index < plan.steps.len()) {
+            starts[next_index] = Some(start_time);
+            next_start = match plan.steps[next_index].gate {
+                Gate::Timer(duration) => Some(start_time.plus(duration)),
+                _ => None,
+            };
+            next_index += 1;
+        }
+        starts
+    }
+}
+
+/// Applies `event` at `now` (the one clock: Redis `TIME`). Returns the next state and its
+/// effects, or a [`Rejection`] that changes nothing.
+pub fn step(
+    plan: &Plan,
+    state: &RolloutState,
+    event: &Event,
+    now: Timestamp,
+) -> Result<StepOutcome, Rejection> {
+    let mut next = state.clone();
+    let mut effects = Vec::new();
+    match event {
+        Event::Tick(health) => tick(plan, &mut next, health, now, &mut effects),
+        Event::Start => {
+            if state.lifecycle != Lifecycle::Queued {
+                return Err(precondition(format!(
+                    "rollout is {}; only a queued rollout can be started",
+                    state.lifecycle.as_str()
+                )));
+            }
+            start(&mut next, now, now, EntryCause::Start, &mut effects);
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Pause => {
+            if state.lifecycle != Lifecycle::Running {
+                return Err(precondition(format!(
+                    "rollout is {}; only a running rollout can be paused",
+                    state.lifecycle.as_str()
+                )));
+            }
+            pause(plan, &mut next, now, &mut effects);
+        }
+        Event::Resume => {
+            let Some(paused_at) = state
+                .paused_at
+                .filter(|_| state.lifecycle == Lifecycle::Paused)
+            else {
+                return Err(precondition(format!(
+                    "rollout is {}; only a paused rollout can be resumed",
+                    state.lifecycle.as_str()
+                )));
+            };
+            let paused_ms = now.millis_since(paused_at).max(0);
+            next.lifecycle = Lifecycle::Running;
+            next.paused_at = None;
+            next.step_anchor = state
+                .step_anchor
+                .map(|anchor| anchor.plus(DurationMs::from_millis(paused_ms)));
+            effects.push(Effect::Resumed { paused_ms });
+            // a timer that had already run out before the pause opens now
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Continue => {
+            match state.lifecycle {
+                Lifecycle::Running => {}
+                Lifecycle::Queued => {
+                    return Err(precondition("rollout has not started; use start"))
+                }
+                Lifecycle::Paused => {
+                    return Err(precondition("rollout is paused; resume it first"))
+                }
+                finished => {
+                    return Err(precondition(format!(
+                        "rollout is {}; nothing to continue",
+                        finished.as_str()
+                    )));
+                }
+            }
+            let current = state.step.unwrap_or(0);
+            if current >= plan.last_step() {
+                complete(&mut next, now, &mut effects);
+            } else {
+                enter(
+                    &mut next,
+                    current + 1,
+                    now,
+                    now,
+                    Vec::new(),
+                    EntryCause::Continue,
+                    &mut effects,
+                );
+                advance_due(plan, &mut next, now, None, &mut effects);
+            }
+        }
+        Event::Promote => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is {}; nothing to promote",
+                    state.lifecycle.as_str()
+                )));
+            }
+            if state.lifecycle == Lifecycle::Queued {
+                effects.push(Effect::Started { planned_at: now });
+            }
+            next.lifecycle = Lifecycle::Running;
+            next.paused_at = None;
+            next.queued_until = None;
+            let last = plan.last_step();
+            if state.step != Some(last) {
+                enter(
+                    &mut next,
+                    last,
+                    now,
+                    now,
+                    Vec::new(),
+                    EntryCause::Promote,
+                    &mut effects,
+                );
+            } else if state.lifecycle == Lifecycle::Paused {
+                next.step_anchor = Some(now);
+            }
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Stop { percentage } => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is already {}",
+                    state.lifecycle.as_str()
+                )));
+            }
+            if let Some(percentage) = percentage {
+                if plan.is_staged() {
+                    return Err(Rejection {
+                        code: RejectionCode::InvalidArgument,
+                        message:
+                            "a label-stage rollout stops at its released stages; omit percentage"
+                                .into(),
+                        field: Some("percentage".into()),
+                    });
+                }
+                let share = Share::from_percentage(*percentage).map_err(|message| Rejection {
+                    code: RejectionCode::InvalidArgument,
+                    message,
+                    field: Some("percentage".into()),
+                })?;
+                next.stopped_share = Some(share);
+            } else {
+                next.stopped_share = Some(state.served_share(plan));
+            }
+            end(&mut next, Lifecycle::Stopped, now);
+            effects.push(Effect::Stopped {
+                cause: EndCause::Command,
+            });
+        }
+        Event::Rollback => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is already {}",
+                    state.lifecycle.as_str()
+                )));
+            }
+            end(&mut next, Lifecycle::RolledBack, now);
+            effects.push(Effect::RolledBack {
+                cause: EndCause::Command,
+            });
+        }
+        Event::FlagDisabled => {
+            if state.lifecycle.is_active() {
+                next.stopped_share = Some(state.served_share(plan));
+                end(&mut next, Lifecycle::Stopped, now);
+                effects.push(Effect::Stopped {
+                    cause: EndCause::FlagDisabled,
+                });
+            }
+        }
+    }
+    if effects.is_empty() {
+        return Ok(StepOutcome {
+            state: state.clone(),
+            effects,
+        });
+    }
+    next.revision = state.revision + 1;
+    Ok(StepOutcome {
+        state: next,
+        effects,
+    })
+}
+
+fn tick(
+    plan: &Plan,
+    state: &mut RolloutState,
+    health: &Health,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) {
+    if state.lifecycle == Lifecycle::Queued {
+        match state.queued_until {
+            Some(start_time) if start_time <= now => {
+                start(state, start_time, now, EntryCause::Start, effects);
+            }
+            _ => return,
+        }
+    }
+    if state.lifecycle != Lifecycle::Running {
+        return;
+    }
+    if let (Some(guard), Some(outcomes)) = (&plan.guard, &health.outcomes) {
+        if let GuardVerdict::Breached(figures) = guard.verdict(outcomes) {
+            effects.push(Effect::GuardBreached {
+                action: guard.action,
+                figures,
+            });
+            match guard.action {
+                GuardAction::Pause => pause(plan, state, now, effects),
+                GuardAction::Stop => {
+                    state.stopped_share = Some(state.served_share(plan));
+                    end(state, Lifecycle::Stopped, now);
+                    effects.push(Effect::Stopped {
+                        cause: EndCause::Guard,
+                    });
+                }
+                GuardAction::Rollback => {
+                    end(state, Lifecycle::RolledBack, now);
+                    effects.push(Effect::RolledBack {
+                        cause: EndCause::Guard,
+                    });
+                }
+            }
+            return;
+        }
+    }
+    advance_due(plan, state, now, health.current_stage.as_ref(), effects);
+}
+
+/// Leaves `queued` into step 0, planned at `planned_at`.
+fn start(
+    state: &mut RolloutState,
+    planned_at: Timestamp,
+    now: Timestamp,
+    cause: EntryCause,
+    effects: &mut Vec<Effect>,
+) {
+    effects.push(Effect::Started { planned_at });
+    state.lifecycle = Lifecycle::Running;
+    state.queued_until = None;
+    enter(state, 0, planned_at, now, Vec::new(), cause, effects);
+}
+
+/// Makes `to` the current step. `skipped` only names the steps passed over for the event;
+/// their history records are the caller's (it knows their planned times).
+#[allow(clippy::too_many_arguments)]
+fn enter(
+    state: &mut RolloutState,
+    to: usize,
+    planned_at: Timestamp,
+    now: Timestamp,
+    skipped: Vec<usize>,
+    cause: EntryCause,
+    effects: &mut Vec<Effect>,
+) {
+    let from = state.step;
+    state.history.push(StepRecord {
+        index: to,
+        planned_at,
+        entered_at: Some(now),
+        skipped: false,
+    });
+    state.step = Some(to);
+    state.step_anchor = Some(planned_at);
+    effects.push(Effect::StepEntered {
+        from,
+        to,
+        skipped,
+        cause,
+        planned_at,
+        lag_ms: now.millis_since(planned_at).max(0),
+    });
+}
+
+/// Moves through every gate that the clock (or, for the current step only, health) has
+/// opened, as ONE transition: never across a `continue` gate, and a completion gate only
+/// when it is the current step's and the counts say so.
+fn advance_due(
+    plan: &Plan,
+    state: &mut RolloutState,
+    now: Timestamp,
+    stage_counts: Option<&StageCounts>,
+    effects: &mut Vec<Effect>,
+) {
+    let (Some(origin), Some(origin_anchor)) = (state.step, state.step_anchor) else {
+        return;
+    };
+    let mut current = origin;
+    let mut anchor = origin_anchor;
+    let mut passed: Vec<(usize, Timestamp)> = Vec::new();
+    let mut cause = EntryCause::Timer;
+    let mut completes = false;
+    loop {
+        let gate = &plan.steps[current].gate;
+        let opened_at = match gate {
+            Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
+            Gate::Immediate => Some(anchor),
+            Gate::Completion {
+                min_completed,
+                max_errors,
+            } if current == origin => stage_counts
+                .filter(|counts| completion_gate_open(counts, *min_completed, *max_errors))
+                .map(|_| {
+                    cause = EntryCause::Gate;
+                    now
+                }),
+            Gate::Completion { .. } | Gate::Continue => None,
+        };
+        let Some(opened_at) = opened_at else { break };
+        if current == plan.last_step() {
+            completes = true;
+            break;
+        }
+        passed.push((current + 1, opened_at));
+        current += 1;
+        anchor = opened_at;
+    }
+    if let Some(((final_index, final_planned), skipped)) = passed.split_last() {
+        for (index, planned_at) in skipped {
+            state.history.push(StepRecord {
+                index: *index,
+                planned_at: *planned_at,
+                entered_at: None,
+                skipped: true,
+            });
+        }
+        let skipped_indexes = skipped.iter().map(|(index, _)| *index).collect();
+        enter(
+            state,
+            *final_index,
+            *final_planned,
+            now,
+            skipped_indexes,
+            cause,
+            effects,
+        );
+    }
+    if completes {
+        complete(state, now, effects);
+    }
+}
+
+fn completion_gate_open(counts: &StageCounts, min_completed: Share, max_errors: u64) -> bool {
+    if counts.errors > max_errors {
+        return false;
+    }
+    // an empty stage passes through; otherwise completed / live members >= min_completed,
+    // where stale members (no heartbeat, no report) do not hold the gate shut
+    let live_members = counts.members.saturating_sub(counts.stale);
+    u128::from(counts.completed) * u128::from(Share::ALL.ppm())
+        >= u128::from(live_members) * u128::from(min_completed.ppm())
+}
+
+fn pause(plan: &Plan, state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {
+    let remaining_ms = state.due_at(plan).map(|due| due.millis_since(now).max(0));
+    state.lifecycle = Lifecycle::Paused;
+    state.paused_at = Some(now);
+    effects.push(Effect::Paused { remaining_ms });
+}
+
+fn complete(state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {
+    end(state, Lifecycle::Completed, now);
+    effects.push(Effect::Completed);
+}
+
+fn end(state: &mut RolloutState, lifecycle: Lifecycle, now: Timestamp) {
+    state.lifecycle = lifecycle;
+    state.paused_at = None;
+    state.queued_until = None;
+    state.finished_at = Some(now);
+}

@@ -1,0 +1,485 @@
+//! The rollout step function (SPEC §5, §3.5, §6): every command and tick, the rejections,
+//! and property tests for pause/resume and catch-up.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use rollout_core::machine::{
+    step, Effect, EndCause, EntryCause, Event, Health, Lifecycle, RejectionCode, RolloutState,
+    WaitingFor,
+};
+use rollout_core::{DurationMs, OutcomeCounts, Plan, Share, SideCounts, Timestamp};
+use serde_json::json;
+
+fn tick() -> Event {
+    Event::Tick(Health::default())
+}
+
+fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
+    match step(plan, state, &event, time) {
+        Ok(outcome) => outcome.state,
+        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
+    }
+}
+
+fn ten_phases() -> Plan {
+    // ten one-minute phases, then a 100 % bake of one minute
+    let mut phases: Vec<serde_json::Value> = (1..=10)
+        .map(|k| json!({"percentage": k * 9, "duration": "1m"}))
+        .collect();
+    phases.push(json!({"percentage": 100, "duration": "1m"}));
+    plan(json!({ "phases": phases }))
+}
+
+#[test]
+fn waiting_for_start_needs_the_start_command() {
+    let plan = plan(json!({"preset": "1hr", "wait_for_start": true}));
+    let queued = RolloutState::created(&plan, now()).state;
+    assert_eq!(queued.lifecycle, Lifecycle::Queued);
+    assert_eq!(queued.waiting_for(&plan), Some(WaitingFor::Start));
+    assert_eq!(queued.due_at(&plan), None);
+    assert!(
+        !step(&plan, &queued, &tick(), at(DurationMs::from_hours(100)))
+            .expect("tick")
+            .changed()
+    );
+    let started = step(&plan, &queued, &Event::Start, at(minutes(7))).expect("start");
+    assert!(matches!(started.effects[0], Effect::Started { .. }));
+    assert_eq!(started.state.lifecycle, Lifecycle::Running);
+    assert_eq!(started.state.due_at(&plan), Some(at(minutes(22))));
+    let again =
+        step(&plan, &started.state, &Event::Start, at(minutes(8))).expect_err("already running");
+    assert_eq!(again.code, RejectionCode::FailedPrecondition);
+}
+
+#[test]
+fn timers_advance_one_phase_at_a_time_from_the_planned_start() {
+    let plan = plan(json!({"preset": "1hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    assert_eq!(running.served_share(&plan), Share::from_ppm(100_000));
+    assert_eq!(running.waiting_for(&plan), Some(WaitingFor::Timer));
+    // fired 2 s late: the next step's timer still counts from the planned time
+    let second = step(&plan, &running, &tick(), at(minutes(15).plus_millis(2000))).expect("tick");
+    let Effect::StepEntered {
+        from,
+        to,
+        lag_ms,
+        cause,
+        ref skipped,
+        ..
+    } = second.effects[0]
+    else {
+        panic!("expected a step transition: {:?}", second.effects);
+    };
+    assert_eq!(
+        (from, to, lag_ms, cause),
+        (Some(0), 1, 2000, EntryCause::Timer)
+    );
+    assert!(skipped.is_empty());
+    assert_eq!(second.state.due_at(&plan), Some(at(minutes(30))));
+    assert_eq!(second.state.revision, running.revision + 1);
+}
+
+#[test]
+fn continue_opens_a_manual_gate_or_cuts_a_timer_short() {
+    let plan = plan(json!({"preset": "12hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    let cut = step(&plan, &running, &Event::Continue, at(minutes(1))).expect("continue");
+    assert_eq!(cut.state.step, Some(1));
+    // the new step's timer starts at the continue
+    assert_eq!(cut.state.due_at(&plan), Some(at(minutes(181))));
+}
+
+#[test]
+fn pause_keeps_the_remaining_step_time_and_shifts_later_times() {
+    let plan = plan(json!({"preset": "1hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    let paused = step(&plan, &running, &Event::Pause, at(minutes(5))).expect("pause");
+    assert_eq!(
+        paused.effects,
+        vec![Effect::Paused {
+            remaining_ms: Some(minutes(10).as_millis())
+        }]
+    );
+    // a paused rollout ignores the clock and keeps serving its share
+    let held = step(&plan, &paused.state, &tick(), at(DurationMs::from_hours(5))).expect("tick");
+    assert!(!held.changed());
+    assert_eq!(paused.state.served_share(&plan), Share::from_ppm(100_000));
+    let resumed = step(&plan, &paused.state, &Event::Resume, at(minutes(65))).expect("resume");
+    assert_eq!(
+        resumed.effects,
+        vec![Effect::Resumed {
+            paused_ms: minutes(60).as_millis()
+        }]
+    );
+    assert_eq!(resumed.state.due_at(&plan), Some(at(minutes(75))));
+    let projected = resumed.state.projected_starts(&plan, at(minutes(65)));
+    assert_eq!(
+        projected,
+        vec![Some(now()), Some(at(minutes(75))), Some(at(minutes(90)))]
+    );
+}
+
+#[test]
+fn commands_in_the_wrong_state_are_refused_and_change_nothing() {
+    let plan = plan(json!({"preset": "1hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    let paused = apply(&plan, &running, Event::Pause, at(minutes(1)));
+    let cases = [
+        (&running, Event::Resume),
+        (&paused, Event::Pause),
+        (&paused, Event::Continue),
+        (&paused, Event::Start),
+    ];
+    for (state, event) in cases {
+        let rejection = step(&plan, state, &event, at(minutes(2))).expect_err("refused");
+        assert_eq!(
+            rejection.code,
+            RejectionCode::FailedPrecondition,
+            "{event:?}"
+        );
+    }
+    let rolled_back = apply(&plan, &running, Event::Rollback, at(minutes(2)));
+    for event in [
+        Event::Pause,
+        Event::Resume,
+        Event::Continue,
+        Event::Promote,
+        Event::Rollback,
+        Event::Stop { percentage: None },
+    ] {
+        let rejection = step(&plan, &rolled_back, &event, at(minutes(3))).expect_err("finished");
+        assert_eq!(
+            rejection.code,
+            RejectionCode::FailedPrecondition,
+            "{event:?}"
+        );
+    }
+    let bad_share = step(
+        &plan,
+        &running,
+        &Event::Stop {
+            percentage: Some(101.0),
+        },
+        at(minutes(2)),
+    )
+    .expect_err("101 %");
+    assert_eq!(bad_share.code, RejectionCode::InvalidArgument);
+    assert_eq!(bad_share.field.as_deref(), Some("percentage"));
+}
+
+#[test]
+fn promote_jumps_to_the_final_step_now() {
+    let plan = plan(
+        json!({"phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 50, "duration": "1h"}, {"percentage": 100, "duration": "30m"}]}),
+    );
+    let running = RolloutState::created(&plan, now()).state;
+    let promoted = step(&plan, &running, &Event::Promote, at(minutes(3))).expect("promote");
+    assert_eq!(promoted.state.step, Some(2));
+    assert_eq!(promoted.state.served_share(&plan), Share::ALL);
+    // the bake time still applies, from now
+    assert_eq!(promoted.state.lifecycle, Lifecycle::Running);
+    assert_eq!(promoted.state.due_at(&plan), Some(at(minutes(33))));
+    let without_bake = plan_without_bake();
+    let done = step(
+        &without_bake,
+        &RolloutState::created(&without_bake, now()).state,
+        &Event::Promote,
+        at(minutes(1)),
+    )
+    .expect("promote");
+    assert_eq!(done.state.lifecycle, Lifecycle::Completed);
+}
+
+fn plan_without_bake() -> Plan {
+    plan(json!({"phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 100}]}))
+}
+
+#[test]
+fn rollback_serves_the_baseline_to_everyone() {
+    let plan = plan(json!({"preset": "24hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    let rolled_back = step(&plan, &running, &Event::Rollback, at(minutes(1))).expect("rollback");
+    assert_eq!(
+        rolled_back.effects,
+        vec![Effect::RolledBack {
+            cause: EndCause::Command
+        }]
+    );
+    assert_eq!(rolled_back.state.served_share(&plan), Share::NONE);
+    assert_eq!(
+        rolled_back.state.final_serve(&plan),
+        Some(rollout_core::Serve::variation("off"))
+    );
+    assert_eq!(rolled_back.state.view("r-1", &plan), None);
+}
+
+#[test]
+fn completion_leaves_the_candidate_at_the_final_share() {
+    let plan = plan_without_bake();
+    let running = RolloutState::created(&plan, now()).state;
+    let done = apply(&plan, &running, tick(), at(DurationMs::from_hours(1)));
+    assert_eq!(done.lifecycle, Lifecycle::Completed);
+    assert_eq!(
+        done.final_serve(&plan),
+        Some(rollout_core::Serve::variation("on"))
+    );
+    assert_eq!(
+        done.due_at(&plan),
+        None,
+        "a finished rollout leaves the due index"
+    );
+}
+
+#[test]
+fn catch_up_after_a_ten_step_outage_is_one_transition() {
+    let plan = ten_phases();
+    let running = RolloutState::created(&plan, now()).state;
+    // the ticker was down for 10.5 minutes: the clock implies step 10 (100 %, baking)
+    let caught_up = step(
+        &plan,
+        &running,
+        &tick(),
+        at(DurationMs::from_millis(630_000)),
+    )
+    .expect("tick");
+    let transitions: Vec<&Effect> = caught_up
+        .effects
+        .iter()
+        .filter(|effect| matches!(effect, Effect::StepEntered { .. }))
+        .collect();
+    assert_eq!(transitions.len(), 1, "{:?}", caught_up.effects);
+    let Effect::StepEntered {
+        from,
+        to,
+        skipped,
+        planned_at,
+        ..
+    } = transitions[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!((*from, *to), (Some(0), 10));
+    assert_eq!(skipped, &(1..10).collect::<Vec<_>>());
+    assert_eq!(*planned_at, at(minutes(10)));
+    assert_eq!(caught_up.state.revision, running.revision + 1);
+    // the skipped steps are recorded with their planned times
+    let skipped_records: Vec<_> = caught_up
+        .state
+        .history
+        .iter()
+        .filter(|record| record.skipped)
+        .collect();
+    assert_eq!(skipped_records.len(), 9);
+    assert_eq!(skipped_records[0].planned_at, at(minutes(1)));
+    // and the bake still runs from the planned entry of step 10
+    assert_eq!(caught_up.state.due_at(&plan), Some(at(minutes(11))));
+}
+
+#[test]
+fn catch_up_stops_at_a_manual_gate() {
+    let plan = plan(json!({"stages": [
+        {"name": "a", "labels": {"s": "a"}, "gate": {"after": "1m"}},
+        {"name": "b", "labels": {"s": "b"}, "gate": {"after": "1m"}},
+        {"name": "c", "labels": {"s": "c"}},
+        {"name": "d", "labels": {"s": "d"}, "gate": {"after": "1m"}},
+    ]}));
+    let running = RolloutState::created(&plan, now()).state;
+    let caught_up = step(&plan, &running, &tick(), at(DurationMs::from_hours(10))).expect("tick");
+    assert_eq!(
+        caught_up.state.step,
+        Some(2),
+        "held at stage c's continue gate"
+    );
+    assert_eq!(
+        caught_up.state.waiting_for(&plan),
+        Some(WaitingFor::Continue)
+    );
+}
+
+#[test]
+fn catch_up_stops_at_a_health_gate() {
+    let plan = plan(json!({"stages": [
+        {"name": "a", "labels": {"s": "a"}, "gate": {"after": "1m"}},
+        {"name": "b", "labels": {"s": "b"}, "gate": {"min_completed_percentage": 50}},
+        {"name": "c", "labels": {"s": "c"}, "gate": {"after": "1m"}},
+    ]}));
+    let running = RolloutState::created(&plan, now()).state;
+    // counts that would open b's gate are about the stage current at the tick (a), not b
+    let health = Health {
+        outcomes: None,
+        current_stage: Some(rollout_core::StageCounts {
+            members: 1,
+            completed: 1,
+            ..Default::default()
+        }),
+    };
+    let caught_up = step(
+        &plan,
+        &running,
+        &Event::Tick(health),
+        at(DurationMs::from_hours(10)),
+    )
+    .expect("tick");
+    assert_eq!(caught_up.state.step, Some(1));
+    assert_eq!(caught_up.state.waiting_for(&plan), Some(WaitingFor::Guard));
+}
+
+fn guarded(action: &str) -> Plan {
+    plan(
+        json!({"preset": "1hr", "guard": {"max_error_rate": 5, "min_samples": 100, "window": "5m", "action": action}}),
+    )
+}
+
+fn breaching() -> Event {
+    Event::Tick(Health {
+        outcomes: Some(OutcomeCounts {
+            candidate: SideCounts {
+                success: 90,
+                error: 10,
+            },
+            baseline: SideCounts::default(),
+        }),
+        current_stage: None,
+    })
+}
+
+#[test]
+fn a_guard_breach_pauses_stops_or_rolls_back_with_the_figures() {
+    for (action, lifecycle) in [
+        ("pause", Lifecycle::Paused),
+        ("stop", Lifecycle::Stopped),
+        ("rollback", Lifecycle::RolledBack),
+    ] {
+        let plan = guarded(action);
+        let running = RolloutState::created(&plan, now()).state;
+        let outcome = step(&plan, &running, &breaching(), at(minutes(20))).expect("tick");
+        assert_eq!(outcome.state.lifecycle, lifecycle, "{action}");
+        let Effect::GuardBreached { figures, .. } = &outcome.effects[0] else {
+            panic!("no breach effect: {:?}", outcome.effects);
+        };
+        assert_eq!(figures.candidate_samples, 100);
+        assert!((figures.candidate_error_rate - 0.1).abs() < 1e-12);
+        // a breach wins over a due timer: no step was entered
+        assert!(!outcome
+            .effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::StepEntered { .. })));
+    }
+}
+
+#[test]
+fn guards_still_apply_during_bake() {
+    let plan = plan(json!({"phases": [{"percentage": 100, "duration": "1h"}],
+                           "guard": {"max_error_rate": 5, "action": "rollback"}}));
+    let baking = RolloutState::created(&plan, now()).state;
+    let outcome = step(&plan, &baking, &breaching(), at(minutes(30))).expect("tick");
+    assert_eq!(outcome.state.lifecycle, Lifecycle::RolledBack);
+}
+
+#[test]
+fn views_follow_the_served_audience() {
+    let plan = plan(json!({"preset": "1hr"}));
+    let running = RolloutState::created(&plan, now()).state;
+    let view = running.view("r-1", &plan).expect("running has a view");
+    assert_eq!(
+        view.audience,
+        rollout_core::ViewAudience::Share(Share::from_ppm(100_000))
+    );
+    assert_eq!(view.salt, "fresh-salt");
+    let paused = apply(&plan, &running, Event::Pause, at(minutes(1)));
+    assert_eq!(
+        paused.view("r-1", &plan).map(|view| view.audience),
+        Some(rollout_core::ViewAudience::Share(Share::from_ppm(100_000)))
+    );
+}
+
+trait PlusMillis {
+    fn plus_millis(self, millis: i64) -> DurationMs;
+}
+
+impl PlusMillis for DurationMs {
+    fn plus_millis(self, millis: i64) -> DurationMs {
+        DurationMs::from_millis(self.as_millis() + millis)
+    }
+}
+
+proptest! {
+    /// Pausing at any point and resuming any time later leaves exactly the remaining step
+    /// time, and every later projected start moves by the pause length.
+    #[test]
+    fn pause_then_resume_keeps_the_remaining_step_time(
+        pause_after_ms in 0_i64..900_000,
+        pause_length_ms in 0_i64..86_400_000,
+    ) {
+        let plan = plan(json!({"preset": "1hr"}));
+        let running = RolloutState::created(&plan, now()).state;
+        let due_before = running.due_at(&plan).expect("timer runs");
+        let pause_time = now().plus(DurationMs::from_millis(pause_after_ms));
+        let paused = apply(&plan, &running, Event::Pause, pause_time);
+        let resume_time = pause_time.plus(DurationMs::from_millis(pause_length_ms));
+        let resumed = apply(&plan, &paused, Event::Resume, resume_time);
+        let remaining_before = due_before.millis_since(pause_time);
+        let due_after = resumed.due_at(&plan).expect("timer runs");
+        prop_assert_eq!(due_after.millis_since(resume_time), remaining_before);
+        let projected_before = running.projected_starts(&plan, pause_time);
+        let projected_after = resumed.projected_starts(&plan, resume_time);
+        for index in 1..plan.steps.len() {
+            let before = projected_before[index].expect("timer chain");
+            let after = projected_after[index].expect("timer chain");
+            prop_assert_eq!(after.millis_since(before), pause_length_ms);
+        }
+    }
+
+    /// After an outage of any length, one tick makes at most one step transition, lands on
+    /// the step the clock implies, and names every step it passed over.
+    #[test]
+    fn catch_up_is_one_transition_to_the_clock_implied_step(outage_ms in 0_i64..1_000_000) {
+        let plan = ten_phases();
+        let running = RolloutState::created(&plan, now()).state;
+        let time = now().plus(DurationMs::from_millis(outage_ms));
+        let outcome = step(&plan, &running, &tick(), time).expect("tick");
+        let transitions: Vec<&Effect> = outcome.effects.iter().filter(|effect| matches!(effect, Effect::StepEntered { .. })).collect();
+        prop_assert!(transitions.len() <= 1);
+        let implied_step = usize::try_from(outage_ms / 60_000).expect("small").min(10);
+        let completes = outage_ms >= 660_000;
+        if completes {
+            prop_assert_eq!(outcome.state.lifecycle, Lifecycle::Completed);
+        } else {
+            prop_assert_eq!(outcome.state.step, Some(implied_step));
+        }
+        if let Some(Effect::StepEntered { to, skipped, .. }) = transitions.first() {
+            prop_assert_eq!(skipped.len(), to - 1);
+        }
+        // a second tick at the same time changes nothing
+        let again = step(&plan, &outcome.state, &tick(), time).expect("tick");
+        prop_assert!(!again.changed());
+    }
+
+    /// Whatever sequence of events arrives, the current step never goes backwards and the
+    /// revision rises by exactly one per accepted change.
+    #[test]
+    fn steps_never_go_backwards(events in proptest::collection::vec(0_u8..8, 1..40)) {
+        let plan = ten_phases();
+        let mut state = RolloutState::created(&plan, now()).state;
+        let mut time = now();
+        for code in events {
+            time = time.plus(DurationMs::from_millis(20_000));
+            let event = match code {
+                0..=2 => tick(),
+                3 => Event::Pause,
+                4 => Event::Resume,
+                5 => Event::Continue,
+                6 => Event::Promote,
+                _ => Event::Stop { percentage: None },
+            };
+            if let Ok(outcome) = step(&plan, &state, &event, time) {
+                prop_assert!(outcome.state.step >= state.step);
+                let expected_revision = state.revision + u64::from(outcome.changed());
+                prop_assert_eq!(outcome.state.revision, expected_revision);
+                state = outcome.state;
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The command line of `rolloutctl`: global connection options and one subcommand per
+//! planner command and query, plus `watch` and `eval`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rollout_core::DurationMs;
+
+const AFTER_HELP: &str = "\
+Spec files (rollout create / plan) hold the `rollout` object of a rollout.create command, in
+YAML (.yaml, .yml) or JSON (.json); a file whose only key is `rollout` is accepted too. Flag
+files hold the `flag` object likewise. Examples of each kind are in deploy/examples/.
+Times (`start_at`, `template.start_at`, `manual[].execute_at`) may be written relative to
+now as `+DURATION` (`+10m`, `+1h30m`, `+2d`); rolloutctl converts them before sending.
+
+Connection settings beyond --nats-url (user, password, token, credentials file, TLS) are
+read from ROLLOUT_NATS__* variables, as the services read them.
+
+Exit codes: 0 done; 1 the planner refused (not_found, conflict, failed_precondition,
+permission_denied); 2 invalid input (usage, unreadable file, invalid_argument); 69 NATS or
+the planner/evaluator unreachable (unavailable, no responders, timeout); 70 internal error.";
+
+/// rolloutctl — operate progressive rollouts: flags, rollout specs, status, live watch.
+#[derive(Debug, Parser)]
+#[command(name = "rolloutctl", version, about, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    /// NATS server URL (several separated by commas).
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLOUT_NATS__URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Namespace (environment) to work in.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    pub namespace: String,
+
+    /// Print the raw result as JSON (one JSON line per event for `watch`), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// How long to wait for NATS and for each reply, e.g. `5s`, `500ms`.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// First token of every subject of the deployment.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLOUT_NATS__SUBJECT_PREFIX",
+        default_value = "rollout"
+    )]
+    pub subject_prefix: String,
+
+    /// Who is asking, recorded in the audit; defaults to $USER.
+    #[arg(long, global = true, env = "ROLLOUT_ACTOR")]
+    pub actor: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// Create, change, enable, disable, delete and read flags.
+    #[command(subcommand)]
+    Flag(FlagCommand),
+    /// Create, drive, inspect and follow rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Evaluate a flag for an entity through the evaluators.
+    Eval(EvalArgs),
+}
+
+/// `rolloutctl flag ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlagCommand {
+    /// Create a flag from a YAML or JSON file.
+    Create(FileArg),
+    /// Replace a flag's definition from a YAML or JSON file (the key inside names it).
+    Update {
+        /// The flag file.
+        #[command(flatten)]
+        file: FileArg,
+        /// Refuse unless the flag is still at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Enable a flag.
+    Enable(KeyArg),
+    /// Disable a flag (its rollout stops at the current share).
+    Disable(KeyArg),
+    /// Delete a flag.
+    Delete(KeyArg),
+    /// Show a flag as YAML (usable as a file for `flag update`).
+    Get(KeyArg),
+    /// List flags.
+    List(PageArg),
+}
+
+/// `rolloutctl rollout ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Create (and, unless it waits, start) a rollout from a spec file.
+    Create(FileArg),
+    /// Preview the plan of a spec file with projected times; nothing is stored.
+    Plan(FileArg),
+    /// Start a rollout created with `wait_for_start`.
+    Start(IdArg),
+    /// Freeze a rollout at its current share.
+    Pause(IdArg),
+    /// Resume a paused rollout.
+    Resume(IdArg),
+    /// Open the current step's gate (or cut its timer short).
+    Continue(IdArg),
+    /// Jump to the final step now.
+    Promote(IdArg),
+    /// End the rollout, keeping the current share or the one given.
+    Stop {
+        /// The rollout.
+        #[command(flatten)]
+        id: IdArg,
+        /// Share to keep serving, in percent (up to four decimals).
+        #[arg(long)]
+        percentage: Option<f64>,
+    },
+    /// End the rollout with everyone on the baseline.
+    Rollback(IdArg),
+    /// Delete a rollout (its audit stays readable).
+    Delete(IdArg),
+    /// Show every step: share or stage, gate, planned and actual times, counts.
+    Status(IdArg),
+    /// List active (or finished) rollouts.
+    List {
+        /// Finished rollouts instead of active ones.
+        #[arg(long)]
+        finished: bool,
+        /// Only the rollouts of this flag.
+        #[arg(long)]
+        flag: Option<String>,
+        /// Page, from 0.
+        #[command(flatten)]
+        page: PageArg,
+    },
+    /// Show the audit of a rollout or a flag, newest first.
+    Audit {
+        /// The rollout whose audit to show.
+        #[arg(long, conflicts_with = "flag", required_unless_present = "flag")]
+        rollout: Option<String>,
+        /// The flag whose audit to show.
+        #[arg(long)]
+        flag: Option<String>,
+        /// Page, from 0.
+        #[command(flatten)]
+        page: PageArg,
+    },
+    /// Follow a rollout's events live with a progress bar until it finishes.
+    Watch {
+        /// The rollout to follow.
+        #[arg(conflicts_with = "flag", required_unless_present = "flag")]
+        rollout_id: Option<String>,
+        /// Follow the active (or next) rollout of this flag instead.
+        #[arg(long)]
+        flag: Option<String>,
+    },
+}
+
+/// A spec or flag file.
+#[derive(Debug, Args)]
+pub struct FileArg {
+    /// YAML (.yaml, .yml) or JSON (.json) file.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub path: PathBuf,
+}
+
+/// A flag key.
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// Flag key.
+    pub key: String,
+}
+
+/// A rollout id.
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Rollout id.
+    pub rollout_id: String,
+}
+
+/// A page number.
+#[derive(Debug, Args)]
+pub struct PageArg {
+    /// Page, from 0.
+    #[arg(long)]
+    pub page: Option<u32>,
+}
+
+/// `rolloutctl eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Flag key.
+    pub flag: String,
+    /// Entity id.
+    #[arg(long)]
+    pub entity: String,
+    /// Attribute `name=value`; the value is read as JSON when it parses (`42`, `true`,
+    /// `["a","b"]`), else as a string. Repeat for more.
+    #[arg(long = "attr", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub attributes: Vec<(String, String)>,
+    /// Fleet label `name=value`. Repeat for more.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Ask the evaluator to explain its answer.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = DurationMs::parse(text)?;
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(0);
+    if millis == 0 {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_go_anywhere_and_audit_needs_a_subject() {
+        let cli = Cli::try_parse_from([
+            "rolloutctl",
+            "rollout",
+            "stop",
+            "r-1",
+            "--percentage",
+            "25",
+            "-n",
+            "prod",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.namespace, "prod");
+        assert!(cli.json);
+        let TopCommand::Rollout(RolloutCommand::Stop { id, percentage }) = cli.command else {
+            panic!("expected rollout stop");
+        };
+        assert_eq!((id.rollout_id.as_str(), percentage), ("r-1", Some(25.0)));
+        assert!(Cli::try_parse_from(["rolloutctl", "rollout", "audit"]).is_err());
+        assert!(Cli::try_parse_from([
+            "rolloutctl",
+            "rollout",
+            "audit",
+            "--rollout",
+            "r",
+            "--flag",
+            "f"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["rolloutctl", "--timeout", "0s", "flag", "list"]).is_err());
+    }
+
+    #[test]
+    fn pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_pair("plan=a=b"),
+            Ok(("plan".to_owned(), "a=b".to_owned()))
+        );
+        assert!(parse_pair("novalue").is_err());
+        assert!(parse_pair("=x").is_err());
+    }
+}

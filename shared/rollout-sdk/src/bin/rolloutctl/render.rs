@@ -1,0 +1,562 @@
+//! Human output of `rolloutctl`: the steps table (share or stage, gate, planned and actual
+//! times, the current position, stage counts) with its header line, lists, the audit, flags
+//! as YAML, event lines for `watch`, and evaluation answers.
+
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use rollout_core::{Labels, Lifecycle, Share, Timestamp};
+use rollout_sdk::{ChangeEvent, EvalResult};
+use rollout_wire::{
+    AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutList,
+    RolloutResult, RolloutStatus, StepStatus,
+};
+use serde::Serialize;
+
+/// Marks the step the rollout is at.
+const CURRENT: &str = "▶";
+/// Marks steps already passed.
+const PASSED: &str = "✓";
+/// Marks steps catch-up passed over.
+const SKIPPED: &str = "↷";
+
+/// The wire name of a snake_case enum (`rolled_back`, `waiting_for: continue`).
+pub fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+/// A time to the second, `2026-12-01 09:00:00Z` (`--json` keeps milliseconds).
+pub fn short_time(time: Timestamp) -> String {
+    let full = time.to_rfc3339();
+    let seconds = match full.find('.') {
+        Some(dot) => format!("{}Z", &full[..dot]),
+        None => full,
+    };
+    seconds.replacen('T', " ", 1)
+}
+
+fn time(value: Option<Timestamp>) -> String {
+    value.map_or_else(|| "-".to_owned(), short_time)
+}
+
+fn labels_text(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "(everyone else)".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn gate_text(gate: &GateStatus, is_last: bool) -> String {
+    match gate.kind {
+        GateKind::Timer => match gate.duration {
+            Some(duration) if is_last => format!("bake {duration}"),
+            Some(duration) => format!("timer {duration}"),
+            None => "timer".to_owned(),
+        },
+        GateKind::Continue => "continue".to_owned(),
+        GateKind::Completion => format!(
+            "≥{} applied, ≤{} errors",
+            gate.min_completed_percentage.unwrap_or(Share::ALL),
+            gate.max_errors.unwrap_or(0)
+        ),
+        GateKind::Immediate if is_last => "final".to_owned(),
+        GateKind::Immediate => "immediate".to_owned(),
+    }
+}
+
+fn table(header: Vec<&str>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header);
+    table
+}
+
+/// Every step as a table: marker, index, share or stage and labels, gate, planned and
+/// started times, and for stages the member counts.
+pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
+    let staged = steps.iter().any(|step| step.name.is_some());
+    let mut header = vec!["", "step"];
+    if staged {
+        header.extend(["stage", "labels"]);
+    } else {
+        header.push("share");
+    }
+    header.extend(["gate", "planned", "started"]);
+    if staged {
+        header.extend([
+            "members",
+            "completed",
+            "errors",
+            "pending",
+            "waiting",
+            "stale",
+        ]);
+    }
+    let mut rendered = table(header);
+    let last = steps.len().saturating_sub(1);
+    for step in steps {
+        let marker = if current == Some(step.index) {
+            CURRENT
+        } else if step.skipped {
+            SKIPPED
+        } else if step.started_at.is_some() {
+            PASSED
+        } else {
+            ""
+        };
+        let mut row = vec![Cell::new(marker), Cell::new(step.index)];
+        if staged {
+            row.push(Cell::new(step.name.as_deref().unwrap_or("-")));
+            row.push(Cell::new(
+                step.labels
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), labels_text),
+            ));
+        } else {
+            row.push(
+                Cell::new(
+                    step.percentage
+                        .map_or_else(|| "-".to_owned(), |share| share.to_string()),
+                )
+                .set_alignment(CellAlignment::Right),
+            );
+        }
+        row.push(Cell::new(gate_text(&step.gate, step.index == last)));
+        row.push(Cell::new(time(step.planned_at)));
+        let started = if step.skipped {
+            "skipped".to_owned()
+        } else {
+            time(step.started_at)
+        };
+        row.push(Cell::new(started));
+        if staged {
+            match &step.counts {
+                Some(counts) => {
+                    for count in [
+                        counts.members,
+                        counts.completed,
+                        counts.errors,
+                        counts.pending,
+                        counts.waiting,
+                        counts.stale,
+                    ] {
+                        row.push(Cell::new(count).set_alignment(CellAlignment::Right));
+                    }
+                }
+                None => row.extend((0..6).map(|_| Cell::new("-"))),
+            }
+        }
+        rendered.add_row(row);
+    }
+    rendered.to_string()
+}
+
+fn position_text(current: Option<usize>, steps: usize) -> String {
+    match current {
+        Some(index) => format!("step {index} of {}", steps.saturating_sub(1)),
+        None => "not started".to_owned(),
+    }
+}
+
+fn state_line(
+    state: Lifecycle,
+    waiting_for: Option<String>,
+    current: Option<usize>,
+    steps: usize,
+    share: Option<Share>,
+) -> String {
+    let mut parts = vec![format!("state: {}", state.as_str())];
+    if let Some(waiting_for) = waiting_for {
+        parts.push(format!("waiting for: {waiting_for}"));
+    }
+    parts.push(position_text(current, steps));
+    if let Some(share) = share {
+        parts.push(format!("share: {share}"));
+    }
+    parts.join(" · ")
+}
+
+/// `rollout status`: two header lines and the steps table.
+pub fn status(status: &RolloutStatus) -> String {
+    let rule = status
+        .rule
+        .as_ref()
+        .map_or_else(String::new, |rule| format!(" rule {rule}"));
+    let kind = match &status.preset {
+        Some(preset) => format!("preset {preset}"),
+        None => wire_name(&status.kind),
+    };
+    let mut text = format!(
+        "rollout {} · flag {}{rule} · {kind} · {} → {}\n",
+        status.rollout_id, status.flag, status.baseline, status.candidate
+    );
+    let mut line = state_line(
+        status.state,
+        status.waiting_for.as_ref().map(wire_name),
+        status.current_step,
+        status.steps.len(),
+        status.share,
+    );
+    if let Some(due_at) = status.due_at {
+        line.push_str(&format!(" · due: {}", short_time(due_at)));
+    }
+    if let Some(paused_at) = status.paused_at {
+        line.push_str(&format!(" · paused since: {}", short_time(paused_at)));
+    }
+    line.push_str(&format!(" · created: {}", short_time(status.created_at)));
+    if let Some(finished_at) = status.finished_at {
+        line.push_str(&format!(" · finished: {}", short_time(finished_at)));
+    }
+    text.push_str(&line);
+    text.push('\n');
+    text.push_str(&steps_table(&status.steps, status.current_step));
+    text.push('\n');
+    text
+}
+
+/// The reply to a rollout command: a header line and the steps table.
+pub fn rollout_result(result: &RolloutResult) -> String {
+    let mut text = format!("rollout {} · flag {}\n", result.rollout_id, result.flag);
+    text.push_str(&state_line(
+        result.state,
+        result.waiting_for.as_ref().map(wire_name),
+        result.current_step,
+        result.steps.len(),
+        result.share,
+    ));
+    text.push('\n');
+    text.push_str(&steps_table(&result.steps, result.current_step));
+    text.push('\n');
+    text
+}
+
+/// `rollout plan`: the compiled plan with projected times.
+pub fn plan_preview(preview: &PlanPreview) -> String {
+    let kind = match &preview.preset {
+        Some(preset) => format!("preset {preset}"),
+        None => wire_name(&preview.kind),
+    };
+    let rule = preview
+        .rule
+        .as_ref()
+        .map_or_else(String::new, |rule| format!(" rule {rule}"));
+    let mut text = format!(
+        "plan for flag {}{rule} · {kind} · {} → {} · {} steps (nothing stored)\n",
+        preview.flag,
+        preview.baseline,
+        preview.candidate,
+        preview.steps.len()
+    );
+    text.push_str(&steps_table(&preview.steps, None));
+    text.push('\n');
+    text
+}
+
+/// `flag get` and flag commands: a comment header and the flag as YAML, which `flag update
+/// -f` reads back.
+pub fn flag_result(result: &FlagResult) -> String {
+    let mut text = format!("# flag {} · version {}", result.flag.key, result.version);
+    if let Some(rollout) = &result.active_rollout {
+        text.push_str(&format!(" · active rollout {rollout}"));
+    }
+    text.push('\n');
+    match serde_yaml_ng::to_string(&result.flag) {
+        Ok(yaml) => text.push_str(&yaml),
+        Err(error) => text.push_str(&format!("# cannot show as yaml: {error}\n")),
+    }
+    text
+}
+
+/// `flag list`.
+pub fn flag_list(list: &FlagList) -> String {
+    let mut rendered = table(vec![
+        "key",
+        "enabled",
+        "version",
+        "variations",
+        "active rollout",
+        "description",
+    ]);
+    for flag in &list.flags {
+        rendered.add_row(vec![
+            Cell::new(&flag.key),
+            Cell::new(if flag.enabled { "yes" } else { "no" }),
+            Cell::new(flag.version),
+            Cell::new(flag.variations.join(",")),
+            Cell::new(flag.active_rollout.as_deref().unwrap_or("-")),
+            Cell::new(flag.description.as_deref().unwrap_or("")),
+        ]);
+    }
+    with_next_page(
+        rendered.to_string(),
+        list.next_page,
+        list.flags.is_empty(),
+        "flags",
+    )
+}
+
+/// `rollout list`.
+pub fn rollout_list(list: &RolloutList) -> String {
+    let mut rendered = table(vec![
+        "rollout", "flag", "kind", "state", "waiting", "step", "share", "created", "finished",
+    ]);
+    for rollout in &list.rollouts {
+        let flag = match &rollout.rule {
+            Some(rule) => format!("{} (rule {rule})", rollout.flag),
+            None => rollout.flag.clone(),
+        };
+        let step = match rollout.current_step {
+            Some(index) => format!("{index}/{}", rollout.step_count.saturating_sub(1)),
+            None => "-".to_owned(),
+        };
+        rendered.add_row(vec![
+            Cell::new(&rollout.rollout_id),
+            Cell::new(flag),
+            Cell::new(wire_name(&rollout.kind)),
+            Cell::new(rollout.state.as_str()),
+            Cell::new(
+                rollout
+                    .waiting_for
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), wire_name),
+            ),
+            Cell::new(step),
+            Cell::new(
+                rollout
+                    .share
+                    .map_or_else(|| "-".to_owned(), |share| share.to_string()),
+            ),
+            Cell::new(short_time(rollout.created_at)),
+            Cell::new(time(rollout.finished_at)),
+        ]);
+    }
+    with_next_page(
+        rendered.to_string(),
+        list.next_page,
+        list.rollouts.is_empty(),
+        "rollouts",
+    )
+}
+
+/// `rollout audit`.
+pub fn audit_page(page: &AuditPage) -> String {
+    let mut rendered = table(vec![
+        "time",
+        "actor",
+        "kind",
+        "rollout",
+        "from → to",
+        "details",
+    ]);
+    for entry in &page.entries {
+        let change = match (&entry.from, &entry.to) {
+            (Some(from), Some(to)) => format!("{from} → {to}"),
+            (None, Some(to)) => format!("→ {to}"),
+            (Some(from), None) => format!("{from} →"),
+            (None, None) => "-".to_owned(),
+        };
+        rendered.add_row(vec![
+            Cell::new(short_time(entry.time)),
+            Cell::new(&entry.actor),
+            Cell::new(wire_name(&entry.kind)),
+            Cell::new(entry.rollout_id.as_deref().unwrap_or("-")),
+            Cell::new(change),
+            Cell::new(details_text(&entry.details)),
+        ]);
+    }
+    with_next_page(
+        rendered.to_string(),
+        page.next_page,
+        page.entries.is_empty(),
+        "audit entries",
+    )
+}
+
+/// Audit details as `name=value` pairs, leaving out what the other columns already say
+/// (`effect`, `from`, `to`), the command id and empty or zero figures.
+fn details_text(details: &serde_json::Value) -> String {
+    let serde_json::Value::Object(fields) = details else {
+        return details.to_string();
+    };
+    fields
+        .iter()
+        .filter(|(name, value)| {
+            let redundant = matches!(name.as_str(), "effect" | "from" | "to" | "command_id");
+            let empty = value.is_null()
+                || value.as_array().is_some_and(Vec::is_empty)
+                || (name.as_str() == "lag_ms" && value.as_u64() == Some(0));
+            !redundant && !empty
+        })
+        .map(|(name, value)| match value {
+            serde_json::Value::String(text) => format!("{name}={text}"),
+            other => format!("{name}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn with_next_page(table: String, next_page: Option<u32>, empty: bool, what: &str) -> String {
+    let mut text = if empty {
+        format!("no {what}\n")
+    } else {
+        format!("{table}\n")
+    };
+    if let Some(next) = next_page {
+        text.push_str(&format!("more: --page {next}\n"));
+    }
+    text
+}
+
+/// A delete command's reply.
+pub fn deleted(deleted: &Deleted) -> String {
+    match &deleted.rollout_id {
+        Some(rollout_id) => format!(
+            "deleted rollout {rollout_id} of flag {} (its audit stays readable)\n",
+            deleted.flag
+        ),
+        None => format!("deleted flag {}\n", deleted.flag),
+    }
+}
+
+/// One line per change event, for `watch`.
+pub fn event_line(event: &ChangeEvent) -> String {
+    let mut line = format!("{} {}", short_time(event.time), wire_name(&event.kind));
+    match (event.from_step, event.to_step) {
+        (Some(from), Some(to)) => line.push_str(&format!(" step {from} → {to}")),
+        (None, Some(to)) => line.push_str(&format!(" step {to}")),
+        _ => {}
+    }
+    if !event.skipped.is_empty() {
+        let skipped: Vec<String> = event.skipped.iter().map(ToString::to_string).collect();
+        line.push_str(&format!(" (skipped {})", skipped.join(", ")));
+    }
+    if let Some(share) = event.share {
+        line.push_str(&format!(" share {share}"));
+    }
+    if let Some(state) = event.state {
+        line.push_str(&format!(" [{}]", state.as_str()));
+    }
+    if let Some(figures) = &event.figures {
+        if let Ok(figures) = serde_json::to_string(figures) {
+            line.push_str(&format!(" figures {figures}"));
+        }
+    }
+    if let Some(actor) = &event.actor {
+        line.push_str(&format!(" by {actor}"));
+    }
+    line
+}
+
+/// `eval`: the value and why.
+pub fn eval_result(result: &EvalResult) -> String {
+    let mut text = format!(
+        "{} = {} (variation {}, reason {}",
+        result.flag,
+        result.value,
+        result.variation,
+        wire_name(&result.reason)
+    );
+    if let Some(rule_id) = &result.rule_id {
+        text.push_str(&format!(", rule {rule_id}"));
+    }
+    if let Some(rollout_id) = &result.rollout_id {
+        text.push_str(&format!(", rollout {rollout_id}"));
+    }
+    if let Some(step) = result.step {
+        text.push_str(&format!(", step {step}"));
+    }
+    if let Some(bucket) = result.bucket {
+        text.push_str(&format!(", bucket {bucket}"));
+    }
+    text.push_str(&format!(", version {})\n", result.version));
+    if let Some(explanation) = &result.explanation {
+        text.push_str(explanation);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_show_to_the_second_and_details_only_what_is_new() {
+        let time = Timestamp::parse_rfc3339("2026-12-01T09:00:00.791Z").expect("time");
+        assert_eq!(short_time(time), "2026-12-01 09:00:00Z");
+        let details = serde_json::json!({"cause": "continue", "command_id": "c-1", "effect": "step_entered",
+            "from": 0, "to": 1, "lag_ms": 0, "skipped": [], "planned_at": "2026-12-01T09:00:00Z"});
+        assert_eq!(
+            details_text(&details),
+            "cause=continue planned_at=2026-12-01T09:00:00Z"
+        );
+    }
+
+    #[test]
+    fn stage_status_shows_counts_and_the_current_stage() {
+        let status: RolloutStatus = serde_json::from_str(
+            rollout_wire::shapes::SHAPES
+                .iter()
+                .find(|shape| shape.type_name == "RolloutStatus")
+                .expect("documented")
+                .json,
+        )
+        .expect("shape decodes");
+        let text = super::status(&status);
+        assert!(
+            text.contains("state: running · waiting for: continue"),
+            "{text}"
+        );
+        assert!(text.contains("canary"), "{text}");
+        assert!(text.contains("env=staging"), "{text}");
+        assert!(text.contains("members"), "{text}");
+        assert!(text.contains("≥90% applied, ≤2 errors"), "{text}");
+        let canary_row = text
+            .lines()
+            .find(|line| line.contains("canary"))
+            .expect("canary row");
+        assert!(canary_row.contains(CURRENT), "{canary_row}");
+        for count in ["12", "10", "40"] {
+            assert!(text.contains(count), "{text}");
+        }
+    }
+
+    #[test]
+    fn share_plans_show_each_share_and_gate() {
+        let result: RolloutResult = serde_json::from_value(serde_json::json!({
+            "rollout_id": "r-1", "flag": "f", "state": "running", "waiting_for": "timer",
+            "current_step": 1, "share": 25,
+            "steps": [
+                {"index": 0, "percentage": 5, "planned_at": "2026-12-01T09:00:00Z",
+                 "started_at": "2026-12-01T09:00:00Z", "gate": {"kind": "timer", "duration": "6h"}},
+                {"index": 1, "percentage": 25, "planned_at": "2026-12-01T15:00:00Z",
+                 "started_at": "2026-12-01T15:00:01Z", "gate": {"kind": "timer", "duration": "6h"}},
+                {"index": 2, "percentage": 100, "planned_at": "2026-12-01T21:00:00Z",
+                 "gate": {"kind": "immediate"}}]}))
+        .expect("result");
+        let text = rollout_result(&result);
+        for expected in [
+            "5%",
+            "25%",
+            "100%",
+            "timer 6h",
+            "final",
+            "2026-12-01 15:00:01Z",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        assert!(text.contains("waiting for: timer"), "{text}");
+        let first = text
+            .lines()
+            .find(|line| line.contains("5%") && !line.contains("25%"));
+        assert!(first.is_some_and(|line| line.contains(PASSED)), "{text}");
+    }
+}

@@ -1,0 +1,361 @@
+//! `rolloutctl rollout watch`: follows a rollout's change events live, printing each one
+//! above a progress bar of the share served (or the stages released), until the rollout
+//! completes, stops, is rolled back or deleted.
+//!
+//! The event subscription is made before the starting status is read, so nothing that
+//! happens in between is missed.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rollout_core::{Lifecycle, Share, ViewAudience, WaitingFor};
+use rollout_sdk::{ChangeEvent, EventSubscription};
+use rollout_wire::{EventKind, RolloutListQuery, RolloutStatus};
+
+use crate::failure::{Context, Failure};
+use crate::render::{event_line, wire_name};
+use crate::run::Session;
+
+/// Where the followed rollout stands.
+#[derive(Debug)]
+struct Progress {
+    rollout_id: String,
+    staged: bool,
+    steps: usize,
+    state: Lifecycle,
+    waiting_for: Option<WaitingFor>,
+    step: Option<usize>,
+    share: Share,
+    /// Each step's share (none for stages), for events that carry a step but no share.
+    step_shares: Vec<Option<Share>>,
+}
+
+impl Progress {
+    fn from_status(status: &RolloutStatus) -> Progress {
+        Progress {
+            rollout_id: status.rollout_id.clone(),
+            staged: status.steps.iter().any(|step| step.name.is_some()),
+            steps: status.steps.len(),
+            state: status.state,
+            waiting_for: status.waiting_for,
+            step: status.current_step,
+            share: status.share.unwrap_or(Share::NONE),
+            step_shares: status.steps.iter().map(|step| step.percentage).collect(),
+        }
+    }
+
+    /// Applies an event of this rollout.
+    fn apply(&mut self, event: &ChangeEvent) {
+        if let Some(to) = event.to_step {
+            self.step = Some(to);
+        }
+        let snapshot_share = event
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| snapshot.rollout.as_ref())
+            .filter(|view| view.rollout_id == self.rollout_id)
+            .and_then(|view| match &view.audience {
+                ViewAudience::Share(share) => Some(*share),
+                ViewAudience::Stages { .. } => None,
+            });
+        let step_share = event
+            .to_step
+            .and_then(|to| self.step_shares.get(to).copied().flatten());
+        if let Some(share) = event.share.or(snapshot_share).or(step_share) {
+            self.share = share;
+        }
+        let implied = match event.kind {
+            EventKind::RolloutPaused => Some(Lifecycle::Paused),
+            EventKind::RolloutResumed | EventKind::RolloutStarted => Some(Lifecycle::Running),
+            EventKind::RolloutCompleted => Some(Lifecycle::Completed),
+            EventKind::RolloutStopped => Some(Lifecycle::Stopped),
+            EventKind::RolloutRolledBack => Some(Lifecycle::RolledBack),
+            _ => None,
+        };
+        if let Some(state) = event.state.or(implied) {
+            self.state = state;
+        }
+        if self.state != Lifecycle::Running {
+            self.waiting_for = None;
+        } else if event.kind == EventKind::RolloutStep {
+            // the next status read would tell; the event does not carry it
+            self.waiting_for = None;
+        }
+        if self.state == Lifecycle::RolledBack {
+            self.share = Share::NONE;
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.state.is_finished()
+    }
+
+    /// Bar length and position: parts per million of the share, or stages released.
+    fn bar(&self) -> (u64, u64) {
+        if self.staged {
+            let released = match (self.state, self.step) {
+                (Lifecycle::Completed, _) => self.steps,
+                (Lifecycle::RolledBack, _) | (Lifecycle::Queued, _) | (_, None) => 0,
+                (_, Some(step)) => step + 1,
+            };
+            (self.steps as u64, released as u64)
+        } else {
+            (1_000_000, u64::from(self.share.ppm()))
+        }
+    }
+
+    fn message(&self) -> String {
+        let (length, position) = self.bar();
+        let audience = if self.staged {
+            format!("{position}/{length} stages released")
+        } else {
+            format!("{} served", self.share)
+        };
+        let step = match self.step {
+            Some(step) => format!("step {step} of {}", self.steps.saturating_sub(1)),
+            None => "not started".to_owned(),
+        };
+        let waiting = self
+            .waiting_for
+            .as_ref()
+            .map_or_else(String::new, |waiting| {
+                format!(", waiting for {}", wire_name(waiting))
+            });
+        format!("{audience} · {step} · {}{waiting}", self.state.as_str())
+    }
+}
+
+/// Follows `rollout_id`, or the active (else the next) rollout of `flag`.
+pub async fn watch(
+    session: &Session,
+    rollout_id: Option<String>,
+    flag: Option<String>,
+) -> Result<(), Failure> {
+    let context = Context {
+        rollout_id: rollout_id.clone(),
+        flag: flag.clone(),
+        ..Context::default()
+    };
+    let client = session.commands();
+    let sdk = |error| Failure::sdk(error, &context);
+    let flag = match (&rollout_id, flag) {
+        (Some(rollout_id), _) => client.rollout_status(rollout_id).await.map_err(sdk)?.flag,
+        (None, Some(flag)) => flag,
+        (None, None) => return Err(Failure::Usage("give a rollout id or --flag".to_owned())),
+    };
+    let mut events = EventSubscription::subscribe(
+        session.nats(),
+        client.subjects(),
+        client.namespace(),
+        Some(&flag),
+    )
+    .await
+    .map_err(sdk)?;
+    let followed = match &rollout_id {
+        Some(rollout_id) => Some(rollout_id.clone()),
+        None => client
+            .list_rollouts(RolloutListQuery {
+                flag: Some(flag.clone()),
+                ..RolloutListQuery::default()
+            })
+            .await
+            .map_err(sdk)?
+            .rollouts
+            .first()
+            .map(|summary| summary.rollout_id.clone()),
+    };
+    let mut progress = match followed {
+        Some(rollout_id) => Some(Progress::from_status(
+            &client.rollout_status(&rollout_id).await.map_err(sdk)?,
+        )),
+        None => None,
+    };
+
+    let bar = if session.json() {
+        ProgressBar::hidden()
+    } else {
+        new_bar()
+    };
+    let say = |line: String| bar.suspend(|| println!("{line}"));
+    match &progress {
+        Some(progress) if progress.finished() => {
+            if !session.json() {
+                println!(
+                    "rollout {} already finished: {}",
+                    progress.rollout_id,
+                    progress.message()
+                );
+            }
+            return Ok(());
+        }
+        Some(progress) => {
+            if !session.json() {
+                say(format!(
+                    "watching rollout {} of flag {flag}",
+                    progress.rollout_id
+                ));
+            }
+            show(&bar, progress);
+        }
+        None => {
+            if !session.json() {
+                say(format!(
+                    "flag {flag} has no active rollout; waiting for one to be created"
+                ));
+            }
+        }
+    }
+
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = tokio::signal::ctrl_c() => {
+                bar.abandon();
+                return Ok(());
+            }
+        };
+        let Some(event) = event else {
+            bar.abandon();
+            return Err(Failure::sdk(
+                rollout_sdk::Error::transport("the event subscription ended"),
+                &context,
+            ));
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                say(format!("warning: {error}"));
+                continue;
+            }
+        };
+        if progress.is_none() && event.kind == EventKind::RolloutCreated {
+            if let Some(created) = &event.rollout_id {
+                let status = client.rollout_status(created).await.map_err(sdk)?;
+                progress = Some(Progress::from_status(&status));
+            }
+        }
+        let ours = match (&progress, &event.rollout_id) {
+            (Some(progress), Some(rollout_id)) => *rollout_id == progress.rollout_id,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        if !ours {
+            continue;
+        }
+        if session.json() {
+            match serde_json::to_string(&event) {
+                Ok(line) => println!("{line}"),
+                Err(error) => say(format!("warning: cannot show the event: {error}")),
+            }
+        } else {
+            say(event_line(&event));
+        }
+        let Some(current) = progress.as_mut() else {
+            continue;
+        };
+        if event.rollout_id.is_none() {
+            continue;
+        }
+        current.apply(&event);
+        // events need not carry the state, share or what is waited for: read them back
+        if event.kind != EventKind::RolloutDeleted {
+            if let Ok(status) = client.rollout_status(&current.rollout_id).await {
+                *current = Progress::from_status(&status);
+            }
+        }
+        show(&bar, current);
+        if current.finished() || event.kind == EventKind::RolloutDeleted {
+            let message = current.message();
+            bar.finish_with_message(message.clone());
+            if bar.is_hidden() && !session.json() {
+                println!("{message}");
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn new_bar() -> ProgressBar {
+    let bar = ProgressBar::new(1_000_000);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{bar:40}] {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn show(bar: &ProgressBar, progress: &Progress) {
+    let (length, position) = progress.bar();
+    bar.set_length(length);
+    bar.set_position(position);
+    bar.set_message(progress.message());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout_core::Timestamp;
+
+    fn progress(staged: bool) -> Progress {
+        Progress {
+            rollout_id: "r-1".into(),
+            staged,
+            steps: 3,
+            state: Lifecycle::Running,
+            waiting_for: Some(WaitingFor::Timer),
+            step: Some(0),
+            share: Share::from_ppm(50_000),
+            step_shares: if staged {
+                vec![None; 3]
+            } else {
+                vec![
+                    Some(Share::from_ppm(50_000)),
+                    Some(Share::from_ppm(500_000)),
+                    Some(Share::ALL),
+                ]
+            },
+        }
+    }
+
+    fn event(kind: EventKind) -> ChangeEvent {
+        let mut event = ChangeEvent::new("default", "f", 3, kind, Timestamp::from_millis(0));
+        event.rollout_id = Some("r-1".into());
+        event
+    }
+
+    #[test]
+    fn step_events_move_the_bar_and_end_states_finish_it() {
+        let mut shares = progress(false);
+        assert_eq!(shares.bar(), (1_000_000, 50_000));
+        let mut step = event(EventKind::RolloutStep);
+        step.from_step = Some(0);
+        step.to_step = Some(1);
+        shares.apply(&step);
+        assert_eq!(shares.bar(), (1_000_000, 500_000));
+        step.to_step = Some(2);
+        step.share = Some(Share::from_ppm(600_000));
+        shares.apply(&step);
+        assert_eq!(shares.bar(), (1_000_000, 600_000));
+        step.to_step = Some(1);
+        step.share = None;
+        shares.apply(&step);
+        assert!(
+            shares.message().starts_with("50% served · step 1 of 2"),
+            "{}",
+            shares.message()
+        );
+        shares.apply(&event(EventKind::RolloutRolledBack));
+        assert!(shares.finished());
+        assert_eq!(shares.bar().1, 0);
+
+        let mut stages = progress(true);
+        assert_eq!(stages.bar(), (3, 1));
+        let mut released = event(EventKind::RolloutStep);
+        released.to_step = Some(1);
+        stages.apply(&released);
+        assert_eq!(stages.bar(), (3, 2));
+        stages.apply(&event(EventKind::RolloutCompleted));
+        assert_eq!(stages.bar(), (3, 3));
+        assert!(stages.finished());
+    }
+}

@@ -1,0 +1,60 @@
+//! The Rust SDK of the rollout scheduler, speaking the wire contract of `rollout-wire` over
+//! an `async_nats::Client`:
+//!
+//! - [`CommandClient`]: every planner command and query as a typed method; each command
+//!   carries a command id (generated per call unless given), so retries are idempotent.
+//! - [`EvalClient`]: which variation an entity gets, from the evaluators on
+//!   `rollout.eval.<ns>`, with a bounded local cache invalidated by change events; outcome
+//!   reports for guards.
+//! - [`openfeature::RolloutProvider`] (feature `openfeature`, on by default): the same
+//!   evaluations behind the standard OpenFeature API.
+//! - [`EventSubscription`]: change events of a flag or a namespace, decoded.
+//!
+//! Errors are one [`Error`] type carrying the wire error (a stable [`ErrorCode`], a message,
+//! the field at fault) and an [`ErrorKind`] telling a refusal from a missing answer.
+//!
+//! The `cli` feature (on by default) builds `rolloutctl`, the operator CLI on top of this
+//! crate; applications embedding the SDK can turn default features off.
+//!
+//! ```no_run
+//! use rollout_sdk::{CommandClient, Entity, EvalClient, Namespace};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let namespace = Namespace::new("prod")?;
+//!
+//! let commands = CommandClient::new(nats.clone(), namespace.clone());
+//! let flag = commands.get_flag("new-checkout").await?;
+//! println!("new-checkout is at version {}", flag.version);
+//!
+//! let eval = EvalClient::connect(nats, namespace).await?;
+//! let answer = eval.evaluate("new-checkout", &Entity::with_id("user-42")).await?;
+//! println!("user-42 gets {} ({:?})", answer.variation, answer.reason);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod commands;
+pub mod error;
+pub mod eval;
+pub mod events;
+#[cfg(feature = "openfeature")]
+pub mod openfeature;
+pub mod transport;
+
+pub use cache::CacheStats;
+pub use commands::{CommandClient, CommandOutcome, QueryOutcome};
+pub use error::{Error, ErrorKind, Result};
+pub use eval::{EvalClient, EvalClientBuilder};
+pub use events::{decode_event, EventSubscription};
+pub use transport::{new_command_id, RequestOptions};
+
+pub use rollout_core::{AttributeValue, Entity, Flag, Reason, RolloutSpec};
+pub use rollout_wire::{
+    ChangeEvent, Encoding, ErrorCode, EvalMany, EvalResult, Namespace, Outcome, OutcomeReport,
+    Subjects, WireError,
+};

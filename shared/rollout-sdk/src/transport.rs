@@ -1,0 +1,157 @@
+//! Request-reply over NATS in the wire contract's terms: encode the body (MessagePack or
+//! JSON, announced in `Content-Type`), send with a per-request timeout, decode the reply
+//! envelope, and retry what never got an answer.
+//!
+//! Retrying is safe for commands because every command the SDK sends carries a command
+//! id: a planner that did commit the first attempt returns its first outcome again.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Request, RequestErrorKind};
+use rollout_wire::codec::{self, CONTENT_TYPE_HEADER};
+use rollout_wire::{Encoding, Limits, Reply, WireError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Request timeout when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries after a request got no answer, when none is configured.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Pause before the first retry; doubled for each further one.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// How requests travel: encoding, timeout and retries. Shared by the command and the
+/// evaluation clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Body encoding; the reply comes back in the same one.
+    pub encoding: Encoding,
+    /// How long one attempt waits for its reply.
+    pub timeout: Duration,
+    /// Further attempts after no responders, a timeout or a transport failure.
+    pub retries: u32,
+    /// Pause before the first retry, doubled for each further one.
+    pub retry_delay: Duration,
+}
+
+impl Default for RequestOptions {
+    fn default() -> RequestOptions {
+        RequestOptions {
+            encoding: Encoding::MessagePack,
+            timeout: DEFAULT_TIMEOUT,
+            retries: DEFAULT_RETRIES,
+            retry_delay: DEFAULT_RETRY_DELAY,
+        }
+    }
+}
+
+/// Encodes `body` and sends it on `subject`, retrying unanswered attempts, and decodes the
+/// reply envelope into `R` or the service's error.
+pub(crate) async fn request<B, R>(
+    nats: &async_nats::Client,
+    options: &RequestOptions,
+    subject: &str,
+    body: &B,
+) -> Result<R>
+where
+    B: Serialize + ?Sized,
+    R: DeserializeOwned,
+{
+    let payload = codec::encode(body, options.encoding)?;
+    let mut delay = options.retry_delay;
+    let mut attempt = 0;
+    loop {
+        let outcome = request_once(nats, options, subject, payload.clone()).await;
+        match outcome {
+            Err(error) if error.is_retryable() && attempt < options.retries => {
+                tracing::debug!(subject, attempt, %error, "request unanswered; retrying");
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn request_once<R: DeserializeOwned>(
+    nats: &async_nats::Client,
+    options: &RequestOptions,
+    subject: &str,
+    payload: Vec<u8>,
+) -> Result<R> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, options.encoding.content_type());
+    let request = Request::new()
+        .payload(payload.into())
+        .headers(headers)
+        .timeout(Some(options.timeout));
+    let message = nats
+        .send_request(subject.to_owned(), request)
+        .await
+        .map_err(|error| match error.kind() {
+            RequestErrorKind::NoResponders => Error::no_responders(subject),
+            RequestErrorKind::TimedOut => Error::timeout(subject, options.timeout),
+            RequestErrorKind::InvalidSubject => {
+                Error::invalid_input("subject", format!("invalid subject {subject:?}"))
+            }
+            RequestErrorKind::MaxPayloadExceeded => Error::invalid_input(
+                "payload",
+                format!("request too large for the server: {error}"),
+            ),
+            RequestErrorKind::Other => {
+                Error::transport(format!("request on {subject} failed: {error}"))
+            }
+        })?;
+    decode_reply(&message.payload, options.encoding)
+}
+
+/// Decodes a reply envelope: the result, the service's error ([`ErrorKind::Refused`]), or
+/// [`ErrorKind::Decode`] when the bytes are not an envelope of `R`.
+pub(crate) fn decode_reply<R: DeserializeOwned>(bytes: &[u8], encoding: Encoding) -> Result<R> {
+    match codec::decode_with::<Reply<R>>(bytes, encoding, Limits::SERVICE_OUTPUT) {
+        Ok(Reply::Ok(result)) => Ok(result),
+        Ok(Reply::Err(error)) => Err(Error::refused(error)),
+        Err(error) => Err(Error::new(
+            ErrorKind::Decode,
+            WireError::internal(format!("malformed reply: {}", error.message())),
+        )),
+    }
+}
+
+/// A fresh command id: `sdk-` and 32 hex digits, one subject token.
+pub fn new_command_id() -> String {
+    format!("sdk-{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout_wire::{encode_reply, ErrorCode};
+
+    #[test]
+    fn replies_decode_into_results_or_refusals() {
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            let ok = encode_reply::<u32>(&Ok(7), encoding);
+            assert_eq!(decode_reply::<u32>(&ok, encoding), Ok(7));
+            let refused =
+                encode_reply::<u32>(&Err(WireError::not_found("no rollout r-1")), encoding);
+            let error = decode_reply::<u32>(&refused, encoding).expect_err("refused");
+            assert_eq!(error.kind(), ErrorKind::Refused);
+            assert_eq!(error.code(), ErrorCode::NotFound);
+            let error = decode_reply::<u32>(b"\xc1garbage", encoding).expect_err("garbage");
+            assert_eq!(error.kind(), ErrorKind::Decode);
+            assert_eq!(error.code(), ErrorCode::Internal);
+        }
+    }
+
+    #[test]
+    fn command_ids_are_unique_subject_tokens() {
+        let first = new_command_id();
+        let second = new_command_id();
+        assert_ne!(first, second);
+        assert!(rollout_wire::subjects::check_subject_token(&first, "command id").is_ok());
+    }
+}

@@ -1,0 +1,418 @@
+//! `rolloutctl` end to end: the built binary against a planner (and an evaluator) running
+//! in process on the test kit's servers, fed the example files of `deploy/examples/`.
+
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{example, Cluster, PATIENCE};
+use rollout_core::Share;
+use rollout_wire::{RolloutResult, RolloutStatus};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const ROLLOUT_EXAMPLES: [&str; 5] = [
+    "rollout-phases.yaml",
+    "rollout-preset.yaml",
+    "rollout-manual.yaml",
+    "rollout-template.yaml",
+    "rollout-stages.yaml",
+];
+
+async fn create_example_flag(cluster: &Cluster) {
+    let path = example("flag.yaml");
+    let created = cluster
+        .ctl(&["flag", "create", "-f", path.to_str().expect("utf-8 path")])
+        .await;
+    created.assert_ok();
+    assert!(
+        created.stdout.contains("created flag new-checkout"),
+        "{}",
+        created.stdout
+    );
+}
+
+async fn create_from(cluster: &Cluster, file: &str) -> RolloutResult {
+    let path = example(file);
+    let value = cluster
+        .ctl_json(&[
+            "rollout",
+            "create",
+            "-f",
+            path.to_str().expect("utf-8 path"),
+        ])
+        .await;
+    serde_json::from_value(value).expect("a rollout result")
+}
+
+fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(text.as_bytes()).expect("write");
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn every_example_creates_a_rollout_whose_status_lists_every_step() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    for file in ROLLOUT_EXAMPLES {
+        let created = create_from(&cluster, file).await;
+        assert!(!created.steps.is_empty(), "{file}");
+        let status = cluster
+            .ctl(&["rollout", "status", &created.rollout_id])
+            .await;
+        status.assert_ok();
+        let text = &status.stdout;
+        assert!(text.contains("state: "), "{file}: {text}");
+        for step in &created.steps {
+            match (&step.percentage, &step.name) {
+                (Some(share), _) => assert!(
+                    text.contains(&format!("{share}")),
+                    "{file}: step {} share {share} missing from\n{text}",
+                    step.index
+                ),
+                (None, Some(name)) => {
+                    assert!(
+                        text.contains(name.as_str()),
+                        "{file}: stage {name} in\n{text}"
+                    )
+                }
+                (None, None) => panic!("{file}: step {} has neither share nor stage", step.index),
+            }
+        }
+        if file == "rollout-stages.yaml" {
+            assert!(
+                text.contains("members") && text.contains("waiting"),
+                "{text}"
+            );
+            assert!(text.contains("env=prod,region=eu"), "{text}");
+        }
+        let rolled_back = cluster
+            .ctl(&["rollout", "rollback", &created.rollout_id])
+            .await;
+        rolled_back.assert_ok();
+        assert!(
+            rolled_back.stdout.contains("state: rolled_back"),
+            "{file}: {}",
+            rolled_back.stdout
+        );
+    }
+    let finished = cluster
+        .ctl_json(&["rollout", "list", "--finished", "--flag", "new-checkout"])
+        .await;
+    assert_eq!(
+        finished["rollouts"].as_array().map(Vec::len),
+        Some(ROLLOUT_EXAMPLES.len())
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn continue_stop_and_rollback_drive_a_rollout() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let created = create_from(&cluster, "rollout-phases.yaml").await;
+    let id = created.rollout_id.as_str();
+
+    let continued = cluster.ctl(&["rollout", "continue", id]).await;
+    continued.assert_ok();
+    assert!(
+        continued.stdout.contains("step 1 of 3"),
+        "{}",
+        continued.stdout
+    );
+    let status: RolloutStatus =
+        serde_json::from_value(cluster.ctl_json(&["rollout", "status", id]).await)
+            .expect("status json");
+    assert_eq!(status.current_step, Some(1));
+    assert_eq!(status.share, Some(Share::from_ppm(50_000)));
+    assert!(status.steps[1].started_at.is_some());
+
+    let stopped = cluster
+        .ctl(&["rollout", "stop", id, "--percentage", "3"])
+        .await;
+    stopped.assert_ok();
+    assert!(
+        stopped.stdout.contains("state: stopped"),
+        "{}",
+        stopped.stdout
+    );
+    assert!(stopped.stdout.contains("share: 3%"), "{}", stopped.stdout);
+    let again = cluster.ctl(&["rollout", "continue", id]).await;
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(
+        again.stderr.contains("error: failed_precondition"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("hint:"), "{}", again.stderr);
+
+    let next = create_from(&cluster, "rollout-stages.yaml").await;
+    let paused = cluster.ctl(&["rollout", "pause", &next.rollout_id]).await;
+    paused.assert_ok();
+    let resumed = cluster.ctl(&["rollout", "resume", &next.rollout_id]).await;
+    resumed.assert_ok();
+    let released = cluster
+        .ctl(&["rollout", "continue", &next.rollout_id])
+        .await;
+    released.assert_ok();
+    let rolled_back = cluster
+        .ctl(&["rollout", "rollback", &next.rollout_id])
+        .await;
+    rolled_back.assert_ok();
+    assert!(
+        rolled_back.stdout.contains("rolled_back"),
+        "{}",
+        rolled_back.stdout
+    );
+
+    let audit = cluster
+        .ctl(&["rollout", "audit", "--rollout", &next.rollout_id])
+        .await;
+    audit.assert_ok();
+    for kind in [
+        "rollout_created",
+        "rollout_paused",
+        "rollout_resumed",
+        "rollout_rolled_back",
+    ] {
+        assert!(audit.stdout.contains(kind), "{kind} in\n{}", audit.stdout);
+    }
+    assert!(audit.stdout.contains("ctl-test"), "{}", audit.stdout);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn json_output_parses_for_every_query() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let flag = cluster.ctl_json(&["flag", "get", "new-checkout"]).await;
+    assert_eq!(flag["flag"]["key"], "new-checkout");
+    let flags = cluster.ctl_json(&["flag", "list"]).await;
+    assert_eq!(flags["flags"][0]["key"], "new-checkout");
+    let path = example("rollout-preset.yaml");
+    let path = path.to_str().expect("utf-8 path");
+    let preview = cluster.ctl_json(&["rollout", "plan", "-f", path]).await;
+    assert_eq!(preview["preset"], "24hr");
+    assert_eq!(preview["steps"].as_array().map(Vec::len), Some(4));
+    let created = create_from(&cluster, "rollout-preset.yaml").await;
+    let started = cluster
+        .ctl_json(&["rollout", "start", &created.rollout_id])
+        .await;
+    assert_eq!(started["state"], "running");
+    let listed = cluster.ctl_json(&["rollout", "list"]).await;
+    assert_eq!(
+        listed["rollouts"][0]["rollout_id"],
+        created.rollout_id.as_str()
+    );
+    let audit = cluster
+        .ctl_json(&["rollout", "audit", "--flag", "new-checkout"])
+        .await;
+    assert!(audit["entries"]
+        .as_array()
+        .is_some_and(|entries| !entries.is_empty()));
+
+    // the human forms of the same queries
+    let flag_yaml = cluster.ctl(&["flag", "get", "new-checkout"]).await;
+    flag_yaml.assert_ok();
+    assert!(
+        flag_yaml.stdout.contains("key: new-checkout"),
+        "{}",
+        flag_yaml.stdout
+    );
+    let table = cluster.ctl(&["rollout", "list"]).await;
+    table.assert_ok();
+    assert!(
+        table.stdout.contains(&created.rollout_id),
+        "{}",
+        table.stdout
+    );
+    let plan = cluster.ctl(&["rollout", "plan", "-f", path]).await;
+    plan.assert_ok();
+    assert!(plan.stdout.contains("nothing stored"), "{}", plan.stdout);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_spec_that_does_not_parse_exits_2_naming_file_and_line() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let (_dir, path) = temp_file(
+        "broken.yaml",
+        "flag: new-checkout\nbaseline: \"off\"\ncandidate: \"on\"\nphases:\n  - percentage: 5\n    duraton: 6h\n",
+    );
+    let output = cluster.ctl(&["rollout", "create", "-f", &path]).await;
+    assert_eq!(output.code, Some(2), "{output:?}");
+    assert!(output.stderr.contains("broken.yaml"), "{}", output.stderr);
+    assert!(output.stderr.contains("line 6"), "{}", output.stderr);
+    assert!(output.stderr.contains("duraton"), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("nothing was sent"),
+        "{}",
+        output.stderr
+    );
+
+    let (_dir, path) = temp_file(
+        "broken.json",
+        "{\"flag\": \"new-checkout\",\n  \"phases\": [}\n",
+    );
+    let output = cluster.ctl(&["rollout", "create", "-f", &path]).await;
+    assert_eq!(output.code, Some(2), "{output:?}");
+    assert!(
+        output.stderr.contains("broken.json at line 2"),
+        "{}",
+        output.stderr
+    );
+
+    let listed = cluster.ctl_json(&["rollout", "list"]).await;
+    assert_eq!(listed["rollouts"].as_array().map(Vec::len), Some(0));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_spec_the_planner_refuses_exits_2_naming_the_field() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let (_dir, path) = temp_file(
+        "falling.json",
+        r#"{"rollout": {"flag": "new-checkout", "baseline": "off", "candidate": "on",
+            "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 10}]}}"#,
+    );
+    let output = cluster.ctl(&["rollout", "create", "-f", &path]).await;
+    assert_eq!(output.code, Some(2), "{output:?}");
+    let first_line = output.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first_line.starts_with("error: invalid_argument: ")
+            && first_line.ends_with("(field: rollout.phases[1].percentage)"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output
+            .stderr
+            .contains("hint: fix rollout.phases[1].percentage in"),
+        "{}",
+        output.stderr
+    );
+
+    let missing = cluster.ctl(&["rollout", "status", "no-such-rollout"]).await;
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(
+        missing.stderr.starts_with("error: not_found: "),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains("rolloutctl -n test rollout list"),
+        "{}",
+        missing.stderr
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_nats_exits_69() {
+    let port = rollout_testkit::free_port().expect("free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let output = common::run_ctl(&url, &["--timeout", "500ms", "flag", "list"]).await;
+    assert_eq!(output.code, Some(69), "{output:?}");
+    assert!(
+        output.stderr.contains("error: unavailable"),
+        "{}",
+        output.stderr
+    );
+    assert!(output.stderr.contains("--nats-url"), "{}", output.stderr);
+}
+
+#[tokio::test]
+async fn watch_follows_events_until_the_rollout_ends() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let created = create_from(&cluster, "rollout-phases.yaml").await;
+    let mut child = common::ctl_command(
+        &cluster.nats.url(),
+        &["rollout", "watch", &created.rollout_id],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("watch starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("watch prints in time")
+        .expect("reads")
+        .expect("a line");
+    assert!(first.contains("watching rollout"), "{first}");
+
+    let commands = cluster.commands();
+    commands
+        .continue_rollout(&created.rollout_id)
+        .await
+        .expect("continue");
+    commands
+        .rollback_rollout(&created.rollout_id)
+        .await
+        .expect("rollback");
+    let mut printed = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("watch prints in time")
+    {
+        printed.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("watch exits once the rollout ended")
+        .expect("exit status");
+    assert!(status.success(), "{status:?}: {printed:?}");
+    let text = printed.join("\n");
+    assert!(text.contains("rollout_step step 0 → 1"), "{text}");
+    assert!(text.contains("rollout_rolled_back"), "{text}");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn eval_asks_the_evaluator() {
+    let cluster = Cluster::with_evaluator().await;
+    create_example_flag(&cluster).await;
+    let version = cluster
+        .commands()
+        .get_flag("new-checkout")
+        .await
+        .expect("flag")
+        .version;
+    cluster.until_served("new-checkout", version).await;
+    let output = cluster
+        .ctl(&[
+            "eval",
+            "new-checkout",
+            "--entity",
+            "user-1",
+            "--attr",
+            "plan=beta",
+            "--explain",
+        ])
+        .await;
+    output.assert_ok();
+    assert!(
+        output
+            .stdout
+            .starts_with("new-checkout = true (variation on, reason rule_match"),
+        "{}",
+        output.stdout
+    );
+    let answer = cluster
+        .ctl_json(&["eval", "new-checkout", "--entity", "user-2"])
+        .await;
+    assert_eq!(answer["variation"], "off");
+    let missing = cluster.ctl(&["eval", "nope", "--entity", "user-2"]).await;
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    cluster.stop().await;
+}

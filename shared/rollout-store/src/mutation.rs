@@ -1,0 +1,405 @@
+//! Turning a decided change into one [`Commit`]: the planner and the ticker both describe
+//! what they changed — the flag record, the rollout record, what happened — and
+//! [`Mutation::into_commit`] writes the records with their revision checks, keeps the
+//! indexes (`flags`, `rollouts:active|finished`, `due`) in step, appends one audit entry
+//! and one outbox event per thing that happened, and numbers the events with strictly
+//! rising per-flag versions. Both services therefore write byte-for-byte the same shapes.
+
+use rollout_core::{Effect, Lifecycle, Timestamp};
+use rollout_wire::codec::{self, Encoding};
+use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
+use rollout_wire::keys::Keys;
+use rollout_wire::queries::AuditEntry;
+
+use crate::{encode_record, Commit, FlagRecord, RolloutRecord, StoreError};
+
+/// Audit lists keep this many newest entries.
+pub const AUDIT_MAX_ENTRIES: usize = 10_000;
+/// How long a command's first outcome is remembered, in seconds.
+pub const COMMAND_OUTCOME_TTL_SECONDS: u64 = 7 * 24 * 3600;
+/// How soon the ticker should look again at a running rollout that waits on health (a
+/// guard or a completion gate), in milliseconds.
+pub const HEALTH_CHECK_INTERVAL_MS: i64 = 1_000;
+
+/// Who makes a change, for audit entries and events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// `operator-name`, or `ticker`.
+    pub name: String,
+    /// The command's idempotency key, when a command made the change.
+    pub command_id: Option<String>,
+    /// OpenTelemetry trace id of the command or transition.
+    pub trace_id: Option<String>,
+}
+
+/// One thing that happened, to be audited and published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Happening {
+    /// The event, without version and snapshot (the mutation fills them in).
+    pub event: ChangeEvent,
+    /// Audit `from` (state or step before).
+    pub from: Option<String>,
+    /// Audit `to`.
+    pub to: Option<String>,
+}
+
+/// A change to one flag and at most one of its rollouts.
+#[derive(Debug)]
+pub struct Mutation<'k> {
+    keys: &'k Keys,
+    namespace: String,
+    flag_key: String,
+    now: Timestamp,
+    actor: Actor,
+    flag_version: u64,
+    flag_record: Option<FlagRecord>,
+    flag_created: bool,
+    rollout: Option<(u64, RolloutRecord)>,
+    deleted_rollout: Option<RolloutRecord>,
+    happenings: Vec<Happening>,
+}
+
+/// What [`Mutation::into_commit`] produced.
+#[derive(Debug)]
+pub struct PreparedCommit {
+    /// The commit to execute.
+    pub commit: Commit,
+    /// The events it appends to the outbox, versions and snapshots filled in.
+    pub events: Vec<ChangeEvent>,
+    /// The flag's version after the commit.
+    pub flag_version: u64,
+}
+
+impl<'k> Mutation<'k> {
+    /// A change to flag `flag_key`, currently at `flag_version` (0 if it never existed),
+    /// made at Redis time `now`.
+    pub fn new(
+        keys: &'k Keys,
+        namespace: &str,
+        flag_key: &str,
+        flag_version: u64,
+        now: Timestamp,
+        actor: Actor,
+    ) -> Mutation<'k> {
+        Mutation {
+            keys,
+            namespace: namespace.to_owned(),
+            flag_key: flag_key.to_owned(),
+            now,
+            actor,
+            flag_version,
+            flag_record: None,
+            flag_created: false,
+            rollout: None,
+            deleted_rollout: None,
+            happenings: Vec::new(),
+        }
+    }
+
+    /// The flag record after the change (also written when only its rollout changed, since
+    /// its version rises); `created` adds it to the flag index.
+    pub fn flag(&mut self, record: FlagRecord, created: bool) -> &mut Mutation<'k> {
+        self.flag_record = Some(record);
+        self.flag_created = created;
+        self
+    }
+
+    /// The rollout record after the change; `previous_revision` is what it had (0: new).
+    pub fn rollout(&mut self, previous_revision: u64, record: RolloutRecord) -> &mut Mutation<'k> {
+        self.rollout = Some((previous_revision, record));
+        self
+    }
+
+    /// Delete this rollout (its audit stays).
+    pub fn delete_rollout(&mut self, record: RolloutRecord) -> &mut Mutation<'k> {
+        self.deleted_rollout = Some(record);
+        self
+    }
+
+    /// Something that happened.
+    pub fn happened(
+        &mut self,
+        kind: EventKind,
+        rollout_id: Option<&str>,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> &mut Mutation<'k> {
+        let mut event = ChangeEvent::new(&self.namespace, &self.flag_key, 0, kind, self.now);
+        event.rollout_id = rollout_id.map(str::to_owned);
+        self.happenings.push(Happening { event, from, to });
+        self
+    }
+
+    /// Something that happened, with the guard figures behind it (a kill switch tripping).
+    pub fn happened_with_figures(
+        &mut self,
+        kind: EventKind,
+        rollout_id: Option<&str>,
+        from: Option<String>,
+        to: Option<String>,
+        figures: rollout_core::GuardFigures,
+    ) -> &mut Mutation<'k> {
+        self.happened(kind, rollout_id, from, to);
+        if let Some(last) = self.happenings.last_mut() {
+            last.event.details =
+                serde_json::to_value(&figures).unwrap_or_else(|_| serde_json::json!({}));
+            last.event.figures = Some(figures);
+        }
+        self
+    }
+
+    /// Every effect of a step-function outcome on `rollout_id`, with `from`/`to` states.
+    pub fn effects(
+        &mut self,
+        rollout_id: &str,
+        before: &rollout_core::RolloutState,
+        effects: &[Effect],
+    ) -> &mut Mutation<'k> {
+        for effect in effects {
+            let event = ChangeEvent::for_effect(
+                &self.namespace,
+                &self.flag_key,
+                0,
+                self.now,
+                rollout_id,
+                effect,
+            );
+            let (from, to) = match effect {
+                Effect::StepEntered { from, to, .. } => (
+                    from.map(|step| format!("step {step}")),
+                    Some(format!("step {to}")),
+                ),
+                Effect::Started { .. } => (
+                    Some(Lifecycle::Queued.as_str().to_owned()),
+                    Some(Lifecycle::Running.as_str().to_owned()),
+                ),
+                Effect::Paused { .. } => (Some("running".to_owned()), Some("paused".to_owned())),
+                Effect::Resumed { .. } => (Some("paused".to_owned()), Some("running".to_owned())),
+                Effect::Completed => (
+                    Some(before.lifecycle.as_str().to_owned()),
+                    Some("completed".to_owned()),
+                ),
+                Effect::Stopped { .. } => (
+                    Some(before.lifecycle.as_str().to_owned()),
+                    Some("stopped".to_owned()),
+                ),
+                Effect::RolledBack { .. } => (
+                    Some(before.lifecycle.as_str().to_owned()),
+                    Some("rolled_back".to_owned()),
+                ),
+                Effect::GuardBreached { .. } => (None, None),
+            };
+            self.happenings.push(Happening { event, from, to });
+        }
+        self
+    }
+
+    /// Builds the commit: revision checks on the flag and the rollout, their new records,
+    /// indexes, audit entries, versioned events with the final snapshot, and (when the
+    /// actor has a command id) the stored outcome `outcome`.
+    pub fn into_commit(self, outcome: Option<Vec<u8>>) -> Result<PreparedCommit, StoreError> {
+        let keys = self.keys;
+        let mut commit = Commit::new();
+        let flag_key = keys.flag(&self.flag_key);
+        commit.expect_revision(&flag_key, self.flag_version);
+        let event_count = u64::try_from(self.happenings.len().max(1)).unwrap_or(u64::MAX);
+        let new_version = self.flag_version + event_count;
+        match &self.flag_record {
+            Some(record) => {
+                commit.put(&flag_key, new_version, encode_record(record)?);
+                if self.flag_created {
+                    commit.sadd(&keys.flags(), &self.flag_key);
+                }
+            }
+            None => {
+                commit.tombstone(&flag_key, new_version);
+                commit.srem(&keys.flags(), &self.flag_key);
+            }
+        }
+        if let Some((previous_revision, record)) = &self.rollout {
+            let rollout_key = keys.rollout(&record.id);
+            commit.expect_revision(&rollout_key, *previous_revision);
+            commit.put(&rollout_key, record.state.revision, encode_record(record)?);
+            if *previous_revision == 0 {
+                commit.zadd(
+                    &keys.rollouts_active(),
+                    record.created_at.as_millis(),
+                    &record.id,
+                );
+            }
+            if record.state.lifecycle.is_finished() {
+                commit.zrem(&keys.rollouts_active(), &record.id);
+                let finished_at = record.state.finished_at.unwrap_or(self.now);
+                commit.zadd(
+                    &keys.rollouts_finished(),
+                    finished_at.as_millis(),
+                    &record.id,
+                );
+            }
+            match next_look(record, self.now) {
+                Some(due) => commit.zadd(&keys.due(), due.as_millis(), &record.id),
+                None => commit.zrem(&keys.due(), &record.id),
+            };
+        }
+        if let Some(record) = &self.deleted_rollout {
+            let rollout_key = keys.rollout(&record.id);
+            commit.expect_revision(&rollout_key, record.state.revision);
+            commit.delete(&rollout_key);
+            commit.zrem(&keys.rollouts_active(), &record.id);
+            commit.zrem(&keys.rollouts_finished(), &record.id);
+            commit.zrem(&keys.due(), &record.id);
+        }
+        let snapshot = self.flag_record.as_ref().map(|record| FlagSnapshot {
+            flag: record.flag.clone(),
+            version: new_version,
+            rollout: self.active_view(record),
+        });
+        // every event of a rollout carries where the rollout stands after the commit, so a
+        // watcher can follow it from events alone
+        let rollout_position = self.rollout.as_ref().map(|(_, record)| {
+            let share = (!record.plan.is_staged()).then(|| record.state.served_share(&record.plan));
+            (record.id.clone(), record.state.lifecycle, share)
+        });
+        let mut events = Vec::with_capacity(self.happenings.len());
+        for (position, happening) in self.happenings.into_iter().enumerate() {
+            let mut event = happening.event;
+            event.version = self.flag_version + u64::try_from(position).unwrap_or(0) + 1;
+            event.actor = Some(self.actor.name.clone());
+            event.trace_id.clone_from(&self.actor.trace_id);
+            event.command_id.clone_from(&self.actor.command_id);
+            event.snapshot.clone_from(&snapshot);
+            if let Some((rollout_id, lifecycle, share)) = &rollout_position {
+                if event.rollout_id.as_deref() == Some(rollout_id.as_str()) {
+                    event.state = Some(*lifecycle);
+                    event.share = *share;
+                }
+            }
+            let audit = AuditEntry {
+                time: self.now,
+                actor: self.actor.name.clone(),
+                kind: event.kind,
+                namespace: self.namespace.clone(),
+                flag: self.flag_key.clone(),
+                rollout_id: event.rollout_id.clone(),
+                from: happening.from,
+                to: happening.to,
+                details: audit_details(&event, self.actor.command_id.as_deref()),
+                trace_id: self.actor.trace_id.clone(),
+            };
+            let audit_bytes = encode_wire(&audit)?;
+            commit.push(
+                &keys.audit_flag(&self.flag_key),
+                audit_bytes.clone(),
+                AUDIT_MAX_ENTRIES,
+            );
+            if let Some(rollout_id) = &event.rollout_id {
+                commit.push(
+                    &keys.audit_rollout(rollout_id),
+                    audit_bytes,
+                    AUDIT_MAX_ENTRIES,
+                );
+            }
+            commit.outbox(&keys.outbox(), encode_wire(&event)?);
+            events.push(event);
+        }
+        if let (Some(command_id), Some(outcome)) = (&self.actor.command_id, outcome) {
+            commit.idempotent(
+                &keys.command(command_id),
+                outcome,
+                COMMAND_OUTCOME_TTL_SECONDS,
+            );
+        }
+        Ok(PreparedCommit {
+            commit,
+            events,
+            flag_version: new_version,
+        })
+    }
+
+    fn active_view(&self, flag_record: &FlagRecord) -> Option<rollout_core::RolloutView> {
+        let (_, rollout) = self.rollout.as_ref()?;
+        if flag_record.active_rollout.as_deref() != Some(rollout.id.as_str()) {
+            return None;
+        }
+        rollout.state.view(&rollout.id, &rollout.plan)
+    }
+}
+
+/// When the ticker should next look at a rollout: its due time, or soon when it waits on
+/// health or carries a guard; `None` when nothing but a command can move it.
+pub fn next_look(record: &RolloutRecord, now: Timestamp) -> Option<Timestamp> {
+    let due = record.state.due_at(&record.plan);
+    let running = record.state.lifecycle == Lifecycle::Running;
+    let waits_on_health = running
+        && (record.plan.guard.is_some()
+            || record.state.waiting_for(&record.plan) == Some(rollout_core::WaitingFor::Guard));
+    let health_check = waits_on_health.then(|| {
+        now.plus(rollout_core::DurationMs::from_millis(
+            HEALTH_CHECK_INTERVAL_MS,
+        ))
+    });
+    match (due, health_check) {
+        (Some(due), Some(check)) => Some(due.min(check)),
+        (due, check) => due.or(check),
+    }
+}
+
+fn audit_details(event: &ChangeEvent, command_id: Option<&str>) -> serde_json::Value {
+    let mut details = match &event.details {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(command_id) = command_id {
+        details.insert(
+            "command_id".to_owned(),
+            serde_json::Value::String(command_id.to_owned()),
+        );
+    }
+    serde_json::Value::Object(details)
+}
+
+/// MessagePack with named fields, as the wire contract encodes.
+pub fn encode_wire<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    codec::encode(value, Encoding::MessagePack)
+        .map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
+}
+
+/// What a rollout's step outcome does to its flag (SPEC §5): starting enables a disabled
+/// flag; ending frees the flag's active slot and writes the serve the rollout leaves behind
+/// into its target (the default serve or the rule), so the same entities keep the same
+/// variation. Returns whether the flag record changed beyond its timestamp.
+pub fn settle_flag(
+    flag: &mut FlagRecord,
+    rollout: &RolloutRecord,
+    effects: &[Effect],
+    now: Timestamp,
+) -> bool {
+    let mut changed = false;
+    if effects
+        .iter()
+        .any(|effect| matches!(effect, Effect::Started { .. }))
+        && !flag.flag.enabled
+    {
+        flag.flag.enabled = true;
+        changed = true;
+    }
+    if rollout.state.lifecycle.is_finished()
+        && flag.active_rollout.as_deref() == Some(rollout.id.as_str())
+    {
+        flag.active_rollout = None;
+        if let Some(serve) = rollout.state.final_serve(&rollout.plan) {
+            match &rollout.plan.target {
+                rollout_core::Target::Default => flag.flag.default = serve,
+                rollout_core::Target::Rule(rule_id) => {
+                    if let Some(rule) = flag.flag.rules.iter_mut().find(|rule| &rule.id == rule_id)
+                    {
+                        rule.serve = serve;
+                    }
+                }
+            }
+        }
+        changed = true;
+    }
+    flag.updated_at = now;
+    changed
+}

@@ -1,0 +1,223 @@
+//! The outbox relay: events are appended to `ro:{ns}:outbox` by the same script that
+//! commits the change, then published on `rollout.events.<ns>.<flag>` and deleted from the
+//! stream. The committing process publishes at once ([`Relay::publish_committed`]); every
+//! planner also sweeps entries older than a grace period ([`Relay::sweep_all`]), so a crash
+//! between commit and publish loses no event. A duplicate publish is harmless: events carry
+//! strictly rising per-flag versions and evaluators ignore any version they already hold.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE};
+use rollout_wire::events::ChangeEvent;
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::subjects::{Namespace, Subjects};
+
+use crate::StoreError;
+
+/// How long a committer waits for NATS to take its events before leaving them to the sweep.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
+/// After NATS failed to take events in time, committers leave events to the sweep for this
+/// long instead of each waiting [`PUBLISH_TIMEOUT`] again.
+pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
+/// Most outbox entries one sweep handles per namespace.
+const SWEEP_BATCH: usize = 512;
+
+/// Publishes committed events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Relay {
+    nats: async_nats::Client,
+    redis: ConnectionManager,
+    subjects: Subjects,
+    /// Until when committers skip publishing because NATS recently did not answer.
+    skip_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Relay {
+    /// A relay publishing with `nats` under `subjects` and trimming the outbox in `redis`.
+    pub fn new(nats: async_nats::Client, redis: ConnectionManager, subjects: Subjects) -> Relay {
+        Relay {
+            nats,
+            redis,
+            subjects,
+            skip_until: Arc::default(),
+        }
+    }
+
+    /// Publishes the events a commit just appended and removes their outbox entries. A
+    /// failure — or NATS not answering within [`PUBLISH_TIMEOUT`] — is logged, not returned:
+    /// the entries stay in the outbox and the sweep publishes them. A committer cut off
+    /// from NATS therefore keeps committing instead of waiting for NATS to come back.
+    pub async fn publish_committed(
+        &self,
+        keys: &Keys,
+        events: &[ChangeEvent],
+        outbox_ids: &[String],
+    ) {
+        if !self.nats_answering() {
+            tracing::debug!(
+                events = events.len(),
+                "nats not answering; events left to the outbox sweep"
+            );
+            return;
+        }
+        let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            for event in events {
+                self.publish(event).await?;
+            }
+            self.confirm_received().await
+        })
+        .await;
+        match published {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "event publish failed; the outbox sweep will retry");
+                return;
+            }
+            Err(_) => {
+                self.back_off();
+                tracing::warn!(
+                    timeout_ms = PUBLISH_TIMEOUT.as_millis(),
+                    "nats did not take the events in time; the outbox sweep will retry"
+                );
+                return;
+            }
+        }
+        if outbox_ids.is_empty() {
+            return;
+        }
+        let mut connection = self.redis.clone();
+        let deleted: Result<i64, _> = redis::cmd("XDEL")
+            .arg(keys.outbox())
+            .arg(outbox_ids)
+            .query_async(&mut connection)
+            .await;
+        if let Err(error) = deleted {
+            tracing::warn!(%error, "outbox trim failed; the sweep will publish these events again");
+        }
+    }
+
+    /// Waits until the NATS server has received everything published so far. `flush` only
+    /// proves the bytes reached the socket, and a connection reset loses what is still in
+    /// flight; so the relay sends a request to a subject nobody subscribes to: the server
+    /// answers "no responders", and since it handles one connection's messages in order,
+    /// that answer proves every earlier publish arrived. Only then may outbox entries go.
+    async fn confirm_received(&self) -> Result<(), StoreError> {
+        let subject = format!("{}.relay-barrier", self.nats.new_inbox());
+        match self.nats.request(subject, bytes::Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(error) => Err(StoreError::Protocol(format!(
+                "nats did not confirm the events: {error}"
+            ))),
+        }
+    }
+
+    /// Whether committers should publish now: the client is connected and NATS has not
+    /// recently failed to take events in time.
+    fn nats_answering(&self) -> bool {
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return false;
+        }
+        let skip_until = self.skip_until.lock().map(|guard| *guard).unwrap_or(None);
+        skip_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn back_off(&self) {
+        if let Ok(mut guard) = self.skip_until.lock() {
+            *guard = Some(Instant::now() + PUBLISH_BACKOFF);
+        }
+    }
+
+    async fn publish(&self, event: &ChangeEvent) -> Result<(), StoreError> {
+        let namespace = Namespace::new(event.namespace.as_str())
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let subject = self
+            .subjects
+            .events(&namespace, &event.flag)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let payload = codec::encode(event, Encoding::MessagePack)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
+        self.nats
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|error| StoreError::Protocol(format!("nats publish: {error}")))
+    }
+
+    /// Publishes and removes every outbox entry of `namespace` older than `grace` (by its
+    /// stream id's Redis time). Returns how many were relayed.
+    pub async fn sweep(&self, namespace: &Namespace, grace: Duration) -> Result<usize, StoreError> {
+        let keys = Keys::new(namespace);
+        let mut connection = self.redis.clone();
+        let now = crate::redis_time(&mut connection).await?;
+        let cutoff_ms = now.as_millis() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys.outbox())
+            .arg("-")
+            .arg(format!("{}", cutoff_ms.max(0)))
+            .arg("COUNT")
+            .arg(SWEEP_BATCH)
+            .query_async(&mut connection)
+            .await?;
+        let mut relayed_ids = Vec::with_capacity(entries.ids.len());
+        for entry in &entries.ids {
+            let Some(redis::Value::BulkString(bytes)) = entry.map.get("event") else {
+                tracing::error!(id = %entry.id, "outbox entry without an event field; dropping it");
+                relayed_ids.push(entry.id.clone());
+                continue;
+            };
+            match ChangeEvent::decode(bytes, Encoding::MessagePack) {
+                Ok(event) => {
+                    if let Err(error) = self.publish(&event).await {
+                        tracing::warn!(%error, "outbox sweep publish failed; will retry");
+                        break;
+                    }
+                    relayed_ids.push(entry.id.clone());
+                }
+                Err(error) => {
+                    tracing::error!(%error, id = %entry.id, "undecodable outbox entry; dropping it");
+                    relayed_ids.push(entry.id.clone());
+                }
+            }
+        }
+        if relayed_ids.is_empty() {
+            return Ok(0);
+        }
+        match tokio::time::timeout(PUBLISH_TIMEOUT * 5, self.confirm_received()).await {
+            Ok(confirmed) => confirmed?,
+            Err(_) => {
+                return Err(StoreError::Protocol(
+                    "nats did not confirm the events in time; will retry".to_owned(),
+                ))
+            }
+        }
+        let _: i64 = redis::cmd("XDEL")
+            .arg(keys.outbox())
+            .arg(&relayed_ids)
+            .query_async(&mut connection)
+            .await?;
+        Ok(relayed_ids.len())
+    }
+
+    /// [`Relay::sweep`] over every registered namespace.
+    pub async fn sweep_all(&self, grace: Duration) -> Result<usize, StoreError> {
+        let mut connection = self.redis.clone();
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::namespaces())
+            .query_async(&mut connection)
+            .await?;
+        let mut relayed = 0;
+        for name in names {
+            match Namespace::new(name.as_str()) {
+                Ok(namespace) => relayed += self.sweep(&namespace, grace).await?,
+                Err(error) => {
+                    tracing::error!(%error, namespace = %name, "invalid namespace in the registry")
+                }
+            }
+        }
+        Ok(relayed)
+    }
+}

@@ -1,0 +1,230 @@
+//! Redis key names. Every key of a namespace carries the hash tag `{<ns>}`, so each atomic
+//! script — which touches a flag, its rollouts, their indexes, the audit and the outbox
+//! together — stays in one Redis Cluster slot (SPEC §9).
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `ro:{ns}:flag:<key>` | hash | definition, version, active rollout |
+//! | `ro:{ns}:flags` | set | flag keys (index) |
+//! | `ro:{ns}:rollout:<id>` | hash | plan, state, revision, timestamps |
+//! | `ro:{ns}:rollouts:active` / `:finished` | sorted set | rollout ids by creation / finish time |
+//! | `ro:{ns}:due` | sorted set | rollout ids by due time (ms) |
+//! | `ro:{ns}:audit:rollout:<id>` / `ro:{ns}:audit:flag:<key>` | list | audit entries, newest first |
+//! | `ro:{ns}:outbox` | stream | change events not yet relayed to NATS |
+//! | `ro:{ns}:cmd:<command_id>` | string | first outcome of a command (idempotency) |
+//! | `ro:{ns}:fence` | string | the ticker leader's fencing epoch |
+//! | `ro:{ns}:agent:<id>` / `ro:{ns}:agents` | hash / sorted set | fleet agents, by last heartbeat |
+//! | `ro:{ns}:rollout:<id>:stage:<n>:members` | set | agent ids in stage n |
+//! | `ro:{ns}:rollout:<id>:reports` | hash | agent id → applied / failed |
+//! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | outcome counters of one window |
+//! | `ro:namespaces` | set | every namespace (the one untagged key) |
+//! | `ro:{ticker}:lease` / `ro:{ticker}:epoch` | string / counter | the ticker leader's lease and its rising epoch |
+//!
+//! **Architecture Invariant:** apart from [`namespaces`], every key built by [`Keys`] has
+//! the hash tag of its namespace and no other `{`.
+
+use rollout_core::Timestamp;
+
+use crate::subjects::Namespace;
+
+/// Prefix of every key this system owns.
+pub const KEY_PREFIX: &str = "ro:";
+
+/// The global registry of namespaces, `ro:namespaces`: the only key without a hash tag (it
+/// is never touched by a namespace's scripts).
+pub fn namespaces() -> String {
+    format!("{KEY_PREFIX}namespaces")
+}
+
+/// `ro:{ticker}:lease`: the ticker leader's lease, a string `<replica id>:<epoch>` with a
+/// time to live, taken with `SET NX PX` and renewed by its holder. The `{ticker}` hash tag
+/// puts it in [`ticker_epoch`]'s Cluster slot, so one script can check the lease and raise
+/// the epoch together.
+pub fn ticker_lease() -> String {
+    format!("{KEY_PREFIX}{{ticker}}:lease")
+}
+
+/// `ro:{ticker}:epoch`: the ticker leadership counter, `INCR`ed on every acquisition of
+/// [`ticker_lease`]. It outlives the lease (and restarts, with persistence), so epochs only
+/// rise; each namespace's `fence` is raised to the leader's epoch.
+pub fn ticker_epoch() -> String {
+    format!("{KEY_PREFIX}{{ticker}}:epoch")
+}
+
+/// The hash tag Redis Cluster hashes `key` by: the text between the first `{` and the next
+/// `}`, when that is not empty.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let after_open = &key[open + 1..];
+    let close = after_open.find('}')?;
+    if close == 0 {
+        return None;
+    }
+    Some(&after_open[..close])
+}
+
+/// The keys of one namespace. Cheap to clone; build once per namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// `ro:{<ns>}`, the start of every key.
+    base: String,
+}
+
+impl Keys {
+    /// The keys of `namespace`.
+    pub fn new(namespace: &Namespace) -> Keys {
+        Keys {
+            base: format!("{KEY_PREFIX}{{{namespace}}}"),
+        }
+    }
+
+    /// The common start of every key of the namespace, `ro:{<ns>}` (for `SCAN MATCH`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `ro:{ns}:flag:<key>`: one flag.
+    pub fn flag(&self, key: &str) -> String {
+        format!("{}:flag:{key}", self.base)
+    }
+
+    /// `ro:{ns}:flags`: index of flag keys.
+    pub fn flags(&self) -> String {
+        format!("{}:flags", self.base)
+    }
+
+    /// `ro:{ns}:rollout:<id>`: one rollout.
+    pub fn rollout(&self, rollout_id: &str) -> String {
+        format!("{}:rollout:{rollout_id}", self.base)
+    }
+
+    /// `ro:{ns}:rollouts:active`: index of queued, running and paused rollouts.
+    pub fn rollouts_active(&self) -> String {
+        format!("{}:rollouts:active", self.base)
+    }
+
+    /// `ro:{ns}:rollouts:finished`: index of completed, stopped and rolled-back rollouts.
+    pub fn rollouts_finished(&self) -> String {
+        format!("{}:rollouts:finished", self.base)
+    }
+
+    /// `ro:{ns}:due`: rollout ids scored by when the ticker must next look at them.
+    pub fn due(&self) -> String {
+        format!("{}:due", self.base)
+    }
+
+    /// `ro:{ns}:audit:rollout:<id>`: audit of one rollout (kept after it is deleted).
+    pub fn audit_rollout(&self, rollout_id: &str) -> String {
+        format!("{}:audit:rollout:{rollout_id}", self.base)
+    }
+
+    /// `ro:{ns}:audit:flag:<key>`: audit of one flag.
+    pub fn audit_flag(&self, key: &str) -> String {
+        format!("{}:audit:flag:{key}", self.base)
+    }
+
+    /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
+    pub fn outbox(&self) -> String {
+        format!("{}:outbox", self.base)
+    }
+
+    /// `ro:{ns}:cmd:<command_id>`: the first outcome of a command, returned on repeats.
+    pub fn command(&self, command_id: &str) -> String {
+        format!("{}:cmd:{command_id}", self.base)
+    }
+
+    /// `ro:{ns}:fence`: the fencing epoch of the ticker leader allowed to write.
+    pub fn fence(&self) -> String {
+        format!("{}:fence", self.base)
+    }
+
+    /// `ro:{ns}:agent:<id>`: one fleet agent's labels and attributes.
+    pub fn agent(&self, agent_id: &str) -> String {
+        format!("{}:agent:{agent_id}", self.base)
+    }
+
+    /// `ro:{ns}:agents`: agent ids scored by last heartbeat.
+    pub fn agents(&self) -> String {
+        format!("{}:agents", self.base)
+    }
+
+    /// `ro:{ns}:rollout:<id>:stage:<n>:members`: agents in stage `n` of a rollout.
+    pub fn stage_members(&self, rollout_id: &str, stage_index: usize) -> String {
+        format!(
+            "{}:rollout:{rollout_id}:stage:{stage_index}:members",
+            self.base
+        )
+    }
+
+    /// `ro:{ns}:rollout:<id>:reports`: each agent's latest applied/failed report.
+    pub fn stage_reports(&self, rollout_id: &str) -> String {
+        format!("{}:rollout:{rollout_id}:reports", self.base)
+    }
+
+    /// `ro:{ns}:outcomes:<flag>:<window_start_ms>`: outcome counters of one window.
+    pub fn outcomes(&self, flag: &str, window_start: Timestamp) -> String {
+        format!("{}:outcomes:{flag}:{}", self.base, window_start.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_namespace_shares_its_hash_tag() {
+        let namespace = Namespace::new("prod").expect("namespace");
+        let keys = Keys::new(&namespace);
+        let all = [
+            keys.flag("new-checkout"),
+            keys.flags(),
+            keys.rollout("r-1"),
+            keys.rollouts_active(),
+            keys.rollouts_finished(),
+            keys.due(),
+            keys.audit_rollout("r-1"),
+            keys.audit_flag("new-checkout"),
+            keys.outbox(),
+            keys.command("c-1"),
+            keys.fence(),
+            keys.agent("edge-7"),
+            keys.agents(),
+            keys.stage_members("r-1", 2),
+            keys.stage_reports("r-1"),
+            keys.outcomes("new-checkout", Timestamp::from_millis(1_700_000_000_000)),
+        ];
+        for key in &all {
+            assert_eq!(hash_tag(key), Some("prod"), "{key}");
+            assert!(key.starts_with("ro:{prod}:"), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+        }
+        assert_eq!(keys.rollout("r-1"), "ro:{prod}:rollout:r-1");
+        assert_eq!(
+            keys.stage_members("r-1", 2),
+            "ro:{prod}:rollout:r-1:stage:2:members"
+        );
+        assert_eq!(namespaces(), "ro:namespaces");
+        assert_eq!(hash_tag(&namespaces()), None);
+    }
+
+    #[test]
+    fn ticker_lease_and_epoch_share_one_slot_apart_from_namespaces() {
+        assert_eq!(ticker_lease(), "ro:{ticker}:lease");
+        assert_eq!(ticker_epoch(), "ro:{ticker}:epoch");
+        assert_eq!(hash_tag(&ticker_lease()), Some("ticker"));
+        assert_eq!(hash_tag(&ticker_lease()), hash_tag(&ticker_epoch()));
+        // a namespace called `ticker` shares the slot but never these names
+        let keys = Keys::new(&Namespace::new("ticker").expect("namespace"));
+        assert_ne!(keys.fence(), ticker_lease());
+        assert!(!keys.due().ends_with(":lease") && !keys.due().ends_with(":epoch"));
+    }
+
+    #[test]
+    fn hash_tags_follow_redis_cluster_rules() {
+        assert_eq!(hash_tag("ro:{prod}:x"), Some("prod"));
+        assert_eq!(hash_tag("a{}b{c}"), None);
+        assert_eq!(hash_tag("a{b"), None);
+        assert_eq!(hash_tag("a}b{c}d"), Some("c"));
+        assert_eq!(hash_tag("{x}{y}"), Some("x"));
+    }
+}

@@ -1,0 +1,521 @@
+//! Reads on `rollout.query.<ns>.<what>` (SPEC §7, §8.6): flag get and list, rollout status
+//! and list, the audit, and the plan dry run, with their replies and [`Query`], the closed
+//! set a planner dispatches on. Lists are paged: pages count from 0 and a reply names the
+//! `next_page` while more remain.
+
+use rollout_core::{
+    Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors, WaitingFor,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::checks;
+use crate::codec::{self, CodecError, Encoding, Limits};
+use crate::envelope::WireError;
+use crate::events::EventKind;
+use crate::subjects::QueryKind;
+use crate::views::{target_rule, RolloutKind, StepStatus};
+
+/// `rollout.query.<ns>.flag.get`. Reply: [`crate::FlagResult`].
+#[doc = shape_doc!("flag_get_query")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagGetQuery {
+    /// Flag key.
+    pub key: String,
+}
+
+/// `rollout.query.<ns>.flag.list`: every flag of the namespace, by key. Reply: [`FlagList`].
+#[doc = shape_doc!("flag_list_query")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagListQuery {
+    /// Page number, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// Entries per page (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+}
+
+/// One flag in a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagSummary {
+    /// Flag key.
+    pub key: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether the flag serves its rules (else its off variation).
+    pub enabled: bool,
+    /// Per-flag state version.
+    pub version: u64,
+    /// Variation ids, in order.
+    #[serde(default)]
+    pub variations: Vec<String>,
+    /// Id of the flag's active rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_rollout: Option<String>,
+}
+
+/// Reply to `flag.list`.
+#[doc = shape_doc!("flag_list")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagList {
+    /// The page's flags, by key.
+    #[serde(default)]
+    pub flags: Vec<FlagSummary>,
+    /// The page to ask for next, while more remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
+}
+
+/// `rollout.query.<ns>.rollout.status`. Reply: [`RolloutStatus`].
+#[doc = shape_doc!("rollout_status_query")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStatusQuery {
+    /// Rollout id.
+    pub rollout_id: String,
+}
+
+/// Reply to `rollout.status`: the rollout, where it stands, and every step with its share
+/// or stage, planned and actual times, gate and (for stages) counts.
+#[doc = shape_doc!("rollout_status")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// Rollout id.
+    pub rollout_id: String,
+    /// Flag key.
+    pub flag: String,
+    /// Rule id of a rule-level rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Spec kind.
+    pub kind: RolloutKind,
+    /// Preset name, for presets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Variation the audience starts on.
+    pub baseline: String,
+    /// Variation the audience moves to.
+    pub candidate: String,
+    /// Lifecycle state.
+    pub state: Lifecycle,
+    /// What a running or queued rollout waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
+    /// Current step; absent while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<usize>,
+    /// Share served now, for percentage plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<Share>,
+    /// When the clock alone next moves it (start time or end of the current timer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
+    /// When the current pause began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<Timestamp>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Every step.
+    #[serde(default)]
+    pub steps: Vec<StepStatus>,
+}
+
+impl RolloutStatus {
+    /// The status of `state` at `now`; stage `counts` are left for the caller.
+    pub fn new(
+        rollout_id: &str,
+        plan: &Plan,
+        state: &RolloutState,
+        created_at: Timestamp,
+        now: Timestamp,
+    ) -> RolloutStatus {
+        RolloutStatus {
+            rollout_id: rollout_id.to_owned(),
+            flag: plan.flag.clone(),
+            rule: target_rule(plan),
+            kind: RolloutKind::of(&plan.kind),
+            preset: RolloutKind::preset_name(&plan.kind),
+            baseline: plan.baseline.clone(),
+            candidate: plan.candidate.clone(),
+            state: state.lifecycle,
+            waiting_for: state.waiting_for(plan),
+            current_step: state.step,
+            share: (!plan.is_staged()).then(|| state.served_share(plan)),
+            due_at: state.due_at(plan),
+            paused_at: state.paused_at,
+            created_at,
+            finished_at: state.finished_at,
+            steps: StepStatus::for_rollout(plan, state, now),
+        }
+    }
+}
+
+/// Which rollouts a list shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListState {
+    /// Queued, running or paused.
+    #[default]
+    Active,
+    /// Completed, stopped or rolled back.
+    Finished,
+}
+
+/// `rollout.query.<ns>.rollout.list`. Reply: [`RolloutList`].
+#[doc = shape_doc!("rollout_list_query")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutListQuery {
+    /// Active (default) or finished rollouts.
+    #[serde(default)]
+    pub state: ListState,
+    /// Only the rollouts of this flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// Page number, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// Entries per page (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+}
+
+/// One rollout in a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    /// Rollout id.
+    pub rollout_id: String,
+    /// Flag key.
+    pub flag: String,
+    /// Rule id of a rule-level rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Spec kind.
+    pub kind: RolloutKind,
+    /// Lifecycle state.
+    pub state: Lifecycle,
+    /// What a running or queued rollout waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
+    /// Current step; absent while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<usize>,
+    /// How many steps the plan has.
+    pub step_count: usize,
+    /// Share served now, for percentage plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<Share>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl RolloutSummary {
+    /// The summary of `state`.
+    pub fn new(
+        rollout_id: &str,
+        plan: &Plan,
+        state: &RolloutState,
+        created_at: Timestamp,
+    ) -> RolloutSummary {
+        RolloutSummary {
+            rollout_id: rollout_id.to_owned(),
+            flag: plan.flag.clone(),
+            rule: target_rule(plan),
+            kind: RolloutKind::of(&plan.kind),
+            state: state.lifecycle,
+            waiting_for: state.waiting_for(plan),
+            current_step: state.step,
+            step_count: plan.steps.len(),
+            share: (!plan.is_staged()).then(|| state.served_share(plan)),
+            created_at,
+            finished_at: state.finished_at,
+        }
+    }
+}
+
+/// Reply to `rollout.list`.
+#[doc = shape_doc!("rollout_list")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutList {
+    /// The page's rollouts, newest first.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutSummary>,
+    /// The page to ask for next, while more remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
+}
+
+/// `rollout.query.<ns>.rollout.audit`: the audit of one rollout or one flag (exactly one of
+/// `rollout_id` and `flag`), newest first. Reply: [`AuditPage`].
+#[doc = shape_doc!("audit_query")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// The rollout whose history to read (also after it was deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// The flag whose history to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// Page number, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// Entries per page (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+}
+
+impl AuditQuery {
+    /// Exactly one of `rollout_id` and `flag`, each a token; a valid page size.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let mut errors = ValidationErrors::default();
+        match (&self.rollout_id, &self.flag) {
+            (Some(rollout_id), None) => checks::token(&mut errors, "rollout_id", rollout_id),
+            (None, Some(flag)) => checks::token(&mut errors, "flag", flag),
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push("rollout_id", "give exactly one of rollout_id or flag")
+            }
+        }
+        checks::page_size(&mut errors, self.page_size);
+        checks::finish(errors)
+    }
+}
+
+/// One audit record: an accepted command or a transition (SPEC §7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When (the one clock: Redis `TIME`).
+    pub time: Timestamp,
+    /// Who: the command's actor, or `ticker` for transitions the clock or a guard made.
+    pub actor: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// Namespace.
+    pub namespace: String,
+    /// Flag key.
+    pub flag: String,
+    /// Rollout id, for rollout entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// State or step before (`running`, `step 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// State or step after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Anything else worth keeping (guard figures, skipped steps, the command id), as an
+    /// object.
+    #[serde(default = "crate::events::empty_details")]
+    pub details: serde_json::Value,
+    /// OpenTelemetry trace id of the command or transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Reply to `rollout.audit`.
+#[doc = shape_doc!("audit_page")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The page's entries, newest first.
+    #[serde(default)]
+    pub entries: Vec<AuditEntry>,
+    /// The page to ask for next, while more remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
+}
+
+/// `rollout.query.<ns>.rollout.plan`: a dry run. The planner validates and compiles the spec
+/// against the flag and projects its times from now, storing nothing, so an operator sees
+/// the steps before `rollout.create`. Reply: [`PlanPreview`].
+#[doc = shape_doc!("plan_query")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    /// The spec, as `rollout.create` would take it.
+    pub rollout: RolloutSpec,
+}
+
+/// Reply to `rollout.plan`: the compiled plan with projected times.
+#[doc = shape_doc!("plan_preview")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPreview {
+    /// Flag key.
+    pub flag: String,
+    /// Rule id of a rule-level rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Spec kind.
+    pub kind: RolloutKind,
+    /// Preset name, for presets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Variation the audience starts on.
+    pub baseline: String,
+    /// Variation the audience moves to.
+    pub candidate: String,
+    /// Every step with its projected start.
+    #[serde(default)]
+    pub steps: Vec<StepStatus>,
+}
+
+impl PlanPreview {
+    /// The preview of `plan` as if created at `now`.
+    pub fn new(plan: &Plan, now: Timestamp) -> PlanPreview {
+        PlanPreview {
+            flag: plan.flag.clone(),
+            rule: target_rule(plan),
+            kind: RolloutKind::of(&plan.kind),
+            preset: RolloutKind::preset_name(&plan.kind),
+            baseline: plan.baseline.clone(),
+            candidate: plan.candidate.clone(),
+            steps: StepStatus::for_plan(plan, now),
+        }
+    }
+}
+
+/// Any query, as the planner dispatches it: the subject's kind picks the body type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Query {
+    /// `flag.get`.
+    FlagGet(FlagGetQuery),
+    /// `flag.list`.
+    FlagList(FlagListQuery),
+    /// `rollout.status`.
+    RolloutStatus(RolloutStatusQuery),
+    /// `rollout.list`.
+    RolloutList(RolloutListQuery),
+    /// `rollout.audit`.
+    RolloutAudit(AuditQuery),
+    /// `rollout.plan` (boxed: a spec is much larger than the other queries).
+    RolloutPlan(Box<PlanQuery>),
+}
+
+impl Query {
+    /// Decodes the body of a query received on a subject with `kind`.
+    pub fn decode(kind: QueryKind, bytes: &[u8], encoding: Encoding) -> Result<Query, CodecError> {
+        let limits = Limits::REQUESTS;
+        Ok(match kind {
+            QueryKind::FlagGet => Query::FlagGet(codec::decode_with(bytes, encoding, limits)?),
+            QueryKind::FlagList => Query::FlagList(codec::decode_with(bytes, encoding, limits)?),
+            QueryKind::RolloutStatus => {
+                Query::RolloutStatus(codec::decode_with(bytes, encoding, limits)?)
+            }
+            QueryKind::RolloutList => {
+                Query::RolloutList(codec::decode_with(bytes, encoding, limits)?)
+            }
+            QueryKind::RolloutAudit => {
+                Query::RolloutAudit(codec::decode_with(bytes, encoding, limits)?)
+            }
+            QueryKind::RolloutPlan => {
+                Query::RolloutPlan(codec::decode_with(bytes, encoding, limits)?)
+            }
+        })
+    }
+
+    /// The kind, i.e. the subject this query travels on.
+    pub fn kind(&self) -> QueryKind {
+        match self {
+            Query::FlagGet(_) => QueryKind::FlagGet,
+            Query::FlagList(_) => QueryKind::FlagList,
+            Query::RolloutStatus(_) => QueryKind::RolloutStatus,
+            Query::RolloutList(_) => QueryKind::RolloutList,
+            Query::RolloutAudit(_) => QueryKind::RolloutAudit,
+            Query::RolloutPlan(_) => QueryKind::RolloutPlan,
+        }
+    }
+
+    /// Checks keys and ids are tokens, page sizes are in range, and the audit names exactly
+    /// one of rollout and flag. Every problem is reported.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let mut errors = ValidationErrors::default();
+        match self {
+            Query::FlagGet(query) => checks::token(&mut errors, "key", &query.key),
+            Query::FlagList(query) => checks::page_size(&mut errors, query.page_size),
+            Query::RolloutStatus(query) => {
+                checks::token(&mut errors, "rollout_id", &query.rollout_id)
+            }
+            Query::RolloutList(query) => {
+                if let Some(flag) = &query.flag {
+                    checks::token(&mut errors, "flag", flag);
+                }
+                checks::page_size(&mut errors, query.page_size);
+            }
+            Query::RolloutAudit(query) => return query.validate(),
+            Query::RolloutPlan(query) => {
+                checks::token(&mut errors, "rollout.flag", &query.rollout.flag)
+            }
+        }
+        checks::finish(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ErrorCode;
+
+    #[test]
+    fn audit_needs_exactly_one_subject() {
+        let both = AuditQuery {
+            rollout_id: Some("r-1".into()),
+            flag: Some("f".into()),
+            ..AuditQuery::default()
+        };
+        let error = both.validate().expect_err("both");
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert_eq!(error.field.as_deref(), Some("rollout_id"));
+        assert!(AuditQuery::default().validate().is_err());
+        let flag_only = AuditQuery {
+            flag: Some("new-checkout".into()),
+            page: Some(2),
+            ..AuditQuery::default()
+        };
+        assert_eq!(flag_only.validate(), Ok(()));
+        let huge_page = AuditQuery {
+            page_size: Some(10_000),
+            ..flag_only
+        };
+        assert_eq!(
+            huge_page
+                .validate()
+                .expect_err("page size")
+                .field
+                .as_deref(),
+            Some("page_size")
+        );
+    }
+
+    #[test]
+    fn the_subject_kind_picks_the_body_type() {
+        let query = Query::decode(
+            QueryKind::RolloutList,
+            br#"{"state": "finished"}"#,
+            Encoding::Json,
+        )
+        .expect("decodes");
+        assert_eq!(query.kind(), QueryKind::RolloutList);
+        let Query::RolloutList(list) = query else {
+            panic!("expected a rollout list query");
+        };
+        assert_eq!(list.state, ListState::Finished);
+        let defaulted =
+            Query::decode(QueryKind::RolloutList, b"{}", Encoding::Json).expect("decodes");
+        assert_eq!(defaulted, Query::RolloutList(RolloutListQuery::default()));
+        let error = Query::decode(
+            QueryKind::RolloutList,
+            br#"{"state": "paused"}"#,
+            Encoding::Json,
+        )
+        .expect_err("bad state");
+        assert_eq!(error.field(), Some("state"));
+    }
+}

@@ -1,0 +1,433 @@
+//! The compose deployment, checked without a Docker engine: `deploy/docker-compose.yml` is
+//! parsed and everything it refers to must exist and fit together — mounted files, the
+//! build context and Dockerfile, every command's binary (one the workspace builds), every
+//! `--config` file (in `deploy/config/`, which the Dockerfile copies to `/etc/rollout`)
+//! loading into its service's config type, every NATS user a service logs in as (present
+//! in `accounts.conf`, with the password variable the service is given), every `$VAR`
+//! of `accounts.conf` given to the NATS containers, the Dockerfile's `-p` packages, and
+//! `nats-server -t` accepting each node's configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rollout_runtime::config::{load_config, MapEnv, Validate};
+use serde_yaml_ng::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn deploy() -> PathBuf {
+    root().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// The compose file with its `<<` merge keys applied.
+fn compose() -> Value {
+    let text = read(&deploy().join("docker-compose.yml"));
+    let mut value: Value = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is yaml");
+    // a merged mapping may itself merge another (`planner-2: <<: *planner`, whose
+    // `planner-1` merges `*service`): apply until no merge key is left
+    for _ in 0..4 {
+        value.apply_merge().expect("merge keys resolve");
+    }
+    assert!(
+        !serde_yaml_ng::to_string(&value)
+            .expect("yaml")
+            .contains("<<"),
+        "every merge key resolved"
+    );
+    value
+}
+
+fn services(compose: &Value) -> BTreeMap<String, Value> {
+    compose["services"]
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .map(|(name, service)| (name.as_str().expect("name").to_owned(), service.clone()))
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The environment a service gets: name → value as written (`${VAR:?...}` included).
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    service["environment"]
+        .as_mapping()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(name, value)| {
+                    let value = match value {
+                        Value::String(text) => text.clone(),
+                        Value::Number(number) => number.to_string(),
+                        Value::Bool(flag) => flag.to_string(),
+                        _ => return None,
+                    };
+                    Some((name.as_str()?.to_owned(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `${NAME...}` references in `text`.
+fn referenced_vars(text: &str) -> Vec<String> {
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            Some(rest[..end].to_owned())
+        })
+        .collect()
+}
+
+/// Packages of the workspace and the binaries each builds, from `cargo metadata`.
+fn workspace_packages() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("metadata json");
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|package| {
+            let bins = package["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .filter(|target| {
+                    target["kind"]
+                        .as_array()
+                        .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+                })
+                .filter_map(|target| target["name"].as_str().map(str::to_owned))
+                .collect();
+            (package["name"].as_str().expect("name").to_owned(), bins)
+        })
+        .collect()
+}
+
+/// The users of accounts.conf and the variable holding each one's password.
+fn nats_users() -> BTreeMap<String, String> {
+    let text = read(&deploy().join("nats/accounts.conf"));
+    let mut users = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(user) = line.strip_prefix("user:") {
+            current = Some(user.trim().trim_matches('"').to_owned());
+        } else if let Some(password) = line.strip_prefix("password:") {
+            let user = current.take().expect("a password follows its user");
+            users.insert(user, password.trim().trim_start_matches('$').to_owned());
+        }
+    }
+    assert!(users.len() >= 6, "accounts.conf lists the users: {users:?}");
+    users
+}
+
+/// `$NAME` references in accounts.conf.
+fn accounts_vars() -> BTreeSet<String> {
+    read(&deploy().join("nats/accounts.conf"))
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(|line| {
+            line.split('$')
+                .skip(1)
+                .filter_map(|rest| {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    let name = &rest[..end];
+                    // "$JS.API.>" in a subject is not a variable
+                    (name.starts_with("ROLLOUT_")).then(|| name.to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn every_mounted_file_and_the_build_exist() {
+    let compose = compose();
+    for (name, service) in services(&compose) {
+        for volume in strings(&service["volumes"]) {
+            let host = volume.split(':').next().expect("host part");
+            if host.starts_with("./") || host.starts_with("../") {
+                let path = deploy().join(host);
+                assert!(path.is_file(), "{name} mounts {host}, which does not exist");
+            }
+        }
+        if let Some(build) = service["build"].as_mapping() {
+            let context = deploy().join(build[&Value::from("context")].as_str().expect("context"));
+            assert!(
+                context.is_dir(),
+                "{name}: build context {}",
+                context.display()
+            );
+            let dockerfile = context.join(
+                build[&Value::from("dockerfile")]
+                    .as_str()
+                    .expect("dockerfile"),
+            );
+            assert!(dockerfile.is_file(), "{name}: {}", dockerfile.display());
+        }
+    }
+}
+
+const SERVICE_BINARIES: [&str; 5] = ["planner", "ticker", "evaluator", "rolloutctl", "loadtest"];
+
+#[test]
+fn every_command_runs_a_binary_the_workspace_builds_and_the_image_holds() {
+    let packages = workspace_packages();
+    let built: BTreeSet<&String> = packages.values().flatten().collect();
+    let dockerfile = read(&deploy().join("Dockerfile"));
+    let compose = compose();
+    let mut commands = BTreeSet::new();
+    for (name, service) in services(&compose) {
+        if service["image"].as_str() != Some("rollout:dev") {
+            continue;
+        }
+        let command = strings(&service["command"]);
+        let binary = command
+            .first()
+            .unwrap_or_else(|| panic!("{name} has a command"))
+            .clone();
+        assert!(
+            SERVICE_BINARIES.contains(&binary.as_str()),
+            "{name} runs {binary}"
+        );
+        assert!(
+            built.contains(&binary),
+            "{name} runs {binary}, which no workspace package builds"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/release/{binary}")),
+            "the image does not copy {binary}"
+        );
+        commands.insert(binary);
+    }
+    assert!(commands.len() >= 4, "{commands:?}");
+    // the Dockerfile builds packages that exist
+    let build_line = dockerfile
+        .lines()
+        .skip_while(|line| !line.contains("cargo build"))
+        .take_while(|line| line.trim_end().ends_with('\\') || line.contains("cargo build"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut asked = Vec::new();
+    let mut words = build_line.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "-p" {
+            asked.push(words.next().expect("a package after -p").to_owned());
+        }
+    }
+    assert!(!asked.is_empty(), "the Dockerfile builds with -p");
+    for package in &asked {
+        assert!(
+            packages.contains_key(package),
+            "Dockerfile -p {package}: no such workspace package"
+        );
+    }
+    for binary in SERVICE_BINARIES {
+        assert!(
+            asked
+                .iter()
+                .any(|package| packages[package].contains(binary)),
+            "the Dockerfile's packages do not build {binary}"
+        );
+    }
+}
+
+/// Loads `deploy/config/<file>` as `T` with an empty environment, then validates it with
+/// the `ROLLOUT_*` variables the compose service sets (values stand-ins).
+fn check_config<T>(file: &Path, compose_env: &BTreeMap<String, String>) -> T
+where
+    T: serde::de::DeserializeOwned + Validate,
+{
+    let bare: T = load_config(Some(file), &MapEnv::new())
+        .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+    drop(bare);
+    let mut env = MapEnv::new();
+    for name in compose_env
+        .keys()
+        .filter(|name| name.starts_with("ROLLOUT_"))
+    {
+        env = env.with(name, "stand-in");
+    }
+    let config: T = load_config(Some(file), &env)
+        .unwrap_or_else(|error| panic!("{} with the compose environment: {error}", file.display()));
+    config
+        .validate()
+        .unwrap_or_else(|error| panic!("{} with the compose environment: {error}", file.display()));
+    config
+}
+
+#[test]
+fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
+    let dockerfile = read(&deploy().join("Dockerfile"));
+    assert!(
+        dockerfile.contains("COPY deploy/config/ /etc/rollout/"),
+        "the image carries deploy/config as /etc/rollout"
+    );
+    let users = nats_users();
+    let compose = compose();
+    let mut checked = 0;
+    for (name, service) in services(&compose) {
+        if service["image"].as_str() != Some("rollout:dev") {
+            continue; // the collector's and others' own configs
+        }
+        let command = strings(&service["command"]);
+        let Some(at) = command.iter().position(|word| word == "--config") else {
+            continue;
+        };
+        let in_image = &command[at + 1];
+        let relative = in_image
+            .strip_prefix("/etc/rollout/")
+            .unwrap_or_else(|| panic!("{name}: --config {in_image} is not under /etc/rollout"));
+        let file = deploy().join("config").join(relative);
+        assert!(
+            file.is_file(),
+            "{name}: --config {in_image} has no deploy/config/{relative}"
+        );
+        let env = environment(&service);
+        let nats_user = match command[0].as_str() {
+            "planner" => {
+                check_config::<planner::PlannerConfig>(&file, &env)
+                    .nats
+                    .user
+            }
+            "ticker" => check_config::<ticker::TickerConfig>(&file, &env).nats.user,
+            "evaluator" => {
+                check_config::<evaluator::EvaluatorConfig>(&file, &env)
+                    .nats
+                    .user
+            }
+            other => panic!("{name}: no config type known for {other}"),
+        };
+        let user = env
+            .get("ROLLOUT_NATS__USER")
+            .cloned()
+            .or(nats_user)
+            .unwrap_or_else(|| panic!("{name} names no nats user"));
+        let password_var = users
+            .get(&user)
+            .unwrap_or_else(|| panic!("{name} logs in as {user}, who is not in accounts.conf"));
+        let given = env
+            .get("ROLLOUT_NATS__PASSWORD")
+            .unwrap_or_else(|| panic!("{name} is given no nats password"));
+        assert!(
+            referenced_vars(given).contains(password_var),
+            "{name} logs in as {user} with {given}, but accounts.conf checks ${password_var}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "planners, tickers and evaluators checked: {checked}"
+    );
+    // the load generator's user too
+    let loadtest = &services(&compose)["loadtest"];
+    let env = environment(loadtest);
+    let user = env.get("ROLLOUT_NATS__USER").expect("loadtest user");
+    let password_var = users.get(user).expect("the loadtest user exists");
+    assert!(referenced_vars(&env["ROLLOUT_NATS__PASSWORD"]).contains(password_var));
+}
+
+#[test]
+fn the_nats_nodes_get_every_password_variable_and_their_configs_are_valid() {
+    let compose = compose();
+    let services = services(&compose);
+    let needed = accounts_vars();
+    assert!(needed.len() >= 6, "{needed:?}");
+    let nodes: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, service)| {
+            service["image"]
+                .as_str()
+                .is_some_and(|image| image.starts_with("nats"))
+        })
+        .collect();
+    assert_eq!(nodes.len(), 3, "three nats nodes");
+    let nats_server = rollout_testkit::find_binary("nats-server")
+        .expect("nats-server (run deploy/tools/install.sh)");
+    for (name, node) in nodes {
+        let env = environment(node);
+        for var in &needed {
+            assert!(
+                env.contains_key(var),
+                "{name} is not given ${var}, which accounts.conf reads"
+            );
+        }
+        let command = strings(&node["command"]);
+        let in_container = &command[command.iter().position(|word| word == "-c").expect("-c") + 1];
+        let file = in_container
+            .strip_prefix("/etc/nats/")
+            .map(|file| deploy().join("nats").join(file))
+            .expect("config under /etc/nats");
+        let mounted = strings(&node["volumes"]).iter().any(|volume| {
+            volume.ends_with(&format!("{in_container}:ro"))
+                || volume.contains(&format!(":{in_container}"))
+        });
+        assert!(mounted, "{name}: {in_container} is mounted");
+        let mut check = Command::new(&nats_server);
+        check
+            .arg("-t")
+            .arg("-c")
+            .arg(&file)
+            .current_dir(file.parent().expect("dir"));
+        for var in &needed {
+            check.env(var, "stand-in-password");
+        }
+        let output = check.output().expect("nats-server -t runs");
+        assert!(
+            output.status.success(),
+            "nats-server -t -c {}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // without the variables the node would not start: the check has teeth
+        let mut bare = Command::new(&nats_server);
+        bare.arg("-t")
+            .arg("-c")
+            .arg(&file)
+            .current_dir(file.parent().expect("dir"));
+        for var in &needed {
+            bare.env_remove(var);
+        }
+        assert!(!bare.output().expect("runs").status.success());
+    }
+}

@@ -1,0 +1,687 @@
+//! The whole system on private servers: a NATS server (JetStream) and a Redis server from
+//! the test kit, planners and evaluators in process (`Planner::start`, `Evaluator::start`),
+//! tickers as child processes (so they can be killed and frozen), each optionally behind
+//! its own [`Proxy`] to Redis and to NATS. Plus an operator's clients, a change-event log,
+//! and a phased workload whose steps all fall due at the same instants.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
+use futures_util::StreamExt;
+use planner::{Planner, PlannerConfig};
+use redis::aio::ConnectionManager;
+use rollout_core::{Flag, RolloutSpec, Timestamp};
+use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_sdk::{CommandClient, Namespace, RequestOptions};
+use rollout_store::{load_flag, load_rollout, redis_time, RolloutRecord};
+use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
+use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
+use rollout_wire::events::ChangeEvent;
+use rollout_wire::keys::{self, Keys};
+use rollout_wire::queries::AuditEntry;
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::procs::{Service, ServiceProcess};
+use super::proxy::Proxy;
+use super::{eventually, NS, PATIENCE};
+
+/// Credentials a service or client logs in with.
+#[derive(Clone, Debug, Default)]
+pub struct Login {
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Login {
+    pub fn new(user: &str, password: &str) -> Login {
+        Login {
+            user: Some(user.to_owned()),
+            password: Some(password.to_owned()),
+        }
+    }
+}
+
+/// NATS settings for `url` logged in as `login`.
+pub fn nats_settings(url: &str, login: &Login) -> NatsSettings {
+    NatsSettings {
+        url: url.to_owned(),
+        user: login.user.clone(),
+        password: login.password.clone().map(Secret::new),
+        connect_timeout: Duration::from_secs(10),
+        ..NatsSettings::default()
+    }
+}
+
+/// Redis settings for `url` logged in as `login`.
+pub fn redis_settings(url: &str, login: &Login) -> RedisSettings {
+    RedisSettings {
+        url: url.to_owned(),
+        user: login.user.clone(),
+        password: login.password.clone().map(Secret::new),
+        connect_timeout: Duration::from_secs(10),
+        ..RedisSettings::default()
+    }
+}
+
+/// A planner configuration with a fast outbox sweep and stream redelivery.
+pub fn planner_config(nats: NatsSettings, redis: RedisSettings) -> PlannerConfig {
+    let mut config = PlannerConfig {
+        nats,
+        redis,
+        ..PlannerConfig::default()
+    };
+    config.planner.min_phase_interval = Duration::from_secs(1);
+    config.planner.relay_interval = Duration::from_millis(100);
+    config.planner.relay_grace = Duration::from_millis(500);
+    config.planner.stream_ack_wait = Duration::from_secs(2);
+    config.planner.drain_grace = Duration::from_secs(2);
+    config
+}
+
+/// An evaluator configuration: HTTP on a free loopback port, OFREP namespace `prod`, quick
+/// resynchronisation after missed events.
+pub fn evaluator_config(nats: NatsSettings, redis: RedisSettings) -> EvaluatorConfig {
+    let mut config = EvaluatorConfig {
+        nats,
+        redis,
+        ..EvaluatorConfig::default()
+    };
+    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.namespace = NS.to_owned();
+    config.evaluator.resync_interval = Duration::from_secs(2);
+    config.evaluator.reconnect_check_interval = Duration::from_millis(100);
+    config.evaluator.outcome_flush_interval = Duration::from_millis(100);
+    config.evaluator.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// Starts an evaluator in process and waits until it serves.
+pub async fn start_evaluator(config: EvaluatorConfig) -> Arc<EvaluatorHandle> {
+    let handle = Evaluator::start(config, Shutdown::new())
+        .await
+        .expect("evaluator starts");
+    tokio::time::timeout(PATIENCE, handle.ready())
+        .await
+        .expect("evaluator becomes ready");
+    Arc::new(handle)
+}
+
+/// How the cluster is set up.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Redis with AOF and `appendfsync always`.
+    pub appendonly: bool,
+    /// Planners in process.
+    pub planners: usize,
+    /// Evaluators in process.
+    pub evaluators: usize,
+    /// The tickers' lease.
+    pub lease: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            appendonly: false,
+            planners: 1,
+            evaluators: 2,
+            lease: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A ticker child process and the proxies in front of its servers, if any.
+#[derive(Debug)]
+pub struct TickerReplica {
+    pub replica: String,
+    pub process: ServiceProcess,
+    pub redis_proxy: Option<Proxy>,
+    pub nats_proxy: Option<Proxy>,
+}
+
+/// The system under test.
+pub struct Cluster {
+    pub options: ClusterOptions,
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub dir: TempDir,
+    /// The operator's NATS connection.
+    pub client: async_nats::Client,
+    pub redis_conn: ConnectionManager,
+    pub commands: CommandClient,
+    pub planners: Vec<(Shutdown, Option<Planner>)>,
+    pub evaluators: Vec<Arc<EvaluatorHandle>>,
+    pub tickers: Vec<TickerReplica>,
+    pub events: EventLog,
+    next_ticker: usize,
+}
+
+impl Cluster {
+    pub async fn start(options: ClusterOptions) -> Cluster {
+        rollout_runtime::telemetry::init_for_tests();
+        let appendonly = options.appendonly;
+        let (nats, redis) = tokio::task::spawn_blocking(move || {
+            let nats = NatsServer::start_with(NatsOptions::default())
+                .expect("nats-server starts (run deploy/tools/install.sh)");
+            let redis = RedisServer::start_with(RedisOptions::default().appendonly(appendonly))
+                .expect("redis-server starts (run deploy/tools/install.sh)");
+            (nats, redis)
+        })
+        .await
+        .expect("server start task");
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("operator connects");
+        let redis_conn = rollout_runtime::connect::connect_redis(&redis_settings(
+            &redis.url(),
+            &Login::default(),
+        ))
+        .await
+        .expect("redis connects");
+        let commands = operator_commands(client.clone());
+        let events = EventLog::start(&client, "rollout.events.>").await;
+        let mut cluster = Cluster {
+            options: options.clone(),
+            nats,
+            redis,
+            dir: tempfile::Builder::new()
+                .prefix("rollout-system-")
+                .tempdir()
+                .expect("tempdir"),
+            client,
+            redis_conn,
+            commands,
+            planners: Vec::new(),
+            evaluators: Vec::new(),
+            tickers: Vec::new(),
+            events,
+            next_ticker: 0,
+        };
+        for _ in 0..options.planners {
+            cluster.add_planner().await;
+        }
+        for _ in 0..options.evaluators {
+            cluster.add_evaluator().await;
+        }
+        cluster
+    }
+
+    pub fn nats_settings(&self) -> NatsSettings {
+        nats_settings(&self.nats.url(), &Login::default())
+    }
+
+    pub fn redis_settings(&self) -> RedisSettings {
+        redis_settings(&self.redis.url(), &Login::default())
+    }
+
+    pub async fn add_planner(&mut self) {
+        let shutdown = Shutdown::new();
+        let planner = Planner::start(
+            planner_config(self.nats_settings(), self.redis_settings()),
+            shutdown.clone(),
+        )
+        .await
+        .expect("planner starts");
+        self.planners.push((shutdown, Some(planner)));
+    }
+
+    pub async fn add_evaluator(&mut self) {
+        let handle = start_evaluator(evaluator_config(
+            self.nats_settings(),
+            self.redis_settings(),
+        ))
+        .await;
+        self.evaluators.push(handle);
+    }
+
+    /// Settings every ticker process gets: a short lease, few rollouts in flight (so a
+    /// burst of due rollouts lasts long enough to be interrupted), a long Redis reply
+    /// timeout (a frozen or partitioned leader must still see what its stale writes come
+    /// to when it thaws), and a shutdown grace longer than any fault.
+    pub fn ticker_env(
+        &self,
+        replica: &str,
+        redis_url: &str,
+        nats_url: &str,
+    ) -> HashMap<String, String> {
+        let lease_ms = self.options.lease.as_millis();
+        let renew_ms = (lease_ms * 3 / 10).max(50);
+        HashMap::from([
+            ("ROLLOUT_NATS__URL".to_owned(), nats_url.to_owned()),
+            ("ROLLOUT_REDIS__URL".to_owned(), redis_url.to_owned()),
+            (
+                "ROLLOUT_REDIS__RESPONSE_TIMEOUT".to_owned(),
+                "30s".to_owned(),
+            ),
+            ("ROLLOUT_TICKER__REPLICA_ID".to_owned(), replica.to_owned()),
+            (
+                "ROLLOUT_TICKER__LEASE_TTL".to_owned(),
+                format!("{lease_ms}ms"),
+            ),
+            (
+                "ROLLOUT_TICKER__RENEW_INTERVAL".to_owned(),
+                format!("{renew_ms}ms"),
+            ),
+            ("ROLLOUT_TICKER__MAX_IN_FLIGHT".to_owned(), "8".to_owned()),
+            (
+                "ROLLOUT_TICKER__SHUTDOWN_GRACE".to_owned(),
+                "20s".to_owned(),
+            ),
+            ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
+            ("ROLLOUT_LOG__LEVEL".to_owned(), "info".to_owned()),
+        ])
+    }
+
+    /// Starts another ticker process (`ticker-<n>`), behind its own proxies when asked.
+    pub async fn add_ticker(&mut self, proxy_redis: bool, proxy_nats: bool) -> String {
+        let replica = format!("ticker-{}", self.next_ticker);
+        self.next_ticker += 1;
+        let redis_proxy = if proxy_redis {
+            Some(Proxy::start(self.redis.addr()).await)
+        } else {
+            None
+        };
+        let nats_proxy = if proxy_nats {
+            Some(Proxy::start(self.nats.addr()).await)
+        } else {
+            None
+        };
+        let redis_url = match &redis_proxy {
+            Some(proxy) => format!("redis://127.0.0.1:{}", proxy.port()),
+            None => self.redis.url(),
+        };
+        let nats_url = match &nats_proxy {
+            Some(proxy) => format!("nats://127.0.0.1:{}", proxy.port()),
+            None => self.nats.url(),
+        };
+        let env = self.ticker_env(&replica, &redis_url, &nats_url);
+        let process = ServiceProcess::spawn(Service::Ticker, &replica, self.dir.path(), &env);
+        self.tickers.push(TickerReplica {
+            replica: replica.clone(),
+            process,
+            redis_proxy,
+            nats_proxy,
+        });
+        replica
+    }
+
+    /// Starts `count` tickers and waits until one of them leads.
+    pub async fn add_tickers(&mut self, count: usize, proxy_redis: bool, proxy_nats: bool) {
+        for _ in 0..count {
+            self.add_ticker(proxy_redis, proxy_nats).await;
+        }
+        self.wait_for_leader(None).await;
+    }
+
+    pub fn ticker(&mut self, replica: &str) -> &mut TickerReplica {
+        self.tickers
+            .iter_mut()
+            .find(|ticker| ticker.replica == replica)
+            .unwrap_or_else(|| panic!("no ticker {replica}"))
+    }
+
+    /// The replica holding the lease and its epoch.
+    pub async fn leader(&self) -> Option<(String, u64)> {
+        let mut connection = self.redis_conn.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(keys::ticker_lease())
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        value.and_then(|value| {
+            ticker::lease::parse_lease_value(&value)
+                .map(|(replica, epoch)| (replica.to_owned(), epoch))
+        })
+    }
+
+    /// Waits until a replica other than `not` leads; returns it.
+    pub async fn wait_for_leader(&self, not: Option<&str>) -> (String, u64) {
+        eventually("a ticker to lead", PATIENCE, || async {
+            self.leader()
+                .await
+                .filter(|(holder, _)| Some(holder.as_str()) != not)
+        })
+        .await
+    }
+
+    /// Leadership terms won so far: the epoch counter (it only rises).
+    pub async fn epoch_counter(&self) -> u64 {
+        let mut connection = self.redis_conn.clone();
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(keys::ticker_epoch())
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(None);
+        value.unwrap_or(0)
+    }
+
+    /// Fence rejections every ticker process logged (stale transitions and due-index
+    /// updates refused because a newer leader raised the namespace's fence).
+    pub fn fence_rejections(&self) -> usize {
+        self.tickers
+            .iter()
+            .map(|ticker| ticker.process.count("refused by the fence"))
+            .sum()
+    }
+
+    /// Waits until the test's own Redis connection answers again (after a Redis restart its
+    /// first command fails and makes it reconnect).
+    pub async fn wait_redis(&self) {
+        eventually("redis to answer the test again", PATIENCE, || async {
+            let mut connection = self.redis_conn.clone();
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    pub async fn now(&self) -> Timestamp {
+        let mut connection = self.redis_conn.clone();
+        redis_time(&mut connection).await.expect("redis time")
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(&Namespace::new(NS).expect("namespace"))
+    }
+
+    /// Creates `count` flags `<prefix>-<i>` and a phased rollout on each: `phases - 1`
+    /// steps of 1 % more each lasting `step`, then 100 %; all start at the same instant
+    /// `start_in` from now, so every step boundary is a burst of `count` transitions.
+    pub async fn phased_workload(
+        &self,
+        prefix: &str,
+        count: usize,
+        phases: usize,
+        step: Duration,
+        start_in: Duration,
+    ) -> Workload {
+        let now = self.now().await;
+        let start = Timestamp::from_millis(now.as_millis() + millis(start_in));
+        let step_text = format!("{}ms", step.as_millis());
+        let mut phase_list: Vec<serde_json::Value> = (1..phases)
+            .map(|percentage| json!({"percentage": percentage, "duration": step_text}))
+            .collect();
+        phase_list.push(json!({"percentage": 100}));
+        let created: Vec<(String, String)> = futures_util::stream::iter(0..count)
+            .map(|index| {
+                let flag = format!("{prefix}-{index}");
+                let spec = json!({
+                    "flag": flag, "baseline": "off", "candidate": "on",
+                    "phases": phase_list, "start_at": start.to_rfc3339(),
+                });
+                async move {
+                    self.commands
+                        .create_flag(boolean_flag(&flag))
+                        .await
+                        .unwrap_or_else(|error| panic!("flag {flag}: {error}"));
+                    let spec: RolloutSpec = serde_json::from_value(spec).expect("spec");
+                    let rollout = self
+                        .commands
+                        .create_rollout(spec)
+                        .await
+                        .unwrap_or_else(|error| panic!("rollout of {flag}: {error}"));
+                    (flag, rollout.rollout_id)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let made = self.now().await;
+        assert!(
+            made < start,
+            "creating the workload took longer than its start delay"
+        );
+        let (flags, rollouts) = created.into_iter().unzip();
+        Workload {
+            flags,
+            rollouts,
+            start,
+            step,
+            phases,
+        }
+    }
+
+    /// Rollouts of `workload` whose due time is past `boundary`, i.e. that entered the
+    /// step beginning at `boundary` (or later).
+    pub async fn advanced_past(&self, boundary: Timestamp) -> usize {
+        let mut connection = self.redis_conn.clone();
+        redis::cmd("ZCOUNT")
+            .arg(self.keys().due())
+            .arg(format!("({}", boundary.as_millis()))
+            .arg("+inf")
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Stops every rollout of `workload` that is still active (the faults are over; this
+    /// fixes the state the checks read).
+    pub async fn stop_all(&self, workload: &Workload) {
+        let results: Vec<()> = futures_util::stream::iter(workload.rollouts.clone())
+            .map(|id| async move {
+                let record = self.rollout(&id).await;
+                if record.state.lifecycle.is_finished() {
+                    return;
+                }
+                match self.commands.stop_rollout(&id, None).await {
+                    Ok(_) => {}
+                    // completed meanwhile
+                    Err(error) if error.code() == rollout_sdk::ErrorCode::FailedPrecondition => {}
+                    Err(error) => panic!("stop {id}: {error}"),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        drop(results);
+    }
+
+    pub async fn rollout(&self, id: &str) -> RolloutRecord {
+        let mut connection = self.redis_conn.clone();
+        load_rollout(&mut connection, &self.keys(), id)
+            .await
+            .expect("rollout loads")
+            .unwrap_or_else(|| panic!("rollout {id} exists"))
+    }
+
+    /// The flag's version in Redis.
+    pub async fn flag_version(&self, key: &str) -> u64 {
+        let mut connection = self.redis_conn.clone();
+        load_flag(&mut connection, &self.keys(), key)
+            .await
+            .expect("flag loads")
+            .version
+    }
+
+    /// A rollout's audit, oldest first.
+    pub async fn rollout_audit(&self, id: &str) -> Vec<AuditEntry> {
+        self.audit(&self.keys().audit_rollout(id)).await
+    }
+
+    /// A flag's audit, oldest first.
+    pub async fn flag_audit(&self, key: &str) -> Vec<AuditEntry> {
+        self.audit(&self.keys().audit_flag(key)).await
+    }
+
+    async fn audit(&self, key: &str) -> Vec<AuditEntry> {
+        let mut connection = self.redis_conn.clone();
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .expect("lrange");
+        let mut entries: Vec<AuditEntry> = raw
+            .iter()
+            .map(|bytes| {
+                rollout_wire::codec::decode_with(
+                    bytes,
+                    Encoding::MessagePack,
+                    rollout_wire::codec::Limits::SERVICE_OUTPUT,
+                )
+                .expect("audit entry decodes")
+            })
+            .collect();
+        entries.reverse();
+        entries
+    }
+
+    /// Entries waiting in the namespace's outbox.
+    pub async fn outbox_len(&self) -> u64 {
+        let mut connection = self.redis_conn.clone();
+        redis::cmd("XLEN")
+            .arg(self.keys().outbox())
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Waits until the outbox is empty and every in-process evaluator serves each of
+    /// `flags` at its Redis version.
+    pub async fn wait_converged(&self, flags: &[String]) {
+        eventually("the outbox to drain", PATIENCE, || async {
+            (self.outbox_len().await == 0).then_some(())
+        })
+        .await;
+        for flag in flags {
+            let version = self.flag_version(flag).await;
+            for (index, evaluator) in self.evaluators.iter().enumerate() {
+                eventually(
+                    &format!("evaluator {index} to serve {flag} at version {version}"),
+                    PATIENCE,
+                    || async {
+                        (evaluator.served_version(NS, flag) == Some(version)).then_some(())
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Stops the in-process planners.
+    pub async fn shutdown_planners(&mut self) {
+        for (shutdown, planner) in &mut self.planners {
+            shutdown.trigger();
+            if let Some(planner) = planner.take() {
+                planner.wait().await;
+            }
+        }
+    }
+
+    /// Stops the in-process planners and evaluators.
+    pub async fn shutdown(&mut self) {
+        self.shutdown_planners().await;
+        for evaluator in &self.evaluators {
+            evaluator.shutdown();
+        }
+    }
+}
+
+/// The operator's command client: generous timeout and retries (commands carry ids, so a
+/// retry is applied once).
+pub fn operator_commands(client: async_nats::Client) -> CommandClient {
+    CommandClient::new(client, Namespace::new(NS).expect("namespace"))
+        .with_actor("operator")
+        .with_options(RequestOptions {
+            timeout: Duration::from_secs(3),
+            retries: 5,
+            ..RequestOptions::default()
+        })
+}
+
+/// A flag `key` with variations `off`/`on`, serving `off`.
+pub fn boolean_flag(key: &str) -> Flag {
+    serde_json::from_value(json!({
+        "key": key,
+        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+        "off_variation": "off", "enabled": true, "default": {"variation": "off"},
+    }))
+    .expect("flag")
+}
+
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Phased rollouts whose steps all begin at the same instants.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub flags: Vec<String>,
+    pub rollouts: Vec<String>,
+    pub start: Timestamp,
+    pub step: Duration,
+    pub phases: usize,
+}
+
+impl Workload {
+    /// When step `index` is planned to begin.
+    pub fn boundary(&self, index: usize) -> Timestamp {
+        Timestamp::from_millis(
+            self.start.as_millis() + millis(self.step) * i64::try_from(index).unwrap_or(0),
+        )
+    }
+
+    /// The first step boundary after `now` (`None` past the plan's end).
+    pub fn next_boundary(&self, now: Timestamp) -> Option<(usize, Timestamp)> {
+        (1..self.phases)
+            .map(|index| (index, self.boundary(index)))
+            .find(|(_, at)| *at > now)
+    }
+
+    /// When the last step begins.
+    pub fn end(&self) -> Timestamp {
+        self.boundary(self.phases - 1)
+    }
+}
+
+/// Every change event received on a subject, decoded.
+pub struct EventLog {
+    events: Arc<Mutex<Vec<ChangeEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    pub async fn start(client: &async_nats::Client, subject: &str) -> EventLog {
+        let mut subscriber = client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe to events");
+        client.flush().await.expect("flush");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let encoding = Encoding::from_content_type(
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
+                        .map(|value| value.as_str()),
+                );
+                if let Ok(event) = ChangeEvent::decode(&message.payload, encoding) {
+                    sink.lock().expect("event log").push(event);
+                }
+            }
+        });
+        EventLog { events, task }
+    }
+
+    pub fn events(&self) -> Vec<ChangeEvent> {
+        self.events.lock().expect("event log").clone()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

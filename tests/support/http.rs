@@ -1,0 +1,124 @@
+//! A tiny HTTP/1.1 client for evaluator endpoints (`/readyz`, OFREP): one request per
+//! connection, `Connection: close`, chunked bodies decoded.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A response: status and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends one request; `None` when the server cannot be reached or answers nothing
+/// within `timeout`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Option<Response> {
+    tokio::time::timeout(timeout, async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.ok()?;
+        stream.write_all(body).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        parse(&raw)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn parse(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let chunked = lines.any(|line| {
+        line.to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("transfer-encoding:chunked")
+    });
+    let mut body = raw[split + 4..].to_vec();
+    if chunked {
+        body = dechunk(&body);
+    }
+    Some(Response { status, body })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(line_end) = raw.windows(2).position(|window| window == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        let start = line_end + 2;
+        if size == 0 || raw.len() < start + size {
+            break;
+        }
+        body.extend_from_slice(&raw[start..start + size]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    body
+}
+
+/// Whether the evaluator at `addr` answers `/readyz` with 200.
+pub async fn ready(addr: SocketAddr) -> bool {
+    request(addr, "GET", "/readyz", &[], b"", Duration::from_secs(2))
+        .await
+        .is_some_and(|response| response.status == 200)
+}
+
+/// Every flag of `namespace` the evaluator at `addr` serves, with its served version, from
+/// one OFREP bulk evaluation; `None` when it does not answer.
+pub async fn served_versions(addr: SocketAddr, namespace: &str) -> Option<BTreeMap<String, u64>> {
+    let body = serde_json::to_vec(&serde_json::json!({"context": {"targetingKey": "monitor"}}))
+        .expect("json");
+    let response = request(
+        addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Rollout-Namespace", namespace),
+        ],
+        &body,
+        Duration::from_secs(2),
+    )
+    .await?;
+    if response.status != 200 {
+        return None;
+    }
+    let json = response.json();
+    let mut versions = BTreeMap::new();
+    for flag in json["flags"].as_array()? {
+        let (Some(key), Some(version)) =
+            (flag["key"].as_str(), flag["metadata"]["version"].as_u64())
+        else {
+            continue;
+        };
+        versions.insert(key.to_owned(), version);
+    }
+    Some(versions)
+}

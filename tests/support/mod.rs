@@ -1,0 +1,44 @@
+//! What the system tests share: the service binaries as child processes ([`procs`]), a
+//! TCP proxy that can sever or blackhole one process's link to a server ([`proxy`]), a
+//! whole system on private servers with planners and evaluators in process and a phased
+//! workload ([`cluster`]), the invariant checks and the per-run report ([`checks`]), and a
+//! tiny HTTP client for evaluator endpoints ([`http`]).
+
+// each test binary uses a different part of this module
+#![allow(dead_code)]
+
+pub mod checks;
+pub mod cluster;
+pub mod http;
+pub mod procs;
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The namespace every test uses.
+pub const NS: &str = "prod";
+
+/// Bound on waiting for something that should happen within a second or two; only a
+/// failure ever takes it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after
+/// `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "gave up after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,885 @@
+//! The whole system in process on test-kit servers — a planner, three tickers, two
+//! evaluators — driven only through the SDK and the NATS subjects, as users drive it:
+//!
+//! - a phased rollout (10 % for 1 s, 50 % for 1 s, 100 %) reaches every evaluator step by
+//!   step, in order, each serving the step's share, never an older version after a newer;
+//! - a label-stage rollout with simulated fleet agents: registration by labels, desired
+//!   variations per released stage, applied/failed reports in the stage counts, `continue`
+//!   releasing the next stage, an agent joining mid-rollout;
+//! - malformed and out-of-range input on every subject (commands, the durable stream,
+//!   queries, evaluation, fleet, outcomes) gets an error reply where a reply is possible
+//!   and leaves Redis exactly as it was.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evaluator::EvaluatorHandle;
+use futures_util::StreamExt;
+use rollout_core::{Entity, Lifecycle, StageCounts};
+use rollout_runtime::shutdown::Shutdown;
+use rollout_sdk::{CommandClient, EvalClient, Namespace};
+use rollout_testkit::{NatsServer, RedisServer};
+use rollout_wire::codec::{self, Encoding};
+use rollout_wire::envelope::decode_reply;
+use serde_json::{json, Value};
+use support::cluster::{
+    boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
+    redis_settings, start_evaluator, Login,
+};
+use support::{eventually, NS, PATIENCE};
+use ticker::{TickerConfig, TickerSettings};
+
+/// The servers and every service in process.
+struct System {
+    nats: NatsServer,
+    redis: RedisServer,
+    client: async_nats::Client,
+    commands: CommandClient,
+    evaluators: Vec<Arc<EvaluatorHandle>>,
+    shutdown: Shutdown,
+    planner: Option<planner::Planner>,
+    tickers: Vec<tokio::task::JoinHandle<Result<(), ticker::TickerError>>>,
+}
+
+impl System {
+    async fn start(tickers: usize) -> System {
+        rollout_runtime::telemetry::init_for_tests();
+        let (nats, redis) = tokio::task::spawn_blocking(|| {
+            (
+                NatsServer::start().expect("nats-server starts"),
+                RedisServer::start().expect("redis-server starts"),
+            )
+        })
+        .await
+        .expect("start task");
+        let nats_config = nats_settings(&nats.url(), &Login::default());
+        let redis_config = redis_settings(&redis.url(), &Login::default());
+        let shutdown = Shutdown::new();
+        let planner = planner::Planner::start(
+            planner_config(nats_config.clone(), redis_config.clone()),
+            shutdown.clone(),
+        )
+        .await
+        .expect("planner starts");
+        let mut evaluators = Vec::new();
+        for _ in 0..2 {
+            evaluators.push(
+                start_evaluator(evaluator_config(nats_config.clone(), redis_config.clone())).await,
+            );
+        }
+        let tickers = (0..tickers)
+            .map(|index| {
+                let config = TickerConfig {
+                    nats: nats_config.clone(),
+                    redis: redis_config.clone(),
+                    ticker: TickerSettings {
+                        lease_ttl: Duration::from_secs(1),
+                        replica_id: Some(format!("ticker-{index}")),
+                        ..TickerSettings::default()
+                    },
+                    ..TickerConfig::default()
+                };
+                tokio::spawn(ticker::run(config, shutdown.clone()))
+            })
+            .collect();
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("client connects");
+        System {
+            commands: operator_commands(client.clone()),
+            nats,
+            redis,
+            client,
+            evaluators,
+            shutdown,
+            planner: Some(planner),
+            tickers,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.trigger();
+        for evaluator in &self.evaluators {
+            evaluator.shutdown();
+        }
+        if let Some(planner) = self.planner.take() {
+            planner.wait().await;
+        }
+        for ticker in self.tickers.drain(..) {
+            ticker
+                .await
+                .expect("ticker task")
+                .expect("ticker stops cleanly");
+        }
+        drop(self.nats);
+        drop(self.redis);
+    }
+
+    /// A JSON request on `subject`; the reply envelope.
+    async fn request(&self, subject: &str, payload: Vec<u8>, json: bool) -> Value {
+        let mut headers = async_nats::HeaderMap::new();
+        if json {
+            headers.insert("Content-Type", "application/json");
+        }
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.client
+                .request_with_headers(subject.to_owned(), headers, payload.into()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a reply on {subject}"))
+        .unwrap_or_else(|error| panic!("request on {subject}: {error}"));
+        let encoding = if json {
+            Encoding::Json
+        } else {
+            Encoding::MessagePack
+        };
+        codec::decode_with::<Value>(&reply.payload, encoding, codec::Limits::SERVICE_OUTPUT)
+            .expect("a reply envelope")
+    }
+
+    /// Every key with its DUMP, sorted.
+    async fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let client = redis::Client::open(self.redis.url()).expect("url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connects");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut connection)
+            .await
+            .expect("keys");
+        keys.sort();
+        let mut rows = Vec::new();
+        for key in keys {
+            let dumped: Vec<u8> = redis::cmd("DUMP")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .expect("dump");
+            rows.push((key, dumped));
+        }
+        rows
+    }
+}
+
+/// The entities whose answers measure a served share.
+fn population() -> Vec<Entity> {
+    (0..2_000)
+        .map(|index| Entity::with_id(format!("user-{index}")))
+        .collect()
+}
+
+/// How many of `population` evaluator `handle` serves `on` for `flag`, and the version.
+fn served(handle: &EvaluatorHandle, flag: &str, population: &[Entity]) -> Option<(u64, usize)> {
+    handle.snapshot().namespace(NS)?.with_flag(flag, |live| {
+        let compiled = live.compiled();
+        let on = population
+            .iter()
+            .filter(|entity| compiled.evaluate(entity).variation == "on")
+            .count();
+        (compiled.version(), on)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
+    let system = System::start(3).await;
+    system
+        .commands
+        .create_flag(boolean_flag("new-checkout"))
+        .await
+        .expect("flag created");
+    let population = population();
+    // every evaluator's (version, served share) as it changes
+    let watchers: Vec<_> = system
+        .evaluators
+        .iter()
+        .map(|handle| {
+            let handle = Arc::clone(handle);
+            let population = population.clone();
+            tokio::spawn(async move {
+                let mut seen: Vec<(u64, usize)> = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < deadline {
+                    if let Some(now) = served(&handle, "new-checkout", &population) {
+                        if seen.last() != Some(&now) {
+                            seen.push(now);
+                        }
+                        if now.1 == population.len() {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen
+            })
+        })
+        .collect();
+    let spec = serde_json::from_value(json!({
+        "flag": "new-checkout", "baseline": "off", "candidate": "on",
+        "phases": [{"percentage": 10, "duration": "1s"}, {"percentage": 50, "duration": "1s"}, {"percentage": 100}],
+    }))
+    .expect("spec");
+    let created = system
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout created");
+    assert_eq!(created.state, Lifecycle::Running);
+    let status = eventually("the rollout to complete", PATIENCE, || async {
+        let status = system
+            .commands
+            .rollout_status(&created.rollout_id)
+            .await
+            .ok()?;
+        (status.state == Lifecycle::Completed).then_some(status)
+    })
+    .await;
+    let version = system
+        .commands
+        .get_flag("new-checkout")
+        .await
+        .expect("flag")
+        .version;
+    let total = population.len();
+    for (index, watcher) in watchers.into_iter().enumerate() {
+        let seen = watcher.await.expect("watcher");
+        println!("evaluator {index} served (version, on of {total}): {seen:?}");
+        for pair in seen.windows(2) {
+            assert!(
+                pair[1].0 > pair[0].0,
+                "evaluator {index}: version went back: {seen:?}"
+            );
+            assert!(
+                pair[1].1 >= pair[0].1,
+                "evaluator {index}: share went back: {seen:?}"
+            );
+        }
+        // each step's share, in order: ~10 %, ~50 %, 100 %
+        let shares: Vec<usize> = seen.iter().map(|(_, on)| *on).collect();
+        let near = |on: usize, percent: usize| on.abs_diff(total * percent / 100) <= total / 20;
+        let tenth = shares.iter().position(|on| near(*on, 10));
+        let half = shares.iter().position(|on| near(*on, 50));
+        let all = shares.iter().position(|on| *on == total);
+        assert!(
+            matches!((tenth, half, all), (Some(a), Some(b), Some(c)) if a < b && b < c),
+            "evaluator {index} served the steps out of order or missed one: {seen:?}"
+        );
+        assert_eq!(
+            system.evaluators[index].served_version(NS, "new-checkout"),
+            Some(version),
+            "evaluator {index} converged on the completed state"
+        );
+    }
+    for step in &status.steps {
+        assert!(step.started_at.is_some() && !step.skipped, "{step:?}");
+    }
+    // the SDK sees everyone on the candidate
+    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
+        .await
+        .expect("eval client");
+    let answer = eval
+        .evaluate("new-checkout", &Entity::with_id("user-7"))
+        .await
+        .expect("evaluates");
+    assert_eq!((answer.variation.as_str(), answer.version), ("on", version));
+    system.stop().await;
+}
+
+/// A fleet call on `rollout.fleet.prod.<verb>` (MessagePack); the result or the error.
+async fn fleet(system: &System, verb: &str, body: Value) -> Result<Value, String> {
+    let reply = system
+        .request(
+            &format!("rollout.fleet.{NS}.{verb}"),
+            codec::encode(&body, Encoding::MessagePack).expect("encodes"),
+            false,
+        )
+        .await;
+    if reply["ok"] == json!(true) {
+        Ok(reply["result"].clone())
+    } else {
+        Err(reply["error"]["code"].as_str().unwrap_or("?").to_owned())
+    }
+}
+
+async fn desired(system: &System, agent: &str) -> String {
+    fleet(
+        system,
+        "desired",
+        json!({"agent_id": agent, "flag": "agent-version"}),
+    )
+    .await
+    .unwrap_or_else(|code| panic!("desired for {agent}: {code}"))["variation"]
+        .as_str()
+        .expect("variation")
+        .to_owned()
+}
+
+async fn stage_counts(system: &System, rollout_id: &str) -> Vec<StageCounts> {
+    let status = system
+        .commands
+        .rollout_status(rollout_id)
+        .await
+        .expect("status");
+    status
+        .steps
+        .iter()
+        .map(|step| step.counts.expect("label stages have counts"))
+        .collect()
+}
+
+fn counts(members: u64, completed: u64, errors: u64, pending: u64, waiting: u64) -> StageCounts {
+    StageCounts {
+        members,
+        completed,
+        errors,
+        pending,
+        waiting,
+        stale: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
+    let system = System::start(3).await;
+    let flag = serde_json::from_value(json!({
+        "key": "agent-version",
+        "variations": [{"id": "v1", "value": "1.0.0"}, {"id": "v2", "value": "2.0.0"}],
+        "off_variation": "v1", "enabled": true, "default": {"variation": "v1"},
+    }))
+    .expect("flag");
+    system
+        .commands
+        .create_flag(flag)
+        .await
+        .expect("flag created");
+    let agents = [
+        ("stage-1", json!({"env": "staging"})),
+        ("stage-2", json!({"env": "staging", "region": "eu"})),
+        ("stage-3", json!({"env": "staging"})),
+        ("eu-1", json!({"env": "prod", "region": "eu"})),
+        ("eu-2", json!({"env": "prod", "region": "eu"})),
+        ("eu-3", json!({"env": "prod", "region": "eu"})),
+        ("us-1", json!({"env": "prod", "region": "us"})),
+        ("lab-1", json!({})),
+    ];
+    for (agent, labels) in &agents {
+        let ack = fleet(
+            &system,
+            "register",
+            json!({"agent_id": agent, "labels": labels}),
+        )
+        .await
+        .expect("registered");
+        assert_eq!(ack["agent_id"], json!(agent));
+    }
+    let spec = serde_json::from_value(json!({
+        "flag": "agent-version", "baseline": "v1", "candidate": "v2",
+        "stages": [{"name": "canary", "labels": {"env": "staging"}},
+                   {"name": "prod-eu", "labels": {"env": "prod", "region": "eu"}}],
+    }))
+    .expect("spec");
+    let rollout = system
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout created");
+    let id = rollout.rollout_id.clone();
+    assert_eq!(
+        rollout.current_step,
+        Some(0),
+        "starting releases the first stage"
+    );
+
+    // stage 1 only: the canaries move, nobody else
+    for (agent, _) in &agents {
+        let expected = if agent.starts_with("stage-") {
+            "v2"
+        } else {
+            "v1"
+        };
+        let got = eventually(
+            &format!("{agent}'s desired variation"),
+            PATIENCE,
+            || async {
+                let got = desired(&system, agent).await;
+                (got == expected).then_some(got)
+            },
+        )
+        .await;
+        assert_eq!(got, expected, "{agent}");
+    }
+    for (agent, status) in [
+        ("stage-1", "applied"),
+        ("stage-2", "applied"),
+        ("stage-3", "failed"),
+    ] {
+        fleet(
+            &system,
+            "report",
+            json!({"agent_id": agent, "flag": "agent-version", "rollout_id": id,
+                   "variation": "v2", "status": status}),
+        )
+        .await
+        .expect("report accepted");
+    }
+    // stages: canary (3 staging agents), prod-eu (3), unassigned (us-1, lab-1)
+    let seen = eventually("the reports in the stage counts", PATIENCE, || async {
+        let seen = stage_counts(&system, &id).await;
+        (seen[0].completed == 2 && seen[0].errors == 1).then_some(seen)
+    })
+    .await;
+    assert_eq!(
+        seen,
+        vec![
+            counts(3, 2, 1, 0, 0),
+            counts(3, 0, 0, 0, 3),
+            counts(2, 0, 0, 0, 2)
+        ]
+    );
+
+    // continue releases prod-eu
+    let continued = system
+        .commands
+        .continue_rollout(&id)
+        .await
+        .expect("continue");
+    assert_eq!(continued.current_step, Some(1));
+    for agent in ["eu-1", "eu-2", "eu-3"] {
+        eventually(&format!("{agent} to get v2"), PATIENCE, || async {
+            (desired(&system, agent).await == "v2").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        desired(&system, "us-1").await,
+        "v1",
+        "unassigned is not released yet"
+    );
+    // an agent registering mid-rollout joins its stage at once
+    fleet(
+        &system,
+        "register",
+        json!({"agent_id": "eu-4", "labels": {"env": "prod", "region": "eu"}}),
+    )
+    .await
+    .expect("registered");
+    assert_eq!(desired(&system, "eu-4").await, "v2");
+    fleet(
+        &system,
+        "report",
+        json!({"agent_id": "eu-1", "flag": "agent-version", "rollout_id": id,
+               "variation": "v2", "status": "applied"}),
+    )
+    .await
+    .expect("report");
+    let seen = eventually("prod-eu's counts", PATIENCE, || async {
+        let seen = stage_counts(&system, &id).await;
+        (seen[1].members == 4 && seen[1].completed == 1).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen[1], counts(4, 1, 0, 3, 0));
+    assert_eq!(seen[2], counts(2, 0, 0, 0, 2));
+
+    // the last continue releases everyone and completes the rollout
+    system
+        .commands
+        .continue_rollout(&id)
+        .await
+        .expect("continue");
+    eventually("completion", PATIENCE, || async {
+        let status = system.commands.rollout_status(&id).await.ok()?;
+        (status.state == Lifecycle::Completed).then_some(())
+    })
+    .await;
+    assert_eq!(desired(&system, "lab-1").await, "v2");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
+    // no tickers: the lease and fence would change Redis on their own
+    let system = System::start(0).await;
+    system
+        .commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag");
+    let spec = serde_json::from_value(json!({
+        "flag": "checkout", "baseline": "off", "candidate": "on",
+        "phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 100}],
+    }))
+    .expect("spec");
+    let rollout_id = system
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout")
+        .rollout_id;
+    fleet(
+        &system,
+        "register",
+        json!({"agent_id": "edge-1", "labels": {"env": "prod"}}),
+    )
+    .await
+    .expect("registered");
+    let redis_conn = rollout_runtime::connect::connect_redis(&redis_settings(
+        &system.redis.url(),
+        &Login::default(),
+    ))
+    .await
+    .expect("redis");
+    let outbox_empty = || {
+        let mut connection = redis_conn.clone();
+        async move {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(format!("ro:{{{NS}}}:outbox"))
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            (len == 0).then_some(())
+        }
+    };
+    eventually("the outbox to drain", PATIENCE, outbox_empty).await;
+    let before = system.dump().await;
+
+    let deep_json = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
+    let deep_msgpack = {
+        let mut bytes = vec![0x91_u8; 10_000];
+        bytes.push(0x01);
+        bytes
+    };
+    // NATS itself refuses payloads above its max_payload (1 MiB, the decoders' cap too):
+    // this one travels and is refused by the decoder
+    let huge = vec![b' '; 1_000_000];
+    let truncated = codec::encode(&json!({"flag": boolean_flag("x")}), Encoding::MessagePack)
+        .expect("encodes")[..20]
+        .to_vec();
+    let bomb = vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0x01];
+    let garbage: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("not json", b"{\"flag\": ".to_vec(), true),
+        ("deep json", deep_json.clone(), true),
+        ("deep msgpack", deep_msgpack.clone(), false),
+        ("near the size cap", huge.clone(), true),
+        ("truncated msgpack", truncated.clone(), false),
+        ("allocation bomb", bomb.clone(), false),
+        ("not an object", b"[1, 2, 3]".to_vec(), true),
+    ];
+    let json_of = |value: Value| serde_json::to_vec(&value).expect("json");
+    // (subject, payload, json?, why) — each must be refused with an error reply
+    let mut cases: Vec<(String, Vec<u8>, bool, String)> = Vec::new();
+    for (subject, verbs) in [
+        (
+            "cmd",
+            vec![
+                "flag.create",
+                "flag.update",
+                "rollout.create",
+                "rollout.stop",
+                "rollout.pause",
+            ],
+        ),
+        ("query", vec!["rollout.status", "flag.get", "rollout.audit"]),
+        ("fleet", vec!["register", "report", "desired", "heartbeat"]),
+    ] {
+        for verb in verbs {
+            for (why, payload, json) in &garbage {
+                cases.push((
+                    format!("rollout.{subject}.{NS}.{verb}"),
+                    payload.clone(),
+                    *json,
+                    why.to_string(),
+                ));
+            }
+        }
+    }
+    for (why, payload, json) in &garbage {
+        cases.push((
+            format!("rollout.eval.{NS}"),
+            payload.clone(),
+            *json,
+            why.to_string(),
+        ));
+    }
+    // well-formed but wrong: types, unknown fields, out-of-range values, unknown targets
+    let out_of_range: Vec<(&str, Value)> = vec![
+        (
+            "rollout.cmd.prod.rollout.stop",
+            json!({"command_id": "bad-1", "rollout_id": rollout_id, "percentage": 250}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.stop",
+            json!({"command_id": "bad-2", "rollout_id": rollout_id, "percentage": -1}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.stop",
+            json!({"rollout_id": rollout_id, "percentage": "half"}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.pause",
+            json!({"command_id": "bad-3", "rollout_id": "r-does-not-exist"}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.pause",
+            json!({"command_id": "bad id with spaces", "rollout_id": rollout_id}),
+        ),
+        (
+            "rollout.cmd.prod.flag.create",
+            json!({"command_id": "bad-4", "flag": {"key": "x", "variations": [], "off_variation": "off", "default": {"variation": "off"}}}),
+        ),
+        (
+            "rollout.cmd.prod.flag.create",
+            json!({"command_id": "bad-5", "flag": boolean_flag("checkout")}),
+        ),
+        (
+            "rollout.cmd.prod.flag.create",
+            json!({"flag": boolean_flag("y"), "surprise": true}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.create",
+            json!({"command_id": "bad-6", "rollout": {"flag": "checkout", "baseline": "off", "candidate": "on", "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 10}]}}),
+        ),
+        (
+            "rollout.cmd.prod.rollout.create",
+            json!({"command_id": "bad-7", "rollout": {"flag": "checkout", "baseline": "off", "candidate": "on", "phases": [{"percentage": 100.00001}]}}),
+        ),
+        ("rollout.cmd.prod.flag.explode", json!({})),
+        (
+            "rollout.cmd.te$t.flag.create",
+            json!({"flag": boolean_flag("z")}),
+        ),
+        (
+            "rollout.query.prod.rollout.audit",
+            json!({"rollout_id": rollout_id, "page": {"size": 100000}}),
+        ),
+        (
+            "rollout.query.prod.rollout.status",
+            json!({"rollout_id": 7}),
+        ),
+        (
+            "rollout.eval.prod",
+            json!({"flag": "checkout", "flags": ["checkout"], "entity": {"id": "u"}}),
+        ),
+        (
+            "rollout.eval.prod",
+            json!({"flag": "checkout", "entity": {"id": "x".repeat(300)}}),
+        ),
+        (
+            "rollout.eval.prod",
+            json!({"flag": "checkout", "entity": {"id": "u", "attributes": {"a": {"nested": 1}}}}),
+        ),
+        (
+            "rollout.eval.prod",
+            json!({"flag": "no-such-flag", "entity": {"id": "u"}}),
+        ),
+        (
+            "rollout.fleet.prod.register",
+            json!({"agent_id": "", "labels": {}}),
+        ),
+        (
+            "rollout.fleet.prod.register",
+            json!({"agent_id": "edge-2", "labels": {"env": 5}}),
+        ),
+        (
+            "rollout.fleet.prod.report",
+            json!({"agent_id": "edge-1", "flag": "checkout", "variation": "on", "status": "exploded"}),
+        ),
+        ("rollout.fleet.prod.heartbeat", json!({"agent_id": "ghost"})),
+        (
+            "rollout.fleet.prod.desired",
+            json!({"agent_id": "edge-1", "flag": "no-such-flag"}),
+        ),
+        ("rollout.fleet.prod.teleport", json!({"agent_id": "edge-1"})),
+    ];
+    for (subject, body) in out_of_range {
+        for json in [true, false] {
+            let payload = if json {
+                json_of(body.clone())
+            } else {
+                codec::encode(&body, Encoding::MessagePack).expect("encodes")
+            };
+            cases.push((subject.to_owned(), payload, json, format!("{body}")));
+        }
+    }
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for (subject, payload, json, why) in &cases {
+        let reply = system.request(subject, payload.clone(), *json).await;
+        assert_eq!(
+            reply["ok"],
+            json!(false),
+            "{subject} ({why:.80}) was accepted: {reply}"
+        );
+        let code = reply["error"]["code"]
+            .as_str()
+            .expect("an error code")
+            .to_owned();
+        assert!(
+            [
+                "invalid_argument",
+                "not_found",
+                "conflict",
+                "failed_precondition"
+            ]
+            .contains(&code.as_str()),
+            "{subject} ({why:.80}): {reply}"
+        );
+        *codes.entry(code).or_default() += 1;
+    }
+    println!("{} bad requests refused: {codes:?}", cases.len());
+
+    // outcome reports get no reply: bad ones are counted and dropped
+    for (_, payload, json) in &garbage {
+        let mut headers = async_nats::HeaderMap::new();
+        if *json {
+            headers.insert("Content-Type", "application/json");
+        }
+        system
+            .client
+            .publish_with_headers(
+                format!("rollout.metrics.{NS}"),
+                headers,
+                payload.clone().into(),
+            )
+            .await
+            .expect("publish");
+    }
+    for body in [
+        json!({"flag": "checkout", "entity": {"id": "u"}, "variation": "on", "outcome": "meh"}),
+        json!({"outcomes": [{"flag": "no-such-flag", "entity": {"id": "u"}, "variation": "on", "outcome": "error"}]}),
+        json!({"flag": "checkout", "entity": {"id": "u"}, "variation": "on", "outcome": "error", "value": "NaN"}),
+    ] {
+        system
+            .client
+            .publish(
+                format!("rollout.metrics.{NS}"),
+                codec::encode(&body, Encoding::MessagePack)
+                    .expect("encodes")
+                    .into(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    // the durable stream: every bad command is consumed (acknowledged, not redelivered
+    // forever); those that name a command id get an error outcome
+    let mut outcomes = system
+        .client
+        .subscribe("rollout.outcome.>")
+        .await
+        .expect("subscribe");
+    system.client.flush().await.expect("flush");
+    let jetstream = async_nats::jetstream::new(system.client.clone());
+    let mut queued = 0;
+    for (_, payload, json) in &garbage {
+        let mut headers = async_nats::HeaderMap::new();
+        if *json {
+            headers.insert("Content-Type", "application/json");
+        }
+        jetstream
+            .publish_with_headers(
+                format!("rollout.cmdq.{NS}.rollout.stop"),
+                headers,
+                payload.clone().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        queued += 1;
+    }
+    let with_ids = [
+        json!({"command_id": "q-bad-1", "rollout_id": rollout_id, "percentage": 250}),
+        json!({"command_id": "q-bad-2", "rollout_id": "r-nope"}),
+    ];
+    for body in &with_ids {
+        jetstream
+            .publish(
+                format!("rollout.cmdq.{NS}.rollout.stop"),
+                codec::encode(body, Encoding::MessagePack)
+                    .expect("encodes")
+                    .into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        queued += 1;
+    }
+    let mut refused_outcomes = 0;
+    while refused_outcomes < with_ids.len() {
+        let message = tokio::time::timeout(PATIENCE, outcomes.next())
+            .await
+            .expect("an outcome for each bad queued command with an id")
+            .expect("open");
+        let outcome: Result<Value, _> = decode_reply(&message.payload, Encoding::MessagePack);
+        assert!(outcome.is_err(), "{}: {outcome:?}", message.subject);
+        refused_outcomes += 1;
+    }
+    eventually("the stream to be consumed", PATIENCE, || async {
+        let mut stream = jetstream.get_stream("ROLLOUT_CMDS").await.ok()?;
+        (stream.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+    println!("{queued} bad queued commands consumed, {refused_outcomes} error outcomes");
+
+    // every replica still serves, outcomes were flushed (nothing valid came), and Redis
+    // holds exactly what it held before
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = system.dump().await;
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|row| !before.contains(row))
+        .map(|(key, _)| key)
+        .chain(
+            before
+                .iter()
+                .filter(|row| !after.contains(row))
+                .map(|(key, _)| key),
+        )
+        .collect();
+    // Two kinds of write are not state changes and are allowed, reported:
+    // - `cmd:<id>`: the planner keeps the first outcome of a command that carried an id
+    //   and was refused after a lookup (not_found, conflict, a spec that does not compile),
+    //   so a retry with that id gets the same refusal;
+    // - `agent:<id>` / `agents`: a well-formed fleet call from a registered agent refreshes
+    //   its liveness even when the call is refused (`desired` of an unknown flag).
+    let (allowed, state): (Vec<&String>, Vec<&String>) = changed.into_iter().partition(|key| {
+        key.starts_with(&format!("ro:{{{NS}}}:cmd:bad-"))
+            || key.starts_with(&format!("ro:{{{NS}}}:cmd:q-bad-"))
+            || *key == &format!("ro:{{{NS}}}:agent:edge-1")
+            || *key == &format!("ro:{{{NS}}}:agents")
+    });
+    println!("idempotency records and liveness written by refused calls: {allowed:?}");
+    assert!(state.is_empty(), "bad input changed redis state: {state:?}");
+    let invalid_outcomes: f64 = system
+        .evaluators
+        .iter()
+        .map(|handle| {
+            metric_sum(
+                &handle.metrics_text(),
+                "rollout_evaluator_outcomes_total",
+                "invalid",
+            )
+        })
+        .sum();
+    assert!(invalid_outcomes >= 1.0, "bad outcome reports are counted");
+    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
+        .await
+        .expect("eval client");
+    eval.evaluate("checkout", &Entity::with_id("u-1"))
+        .await
+        .expect("the evaluators still serve");
+    system.stop().await;
+}
+
+/// The sum of a Prometheus counter's samples whose labels mention `label_value`.
+fn metric_sum(text: &str, name: &str, label_value: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label_value))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
