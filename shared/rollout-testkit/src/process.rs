@@ -225,7 +225,10 @@ impl Supervisor {
         })?;
         send(pid, Signal::SIGSTOP)?;
         state.paused = true;
-        Ok(())
+        // kill(2) returns before the kernel has stopped every thread; a
+        // server thread already running can still answer for a moment.
+        // Callers expect a frozen server when `pause` returns.
+        wait_until_stopped(pid)
     }
 
     /// SIGCONT. A no-op when not paused.
@@ -357,6 +360,57 @@ fn live_pid(state: &mut State) -> Option<u32> {
             None
         }
     }
+}
+
+/// How long `pause` waits for every thread to reach the stopped state.
+const STOP_SETTLE: Duration = Duration::from_secs(5);
+
+/// Polls `/proc/<pid>/task/*/stat` until every thread of `pid` is in state
+/// `T` (stopped by a signal).
+fn wait_until_stopped(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + STOP_SETTLE;
+    loop {
+        match all_threads_stopped(pid) {
+            Ok(true) => return Ok(()),
+            Ok(false) if Instant::now() < deadline => thread::sleep(Duration::from_millis(1)),
+            Ok(false) => {
+                return Err(TestkitError::Io {
+                    context: format!("waiting for pid {pid} to stop after SIGSTOP"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("not every thread stopped within {STOP_SETTLE:?}"),
+                    ),
+                })
+            }
+            Err(source) => {
+                return Err(TestkitError::Io {
+                    context: format!("reading the thread states of pid {pid}"),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether every thread listed under `/proc/<pid>/task` is stopped. A
+/// thread that vanished while being read does not count against it.
+fn all_threads_stopped(pid: u32) -> std::io::Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = match std::fs::read_to_string(task?.path().join("stat")) {
+            Ok(stat) => stat,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // `pid (comm) S ...`: the state follows the last `)`, since the
+        // command name may itself contain parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Blocks until the child is reaped.
