@@ -8,8 +8,9 @@
 //! reports `applied` — or `failed`, with probability `--error-rate`, and tries again after
 //! its next poll — on
 //! `rollout.fleet.<ns>.report` (only while a rollout decides: without one there is nothing
-//! to report to). An agent the evaluators do not know (`not_found` on `agent_id`) registers
-//! again. The fleet runs until `--duration` or SIGINT/SIGTERM.
+//! to report to). Each agent is the SDK's `FleetAgent`, so one the evaluators do not know
+//! (`not_found` on `agent_id`) registers again by itself. The fleet runs until `--duration`
+//! or SIGINT/SIGTERM.
 //!
 //! With private servers a planner, an evaluator and a ticker run in process, and the flag
 //! (variations `v1`, `v2`) and a label-stage rollout over the label sets, each stage
@@ -22,19 +23,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::Request;
 use indicatif::{ProgressBar, ProgressStyle};
 use rollout_core::Labels;
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::CommandClient;
-use rollout_wire::codec::{self, Encoding};
-use rollout_wire::envelope::{decode_reply, ErrorCode, WireError};
-use rollout_wire::fleet::{
-    AgentAck, AgentHeartbeat, AgentRegister, AgentReport, Desired, DesiredQuery, ReportStatus,
-};
-use rollout_wire::subjects::{FleetVerb, Namespace, Subjects};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use rollout_sdk::{CommandClient, FleetAgent, RequestOptions};
+use rollout_wire::codec::Encoding;
+use rollout_wire::envelope::ErrorCode;
+use rollout_wire::fleet::Desired;
+use rollout_wire::subjects::{Namespace, Subjects};
 use serde_json::json;
 use ticker::TickerSettings;
 use tokio::task::JoinSet;
@@ -264,10 +260,21 @@ pub async fn run(args: &AgentsArgs) -> anyhow::Result<Report> {
     let mut agents = JoinSet::new();
     for index in 0..count {
         let labels = sets[set_of(&sets, index, count)].labels.clone();
-        let agent = Agent {
-            id: format!("{}-{index}", args.id_prefix),
+        let client = FleetAgent::new(
+            connections[index % connections.len()].clone(),
+            fleet.namespace.clone(),
+            format!("{}-{index}", args.id_prefix),
             labels,
-            nats: connections[index % connections.len()].clone(),
+        )
+        .with_subjects(fleet.subjects.clone())
+        .with_options(RequestOptions {
+            encoding: Encoding::MessagePack,
+            timeout: REQUEST_TIMEOUT,
+            retries: 0,
+            retry_delay: Duration::ZERO,
+        });
+        let agent = Agent {
+            client,
             fleet: Arc::clone(&fleet),
             running: None,
         };
@@ -389,11 +396,10 @@ async fn demo_rollout(
     Ok(created.rollout_id)
 }
 
-/// One simulated agent.
+/// One simulated agent: the SDK's [`FleetAgent`] (which registers again by itself when the
+/// evaluators lost it) and the variation it runs.
 struct Agent {
-    id: String,
-    labels: Labels,
-    nats: async_nats::Client,
+    client: FleetAgent,
     fleet: Arc<Fleet>,
     /// The variation it runs.
     running: Option<String>,
@@ -406,51 +412,16 @@ struct Pending {
 }
 
 impl Agent {
-    async fn request<B: Serialize, R: DeserializeOwned>(
-        &self,
-        verb: FleetVerb,
-        body: &B,
-    ) -> anyhow::Result<Result<R, WireError>> {
-        let subject = self.fleet.subjects.fleet(&self.fleet.namespace, verb);
-        let payload = codec::encode(body, Encoding::MessagePack)?;
-        let request = Request::new()
-            .payload(payload.into())
-            .timeout(Some(REQUEST_TIMEOUT));
-        let reply = self
-            .nats
-            .send_request(subject, request)
-            .await
-            .with_context(|| format!("fleet {verb}"))?;
-        Ok(decode_reply(&reply.payload, Encoding::MessagePack))
-    }
-
     async fn register(&self) -> bool {
-        let body = AgentRegister {
-            agent_id: self.id.clone(),
-            labels: self.labels.clone(),
-            attributes: Default::default(),
-        };
         let tally = &self.fleet.tally;
         tally.registrations.fetch_add(1, Ordering::Relaxed);
-        match self
-            .request::<_, AgentAck>(FleetVerb::Register, &body)
-            .await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(refusal)) => {
-                tally.error(&anyhow::anyhow!("register refused: {}", refusal.message));
-                false
-            }
+        match self.client.register().await {
+            Ok(()) => true,
             Err(error) => {
-                tally.error(&error);
+                tally.error(&anyhow::Error::new(error).context("register"));
                 false
             }
         }
-    }
-
-    /// Whether a refusal says the evaluators do not know this agent.
-    fn unknown_agent(refusal: &WireError) -> bool {
-        refusal.code == ErrorCode::NotFound && refusal.field.as_deref() == Some("agent_id")
     }
 
     async fn run(mut self, shutdown: Shutdown) {
@@ -505,22 +476,10 @@ impl Agent {
     async fn poll_desired(&self) -> Option<Desired> {
         let tally = &self.fleet.tally;
         tally.polls.fetch_add(1, Ordering::Relaxed);
-        let query = DesiredQuery {
-            agent_id: self.id.clone(),
-            flag: self.fleet.flag.clone(),
-        };
-        match self.request::<_, Desired>(FleetVerb::Desired, &query).await {
-            Ok(Ok(desired)) => Some(desired),
-            Ok(Err(refusal)) => {
-                if Agent::unknown_agent(&refusal) {
-                    self.register().await;
-                } else {
-                    tally.error(&anyhow::anyhow!("desired refused: {}", refusal.message));
-                }
-                None
-            }
+        match self.client.desired(&self.fleet.flag).await {
+            Ok(desired) => Some(desired),
             Err(error) => {
-                tally.error(&error);
+                tally.error(&anyhow::Error::new(error).context("desired"));
                 None
             }
         }
@@ -528,23 +487,11 @@ impl Agent {
 
     async fn heartbeat(&self) {
         let tally = &self.fleet.tally;
-        let beat = AgentHeartbeat {
-            agent_id: self.id.clone(),
-        };
-        match self
-            .request::<_, AgentAck>(FleetVerb::Heartbeat, &beat)
-            .await
-        {
-            Ok(Ok(_)) => {
+        match self.client.heartbeat().await {
+            Ok(()) => {
                 tally.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Err(refusal)) if Agent::unknown_agent(&refusal) => {
-                self.register().await;
-            }
-            Ok(Err(refusal)) => {
-                tally.error(&anyhow::anyhow!("heartbeat refused: {}", refusal.message));
-            }
-            Err(error) => tally.error(&error),
+            Err(error) => tally.error(&anyhow::Error::new(error).context("heartbeat")),
         }
     }
 
@@ -561,26 +508,19 @@ impl Agent {
             tally.switch(self.running.as_deref(), &desired.variation);
             self.running = Some(desired.variation.clone());
         }
-        let Some(rollout_id) = desired.rollout_id.clone() else {
+        if desired.rollout_id.is_none() {
+            // without a rollout there is nothing to report to
             return;
+        }
+        let reported = if failed {
+            self.client
+                .report_failed(&desired, "simulated failure")
+                .await
+        } else {
+            self.client.report_applied(&desired).await
         };
-        let report = AgentReport {
-            agent_id: self.id.clone(),
-            flag: fleet.flag.clone(),
-            rollout_id: Some(rollout_id),
-            variation: desired.variation.clone(),
-            status: if failed {
-                ReportStatus::Failed
-            } else {
-                ReportStatus::Applied
-            },
-            message: failed.then(|| "simulated failure".to_owned()),
-        };
-        match self
-            .request::<_, AgentAck>(FleetVerb::Report, &report)
-            .await
-        {
-            Ok(Ok(_)) => {
+        match reported {
+            Ok(()) => {
                 let counter = if failed {
                     &tally.failed
                 } else {
@@ -588,10 +528,7 @@ impl Agent {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Err(refusal)) => {
-                tally.error(&anyhow::anyhow!("report refused: {}", refusal.message));
-            }
-            Err(error) => tally.error(&error),
+            Err(error) => tally.error(&anyhow::Error::new(error).context("report")),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! stage membership is computed from labels when counted), `heartbeat` keeps it alive,
 //! `desired` answers which variation it should run given the released stages, and
 //! `report` records that it applied (or failed to apply) a variation, which feeds the
-//! per-stage counts of `rollout_store::fleet::stage_counts`.
+//! per-stage counts of `rollout_store::fleet::stage_counts`. A report counts only if it
+//! can: from a registered agent, for a variation of an existing flag and a rollout of that
+//! flag; anything else is refused and stores nothing.
 //!
 //! An agent is evaluated as the entity `{id: agent_id, labels}` with the labels stored in
 //! Redis (cached for `agent_cache_ttl`), so every replica gives it the same answer. Any
@@ -110,25 +112,31 @@ impl AgentCache {
     }
 }
 
-/// Stage names of label-stage rollouts, by (namespace, rollout id): a plan never changes,
-/// so each is read from Redis once.
+/// What the fleet calls need to know of a rollout: its flag and its stage names. A plan
+/// never changes, so each rollout is read from Redis once; a rollout not found is not
+/// remembered, since it may be created later.
 #[derive(Debug, Default)]
-pub struct StageNames {
-    entries: Mutex<HashMap<(String, String), StageList>>,
+pub struct KnownRollouts {
+    entries: Mutex<HashMap<(String, String), Arc<RolloutFacts>>>,
 }
 
-/// The names of a plan's stages, `unassigned` last.
-type StageList = Arc<Vec<String>>;
+/// The unchanging facts of one rollout.
+#[derive(Debug)]
+struct RolloutFacts {
+    /// The flag it rolls out.
+    flag: String,
+    /// The names of its label stages, `unassigned` last (empty for percentage plans).
+    stage_names: Vec<String>,
+}
 
-impl StageNames {
-    async fn name(
+impl KnownRollouts {
+    async fn facts(
         &self,
         shared: &Shared,
         keys: &Keys,
         namespace: &str,
         rollout_id: &str,
-        stage: usize,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<Arc<RolloutFacts>>, StoreError> {
         let cache_key = (namespace.to_owned(), rollout_id.to_owned());
         let cached = self
             .entries
@@ -136,35 +144,32 @@ impl StageNames {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&cache_key)
             .cloned();
-        let names = match cached {
-            Some(names) => names,
-            None => {
-                let mut connection = shared.redis.clone();
-                let Some(record) =
-                    rollout_store::load_rollout(&mut connection, keys, rollout_id).await?
-                else {
-                    return Ok(None);
-                };
-                let names: StageList = Arc::new(
-                    record
-                        .plan
-                        .steps
-                        .iter()
-                        .filter_map(|step| match &step.audience {
-                            Audience::Stage { name, .. } => Some(name.clone()),
-                            Audience::Share(_) => None,
-                        })
-                        .collect(),
-                );
-                let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-                if entries.len() >= CACHE_LIMIT {
-                    entries.clear();
-                }
-                entries.insert(cache_key, Arc::clone(&names));
-                names
-            }
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let mut connection = shared.redis.clone();
+        let Some(record) = rollout_store::load_rollout(&mut connection, keys, rollout_id).await?
+        else {
+            return Ok(None);
         };
-        Ok(names.get(stage).cloned())
+        let facts = Arc::new(RolloutFacts {
+            flag: record.spec.flag.clone(),
+            stage_names: record
+                .plan
+                .steps
+                .iter()
+                .filter_map(|step| match &step.audience {
+                    Audience::Stage { name, .. } => Some(name.clone()),
+                    Audience::Share(_) => None,
+                })
+                .collect(),
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CACHE_LIMIT {
+            entries.clear();
+        }
+        entries.insert(cache_key, Arc::clone(&facts));
+        Ok(Some(facts))
     }
 }
 
@@ -392,11 +397,13 @@ async fn desired(
     let mut desired = decided.desired;
     if let Some((rollout_id, stage)) = decided.stage {
         match shared
-            .stage_names
-            .name(shared, keys, namespace.as_str(), &rollout_id, stage)
+            .rollouts
+            .facts(shared, keys, namespace.as_str(), &rollout_id)
             .await
         {
-            Ok(name) => desired.stage = name,
+            Ok(facts) => {
+                desired.stage = facts.and_then(|facts| facts.stage_names.get(stage).cloned())
+            }
             Err(error) => {
                 tracing::warn!(%error, rollout = %rollout_id, "stage names unavailable; answering without the stage")
             }
@@ -405,40 +412,74 @@ async fn desired(
     Ok(desired)
 }
 
+/// Records an agent's report after checking that it can count: the agent is registered,
+/// the flag exists and has the variation, and the rollout (named, or the flag's active
+/// one) is a rollout of that flag. A report that fails a check changes nothing.
 async fn report(
     shared: &Shared,
     namespace: &Namespace,
     keys: &Keys,
     report: AgentReport,
 ) -> Result<FleetReply, WireError> {
-    let rollout_id = match &report.rollout_id {
-        Some(rollout_id) => rollout_id.clone(),
-        None => {
-            let active = shared
-                .snapshot
-                .namespace(namespace.as_str())
-                .and_then(|snapshot| {
-                    snapshot.with_flag(&report.flag, |live| {
-                        live.rollout().map(|view| view.rollout_id.clone())
-                    })
-                });
-            match active {
-                Some(Some(rollout_id)) => rollout_id,
-                Some(None) => {
-                    return Err(WireError::failed_precondition(format!(
-                        "flag {} has no active rollout; name the rollout_id the report is for",
-                        report.flag
+    agent_profile(shared, namespace, keys, &report.agent_id).await?;
+    let (has_variation, active) = shared
+        .snapshot
+        .namespace(namespace.as_str())
+        .and_then(|snapshot| {
+            snapshot.with_flag(&report.flag, |live| {
+                (
+                    live.compiled().has_variation(&report.variation),
+                    live.rollout().map(|view| view.rollout_id.clone()),
+                )
+            })
+        })
+        .ok_or_else(|| {
+            WireError::not_found(format!(
+                "flag {} does not exist in namespace {namespace}",
+                report.flag
+            ))
+            .with_field("flag")
+        })?;
+    if !has_variation {
+        return Err(WireError::invalid_argument(
+            "variation",
+            format!(
+                "flag {} has no variation {:?}",
+                report.flag, report.variation
+            ),
+        ));
+    }
+    let rollout_id = match (&report.rollout_id, active) {
+        (Some(named), _) => {
+            let facts = shared
+                .rollouts
+                .facts(shared, keys, namespace.as_str(), named)
+                .await
+                .map_err(|error| error.to_wire())?
+                .ok_or_else(|| {
+                    WireError::not_found(format!(
+                        "rollout {named} does not exist in namespace {namespace}"
                     ))
-                    .with_field("rollout_id"))
-                }
-                None => {
-                    return Err(WireError::not_found(format!(
-                        "flag {} does not exist in namespace {namespace}",
-                        report.flag
-                    ))
-                    .with_field("flag"))
-                }
+                    .with_field("rollout_id")
+                })?;
+            if facts.flag != report.flag {
+                return Err(WireError::invalid_argument(
+                    "rollout_id",
+                    format!(
+                        "rollout {named} rolls out flag {}, not {}",
+                        facts.flag, report.flag
+                    ),
+                ));
             }
+            named.clone()
+        }
+        (None, Some(active)) => active,
+        (None, None) => {
+            return Err(WireError::failed_precondition(format!(
+                "flag {} has no active rollout; name the rollout_id the report is for",
+                report.flag
+            ))
+            .with_field("rollout_id"))
         }
     };
     let stored = match report.status {

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 pub use config::{EvaluatorConfig, EvaluatorSettings, HttpSettings};
 
 use crate::clock::RedisClock;
-use crate::fleet::{AgentCache, StageNames};
+use crate::fleet::{AgentCache, KnownRollouts};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -94,8 +94,11 @@ pub struct Shared {
     default_namespace: String,
     clock: RedisClock,
     agents: AgentCache,
-    stage_names: StageNames,
+    rollouts: KnownRollouts,
     resync_overflow: AtomicBool,
+    /// Redis's generation id (`ro:generation`) when the snapshot was last checked against
+    /// it; `None` before the first load.
+    store_generation: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -149,8 +152,9 @@ impl Evaluator {
             default_namespace: config.http.namespace.clone(),
             clock: RedisClock::default(),
             agents: AgentCache::default(),
-            stage_names: StageNames::default(),
+            rollouts: KnownRollouts::default(),
             resync_overflow: AtomicBool::new(false),
+            store_generation: std::sync::Mutex::new(None),
         });
         let tasks = Tasks::new();
 

@@ -104,17 +104,21 @@ pub enum ResyncReason {
     Reconnect,
     /// Too many resyncs were queued at once; everything was compared instead.
     Overflow,
+    /// Redis lost its data (its generation id changed): every flag was read again and
+    /// replaced, whatever version was held.
+    StoreReset,
 }
 
 impl ResyncReason {
     /// Every reason, in metric order.
-    pub const ALL: [ResyncReason; 6] = [
+    pub const ALL: [ResyncReason; 7] = [
         ResyncReason::Gap,
         ResyncReason::NoSnapshot,
         ResyncReason::Invalid,
         ResyncReason::Periodic,
         ResyncReason::Reconnect,
         ResyncReason::Overflow,
+        ResyncReason::StoreReset,
     ];
 
     /// The metric label.
@@ -126,6 +130,7 @@ impl ResyncReason {
             ResyncReason::Periodic => "periodic",
             ResyncReason::Reconnect => "reconnect",
             ResyncReason::Overflow => "overflow",
+            ResyncReason::StoreReset => "store_reset",
         }
     }
 
@@ -396,6 +401,13 @@ impl SnapshotWriter<'_> {
         if held.is_some_and(|version| state.version() <= version) {
             return false;
         }
+        self.replace(namespace, key, state);
+        true
+    }
+
+    /// Installs `state` for `key` of `namespace` whatever version is held: only for a
+    /// rebuild after Redis lost its data, when the held versions belong to a lost history.
+    pub fn replace(&mut self, namespace: &str, key: &str, state: FlagState) {
         let existing_slot = self.snapshot.namespace(namespace).and_then(|snapshot| {
             let index = snapshot.index.load();
             index.by_key.get(key).cloned()
@@ -410,7 +422,6 @@ impl SnapshotWriter<'_> {
                     .insert(key.to_owned(), Arc::new(state));
             }
         }
-        true
     }
 
     fn publish(&mut self) {

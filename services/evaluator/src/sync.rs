@@ -14,6 +14,13 @@
 //!
 //! Every install goes through the snapshot's version check, so the applier and the
 //! resync worker can race freely: the newer version wins, an older one is dropped.
+//!
+//! The one exception is a lost Redis: versions restart at 1 in an empty Redis, and a
+//! snapshot that refused to go backwards would serve the lost history forever. Every sync
+//! and every `reconnect_check_interval`, [`check_store_generation`] reads `ro:generation`
+//! (created with `SET NX GET` when missing, so it changes only when Redis lost its data);
+//! when it differs from the one the snapshot was loaded under, [`rebuild`] replaces every
+//! flag with what Redis holds now, whatever version was held.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -242,6 +249,22 @@ pub async fn full_sync(shared: &Shared, reason: Option<ResyncReason>) -> Result<
 
 async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Result<(), SyncError> {
     shared.clock.measure(&shared.redis).await?;
+    check_store_generation(shared).await?;
+    let mut first_error = None;
+    for namespace in known_namespaces(shared).await? {
+        if let Err(error) = sync_namespace(shared, &namespace, reason).await {
+            tracing::warn!(%error, namespace = %namespace, "namespace sync failed");
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The namespaces in Redis's registry and those held.
+async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> {
     let mut connection = shared.redis.clone();
     let registered: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys::namespaces())
@@ -255,24 +278,107 @@ async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Resul
             .iter()
             .map(|namespace| namespace.name().to_owned()),
     );
-    let mut first_error = None;
-    for name in names {
-        let namespace = match Namespace::new(name.as_str()) {
-            Ok(namespace) => namespace,
+    Ok(names
+        .into_iter()
+        .filter_map(|name| match Namespace::new(name.as_str()) {
+            Ok(namespace) => Some(namespace),
             Err(error) => {
                 tracing::error!(%error, namespace = %name, "invalid namespace in the registry");
-                continue;
+                None
             }
-        };
-        if let Err(error) = sync_namespace(shared, &namespace, reason).await {
-            tracing::warn!(%error, namespace = %name, "namespace sync failed");
-            first_error.get_or_insert(error);
+        })
+        .collect())
+}
+
+/// Redis's generation id: the stored one, or a fresh one stored now if it was missing.
+async fn read_store_generation(shared: &Shared) -> Result<String, SyncError> {
+    let fresh = format!("{:032x}", rand::random::<u128>());
+    let mut connection = shared.redis.clone();
+    let previous: Option<String> = redis::cmd("SET")
+        .arg(keys::generation())
+        .arg(&fresh)
+        .arg("NX")
+        .arg("GET")
+        .query_async(&mut connection)
+        .await?;
+    Ok(previous.unwrap_or(fresh))
+}
+
+/// Compares Redis's generation id with the one the snapshot was loaded under and, when
+/// Redis lost its data since, [`rebuild`]s the snapshot. The first call only records it.
+/// Returns whether a rebuild happened.
+pub async fn check_store_generation(shared: &Shared) -> Result<bool, SyncError> {
+    let current = read_store_generation(shared).await?;
+    let held = shared
+        .store_generation
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    match &held {
+        Some(held) if *held != current => {
+            tracing::warn!(
+                previous = %held,
+                current = %current,
+                "redis lost its data (its generation changed); rebuilding the snapshot from what it holds now"
+            );
+            rebuild(shared).await?;
         }
+        Some(_) => return Ok(false),
+        None => {}
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(()),
+    let rebuilt = held.is_some();
+    *shared
+        .store_generation
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current);
+    Ok(rebuilt)
+}
+
+/// Reads every flag Redis lists or the snapshot holds and installs what Redis has,
+/// whatever version is held: a flag Redis no longer has becomes deleted at version 0, so
+/// the new history's first version applies. Afterwards each namespace is compared with
+/// Redis once more, which brings up to date any flag whose event was applied while its
+/// read was under way.
+pub async fn rebuild(shared: &Shared) -> Result<(), SyncError> {
+    for namespace in known_namespaces(shared).await? {
+        let keys = Keys::new(&namespace);
+        let mut connection = shared.redis.clone();
+        let listed: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.flags())
+            .query_async(&mut connection)
+            .await?;
+        let mut flags: BTreeSet<String> = listed.into_iter().collect();
+        if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
+            flags.extend(held.versions().into_keys());
+        }
+        let loaded: Vec<(String, Result<Option<FlagState>, SyncError>)> =
+            futures_util::stream::iter(flags)
+                .map(|flag| {
+                    let namespace = &namespace;
+                    async move {
+                        let state = load_state(&shared.redis, namespace, &flag).await;
+                        (flag, state)
+                    }
+                })
+                .buffer_unordered(LOAD_CONCURRENCY)
+                .collect()
+                .await;
+        let mut states = Vec::with_capacity(loaded.len());
+        for (flag, state) in loaded {
+            states.push((flag, state?.unwrap_or(FlagState::Deleted { version: 0 })));
+        }
+        let count = u64::try_from(states.len()).unwrap_or(u64::MAX);
+        {
+            let mut writer = shared.snapshot.writer();
+            writer.ensure_namespace(namespace.as_str());
+            for (flag, state) in states {
+                writer.replace(namespace.as_str(), &flag, state);
+            }
+        }
+        shared.metrics.add_resyncs(ResyncReason::StoreReset, count);
+        sync_namespace(shared, &namespace, None).await?;
     }
+    Ok(())
 }
 
 /// Reads the requested flags again; the newer of what is held and what Redis has wins.
@@ -508,6 +614,11 @@ pub(crate) async fn resync_worker(
                 }
                 if shared.resync_overflow.swap(false, Ordering::Relaxed) {
                     pending_full.get_or_insert(ResyncReason::Overflow);
+                }
+                // one SET NX GET: catches a Redis that lost its data within a check interval
+                if let Err(error) = check_store_generation(&shared).await {
+                    tracing::warn!(%error, "checking redis's generation failed; comparing everything at the next check");
+                    pending_full.get_or_insert(ResyncReason::StoreReset);
                 }
                 if let Some(reason) = pending_full.take() {
                     if let Err(error) = full_sync(&shared, Some(reason)).await {

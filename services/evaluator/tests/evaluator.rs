@@ -12,7 +12,7 @@ use common::*;
 use futures_util::StreamExt;
 use rollout_core::machine::Event;
 use rollout_core::{DurationMs, Flag, RolloutSpec, Timestamp};
-use rollout_store::fleet::load_stage_counts;
+use rollout_store::fleet::{load_reports, load_stage_counts};
 use rollout_store::outcomes::load_outcome_counts;
 use rollout_wire::codec::Encoding;
 use rollout_wire::envelope::ErrorCode;
@@ -287,6 +287,52 @@ async fn a_restarted_replica_converges_to_the_current_state() {
     .expect_err("deleted");
     assert_eq!(missing.code, ErrorCode::NotFound);
     restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_rebuilds_its_snapshot_when_redis_loses_its_data() {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    store.create_flag(NS, checkout_flag("checkout")).await;
+    store.update_flag(NS, checkout_flag("checkout")).await;
+    let old_version = store.update_flag(NS, checkout_flag("checkout")).await;
+    store.create_flag(NS, checkout_flag("lost")).await;
+    let replica = start(servers.config()).await;
+    assert_eq!(replica.served_version(NS, "checkout"), Some(old_version));
+    assert!(old_version > 1);
+
+    // no persistence: Redis comes back empty and versions start again at 1
+    servers.redis.restart().expect("redis restarts");
+    let store = servers.store().await;
+    let mut recreated = checkout_flag("checkout");
+    recreated.default = rollout_core::Serve::variation("on");
+    let new_version = store.create_flag(NS, recreated).await;
+    assert_eq!(new_version, 1, "a new history");
+    eventually("the replica serves the new history", || async {
+        replica.served_version(NS, "checkout") == Some(new_version)
+            && replica.served_version(NS, "lost").is_none()
+    })
+    .await;
+    let client = servers.client().await;
+    let reply = eval(
+        &client,
+        NS,
+        &serde_json::json!({"flag": "checkout", "entity": {"id": "u-1"}}),
+        Encoding::Json,
+    )
+    .await
+    .expect("evaluates");
+    assert_eq!(
+        (reply["variation"].as_str(), reply["version"].as_u64()),
+        (Some("on"), Some(1))
+    );
+    // and the new history goes on as usual from there
+    let next = store.update_flag(NS, checkout_flag("checkout")).await;
+    eventually("the next version is applied", || async {
+        replica.served_version(NS, "checkout") == Some(next)
+    })
+    .await;
+    replica.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -838,6 +884,75 @@ async fn fleet_agents_get_the_candidate_only_in_released_stages() {
     report("edge-1", "v2", "applied").await.expect("report");
     report("edge-4", "v2", "failed").await.expect("report");
 
+    // reports that cannot count are refused and store nothing
+    let refused = |body: serde_json::Value| {
+        let client = client.clone();
+        let subject = fleet(FleetVerb::Report);
+        async move {
+            request(&client, subject, &body, Encoding::Json)
+                .await
+                .expect_err("refused report")
+        }
+    };
+    let ghost = refused(
+        serde_json::json!({"agent_id": "ghost", "flag": "agent-version",
+        "variation": "v2", "status": "applied"}),
+    )
+    .await;
+    assert_eq!(
+        (ghost.code, ghost.field.as_deref()),
+        (ErrorCode::NotFound, Some("agent_id"))
+    );
+    let no_variation = refused(
+        serde_json::json!({"agent_id": "edge-3", "flag": "agent-version",
+        "variation": "v9", "status": "applied"}),
+    )
+    .await;
+    assert_eq!(
+        (no_variation.code, no_variation.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("variation"))
+    );
+    let no_flag = refused(serde_json::json!({"agent_id": "edge-3", "flag": "nope",
+        "variation": "v2", "status": "applied"}))
+    .await;
+    assert_eq!(
+        (no_flag.code, no_flag.field.as_deref()),
+        (ErrorCode::NotFound, Some("flag"))
+    );
+    let no_rollout = refused(
+        serde_json::json!({"agent_id": "edge-3", "flag": "agent-version",
+        "rollout_id": "r-nope", "variation": "v2", "status": "applied"}),
+    )
+    .await;
+    assert_eq!(
+        (no_rollout.code, no_rollout.field.as_deref()),
+        (ErrorCode::NotFound, Some("rollout_id"))
+    );
+    let mut other_flag = fleet_flag();
+    other_flag.key = "other".to_owned();
+    store.create_flag(NS, other_flag).await;
+    eventually("the other flag is served", || async {
+        replica.served_version(NS, "other").is_some()
+    })
+    .await;
+    let foreign = refused(serde_json::json!({"agent_id": "edge-3", "flag": "other",
+        "rollout_id": rollout_id, "variation": "v2", "status": "applied"}))
+    .await;
+    assert_eq!(
+        (foreign.code, foreign.field.as_deref()),
+        (ErrorCode::InvalidArgument, Some("rollout_id"))
+    );
+    let mut connection = store.redis.clone();
+    let keys = Keys::new(&namespace(NS));
+    let stored = load_reports(&mut connection, &keys, &rollout_id)
+        .await
+        .expect("reports");
+    assert_eq!(
+        stored.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["edge-1", "edge-4"]),
+        "only the accepted reports are stored"
+    );
+
     let version = store.rollout_event(NS, &rollout_id, Event::Continue).await;
     eventually("the second stage is released", || async {
         replica.served_version(NS, "agent-version") == Some(version)
@@ -881,8 +996,6 @@ async fn fleet_agents_get_the_candidate_only_in_released_stages() {
 
     // the counts the planner's status query shows, from what the evaluator stored
     let record = store.rollout_record(NS, &rollout_id).await;
-    let mut connection = store.redis.clone();
-    let keys = Keys::new(&namespace(NS));
     let now = store.now().await;
     let counts = load_stage_counts(
         &mut connection,

@@ -117,38 +117,49 @@ impl Handler {
     }
 
     /// Handles one message of the durable command stream: executes it exactly once by its
-    /// command id (the stream sequence stands in when the command has none), publishes the
-    /// outcome on `rollout.outcome.<command_id>`, then acknowledges. A transient failure
+    /// command id (the stream sequence stands in as `js-<sequence>` when the command has
+    /// none), publishes the outcome on `rollout.outcome.<command_id>`, then acknowledges. A
+    /// message that is not a command at all is answered too, with its error, on the outcome
+    /// subject of the id that can still be read from it, else of `js-<sequence>` (the
+    /// sequence its publisher got in the stream's acknowledgement). A transient failure
     /// (Redis unreachable) is not acknowledged, so the stream redelivers it.
     pub async fn handle_queued(&self, message: jetstream::Message) {
         let encoding = encoding_of(message.headers.as_ref());
         let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
         let span = tracing::info_span!("planner.queued_command", subject = %message.subject, sequence, code = tracing::field::Empty);
         set_remote_parent(&span, message.headers.as_ref());
-        let outcome = async {
-            let (namespace, verb) = match self.subjects.parse(&message.subject) {
-                Ok(Route::QueuedCommand { namespace, verb }) => (namespace, verb),
-                Ok(_) => {
-                    return (
-                        None,
-                        Err(WireError::invalid_argument(
-                            "subject",
-                            "not a queued command subject",
-                        )),
-                    )
-                }
-                Err(error) => return (None, Err(error.into())),
+        let stand_in = format!("js-{sequence}");
+        let answer_to = |salvaged: Option<String>| {
+            salvaged
+                .filter(|id| self.subjects.outcome(id).is_ok())
+                .unwrap_or_else(|| stand_in.clone())
+        };
+        let (command_id, result) = async {
+            let verb = match self.subjects.parse(&message.subject) {
+                Ok(Route::QueuedCommand { verb, namespace }) => Ok((namespace, verb)),
+                Ok(_) => Err(WireError::invalid_argument(
+                    "subject",
+                    "not a queued command subject",
+                )),
+                Err(error) => Err(error.into()),
             };
-            let mut command = match Command::decode(verb, &message.payload, encoding) {
-                Ok(command) => command,
-                Err(error) => return (None, Err(error.into())),
+            let decoded = verb.and_then(|(namespace, verb)| {
+                Command::decode(verb, &message.payload, encoding)
+                    .map(|command| (namespace, command))
+                    .map_err(WireError::from)
+            });
+            let (namespace, mut command) = match decoded {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let salvaged = Command::salvage_command_id(&message.payload, encoding);
+                    return (answer_to(salvaged), Err(error));
+                }
             };
             let command_id = match command.command_id() {
                 Some(id) => id.to_owned(),
                 None => {
-                    let stand_in = format!("js-{sequence}");
                     command.set_command_id(stand_in.clone());
-                    stand_in
+                    stand_in.clone()
                 }
             };
             let result = self
@@ -159,11 +170,10 @@ impl Handler {
                     command_traceparent(message.headers.as_ref()),
                 )
                 .await;
-            (Some((namespace, command_id)), result)
+            (command_id, result)
         }
         .instrument(span.clone())
         .await;
-        let (identity, result) = outcome;
         if let Err(error) = &result {
             span.record("code", error.code.as_str());
             if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Internal) {
@@ -177,26 +187,24 @@ impl Handler {
                 return;
             }
         }
-        match identity {
-            Some((_namespace, command_id)) => match self.subjects.outcome(&command_id) {
-                Ok(subject) => {
-                    let payload = encode_reply(&result, encoding);
-                    if let Err(error) = self
-                        .nats
-                        .publish_with_headers(subject, reply_headers(encoding), payload.into())
-                        .await
-                    {
-                        // not acknowledged: the redelivery finds the stored outcome and publishes it again
-                        tracing::warn!(%error, "outcome publish failed");
-                        return;
-                    }
+        // an id that cannot be a subject token (validation refused the command) is answered
+        // on the stand-in, like a command without one
+        let command_id = answer_to(Some(command_id));
+        match self.subjects.outcome(&command_id) {
+            Ok(subject) => {
+                let payload = encode_reply(&result, encoding);
+                if let Err(error) = self
+                    .nats
+                    .publish_with_headers(subject, reply_headers(encoding), payload.into())
+                    .await
+                {
+                    // not acknowledged: the redelivery finds the stored outcome and publishes it again
+                    tracing::warn!(%error, "outcome publish failed");
+                    return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, %command_id, "command id cannot name an outcome subject")
-                }
-            },
-            None => {
-                tracing::warn!(sequence, error = ?result.as_ref().err(), "undecodable queued command dropped")
+            }
+            Err(error) => {
+                tracing::warn!(%error, %command_id, "no outcome subject can be named; the outcome is only logged")
             }
         }
         if let Err(error) = message.ack().await {

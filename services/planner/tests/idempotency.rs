@@ -103,3 +103,62 @@ async fn queued_commands_are_applied_once_and_answered_on_their_outcome_subject(
     let flag = cluster.query("flag.get", json!({"key": "queued"})).await;
     assert_eq!(ok(&flag)["version"], json!(1), "applied exactly once");
 }
+
+#[tokio::test]
+async fn queued_messages_that_are_not_commands_are_answered_and_change_nothing() {
+    let cluster = Cluster::start(1).await;
+    let mut outcomes = cluster
+        .client
+        .subscribe("rollout.outcome.>")
+        .await
+        .expect("subscribe");
+    cluster.client.flush().await.expect("flush");
+    let dump = cluster.dump().await;
+    let jetstream = async_nats::jetstream::new(cluster.client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    let publish = |body: &'static [u8]| {
+        let jetstream = jetstream.clone();
+        let headers = headers.clone();
+        async move {
+            jetstream
+                .publish_with_headers("rollout.cmdq.test.flag.create", headers, body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored in the stream")
+                .sequence
+        }
+    };
+    // a readable id names the outcome subject even though the body is not a command
+    publish(br#"{"command_id": "bad-1", "flag": 5}"#).await;
+    // without one, the stream sequence the publisher was acknowledged with stands in
+    let sequence = publish(b"not a command at all").await;
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 2 {
+        let message = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut outcomes),
+        )
+        .await
+        .expect("outcome within 20 s")
+        .expect("subscription open");
+        let outcome =
+            serde_json::from_slice::<serde_json::Value>(&message.payload).expect("json outcome");
+        answered.insert(message.subject.to_string(), error(&outcome).0);
+    }
+    assert_eq!(
+        answered,
+        std::collections::BTreeMap::from([
+            (
+                "rollout.outcome.bad-1".to_owned(),
+                "invalid_argument".to_owned()
+            ),
+            (
+                format!("rollout.outcome.js-{sequence}"),
+                "invalid_argument".to_owned()
+            ),
+        ])
+    );
+    assert_eq!(cluster.dump().await, dump, "nothing changed");
+}

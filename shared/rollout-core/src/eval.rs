@@ -445,6 +445,11 @@ impl CompiledFlag {
         self.version
     }
 
+    /// Whether the flag has a variation with this id.
+    pub fn has_variation(&self, id: &str) -> bool {
+        self.variation_ids.iter().any(|known| known == id)
+    }
+
     /// Which variation `entity` gets, and why.
     pub fn evaluate<'a>(&'a self, entity: &Entity) -> Evaluation<'a> {
         if !self.enabled {

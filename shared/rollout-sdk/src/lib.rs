@@ -9,6 +9,9 @@
 //! - [`openfeature::RolloutProvider`] (feature `openfeature`, on by default): the same
 //!   evaluations behind the standard OpenFeature API.
 //! - [`EventSubscription`]: change events of a flag or a namespace, decoded.
+//! - [`FleetAgent`]: a fleet machine's calls on `rollout.fleet.<ns>` — register with labels,
+//!   heartbeat, which variation to run, applied/failed reports — registering again on its
+//!   own when the evaluators have forgotten it.
 //!
 //! Errors are one [`Error`] type carrying the wire error (a stable [`ErrorCode`], a message,
 //! the field at fault) and an [`ErrorKind`] telling a refusal from a missing answer.
@@ -42,6 +45,7 @@ pub mod commands;
 pub mod error;
 pub mod eval;
 pub mod events;
+pub mod fleet;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
 pub mod transport;
@@ -51,10 +55,11 @@ pub use commands::{CommandClient, CommandOutcome, QueryOutcome};
 pub use error::{Error, ErrorKind, Result};
 pub use eval::{EvalClient, EvalClientBuilder};
 pub use events::{decode_event, EventSubscription};
+pub use fleet::FleetAgent;
 pub use transport::{new_command_id, RequestOptions};
 
-pub use rollout_core::{AttributeValue, Entity, Flag, Reason, RolloutSpec};
+pub use rollout_core::{AttributeValue, Attributes, Entity, Flag, Labels, Reason, RolloutSpec};
 pub use rollout_wire::{
-    ChangeEvent, Encoding, ErrorCode, EvalMany, EvalResult, Namespace, Outcome, OutcomeReport,
-    Subjects, WireError,
+    ChangeEvent, Desired, Encoding, ErrorCode, EvalMany, EvalResult, Namespace, Outcome,
+    OutcomeReport, Subjects, WireError,
 };

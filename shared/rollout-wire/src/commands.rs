@@ -272,6 +272,20 @@ impl Command {
         Command::decode_with(verb, bytes, encoding, Limits::REQUESTS)
     }
 
+    /// The `command_id` of a body that does not decode as a command, when a string one can
+    /// still be read from it (other fields are ignored), so that even a refused command from
+    /// the durable stream is answered on its own outcome subject.
+    pub fn salvage_command_id(bytes: &[u8], encoding: Encoding) -> Option<String> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            #[serde(default)]
+            command_id: Option<String>,
+        }
+        codec::decode_with::<IdOnly>(bytes, encoding, Limits::REQUESTS)
+            .ok()?
+            .command_id
+    }
+
     /// [`Command::decode`] under explicit limits.
     pub fn decode_with(
         verb: CommandVerb,
@@ -556,5 +570,24 @@ mod tests {
             .details
             .iter()
             .any(|detail| detail.field == "flag.off_variation"));
+    }
+
+    #[test]
+    fn a_command_id_is_salvaged_from_bodies_that_do_not_decode() {
+        let body = br#"{"command_id": "c-7", "flag": 5, "extra": [1, 2]}"#;
+        assert!(Command::decode(CommandVerb::FlagCreate, body, Encoding::Json).is_err());
+        assert_eq!(
+            Command::salvage_command_id(body, Encoding::Json).as_deref(),
+            Some("c-7")
+        );
+        let packed = rmp_serde::to_vec_named(&serde_json::json!({"command_id": "c-8", "x": true}))
+            .expect("msgpack");
+        assert_eq!(
+            Command::salvage_command_id(&packed, Encoding::MessagePack).as_deref(),
+            Some("c-8")
+        );
+        for hopeless in [&b"not json"[..], br#"{"command_id": 7}"#, br#"[1, 2]"#, b""] {
+            assert_eq!(Command::salvage_command_id(hopeless, Encoding::Json), None);
+        }
     }
 }

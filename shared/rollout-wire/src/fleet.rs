@@ -91,7 +91,11 @@ pub enum ReportStatus {
 }
 
 /// `rollout.fleet.<ns>.report`: the agent applied (or failed to apply) a variation. Reply:
-/// [`AgentAck`].
+/// [`AgentAck`]. Refused, changing nothing, when the agent is not registered (`not_found`),
+/// the flag does not exist (`not_found`) or has no such variation (`invalid_argument`), the
+/// named rollout does not exist (`not_found`) or rolls out another flag
+/// (`invalid_argument`), or no rollout is named and the flag has none active
+/// (`failed_precondition`).
 #[doc = shape_doc!("agent_report")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,10 +17,11 @@
 //! | `ro:{ns}:rollout:<id>:stage:<n>:members` | set | agent ids in stage n |
 //! | `ro:{ns}:rollout:<id>:reports` | hash | agent id → applied / failed |
 //! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | outcome counters of one window |
-//! | `ro:namespaces` | set | every namespace (the one untagged key) |
+//! | `ro:namespaces` | set | every namespace (untagged) |
+//! | `ro:generation` | string | a random id that vanishes only with Redis's data (untagged) |
 //! | `ro:{ticker}:lease` / `ro:{ticker}:epoch` | string / counter | the ticker leader's lease and its rising epoch |
 //!
-//! **Architecture Invariant:** apart from [`namespaces`], every key built by [`Keys`] has
+//! **Architecture Invariant:** apart from [`namespaces`] and [`generation`], every key built by [`Keys`] has
 //! the hash tag of its namespace and no other `{`.
 
 use rollout_core::Timestamp;
@@ -34,6 +35,15 @@ pub const KEY_PREFIX: &str = "ro:";
 /// is never touched by a namespace's scripts).
 pub fn namespaces() -> String {
     format!("{KEY_PREFIX}namespaces")
+}
+
+/// `ro:generation`: a random id created (`SET NX`) by the first evaluator that finds it
+/// missing. It disappears only with the rest of Redis's data, so an evaluator that finds a
+/// different id than the one it loaded under knows the versions it holds belong to a lost
+/// history, and rebuilds its snapshot from what Redis holds now. Untagged like
+/// [`namespaces`]: no script touches it.
+pub fn generation() -> String {
+    format!("{KEY_PREFIX}generation")
 }
 
 /// `ro:{ticker}:lease`: the ticker leader's lease, a string `<replica id>:<epoch>` with a
