@@ -156,15 +156,7 @@ async fn load_and_install(
     namespace: &Namespace,
     flags: Vec<String>,
 ) -> Result<usize, SyncError> {
-    let loaded: Vec<(String, Result<Option<FlagState>, SyncError>)> =
-        futures_util::stream::iter(flags)
-            .map(|flag| async move {
-                let state = load_state(&shared.redis, namespace, &flag).await;
-                (flag, state)
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .collect()
-            .await;
+    let loaded = load_states(shared, namespace, flags).await;
     let mut first_error = None;
     let mut installed = 0;
     let mut writer = shared.snapshot.writer();
@@ -190,6 +182,45 @@ async fn load_and_install(
     }
 }
 
+/// Reads the state of each of `flags`, [`LOAD_CONCURRENCY`] at a time.
+async fn load_states(
+    shared: &Shared,
+    namespace: &Namespace,
+    flags: impl IntoIterator<Item = String>,
+) -> Vec<(String, Result<Option<FlagState>, SyncError>)> {
+    futures_util::stream::iter(flags)
+        .map(|flag| async move {
+            let state = load_state(&shared.redis, namespace, &flag).await;
+            (flag, state)
+        })
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The flags Redis lists for `namespace` and those the snapshot holds (deletions included
+/// when `with_deleted`).
+async fn known_flags(
+    shared: &Shared,
+    namespace: &Namespace,
+    with_deleted: bool,
+) -> Result<BTreeSet<String>, SyncError> {
+    let mut connection = shared.redis.clone();
+    let listed: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(Keys::new(namespace).flags())
+        .query_async(&mut connection)
+        .await?;
+    let mut flags: BTreeSet<String> = listed.into_iter().collect();
+    if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
+        if with_deleted {
+            flags.extend(held.versions().into_keys());
+        } else {
+            flags.extend(held.live_keys());
+        }
+    }
+    Ok(flags)
+}
+
 /// Compares every flag of `namespace` (those Redis lists and those held) with its
 /// revision in Redis and reads again the ones held behind. Counts them as resyncs for
 /// `reason` (`None` for the first load). Returns how many were behind.
@@ -200,15 +231,10 @@ pub async fn sync_namespace(
 ) -> Result<usize, SyncError> {
     let keys = Keys::new(namespace);
     let mut connection = shared.redis.clone();
-    let listed: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys.flags())
-        .query_async(&mut connection)
-        .await?;
-    let mut candidates: BTreeSet<String> = listed.into_iter().collect();
-    if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
-        candidates.extend(held.live_keys());
-    }
-    let candidates: Vec<String> = candidates.into_iter().collect();
+    let candidates: Vec<String> = known_flags(shared, namespace, false)
+        .await?
+        .into_iter()
+        .collect();
     let mut behind = Vec::new();
     for chunk in candidates.chunks(REVISION_CHUNK) {
         let mut pipe = redis::pipe();
@@ -341,28 +367,8 @@ pub async fn check_store_generation(shared: &Shared) -> Result<bool, SyncError> 
 /// read was under way.
 pub async fn rebuild(shared: &Shared) -> Result<(), SyncError> {
     for namespace in known_namespaces(shared).await? {
-        let keys = Keys::new(&namespace);
-        let mut connection = shared.redis.clone();
-        let listed: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys.flags())
-            .query_async(&mut connection)
-            .await?;
-        let mut flags: BTreeSet<String> = listed.into_iter().collect();
-        if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
-            flags.extend(held.versions().into_keys());
-        }
-        let loaded: Vec<(String, Result<Option<FlagState>, SyncError>)> =
-            futures_util::stream::iter(flags)
-                .map(|flag| {
-                    let namespace = &namespace;
-                    async move {
-                        let state = load_state(&shared.redis, namespace, &flag).await;
-                        (flag, state)
-                    }
-                })
-                .buffer_unordered(LOAD_CONCURRENCY)
-                .collect()
-                .await;
+        let flags = known_flags(shared, &namespace, true).await?;
+        let loaded = load_states(shared, &namespace, flags).await;
         let mut states = Vec::with_capacity(loaded.len());
         for (flag, state) in loaded {
             states.push((flag, state?.unwrap_or(FlagState::Deleted { version: 0 })));

@@ -55,45 +55,71 @@ async fn a_refusal_stands_for_its_command_id() {
     assert_eq!(ok(&status)["state"], json!("paused"));
 }
 
-#[tokio::test]
-async fn queued_commands_are_applied_once_and_answered_on_their_outcome_subject() {
-    let cluster = Cluster::start(1).await;
-    let mut outcomes = cluster
+/// Publishes JSON bodies to the durable command stream, as automation would.
+struct Queue {
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl Queue {
+    fn new(cluster: &Cluster) -> Queue {
+        Queue {
+            jetstream: async_nats::jetstream::new(cluster.client.clone()),
+        }
+    }
+
+    /// Publishes `body` as a `flag.create` command; returns its stream sequence.
+    async fn flag_create(&self, body: Vec<u8>) -> u64 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        self.jetstream
+            .publish_with_headers("rollout.cmdq.test.flag.create", headers, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in the stream")
+            .sequence
+    }
+}
+
+/// Subscribes to every outcome subject before anything is queued.
+async fn outcomes(cluster: &Cluster) -> async_nats::Subscriber {
+    let subscriber = cluster
         .client
         .subscribe("rollout.outcome.>")
         .await
         .expect("subscribe");
     cluster.client.flush().await.expect("flush");
-    let jetstream = async_nats::jetstream::new(cluster.client.clone());
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", "application/json");
+    subscriber
+}
+
+/// The next outcome: its subject and its JSON body.
+async fn next_outcome(outcomes: &mut async_nats::Subscriber) -> (String, serde_json::Value) {
+    let message = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        futures_util::StreamExt::next(outcomes),
+    )
+    .await
+    .expect("outcome within 20 s")
+    .expect("subscription open");
+    let body = serde_json::from_slice(&message.payload).expect("json outcome");
+    (message.subject.to_string(), body)
+}
+
+#[tokio::test]
+async fn queued_commands_are_applied_once_and_answered_on_their_outcome_subject() {
+    let cluster = Cluster::start(1).await;
+    let mut outcomes = outcomes(&cluster).await;
+    let queue = Queue::new(&cluster);
     let body = serde_json::to_vec(&json!({"command_id": "q-1", "flag": flag_body("queued")}))
         .expect("json");
     for _ in 0..2 {
-        jetstream
-            .publish_with_headers(
-                "rollout.cmdq.test.flag.create",
-                headers.clone(),
-                body.clone().into(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("stored in the stream");
+        queue.flag_create(body.clone()).await;
     }
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let message = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            futures_util::StreamExt::next(&mut outcomes),
-        )
-        .await
-        .expect("outcome within 20 s")
-        .expect("subscription open");
-        assert_eq!(message.subject.as_str(), "rollout.outcome.q-1");
-        seen.push(
-            serde_json::from_slice::<serde_json::Value>(&message.payload).expect("json outcome"),
-        );
+        let (subject, outcome) = next_outcome(&mut outcomes).await;
+        assert_eq!(subject, "rollout.outcome.q-1");
+        seen.push(outcome);
     }
     assert_eq!(
         seen[0], seen[1],
@@ -107,45 +133,19 @@ async fn queued_commands_are_applied_once_and_answered_on_their_outcome_subject(
 #[tokio::test]
 async fn queued_messages_that_are_not_commands_are_answered_and_change_nothing() {
     let cluster = Cluster::start(1).await;
-    let mut outcomes = cluster
-        .client
-        .subscribe("rollout.outcome.>")
-        .await
-        .expect("subscribe");
-    cluster.client.flush().await.expect("flush");
+    let mut outcomes = outcomes(&cluster).await;
     let dump = cluster.dump().await;
-    let jetstream = async_nats::jetstream::new(cluster.client.clone());
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", "application/json");
-    let publish = |body: &'static [u8]| {
-        let jetstream = jetstream.clone();
-        let headers = headers.clone();
-        async move {
-            jetstream
-                .publish_with_headers("rollout.cmdq.test.flag.create", headers, body.into())
-                .await
-                .expect("publish")
-                .await
-                .expect("stored in the stream")
-                .sequence
-        }
-    };
+    let queue = Queue::new(&cluster);
     // a readable id names the outcome subject even though the body is not a command
-    publish(br#"{"command_id": "bad-1", "flag": 5}"#).await;
+    queue
+        .flag_create(br#"{"command_id": "bad-1", "flag": 5}"#.to_vec())
+        .await;
     // without one, the stream sequence the publisher was acknowledged with stands in
-    let sequence = publish(b"not a command at all").await;
+    let sequence = queue.flag_create(b"not a command at all".to_vec()).await;
     let mut answered = std::collections::BTreeMap::new();
     while answered.len() < 2 {
-        let message = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            futures_util::StreamExt::next(&mut outcomes),
-        )
-        .await
-        .expect("outcome within 20 s")
-        .expect("subscription open");
-        let outcome =
-            serde_json::from_slice::<serde_json::Value>(&message.payload).expect("json outcome");
-        answered.insert(message.subject.to_string(), error(&outcome).0);
+        let (subject, outcome) = next_outcome(&mut outcomes).await;
+        answered.insert(subject, error(&outcome).0);
     }
     assert_eq!(
         answered,
