@@ -290,8 +290,9 @@ impl Wave {
     /// Seeds the wave; returns the first due time.
     async fn seed(&self, seeder: &Seeder, namespace: &Namespace) -> anyhow::Result<Timestamp> {
         let now = seeder.now().await?;
-        // room for the set-up (about 0.1 ms per rollout on 2 cores) and the leader's start
-        let margin_ms = 4_000 + i64::from(self.count) * 3 / 20;
+        // room for the set-up (0.1–0.2 ms per rollout on a 2-core machine, more when it is
+        // busy) and the leader's start
+        let margin_ms = 4_000 + i64::from(self.count) * 3 / 10;
         let first_due = Timestamp::from_millis(now.as_millis() + margin_ms);
         let started = Instant::now();
         seeder

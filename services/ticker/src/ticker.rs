@@ -284,6 +284,11 @@ impl Ticker {
         round.looked_at = work.len();
         let epoch = term.epoch;
         let fenced = Arc::new(AtomicBool::new(false));
+        // `now` was read from Redis before the batch; under a backlog a rollout is fired
+        // later in the round, and its transition is stamped with the Redis time advanced
+        // by the monotonic time since (never ahead of the real time: the clock started
+        // after `now` was read)
+        let round_started = Instant::now();
         // every future owns what it uses, so the stream is `Send` for any caller
         let results: Vec<(String, Result<Fired, rollout_store::StoreError>)> =
             futures_util::stream::iter(work)
@@ -296,6 +301,9 @@ impl Ticker {
                         if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
                             return (rollout_id, Ok(Fired::Conflict));
                         }
+                        let elapsed =
+                            i64::try_from(round_started.elapsed().as_millis()).unwrap_or(i64::MAX);
+                        let now = now.plus(DurationMs::from_millis(elapsed));
                         let fired =
                             fire(&context, &namespace, &keys, epoch, &rollout_id, now).await;
                         if matches!(fired, Ok(Fired::Fenced)) {

@@ -136,50 +136,92 @@ pub async fn connect_nats(
         return Err(invalid("no server url".to_owned()));
     }
 
-    let deadline = Instant::now() + settings.connect_timeout;
+    let connected = retry_until_deadline(
+        Backend::Nats,
+        &settings.url,
+        settings.connect_timeout,
+        |_attempt_timeout| async {
+            let options = match nats_options(settings, &name).await {
+                Ok(options) => options,
+                Err(message) => return Attempt::Fatal(ConnectErrorKind::InvalidSettings, message),
+            };
+            match options.connect(addresses.clone()).await {
+                Ok(client) => Attempt::Connected(client),
+                Err(error) => match nats_fatal_kind(error.kind()) {
+                    Some(kind) => Attempt::Fatal(kind, error.to_string()),
+                    None => Attempt::Transient(nats_error_message(&error)),
+                },
+            }
+        },
+    )
+    .await?;
+    tracing::info!(
+        url = %redact_url(&settings.url),
+        client = %name,
+        attempts = connected.attempts,
+        "connected to nats"
+    );
+    Ok(connected.value)
+}
+
+/// What one start-up connection attempt ended with.
+enum Attempt<T> {
+    /// Connected.
+    Connected(T),
+    /// Refused in a way retrying would not change.
+    Fatal(ConnectErrorKind, String),
+    /// Not reachable (yet): worth another attempt.
+    Transient(String),
+}
+
+/// A connection and how many attempts it took.
+struct Connected<T> {
+    value: T,
+    attempts: u32,
+}
+
+/// Runs `attempt` (given the time it may take) until it connects, fails fatally, or
+/// `connect_timeout` would pass before the next try; pauses between attempts double from
+/// [`FIRST_RETRY_DELAY`] up to [`MAX_RETRY_DELAY`].
+async fn retry_until_deadline<T, F, Fut>(
+    backend: Backend,
+    url: &str,
+    connect_timeout: Duration,
+    mut attempt: F,
+) -> Result<Connected<T>, ConnectError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Attempt<T>>,
+{
+    let deadline = Instant::now() + connect_timeout;
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempts = 0_u32;
     loop {
         attempts += 1;
         let attempt_timeout = attempt_timeout(deadline);
-        let options = nats_options(settings, &name).await.map_err(invalid)?;
-        let last_error =
-            match tokio::time::timeout(attempt_timeout, options.connect(addresses.clone())).await {
-                Ok(Ok(client)) => {
-                    tracing::info!(
-                        url = %redact_url(&settings.url),
-                        client = %name,
-                        attempts,
-                        "connected to nats"
-                    );
-                    return Ok(client);
-                }
-                Ok(Err(error)) => {
-                    if let Some(kind) = nats_fatal_kind(error.kind()) {
-                        return Err(ConnectError::new(
-                            Backend::Nats,
-                            &settings.url,
-                            kind,
-                            error.to_string(),
-                        ));
-                    }
-                    nats_error_message(&error)
-                }
-                Err(_elapsed) => "connection attempt timed out".to_owned(),
-            };
+        let last_error = match tokio::time::timeout(attempt_timeout, attempt(attempt_timeout)).await
+        {
+            Ok(Attempt::Connected(value)) => return Ok(Connected { value, attempts }),
+            Ok(Attempt::Fatal(kind, message)) => {
+                return Err(ConnectError::new(backend, url, kind, message))
+            }
+            Ok(Attempt::Transient(message)) => message,
+            Err(_elapsed) => "connection attempt timed out".to_owned(),
+        };
         if Instant::now() + delay >= deadline {
             return Err(ConnectError::new(
-                Backend::Nats,
-                &settings.url,
+                backend,
+                url,
                 ConnectErrorKind::Unreachable,
-                gave_up(settings.connect_timeout, attempts, &last_error),
+                gave_up(connect_timeout, attempts, &last_error),
             ));
         }
         tracing::debug!(
-            url = %redact_url(&settings.url),
+            url = %redact_url(url),
+            %backend,
             attempts,
             error = %last_error,
-            "nats not reachable yet, retrying"
+            "server not reachable yet, retrying"
         );
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
@@ -326,66 +368,42 @@ pub async fn connect_redis_with(
     client: &redis::Client,
     settings: &RedisSettings,
 ) -> Result<ConnectionManager, ConnectError> {
-    let deadline = Instant::now() + settings.connect_timeout;
-    let mut delay = FIRST_RETRY_DELAY;
-    let mut attempts = 0_u32;
-    loop {
-        attempts += 1;
-        let attempt_timeout = attempt_timeout(deadline);
-        let attempt = async {
-            // a plain connection first: the manager retries internally and
-            // would hide "connection refused" behind a timeout
-            let probe_config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(attempt_timeout))
-                .set_response_timeout(Some(settings.response_timeout));
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(&probe_config)
-                .await?;
-            redis::cmd("PING").query_async::<String>(&mut probe).await?;
-            drop(probe);
-            // kept for every reconnection, like the NATS connection timeout
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(per_connection_timeout(settings.connect_timeout)))
-                .set_response_timeout(Some(settings.response_timeout))
-                .set_number_of_retries(MANAGER_RECONNECT_RETRIES)
-                .set_max_delay(MAX_RETRY_DELAY);
-            ConnectionManager::new_with_config(client.clone(), manager_config).await
-        };
-        let last_error = match tokio::time::timeout(attempt_timeout, attempt).await {
-            Ok(Ok(manager)) => {
-                tracing::info!(url = %redact_url(&settings.url), attempts, "connected to redis");
-                return Ok(manager);
-            }
-            Ok(Err(error)) => {
-                if !redis_error_is_transient(&error) {
-                    return Err(ConnectError::new(
-                        Backend::Redis,
-                        &settings.url,
-                        ConnectErrorKind::Rejected,
-                        error.to_string(),
-                    ));
+    let connected = retry_until_deadline(
+        Backend::Redis,
+        &settings.url,
+        settings.connect_timeout,
+        |attempt_timeout| async move {
+            let attempt = async {
+                // a plain connection first: the manager retries internally and
+                // would hide "connection refused" behind a timeout
+                let probe_config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(attempt_timeout))
+                    .set_response_timeout(Some(settings.response_timeout));
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(&probe_config)
+                    .await?;
+                redis::cmd("PING").query_async::<String>(&mut probe).await?;
+                drop(probe);
+                // kept for every reconnection, like the NATS connection timeout
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(per_connection_timeout(settings.connect_timeout)))
+                    .set_response_timeout(Some(settings.response_timeout))
+                    .set_number_of_retries(MANAGER_RECONNECT_RETRIES)
+                    .set_max_delay(MAX_RETRY_DELAY);
+                ConnectionManager::new_with_config(client.clone(), manager_config).await
+            };
+            match attempt.await {
+                Ok(manager) => Attempt::Connected(manager),
+                Err(error) if redis_error_is_transient(&error) => {
+                    Attempt::Transient(error.to_string())
                 }
-                error.to_string()
+                Err(error) => Attempt::Fatal(ConnectErrorKind::Rejected, error.to_string()),
             }
-            Err(_elapsed) => "connection attempt timed out".to_owned(),
-        };
-        if Instant::now() + delay >= deadline {
-            return Err(ConnectError::new(
-                Backend::Redis,
-                &settings.url,
-                ConnectErrorKind::Unreachable,
-                gave_up(settings.connect_timeout, attempts, &last_error),
-            ));
-        }
-        tracing::debug!(
-            url = %redact_url(&settings.url),
-            attempts,
-            error = %last_error,
-            "redis not reachable yet, retrying"
-        );
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
-    }
+        },
+    )
+    .await?;
+    tracing::info!(url = %redact_url(&settings.url), attempts = connected.attempts, "connected to redis");
+    Ok(connected.value)
 }
 
 fn redis_error_is_transient(error: &redis::RedisError) -> bool {
