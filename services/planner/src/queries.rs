@@ -1,19 +1,23 @@
 //! Read-only queries on `rollout.query.<ns>.<what>`: flags, rollout status (steps with
-//! planned and actual times, current share or stage, per-stage fleet counts), lists, the
-//! audit log (newest first, paged) and plan previews. Reads never write.
+//! planned and actual times, current share or stage, per-stage fleet counts), the counters
+//! behind a rollout's health gates (outcomes over the guard window with the guard's verdict,
+//! stage counts), lists, the audit log (newest first, paged) and plan previews. Reads never
+//! write.
 
 use redis::aio::ConnectionManager;
+use rollout_core::plan::Audience;
 use rollout_core::{compile, CompileContext, DurationMs};
 use rollout_store::{
-    decode_record, fleet, load_flag, load_rollout, redis_time, FlagRecord, StoreError,
+    decode_record, fleet, load_flag, load_rollout, outcomes, redis_time, FlagRecord, RolloutRecord,
+    StoreError,
 };
 use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
 use rollout_wire::keys::Keys;
 use rollout_wire::queries::{
-    AuditPage, FlagList, FlagSummary, ListState, PlanPreview, Query, RolloutList, RolloutStatus,
-    RolloutSummary,
+    AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query,
+    RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW_MS,
 };
 use rollout_wire::subjects::Namespace;
 
@@ -62,6 +66,10 @@ impl Reader {
             }
             Query::RolloutStatus(status) => {
                 self.status(&mut connection, &keys, &status.rollout_id)
+                    .await
+            }
+            Query::RolloutCounts(counts) => {
+                self.counts(&mut connection, &keys, &counts.rollout_id)
                     .await
             }
             Query::RolloutList(list) => {
@@ -174,12 +182,12 @@ impl Reader {
         })?)
     }
 
-    async fn status(
-        &self,
+    /// The rollout `rollout_id` and the Redis time it was read at.
+    async fn rollout(
         connection: &mut ConnectionManager,
         keys: &Keys,
         rollout_id: &str,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<(RolloutRecord, rollout_core::Timestamp), QueryError> {
         let now = redis_time(connection).await?;
         let record = load_rollout(connection, keys, rollout_id)
             .await?
@@ -187,6 +195,16 @@ impl Reader {
                 WireError::not_found(format!("rollout {rollout_id} does not exist"))
                     .with_field("rollout_id")
             })?;
+        Ok((record, now))
+    }
+
+    async fn status(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        rollout_id: &str,
+    ) -> Result<serde_json::Value, QueryError> {
+        let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let mut status = RolloutStatus::new(
             &record.id,
             &record.plan,
@@ -194,7 +212,22 @@ impl Reader {
             record.created_at,
             now,
         );
-        let counts = fleet::load_stage_counts(
+        let counts = self.stage_counts(connection, keys, &record, now).await?;
+        for (step, stage_counts) in status.steps.iter_mut().zip(counts) {
+            step.counts = Some(stage_counts);
+        }
+        Ok(to_result(&status)?)
+    }
+
+    /// Per-step fleet counts of `record` at `now` (one per step of a label-stage plan).
+    async fn stage_counts(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        record: &RolloutRecord,
+        now: rollout_core::Timestamp,
+    ) -> Result<Vec<rollout_core::StageCounts>, StoreError> {
+        fleet::load_stage_counts(
             connection,
             keys,
             &record.id,
@@ -203,11 +236,52 @@ impl Reader {
             now,
             self.stale_agent_after,
         )
-        .await?;
-        for (step, stage_counts) in status.steps.iter_mut().zip(counts) {
-            step.counts = Some(stage_counts);
-        }
-        Ok(to_result(&status)?)
+        .await
+    }
+
+    /// The figures the ticker judges the rollout's gates by, as it would read them now.
+    async fn counts(
+        &self,
+        connection: &mut ConnectionManager,
+        keys: &Keys,
+        rollout_id: &str,
+    ) -> Result<serde_json::Value, QueryError> {
+        let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
+        let plan = &record.plan;
+        let window = plan.guard.as_ref().map_or(
+            DurationMs::from_millis(i64::try_from(DEFAULT_COUNTS_WINDOW_MS).unwrap_or(i64::MAX)),
+            |guard| guard.window,
+        );
+        let outcome_counts =
+            outcomes::load_plan_outcomes(connection, keys, plan, window, now).await?;
+        let stage_counts = self.stage_counts(connection, keys, &record, now).await?;
+        let stages = plan
+            .steps
+            .iter()
+            .zip(stage_counts)
+            .filter_map(|(step, counts)| match &step.audience {
+                Audience::Stage { name, .. } => Some(NamedStageCounts {
+                    name: name.clone(),
+                    counts,
+                }),
+                Audience::Share(_) => None,
+            })
+            .collect();
+        Ok(to_result(&RolloutCounts {
+            rollout_id: record.id.clone(),
+            flag: plan.flag.clone(),
+            baseline: plan.baseline.clone(),
+            candidate: plan.candidate.clone(),
+            state: record.state.lifecycle,
+            at: now,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(0),
+            outcomes: outcome_counts,
+            guard: plan
+                .guard
+                .as_ref()
+                .map(|guard| guard.verdict(&outcome_counts)),
+            stages,
+        })?)
     }
 
     async fn rollouts(

@@ -342,18 +342,8 @@ pub async fn health(
     }
     let plan = &record.plan;
     if let Some(guard) = &plan.guard {
-        health.outcomes = Some(
-            outcomes::load_outcome_counts(
-                connection,
-                keys,
-                &plan.flag,
-                &plan.baseline,
-                &plan.candidate,
-                guard.window,
-                now,
-            )
-            .await?,
-        );
+        health.outcomes =
+            Some(outcomes::load_plan_outcomes(connection, keys, plan, guard.window, now).await?);
     }
     if record.state.waiting_for(plan) == Some(WaitingFor::Guard) {
         let counts = fleet::load_stage_counts(

@@ -11,8 +11,9 @@ use rollout_core::{Flag, RolloutSpec};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCreate, FlagDelete,
     FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, Namespace,
-    PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCreate, RolloutList,
-    RolloutListQuery, RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
+    PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts, RolloutCountsQuery,
+    RolloutCreate, RolloutList, RolloutListQuery, RolloutResult, RolloutStatus, RolloutStatusQuery,
+    RolloutStop, Subjects,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -40,6 +41,8 @@ pub enum QueryOutcome {
     FlagList(FlagList),
     /// `rollout.status`.
     Status(Box<RolloutStatus>),
+    /// `rollout.counts`.
+    Counts(Box<RolloutCounts>),
     /// `rollout.list`.
     RolloutList(RolloutList),
     /// `rollout.audit`.
@@ -185,6 +188,7 @@ impl CommandClient {
             QueryKind::FlagGet => QueryOutcome::Flag(Box::new(self.read(&query).await?)),
             QueryKind::FlagList => QueryOutcome::FlagList(self.read(&query).await?),
             QueryKind::RolloutStatus => QueryOutcome::Status(Box::new(self.read(&query).await?)),
+            QueryKind::RolloutCounts => QueryOutcome::Counts(Box::new(self.read(&query).await?)),
             QueryKind::RolloutList => QueryOutcome::RolloutList(self.read(&query).await?),
             QueryKind::RolloutAudit => QueryOutcome::Audit(self.read(&query).await?),
             QueryKind::RolloutPlan => QueryOutcome::Plan(self.read(&query).await?),
@@ -333,6 +337,15 @@ impl CommandClient {
         .await
     }
 
+    /// `rollout.counts`: the figures behind the rollout's health gates — outcomes over the
+    /// guard window with the guard's verdict, and each label stage's fleet counts.
+    pub async fn rollout_counts(&self, rollout_id: &str) -> Result<RolloutCounts> {
+        self.read(&Query::RolloutCounts(RolloutCountsQuery {
+            rollout_id: rollout_id.to_owned(),
+        }))
+        .await
+    }
+
     /// `rollout.list`: one page of active or finished rollouts, newest first.
     pub async fn list_rollouts(&self, query: RolloutListQuery) -> Result<RolloutList> {
         self.read(&Query::RolloutList(query)).await
@@ -387,6 +400,7 @@ impl CommandClient {
             Query::FlagGet(body) => self.request(&subject, body).await,
             Query::FlagList(body) => self.request(&subject, body).await,
             Query::RolloutStatus(body) => self.request(&subject, body).await,
+            Query::RolloutCounts(body) => self.request(&subject, body).await,
             Query::RolloutList(body) => self.request(&subject, body).await,
             Query::RolloutAudit(body) => self.request(&subject, body).await,
             Query::RolloutPlan(body) => self.request(&subject, body.as_ref()).await,

@@ -216,6 +216,11 @@ async fn json_output_parses_for_every_query() {
     assert!(audit["entries"]
         .as_array()
         .is_some_and(|entries| !entries.is_empty()));
+    let counts = cluster
+        .ctl_json(&["rollout", "counts", &created.rollout_id])
+        .await;
+    assert_eq!(counts["rollout_id"], created.rollout_id.as_str());
+    assert_eq!(counts["outcomes"]["candidate"]["success"], 0);
 
     // the human forms of the same queries
     let flag_yaml = cluster.ctl(&["flag", "get", "new-checkout"]).await;
@@ -235,6 +240,15 @@ async fn json_output_parses_for_every_query() {
     let plan = cluster.ctl(&["rollout", "plan", "-f", path]).await;
     plan.assert_ok();
     assert!(plan.stdout.contains("nothing stored"), "{}", plan.stdout);
+    let counts = cluster
+        .ctl(&["rollout", "counts", &created.rollout_id])
+        .await;
+    counts.assert_ok();
+    assert!(
+        counts.stdout.contains("outcomes over the last"),
+        "{}",
+        counts.stdout
+    );
     cluster.stop().await;
 }
 

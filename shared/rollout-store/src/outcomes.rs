@@ -64,6 +64,26 @@ pub async fn add_tallies<C: ConnectionLike + Send>(
     Ok(())
 }
 
+/// [`load_outcome_counts`] for `plan`'s flag, baseline and candidate.
+pub async fn load_plan_outcomes<C: ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+    plan: &rollout_core::Plan,
+    window: DurationMs,
+    now: Timestamp,
+) -> Result<OutcomeCounts, StoreError> {
+    load_outcome_counts(
+        connection,
+        keys,
+        &plan.flag,
+        &plan.baseline,
+        &plan.candidate,
+        window,
+        now,
+    )
+    .await
+}
+
 /// Sums the candidate's and baseline's counters over the buckets covering
 /// `(now - window, now]`.
 pub async fn load_outcome_counts<C: ConnectionLike + Send>(

@@ -78,8 +78,9 @@ pub use keys::Keys;
 pub use outcomes::{decode_outcomes, Outcome, OutcomeBatch, OutcomeReport};
 pub use queries::{
     AuditEntry, AuditPage, AuditQuery, FlagGetQuery, FlagList, FlagListQuery, FlagSummary,
-    ListState, PlanPreview, PlanQuery, Query, RolloutList, RolloutListQuery, RolloutStatus,
-    RolloutStatusQuery, RolloutSummary,
+    ListState, NamedStageCounts, PlanPreview, PlanQuery, Query, RolloutCounts, RolloutCountsQuery,
+    RolloutList, RolloutListQuery, RolloutStatus, RolloutStatusQuery, RolloutSummary,
+    DEFAULT_COUNTS_WINDOW_MS,
 };
 pub use subjects::{
     CommandVerb, FleetVerb, Namespace, QueryKind, Route, SubjectError, SubjectErrorKind, Subjects,

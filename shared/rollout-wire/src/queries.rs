@@ -1,10 +1,11 @@
 //! Reads on `rollout.query.<ns>.<what>` (SPEC §7, §8.6): flag get and list, rollout status
-//! and list, the audit, and the plan dry run, with their replies and [`Query`], the closed
+//! and list, the counters behind its health gates, the audit, and the plan dry run, with their replies and [`Query`], the closed
 //! set a planner dispatches on. Lists are paged: pages count from 0 and a reply names the
 //! `next_page` while more remain.
 
 use rollout_core::{
-    Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors, WaitingFor,
+    GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState, Share, StageCounts,
+    Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -382,6 +383,59 @@ impl PlanPreview {
     }
 }
 
+/// How far back `rollout.counts` sums outcomes for a rollout without a guard.
+pub const DEFAULT_COUNTS_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+/// `rollout.query.<ns>.rollout.counts`: the counters behind a rollout's health gates — the
+/// outcomes reported for its candidate and baseline over the guard's window (5 minutes
+/// without a guard) with the guard's verdict on them now, and for label stages each
+/// stage's fleet counts. Reply: [`RolloutCounts`].
+#[doc = shape_doc!("rollout_counts_query")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutCountsQuery {
+    /// Rollout id.
+    pub rollout_id: String,
+}
+
+/// Reply to `rollout.counts`.
+#[doc = shape_doc!("rollout_counts")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutCounts {
+    /// Rollout id.
+    pub rollout_id: String,
+    /// Flag key.
+    pub flag: String,
+    /// Variation the audience starts on.
+    pub baseline: String,
+    /// Variation the audience moves to.
+    pub candidate: String,
+    /// Lifecycle state.
+    pub state: Lifecycle,
+    /// Redis time the counters were read at.
+    pub at: Timestamp,
+    /// How far back the outcomes reach, in milliseconds: the guard's window, else
+    /// [`DEFAULT_COUNTS_WINDOW_MS`].
+    pub window_ms: u64,
+    /// Outcomes reported within the window, for each side.
+    pub outcomes: OutcomeCounts,
+    /// What the rollout's guard says of these outcomes now; absent without a guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardVerdict>,
+    /// Fleet counts of each label stage, `unassigned` last; empty for percentage plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<NamedStageCounts>,
+}
+
+/// One label stage's fleet counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedStageCounts {
+    /// Stage name.
+    pub name: String,
+    /// Its counts.
+    pub counts: StageCounts,
+}
+
 /// Any query, as the planner dispatches it: the subject's kind picks the body type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Query {
@@ -391,6 +445,8 @@ pub enum Query {
     FlagList(FlagListQuery),
     /// `rollout.status`.
     RolloutStatus(RolloutStatusQuery),
+    /// `rollout.counts`.
+    RolloutCounts(RolloutCountsQuery),
     /// `rollout.list`.
     RolloutList(RolloutListQuery),
     /// `rollout.audit`.
@@ -408,6 +464,9 @@ impl Query {
             QueryKind::FlagList => Query::FlagList(codec::decode_with(bytes, encoding, limits)?),
             QueryKind::RolloutStatus => {
                 Query::RolloutStatus(codec::decode_with(bytes, encoding, limits)?)
+            }
+            QueryKind::RolloutCounts => {
+                Query::RolloutCounts(codec::decode_with(bytes, encoding, limits)?)
             }
             QueryKind::RolloutList => {
                 Query::RolloutList(codec::decode_with(bytes, encoding, limits)?)
@@ -427,6 +486,7 @@ impl Query {
             Query::FlagGet(_) => QueryKind::FlagGet,
             Query::FlagList(_) => QueryKind::FlagList,
             Query::RolloutStatus(_) => QueryKind::RolloutStatus,
+            Query::RolloutCounts(_) => QueryKind::RolloutCounts,
             Query::RolloutList(_) => QueryKind::RolloutList,
             Query::RolloutAudit(_) => QueryKind::RolloutAudit,
             Query::RolloutPlan(_) => QueryKind::RolloutPlan,
@@ -441,6 +501,9 @@ impl Query {
             Query::FlagGet(query) => checks::token(&mut errors, "key", &query.key),
             Query::FlagList(query) => checks::page_size(&mut errors, query.page_size),
             Query::RolloutStatus(query) => {
+                checks::token(&mut errors, "rollout_id", &query.rollout_id)
+            }
+            Query::RolloutCounts(query) => {
                 checks::token(&mut errors, "rollout_id", &query.rollout_id)
             }
             Query::RolloutList(query) => {

@@ -101,6 +101,12 @@ pub const SHAPES: &[Shape] = &[
     ),
     shape!("RolloutStatus", "reply to rollout.status", "rollout_status"),
     shape!(
+        "RolloutCountsQuery",
+        "rollout.query.<ns>.rollout.counts",
+        "rollout_counts_query"
+    ),
+    shape!("RolloutCounts", "reply to rollout.counts", "rollout_counts"),
+    shape!(
         "RolloutListQuery",
         "rollout.query.<ns>.rollout.list",
         "rollout_list_query"
@@ -289,6 +295,8 @@ mod tests {
             "FlagList" => round_trip::<FlagList>(shape),
             "RolloutStatusQuery" => round_trip::<RolloutStatusQuery>(shape),
             "RolloutStatus" => round_trip::<RolloutStatus>(shape),
+            "RolloutCountsQuery" => round_trip::<RolloutCountsQuery>(shape),
+            "RolloutCounts" => round_trip::<RolloutCounts>(shape),
             "RolloutListQuery" => round_trip::<RolloutListQuery>(shape),
             "RolloutList" => round_trip::<RolloutList>(shape),
             "AuditQuery" => round_trip::<AuditQuery>(shape),
@@ -338,6 +346,8 @@ mod tests {
             "FlagList",
             "RolloutStatusQuery",
             "RolloutStatus",
+            "RolloutCountsQuery",
+            "RolloutCounts",
             "RolloutListQuery",
             "RolloutList",
             "AuditQuery",
@@ -396,6 +406,10 @@ mod tests {
                 }
                 "RolloutStatusQuery" => {
                     Query::decode(QueryKind::RolloutStatus, bytes, Encoding::Json)
+                        .map(|q| q.validate())
+                }
+                "RolloutCountsQuery" => {
+                    Query::decode(QueryKind::RolloutCounts, bytes, Encoding::Json)
                         .map(|q| q.validate())
                 }
                 "RolloutListQuery" => Query::decode(QueryKind::RolloutList, bytes, Encoding::Json)

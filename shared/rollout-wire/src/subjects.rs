@@ -250,6 +250,8 @@ verb_set! {
         FlagList => "flag.list",
         /// One rollout with every step, its times and stage counts.
         RolloutStatus => "rollout.status",
+        /// The counters behind a rollout's health gates: outcomes, guard verdict, stages.
+        RolloutCounts => "rollout.counts",
         /// Active or finished rollouts, paged.
         RolloutList => "rollout.list",
         /// Audit of a rollout or a flag, newest first, paged.

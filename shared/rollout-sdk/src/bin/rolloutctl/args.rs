@@ -135,6 +135,9 @@ pub enum RolloutCommand {
     Delete(IdArg),
     /// Show every step: share or stage, gate, planned and actual times, counts.
     Status(IdArg),
+    /// Show the figures behind the health gates: outcomes over the guard window with the
+    /// guard's verdict, and each label stage's fleet counts.
+    Counts(IdArg),
     /// List active (or finished) rollouts.
     List {
         /// Finished rollouts instead of active ones.

@@ -3,11 +3,11 @@
 //! as YAML, event lines for `watch`, and evaluation answers.
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use rollout_core::{Labels, Lifecycle, Share, Timestamp};
+use rollout_core::{GuardVerdict, Labels, Lifecycle, Share, StageCounts, Timestamp};
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
-    AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutList,
-    RolloutResult, RolloutStatus, StepStatus,
+    AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutCounts,
+    RolloutList, RolloutResult, RolloutStatus, StepStatus,
 };
 use serde::Serialize;
 
@@ -70,6 +70,29 @@ fn gate_text(gate: &GateStatus, is_last: bool) -> String {
     }
 }
 
+/// The columns of a stage's fleet counts, in [`count_cells`] order.
+const COUNT_COLUMNS: [&str; 6] = [
+    "members",
+    "completed",
+    "errors",
+    "pending",
+    "waiting",
+    "stale",
+];
+
+/// A stage's fleet counts as right-aligned cells, in [`COUNT_COLUMNS`] order.
+fn count_cells(counts: &StageCounts) -> [Cell; 6] {
+    [
+        counts.members,
+        counts.completed,
+        counts.errors,
+        counts.pending,
+        counts.waiting,
+        counts.stale,
+    ]
+    .map(|count| Cell::new(count).set_alignment(CellAlignment::Right))
+}
+
 fn table(header: Vec<&str>) -> Table {
     let mut table = Table::new();
     table
@@ -91,14 +114,7 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
     }
     header.extend(["gate", "planned", "started"]);
     if staged {
-        header.extend([
-            "members",
-            "completed",
-            "errors",
-            "pending",
-            "waiting",
-            "stale",
-        ]);
+        header.extend(COUNT_COLUMNS);
     }
     let mut rendered = table(header);
     let last = steps.len().saturating_sub(1);
@@ -139,19 +155,8 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
         row.push(Cell::new(started));
         if staged {
             match &step.counts {
-                Some(counts) => {
-                    for count in [
-                        counts.members,
-                        counts.completed,
-                        counts.errors,
-                        counts.pending,
-                        counts.waiting,
-                        counts.stale,
-                    ] {
-                        row.push(Cell::new(count).set_alignment(CellAlignment::Right));
-                    }
-                }
-                None => row.extend((0..6).map(|_| Cell::new("-"))),
+                Some(counts) => row.extend(count_cells(counts)),
+                None => row.extend(COUNT_COLUMNS.map(|_| Cell::new("-"))),
             }
         }
         rendered.add_row(row);
@@ -219,6 +224,64 @@ pub fn status(status: &RolloutStatus) -> String {
     text.push('\n');
     text.push_str(&steps_table(&status.steps, status.current_step));
     text.push('\n');
+    text
+}
+
+/// `rollout counts`: the outcomes of each side over the window with the guard's verdict,
+/// then each label stage's fleet counts.
+pub fn counts(counts: &RolloutCounts) -> String {
+    let mut text = format!(
+        "rollout {} · flag {} · {} → {} · {} · at {}\n",
+        counts.rollout_id,
+        counts.flag,
+        counts.baseline,
+        counts.candidate,
+        wire_name(&counts.state),
+        short_time(counts.at)
+    );
+    let window = match counts.window_ms {
+        ms if ms > 0 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms > 0 && ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    };
+    let mut outcomes = table(vec!["side", "variation", "success", "error", "error rate"]);
+    for (side, variation, tally) in [
+        ("candidate", &counts.candidate, counts.outcomes.candidate),
+        ("baseline", &counts.baseline, counts.outcomes.baseline),
+    ] {
+        let rate = if tally.samples() == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}%", tally.error_rate() * 100.0)
+        };
+        outcomes.add_row(vec![
+            Cell::new(side),
+            Cell::new(variation),
+            Cell::new(tally.success).set_alignment(CellAlignment::Right),
+            Cell::new(tally.error).set_alignment(CellAlignment::Right),
+            Cell::new(rate).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    text.push_str(&format!("outcomes over the last {window}\n{outcomes}\n"));
+    let verdict = match &counts.guard {
+        None => "no guard".to_owned(),
+        Some(GuardVerdict::InsufficientData) => "too few samples to judge".to_owned(),
+        Some(GuardVerdict::Healthy) => "healthy".to_owned(),
+        Some(GuardVerdict::Breached(figures)) => format!("BREACHED: {}", figures.limit),
+    };
+    text.push_str(&format!("guard: {verdict}\n"));
+    if !counts.stages.is_empty() {
+        let mut header = vec!["stage"];
+        header.extend(COUNT_COLUMNS);
+        let mut stages = table(header);
+        for stage in &counts.stages {
+            let mut row = vec![Cell::new(&stage.name)];
+            row.extend(count_cells(&stage.counts));
+            stages.add_row(row);
+        }
+        text.push_str(&stages.to_string());
+        text.push('\n');
+    }
     text
 }
 
@@ -500,16 +563,41 @@ mod tests {
         );
     }
 
+    /// The documented example of wire type `type_name`.
+    fn documented<T: serde::de::DeserializeOwned>(type_name: &str) -> T {
+        let shape = rollout_wire::shapes::SHAPES
+            .iter()
+            .find(|shape| shape.type_name == type_name)
+            .expect("documented");
+        serde_json::from_str(shape.json).expect("shape decodes")
+    }
+
+    #[test]
+    fn counts_show_both_sides_the_verdict_and_every_stage() {
+        let counts: RolloutCounts = documented("RolloutCounts");
+        let text = super::counts(&counts);
+        assert!(text.contains("outcomes over the last 5m"), "{text}");
+        let candidate = text
+            .lines()
+            .find(|line| line.contains("candidate"))
+            .expect("candidate row");
+        for figure in ["v2", "950", "50", "5.00%"] {
+            assert!(candidate.contains(figure), "{candidate}");
+        }
+        let baseline = text
+            .lines()
+            .find(|line| line.contains("baseline"))
+            .expect("baseline row");
+        assert!(baseline.contains("2.00%"), "{baseline}");
+        assert!(text.contains("guard: BREACHED: error rate"), "{text}");
+        for stage in ["canary", "prod-eu", "unassigned"] {
+            assert!(text.contains(stage), "{text}");
+        }
+    }
+
     #[test]
     fn stage_status_shows_counts_and_the_current_stage() {
-        let status: RolloutStatus = serde_json::from_str(
-            rollout_wire::shapes::SHAPES
-                .iter()
-                .find(|shape| shape.type_name == "RolloutStatus")
-                .expect("documented")
-                .json,
-        )
-        .expect("shape decodes");
+        let status: RolloutStatus = documented("RolloutStatus");
         let text = super::status(&status);
         assert!(
             text.contains("state: running · waiting for: continue"),

@@ -11,8 +11,8 @@ use rollout_sdk::{CommandClient, EvalClient, Namespace, Subjects};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, Deleted, FlagCreate, FlagDelete, FlagGetQuery, FlagList,
     FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery, Query,
-    RolloutAction, RolloutCreate, RolloutList, RolloutListQuery, RolloutResult, RolloutStatus,
-    RolloutStatusQuery, RolloutStop,
+    RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery,
+    RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -312,6 +312,18 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
                     query,
                     &rollout_context(&id.rollout_id),
                     |status: &RolloutStatus| render::status(status),
+                )
+                .await;
+        }
+        RolloutCommand::Counts(id) => {
+            let query = Query::RolloutCounts(RolloutCountsQuery {
+                rollout_id: id.rollout_id.clone(),
+            });
+            return session
+                .query(
+                    query,
+                    &rollout_context(&id.rollout_id),
+                    |counts: &RolloutCounts| render::counts(counts),
                 )
                 .await;
         }
