@@ -621,10 +621,10 @@ pub(crate) async fn resync_worker(
                 if shared.resync_overflow.swap(false, Ordering::Relaxed) {
                     pending_full.get_or_insert(ResyncReason::Overflow);
                 }
-                // one SET NX GET: catches a Redis that lost its data within a check interval
+                // one SET NX GET: catches a Redis that lost its data within a check interval;
+                // a failed check changes nothing and is simply made again at the next tick
                 if let Err(error) = check_store_generation(&shared).await {
-                    tracing::warn!(%error, "checking redis's generation failed; comparing everything at the next check");
-                    pending_full.get_or_insert(ResyncReason::StoreReset);
+                    tracing::debug!(%error, "checking redis's generation failed; trying again at the next check");
                 }
                 if let Some(reason) = pending_full.take() {
                     if let Err(error) = full_sync(&shared, Some(reason)).await {
