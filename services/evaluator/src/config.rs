@@ -83,7 +83,8 @@ pub struct EvaluatorSettings {
     #[serde(with = "rollout_runtime::config::duration")]
     pub resync_interval: Duration,
     /// How often the NATS connection is checked for a reconnection (which triggers a
-    /// full comparison) and failed resyncs are retried
+    /// full comparison), Redis's generation id for a data loss (which triggers a rebuild),
+    /// and failed resyncs are retried
     #[serde(with = "rollout_runtime::config::duration")]
     pub reconnect_check_interval: Duration,
     /// Longest time reported outcomes wait in memory before one pipelined write
