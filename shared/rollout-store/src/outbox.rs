@@ -63,10 +63,11 @@ impl Relay {
             return;
         }
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            let connects = self.connects();
             for event in events {
                 self.publish(event).await?;
             }
-            self.confirm_received().await
+            self.confirm_received(connects).await
         })
         .await;
         match published {
@@ -98,20 +99,39 @@ impl Relay {
         }
     }
 
-    /// Waits until the NATS server has received everything published so far. `flush` only
-    /// proves the bytes reached the socket, and a connection reset loses what is still in
-    /// flight; so the relay sends a request to a subject nobody subscribes to: the server
-    /// answers "no responders", and since it handles one connection's messages in order,
-    /// that answer proves every earlier publish arrived. Only then may outbox entries go.
-    async fn confirm_received(&self) -> Result<(), StoreError> {
+    /// How many times the client has connected so far.
+    fn connects(&self) -> u64 {
+        self.nats
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the NATS server has received everything published since the client's
+    /// connect count was `connects`. `flush` only proves the bytes reached the socket, and
+    /// a connection reset loses what is still in flight; so the relay sends a request to a
+    /// subject nobody subscribes to: the server answers "no responders", and since it
+    /// handles one connection's messages in order, that answer proves every earlier publish
+    /// on the same connection arrived. A reconnection in between voids that proof (what was
+    /// on the old socket may be lost), so it fails and the outbox entries stay for the
+    /// sweep. Only after a proof may outbox entries go.
+    async fn confirm_received(&self, connects: u64) -> Result<(), StoreError> {
         let subject = format!("{}.relay-barrier", self.nats.new_inbox());
         match self.nats.request(subject, bytes::Bytes::new()).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-            Err(error) => Err(StoreError::Protocol(format!(
-                "nats did not confirm the events: {error}"
-            ))),
+            Ok(_) => {}
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(error) => {
+                return Err(StoreError::Protocol(format!(
+                    "nats did not confirm the events: {error}"
+                )))
+            }
         }
+        if self.connects() != connects {
+            return Err(StoreError::Protocol(
+                "nats reconnected while the events were in flight".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether committers should publish now: the client is connected and NATS has not
@@ -162,6 +182,7 @@ impl Relay {
             .arg(SWEEP_BATCH)
             .query_async(&mut connection)
             .await?;
+        let connects = self.connects();
         let mut relayed_ids = Vec::with_capacity(entries.ids.len());
         for entry in &entries.ids {
             let Some(redis::Value::BulkString(bytes)) = entry.map.get("event") else {
@@ -186,7 +207,7 @@ impl Relay {
         if relayed_ids.is_empty() {
             return Ok(0);
         }
-        match tokio::time::timeout(PUBLISH_TIMEOUT * 5, self.confirm_received()).await {
+        match tokio::time::timeout(PUBLISH_TIMEOUT * 5, self.confirm_received(connects)).await {
             Ok(confirmed) => confirmed?,
             Err(_) => {
                 return Err(StoreError::Protocol(
