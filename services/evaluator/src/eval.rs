@@ -38,6 +38,14 @@ fn result_for(live: &LiveFlag, request: &EvalRequest) -> EvalResult {
     )
 }
 
+/// The refusal for a flag the namespace does not have (`not_found` on `flag`).
+pub(crate) fn unknown_flag(key: &str, namespace: &str) -> WireError {
+    WireError::not_found(format!(
+        "flag {key} does not exist in namespace {namespace}"
+    ))
+    .with_field("flag")
+}
+
 /// Answers a (validated) request from `namespace` (`None`: nothing of the namespace
 /// `name` is known). One unknown flag is `not_found`; unknown flags of a list are listed
 /// in `missing`.
@@ -50,10 +58,7 @@ pub fn evaluate(
         EvalTarget::One(key) => namespace
             .and_then(|namespace| namespace.with_flag(key, |live| result_for(live, request)))
             .map(EvalReply::One)
-            .ok_or_else(|| {
-                WireError::not_found(format!("flag {key} does not exist in namespace {name}"))
-                    .with_field("flag")
-            }),
+            .ok_or_else(|| unknown_flag(key, name)),
         EvalTarget::Many(keys) => {
             let mut many = EvalMany {
                 results: Vec::with_capacity(keys.len()),

@@ -30,6 +30,7 @@ use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{Namespace, Route};
 use serde::Serialize;
 
+use crate::eval::unknown_flag;
 use crate::transport::{request_encoding, send_reply};
 use crate::Shared;
 
@@ -387,13 +388,7 @@ async fn desired(
                 }
             })
         })
-        .ok_or_else(|| {
-            WireError::not_found(format!(
-                "flag {} does not exist in namespace {namespace}",
-                query.flag
-            ))
-            .with_field("flag")
-        })?;
+        .ok_or_else(|| unknown_flag(&query.flag, namespace.as_str()))?;
     let mut desired = decided.desired;
     if let Some((rollout_id, stage)) = decided.stage {
         match shared
@@ -433,13 +428,7 @@ async fn report(
                 )
             })
         })
-        .ok_or_else(|| {
-            WireError::not_found(format!(
-                "flag {} does not exist in namespace {namespace}",
-                report.flag
-            ))
-            .with_field("flag")
-        })?;
+        .ok_or_else(|| unknown_flag(&report.flag, namespace.as_str()))?;
     if !has_variation {
         return Err(WireError::invalid_argument(
             "variation",

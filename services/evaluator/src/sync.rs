@@ -331,33 +331,31 @@ async fn read_store_generation(shared: &Shared) -> Result<String, SyncError> {
 }
 
 /// Compares Redis's generation id with the one the snapshot was loaded under and, when
-/// Redis lost its data since, [`rebuild`]s the snapshot. The first call only records it.
-/// Returns whether a rebuild happened.
-pub async fn check_store_generation(shared: &Shared) -> Result<bool, SyncError> {
+/// Redis lost its data since, [`rebuild`]s the snapshot; the new id is recorded only once
+/// that succeeded, so a failed rebuild is tried again. The first call only records it.
+pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
     let current = read_store_generation(shared).await?;
     let held = shared
         .store_generation
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    match &held {
-        Some(held) if *held != current => {
-            tracing::warn!(
-                previous = %held,
-                current = %current,
-                "redis lost its data (its generation changed); rebuilding the snapshot from what it holds now"
-            );
-            rebuild(shared).await?;
-        }
-        Some(_) => return Ok(false),
-        None => {}
+    if held.as_deref() == Some(current.as_str()) {
+        return Ok(());
     }
-    let rebuilt = held.is_some();
+    if let Some(held) = held {
+        tracing::warn!(
+            previous = %held,
+            current = %current,
+            "redis lost its data (its generation changed); rebuilding the snapshot from what it holds now"
+        );
+        rebuild(shared).await?;
+    }
     *shared
         .store_generation
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current);
-    Ok(rebuilt)
+    Ok(())
 }
 
 /// Reads every flag Redis lists or the snapshot holds and installs what Redis has,

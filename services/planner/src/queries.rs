@@ -17,7 +17,7 @@ use rollout_wire::envelope::WireError;
 use rollout_wire::keys::Keys;
 use rollout_wire::queries::{
     AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query,
-    RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW_MS,
+    RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
 
@@ -248,10 +248,10 @@ impl Reader {
     ) -> Result<serde_json::Value, QueryError> {
         let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let plan = &record.plan;
-        let window = plan.guard.as_ref().map_or(
-            DurationMs::from_millis(i64::try_from(DEFAULT_COUNTS_WINDOW_MS).unwrap_or(i64::MAX)),
-            |guard| guard.window,
-        );
+        let window = plan
+            .guard
+            .as_ref()
+            .map_or(DEFAULT_COUNTS_WINDOW, |guard| guard.window);
         let outcome_counts =
             outcomes::load_plan_outcomes(connection, keys, plan, window, now).await?;
         let stage_counts = self.stage_counts(connection, keys, &record, now).await?;

@@ -135,7 +135,7 @@ impl Handler {
                 .unwrap_or_else(|| stand_in.clone())
         };
         let (command_id, result) = async {
-            let verb = match self.subjects.parse(&message.subject) {
+            let route = match self.subjects.parse(&message.subject) {
                 Ok(Route::QueuedCommand { verb, namespace }) => Ok((namespace, verb)),
                 Ok(_) => Err(WireError::invalid_argument(
                     "subject",
@@ -143,7 +143,7 @@ impl Handler {
                 )),
                 Err(error) => Err(error.into()),
             };
-            let decoded = verb.and_then(|(namespace, verb)| {
+            let decoded = route.and_then(|(namespace, verb)| {
                 Command::decode(verb, &message.payload, encoding)
                     .map(|command| (namespace, command))
                     .map_err(WireError::from)

@@ -80,7 +80,7 @@ pub use queries::{
     AuditEntry, AuditPage, AuditQuery, FlagGetQuery, FlagList, FlagListQuery, FlagSummary,
     ListState, NamedStageCounts, PlanPreview, PlanQuery, Query, RolloutCounts, RolloutCountsQuery,
     RolloutList, RolloutListQuery, RolloutStatus, RolloutStatusQuery, RolloutSummary,
-    DEFAULT_COUNTS_WINDOW_MS,
+    DEFAULT_COUNTS_WINDOW,
 };
 pub use subjects::{
     CommandVerb, FleetVerb, Namespace, QueryKind, Route, SubjectError, SubjectErrorKind, Subjects,

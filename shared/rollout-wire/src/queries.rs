@@ -4,8 +4,8 @@
 //! `next_page` while more remain.
 
 use rollout_core::{
-    GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState, Share, StageCounts,
-    Timestamp, ValidationErrors, WaitingFor,
+    DurationMs, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState, Share,
+    StageCounts, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -384,7 +384,7 @@ impl PlanPreview {
 }
 
 /// How far back `rollout.counts` sums outcomes for a rollout without a guard.
-pub const DEFAULT_COUNTS_WINDOW_MS: u64 = 5 * 60 * 1000;
+pub const DEFAULT_COUNTS_WINDOW: DurationMs = DurationMs::from_minutes(5);
 
 /// `rollout.query.<ns>.rollout.counts`: the counters behind a rollout's health gates — the
 /// outcomes reported for its candidate and baseline over the guard's window (5 minutes
@@ -415,7 +415,7 @@ pub struct RolloutCounts {
     /// Redis time the counters were read at.
     pub at: Timestamp,
     /// How far back the outcomes reach, in milliseconds: the guard's window, else
-    /// [`DEFAULT_COUNTS_WINDOW_MS`].
+    /// [`DEFAULT_COUNTS_WINDOW`].
     pub window_ms: u64,
     /// Outcomes reported within the window, for each side.
     pub outcomes: OutcomeCounts,

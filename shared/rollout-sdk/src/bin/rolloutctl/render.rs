@@ -3,7 +3,7 @@
 //! as YAML, event lines for `watch`, and evaluation answers.
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use rollout_core::{GuardVerdict, Labels, Lifecycle, Share, StageCounts, Timestamp};
+use rollout_core::{DurationMs, GuardVerdict, Labels, Lifecycle, Share, StageCounts, Timestamp};
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
     AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutCounts,
@@ -239,11 +239,7 @@ pub fn counts(counts: &RolloutCounts) -> String {
         wire_name(&counts.state),
         short_time(counts.at)
     );
-    let window = match counts.window_ms {
-        ms if ms > 0 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms > 0 && ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
-    };
+    let window = DurationMs::from_millis(i64::try_from(counts.window_ms).unwrap_or(i64::MAX));
     let mut outcomes = table(vec!["side", "variation", "success", "error", "error rate"]);
     for (side, variation, tally) in [
         ("candidate", &counts.candidate, counts.outcomes.candidate),
