@@ -3,6 +3,7 @@
 //! The executor loads, calls [`decide`], commits with revision checks, and on a conflict
 //! loads again and decides again.
 
+use rollout_core::continuation::{continuation, Continuation};
 use rollout_core::machine::{step, Event};
 use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutState, Target, Timestamp};
 use rollout_store::{settle_flag, FlagRecord, RolloutRecord, StoredFlag};
@@ -17,7 +18,8 @@ pub struct Loaded {
     pub flag: Option<StoredFlag>,
     /// The rollout a rollout command names.
     pub rollout: Option<RolloutRecord>,
-    /// The flag's active rollout, for flag commands on a flag that has one.
+    /// The flag's active rollout, when it has one (for a command on that very rollout, the
+    /// same record as `rollout`).
     pub active_rollout: Option<RolloutRecord>,
 }
 
@@ -38,6 +40,10 @@ pub struct DecideContext {
     pub actor: Option<String>,
     /// W3C traceparent of the command.
     pub traceparent: Option<String>,
+    /// The step a rollout command may apply in: the command's `expected_step`, or on a
+    /// retry after a revision conflict the step its first decision was made on, so a
+    /// transition racing the command is never followed by a second move.
+    pub expected_step: Option<usize>,
 }
 
 /// One thing to audit and publish.
@@ -450,7 +456,7 @@ fn rollout_create(
         min_phase_interval: context.min_phase_interval,
         fresh_salt: &context.fresh_salt,
     };
-    let plan = compile(spec, &record.flag, &compile_context)?;
+    let plan = compile_from_current_serve(spec, &record.flag, &compile_context)?;
     let created = RolloutState::created(&plan, context.now);
     let rollout = RolloutRecord {
         id: context.new_rollout_id.clone(),
@@ -491,6 +497,25 @@ fn rollout_create(
     })))
 }
 
+/// Compiles `spec` so that it starts from what its target serves now (SPEC §11.1): a
+/// split left by an earlier rollout is continued with its salt and no step below its
+/// share; any other serve but the baseline is refused unless the spec replaces it.
+/// Invalid specs are refused as such before the current serve is looked at.
+pub(crate) fn compile_from_current_serve(
+    spec: &rollout_core::RolloutSpec,
+    flag: &Flag,
+    context: &CompileContext<'_>,
+) -> Result<rollout_core::Plan, WireError> {
+    let as_written = compile(spec, flag, context)?;
+    match continuation(spec, flag).map_err(|mismatch| {
+        WireError::failed_precondition(format!("flag {}: {mismatch}", flag.key))
+            .with_field("rollout.replace_current_serve")
+    })? {
+        Continuation::Fresh => Ok(as_written),
+        split => Ok(split.apply_to_plan(compile(&split.apply_to_spec(spec), flag, context)?)),
+    }
+}
+
 fn existing_rollout<'a>(
     rollout_id: &str,
     loaded: &'a Loaded,
@@ -505,6 +530,24 @@ fn existing_rollout<'a>(
         })
 }
 
+/// Refuses a command expecting its rollout in another step than the one it is in.
+fn check_expected_step(rollout: &RolloutRecord, context: &DecideContext) -> Result<(), WireError> {
+    match context.expected_step {
+        Some(expected) if rollout.state.step != Some(expected) => {
+            let now = rollout.state.step.map_or_else(
+                || rollout.state.lifecycle.as_str().to_owned(),
+                |step| format!("step index {step}"),
+            );
+            Err(WireError::conflict(format!(
+                "rollout {} is at {now}, not at the expected step index {expected}: it moved meanwhile; nothing was done, read its status again",
+                rollout.id
+            ))
+            .with_field("expected_step"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn rollout_event(
     rollout_id: &str,
     event: Event,
@@ -512,6 +555,7 @@ fn rollout_event(
     context: &DecideContext,
 ) -> Result<Decision, WireError> {
     let rollout = existing_rollout(rollout_id, loaded)?;
+    check_expected_step(rollout, context)?;
     let (stored, record) = existing_flag(loaded, &rollout.plan.flag, "rollout_id")?;
     let outcome = step(&rollout.plan, &rollout.state, &event, context.now)?;
     let next = RolloutRecord {
@@ -551,6 +595,7 @@ fn rollout_delete(
     context: &DecideContext,
 ) -> Result<Decision, WireError> {
     let rollout = existing_rollout(rollout_id, loaded)?;
+    check_expected_step(rollout, context)?;
     let flag_key = rollout.plan.flag.clone();
     let stored_flag = loaded
         .flag
@@ -618,6 +663,7 @@ mod tests {
             new_rollout_id: "r-new".into(),
             actor: Some("ana".into()),
             traceparent: None,
+            expected_step: None,
         }
     }
 
@@ -723,6 +769,7 @@ mod tests {
             command_id: None,
             actor: None,
             rollout_id: "r-new".into(),
+            expected_step: None,
         });
         let Ok(Decision::Change(change)) = decide(&command, &loaded, &context()) else {
             panic!("delete refused")

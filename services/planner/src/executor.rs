@@ -3,21 +3,19 @@
 //! the ticker changed the same flag or rollout meanwhile) means load and decide again; a
 //! command id seen before returns its first outcome and changes nothing.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use rollout_core::DurationMs;
 use rollout_store::{
-    load_flag, load_rollout, redis_time, store_refusal, stored_outcome, Actor, CommitOutcome,
-    Mutation, StoreError,
+    load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
+    Actor, CommitOutcome, Mutation, RolloutRecord, StoreError,
 };
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::Command;
 use rollout_wire::envelope::{decode_reply, encode_reply, ErrorCode, WireError};
-use rollout_wire::keys::{self, Keys};
+use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 
 use crate::decide::{decide, Change, DecideContext, Decision, Loaded};
@@ -32,7 +30,6 @@ pub struct Executor {
     redis: ConnectionManager,
     relay: Relay,
     min_phase_interval: DurationMs,
-    namespaces_registered: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Executor {
@@ -42,7 +39,6 @@ impl Executor {
             redis,
             relay,
             min_phase_interval,
-            namespaces_registered: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -56,7 +52,6 @@ impl Executor {
         command.validate()?;
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
-        self.register_namespace(&mut connection, namespace).await?;
         let command_id = command.command_id().map(str::to_owned);
         if let Some(id) = &command_id {
             if let Some(stored) = stored_outcome(&mut connection, &keys, id)
@@ -71,8 +66,9 @@ impl Executor {
             command_id: command_id.clone(),
             trace_id: traceparent.as_deref().and_then(trace_id_of),
         };
+        let mut expected_step = command.expected_step();
         for attempt in 0..MAX_ATTEMPTS {
-            let now = redis_time(&mut connection)
+            let now = redis_time_registering(&mut connection, namespace.as_str())
                 .await
                 .map_err(|error| error.to_wire())?;
             let loaded = load(&mut connection, &keys, command)
@@ -86,21 +82,31 @@ impl Executor {
                 new_rollout_id: format!("r-{}", random_hex(12)),
                 actor: command.actor().map(str::to_owned),
                 traceparent: traceparent.clone(),
+                expected_step,
             };
             let change = match decide(command, &loaded, &context) {
                 Ok(Decision::Change(change)) => change,
-                Ok(Decision::Unchanged(result)) => return Ok(result),
+                Ok(Decision::Unchanged(result)) => {
+                    return remember(&mut connection, &keys, command_id.as_deref(), Ok(result))
+                        .await
+                }
                 Err(error) => {
-                    return self
-                        .refuse(&mut connection, &keys, command_id.as_deref(), error)
+                    return remember(&mut connection, &keys, command_id.as_deref(), Err(error))
                         .await
                 }
             };
             let result = change.result.clone();
             let stored = encode_reply::<serde_json::Value>(&Ok(result.clone()), Encoding::Json);
-            let prepared = build_mutation(&keys, namespace, now, actor.clone(), *change)
-                .into_commit(Some(stored))
-                .map_err(|error| error.to_wire())?;
+            let prepared = build_mutation(
+                &keys,
+                namespace,
+                now,
+                actor.clone(),
+                *change,
+                loaded.active_rollout.as_ref(),
+            )
+            .into_commit(Some(stored))
+            .map_err(|error| error.to_wire())?;
             match prepared
                 .commit
                 .execute(&mut connection)
@@ -116,6 +122,15 @@ impl Executor {
                 }
                 CommitOutcome::Duplicate(first) => return decode_reply(&first, Encoding::Json),
                 CommitOutcome::Conflict { key, actual } => {
+                    // decide again on fresh records, but never move a rollout on from a
+                    // step other than the one this decision saw (a `continue` racing a
+                    // timer must not move two steps)
+                    if command.moves_steps() {
+                        expected_step = expected_step.or(loaded
+                            .rollout
+                            .as_ref()
+                            .and_then(|rollout| rollout.state.step));
+                    }
                     tracing::debug!(%key, actual, attempt, "revision conflict, deciding again");
                     let jitter_ms = rand::rng().random_range(0..=(1_u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
@@ -131,64 +146,43 @@ impl Executor {
             "gave up after {MAX_ATTEMPTS} attempts: the flag keeps changing under this command; retry"
         )))
     }
+}
 
-    /// Records a state-dependent refusal as the command's first outcome (so a retry of the
-    /// same id gets the same answer), and returns the outcome that stands.
-    async fn refuse(
-        &self,
-        connection: &mut ConnectionManager,
-        keys: &Keys,
-        command_id: Option<&str>,
-        error: WireError,
-    ) -> Result<serde_json::Value, WireError> {
-        // Only refusals that depend on state are remembered: a retry must not succeed where
-        // the first attempt was refused. Invalid input is refused identically on every retry
-        // without storing anything (bad input changes nothing, SPEC §11), and transient
-        // failures must stay retryable.
-        let remembered = matches!(
+/// Records an outcome that changed nothing as the command's first outcome, so that every
+/// retry of the same id gets it (SPEC §11.1), and returns the outcome that stands (another
+/// attempt may have stored one first).
+///
+/// No-ops (disabling a disabled flag) and refusals that depend on state are remembered: a
+/// retry must not apply where the first attempt did nothing. Invalid input is refused
+/// identically on every retry without storing anything (bad input changes nothing, SPEC
+/// §11), and transient failures stay retryable.
+async fn remember(
+    connection: &mut ConnectionManager,
+    keys: &Keys,
+    command_id: Option<&str>,
+    outcome: Result<serde_json::Value, WireError>,
+) -> Result<serde_json::Value, WireError> {
+    let remembered = match &outcome {
+        Ok(_) => true,
+        Err(error) => matches!(
             error.code,
             ErrorCode::Conflict | ErrorCode::FailedPrecondition | ErrorCode::NotFound
-        );
-        let Some(id) = command_id.filter(|_| remembered) else {
-            return Err(error);
-        };
-        let refusal = encode_reply::<serde_json::Value>(&Err(error.clone()), Encoding::Json);
-        let standing = store_refusal(
-            connection,
-            keys,
-            id,
-            &refusal,
-            rollout_store::mutation::COMMAND_OUTCOME_TTL_SECONDS,
-        )
-        .await
-        .map_err(|store_error| store_error.to_wire())?;
-        decode_reply(&standing, Encoding::Json)
-    }
-
-    async fn register_namespace(
-        &self,
-        connection: &mut ConnectionManager,
-        namespace: &Namespace,
-    ) -> Result<(), WireError> {
-        let known = self
-            .namespaces_registered
-            .lock()
-            .map(|registered| registered.contains(namespace.as_str()))
-            .unwrap_or(false);
-        if known {
-            return Ok(());
-        }
-        let _: i64 = redis::cmd("SADD")
-            .arg(keys::namespaces())
-            .arg(namespace.as_str())
-            .query_async(connection)
-            .await
-            .map_err(|error| StoreError::Redis(error).to_wire())?;
-        if let Ok(mut registered) = self.namespaces_registered.lock() {
-            registered.insert(namespace.as_str().to_owned());
-        }
-        Ok(())
-    }
+        ),
+    };
+    let Some(id) = command_id.filter(|_| remembered) else {
+        return outcome;
+    };
+    let encoded = encode_reply(&outcome, Encoding::Json);
+    let standing = store_unchanged_outcome(
+        connection,
+        keys,
+        id,
+        &encoded,
+        rollout_store::mutation::COMMAND_OUTCOME_TTL_SECONDS,
+    )
+    .await
+    .map_err(|store_error| store_error.to_wire())?;
+    decode_reply(&standing, Encoding::Json)
 }
 
 /// Loads what `command` reads: the flag (and its active rollout) for flag commands and
@@ -199,24 +193,29 @@ async fn load(
     command: &Command,
 ) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
-    if let Some(rollout_id) = command.rollout_id() {
+    let flag_key = if let Some(rollout_id) = command.rollout_id() {
         loaded.rollout = load_rollout(connection, keys, rollout_id).await?;
-        if let Some(rollout) = &loaded.rollout {
-            loaded.flag = Some(load_flag(connection, keys, &rollout.plan.flag).await?);
-        }
-        return Ok(loaded);
-    }
-    if let Some(flag_key) = command.flag_key() {
-        let stored = load_flag(connection, keys, flag_key).await?;
-        if let Some(active_id) = stored
-            .record
+        loaded
+            .rollout
             .as_ref()
-            .and_then(|record| record.active_rollout.clone())
-        {
-            loaded.active_rollout = load_rollout(connection, keys, &active_id).await?;
-        }
-        loaded.flag = Some(stored);
-    }
+            .map(|rollout| rollout.plan.flag.clone())
+    } else {
+        command.flag_key().map(str::to_owned)
+    };
+    let Some(flag_key) = flag_key else {
+        return Ok(loaded);
+    };
+    let stored = load_flag(connection, keys, &flag_key).await?;
+    let active_id = stored
+        .record
+        .as_ref()
+        .and_then(|record| record.active_rollout.clone());
+    loaded.active_rollout = match (active_id, &loaded.rollout) {
+        (Some(active_id), Some(rollout)) if rollout.id == active_id => Some(rollout.clone()),
+        (Some(active_id), _) => load_rollout(connection, keys, &active_id).await?,
+        (None, _) => None,
+    };
+    loaded.flag = Some(stored);
     Ok(loaded)
 }
 
@@ -226,6 +225,7 @@ fn build_mutation<'k>(
     now: rollout_core::Timestamp,
     actor: Actor,
     change: Change,
+    active_rollout: Option<&RolloutRecord>,
 ) -> Mutation<'k> {
     let mut mutation = Mutation::new(
         keys,
@@ -238,8 +238,13 @@ fn build_mutation<'k>(
     if let Some(record) = change.flag {
         mutation.flag(record, change.flag_created);
     }
+    let changed_id = change.rollout.as_ref().map(|(_, record)| record.id.clone());
     if let Some((revision, record)) = change.rollout {
         mutation.rollout(revision, record);
+    }
+    // the flag's active rollout stays in every snapshot, whatever else the change did
+    if let Some(active) = active_rollout.filter(|active| Some(&active.id) != changed_id.as_ref()) {
+        mutation.unchanged_rollout(active.clone());
     }
     if let Some(record) = change.deleted_rollout {
         mutation.delete_rollout(record);

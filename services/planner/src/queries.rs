@@ -6,7 +6,7 @@
 
 use redis::aio::ConnectionManager;
 use rollout_core::plan::Audience;
-use rollout_core::{compile, CompileContext, DurationMs};
+use rollout_core::{CompileContext, DurationMs};
 use rollout_store::{
     decode_record, fleet, load_flag, load_rollout, outcomes, redis_time, FlagRecord, RolloutRecord,
     StoreError,
@@ -383,7 +383,7 @@ impl Reader {
             min_phase_interval: self.min_phase_interval,
             fresh_salt: "preview",
         };
-        let plan = compile(spec, &record.flag, &context).map_err(WireError::from)?;
+        let plan = crate::decide::compile_from_current_serve(spec, &record.flag, &context)?;
         Ok(to_result(&PlanPreview::new(&plan, now))?)
     }
 }

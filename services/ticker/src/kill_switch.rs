@@ -278,7 +278,10 @@ impl KillSwitches {
             rollout_core::RolloutState,
             Vec<rollout_core::Effect>,
         )> = None;
-        if let Some(active) = rollout.filter(|rollout| rollout.state.lifecycle.is_active()) {
+        if let Some(active) = rollout
+            .as_ref()
+            .filter(|rollout| rollout.state.lifecycle.is_active())
+        {
             match step(&active.plan, &active.state, &Event::FlagDisabled, now) {
                 Ok(outcome) if outcome.changed() => {
                     let next = RolloutRecord {
@@ -286,7 +289,7 @@ impl KillSwitches {
                         ..active.clone()
                     };
                     settle_flag(&mut disabled, &next, &outcome.effects, now);
-                    rollout_change = Some((next, active.state, outcome.effects));
+                    rollout_change = Some((next, active.state.clone(), outcome.effects));
                 }
                 Ok(_) => {}
                 Err(rejection) => {
@@ -327,6 +330,8 @@ impl KillSwitches {
             mutation
                 .rollout(before.revision, next.clone())
                 .effects(&next.id, before, effects);
+        } else if let Some(unchanged) = rollout {
+            mutation.unchanged_rollout(unchanged);
         }
         let mut prepared = mutation.into_commit(None)?;
         prepared.commit.fenced(&keys.fence(), epoch);

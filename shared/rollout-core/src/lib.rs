@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bucket;
+pub mod continuation;
 pub mod entity;
 pub mod error;
 pub mod eval;

@@ -50,6 +50,10 @@ pub struct RolloutSpec {
     /// Health guard checked at every tick.
     #[serde(default)]
     pub guard: Option<GuardSpec>,
+    /// Start as written even when the target serves something other than the baseline or
+    /// a split this rollout can continue (see [`crate::continuation`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_current_serve: bool,
 }
 
 /// One percentage phase.

@@ -300,6 +300,7 @@ impl CommandClient {
             actor: None,
             rollout_id: rollout_id.to_owned(),
             percentage,
+            expected_step: None,
         }))
         .await
     }
@@ -426,6 +427,7 @@ mod tests {
             command_id: None,
             actor: Some("alice".into()),
             rollout_id: "r-1".into(),
+            expected_step: None,
         });
         mine.set_actor_if_missing("bot");
         assert_eq!(mine.actor(), Some("alice"));

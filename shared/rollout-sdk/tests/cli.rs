@@ -35,15 +35,19 @@ async fn create_example_flag(cluster: &Cluster) {
 }
 
 async fn create_from(cluster: &Cluster, file: &str) -> RolloutResult {
+    create_with(cluster, file, &[]).await
+}
+
+async fn create_with(cluster: &Cluster, file: &str, flags: &[&str]) -> RolloutResult {
     let path = example(file);
-    let value = cluster
-        .ctl_json(&[
-            "rollout",
-            "create",
-            "-f",
-            path.to_str().expect("utf-8 path"),
-        ])
-        .await;
+    let mut args = vec![
+        "rollout",
+        "create",
+        "-f",
+        path.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(flags);
+    let value = cluster.ctl_json(&args).await;
     serde_json::from_value(value).expect("a rollout result")
 }
 
@@ -152,7 +156,31 @@ async fn continue_stop_and_rollback_drive_a_rollout() {
     );
     assert!(again.stderr.contains("hint:"), "{}", again.stderr);
 
-    let next = create_from(&cluster, "rollout-stages.yaml").await;
+    // the flag now serves the 3 % split the stop left: a label-stage rollout cannot
+    // continue it, so it is refused unless the operator says to replace it
+    let stages = example("rollout-stages.yaml");
+    let refused = cluster
+        .ctl(&[
+            "rollout",
+            "create",
+            "-f",
+            stages.to_str().expect("utf-8 path"),
+        ])
+        .await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("error: failed_precondition")
+            && refused.stderr.contains("a split (on 3%, off 97%)")
+            && refused.stderr.contains("replace_current_serve"),
+        "{}",
+        refused.stderr
+    );
+    let next = create_with(
+        &cluster,
+        "rollout-stages.yaml",
+        &["--replace-current-serve"],
+    )
+    .await;
     let paused = cluster.ctl(&["rollout", "pause", &next.rollout_id]).await;
     paused.assert_ok();
     let resumed = cluster.ctl(&["rollout", "resume", &next.rollout_id]).await;

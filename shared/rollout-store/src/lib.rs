@@ -49,6 +49,9 @@ pub enum StoreError {
     /// Redis answered something the store did not expect.
     #[error("unexpected redis reply: {0}")]
     Protocol(String),
+    /// A change was described inconsistently (a bug in the caller, refused before Redis).
+    #[error("inconsistent change: {0}")]
+    Inconsistent(String),
 }
 
 impl StoreError {
@@ -60,7 +63,7 @@ impl StoreError {
             StoreError::Redis(_) => {
                 WireError::unavailable(format!("state store unavailable: {self}"))
             }
-            StoreError::Corrupt(_) | StoreError::Protocol(_) => {
+            StoreError::Corrupt(_) | StoreError::Protocol(_) | StoreError::Inconsistent(_) => {
                 WireError::internal(self.to_string())
             }
         }
@@ -72,6 +75,24 @@ pub async fn redis_time<C: ConnectionLike + Send + Sync>(
     connection: &mut C,
 ) -> Result<Timestamp, StoreError> {
     let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(connection).await?;
+    Ok(Timestamp::from_redis_time(seconds, micros))
+}
+
+/// Redis `TIME`, with `namespace` (re)written into the namespace registry in the same round
+/// trip. Writers call it before deciding a change, so a registry lost with Redis's data is
+/// written again by the next command in each namespace, and the ticker finds its rollouts.
+pub async fn redis_time_registering<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    namespace: &str,
+) -> Result<Timestamp, StoreError> {
+    let ((seconds, micros),): ((i64, i64),) = redis::pipe()
+        .cmd("SADD")
+        .arg(rollout_wire::keys::namespaces())
+        .arg(namespace)
+        .ignore()
+        .cmd("TIME")
+        .query_async(connection)
+        .await?;
     Ok(Timestamp::from_redis_time(seconds, micros))
 }
 
@@ -120,9 +141,10 @@ pub async fn stored_outcome<C: ConnectionLike + Send + Sync>(
     Ok(connection.get(keys.command(command_id)).await?)
 }
 
-/// Records a refusal as a command's first outcome unless one is already stored (SET NX),
-/// returning the outcome that stands.
-pub async fn store_refusal<C: ConnectionLike + Send + Sync>(
+/// Records an outcome that changed nothing — a refusal or a no-op — as a command's first
+/// outcome unless one is already stored (SET NX), returning the outcome that stands.
+/// (Outcomes that change something are stored by their commit.)
+pub async fn store_unchanged_outcome<C: ConnectionLike + Send + Sync>(
     connection: &mut C,
     keys: &Keys,
     command_id: &str,

@@ -55,6 +55,7 @@ pub struct Mutation<'k> {
     flag_record: Option<FlagRecord>,
     flag_created: bool,
     rollout: Option<(u64, RolloutRecord)>,
+    unchanged_rollout: Option<RolloutRecord>,
     deleted_rollout: Option<RolloutRecord>,
     happenings: Vec<Happening>,
 }
@@ -91,6 +92,7 @@ impl<'k> Mutation<'k> {
             flag_record: None,
             flag_created: false,
             rollout: None,
+            unchanged_rollout: None,
             deleted_rollout: None,
             happenings: Vec::new(),
         }
@@ -107,6 +109,16 @@ impl<'k> Mutation<'k> {
     /// The rollout record after the change; `previous_revision` is what it had (0: new).
     pub fn rollout(&mut self, previous_revision: u64, record: RolloutRecord) -> &mut Mutation<'k> {
         self.rollout = Some((previous_revision, record));
+        self
+    }
+
+    /// The flag's active rollout, left as it is by this change (a flag edit, a toggle, the
+    /// deletion of another rollout of the flag). Its view goes into the event snapshot — an
+    /// evaluator applying the event keeps serving the rollout — and the commit checks its
+    /// revision. [`Mutation::into_commit`] refuses a flag record naming an active rollout
+    /// that the mutation was given neither here nor through [`Mutation::rollout`].
+    pub fn unchanged_rollout(&mut self, record: RolloutRecord) -> &mut Mutation<'k> {
+        self.unchanged_rollout = Some(record);
         self
     }
 
@@ -241,6 +253,9 @@ impl<'k> Mutation<'k> {
                 None => commit.zrem(&keys.due(), &record.id),
             };
         }
+        if let Some(record) = &self.unchanged_rollout {
+            commit.expect_revision(&keys.rollout(&record.id), record.state.revision);
+        }
         if let Some(record) = &self.deleted_rollout {
             let rollout_key = keys.rollout(&record.id);
             commit.expect_revision(&rollout_key, record.state.revision);
@@ -249,11 +264,14 @@ impl<'k> Mutation<'k> {
             commit.zrem(&keys.rollouts_finished(), &record.id);
             commit.zrem(&keys.due(), &record.id);
         }
-        let snapshot = self.flag_record.as_ref().map(|record| FlagSnapshot {
-            flag: record.flag.clone(),
-            version: new_version,
-            rollout: self.active_view(record),
-        });
+        let snapshot = match &self.flag_record {
+            Some(record) => Some(FlagSnapshot {
+                flag: record.flag.clone(),
+                version: new_version,
+                rollout: self.active_view(record)?,
+            }),
+            None => None,
+        };
         // every event of a rollout carries where the rollout stands after the commit, so a
         // watcher can follow it from events alone
         let rollout_position = self.rollout.as_ref().map(|(_, record)| {
@@ -316,12 +334,28 @@ impl<'k> Mutation<'k> {
         })
     }
 
-    fn active_view(&self, flag_record: &FlagRecord) -> Option<rollout_core::RolloutView> {
-        let (_, rollout) = self.rollout.as_ref()?;
-        if flag_record.active_rollout.as_deref() != Some(rollout.id.as_str()) {
-            return None;
-        }
-        rollout.state.view(&rollout.id, &rollout.plan)
+    /// The view of the rollout the flag record names as active, from the changed or the
+    /// unchanged rollout record; an error when the mutation holds neither, since the
+    /// snapshot would then tell every evaluator to drop a running rollout.
+    fn active_view(
+        &self,
+        flag_record: &FlagRecord,
+    ) -> Result<Option<rollout_core::RolloutView>, StoreError> {
+        let Some(active_id) = flag_record.active_rollout.as_deref() else {
+            return Ok(None);
+        };
+        let changed = self.rollout.as_ref().map(|(_, record)| record);
+        let active = changed
+            .into_iter()
+            .chain(self.unchanged_rollout.as_ref())
+            .find(|record| record.id == active_id)
+            .ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "a change to flag {} must carry its active rollout {active_id}",
+                    self.flag_key
+                ))
+            })?;
+        Ok(active.state.view(&active.id, &active.plan))
     }
 }
 

@@ -116,6 +116,11 @@ pub struct RolloutAction {
     pub actor: Option<String>,
     /// The rollout.
     pub rollout_id: String,
+    /// The step (0-based index) the sender saw the rollout in: if it is elsewhere when the
+    /// command applies, nothing happens and the reply is `conflict`. Without it, a command
+    /// still never moves a rollout that a transition moved while the command was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_step: Option<usize>,
 }
 
 /// `rollout.cmd.<ns>.rollout.stop`: ends the rollout as `stopped`; the target keeps serving
@@ -135,6 +140,9 @@ pub struct RolloutStop {
     /// Share to keep serving, in percent with up to four decimals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<f64>,
+    /// As [`RolloutAction::expected_step`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_step: Option<usize>,
 }
 
 impl FlagToggle {
@@ -155,6 +163,7 @@ impl RolloutAction {
             command_id: None,
             actor: None,
             rollout_id: rollout_id.into(),
+            expected_step: None,
         }
     }
 }
@@ -442,6 +451,29 @@ impl Command {
         }
     }
 
+    /// The step a rollout command expects its rollout in, when it names one.
+    pub fn expected_step(&self) -> Option<usize> {
+        match self {
+            Command::RolloutStop(body) => body.expected_step,
+            Command::RolloutStart(body)
+            | Command::RolloutPause(body)
+            | Command::RolloutResume(body)
+            | Command::RolloutContinue(body)
+            | Command::RolloutPromote(body)
+            | Command::RolloutRollback(body)
+            | Command::RolloutDelete(body) => body.expected_step,
+            _ => None,
+        }
+    }
+
+    /// Whether the command moves its rollout to another step (`continue`, `promote`).
+    pub fn moves_steps(&self) -> bool {
+        matches!(
+            self,
+            Command::RolloutContinue(_) | Command::RolloutPromote(_)
+        )
+    }
+
     /// Checks what can be checked without state: metadata, keys and ids are tokens, a new
     /// flag's definition is valid, a stop share is a valid percentage. A rollout spec is
     /// checked when it is compiled against its flag. Every problem is reported.
@@ -546,6 +578,7 @@ mod tests {
             actor: Some(String::new()),
             rollout_id: "r 1".into(),
             percentage: Some(12.34567),
+            expected_step: None,
         });
         let error = command.validate().expect_err("invalid");
         assert_eq!(error.code, ErrorCode::InvalidArgument);

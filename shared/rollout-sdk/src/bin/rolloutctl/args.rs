@@ -106,10 +106,27 @@ pub enum FlagCommand {
 /// `rolloutctl rollout ...`.
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Create (and, unless it waits, start) a rollout from a spec file.
-    Create(FileArg),
+    /// Create (and, unless it waits, start) a rollout from a spec file. It starts from what
+    /// its target serves now: a split left by an earlier rollout is continued; any other
+    /// serve than the baseline is refused unless --replace-current-serve.
+    Create {
+        /// The spec file.
+        #[command(flatten)]
+        file: FileArg,
+        /// Start as written even though the target serves something else than the baseline
+        /// (users may change variation at once).
+        #[arg(long)]
+        replace_current_serve: bool,
+    },
     /// Preview the plan of a spec file with projected times; nothing is stored.
-    Plan(FileArg),
+    Plan {
+        /// The spec file.
+        #[command(flatten)]
+        file: FileArg,
+        /// Preview as `create --replace-current-serve` would create it.
+        #[arg(long)]
+        replace_current_serve: bool,
+    },
     /// Start a rollout created with `wait_for_start`.
     Start(IdArg),
     /// Freeze a rollout at its current share.

@@ -273,8 +273,12 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
         )
     };
     let (command, context) = match command {
-        RolloutCommand::Create(file) => {
-            let spec = specfile::read_spec(&file.path, specfile::now())?;
+        RolloutCommand::Create {
+            file,
+            replace_current_serve,
+        } => {
+            let mut spec = specfile::read_spec(&file.path, specfile::now())?;
+            spec.replace_current_serve |= *replace_current_serve;
             let context = Context {
                 flag: Some(spec.flag.clone()),
                 ..file_context(&file.path)
@@ -290,8 +294,12 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
                 })
                 .await;
         }
-        RolloutCommand::Plan(file) => {
-            let spec = specfile::read_spec(&file.path, specfile::now())?;
+        RolloutCommand::Plan {
+            file,
+            replace_current_serve,
+        } => {
+            let mut spec = specfile::read_spec(&file.path, specfile::now())?;
+            spec.replace_current_serve |= *replace_current_serve;
             let context = Context {
                 flag: Some(spec.flag.clone()),
                 ..file_context(&file.path)
@@ -391,14 +399,21 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
                 actor: None,
                 rollout_id: id.rollout_id.clone(),
                 percentage: *percentage,
+                expected_step: None,
             }),
             rollout_context(&id.rollout_id),
         ),
         RolloutCommand::Start(id) => simple(Command::RolloutStart, &id.rollout_id),
         RolloutCommand::Pause(id) => simple(Command::RolloutPause, &id.rollout_id),
         RolloutCommand::Resume(id) => simple(Command::RolloutResume, &id.rollout_id),
-        RolloutCommand::Continue(id) => simple(Command::RolloutContinue, &id.rollout_id),
-        RolloutCommand::Promote(id) => simple(Command::RolloutPromote, &id.rollout_id),
+        RolloutCommand::Continue(id) => (
+            Command::RolloutContinue(at_current_step(session, &id.rollout_id).await?),
+            rollout_context(&id.rollout_id),
+        ),
+        RolloutCommand::Promote(id) => (
+            Command::RolloutPromote(at_current_step(session, &id.rollout_id).await?),
+            rollout_context(&id.rollout_id),
+        ),
         RolloutCommand::Rollback(id) => simple(Command::RolloutRollback, &id.rollout_id),
     };
     session
@@ -406,6 +421,20 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             render::rollout_result(result)
         })
         .await
+}
+
+/// An action on `rollout_id` expecting the step its status shows now: a move the operator
+/// decided on what they saw is refused (`conflict`) if a transition moves the rollout first,
+/// instead of moving it twice.
+async fn at_current_step(session: &Session, rollout_id: &str) -> Result<RolloutAction, Failure> {
+    let status = session
+        .commands
+        .rollout_status(rollout_id)
+        .await
+        .map_err(|error| Failure::sdk(error, &rollout_context(rollout_id)))?;
+    let mut action = RolloutAction::new(rollout_id);
+    action.expected_step = status.current_step;
+    Ok(action)
 }
 
 async fn eval(session: &Session, args: &EvalArgs, cli: &Cli) -> Result<(), Failure> {
