@@ -13,7 +13,9 @@ step "1. a flag"
 show flag create -f "$HERE/demo/flag.yaml" || show flag get demo-checkout
 
 step "2. a phased rollout: 10 % → 25 % → 50 % → 100 %, four seconds each"
-created=$("${CTL[@]}" --json rollout create -f "$HERE/demo/phased.yaml")
+# --replace-current-serve: a re-run on kept data (run.sh --keep-data) finds the flag
+# serving what the last run completed; a real rollout would be refused there instead
+created=$("${CTL[@]}" --json rollout create -f "$HERE/demo/phased.yaml" --replace-current-serve)
 rollout_id=$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rollout_id"])')
 echo "created rollout $rollout_id"
 show rollout status "$rollout_id"
@@ -35,7 +37,7 @@ show flag create -f "$HERE/demo/agent-flag.yaml" || true
 agents=$!
 trap 'kill $agents 2>/dev/null || true' EXIT
 sleep 2
-staged=$("${CTL[@]}" --json rollout create -f "$HERE/demo/stages.yaml")
+staged=$("${CTL[@]}" --json rollout create -f "$HERE/demo/stages.yaml" --replace-current-serve)
 staged_id=$(printf '%s' "$staged" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rollout_id"])')
 echo "created rollout $staged_id: the canary stage is released, agents apply v2"
 sleep 6
