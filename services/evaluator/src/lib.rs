@@ -40,7 +40,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
-use rollout_runtime::connect::{connect_nats, connect_redis, ConnectError};
+use rollout_runtime::connect::{connect_nats_observed, connect_redis, ConnectError, NatsEvents};
 use rollout_runtime::shutdown::{Shutdown, Tasks};
 use rollout_wire::subjects::{Subjects, EVALUATOR_QUEUE};
 use tokio::sync::{mpsc, watch};
@@ -96,6 +96,8 @@ pub struct Shared {
     agents: AgentCache,
     rollouts: KnownRollouts,
     resync_overflow: AtomicBool,
+    /// Connection events of `nats`: a slow-consumer drop may have lost change events.
+    nats_events: Arc<NatsEvents>,
     /// Redis's generation id (`ro:generation`) when the snapshot was last checked against
     /// it; `None` before the first load.
     store_generation: std::sync::Mutex<Option<String>>,
@@ -128,7 +130,9 @@ impl Evaluator {
         let shutdown = shutdown.child();
         let subjects = Subjects::new(config.nats.subject_prefix.as_str())
             .map_err(|error| EvaluatorError::Subjects(error.message().to_owned()))?;
-        let nats = connect_nats(&config.nats, "evaluator").await?;
+        let nats_events = Arc::new(NatsEvents::default());
+        let nats =
+            connect_nats_observed(&config.nats, "evaluator", Arc::clone(&nats_events)).await?;
         let redis = connect_redis(&config.redis).await?;
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -154,6 +158,7 @@ impl Evaluator {
             agents: AgentCache::default(),
             rollouts: KnownRollouts::default(),
             resync_overflow: AtomicBool::new(false),
+            nats_events,
             store_generation: std::sync::Mutex::new(None),
         });
         let tasks = Tasks::new();

@@ -104,6 +104,9 @@ pub enum ResyncReason {
     Reconnect,
     /// Too many resyncs were queued at once; everything was compared instead.
     Overflow,
+    /// The NATS client dropped messages of a subscription that did not keep up (a slow
+    /// consumer): events may be lost, so everything was compared.
+    SlowConsumer,
     /// Redis lost its data (its generation id changed): every flag was read again and
     /// replaced, whatever version was held.
     StoreReset,
@@ -111,13 +114,14 @@ pub enum ResyncReason {
 
 impl ResyncReason {
     /// Every reason, in metric order.
-    pub const ALL: [ResyncReason; 7] = [
+    pub const ALL: [ResyncReason; 8] = [
         ResyncReason::Gap,
         ResyncReason::NoSnapshot,
         ResyncReason::Invalid,
         ResyncReason::Periodic,
         ResyncReason::Reconnect,
         ResyncReason::Overflow,
+        ResyncReason::SlowConsumer,
         ResyncReason::StoreReset,
     ];
 
@@ -130,6 +134,7 @@ impl ResyncReason {
             ResyncReason::Periodic => "periodic",
             ResyncReason::Reconnect => "reconnect",
             ResyncReason::Overflow => "overflow",
+            ResyncReason::SlowConsumer => "slow_consumer",
             ResyncReason::StoreReset => "store_reset",
         }
     }

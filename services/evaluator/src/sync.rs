@@ -9,8 +9,9 @@
 //!   become [`ResyncRequest`]s for the resync worker, which reads those flags from Redis,
 //!   so Redis latency never holds up the applying of other events.
 //! - The resync worker also compares every held version with Redis every
-//!   `resync_interval` (pipelined `HGET rev`), and after every NATS reconnection, to catch
-//!   events that were never delivered.
+//!   `resync_interval` (pipelined `HGET rev`), and within `reconnect_check_interval` after
+//!   every NATS reconnection and every slow-consumer drop of the client, to catch events
+//!   that were never delivered.
 //!
 //! Every install goes through the snapshot's version check, so the applier and the
 //! resync worker can race freely: the newer version wins, an older one is dropped.
@@ -572,6 +573,7 @@ pub(crate) async fn resync_worker(
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let statistics = shared.nats.statistics();
     let mut connects = statistics.connects.load(Ordering::Relaxed);
+    let mut slow_consumers = shared.nats_events.slow_consumers();
     let mut pending_full: Option<ResyncReason> = None;
     let mut requests_closed = false;
     loop {
@@ -615,6 +617,12 @@ pub(crate) async fn resync_worker(
                         tracing::warn!(%error, "nats flush after reconnect failed");
                     }
                     pending_full = Some(ResyncReason::Reconnect);
+                }
+                let now_slow = shared.nats_events.slow_consumers();
+                if now_slow != slow_consumers {
+                    slow_consumers = now_slow;
+                    tracing::warn!("nats dropped messages (slow consumer); comparing every flag with redis");
+                    pending_full.get_or_insert(ResyncReason::SlowConsumer);
                 }
                 if shared.resync_overflow.swap(false, Ordering::Relaxed) {
                     pending_full.get_or_insert(ResyncReason::Overflow);

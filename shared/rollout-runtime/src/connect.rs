@@ -6,6 +6,8 @@
 
 use std::fmt;
 use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
@@ -112,6 +114,29 @@ pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
+    connect_nats_observed(settings, client_name, Arc::default()).await
+}
+
+/// Connection events a service acts on, counted by the client's event callback.
+#[derive(Debug, Default)]
+pub struct NatsEvents {
+    slow_consumers: AtomicU64,
+}
+
+impl NatsEvents {
+    /// How often the client dropped messages of a subscription that did not keep up.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+}
+
+/// [`connect_nats`], counting connection events into `events` (a subscriber that must
+/// not miss messages learns of drops there).
+pub async fn connect_nats_observed(
+    settings: &NatsSettings,
+    client_name: &str,
+    events: Arc<NatsEvents>,
+) -> Result<async_nats::Client, ConnectError> {
     let name = settings
         .name
         .clone()
@@ -141,7 +166,7 @@ pub async fn connect_nats(
         &settings.url,
         settings.connect_timeout,
         |_attempt_timeout| async {
-            let options = match nats_options(settings, &name).await {
+            let options = match nats_options(settings, &name, events.clone()).await {
                 Ok(options) => options,
                 Err(message) => return Attempt::Fatal(ConnectErrorKind::InvalidSettings, message),
             };
@@ -231,15 +256,17 @@ where
 async fn nats_options(
     settings: &NatsSettings,
     name: &str,
+    events: Arc<NatsEvents>,
 ) -> Result<async_nats::ConnectOptions, String> {
     // the client keeps this for every reconnection, so it is not the time
     // left before the start-up deadline (the caller bounds that attempt)
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(per_connection_timeout(settings.connect_timeout))
+        .subscription_capacity(settings.subscription_capacity)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(log_nats_event(name.to_owned()));
+        .event_callback(on_nats_event(name.to_owned(), events));
     if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
@@ -274,8 +301,10 @@ fn reconnect_delay(attempts: usize) -> Duration {
     (Duration::from_millis(10) * 2_u32.pow(doublings)).min(MAX_RECONNECT_DELAY)
 }
 
-fn log_nats_event(
+/// Logs every connection event and counts those in [`NatsEvents`].
+fn on_nats_event(
     client: String,
+    events: Arc<NatsEvents>,
 ) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
     move |event| {
         match &event {
@@ -291,6 +320,7 @@ fn log_nats_event(
             async_nats::Event::Draining => tracing::info!(client = %client, "nats draining"),
             async_nats::Event::Closed => tracing::info!(client = %client, "nats connection closed"),
             async_nats::Event::SlowConsumer(subscription) => {
+                events.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(client = %client, subscription, "nats slow consumer, messages dropped")
             }
             async_nats::Event::ServerError(error) => {

@@ -62,6 +62,9 @@ pub struct NatsSettings {
     /// How long start-up keeps retrying the first connection, e.g. `10s`
     #[serde(with = "crate::config::duration")]
     pub connect_timeout: Duration,
+    /// Messages one subscription buffers in the client; beyond it the client drops them
+    /// (a slow consumer; evaluators then compare every flag with Redis)
+    pub subscription_capacity: usize,
 }
 
 impl NatsSettings {
@@ -71,6 +74,8 @@ impl NatsSettings {
     pub const DEFAULT_SUBJECT_PREFIX: &'static str = "rollout";
     /// Default start-up connection deadline.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default per-subscription buffer (async-nats's own default).
+    pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
 
     /// The server URLs, split on commas and trimmed.
     pub fn urls(&self) -> Vec<&str> {
@@ -97,6 +102,7 @@ impl Default for NatsSettings {
             tls_key: None,
             tls_required: false,
             connect_timeout: NatsSettings::DEFAULT_CONNECT_TIMEOUT,
+            subscription_capacity: NatsSettings::DEFAULT_SUBSCRIPTION_CAPACITY,
         }
     }
 }
@@ -119,6 +125,12 @@ impl Validate for NatsSettings {
             }
         }
         validate_subject_prefix(&self.subject_prefix)?;
+        if self.subscription_capacity == 0 {
+            return Err(ConfigError::new(
+                "nats.subscription_capacity",
+                "must be at least 1",
+            ));
+        }
         if matches!(&self.name, Some(name) if name.trim().is_empty()) {
             return Err(ConfigError::new("nats.name", "must not be empty when set"));
         }
