@@ -1,5 +1,8 @@
-//! The whole system in process on test-kit servers — a planner, three tickers, two
-//! evaluators — driven only through the SDK and the NATS subjects, as users drive it:
+//! The whole system in process on test-kit servers — the sandbox [`Cluster`] (a planner,
+//! two evaluators) and three tickers — driven only through the SDK and the NATS subjects,
+//! as users drive it. After every state change a test makes, the served-content oracle
+//! asserts that every replica (OFREP and NATS) and fleet `desired` serve what the state
+//! committed in Redis gives (SPEC §11.1, `support::oracle`). The tests:
 //!
 //! - a phased rollout (10 % for 1 s, 50 % for 1 s, 100 %) reaches every evaluator step by
 //!   step, in order, each serving the step's share, never an older version after a newer;
@@ -19,61 +22,32 @@ use evaluator::EvaluatorHandle;
 use futures_util::StreamExt;
 use rollout_core::{Entity, Lifecycle, StageCounts};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{CommandClient, EvalClient, Namespace};
-use rollout_testkit::{NatsServer, RedisServer};
+use rollout_sdk::{EvalClient, Namespace};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
 use serde_json::{json, Value};
-use support::cluster::{
-    boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
-    redis_settings, start_evaluator, Login,
-};
+use support::cluster::{boolean_flag, Cluster, ClusterOptions};
+use support::oracle::assert_served_matches_committed;
 use support::{eventually, NS, PATIENCE};
 use ticker::{TickerConfig, TickerSettings};
 
-/// The servers and every service in process.
+/// The sandbox cluster (servers, a planner, two evaluators, all in process) with tickers
+/// in process too.
 struct System {
-    nats: NatsServer,
-    redis: RedisServer,
-    client: async_nats::Client,
-    commands: CommandClient,
-    evaluators: Vec<Arc<EvaluatorHandle>>,
+    cluster: Cluster,
     shutdown: Shutdown,
-    planner: Option<planner::Planner>,
     tickers: Vec<tokio::task::JoinHandle<Result<(), ticker::TickerError>>>,
 }
 
 impl System {
     async fn start(tickers: usize) -> System {
-        rollout_runtime::telemetry::init_for_tests();
-        let (nats, redis) = tokio::task::spawn_blocking(|| {
-            (
-                NatsServer::start().expect("nats-server starts"),
-                RedisServer::start().expect("redis-server starts"),
-            )
-        })
-        .await
-        .expect("start task");
-        let nats_config = nats_settings(&nats.url(), &Login::default());
-        let redis_config = redis_settings(&redis.url(), &Login::default());
+        let cluster = Cluster::start(ClusterOptions::default()).await;
         let shutdown = Shutdown::new();
-        let planner = planner::Planner::start(
-            planner_config(nats_config.clone(), redis_config.clone()),
-            shutdown.clone(),
-        )
-        .await
-        .expect("planner starts");
-        let mut evaluators = Vec::new();
-        for _ in 0..2 {
-            evaluators.push(
-                start_evaluator(evaluator_config(nats_config.clone(), redis_config.clone())).await,
-            );
-        }
         let tickers = (0..tickers)
             .map(|index| {
                 let config = TickerConfig {
-                    nats: nats_config.clone(),
-                    redis: redis_config.clone(),
+                    nats: cluster.nats_settings(),
+                    redis: cluster.redis_settings(),
                     ticker: TickerSettings {
                         lease_ttl: Duration::from_secs(1),
                         replica_id: Some(format!("ticker-{index}")),
@@ -84,37 +58,27 @@ impl System {
                 tokio::spawn(ticker::run(config, shutdown.clone()))
             })
             .collect();
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("client connects");
         System {
-            commands: operator_commands(client.clone()),
-            nats,
-            redis,
-            client,
-            evaluators,
+            cluster,
             shutdown,
-            planner: Some(planner),
             tickers,
         }
     }
 
     async fn stop(mut self) {
         self.shutdown.trigger();
-        for evaluator in &self.evaluators {
-            evaluator.shutdown();
-        }
-        if let Some(planner) = self.planner.take() {
-            planner.wait().await;
-        }
+        self.cluster.shutdown().await;
         for ticker in self.tickers.drain(..) {
             ticker
                 .await
                 .expect("ticker task")
                 .expect("ticker stops cleanly");
         }
-        drop(self.nats);
-        drop(self.redis);
+    }
+
+    /// Asserts every evaluator serves what the committed state of the namespace gives.
+    async fn assert_served_matches_committed(&self) {
+        assert_served_matches_committed(&self.cluster, NS).await;
     }
 
     /// A JSON request on `subject`; the reply envelope.
@@ -125,7 +89,8 @@ impl System {
         }
         let reply = tokio::time::timeout(
             Duration::from_secs(10),
-            self.client
+            self.cluster
+                .client
                 .request_with_headers(subject.to_owned(), headers, payload.into()),
         )
         .await
@@ -142,7 +107,7 @@ impl System {
 
     /// Every key with its DUMP, sorted.
     async fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let client = redis::Client::open(self.redis.url()).expect("url");
+        let client = redis::Client::open(self.cluster.redis.url()).expect("url");
         let mut connection = client
             .get_multiplexed_async_connection()
             .await
@@ -189,13 +154,16 @@ fn served(handle: &EvaluatorHandle, flag: &str, population: &[Entity]) -> Option
 async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     let system = System::start(3).await;
     system
+        .cluster
         .commands
         .create_flag(boolean_flag("new-checkout"))
         .await
         .expect("flag created");
+    system.assert_served_matches_committed().await;
     let population = population();
     // every evaluator's (version, served share) as it changes
     let watchers: Vec<_> = system
+        .cluster
         .evaluators
         .iter()
         .map(|handle| {
@@ -225,13 +193,17 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     }))
     .expect("spec");
     let created = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
         .expect("rollout created");
     assert_eq!(created.state, Lifecycle::Running);
+    // the ticker moves it on meanwhile: each round reads what is committed by then
+    system.assert_served_matches_committed().await;
     let status = eventually("the rollout to complete", PATIENCE, || async {
         let status = system
+            .cluster
             .commands
             .rollout_status(&created.rollout_id)
             .await
@@ -239,7 +211,9 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
         (status.state == Lifecycle::Completed).then_some(status)
     })
     .await;
+    system.assert_served_matches_committed().await;
     let version = system
+        .cluster
         .commands
         .get_flag("new-checkout")
         .await
@@ -270,7 +244,7 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
             "evaluator {index} served the steps out of order or missed one: {seen:?}"
         );
         assert_eq!(
-            system.evaluators[index].served_version(NS, "new-checkout"),
+            system.cluster.evaluators[index].served_version(NS, "new-checkout"),
             Some(version),
             "evaluator {index} converged on the completed state"
         );
@@ -279,9 +253,12 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
         assert!(step.started_at.is_some() && !step.skipped, "{step:?}");
     }
     // the SDK sees everyone on the candidate
-    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
-        .await
-        .expect("eval client");
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
     let answer = eval
         .evaluate("new-checkout", &Entity::with_id("user-7"))
         .await
@@ -321,6 +298,7 @@ async fn desired(system: &System, agent: &str) -> String {
 
 async fn stage_counts(system: &System, rollout_id: &str) -> Vec<StageCounts> {
     let status = system
+        .cluster
         .commands
         .rollout_status(rollout_id)
         .await
@@ -353,10 +331,12 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     }))
     .expect("flag");
     system
+        .cluster
         .commands
         .create_flag(flag)
         .await
         .expect("flag created");
+    system.assert_served_matches_committed().await;
     let agents = [
         ("stage-1", json!({"env": "staging"})),
         ("stage-2", json!({"env": "staging", "region": "eu"})),
@@ -377,6 +357,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .expect("registered");
         assert_eq!(ack["agent_id"], json!(agent));
     }
+    system.assert_served_matches_committed().await;
     let spec = serde_json::from_value(json!({
         "flag": "agent-version", "baseline": "v1", "candidate": "v2",
         "stages": [{"name": "canary", "labels": {"env": "staging"}},
@@ -384,6 +365,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     }))
     .expect("spec");
     let rollout = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
@@ -394,6 +376,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         Some(0),
         "starting releases the first stage"
     );
+    system.assert_served_matches_committed().await;
 
     // stage 1 only: the canaries move, nobody else
     for (agent, _) in &agents {
@@ -444,11 +427,13 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
 
     // continue releases prod-eu
     let continued = system
+        .cluster
         .commands
         .continue_rollout(&id)
         .await
         .expect("continue");
     assert_eq!(continued.current_step, Some(1));
+    system.assert_served_matches_committed().await;
     for agent in ["eu-1", "eu-2", "eu-3"] {
         eventually(&format!("{agent} to get v2"), PATIENCE, || async {
             (desired(&system, agent).await == "v2").then_some(())
@@ -469,6 +454,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     .await
     .expect("registered");
     assert_eq!(desired(&system, "eu-4").await, "v2");
+    system.assert_served_matches_committed().await;
     fleet(
         &system,
         "report",
@@ -487,16 +473,18 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
 
     // the last continue releases everyone and completes the rollout
     system
+        .cluster
         .commands
         .continue_rollout(&id)
         .await
         .expect("continue");
     eventually("completion", PATIENCE, || async {
-        let status = system.commands.rollout_status(&id).await.ok()?;
+        let status = system.cluster.commands.rollout_status(&id).await.ok()?;
         (status.state == Lifecycle::Completed).then_some(())
     })
     .await;
     assert_eq!(desired(&system, "lab-1").await, "v2");
+    system.assert_served_matches_committed().await;
     system.stop().await;
 }
 
@@ -505,21 +493,25 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     // no tickers: the lease and fence would change Redis on their own
     let system = System::start(0).await;
     system
+        .cluster
         .commands
         .create_flag(boolean_flag("checkout"))
         .await
         .expect("flag");
+    system.assert_served_matches_committed().await;
     let spec = serde_json::from_value(json!({
         "flag": "checkout", "baseline": "off", "candidate": "on",
         "phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 100}],
     }))
     .expect("spec");
     let rollout_id = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
         .expect("rollout")
         .rollout_id;
+    system.assert_served_matches_committed().await;
     fleet(
         &system,
         "register",
@@ -527,24 +519,11 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     )
     .await
     .expect("registered");
-    let redis_conn = rollout_runtime::connect::connect_redis(&redis_settings(
-        &system.redis.url(),
-        &Login::default(),
-    ))
-    .await
-    .expect("redis");
-    let outbox_empty = || {
-        let mut connection = redis_conn.clone();
-        async move {
-            let len: u64 = redis::cmd("XLEN")
-                .arg(format!("ro:{{{NS}}}:outbox"))
-                .query_async(&mut connection)
-                .await
-                .ok()?;
-            (len == 0).then_some(())
-        }
-    };
-    eventually("the outbox to drain", PATIENCE, outbox_empty).await;
+    system.assert_served_matches_committed().await;
+    eventually("the outbox to drain", PATIENCE, || async {
+        (system.cluster.outbox_len().await == 0).then_some(())
+    })
+    .await;
     let before = system.dump().await;
 
     let deep_json = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
@@ -738,6 +717,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
             headers.insert("Content-Type", "application/json");
         }
         system
+            .cluster
             .client
             .publish_with_headers(
                 format!("rollout.metrics.{NS}"),
@@ -753,6 +733,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
         json!({"flag": "checkout", "entity": {"id": "u"}, "variation": "on", "outcome": "error", "value": "NaN"}),
     ] {
         system
+            .cluster
             .client
             .publish(
                 format!("rollout.metrics.{NS}"),
@@ -767,12 +748,13 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     // the durable stream: every bad command is consumed (acknowledged, not redelivered
     // forever); those that name a command id get an error outcome
     let mut outcomes = system
+        .cluster
         .client
         .subscribe("rollout.outcome.>")
         .await
         .expect("subscribe");
-    system.client.flush().await.expect("flush");
-    let jetstream = async_nats::jetstream::new(system.client.clone());
+    system.cluster.client.flush().await.expect("flush");
+    let jetstream = async_nats::jetstream::new(system.cluster.client.clone());
     let mut queued = 0;
     for (_, payload, json) in &garbage {
         let mut headers = async_nats::HeaderMap::new();
@@ -856,6 +838,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     println!("idempotency records and liveness written by refused calls: {allowed:?}");
     assert!(state.is_empty(), "bad input changed redis state: {state:?}");
     let invalid_outcomes: f64 = system
+        .cluster
         .evaluators
         .iter()
         .map(|handle| {
@@ -867,12 +850,16 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
         })
         .sum();
     assert!(invalid_outcomes >= 1.0, "bad outcome reports are counted");
-    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
-        .await
-        .expect("eval client");
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
     eval.evaluate("checkout", &Entity::with_id("u-1"))
         .await
         .expect("the evaluators still serve");
+    system.assert_served_matches_committed().await;
     system.stop().await;
 }
 
