@@ -112,7 +112,8 @@ impl Report {
         println!("{text}");
     }
 
-    /// Prints, then asserts every violation count is zero.
+    /// Prints, then asserts every violation count is zero, and that the oracle compared
+    /// something (a check that compared nothing cannot fail).
     pub fn assert_clean(&self) {
         self.print();
         assert_eq!(
@@ -135,6 +136,11 @@ impl Report {
         assert_eq!(
             self.oracle_violations, 0,
             "{}: served answers that disagreed with the committed state for more than 2 s",
+            self.scenario
+        );
+        assert!(
+            self.oracle_samples > 0,
+            "{}: the oracle compared no served answer with the committed state",
             self.scenario
         );
     }
