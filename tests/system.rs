@@ -33,7 +33,7 @@ use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{EvalClient, Namespace};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
-use rollout_wire::RolloutResult;
+use rollout_wire::{RolloutResult, RolloutStatus};
 use serde_json::{json, Value};
 use support::cluster::{boolean_flag, Cluster, ClusterOptions};
 use support::oracle::{
@@ -91,6 +91,21 @@ impl System {
     /// Asserts every evaluator serves what the committed state of the namespace gives.
     async fn assert_served_matches_committed(&self) {
         assert_served_matches_committed(&self.cluster, NS).await;
+    }
+
+    /// Waits until the status of rollout `id` shows it has `reached` what `what` names;
+    /// returns that status.
+    async fn rollout_reaches(
+        &self,
+        id: &str,
+        what: &str,
+        reached: impl Fn(&RolloutStatus) -> bool,
+    ) -> RolloutStatus {
+        eventually(&format!("rollout {id} to {what}"), PATIENCE, || async {
+            let status = self.cluster.commands.rollout_status(id).await.ok()?;
+            reached(&status).then_some(status)
+        })
+        .await
     }
 
     /// A JSON request on `subject`; the reply envelope.
@@ -213,16 +228,11 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     assert_eq!(created.state, Lifecycle::Running);
     // the ticker moves it on meanwhile: each round reads what is committed by then
     system.assert_served_matches_committed().await;
-    let status = eventually("the rollout to complete", PATIENCE, || async {
-        let status = system
-            .cluster
-            .commands
-            .rollout_status(&created.rollout_id)
-            .await
-            .ok()?;
-        (status.state == Lifecycle::Completed).then_some(status)
-    })
-    .await;
+    let status = system
+        .rollout_reaches(&created.rollout_id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
     system.assert_served_matches_committed().await;
     let version = system
         .cluster
@@ -490,11 +500,11 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .continue_rollout(&id)
         .await
         .expect("continue");
-    eventually("completion", PATIENCE, || async {
-        let status = system.cluster.commands.rollout_status(&id).await.ok()?;
-        (status.state == Lifecycle::Completed).then_some(())
-    })
-    .await;
+    system
+        .rollout_reaches(&id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
     assert_eq!(desired(&system, "lab-1").await, "v2");
     system.assert_served_matches_committed().await;
     system.stop().await;
@@ -1003,16 +1013,11 @@ async fn a_new_evaluator_agrees_with_running_ones() {
     )
     .await;
     system.assert_served_matches_committed().await;
-    eventually("the rollout to reach 30 %", PATIENCE, || async {
-        let status = system
-            .cluster
-            .commands
-            .rollout_status(&first.rollout_id)
-            .await
-            .ok()?;
-        (status.current_step == Some(1)).then_some(())
-    })
-    .await;
+    system
+        .rollout_reaches(&first.rollout_id, "reach 30 %", |status| {
+            status.current_step == Some(1)
+        })
+        .await;
     system.assert_served_matches_committed().await;
     let commands = &system.cluster.commands;
     commands
