@@ -8,10 +8,12 @@
 //! evaluators run in process wherever no process has to die.
 //!
 //! Every run prints a report — faults injected, leader changes, fence rejections, steps
-//! entered and catch-up skips, commands checked, served-version samples — and asserts 0
-//! double advances, 0 skipped steps (a step passed over by catch-up counts only when the
-//! transition's audit entry and event list it), 0 lost or twice-applied commands and 0
-//! served-version regressions. The workload is a few hundred phased rollouts whose 1 s
+//! entered and catch-up skips, commands checked, served-version samples, served answers
+//! compared with the committed state — and asserts 0 double advances, 0 skipped steps (a
+//! step passed over by catch-up counts only when the transition's audit entry and event
+//! list it), 0 lost or twice-applied commands, 0 served-version regressions and 0 served
+//! answers that disagreed with the committed state for more than 2 s (the served-content
+//! oracle runs in the background of every scenario, see `support::oracle`). The workload is a few hundred phased rollouts whose 1 s
 //! steps all fall due at the same instants, so every step boundary is a burst of
 //! transitions a fault can interrupt. A SIGSTOP or Redis-blackhole run whose stale leader
 //! never had a write refused by the fence is inconclusive and fails.
@@ -35,6 +37,7 @@ use support::checks::{
     check_commands, check_rollouts, watch_in_process, Report, VersionMonitor, Watched,
 };
 use support::cluster::{boolean_flag, Cluster, ClusterOptions, Workload};
+use support::oracle::{Oracle, OracleMonitor};
 use support::procs::{Service, ServiceProcess};
 use support::proxy::Link;
 use support::{eventually, http, NS, PATIENCE};
@@ -55,11 +58,13 @@ async fn sleep_ms(millis: u64) {
     tokio::time::sleep(Duration::from_millis(millis)).await;
 }
 
-/// A cluster with tickers as processes, a phased workload and a served-version monitor.
+/// A cluster with tickers as processes, a phased workload, a served-version monitor and the
+/// served-content oracle.
 struct PhasedRun {
     cluster: Cluster,
     workload: Workload,
     monitor: VersionMonitor,
+    oracle: OracleMonitor,
     report: Report,
     first_epoch: u64,
 }
@@ -86,10 +91,12 @@ impl PhasedRun {
             )
             .await;
         let monitor = VersionMonitor::start(watch_in_process(&cluster), workload.flags.clone());
+        let oracle = OracleMonitor::start(Oracle::of_cluster(&cluster, NS));
         let run = PhasedRun {
             cluster,
             workload,
             monitor,
+            oracle,
             report: Report::new(scenario),
             first_epoch,
         };
@@ -152,6 +159,7 @@ impl PhasedRun {
         self.report.leader_changes = cluster.epoch_counter().await - self.first_epoch;
         self.report.fence_rejections = cluster.fence_rejections() as u64;
         self.monitor.finish(&mut self.report);
+        self.oracle.finish(&mut self.report);
         self.report.assert_clean();
         self.cluster.shutdown().await;
         self.report
@@ -754,14 +762,18 @@ async fn evaluator_killed_and_restarted() {
         )
         .await;
     let mut report = Report::new("evaluator kill -9 and restart");
-    let monitor = VersionMonitor::start(
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(index, addr)| Watched::Http(format!("evaluator-{index}"), *addr))
-            .collect(),
-        workload.flags.clone(),
-    );
+    let replicas: Vec<Watched> = addrs
+        .iter()
+        .enumerate()
+        .map(|(index, addr)| Watched::Http(format!("evaluator-{index}"), *addr))
+        .collect();
+    let monitor = VersionMonitor::start(replicas.clone(), workload.flags.clone());
+    let oracle = OracleMonitor::start(Oracle::new(
+        cluster.redis_conn.clone(),
+        cluster.client.clone(),
+        NS,
+        replicas,
+    ));
     // an application evaluating through the queue group all along
     let failures = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
@@ -836,6 +848,7 @@ async fn evaluator_killed_and_restarted() {
     let events = cluster.events.events();
     check_rollouts(&cluster, &workload.rollouts, Some(&events), &mut report).await;
     monitor.finish(&mut report);
+    oracle.finish(&mut report);
     report.leader_changes = cluster.epoch_counter().await - first_epoch;
     report.fence_rejections = cluster.fence_rejections() as u64;
     report.note(format!(

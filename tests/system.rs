@@ -1,5 +1,8 @@
-//! The whole system in process on test-kit servers — a planner, three tickers, two
-//! evaluators — driven only through the SDK and the NATS subjects, as users drive it:
+//! The whole system in process on test-kit servers — the sandbox [`Cluster`] (a planner,
+//! two evaluators) and three tickers — driven only through the SDK and the NATS subjects,
+//! as users drive it. After every state change a test makes, the served-content oracle
+//! asserts that every replica (OFREP and NATS) and fleet `desired` serve what the state
+//! committed in Redis gives (SPEC §11.1, `support::oracle`). The tests:
 //!
 //! - a phased rollout (10 % for 1 s, 50 % for 1 s, 100 %) reaches every evaluator step by
 //!   step, in order, each serving the step's share, never an older version after a newer;
@@ -8,7 +11,13 @@
 //!   releasing the next stage, an agent joining mid-rollout;
 //! - malformed and out-of-range input on every subject (commands, the durable stream,
 //!   queries, evaluation, fleet, outcomes) gets an error reply where a reply is possible
-//!   and leaves Redis exactly as it was.
+//!   and leaves Redis exactly as it was;
+//! - every flag edit allowed while a rollout runs (description, a value, a non-target rule,
+//!   the kill switch) keeps the rollout served, and a freshly started evaluator agrees;
+//! - a new evaluator agrees with running ones after several transitions (steps, pause,
+//!   resume, stop leaving a split, a second rollout continuing it);
+//! - the oracle itself reports a served answer that differs from the committed state
+//!   (its positive control).
 
 mod support;
 
@@ -17,63 +26,40 @@ use std::time::Duration;
 
 use evaluator::EvaluatorHandle;
 use futures_util::StreamExt;
-use rollout_core::{Entity, Lifecycle, StageCounts};
+use rollout_core::{
+    AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, ViewAudience,
+};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{CommandClient, EvalClient, Namespace};
-use rollout_testkit::{NatsServer, RedisServer};
+use rollout_sdk::{EvalClient, Namespace};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
+use rollout_wire::{RolloutResult, RolloutStatus};
 use serde_json::{json, Value};
-use support::cluster::{
-    boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
-    redis_settings, start_evaluator, Login,
+use support::cluster::{boolean_flag, Cluster, ClusterOptions};
+use support::oracle::{
+    assert_served_matches_committed, sample_entities, Committed, CommittedFlag, Expected, Judge,
+    Observation, Path, Served, GRACE,
 };
 use support::{eventually, NS, PATIENCE};
 use ticker::{TickerConfig, TickerSettings};
 
-/// The servers and every service in process.
+/// The sandbox cluster (servers, a planner, two evaluators, all in process) with tickers
+/// in process too.
 struct System {
-    nats: NatsServer,
-    redis: RedisServer,
-    client: async_nats::Client,
-    commands: CommandClient,
-    evaluators: Vec<Arc<EvaluatorHandle>>,
+    cluster: Cluster,
     shutdown: Shutdown,
-    planner: Option<planner::Planner>,
     tickers: Vec<tokio::task::JoinHandle<Result<(), ticker::TickerError>>>,
 }
 
 impl System {
     async fn start(tickers: usize) -> System {
-        rollout_runtime::telemetry::init_for_tests();
-        let (nats, redis) = tokio::task::spawn_blocking(|| {
-            (
-                NatsServer::start().expect("nats-server starts"),
-                RedisServer::start().expect("redis-server starts"),
-            )
-        })
-        .await
-        .expect("start task");
-        let nats_config = nats_settings(&nats.url(), &Login::default());
-        let redis_config = redis_settings(&redis.url(), &Login::default());
+        let cluster = Cluster::start(ClusterOptions::default()).await;
         let shutdown = Shutdown::new();
-        let planner = planner::Planner::start(
-            planner_config(nats_config.clone(), redis_config.clone()),
-            shutdown.clone(),
-        )
-        .await
-        .expect("planner starts");
-        let mut evaluators = Vec::new();
-        for _ in 0..2 {
-            evaluators.push(
-                start_evaluator(evaluator_config(nats_config.clone(), redis_config.clone())).await,
-            );
-        }
         let tickers = (0..tickers)
             .map(|index| {
                 let config = TickerConfig {
-                    nats: nats_config.clone(),
-                    redis: redis_config.clone(),
+                    nats: cluster.nats_settings(),
+                    redis: cluster.redis_settings(),
                     ticker: TickerSettings {
                         lease_ttl: Duration::from_secs(1),
                         replica_id: Some(format!("ticker-{index}")),
@@ -84,37 +70,42 @@ impl System {
                 tokio::spawn(ticker::run(config, shutdown.clone()))
             })
             .collect();
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("client connects");
         System {
-            commands: operator_commands(client.clone()),
-            nats,
-            redis,
-            client,
-            evaluators,
+            cluster,
             shutdown,
-            planner: Some(planner),
             tickers,
         }
     }
 
     async fn stop(mut self) {
         self.shutdown.trigger();
-        for evaluator in &self.evaluators {
-            evaluator.shutdown();
-        }
-        if let Some(planner) = self.planner.take() {
-            planner.wait().await;
-        }
+        self.cluster.shutdown().await;
         for ticker in self.tickers.drain(..) {
             ticker
                 .await
                 .expect("ticker task")
                 .expect("ticker stops cleanly");
         }
-        drop(self.nats);
-        drop(self.redis);
+    }
+
+    /// Asserts every evaluator serves what the committed state of the namespace gives.
+    async fn assert_served_matches_committed(&self) {
+        assert_served_matches_committed(&self.cluster, NS).await;
+    }
+
+    /// Waits until the status of rollout `id` shows it has `reached` what `what` names;
+    /// returns that status.
+    async fn rollout_reaches(
+        &self,
+        id: &str,
+        what: &str,
+        reached: impl Fn(&RolloutStatus) -> bool,
+    ) -> RolloutStatus {
+        eventually(&format!("rollout {id} to {what}"), PATIENCE, || async {
+            let status = self.cluster.commands.rollout_status(id).await.ok()?;
+            reached(&status).then_some(status)
+        })
+        .await
     }
 
     /// A JSON request on `subject`; the reply envelope.
@@ -125,7 +116,8 @@ impl System {
         }
         let reply = tokio::time::timeout(
             Duration::from_secs(10),
-            self.client
+            self.cluster
+                .client
                 .request_with_headers(subject.to_owned(), headers, payload.into()),
         )
         .await
@@ -142,7 +134,7 @@ impl System {
 
     /// Every key with its DUMP, sorted.
     async fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let client = redis::Client::open(self.redis.url()).expect("url");
+        let client = redis::Client::open(self.cluster.redis.url()).expect("url");
         let mut connection = client
             .get_multiplexed_async_connection()
             .await
@@ -189,13 +181,16 @@ fn served(handle: &EvaluatorHandle, flag: &str, population: &[Entity]) -> Option
 async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     let system = System::start(3).await;
     system
+        .cluster
         .commands
         .create_flag(boolean_flag("new-checkout"))
         .await
         .expect("flag created");
+    system.assert_served_matches_committed().await;
     let population = population();
     // every evaluator's (version, served share) as it changes
     let watchers: Vec<_> = system
+        .cluster
         .evaluators
         .iter()
         .map(|handle| {
@@ -225,21 +220,22 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     }))
     .expect("spec");
     let created = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
         .expect("rollout created");
     assert_eq!(created.state, Lifecycle::Running);
-    let status = eventually("the rollout to complete", PATIENCE, || async {
-        let status = system
-            .commands
-            .rollout_status(&created.rollout_id)
-            .await
-            .ok()?;
-        (status.state == Lifecycle::Completed).then_some(status)
-    })
-    .await;
+    // the ticker moves it on meanwhile: each round reads what is committed by then
+    system.assert_served_matches_committed().await;
+    let status = system
+        .rollout_reaches(&created.rollout_id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
+    system.assert_served_matches_committed().await;
     let version = system
+        .cluster
         .commands
         .get_flag("new-checkout")
         .await
@@ -270,7 +266,7 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
             "evaluator {index} served the steps out of order or missed one: {seen:?}"
         );
         assert_eq!(
-            system.evaluators[index].served_version(NS, "new-checkout"),
+            system.cluster.evaluators[index].served_version(NS, "new-checkout"),
             Some(version),
             "evaluator {index} converged on the completed state"
         );
@@ -279,9 +275,12 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
         assert!(step.started_at.is_some() && !step.skipped, "{step:?}");
     }
     // the SDK sees everyone on the candidate
-    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
-        .await
-        .expect("eval client");
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
     let answer = eval
         .evaluate("new-checkout", &Entity::with_id("user-7"))
         .await
@@ -321,6 +320,7 @@ async fn desired(system: &System, agent: &str) -> String {
 
 async fn stage_counts(system: &System, rollout_id: &str) -> Vec<StageCounts> {
     let status = system
+        .cluster
         .commands
         .rollout_status(rollout_id)
         .await
@@ -353,10 +353,12 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     }))
     .expect("flag");
     system
+        .cluster
         .commands
         .create_flag(flag)
         .await
         .expect("flag created");
+    system.assert_served_matches_committed().await;
     let agents = [
         ("stage-1", json!({"env": "staging"})),
         ("stage-2", json!({"env": "staging", "region": "eu"})),
@@ -377,6 +379,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .expect("registered");
         assert_eq!(ack["agent_id"], json!(agent));
     }
+    system.assert_served_matches_committed().await;
     let spec = serde_json::from_value(json!({
         "flag": "agent-version", "baseline": "v1", "candidate": "v2",
         "stages": [{"name": "canary", "labels": {"env": "staging"}},
@@ -384,6 +387,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     }))
     .expect("spec");
     let rollout = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
@@ -394,6 +398,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         Some(0),
         "starting releases the first stage"
     );
+    system.assert_served_matches_committed().await;
 
     // stage 1 only: the canaries move, nobody else
     for (agent, _) in &agents {
@@ -444,11 +449,13 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
 
     // continue releases prod-eu
     let continued = system
+        .cluster
         .commands
         .continue_rollout(&id)
         .await
         .expect("continue");
     assert_eq!(continued.current_step, Some(1));
+    system.assert_served_matches_committed().await;
     for agent in ["eu-1", "eu-2", "eu-3"] {
         eventually(&format!("{agent} to get v2"), PATIENCE, || async {
             (desired(&system, agent).await == "v2").then_some(())
@@ -469,6 +476,7 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     .await
     .expect("registered");
     assert_eq!(desired(&system, "eu-4").await, "v2");
+    system.assert_served_matches_committed().await;
     fleet(
         &system,
         "report",
@@ -487,16 +495,18 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
 
     // the last continue releases everyone and completes the rollout
     system
+        .cluster
         .commands
         .continue_rollout(&id)
         .await
         .expect("continue");
-    eventually("completion", PATIENCE, || async {
-        let status = system.commands.rollout_status(&id).await.ok()?;
-        (status.state == Lifecycle::Completed).then_some(())
-    })
-    .await;
+    system
+        .rollout_reaches(&id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
     assert_eq!(desired(&system, "lab-1").await, "v2");
+    system.assert_served_matches_committed().await;
     system.stop().await;
 }
 
@@ -505,21 +515,25 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     // no tickers: the lease and fence would change Redis on their own
     let system = System::start(0).await;
     system
+        .cluster
         .commands
         .create_flag(boolean_flag("checkout"))
         .await
         .expect("flag");
+    system.assert_served_matches_committed().await;
     let spec = serde_json::from_value(json!({
         "flag": "checkout", "baseline": "off", "candidate": "on",
         "phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 100}],
     }))
     .expect("spec");
     let rollout_id = system
+        .cluster
         .commands
         .create_rollout(spec)
         .await
         .expect("rollout")
         .rollout_id;
+    system.assert_served_matches_committed().await;
     fleet(
         &system,
         "register",
@@ -527,24 +541,11 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     )
     .await
     .expect("registered");
-    let redis_conn = rollout_runtime::connect::connect_redis(&redis_settings(
-        &system.redis.url(),
-        &Login::default(),
-    ))
-    .await
-    .expect("redis");
-    let outbox_empty = || {
-        let mut connection = redis_conn.clone();
-        async move {
-            let len: u64 = redis::cmd("XLEN")
-                .arg(format!("ro:{{{NS}}}:outbox"))
-                .query_async(&mut connection)
-                .await
-                .ok()?;
-            (len == 0).then_some(())
-        }
-    };
-    eventually("the outbox to drain", PATIENCE, outbox_empty).await;
+    system.assert_served_matches_committed().await;
+    eventually("the outbox to drain", PATIENCE, || async {
+        (system.cluster.outbox_len().await == 0).then_some(())
+    })
+    .await;
     let before = system.dump().await;
 
     let deep_json = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
@@ -738,6 +739,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
             headers.insert("Content-Type", "application/json");
         }
         system
+            .cluster
             .client
             .publish_with_headers(
                 format!("rollout.metrics.{NS}"),
@@ -753,6 +755,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
         json!({"flag": "checkout", "entity": {"id": "u"}, "variation": "on", "outcome": "error", "value": "NaN"}),
     ] {
         system
+            .cluster
             .client
             .publish(
                 format!("rollout.metrics.{NS}"),
@@ -767,12 +770,13 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     // the durable stream: every bad command is consumed (acknowledged, not redelivered
     // forever); those that name a command id get an error outcome
     let mut outcomes = system
+        .cluster
         .client
         .subscribe("rollout.outcome.>")
         .await
         .expect("subscribe");
-    system.client.flush().await.expect("flush");
-    let jetstream = async_nats::jetstream::new(system.client.clone());
+    system.cluster.client.flush().await.expect("flush");
+    let jetstream = async_nats::jetstream::new(system.cluster.client.clone());
     let mut queued = 0;
     for (_, payload, json) in &garbage {
         let mut headers = async_nats::HeaderMap::new();
@@ -856,6 +860,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     println!("idempotency records and liveness written by refused calls: {allowed:?}");
     assert!(state.is_empty(), "bad input changed redis state: {state:?}");
     let invalid_outcomes: f64 = system
+        .cluster
         .evaluators
         .iter()
         .map(|handle| {
@@ -867,13 +872,267 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
         })
         .sum();
     assert!(invalid_outcomes >= 1.0, "bad outcome reports are counted");
-    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
-        .await
-        .expect("eval client");
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
     eval.evaluate("checkout", &Entity::with_id("u-1"))
         .await
         .expect("the evaluators still serve");
+    system.assert_served_matches_committed().await;
     system.stop().await;
+}
+
+/// A flag with string variations, a targeting rule (`staff`) and a kill switch that never
+/// trips (nobody reports outcomes).
+fn checkout_flag() -> Flag {
+    serde_json::from_value(json!({
+        "key": "checkout",
+        "description": "the new checkout page",
+        "variations": [{"id": "classic", "value": "blue"}, {"id": "new", "value": "green"}],
+        "off_variation": "classic", "enabled": true, "default": {"variation": "classic"},
+        "rules": [{"id": "staff", "conditions": [{"attribute": "team", "op": "in", "values": ["staff"]}],
+                   "serve": {"variation": "new"}}],
+        "kill_switch": {"max_error_rate": 50, "min_samples": 1000000, "window": "5m"},
+    }))
+    .expect("flag")
+}
+
+/// An edit of a flag, and what it changes.
+type FlagEdit = (&'static str, fn(&mut Flag));
+
+/// Creates a rollout of `checkout` from `spec` (JSON) and returns it.
+async fn create_checkout_rollout(system: &System, spec: Value) -> RolloutResult {
+    let spec = serde_json::from_value(spec).expect("spec");
+    system
+        .cluster
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout created")
+}
+
+/// Starts one more evaluator, asserts that every replica — the fresh one among them —
+/// serves what is committed, and stops it again.
+async fn assert_a_fresh_evaluator_agrees(system: &mut System) {
+    system.cluster.add_evaluator().await;
+    system.assert_served_matches_committed().await;
+    let fresh = system
+        .cluster
+        .evaluators
+        .pop()
+        .expect("the fresh evaluator");
+    fresh.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails until the defect \"flag.update during a rollout publishes a snapshot without the rollout\" is fixed: running evaluators serve the pre-rollout default (`classic`) to the 50 % audience Redis holds"]
+async fn a_flag_edit_during_a_rollout_keeps_serving_the_rollout() {
+    let mut system = System::start(1).await;
+    let mut flag = checkout_flag();
+    system
+        .cluster
+        .commands
+        .create_flag(flag.clone())
+        .await
+        .expect("flag created");
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
+    assert_eq!(
+        (rollout.state, rollout.current_step),
+        (Lifecycle::Running, Some(0))
+    );
+    system.assert_served_matches_committed().await;
+    // every edit SPEC §5 allows while a rollout runs
+    let edits: [FlagEdit; 5] = [
+        ("its description", |flag| {
+            flag.description = Some("the checkout page, edited".to_owned());
+        }),
+        ("the candidate's value", |flag| {
+            flag.variations[1].value = json!("teal");
+        }),
+        ("a rule that is not the rollout's target", |flag| {
+            flag.rules[0].conditions[0]
+                .values
+                .push(AttributeValue::String("contractor".to_owned()));
+        }),
+        ("its kill switch, removed", |flag| flag.kill_switch = None),
+        ("its kill switch, back", |flag| {
+            flag.kill_switch = checkout_flag().kill_switch;
+        }),
+    ];
+    for (what, edit) in edits {
+        edit(&mut flag);
+        let updated = system
+            .cluster
+            .commands
+            .update_flag(flag.clone(), None)
+            .await
+            .unwrap_or_else(|error| panic!("editing {what}: {error}"));
+        println!("edited {what}: version {}", updated.version);
+        let status = system
+            .cluster
+            .commands
+            .rollout_status(&rollout.rollout_id)
+            .await
+            .expect("status");
+        assert_eq!(
+            status.state,
+            Lifecycle::Running,
+            "editing {what} leaves the rollout running"
+        );
+        system.assert_served_matches_committed().await;
+        assert_a_fresh_evaluator_agrees(&mut system).await;
+    }
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_evaluator_agrees_with_running_ones() {
+    let mut system = System::start(1).await;
+    system
+        .cluster
+        .commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+    system.assert_served_matches_committed().await;
+    // started, one timed step, paused, resumed, stopped at 30 % (a split stays behind),
+    // then a second rollout continuing that split
+    let first = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "500ms"}, {"percentage": 30, "duration": "1h"},
+                          {"percentage": 100}]}),
+    )
+    .await;
+    system.assert_served_matches_committed().await;
+    system
+        .rollout_reaches(&first.rollout_id, "reach 30 %", |status| {
+            status.current_step == Some(1)
+        })
+        .await;
+    system.assert_served_matches_committed().await;
+    let commands = &system.cluster.commands;
+    commands
+        .pause_rollout(&first.rollout_id)
+        .await
+        .expect("paused");
+    system.assert_served_matches_committed().await;
+    commands
+        .resume_rollout(&first.rollout_id)
+        .await
+        .expect("resumed");
+    system.assert_served_matches_committed().await;
+    let stopped = commands
+        .stop_rollout(&first.rollout_id, None)
+        .await
+        .expect("stopped");
+    assert_eq!(stopped.state, Lifecycle::Stopped);
+    system.assert_served_matches_committed().await;
+    let second = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
+    assert_eq!(second.state, Lifecycle::Running);
+    system.assert_served_matches_committed().await;
+    assert_a_fresh_evaluator_agrees(&mut system).await;
+    system.stop().await;
+}
+
+/// The positive control: the oracle's judge, fed a served answer that differs from what
+/// the committed state gives, reports it once it outlives the grace — and the sample
+/// really straddles the rollout's share.
+#[test]
+fn the_oracle_reports_a_served_answer_that_differs_from_the_committed_state() {
+    let half = RolloutView {
+        rollout_id: "r-control".to_owned(),
+        target: Target::Default,
+        baseline: "classic".to_owned(),
+        candidate: "new".to_owned(),
+        salt: "control".to_owned(),
+        stickiness: None,
+        step: 0,
+        audience: ViewAudience::Share(Share::from_ppm(500_000)),
+    };
+    let committed_flag = CommittedFlag::compile(checkout_flag(), 7, Some(half)).expect("compiles");
+    let probes = sample_entities(&committed_flag, &[]);
+    assert!(probes.len() >= 200, "{} entities sampled", probes.len());
+    let variations_of = |side: &str| -> Vec<String> {
+        probes
+            .iter()
+            .filter(|probe| probe.why.contains(side))
+            .map(|probe| Expected::of(&committed_flag.compiled, &probe.entity).variation)
+            .collect()
+    };
+    assert_eq!(variations_of("just below"), vec!["new".to_owned(); 100]);
+    assert_eq!(variations_of("just above"), vec!["classic".to_owned(); 100]);
+
+    let candidate = probes
+        .iter()
+        .find(|probe| probe.why.contains("just below"))
+        .expect("an entity just below the share");
+    let answer = |replica: &str, variation: &str, value: &str| Observation {
+        path: Path::Ofrep(replica.to_owned()),
+        flag: "checkout".to_owned(),
+        probe: Arc::clone(candidate),
+        served: Served::Answer {
+            variation: variation.to_owned(),
+            value: json!(value),
+            version: Some(7),
+        },
+    };
+    let wrong = answer("evaluator-0", "classic", "blue");
+    let right = answer("evaluator-1", "new", "green");
+    let mut judge = Judge::new(GRACE);
+    let start = tokio::time::Instant::now();
+    let committed = Committed {
+        flags: [("checkout".to_owned(), committed_flag.clone())].into(),
+        agents: Vec::new(),
+    };
+    judge.note_committed(&committed, start);
+    let first_seen = judge.judge(&[wrong.clone(), right], start);
+    assert_eq!(
+        (
+            first_seen.checked,
+            first_seen.mismatches,
+            first_seen.violations.len()
+        ),
+        (2, 1, 0),
+        "a fresh mismatch is no violation yet"
+    );
+    let within = judge.judge(
+        std::slice::from_ref(&wrong),
+        start + Duration::from_millis(1_900),
+    );
+    assert!(within.violations.is_empty(), "still within the grace");
+    let past = judge.judge(
+        std::slice::from_ref(&wrong),
+        start + Duration::from_millis(2_100),
+    );
+    assert_eq!(past.violations.len(), 1, "a mismatch outliving the grace");
+    let report = past.violations[0].to_string();
+    for needed in [
+        "flag `checkout`",
+        candidate.entity.id.as_str(),
+        "`new` = \"green\" at version 7",
+        "evaluator-0 over OFREP served `classic` = \"blue\"",
+    ] {
+        assert!(report.contains(needed), "{needed:?} missing from: {report}");
+    }
+    let later = judge.judge(&[wrong], start + Duration::from_secs(3));
+    assert!(
+        later.violations.is_empty() && later.mismatches == 1,
+        "one lasting mismatch is one violation"
+    );
 }
 
 /// The sum of a Prometheus counter's samples whose labels mention `label_value`.

@@ -1,6 +1,7 @@
 //! The counted outcome of a fault run (SPEC §11): double advances, skipped steps, lost and
-//! twice-applied commands and served-version regressions, beside the faults injected,
-//! leader changes and fence rejections, printed as one report and then asserted.
+//! twice-applied commands, served-version regressions and served answers that disagreed with
+//! the committed state for more than 2 s (the [`super::oracle`]), beside the faults
+//! injected, leader changes and fence rejections, printed as one report and then asserted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -38,6 +39,11 @@ pub struct Report {
     pub twice_applied: u64,
     pub version_samples: u64,
     pub regressions: u64,
+    /// Served answers the oracle compared with the committed state.
+    pub oracle_samples: u64,
+    /// Served answers that disagreed with every state committed in the 2 s before, after
+    /// disagreeing for more than 2 s.
+    pub oracle_violations: u64,
     pub notes: Vec<String>,
 }
 
@@ -95,13 +101,19 @@ impl Report {
             "served versions:      {} samples, {} regressions",
             self.version_samples, self.regressions
         );
+        let _ = writeln!(
+            text,
+            "served = committed:   {} samples, {} violations",
+            self.oracle_samples, self.oracle_violations
+        );
         for note in &self.notes {
             let _ = writeln!(text, "note: {note}");
         }
         println!("{text}");
     }
 
-    /// Prints, then asserts every violation count is zero.
+    /// Prints, then asserts every violation count is zero, and that the oracle compared
+    /// something (a check that compared nothing cannot fail).
     pub fn assert_clean(&self) {
         self.print();
         assert_eq!(
@@ -119,6 +131,16 @@ impl Report {
         assert_eq!(
             self.regressions, 0,
             "{}: served-version regressions",
+            self.scenario
+        );
+        assert_eq!(
+            self.oracle_violations, 0,
+            "{}: served answers that disagreed with the committed state for more than 2 s",
+            self.scenario
+        );
+        assert!(
+            self.oracle_samples > 0,
+            "{}: the oracle compared no served answer with the committed state",
             self.scenario
         );
     }
@@ -285,7 +307,7 @@ pub async fn check_commands(
     }
 }
 
-/// A replica whose served versions are watched.
+/// A replica whose served versions or answers are watched.
 #[derive(Clone)]
 pub enum Watched {
     /// An evaluator in process: its snapshot is read directly.
@@ -294,6 +316,22 @@ pub enum Watched {
     /// address across a restart is the same replica: a restarted evaluator must not serve
     /// anything older than its predecessor did.
     Http(String, SocketAddr),
+}
+
+impl Watched {
+    pub fn name(&self) -> &str {
+        match self {
+            Watched::InProcess(name, _) | Watched::Http(name, _) => name,
+        }
+    }
+
+    /// Where it serves OFREP.
+    pub fn http_addr(&self) -> SocketAddr {
+        match self {
+            Watched::InProcess(_, handle) => handle.http_addr(),
+            Watched::Http(_, addr) => *addr,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

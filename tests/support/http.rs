@@ -90,21 +90,38 @@ pub async fn ready(addr: SocketAddr) -> bool {
         .is_some_and(|response| response.status == 200)
 }
 
-/// Every flag of `namespace` the evaluator at `addr` serves, with its served version, from
-/// one OFREP bulk evaluation; `None` when it does not answer.
-pub async fn served_versions(addr: SocketAddr, namespace: &str) -> Option<BTreeMap<String, u64>> {
-    let body = serde_json::to_vec(&serde_json::json!({"context": {"targetingKey": "monitor"}}))
-        .expect("json");
-    let response = request(
+/// POSTs `body` as JSON to `path` on the evaluator at `addr`, for `namespace` (the
+/// `X-Rollout-Namespace` header); `None` when it cannot be reached or answers nothing within
+/// 2 s.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    namespace: &str,
+    body: &serde_json::Value,
+) -> Option<Response> {
+    let bytes = serde_json::to_vec(body).expect("json");
+    request(
         addr,
         "POST",
-        "/ofrep/v1/evaluate/flags",
+        path,
         &[
             ("Content-Type", "application/json"),
             ("X-Rollout-Namespace", namespace),
         ],
-        &body,
+        &bytes,
         Duration::from_secs(2),
+    )
+    .await
+}
+
+/// Every flag of `namespace` the evaluator at `addr` serves, with its served version, from
+/// one OFREP bulk evaluation; `None` when it does not answer.
+pub async fn served_versions(addr: SocketAddr, namespace: &str) -> Option<BTreeMap<String, u64>> {
+    let response = post_json(
+        addr,
+        "/ofrep/v1/evaluate/flags",
+        namespace,
+        &serde_json::json!({"context": {"targetingKey": "monitor"}}),
     )
     .await?;
     if response.status != 200 {

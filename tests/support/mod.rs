@@ -1,8 +1,9 @@
 //! What the system tests share: the service binaries as child processes ([`procs`]), a
 //! TCP proxy that can sever or blackhole one process's link to a server ([`proxy`]), a
 //! whole system on private servers with planners and evaluators in process and a phased
-//! workload ([`cluster`]), the invariant checks and the per-run report ([`checks`]), and a
-//! tiny HTTP client for evaluator endpoints ([`http`]).
+//! workload ([`cluster`]), the invariant checks and the per-run report ([`checks`]), the
+//! served-content oracle — what every replica serves against what the committed state gives
+//! ([`oracle`]) — and a tiny HTTP client for evaluator endpoints ([`http`]).
 
 // each test binary uses a different part of this module
 #![allow(dead_code)]
@@ -10,6 +11,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod http;
+pub mod oracle;
 pub mod procs;
 pub mod proxy;
 
