@@ -5,9 +5,9 @@
 //! refused`), with passwords taken out of every URL they show.
 
 use std::fmt;
-use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
