@@ -16,6 +16,10 @@
 //! Every install goes through the snapshot's version check, so the applier and the
 //! resync worker can race freely: the newer version wins, an older one is dropped.
 //!
+//! A Redis restored from an older backup keeps its generation but holds versions below
+//! those served: [`sync_namespace`] notices a flag whose stored version is below the one
+//! held before Redis was read, and installs what Redis holds for it (then compares again).
+//!
 //! The one exception is a lost Redis: versions restart at 1 in an empty Redis, and a
 //! snapshot that refused to go backwards would serve the lost history forever. Every sync
 //! and every `reconnect_check_interval`, [`check_store_generation`] reads `ro:generation`
@@ -237,21 +241,42 @@ pub async fn sync_namespace(
         .into_iter()
         .collect();
     let mut behind = Vec::new();
+    let mut rewound = Vec::new();
     for chunk in candidates.chunks(REVISION_CHUNK) {
+        // versions held before Redis is read: Redis can only be below one of these if it
+        // lost writes (an event is published after its commit)
+        let held_before: Vec<u64> = chunk
+            .iter()
+            .map(|flag| {
+                shared
+                    .snapshot
+                    .held_version(namespace.as_str(), flag)
+                    .unwrap_or(0)
+            })
+            .collect();
         let mut pipe = redis::pipe();
         for flag in chunk {
             pipe.hget(keys.flag(flag), "rev");
         }
         let revisions: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
-        for (flag, revision) in chunk.iter().zip(revisions) {
+        for ((flag, revision), held_before) in chunk.iter().zip(revisions).zip(held_before) {
+            let revision = revision.unwrap_or(0);
+            if revision < held_before {
+                rewound.push(flag.clone());
+                continue;
+            }
             let held = shared
                 .snapshot
                 .held_version(namespace.as_str(), flag)
                 .unwrap_or(0);
-            if revision.unwrap_or(0) > held {
+            if revision > held {
                 behind.push(flag.clone());
             }
         }
+    }
+    if !rewound.is_empty() {
+        tracing::warn!(namespace = %namespace, flags = rewound.len(), "redis holds older versions than served (restored from an older backup?); serving what it holds now");
+        replace_with_stored(shared, namespace, rewound).await?;
     }
     let behind_count = behind.len();
     if let Some(reason) = reason {
@@ -359,6 +384,31 @@ pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Installs what Redis holds for `flags` whatever version is held (a flag Redis no longer
+/// has becomes deleted at version 0): for a Redis that lost data, whose history restarts
+/// below what was served.
+async fn replace_with_stored(
+    shared: &Shared,
+    namespace: &Namespace,
+    flags: impl IntoIterator<Item = String>,
+) -> Result<(), SyncError> {
+    let loaded = load_states(shared, namespace, flags).await;
+    let mut states = Vec::with_capacity(loaded.len());
+    for (flag, state) in loaded {
+        states.push((flag, state?.unwrap_or(FlagState::Deleted { version: 0 })));
+    }
+    let count = u64::try_from(states.len()).unwrap_or(u64::MAX);
+    {
+        let mut writer = shared.snapshot.writer();
+        writer.ensure_namespace(namespace.as_str());
+        for (flag, state) in states {
+            writer.replace(namespace.as_str(), &flag, state);
+        }
+    }
+    shared.metrics.add_resyncs(ResyncReason::StoreReset, count);
+    Ok(())
+}
+
 /// Reads every flag Redis lists or the snapshot holds and installs what Redis has,
 /// whatever version is held: a flag Redis no longer has becomes deleted at version 0, so
 /// the new history's first version applies. Afterwards each namespace is compared with
@@ -367,20 +417,7 @@ pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
 pub async fn rebuild(shared: &Shared) -> Result<(), SyncError> {
     for namespace in known_namespaces(shared).await? {
         let flags = known_flags(shared, &namespace, true).await?;
-        let loaded = load_states(shared, &namespace, flags).await;
-        let mut states = Vec::with_capacity(loaded.len());
-        for (flag, state) in loaded {
-            states.push((flag, state?.unwrap_or(FlagState::Deleted { version: 0 })));
-        }
-        let count = u64::try_from(states.len()).unwrap_or(u64::MAX);
-        {
-            let mut writer = shared.snapshot.writer();
-            writer.ensure_namespace(namespace.as_str());
-            for (flag, state) in states {
-                writer.replace(namespace.as_str(), &flag, state);
-            }
-        }
-        shared.metrics.add_resyncs(ResyncReason::StoreReset, count);
+        replace_with_stored(shared, &namespace, flags).await?;
         sync_namespace(shared, &namespace, None).await?;
     }
     Ok(())

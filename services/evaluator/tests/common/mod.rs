@@ -201,6 +201,61 @@ impl Store {
         self.nats.flush().await.expect("flush");
     }
 
+    /// Publishes a raw event without flushing (for bursts; see [`Store::flush`]).
+    pub async fn publish_raw_unflushed(&self, event: &ChangeEvent) {
+        let subject = Subjects::default()
+            .events(&namespace(&event.namespace), &event.flag)
+            .expect("subject");
+        let payload = codec::encode(event, Encoding::MessagePack).expect("encodes");
+        self.nats
+            .publish(subject, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    /// Flushes what was published.
+    pub async fn flush(&self) {
+        self.nats.flush().await.expect("flush");
+    }
+
+    /// Every key and its DUMP: what an RDB backup holds.
+    pub async fn backup(&self) -> Vec<(String, Vec<u8>)> {
+        let mut connection = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut connection)
+            .await
+            .expect("keys");
+        let mut dumped = Vec::with_capacity(keys.len());
+        for key in keys {
+            let bytes: Vec<u8> = redis::cmd("DUMP")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .expect("dump");
+            dumped.push((key, bytes));
+        }
+        dumped
+    }
+
+    /// Replaces everything with `backup`, as restoring an older RDB file does.
+    pub async fn restore(&self, backup: &[(String, Vec<u8>)]) {
+        let mut connection = self.redis.clone();
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut connection)
+            .await
+            .expect("flushall");
+        for (key, bytes) in backup {
+            let _: () = redis::cmd("RESTORE")
+                .arg(key)
+                .arg(0)
+                .arg(bytes.as_slice())
+                .query_async(&mut connection)
+                .await
+                .expect("restore");
+        }
+    }
+
     pub async fn flag_record(&self, name: &str, key: &str) -> (u64, Option<FlagRecord>) {
         let keys = Keys::new(&namespace(name));
         let mut connection = self.redis.clone();
