@@ -311,3 +311,57 @@ async fn commands_register_their_namespace_again_after_redis_lost_its_data() {
         "the ticker finds the namespace's rollouts again"
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_on_everything_does_not_hold_the_outbox_up() {
+    let cluster = Cluster::start(1).await;
+    // an operator debugging with `nats sub '>'`, or any client that may subscribe there,
+    // never answering anything
+    let rogue = async_nats::connect(cluster.nats.url())
+        .await
+        .expect("rogue connects");
+    let _everything = rogue.subscribe(">").await.expect("subscribe >");
+    let _inboxes = rogue
+        .subscribe("_INBOX.>")
+        .await
+        .expect("subscribe _INBOX.>");
+    rogue.flush().await.expect("flush");
+    let mut watcher = cluster
+        .client
+        .subscribe("rollout.events.test.>")
+        .await
+        .expect("watch");
+    cluster.client.flush().await.expect("flush");
+
+    // more than one sweep page
+    let flags = 600;
+    for index in 0..flags {
+        create_flag(&cluster, &format!("flag-{index}")).await;
+    }
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < flags {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), watcher.next())
+            .await
+            .expect("every flag's event is delivered")
+            .expect("event");
+        delivered.insert(message.subject.to_string());
+    }
+    let keys = Keys::new(&Namespace::new("test").expect("namespace"));
+    let mut connection = cluster.redis().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let pending: u64 = redis::cmd("XLEN")
+            .arg(keys.outbox())
+            .query_async(&mut connection)
+            .await
+            .expect("xlen");
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox still holds {pending} delivered events: they would be republished forever"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

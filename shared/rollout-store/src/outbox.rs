@@ -4,10 +4,17 @@
 //! planner also sweeps entries older than a grace period ([`Relay::sweep_all`]), so a crash
 //! between commit and publish loses no event. A duplicate publish is harmless: events carry
 //! strictly rising per-flag versions and evaluators ignore any version they already hold.
+//!
+//! Nothing a client does can hold the outbox up (SPEC §11.1): the proof that NATS received
+//! the events is a round trip through the relay's own echo subscription, which a
+//! subscriber on `>` cannot stall; an event too large for the server's `max_payload` is
+//! published without its snapshot (evaluators then read the flag from Redis); and one entry
+//! that cannot be published does not keep the sweep from the entries after it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE};
 use rollout_wire::events::ChangeEvent;
@@ -23,6 +30,8 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
 pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
 /// Most outbox entries one sweep handles per namespace.
 const SWEEP_BATCH: usize = 512;
+/// Room left under the server's `max_payload` for the subject and headers of an event.
+const EVENT_HEADROOM: usize = 1024;
 
 /// Publishes committed events; cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,6 +41,8 @@ pub struct Relay {
     subjects: Subjects,
     /// Until when committers skip publishing because NATS recently did not answer.
     skip_until: Arc<Mutex<Option<Instant>>>,
+    /// The subject of the relay's echo responder, once subscribed.
+    echo: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Relay {
@@ -42,6 +53,7 @@ impl Relay {
             redis,
             subjects,
             skip_until: Arc::default(),
+            echo: Arc::default(),
         }
     }
 
@@ -109,22 +121,20 @@ impl Relay {
 
     /// Waits until the NATS server has received everything published since the client's
     /// connect count was `connects`. `flush` only proves the bytes reached the socket, and
-    /// a connection reset loses what is still in flight; so the relay sends a request to a
-    /// subject nobody subscribes to: the server answers "no responders", and since it
-    /// handles one connection's messages in order, that answer proves every earlier publish
-    /// on the same connection arrived. A reconnection in between voids that proof (what was
-    /// on the old socket may be lost), so it fails and the outbox entries stay for the
-    /// sweep. Only after a proof may outbox entries go.
+    /// a connection reset loses what is still in flight; so the relay sends a request to
+    /// its own echo responder (a subscription on this same connection, under the client's
+    /// inbox prefix): since the server handles one connection's messages in order, the
+    /// answer proves every earlier publish on the connection arrived. Other subscribers of
+    /// the subject (a debugging `>`) may see the request but cannot hold the answer back.
+    /// A reconnection in between voids the proof (what was on the old socket may be lost),
+    /// so it fails and the outbox entries stay for the sweep. Only after a proof may outbox
+    /// entries go.
     async fn confirm_received(&self, connects: u64) -> Result<(), StoreError> {
-        let subject = format!("{}.relay-barrier", self.nats.new_inbox());
-        match self.nats.request(subject, bytes::Bytes::new()).await {
-            Ok(_) => {}
-            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Err(error) => {
-                return Err(StoreError::Protocol(format!(
-                    "nats did not confirm the events: {error}"
-                )))
-            }
+        let subject = self.echo_subject().await?;
+        if let Err(error) = self.nats.request(subject, bytes::Bytes::new()).await {
+            return Err(StoreError::Protocol(format!(
+                "nats did not confirm the events: {error}"
+            )));
         }
         if self.connects() != connects {
             return Err(StoreError::Protocol(
@@ -134,14 +144,45 @@ impl Relay {
         Ok(())
     }
 
+    /// The echo responder's subject, subscribing it on first use.
+    async fn echo_subject(&self) -> Result<String, StoreError> {
+        self.echo
+            .get_or_try_init(|| async {
+                let subject = format!("{}.relay-echo", self.nats.new_inbox());
+                let mut requests = self
+                    .nats
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|error| StoreError::Protocol(format!("nats subscribe: {error}")))?;
+                let nats = self.nats.clone();
+                // lives as long as the connection: the subscription ends when it closes
+                tokio::spawn(async move {
+                    while let Some(request) = requests.next().await {
+                        if let Some(reply) = request.reply {
+                            if let Err(error) = nats.publish(reply, bytes::Bytes::new()).await {
+                                tracing::debug!(%error, "relay echo reply failed");
+                            }
+                        }
+                    }
+                });
+                Ok(subject)
+            })
+            .await
+            .cloned()
+    }
+
     /// Whether committers should publish now: the client is connected and NATS has not
     /// recently failed to take events in time.
     fn nats_answering(&self) -> bool {
-        if self.nats.connection_state() != async_nats::connection::State::Connected {
+        if !self.connected() {
             return false;
         }
         let skip_until = self.skip_until.lock().map(|guard| *guard).unwrap_or(None);
         skip_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
     fn back_off(&self) {
@@ -157,8 +198,26 @@ impl Relay {
             .subjects
             .events(&namespace, &event.flag)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let payload = codec::encode(event, Encoding::MessagePack)
+        let mut payload = codec::encode(event, Encoding::MessagePack)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let max_payload = self.nats.server_info().max_payload;
+        if payload.len() > max_payload.saturating_sub(EVENT_HEADROOM) && event.snapshot.is_some() {
+            // too large for NATS with the flag's state inside: without it, evaluators read
+            // the flag from Redis (a snapshot-less event is a resync request)
+            tracing::warn!(
+                flag = %event.flag,
+                version = event.version,
+                bytes = payload.len(),
+                max_payload,
+                "event too large for nats; published without its snapshot"
+            );
+            let bare = ChangeEvent {
+                snapshot: None,
+                ..event.clone()
+            };
+            payload = codec::encode(&bare, Encoding::MessagePack)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
         self.nats
@@ -191,13 +250,18 @@ impl Relay {
                 continue;
             };
             match ChangeEvent::decode(bytes, Encoding::MessagePack) {
-                Ok(event) => {
-                    if let Err(error) = self.publish(&event).await {
+                Ok(event) => match self.publish(&event).await {
+                    Ok(()) => relayed_ids.push(entry.id.clone()),
+                    // the connection is gone: the rest would fail too
+                    Err(error) if !self.connected() => {
                         tracing::warn!(%error, "outbox sweep publish failed; will retry");
                         break;
                     }
-                    relayed_ids.push(entry.id.clone());
-                }
+                    // this entry alone: keep it for the next sweep, go on with the others
+                    Err(error) => {
+                        tracing::error!(%error, id = %entry.id, flag = %event.flag, "outbox entry could not be published; kept, the sweep goes on");
+                    }
+                },
                 Err(error) => {
                     tracing::error!(%error, id = %entry.id, "undecodable outbox entry; dropping it");
                     relayed_ids.push(entry.id.clone());
