@@ -1,5 +1,6 @@
 //! Read-only queries on `rollout.query.<ns>.<what>`: flags, rollout status (steps with
-//! planned and actual times, current share or stage, per-stage fleet counts), the counters
+//! planned and actual times, current share or stage, per-stage fleet counts, and which
+//! health gate holds it and why, judged on what the ticker reads), the counters
 //! behind a rollout's health gates (outcomes over the guard window with the guard's verdict,
 //! stage counts), lists, the audit log (newest first, paged) and plan previews. Reads never
 //! write.
@@ -7,6 +8,7 @@
 use redis::aio::ConnectionManager;
 use rollout_core::plan::Audience;
 use rollout_core::{compile, CompileContext, DurationMs};
+use rollout_store::health::load_health;
 use rollout_store::{
     decode_record, fleet, load_flag, load_rollout, outcomes, redis_time, FlagRecord, RolloutRecord,
     StoreError,
@@ -216,6 +218,8 @@ impl Reader {
         for (step, stage_counts) in status.steps.iter_mut().zip(counts) {
             step.counts = Some(stage_counts);
         }
+        let health = load_health(connection, keys, &record, now, self.stale_agent_after).await?;
+        status.hold = record.state.gate_hold(&record.plan, &health);
         Ok(to_result(&status)?)
     }
 

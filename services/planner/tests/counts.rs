@@ -174,3 +174,57 @@ async fn counts_name_every_label_stage_with_its_fleet_counts() {
         ]
     );
 }
+
+#[tokio::test]
+async fn status_says_which_health_gate_holds_and_why() {
+    let cluster = Cluster::start(1).await;
+    create_flag(&cluster, "agent").await;
+    let created = cluster
+        .command(
+            "rollout.create",
+            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
+            "stages": [{"name": "canary", "labels": {"ring": "canary"},
+                        "gate": {"min_completed_percentage": 50}}]}}),
+        )
+        .await;
+    let rollout_id = ok(&created)["rollout_id"].as_str().expect("id").to_owned();
+    let mut connection = cluster.redis().await;
+    let now = redis_time(&mut connection).await.expect("time");
+    // four canary agents: one applied the candidate, three went silent ten minutes ago
+    let silent_since = rollout_core::Timestamp::from_millis(now.as_millis() - 600_000);
+    for id in ["a-1", "a-2", "a-3", "a-4"] {
+        let agent = Agent {
+            id: id.to_owned(),
+            labels: serde_json::from_value(json!({"ring": "canary"})).expect("labels"),
+            attributes: Default::default(),
+            last_seen: if id == "a-1" { now } else { silent_since },
+        };
+        register_agent(&mut connection, &keys(), &agent)
+            .await
+            .expect("register");
+    }
+    record_report(
+        &mut connection,
+        &keys(),
+        &rollout_id,
+        "a-1",
+        &Report::Applied("on".to_owned()),
+    )
+    .await
+    .expect("report");
+
+    let status = cluster
+        .query("rollout.status", json!({"rollout_id": rollout_id}))
+        .await;
+    let status = ok(&status);
+    assert_eq!(status["waiting_for"], json!("guard"));
+    assert_eq!(status["current_step"], json!(0));
+    assert_eq!(status["hold"]["held_by"], json!("completion"), "{status}");
+    let reason = status["hold"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("1 of 4 members completed (25.0%), 50% needed")
+            && reason.contains("3 stale"),
+        "{reason}"
+    );
+    assert_eq!(status["steps"][0]["counts"]["stale"], json!(3));
+}

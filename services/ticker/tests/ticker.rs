@@ -11,8 +11,9 @@ use std::time::Duration;
 use common::{
     after, assert_single_advances, eventually, rfc3339, CreateOptions, Harness, Running, NS,
 };
-use rollout_core::{Lifecycle, Timestamp};
+use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
 use rollout_store::fleet::{self, Agent, Report};
+use rollout_store::health::load_health;
 use rollout_store::outcomes::{self, Tally};
 use rollout_testkit::{RedisOptions, RedisServer};
 use rollout_wire::events::EventKind;
@@ -671,6 +672,127 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
         "held at the continue gate"
     );
     running.stop().await;
+}
+
+/// Registers fleet agents with `env` labels, last seen at `seen`.
+async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Timestamp) {
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, env) in agents {
+        let agent = Agent {
+            id: (*id).to_owned(),
+            labels: [("env".to_owned(), (*env).to_owned())]
+                .into_iter()
+                .collect(),
+            attributes: rollout_core::Attributes::new(),
+            last_seen: seen,
+        };
+        fleet::register_agent(&mut connection, &keys, &agent)
+            .await
+            .expect("register");
+    }
+}
+
+/// What status shows of a rollout at `now`: its step, what it waits for and which health
+/// gate holds it, read the way the planner's status query reads them.
+async fn held_at(
+    harness: &Harness,
+    rollout_id: &str,
+    now: Timestamp,
+) -> (Option<usize>, Option<WaitingFor>, Option<GateHold>) {
+    let record = harness.rollout(NS, rollout_id).await;
+    let mut connection = harness.redis.clone();
+    let health = load_health(
+        &mut connection,
+        &harness.keys(NS),
+        &record,
+        now,
+        rollout_core::DurationMs::from_millis(
+            i64::try_from(TickerSettings::default().stale_agent_after.as_millis()).expect("ms"),
+        ),
+    )
+    .await
+    .expect("health");
+    (
+        record.state.step,
+        record.state.waiting_for(&record.plan),
+        record.state.gate_hold(&record.plan, &health),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_go_silent_hold_their_stage_completion_gate() {
+    let harness = Harness::start().await;
+    let start = harness.now().await;
+    let canary = [
+        ("edge-1", "staging"),
+        ("edge-2", "staging"),
+        ("edge-3", "staging"),
+    ];
+    register_agents(&harness, &canary, start).await;
+    register_agents(&harness, &[("edge-4", "prod")], start).await;
+    let record = harness
+        .create(
+            NS,
+            "firmware",
+            Some(json!({"stages": [
+                {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
+                {"name": "fleet", "labels": {"env": "prod"}},
+            ]})),
+            start,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    let ticker = harness.ticker(harness.settings("solo")).await;
+    let mut term = ticker.campaign().await.expect("campaign").expect("leads");
+
+    // the candidate crashes the canary agents: no heartbeat, no report, for two minutes
+    let silent_for = after(start, 120_000);
+    let round = ticker
+        .fire_round(&mut term, silent_for)
+        .await
+        .expect("round");
+    assert_eq!(round.looked_at, 1, "{round:?}");
+    assert_eq!(round.committed, 0, "{round:?}");
+    let (step, waiting_for, hold) = held_at(&harness, &record.id, silent_for).await;
+    assert_eq!(step, Some(0), "silence must not release the next stage");
+    assert_eq!(waiting_for, Some(WaitingFor::Guard));
+    let hold = hold.expect("status says which gate holds");
+    assert_eq!(hold.held_by, HeldBy::Completion);
+    assert!(
+        hold.reason.starts_with("0 of 3 members completed") && hold.reason.contains("3 stale"),
+        "{}",
+        hold.reason
+    );
+
+    // they come back and report the candidate applied: the gate opens
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, _) in &canary[..2] {
+        fleet::record_report(
+            &mut connection,
+            &keys,
+            &record.id,
+            id,
+            &Report::Applied("on".to_owned()),
+        )
+        .await
+        .expect("report");
+    }
+    let later = after(silent_for, 2_000);
+    let round = ticker.fire_round(&mut term, later).await.expect("round");
+    assert_eq!(round.committed, 1, "{round:?}");
+    let (step, _, hold) = held_at(&harness, &record.id, later).await;
+    assert_eq!(step, Some(1));
+    assert_eq!(hold, None);
+    let audit = harness.audit(NS, &record.id).await;
+    let gate_step = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+        .expect("the gate's step");
+    assert_eq!(gate_step.details["cause"], "gate");
+    ticker.resign(term).await.expect("resign");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

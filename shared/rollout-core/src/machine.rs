@@ -127,8 +127,8 @@ pub struct StageCounts {
     pub pending: u64,
     /// Not yet released.
     pub waiting: u64,
-    /// Members that stopped heartbeating and have not reported: counted apart, so they
-    /// neither stay pending forever nor block a completion gate's percentage.
+    /// Members that stopped heartbeating and have not reported: shown apart from `pending`,
+    /// and, like them, not completed (silence never opens a completion gate).
     #[serde(default)]
     pub stale: u64,
 }
@@ -140,6 +140,25 @@ pub struct Health {
     pub outcomes: Option<OutcomeCounts>,
     /// Counts of the current stage, for staged plans.
     pub current_stage: Option<StageCounts>,
+}
+
+/// Which condition holds a health gate shut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBy {
+    /// A stage completion gate: too few members applied the candidate, or too many failed.
+    Completion,
+}
+
+/// Why the current step's health gate is shut at a tick (SPEC §11.1: silence never opens
+/// a gate; status says which gate holds and why).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateHold {
+    /// The condition that is not met.
+    pub held_by: HeldBy,
+    /// What it lacks, in words: `1 of 10 members completed (10%), 50% needed; 2 pending, 7
+    /// stale (no heartbeat, no report), 0 errors`.
+    pub reason: String,
 }
 
 /// Why an ending happened.
@@ -471,6 +490,28 @@ impl RolloutState {
         })
     }
 
+    /// Why the current step's health gate stays shut given `health`: `None` when it would
+    /// open, and when the rollout is not running at a step whose gate waits on health. The
+    /// step function opens the gate exactly when this is `None`.
+    pub fn gate_hold(&self, plan: &Plan, health: &Health) -> Option<GateHold> {
+        if self.lifecycle != Lifecycle::Running {
+            return None;
+        }
+        let Gate::Completion {
+            min_completed,
+            max_errors,
+        } = plan.steps.get(self.step?)?.gate
+        else {
+            return None;
+        };
+        completion_hold(health.current_stage.as_ref(), min_completed, max_errors).map(|reason| {
+            GateHold {
+                held_by: HeldBy::Completion,
+                reason,
+            }
+        })
+    }
+
     /// Planned start of every step as things stand at `now`: recorded for steps already
     /// reached, projected through timer gates for later ones, `None` beyond a gate that
     /// waits for a command or for health. A paused rollout is projected as if resumed now.
@@ -735,7 +776,7 @@ fn tick(
             return;
         }
     }
-    advance_due(plan, state, now, health.current_stage.as_ref(), effects);
+    advance_due(plan, state, now, Some(health), effects);
 }
 
 /// Leaves `queued` into step 0, planned at `planned_at`.
@@ -785,17 +826,19 @@ fn enter(
 
 /// Moves through every gate that the clock (or, for the current step only, health) has
 /// opened, as ONE transition: never across a `continue` gate, and a completion gate only
-/// when it is the current step's and the counts say so.
+/// when it is the current step's and [`RolloutState::gate_hold`] finds nothing holding it.
 fn advance_due(
     plan: &Plan,
     state: &mut RolloutState,
     now: Timestamp,
-    stage_counts: Option<&StageCounts>,
+    health: Option<&Health>,
     effects: &mut Vec<Effect>,
 ) {
     let (Some(origin), Some(origin_anchor)) = (state.step, state.step_anchor) else {
         return;
     };
+    let origin_health_gate_open =
+        health.is_some_and(|health| state.gate_hold(plan, health).is_none());
     let mut current = origin;
     let mut anchor = origin_anchor;
     let mut passed: Vec<(usize, Timestamp)> = Vec::new();
@@ -806,15 +849,10 @@ fn advance_due(
         let opened_at = match gate {
             Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
             Gate::Immediate => Some(anchor),
-            Gate::Completion {
-                min_completed,
-                max_errors,
-            } if current == origin => stage_counts
-                .filter(|counts| completion_gate_open(counts, *min_completed, *max_errors))
-                .map(|_| {
-                    cause = EntryCause::Gate;
-                    now
-                }),
+            Gate::Completion { .. } if current == origin && origin_health_gate_open => {
+                cause = EntryCause::Gate;
+                Some(now)
+            }
             Gate::Completion { .. } | Gate::Continue => None,
         };
         let Some(opened_at) = opened_at else { break };
@@ -851,15 +889,35 @@ fn advance_due(
     }
 }
 
-fn completion_gate_open(counts: &StageCounts, min_completed: Share, max_errors: u64) -> bool {
-    if counts.errors > max_errors {
-        return false;
+/// Why a completion gate with these counts stays shut, or `None` when it opens. Every member
+/// counts: one that stopped heartbeating without reporting (`stale`) has not completed, so
+/// a stage whose members all went silent holds; a stage with no members passes through.
+fn completion_hold(
+    counts: Option<&StageCounts>,
+    min_completed: Share,
+    max_errors: u64,
+) -> Option<String> {
+    let Some(counts) = counts else {
+        return Some("the stage's fleet counts are not known yet".to_owned());
+    };
+    let enough_completed = u128::from(counts.completed) * u128::from(Share::ALL.ppm())
+        >= u128::from(counts.members) * u128::from(min_completed.ppm());
+    if enough_completed && counts.errors <= max_errors {
+        return None;
     }
-    // an empty stage passes through; otherwise completed / live members >= min_completed,
-    // where stale members (no heartbeat, no report) do not hold the gate shut
-    let live_members = counts.members.saturating_sub(counts.stale);
-    u128::from(counts.completed) * u128::from(Share::ALL.ppm())
-        >= u128::from(live_members) * u128::from(min_completed.ppm())
+    let completed_percent = if counts.members == 0 {
+        0.0
+    } else {
+        counts.completed as f64 * 100.0 / counts.members as f64
+    };
+    let mut reason = format!(
+        "{} of {} members completed ({completed_percent:.1}%), {min_completed} needed; {} pending, {} stale (no heartbeat, no report), {} errors",
+        counts.completed, counts.members, counts.pending, counts.stale, counts.errors
+    );
+    if counts.errors > max_errors {
+        reason.push_str(&format!(", at most {max_errors} allowed"));
+    }
+    Some(reason)
 }
 
 fn pause(plan: &Plan, state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {

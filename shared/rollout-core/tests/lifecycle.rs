@@ -326,6 +326,84 @@ fn catch_up_stops_at_a_health_gate() {
     assert_eq!(caught_up.state.waiting_for(&plan), Some(WaitingFor::Guard));
 }
 
+fn silent_stage() -> Plan {
+    plan(json!({"stages": [
+        {"name": "canary", "labels": {"ring": "canary"}, "gate": {"min_completed_percentage": 50}},
+        {"name": "fleet", "labels": {"ring": "fleet"}, "gate": {"min_completed_percentage": 50}},
+    ]}))
+}
+
+fn stage_tick(counts: rollout_core::StageCounts) -> Event {
+    Event::Tick(Health {
+        outcomes: None,
+        current_stage: Some(counts),
+    })
+}
+
+#[test]
+fn silent_members_never_open_a_completion_gate() {
+    let plan = silent_stage();
+    let running = RolloutState::created(&plan, now()).state;
+    // every member of the canary stage stopped heartbeating without reporting
+    let all_silent = rollout_core::StageCounts {
+        members: 3,
+        stale: 3,
+        ..Default::default()
+    };
+    let held = step(&plan, &running, &stage_tick(all_silent), at(minutes(10))).expect("tick");
+    assert!(!held.changed(), "{:?}", held.effects);
+    assert_eq!(held.state.step, Some(0));
+    assert_eq!(held.state.waiting_for(&plan), Some(WaitingFor::Guard));
+    let silent_health = Health {
+        outcomes: None,
+        current_stage: Some(all_silent),
+    };
+    let hold = running
+        .gate_hold(&plan, &silent_health)
+        .expect("status can say what holds the gate");
+    assert_eq!(hold.held_by, rollout_core::HeldBy::Completion);
+    assert!(
+        hold.reason.starts_with("0 of 3 members completed") && hold.reason.contains("3 stale"),
+        "{}",
+        hold.reason
+    );
+    // one of three applied, two went silent: 33 % < 50 %
+    let one_applied = rollout_core::StageCounts {
+        members: 3,
+        completed: 1,
+        stale: 2,
+        ..Default::default()
+    };
+    assert!(
+        !step(&plan, &running, &stage_tick(one_applied), at(minutes(10)))
+            .expect("tick")
+            .changed()
+    );
+    // they come back and report applied: the gate opens
+    let applied = rollout_core::StageCounts {
+        members: 3,
+        completed: 2,
+        stale: 1,
+        ..Default::default()
+    };
+    let opened = step(&plan, &running, &stage_tick(applied), at(minutes(11))).expect("tick");
+    assert_eq!(opened.state.step, Some(1));
+    let applied_health = Health {
+        outcomes: None,
+        current_stage: Some(applied),
+    };
+    assert_eq!(running.gate_hold(&plan, &applied_health), None);
+    // a stage with no members at all still passes through
+    let empty = step(
+        &plan,
+        &opened.state,
+        &stage_tick(rollout_core::StageCounts::default()),
+        at(minutes(12)),
+    )
+    .expect("tick");
+    assert_eq!(empty.state.step, Some(2));
+}
+
 fn guarded(action: &str) -> Plan {
     plan(
         json!({"preset": "1hr", "guard": {"max_error_rate": 5, "min_samples": 100, "window": "5m", "action": action}}),

@@ -22,6 +22,7 @@
 
 mod commit;
 pub mod fleet;
+pub mod health;
 pub mod mutation;
 pub mod outbox;
 pub mod outcomes;

@@ -4,8 +4,8 @@
 //! `next_page` while more remain.
 
 use rollout_core::{
-    DurationMs, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState, Share,
-    StageCounts, Timestamp, ValidationErrors, WaitingFor,
+    DurationMs, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState,
+    Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,10 @@ pub struct RolloutStatus {
     /// What a running or queued rollout waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingFor>,
+    /// Which health gate holds the rollout at its current step and why (with `waiting_for:
+    /// guard`), judged on the figures the ticker reads now; absent when nothing holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<GateHold>,
     /// Current step; absent while queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<usize>,
@@ -128,7 +132,8 @@ pub struct RolloutStatus {
 }
 
 impl RolloutStatus {
-    /// The status of `state` at `now`; stage `counts` are left for the caller.
+    /// The status of `state` at `now`; stage `counts` and the `hold` (both read from Redis)
+    /// are left for the caller.
     pub fn new(
         rollout_id: &str,
         plan: &Plan,
@@ -146,6 +151,7 @@ impl RolloutStatus {
             candidate: plan.candidate.clone(),
             state: state.lifecycle,
             waiting_for: state.waiting_for(plan),
+            hold: None,
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             due_at: state.due_at(plan),

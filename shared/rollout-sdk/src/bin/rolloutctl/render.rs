@@ -222,6 +222,13 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    if let Some(hold) = &status.hold {
+        text.push_str(&format!(
+            "held by {}: {}\n",
+            wire_name(&hold.held_by),
+            hold.reason
+        ));
+    }
     text.push_str(&steps_table(&status.steps, status.current_step));
     text.push('\n');
     text
@@ -596,7 +603,11 @@ mod tests {
         let status: RolloutStatus = documented("RolloutStatus");
         let text = super::status(&status);
         assert!(
-            text.contains("state: running · waiting for: continue"),
+            text.contains("state: running · waiting for: guard"),
+            "{text}"
+        );
+        assert!(
+            text.contains("held by completion: 3 of 12 members completed (25.0%), 90% needed"),
             "{text}"
         );
         assert!(text.contains("canary"), "{text}");
@@ -608,7 +619,7 @@ mod tests {
             .find(|line| line.contains("canary"))
             .expect("canary row");
         assert!(canary_row.contains(CURRENT), "{canary_row}");
-        for count in ["12", "10", "40"] {
+        for count in ["12", "7", "40"] {
             assert!(text.contains(count), "{text}");
         }
     }
