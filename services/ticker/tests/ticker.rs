@@ -796,6 +796,77 @@ async fn agents_that_go_silent_hold_their_stage_completion_gate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_without_samples_holds_a_completion_gate() {
+    let harness = Harness::start().await;
+    let start = harness.now().await;
+    let canary = [("edge-1", "staging"), ("edge-2", "staging")];
+    register_agents(&harness, &canary, start).await;
+    let record = harness
+        .create(
+            NS,
+            "firmware",
+            Some(json!({"stages": [
+                    {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
+                    {"name": "fleet", "labels": {"env": "prod"}},
+                ],
+                "guard": {"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "pause"}})),
+            start,
+            CreateOptions::published(),
+        )
+        .await
+        .expect("rollout");
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, _) in &canary {
+        fleet::record_report(
+            &mut connection,
+            &keys,
+            &record.id,
+            id,
+            &Report::Applied("on".to_owned()),
+        )
+        .await
+        .expect("report");
+    }
+    let ticker = harness.ticker(harness.settings("solo")).await;
+    let mut term = ticker.campaign().await.expect("campaign").expect("leads");
+
+    // every member applied, but nobody reported how the candidate does
+    let quiet = after(start, 2_000);
+    let round = ticker.fire_round(&mut term, quiet).await.expect("round");
+    assert_eq!((round.looked_at, round.committed), (1, 0), "{round:?}");
+    let (step, waiting_for, hold) = held_at(&harness, &record.id, quiet).await;
+    assert_eq!(step, Some(0), "a guard without samples must hold");
+    assert_eq!(waiting_for, Some(WaitingFor::Guard));
+    let hold = hold.expect("status says the guard holds");
+    assert_eq!(hold.held_by, HeldBy::Guard);
+    assert!(
+        hold.reason.contains("0 candidate samples, 20 needed"),
+        "{}",
+        hold.reason
+    );
+
+    // healthy outcomes arrive: the gate opens
+    let tallies = HashMap::from([(
+        ("firmware".to_owned(), "on".to_owned()),
+        Tally {
+            success: 30,
+            error: 0,
+        },
+    )]);
+    outcomes::add_tallies(&mut connection, &keys, &tallies, harness.now().await)
+        .await
+        .expect("tallies");
+    // the next health check of a held gate
+    let judged = after(quiet, 2_000);
+    let round = ticker.fire_round(&mut term, judged).await.expect("round");
+    assert_eq!(round.committed, 1, "{round:?}");
+    let (step, _, hold) = held_at(&harness, &record.id, judged).await;
+    assert_eq!((step, hold), (Some(1), None));
+    ticker.resign(term).await.expect("resign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firing_smoke_run_reports_its_lag() {
     let harness = Harness::start().await;
     let count = 300_i64;

@@ -148,6 +148,8 @@ pub struct Health {
 pub enum HeldBy {
     /// A stage completion gate: too few members applied the candidate, or too many failed.
     Completion,
+    /// The rollout's guard: too few outcome samples on a side it compares to judge.
+    Guard,
 }
 
 /// Why the current step's health gate is shut at a tick (SPEC §11.1: silence never opens
@@ -491,8 +493,11 @@ impl RolloutState {
     }
 
     /// Why the current step's health gate stays shut given `health`: `None` when it would
-    /// open, and when the rollout is not running at a step whose gate waits on health. The
-    /// step function opens the gate exactly when this is `None`.
+    /// open, and when the rollout is not running at a step whose gate waits on health. A
+    /// health gate (a stage completion gate) opens only on positive evidence: enough of the
+    /// stage's members completed and, for a guarded rollout, the guard found the outcomes
+    /// healthy on every side it compares. The step function opens the gate exactly when
+    /// this is `None`.
     pub fn gate_hold(&self, plan: &Plan, health: &Health) -> Option<GateHold> {
         if self.lifecycle != Lifecycle::Running {
             return None;
@@ -504,11 +509,33 @@ impl RolloutState {
         else {
             return None;
         };
-        completion_hold(health.current_stage.as_ref(), min_completed, max_errors).map(|reason| {
-            GateHold {
+        if let Some(reason) =
+            completion_hold(health.current_stage.as_ref(), min_completed, max_errors)
+        {
+            return Some(GateHold {
                 held_by: HeldBy::Completion,
                 reason,
-            }
+            });
+        }
+        let guard = plan.guard.as_ref()?;
+        let reason = match &health.outcomes {
+            None => Some("the guard's outcome counts are not known yet".to_owned()),
+            Some(outcomes) => match guard.verdict(outcomes) {
+                GuardVerdict::Healthy => None,
+                GuardVerdict::InsufficientData => Some(format!(
+                    "the guard cannot judge yet: {}",
+                    guard
+                        .missing_samples(outcomes)
+                        .unwrap_or_else(|| "too few samples".to_owned())
+                )),
+                GuardVerdict::Breached(figures) => {
+                    Some(format!("the guard is breached: {}", figures.limit))
+                }
+            },
+        };
+        reason.map(|reason| GateHold {
+            held_by: HeldBy::Guard,
+            reason,
         })
     }
 

@@ -404,6 +404,70 @@ fn silent_members_never_open_a_completion_gate() {
     assert_eq!(empty.state.step, Some(2));
 }
 
+#[test]
+fn a_guard_without_enough_samples_holds_a_completion_gate() {
+    let plan = plan(json!({"stages": [
+            {"name": "canary", "labels": {"ring": "canary"}, "gate": {"min_completed_percentage": 50}},
+            {"name": "fleet", "labels": {"ring": "fleet"}},
+        ],
+        "guard": {"max_ratio_to_baseline": 1.5, "min_samples": 100, "window": "5m", "action": "pause"}}));
+    let running = RolloutState::created(&plan, now()).state;
+    let all_applied = rollout_core::StageCounts {
+        members: 4,
+        completed: 4,
+        ..Default::default()
+    };
+    let with_outcomes = |candidate: u64, baseline: u64| Health {
+        outcomes: Some(OutcomeCounts {
+            candidate: SideCounts {
+                success: candidate,
+                error: 0,
+            },
+            baseline: SideCounts {
+                success: baseline,
+                error: 0,
+            },
+        }),
+        current_stage: Some(all_applied),
+    };
+    // every member applied, but the guard has heard nothing, or too little on one side
+    for (candidate, baseline) in [(0, 0), (500, 99), (99, 500)] {
+        let health = with_outcomes(candidate, baseline);
+        let held = step(
+            &plan,
+            &running,
+            &Event::Tick(health.clone()),
+            at(minutes(5)),
+        )
+        .expect("tick");
+        assert!(
+            !held.changed(),
+            "{candidate}/{baseline} samples: {:?}",
+            held.effects
+        );
+        let hold = running.gate_hold(&plan, &health).expect("the guard holds");
+        assert_eq!(hold.held_by, rollout_core::HeldBy::Guard);
+        assert!(hold.reason.contains("100"), "{}", hold.reason);
+    }
+    // no outcome figures at all hold it too
+    let unread = Health {
+        outcomes: None,
+        current_stage: Some(all_applied),
+    };
+    assert!(!step(&plan, &running, &Event::Tick(unread), at(minutes(5)))
+        .expect("tick")
+        .changed());
+    // enough healthy samples on both sides: the gate opens
+    let opened = step(
+        &plan,
+        &running,
+        &Event::Tick(with_outcomes(100, 100)),
+        at(minutes(5)),
+    )
+    .expect("tick");
+    assert_eq!(opened.state.step, Some(1));
+}
+
 fn guarded(action: &str) -> Plan {
     plan(
         json!({"preset": "1hr", "guard": {"max_error_rate": 5, "min_samples": 100, "window": "5m", "action": action}}),
