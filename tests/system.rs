@@ -6,6 +6,9 @@
 //! - a label-stage rollout with simulated fleet agents: registration by labels, desired
 //!   variations per released stage, applied/failed reports in the stage counts, `continue`
 //!   releasing the next stage, an agent joining mid-rollout;
+//! - guards judge their own rollout: a re-run after a guard rollback is not judged by the
+//!   first rollout's outcomes, and a rollout resumed after a guard pause is judged only on
+//!   outcomes since the resume;
 //! - malformed and out-of-range input on every subject (commands, the durable stream,
 //!   queries, evaluation, fleet, outcomes) gets an error reply where a reply is possible
 //!   and leaves Redis exactly as it was.
@@ -19,10 +22,11 @@ use evaluator::EvaluatorHandle;
 use futures_util::StreamExt;
 use rollout_core::{Entity, Lifecycle, StageCounts};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{CommandClient, EvalClient, Namespace};
+use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport};
 use rollout_testkit::{NatsServer, RedisServer};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
+use rollout_wire::queries::RolloutStatus;
 use serde_json::{json, Value};
 use support::cluster::{
     boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
@@ -497,6 +501,182 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
     })
     .await;
     assert_eq!(desired(&system, "lab-1").await, "v2");
+    system.stop().await;
+}
+
+/// Waits until every evaluator serves `flag` at its current version (so outcome reports
+/// are attributed to the rollout just committed).
+async fn until_served_everywhere(system: &System, flag: &str) {
+    let version = system.commands.get_flag(flag).await.expect("flag").version;
+    eventually(
+        &format!("{flag} v{version} everywhere"),
+        PATIENCE,
+        || async {
+            system
+                .evaluators
+                .iter()
+                .all(|handle| {
+                    handle
+                        .served_version(NS, flag)
+                        .is_some_and(|v| v >= version)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `count` outcomes of the candidate `on` of `flag`, reported the way an application does
+/// (in batches).
+async fn report_candidate(eval: &EvalClient, flag: &str, count: usize, failed: bool) {
+    let outcome = if failed {
+        Outcome::Error
+    } else {
+        Outcome::Success
+    };
+    let reports: Vec<OutcomeReport> = (0..count)
+        .map(|index| OutcomeReport {
+            flag: flag.to_owned(),
+            entity: format!("user-{index}"),
+            variation: "on".to_owned(),
+            outcome,
+            value: None,
+            rollout_id: None,
+        })
+        .collect();
+    for batch in reports.chunks(rollout_wire::outcomes::MAX_OUTCOME_BATCH) {
+        eval.report_outcomes(batch.to_vec())
+            .await
+            .expect("outcomes reported");
+    }
+    eval.flush().await.expect("flush");
+}
+
+/// Waits until rollout `rollout_id` has finished, or stopped moving in `state`.
+async fn until_settled(system: &System, rollout_id: &str, what: &str) -> RolloutStatus {
+    eventually(what, PATIENCE, || async {
+        let status = system.commands.rollout_status(rollout_id).await.ok()?;
+        (status.state.is_finished() || status.state == Lifecycle::Paused).then_some(status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
+    let system = System::start(1).await;
+    let eval = EvalClient::connect(system.client.clone(), Namespace::new(NS).expect("ns"))
+        .await
+        .expect("eval client");
+    let guard = |action: &str| json!({"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": action});
+
+    // a candidate that fails: its guard rolls it back
+    system
+        .commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag created");
+    let phased = |first_phase: &str| {
+        serde_json::from_value(
+            json!({"flag": "checkout", "baseline": "off", "candidate": "on",
+            "phases": [{"percentage": 10, "duration": first_phase}, {"percentage": 100}],
+            "guard": guard("rollback")}),
+        )
+        .expect("spec")
+    };
+    let first = system
+        .commands
+        .create_rollout(phased("1h"))
+        .await
+        .expect("first rollout");
+    until_served_everywhere(&system, "checkout").await;
+    report_candidate(&eval, "checkout", 30, true).await;
+    let rolled_back = until_settled(&system, &first.rollout_id, "the first rollout's guard").await;
+    assert_eq!(rolled_back.state, Lifecycle::RolledBack);
+
+    // fixed and run again within the guard's window: judged on its own outcomes only
+    let second = system
+        .commands
+        .create_rollout(phased("2s"))
+        .await
+        .expect("second rollout");
+    let settled = until_settled(&system, &second.rollout_id, "the second rollout to end").await;
+    assert_eq!(
+        settled.state,
+        Lifecycle::Completed,
+        "the re-run was judged by the first rollout's outcomes"
+    );
+
+    // paused by its guard on a stage, then resumed: healthy outcomes since the resume open
+    // the stage's completion gate, the ones it was paused for never count again
+    let agent_flag = serde_json::from_value(json!({
+        "key": "firmware",
+        "variations": [{"id": "off", "value": "1.0"}, {"id": "on", "value": "2.0"}],
+        "off_variation": "off", "enabled": true, "default": {"variation": "off"},
+    }))
+    .expect("flag");
+    system
+        .commands
+        .create_flag(agent_flag)
+        .await
+        .expect("flag created");
+    fleet(
+        &system,
+        "register",
+        json!({"agent_id": "edge-1", "labels": {"ring": "canary"}}),
+    )
+    .await
+    .expect("registered");
+    let staged = serde_json::from_value(
+        json!({"flag": "firmware", "baseline": "off", "candidate": "on",
+        "stages": [{"name": "canary", "labels": {"ring": "canary"},
+                    "gate": {"min_completed_percentage": 50}}],
+        "guard": guard("pause")}),
+    )
+    .expect("spec");
+    let third = system
+        .commands
+        .create_rollout(staged)
+        .await
+        .expect("staged rollout");
+    until_served_everywhere(&system, "firmware").await;
+    fleet(
+        &system,
+        "report",
+        json!({"agent_id": "edge-1", "flag": "firmware", "rollout_id": third.rollout_id,
+               "variation": "on", "status": "applied"}),
+    )
+    .await
+    .expect("applied");
+    // so many that no number of later successes within the window could outweigh them
+    report_candidate(&eval, "firmware", 2_000, true).await;
+    let paused = until_settled(&system, &third.rollout_id, "the guard to pause it").await;
+    assert_eq!(paused.state, Lifecycle::Paused);
+    let first_pause = paused.paused_at;
+    system
+        .commands
+        .resume_rollout(&third.rollout_id)
+        .await
+        .expect("resumed");
+    let completed = eventually(
+        "the stage gate to open on fresh outcomes",
+        PATIENCE,
+        || async {
+            // outcomes count in whole 10 s buckets begun after the resume: keep reporting
+            report_candidate(&eval, "firmware", 20, false).await;
+            let status = system
+                .commands
+                .rollout_status(&third.rollout_id)
+                .await
+                .ok()?;
+            assert!(
+                !(status.state == Lifecycle::Paused && status.paused_at != first_pause),
+                "paused again on the outcomes it was paused for: {status:?}"
+            );
+            (status.state == Lifecycle::Completed).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(completed.current_step, Some(1));
     system.stop().await;
 }
 

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use rollout_store::fleet::{record_report, register_agent, Agent, Report};
-use rollout_store::outcomes::{add_tallies, Tally};
+use rollout_store::outcomes::{add_tallies, Side, Tallies, Tally};
 use rollout_store::redis_time;
 use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
@@ -18,22 +16,26 @@ fn keys() -> Keys {
     Keys::new(&Namespace::new("test").expect("namespace"))
 }
 
-/// Adds outcomes for `flag` in the current 10 s bucket: (variation, successes, errors).
-async fn report_outcomes(cluster: &Cluster, flag: &str, sides: &[(&str, u64, u64)]) {
+/// Adds outcomes as an evaluator attributes them to rollout `rollout_id`, in the current
+/// 10 s bucket: (side, successes, errors).
+async fn report_outcomes(cluster: &Cluster, rollout_id: &str, sides: &[(Side, u64, u64)]) {
     let mut connection = cluster.redis().await;
     let now = redis_time(&mut connection).await.expect("time");
-    let tallies: HashMap<(String, String), Tally> = sides
-        .iter()
-        .map(|(variation, success, error)| {
-            (
-                (flag.to_owned(), (*variation).to_owned()),
-                Tally {
-                    success: *success,
-                    error: *error,
-                },
-            )
-        })
-        .collect();
+    let tallies = Tallies {
+        rollouts: sides
+            .iter()
+            .map(|(side, success, error)| {
+                (
+                    (rollout_id.to_owned(), *side),
+                    Tally {
+                        success: *success,
+                        error: *error,
+                    },
+                )
+            })
+            .collect(),
+        ..Tallies::default()
+    };
     add_tallies(&mut connection, &keys(), &tallies, now)
         .await
         .expect("tallies");
@@ -62,7 +64,12 @@ async fn counts_show_outcomes_over_the_guard_window_with_its_verdict() {
     assert_eq!(quiet["guard"], json!({"verdict": "insufficient_data"}));
     assert!(quiet.get("stages").is_none(), "no stages in a phased plan");
 
-    report_outcomes(&cluster, "checkout", &[("on", 90, 10), ("off", 199, 1)]).await;
+    report_outcomes(
+        &cluster,
+        &rollout_id,
+        &[(Side::Candidate, 90, 10), (Side::Baseline, 199, 1)],
+    )
+    .await;
     let breached = cluster
         .query("rollout.counts", json!({"rollout_id": rollout_id}))
         .await;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{
@@ -14,7 +13,7 @@ use common::{
 use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::health::load_health;
-use rollout_store::outcomes::{self, Tally};
+use rollout_store::outcomes::{self, Side, Tallies, Tally};
 use rollout_testkit::{RedisOptions, RedisServer};
 use rollout_wire::events::EventKind;
 use serde_json::json;
@@ -417,6 +416,34 @@ async fn epochs_rise_on_every_acquisition_and_survive_a_redis_restart() {
     assert!(third > second, "{third} after {second}");
 }
 
+/// Outcomes an evaluator attributed to `rollout_id`: (successes, errors) of each side.
+fn rollout_tallies(rollout_id: &str, candidate: (u64, u64), baseline: (u64, u64)) -> Tallies {
+    let mut tallies = Tallies::default();
+    for (side, (success, error)) in [(Side::Candidate, candidate), (Side::Baseline, baseline)] {
+        if success + error > 0 {
+            tallies
+                .rollouts
+                .insert((rollout_id.to_owned(), side), Tally { success, error });
+        }
+    }
+    tallies
+}
+
+/// Outcomes an evaluator counted per flag: (flag, variation, successes, errors).
+fn flag_tallies(entries: &[(&str, &str, u64, u64)]) -> Tallies {
+    let mut tallies = Tallies::default();
+    for (flag, variation, success, error) in entries {
+        tallies.flags.insert(
+            ((*flag).to_owned(), (*variation).to_owned()),
+            Tally {
+                success: *success,
+                error: *error,
+            },
+        );
+    }
+    tallies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_breach_rolls_back_with_its_figures() {
     let harness = Harness::start().await;
@@ -442,22 +469,7 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
         "healthy without samples"
     );
 
-    let tallies = HashMap::from([
-        (
-            ("checkout".to_owned(), "on".to_owned()),
-            Tally {
-                success: 50,
-                error: 10,
-            },
-        ),
-        (
-            ("checkout".to_owned(), "off".to_owned()),
-            Tally {
-                success: 500,
-                error: 5,
-            },
-        ),
-    ]);
+    let tallies = rollout_tallies(&record.id, (50, 10), (500, 5));
     let mut connection = harness.redis.clone();
     outcomes::add_tallies(
         &mut connection,
@@ -526,22 +538,7 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
             },
         )
         .await;
-    let tallies = HashMap::from([
-        (
-            ("checkout".to_owned(), "on".to_owned()),
-            Tally {
-                success: 50,
-                error: 10,
-            },
-        ),
-        (
-            ("plain".to_owned(), "on".to_owned()),
-            Tally {
-                success: 10,
-                error: 20,
-            },
-        ),
-    ]);
+    let tallies = flag_tallies(&[("checkout", "on", 50, 10), ("plain", "on", 10, 20)]);
     let mut connection = harness.redis.clone();
     outcomes::add_tallies(
         &mut connection,
@@ -847,13 +844,7 @@ async fn a_guard_without_samples_holds_a_completion_gate() {
     );
 
     // healthy outcomes arrive: the gate opens
-    let tallies = HashMap::from([(
-        ("firmware".to_owned(), "on".to_owned()),
-        Tally {
-            success: 30,
-            error: 0,
-        },
-    )]);
+    let tallies = rollout_tallies(&record.id, (30, 0), (0, 0));
     outcomes::add_tallies(&mut connection, &keys, &tallies, harness.now().await)
         .await
         .expect("tallies");

@@ -104,6 +104,11 @@ pub struct RolloutState {
     pub queued_until: Option<Timestamp>,
     /// When the current pause began.
     pub paused_at: Option<Timestamp>,
+    /// When the rollout last left a pause (resume, or promote while paused): its guard
+    /// judges only outcomes from then on, see [`RolloutState::guard_window_start`]. Absent
+    /// before the first resume (and in records written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<Timestamp>,
     /// Share served after a stop (share plans only).
     pub stopped_share: Option<Share>,
     /// When it finished.
@@ -333,6 +338,7 @@ impl RolloutState {
                 StartMode::Now | StartMode::OnCommand => None,
             },
             paused_at: None,
+            resumed_at: None,
             stopped_share: None,
             finished_at: None,
             history: Vec::new(),
@@ -351,6 +357,16 @@ impl RolloutState {
                 effects: Vec::new(),
             },
         }
+    }
+
+    /// The earliest time whose outcomes a guard with `window` judges at `now`: the start of
+    /// the window, but never before the last resume, so a resumed rollout is not judged
+    /// again on the outcomes it was paused for. (Outcomes are counted per rollout, so
+    /// nothing from before the rollout began is ever in its counters.)
+    pub fn guard_window_start(&self, window: DurationMs, now: Timestamp) -> Timestamp {
+        let window_start = now.minus(window);
+        self.resumed_at
+            .map_or(window_start, |resumed_at| resumed_at.max(window_start))
     }
 
     /// When the ticker must next look at this rollout on account of time alone: the start
@@ -626,6 +642,7 @@ pub fn step(
             let paused_ms = now.millis_since(paused_at).max(0);
             next.lifecycle = Lifecycle::Running;
             next.paused_at = None;
+            next.resumed_at = Some(now);
             next.step_anchor = state
                 .step_anchor
                 .map(|anchor| anchor.plus(DurationMs::from_millis(paused_ms)));
@@ -671,6 +688,9 @@ pub fn step(
                     "rollout is {}; nothing to promote",
                     state.lifecycle.as_str()
                 )));
+            }
+            if state.lifecycle == Lifecycle::Paused {
+                next.resumed_at = Some(now);
             }
             if state.lifecycle == Lifecycle::Queued {
                 effects.push(Effect::Started { planned_at: now });

@@ -512,6 +512,46 @@ fn a_guard_breach_pauses_stops_or_rolls_back_with_the_figures() {
 }
 
 #[test]
+fn a_resumed_guard_judges_only_outcomes_since_the_resume() {
+    let plan = guarded("pause");
+    let window = minutes(5);
+    let running = RolloutState::created(&plan, now()).state;
+    assert_eq!(
+        running.guard_window_start(window, at(minutes(20))),
+        at(minutes(15))
+    );
+    let paused = step(&plan, &running, &breaching(), at(minutes(20))).expect("tick");
+    assert_eq!(paused.state.lifecycle, Lifecycle::Paused);
+    // resumed ten minutes later: the outcomes that paused it are out of reach at once,
+    // though the window alone would still cover them a minute on
+    let resumed = apply(&plan, &paused.state, Event::Resume, at(minutes(30)));
+    assert_eq!(
+        resumed.guard_window_start(window, at(minutes(31))),
+        at(minutes(30))
+    );
+    assert_eq!(
+        resumed.guard_window_start(window, at(minutes(40))),
+        at(minutes(35))
+    );
+    // promote out of a pause resumes too
+    let paused_again = apply(&plan, &resumed, Event::Pause, at(minutes(41)));
+    let promoted = apply(&plan, &paused_again, Event::Promote, at(minutes(50)));
+    assert_eq!(
+        promoted.guard_window_start(window, at(minutes(51))),
+        at(minutes(50))
+    );
+    // records written before the field existed read as never resumed
+    let mut old_record = serde_json::to_value(&running).expect("state serialises");
+    assert!(old_record.get("resumed_at").is_none());
+    old_record
+        .as_object_mut()
+        .expect("object")
+        .insert("revision".into(), json!(1));
+    let old_state: RolloutState = serde_json::from_value(old_record).expect("old record reads");
+    assert_eq!(old_state.resumed_at, None);
+}
+
+#[test]
 fn guards_still_apply_during_bake() {
     let plan = plan(json!({"phases": [{"percentage": 100, "duration": "1h"}],
                            "guard": {"max_error_rate": 5, "action": "rollback"}}));

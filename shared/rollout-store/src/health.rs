@@ -1,8 +1,8 @@
 //! What a rollout's health gates see at a time: the `rollout_core::Health` the ticker passes
 //! to the step function and the planner's status explains with
-//! `RolloutState::gate_hold`, read one way for both — the outcome counters over the guard's
-//! window while a guarded rollout runs, and the current stage's fleet counts while it waits
-//! on a completion gate.
+//! `RolloutState::gate_hold`, read one way for both — the rollout's own outcome counters
+//! over its guard's window (never before its last resume) while a guarded rollout runs,
+//! and the current stage's fleet counts while it waits on a completion gate.
 
 use redis::aio::ConnectionLike;
 use rollout_core::{DurationMs, Health, Lifecycle, Timestamp, WaitingFor};
@@ -25,8 +25,9 @@ pub async fn load_health<C: ConnectionLike + Send>(
     }
     let plan = &record.plan;
     if let Some(guard) = &plan.guard {
+        let from = record.state.guard_window_start(guard.window, now);
         health.outcomes =
-            Some(outcomes::load_plan_outcomes(connection, keys, plan, guard.window, now).await?);
+            Some(outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now).await?);
     }
     if record.state.waiting_for(plan) == Some(WaitingFor::Guard) {
         let counts = fleet::load_stage_counts(

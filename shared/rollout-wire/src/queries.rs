@@ -393,9 +393,9 @@ impl PlanPreview {
 pub const DEFAULT_COUNTS_WINDOW: DurationMs = DurationMs::from_minutes(5);
 
 /// `rollout.query.<ns>.rollout.counts`: the counters behind a rollout's health gates — the
-/// outcomes reported for its candidate and baseline over the guard's window (5 minutes
-/// without a guard) with the guard's verdict on them now, and for label stages each
-/// stage's fleet counts. Reply: [`RolloutCounts`].
+/// outcomes reported for this rollout's candidate and baseline over the guard's window (5
+/// minutes without a guard; never before its last resume) with the guard's verdict on them
+/// now, and for label stages each stage's fleet counts. Reply: [`RolloutCounts`].
 #[doc = shape_doc!("rollout_counts_query")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -423,7 +423,11 @@ pub struct RolloutCounts {
     /// How far back the outcomes reach, in milliseconds: the guard's window, else
     /// [`DEFAULT_COUNTS_WINDOW`].
     pub window_ms: u64,
-    /// Outcomes reported within the window, for each side.
+    /// The earliest time counted: the window's start, or the rollout's last resume when
+    /// that is later (outcomes are counted in whole 10 s buckets from there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_from: Option<Timestamp>,
+    /// Outcomes reported for this rollout within the window, for each side.
     pub outcomes: OutcomeCounts,
     /// What the rollout's guard says of these outcomes now; absent without a guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]

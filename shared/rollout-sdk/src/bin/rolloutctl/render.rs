@@ -265,7 +265,12 @@ pub fn counts(counts: &RolloutCounts) -> String {
             Cell::new(rate).set_alignment(CellAlignment::Right),
         ]);
     }
-    text.push_str(&format!("outcomes over the last {window}\n{outcomes}\n"));
+    let since = counts
+        .counted_from
+        .map_or_else(String::new, |from| format!(" (from {})", short_time(from)));
+    text.push_str(&format!(
+        "outcomes of this rollout over the last {window}{since}\n{outcomes}\n"
+    ));
     let verdict = match &counts.guard {
         None => "no guard".to_owned(),
         Some(GuardVerdict::InsufficientData) => "too few samples to judge".to_owned(),
@@ -579,7 +584,10 @@ mod tests {
     fn counts_show_both_sides_the_verdict_and_every_stage() {
         let counts: RolloutCounts = documented("RolloutCounts");
         let text = super::counts(&counts);
-        assert!(text.contains("outcomes over the last 5m"), "{text}");
+        assert!(
+            text.contains("outcomes of this rollout over the last 5m (from 2026-12-01 09:25:00Z)"),
+            "{text}"
+        );
         let candidate = text
             .lines()
             .find(|line| line.contains("candidate"))
