@@ -8,7 +8,7 @@
 //! - fleet agents on `rollout.fleet.<ns>.<verb>` ([`fleet`]): register, heartbeat,
 //!   desired variation, applied/failed reports;
 //! - outcome reports on `rollout.metrics.<ns>` ([`outcomes`]): checked against the
-//!   snapshot (known flags only), attributed to the flag's active rollout,
+//!   snapshot (known flags and variations only), attributed to the flag's active rollout,
 //!   batched into the windowed counters kill switches (per flag) and guards (per rollout)
 //!   read.
 //!

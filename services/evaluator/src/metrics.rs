@@ -175,16 +175,19 @@ pub enum OutcomeResult {
     Invalid,
     /// Names a flag this namespace does not have: dropped.
     UnknownFlag,
+    /// Names a variation its flag does not have: dropped.
+    UnknownVariation,
     /// Names a rollout other than the flag's active one: counted for the flag's kill
     /// switch only, never for the active rollout's guard.
     OtherRollout,
 }
 
 impl OutcomeResult {
-    const ALL: [OutcomeResult; 4] = [
+    const ALL: [OutcomeResult; 5] = [
         OutcomeResult::Accepted,
         OutcomeResult::Invalid,
         OutcomeResult::UnknownFlag,
+        OutcomeResult::UnknownVariation,
         OutcomeResult::OtherRollout,
     ];
 
@@ -193,7 +196,8 @@ impl OutcomeResult {
             OutcomeResult::Accepted => 0,
             OutcomeResult::Invalid => 1,
             OutcomeResult::UnknownFlag => 2,
-            OutcomeResult::OtherRollout => 3,
+            OutcomeResult::UnknownVariation => 3,
+            OutcomeResult::OtherRollout => 4,
         }
     }
 
@@ -202,6 +206,7 @@ impl OutcomeResult {
             OutcomeResult::Accepted => "accepted",
             OutcomeResult::Invalid => "invalid",
             OutcomeResult::UnknownFlag => "unknown_flag",
+            OutcomeResult::UnknownVariation => "unknown_variation",
             OutcomeResult::OtherRollout => "other_rollout",
         }
     }

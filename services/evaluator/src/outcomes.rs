@@ -10,8 +10,9 @@
 //! for that rollout's guard (SPEC §11.1: a guard judges its own rollout). It belongs when
 //! its variation is the rollout's candidate or baseline and it names no other rollout (a
 //! report may carry the `rollout_id` of the evaluation it reports on). Reports naming a
-//! flag the namespace does not have are dropped and counted in
-//! `rollout_evaluator_outcomes_total`.
+//! flag the namespace does not have, or a variation the flag does not have, are dropped
+//! and counted in `rollout_evaluator_outcomes_total`, so no client can grow the counters
+//! beyond the flags and variations operators created.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,10 +43,13 @@ pub struct Counted {
     pub outcome: Outcome,
 }
 
-/// Where `report` counts given the served `flag`, and what became of it: the flag alone
-/// for a report naming a rollout other than the active one, or on neither of its sides;
-/// else the flag and the active rollout.
+/// Where `report` counts given the served `flag`, and what became of it: nothing for a
+/// variation the flag does not have; the flag alone for a report naming a rollout other
+/// than the active one, or on neither of its sides; else the flag and the active rollout.
 pub fn attribute(flag: &LiveFlag, report: &OutcomeReport) -> (Option<Counted>, OutcomeResult) {
+    if !flag.compiled().has_variation(&report.variation) {
+        return (None, OutcomeResult::UnknownVariation);
+    }
     let mut result = OutcomeResult::Accepted;
     let rollout = flag.rollout().and_then(|view| {
         if report
@@ -131,7 +135,7 @@ impl Aggregator {
 }
 
 /// Checks one `rollout.metrics.<ns>` message and adds its reports; reports that break a
-/// cap, or name a flag the namespace does not have, are dropped and counted.
+/// cap, or name a flag or variation the namespace does not have, are dropped and counted.
 pub fn accept(shared: &Shared, aggregator: &mut Aggregator, message: &async_nats::Message) {
     let Ok(Route::Metrics { namespace }) = shared.subjects.parse(message.subject.as_str()) else {
         shared.metrics.add_outcomes(OutcomeResult::Invalid, 1);

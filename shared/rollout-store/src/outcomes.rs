@@ -12,6 +12,9 @@
 //!   rollout's candidate or baseline: `ro:{ns}:rollout:<id>:outcomes:<bucket start ms>`,
 //!   hash `candidate:ok` / `candidate:err` / `baseline:ok` / `baseline:err` → count. A new
 //!   rollout of the same flag starts from empty counters.
+//!
+//! Only known flags, their variations and the active rollout are ever written (the
+//! evaluator checks), so the fields and keys stay bounded by what operators created.
 
 use std::collections::HashMap;
 
