@@ -347,11 +347,10 @@ fn counts(members: u64, completed: u64, errors: u64, pending: u64, waiting: u64)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
-    let system = System::start(3).await;
+/// Creates flag `key` of agent versions `v1` (`1.0.0`, served) and `v2` (`2.0.0`).
+async fn create_version_flag(system: &System, key: &str) {
     let flag = serde_json::from_value(json!({
-        "key": "agent-version",
+        "key": key,
         "variations": [{"id": "v1", "value": "1.0.0"}, {"id": "v2", "value": "2.0.0"}],
         "off_variation": "v1", "enabled": true, "default": {"variation": "v1"},
     }))
@@ -361,6 +360,12 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .create_flag(flag)
         .await
         .expect("flag created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
+    let system = System::start(3).await;
+    create_version_flag(&system, "agent-version").await;
     let agents = [
         ("stage-1", json!({"env": "staging"})),
         ("stage-2", json!({"env": "staging", "region": "eu"})),
@@ -526,9 +531,14 @@ async fn until_served_everywhere(system: &System, flag: &str) {
     .await;
 }
 
-/// `count` outcomes of the candidate `on` of `flag`, reported the way an application does
+/// `count` outcomes of a (flag, candidate variation), reported the way an application does
 /// (in batches).
-async fn report_candidate(eval: &EvalClient, flag: &str, count: usize, failed: bool) {
+async fn report_candidate(
+    eval: &EvalClient,
+    (flag, variation): (&str, &str),
+    count: usize,
+    failed: bool,
+) {
     let outcome = if failed {
         Outcome::Error
     } else {
@@ -538,7 +548,7 @@ async fn report_candidate(eval: &EvalClient, flag: &str, count: usize, failed: b
         .map(|index| OutcomeReport {
             flag: flag.to_owned(),
             entity: format!("user-{index}"),
-            variation: "on".to_owned(),
+            variation: variation.to_owned(),
             outcome,
             value: None,
             rollout_id: None,
@@ -589,7 +599,7 @@ async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
         .await
         .expect("first rollout");
     until_served_everywhere(&system, "checkout").await;
-    report_candidate(&eval, "checkout", 30, true).await;
+    report_candidate(&eval, ("checkout", "on"), 30, true).await;
     let rolled_back = until_settled(&system, &first.rollout_id, "the first rollout's guard").await;
     assert_eq!(rolled_back.state, Lifecycle::RolledBack);
 
@@ -608,17 +618,7 @@ async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
 
     // paused by its guard on a stage, then resumed: healthy outcomes since the resume open
     // the stage's completion gate, the ones it was paused for never count again
-    let agent_flag = serde_json::from_value(json!({
-        "key": "firmware",
-        "variations": [{"id": "off", "value": "1.0"}, {"id": "on", "value": "2.0"}],
-        "off_variation": "off", "enabled": true, "default": {"variation": "off"},
-    }))
-    .expect("flag");
-    system
-        .commands
-        .create_flag(agent_flag)
-        .await
-        .expect("flag created");
+    create_version_flag(&system, "firmware").await;
     fleet(
         &system,
         "register",
@@ -627,7 +627,7 @@ async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
     .await
     .expect("registered");
     let staged = serde_json::from_value(
-        json!({"flag": "firmware", "baseline": "off", "candidate": "on",
+        json!({"flag": "firmware", "baseline": "v1", "candidate": "v2",
         "stages": [{"name": "canary", "labels": {"ring": "canary"},
                     "gate": {"min_completed_percentage": 50}}],
         "guard": guard("pause")}),
@@ -643,12 +643,12 @@ async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
         &system,
         "report",
         json!({"agent_id": "edge-1", "flag": "firmware", "rollout_id": third.rollout_id,
-               "variation": "on", "status": "applied"}),
+               "variation": "v2", "status": "applied"}),
     )
     .await
     .expect("applied");
     // so many that no number of later successes within the window could outweigh them
-    report_candidate(&eval, "firmware", 2_000, true).await;
+    report_candidate(&eval, ("firmware", "v2"), 2_000, true).await;
     let paused = until_settled(&system, &third.rollout_id, "the guard to pause it").await;
     assert_eq!(paused.state, Lifecycle::Paused);
     let first_pause = paused.paused_at;
@@ -662,7 +662,7 @@ async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
         PATIENCE,
         || async {
             // outcomes count in whole 10 s buckets begun after the resume: keep reporting
-            report_candidate(&eval, "firmware", 20, false).await;
+            report_candidate(&eval, ("firmware", "v2"), 20, false).await;
             let status = system
                 .commands
                 .rollout_status(&third.rollout_id)

@@ -1043,6 +1043,23 @@ async fn fleet_agents_get_the_candidate_only_in_released_stages() {
     replica.stop().await;
 }
 
+/// The kill-switch counters of flag `checkout` over the last five minutes: `on` as the
+/// candidate side, `off` as the baseline.
+async fn checkout_counts(store: &Store) -> rollout_core::OutcomeCounts {
+    let mut connection = store.redis.clone();
+    load_outcome_counts(
+        &mut connection,
+        &Keys::new(&namespace(NS)),
+        "checkout",
+        "off",
+        "on",
+        DurationMs::from_minutes(5),
+        store.now().await,
+    )
+    .await
+    .expect("counts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_become_windowed_counters_in_batches() {
     let servers = Servers::start();
@@ -1088,20 +1105,8 @@ async fn outcomes_become_windowed_counters_in_batches() {
         .expect("publish");
     client.flush().await.expect("flush");
 
-    let keys = Keys::new(&namespace(NS));
     eventually("every report is counted exactly once", || async {
-        let mut connection = store.redis.clone();
-        let counts = load_outcome_counts(
-            &mut connection,
-            &keys,
-            "checkout",
-            "off",
-            "on",
-            DurationMs::from_minutes(5),
-            store.now().await,
-        )
-        .await
-        .expect("counts");
+        let counts = checkout_counts(&store).await;
         counts.candidate.error == sent[&("on", "error")]
             && counts.candidate.success == sent[&("on", "success")]
             && counts.baseline.success == sent[&("off", "success")]
@@ -1169,21 +1174,8 @@ async fn made_up_flags_and_variations_grow_no_counters() {
         .expect("publish");
     client.flush().await.expect("flush");
 
-    let keys = Keys::new(&namespace(NS));
     eventually("the real report is counted", || async {
-        let mut connection = store.redis.clone();
-        let counts = load_outcome_counts(
-            &mut connection,
-            &keys,
-            "checkout",
-            "off",
-            "on",
-            DurationMs::from_minutes(5),
-            store.now().await,
-        )
-        .await
-        .expect("counts");
-        counts.candidate.success == 1
+        checkout_counts(&store).await.candidate.success == 1
     })
     .await;
     let mut connection = store.redis.clone();

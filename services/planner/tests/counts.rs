@@ -41,6 +41,50 @@ async fn report_outcomes(cluster: &Cluster, rollout_id: &str, sides: &[(Side, u6
         .expect("tallies");
 }
 
+/// Creates flag `agent` and a label-stage rollout of it with `stages`; returns its id.
+async fn create_staged(cluster: &Cluster, stages: serde_json::Value) -> String {
+    create_flag(cluster, "agent").await;
+    let created = cluster
+        .command(
+            "rollout.create",
+            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
+                               "stages": stages}}),
+        )
+        .await;
+    ok(&created)["rollout_id"].as_str().expect("id").to_owned()
+}
+
+/// Registers fleet agent `id` with `labels`, last seen at `last_seen`, as an evaluator does.
+async fn register(
+    connection: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+    labels: serde_json::Value,
+    last_seen: rollout_core::Timestamp,
+) {
+    let agent = Agent {
+        id: id.to_owned(),
+        labels: serde_json::from_value(labels).expect("labels"),
+        attributes: Default::default(),
+        last_seen,
+    };
+    register_agent(connection, &keys(), &agent)
+        .await
+        .expect("register");
+}
+
+/// Agent `id` reports the candidate `on` applied for `rollout_id`.
+async fn applied(connection: &mut redis::aio::MultiplexedConnection, rollout_id: &str, id: &str) {
+    record_report(
+        connection,
+        &keys(),
+        rollout_id,
+        id,
+        &Report::Applied("on".to_owned()),
+    )
+    .await
+    .expect("report");
+}
+
 #[tokio::test]
 async fn counts_show_outcomes_over_the_guard_window_with_its_verdict() {
     let cluster = Cluster::start(1).await;
@@ -116,16 +160,12 @@ async fn counts_show_outcomes_over_the_guard_window_with_its_verdict() {
 #[tokio::test]
 async fn counts_name_every_label_stage_with_its_fleet_counts() {
     let cluster = Cluster::start(1).await;
-    create_flag(&cluster, "agent").await;
-    let created = cluster
-        .command(
-            "rollout.create",
-            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
-            "stages": [{"name": "canary", "labels": {"ring": "canary"}},
-                       {"name": "prod", "labels": {"env": "prod"}}]}}),
-        )
-        .await;
-    let rollout_id = ok(&created)["rollout_id"].as_str().expect("id").to_owned();
+    let rollout_id = create_staged(
+        &cluster,
+        json!([{"name": "canary", "labels": {"ring": "canary"}},
+               {"name": "prod", "labels": {"env": "prod"}}]),
+    )
+    .await;
     let mut connection = cluster.redis().await;
     let now = redis_time(&mut connection).await.expect("time");
     for (id, labels) in [
@@ -133,25 +173,9 @@ async fn counts_name_every_label_stage_with_its_fleet_counts() {
         ("a-2", json!({"env": "prod"})),
         ("a-3", json!({"env": "dev"})),
     ] {
-        let agent = Agent {
-            id: id.to_owned(),
-            labels: serde_json::from_value(labels).expect("labels"),
-            attributes: Default::default(),
-            last_seen: now,
-        };
-        register_agent(&mut connection, &keys(), &agent)
-            .await
-            .expect("register");
+        register(&mut connection, id, labels, now).await;
     }
-    record_report(
-        &mut connection,
-        &keys(),
-        &rollout_id,
-        "a-1",
-        &Report::Applied("on".to_owned()),
-    )
-    .await
-    .expect("report");
+    applied(&mut connection, &rollout_id, "a-1").await;
 
     let counts = cluster
         .query("rollout.counts", json!({"rollout_id": rollout_id}))
@@ -185,40 +209,21 @@ async fn counts_name_every_label_stage_with_its_fleet_counts() {
 #[tokio::test]
 async fn status_says_which_health_gate_holds_and_why() {
     let cluster = Cluster::start(1).await;
-    create_flag(&cluster, "agent").await;
-    let created = cluster
-        .command(
-            "rollout.create",
-            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
-            "stages": [{"name": "canary", "labels": {"ring": "canary"},
-                        "gate": {"min_completed_percentage": 50}}]}}),
-        )
-        .await;
-    let rollout_id = ok(&created)["rollout_id"].as_str().expect("id").to_owned();
+    let rollout_id = create_staged(
+        &cluster,
+        json!([{"name": "canary", "labels": {"ring": "canary"},
+                "gate": {"min_completed_percentage": 50}}]),
+    )
+    .await;
     let mut connection = cluster.redis().await;
     let now = redis_time(&mut connection).await.expect("time");
     // four canary agents: one applied the candidate, three went silent ten minutes ago
     let silent_since = rollout_core::Timestamp::from_millis(now.as_millis() - 600_000);
     for id in ["a-1", "a-2", "a-3", "a-4"] {
-        let agent = Agent {
-            id: id.to_owned(),
-            labels: serde_json::from_value(json!({"ring": "canary"})).expect("labels"),
-            attributes: Default::default(),
-            last_seen: if id == "a-1" { now } else { silent_since },
-        };
-        register_agent(&mut connection, &keys(), &agent)
-            .await
-            .expect("register");
+        let last_seen = if id == "a-1" { now } else { silent_since };
+        register(&mut connection, id, json!({"ring": "canary"}), last_seen).await;
     }
-    record_report(
-        &mut connection,
-        &keys(),
-        &rollout_id,
-        "a-1",
-        &Report::Applied("on".to_owned()),
-    )
-    .await
-    .expect("report");
+    applied(&mut connection, &rollout_id, "a-1").await;
 
     let status = cluster
         .query("rollout.status", json!({"rollout_id": rollout_id}))

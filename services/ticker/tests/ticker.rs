@@ -444,6 +444,19 @@ fn flag_tallies(entries: &[(&str, &str, u64, u64)]) -> Tallies {
     tallies
 }
 
+/// Adds `tallies` to the counters at the current Redis time, as an evaluator's flush does.
+async fn add_outcomes(harness: &Harness, tallies: &Tallies) {
+    let mut connection = harness.redis.clone();
+    outcomes::add_tallies(
+        &mut connection,
+        &harness.keys(NS),
+        tallies,
+        harness.now().await,
+    )
+    .await
+    .expect("tallies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_breach_rolls_back_with_its_figures() {
     let harness = Harness::start().await;
@@ -469,16 +482,7 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
         "healthy without samples"
     );
 
-    let tallies = rollout_tallies(&record.id, (50, 10), (500, 5));
-    let mut connection = harness.redis.clone();
-    outcomes::add_tallies(
-        &mut connection,
-        &harness.keys(NS),
-        &tallies,
-        harness.now().await,
-    )
-    .await
-    .expect("tallies");
+    add_outcomes(&harness, &rollout_tallies(&record.id, (50, 10), (500, 5))).await;
     let rolled_back = eventually("the rollback", DEADLINE, || async {
         let record = harness.rollout(NS, &record.id).await;
         (record.state.lifecycle == Lifecycle::RolledBack).then_some(record)
@@ -538,16 +542,11 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
             },
         )
         .await;
-    let tallies = flag_tallies(&[("checkout", "on", 50, 10), ("plain", "on", 10, 20)]);
-    let mut connection = harness.redis.clone();
-    outcomes::add_tallies(
-        &mut connection,
-        &harness.keys(NS),
-        &tallies,
-        harness.now().await,
+    add_outcomes(
+        &harness,
+        &flag_tallies(&[("checkout", "on", 50, 10), ("plain", "on", 10, 20)]),
     )
-    .await
-    .expect("tallies");
+    .await;
 
     for flag_key in ["checkout", "plain"] {
         let flag = eventually("the flag disabled", DEADLINE, || async {
@@ -592,85 +591,6 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stage_completion_gate_releases_the_next_stage() {
-    let harness = Harness::start().await;
-    let now = harness.now().await;
-    let keys = harness.keys(NS);
-    let mut connection = harness.redis.clone();
-    for (id, env) in [
-        ("edge-1", "staging"),
-        ("edge-2", "staging"),
-        ("edge-3", "prod"),
-    ] {
-        let agent = Agent {
-            id: id.to_owned(),
-            labels: [("env".to_owned(), env.to_owned())].into_iter().collect(),
-            attributes: rollout_core::Attributes::new(),
-            last_seen: now,
-        };
-        fleet::register_agent(&mut connection, &keys, &agent)
-            .await
-            .expect("register");
-    }
-    let record = harness
-        .create(
-            NS,
-            "firmware",
-            Some(json!({"stages": [
-                {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
-                {"name": "fleet", "labels": {"env": "prod"}},
-            ]})),
-            now,
-            CreateOptions::published(),
-        )
-        .await
-        .expect("rollout");
-    let running = Running::start(harness.ticker(harness.settings("solo")).await);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        harness.rollout(NS, &record.id).await.state.step,
-        Some(0),
-        "gate shut: nothing applied"
-    );
-
-    fleet::record_report(
-        &mut connection,
-        &keys,
-        &record.id,
-        "edge-1",
-        &Report::Applied("on".to_owned()),
-    )
-    .await
-    .expect("report");
-    let released = eventually("the next stage", DEADLINE, || async {
-        let record = harness.rollout(NS, &record.id).await;
-        (record.state.step == Some(1)).then_some(record)
-    })
-    .await;
-    let audit = harness.audit(NS, &record.id).await;
-    let gate_step = audit
-        .iter()
-        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
-        .expect("the gate's step");
-    assert_eq!(gate_step.details["cause"], "gate");
-    // the next stage waits for `continue`: the rollout left the due index
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys.due())
-        .arg(&record.id)
-        .query_async(&mut connection)
-        .await
-        .expect("zscore");
-    assert_eq!(score, None);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert_eq!(
-        harness.rollout(NS, &record.id).await.state,
-        released.state,
-        "held at the continue gate"
-    );
-    running.stop().await;
-}
-
 /// Registers fleet agents with `env` labels, last seen at `seen`.
 async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Timestamp) {
     let keys = harness.keys(NS);
@@ -688,6 +608,100 @@ async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Times
             .await
             .expect("register");
     }
+}
+
+/// Creates flag `firmware` with a label-stage rollout: `canary` (`env: staging`, released
+/// on 50 % completed) then `fleet` (`env: prod`), with `guard` if given.
+async fn create_staged(
+    harness: &Harness,
+    now: Timestamp,
+    guard: Option<serde_json::Value>,
+) -> rollout_store::RolloutRecord {
+    let mut spec = json!({"stages": [
+        {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
+        {"name": "fleet", "labels": {"env": "prod"}},
+    ]});
+    if let Some(guard) = guard {
+        spec["guard"] = guard;
+    }
+    harness
+        .create(NS, "firmware", Some(spec), now, CreateOptions::published())
+        .await
+        .expect("rollout")
+}
+
+/// Each of `agents` reports the candidate `on` applied for `rollout_id`.
+async fn report_applied(harness: &Harness, rollout_id: &str, agents: &[(&str, &str)]) {
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, _) in agents {
+        fleet::record_report(
+            &mut connection,
+            &keys,
+            rollout_id,
+            id,
+            &Report::Applied("on".to_owned()),
+        )
+        .await
+        .expect("report");
+    }
+}
+
+/// Asserts that the ticker's step of rollout `rollout_id` in the audit was caused by its
+/// stage gate.
+async fn assert_released_by_its_gate(harness: &Harness, rollout_id: &str) {
+    let audit = harness.audit(NS, rollout_id).await;
+    let gate_step = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+        .expect("the gate's step");
+    assert_eq!(gate_step.details["cause"], "gate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_completion_gate_releases_the_next_stage() {
+    let harness = Harness::start().await;
+    let now = harness.now().await;
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    let edge_1 = ("edge-1", "staging");
+    register_agents(
+        &harness,
+        &[edge_1, ("edge-2", "staging"), ("edge-3", "prod")],
+        now,
+    )
+    .await;
+    let record = create_staged(&harness, now, None).await;
+    let running = Running::start(harness.ticker(harness.settings("solo")).await);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        harness.rollout(NS, &record.id).await.state.step,
+        Some(0),
+        "gate shut: nothing applied"
+    );
+
+    report_applied(&harness, &record.id, &[edge_1]).await;
+    let released = eventually("the next stage", DEADLINE, || async {
+        let record = harness.rollout(NS, &record.id).await;
+        (record.state.step == Some(1)).then_some(record)
+    })
+    .await;
+    assert_released_by_its_gate(&harness, &record.id).await;
+    // the next stage waits for `continue`: the rollout left the due index
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.due())
+        .arg(&record.id)
+        .query_async(&mut connection)
+        .await
+        .expect("zscore");
+    assert_eq!(score, None);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        harness.rollout(NS, &record.id).await.state,
+        released.state,
+        "held at the continue gate"
+    );
+    running.stop().await;
 }
 
 /// What status shows of a rollout at `now`: its step, what it waits for and which health
@@ -717,6 +731,26 @@ async fn held_at(
     )
 }
 
+/// Asserts that at `now` rollout `rollout_id` is still at its first stage, waiting on
+/// health, and that status names `held_by` as the gate that holds it, for a reason
+/// containing each of `reason_parts`.
+async fn assert_held(
+    harness: &Harness,
+    rollout_id: &str,
+    now: Timestamp,
+    held_by: HeldBy,
+    reason_parts: &[&str],
+) {
+    let (step, waiting_for, hold) = held_at(harness, rollout_id, now).await;
+    assert_eq!(step, Some(0), "held at the first stage");
+    assert_eq!(waiting_for, Some(WaitingFor::Guard));
+    let hold = hold.expect("status says which gate holds");
+    assert_eq!(hold.held_by, held_by, "{}", hold.reason);
+    for part in reason_parts {
+        assert!(hold.reason.contains(part), "{part:?} in {}", hold.reason);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_that_go_silent_hold_their_stage_completion_gate() {
     let harness = Harness::start().await;
@@ -728,19 +762,7 @@ async fn agents_that_go_silent_hold_their_stage_completion_gate() {
     ];
     register_agents(&harness, &canary, start).await;
     register_agents(&harness, &[("edge-4", "prod")], start).await;
-    let record = harness
-        .create(
-            NS,
-            "firmware",
-            Some(json!({"stages": [
-                {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
-                {"name": "fleet", "labels": {"env": "prod"}},
-            ]})),
-            start,
-            CreateOptions::published(),
-        )
-        .await
-        .expect("rollout");
+    let record = create_staged(&harness, start, None).await;
     let ticker = harness.ticker(harness.settings("solo")).await;
     let mut term = ticker.campaign().await.expect("campaign").expect("leads");
 
@@ -752,43 +774,25 @@ async fn agents_that_go_silent_hold_their_stage_completion_gate() {
         .expect("round");
     assert_eq!(round.looked_at, 1, "{round:?}");
     assert_eq!(round.committed, 0, "{round:?}");
-    let (step, waiting_for, hold) = held_at(&harness, &record.id, silent_for).await;
-    assert_eq!(step, Some(0), "silence must not release the next stage");
-    assert_eq!(waiting_for, Some(WaitingFor::Guard));
-    let hold = hold.expect("status says which gate holds");
-    assert_eq!(hold.held_by, HeldBy::Completion);
-    assert!(
-        hold.reason.starts_with("0 of 3 members completed") && hold.reason.contains("3 stale"),
-        "{}",
-        hold.reason
-    );
+    // silence must not release the next stage
+    assert_held(
+        &harness,
+        &record.id,
+        silent_for,
+        HeldBy::Completion,
+        &["0 of 3 members completed", "3 stale"],
+    )
+    .await;
 
     // they come back and report the candidate applied: the gate opens
-    let keys = harness.keys(NS);
-    let mut connection = harness.redis.clone();
-    for (id, _) in &canary[..2] {
-        fleet::record_report(
-            &mut connection,
-            &keys,
-            &record.id,
-            id,
-            &Report::Applied("on".to_owned()),
-        )
-        .await
-        .expect("report");
-    }
+    report_applied(&harness, &record.id, &canary[..2]).await;
     let later = after(silent_for, 2_000);
     let round = ticker.fire_round(&mut term, later).await.expect("round");
     assert_eq!(round.committed, 1, "{round:?}");
     let (step, _, hold) = held_at(&harness, &record.id, later).await;
     assert_eq!(step, Some(1));
     assert_eq!(hold, None);
-    let audit = harness.audit(NS, &record.id).await;
-    let gate_step = audit
-        .iter()
-        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
-        .expect("the gate's step");
-    assert_eq!(gate_step.details["cause"], "gate");
+    assert_released_by_its_gate(&harness, &record.id).await;
     ticker.resign(term).await.expect("resign");
 }
 
@@ -798,33 +802,9 @@ async fn a_guard_without_samples_holds_a_completion_gate() {
     let start = harness.now().await;
     let canary = [("edge-1", "staging"), ("edge-2", "staging")];
     register_agents(&harness, &canary, start).await;
-    let record = harness
-        .create(
-            NS,
-            "firmware",
-            Some(json!({"stages": [
-                    {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
-                    {"name": "fleet", "labels": {"env": "prod"}},
-                ],
-                "guard": {"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "pause"}})),
-            start,
-            CreateOptions::published(),
-        )
-        .await
-        .expect("rollout");
-    let keys = harness.keys(NS);
-    let mut connection = harness.redis.clone();
-    for (id, _) in &canary {
-        fleet::record_report(
-            &mut connection,
-            &keys,
-            &record.id,
-            id,
-            &Report::Applied("on".to_owned()),
-        )
-        .await
-        .expect("report");
-    }
+    let guard = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "pause"});
+    let record = create_staged(&harness, start, Some(guard)).await;
+    report_applied(&harness, &record.id, &canary).await;
     let ticker = harness.ticker(harness.settings("solo")).await;
     let mut term = ticker.campaign().await.expect("campaign").expect("leads");
 
@@ -832,22 +812,17 @@ async fn a_guard_without_samples_holds_a_completion_gate() {
     let quiet = after(start, 2_000);
     let round = ticker.fire_round(&mut term, quiet).await.expect("round");
     assert_eq!((round.looked_at, round.committed), (1, 0), "{round:?}");
-    let (step, waiting_for, hold) = held_at(&harness, &record.id, quiet).await;
-    assert_eq!(step, Some(0), "a guard without samples must hold");
-    assert_eq!(waiting_for, Some(WaitingFor::Guard));
-    let hold = hold.expect("status says the guard holds");
-    assert_eq!(hold.held_by, HeldBy::Guard);
-    assert!(
-        hold.reason.contains("0 candidate samples, 20 needed"),
-        "{}",
-        hold.reason
-    );
+    assert_held(
+        &harness,
+        &record.id,
+        quiet,
+        HeldBy::Guard,
+        &["0 candidate samples, 20 needed"],
+    )
+    .await;
 
     // healthy outcomes arrive: the gate opens
-    let tallies = rollout_tallies(&record.id, (30, 0), (0, 0));
-    outcomes::add_tallies(&mut connection, &keys, &tallies, harness.now().await)
-        .await
-        .expect("tallies");
+    add_outcomes(&harness, &rollout_tallies(&record.id, (30, 0), (0, 0))).await;
     // the next health check of a held gate
     let judged = after(quiet, 2_000);
     let round = ticker.fire_round(&mut term, judged).await.expect("round");

@@ -6,9 +6,11 @@ mod common;
 
 use common::{eventually, flag, namespace, spec, Cluster};
 use futures_util::StreamExt;
+use rollout_core::OutcomeCounts;
 use rollout_core::{AttributeValue, Entity, Reason};
-use rollout_sdk::{Encoding, ErrorCode, EvalClient, Outcome, OutcomeReport};
+use rollout_sdk::{CommandClient, Encoding, ErrorCode, EvalClient, Outcome, OutcomeReport};
 use rollout_wire::codec::CONTENT_TYPE_HEADER;
+use rollout_wire::queries::RolloutCounts;
 use serde_json::json;
 
 fn beta_user() -> Entity {
@@ -212,6 +214,27 @@ async fn outcomes_are_published_for_guards() {
     cluster.stop().await;
 }
 
+/// Waits until the `rollout.counts` outcomes of `rollout_id` satisfy `done`; returns them.
+async fn until_counted(
+    commands: &CommandClient,
+    rollout_id: &str,
+    done: impl Fn(&OutcomeCounts) -> bool,
+) -> RolloutCounts {
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        if let Ok(counts) = commands.rollout_counts(rollout_id).await {
+            if done(&counts.outcomes) {
+                return counts;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the counts of {rollout_id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn outcomes_count_for_the_rollout_that_served_them() {
     let cluster = Cluster::with_evaluator().await;
@@ -247,19 +270,8 @@ async fn outcomes_count_for_the_rollout_that_served_them() {
             .expect("report");
     }
     client.flush().await.expect("flush");
-    let first_id = first.rollout_id.clone();
-    eventually("the first rollout's outcomes are counted", || {
-        let commands = commands.clone();
-        let first_id = first_id.clone();
-        async move {
-            commands
-                .rollout_counts(&first_id)
-                .await
-                .is_ok_and(|counts| {
-                    counts.outcomes.candidate.error == served_on
-                        && counts.outcomes.baseline.error == 20 - served_on
-                })
-        }
+    until_counted(&commands, &first.rollout_id, |outcomes| {
+        outcomes.candidate.error == served_on && outcomes.baseline.error == 20 - served_on
     })
     .await;
 
@@ -297,23 +309,11 @@ async fn outcomes_count_for_the_rollout_that_served_them() {
         .await
         .expect("reports");
     client.flush().await.expect("flush");
-    let second_id = second.rollout_id.clone();
-    eventually("the second rollout's outcomes are counted", || {
-        let commands = commands.clone();
-        let second_id = second_id.clone();
-        async move {
-            commands
-                .rollout_counts(&second_id)
-                .await
-                .is_ok_and(|counts| counts.outcomes.candidate.success == 5)
-        }
+    // the late report was in the same message: once the five count, it was looked at too
+    let counts = until_counted(&commands, &second.rollout_id, |outcomes| {
+        outcomes.candidate.success == 5
     })
     .await;
-    // the late report was in the same message: it has been looked at too
-    let counts = commands
-        .rollout_counts(&second.rollout_id)
-        .await
-        .expect("second counts");
     assert_eq!(counts.outcomes.candidate.error, 0, "{counts:?}");
     assert_eq!(counts.outcomes.baseline.samples(), 0, "{counts:?}");
     assert_eq!(counts.guard, None, "no guard on this rollout: counts only");
