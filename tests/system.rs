@@ -9,6 +9,9 @@
 //! - a label-stage rollout with simulated fleet agents: registration by labels, desired
 //!   variations per released stage, applied/failed reports in the stage counts, `continue`
 //!   releasing the next stage, an agent joining mid-rollout;
+//! - guards judge their own rollout: a re-run after a guard rollback is not judged by the
+//!   first rollout's outcomes, and a rollout resumed after a guard pause is judged only on
+//!   outcomes since the resume;
 //! - malformed and out-of-range input on every subject (commands, the durable stream,
 //!   queries, evaluation, fleet, outcomes) gets an error reply where a reply is possible
 //!   and leaves Redis exactly as it was;
@@ -30,7 +33,7 @@ use rollout_core::{
     AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, ViewAudience,
 };
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{EvalClient, Namespace};
+use rollout_sdk::{EvalClient, Namespace, Outcome, OutcomeReport};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
 use rollout_wire::{RolloutResult, RolloutStatus};
@@ -343,11 +346,10 @@ fn counts(members: u64, completed: u64, errors: u64, pending: u64, waiting: u64)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
-    let system = System::start(3).await;
+/// Creates flag `key` of agent versions `v1` (`1.0.0`, served) and `v2` (`2.0.0`).
+async fn create_version_flag(system: &System, key: &str) {
     let flag = serde_json::from_value(json!({
-        "key": "agent-version",
+        "key": key,
         "variations": [{"id": "v1", "value": "1.0.0"}, {"id": "v2", "value": "2.0.0"}],
         "off_variation": "v1", "enabled": true, "default": {"variation": "v1"},
     }))
@@ -359,6 +361,12 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .await
         .expect("flag created");
     system.assert_served_matches_committed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
+    let system = System::start(3).await;
+    create_version_flag(&system, "agent-version").await;
     let agents = [
         ("stage-1", json!({"env": "staging"})),
         ("stage-2", json!({"env": "staging", "region": "eu"})),
@@ -507,6 +515,198 @@ async fn a_label_stage_rollout_releases_stages_to_registered_agents() {
         .await;
     assert_eq!(desired(&system, "lab-1").await, "v2");
     system.assert_served_matches_committed().await;
+    system.stop().await;
+}
+
+/// Waits until every evaluator serves `flag` at its current version (so outcome reports
+/// are attributed to the rollout just committed).
+async fn until_served_everywhere(system: &System, flag: &str) {
+    let version = system
+        .cluster
+        .commands
+        .get_flag(flag)
+        .await
+        .expect("flag")
+        .version;
+    eventually(
+        &format!("{flag} v{version} everywhere"),
+        PATIENCE,
+        || async {
+            system
+                .cluster
+                .evaluators
+                .iter()
+                .all(|handle| {
+                    handle
+                        .served_version(NS, flag)
+                        .is_some_and(|v| v >= version)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `count` outcomes of a (flag, candidate variation), reported the way an application does
+/// (in batches).
+async fn report_candidate(
+    eval: &EvalClient,
+    (flag, variation): (&str, &str),
+    count: usize,
+    failed: bool,
+) {
+    let outcome = if failed {
+        Outcome::Error
+    } else {
+        Outcome::Success
+    };
+    let reports: Vec<OutcomeReport> = (0..count)
+        .map(|index| OutcomeReport {
+            flag: flag.to_owned(),
+            entity: format!("user-{index}"),
+            variation: variation.to_owned(),
+            outcome,
+            value: None,
+            rollout_id: None,
+        })
+        .collect();
+    for batch in reports.chunks(rollout_wire::outcomes::MAX_OUTCOME_BATCH) {
+        eval.report_outcomes(batch.to_vec())
+            .await
+            .expect("outcomes reported");
+    }
+    eval.flush().await.expect("flush");
+}
+
+/// Waits until rollout `rollout_id` has finished, or stopped moving in `state`.
+async fn until_settled(system: &System, rollout_id: &str, what: &str) -> RolloutStatus {
+    eventually(what, PATIENCE, || async {
+        let status = system
+            .cluster
+            .commands
+            .rollout_status(rollout_id)
+            .await
+            .ok()?;
+        (status.state.is_finished() || status.state == Lifecycle::Paused).then_some(status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guard_judges_only_its_own_rollout_since_its_last_resume() {
+    let system = System::start(1).await;
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
+    let guard = |action: &str| json!({"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": action});
+
+    // a candidate that fails: its guard rolls it back
+    system
+        .cluster
+        .commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag created");
+    let phased = |first_phase: &str| {
+        serde_json::from_value(
+            json!({"flag": "checkout", "baseline": "off", "candidate": "on",
+            "phases": [{"percentage": 10, "duration": first_phase}, {"percentage": 100}],
+            "guard": guard("rollback")}),
+        )
+        .expect("spec")
+    };
+    let first = system
+        .cluster
+        .commands
+        .create_rollout(phased("1h"))
+        .await
+        .expect("first rollout");
+    until_served_everywhere(&system, "checkout").await;
+    report_candidate(&eval, ("checkout", "on"), 30, true).await;
+    let rolled_back = until_settled(&system, &first.rollout_id, "the first rollout's guard").await;
+    assert_eq!(rolled_back.state, Lifecycle::RolledBack);
+
+    // fixed and run again within the guard's window: judged on its own outcomes only
+    let second = system
+        .cluster
+        .commands
+        .create_rollout(phased("2s"))
+        .await
+        .expect("second rollout");
+    let settled = until_settled(&system, &second.rollout_id, "the second rollout to end").await;
+    assert_eq!(
+        settled.state,
+        Lifecycle::Completed,
+        "the re-run was judged by the first rollout's outcomes"
+    );
+
+    // paused by its guard on a stage, then resumed: healthy outcomes since the resume open
+    // the stage's completion gate, the ones it was paused for never count again
+    create_version_flag(&system, "firmware").await;
+    fleet(
+        &system,
+        "register",
+        json!({"agent_id": "edge-1", "labels": {"ring": "canary"}}),
+    )
+    .await
+    .expect("registered");
+    let staged = serde_json::from_value(
+        json!({"flag": "firmware", "baseline": "v1", "candidate": "v2",
+        "stages": [{"name": "canary", "labels": {"ring": "canary"},
+                    "gate": {"min_completed_percentage": 50}}],
+        "guard": guard("pause")}),
+    )
+    .expect("spec");
+    let third = system
+        .cluster
+        .commands
+        .create_rollout(staged)
+        .await
+        .expect("staged rollout");
+    until_served_everywhere(&system, "firmware").await;
+    fleet(
+        &system,
+        "report",
+        json!({"agent_id": "edge-1", "flag": "firmware", "rollout_id": third.rollout_id,
+               "variation": "v2", "status": "applied"}),
+    )
+    .await
+    .expect("applied");
+    // so many that no number of later successes within the window could outweigh them
+    report_candidate(&eval, ("firmware", "v2"), 2_000, true).await;
+    let paused = until_settled(&system, &third.rollout_id, "the guard to pause it").await;
+    assert_eq!(paused.state, Lifecycle::Paused);
+    let first_pause = paused.paused_at;
+    system
+        .cluster
+        .commands
+        .resume_rollout(&third.rollout_id)
+        .await
+        .expect("resumed");
+    let completed = eventually(
+        "the stage gate to open on fresh outcomes",
+        PATIENCE,
+        || async {
+            // outcomes count in whole 10 s buckets begun after the resume: keep reporting
+            report_candidate(&eval, ("firmware", "v2"), 20, false).await;
+            let status = system
+                .cluster
+                .commands
+                .rollout_status(&third.rollout_id)
+                .await
+                .ok()?;
+            assert!(
+                !(status.state == Lifecycle::Paused && status.paused_at != first_pause),
+                "paused again on the outcomes it was paused for: {status:?}"
+            );
+            (status.state == Lifecycle::Completed).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(completed.current_step, Some(1));
     system.stop().await;
 }
 

@@ -7,8 +7,10 @@
 //! - OFREP over HTTP, plus `/healthz`, `/readyz` and `/metrics` ([`http`], [`ofrep`]);
 //! - fleet agents on `rollout.fleet.<ns>.<verb>` ([`fleet`]): register, heartbeat,
 //!   desired variation, applied/failed reports;
-//! - outcome reports on `rollout.metrics.<ns>` ([`outcomes`]), batched into the windowed
-//!   counters guards read.
+//! - outcome reports on `rollout.metrics.<ns>` ([`outcomes`]): checked against the
+//!   snapshot (known flags and variations only), attributed to the flag's active rollout,
+//!   batched into the windowed counters kill switches (per flag) and guards (per rollout)
+//!   read.
 //!
 //! Code map: [`snapshot`] holds the state and the apply rule (no IO); [`sync`] loads it
 //! from Redis, applies events and resynchronises; [`metrics`] counts; [`config`] is the

@@ -173,15 +173,22 @@ pub enum OutcomeResult {
     Accepted,
     /// Malformed or over a cap.
     Invalid,
-    /// Names a flag this namespace does not have.
+    /// Names a flag this namespace does not have: dropped.
     UnknownFlag,
+    /// Names a variation its flag does not have: dropped.
+    UnknownVariation,
+    /// Names a rollout other than the flag's active one: counted for the flag's kill
+    /// switch only, never for the active rollout's guard.
+    OtherRollout,
 }
 
 impl OutcomeResult {
-    const ALL: [OutcomeResult; 3] = [
+    const ALL: [OutcomeResult; 5] = [
         OutcomeResult::Accepted,
         OutcomeResult::Invalid,
         OutcomeResult::UnknownFlag,
+        OutcomeResult::UnknownVariation,
+        OutcomeResult::OtherRollout,
     ];
 
     fn index(self) -> usize {
@@ -189,6 +196,8 @@ impl OutcomeResult {
             OutcomeResult::Accepted => 0,
             OutcomeResult::Invalid => 1,
             OutcomeResult::UnknownFlag => 2,
+            OutcomeResult::UnknownVariation => 3,
+            OutcomeResult::OtherRollout => 4,
         }
     }
 
@@ -197,6 +206,8 @@ impl OutcomeResult {
             OutcomeResult::Accepted => "accepted",
             OutcomeResult::Invalid => "invalid",
             OutcomeResult::UnknownFlag => "unknown_flag",
+            OutcomeResult::UnknownVariation => "unknown_variation",
+            OutcomeResult::OtherRollout => "other_rollout",
         }
     }
 }
@@ -212,7 +223,7 @@ pub struct Metrics {
     full_sync_failures: AtomicU64,
     events: [AtomicU64; 4],
     fleet: [[AtomicU64; RESULTS]; 4],
-    outcomes: [AtomicU64; 3],
+    outcomes: [AtomicU64; OutcomeResult::ALL.len()],
     outcome_flushes: AtomicU64,
     outcome_flush_failures: AtomicU64,
 }

@@ -1,46 +1,116 @@
 //! Outcome reports on `rollout.metrics.<ns>` (SPEC §6), queue group `evaluator` so each
-//! report is counted once across replicas: tallied in memory per (flag, variation) and
-//! added to the windowed counters the ticker's guards read (`rollout_store::outcomes`),
-//! one pipelined round trip per namespace per flush — every `outcome_flush_interval`, or
-//! sooner once `outcome_batch_max` reports wait — never one per report. A failed flush
-//! keeps its tallies for the next; shutdown flushes what is left.
+//! report is counted once across replicas: checked against the snapshot, tallied in memory
+//! and added to the windowed counters (`rollout_store::outcomes`) one pipelined round trip
+//! per namespace per flush — every `outcome_flush_interval`, or sooner once
+//! `outcome_batch_max` reports wait — never one per report. A failed flush keeps its
+//! tallies for the next; shutdown flushes what is left.
+//!
+//! Each report is counted per (flag, variation) for kill switches and, when it belongs to
+//! the rollout the snapshot holds as the flag's active one at receipt, per (rollout, side)
+//! for that rollout's guard (SPEC §11.1: a guard judges its own rollout). It belongs when
+//! its variation is the rollout's candidate or baseline and it names no other rollout (a
+//! report may carry the `rollout_id` of the evaluation it reports on). Reports naming a
+//! flag the namespace does not have, or a variation the flag does not have, are dropped
+//! and counted in `rollout_evaluator_outcomes_total`, so no client can grow the counters
+//! beyond the flags and variations operators created.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use rollout_runtime::shutdown::Shutdown;
-use rollout_store::outcomes::{add_tallies, Tally};
+use rollout_store::outcomes::{add_tallies, Side, Tallies, Tally};
 use rollout_wire::keys::Keys;
 use rollout_wire::outcomes::{decode_outcomes, Outcome, OutcomeReport};
 use rollout_wire::subjects::{Namespace, Route};
 
 use crate::metrics::OutcomeResult;
+use crate::snapshot::LiveFlag;
 use crate::transport::request_encoding;
 use crate::Shared;
 
-/// Tallies per namespace, keyed by (flag, variation).
-pub type Tallies = BTreeMap<String, HashMap<(String, String), Tally>>;
+/// One checked report and where it counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// Flag key.
+    pub flag: String,
+    /// A variation the flag has.
+    pub variation: String,
+    /// The active rollout and the side the variation is on, when the report belongs to it.
+    pub rollout: Option<(String, Side)>,
+    /// Success or error.
+    pub outcome: Outcome,
+}
 
-/// Outcomes received and not yet written.
+/// Where `report` counts given the served `flag`, and what became of it: nothing for a
+/// variation the flag does not have; the flag alone for a report naming a rollout other
+/// than the active one, or on neither of its sides; else the flag and the active rollout.
+pub fn attribute(flag: &LiveFlag, report: &OutcomeReport) -> (Option<Counted>, OutcomeResult) {
+    if !flag.compiled().has_variation(&report.variation) {
+        return (None, OutcomeResult::UnknownVariation);
+    }
+    let mut result = OutcomeResult::Accepted;
+    let rollout = flag.rollout().and_then(|view| {
+        if report
+            .rollout_id
+            .as_deref()
+            .is_some_and(|named| named != view.rollout_id)
+        {
+            result = OutcomeResult::OtherRollout;
+            return None;
+        }
+        let side = if report.variation == view.candidate {
+            Side::Candidate
+        } else if report.variation == view.baseline {
+            Side::Baseline
+        } else {
+            return None;
+        };
+        Some((view.rollout_id.clone(), side))
+    });
+    let counted = Counted {
+        flag: report.flag.clone(),
+        variation: report.variation.clone(),
+        rollout,
+        outcome: report.outcome,
+    };
+    (Some(counted), result)
+}
+
+/// Outcomes received and not yet written, per namespace.
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    pending: Tallies,
+    pending: BTreeMap<String, Tallies>,
     reports: usize,
 }
 
 impl Aggregator {
     /// Adds checked reports of `namespace`.
-    pub fn add(&mut self, namespace: &str, reports: &[OutcomeReport]) {
+    pub fn add(&mut self, namespace: &str, reports: &[Counted]) {
         let tallies = self.pending.entry(namespace.to_owned()).or_default();
         for report in reports {
-            let tally = tallies
+            let one = match report.outcome {
+                Outcome::Success => Tally {
+                    success: 1,
+                    error: 0,
+                },
+                Outcome::Error => Tally {
+                    success: 0,
+                    error: 1,
+                },
+            };
+            tallies
+                .flags
                 .entry((report.flag.clone(), report.variation.clone()))
-                .or_default();
-            match report.outcome {
-                Outcome::Success => tally.success += 1,
-                Outcome::Error => tally.error += 1,
+                .or_default()
+                .add(one);
+            if let Some(rollout) = &report.rollout {
+                tallies
+                    .rollouts
+                    .entry(rollout.clone())
+                    .or_default()
+                    .add(one);
             }
         }
         self.reports += reports.len();
@@ -52,25 +122,20 @@ impl Aggregator {
     }
 
     /// Takes everything waiting.
-    pub fn take(&mut self) -> Tallies {
+    pub fn take(&mut self) -> BTreeMap<String, Tallies> {
         self.reports = 0;
         std::mem::take(&mut self.pending)
     }
 
     /// Puts back tallies a flush could not write.
-    pub fn restore(&mut self, namespace: String, tallies: HashMap<(String, String), Tally>) {
-        let pending = self.pending.entry(namespace).or_default();
-        for (key, tally) in tallies {
-            let entry = pending.entry(key).or_default();
-            entry.success += tally.success;
-            entry.error += tally.error;
-            self.reports += 1;
-        }
+    pub fn restore(&mut self, namespace: String, tallies: Tallies) {
+        self.reports += tallies.flags.len() + tallies.rollouts.len();
+        self.pending.entry(namespace).or_default().merge(tallies);
     }
 }
 
 /// Checks one `rollout.metrics.<ns>` message and adds its reports; reports that break a
-/// cap, or name a flag the namespace does not have, are dropped and counted.
+/// cap, or name a flag or variation the namespace does not have, are dropped and counted.
 pub fn accept(shared: &Shared, aggregator: &mut Aggregator, message: &async_nats::Message) {
     let Ok(Route::Metrics { namespace }) = shared.subjects.parse(message.subject.as_str()) else {
         shared.metrics.add_outcomes(OutcomeResult::Invalid, 1);
@@ -97,20 +162,18 @@ pub fn accept(shared: &Shared, aggregator: &mut Aggregator, message: &async_nats
     for report in reports {
         if report.validate().is_err() {
             shared.metrics.add_outcomes(OutcomeResult::Invalid, 1);
-        } else if known
-            .as_deref()
-            .and_then(|snapshot| snapshot.with_flag(&report.flag, |_| ()))
-            .is_none()
-        {
-            shared.metrics.add_outcomes(OutcomeResult::UnknownFlag, 1);
-        } else {
-            accepted.push(report);
+            continue;
         }
+        let attributed = known
+            .as_deref()
+            .and_then(|snapshot| snapshot.with_flag(&report.flag, |flag| attribute(flag, &report)));
+        let Some((counted, result)) = attributed else {
+            shared.metrics.add_outcomes(OutcomeResult::UnknownFlag, 1);
+            continue;
+        };
+        shared.metrics.add_outcomes(result, 1);
+        accepted.extend(counted);
     }
-    shared.metrics.add_outcomes(
-        OutcomeResult::Accepted,
-        u64::try_from(accepted.len()).unwrap_or(u64::MAX),
-    );
     aggregator.add(namespace.as_str(), &accepted);
 }
 
@@ -181,48 +244,49 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
-    fn report(flag: &str, variation: &str, outcome: Outcome) -> OutcomeReport {
-        OutcomeReport {
+    fn counted(flag: &str, variation: &str, rollout: Option<Side>, outcome: Outcome) -> Counted {
+        Counted {
             flag: flag.into(),
-            entity: "u".into(),
             variation: variation.into(),
+            rollout: rollout.map(|side| ("r-1".to_owned(), side)),
             outcome,
-            value: None,
         }
     }
 
     #[test]
-    fn tallies_by_flag_and_variation_and_restores_failed_flushes() {
+    fn tallies_by_flag_and_by_rollout_side_and_restores_failed_flushes() {
         let mut aggregator = Aggregator::default();
         aggregator.add(
             "prod",
             &[
-                report("f", "on", Outcome::Success),
-                report("f", "on", Outcome::Error),
-                report("f", "off", Outcome::Success),
+                counted("f", "on", Some(Side::Candidate), Outcome::Success),
+                counted("f", "on", Some(Side::Candidate), Outcome::Error),
+                counted("f", "off", None, Outcome::Success),
             ],
         );
-        aggregator.add("dev", &[report("g", "on", Outcome::Error)]);
+        aggregator.add("dev", &[counted("g", "on", None, Outcome::Error)]);
         assert_eq!(aggregator.pending_reports(), 4);
         let mut taken = aggregator.take();
         assert_eq!(aggregator.pending_reports(), 0);
         let prod = taken.remove("prod").expect("prod");
-        assert_eq!(
-            prod[&("f".to_owned(), "on".to_owned())],
-            Tally {
-                success: 1,
-                error: 1
-            }
+        let both = Tally {
+            success: 1,
+            error: 1,
+        };
+        assert_eq!(prod.flags[&("f".to_owned(), "on".to_owned())], both);
+        assert_eq!(prod.rollouts[&("r-1".to_owned(), Side::Candidate)], both);
+        assert_eq!(prod.rollouts.len(), 1, "off was not the rollout's");
+        aggregator.add(
+            "prod",
+            &[counted("f", "on", Some(Side::Candidate), Outcome::Success)],
         );
-        aggregator.add("prod", &[report("f", "on", Outcome::Success)]);
         aggregator.restore("prod".into(), prod);
         let again = aggregator.take().remove("prod").expect("prod");
-        assert_eq!(
-            again[&("f".to_owned(), "on".to_owned())],
-            Tally {
-                success: 2,
-                error: 1
-            }
-        );
+        let three = Tally {
+            success: 2,
+            error: 1,
+        };
+        assert_eq!(again.flags[&("f".to_owned(), "on".to_owned())], three);
+        assert_eq!(again.rollouts[&("r-1".to_owned(), Side::Candidate)], three);
     }
 }

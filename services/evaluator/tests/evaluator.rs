@@ -1043,6 +1043,23 @@ async fn fleet_agents_get_the_candidate_only_in_released_stages() {
     replica.stop().await;
 }
 
+/// The kill-switch counters of flag `checkout` over the last five minutes: `on` as the
+/// candidate side, `off` as the baseline.
+async fn checkout_counts(store: &Store) -> rollout_core::OutcomeCounts {
+    let mut connection = store.redis.clone();
+    load_outcome_counts(
+        &mut connection,
+        &Keys::new(&namespace(NS)),
+        "checkout",
+        "off",
+        "on",
+        DurationMs::from_minutes(5),
+        store.now().await,
+    )
+    .await
+    .expect("counts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_become_windowed_counters_in_batches() {
     let servers = Servers::start();
@@ -1088,20 +1105,8 @@ async fn outcomes_become_windowed_counters_in_batches() {
         .expect("publish");
     client.flush().await.expect("flush");
 
-    let keys = Keys::new(&namespace(NS));
     eventually("every report is counted exactly once", || async {
-        let mut connection = store.redis.clone();
-        let counts = load_outcome_counts(
-            &mut connection,
-            &keys,
-            "checkout",
-            "off",
-            "on",
-            DurationMs::from_minutes(5),
-            store.now().await,
-        )
-        .await
-        .expect("counts");
+        let counts = checkout_counts(&store).await;
         counts.candidate.error == sent[&("on", "error")]
             && counts.candidate.success == sent[&("on", "success")]
             && counts.baseline.success == sent[&("off", "success")]
@@ -1124,6 +1129,86 @@ async fn outcomes_become_windowed_counters_in_batches() {
     for replica in replicas {
         replica.stop().await;
     }
+}
+
+/// The value of the `rollout_evaluator_outcomes_total` line with `result`.
+fn outcomes_metric(text: &str, result: &str) -> u64 {
+    let prefix = format!("rollout_evaluator_outcomes_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_flags_and_variations_grow_no_counters() {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    store.create_flag(NS, checkout_flag("checkout")).await;
+    let mut config = servers.config();
+    config.evaluator.outcome_flush_interval = Duration::from_millis(50);
+    let replica = start(config).await;
+    let client = servers.client().await;
+    let subject = Subjects::default().metrics(&namespace(NS));
+    // a client inventing a new variation (and a new flag) in every report
+    let mut reports: Vec<serde_json::Value> = (0..200)
+        .map(|index| {
+            let (flag, variation) = if index % 2 == 0 {
+                ("checkout", format!("made-up-{index}"))
+            } else {
+                ("nope", format!("v-{index}"))
+            };
+            serde_json::json!({"flag": flag, "entity": format!("u-{index}"),
+                               "variation": variation, "outcome": "error"})
+        })
+        .collect();
+    // one real report last in the same message: once it is counted, all were looked at
+    reports.push(serde_json::json!({"flag": "checkout", "entity": "u-real",
+                                    "variation": "on", "outcome": "success"}));
+    let payload = serde_json::to_vec(&serde_json::json!({"outcomes": reports})).expect("json");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", Encoding::Json.content_type());
+    client
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+
+    eventually("the real report is counted", || async {
+        checkout_counts(&store).await.candidate.success == 1
+    })
+    .await;
+    let mut connection = store.redis.clone();
+    let mut counter_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("ro:{{{NS}}}:*outcomes*"))
+        .query_async(&mut connection)
+        .await
+        .expect("keys");
+    counter_keys.sort();
+    assert_eq!(
+        counter_keys.len(),
+        1,
+        "only the real flag's bucket: {counter_keys:?}"
+    );
+    assert!(
+        counter_keys[0].contains(":outcomes:checkout:"),
+        "{counter_keys:?}"
+    );
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&counter_keys[0])
+        .query_async(&mut connection)
+        .await
+        .expect("hkeys");
+    assert_eq!(fields, vec!["on:ok".to_owned()]);
+    let metrics = replica.metrics_text();
+    assert_eq!(
+        outcomes_metric(&metrics, "unknown_variation"),
+        100,
+        "{metrics}"
+    );
+    assert_eq!(outcomes_metric(&metrics, "unknown_flag"), 100, "{metrics}");
+    assert_eq!(outcomes_metric(&metrics, "accepted"), 1, "{metrics}");
+    replica.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
 //! Read-only queries on `rollout.query.<ns>.<what>`: flags, rollout status (steps with
-//! planned and actual times, current share or stage, per-stage fleet counts), the counters
-//! behind a rollout's health gates (outcomes over the guard window with the guard's verdict,
-//! stage counts), lists, the audit log (newest first, paged) and plan previews. Reads never
+//! planned and actual times, current share or stage, per-stage fleet counts, and which
+//! health gate holds it and why, judged on what the ticker reads), the counters
+//! behind a rollout's health gates (the rollout's own outcomes over the guard window, never
+//! before its last resume, with the guard's verdict; stage counts), lists, the audit log (newest first, paged) and plan previews. Reads never
 //! write.
 
 use redis::aio::ConnectionManager;
 use rollout_core::plan::Audience;
 use rollout_core::{CompileContext, DurationMs};
+use rollout_store::health::load_health;
 use rollout_store::{
     decode_record, fleet, load_flag, load_rollout, outcomes, redis_time, FlagRecord, RolloutRecord,
     StoreError,
@@ -216,6 +218,8 @@ impl Reader {
         for (step, stage_counts) in status.steps.iter_mut().zip(counts) {
             step.counts = Some(stage_counts);
         }
+        let health = load_health(connection, keys, &record, now, self.stale_agent_after).await?;
+        status.hold = record.state.gate_hold(&record.plan, &health);
         Ok(to_result(&status)?)
     }
 
@@ -252,8 +256,10 @@ impl Reader {
             .guard
             .as_ref()
             .map_or(DEFAULT_COUNTS_WINDOW, |guard| guard.window);
+        let counted_from = record.state.guard_window_start(window, now);
         let outcome_counts =
-            outcomes::load_plan_outcomes(connection, keys, plan, window, now).await?;
+            outcomes::load_rollout_outcomes(connection, keys, &record.id, counted_from, now)
+                .await?;
         let stage_counts = self.stage_counts(connection, keys, &record, now).await?;
         let stages = plan
             .steps
@@ -275,6 +281,7 @@ impl Reader {
             state: record.state.lifecycle,
             at: now,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(0),
+            counted_from: Some(counted_from),
             outcomes: outcome_counts,
             guard: plan
                 .guard

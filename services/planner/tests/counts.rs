@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use rollout_store::fleet::{record_report, register_agent, Agent, Report};
-use rollout_store::outcomes::{add_tallies, Tally};
+use rollout_store::outcomes::{add_tallies, Side, Tallies, Tally};
 use rollout_store::redis_time;
 use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
@@ -18,25 +16,73 @@ fn keys() -> Keys {
     Keys::new(&Namespace::new("test").expect("namespace"))
 }
 
-/// Adds outcomes for `flag` in the current 10 s bucket: (variation, successes, errors).
-async fn report_outcomes(cluster: &Cluster, flag: &str, sides: &[(&str, u64, u64)]) {
+/// Adds outcomes as an evaluator attributes them to rollout `rollout_id`, in the current
+/// 10 s bucket: (side, successes, errors).
+async fn report_outcomes(cluster: &Cluster, rollout_id: &str, sides: &[(Side, u64, u64)]) {
     let mut connection = cluster.redis().await;
     let now = redis_time(&mut connection).await.expect("time");
-    let tallies: HashMap<(String, String), Tally> = sides
-        .iter()
-        .map(|(variation, success, error)| {
-            (
-                (flag.to_owned(), (*variation).to_owned()),
-                Tally {
-                    success: *success,
-                    error: *error,
-                },
-            )
-        })
-        .collect();
+    let tallies = Tallies {
+        rollouts: sides
+            .iter()
+            .map(|(side, success, error)| {
+                (
+                    (rollout_id.to_owned(), *side),
+                    Tally {
+                        success: *success,
+                        error: *error,
+                    },
+                )
+            })
+            .collect(),
+        ..Tallies::default()
+    };
     add_tallies(&mut connection, &keys(), &tallies, now)
         .await
         .expect("tallies");
+}
+
+/// Creates flag `agent` and a label-stage rollout of it with `stages`; returns its id.
+async fn create_staged(cluster: &Cluster, stages: serde_json::Value) -> String {
+    create_flag(cluster, "agent").await;
+    let created = cluster
+        .command(
+            "rollout.create",
+            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
+                               "stages": stages}}),
+        )
+        .await;
+    ok(&created)["rollout_id"].as_str().expect("id").to_owned()
+}
+
+/// Registers fleet agent `id` with `labels`, last seen at `last_seen`, as an evaluator does.
+async fn register(
+    connection: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+    labels: serde_json::Value,
+    last_seen: rollout_core::Timestamp,
+) {
+    let agent = Agent {
+        id: id.to_owned(),
+        labels: serde_json::from_value(labels).expect("labels"),
+        attributes: Default::default(),
+        last_seen,
+    };
+    register_agent(connection, &keys(), &agent)
+        .await
+        .expect("register");
+}
+
+/// Agent `id` reports the candidate `on` applied for `rollout_id`.
+async fn applied(connection: &mut redis::aio::MultiplexedConnection, rollout_id: &str, id: &str) {
+    record_report(
+        connection,
+        &keys(),
+        rollout_id,
+        id,
+        &Report::Applied("on".to_owned()),
+    )
+    .await
+    .expect("report");
 }
 
 #[tokio::test]
@@ -62,7 +108,12 @@ async fn counts_show_outcomes_over_the_guard_window_with_its_verdict() {
     assert_eq!(quiet["guard"], json!({"verdict": "insufficient_data"}));
     assert!(quiet.get("stages").is_none(), "no stages in a phased plan");
 
-    report_outcomes(&cluster, "checkout", &[("on", 90, 10), ("off", 199, 1)]).await;
+    report_outcomes(
+        &cluster,
+        &rollout_id,
+        &[(Side::Candidate, 90, 10), (Side::Baseline, 199, 1)],
+    )
+    .await;
     let breached = cluster
         .query("rollout.counts", json!({"rollout_id": rollout_id}))
         .await;
@@ -109,16 +160,12 @@ async fn counts_show_outcomes_over_the_guard_window_with_its_verdict() {
 #[tokio::test]
 async fn counts_name_every_label_stage_with_its_fleet_counts() {
     let cluster = Cluster::start(1).await;
-    create_flag(&cluster, "agent").await;
-    let created = cluster
-        .command(
-            "rollout.create",
-            json!({"rollout": {"flag": "agent", "baseline": "off", "candidate": "on",
-            "stages": [{"name": "canary", "labels": {"ring": "canary"}},
-                       {"name": "prod", "labels": {"env": "prod"}}]}}),
-        )
-        .await;
-    let rollout_id = ok(&created)["rollout_id"].as_str().expect("id").to_owned();
+    let rollout_id = create_staged(
+        &cluster,
+        json!([{"name": "canary", "labels": {"ring": "canary"}},
+               {"name": "prod", "labels": {"env": "prod"}}]),
+    )
+    .await;
     let mut connection = cluster.redis().await;
     let now = redis_time(&mut connection).await.expect("time");
     for (id, labels) in [
@@ -126,25 +173,9 @@ async fn counts_name_every_label_stage_with_its_fleet_counts() {
         ("a-2", json!({"env": "prod"})),
         ("a-3", json!({"env": "dev"})),
     ] {
-        let agent = Agent {
-            id: id.to_owned(),
-            labels: serde_json::from_value(labels).expect("labels"),
-            attributes: Default::default(),
-            last_seen: now,
-        };
-        register_agent(&mut connection, &keys(), &agent)
-            .await
-            .expect("register");
+        register(&mut connection, id, labels, now).await;
     }
-    record_report(
-        &mut connection,
-        &keys(),
-        &rollout_id,
-        "a-1",
-        &Report::Applied("on".to_owned()),
-    )
-    .await
-    .expect("report");
+    applied(&mut connection, &rollout_id, "a-1").await;
 
     let counts = cluster
         .query("rollout.counts", json!({"rollout_id": rollout_id}))
@@ -173,4 +204,39 @@ async fn counts_name_every_label_stage_with_its_fleet_counts() {
             ("unassigned".to_owned(), 1, 0, 1),
         ]
     );
+}
+
+#[tokio::test]
+async fn status_says_which_health_gate_holds_and_why() {
+    let cluster = Cluster::start(1).await;
+    let rollout_id = create_staged(
+        &cluster,
+        json!([{"name": "canary", "labels": {"ring": "canary"},
+                "gate": {"min_completed_percentage": 50}}]),
+    )
+    .await;
+    let mut connection = cluster.redis().await;
+    let now = redis_time(&mut connection).await.expect("time");
+    // four canary agents: one applied the candidate, three went silent ten minutes ago
+    let silent_since = rollout_core::Timestamp::from_millis(now.as_millis() - 600_000);
+    for id in ["a-1", "a-2", "a-3", "a-4"] {
+        let last_seen = if id == "a-1" { now } else { silent_since };
+        register(&mut connection, id, json!({"ring": "canary"}), last_seen).await;
+    }
+    applied(&mut connection, &rollout_id, "a-1").await;
+
+    let status = cluster
+        .query("rollout.status", json!({"rollout_id": rollout_id}))
+        .await;
+    let status = ok(&status);
+    assert_eq!(status["waiting_for"], json!("guard"));
+    assert_eq!(status["current_step"], json!(0));
+    assert_eq!(status["hold"]["held_by"], json!("completion"), "{status}");
+    let reason = status["hold"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("1 of 4 members completed (25.0%), 50% needed")
+            && reason.contains("3 stale"),
+        "{reason}"
+    );
+    assert_eq!(status["steps"][0]["counts"]["stale"], json!(3));
 }

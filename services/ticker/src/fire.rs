@@ -10,14 +10,13 @@
 
 use redis::aio::ConnectionManager;
 use rollout_core::machine::{step, Event};
-use rollout_core::{
-    Audience, DurationMs, Effect, Health, Lifecycle, StepOutcome, Timestamp, WaitingFor,
-};
+use rollout_core::{Audience, DurationMs, Effect, Lifecycle, StepOutcome, Timestamp};
 use rollout_runtime::telemetry::{link_to_traceparent, traceparent_of_current_span};
+use rollout_store::health::load_health;
 use rollout_store::mutation::next_look;
 use rollout_store::{
-    fleet, load_flag, load_rollout, outcomes, settle_flag, Actor, CommitOutcome, Mutation, Relay,
-    RolloutRecord, StoreError,
+    load_flag, load_rollout, settle_flag, Actor, CommitOutcome, Mutation, Relay, RolloutRecord,
+    StoreError,
 };
 use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
@@ -149,7 +148,7 @@ pub async fn fire(
         )
         .await;
     }
-    let health = health(
+    let health = load_health(
         &mut connection,
         keys,
         &record,
@@ -324,41 +323,6 @@ async fn commit_transition(
             "a transition commit carries no command id, yet was refused as a duplicate".into(),
         )),
     }
-}
-
-/// What the step function needs to know about health at this tick: outcome counters over
-/// the guard's window while a guarded rollout runs, and the current stage's counts while
-/// it waits on a completion gate.
-pub async fn health(
-    connection: &mut ConnectionManager,
-    keys: &Keys,
-    record: &RolloutRecord,
-    now: Timestamp,
-    stale_agent_after: DurationMs,
-) -> Result<Health, StoreError> {
-    let mut health = Health::default();
-    if record.state.lifecycle != Lifecycle::Running {
-        return Ok(health);
-    }
-    let plan = &record.plan;
-    if let Some(guard) = &plan.guard {
-        health.outcomes =
-            Some(outcomes::load_plan_outcomes(connection, keys, plan, guard.window, now).await?);
-    }
-    if record.state.waiting_for(plan) == Some(WaitingFor::Guard) {
-        let counts = fleet::load_stage_counts(
-            connection,
-            keys,
-            &record.id,
-            plan,
-            &record.state,
-            now,
-            stale_agent_after,
-        )
-        .await?;
-        health.current_stage = record.state.step.and_then(|step| counts.get(step).copied());
-    }
-    Ok(health)
 }
 
 /// Moves (or removes, `look` = `None`) a rollout's due-index entry, fenced and only if its

@@ -1,5 +1,7 @@
 //! Kill switches (SPEC §6): a flag whose record carries `kill_switch` (a guard condition)
-//! is disabled when its outcome counters breach it.
+//! is disabled when its outcome counters breach it. They read the flag-level counters
+//! (per variation, whatever rollout produced them), unlike a rollout's guard, which reads
+//! only its own rollout's counters (`rollout_store::outcomes`).
 //!
 //! The leader keeps an index of such flags, built by scanning each namespace's flags when
 //! its term starts (and every few minutes), and kept current from the snapshots of change

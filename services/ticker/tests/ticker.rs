@@ -5,15 +5,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{
     after, assert_single_advances, eventually, rfc3339, CreateOptions, Harness, Running, NS,
 };
-use rollout_core::{Lifecycle, Timestamp};
+use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
 use rollout_store::fleet::{self, Agent, Report};
-use rollout_store::outcomes::{self, Tally};
+use rollout_store::health::load_health;
+use rollout_store::outcomes::{self, Side, Tallies, Tally};
 use rollout_testkit::{RedisOptions, RedisServer};
 use rollout_wire::events::EventKind;
 use serde_json::json;
@@ -416,6 +416,47 @@ async fn epochs_rise_on_every_acquisition_and_survive_a_redis_restart() {
     assert!(third > second, "{third} after {second}");
 }
 
+/// Outcomes an evaluator attributed to `rollout_id`: (successes, errors) of each side.
+fn rollout_tallies(rollout_id: &str, candidate: (u64, u64), baseline: (u64, u64)) -> Tallies {
+    let mut tallies = Tallies::default();
+    for (side, (success, error)) in [(Side::Candidate, candidate), (Side::Baseline, baseline)] {
+        if success + error > 0 {
+            tallies
+                .rollouts
+                .insert((rollout_id.to_owned(), side), Tally { success, error });
+        }
+    }
+    tallies
+}
+
+/// Outcomes an evaluator counted per flag: (flag, variation, successes, errors).
+fn flag_tallies(entries: &[(&str, &str, u64, u64)]) -> Tallies {
+    let mut tallies = Tallies::default();
+    for (flag, variation, success, error) in entries {
+        tallies.flags.insert(
+            ((*flag).to_owned(), (*variation).to_owned()),
+            Tally {
+                success: *success,
+                error: *error,
+            },
+        );
+    }
+    tallies
+}
+
+/// Adds `tallies` to the counters at the current Redis time, as an evaluator's flush does.
+async fn add_outcomes(harness: &Harness, tallies: &Tallies) {
+    let mut connection = harness.redis.clone();
+    outcomes::add_tallies(
+        &mut connection,
+        &harness.keys(NS),
+        tallies,
+        harness.now().await,
+    )
+    .await
+    .expect("tallies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_breach_rolls_back_with_its_figures() {
     let harness = Harness::start().await;
@@ -441,31 +482,7 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
         "healthy without samples"
     );
 
-    let tallies = HashMap::from([
-        (
-            ("checkout".to_owned(), "on".to_owned()),
-            Tally {
-                success: 50,
-                error: 10,
-            },
-        ),
-        (
-            ("checkout".to_owned(), "off".to_owned()),
-            Tally {
-                success: 500,
-                error: 5,
-            },
-        ),
-    ]);
-    let mut connection = harness.redis.clone();
-    outcomes::add_tallies(
-        &mut connection,
-        &harness.keys(NS),
-        &tallies,
-        harness.now().await,
-    )
-    .await
-    .expect("tallies");
+    add_outcomes(&harness, &rollout_tallies(&record.id, (50, 10), (500, 5))).await;
     let rolled_back = eventually("the rollback", DEADLINE, || async {
         let record = harness.rollout(NS, &record.id).await;
         (record.state.lifecycle == Lifecycle::RolledBack).then_some(record)
@@ -525,31 +542,11 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
             },
         )
         .await;
-    let tallies = HashMap::from([
-        (
-            ("checkout".to_owned(), "on".to_owned()),
-            Tally {
-                success: 50,
-                error: 10,
-            },
-        ),
-        (
-            ("plain".to_owned(), "on".to_owned()),
-            Tally {
-                success: 10,
-                error: 20,
-            },
-        ),
-    ]);
-    let mut connection = harness.redis.clone();
-    outcomes::add_tallies(
-        &mut connection,
-        &harness.keys(NS),
-        &tallies,
-        harness.now().await,
+    add_outcomes(
+        &harness,
+        &flag_tallies(&[("checkout", "on", 50, 10), ("plain", "on", 10, 20)]),
     )
-    .await
-    .expect("tallies");
+    .await;
 
     for flag_key in ["checkout", "plain"] {
         let flag = eventually("the flag disabled", DEADLINE, || async {
@@ -594,40 +591,87 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
     running.stop().await;
 }
 
+/// Registers fleet agents with `env` labels, last seen at `seen`.
+async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Timestamp) {
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, env) in agents {
+        let agent = Agent {
+            id: (*id).to_owned(),
+            labels: [("env".to_owned(), (*env).to_owned())]
+                .into_iter()
+                .collect(),
+            attributes: rollout_core::Attributes::new(),
+            last_seen: seen,
+        };
+        fleet::register_agent(&mut connection, &keys, &agent)
+            .await
+            .expect("register");
+    }
+}
+
+/// Creates flag `firmware` with a label-stage rollout: `canary` (`env: staging`, released
+/// on 50 % completed) then `fleet` (`env: prod`), with `guard` if given.
+async fn create_staged(
+    harness: &Harness,
+    now: Timestamp,
+    guard: Option<serde_json::Value>,
+) -> rollout_store::RolloutRecord {
+    let mut spec = json!({"stages": [
+        {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
+        {"name": "fleet", "labels": {"env": "prod"}},
+    ]});
+    if let Some(guard) = guard {
+        spec["guard"] = guard;
+    }
+    harness
+        .create(NS, "firmware", Some(spec), now, CreateOptions::published())
+        .await
+        .expect("rollout")
+}
+
+/// Each of `agents` reports the candidate `on` applied for `rollout_id`.
+async fn report_applied(harness: &Harness, rollout_id: &str, agents: &[(&str, &str)]) {
+    let keys = harness.keys(NS);
+    let mut connection = harness.redis.clone();
+    for (id, _) in agents {
+        fleet::record_report(
+            &mut connection,
+            &keys,
+            rollout_id,
+            id,
+            &Report::Applied("on".to_owned()),
+        )
+        .await
+        .expect("report");
+    }
+}
+
+/// Asserts that the ticker's step of rollout `rollout_id` in the audit was caused by its
+/// stage gate.
+async fn assert_released_by_its_gate(harness: &Harness, rollout_id: &str) {
+    let audit = harness.audit(NS, rollout_id).await;
+    let gate_step = audit
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+        .expect("the gate's step");
+    assert_eq!(gate_step.details["cause"], "gate");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_completion_gate_releases_the_next_stage() {
     let harness = Harness::start().await;
     let now = harness.now().await;
     let keys = harness.keys(NS);
     let mut connection = harness.redis.clone();
-    for (id, env) in [
-        ("edge-1", "staging"),
-        ("edge-2", "staging"),
-        ("edge-3", "prod"),
-    ] {
-        let agent = Agent {
-            id: id.to_owned(),
-            labels: [("env".to_owned(), env.to_owned())].into_iter().collect(),
-            attributes: rollout_core::Attributes::new(),
-            last_seen: now,
-        };
-        fleet::register_agent(&mut connection, &keys, &agent)
-            .await
-            .expect("register");
-    }
-    let record = harness
-        .create(
-            NS,
-            "firmware",
-            Some(json!({"stages": [
-                {"name": "canary", "labels": {"env": "staging"}, "gate": {"min_completed_percentage": 50}},
-                {"name": "fleet", "labels": {"env": "prod"}},
-            ]})),
-            now,
-            CreateOptions::published(),
-        )
-        .await
-        .expect("rollout");
+    let edge_1 = ("edge-1", "staging");
+    register_agents(
+        &harness,
+        &[edge_1, ("edge-2", "staging"), ("edge-3", "prod")],
+        now,
+    )
+    .await;
+    let record = create_staged(&harness, now, None).await;
     let running = Running::start(harness.ticker(harness.settings("solo")).await);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
@@ -636,26 +680,13 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
         "gate shut: nothing applied"
     );
 
-    fleet::record_report(
-        &mut connection,
-        &keys,
-        &record.id,
-        "edge-1",
-        &Report::Applied("on".to_owned()),
-    )
-    .await
-    .expect("report");
+    report_applied(&harness, &record.id, &[edge_1]).await;
     let released = eventually("the next stage", DEADLINE, || async {
         let record = harness.rollout(NS, &record.id).await;
         (record.state.step == Some(1)).then_some(record)
     })
     .await;
-    let audit = harness.audit(NS, &record.id).await;
-    let gate_step = audit
-        .iter()
-        .find(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
-        .expect("the gate's step");
-    assert_eq!(gate_step.details["cause"], "gate");
+    assert_released_by_its_gate(&harness, &record.id).await;
     // the next stage waits for `continue`: the rollout left the due index
     let score: Option<f64> = redis::cmd("ZSCORE")
         .arg(keys.due())
@@ -671,6 +702,134 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
         "held at the continue gate"
     );
     running.stop().await;
+}
+
+/// What status shows of a rollout at `now`: its step, what it waits for and which health
+/// gate holds it, read the way the planner's status query reads them.
+async fn held_at(
+    harness: &Harness,
+    rollout_id: &str,
+    now: Timestamp,
+) -> (Option<usize>, Option<WaitingFor>, Option<GateHold>) {
+    let record = harness.rollout(NS, rollout_id).await;
+    let mut connection = harness.redis.clone();
+    let health = load_health(
+        &mut connection,
+        &harness.keys(NS),
+        &record,
+        now,
+        rollout_core::DurationMs::from_millis(
+            i64::try_from(TickerSettings::default().stale_agent_after.as_millis()).expect("ms"),
+        ),
+    )
+    .await
+    .expect("health");
+    (
+        record.state.step,
+        record.state.waiting_for(&record.plan),
+        record.state.gate_hold(&record.plan, &health),
+    )
+}
+
+/// Asserts that at `now` rollout `rollout_id` is still at its first stage, waiting on
+/// health, and that status names `held_by` as the gate that holds it, for a reason
+/// containing each of `reason_parts`.
+async fn assert_held(
+    harness: &Harness,
+    rollout_id: &str,
+    now: Timestamp,
+    held_by: HeldBy,
+    reason_parts: &[&str],
+) {
+    let (step, waiting_for, hold) = held_at(harness, rollout_id, now).await;
+    assert_eq!(step, Some(0), "held at the first stage");
+    assert_eq!(waiting_for, Some(WaitingFor::Guard));
+    let hold = hold.expect("status says which gate holds");
+    assert_eq!(hold.held_by, held_by, "{}", hold.reason);
+    for part in reason_parts {
+        assert!(hold.reason.contains(part), "{part:?} in {}", hold.reason);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_go_silent_hold_their_stage_completion_gate() {
+    let harness = Harness::start().await;
+    let start = harness.now().await;
+    let canary = [
+        ("edge-1", "staging"),
+        ("edge-2", "staging"),
+        ("edge-3", "staging"),
+    ];
+    register_agents(&harness, &canary, start).await;
+    register_agents(&harness, &[("edge-4", "prod")], start).await;
+    let record = create_staged(&harness, start, None).await;
+    let ticker = harness.ticker(harness.settings("solo")).await;
+    let mut term = ticker.campaign().await.expect("campaign").expect("leads");
+
+    // the candidate crashes the canary agents: no heartbeat, no report, for two minutes
+    let silent_for = after(start, 120_000);
+    let round = ticker
+        .fire_round(&mut term, silent_for)
+        .await
+        .expect("round");
+    assert_eq!(round.looked_at, 1, "{round:?}");
+    assert_eq!(round.committed, 0, "{round:?}");
+    // silence must not release the next stage
+    assert_held(
+        &harness,
+        &record.id,
+        silent_for,
+        HeldBy::Completion,
+        &["0 of 3 members completed", "3 stale"],
+    )
+    .await;
+
+    // they come back and report the candidate applied: the gate opens
+    report_applied(&harness, &record.id, &canary[..2]).await;
+    let later = after(silent_for, 2_000);
+    let round = ticker.fire_round(&mut term, later).await.expect("round");
+    assert_eq!(round.committed, 1, "{round:?}");
+    let (step, _, hold) = held_at(&harness, &record.id, later).await;
+    assert_eq!(step, Some(1));
+    assert_eq!(hold, None);
+    assert_released_by_its_gate(&harness, &record.id).await;
+    ticker.resign(term).await.expect("resign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_without_samples_holds_a_completion_gate() {
+    let harness = Harness::start().await;
+    let start = harness.now().await;
+    let canary = [("edge-1", "staging"), ("edge-2", "staging")];
+    register_agents(&harness, &canary, start).await;
+    let guard = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "pause"});
+    let record = create_staged(&harness, start, Some(guard)).await;
+    report_applied(&harness, &record.id, &canary).await;
+    let ticker = harness.ticker(harness.settings("solo")).await;
+    let mut term = ticker.campaign().await.expect("campaign").expect("leads");
+
+    // every member applied, but nobody reported how the candidate does
+    let quiet = after(start, 2_000);
+    let round = ticker.fire_round(&mut term, quiet).await.expect("round");
+    assert_eq!((round.looked_at, round.committed), (1, 0), "{round:?}");
+    assert_held(
+        &harness,
+        &record.id,
+        quiet,
+        HeldBy::Guard,
+        &["0 candidate samples, 20 needed"],
+    )
+    .await;
+
+    // healthy outcomes arrive: the gate opens
+    add_outcomes(&harness, &rollout_tallies(&record.id, (30, 0), (0, 0))).await;
+    // the next health check of a held gate
+    let judged = after(quiet, 2_000);
+    let round = ticker.fire_round(&mut term, judged).await.expect("round");
+    assert_eq!(round.committed, 1, "{round:?}");
+    let (step, _, hold) = held_at(&harness, &record.id, judged).await;
+    assert_eq!((step, hold), (Some(1), None));
+    ticker.resign(term).await.expect("resign");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

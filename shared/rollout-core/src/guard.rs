@@ -204,7 +204,9 @@ impl GuardSpec {
 
 impl Guard {
     /// Judges the counters. The absolute limit needs `min_samples` candidate samples; the
-    /// ratio limit needs `min_samples` on both sides.
+    /// ratio limit needs `min_samples` on both sides. A limit that lacks its samples is never
+    /// taken as passed: without a breach of the other limit, the verdict is
+    /// [`GuardVerdict::InsufficientData`].
     pub fn verdict(&self, counts: &OutcomeCounts) -> GuardVerdict {
         let candidate_samples = counts.candidate.samples();
         let baseline_samples = counts.baseline.samples();
@@ -231,11 +233,7 @@ impl Guard {
         }
         if let Some(ratio) = self.max_ratio_to_baseline {
             if baseline_samples < self.min_samples {
-                return if self.max_error_rate.is_some() {
-                    GuardVerdict::Healthy
-                } else {
-                    GuardVerdict::InsufficientData
-                };
+                return GuardVerdict::InsufficientData;
             }
             if candidate_rate > baseline_rate * ratio {
                 return GuardVerdict::Breached(figures(format!(
@@ -246,6 +244,30 @@ impl Guard {
             }
         }
         GuardVerdict::Healthy
+    }
+
+    /// What the guard lacks to judge `counts`, in words; `None` when every side it compares
+    /// has `min_samples`.
+    pub fn missing_samples(&self, counts: &OutcomeCounts) -> Option<String> {
+        let candidate_samples = counts.candidate.samples();
+        let baseline_samples = counts.baseline.samples();
+        let compares_baseline = self.max_ratio_to_baseline.is_some();
+        let enough = candidate_samples >= self.min_samples
+            && (!compares_baseline || baseline_samples >= self.min_samples);
+        if enough {
+            return None;
+        }
+        Some(if compares_baseline {
+            format!(
+                "{candidate_samples} candidate and {baseline_samples} baseline samples, {} needed on each side",
+                self.min_samples
+            )
+        } else {
+            format!(
+                "{candidate_samples} candidate samples, {} needed",
+                self.min_samples
+            )
+        })
     }
 }
 
@@ -321,6 +343,27 @@ mod tests {
             guard.verdict(&counts((94, 6), (0, 0))),
             GuardVerdict::Breached(_)
         ));
+    }
+
+    #[test]
+    fn a_ratio_limit_without_baseline_samples_never_passes() {
+        // both limits: the candidate is within 5 %, but 10 baseline samples cannot say
+        // whether it is within 1.5x the baseline, so the guard cannot call it healthy
+        let mut spec = spec_guard();
+        spec.max_error_rate = Some(5.0);
+        let guard = spec.compile("guard").expect("valid");
+        assert_eq!(
+            guard.verdict(&counts((990, 10), (10, 0))),
+            GuardVerdict::InsufficientData
+        );
+        assert!(matches!(
+            guard.verdict(&counts((900, 100), (10, 0))),
+            GuardVerdict::Breached(_)
+        ));
+        assert_eq!(
+            guard.verdict(&counts((990, 10), (990, 10))),
+            GuardVerdict::Healthy
+        );
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub struct RolloutState {
     pub queued_until: Option<Timestamp>,
     /// When the current pause began.
     pub paused_at: Option<Timestamp>,
+    /// When the rollout last left a pause (resume, or promote while paused): its guard
+    /// judges only outcomes from then on, see [`RolloutState::guard_window_start`]. Absent
+    /// before the first resume (and in records written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<Timestamp>,
     /// Share served after a stop (share plans only).
     pub stopped_share: Option<Share>,
     /// When it finished.
@@ -127,8 +132,8 @@ pub struct StageCounts {
     pub pending: u64,
     /// Not yet released.
     pub waiting: u64,
-    /// Members that stopped heartbeating and have not reported: counted apart, so they
-    /// neither stay pending forever nor block a completion gate's percentage.
+    /// Members that stopped heartbeating and have not reported: shown apart from `pending`,
+    /// and, like them, not completed (silence never opens a completion gate).
     #[serde(default)]
     pub stale: u64,
 }
@@ -140,6 +145,27 @@ pub struct Health {
     pub outcomes: Option<OutcomeCounts>,
     /// Counts of the current stage, for staged plans.
     pub current_stage: Option<StageCounts>,
+}
+
+/// Which condition holds a health gate shut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBy {
+    /// A stage completion gate: too few members applied the candidate, or too many failed.
+    Completion,
+    /// The rollout's guard: too few outcome samples on a side it compares to judge.
+    Guard,
+}
+
+/// Why the current step's health gate is shut at a tick (SPEC §11.1: silence never opens
+/// a gate; status says which gate holds and why).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateHold {
+    /// The condition that is not met.
+    pub held_by: HeldBy,
+    /// What it lacks, in words: `1 of 10 members completed (10%), 50% needed; 2 pending, 7
+    /// stale (no heartbeat, no report), 0 errors`.
+    pub reason: String,
 }
 
 /// Why an ending happened.
@@ -312,6 +338,7 @@ impl RolloutState {
                 StartMode::Now | StartMode::OnCommand => None,
             },
             paused_at: None,
+            resumed_at: None,
             stopped_share: None,
             finished_at: None,
             history: Vec::new(),
@@ -330,6 +357,16 @@ impl RolloutState {
                 effects: Vec::new(),
             },
         }
+    }
+
+    /// The earliest time whose outcomes a guard with `window` judges at `now`: the start of
+    /// the window, but never before the last resume, so a resumed rollout is not judged
+    /// again on the outcomes it was paused for. (Outcomes are counted per rollout, so
+    /// nothing from before the rollout began is ever in its counters.)
+    pub fn guard_window_start(&self, window: DurationMs, now: Timestamp) -> Timestamp {
+        let window_start = now.minus(window);
+        self.resumed_at
+            .map_or(window_start, |resumed_at| resumed_at.max(window_start))
     }
 
     /// When the ticker must next look at this rollout on account of time alone: the start
@@ -471,6 +508,53 @@ impl RolloutState {
         })
     }
 
+    /// Why the current step's health gate stays shut given `health`: `None` when it would
+    /// open, and when the rollout is not running at a step whose gate waits on health. A
+    /// health gate (a stage completion gate) opens only on positive evidence: enough of the
+    /// stage's members completed and, for a guarded rollout, the guard found the outcomes
+    /// healthy on every side it compares. The step function opens the gate exactly when
+    /// this is `None`.
+    pub fn gate_hold(&self, plan: &Plan, health: &Health) -> Option<GateHold> {
+        if self.lifecycle != Lifecycle::Running {
+            return None;
+        }
+        let Gate::Completion {
+            min_completed,
+            max_errors,
+        } = plan.steps.get(self.step?)?.gate
+        else {
+            return None;
+        };
+        if let Some(reason) =
+            completion_hold(health.current_stage.as_ref(), min_completed, max_errors)
+        {
+            return Some(GateHold {
+                held_by: HeldBy::Completion,
+                reason,
+            });
+        }
+        let guard = plan.guard.as_ref()?;
+        let reason = match &health.outcomes {
+            None => Some("the guard's outcome counts are not known yet".to_owned()),
+            Some(outcomes) => match guard.verdict(outcomes) {
+                GuardVerdict::Healthy => None,
+                GuardVerdict::InsufficientData => Some(format!(
+                    "the guard cannot judge yet: {}",
+                    guard
+                        .missing_samples(outcomes)
+                        .unwrap_or_else(|| "too few samples".to_owned())
+                )),
+                GuardVerdict::Breached(figures) => {
+                    Some(format!("the guard is breached: {}", figures.limit))
+                }
+            },
+        };
+        reason.map(|reason| GateHold {
+            held_by: HeldBy::Guard,
+            reason,
+        })
+    }
+
     /// Planned start of every step as things stand at `now`: recorded for steps already
     /// reached, projected through timer gates for later ones, `None` beyond a gate that
     /// waits for a command or for health. A paused rollout is projected as if resumed now.
@@ -558,6 +642,7 @@ pub fn step(
             let paused_ms = now.millis_since(paused_at).max(0);
             next.lifecycle = Lifecycle::Running;
             next.paused_at = None;
+            next.resumed_at = Some(now);
             next.step_anchor = state
                 .step_anchor
                 .map(|anchor| anchor.plus(DurationMs::from_millis(paused_ms)));
@@ -603,6 +688,9 @@ pub fn step(
                     "rollout is {}; nothing to promote",
                     state.lifecycle.as_str()
                 )));
+            }
+            if state.lifecycle == Lifecycle::Paused {
+                next.resumed_at = Some(now);
             }
             if state.lifecycle == Lifecycle::Queued {
                 effects.push(Effect::Started { planned_at: now });
@@ -735,7 +823,7 @@ fn tick(
             return;
         }
     }
-    advance_due(plan, state, now, health.current_stage.as_ref(), effects);
+    advance_due(plan, state, now, Some(health), effects);
 }
 
 /// Leaves `queued` into step 0, planned at `planned_at`.
@@ -785,17 +873,19 @@ fn enter(
 
 /// Moves through every gate that the clock (or, for the current step only, health) has
 /// opened, as ONE transition: never across a `continue` gate, and a completion gate only
-/// when it is the current step's and the counts say so.
+/// when it is the current step's and [`RolloutState::gate_hold`] finds nothing holding it.
 fn advance_due(
     plan: &Plan,
     state: &mut RolloutState,
     now: Timestamp,
-    stage_counts: Option<&StageCounts>,
+    health: Option<&Health>,
     effects: &mut Vec<Effect>,
 ) {
     let (Some(origin), Some(origin_anchor)) = (state.step, state.step_anchor) else {
         return;
     };
+    let origin_health_gate_open =
+        health.is_some_and(|health| state.gate_hold(plan, health).is_none());
     let mut current = origin;
     let mut anchor = origin_anchor;
     let mut passed: Vec<(usize, Timestamp)> = Vec::new();
@@ -806,15 +896,10 @@ fn advance_due(
         let opened_at = match gate {
             Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
             Gate::Immediate => Some(anchor),
-            Gate::Completion {
-                min_completed,
-                max_errors,
-            } if current == origin => stage_counts
-                .filter(|counts| completion_gate_open(counts, *min_completed, *max_errors))
-                .map(|_| {
-                    cause = EntryCause::Gate;
-                    now
-                }),
+            Gate::Completion { .. } if current == origin && origin_health_gate_open => {
+                cause = EntryCause::Gate;
+                Some(now)
+            }
             Gate::Completion { .. } | Gate::Continue => None,
         };
         let Some(opened_at) = opened_at else { break };
@@ -851,15 +936,35 @@ fn advance_due(
     }
 }
 
-fn completion_gate_open(counts: &StageCounts, min_completed: Share, max_errors: u64) -> bool {
-    if counts.errors > max_errors {
-        return false;
+/// Why a completion gate with these counts stays shut, or `None` when it opens. Every member
+/// counts: one that stopped heartbeating without reporting (`stale`) has not completed, so
+/// a stage whose members all went silent holds; a stage with no members passes through.
+fn completion_hold(
+    counts: Option<&StageCounts>,
+    min_completed: Share,
+    max_errors: u64,
+) -> Option<String> {
+    let Some(counts) = counts else {
+        return Some("the stage's fleet counts are not known yet".to_owned());
+    };
+    let enough_completed = u128::from(counts.completed) * u128::from(Share::ALL.ppm())
+        >= u128::from(counts.members) * u128::from(min_completed.ppm());
+    if enough_completed && counts.errors <= max_errors {
+        return None;
     }
-    // an empty stage passes through; otherwise completed / live members >= min_completed,
-    // where stale members (no heartbeat, no report) do not hold the gate shut
-    let live_members = counts.members.saturating_sub(counts.stale);
-    u128::from(counts.completed) * u128::from(Share::ALL.ppm())
-        >= u128::from(live_members) * u128::from(min_completed.ppm())
+    let completed_percent = if counts.members == 0 {
+        0.0
+    } else {
+        counts.completed as f64 * 100.0 / counts.members as f64
+    };
+    let mut reason = format!(
+        "{} of {} members completed ({completed_percent:.1}%), {min_completed} needed; {} pending, {} stale (no heartbeat, no report), {} errors",
+        counts.completed, counts.members, counts.pending, counts.stale, counts.errors
+    );
+    if counts.errors > max_errors {
+        reason.push_str(&format!(", at most {max_errors} allowed"));
+    }
+    Some(reason)
 }
 
 fn pause(plan: &Plan, state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {

@@ -326,6 +326,148 @@ fn catch_up_stops_at_a_health_gate() {
     assert_eq!(caught_up.state.waiting_for(&plan), Some(WaitingFor::Guard));
 }
 
+fn silent_stage() -> Plan {
+    plan(json!({"stages": [
+        {"name": "canary", "labels": {"ring": "canary"}, "gate": {"min_completed_percentage": 50}},
+        {"name": "fleet", "labels": {"ring": "fleet"}, "gate": {"min_completed_percentage": 50}},
+    ]}))
+}
+
+fn stage_tick(counts: rollout_core::StageCounts) -> Event {
+    Event::Tick(Health {
+        outcomes: None,
+        current_stage: Some(counts),
+    })
+}
+
+#[test]
+fn silent_members_never_open_a_completion_gate() {
+    let plan = silent_stage();
+    let running = RolloutState::created(&plan, now()).state;
+    // every member of the canary stage stopped heartbeating without reporting
+    let all_silent = rollout_core::StageCounts {
+        members: 3,
+        stale: 3,
+        ..Default::default()
+    };
+    let held = step(&plan, &running, &stage_tick(all_silent), at(minutes(10))).expect("tick");
+    assert!(!held.changed(), "{:?}", held.effects);
+    assert_eq!(held.state.step, Some(0));
+    assert_eq!(held.state.waiting_for(&plan), Some(WaitingFor::Guard));
+    let silent_health = Health {
+        outcomes: None,
+        current_stage: Some(all_silent),
+    };
+    let hold = running
+        .gate_hold(&plan, &silent_health)
+        .expect("status can say what holds the gate");
+    assert_eq!(hold.held_by, rollout_core::HeldBy::Completion);
+    assert!(
+        hold.reason.starts_with("0 of 3 members completed") && hold.reason.contains("3 stale"),
+        "{}",
+        hold.reason
+    );
+    // one of three applied, two went silent: 33 % < 50 %
+    let one_applied = rollout_core::StageCounts {
+        members: 3,
+        completed: 1,
+        stale: 2,
+        ..Default::default()
+    };
+    assert!(
+        !step(&plan, &running, &stage_tick(one_applied), at(minutes(10)))
+            .expect("tick")
+            .changed()
+    );
+    // they come back and report applied: the gate opens
+    let applied = rollout_core::StageCounts {
+        members: 3,
+        completed: 2,
+        stale: 1,
+        ..Default::default()
+    };
+    let opened = step(&plan, &running, &stage_tick(applied), at(minutes(11))).expect("tick");
+    assert_eq!(opened.state.step, Some(1));
+    let applied_health = Health {
+        outcomes: None,
+        current_stage: Some(applied),
+    };
+    assert_eq!(running.gate_hold(&plan, &applied_health), None);
+    // a stage with no members at all still passes through
+    let empty = step(
+        &plan,
+        &opened.state,
+        &stage_tick(rollout_core::StageCounts::default()),
+        at(minutes(12)),
+    )
+    .expect("tick");
+    assert_eq!(empty.state.step, Some(2));
+}
+
+#[test]
+fn a_guard_without_enough_samples_holds_a_completion_gate() {
+    let plan = plan(json!({"stages": [
+            {"name": "canary", "labels": {"ring": "canary"}, "gate": {"min_completed_percentage": 50}},
+            {"name": "fleet", "labels": {"ring": "fleet"}},
+        ],
+        "guard": {"max_ratio_to_baseline": 1.5, "min_samples": 100, "window": "5m", "action": "pause"}}));
+    let running = RolloutState::created(&plan, now()).state;
+    let all_applied = rollout_core::StageCounts {
+        members: 4,
+        completed: 4,
+        ..Default::default()
+    };
+    let with_outcomes = |candidate: u64, baseline: u64| Health {
+        outcomes: Some(OutcomeCounts {
+            candidate: SideCounts {
+                success: candidate,
+                error: 0,
+            },
+            baseline: SideCounts {
+                success: baseline,
+                error: 0,
+            },
+        }),
+        current_stage: Some(all_applied),
+    };
+    // every member applied, but the guard has heard nothing, or too little on one side
+    for (candidate, baseline) in [(0, 0), (500, 99), (99, 500)] {
+        let health = with_outcomes(candidate, baseline);
+        let held = step(
+            &plan,
+            &running,
+            &Event::Tick(health.clone()),
+            at(minutes(5)),
+        )
+        .expect("tick");
+        assert!(
+            !held.changed(),
+            "{candidate}/{baseline} samples: {:?}",
+            held.effects
+        );
+        let hold = running.gate_hold(&plan, &health).expect("the guard holds");
+        assert_eq!(hold.held_by, rollout_core::HeldBy::Guard);
+        assert!(hold.reason.contains("100"), "{}", hold.reason);
+    }
+    // no outcome figures at all hold it too
+    let unread = Health {
+        outcomes: None,
+        current_stage: Some(all_applied),
+    };
+    assert!(!step(&plan, &running, &Event::Tick(unread), at(minutes(5)))
+        .expect("tick")
+        .changed());
+    // enough healthy samples on both sides: the gate opens
+    let opened = step(
+        &plan,
+        &running,
+        &Event::Tick(with_outcomes(100, 100)),
+        at(minutes(5)),
+    )
+    .expect("tick");
+    assert_eq!(opened.state.step, Some(1));
+}
+
 fn guarded(action: &str) -> Plan {
     plan(
         json!({"preset": "1hr", "guard": {"max_error_rate": 5, "min_samples": 100, "window": "5m", "action": action}}),
@@ -367,6 +509,46 @@ fn a_guard_breach_pauses_stops_or_rolls_back_with_the_figures() {
             .iter()
             .any(|effect| matches!(effect, Effect::StepEntered { .. })));
     }
+}
+
+#[test]
+fn a_resumed_guard_judges_only_outcomes_since_the_resume() {
+    let plan = guarded("pause");
+    let window = minutes(5);
+    let running = RolloutState::created(&plan, now()).state;
+    assert_eq!(
+        running.guard_window_start(window, at(minutes(20))),
+        at(minutes(15))
+    );
+    let paused = step(&plan, &running, &breaching(), at(minutes(20))).expect("tick");
+    assert_eq!(paused.state.lifecycle, Lifecycle::Paused);
+    // resumed ten minutes later: the outcomes that paused it are out of reach at once,
+    // though the window alone would still cover them a minute on
+    let resumed = apply(&plan, &paused.state, Event::Resume, at(minutes(30)));
+    assert_eq!(
+        resumed.guard_window_start(window, at(minutes(31))),
+        at(minutes(30))
+    );
+    assert_eq!(
+        resumed.guard_window_start(window, at(minutes(40))),
+        at(minutes(35))
+    );
+    // promote out of a pause resumes too
+    let paused_again = apply(&plan, &resumed, Event::Pause, at(minutes(41)));
+    let promoted = apply(&plan, &paused_again, Event::Promote, at(minutes(50)));
+    assert_eq!(
+        promoted.guard_window_start(window, at(minutes(51))),
+        at(minutes(50))
+    );
+    // records written before the field existed read as never resumed
+    let mut old_record = serde_json::to_value(&running).expect("state serialises");
+    assert!(old_record.get("resumed_at").is_none());
+    old_record
+        .as_object_mut()
+        .expect("object")
+        .insert("revision".into(), json!(1));
+    let old_state: RolloutState = serde_json::from_value(old_record).expect("old record reads");
+    assert_eq!(old_state.resumed_at, None);
 }
 
 #[test]

@@ -40,7 +40,7 @@ use crate::transport::{self, RequestOptions};
 /// if answer.value == serde_json::json!(true) {
 ///     // the new checkout
 /// }
-/// client.report_success("new-checkout", &user, &answer.variation).await?;
+/// client.report_result(&user, &answer, rollout_sdk::Outcome::Success).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -316,7 +316,23 @@ impl EvalClient {
         self.publish_metrics(&batch).await
     }
 
-    /// Reports that `entity`'s use of `variation` of `flag` went well.
+    /// Reports how `entity`'s use of an evaluation `result` went. The report names the
+    /// rollout that decided the answer, so it counts for that rollout's guard only — never
+    /// for a later rollout of the same flag.
+    pub async fn report_result(
+        &self,
+        entity: &Entity,
+        result: &EvalResult,
+        outcome: rollout_wire::Outcome,
+    ) -> Result<()> {
+        let mut report = self::outcome(&result.flag, entity, &result.variation, outcome);
+        report.rollout_id.clone_from(&result.rollout_id);
+        self.report_outcome(&report).await
+    }
+
+    /// Reports that `entity`'s use of `variation` of `flag` went well (counted for the
+    /// rollout active when the report arrives; [`EvalClient::report_result`] names the
+    /// rollout that served it).
     pub async fn report_success(&self, flag: &str, entity: &Entity, variation: &str) -> Result<()> {
         self.report_outcome(&outcome(
             flag,
@@ -327,7 +343,8 @@ impl EvalClient {
         .await
     }
 
-    /// Reports that `entity`'s use of `variation` of `flag` failed.
+    /// Reports that `entity`'s use of `variation` of `flag` failed (see
+    /// [`EvalClient::report_success`]).
     pub async fn report_error(&self, flag: &str, entity: &Entity, variation: &str) -> Result<()> {
         self.report_outcome(&outcome(
             flag,
@@ -404,5 +421,6 @@ fn outcome(
         variation: variation.to_owned(),
         outcome,
         value: None,
+        rollout_id: None,
     }
 }

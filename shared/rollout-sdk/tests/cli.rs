@@ -273,7 +273,9 @@ async fn json_output_parses_for_every_query() {
         .await;
     counts.assert_ok();
     assert!(
-        counts.stdout.contains("outcomes over the last"),
+        counts
+            .stdout
+            .contains("outcomes of this rollout over the last"),
         "{}",
         counts.stdout
     );

@@ -6,9 +6,11 @@ mod common;
 
 use common::{eventually, flag, namespace, spec, Cluster};
 use futures_util::StreamExt;
+use rollout_core::OutcomeCounts;
 use rollout_core::{AttributeValue, Entity, Reason};
-use rollout_sdk::{Encoding, ErrorCode, EvalClient, OutcomeReport};
+use rollout_sdk::{CommandClient, Encoding, ErrorCode, EvalClient, Outcome, OutcomeReport};
 use rollout_wire::codec::CONTENT_TYPE_HEADER;
+use rollout_wire::queries::RolloutCounts;
 use serde_json::json;
 
 fn beta_user() -> Entity {
@@ -178,6 +180,7 @@ async fn outcomes_are_published_for_guards() {
                 variation: "off".into(),
                 outcome: rollout_sdk::Outcome::Success,
                 value: Some(12.5),
+                rollout_id: None,
             };
             2
         ])
@@ -208,5 +211,116 @@ async fn outcomes_are_published_for_guards() {
         .await
         .expect_err("invalid flag key");
     assert_eq!(refused.code(), ErrorCode::InvalidArgument);
+    cluster.stop().await;
+}
+
+/// Waits until the `rollout.counts` outcomes of `rollout_id` satisfy `done`; returns them.
+async fn until_counted(
+    commands: &CommandClient,
+    rollout_id: &str,
+    done: impl Fn(&OutcomeCounts) -> bool,
+) -> RolloutCounts {
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        if let Ok(counts) = commands.rollout_counts(rollout_id).await {
+            if done(&counts.outcomes) {
+                return counts;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the counts of {rollout_id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn outcomes_count_for_the_rollout_that_served_them() {
+    let cluster = Cluster::with_evaluator().await;
+    let commands = cluster.commands();
+    commands.create_flag(flag("checkout")).await.expect("flag");
+    let phased = || {
+        spec(
+            json!({"flag": "checkout", "baseline": "off", "candidate": "on",
+            "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+        )
+    };
+    let first = commands.create_rollout(phased()).await.expect("first");
+    let version = commands.get_flag("checkout").await.expect("flag").version;
+    cluster.until_served("checkout", version).await;
+    let client = cluster.eval_client().await;
+
+    // the first rollout's users report errors, each naming the rollout that served it
+    let mut served_on = 0_u64;
+    for index in 0..20 {
+        let entity = Entity::with_id(format!("user-{index}"));
+        let answer = client
+            .evaluate("checkout", &entity)
+            .await
+            .expect("evaluate");
+        assert_eq!(
+            answer.rollout_id.as_deref(),
+            Some(first.rollout_id.as_str())
+        );
+        served_on += u64::from(answer.variation == "on");
+        client
+            .report_result(&entity, &answer, Outcome::Error)
+            .await
+            .expect("report");
+    }
+    client.flush().await.expect("flush");
+    until_counted(&commands, &first.rollout_id, |outcomes| {
+        outcomes.candidate.error == served_on && outcomes.baseline.error == 20 - served_on
+    })
+    .await;
+
+    // rolled back, and run again: the new rollout starts from nothing
+    commands
+        .rollback_rollout(&first.rollout_id)
+        .await
+        .expect("rollback");
+    let second = commands.create_rollout(phased()).await.expect("second");
+    let version = commands.get_flag("checkout").await.expect("flag").version;
+    cluster.until_served("checkout", version).await;
+    let late = OutcomeReport {
+        flag: "checkout".into(),
+        entity: "user-0".into(),
+        variation: "on".into(),
+        outcome: Outcome::Error,
+        value: None,
+        rollout_id: Some(first.rollout_id.clone()),
+    };
+    let fresh = OutcomeReport {
+        rollout_id: None,
+        outcome: Outcome::Success,
+        ..late.clone()
+    };
+    // a late report of the first rollout travels with five about the second
+    client
+        .report_outcomes(vec![
+            late,
+            fresh.clone(),
+            fresh.clone(),
+            fresh.clone(),
+            fresh.clone(),
+            fresh,
+        ])
+        .await
+        .expect("reports");
+    client.flush().await.expect("flush");
+    // the late report was in the same message: once the five count, it was looked at too
+    let counts = until_counted(&commands, &second.rollout_id, |outcomes| {
+        outcomes.candidate.success == 5
+    })
+    .await;
+    assert_eq!(counts.outcomes.candidate.error, 0, "{counts:?}");
+    assert_eq!(counts.outcomes.baseline.samples(), 0, "{counts:?}");
+    assert_eq!(counts.guard, None, "no guard on this rollout: counts only");
+    let first_counts = commands
+        .rollout_counts(&first.rollout_id)
+        .await
+        .expect("first counts");
+    assert_eq!(first_counts.outcomes.candidate.error, served_on);
     cluster.stop().await;
 }

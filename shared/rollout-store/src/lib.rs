@@ -13,7 +13,8 @@
 //! | `outbox` | stream of encoded change events not yet published | planner, ticker |
 //! | `cmd:<command_id>` | first outcome of a command, with a TTL | planner |
 //! | `agent:<id>`, `agents`, `rollout:<id>:reports` | fleet agents and reports ([`fleet`]) | evaluator |
-//! | `outcomes:<flag>:<bucket>` | windowed outcome counters ([`outcomes`]) | evaluator |
+//! | `outcomes:<flag>:<bucket>` | windowed outcome counters per variation, for kill switches ([`outcomes`]) | evaluator |
+//! | `rollout:<id>:outcomes:<bucket>` | windowed outcome counters per side, for the rollout's guard ([`outcomes`]) | evaluator |
 //! | `fence` | the ticker leader's epoch | ticker |
 //!
 //! **Architecture Invariant:** every write goes through [`Commit`], one Lua script that
@@ -22,6 +23,7 @@
 
 mod commit;
 pub mod fleet;
+pub mod health;
 pub mod mutation;
 pub mod outbox;
 pub mod outcomes;

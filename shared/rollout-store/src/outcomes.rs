@@ -1,9 +1,20 @@
-//! Windowed outcome counters for guards and kill switches (SPEC §6). Evaluators aggregate
-//! reported outcomes in memory and add them in one pipelined round trip per batch; the
-//! ticker sums the buckets covering a guard's window.
+//! Windowed outcome counters for kill switches and guards (SPEC §6, §11.1). Evaluators
+//! aggregate reported outcomes in memory and add them in one pipelined round trip per
+//! batch; the ticker sums the buckets covering a window.
 //!
-//! `ro:{ns}:outcomes:<flag>:<bucket start ms>`: hash `<variation>:ok` / `<variation>:err` →
-//! count, one per [`BUCKET_MS`] bucket, expiring after [`BUCKET_TTL_SECONDS`].
+//! Each outcome is counted twice, in [`BUCKET_MS`] buckets expiring after
+//! [`BUCKET_TTL_SECONDS`]:
+//!
+//! - per flag and variation, for kill switches (flag-level: they judge the flag whatever
+//!   rollout runs): `ro:{ns}:outcomes:<flag>:<bucket start ms>`, hash `<variation>:ok` /
+//!   `<variation>:err` → count;
+//! - per rollout and side, for the rollout's guard, when the outcome belongs to the
+//!   rollout's candidate or baseline: `ro:{ns}:rollout:<id>:outcomes:<bucket start ms>`,
+//!   hash `candidate:ok` / `candidate:err` / `baseline:ok` / `baseline:err` → count. A new
+//!   rollout of the same flag starts from empty counters.
+//!
+//! Only known flags, their variations and the active rollout are ever written (the
+//! evaluator checks), so the fields and keys stay bounded by what operators created.
 
 use std::collections::HashMap;
 
@@ -21,7 +32,7 @@ pub const BUCKET_TTL_SECONDS: i64 = 25 * 3600;
 /// One bucket's candidate ok/err and baseline ok/err counters, as HMGET returns them.
 type BucketRow = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
 
-/// Counts of one (flag, variation) in one batch.
+/// Counts of one (flag, variation) or one (rollout, side) in one batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     /// Successes.
@@ -30,17 +41,68 @@ pub struct Tally {
     pub error: u64,
 }
 
+impl Tally {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: Tally) {
+        self.success = self.success.saturating_add(other.success);
+        self.error = self.error.saturating_add(other.error);
+    }
+}
+
+/// The side of a rollout an outcome was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// The rollout's candidate variation.
+    Candidate,
+    /// The rollout's baseline variation.
+    Baseline,
+}
+
+impl Side {
+    fn field(self, suffix: &str) -> String {
+        match self {
+            Side::Candidate => format!("candidate:{suffix}"),
+            Side::Baseline => format!("baseline:{suffix}"),
+        }
+    }
+}
+
+/// One batch of counts for one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// By (flag, variation): what kill switches read.
+    pub flags: HashMap<(String, String), Tally>,
+    /// By (rollout id, side): what the rollout's guard reads.
+    pub rollouts: HashMap<(String, Side), Tally>,
+}
+
+impl Tallies {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty() && self.rollouts.is_empty()
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: Tallies) {
+        for (key, tally) in other.flags {
+            self.flags.entry(key).or_default().add(tally);
+        }
+        for (key, tally) in other.rollouts {
+            self.rollouts.entry(key).or_default().add(tally);
+        }
+    }
+}
+
 /// Start of the bucket holding `time`.
 pub fn bucket_start(time: Timestamp) -> Timestamp {
     Timestamp::from_millis(time.as_millis().div_euclid(BUCKET_MS) * BUCKET_MS)
 }
 
-/// Adds a batch of tallies, keyed by (flag, variation), to the bucket of `now`, in one
-/// pipelined round trip.
+/// Adds a batch of tallies to the buckets of `now`, in one pipelined round trip.
 pub async fn add_tallies<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
-    tallies: &HashMap<(String, String), Tally>,
+    tallies: &Tallies,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     if tallies.is_empty() {
@@ -48,15 +110,28 @@ pub async fn add_tallies<C: ConnectionLike + Send>(
     }
     let bucket = bucket_start(now);
     let mut pipe = redis::pipe();
-    for ((flag, variation), tally) in tallies {
-        let key = keys.outcomes(flag, bucket);
+    let flag_rows = tallies.flags.iter().map(|((flag, variation), tally)| {
+        (
+            keys.outcomes(flag, bucket),
+            format!("{variation}:ok"),
+            format!("{variation}:err"),
+            tally,
+        )
+    });
+    let rollout_rows = tallies.rollouts.iter().map(|((rollout_id, side), tally)| {
+        (
+            keys.rollout_outcomes(rollout_id, bucket),
+            side.field("ok"),
+            side.field("err"),
+            tally,
+        )
+    });
+    for (key, ok_field, err_field, tally) in flag_rows.chain(rollout_rows) {
         if tally.success > 0 {
-            pipe.hincr(&key, format!("{variation}:ok"), tally.success)
-                .ignore();
+            pipe.hincr(&key, ok_field, tally.success).ignore();
         }
         if tally.error > 0 {
-            pipe.hincr(&key, format!("{variation}:err"), tally.error)
-                .ignore();
+            pipe.hincr(&key, err_field, tally.error).ignore();
         }
         pipe.expire(&key, BUCKET_TTL_SECONDS).ignore();
     }
@@ -64,28 +139,40 @@ pub async fn add_tallies<C: ConnectionLike + Send>(
     Ok(())
 }
 
-/// [`load_outcome_counts`] for `plan`'s flag, baseline and candidate.
-pub async fn load_plan_outcomes<C: ConnectionLike + Send>(
+/// The counters of rollout `rollout_id` that its guard judges at `now`: the sides' sums
+/// over the whole buckets that began at or after `from` (see
+/// `RolloutState::guard_window_start`: never before the rollout's last resume).
+pub async fn load_rollout_outcomes<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
-    plan: &rollout_core::Plan,
-    window: DurationMs,
+    rollout_id: &str,
+    from: Timestamp,
     now: Timestamp,
 ) -> Result<OutcomeCounts, StoreError> {
-    load_outcome_counts(
+    // the first whole bucket: a bucket that began before `from` may hold older outcomes
+    let aligned = bucket_start(from);
+    let first = if aligned < from {
+        aligned.plus(DurationMs::from_millis(BUCKET_MS))
+    } else {
+        aligned
+    };
+    sum_buckets(
         connection,
-        keys,
-        &plan.flag,
-        &plan.baseline,
-        &plan.candidate,
-        window,
+        first,
         now,
+        |bucket| keys.rollout_outcomes(rollout_id, bucket),
+        [
+            Side::Candidate.field("ok"),
+            Side::Candidate.field("err"),
+            Side::Baseline.field("ok"),
+            Side::Baseline.field("err"),
+        ],
     )
     .await
 }
 
-/// Sums the candidate's and baseline's counters over the buckets covering
-/// `(now - window, now]`.
+/// Sums a flag's counters of `candidate` and `baseline` over the buckets covering
+/// `(now - window, now]` (what kill switches judge).
 pub async fn load_outcome_counts<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
@@ -98,22 +185,46 @@ pub async fn load_outcome_counts<C: ConnectionLike + Send>(
     let first = bucket_start(Timestamp::from_millis(
         now.as_millis() - window.as_millis() + 1,
     ));
+    sum_buckets(
+        connection,
+        first,
+        now,
+        |bucket| keys.outcomes(flag, bucket),
+        [
+            format!("{candidate}:ok"),
+            format!("{candidate}:err"),
+            format!("{baseline}:ok"),
+            format!("{baseline}:err"),
+        ],
+    )
+    .await
+}
+
+/// Sums the candidate ok/err and baseline ok/err `fields` of every bucket from `first` to
+/// `now`, in one pipelined round trip.
+async fn sum_buckets<C: ConnectionLike + Send>(
+    connection: &mut C,
+    first: Timestamp,
+    now: Timestamp,
+    key_of: impl Fn(Timestamp) -> String,
+    fields: [String; 4],
+) -> Result<OutcomeCounts, StoreError> {
     let mut pipe = redis::pipe();
     let mut bucket = first;
+    let mut buckets = 0;
     while bucket <= now {
-        pipe.cmd("HMGET")
-            .arg(keys.outcomes(flag, bucket))
-            .arg(format!("{candidate}:ok"))
-            .arg(format!("{candidate}:err"))
-            .arg(format!("{baseline}:ok"))
-            .arg(format!("{baseline}:err"));
+        pipe.cmd("HMGET").arg(key_of(bucket)).arg(&fields[..]);
         bucket = bucket.plus(DurationMs::from_millis(BUCKET_MS));
+        buckets += 1;
     }
-    let rows: Vec<BucketRow> = pipe.query_async(connection).await?;
     let mut counts = OutcomeCounts {
         candidate: SideCounts::default(),
         baseline: SideCounts::default(),
     };
+    if buckets == 0 {
+        return Ok(counts);
+    }
+    let rows: Vec<BucketRow> = pipe.query_async(connection).await?;
     for (candidate_ok, candidate_err, baseline_ok, baseline_err) in rows {
         counts.candidate.success += candidate_ok.unwrap_or(0);
         counts.candidate.error += candidate_err.unwrap_or(0);

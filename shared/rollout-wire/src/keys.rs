@@ -16,7 +16,8 @@
 //! | `ro:{ns}:agent:<id>` / `ro:{ns}:agents` | hash / sorted set | fleet agents, by last heartbeat |
 //! | `ro:{ns}:rollout:<id>:stage:<n>:members` | set | agent ids in stage n |
 //! | `ro:{ns}:rollout:<id>:reports` | hash | agent id → applied / failed |
-//! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | outcome counters of one window |
+//! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | a flag's outcome counters of one window, per variation (kill switches) |
+//! | `ro:{ns}:rollout:<id>:outcomes:<window_start_ms>` | hash | a rollout's outcome counters of one window, per side (guards) |
 //! | `ro:namespaces` | set | every namespace (untagged) |
 //! | `ro:generation` | string | a random id that vanishes only with Redis's data (untagged) |
 //! | `ro:{ticker}:lease` / `ro:{ticker}:epoch` | string / counter | the ticker leader's lease and its rising epoch |
@@ -171,9 +172,20 @@ impl Keys {
         format!("{}:rollout:{rollout_id}:reports", self.base)
     }
 
-    /// `ro:{ns}:outcomes:<flag>:<window_start_ms>`: outcome counters of one window.
+    /// `ro:{ns}:outcomes:<flag>:<window_start_ms>`: a flag's outcome counters of one window,
+    /// by variation.
     pub fn outcomes(&self, flag: &str, window_start: Timestamp) -> String {
         format!("{}:outcomes:{flag}:{}", self.base, window_start.as_millis())
+    }
+
+    /// `ro:{ns}:rollout:<id>:outcomes:<window_start_ms>`: a rollout's outcome counters of one
+    /// window, by side (candidate, baseline).
+    pub fn rollout_outcomes(&self, rollout_id: &str, window_start: Timestamp) -> String {
+        format!(
+            "{}:rollout:{rollout_id}:outcomes:{}",
+            self.base,
+            window_start.as_millis()
+        )
     }
 }
 
@@ -202,6 +214,7 @@ mod tests {
             keys.stage_members("r-1", 2),
             keys.stage_reports("r-1"),
             keys.outcomes("new-checkout", Timestamp::from_millis(1_700_000_000_000)),
+            keys.rollout_outcomes("r-1", Timestamp::from_millis(1_700_000_000_000)),
         ];
         for key in &all {
             assert_eq!(hash_tag(key), Some("prod"), "{key}");

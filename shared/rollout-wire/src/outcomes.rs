@@ -1,6 +1,7 @@
 //! Outcome reports on `rollout.metrics.<ns>` (SPEC §6): SDKs and agents publish, one at a
-//! time or in batches, whether an entity's use of a variation succeeded; guards and kill
-//! switches count them per window. Published without a reply.
+//! time or in batches, whether an entity's use of a variation succeeded; kill switches
+//! count them per flag, guards per rollout and side (SPEC §11.1), over windows. Published
+//! without a reply.
 
 use rollout_core::ValidationErrors;
 use serde::{Deserialize, Serialize};
@@ -38,14 +39,22 @@ pub struct OutcomeReport {
     /// A measurement (latency, amount), for future metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The rollout that decided the evaluation (its `rollout_id`), when the reporter knows
+    /// it. Counted for that rollout only while it is the flag's active one; without it the
+    /// outcome goes to whichever rollout is active when the report arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
 }
 
 impl OutcomeReport {
-    /// Records problems under `path`: the flag and variation are tokens, the entity id within
-    /// the entity caps, the value finite.
+    /// Records problems under `path`: the flag, variation and rollout id are tokens, the
+    /// entity id within the entity caps, the value finite.
     pub fn check(&self, path: &str, errors: &mut ValidationErrors) {
         checks::token(errors, &format!("{path}flag"), &self.flag);
         checks::token(errors, &format!("{path}variation"), &self.variation);
+        if let Some(rollout_id) = &self.rollout_id {
+            checks::token(errors, &format!("{path}rollout_id"), rollout_id);
+        }
         checks::bounded_text(
             errors,
             &format!("{path}entity"),
@@ -153,6 +162,7 @@ mod tests {
                 variation: "on".into(),
                 outcome: Outcome::Success,
                 value: Some(f64::NAN),
+                rollout_id: None,
             }],
         };
         let error = batch.validate().expect_err("invalid");

@@ -4,8 +4,8 @@
 //! `next_page` while more remain.
 
 use rollout_core::{
-    DurationMs, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState, Share,
-    StageCounts, Timestamp, ValidationErrors, WaitingFor,
+    DurationMs, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState,
+    Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,10 @@ pub struct RolloutStatus {
     /// What a running or queued rollout waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingFor>,
+    /// Which health gate holds the rollout at its current step and why (with `waiting_for:
+    /// guard`), judged on the figures the ticker reads now; absent when nothing holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<GateHold>,
     /// Current step; absent while queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<usize>,
@@ -128,7 +132,8 @@ pub struct RolloutStatus {
 }
 
 impl RolloutStatus {
-    /// The status of `state` at `now`; stage `counts` are left for the caller.
+    /// The status of `state` at `now`; stage `counts` and the `hold` (both read from Redis)
+    /// are left for the caller.
     pub fn new(
         rollout_id: &str,
         plan: &Plan,
@@ -146,6 +151,7 @@ impl RolloutStatus {
             candidate: plan.candidate.clone(),
             state: state.lifecycle,
             waiting_for: state.waiting_for(plan),
+            hold: None,
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             due_at: state.due_at(plan),
@@ -387,9 +393,9 @@ impl PlanPreview {
 pub const DEFAULT_COUNTS_WINDOW: DurationMs = DurationMs::from_minutes(5);
 
 /// `rollout.query.<ns>.rollout.counts`: the counters behind a rollout's health gates — the
-/// outcomes reported for its candidate and baseline over the guard's window (5 minutes
-/// without a guard) with the guard's verdict on them now, and for label stages each
-/// stage's fleet counts. Reply: [`RolloutCounts`].
+/// outcomes reported for this rollout's candidate and baseline over the guard's window (5
+/// minutes without a guard; never before its last resume) with the guard's verdict on them
+/// now, and for label stages each stage's fleet counts. Reply: [`RolloutCounts`].
 #[doc = shape_doc!("rollout_counts_query")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -417,7 +423,11 @@ pub struct RolloutCounts {
     /// How far back the outcomes reach, in milliseconds: the guard's window, else
     /// [`DEFAULT_COUNTS_WINDOW`].
     pub window_ms: u64,
-    /// Outcomes reported within the window, for each side.
+    /// The earliest time counted: the window's start, or the rollout's last resume when
+    /// that is later (outcomes are counted in whole 10 s buckets from there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_from: Option<Timestamp>,
+    /// Outcomes reported for this rollout within the window, for each side.
     pub outcomes: OutcomeCounts,
     /// What the rollout's guard says of these outcomes now; absent without a guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]

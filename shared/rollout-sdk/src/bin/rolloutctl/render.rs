@@ -222,6 +222,13 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    if let Some(hold) = &status.hold {
+        text.push_str(&format!(
+            "held by {}: {}\n",
+            wire_name(&hold.held_by),
+            hold.reason
+        ));
+    }
     text.push_str(&steps_table(&status.steps, status.current_step));
     text.push('\n');
     text
@@ -258,7 +265,12 @@ pub fn counts(counts: &RolloutCounts) -> String {
             Cell::new(rate).set_alignment(CellAlignment::Right),
         ]);
     }
-    text.push_str(&format!("outcomes over the last {window}\n{outcomes}\n"));
+    let since = counts
+        .counted_from
+        .map_or_else(String::new, |from| format!(" (from {})", short_time(from)));
+    text.push_str(&format!(
+        "outcomes of this rollout over the last {window}{since}\n{outcomes}\n"
+    ));
     let verdict = match &counts.guard {
         None => "no guard".to_owned(),
         Some(GuardVerdict::InsufficientData) => "too few samples to judge".to_owned(),
@@ -572,7 +584,10 @@ mod tests {
     fn counts_show_both_sides_the_verdict_and_every_stage() {
         let counts: RolloutCounts = documented("RolloutCounts");
         let text = super::counts(&counts);
-        assert!(text.contains("outcomes over the last 5m"), "{text}");
+        assert!(
+            text.contains("outcomes of this rollout over the last 5m (from 2026-12-01 09:25:00Z)"),
+            "{text}"
+        );
         let candidate = text
             .lines()
             .find(|line| line.contains("candidate"))
@@ -596,7 +611,11 @@ mod tests {
         let status: RolloutStatus = documented("RolloutStatus");
         let text = super::status(&status);
         assert!(
-            text.contains("state: running · waiting for: continue"),
+            text.contains("state: running · waiting for: guard"),
+            "{text}"
+        );
+        assert!(
+            text.contains("held by completion: 3 of 12 members completed (25.0%), 90% needed"),
             "{text}"
         );
         assert!(text.contains("canary"), "{text}");
@@ -608,7 +627,7 @@ mod tests {
             .find(|line| line.contains("canary"))
             .expect("canary row");
         assert!(canary_row.contains(CURRENT), "{canary_row}");
-        for count in ["12", "10", "40"] {
+        for count in ["12", "7", "40"] {
             assert!(text.contains(count), "{text}");
         }
     }
