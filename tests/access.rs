@@ -617,7 +617,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     assert_eq!(status.state, Lifecycle::Completed);
     let jetstream = async_nats::jetstream::new(operator.clone());
     let mut outcome = operator
-        .subscribe("rollout.outcome.stream-1")
+        .subscribe(format!("rollout.outcome.{NS}.stream-1"))
         .await
         .expect("outcomes");
     operator.flush().await.expect("flush");

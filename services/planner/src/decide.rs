@@ -626,9 +626,25 @@ fn rollout_delete(
         effects = Some((rollout.id.clone(), rollout.state.clone(), outcome.effects));
     }
     let Some((stored, record)) = stored_flag else {
-        return Err(WireError::internal(format!(
-            "rollout {rollout_id} belongs to missing flag {flag_key}"
-        )));
+        // a finished rollout of a deleted flag (a flag with an active rollout cannot be
+        // deleted): the record goes, the flag's tombstone stays deleted at a new version
+        if rollout.state.lifecycle.is_active() {
+            return Err(WireError::internal(format!(
+                "active rollout {rollout_id} belongs to missing flag {flag_key}"
+            )));
+        }
+        return Ok(Decision::Change(Box::new(Change {
+            flag_version: loaded.flag.as_ref().map_or(0, |stored| stored.version),
+            flag_key,
+            flag: None,
+            flag_created: false,
+            rollout: None,
+            deleted_rollout: Some(rollout.clone()),
+            noted: Vec::new(),
+            effects: None,
+            noted_after: vec![noted(EventKind::RolloutDeleted, Some(rollout_id))],
+            result,
+        })));
     };
     Ok(Decision::Change(Box::new(Change {
         flag_key,

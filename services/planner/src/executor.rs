@@ -49,10 +49,23 @@ impl Executor {
         command: &Command,
         traceparent: Option<String>,
     ) -> Result<serde_json::Value, WireError> {
+        self.execute_keyed(namespace, command, command.command_id(), traceparent)
+            .await
+    }
+
+    /// [`Executor::execute`] remembering the outcome under idempotency key `key` (the
+    /// command's id, or the stand-in of a queued command without one).
+    pub async fn execute_keyed(
+        &self,
+        namespace: &Namespace,
+        command: &Command,
+        key: Option<&str>,
+        traceparent: Option<String>,
+    ) -> Result<serde_json::Value, WireError> {
         command.validate()?;
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
-        let command_id = command.command_id().map(str::to_owned);
+        let command_id = key.map(str::to_owned);
         if let Some(id) = &command_id {
             if let Some(stored) = stored_outcome(&mut connection, &keys, id)
                 .await

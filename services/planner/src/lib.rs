@@ -69,6 +69,8 @@ pub struct PlannerSettings {
     /// How long the command stream waits for an acknowledgement before redelivering.
     #[serde(with = "duration")]
     pub stream_ack_wait: Duration,
+    /// Replicas of the command stream in a NATS cluster (1, 3 or 5; 3 in the deploy files).
+    pub stream_replicas: usize,
     /// How long in-flight work may take to finish at shutdown.
     #[serde(with = "duration")]
     pub drain_grace: Duration,
@@ -86,6 +88,7 @@ impl Default for PlannerSettings {
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(2),
             stream_ack_wait: Duration::from_secs(30),
+            stream_replicas: 1,
             drain_grace: Duration::from_secs(10),
             stale_agent_after: Duration::from_secs(60),
         }
@@ -109,6 +112,12 @@ impl Validate for PlannerConfig {
             return Err(ConfigError::new(
                 "planner.min_phase_interval",
                 "must be at most 7d",
+            ));
+        }
+        if ![1, 3, 5].contains(&settings.stream_replicas) {
+            return Err(ConfigError::new(
+                "planner.stream_replicas",
+                "must be 1, 3 or 5",
             ));
         }
         if settings.relay_interval.is_zero() {
@@ -183,9 +192,14 @@ impl Planner {
             .map_err(|error| nats_error(error.into()))?;
         let stream = if settings.jetstream {
             Some(
-                server::ensure_command_stream(&nats, &subjects, settings.stream_ack_wait)
-                    .await
-                    .map_err(nats_error)?,
+                server::ensure_command_stream(
+                    &nats,
+                    &subjects,
+                    settings.stream_ack_wait,
+                    settings.stream_replicas,
+                )
+                .await
+                .map_err(nats_error)?,
             )
         } else {
             None

@@ -117,21 +117,41 @@ impl Handler {
     }
 
     /// Handles one message of the durable command stream: executes it exactly once by its
-    /// command id (the stream sequence stands in as `js-<sequence>` when the command has
-    /// none), publishes the outcome on `rollout.outcome.<command_id>`, then acknowledges. A
-    /// message that is not a command at all is answered too, with its error, on the outcome
-    /// subject of the id that can still be read from it, else of `js-<sequence>` (the
-    /// sequence its publisher got in the stream's acknowledgement). A transient failure
-    /// (Redis unreachable) is not acknowledged, so the stream redelivers it.
+    /// command id, publishes the outcome on `rollout.outcome.<ns>.<command_id>`, then
+    /// acknowledges.
+    ///
+    /// A command without an id is answered on `rollout.outcome.<ns>.js-<sequence>` (the
+    /// sequence its publisher got in the stream's acknowledgement) and remembered under
+    /// `js-<sequence>-<publish time>`, a key no client id can take (clients may not use the
+    /// `js-` prefix) and no recreated stream repeats. A message that is not a command at all
+    /// is answered too, with its error, on the outcome subject of the id that can still be
+    /// read from it, else of its stand-in.
+    ///
+    /// Failures are bounded (SPEC §11.1): Redis unreachable is retried in place — keeping
+    /// the message in progress so the stream holds back the commands after it, which keeps
+    /// their order — and only after [`UNAVAILABLE_RETRY`] handed back to the stream; an
+    /// internal error is tried [`INTERNAL_ATTEMPTS`] times, then answered and acknowledged,
+    /// never redelivered forever.
     pub async fn handle_queued(&self, message: jetstream::Message) {
         let encoding = encoding_of(message.headers.as_ref());
-        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        let (sequence, published_nanos) = message
+            .info()
+            .map(|info| (info.stream_sequence, info.published.unix_timestamp_nanos()))
+            .unwrap_or((0, 0));
         let span = tracing::info_span!("planner.queued_command", subject = %message.subject, sequence, code = tracing::field::Empty);
         set_remote_parent(&span, message.headers.as_ref());
-        let stand_in = format!("js-{sequence}");
+        let stand_in = format!("{STAND_IN_PREFIX}{sequence}");
+        let stand_in_key = format!("{stand_in}-{published_nanos}");
+        let Some(namespace) = self.subjects.queued_namespace(&message.subject) else {
+            tracing::warn!(subject = %message.subject, "queued message outside any namespace; acknowledged, nobody can be answered");
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "ack failed");
+            }
+            return;
+        };
         let answer_to = |salvaged: Option<String>| {
             salvaged
-                .filter(|id| self.subjects.outcome(id).is_ok())
+                .filter(|id| self.subjects.outcome(&namespace, id).is_ok())
                 .unwrap_or_else(|| stand_in.clone())
         };
         let (command_id, result) = async {
@@ -148,36 +168,50 @@ impl Handler {
                     .map(|command| (namespace, command))
                     .map_err(WireError::from)
             });
-            let (namespace, mut command) = match decoded {
+            let (namespace, command) = match decoded {
                 Ok(decoded) => decoded,
                 Err(error) => {
                     let salvaged = Command::salvage_command_id(&message.payload, encoding);
                     return (answer_to(salvaged), Err(error));
                 }
             };
-            let command_id = match command.command_id() {
-                Some(id) => id.to_owned(),
-                None => {
-                    command.set_command_id(stand_in.clone());
-                    stand_in.clone()
-                }
+            let (command_id, key) = match command.command_id() {
+                Some(id) => (id.to_owned(), id.to_owned()),
+                None => (stand_in.clone(), stand_in_key.clone()),
             };
-            let result = self
-                .executor
-                .execute(
-                    &namespace,
-                    &command,
-                    command_traceparent(message.headers.as_ref()),
-                )
-                .await;
+            let traceparent = command_traceparent(message.headers.as_ref());
+            let started = tokio::time::Instant::now();
+            let mut attempt: u32 = 0;
+            let result = loop {
+                attempt += 1;
+                let result = self
+                    .executor
+                    .execute_keyed(&namespace, &command, Some(&key), traceparent.clone())
+                    .await;
+                let retry = match &result {
+                    Err(error) if error.code == ErrorCode::Unavailable => {
+                        started.elapsed() < UNAVAILABLE_RETRY
+                    }
+                    Err(error) if error.code == ErrorCode::Internal => attempt < INTERNAL_ATTEMPTS,
+                    _ => false,
+                };
+                if !retry {
+                    break result;
+                }
+                tracing::warn!(error = ?result.as_ref().err(), sequence, attempt, "queued command failed; retrying in place");
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(%error, "in-progress ack failed");
+                }
+                tokio::time::sleep(retry_delay(attempt)).await;
+            };
             (command_id, result)
         }
         .instrument(span.clone())
         .await;
         if let Err(error) = &result {
             span.record("code", error.code.as_str());
-            if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Internal) {
-                tracing::warn!(%error, sequence, "queued command failed transiently; it will be redelivered");
+            if error.code == ErrorCode::Unavailable {
+                tracing::warn!(%error, sequence, "queued command still failing; handed back to the stream for redelivery");
                 if let Err(nak_error) = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await
@@ -190,7 +224,7 @@ impl Handler {
         // an id that cannot be a subject token (validation refused the command) is answered
         // on the stand-in, like a command without one
         let command_id = answer_to(Some(command_id));
-        match self.subjects.outcome(&command_id) {
+        match self.subjects.outcome(&namespace, &command_id) {
             Ok(subject) => {
                 let payload = encode_reply(&result, encoding);
                 if let Err(error) = self
@@ -230,11 +264,30 @@ pub async fn serve_requests(
         .await;
 }
 
-/// Creates the stream `ROLLOUT_CMDS` and its durable consumer if missing.
+/// Client command ids may not start with this: it marks the stand-ins of commands queued
+/// without one.
+pub const STAND_IN_PREFIX: &str = rollout_wire::checks::STAND_IN_COMMAND_ID_PREFIX;
+/// How long a queued command whose Redis is unreachable is retried in place before it is
+/// handed back to the stream.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(10);
+/// How often a queued command that fails with an internal error is tried before that
+/// error is its answer.
+const INTERNAL_ATTEMPTS: u32 = 3;
+
+/// Backoff before retry `attempt` (1-based): 50 ms doubling up to 1 s.
+fn retry_delay(attempt: u32) -> Duration {
+    (Duration::from_millis(50) * 2_u32.pow(attempt.min(5))).min(Duration::from_secs(1))
+}
+
+/// Creates the stream `ROLLOUT_CMDS` (with `replicas` replicas) and its durable consumer if
+/// missing, and brings an existing consumer to the ordering rule: one command in flight at a
+/// time across every planner replica (`max_ack_pending = 1`), so commands apply in the
+/// order the stream accepted them (SPEC §11.1). Request-reply commands are not affected.
 pub async fn ensure_command_stream(
     nats: &async_nats::Client,
     subjects: &Subjects,
     ack_wait: Duration,
+    replicas: usize,
 ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
     let context = jetstream::new(nats.clone());
     let stream = context
@@ -243,20 +296,23 @@ pub async fn ensure_command_stream(
             subjects: vec![subjects.cmdq_all()],
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            COMMAND_CONSUMER,
-            pull::Config {
-                durable_name: Some(COMMAND_CONSUMER.to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some(COMMAND_CONSUMER.to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 1,
+        ..Default::default()
+    };
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(COMMAND_CONSUMER, config.clone())
         .await?;
+    if consumer.info().await?.config.max_ack_pending != 1 {
+        consumer = stream.update_consumer(config).await?;
+    }
     Ok(consumer)
 }
 

@@ -16,7 +16,7 @@ async fn a_planner_killed_after_commit_loses_nothing_and_doubles_nothing() {
     let mut cluster = Cluster::start(0).await;
     let mut outcomes = cluster
         .client
-        .subscribe("rollout.outcome.crash-1")
+        .subscribe("rollout.outcome.test.crash-1")
         .await
         .expect("subscribe");
     let mut events = cluster

@@ -45,8 +45,12 @@ pub(crate) fn bounded_text(
     }
 }
 
-/// Checks the `command_id` (a subject token: it names `rollout.outcome.<command_id>`) and
-/// the `actor` every command carries.
+/// Command ids a client may not use: the planner answers commands queued without an id
+/// under `js-<stream sequence>`.
+pub const STAND_IN_COMMAND_ID_PREFIX: &str = "js-";
+
+/// Checks the `command_id` (a subject token: it names `rollout.outcome.<ns>.<command_id>`;
+/// not starting with [`STAND_IN_COMMAND_ID_PREFIX`]) and the `actor` every command carries.
 pub(crate) fn command_meta(
     errors: &mut ValidationErrors,
     command_id: Option<&str>,
@@ -54,6 +58,12 @@ pub(crate) fn command_meta(
 ) {
     if let Some(command_id) = command_id {
         token(errors, "command_id", command_id);
+        if command_id.starts_with(STAND_IN_COMMAND_ID_PREFIX) {
+            errors.push(
+                "command_id",
+                format!("must not start with {STAND_IN_COMMAND_ID_PREFIX:?} (reserved for commands queued without an id)"),
+            );
+        }
     }
     if let Some(actor) = actor {
         bounded_text(errors, "actor", actor, MAX_ID_BYTES);

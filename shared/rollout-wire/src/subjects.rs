@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `rollout.cmd.<ns>.<verb>` | [`Subjects::cmd`], wildcard [`Subjects::cmd_all`] |
 //! | `rollout.cmdq.<ns>.<verb>` (stream [`COMMAND_STREAM`]) | [`Subjects::cmdq`], filter [`Subjects::cmdq_all`] |
-//! | `rollout.outcome.<command_id>` | [`Subjects::outcome`] |
+//! | `rollout.outcome.<ns>.<command_id>` | [`Subjects::outcome`] |
 //! | `rollout.query.<ns>.<what>` | [`Subjects::query`] |
 //! | `rollout.eval.<ns>` | [`Subjects::eval`] |
 //! | `rollout.fleet.<ns>.<verb>` | [`Subjects::fleet`] |
@@ -325,6 +325,8 @@ pub enum Route {
     },
     /// `rollout.outcome.<command_id>`.
     Outcome {
+        /// Namespace of the command.
+        namespace: Namespace,
         /// The command's idempotency key.
         command_id: String,
     },
@@ -341,7 +343,7 @@ impl Route {
             | Route::Fleet { namespace, .. }
             | Route::Events { namespace, .. }
             | Route::Metrics { namespace } => Some(namespace),
-            Route::Outcome { .. } => None,
+            Route::Outcome { namespace, .. } => Some(namespace),
         }
     }
 }
@@ -400,20 +402,32 @@ impl Subjects {
         format!("{}.cmdq.{namespace}.{verb}", self.prefix)
     }
 
+    /// The namespace of a `rollout.cmdq.<ns>.…` subject, even when the rest of it names no
+    /// verb (so a bad queued message can still be answered in its namespace).
+    pub fn queued_namespace(&self, subject: &str) -> Option<Namespace> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".cmdq.")?;
+        let token = rest.split('.').next()?;
+        Namespace::new(token).ok()
+    }
+
     /// `rollout.cmdq.>`: the subject filter of [`COMMAND_STREAM`].
     pub fn cmdq_all(&self) -> String {
         format!("{}.cmdq.>", self.prefix)
     }
 
-    /// `rollout.outcome.<command_id>`: where the outcome of a durable command is published.
-    pub fn outcome(&self, command_id: &str) -> Result<String, SubjectError> {
+    /// `rollout.outcome.<ns>.<command_id>`: where the outcome of a durable command is
+    /// published (under its namespace, so a namespace's users can be allowed its outcomes
+    /// only).
+    pub fn outcome(&self, namespace: &Namespace, command_id: &str) -> Result<String, SubjectError> {
         check_subject_token(command_id, "command id")?;
-        Ok(format!("{}.outcome.{command_id}", self.prefix))
+        Ok(format!("{}.outcome.{namespace}.{command_id}", self.prefix))
     }
 
-    /// `rollout.outcome.*`: every durable command outcome.
+    /// `rollout.outcome.>`: every durable command outcome.
     pub fn outcome_all(&self) -> String {
-        format!("{}.outcome.*", self.prefix)
+        format!("{}.outcome.>", self.prefix)
     }
 
     /// `rollout.query.<ns>.<what>`, e.g. `rollout.query.prod.rollout.status`.
@@ -486,9 +500,13 @@ impl Subjects {
             })?;
         let (family, after_family) = rest.split_once('.').unwrap_or((rest, ""));
         if family == "outcome" {
-            check_subject_token(after_family, "command id")?;
+            let (namespace_token, command_id) =
+                after_family.split_once('.').unwrap_or((after_family, ""));
+            let namespace = Namespace::new(namespace_token)?;
+            check_subject_token(command_id, "command id")?;
             return Ok(Route::Outcome {
-                command_id: after_family.to_owned(),
+                namespace,
+                command_id: command_id.to_owned(),
             });
         }
         let (namespace_token, tail) = after_family.split_once('.').unwrap_or((after_family, ""));
@@ -576,8 +594,8 @@ mod tests {
         assert_eq!(subjects.cmdq_all(), "rollout.cmdq.>");
         assert_eq!(COMMAND_STREAM, "ROLLOUT_CMDS");
         assert_eq!(
-            subjects.outcome("c-1").expect("token"),
-            "rollout.outcome.c-1"
+            subjects.outcome(&ns, "c-1").expect("token"),
+            "rollout.outcome.prod.c-1"
         );
         assert_eq!(
             subjects.query(&ns, QueryKind::RolloutStatus),
@@ -678,15 +696,16 @@ mod tests {
                 flag: "new-checkout".into()
             }
         );
-        let outcome = subjects.outcome("c-42").expect("token");
+        let outcome = subjects.outcome(&ns, "c-42").expect("token");
         let route = subjects.parse(&outcome).expect("outcome");
         assert_eq!(
             route,
             Route::Outcome {
+                namespace: ns.clone(),
                 command_id: "c-42".into()
             }
         );
-        assert_eq!(route.namespace(), None);
+        assert_eq!(route.namespace(), Some(&ns));
     }
 
     #[test]
@@ -729,8 +748,9 @@ mod tests {
             ),
             ("rollout.eval.", SubjectErrorKind::InvalidNamespace),
             ("rollout.events.prod.a.b", SubjectErrorKind::InvalidToken),
-            ("rollout.outcome.", SubjectErrorKind::InvalidToken),
-            ("rollout.outcome.a.b", SubjectErrorKind::InvalidToken),
+            ("rollout.outcome.", SubjectErrorKind::InvalidNamespace),
+            ("rollout.outcome.prod.", SubjectErrorKind::InvalidToken),
+            ("rollout.outcome.prod.a.b", SubjectErrorKind::InvalidToken),
             ("rollout.nonsense.prod", SubjectErrorKind::UnknownFamily),
             ("other.cmd.prod.flag.create", SubjectErrorKind::WrongPrefix),
             (
@@ -772,7 +792,7 @@ mod tests {
             SubjectErrorKind::InvalidToken
         );
         assert_eq!(
-            subjects.outcome("c 1").expect_err("space").kind(),
+            subjects.outcome(&ns, "c 1").expect_err("space").kind(),
             SubjectErrorKind::InvalidToken
         );
     }
