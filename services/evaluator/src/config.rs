@@ -96,6 +96,10 @@ pub struct EvaluatorSettings {
     /// liveness well within it
     #[serde(with = "rollout_runtime::config::duration")]
     pub stale_agent_after: Duration,
+    /// An agent silent this long is forgotten (its record expires; it stops counting as a
+    /// stage member), so machines that left do not grow Redis forever.
+    #[serde(with = "rollout_runtime::config::duration")]
+    pub agent_expire_after: Duration,
     /// How long an agent's labels read from Redis are reused for `desired` (0: always read)
     #[serde(with = "rollout_runtime::config::duration")]
     pub agent_cache_ttl: Duration,
@@ -117,6 +121,7 @@ impl Default for EvaluatorSettings {
             outcome_flush_interval: Duration::from_millis(250),
             outcome_batch_max: 10_000,
             stale_agent_after: Duration::from_secs(60),
+            agent_expire_after: Duration::from_secs(7 * 24 * 3600),
             agent_cache_ttl: Duration::from_secs(2),
             eval_workers: 2,
             concurrency: 64,
@@ -160,6 +165,12 @@ impl Validate for EvaluatorSettings {
             10_000_000,
         )?;
         positive("evaluator.stale_agent_after", self.stale_agent_after)?;
+        if self.agent_expire_after <= self.stale_agent_after {
+            return Err(ConfigError::new(
+                "evaluator.agent_expire_after",
+                "must be longer than evaluator.stale_agent_after",
+            ));
+        }
         in_range("evaluator.eval_workers", self.eval_workers, 1, 256)?;
         in_range("evaluator.concurrency", self.concurrency, 1, 100_000)?;
         positive("evaluator.shutdown_grace", self.shutdown_grace)

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rollout_core::plan::{stage_of, Audience};
-use rollout_core::{Entity, Labels, ViewAudience};
+use rollout_core::{DurationMs, Entity, Labels, ViewAudience};
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::StoreError;
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
@@ -247,7 +247,7 @@ async fn register(
         attributes: register.attributes.clone(),
         last_seen: now,
     };
-    fleet::register_agent(&mut connection, keys, &agent)
+    fleet::register_agent(&mut connection, keys, &agent, agent_expiry(shared))
         .await
         .map_err(|error| error.to_wire())?;
     shared.agents.remember(
@@ -274,9 +274,15 @@ async fn heartbeat(
     let now = rollout_store::redis_time(&mut connection)
         .await
         .map_err(|error| error.to_wire())?;
-    let known = fleet::heartbeat(&mut connection, keys, &beat.agent_id, now)
-        .await
-        .map_err(|error| error.to_wire())?;
+    let known = fleet::heartbeat(
+        &mut connection,
+        keys,
+        &beat.agent_id,
+        now,
+        agent_expiry(shared),
+    )
+    .await
+    .map_err(|error| error.to_wire())?;
     if !known {
         return Err(WireError::not_found(format!(
             "agent {} is not registered; register it again",
@@ -287,6 +293,13 @@ async fn heartbeat(
     Ok(FleetReply::Ack(AgentAck {
         agent_id: beat.agent_id,
     }))
+}
+
+/// How long a silent agent is remembered.
+fn agent_expiry(shared: &Shared) -> DurationMs {
+    DurationMs::from_millis(
+        i64::try_from(shared.settings.agent_expire_after.as_millis()).unwrap_or(i64::MAX),
+    )
 }
 
 /// Refreshes the agent's heartbeat when this replica has not done so lately.
@@ -300,7 +313,9 @@ async fn refresh_liveness(shared: &Shared, namespace: &Namespace, keys: &Keys, a
     }
     let mut connection = shared.redis.clone();
     let refreshed = match rollout_store::redis_time(&mut connection).await {
-        Ok(now) => fleet::heartbeat(&mut connection, keys, agent_id, now).await,
+        Ok(now) => {
+            fleet::heartbeat(&mut connection, keys, agent_id, now, agent_expiry(shared)).await
+        }
         Err(error) => Err(error),
     };
     if let Err(error) = refreshed {

@@ -67,9 +67,14 @@ async fn register(
         attributes: Default::default(),
         last_seen,
     };
-    register_agent(connection, &keys(), &agent)
-        .await
-        .expect("register");
+    register_agent(
+        connection,
+        &keys(),
+        &agent,
+        rollout_store::fleet::DEFAULT_AGENT_EXPIRY,
+    )
+    .await
+    .expect("register");
 }
 
 /// Agent `id` reports the candidate `on` applied for `rollout_id`.

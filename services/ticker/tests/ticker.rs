@@ -604,7 +604,7 @@ async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Times
             attributes: rollout_core::Attributes::new(),
             last_seen: seen,
         };
-        fleet::register_agent(&mut connection, &keys, &agent)
+        fleet::register_agent(&mut connection, &keys, &agent, fleet::DEFAULT_AGENT_EXPIRY)
             .await
             .expect("register");
     }

@@ -62,12 +62,17 @@ impl Report {
     }
 }
 
+/// How long a silent agent is remembered unless configured otherwise: a week.
+pub const DEFAULT_AGENT_EXPIRY: DurationMs = DurationMs::from_minutes(7 * 24 * 60);
+
 /// Registers (or re-registers, with new labels and attributes) an agent, seen at its
-/// `last_seen`.
+/// `last_seen`. Its record expires after `expire_after` without a heartbeat, and agents
+/// silent that long leave the agent index (see [`forget_expired`]).
 pub async fn register_agent<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
     agent: &Agent,
+    expire_after: DurationMs,
 ) -> Result<(), StoreError> {
     let labels = serde_json::to_string(&agent.labels)
         .map_err(|error| StoreError::Corrupt(error.to_string()))?;
@@ -89,17 +94,39 @@ pub async fn register_agent<C: ConnectionLike + Send>(
             agent.last_seen.as_millis(),
         )
         .zadd(keys.agents(), &agent.id, agent.last_seen.as_millis())
+        .pexpire(keys.agent(&agent.id), expire_after.as_millis())
+        .ignore()
         .query_async::<()>(connection)
+        .await?;
+    forget_expired(connection, keys, agent.last_seen, expire_after).await
+}
+
+/// Removes agents silent for `expire_after` or longer from the agent index (their records
+/// expire by themselves).
+pub async fn forget_expired<C: ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+    now: Timestamp,
+    expire_after: DurationMs,
+) -> Result<(), StoreError> {
+    let cutoff = now.as_millis() - expire_after.as_millis();
+    let _: i64 = redis::cmd("ZREMRANGEBYSCORE")
+        .arg(keys.agents())
+        .arg("-inf")
+        .arg(format!("({cutoff}"))
+        .query_async(connection)
         .await?;
     Ok(())
 }
 
-/// Records a heartbeat; `false` when the agent never registered.
+/// Records a heartbeat, renewing the record's expiry; `false` when the agent never
+/// registered (or expired).
 pub async fn heartbeat<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
     agent_id: &str,
     now: Timestamp,
+    expire_after: DurationMs,
 ) -> Result<bool, StoreError> {
     let known: bool = redis::cmd("EXISTS")
         .arg(keys.agent(agent_id))
@@ -112,6 +139,8 @@ pub async fn heartbeat<C: ConnectionLike + Send>(
         .atomic()
         .hset(keys.agent(agent_id), "last_seen", now.as_millis())
         .zadd(keys.agents(), agent_id, now.as_millis())
+        .pexpire(keys.agent(agent_id), expire_after.as_millis())
+        .ignore()
         .query_async::<()>(connection)
         .await?;
     Ok(true)
