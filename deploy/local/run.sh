@@ -46,7 +46,8 @@ NATS_SERVER="$ROOT/.tools/bin/nats-server"
 
 say "building planner, ticker, evaluator, rolloutctl, loadtest ($PROFILE profile)"
 cargo build --profile "$PROFILE" -q -p planner -p ticker -p evaluator -p rollout-sdk -p loadtest
-if [ "$PROFILE" = dev ]; then BIN="$ROOT/target/debug"; else BIN="$ROOT/target/release"; fi
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ "$PROFILE" = dev ]; then BIN="$TARGET/debug"; else BIN="$TARGET/release"; fi
 
 PIDS=()
 STOPPING=0
