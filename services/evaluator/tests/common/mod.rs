@@ -190,15 +190,8 @@ impl Store {
 
     /// Publishes a raw event to every NATS server, as a misbehaving publisher would.
     pub async fn publish_raw(&self, event: &ChangeEvent) {
-        let subject = Subjects::default()
-            .events(&namespace(&event.namespace), &event.flag)
-            .expect("subject");
-        let payload = codec::encode(event, Encoding::MessagePack).expect("encodes");
-        self.nats
-            .publish(subject, payload.into())
-            .await
-            .expect("publish");
-        self.nats.flush().await.expect("flush");
+        self.publish_raw_unflushed(event).await;
+        self.flush().await;
     }
 
     /// Publishes a raw event without flushing (for bursts; see [`Store::flush`]).
