@@ -105,11 +105,11 @@ impl ConnectError {
 /// server cannot be reached.
 ///
 /// Applies the connection name (`settings.name`, else `client_name`),
-/// user/password, token or credentials file, and TLS (trusted CAs, client
-/// certificate, `tls_required`). Once connected, the client reconnects
-/// without limit, backing off up to 2 s between attempts, and logs
-/// disconnections and reconnections. Authentication and TLS failures are
-/// returned at once, without retrying.
+/// user/password, token or credentials file, TLS (trusted CAs, client
+/// certificate, `tls_required`) and the inbox prefix replies come back
+/// under. Once connected, the client reconnects without limit, backing off
+/// up to 2 s between attempts, and logs disconnections and reconnections.
+/// Authentication and TLS failures are returned at once, without retrying.
 pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
@@ -287,6 +287,9 @@ async fn nats_options(
     }
     if settings.tls_required {
         options = options.require_tls(true);
+    }
+    if let Some(prefix) = &settings.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     Ok(options)
 }
