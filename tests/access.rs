@@ -856,9 +856,22 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
             &env,
         ));
     }
+    // OFREP as deployed: tokens required, the example tokens of deploy/.env.example
+    let ofrep_tokens = env_example()["ROLLOUT_OFREP_TOKENS"].clone();
+    let token_of = |namespace: &str| {
+        ofrep_tokens
+            .split(',')
+            .find_map(|entry| entry.strip_prefix(&format!("{namespace}:")))
+            .unwrap_or_else(|| panic!("an example ofrep token for {namespace}"))
+            .to_owned()
+    };
+    let http_port = rollout_testkit::free_port().expect("free port");
+    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     let mut env = service_env("evaluator");
-    env.insert("ROLLOUT_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned());
+    env.insert("ROLLOUT_HTTP__LISTEN".to_owned(), http_addr.to_string());
     env.insert("ROLLOUT_HTTP__NAMESPACE".to_owned(), NS.to_owned());
+    env.insert("ROLLOUT_HTTP__REQUIRE_TOKEN".to_owned(), "true".to_owned());
+    env.insert("ROLLOUT_HTTP__TOKENS".to_owned(), ofrep_tokens.clone());
     let mut evaluator = ServiceProcess::spawn(Service::Evaluator, "evaluator", dir.path(), &env);
 
     // the operator creates a flag and a phased rollout and watches it
@@ -933,6 +946,45 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     )
     .await;
     assert_eq!(everyone_on, 50);
+    // and OFREP with the prod token serves it; without a token, or reaching into prod
+    // with the dev token, nothing is served
+    let ofrep = |authorization: Option<String>| async move {
+        let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+        headers.extend(authorization.map(|value| ("Authorization".to_owned(), value)));
+        headers.push(("X-Rollout-Namespace".to_owned(), NS.to_owned()));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        support::http::request(
+            http_addr,
+            "POST",
+            "/ofrep/v1/evaluate/flags/guarded",
+            &headers,
+            br#"{"context": {"targetingKey": "user-1"}}"#,
+            Duration::from_secs(2),
+        )
+        .await
+        .map(|response| (response.status, response.json()))
+    };
+    let (status, body) = ofrep(Some(format!("Bearer {}", token_of(NS))))
+        .await
+        .expect("ofrep answers");
+    assert_eq!((status, &body["variant"]), (200, &json!("on")), "{body}");
+    let (status, body) = ofrep(None).await.expect("ofrep answers");
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (401, &json!("GENERAL")),
+        "{body}"
+    );
+    let (status, body) = ofrep(Some(format!("Bearer {}", token_of("dev"))))
+        .await
+        .expect("ofrep answers");
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (403, &json!("GENERAL")),
+        "{body}"
+    );
     eval.report_success("guarded", &rollout_sdk::Entity::with_id("user-1"), "on")
         .await
         .expect("sdk users report outcomes");

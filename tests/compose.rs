@@ -7,8 +7,9 @@
 //! compose file reads), every NATS user a service logs in as (present in `accounts.conf`,
 //! with the password variable the service is given, receiving replies under its own
 //! inbox prefix and no other), every Redis ACL user a service or the health check logs in
-//! as (present in `users.acl`, whose hash is that of the example password), every `$VAR`
-//! of `accounts.conf` given to the NATS containers, the Dockerfile's `-p` packages, and `nats-server -t` accepting each node's
+//! as (present in `users.acl`, whose hash is that of the example password), OFREP tokens
+//! required on every evaluator, every `$VAR` of `accounts.conf` given to the NATS
+//! containers, the Dockerfile's `-p` packages, and `nats-server -t` accepting each node's
 //! configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -430,6 +431,9 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
             }
             "evaluator" => {
                 let config = check_config::<evaluator::EvaluatorConfig>(&file, &env);
+                // as deployed, OFREP needs a token bound to a namespace
+                assert!(config.http.require_token, "{name}: http.require_token");
+                assert!(config.http.tokens.iter().next().is_some(), "{name}: tokens");
                 (config.nats, config.redis)
             }
             other => panic!("{name}: no config type known for {other}"),
