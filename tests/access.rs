@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use planner::PlannerConfig;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use redis::aio::ConnectionManager;
 use rollout_core::Lifecycle;
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::connect::{connect_nats, connect_redis, ConnectErrorKind};
+use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient, Namespace, RequestOptions};
 use rollout_store::{
     load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit, Relay,
@@ -33,7 +35,7 @@ use rollout_wire::subjects::Subjects;
 use serde_json::{json, Value};
 use support::cluster::{
     boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
-    redis_settings, start_evaluator, Login,
+    redis_settings, report_candidate, start_evaluator, Login,
 };
 use support::procs::{Service, ServiceProcess};
 use support::{eventually, NS, PATIENCE};
@@ -321,18 +323,95 @@ async fn flag_commit(
     mutation.into_commit(None).expect("the commit builds")
 }
 
+/// Commits a new version of existing flag `key` of `prod`; what it wrote, and its outbox
+/// entries.
+async fn commit_flag_update(
+    connection: &mut ConnectionManager,
+    keys: &Keys,
+    key: &str,
+) -> (PreparedCommit, Vec<String>) {
+    let version = load_flag(connection, keys, key)
+        .await
+        .expect("the flag loads")
+        .version;
+    let update = flag_commit(connection, keys, key, version).await;
+    match update
+        .commit
+        .execute(connection)
+        .await
+        .expect("commit runs")
+    {
+        CommitOutcome::Committed { outbox_ids, .. } => (update, outbox_ids),
+        refused => panic!("the update was refused: {refused:?}"),
+    }
+}
+
+/// The shipped users on private servers — NATS with accounts.conf, Redis with users.acl —
+/// and the services started in process on them, each logged in as itself (its NATS user
+/// and inbox prefix, its Redis ACL user).
+struct Restricted {
+    nats: NatsServer,
+    redis: RedisServer,
+    shutdown: Shutdown,
+    planner: Option<planner::Planner>,
+    evaluator: Option<Arc<evaluator::EvaluatorHandle>>,
+}
+
+impl Restricted {
+    /// The servers, a planner (its configuration adjusted by `configure`) and, if asked,
+    /// an evaluator that is ready.
+    async fn start(configure: impl FnOnce(&mut PlannerConfig), evaluator: bool) -> Restricted {
+        rollout_runtime::telemetry::init_for_tests();
+        let nats = restricted_nats("");
+        let redis = restricted_redis();
+        let shutdown = Shutdown::new();
+        let mut config =
+            planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner"));
+        configure(&mut config);
+        let planner = planner::Planner::start(config, shutdown.clone())
+            .await
+            .expect("the planner logs in as planner");
+        let evaluator = if evaluator {
+            Some(
+                start_evaluator(evaluator_config(
+                    nats_as(&nats.url(), "evaluator"),
+                    redis_as(&redis, "evaluator"),
+                ))
+                .await,
+            )
+        } else {
+            None
+        };
+        Restricted {
+            nats,
+            redis,
+            shutdown,
+            planner: Some(planner),
+            evaluator,
+        }
+    }
+
+    fn evaluator(&self) -> &evaluator::EvaluatorHandle {
+        self.evaluator
+            .as_deref()
+            .expect("started with an evaluator")
+    }
+
+    async fn stop(mut self) {
+        if let Some(evaluator) = &self.evaluator {
+            evaluator.shutdown();
+        }
+        self.shutdown.trigger();
+        if let Some(planner) = self.planner.take() {
+            planner.wait().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let planner = planner::Planner::start(
-        planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner")),
-        shutdown.clone(),
-    )
-    .await
-    .expect("the planner logs in as planner");
+    let system = Restricted::start(|_| {}, false).await;
+    let (nats, redis) = (&system.nats, &system.redis);
 
     let (sdk, sdk_errors) = connect_as(&nats.url(), "sdk-prod").await;
     let refused = commands_as(sdk.clone())
@@ -378,7 +457,7 @@ async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
         "the sdk user saw a command"
     );
 
-    let keys = redis_keys(&redis).await;
+    let keys = redis_keys(redis).await;
     assert!(
         keys.iter().any(|key| key.ends_with(":flag:allowed")),
         "{keys:?}"
@@ -401,13 +480,12 @@ async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
             .any(|error| error.contains("Permissions Violation for Publish to \"rollout.cmd.")),
         "the server told the sdk user why: {seen:?}"
     );
-    let logged = violations(&nats);
+    let logged = violations(nats);
     assert!(
         logged.iter().all(|line| line.contains("sdk-prod")),
         "only the sdk user was refused: {logged:?}"
     );
-    shutdown.trigger();
-    planner.wait().await;
+    system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,19 +891,10 @@ async fn services_speak_tls_with_client_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_system_works_under_the_shipped_restrictions() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let dir = tempfile::tempdir().expect("tempdir");
-
     // the planner in process, credentials in its settings
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let planner = planner::Planner::start(
-        planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner")),
-        shutdown.clone(),
-    )
-    .await
-    .expect("planner starts as planner");
+    let system = Restricted::start(|_| {}, false).await;
+    let (nats, redis) = (&system.nats, &system.redis);
+    let dir = tempfile::tempdir().expect("tempdir");
     // tickers and an evaluator as processes, credentials from the environment as the
     // compose file gives them: each its own NATS user and inbox, its own Redis user
     let service_env = |user: &str| {
@@ -835,7 +904,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
             ("ROLLOUT_NATS__USER".to_owned(), user.to_owned()),
             ("ROLLOUT_NATS__PASSWORD".to_owned(), password(user)),
             ("ROLLOUT_NATS__INBOX_PREFIX".to_owned(), inbox_prefix(user)),
-            ("ROLLOUT_REDIS__URL".to_owned(), plain_url(&redis)),
+            ("ROLLOUT_REDIS__URL".to_owned(), plain_url(redis)),
             ("ROLLOUT_REDIS__USER".to_owned(), user.to_owned()),
             ("ROLLOUT_REDIS__PASSWORD".to_owned(), redis_password),
             ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
@@ -1055,7 +1124,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     assert_eq!(result["version"], 1);
 
     // nothing any service or user did was refused, except the SDK user's reach into dev
-    let refusals: Vec<String> = violations(&nats)
+    let refusals: Vec<String> = violations(nats)
         .into_iter()
         .filter(|line| !line.contains("rollout.eval.dev"))
         .collect();
@@ -1073,18 +1142,17 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     // (a request to their own echo subscription, under their inbox prefix) went through
     let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
     eventually("the outbox to drain", PATIENCE, || async {
-        (admin(&redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
+        (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
     })
     .await;
     // and Redis refused no service anything
-    assert_eq!(acl_denials(&redis), Vec::<String>::new());
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
     for ticker in &tickers {
         assert_eq!(ticker.count("NOPERM"), 0, "{}", ticker.tail(20));
     }
     assert!(evaluator.is_running(), "{}", evaluator.tail(20));
     assert_eq!(evaluator.count("NOPERM"), 0, "{}", evaluator.tail(20));
-    shutdown.trigger();
-    planner.wait().await;
+    system.stop().await;
 }
 
 /// Sends a request on `subject` as `client` and waits for its reply (or says why not).
@@ -1115,21 +1183,13 @@ fn decode(message: &async_nats::Message) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let mut config = planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner"));
-    // its outbox sweep leaves alone what this test leaves in the outbox on purpose
-    config.planner.relay_grace = Duration::from_secs(600);
-    let planner = planner::Planner::start(config, shutdown.clone())
-        .await
-        .expect("the planner starts with its inbox prefix");
-    let evaluator = start_evaluator(evaluator_config(
-        nats_as(&nats.url(), "evaluator"),
-        redis_as(&redis, "evaluator"),
-    ))
+    // the planner's outbox sweep leaves alone what this test leaves in the outbox on purpose
+    let system = Restricted::start(
+        |config| config.planner.relay_grace = Duration::from_secs(600),
+        true,
+    )
     .await;
+    let (nats, redis) = (&system.nats, &system.redis);
 
     // request-reply works for every user under its own prefix: the operator commands
     let (operator, _) = connect_as(&nats.url(), "operator").await;
@@ -1185,27 +1245,13 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
     // ... and the relay itself, as the ticker: a committed event is published and, proven
     // delivered, leaves the outbox
     let keys = Keys::new(&Namespace::new(NS).expect("namespace"));
-    let ticker_redis = redis_connection(&redis, "ticker").await;
+    let ticker_redis = redis_connection(redis, "ticker").await;
     let ticker_nats = connect_nats(&nats_as(&nats.url(), "ticker"), "ticker")
         .await
         .expect("ticker connects");
     let relay = Relay::new(ticker_nats, ticker_redis.clone(), Subjects::default());
-    let mut planner_redis = redis_connection(&redis, "planner").await;
-    let (version, _) = {
-        let stored = load_flag(&mut planner_redis, &keys, "inboxes")
-            .await
-            .expect("flag");
-        (stored.version, stored.record)
-    };
-    let update = flag_commit(&mut planner_redis, &keys, "inboxes", version).await;
-    let CommitOutcome::Committed { outbox_ids, .. } = update
-        .commit
-        .execute(&mut planner_redis)
-        .await
-        .expect("committed")
-    else {
-        panic!("the update was refused");
-    };
+    let mut planner_redis = redis_connection(redis, "planner").await;
+    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
     let mut events = operator
         .subscribe(format!("rollout.events.{NS}.inboxes"))
         .await
@@ -1220,10 +1266,10 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
         .expect("open");
     assert_eq!(
         rollout_sdk::decode_event(&event).expect("event").version,
-        version + 1
+        update.flag_version
     );
     assert_eq!(
-        admin(&redis, &["XLEN", &keys.outbox()]),
+        admin(redis, &["XLEN", &keys.outbox()]),
         RedisReply::Integer(0),
         "the relay proved delivery and trimmed the outbox"
     );
@@ -1303,26 +1349,18 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
         .await
         .expect("ticker connects");
     let blind_relay = Relay::new(unprefixed_ticker, ticker_redis, Subjects::default());
-    let update = flag_commit(&mut planner_redis, &keys, "inboxes", version + 1).await;
-    let CommitOutcome::Committed { outbox_ids, .. } = update
-        .commit
-        .execute(&mut planner_redis)
-        .await
-        .expect("committed")
-    else {
-        panic!("the update was refused");
-    };
+    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
     blind_relay
         .publish_committed(&keys, &update.events, &outbox_ids)
         .await;
     assert_eq!(
-        admin(&redis, &["XLEN", &keys.outbox()]),
+        admin(redis, &["XLEN", &keys.outbox()]),
         RedisReply::Integer(1),
         "no proof, no trim"
     );
     // nothing else was refused: only the prod SDK user's snooping and the unprefixed
     // clients' default inboxes
-    let refused_services: Vec<String> = violations(&nats)
+    let refused_services: Vec<String> = violations(nats)
         .into_iter()
         .filter(|line| {
             let expected = line.contains("user:sdk-prod")
@@ -1331,10 +1369,8 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
         })
         .collect();
     assert!(refused_services.is_empty(), "{refused_services:#?}");
-    assert_eq!(acl_denials(&redis), Vec::<String>::new());
-    evaluator.shutdown();
-    shutdown.trigger();
-    planner.wait().await;
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
+    system.stop().await;
 }
 
 /// A fleet call on `rollout.fleet.prod.<verb>` as `client` (MessagePack).
@@ -1345,28 +1381,6 @@ async fn fleet_call(client: &async_nats::Client, verb: &str, body: Value) -> Val
         .await
         .unwrap_or_else(|error| panic!("fleet {verb}: {error}"));
     decode(&reply)
-}
-
-/// `count` outcomes of `variation` of `flag`, failed or not, reported as an application
-/// does.
-async fn report(eval: &EvalClient, flag: &str, variation: &str, count: usize, failed: bool) {
-    let outcome = if failed {
-        rollout_sdk::Outcome::Error
-    } else {
-        rollout_sdk::Outcome::Success
-    };
-    let reports = (0..count)
-        .map(|index| rollout_sdk::OutcomeReport {
-            flag: flag.to_owned(),
-            entity: format!("user-{index}"),
-            variation: variation.to_owned(),
-            outcome,
-            value: None,
-            rollout_id: None,
-        })
-        .collect();
-    eval.report_outcomes(reports).await.expect("reported");
-    eval.flush().await.expect("flush");
 }
 
 /// Waits until `flag` is served by `evaluator` at its committed version.
@@ -1387,29 +1401,17 @@ async fn until_served(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_restrictions() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let planner = planner::Planner::start(
-        planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner")),
-        shutdown.clone(),
-    )
-    .await
-    .expect("the planner starts");
-    let evaluator = start_evaluator(evaluator_config(
-        nats_as(&nats.url(), "evaluator"),
-        redis_as(&redis, "evaluator"),
-    ))
-    .await;
+    let system = Restricted::start(|_| {}, true).await;
+    let (nats, redis) = (&system.nats, &system.redis);
+    let evaluator = system.evaluator();
     let mut ticker_config = ticker::TickerConfig {
         nats: nats_as(&nats.url(), "ticker"),
-        redis: redis_as(&redis, "ticker"),
+        redis: redis_as(redis, "ticker"),
         ..ticker::TickerConfig::default()
     };
     ticker_config.ticker.lease_ttl = Duration::from_secs(1);
     ticker_config.ticker.health_check_interval = Duration::from_millis(200);
-    let ticker = tokio::spawn(ticker::run(ticker_config, shutdown.clone()));
+    let ticker = tokio::spawn(ticker::run(ticker_config, system.shutdown.clone()));
 
     let (operator, _) = connect_as(&nats.url(), "operator").await;
     let commands = operator_commands(operator.clone());
@@ -1437,8 +1439,8 @@ async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_res
         )
         .await
         .expect("guarded rollout");
-    until_served(&commands, &evaluator, "checkout").await;
-    report(&eval, "checkout", "on", 30, true).await;
+    until_served(&commands, evaluator, "checkout").await;
+    report_candidate(&eval, ("checkout", "on"), 30, true).await;
     let rolled_back = eventually("the guard to roll back", PATIENCE, || async {
         let status = commands.rollout_status(&guarded.rollout_id).await.ok()?;
         status.state.is_finished().then_some(status)
@@ -1478,7 +1480,7 @@ async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_res
         )
         .await
         .expect("staged rollout");
-    until_served(&commands, &evaluator, "firmware").await;
+    until_served(&commands, evaluator, "firmware").await;
     let desired = fleet_call(
         &sdk,
         "desired",
@@ -1507,8 +1509,8 @@ async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_res
         serde_json::from_value(json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"}))
             .expect("kill switch");
     commands.create_flag(killable).await.expect("flag");
-    until_served(&commands, &evaluator, "killable").await;
-    report(&eval, "killable", "on", 30, true).await;
+    until_served(&commands, evaluator, "killable").await;
+    report_candidate(&eval, ("killable", "on"), 30, true).await;
     eventually("the kill switch to disable the flag", PATIENCE, || async {
         let flag = commands.get_flag("killable").await.ok()?;
         (!flag.flag.enabled).then_some(())
@@ -1544,15 +1546,13 @@ async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_res
     // every event relayed, and nobody but nothing refused
     let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
     eventually("the outbox to drain", PATIENCE, || async {
-        (admin(&redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
+        (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
     })
     .await;
-    assert_eq!(acl_denials(&redis), Vec::<String>::new());
-    assert_eq!(violations(&nats), Vec::<String>::new());
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
+    assert_eq!(violations(nats), Vec::<String>::new());
     assert_eq!(*sdk_errors.lock().expect("errors"), Vec::<String>::new());
-    evaluator.shutdown();
-    shutdown.trigger();
-    planner.wait().await;
+    system.stop().await;
     ticker
         .await
         .expect("ticker task")

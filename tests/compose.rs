@@ -183,43 +183,57 @@ fn workspace_packages() -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-/// The users of accounts.conf and the variable holding each one's password.
-fn nats_users() -> BTreeMap<String, String> {
+/// One user of accounts.conf: the variable holding its password and the subjects it may
+/// subscribe to.
+#[derive(Debug, Default)]
+struct NatsUser {
+    password_var: String,
+    subscribe: Vec<String>,
+}
+
+/// The users of accounts.conf.
+fn nats_accounts() -> BTreeMap<String, NatsUser> {
     let text = read(&deploy().join("nats/accounts.conf"));
-    let mut users = BTreeMap::new();
+    let mut users: BTreeMap<String, NatsUser> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines().map(str::trim) {
         if let Some(user) = line.strip_prefix("user:") {
             current = Some(user.trim().trim_matches('"').to_owned());
-        } else if let Some(password) = line.strip_prefix("password:") {
-            let user = current.take().expect("a password follows its user");
-            users.insert(user, password.trim().trim_start_matches('$').to_owned());
+            continue;
+        }
+        let Some(user) = current.clone() else {
+            continue;
+        };
+        let account = users.entry(user).or_default();
+        if let Some(password) = line.strip_prefix("password:") {
+            account.password_var = password.trim().trim_start_matches('$').to_owned();
+        } else if let Some(rule) = line.strip_prefix("subscribe:") {
+            account.subscribe = rule
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
         }
     }
     assert!(users.len() >= 6, "accounts.conf lists the users: {users:?}");
     users
 }
 
+/// The users of accounts.conf and the variable holding each one's password.
+fn nats_users() -> BTreeMap<String, String> {
+    nats_accounts()
+        .into_iter()
+        .map(|(user, account)| (user, account.password_var))
+        .collect()
+}
+
 /// Each user of accounts.conf and the subjects it may subscribe to.
 fn nats_subscriptions() -> BTreeMap<String, Vec<String>> {
-    let text = read(&deploy().join("nats/accounts.conf"));
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(user) = line.strip_prefix("user:") {
-            current = Some(user.trim().trim_matches('"').to_owned());
-        } else if let Some(rule) = line.strip_prefix("subscribe:") {
-            let user = current.clone().expect("a subscribe rule follows its user");
-            let subjects = rule
-                .split('"')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_owned)
-                .collect();
-            users.insert(user, subjects);
-        }
-    }
-    users
+    nats_accounts()
+        .into_iter()
+        .map(|(user, account)| (user, account.subscribe))
+        .collect()
 }
 
 /// The users of deploy/redis/users.acl and their rules.

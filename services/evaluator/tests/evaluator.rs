@@ -704,15 +704,8 @@ async fn ofrep_bulk_health_readiness_and_metrics() {
     )
     .await;
     assert_eq!(response.status, 200);
-    let flags = response.json()["flags"].clone();
-    let keys: Vec<&str> = flags
-        .as_array()
-        .expect("flags")
-        .iter()
-        .filter_map(|flag| flag["key"].as_str())
-        .collect();
-    assert_eq!(keys, ["alpha", "checkout"]);
-    assert_eq!(flags[1]["variant"], "on");
+    assert_eq!(bulk_keys(&response.json()), ["alpha", "checkout"]);
+    assert_eq!(response.json()["flags"][1]["variant"], "on");
     let etag = response.headers.get("etag").expect("etag").clone();
     let unchanged = http(
         addr,
@@ -847,35 +840,18 @@ async fn ofrep_tokens_bind_each_request_to_one_namespace() {
     );
 
     // a token without the namespace header: the token's namespace
-    let answer = ofrep_with(addr, single, &[("Authorization", &prod)]).await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(answer.json()["variant"], "off");
-    let other = ofrep_with(
-        addr,
-        "/ofrep/v1/evaluate/flags/dev-only",
-        &[("Authorization", &prod)],
-    )
-    .await;
-    assert_eq!(other.status, 404, "the prod token sees no dev flag");
-    assert_eq!(other.json()["errorCode"], "FLAG_NOT_FOUND");
-    let answer = ofrep_with(
-        addr,
-        "/ofrep/v1/evaluate/flags/dev-only",
-        &[("Authorization", &dev)],
-    )
-    .await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    let flags = ofrep_with(addr, bulk, &[("Authorization", &dev)])
-        .await
-        .json()["flags"]
-        .clone();
-    let keys: Vec<&str> = flags
-        .as_array()
-        .expect("flags")
-        .iter()
-        .filter_map(|flag| flag["key"].as_str())
-        .collect();
-    assert_eq!(keys, ["dev-only"]);
+    let dev_only = "/ofrep/v1/evaluate/flags/dev-only";
+    for (authorization, path, status, field, expected) in [
+        (&prod, single, 200, "variant", "off"),
+        (&prod, dev_only, 404, "errorCode", "FLAG_NOT_FOUND"),
+        (&dev, dev_only, 200, "variant", "off"),
+    ] {
+        let answer = ofrep_with(addr, path, &[("Authorization", authorization)]).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        assert_eq!(answer.json()[field], expected, "{path}");
+    }
+    let flags = ofrep_with(addr, bulk, &[("Authorization", &dev)]).await;
+    assert_eq!(bulk_keys(&flags.json()), ["dev-only"]);
 
     // the token's own namespace named: served; another one: 403
     let named = [
@@ -887,7 +863,7 @@ async fn ofrep_tokens_bind_each_request_to_one_namespace() {
         ("Authorization", prod.as_str()),
         ("X-Rollout-Namespace", "dev"),
     ];
-    for path in ["/ofrep/v1/evaluate/flags/dev-only", bulk] {
+    for path in [dev_only, bulk] {
         let forbidden = ofrep_with(addr, path, &reach).await;
         assert_eq!(forbidden.status, 403, "{path}: {}", forbidden.text());
         let body = forbidden.json();
