@@ -362,6 +362,10 @@ fn nats_fatal_kind(kind: async_nats::ConnectErrorKind) -> Option<ConnectErrorKin
 /// A Redis client for `settings` with `user`/`password` applied over the
 /// URL's; it does no IO. Use it for dedicated connections (blocking
 /// commands, pub/sub) beside the shared [`ConnectionManager`].
+///
+/// Connections do not send `CLIENT SETINFO`: the services' ACL users are
+/// not allowed `CLIENT` (`deploy/redis/users.acl`), and Redis 7.2 would
+/// log a refusal for every connection, burying real ones in `ACL LOG`.
 pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectError> {
     let invalid = |error: redis::RedisError| {
         ConnectError::new(
@@ -376,7 +380,7 @@ pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectEr
         .as_str()
         .into_connection_info()
         .map_err(invalid)?;
-    let mut handshake = info.redis_settings().clone();
+    let mut handshake = info.redis_settings().clone().set_skip_set_lib_name();
     if let Some(user) = &settings.user {
         handshake = handshake.set_username(user);
     }
@@ -587,5 +591,6 @@ mod tests {
         let handshake = client.get_connection_info().redis_settings();
         assert_eq!(handshake.username(), Some("ticker"));
         assert_eq!(handshake.password(), Some("pw"));
+        assert!(handshake.skip_set_lib_name(), "no CLIENT SETINFO");
     }
 }
