@@ -1,9 +1,12 @@
-//! Access control (SPEC §11) with the configuration the deployment ships: the NATS users
-//! and subject permissions of `deploy/nats/accounts.conf`, taken verbatim (the test only
-//! defines the password variables it reads), and the Redis ACL user of
-//! `deploy/redis/users.acl` (its password hash replaced by a test password). Services log
-//! in with credentials from their configuration; TLS, with client certificates, is set up
-//! with a throwaway CA.
+//! Access control (SPEC §11, §11.1 least privilege) with the configuration the deployment
+//! ships: the NATS users, subject permissions and per-user inbox prefixes of
+//! `deploy/nats/accounts.conf`, taken verbatim (the test only defines the password variables
+//! it reads), and the per-service Redis ACL users of `deploy/redis/users.acl`, verbatim too,
+//! logged into with the example passwords of `deploy/.env.example`. Services log in with
+//! credentials from their configuration; TLS, with client certificates, is set up with a
+//! throwaway CA. Every test asserts what a user or an attacker sees: replies, refusals
+//! (`NOPERM`, permissions violations), Redis left unchanged, and — when the whole system
+//! runs — no refusal at all in Redis's `ACL LOG` or the NATS server's log.
 
 mod support;
 
@@ -13,15 +16,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use planner::PlannerConfig;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use redis::aio::ConnectionManager;
 use rollout_core::Lifecycle;
+use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::connect::{connect_nats, connect_redis, ConnectErrorKind};
+use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient, Namespace, RequestOptions};
-use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
+use rollout_store::{
+    load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit, Relay,
+    StoreError,
+};
+use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisReply, RedisServer};
 use rollout_wire::events::EventKind;
+use rollout_wire::keys::Keys;
+use rollout_wire::subjects::Subjects;
+use serde_json::{json, Value};
 use support::cluster::{
     boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
-    redis_settings, start_evaluator, Login,
+    redis_settings, report_candidate, start_evaluator, Login,
 };
 use support::procs::{Service, ServiceProcess};
 use support::{eventually, NS, PATIENCE};
@@ -37,9 +51,11 @@ const USERS: [(&str, &str); 7] = [
     ("loadtest", "LOADTEST"),
 ];
 
-/// The Redis ACL user of deploy/redis/users.acl.
-const REDIS_USER: &str = "rollout";
-const REDIS_PASSWORD: &str = "redis-test-password";
+/// The Redis ACL users of deploy/redis/users.acl.
+const REDIS_USERS: [&str; 4] = ["planner", "ticker", "evaluator", "healthcheck"];
+
+/// The commit script, as `rollout-store` runs it.
+const COMMIT_LUA: &str = include_str!("../shared/rollout-store/src/commit.lua");
 
 fn password(user: &str) -> String {
     format!("{user}-test-password")
@@ -49,8 +65,53 @@ fn login(user: &str) -> Login {
     Login::new(user, &password(user))
 }
 
+/// The inbox prefix accounts.conf lets `user` receive replies under.
+fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// NATS settings of a service or client logged in as `user`, with its own inbox prefix
+/// (what deploy/config/*.toml set).
+fn nats_as(url: &str, user: &str) -> NatsSettings {
+    let mut settings = nats_settings(url, &login(user));
+    settings.inbox_prefix = Some(inbox_prefix(user));
+    settings
+}
+
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// `deploy/.env.example`: variable → value.
+fn env_example() -> HashMap<String, String> {
+    std::fs::read_to_string(repo_file("deploy/.env.example"))
+        .expect("deploy/.env.example")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// The Redis login of ACL user `user`, with its example password from deploy/.env.example.
+fn redis_login(user: &str) -> Login {
+    let variable = format!("ROLLOUT_REDIS_{}_PASSWORD", user.to_ascii_uppercase());
+    let env = env_example();
+    let password = env
+        .get(&variable)
+        .unwrap_or_else(|| panic!("deploy/.env.example sets {variable}"));
+    Login::new(user, password)
+}
+
+/// Redis settings of the service `user` (its own ACL user).
+fn redis_as(redis: &RedisServer, user: &str) -> RedisSettings {
+    redis_settings(&plain_url(redis), &redis_login(user))
+}
+
+async fn redis_connection(redis: &RedisServer, user: &str) -> ConnectionManager {
+    connect_redis(&redis_as(redis, user))
+        .await
+        .unwrap_or_else(|error| panic!("redis user {user} logs in: {error}"))
 }
 
 /// deploy/nats/accounts.conf as shipped, preceded by definitions of the password variables
@@ -66,48 +127,72 @@ fn accounts_conf() -> String {
     text
 }
 
-/// Redis with deploy/redis/users.acl's users (each `#<sha256>` password replaced by
-/// `>REDIS_PASSWORD`); the test kit's own `admin` user (everything allowed) reads and
-/// dumps for the checks.
+/// Redis with deploy/redis/users.acl's users, verbatim (their passwords are the example
+/// ones of deploy/.env.example); the test kit's own `admin` user (everything allowed)
+/// seeds, reads and reads the ACL log for the checks.
 fn restricted_redis() -> RedisServer {
     let shipped = std::fs::read_to_string(repo_file("deploy/redis/users.acl"))
         .expect("deploy/redis/users.acl");
-    let mut users = String::new();
-    for line in shipped.lines() {
-        let line = line.trim();
-        if !line.starts_with("user ") || line.starts_with("user default ") {
-            continue;
-        }
-        let rendered: Vec<String> = line
-            .split_whitespace()
-            .map(|word| {
-                if word.starts_with('#') && word.len() == 65 {
-                    format!(">{REDIS_PASSWORD}")
-                } else {
-                    word.to_owned()
-                }
-            })
-            .collect();
-        users.push_str(&rendered.join(" "));
-        users.push('\n');
+    let users: String = shipped
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("user ") && !line.starts_with("user default "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for user in REDIS_USERS {
+        assert!(
+            users.contains(&format!("user {user} ")),
+            "users.acl defines {user}"
+        );
     }
-    assert!(
-        users.contains("user rollout "),
-        "users.acl defines the rollout user"
-    );
     RedisServer::start_with(
         RedisOptions::default()
             .user("admin")
             .password("admin-test-password")
             .extra_config(users),
     )
-    .expect("redis-server starts")
+    .expect("redis-server starts with the shipped acl users")
 }
 
-/// The server's URL without the test kit's admin credentials: services log in as the ACL
-/// user through their settings.
+/// The server's URL without the test kit's admin credentials: services log in as their
+/// ACL user through their settings.
 fn plain_url(redis: &RedisServer) -> String {
     format!("redis://127.0.0.1:{}", redis.port())
+}
+
+/// Redis's `ACL LOG` (read as the admin): one line per refusal, `user reason object`.
+fn acl_denials(redis: &RedisServer) -> Vec<String> {
+    let reply =
+        tokio::task::block_in_place(|| redis.command(&["ACL", "LOG", "128"])).expect("acl log");
+    let RedisReply::Array(Some(entries)) = reply else {
+        panic!("ACL LOG answered {reply:?}");
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let RedisReply::Array(Some(fields)) = entry else {
+                return format!("{entry:?}");
+            };
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| pair[0].as_text().as_deref() == Some(name))
+                    .and_then(|pair| pair.get(1)?.as_text())
+                    .unwrap_or_default()
+            };
+            format!(
+                "{} {} {}",
+                field("username"),
+                field("reason"),
+                field("object")
+            )
+        })
+        .collect()
+}
+
+/// An admin command on the test kit's Redis.
+fn admin(redis: &RedisServer, args: &[&str]) -> RedisReply {
+    tokio::task::block_in_place(|| redis.command(args)).expect("admin command")
 }
 
 fn restricted_nats(extra: &str) -> NatsServer {
@@ -125,12 +210,24 @@ fn violations(nats: &NatsServer) -> Vec<String> {
         .collect()
 }
 
-/// A client connection as `user` that records the server's errors.
+/// A client connection as `user`, with its own inbox prefix, that records the server's
+/// errors.
 async fn connect_as(url: &str, user: &str) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+    connect_with_inbox(url, user, &inbox_prefix(user)).await
+}
+
+/// A client connection as `user` receiving replies under `inbox` (the client default is
+/// `_INBOX`), recording the server's errors.
+async fn connect_with_inbox(
+    url: &str,
+    user: &str,
+    inbox: &str,
+) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&errors);
     let client =
         async_nats::ConnectOptions::with_user_and_password(user.to_owned(), password(user))
+            .custom_inbox_prefix(inbox)
             .event_callback(move |event| {
                 let sink = Arc::clone(&sink);
                 async move {
@@ -146,7 +243,11 @@ async fn connect_as(url: &str, user: &str) -> (async_nats::Client, Arc<Mutex<Vec
 }
 
 fn commands_as(client: async_nats::Client) -> CommandClient {
-    CommandClient::new(client, Namespace::new(NS).expect("namespace")).with_options(
+    commands_in(client, NS)
+}
+
+fn commands_in(client: async_nats::Client, namespace: &str) -> CommandClient {
+    CommandClient::new(client, Namespace::new(namespace).expect("namespace")).with_options(
         RequestOptions {
             timeout: Duration::from_millis(1_500),
             retries: 0,
@@ -171,21 +272,146 @@ async fn redis_keys(redis: &RedisServer) -> Vec<String> {
     .expect("keys task")
 }
 
+/// Sends `args` as one Redis command; the reply or the error.
+async fn redis_command(
+    connection: &mut ConnectionManager,
+    args: &[&str],
+) -> Result<redis::Value, redis::RedisError> {
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command.query_async(connection).await
+}
+
+fn is_noperm(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOPERM")
+}
+
+fn actor() -> Actor {
+    Actor {
+        name: "access-test".to_owned(),
+        command_id: None,
+        trace_id: None,
+    }
+}
+
+/// The commit that creates (`version` 0) or replaces flag `key` of `prod`, built the way
+/// the planner builds it.
+async fn flag_commit(
+    connection: &mut ConnectionManager,
+    keys: &Keys,
+    key: &str,
+    version: u64,
+) -> PreparedCommit {
+    let now = redis_time(connection).await.expect("redis time");
+    let record = FlagRecord {
+        flag: boolean_flag(key),
+        active_rollout: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut mutation = Mutation::new(keys, NS, key, version, now, actor());
+    let kind = if version == 0 {
+        EventKind::FlagCreated
+    } else {
+        EventKind::FlagUpdated
+    };
+    mutation
+        .flag(record, version == 0)
+        .happened(kind, None, None, None);
+    mutation.into_commit(None).expect("the commit builds")
+}
+
+/// Commits a new version of existing flag `key` of `prod`; what it wrote, and its outbox
+/// entries.
+async fn commit_flag_update(
+    connection: &mut ConnectionManager,
+    keys: &Keys,
+    key: &str,
+) -> (PreparedCommit, Vec<String>) {
+    let version = load_flag(connection, keys, key)
+        .await
+        .expect("the flag loads")
+        .version;
+    let update = flag_commit(connection, keys, key, version).await;
+    match update
+        .commit
+        .execute(connection)
+        .await
+        .expect("commit runs")
+    {
+        CommitOutcome::Committed { outbox_ids, .. } => (update, outbox_ids),
+        refused => panic!("the update was refused: {refused:?}"),
+    }
+}
+
+/// The shipped users on private servers — NATS with accounts.conf, Redis with users.acl —
+/// and the services started in process on them, each logged in as itself (its NATS user
+/// and inbox prefix, its Redis ACL user).
+struct Restricted {
+    nats: NatsServer,
+    redis: RedisServer,
+    shutdown: Shutdown,
+    planner: Option<planner::Planner>,
+    evaluator: Option<Arc<evaluator::EvaluatorHandle>>,
+}
+
+impl Restricted {
+    /// The servers, a planner (its configuration adjusted by `configure`) and, if asked,
+    /// an evaluator that is ready.
+    async fn start(configure: impl FnOnce(&mut PlannerConfig), evaluator: bool) -> Restricted {
+        rollout_runtime::telemetry::init_for_tests();
+        let nats = restricted_nats("");
+        let redis = restricted_redis();
+        let shutdown = Shutdown::new();
+        let mut config =
+            planner_config(nats_as(&nats.url(), "planner"), redis_as(&redis, "planner"));
+        configure(&mut config);
+        let planner = planner::Planner::start(config, shutdown.clone())
+            .await
+            .expect("the planner logs in as planner");
+        let evaluator = if evaluator {
+            Some(
+                start_evaluator(evaluator_config(
+                    nats_as(&nats.url(), "evaluator"),
+                    redis_as(&redis, "evaluator"),
+                ))
+                .await,
+            )
+        } else {
+            None
+        };
+        Restricted {
+            nats,
+            redis,
+            shutdown,
+            planner: Some(planner),
+            evaluator,
+        }
+    }
+
+    fn evaluator(&self) -> &evaluator::EvaluatorHandle {
+        self.evaluator
+            .as_deref()
+            .expect("started with an evaluator")
+    }
+
+    async fn stop(mut self) {
+        if let Some(evaluator) = &self.evaluator {
+            evaluator.shutdown();
+        }
+        self.shutdown.trigger();
+        if let Some(planner) = self.planner.take() {
+            planner.wait().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let planner = planner::Planner::start(
-        planner_config(
-            nats_settings(&nats.url(), &login("planner")),
-            redis_settings(&plain_url(&redis), &Login::new(REDIS_USER, REDIS_PASSWORD)),
-        ),
-        shutdown.clone(),
-    )
-    .await
-    .expect("the planner logs in as planner");
+    let system = Restricted::start(|_| {}, false).await;
+    let (nats, redis) = (&system.nats, &system.redis);
 
     let (sdk, sdk_errors) = connect_as(&nats.url(), "sdk-prod").await;
     let refused = commands_as(sdk.clone())
@@ -231,7 +457,7 @@ async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
         "the sdk user saw a command"
     );
 
-    let keys = redis_keys(&redis).await;
+    let keys = redis_keys(redis).await;
     assert!(
         keys.iter().any(|key| key.ends_with(":flag:allowed")),
         "{keys:?}"
@@ -254,13 +480,12 @@ async fn an_sdk_user_cannot_command_and_no_planner_sees_it() {
             .any(|error| error.contains("Permissions Violation for Publish to \"rollout.cmd.")),
         "the server told the sdk user why: {seen:?}"
     );
-    let logged = violations(&nats);
+    let logged = violations(nats);
     assert!(
         logged.iter().all(|line| line.contains("sdk-prod")),
         "only the sdk user was refused: {logged:?}"
     );
-    shutdown.trigger();
-    planner.wait().await;
+    system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,12 +515,15 @@ async fn unauthenticated_connections_are_refused() {
         .await
         .expect("the right password is accepted");
 
-    // no credentials (the default user is off), a wrong password, a user the ACL lacks
+    // no credentials (the default user is off), a wrong password, a user the ACL lacks,
+    // one service's user with another's password
     let url = plain_url(&redis);
+    let evaluator_password = redis_login("evaluator").password.expect("password");
     for login in [
         Login::default(),
-        Login::new(REDIS_USER, "wrong"),
-        Login::new("intruder", REDIS_PASSWORD),
+        Login::new("planner", "wrong"),
+        Login::new("intruder", &evaluator_password),
+        Login::new("planner", &evaluator_password),
     ] {
         let mut settings = redis_settings(&url, &login);
         settings.connect_timeout = Duration::from_secs(2);
@@ -303,15 +531,234 @@ async fn unauthenticated_connections_are_refused() {
         assert_eq!(
             error.kind(),
             ConnectErrorKind::Rejected,
-            "{login:?}: {error}"
+            "{:?}: {error}",
+            login.user
         );
     }
-    connect_redis(&redis_settings(
-        &url,
-        &Login::new(REDIS_USER, REDIS_PASSWORD),
-    ))
-    .await
-    .expect("the acl user logs in");
+    for user in REDIS_USERS {
+        connect_redis(&redis_as(&redis, user))
+            .await
+            .unwrap_or_else(|error| panic!("acl user {user} logs in: {error}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
+    rollout_runtime::telemetry::init_for_tests();
+    let redis = restricted_redis();
+    let keys = Keys::new(&Namespace::new(NS).expect("namespace"));
+    let flag_key = keys.flag("checkout");
+
+    // the planner commits a flag through the commit script (which Redis now has cached)
+    let mut planner = redis_connection(&redis, "planner").await;
+    let created = flag_commit(&mut planner, &keys, "checkout", 0).await;
+    let outcome = created
+        .commit
+        .execute(&mut planner)
+        .await
+        .expect("the planner runs the commit script");
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { .. }),
+        "{outcome:?}"
+    );
+    let before = admin(&redis, &["HGETALL", &flag_key]);
+    let outbox_before = admin(&redis, &["XLEN", &keys.outbox()]);
+
+    // the evaluator reads it, as it must to serve it
+    let mut evaluator = redis_connection(&redis, "evaluator").await;
+    let stored = load_flag(&mut evaluator, &keys, "checkout")
+        .await
+        .expect("the evaluator reads flags");
+    assert_eq!(stored.version, 1);
+
+    // but the commit itself, the way every writer runs it, is refused
+    let update = flag_commit(&mut evaluator, &keys, "checkout", 1).await;
+    let refused = update
+        .commit
+        .execute(&mut evaluator)
+        .await
+        .expect_err("the evaluator may not commit");
+    match &refused {
+        StoreError::Redis(error) => assert!(is_noperm(error), "{error}"),
+        other => panic!("refused for another reason: {other}"),
+    }
+    assert!(refused.to_string().contains("evalsha"), "{refused}");
+    // and so are the script by its hash (already loaded), by its text, and loading it
+    let sha = redis::Script::new(COMMIT_LUA).get_hash().to_owned();
+    let mut attempts: Vec<Vec<String>> = vec![
+        vec![
+            "EVALSHA".into(),
+            sha.clone(),
+            "1".into(),
+            flag_key.clone(),
+            "0".into(),
+        ],
+        vec![
+            "EVAL".into(),
+            COMMIT_LUA.into(),
+            "1".into(),
+            flag_key.clone(),
+            "0".into(),
+        ],
+        vec!["SCRIPT".into(), "LOAD".into(), COMMIT_LUA.into()],
+    ];
+    // and so is every write of a record, an index, the audit, the outbox, a fence
+    let writes: [&[&str]; 10] = [
+        &["HSET", &flag_key, "rev", "99", "data", "forged"],
+        &["HDEL", &flag_key, "data"],
+        &["DEL", &flag_key],
+        &["HSET", &keys.rollout("r-1"), "rev", "1", "data", "forged"],
+        &["SADD", &keys.flags(), "forged"],
+        &["ZADD", &keys.due(), "0", "r-1"],
+        &["LPUSH", &keys.audit_flag("checkout"), "forged"],
+        &["XADD", &keys.outbox(), "*", "event", "forged"],
+        &["SET", &keys.fence(), "999"],
+        &["SADD", "ro:namespaces", "forged"],
+    ];
+    attempts.extend(
+        writes
+            .iter()
+            .map(|args| args.iter().map(|arg| (*arg).to_owned()).collect()),
+    );
+    for attempt in &attempts {
+        let args: Vec<&str> = attempt.iter().map(String::as_str).collect();
+        match redis_command(&mut evaluator, &args).await {
+            Err(error) => assert!(is_noperm(&error), "{}: {error}", args[0]),
+            Ok(reply) => panic!("the evaluator ran {}: {reply:?}", args[0]),
+        }
+    }
+
+    // nothing changed; Redis logged every refusal, all of them the evaluator's
+    assert_eq!(admin(&redis, &["HGETALL", &flag_key]), before);
+    assert_eq!(admin(&redis, &["XLEN", &keys.outbox()]), outbox_before);
+    assert_eq!(
+        admin(&redis, &["EXISTS", &keys.rollout("r-1")]),
+        RedisReply::Integer(0)
+    );
+    let denials = acl_denials(&redis);
+    assert!(
+        denials.iter().all(|line| line.starts_with("evaluator ")),
+        "{denials:#?}"
+    );
+    for expected in [
+        "evaluator command evalsha".to_owned(),
+        "evaluator command eval".to_owned(),
+        format!("evaluator key {flag_key}"),
+        format!("evaluator key {}", keys.rollout("r-1")),
+        format!("evaluator key {}", keys.due()),
+        format!("evaluator key {}", keys.fence()),
+    ] {
+        assert!(denials.contains(&expected), "{expected}: {denials:#?}");
+    }
+}
+
+/// Asserts that ACL user `user` may send every command of `allowed` and gets `NOPERM` for
+/// every one of `refused`.
+async fn assert_reach(redis: &RedisServer, user: &str, allowed: &[&[&str]], refused: &[&[&str]]) {
+    let mut connection = redis_connection(redis, user).await;
+    for args in allowed {
+        if let Err(error) = redis_command(&mut connection, args).await {
+            panic!("{user} needs {args:?}, refused: {error}");
+        }
+    }
+    // nobody may administer the server or enumerate its keys
+    let administration: [&[&str]; 5] = [
+        &["FLUSHALL"],
+        &["KEYS", "*"],
+        &["CONFIG", "GET", "*"],
+        &["ACL", "LIST"],
+        &["SHUTDOWN", "NOSAVE"],
+    ];
+    for args in refused.iter().chain(&administration) {
+        match redis_command(&mut connection, args).await {
+            Err(error) if is_noperm(&error) => {}
+            other => panic!("{user}: {args:?} answered {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_redis_user_is_refused_what_its_service_does_not_need() {
+    rollout_runtime::telemetry::init_for_tests();
+    let redis = restricted_redis();
+    assert_reach(
+        &redis,
+        "planner",
+        &[
+            &["HMGET", "ro:{prod}:flag:x", "rev", "data"],
+            &["SADD", "ro:namespaces", "prod"],
+            &["SET", "ro:{prod}:cmd:c-1", "{}", "NX", "EX", "60"],
+            &["XRANGE", "ro:{prod}:outbox", "-", "+"],
+            &["HGETALL", "ro:{prod}:rollout:r-1:reports"],
+            &["ZRANGE", "ro:{prod}:agents", "0", "-1"],
+        ],
+        &[
+            &["SET", "ro:{ticker}:lease", "planner:1", "PX", "1000"],
+            &["SET", "ro:{prod}:fence", "999"],
+            &["HSET", "ro:{prod}:agent:edge-1", "labels", "{}"],
+            &["HINCRBY", "ro:{prod}:outcomes:x:0", "on:err", "1000"],
+            &["SET", "ro:generation", "forged"],
+            &["GET", "elsewhere"],
+        ],
+    )
+    .await;
+    assert_reach(
+        &redis,
+        "ticker",
+        &[
+            &["PTTL", "ro:{ticker}:lease"],
+            &["INCR", "ro:{ticker}:epoch"],
+            &["SET", "ro:{prod}:fence", "1"],
+            &["ZRANGEBYSCORE", "ro:{prod}:due", "-inf", "0"],
+            &["HMGET", "ro:{prod}:outcomes:x:0", "on:ok", "on:err"],
+        ],
+        &[
+            &["SET", "ro:{prod}:cmd:c-1", "forged"],
+            &["SADD", "ro:{prod}:flags", "forged"],
+            &["SADD", "ro:namespaces", "forged"],
+            &["HDEL", "ro:{prod}:flag:x", "data"],
+            &["HSET", "ro:{prod}:agent:edge-1", "labels", "{}"],
+            &["HINCRBY", "ro:{prod}:outcomes:x:0", "on:ok", "1000"],
+        ],
+    )
+    .await;
+    assert_reach(
+        &redis,
+        "evaluator",
+        &[
+            &["SET", "ro:generation", "g-1", "NX", "GET"],
+            &["HINCRBY", "ro:{prod}:outcomes:x:0", "on:ok", "1"],
+            &[
+                "HINCRBY",
+                "ro:{prod}:rollout:r-1:outcomes:0",
+                "candidate:ok",
+                "1",
+            ],
+            &[
+                "HSET",
+                "ro:{prod}:rollout:r-1:reports",
+                "edge-1",
+                "applied:on",
+            ],
+            &["HSETNX", "ro:{prod}:agent:edge-1", "registered_at", "1"],
+            &["ZADD", "ro:{prod}:agents", "1", "edge-1"],
+        ],
+        &[
+            &["GET", "ro:{prod}:cmd:c-1"],
+            &["XRANGE", "ro:{prod}:outbox", "-", "+"],
+            &["LRANGE", "ro:{prod}:audit:flag:x", "0", "-1"],
+            &["SET", "ro:{ticker}:lease", "evaluator:1"],
+        ],
+    )
+    .await;
+    assert_reach(
+        &redis,
+        "healthcheck",
+        &[&["PING"]],
+        &[&["GET", "ro:generation"], &["TIME"]],
+    )
+    .await;
+    assert_eq!(admin(&redis, &["PING"]), RedisReply::Simple("PONG".into()));
 }
 
 /// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM
@@ -365,7 +812,7 @@ async fn services_speak_tls_with_client_certificates() {
     ));
     let redis = restricted_redis();
     let tls = |user: &str| {
-        let mut settings = nats_settings(&nats.url(), &login(user));
+        let mut settings = nats_as(&nats.url(), user);
         settings.tls_ca = Some(ca.clone());
         settings.tls_cert = Some(client_cert.clone());
         settings.tls_key = Some(client_key.clone());
@@ -399,19 +846,15 @@ async fn services_speak_tls_with_client_certificates() {
 
     // the planner and an evaluator over TLS, the operator and an SDK too
     let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let redis_login = Login::new(REDIS_USER, REDIS_PASSWORD);
     let planner = planner::Planner::start(
-        planner_config(
-            tls("planner"),
-            redis_settings(&plain_url(&redis), &redis_login),
-        ),
+        planner_config(tls("planner"), redis_as(&redis, "planner")),
         shutdown.clone(),
     )
     .await
     .expect("the planner connects over tls");
     let evaluator = start_evaluator(evaluator_config(
         tls("evaluator"),
-        redis_settings(&plain_url(&redis), &redis_login),
+        redis_as(&redis, "evaluator"),
     ))
     .await;
     let operator = connect_nats(&tls("operator"), "operator")
@@ -448,35 +891,22 @@ async fn services_speak_tls_with_client_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_system_works_under_the_shipped_restrictions() {
-    rollout_runtime::telemetry::init_for_tests();
-    let nats = restricted_nats("");
-    let redis = restricted_redis();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let redis_login = Login::new(REDIS_USER, REDIS_PASSWORD);
-
     // the planner in process, credentials in its settings
-    let shutdown = rollout_runtime::shutdown::Shutdown::new();
-    let planner = planner::Planner::start(
-        planner_config(
-            nats_settings(&nats.url(), &login("planner")),
-            redis_settings(&plain_url(&redis), &redis_login),
-        ),
-        shutdown.clone(),
-    )
-    .await
-    .expect("planner starts as planner");
-    // tickers and an evaluator as processes, credentials from the environment
+    let system = Restricted::start(|_| {}, false).await;
+    let (nats, redis) = (&system.nats, &system.redis);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // tickers and an evaluator as processes, credentials from the environment as the
+    // compose file gives them: each its own NATS user and inbox, its own Redis user
     let service_env = |user: &str| {
+        let redis_password = redis_login(user).password.expect("password");
         HashMap::from([
             ("ROLLOUT_NATS__URL".to_owned(), nats.url()),
             ("ROLLOUT_NATS__USER".to_owned(), user.to_owned()),
             ("ROLLOUT_NATS__PASSWORD".to_owned(), password(user)),
-            ("ROLLOUT_REDIS__URL".to_owned(), plain_url(&redis)),
-            ("ROLLOUT_REDIS__USER".to_owned(), REDIS_USER.to_owned()),
-            (
-                "ROLLOUT_REDIS__PASSWORD".to_owned(),
-                REDIS_PASSWORD.to_owned(),
-            ),
+            ("ROLLOUT_NATS__INBOX_PREFIX".to_owned(), inbox_prefix(user)),
+            ("ROLLOUT_REDIS__URL".to_owned(), plain_url(redis)),
+            ("ROLLOUT_REDIS__USER".to_owned(), user.to_owned()),
+            ("ROLLOUT_REDIS__PASSWORD".to_owned(), redis_password),
             ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
         ])
     };
@@ -495,9 +925,22 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
             &env,
         ));
     }
+    // OFREP as deployed: tokens required, the example tokens of deploy/.env.example
+    let ofrep_tokens = env_example()["ROLLOUT_OFREP_TOKENS"].clone();
+    let token_of = |namespace: &str| {
+        ofrep_tokens
+            .split(',')
+            .find_map(|entry| entry.strip_prefix(&format!("{namespace}:")))
+            .unwrap_or_else(|| panic!("an example ofrep token for {namespace}"))
+            .to_owned()
+    };
+    let http_port = rollout_testkit::free_port().expect("free port");
+    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     let mut env = service_env("evaluator");
-    env.insert("ROLLOUT_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned());
+    env.insert("ROLLOUT_HTTP__LISTEN".to_owned(), http_addr.to_string());
     env.insert("ROLLOUT_HTTP__NAMESPACE".to_owned(), NS.to_owned());
+    env.insert("ROLLOUT_HTTP__REQUIRE_TOKEN".to_owned(), "true".to_owned());
+    env.insert("ROLLOUT_HTTP__TOKENS".to_owned(), ofrep_tokens.clone());
     let mut evaluator = ServiceProcess::spawn(Service::Evaluator, "evaluator", dir.path(), &env);
 
     // the operator creates a flag and a phased rollout and watches it
@@ -572,6 +1015,45 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     )
     .await;
     assert_eq!(everyone_on, 50);
+    // and OFREP with the prod token serves it; without a token, or reaching into prod
+    // with the dev token, nothing is served
+    let ofrep = |authorization: Option<String>| async move {
+        let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+        headers.extend(authorization.map(|value| ("Authorization".to_owned(), value)));
+        headers.push(("X-Rollout-Namespace".to_owned(), NS.to_owned()));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        support::http::request(
+            http_addr,
+            "POST",
+            "/ofrep/v1/evaluate/flags/guarded",
+            &headers,
+            br#"{"context": {"targetingKey": "user-1"}}"#,
+            Duration::from_secs(2),
+        )
+        .await
+        .map(|response| (response.status, response.json()))
+    };
+    let (status, body) = ofrep(Some(format!("Bearer {}", token_of(NS))))
+        .await
+        .expect("ofrep answers");
+    assert_eq!((status, &body["variant"]), (200, &json!("on")), "{body}");
+    let (status, body) = ofrep(None).await.expect("ofrep answers");
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (401, &json!("GENERAL")),
+        "{body}"
+    );
+    let (status, body) = ofrep(Some(format!("Bearer {}", token_of("dev"))))
+        .await
+        .expect("ofrep answers");
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (403, &json!("GENERAL")),
+        "{body}"
+    );
     eval.report_success("guarded", &rollout_sdk::Entity::with_id("user-1"), "on")
         .await
         .expect("sdk users report outcomes");
@@ -642,7 +1124,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     assert_eq!(result["version"], 1);
 
     // nothing any service or user did was refused, except the SDK user's reach into dev
-    let refusals: Vec<String> = violations(&nats)
+    let refusals: Vec<String> = violations(nats)
         .into_iter()
         .filter(|line| !line.contains("rollout.eval.dev"))
         .collect();
@@ -656,11 +1138,423 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
         "{:?}",
         sdk_errors.lock().expect("errors")
     );
+    // every event was relayed and its outbox entry removed: the relays' delivery proof
+    // (a request to their own echo subscription, under their inbox prefix) went through
+    let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
+    eventually("the outbox to drain", PATIENCE, || async {
+        (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
+    })
+    .await;
+    // and Redis refused no service anything
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
     for ticker in &tickers {
         assert_eq!(ticker.count("NOPERM"), 0, "{}", ticker.tail(20));
     }
     assert!(evaluator.is_running(), "{}", evaluator.tail(20));
     assert_eq!(evaluator.count("NOPERM"), 0, "{}", evaluator.tail(20));
-    shutdown.trigger();
-    planner.wait().await;
+    system.stop().await;
+}
+
+/// Sends a request on `subject` as `client` and waits for its reply (or says why not).
+async fn round_trip(
+    client: &async_nats::Client,
+    subject: String,
+    body: Vec<u8>,
+) -> Result<async_nats::Message, String> {
+    tokio::time::timeout(Duration::from_secs(2), client.request(subject, body.into()))
+        .await
+        .map_err(|_| "no reply in time".to_owned())?
+        .map_err(|error| error.to_string())
+}
+
+/// An evaluation request of `flag` for `entity` (MessagePack).
+fn eval_body(flag: &str, entity: &str) -> Vec<u8> {
+    rollout_wire::codec::encode(
+        &json!({"flag": flag, "entity": {"id": entity}}),
+        rollout_wire::Encoding::MessagePack,
+    )
+    .expect("encodes")
+}
+
+fn decode(message: &async_nats::Message) -> Value {
+    rollout_wire::envelope::decode_reply(&message.payload, rollout_wire::Encoding::MessagePack)
+        .unwrap_or_else(|error| panic!("an error reply: {error:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
+    // the planner's outbox sweep leaves alone what this test leaves in the outbox on purpose
+    let system = Restricted::start(
+        |config| config.planner.relay_grace = Duration::from_secs(600),
+        true,
+    )
+    .await;
+    let (nats, redis) = (&system.nats, &system.redis);
+
+    // request-reply works for every user under its own prefix: the operator commands
+    let (operator, _) = connect_as(&nats.url(), "operator").await;
+    assert!(operator.new_inbox().starts_with("_INBOX_operator."));
+    for namespace in [NS, "dev"] {
+        commands_in(operator.clone(), namespace)
+            .create_flag(boolean_flag("inboxes"))
+            .await
+            .unwrap_or_else(|error| panic!("the operator commands in {namespace}: {error}"));
+    }
+    // each namespace's SDK user evaluates there, and so does the load generator
+    let (sdk_prod, prod_errors) = connect_as(&nats.url(), "sdk-prod").await;
+    let (sdk_dev, _) = connect_as(&nats.url(), "sdk-dev").await;
+    let (loadtest, _) = connect_as(&nats.url(), "loadtest").await;
+    for (client, namespace) in [(&sdk_prod, NS), (&sdk_dev, "dev"), (&loadtest, NS)] {
+        let answer = eventually("an evaluation", PATIENCE, || async {
+            round_trip(
+                client,
+                format!("rollout.eval.{namespace}"),
+                eval_body("inboxes", "u-1"),
+            )
+            .await
+            .ok()
+        })
+        .await;
+        assert_eq!(decode(&answer)["variation"], "off");
+    }
+    // the services' own round trips (the outbox relay's delivery proof is one: a request
+    // to an echo subscription under the client's inbox)
+    for user in ["planner", "ticker", "evaluator"] {
+        let client = connect_nats(&nats_as(&nats.url(), user), user)
+            .await
+            .unwrap_or_else(|error| panic!("{user} connects: {error}"));
+        let subject = format!("{}.echo", client.new_inbox());
+        assert!(subject.starts_with(&format!("_INBOX_{user}.")), "{subject}");
+        let mut echo = client.subscribe(subject.clone()).await.expect("subscribe");
+        let responder = client.clone();
+        let answering = tokio::spawn(async move {
+            if let Some(request) = echo.next().await {
+                let reply = request.reply.expect("a reply subject");
+                responder
+                    .publish(reply, request.payload)
+                    .await
+                    .expect("echo");
+            }
+        });
+        let reply = round_trip(&client, subject, b"ping".to_vec())
+            .await
+            .unwrap_or_else(|error| panic!("{user}'s round trip: {error}"));
+        assert_eq!(reply.payload.as_ref(), b"ping");
+        answering.await.expect("echo task");
+    }
+    // ... and the relay itself, as the ticker: a committed event is published and, proven
+    // delivered, leaves the outbox
+    let keys = Keys::new(&Namespace::new(NS).expect("namespace"));
+    let ticker_redis = redis_connection(redis, "ticker").await;
+    let ticker_nats = connect_nats(&nats_as(&nats.url(), "ticker"), "ticker")
+        .await
+        .expect("ticker connects");
+    let relay = Relay::new(ticker_nats, ticker_redis.clone(), Subjects::default());
+    let mut planner_redis = redis_connection(redis, "planner").await;
+    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
+    let mut events = operator
+        .subscribe(format!("rollout.events.{NS}.inboxes"))
+        .await
+        .expect("events");
+    operator.flush().await.expect("flush");
+    relay
+        .publish_committed(&keys, &update.events, &outbox_ids)
+        .await;
+    let event = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("the event arrives")
+        .expect("open");
+    assert_eq!(
+        rollout_sdk::decode_event(&event).expect("event").version,
+        update.flag_version
+    );
+    assert_eq!(
+        admin(redis, &["XLEN", &keys.outbox()]),
+        RedisReply::Integer(0),
+        "the relay proved delivery and trimmed the outbox"
+    );
+
+    // the prod SDK user cannot read the dev SDK user's replies, nor everyone's
+    let mut dev_inbox = sdk_prod
+        .subscribe("_INBOX_sdk-dev.>")
+        .await
+        .expect("subscribe call");
+    let mut all_inboxes = sdk_prod
+        .subscribe("_INBOX.>")
+        .await
+        .expect("subscribe call");
+    sdk_prod.flush().await.expect("flush");
+    eventually(
+        "the server to refuse both subscriptions",
+        PATIENCE,
+        || async {
+            let seen = prod_errors.lock().expect("errors").clone();
+            let refused = |subject: &str| {
+                seen.iter().any(|error| {
+                    error.contains(&format!(
+                        "Permissions Violation for Subscription to \"{subject}\""
+                    ))
+                })
+            };
+            (refused("_INBOX_sdk-dev.>") && refused("_INBOX.>")).then_some(())
+        },
+    )
+    .await;
+    for index in 0..5 {
+        let answer = round_trip(
+            &sdk_dev,
+            "rollout.eval.dev".to_owned(),
+            eval_body("inboxes", &format!("dev-user-{index}")),
+        )
+        .await
+        .expect("the dev sdk user still gets its replies");
+        assert_eq!(decode(&answer)["variation"], "off");
+    }
+    for (name, subscription) in [
+        ("_INBOX_sdk-dev.>", &mut dev_inbox),
+        ("_INBOX.>", &mut all_inboxes),
+    ] {
+        assert!(
+            !matches!(
+                tokio::time::timeout(Duration::from_millis(300), subscription.next()).await,
+                Ok(Some(_))
+            ),
+            "sdk-prod read a reply through {name}"
+        );
+    }
+
+    // without its prefix (the client default _INBOX) even its own requests get no reply
+    let (unprefixed, unprefixed_errors) =
+        connect_with_inbox(&nats.url(), "sdk-prod", "_INBOX").await;
+    let refused = round_trip(
+        &unprefixed,
+        format!("rollout.eval.{NS}"),
+        eval_body("inboxes", "u-2"),
+    )
+    .await
+    .expect_err("no reply without the inbox prefix");
+    assert!(!refused.is_empty());
+    eventually("the server to say why", PATIENCE, || async {
+        unprefixed_errors
+            .lock()
+            .expect("errors")
+            .iter()
+            .any(|error| error.contains("Permissions Violation for Subscription to \"_INBOX."))
+            .then_some(())
+    })
+    .await;
+    // the same for the relay: without the prefix there is no delivery proof, so the
+    // outbox keeps the entry for a later sweep
+    let unprefixed_ticker = connect_nats(&nats_settings(&nats.url(), &login("ticker")), "ticker")
+        .await
+        .expect("ticker connects");
+    let blind_relay = Relay::new(unprefixed_ticker, ticker_redis, Subjects::default());
+    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
+    blind_relay
+        .publish_committed(&keys, &update.events, &outbox_ids)
+        .await;
+    assert_eq!(
+        admin(redis, &["XLEN", &keys.outbox()]),
+        RedisReply::Integer(1),
+        "no proof, no trim"
+    );
+    // nothing else was refused: only the prod SDK user's snooping and the unprefixed
+    // clients' default inboxes
+    let refused_services: Vec<String> = violations(nats)
+        .into_iter()
+        .filter(|line| {
+            let expected = line.contains("user:sdk-prod")
+                || (line.contains("user:ticker") && line.contains("Subject \"_INBOX."));
+            !expected
+        })
+        .collect();
+    assert!(refused_services.is_empty(), "{refused_services:#?}");
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
+    system.stop().await;
+}
+
+/// A fleet call on `rollout.fleet.prod.<verb>` as `client` (MessagePack).
+async fn fleet_call(client: &async_nats::Client, verb: &str, body: Value) -> Value {
+    let payload =
+        rollout_wire::codec::encode(&body, rollout_wire::Encoding::MessagePack).expect("encodes");
+    let reply = round_trip(client, format!("rollout.fleet.{NS}.{verb}"), payload)
+        .await
+        .unwrap_or_else(|error| panic!("fleet {verb}: {error}"));
+    decode(&reply)
+}
+
+/// Waits until `flag` is served by `evaluator` at its committed version.
+async fn until_served(
+    commands: &CommandClient,
+    evaluator: &evaluator::EvaluatorHandle,
+    flag: &str,
+) {
+    let version = commands.get_flag(flag).await.expect("flag").version;
+    eventually(&format!("{flag} v{version} served"), PATIENCE, || async {
+        evaluator
+            .served_version(NS, flag)
+            .is_some_and(|served| served >= version)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_restrictions() {
+    let system = Restricted::start(|_| {}, true).await;
+    let (nats, redis) = (&system.nats, &system.redis);
+    let evaluator = system.evaluator();
+    let mut ticker_config = ticker::TickerConfig {
+        nats: nats_as(&nats.url(), "ticker"),
+        redis: redis_as(redis, "ticker"),
+        ..ticker::TickerConfig::default()
+    };
+    ticker_config.ticker.lease_ttl = Duration::from_secs(1);
+    ticker_config.ticker.health_check_interval = Duration::from_millis(200);
+    let ticker = tokio::spawn(ticker::run(ticker_config, system.shutdown.clone()));
+
+    let (operator, _) = connect_as(&nats.url(), "operator").await;
+    let commands = operator_commands(operator.clone());
+    let (sdk, sdk_errors) = connect_as(&nats.url(), "sdk-prod").await;
+    let eval = EvalClient::builder(sdk.clone(), Namespace::new(NS).expect("ns"))
+        .cache_capacity(0)
+        .connect()
+        .await
+        .expect("eval client");
+    let guard =
+        json!({"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "rollback"});
+
+    // a guard reads the evaluator's counters and rolls a failing candidate back
+    commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag");
+    let guarded = commands
+        .create_rollout(
+            serde_json::from_value(json!({
+                "flag": "checkout", "baseline": "off", "candidate": "on",
+                "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}],
+                "guard": guard}))
+            .expect("spec"),
+        )
+        .await
+        .expect("guarded rollout");
+    until_served(&commands, evaluator, "checkout").await;
+    report_candidate(&eval, ("checkout", "on"), 30, true).await;
+    let rolled_back = eventually("the guard to roll back", PATIENCE, || async {
+        let status = commands.rollout_status(&guarded.rollout_id).await.ok()?;
+        status.state.is_finished().then_some(status)
+    })
+    .await;
+    assert_eq!(rolled_back.state, Lifecycle::RolledBack);
+    let counts = commands
+        .rollout_counts(&guarded.rollout_id)
+        .await
+        .expect("counts");
+    assert_eq!(
+        serde_json::to_value(&counts).expect("json")["outcomes"]["candidate"]["error"],
+        30
+    );
+
+    // a completion gate reads the fleet: the agent's report releases the stage
+    let firmware: rollout_sdk::Flag = serde_json::from_value(json!({
+        "key": "firmware",
+        "variations": [{"id": "v1", "value": "1.0.0"}, {"id": "v2", "value": "2.0.0"}],
+        "off_variation": "v1", "enabled": true, "default": {"variation": "v1"}}))
+    .expect("flag");
+    commands.create_flag(firmware).await.expect("flag");
+    let ack = fleet_call(
+        &sdk,
+        "register",
+        json!({"agent_id": "edge-1", "labels": {"ring": "canary"}}),
+    )
+    .await;
+    assert_eq!(ack["agent_id"], "edge-1");
+    let staged = commands
+        .create_rollout(
+            serde_json::from_value(json!({
+                "flag": "firmware", "baseline": "v1", "candidate": "v2",
+                "stages": [{"name": "canary", "labels": {"ring": "canary"},
+                            "gate": {"min_completed_percentage": 100}}]}))
+            .expect("spec"),
+        )
+        .await
+        .expect("staged rollout");
+    until_served(&commands, evaluator, "firmware").await;
+    let desired = fleet_call(
+        &sdk,
+        "desired",
+        json!({"agent_id": "edge-1", "flag": "firmware"}),
+    )
+    .await;
+    assert_eq!(desired["variation"], "v2");
+    fleet_call(&sdk, "heartbeat", json!({"agent_id": "edge-1"})).await;
+    fleet_call(
+        &sdk,
+        "report",
+        json!({"agent_id": "edge-1", "flag": "firmware", "rollout_id": staged.rollout_id,
+               "variation": "v2", "status": "applied"}),
+    )
+    .await;
+    let completed = eventually("the completion gate to open", PATIENCE, || async {
+        let status = commands.rollout_status(&staged.rollout_id).await.ok()?;
+        (status.state == Lifecycle::Completed).then_some(status)
+    })
+    .await;
+    assert_eq!(completed.current_step, Some(1));
+
+    // a kill switch reads the flag's counters and disables it
+    let mut killable = boolean_flag("killable");
+    killable.kill_switch =
+        serde_json::from_value(json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"}))
+            .expect("kill switch");
+    commands.create_flag(killable).await.expect("flag");
+    until_served(&commands, evaluator, "killable").await;
+    report_candidate(&eval, ("killable", "on"), 30, true).await;
+    eventually("the kill switch to disable the flag", PATIENCE, || async {
+        let flag = commands.get_flag("killable").await.ok()?;
+        (!flag.flag.enabled).then_some(())
+    })
+    .await;
+
+    // the operator's reads and deletions
+    let audit = commands
+        .audit(serde_json::from_value(json!({"rollout_id": guarded.rollout_id})).expect("query"))
+        .await
+        .expect("audit");
+    assert!(!audit.entries.is_empty());
+    let listed = commands
+        .list_rollouts(serde_json::from_value(json!({"state": "finished"})).expect("query"))
+        .await
+        .expect("list");
+    assert_eq!(listed.rollouts.len(), 2);
+    commands
+        .delete_rollout(&guarded.rollout_id)
+        .await
+        .expect("rollout deleted");
+    commands
+        .delete_flag("killable")
+        .await
+        .expect("flag deleted");
+    let flags = commands
+        .list_flags(serde_json::from_value(json!({})).expect("query"))
+        .await
+        .expect("flag list");
+    let keys: Vec<&str> = flags.flags.iter().map(|flag| flag.key.as_str()).collect();
+    assert_eq!(keys, ["checkout", "firmware"]);
+
+    // every event relayed, and nobody but nothing refused
+    let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
+    eventually("the outbox to drain", PATIENCE, || async {
+        (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
+    })
+    .await;
+    assert_eq!(acl_denials(redis), Vec::<String>::new());
+    assert_eq!(violations(nats), Vec::<String>::new());
+    assert_eq!(*sdk_errors.lock().expect("errors"), Vec::<String>::new());
+    system.stop().await;
+    ticker
+        .await
+        .expect("ticker task")
+        .expect("the ticker ran and stopped cleanly");
 }

@@ -2,17 +2,23 @@
 //! parsed and everything it refers to must exist and fit together — mounted files, the
 //! build context and Dockerfile, every command's binary (one the workspace builds), every
 //! `--config` file (in `deploy/config/`, which the Dockerfile copies to `/etc/rollout`)
-//! loading into its service's config type, every NATS user a service logs in as (present
-//! in `accounts.conf`, with the password variable the service is given), every `$VAR`
-//! of `accounts.conf` given to the NATS containers, the Dockerfile's `-p` packages, and
-//! `nats-server -t` accepting each node's configuration.
+//! loading and validating into its service's config type with the environment the compose
+//! file gives it (variables taken from `deploy/.env.example`, which must set every one the
+//! compose file reads), every NATS user a service logs in as (present in `accounts.conf`,
+//! with the password variable the service is given, receiving replies under its own
+//! inbox prefix and no other), every Redis ACL user a service or the health check logs in
+//! as (present in `users.acl`, whose hash is that of the example password), OFREP tokens
+//! required on every evaluator, every `$VAR` of `accounts.conf` given to the NATS
+//! containers, the Dockerfile's `-p` packages, and `nats-server -t` accepting each node's
+//! configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rollout_runtime::config::{load_config, MapEnv, Validate};
+use rollout_runtime::config::{load_config, MapEnv, NatsSettings, RedisSettings, Validate};
 use serde_yaml_ng::Value;
+use sha2::{Digest, Sha256};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,6 +94,42 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// `deploy/.env.example`: variable → value.
+fn env_example() -> BTreeMap<String, String> {
+    read(&deploy().join(".env.example"))
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// `text` with every `${NAME...}` replaced by `NAME`'s value in deploy/.env.example, as
+/// docker compose does with `deploy/.env` copied from it.
+fn resolve(text: &str, example: &BTreeMap<String, String>) -> String {
+    let mut resolved = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        resolved.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .map(|end| start + end)
+            .unwrap_or_else(|| panic!("unterminated ${{ in {text:?}"));
+        let reference = &rest[start + 2..end];
+        let name = reference
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        let value = example.get(name).unwrap_or_else(|| {
+            panic!("deploy/.env.example does not set {name}, which {text:?} reads")
+        });
+        resolved.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    resolved.push_str(rest);
+    resolved
+}
+
 /// `${NAME...}` references in `text`.
 fn referenced_vars(text: &str) -> Vec<String> {
     text.split("${")
@@ -141,21 +183,88 @@ fn workspace_packages() -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-/// The users of accounts.conf and the variable holding each one's password.
-fn nats_users() -> BTreeMap<String, String> {
+/// One user of accounts.conf: the variable holding its password and the subjects it may
+/// subscribe to.
+#[derive(Debug, Default)]
+struct NatsUser {
+    password_var: String,
+    subscribe: Vec<String>,
+}
+
+/// The users of accounts.conf.
+fn nats_accounts() -> BTreeMap<String, NatsUser> {
     let text = read(&deploy().join("nats/accounts.conf"));
-    let mut users = BTreeMap::new();
+    let mut users: BTreeMap<String, NatsUser> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines().map(str::trim) {
         if let Some(user) = line.strip_prefix("user:") {
             current = Some(user.trim().trim_matches('"').to_owned());
-        } else if let Some(password) = line.strip_prefix("password:") {
-            let user = current.take().expect("a password follows its user");
-            users.insert(user, password.trim().trim_start_matches('$').to_owned());
+            continue;
+        }
+        let Some(user) = current.clone() else {
+            continue;
+        };
+        let account = users.entry(user).or_default();
+        if let Some(password) = line.strip_prefix("password:") {
+            account.password_var = password.trim().trim_start_matches('$').to_owned();
+        } else if let Some(rule) = line.strip_prefix("subscribe:") {
+            account.subscribe = rule
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
         }
     }
     assert!(users.len() >= 6, "accounts.conf lists the users: {users:?}");
     users
+}
+
+/// The users of accounts.conf and the variable holding each one's password.
+fn nats_users() -> BTreeMap<String, String> {
+    nats_accounts()
+        .into_iter()
+        .map(|(user, account)| (user, account.password_var))
+        .collect()
+}
+
+/// Each user of accounts.conf and the subjects it may subscribe to.
+fn nats_subscriptions() -> BTreeMap<String, Vec<String>> {
+    nats_accounts()
+        .into_iter()
+        .map(|(user, account)| (user, account.subscribe))
+        .collect()
+}
+
+/// The users of deploy/redis/users.acl and their rules.
+fn acl_users() -> BTreeMap<String, Vec<String>> {
+    read(&deploy().join("redis/users.acl"))
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("user")).then(|| {
+                let name = words.next().expect("a user name").to_owned();
+                (name, words.map(str::to_owned).collect())
+            })
+        })
+        .collect()
+}
+
+/// Asserts that ACL user `user` exists, is on, and has `password`'s SHA-256 as its password.
+fn assert_redis_login(who: &str, user: &str, password: &str) {
+    let users = acl_users();
+    let rules = users
+        .get(user)
+        .unwrap_or_else(|| panic!("{who} logs in to redis as {user}, who is not in users.acl"));
+    assert!(rules.iter().any(|rule| rule == "on"), "{user} is on");
+    let digest: String = Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert!(
+        rules.contains(&format!("#{digest}")),
+        "{who}: deploy/.env.example's password for redis user {user} does not match its hash in users.acl"
+    );
 }
 
 /// `$NAME` references in accounts.conf.
@@ -272,7 +381,8 @@ fn every_command_runs_a_binary_the_workspace_builds_and_the_image_holds() {
 }
 
 /// Loads `deploy/config/<file>` as `T` with an empty environment, then validates it with
-/// the `ROLLOUT_*` variables the compose service sets (values stand-ins).
+/// the `ROLLOUT_*` variables the compose service sets (their `${VAR}`s taken from
+/// deploy/.env.example).
 fn check_config<T>(file: &Path, compose_env: &BTreeMap<String, String>) -> T
 where
     T: serde::de::DeserializeOwned + Validate,
@@ -280,12 +390,13 @@ where
     let bare: T = load_config(Some(file), &MapEnv::new())
         .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
     drop(bare);
+    let example = env_example();
     let mut env = MapEnv::new();
-    for name in compose_env
-        .keys()
-        .filter(|name| name.starts_with("ROLLOUT_"))
+    for (name, value) in compose_env
+        .iter()
+        .filter(|(name, _)| name.starts_with("ROLLOUT_"))
     {
-        env = env.with(name, "stand-in");
+        env = env.with(name, resolve(value, &example));
     }
     let config: T = load_config(Some(file), &env)
         .unwrap_or_else(|error| panic!("{} with the compose environment: {error}", file.display()));
@@ -323,24 +434,28 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
             "{name}: --config {in_image} has no deploy/config/{relative}"
         );
         let env = environment(&service);
-        let nats_user = match command[0].as_str() {
+        let (nats, redis) = match command[0].as_str() {
             "planner" => {
-                check_config::<planner::PlannerConfig>(&file, &env)
-                    .nats
-                    .user
+                let config = check_config::<planner::PlannerConfig>(&file, &env);
+                (config.nats, config.redis)
             }
-            "ticker" => check_config::<ticker::TickerConfig>(&file, &env).nats.user,
+            "ticker" => {
+                let config = check_config::<ticker::TickerConfig>(&file, &env);
+                (config.nats, config.redis)
+            }
             "evaluator" => {
-                check_config::<evaluator::EvaluatorConfig>(&file, &env)
-                    .nats
-                    .user
+                let config = check_config::<evaluator::EvaluatorConfig>(&file, &env);
+                // as deployed, OFREP needs a token bound to a namespace
+                assert!(config.http.require_token, "{name}: http.require_token");
+                assert!(config.http.tokens.iter().next().is_some(), "{name}: tokens");
+                (config.nats, config.redis)
             }
             other => panic!("{name}: no config type known for {other}"),
         };
         let user = env
             .get("ROLLOUT_NATS__USER")
             .cloned()
-            .or(nats_user)
+            .or(nats.user.clone())
             .unwrap_or_else(|| panic!("{name} names no nats user"));
         let password_var = users
             .get(&user)
@@ -352,6 +467,8 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
             referenced_vars(given).contains(password_var),
             "{name} logs in as {user} with {given}, but accounts.conf checks ${password_var}"
         );
+        assert_own_inbox(&name, &user, &nats);
+        assert_own_redis_user(&name, command[0].as_str(), &redis);
         checked += 1;
     }
     assert!(
@@ -364,6 +481,140 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
     let user = env.get("ROLLOUT_NATS__USER").expect("loadtest user");
     let password_var = users.get(user).expect("the loadtest user exists");
     assert!(referenced_vars(&env["ROLLOUT_NATS__PASSWORD"]).contains(password_var));
+    let settings: NatsSettings = load_config::<LoadtestSettings>(
+        None,
+        &MapEnv::new().with(
+            "ROLLOUT_NATS__INBOX_PREFIX",
+            env.get("ROLLOUT_NATS__INBOX_PREFIX")
+                .cloned()
+                .unwrap_or_default(),
+        ),
+    )
+    .expect("loads")
+    .nats;
+    assert_own_inbox("loadtest", user, &settings);
+}
+
+/// The `nats` section alone, as a client reads it from the environment.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct LoadtestSettings {
+    nats: NatsSettings,
+}
+
+/// `user` receives replies under `_INBOX_<user>` (its settings say so) and accounts.conf
+/// lets it subscribe to that inbox and to no other.
+fn assert_own_inbox(who: &str, user: &str, settings: &NatsSettings) {
+    let own = format!("_INBOX_{user}");
+    assert_eq!(
+        settings.inbox_prefix.as_deref(),
+        Some(own.as_str()),
+        "{who} logs in as {user} but is not given its inbox prefix"
+    );
+    let subscriptions = nats_subscriptions();
+    let allowed = subscriptions
+        .get(user)
+        .unwrap_or_else(|| panic!("{user} has subscribe permissions"));
+    assert!(
+        allowed.contains(&format!("{own}.>")),
+        "accounts.conf does not let {user} receive its replies: {allowed:?}"
+    );
+}
+
+/// A service logs in to Redis as its own ACL user (named after it), with the password
+/// deploy/.env.example gives that user.
+fn assert_own_redis_user(who: &str, service: &str, settings: &RedisSettings) {
+    let user = settings
+        .user
+        .as_deref()
+        .unwrap_or_else(|| panic!("{who} names no redis user"));
+    assert_eq!(user, service, "{who} logs in to redis as another service");
+    let password = settings
+        .password
+        .as_ref()
+        .unwrap_or_else(|| panic!("{who} is given no redis password"));
+    assert_redis_login(who, user, password.expose());
+}
+
+#[test]
+fn the_env_example_sets_every_variable_the_compose_file_reads() {
+    let text = read(&deploy().join("docker-compose.yml"));
+    let example = env_example();
+    let read_vars = referenced_vars(&text);
+    assert!(read_vars.len() >= 10, "{read_vars:?}");
+    for var in read_vars {
+        assert!(
+            example.contains_key(&var),
+            "docker-compose.yml reads ${var}, which deploy/.env.example does not set"
+        );
+    }
+}
+
+#[test]
+fn every_nats_user_may_receive_replies_only_under_its_own_inbox() {
+    let subscriptions = nats_subscriptions();
+    assert_eq!(subscriptions.len(), nats_users().len(), "{subscriptions:?}");
+    for (user, subjects) in &subscriptions {
+        let own = format!("_INBOX_{user}.>");
+        assert!(subjects.contains(&own), "{user}: {subjects:?}");
+        for subject in subjects
+            .iter()
+            .filter(|subject| subject.starts_with("_INBOX"))
+        {
+            assert_eq!(subject, &own, "{user} may read replies it was not sent");
+        }
+    }
+}
+
+#[test]
+fn the_redis_users_are_each_services_own_and_none_is_unrestricted() {
+    let users = acl_users();
+    assert_eq!(
+        users.get("default").map(Vec::as_slice),
+        Some(&["off".to_owned()][..]),
+        "the default user is off"
+    );
+    for service in ["planner", "ticker", "evaluator", "healthcheck"] {
+        let rules = users
+            .get(service)
+            .unwrap_or_else(|| panic!("users.acl has no {service} user"));
+        for broad in [
+            "~*",
+            "allkeys",
+            "+@all",
+            "allcommands",
+            "&*",
+            "allchannels",
+            "nopass",
+        ] {
+            assert!(
+                !rules.iter().any(|rule| rule == broad),
+                "{service} has {broad}"
+            );
+        }
+        assert!(
+            rules.iter().any(|rule| rule == "-@all"),
+            "{service} starts from nothing"
+        );
+    }
+    // the compose health check logs in as its own user too
+    let compose = compose();
+    let redis = &services(&compose)["redis"];
+    let test = strings(&redis["healthcheck"]["test"]);
+    let after = |flag: &str| {
+        test.iter()
+            .position(|word| word == flag)
+            .and_then(|at| test.get(at + 1))
+            .unwrap_or_else(|| panic!("the health check passes {flag}"))
+            .clone()
+    };
+    let user = after("--user");
+    assert_eq!(user, "healthcheck");
+    assert_redis_login(
+        "the redis health check",
+        &user,
+        &resolve(&after("--pass"), &env_example()),
+    );
 }
 
 #[test]

@@ -33,12 +33,12 @@ use rollout_core::{
     AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, ViewAudience,
 };
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{EvalClient, Namespace, Outcome, OutcomeReport};
+use rollout_sdk::{EvalClient, Namespace};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
 use rollout_wire::{RolloutResult, RolloutStatus};
 use serde_json::{json, Value};
-use support::cluster::{boolean_flag, Cluster, ClusterOptions};
+use support::cluster::{boolean_flag, report_candidate, Cluster, ClusterOptions};
 use support::oracle::{
     assert_served_matches_committed, sample_entities, Committed, CommittedFlag, Expected, Judge,
     Observation, Path, Served, GRACE,
@@ -545,37 +545,6 @@ async fn until_served_everywhere(system: &System, flag: &str) {
         },
     )
     .await;
-}
-
-/// `count` outcomes of a (flag, candidate variation), reported the way an application does
-/// (in batches).
-async fn report_candidate(
-    eval: &EvalClient,
-    (flag, variation): (&str, &str),
-    count: usize,
-    failed: bool,
-) {
-    let outcome = if failed {
-        Outcome::Error
-    } else {
-        Outcome::Success
-    };
-    let reports: Vec<OutcomeReport> = (0..count)
-        .map(|index| OutcomeReport {
-            flag: flag.to_owned(),
-            entity: format!("user-{index}"),
-            variation: variation.to_owned(),
-            outcome,
-            value: None,
-            rollout_id: None,
-        })
-        .collect();
-    for batch in reports.chunks(rollout_wire::outcomes::MAX_OUTCOME_BATCH) {
-        eval.report_outcomes(batch.to_vec())
-            .await
-            .expect("outcomes reported");
-    }
-    eval.flush().await.expect("flush");
 }
 
 /// Waits until rollout `rollout_id` has finished, or stopped moving in `state`.

@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use rollout_core::{Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{CommandClient, Namespace, RequestOptions};
+use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport, RequestOptions};
 use rollout_store::{load_flag, load_rollout, redis_time, RolloutRecord};
 use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
 use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
@@ -596,6 +596,37 @@ pub fn operator_commands(client: async_nats::Client) -> CommandClient {
             retries: 5,
             ..RequestOptions::default()
         })
+}
+
+/// `count` outcomes of a (flag, candidate variation), reported the way an application does
+/// (in batches).
+pub async fn report_candidate(
+    eval: &EvalClient,
+    (flag, variation): (&str, &str),
+    count: usize,
+    failed: bool,
+) {
+    let outcome = if failed {
+        Outcome::Error
+    } else {
+        Outcome::Success
+    };
+    let reports: Vec<OutcomeReport> = (0..count)
+        .map(|index| OutcomeReport {
+            flag: flag.to_owned(),
+            entity: format!("user-{index}"),
+            variation: variation.to_owned(),
+            outcome,
+            value: None,
+            rollout_id: None,
+        })
+        .collect();
+    for batch in reports.chunks(rollout_wire::outcomes::MAX_OUTCOME_BATCH) {
+        eval.report_outcomes(batch.to_vec())
+            .await
+            .expect("outcomes reported");
+    }
+    eval.flush().await.expect("flush");
 }
 
 /// A flag `key` with variations `off`/`on`, serving `off`.

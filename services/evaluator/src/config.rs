@@ -3,14 +3,19 @@
 //! batching, fleet liveness, concurrency), loaded by `rollout_runtime::config` from
 //! defaults, an optional file and `ROLLOUT_<SECTION>__<KEY>` variables.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rollout_runtime::config::{
-    ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Validate,
+    ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Secret, Validate,
 };
 use rollout_wire::subjects::Namespace;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+
+use crate::auth::{MAX_TOKEN_BYTES, MIN_TOKEN_BYTES};
 
 /// The whole evaluator configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -47,8 +52,16 @@ impl Validate for EvaluatorConfig {
 pub struct HttpSettings {
     /// Address to listen on, e.g. `0.0.0.0:8080` (port 0 picks a free port)
     pub listen: SocketAddr,
-    /// Namespace of OFREP requests without an `X-Rollout-Namespace` header
+    /// Namespace of OFREP requests without an `X-Rollout-Namespace` header (when tokens
+    /// are required, a request without the header gets its token's namespace instead)
     pub namespace: String,
+    /// Whether OFREP requests need `Authorization: Bearer <token>` with one of `tokens`,
+    /// and then only reach that token's namespace; `/healthz`, `/readyz` and `/metrics`
+    /// stay open. Off by default; the deploy files turn it on
+    pub require_token: bool,
+    /// OFREP bearer tokens, each bound to one namespace: in a file a list of
+    /// `{namespace, token}` tables, in the environment `<ns>:<token>,<ns>:<token>`
+    pub tokens: BearerTokens,
 }
 
 impl HttpSettings {
@@ -63,6 +76,8 @@ impl Default for HttpSettings {
         HttpSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             namespace: HttpSettings::DEFAULT_NAMESPACE.to_owned(),
+            require_token: false,
+            tokens: BearerTokens::default(),
         }
     }
 }
@@ -70,9 +85,131 @@ impl Default for HttpSettings {
 impl Validate for HttpSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         Namespace::new(self.namespace.as_str())
-            .map(|_| ())
-            .map_err(|error| ConfigError::new("http.namespace", error.message()))
+            .map_err(|error| ConfigError::new("http.namespace", error.message()))?;
+        if self.require_token && self.tokens.0.is_empty() {
+            return Err(ConfigError::new(
+                "http.tokens",
+                "must list at least one token while http.require_token is on",
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, binding) in self.tokens.0.iter().enumerate() {
+            Namespace::new(binding.namespace.as_str()).map_err(|error| {
+                ConfigError::new(format!("http.tokens[{index}].namespace"), error.message())
+            })?;
+            let setting = format!("http.tokens[{index}].token");
+            // the messages never show the token: configuration errors end up in logs
+            check_token(binding.token.expose()).map_err(|problem| {
+                ConfigError::new(setting.clone(), format!("the token {problem}"))
+            })?;
+            if let Some(first) = seen.insert(binding.token.expose(), index) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("the same token as http.tokens[{first}]: a token names one namespace"),
+                ));
+            }
+        }
+        Ok(())
     }
+}
+
+/// One OFREP bearer token and the namespace it reaches (`Debug` does not show the token).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerToken {
+    /// The namespace requests with this token evaluate in
+    pub namespace: String,
+    /// The token, `Authorization: Bearer <token>`
+    pub token: Secret,
+}
+
+/// The `http.tokens` list: from a file as a list of `{namespace, token}` tables, from the
+/// environment (where a value is one string) as `<ns>:<token>,<ns>:<token>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BearerTokens(pub Vec<BearerToken>);
+
+impl BearerTokens {
+    /// The tokens.
+    pub fn iter(&self) -> impl Iterator<Item = &BearerToken> {
+        self.0.iter()
+    }
+
+    /// Reads `<ns>:<token>,<ns>:<token>` (blanks around entries ignored).
+    pub fn parse(text: &str) -> Result<BearerTokens, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .enumerate()
+            .map(|(index, entry)| match entry.split_once(':') {
+                Some((namespace, token)) if !namespace.is_empty() && !token.is_empty() => {
+                    Ok(BearerToken {
+                        namespace: namespace.trim().to_owned(),
+                        token: Secret::new(token.trim()),
+                    })
+                }
+                // the entry itself is not shown: it may be a token
+                _ => Err(format!(
+                    "entry {index} is not <namespace>:<token> (entries are separated by commas)"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(BearerTokens)
+    }
+}
+
+impl<'de> Deserialize<'de> for BearerTokens {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<BearerTokens, D::Error> {
+        struct TokensVisitor;
+
+        impl<'de> Visitor<'de> for TokensVisitor {
+            type Value = BearerTokens;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "a list of {namespace, token} tables or a string <ns>:<token>,<ns>:<token>",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<BearerTokens, E> {
+                BearerTokens::parse(text).map_err(E::custom)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<BearerTokens, A::Error> {
+                let mut tokens = Vec::with_capacity(items.size_hint().unwrap_or(0).min(1024));
+                while let Some(token) = items.next_element::<BearerToken>()? {
+                    tokens.push(token);
+                }
+                Ok(BearerTokens(tokens))
+            }
+        }
+
+        deserializer.deserialize_any(TokensVisitor)
+    }
+}
+
+/// A usable bearer token: [`MIN_TOKEN_BYTES`] to [`MAX_TOKEN_BYTES`] characters of RFC
+/// 6750's `b64token` (letters, digits, `-._~+/`, then `=` padding).
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(format!(
+            "is shorter than {MIN_TOKEN_BYTES} characters: use a random one (e.g. openssl rand -hex 32)"
+        ));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!("is longer than {MAX_TOKEN_BYTES} characters"));
+    }
+    let body = token.trim_end_matches('=');
+    let valid = !body.is_empty()
+        && body
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-._~+/".contains(&byte));
+    if !valid {
+        return Err(
+            "may contain only letters, digits, '-', '.', '_', '~', '+', '/' and trailing '='"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Section `evaluator` (`ROLLOUT_EVALUATOR__*`).
@@ -219,5 +356,85 @@ mod tests {
         );
         let env = MapEnv::new().with("ROLLOUT_EVALUATOR__UNKNOWN", "1");
         assert!(load_config::<EvaluatorConfig>(None, &env).is_err());
+    }
+
+    const PROD_TOKEN: &str = "prod-token-0123456789abcdef";
+    const DEV_TOKEN: &str = "dev-token-0123456789abcdef==";
+
+    #[test]
+    fn tokens_come_from_a_file_list_or_an_environment_string() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("evaluator.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[http]\nrequire_token = true\n\n[[http.tokens]]\nnamespace = \"prod\"\ntoken = \"{PROD_TOKEN}\"\n\n[[http.tokens]]\nnamespace = \"dev\"\ntoken = \"{DEV_TOKEN}\"\n"
+            ),
+        )
+        .expect("write");
+        let config: EvaluatorConfig = load_config(Some(&file), &MapEnv::new()).expect("loads");
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.http.require_token);
+        let bound: Vec<(&str, &str)> = config
+            .http
+            .tokens
+            .iter()
+            .map(|binding| (binding.namespace.as_str(), binding.token.expose()))
+            .collect();
+        assert_eq!(bound, vec![("prod", PROD_TOKEN), ("dev", DEV_TOKEN)]);
+        assert!(
+            !format!("{config:?}").contains(PROD_TOKEN),
+            "tokens never show"
+        );
+
+        // the environment replaces the file's list
+        let env = MapEnv::new().with("ROLLOUT_HTTP__TOKENS", format!(" dev:{DEV_TOKEN} ,"));
+        let config: EvaluatorConfig = load_config(Some(&file), &env).expect("loads");
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.http.tokens.0.len(), 1);
+        assert_eq!(config.http.tokens.0[0].namespace, "dev");
+        assert_eq!(config.http.tokens.0[0].token.expose(), DEV_TOKEN);
+    }
+
+    #[test]
+    fn bad_tokens_are_named_without_showing_them() {
+        let load = |require: &str, tokens: &str| {
+            let env = MapEnv::new()
+                .with("ROLLOUT_HTTP__REQUIRE_TOKEN", require)
+                .with("ROLLOUT_HTTP__TOKENS", tokens);
+            load_config::<EvaluatorConfig>(None, &env)
+        };
+        let error = load("true", "")
+            .expect("loads")
+            .validate()
+            .expect_err("no tokens");
+        assert_eq!(error.setting(), "http.tokens");
+        let oversized = "x".repeat(MAX_TOKEN_BYTES + 1);
+        let cases = [
+            ("prod", "tiny-token", "http.tokens[0].token"),
+            ("prod", oversized.as_str(), "http.tokens[0].token"),
+            ("prod", "has-a-space in-it-0123", "http.tokens[0].token"),
+            ("no.such", PROD_TOKEN, "http.tokens[0].namespace"),
+        ];
+        for (namespace, token, setting) in cases {
+            let error = load("true", &format!("{namespace}:{token}"))
+                .expect("loads")
+                .validate()
+                .expect_err(token);
+            assert_eq!(error.setting(), setting, "{namespace}:{token}");
+            assert!(!error.message().contains(token), "{error}");
+        }
+        let error = load("true", &format!("prod:{PROD_TOKEN},dev:{PROD_TOKEN}"))
+            .expect("loads")
+            .validate()
+            .expect_err("one token, two namespaces");
+        assert_eq!(error.setting(), "http.tokens[1].token");
+        assert!(!error.message().contains(PROD_TOKEN), "{error}");
+        let error = load("true", PROD_TOKEN).expect_err("no namespace");
+        assert_eq!(error.setting(), "http.tokens");
+        assert!(!error.message().contains(PROD_TOKEN), "{error}");
+        // tokens may be listed before they are required (clients start sending them)
+        let config = load("false", &format!("prod:{PROD_TOKEN}")).expect("loads");
+        assert_eq!(config.validate(), Ok(()));
     }
 }

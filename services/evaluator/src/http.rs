@@ -3,16 +3,22 @@
 //! `GET /readyz` (200 once the first full load is done, 503 before) and `GET /metrics`
 //! (Prometheus text).
 //!
-//! The namespace is the `X-Rollout-Namespace` header, else `http.namespace`. The bulk
+//! The namespace is the `X-Rollout-Namespace` header, else `http.namespace`. With
+//! `http.require_token`, OFREP requests need `Authorization: Bearer <token>` ([`auth`]):
+//! none, a malformed or an unknown one is 401, a token asking for a namespace other than
+//! its own is 403, and a request without the header gets the token's namespace; health,
+//! readiness and metrics stay open. Refusals have the OFREP error shape. The bulk
 //! response carries a strong `ETag` of its body; a request whose `If-None-Match` matches
 //! gets `304 Not Modified`.
+//!
+//! [`auth`]: crate::auth
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +28,7 @@ use rollout_wire::envelope::ErrorCode;
 use rollout_wire::subjects::Namespace;
 use serde_json::Value;
 
+use crate::auth::Denied;
 use crate::metrics::Transport;
 use crate::ofrep::{self, OfrepError, OfrepRequest};
 use crate::snapshot::NamespaceSnapshot;
@@ -52,6 +59,19 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// A refusal of the request's credentials: 401 with its `WWW-Authenticate` challenge, or
+/// 403, with the OFREP error `body`.
+fn denied_response(denied: &Denied, body: &Value) -> Response {
+    let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = json_response(status, body);
+    if let Some(challenge) = denied.challenge() {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
 fn status_of(error: &OfrepError) -> StatusCode {
     StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST)
 }
@@ -74,20 +94,34 @@ struct Prepared {
 }
 
 enum Refused {
+    /// The request's credentials were refused (before anything else is looked at).
+    Denied(Denied),
     NotReady,
     Bad(Option<Arc<NamespaceSnapshot>>, OfrepError),
 }
 
 fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared, Refused> {
+    let bound = shared
+        .tokens
+        .authorize(headers.get(AUTHORIZATION))
+        .map_err(Refused::Denied)?;
     if !shared.metrics.is_ready() {
         return Err(Refused::NotReady);
     }
     let name = match headers.get(NAMESPACE_HEADER) {
-        None => shared.default_namespace.clone(),
+        None => bound.unwrap_or(&shared.default_namespace).to_owned(),
         Some(value) => {
             let text = value.to_str().unwrap_or_default();
             match Namespace::new(text) {
-                Ok(namespace) => namespace.to_string(),
+                Ok(namespace) => match bound {
+                    Some(bound) if bound != namespace.as_str() => {
+                        return Err(Refused::Denied(Denied::OtherNamespace {
+                            bound: bound.to_owned(),
+                            requested: namespace.into(),
+                        }))
+                    }
+                    _ => namespace.into(),
+                },
                 Err(error) => {
                     return Err(Refused::Bad(
                         None,
@@ -145,6 +179,10 @@ async fn evaluate_one(
 ) -> Response {
     let started = Instant::now();
     let response = match prepare(&shared, &headers, &body) {
+        Err(Refused::Denied(denied)) => {
+            record(&shared, None, Some(ErrorCode::PermissionDenied));
+            denied_response(&denied, &OfrepError::denied(&denied).body_for(&key))
+        }
         Err(Refused::NotReady) => not_ready(&shared),
         Err(Refused::Bad(namespace, error)) => {
             record(&shared, namespace.as_deref(), Some(code_of(&error)));
@@ -187,6 +225,10 @@ async fn evaluate_bulk(
 ) -> Response {
     let started = Instant::now();
     let response = match prepare(&shared, &headers, &body) {
+        Err(Refused::Denied(denied)) => {
+            record(&shared, None, Some(ErrorCode::PermissionDenied));
+            denied_response(&denied, &OfrepError::denied(&denied).bulk_body())
+        }
         Err(Refused::NotReady) => not_ready(&shared),
         Err(Refused::Bad(namespace, error)) => {
             record(&shared, namespace.as_deref(), Some(code_of(&error)));

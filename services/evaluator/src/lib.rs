@@ -4,7 +4,8 @@
 //!
 //! - `rollout.eval.<ns>` request-reply in queue group `evaluator` ([`eval`]): one flag,
 //!   several, or all, with `explain`;
-//! - OFREP over HTTP, plus `/healthz`, `/readyz` and `/metrics` ([`http`], [`ofrep`]);
+//! - OFREP over HTTP, plus `/healthz`, `/readyz` and `/metrics` ([`http`], [`ofrep`]),
+//!   with bearer tokens bound to one namespace each when required ([`auth`]);
 //! - fleet agents on `rollout.fleet.<ns>.<verb>` ([`fleet`]): register, heartbeat,
 //!   desired variation, applied/failed reports;
 //! - outcome reports on `rollout.metrics.<ns>` ([`outcomes`]): checked against the
@@ -24,6 +25,7 @@
 //! after its first full load from Redis; until then `/readyz` answers 503 and the queue
 //! group routes requests to the other replicas.
 
+pub mod auth;
 pub mod config;
 pub mod eval;
 pub mod fleet;
@@ -49,6 +51,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{EvaluatorConfig, EvaluatorSettings, HttpSettings};
 
+use crate::auth::TokenTable;
 use crate::clock::RedisClock;
 use crate::fleet::{AgentCache, KnownRollouts};
 use crate::metrics::Metrics;
@@ -94,6 +97,8 @@ pub struct Shared {
     redis: ConnectionManager,
     settings: EvaluatorSettings,
     default_namespace: String,
+    /// OFREP bearer tokens and whether they are required.
+    tokens: TokenTable,
     clock: RedisClock,
     agents: AgentCache,
     rollouts: KnownRollouts,
@@ -112,6 +117,7 @@ impl std::fmt::Debug for Shared {
             .field("subjects", &self.subjects)
             .field("settings", &self.settings)
             .field("default_namespace", &self.default_namespace)
+            .field("tokens", &self.tokens)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +162,7 @@ impl Evaluator {
             redis,
             settings: config.evaluator.clone(),
             default_namespace: config.http.namespace.clone(),
+            tokens: TokenTable::new(&config.http),
             clock: RedisClock::default(),
             agents: AgentCache::default(),
             rollouts: KnownRollouts::default(),
@@ -191,6 +198,17 @@ impl Evaluator {
                 ready_sender,
             ),
         );
+        if shared.tokens.required() {
+            tracing::info!(
+                tokens = shared.tokens.len(),
+                "ofrep requires a bearer token bound to a namespace"
+            );
+        } else if !shared.tokens.is_empty() {
+            tracing::warn!(
+                tokens = shared.tokens.len(),
+                "http.tokens are set but http.require_token is off: ofrep answers without a token"
+            );
+        }
         tracing::info!(http = %http_addr, "evaluator started; loading the snapshot");
         Ok(EvaluatorHandle {
             http_addr,

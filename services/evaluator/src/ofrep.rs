@@ -85,6 +85,15 @@ impl OfrepError {
         }
     }
 
+    /// 401 or 403 `GENERAL`: the request's credentials were refused.
+    pub fn denied(denied: &crate::auth::Denied) -> OfrepError {
+        OfrepError {
+            status: denied.status(),
+            code: "GENERAL",
+            details: denied.to_string(),
+        }
+    }
+
     /// The body for a single-flag request for `key`.
     pub fn body_for(&self, key: &str) -> Value {
         serde_json::json!({"key": key, "errorCode": self.code, "errorDetails": self.details})

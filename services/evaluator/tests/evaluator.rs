@@ -445,7 +445,8 @@ async fn the_python_openfeature_sdk_evaluates_through_ofrep() {
         "off_variation": "light", "default": {"variation": "dark"}}))
     .expect("flag");
     store.create_flag(NS, theme).await;
-    let replica = start(servers.config()).await;
+    // as deployed: tokens required, the prod token binds the namespace
+    let replica = start(token_config(&servers)).await;
 
     let python_path = python_packages();
     let script = r#"
@@ -454,11 +455,16 @@ from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 
-api.set_provider(OFREPProvider(sys.argv[1], headers_factory=lambda: {"X-Rollout-Namespace": "prod"}))
+url, token = sys.argv[1], sys.argv[2]
+api.set_provider(OFREPProvider(url, headers_factory=lambda: {"Authorization": "Bearer " + token}))
+api.set_provider(OFREPProvider(url), domain="anonymous")
+api.set_provider(OFREPProvider(url, headers_factory=lambda: {
+    "Authorization": "Bearer " + token, "X-Rollout-Namespace": "dev"}), domain="reaching")
 client = api.get_client()
 def show(details):
     return {"value": details.value, "variant": details.variant, "reason": str(details.reason),
             "error": None if details.error_code is None else str(details.error_code),
+            "message": details.error_message,
             "version": (details.flag_metadata or {}).get("version")}
 out = {
     "beta": show(client.get_boolean_details("checkout", False, EvaluationContext("user-1", {"plan": "beta"}))),
@@ -466,6 +472,10 @@ out = {
     "theme": show(client.get_string_details("theme", "none", EvaluationContext("user-3"))),
     "missing": show(client.get_boolean_details("nope", True, EvaluationContext("user-4"))),
     "wrong_type": show(client.get_string_details("checkout", "x", EvaluationContext("user-5"))),
+    "anonymous": show(api.get_client("anonymous").get_boolean_details(
+        "checkout", True, EvaluationContext("user-6"))),
+    "reaching": show(api.get_client("reaching").get_boolean_details(
+        "checkout", True, EvaluationContext("user-7"))),
 }
 print(json.dumps(out))
 "#;
@@ -473,6 +483,7 @@ print(json.dumps(out))
         .arg("-c")
         .arg(script)
         .arg(format!("http://{}", replica.http_addr()))
+        .arg(PROD_TOKEN)
         .env("PYTHONPATH", &python_path)
         .output()
         .await
@@ -495,6 +506,13 @@ print(json.dumps(out))
     assert_eq!(answers["missing"]["value"], true, "the default on errors");
     assert_eq!(answers["missing"]["error"], "FLAG_NOT_FOUND");
     assert_eq!(answers["wrong_type"]["error"], "TYPE_MISMATCH");
+    // without a token, or with one asking for another namespace: the default, and why
+    assert_eq!(answers["anonymous"]["value"], true);
+    assert_eq!(answers["anonymous"]["error"], "GENERAL");
+    assert_eq!(answers["anonymous"]["message"], "unauthorized");
+    assert_eq!(answers["reaching"]["value"], true);
+    assert_eq!(answers["reaching"]["error"], "GENERAL");
+    assert_eq!(answers["reaching"]["message"], "forbidden");
     replica.stop().await;
 }
 
@@ -686,15 +704,8 @@ async fn ofrep_bulk_health_readiness_and_metrics() {
     )
     .await;
     assert_eq!(response.status, 200);
-    let flags = response.json()["flags"].clone();
-    let keys: Vec<&str> = flags
-        .as_array()
-        .expect("flags")
-        .iter()
-        .filter_map(|flag| flag["key"].as_str())
-        .collect();
-    assert_eq!(keys, ["alpha", "checkout"]);
-    assert_eq!(flags[1]["variant"], "on");
+    assert_eq!(bulk_keys(&response.json()), ["alpha", "checkout"]);
+    assert_eq!(response.json()["flags"][1]["variant"], "on");
     let etag = response.headers.get("etag").expect("etag").clone();
     let unchanged = http(
         addr,
@@ -735,6 +746,148 @@ async fn ofrep_bulk_health_readiness_and_metrics() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    replica.stop().await;
+}
+
+const PROD_TOKEN: &str = "prod-ofrep-token-0123456789";
+const DEV_TOKEN: &str = "dev-ofrep-token-0123456789";
+
+/// A replica that requires OFREP bearer tokens: one for `prod`, one for `dev`.
+fn token_config(servers: &Servers) -> evaluator::EvaluatorConfig {
+    let mut config = servers.config();
+    config.http.require_token = true;
+    config.http.tokens =
+        evaluator::config::BearerTokens::parse(&format!("prod:{PROD_TOKEN},dev:{DEV_TOKEN}"))
+            .expect("tokens");
+    config
+}
+
+/// An OFREP request for `path` with `headers` and the context of entity `u-1`.
+async fn ofrep_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let body =
+        serde_json::to_vec(&serde_json::json!({"context": {"targetingKey": "u-1"}})).expect("json");
+    http(addr, "POST", path, headers, &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ofrep_tokens_bind_each_request_to_one_namespace() {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    store.create_flag(NS, checkout_flag("prod-only")).await;
+    store.create_flag("dev", checkout_flag("dev-only")).await;
+    let replica = start(token_config(&servers)).await;
+    let addr = replica.http_addr();
+    let prod = format!("Bearer {PROD_TOKEN}");
+    let dev = format!("Bearer {DEV_TOKEN}");
+    let single = "/ofrep/v1/evaluate/flags/prod-only";
+    let bulk = "/ofrep/v1/evaluate/flags";
+
+    // no token, a malformed header, an unknown or oversized token: 401, OFREP error shape
+    let oversized = format!("Bearer {}", "t".repeat(10_000));
+    for (authorization, challenge) in [
+        (None, "Bearer realm=\"rollout\""),
+        (Some("Basic dXNlcjpwYXNz"), "error=\"invalid_request\""),
+        (Some("Bearer"), "error=\"invalid_request\""),
+        (
+            Some("Bearer caf\u{e9}-token-0123456789"),
+            "error=\"invalid_request\"",
+        ),
+        (
+            Some("Bearer not-a-known-token-0123456789"),
+            "error=\"invalid_token\"",
+        ),
+        (Some(oversized.as_str()), "error=\"invalid_token\""),
+    ] {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect();
+        let refused = ofrep_with(addr, single, &headers).await;
+        let shown = authorization.map(|text| &text[..text.len().min(40)]);
+        assert_eq!(refused.status, 401, "{shown:?}: {}", refused.text());
+        let body = refused.json();
+        assert_eq!(body["key"], "prod-only", "{shown:?}");
+        assert_eq!(body["errorCode"], "GENERAL", "{shown:?}");
+        assert!(body["errorDetails"]
+            .as_str()
+            .is_some_and(|details| !details.is_empty()));
+        assert!(
+            refused
+                .headers
+                .get("www-authenticate")
+                .is_some_and(|value| value.contains(challenge)),
+            "{shown:?}: {:?}",
+            refused.headers
+        );
+        let refused = ofrep_with(addr, bulk, &headers).await;
+        assert_eq!(refused.status, 401, "{shown:?}");
+        assert_eq!(refused.json()["errorCode"], "GENERAL");
+        assert!(refused.json().get("flags").is_none(), "nothing evaluated");
+    }
+    let oversized_details = ofrep_with(addr, single, &[("Authorization", &oversized)])
+        .await
+        .json()["errorDetails"]
+        .clone();
+    assert!(
+        oversized_details
+            .as_str()
+            .is_some_and(|details| details.contains("at most 256")),
+        "{oversized_details}"
+    );
+
+    // a token without the namespace header: the token's namespace
+    let dev_only = "/ofrep/v1/evaluate/flags/dev-only";
+    for (authorization, path, status, field, expected) in [
+        (&prod, single, 200, "variant", "off"),
+        (&prod, dev_only, 404, "errorCode", "FLAG_NOT_FOUND"),
+        (&dev, dev_only, 200, "variant", "off"),
+    ] {
+        let answer = ofrep_with(addr, path, &[("Authorization", authorization)]).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        assert_eq!(answer.json()[field], expected, "{path}");
+    }
+    let flags = ofrep_with(addr, bulk, &[("Authorization", &dev)]).await;
+    assert_eq!(bulk_keys(&flags.json()), ["dev-only"]);
+
+    // the token's own namespace named: served; another one: 403
+    let named = [
+        ("Authorization", prod.as_str()),
+        ("X-Rollout-Namespace", "prod"),
+    ];
+    assert_eq!(ofrep_with(addr, single, &named).await.status, 200);
+    let reach = [
+        ("Authorization", prod.as_str()),
+        ("X-Rollout-Namespace", "dev"),
+    ];
+    for path in [dev_only, bulk] {
+        let forbidden = ofrep_with(addr, path, &reach).await;
+        assert_eq!(forbidden.status, 403, "{path}: {}", forbidden.text());
+        let body = forbidden.json();
+        assert_eq!(body["errorCode"], "GENERAL");
+        assert_eq!(
+            body["errorDetails"],
+            "the bearer token is for namespace prod, not dev"
+        );
+        assert!(body.get("flags").is_none() && body.get("value").is_none());
+        assert!(!forbidden.headers.contains_key("www-authenticate"));
+    }
+
+    // health, readiness and metrics stay open; refusals are counted
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").await.status, 200);
+    assert_eq!(http(addr, "GET", "/readyz", &[], b"").await.status, 200);
+    let metrics = http(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains(
+            "rollout_evaluations_total{namespace=\"_unknown\",transport=\"http\",result=\"permission_denied\"} 15"
+        ),
+        "{}",
+        metrics.text()
+    );
     replica.stop().await;
 }
 

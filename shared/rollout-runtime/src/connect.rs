@@ -105,11 +105,11 @@ impl ConnectError {
 /// server cannot be reached.
 ///
 /// Applies the connection name (`settings.name`, else `client_name`),
-/// user/password, token or credentials file, and TLS (trusted CAs, client
-/// certificate, `tls_required`). Once connected, the client reconnects
-/// without limit, backing off up to 2 s between attempts, and logs
-/// disconnections and reconnections. Authentication and TLS failures are
-/// returned at once, without retrying.
+/// user/password, token or credentials file, TLS (trusted CAs, client
+/// certificate, `tls_required`) and the inbox prefix replies come back
+/// under. Once connected, the client reconnects without limit, backing off
+/// up to 2 s between attempts, and logs disconnections and reconnections.
+/// Authentication and TLS failures are returned at once, without retrying.
 pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
@@ -288,6 +288,9 @@ async fn nats_options(
     if settings.tls_required {
         options = options.require_tls(true);
     }
+    if let Some(prefix) = &settings.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
     Ok(options)
 }
 
@@ -359,6 +362,10 @@ fn nats_fatal_kind(kind: async_nats::ConnectErrorKind) -> Option<ConnectErrorKin
 /// A Redis client for `settings` with `user`/`password` applied over the
 /// URL's; it does no IO. Use it for dedicated connections (blocking
 /// commands, pub/sub) beside the shared [`ConnectionManager`].
+///
+/// Connections do not send `CLIENT SETINFO`: the services' ACL users are
+/// not allowed `CLIENT` (`deploy/redis/users.acl`), and Redis 7.2 would
+/// log a refusal for every connection, burying real ones in `ACL LOG`.
 pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectError> {
     let invalid = |error: redis::RedisError| {
         ConnectError::new(
@@ -373,7 +380,7 @@ pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectEr
         .as_str()
         .into_connection_info()
         .map_err(invalid)?;
-    let mut handshake = info.redis_settings().clone();
+    let mut handshake = info.redis_settings().clone().set_skip_set_lib_name();
     if let Some(user) = &settings.user {
         handshake = handshake.set_username(user);
     }
@@ -584,5 +591,6 @@ mod tests {
         let handshake = client.get_connection_info().redis_settings();
         assert_eq!(handshake.username(), Some("ticker"));
         assert_eq!(handshake.password(), Some("pw"));
+        assert!(handshake.skip_set_lib_name(), "no CLIENT SETINFO");
     }
 }

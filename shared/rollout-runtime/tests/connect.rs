@@ -114,6 +114,28 @@ async fn nats_user_and_password_are_applied() {
 }
 
 #[tokio::test]
+async fn nats_replies_come_back_under_the_inbox_prefix() {
+    // a user who may receive replies only under its own inbox prefix
+    let server = NatsServer::start_with(NatsOptions::default().jetstream(false).config(
+        "authorization { users = [ { user: app, password: s3cret, permissions: {\n\
+         publish: { allow: [\"rollout.test.>\", \"_INBOX_app.>\"] }\n\
+         subscribe: { allow: [\"rollout.test.>\", \"_INBOX_app.>\"] } } } ] }\n",
+    ))
+    .expect("start nats-server with an inbox-restricted user");
+    let settings = NatsSettings {
+        user: Some("app".to_owned()),
+        password: Some(Secret::new("s3cret")),
+        inbox_prefix: Some("_INBOX_app".to_owned()),
+        ..nats_settings(server.url())
+    };
+    let client = connect_nats(&settings, "runtime-test")
+        .await
+        .expect("connect");
+    assert!(client.new_inbox().starts_with("_INBOX_app."));
+    assert_request_reply(&client).await;
+}
+
+#[tokio::test]
 async fn nats_closed_port_fails_after_the_timeout() {
     let port = free_port().expect("free port");
     let url = format!("nats://127.0.0.1:{port}");

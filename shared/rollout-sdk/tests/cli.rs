@@ -374,6 +374,61 @@ async fn unreachable_nats_exits_69() {
 }
 
 #[tokio::test]
+async fn the_inbox_prefix_comes_from_the_environment() {
+    rollout_runtime::telemetry::init_for_tests();
+    // an operator allowed to receive replies only under its own inbox prefix, as
+    // deploy/nats/accounts.conf has every user
+    let nats =
+        rollout_testkit::NatsServer::start_with(rollout_testkit::NatsOptions::default().config(
+            "authorization { users = [\n\
+         { user: planner, password: planner-pw }\n\
+         { user: ops, password: ops-pw, permissions: {\n\
+           publish: { allow: [\"rollout.cmd.>\", \"rollout.query.>\"] }\n\
+           subscribe: { allow: [\"_INBOX_ops.>\"] } } }\n\
+         ] }\n",
+        ))
+        .expect("nats starts with users");
+    let redis = rollout_testkit::RedisServer::start().expect("redis starts");
+    let mut config = common::planner_config(&nats, &redis);
+    config.nats.user = Some("planner".to_owned());
+    config.nats.password = Some(rollout_runtime::config::Secret::new("planner-pw"));
+    let shutdown = rollout_runtime::shutdown::Shutdown::new();
+    let planner = planner::Planner::start(config, shutdown.clone())
+        .await
+        .expect("planner starts");
+    let run = |inbox_prefix: Option<&str>| {
+        let mut command = common::ctl_command(&nats.url(), &["--timeout", "1s", "flag", "list"]);
+        command
+            .env("ROLLOUT_NATS__USER", "ops")
+            .env("ROLLOUT_NATS__PASSWORD", "ops-pw");
+        if let Some(prefix) = inbox_prefix {
+            command.env("ROLLOUT_NATS__INBOX_PREFIX", prefix);
+        }
+        async move {
+            tokio::time::timeout(PATIENCE, command.output())
+                .await
+                .expect("rolloutctl finishes in time")
+                .expect("rolloutctl runs")
+        }
+    };
+    let listed = run(Some("_INBOX_ops")).await;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    // with the client default (_INBOX) the reply never comes back
+    let lost = run(None).await;
+    assert_eq!(lost.status.code(), Some(69), "{lost:?}");
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("ROLLOUT_NATS__INBOX_PREFIX"),
+        "the hint names the setting: {lost:?}"
+    );
+    shutdown.trigger();
+    planner.wait().await;
+}
+
+#[tokio::test]
 async fn watch_follows_events_until_the_rollout_ends() {
     let cluster = Cluster::start().await;
     create_example_flag(&cluster).await;

@@ -595,6 +595,16 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The flag keys of an OFREP bulk response body, in order.
+pub fn bulk_keys(body: &serde_json::Value) -> Vec<String> {
+    body["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .filter_map(|flag| flag["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// OFREP single evaluation of `key` for `context` on one replica.
 pub async fn ofrep(
     addr: SocketAddr,

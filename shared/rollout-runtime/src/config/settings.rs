@@ -65,6 +65,10 @@ pub struct NatsSettings {
     /// Messages one subscription buffers in the client; beyond it the client drops them
     /// (a slow consumer; evaluators then compare every flag with Redis)
     pub subscription_capacity: usize,
+    /// Prefix of the subjects replies come back on (`<prefix>.<id>`); `_INBOX` when unset.
+    /// A user allowed to subscribe only to its own inboxes (`_INBOX_<user>.>`, as
+    /// `deploy/nats/accounts.conf` does) needs it, or no request gets its reply
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsSettings {
@@ -103,6 +107,7 @@ impl Default for NatsSettings {
             tls_required: false,
             connect_timeout: NatsSettings::DEFAULT_CONNECT_TIMEOUT,
             subscription_capacity: NatsSettings::DEFAULT_SUBSCRIPTION_CAPACITY,
+            inbox_prefix: None,
         }
     }
 }
@@ -124,7 +129,10 @@ impl Validate for NatsSettings {
                 ));
             }
         }
-        validate_subject_prefix(&self.subject_prefix)?;
+        validate_subject_prefix("nats.subject_prefix", &self.subject_prefix)?;
+        if let Some(prefix) = &self.inbox_prefix {
+            validate_subject_prefix("nats.inbox_prefix", prefix)?;
+        }
         if self.subscription_capacity == 0 {
             return Err(ConfigError::new(
                 "nats.subscription_capacity",
@@ -184,7 +192,9 @@ impl Validate for NatsSettings {
     }
 }
 
-fn validate_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
+/// A subject prefix (`rollout`, `_INBOX_planner`): dot-separated tokens without
+/// whitespace or wildcards.
+fn validate_subject_prefix(setting: &str, prefix: &str) -> Result<(), ConfigError> {
     let problem = if prefix.is_empty() {
         Some("must not be empty")
     } else if prefix
@@ -198,10 +208,7 @@ fn validate_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
         None
     };
     match problem {
-        Some(problem) => Err(ConfigError::new(
-            "nats.subject_prefix",
-            format!("{prefix:?} {problem}"),
-        )),
+        Some(problem) => Err(ConfigError::new(setting, format!("{prefix:?} {problem}"))),
         None => Ok(()),
     }
 }
@@ -490,6 +497,23 @@ mod tests {
             bad_prefix.validate().map_err(|e| e.setting().to_owned()),
             Err("nats.subject_prefix".to_owned())
         );
+
+        for bad in ["", "_INBOX.>", "_INBOX_a b", "_INBOX..x", "_INBOX."] {
+            let bad_inbox = NatsSettings {
+                inbox_prefix: Some(bad.to_owned()),
+                ..NatsSettings::default()
+            };
+            assert_eq!(
+                bad_inbox.validate().map_err(|e| e.setting().to_owned()),
+                Err("nats.inbox_prefix".to_owned()),
+                "{bad:?}"
+            );
+        }
+        let own_inbox = NatsSettings {
+            inbox_prefix: Some("_INBOX_sdk-prod".to_owned()),
+            ..NatsSettings::default()
+        };
+        assert_eq!(own_inbox.validate(), Ok(()));
 
         let user_without_password = NatsSettings {
             user: Some("planner".to_owned()),

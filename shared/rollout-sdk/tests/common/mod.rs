@@ -31,7 +31,7 @@ pub struct Cluster {
     evaluator: Option<EvaluatorHandle>,
 }
 
-fn planner_config(nats: &NatsServer, redis: &RedisServer) -> PlannerConfig {
+pub fn planner_config(nats: &NatsServer, redis: &RedisServer) -> PlannerConfig {
     let mut config = PlannerConfig::default();
     config.nats.url = nats.url();
     config.redis.url = redis.url();

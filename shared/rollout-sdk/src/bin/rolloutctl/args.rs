@@ -14,8 +14,9 @@ files hold the `flag` object likewise. Examples of each kind are in deploy/examp
 Times (`start_at`, `template.start_at`, `manual[].execute_at`) may be written relative to
 now as `+DURATION` (`+10m`, `+1h30m`, `+2d`); rolloutctl converts them before sending.
 
-Connection settings beyond --nats-url (user, password, token, credentials file, TLS) are
-read from ROLLOUT_NATS__* variables, as the services read them.
+Connection settings beyond --nats-url (user, password, token, credentials file, TLS, the
+inbox prefix replies come back under) are read from ROLLOUT_NATS__* variables, as the
+services read them: e.g. ROLLOUT_NATS__USER=operator ROLLOUT_NATS__INBOX_PREFIX=_INBOX_operator.
 
 Exit codes: 0 done; 1 the planner refused (not_found, conflict, failed_precondition,
 permission_denied); 2 invalid input (usage, unreadable file, invalid_argument); 69 NATS or

@@ -199,7 +199,7 @@ fn sdk_hint(error: &Error, context: &Context, namespace: &str) -> String {
             "no {service} answers in namespace {namespace}: start one, or check -n/--namespace and --subject-prefix"
         ),
         (ErrorKind::Timeout, _) => format!(
-            "the {service} did not answer in time: raise --timeout or check the {service}'s health (commands are safe to repeat)"
+            "the {service} did not answer in time: raise --timeout or check the {service}'s health (commands are safe to repeat); a NATS user allowed replies only under its own inbox needs ROLLOUT_NATS__INBOX_PREFIX (e.g. _INBOX_<user>)"
         ),
         (ErrorKind::Transport, _) => "the NATS connection failed: check the server and your credentials".to_owned(),
         (ErrorKind::Decode, _) => "the reply did not decode: rolloutctl and the services may be of different releases".to_owned(),
