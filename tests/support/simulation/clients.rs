@@ -24,7 +24,7 @@ use super::schedule::{
     flag_key, Action, AgentSpec, AudiencePlan, CommandOp, ExpectedStep, FlagEdit, FleetOp,
     Generator, Op, OutcomeBurst, Planned, SpecPlan, StageGatePlan, StartPlan, Transport, STAGES,
 };
-use super::Enabled;
+use super::{wait_for_turn, Enabled};
 use crate::support::cluster::{operator_commands, wall_clock_now, Cluster};
 use crate::support::oracle::SilentAgents;
 use crate::support::NS;
@@ -141,16 +141,12 @@ impl World {
         let mut tasks = JoinSet::new();
         let mut next_progress = Duration::from_secs(60);
         for planned in ops {
-            tokio::time::sleep_until(start + planned.at).await;
+            let performed = wait_for_turn(&planned, start, &self.enabled, &self.ledger).await;
             if planned.at >= next_progress {
                 self.print_progress(planned.at);
                 next_progress += Duration::from_secs(60);
             }
-            if !self.enabled.allows(planned.op.generator()) {
-                self.ledger
-                    .lock()
-                    .expect("ledger")
-                    .skip(&planned.op.kind(), "generator switched off (open defect)");
+            if !performed {
                 continue;
             }
             let permit = Arc::clone(&in_flight)
@@ -239,7 +235,7 @@ impl World {
             Some((_, _, true)) if !self.enabled.allows(Generator::RetriesOfInvalidInput) => {
                 self.ledger.lock().expect("ledger").skip(
                     &kind,
-                    "first outcome invalid_argument; generator switched off (open defect)",
+                    "its first outcome was invalid_argument and generator retries_of_invalid_input is switched off",
                 );
             }
             Some((verb, body, _)) => self.send(id, verb, &body, transport).await,

@@ -13,8 +13,8 @@ use rollout_core::Timestamp;
 use tokio::time::Instant;
 
 use super::ledger::{DataEpoch, SharedLedger};
-use super::schedule::{Fault, Planned};
-use super::Enabled;
+use super::schedule::{Fault, Op, Planned};
+use super::{wait_for_turn, Enabled};
 use crate::support::checks::{Report, VersionMonitor};
 use crate::support::cluster::{wall_clock_now, Cluster, EvaluatorProcess};
 use crate::support::proxy::Link;
@@ -94,17 +94,12 @@ impl<'a> FaultLane<'a> {
     /// with its data (the epoch counter starts again after a loss).
     pub async fn run(&mut self, ops: Vec<Planned>, start: Instant, report: &mut Report) -> u64 {
         for planned in ops {
-            tokio::time::sleep_until(start + planned.at).await;
-            let super::schedule::Op::Fault(fault) = &planned.op else {
-                continue;
-            };
-            if !self.enabled.allows(planned.op.generator()) {
-                self.ledger
-                    .lock()
-                    .expect("ledger")
-                    .skip(&planned.op.kind(), "generator switched off (open defect)");
+            if !wait_for_turn(&planned, start, self.enabled, &self.ledger).await {
                 continue;
             }
+            let Op::Fault(fault) = &planned.op else {
+                continue;
+            };
             let began = start.elapsed();
             let what = self.inject(fault).await;
             println!(

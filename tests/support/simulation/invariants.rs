@@ -450,8 +450,21 @@ fn check_gate(
     let enough = u128::from(completed.len() as u64) * u128::from(Share::ALL.ppm())
         >= u128::from(members.len() as u64) * u128::from(min_completed.ppm());
     findings.expect(GATES, enough, || {
+        // members no fleet call was acknowledged from lately: silent ones
+        let heard_since = opened_at.minus(EVIDENCE_SLACK).minus(EVIDENCE_SLACK);
+        let quiet: Vec<&&str> = members
+            .iter()
+            .filter(|member| {
+                !ledger.fleet.iter().any(|call| {
+                    call.agent == **member
+                        && call
+                            .acked_at
+                            .is_some_and(|acked| acked >= heard_since && acked <= opened_at)
+                })
+            })
+            .collect();
         format!(
-            "{}: the completion gate of stage {stage} (≥ {} %) opened at {opened_at} with {} of its {} registered members reporting completion ({:?} of {members:?})",
+            "{}: the completion gate of stage {stage} (≥ {} %) opened at {opened_at} with {} of its {} registered members reporting completion ({:?} of {members:?}; not heard from in the 2 s before: {quiet:?})",
             record.id,
             min_completed.percentage(),
             completed.len(),

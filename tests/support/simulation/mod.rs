@@ -102,7 +102,7 @@ pub fn replay_command(seed: u64) -> String {
 /// Which generators run.
 #[derive(Clone, Debug, Default)]
 pub struct Enabled {
-    switched_off: BTreeMap<Generator, &'static str>,
+    switched_off: BTreeMap<Generator, String>,
 }
 
 impl Enabled {
@@ -138,12 +138,12 @@ impl Enabled {
                 .iter()
                 .any(|name| name == "all" || name == open.generator.name());
             if !enabled {
-                switched_off.insert(open.generator, open.defect);
+                switched_off.insert(open.generator, format!("open defect: {}", open.defect));
             }
         }
         for generator in Generator::ALL {
             if disable.iter().any(|name| name == generator.name()) {
-                switched_off.insert(generator, "switched off by ROLLOUT_SIM_DISABLE");
+                switched_off.insert(generator, "named in ROLLOUT_SIM_DISABLE".to_owned());
             }
         }
         Enabled { switched_off }
@@ -154,12 +154,32 @@ impl Enabled {
     }
 
     /// Generators switched off, with why.
-    pub fn switched_off(&self) -> Vec<(String, &'static str)> {
+    pub fn switched_off(&self) -> Vec<(String, String)> {
         self.switched_off
             .iter()
-            .map(|(generator, why)| (generator.name().to_owned(), *why))
+            .map(|(generator, why)| (generator.name().to_owned(), why.clone()))
             .collect()
     }
+}
+
+/// Waits until `planned` is due (its offset after `start`); `false` when its generator is
+/// switched off, which is recorded in `ledger` as an operation not performed.
+pub async fn wait_for_turn(
+    planned: &schedule::Planned,
+    start: Instant,
+    enabled: &Enabled,
+    ledger: &SharedLedger,
+) -> bool {
+    tokio::time::sleep_until(start + planned.at).await;
+    let generator = planned.op.generator();
+    if enabled.allows(generator) {
+        return true;
+    }
+    ledger.lock().expect("ledger").skip(
+        &planned.op.kind(),
+        &format!("generator {} switched off", generator.name()),
+    );
+    false
 }
 
 /// One run's seed, length and generators.

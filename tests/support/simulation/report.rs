@@ -24,8 +24,8 @@ pub struct SimReport {
     pub operations: BTreeMap<String, BTreeMap<String, u64>>,
     /// Operations not performed, by kind and why.
     pub skipped: BTreeMap<String, u64>,
-    /// Generators switched off, with the open defect each hides.
-    pub switched_off: Vec<(String, &'static str)>,
+    /// Generators switched off, with why (the open defect each hides).
+    pub switched_off: Vec<(String, String)>,
     /// Faults, leader changes, fence rejections, steps, commands, versions, oracle.
     pub counted: Report,
     pub findings: Findings,
@@ -65,10 +65,10 @@ impl SimReport {
                 let _ = writeln!(text, "  {what}: {count}");
             }
         }
-        for (generator, defect) in &self.switched_off {
+        for (generator, why) in &self.switched_off {
             let _ = writeln!(
                 text,
-                "switched off: {generator} — open defect: {defect} (ROLLOUT_SIM_ENABLE={generator} runs it)"
+                "switched off: {generator} — {why} (ROLLOUT_SIM_ENABLE={generator} runs it)"
             );
         }
         let _ = writeln!(text, "invariants (checked / violated):");
