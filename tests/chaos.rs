@@ -23,7 +23,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +35,11 @@ use rollout_sdk::{EvalClient, Namespace};
 use support::checks::{
     check_commands, check_rollouts, watch_in_process, Report, VersionMonitor, Watched,
 };
-use support::cluster::{boolean_flag, Cluster, ClusterOptions, Workload};
+use support::cluster::{boolean_flag, Cluster, ClusterOptions, EvaluatorProcess, Workload};
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::{Service, ServiceProcess};
 use support::proxy::Link;
-use support::{eventually, http, NS, PATIENCE};
+use support::{eventually, NS, PATIENCE};
 
 /// How many times the leader is killed, and frozen.
 const ROUNDS: usize = 20;
@@ -722,35 +721,11 @@ async fn evaluator_killed_and_restarted() {
     .await;
     cluster.add_tickers(3, false, false).await;
     let (_, first_epoch) = cluster.wait_for_leader(None).await;
-    let mut evaluators = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for index in 0..2 {
-        let port = rollout_testkit::free_port().expect("free port");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let env = std::collections::HashMap::from([
-            ("ROLLOUT_NATS__URL".to_owned(), cluster.nats.url()),
-            ("ROLLOUT_REDIS__URL".to_owned(), cluster.redis.url()),
-            ("ROLLOUT_HTTP__LISTEN".to_owned(), addr.to_string()),
-            ("ROLLOUT_HTTP__NAMESPACE".to_owned(), NS.to_owned()),
-            (
-                "ROLLOUT_EVALUATOR__RESYNC_INTERVAL".to_owned(),
-                "2s".to_owned(),
-            ),
-            ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
-        ]);
-        evaluators.push(ServiceProcess::spawn(
-            Service::Evaluator,
-            &format!("evaluator-{index}"),
-            cluster.dir.path(),
-            &env,
-        ));
-        addrs.push(addr);
-    }
-    for addr in &addrs {
-        eventually("the evaluator to be ready", PATIENCE, || async {
-            http::ready(*addr).await.then_some(())
-        })
-        .await;
+    let mut evaluators: Vec<EvaluatorProcess> = (0..2)
+        .map(|index| cluster.spawn_evaluator_process(&format!("evaluator-{index}")))
+        .collect();
+    for evaluator in &evaluators {
+        evaluator.wait_ready().await;
     }
     let workload = cluster
         .phased_workload(
@@ -762,11 +737,7 @@ async fn evaluator_killed_and_restarted() {
         )
         .await;
     let mut report = Report::new("evaluator kill -9 and restart");
-    let replicas: Vec<Watched> = addrs
-        .iter()
-        .enumerate()
-        .map(|(index, addr)| Watched::Http(format!("evaluator-{index}"), *addr))
-        .collect();
+    let replicas: Vec<Watched> = evaluators.iter().map(EvaluatorProcess::watched).collect();
     let monitor = VersionMonitor::start(replicas.clone(), workload.flags.clone());
     let oracle = OracleMonitor::start(Oracle::new(
         cluster.redis_conn.clone(),
@@ -817,33 +788,16 @@ async fn evaluator_killed_and_restarted() {
         victim.kill();
         report.fault("evaluator kill -9");
         sleep_ms(rng.random_range(200..800)).await;
-        victim.respawn();
-        let addr = addrs[round % 2];
-        eventually("the restarted evaluator to be ready", PATIENCE, || async {
-            http::ready(addr).await.then_some(())
-        })
-        .await;
+        victim.restart().await;
     }
     stop.store(1, Ordering::Relaxed);
     application.await.expect("application");
     cluster.stop_all(&workload).await;
     // both replicas converge on what Redis holds
-    for addr in &addrs {
-        let addr = *addr;
-        eventually("an evaluator process to converge", PATIENCE, || {
-            let cluster = &cluster;
-            let flags = &workload.flags;
-            async move {
-                let served = http::served_versions(addr, NS).await?;
-                for flag in flags {
-                    if served.get(flag).copied() != Some(cluster.flag_version(flag).await) {
-                        return None;
-                    }
-                }
-                Some(())
-            }
-        })
-        .await;
+    for evaluator in &evaluators {
+        cluster
+            .wait_served_over_http(evaluator.addr, &workload.flags)
+            .await;
     }
     let events = cluster.events.events();
     check_rollouts(&cluster, &workload.rollouts, Some(&events), &mut report).await;

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use evaluator::EvaluatorHandle;
+use rollout_core::Timestamp;
 use rollout_wire::events::{ChangeEvent, EventKind};
+use rollout_wire::queries::AuditEntry;
 
 use super::cluster::Cluster;
 use super::http;
@@ -112,32 +114,28 @@ impl Report {
         println!("{text}");
     }
 
+    /// The counted outcomes that must be zero, by what they count.
+    pub fn counted_violations(&self) -> [(&'static str, u64); 6] {
+        [
+            ("double advances", self.double_advances),
+            ("skipped steps", self.skipped_steps),
+            ("lost commands", self.lost_commands),
+            ("commands applied twice", self.twice_applied),
+            ("served-version regressions", self.regressions),
+            (
+                "served answers that disagreed with the committed state for more than 2 s",
+                self.oracle_violations,
+            ),
+        ]
+    }
+
     /// Prints, then asserts every violation count is zero, and that the oracle compared
     /// something (a check that compared nothing cannot fail).
     pub fn assert_clean(&self) {
         self.print();
-        assert_eq!(
-            self.double_advances, 0,
-            "{}: double advances",
-            self.scenario
-        );
-        assert_eq!(self.skipped_steps, 0, "{}: skipped steps", self.scenario);
-        assert_eq!(self.lost_commands, 0, "{}: lost commands", self.scenario);
-        assert_eq!(
-            self.twice_applied, 0,
-            "{}: commands applied twice",
-            self.scenario
-        );
-        assert_eq!(
-            self.regressions, 0,
-            "{}: served-version regressions",
-            self.scenario
-        );
-        assert_eq!(
-            self.oracle_violations, 0,
-            "{}: served answers that disagreed with the committed state for more than 2 s",
-            self.scenario
-        );
+        for (what, count) in self.counted_violations() {
+            assert_eq!(count, 0, "{}: {what}", self.scenario);
+        }
         assert!(
             self.oracle_samples > 0,
             "{}: the oracle compared no served answer with the committed state",
@@ -146,7 +144,8 @@ impl Report {
     }
 }
 
-/// Checks every rollout in `ids`: its history holds each step index once, in order; each
+/// Checks every rollout in `ids`: its history holds each step index once, in order, none
+/// passed over but by `promote` (which jumps to the last step); each
 /// entered step has exactly one `rollout_step` audit entry (and, with `events`, exactly one
 /// distinct `rollout_step` event); each step skipped by catch-up is listed by exactly one
 /// audit entry (and one event); the rollout started at most once. Adds to `report`.
@@ -172,15 +171,24 @@ pub async fn check_rollouts(
         let record = cluster.rollout(id).await;
         let audit = cluster.rollout_audit(id).await;
         let history = &record.state.history;
-        for (position, step) in history.iter().enumerate() {
-            if step.index != position {
-                if step.index < position {
-                    report.double_advances += 1;
-                } else {
-                    report.skipped_steps += 1;
-                }
-                report.note(format!("{id}: history {:?}", history));
+        // `promote` jumps to the last step: the only entry that may pass over steps unlisted
+        let promoted_to: BTreeSet<u64> = audit
+            .iter()
+            .filter(|entry| {
+                entry.kind == EventKind::RolloutStep && entry.details["cause"] == "promote"
+            })
+            .filter_map(|entry| entry.details["to"].as_u64())
+            .collect();
+        let mut next_index = 0;
+        for step in history {
+            if step.index < next_index {
+                report.double_advances += 1;
+                report.note(format!("{id}: history {history:?}"));
+            } else if step.index > next_index && !promoted_to.contains(&(step.index as u64)) {
+                report.skipped_steps += 1;
+                report.note(format!("{id}: history {history:?}"));
             }
+            next_index = step.index + 1;
         }
         let started = audit
             .iter()
@@ -276,7 +284,10 @@ fn kind_rank(kind: EventKind) -> u64 {
 }
 
 /// Commands of a run and whether each was applied: `expected[flag]` lists the command ids
-/// that must each appear exactly once in the flag's audit.
+/// that must each have been committed exactly once, as read from the flag's audit. One
+/// commit may append several entries (a rollout created and started, a step entered and the
+/// rollout completed); they stand together in the audit with one time, so a commit is a run
+/// of adjacent entries of the command with the same time and no kind twice.
 pub async fn check_commands(
     cluster: &Cluster,
     expected: &BTreeMap<String, Vec<String>>,
@@ -284,15 +295,10 @@ pub async fn check_commands(
 ) {
     for (flag, ids) in expected {
         let audit = cluster.flag_audit(flag).await;
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for entry in &audit {
-            if let Some(id) = entry.details["command_id"].as_str() {
-                *seen.entry(id).or_default() += 1;
-            }
-        }
+        let commits = commits_by_command(&audit);
         for id in ids {
             report.commands_checked += 1;
-            match seen.get(id.as_str()).copied().unwrap_or(0) {
+            match commits.get(id.as_str()).copied().unwrap_or(0) {
                 0 => {
                     report.lost_commands += 1;
                     report.note(format!("{flag}: command {id} never applied"));
@@ -305,6 +311,30 @@ pub async fn check_commands(
             }
         }
     }
+}
+
+/// How many commits each command id made, from an audit read oldest first (see
+/// [`check_commands`]).
+pub fn commits_by_command(audit: &[AuditEntry]) -> HashMap<&str, usize> {
+    let mut commits: HashMap<&str, usize> = HashMap::new();
+    let mut run: Option<(&str, Timestamp, Vec<EventKind>)> = None;
+    for entry in audit {
+        let Some(id) = entry.details["command_id"].as_str() else {
+            run = None;
+            continue;
+        };
+        let continues = run.as_ref().is_some_and(|(run_id, time, kinds)| {
+            *run_id == id && *time == entry.time && !kinds.contains(&entry.kind)
+        });
+        match (&mut run, continues) {
+            (Some((_, _, kinds)), true) => kinds.push(entry.kind),
+            _ => {
+                *commits.entry(id).or_default() += 1;
+                run = Some((id, entry.time, vec![entry.kind]));
+            }
+        }
+    }
+    commits
 }
 
 /// A replica whose served versions or answers are watched.
@@ -340,6 +370,9 @@ struct MonitorState {
     samples: u64,
     regressions: u64,
     examples: Vec<String>,
+    /// Until when versions may go back without counting (Redis lost its data: versions
+    /// restart at 1, the one allowed exception).
+    forgive_until: Option<tokio::time::Instant>,
 }
 
 /// Polls every watched replica for the versions it serves of `flags`, every 10 ms, and
@@ -378,11 +411,17 @@ impl VersionMonitor {
                         },
                     };
                     let mut state = sink.lock().expect("monitor");
+                    let forgiving = state
+                        .forgive_until
+                        .is_some_and(|until| tokio::time::Instant::now() < until);
                     for (flag, version) in seen {
                         state.samples += 1;
                         let key = (name.to_owned(), flag);
                         let last = state.last.get(&key).copied().unwrap_or(0);
-                        if version < last {
+                        if forgiving {
+                            // what a replica serves before it rebuilt is no baseline
+                            state.last.remove(&key);
+                        } else if version < last {
                             state.regressions += 1;
                             if state.examples.len() < 5 {
                                 state.examples.push(format!(
@@ -399,6 +438,16 @@ impl VersionMonitor {
             }
         });
         VersionMonitor { state, task }
+    }
+
+    /// Redis loses its data (or goes back to an older copy): per-flag versions start again,
+    /// so from now until `grace` has passed (the replicas' time to notice and rebuild)
+    /// nothing counts, and the first version each replica serves after it is the new
+    /// baseline. Called when the loss begins and again when Redis is back.
+    pub fn data_lost(&self, grace: Duration) {
+        let mut state = self.state.lock().expect("monitor");
+        state.last.clear();
+        state.forgive_until = Some(tokio::time::Instant::now() + grace);
     }
 
     /// Stops watching and adds the counts to `report`.

@@ -26,6 +26,8 @@ use rollout_wire::queries::AuditEntry;
 use serde_json::json;
 use tempfile::TempDir;
 
+use super::checks::Watched;
+use super::http;
 use super::procs::{Service, ServiceProcess};
 use super::proxy::Proxy;
 use super::{eventually, NS, PATIENCE};
@@ -122,6 +124,8 @@ pub struct ClusterOptions {
     pub evaluators: usize,
     /// The tickers' lease.
     pub lease: Duration,
+    /// When a fleet agent that stopped heartbeating counts as stale, for every service.
+    pub stale_agent_after: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -131,6 +135,7 @@ impl Default for ClusterOptions {
             planners: 1,
             evaluators: 2,
             lease: Duration::from_millis(500),
+            stale_agent_after: Duration::from_secs(60),
         }
     }
 }
@@ -142,6 +147,44 @@ pub struct TickerReplica {
     pub process: ServiceProcess,
     pub redis_proxy: Option<Proxy>,
     pub nats_proxy: Option<Proxy>,
+}
+
+/// An evaluator child process serving OFREP at a fixed address: killed with -9 and started
+/// afresh at the same address, it is the same replica to the monitors.
+#[derive(Debug)]
+pub struct EvaluatorProcess {
+    pub process: ServiceProcess,
+    pub addr: SocketAddr,
+}
+
+impl EvaluatorProcess {
+    /// Waits until it answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        let addr = self.addr;
+        eventually(
+            &format!("evaluator {} to be ready", self.process.name),
+            PATIENCE,
+            || async move { http::ready(addr).await.then_some(()) },
+        )
+        .await;
+    }
+
+    /// kill -9 (a frozen process too).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts a fresh process with the same settings and address, and waits until it is
+    /// ready.
+    pub async fn restart(&mut self) {
+        self.process.respawn();
+        self.wait_ready().await;
+    }
+
+    /// The replica as the monitors watch it: over its OFREP address.
+    pub fn watched(&self) -> Watched {
+        Watched::Http(self.process.name.clone(), self.addr)
+    }
 }
 
 /// The system under test.
@@ -221,22 +264,45 @@ impl Cluster {
 
     pub async fn add_planner(&mut self) {
         let shutdown = Shutdown::new();
-        let planner = Planner::start(
-            planner_config(self.nats_settings(), self.redis_settings()),
-            shutdown.clone(),
-        )
-        .await
-        .expect("planner starts");
+        let mut config = planner_config(self.nats_settings(), self.redis_settings());
+        config.planner.stale_agent_after = self.options.stale_agent_after;
+        let planner = Planner::start(config, shutdown.clone())
+            .await
+            .expect("planner starts");
         self.planners.push((shutdown, Some(planner)));
     }
 
     pub async fn add_evaluator(&mut self) {
-        let handle = start_evaluator(evaluator_config(
-            self.nats_settings(),
-            self.redis_settings(),
-        ))
-        .await;
+        let mut config = evaluator_config(self.nats_settings(), self.redis_settings());
+        config.evaluator.stale_agent_after = self.options.stale_agent_after;
+        let handle = start_evaluator(config).await;
         self.evaluators.push(handle);
+    }
+
+    /// Starts an evaluator as a child process named `name`, serving OFREP on a free
+    /// loopback port (kept across [`EvaluatorProcess::restart`]); does not wait for it.
+    pub fn spawn_evaluator_process(&self, name: &str) -> EvaluatorProcess {
+        let port = rollout_testkit::free_port().expect("free port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let env = HashMap::from([
+            ("ROLLOUT_NATS__URL".to_owned(), self.nats.url()),
+            ("ROLLOUT_REDIS__URL".to_owned(), self.redis.url()),
+            ("ROLLOUT_HTTP__LISTEN".to_owned(), addr.to_string()),
+            ("ROLLOUT_HTTP__NAMESPACE".to_owned(), NS.to_owned()),
+            (
+                "ROLLOUT_EVALUATOR__RESYNC_INTERVAL".to_owned(),
+                "2s".to_owned(),
+            ),
+            (
+                "ROLLOUT_EVALUATOR__STALE_AGENT_AFTER".to_owned(),
+                format!("{}ms", self.options.stale_agent_after.as_millis()),
+            ),
+            ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
+        ]);
+        EvaluatorProcess {
+            process: ServiceProcess::spawn(Service::Evaluator, name, self.dir.path(), &env),
+            addr,
+        }
     }
 
     /// Settings every ticker process gets: a short lease, few rollouts in flight (so a
@@ -268,6 +334,10 @@ impl Cluster {
                 format!("{renew_ms}ms"),
             ),
             ("ROLLOUT_TICKER__MAX_IN_FLIGHT".to_owned(), "8".to_owned()),
+            (
+                "ROLLOUT_TICKER__STALE_AGENT_AFTER".to_owned(),
+                format!("{}ms", self.options.stale_agent_after.as_millis()),
+            ),
             (
                 "ROLLOUT_TICKER__SHUTDOWN_GRACE".to_owned(),
                 "20s".to_owned(),
@@ -465,9 +535,16 @@ impl Cluster {
     /// Stops every rollout of `workload` that is still active (the faults are over; this
     /// fixes the state the checks read).
     pub async fn stop_all(&self, workload: &Workload) {
-        let results: Vec<()> = futures_util::stream::iter(workload.rollouts.clone())
+        self.stop_rollouts(&workload.rollouts).await;
+    }
+
+    /// Stops every rollout of `ids` that still exists and is active.
+    pub async fn stop_rollouts(&self, ids: &[String]) {
+        let results: Vec<()> = futures_util::stream::iter(ids.to_vec())
             .map(|id| async move {
-                let record = self.rollout(&id).await;
+                let Some(record) = self.find_rollout(&id).await else {
+                    return;
+                };
                 if record.state.lifecycle.is_finished() {
                     return;
                 }
@@ -484,11 +561,17 @@ impl Cluster {
         drop(results);
     }
 
-    pub async fn rollout(&self, id: &str) -> RolloutRecord {
+    /// The rollout's record, `None` once deleted (or lost with Redis's data).
+    pub async fn find_rollout(&self, id: &str) -> Option<RolloutRecord> {
         let mut connection = self.redis_conn.clone();
         load_rollout(&mut connection, &self.keys(), id)
             .await
             .expect("rollout loads")
+    }
+
+    pub async fn rollout(&self, id: &str) -> RolloutRecord {
+        self.find_rollout(id)
+            .await
             .unwrap_or_else(|| panic!("rollout {id} exists"))
     }
 
@@ -565,6 +648,25 @@ impl Cluster {
                 .await;
             }
         }
+    }
+
+    /// Waits until the evaluator serving OFREP at `addr` serves each of `flags` at its Redis
+    /// version.
+    pub async fn wait_served_over_http(&self, addr: SocketAddr, flags: &[String]) {
+        eventually(
+            &format!("the evaluator at {addr} to serve what redis holds"),
+            PATIENCE,
+            || async move {
+                let served = http::served_versions(addr, NS).await?;
+                for flag in flags {
+                    if served.get(flag).copied() != Some(self.flag_version(flag).await) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
     }
 
     /// Stops the in-process planners.
@@ -674,9 +776,9 @@ impl Workload {
     }
 }
 
-/// Every change event received on a subject, decoded.
+/// Every change event received on a subject, decoded, with when it arrived.
 pub struct EventLog {
-    events: Arc<Mutex<Vec<ChangeEvent>>>,
+    events: Arc<Mutex<Vec<(ChangeEvent, Timestamp)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -691,6 +793,7 @@ impl EventLog {
         let sink = Arc::clone(&events);
         let task = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
+                let arrived = wall_clock_now();
                 let encoding = Encoding::from_content_type(
                     message
                         .headers
@@ -699,7 +802,7 @@ impl EventLog {
                         .map(|value| value.as_str()),
                 );
                 if let Ok(event) = ChangeEvent::decode(&message.payload, encoding) {
-                    sink.lock().expect("event log").push(event);
+                    sink.lock().expect("event log").push((event, arrived));
                 }
             }
         });
@@ -707,8 +810,26 @@ impl EventLog {
     }
 
     pub fn events(&self) -> Vec<ChangeEvent> {
+        self.arrivals()
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect()
+    }
+
+    /// Every event with the wall-clock time it arrived at (the test machine's clock, the
+    /// one Redis `TIME` reads too).
+    pub fn arrivals(&self) -> Vec<(ChangeEvent, Timestamp)> {
         self.events.lock().expect("event log").clone()
     }
+}
+
+/// The wall clock now, as the domain's instant (Redis `TIME` on this machine reads the same
+/// clock).
+pub fn wall_clock_now() -> Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Drop for EventLog {

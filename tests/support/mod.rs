@@ -3,7 +3,8 @@
 //! whole system on private servers with planners and evaluators in process and a phased
 //! workload ([`cluster`]), the invariant checks and the per-run report ([`checks`]), the
 //! served-content oracle — what every replica serves against what the committed state gives
-//! ([`oracle`]) — and a tiny HTTP client for evaluator endpoints ([`http`]).
+//! ([`oracle`]) — a tiny HTTP client for evaluator endpoints ([`http`]), and the seeded
+//! simulation's schedule, lanes and invariants ([`simulation`]).
 
 // each test binary uses a different part of this module
 #![allow(dead_code)]
@@ -14,6 +15,7 @@ pub mod http;
 pub mod oracle;
 pub mod procs;
 pub mod proxy;
+pub mod simulation;
 
 use std::future::Future;
 use std::time::Duration;

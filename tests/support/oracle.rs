@@ -480,6 +480,9 @@ impl Judge {
     }
 }
 
+/// Agents a test keeps silent (see [`Oracle::with_silent_agents`]).
+pub type SilentAgents = Arc<Mutex<BTreeSet<String>>>;
+
 /// Where the oracle reads the committed state and asks what is served.
 #[derive(Clone)]
 pub struct Oracle {
@@ -487,6 +490,7 @@ pub struct Oracle {
     nats: async_nats::Client,
     namespace: Namespace,
     replicas: Vec<Watched>,
+    silent_agents: SilentAgents,
 }
 
 impl Oracle {
@@ -501,7 +505,17 @@ impl Oracle {
             nats,
             namespace: Namespace::new(namespace).expect("namespace"),
             replicas,
+            silent_agents: SilentAgents::default(),
         }
+    }
+
+    /// Leaves the agents in `silent` (as it is when asked) out of fleet `desired` checks: any
+    /// fleet call proves an agent alive, so asking `desired` on behalf of an agent a test
+    /// keeps silent would bring it back to life. They are still asked about over OFREP and
+    /// NATS, with their labels.
+    pub fn with_silent_agents(mut self, silent: SilentAgents) -> Oracle {
+        self.silent_agents = silent;
+        self
     }
 
     /// The oracle of `cluster`'s Redis, NATS and in-process evaluators.
@@ -669,9 +683,10 @@ impl Oracle {
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
+        let silent = self.silent_agents.lock().expect("silent agents").clone();
         let agent_checks: Vec<Check> = checks
             .iter()
-            .filter(|check| check.probe.agent)
+            .filter(|check| check.probe.agent && !silent.contains(&check.probe.entity.id))
             .cloned()
             .collect();
         let desired_answers: Vec<PathAnswer> = futures_util::stream::iter(agent_checks)
