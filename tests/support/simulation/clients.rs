@@ -98,7 +98,7 @@ impl World {
         }
     }
 
-    /// Records every outcome published on `rollout.outcome.>` as a stream reply of its
+    /// Records every outcome published on `rollout.outcome.<ns>.<id>` as a stream reply of its
     /// command id, until the returned task is aborted.
     pub async fn listen_for_outcomes(&self) -> tokio::task::JoinHandle<()> {
         let mut outcomes = self
@@ -109,11 +109,13 @@ impl World {
         self.nats.flush().await.expect("flush");
         let world = self.clone();
         tokio::spawn(async move {
-            let prefix = format!("{}.outcome.", world.subjects.prefix());
             while let Some(message) = outcomes.next().await {
-                let Some(id) = message.subject.as_str().strip_prefix(&prefix) else {
+                let Ok(rollout_wire::subjects::Route::Outcome { command_id, .. }) =
+                    world.subjects.parse(message.subject.as_str())
+                else {
                     continue;
                 };
+                let id = command_id.as_str();
                 let envelope: Value = serde_json::from_slice(&message.payload)
                     .unwrap_or_else(|_| json!({"ok": false, "error": {"code": "undecodable"}}));
                 let mut ledger = world.ledger.lock().expect("ledger");
@@ -303,7 +305,7 @@ impl World {
     }
 
     /// Publishes on the durable stream until the stream acknowledges it; the outcome
-    /// arrives on `rollout.outcome.<id>` (see [`World::listen_for_outcomes`]).
+    /// arrives on `rollout.outcome.<ns>.<id>` (see [`World::listen_for_outcomes`]).
     async fn enqueue(&self, id: &str, verb: CommandVerb, body: &Value) {
         let subject = self.subjects.cmdq(&self.namespace, verb);
         let payload = serde_json::to_vec(body).expect("json body");

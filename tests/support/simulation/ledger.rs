@@ -1,6 +1,6 @@
 //! What a simulation run did and saw, kept for the checks at its end: every command id with
 //! the body it was sent with and every reply it got (over request-reply and on
-//! `rollout.outcome.<id>`), the rollouts created, the fleet agents' evidence (registered,
+//! `rollout.outcome.<ns>.<id>`), the rollouts created, the fleet agents' evidence (registered,
 //! applied, failed), the outcome reports sent, and when Redis lost data.
 //!
 //! Replies are compared only within one *data epoch*: the epoch rises when Redis is about to

@@ -69,28 +69,8 @@ pub struct OpenDefect {
 /// Generators switched off until their defect is fixed; each entry names the defect.
 pub const OPEN_DEFECTS: &[OpenDefect] = &[
     OpenDefect {
-        generator: Generator::RolloutGuards,
-        defect: "a guard judges a new rollout by the previous rollout's outcomes (outcomes are counted per flag and variation, not per rollout; being fixed on branch health)",
-    },
-    OpenDefect {
-        generator: Generator::SilentAgents,
-        defect: "agents that go silent open a completion gate (stale members are left out of the share instead of counting as not completed; being fixed on branch health)",
-    },
-    OpenDefect {
         generator: Generator::RetriesOfInvalidInput,
         defect: "a refusal answered invalid_argument is not remembered although it can depend on the flag or the clock (candidate = the flag's off variation, execute_at in the past): a retry of the same id gets another answer, or is applied once the flag changed",
-    },
-    OpenDefect {
-        generator: Generator::RogueSubscriber,
-        defect: "a subscriber on `>` or `_INBOX.>` stalls the outbox delivery proof (the relay's barrier request finds a responder): events stay in the outbox and are published again every sweep",
-    },
-    OpenDefect {
-        generator: Generator::RedisRestoreOlder,
-        defect: "after Redis is restored from an older AOF the evaluators keep serving what Redis no longer holds (a flag Redis has again answered as unknown, versions Redis went back on)",
-    },
-    OpenDefect {
-        generator: Generator::StreamBursts,
-        defect: "commands on one flag are applied out of order from the durable stream (the planner consumes it concurrently)",
     },
 ];
 

@@ -41,7 +41,7 @@ pub fn flag_key(slot: usize) -> String {
 pub enum Transport {
     /// `rollout.cmd.<ns>.<verb>`, request-reply.
     RequestReply,
-    /// The durable stream, `rollout.cmdq.<ns>.<verb>`; answered on `rollout.outcome.<id>`.
+    /// The durable stream, `rollout.cmdq.<ns>.<verb>`; answered on `rollout.outcome.<ns>.<id>`.
     Stream,
 }
 
