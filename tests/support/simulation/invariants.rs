@@ -22,6 +22,9 @@
 //! - **Liveness**: after the faults, every due transition happens within lease + 1 s.
 //! - **Served flags**: once settled, no replica serves a flag Redis no longer holds (deleted,
 //!   or lost with Redis's data) — the oracle judges only the flags Redis holds.
+//!
+//! The audit-based checks ([`AuditCheck`]) run at the end and, before each fault that makes
+//! Redis lose data, over what is settled then, so no data epoch goes unchecked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
