@@ -18,7 +18,7 @@
 //!   `ROLLOUT_SIM_SEED=<n> cargo nextest run -p system-tests --test simulation`. The
 //!   operations and their offsets are the same for a seed; the servers' timing is real, so
 //!   a replay may interleave them differently and reproduces a failure often, not always.
-//! - **Size**: the CI run's chaos phase lasts 75 s (about two minutes with start-up and
+//! - **Size**: the CI run's chaos phase lasts 75 s (about 80 s with start-up and
 //!   checks on a 2-core machine). A soak is the same test made longer:
 //!   `ROLLOUT_SIM_DURATION=30m cargo nextest run --profile soak -p system-tests --test simulation --no-capture`
 //!   (the `soak` profile lifts the slow-test timeout); it prints progress every minute and

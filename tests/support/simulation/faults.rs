@@ -4,6 +4,7 @@
 //! with its data gone (or from an older AOF), NATS restarted, an evaluator process killed and
 //! a fresh one started, and a rogue subscriber on `>` or `_INBOX.>` that never reads.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,10 +13,12 @@ use nix::sys::signal::Signal;
 use rollout_core::Timestamp;
 use tokio::time::Instant;
 
+use super::invariants::AuditCheck;
 use super::ledger::{DataEpoch, SharedLedger};
-use super::schedule::{Fault, Op, Planned};
+use super::report::SimReport;
+use super::schedule::{AgentSpec, Fault, Op, Planned};
 use super::{wait_for_turn, Enabled};
-use crate::support::checks::{Report, VersionMonitor};
+use crate::support::checks::VersionMonitor;
 use crate::support::cluster::{wall_clock_now, Cluster, EvaluatorProcess};
 use crate::support::proxy::Link;
 
@@ -55,44 +58,36 @@ impl OutageClock {
 pub struct FaultLane<'a> {
     pub cluster: &'a mut Cluster,
     pub evaluators: &'a mut [EvaluatorProcess],
+    pub agents: &'a [AgentSpec],
     pub epoch: DataEpoch,
     pub ledger: SharedLedger,
     pub versions: &'a VersionMonitor,
     pub outages: OutageClock,
     pub enabled: &'a Enabled,
-    /// Copies of Redis's AOF taken for a restore.
-    snapshots: usize,
-    /// Leadership terms counted in Redis just before it lost them with its data.
-    terms_lost: u64,
 }
 
-impl<'a> FaultLane<'a> {
-    pub fn new(
-        cluster: &'a mut Cluster,
-        evaluators: &'a mut [EvaluatorProcess],
-        epoch: DataEpoch,
-        ledger: SharedLedger,
-        versions: &'a VersionMonitor,
-        outages: OutageClock,
-        enabled: &'a Enabled,
-    ) -> FaultLane<'a> {
-        FaultLane {
-            cluster,
-            evaluators,
-            epoch,
-            ledger,
-            versions,
-            outages,
-            enabled,
-            snapshots: 0,
-            terms_lost: 0,
-        }
-    }
+/// What the fault lane leaves to the end of the run.
+#[derive(Debug, Default)]
+pub struct AfterFaults {
+    /// Leadership terms Redis lost with its data (its epoch counter starts again).
+    pub terms_lost: u64,
+    /// Rollouts whose audits were checked before Redis lost them.
+    pub audited: HashSet<String>,
+    /// Copies of Redis's AOF taken for restores.
+    snapshots: usize,
+}
 
+impl FaultLane<'_> {
     /// Injects each fault at its time after `start` (or when the previous one healed),
-    /// counting it in `report` by what it was. Returns the leadership terms Redis lost
-    /// with its data (the epoch counter starts again after a loss).
-    pub async fn run(&mut self, ops: Vec<Planned>, start: Instant, report: &mut Report) -> u64 {
+    /// counting it in `report` by what it was; before Redis loses data, checks the audits it
+    /// is about to lose.
+    pub async fn run(
+        mut self,
+        ops: Vec<Planned>,
+        start: Instant,
+        report: &mut SimReport,
+    ) -> AfterFaults {
+        let mut after = AfterFaults::default();
         for planned in ops {
             if !wait_for_turn(&planned, start, self.enabled, &self.ledger).await {
                 continue;
@@ -101,19 +96,24 @@ impl<'a> FaultLane<'a> {
                 continue;
             };
             let began = start.elapsed();
-            let what = self.inject(fault).await;
+            let what = self.inject(fault, &mut after, report).await;
             println!(
                 "[{:>7.1} s] fault: {what} (healed after {} ms, at {})",
                 began.as_secs_f64(),
                 (start.elapsed() - began).as_millis(),
                 wall_clock_now()
             );
-            report.fault(&what);
+            report.counted.fault(&what);
         }
-        self.terms_lost
+        after
     }
 
-    async fn inject(&mut self, fault: &Fault) -> String {
+    async fn inject(
+        &mut self,
+        fault: &Fault,
+        after: &mut AfterFaults,
+        report: &mut SimReport,
+    ) -> String {
         match fault {
             Fault::TickerKill {
                 leader,
@@ -164,7 +164,7 @@ impl<'a> FaultLane<'a> {
             }
             Fault::RedisRestart { keep_data, down_ms } => {
                 let lost = !keep_data;
-                self.restart_redis(*down_ms, lost, |dir| {
+                self.restart_redis(*down_ms, lost, after, report, |dir| {
                     if lost {
                         remove_aof(dir);
                     }
@@ -177,15 +177,15 @@ impl<'a> FaultLane<'a> {
                 }
             }
             Fault::RedisRestoreOlder { age_ms, down_ms } => {
-                self.snapshots += 1;
+                after.snapshots += 1;
                 let snapshot = self
                     .cluster
                     .dir
                     .path()
-                    .join(format!("aof-snapshot-{}", self.snapshots));
+                    .join(format!("aof-snapshot-{}", after.snapshots));
                 copy_dir(&aof_dir(self.cluster.redis.dir()), &snapshot);
                 sleep_ms(*age_ms).await;
-                self.restart_redis(*down_ms, true, |dir| {
+                self.restart_redis(*down_ms, true, after, report, |dir| {
                     remove_aof(dir);
                     copy_dir(&snapshot, &aof_dir(dir));
                 })
@@ -262,13 +262,37 @@ impl<'a> FaultLane<'a> {
     }
 
     /// Kills Redis, lets `prepare` change its data folder, restarts it after `down_ms`;
-    /// when `loses_data`, marks the data epoch, the ledger and the version monitor.
-    async fn restart_redis(&mut self, down_ms: u64, loses_data: bool, prepare: impl FnOnce(&Path)) {
+    /// when `loses_data`, first checks the audits about to go, then marks the data epoch,
+    /// the ledger and the version monitor.
+    async fn restart_redis(
+        &mut self,
+        down_ms: u64,
+        loses_data: bool,
+        after: &mut AfterFaults,
+        report: &mut SimReport,
+        prepare: impl FnOnce(&Path),
+    ) {
+        if loses_data {
+            let ledger = self.ledger.lock().expect("ledger").clone();
+            AuditCheck {
+                cluster: self.cluster,
+                ledger: &ledger,
+                agents: self.agents,
+                finished_only: true,
+                epoch: self.epoch.now(),
+            }
+            .run(
+                &mut after.audited,
+                &mut report.counted,
+                &mut report.findings,
+            )
+            .await;
+            after.terms_lost += self.cluster.epoch_counter().await;
+        }
         self.outages.begin();
         if loses_data {
             self.epoch.advance();
             self.versions.data_lost(VERSION_RESET_GRACE);
-            self.terms_lost += self.cluster.epoch_counter().await;
         }
         self.cluster.redis.kill().expect("redis killed");
         prepare(self.cluster.redis.dir());

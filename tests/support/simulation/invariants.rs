@@ -22,8 +22,11 @@
 //! - **Liveness**: after the faults, every due transition happens within lease + 1 s.
 //! - **Served flags**: once settled, no replica serves a flag Redis no longer holds (deleted,
 //!   or lost with Redis's data) — the oracle judges only the flags Redis holds.
+//!
+//! The audit-based checks ([`AuditCheck`]) run at the end and, before each fault that makes
+//! Redis lose data, over what is settled then, so no data epoch goes unchecked.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +45,7 @@ use super::faults::OutageClock;
 use super::ledger::{FleetEvidence, Ledger};
 use super::schedule::{AgentSpec, Generator, Transport};
 use super::Enabled;
+use crate::support::checks::{check_commands, check_rollouts, Report};
 use crate::support::cluster::{wall_clock_now, Cluster};
 
 pub const REPLIES: &str = "retries of a command id get its first reply";
@@ -70,6 +74,14 @@ pub const INVARIANTS: [&str; 11] = [
     LIVENESS,
     SERVED_FLAGS,
 ];
+
+/// Probe rollouts the liveness check starts once the faults are over.
+pub const LIVENESS_PROBES: usize = 3;
+
+/// The flag of liveness probe `index`.
+pub fn liveness_probe_flag(index: usize) -> String {
+    format!("live-{index}")
+}
 
 /// Examples kept per invariant.
 const EXAMPLES_PER_INVARIANT: usize = 6;
@@ -258,6 +270,94 @@ pub fn check_stream_order(
             });
         }
     }
+}
+
+/// The audit-based checks of what Redis holds now: every rollout of the ledger (with
+/// [`check_rollout`] and the chaos suite's `check_rollouts`), the commands accepted in the
+/// current data epoch (applied exactly once: `check_commands`) and the order of stream
+/// commands. Run at the end, and before Redis loses data (whose audits go with it) — then
+/// only over rollouts that finished, whose audits no longer change.
+pub struct AuditCheck<'a> {
+    pub cluster: &'a Cluster,
+    pub ledger: &'a Ledger,
+    pub agents: &'a [AgentSpec],
+    /// Only rollouts that finished.
+    pub finished_only: bool,
+    /// The data epoch now: commands accepted in it are in the audits.
+    pub epoch: u64,
+}
+
+impl AuditCheck<'_> {
+    /// Runs the checks over what `audited` does not hold yet (a restore of an older copy
+    /// could bring a rollout back), adding it there.
+    pub async fn run(
+        &self,
+        audited: &mut HashSet<String>,
+        counted: &mut Report,
+        findings: &mut Findings,
+    ) {
+        let cluster = self.cluster;
+        let arrivals = cluster.events.arrivals();
+        let evidence = Evidence {
+            ledger: self.ledger,
+            agents: self.agents,
+            arrivals: &arrivals,
+        };
+        let mut checked = Vec::new();
+        for birth in &self.ledger.rollouts {
+            let id = &birth.rollout_id;
+            if audited.contains(id) {
+                continue;
+            }
+            let Some(record) = cluster.find_rollout(id).await else {
+                continue;
+            };
+            if self.finished_only && !record.state.lifecycle.is_finished() {
+                continue;
+            }
+            let audit = cluster.rollout_audit(id).await;
+            check_rollout(&record, &audit, &evidence, findings);
+            audited.insert(id.clone());
+            checked.push(id.clone());
+        }
+        // at a checkpoint the last events of a rollout that just finished may still be
+        // on their way: the audit alone then
+        let events = cluster.events.events();
+        let events_complete = !self.finished_only && !nats_restarted(counted);
+        check_rollouts(
+            cluster,
+            &checked,
+            events_complete.then_some(&events[..]),
+            counted,
+        )
+        .await;
+        check_commands(
+            cluster,
+            &commands_to_find_in_audits(self.ledger, self.epoch),
+            counted,
+        )
+        .await;
+        let commanded_flags: BTreeSet<&String> = self
+            .ledger
+            .commands
+            .values()
+            .filter_map(|command| command.flag.as_ref())
+            .collect();
+        let mut flag_audits = BTreeMap::new();
+        for flag in commanded_flags {
+            flag_audits.insert(flag.clone(), cluster.flag_audit(flag).await);
+        }
+        check_stream_order(self.ledger, &flag_audits, findings);
+    }
+}
+
+/// Whether NATS restarted so far: events published while the test's subscriber was away
+/// are lost to it, so steps are then checked against the audit alone.
+pub fn nats_restarted(counted: &Report) -> bool {
+    counted
+        .faults
+        .keys()
+        .any(|fault| fault.starts_with("nats restart"))
 }
 
 /// What the per-rollout checks read besides the rollout itself.
@@ -635,8 +735,8 @@ pub async fn check_liveness(
     );
     let quiet_start = cluster.now().await;
     let mut probes = Vec::new();
-    for index in 0..3 {
-        let flag = format!("live-{index}");
+    for index in 0..LIVENESS_PROBES {
+        let flag = liveness_probe_flag(index);
         cluster
             .commands
             .create_flag(crate::support::cluster::boolean_flag(&flag))

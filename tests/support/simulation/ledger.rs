@@ -139,7 +139,7 @@ pub struct RolloutBirth {
 }
 
 /// Everything the run recorded; shared by its tasks behind a mutex.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub commands: BTreeMap<String, CommandRecord>,
     pub rollouts: Vec<RolloutBirth>,

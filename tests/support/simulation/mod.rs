@@ -27,7 +27,7 @@ pub mod ledger;
 pub mod report;
 pub mod schedule;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,13 +37,13 @@ use tokio::time::Instant;
 use self::clients::World;
 use self::faults::{FaultLane, OutageClock};
 use self::invariants::{
-    check_expected_steps, check_liveness, check_replies, check_rollout, check_served_flags,
-    check_stream_order, commands_to_find_in_audits, Evidence, OutboxMonitor, STREAM_DRAINED,
+    check_expected_steps, check_liveness, check_replies, check_served_flags, liveness_probe_flag,
+    nats_restarted, AuditCheck, OutboxMonitor, LIVENESS_PROBES, STREAM_DRAINED,
 };
-use self::ledger::{DataEpoch, Ledger, SharedLedger};
+use self::ledger::{DataEpoch, Ledger, RolloutBirth, SharedLedger};
 use self::report::SimReport;
 use self::schedule::{flag_key, Generator, Schedule, FLAG_SLOTS};
-use crate::support::checks::{check_commands, check_rollouts, Report, VersionMonitor, Watched};
+use crate::support::checks::{Report, VersionMonitor, Watched};
 use crate::support::cluster::{Cluster, ClusterOptions, EvaluatorProcess};
 use crate::support::oracle::{Oracle, OracleMonitor, SilentAgents};
 use crate::support::{eventually, NS, PATIENCE};
@@ -269,7 +269,7 @@ pub async fn run(config: SimConfig) -> SimReport {
     let oracle_monitor = OracleMonitor::start(oracle.clone());
     let watched_flags: Vec<String> = (0..FLAG_SLOTS)
         .map(flag_key)
-        .chain((0..3).map(|index| format!("live-{index}")))
+        .chain((0..LIVENESS_PROBES).map(liveness_probe_flag))
         .collect();
     let versions = VersionMonitor::start(replicas, watched_flags);
     let outages = OutageClock::default();
@@ -295,16 +295,17 @@ pub async fn run(config: SimConfig) -> SimReport {
     let (client_ops, fault_ops) = schedule.lanes();
     let start = Instant::now();
     let client_lane = tokio::spawn(world.run_lane(client_ops, start));
-    let terms_lost = FaultLane::new(
-        &mut cluster,
-        &mut evaluators,
-        epoch.clone(),
-        Arc::clone(&ledger),
-        &versions,
+    let mut lane = FaultLane {
+        cluster: &mut cluster,
+        evaluators: &mut evaluators,
+        agents: &schedule.agents,
+        epoch: epoch.clone(),
+        ledger: Arc::clone(&ledger),
+        versions: &versions,
         outages,
-        &enabled,
-    )
-    .run(fault_ops, start, &mut report.counted)
+        enabled: &enabled,
+    }
+    .run(fault_ops, start, &mut report)
     .await;
     client_lane.await.expect("the client lane");
     report.chaos = start.elapsed();
@@ -315,14 +316,25 @@ pub async fn run(config: SimConfig) -> SimReport {
 
     // after the faults: liveness, then a fixed state for the checks
     let probes = check_liveness(&cluster, LEASE, &mut report.findings).await;
-    let mut rollouts: Vec<String> = ledger
-        .lock()
-        .expect("ledger")
-        .rollouts
-        .iter()
-        .map(|birth| birth.rollout_id.clone())
-        .collect();
-    rollouts.extend(probes);
+    let rollouts: Vec<String> = {
+        let mut ledger = ledger.lock().expect("ledger");
+        ledger
+            .rollouts
+            .extend(
+                probes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, rollout_id)| RolloutBirth {
+                        rollout_id,
+                        flag: liveness_probe_flag(index),
+                    }),
+            );
+        ledger
+            .rollouts
+            .iter()
+            .map(|birth| birth.rollout_id.clone())
+            .collect()
+    };
     cluster.stop_rollouts(&rollouts).await;
     eventually("the outbox to drain", PATIENCE, || async {
         (cluster.outbox_len().await == 0).then_some(())
@@ -349,64 +361,27 @@ pub async fn run(config: SimConfig) -> SimReport {
 
     // the checks; nothing records any more
     let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
-    let mut existing_rollouts = Vec::new();
-    let arrivals = cluster.events.arrivals();
-    let evidence = Evidence {
+    AuditCheck {
+        cluster: &cluster,
         ledger: &ledger,
         agents: &schedule.agents,
-        arrivals: &arrivals,
-    };
-    for id in &rollouts {
-        let Some(record) = cluster.find_rollout(id).await else {
-            continue;
-        };
-        let audit = cluster.rollout_audit(id).await;
-        check_rollout(&record, &audit, &evidence, &mut report.findings);
-        existing_rollouts.push(id.clone());
+        finished_only: false,
+        epoch: epoch.now(),
     }
-    // events a subscriber missed while NATS restarted are lost to it: then the audit alone
-    let nats_restarted = report
-        .counted
-        .faults
-        .keys()
-        .any(|fault| fault.starts_with("nats restart"));
-    let events = cluster.events.events();
-    check_rollouts(
-        &cluster,
-        &existing_rollouts,
-        (!nats_restarted).then_some(&events[..]),
-        &mut report.counted,
-    )
+    .run(&mut lane.audited, &mut report.counted, &mut report.findings)
     .await;
-    report.counted.note(if nats_restarted {
+    report.counted.note(if nats_restarted(&report.counted) {
         "steps checked against the audit only: nats restarted, so the test's event subscriber may have missed events"
     } else {
         "steps checked against the audit and the events"
     });
-    check_commands(
-        &cluster,
-        &commands_to_find_in_audits(&ledger, epoch.now()),
-        &mut report.counted,
-    )
-    .await;
-    let commanded_flags: BTreeSet<String> = ledger
-        .commands
-        .values()
-        .filter_map(|command| command.flag.clone())
-        .collect();
-    let mut flag_audits = BTreeMap::new();
-    for flag in commanded_flags {
-        let audit = cluster.flag_audit(&flag).await;
-        flag_audits.insert(flag, audit);
-    }
-    check_stream_order(&ledger, &flag_audits, &mut report.findings);
     check_replies(&ledger, &enabled, &mut report.findings);
     check_expected_steps(&ledger, &mut report.findings);
     versions.finish(&mut report.counted);
     oracle_monitor.finish(&mut report.counted);
     outbox.finish(&mut report.findings);
     report.counted.leader_changes =
-        (terms_lost + cluster.epoch_counter().await).saturating_sub(first_epoch);
+        (lane.terms_lost + cluster.epoch_counter().await).saturating_sub(first_epoch);
     report.counted.fence_rejections = cluster.fence_rejections() as u64;
 
     report.operations = ledger.command_census();
