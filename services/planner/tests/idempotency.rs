@@ -188,19 +188,8 @@ async fn queued_commands_on_one_flag_apply_in_the_order_the_stream_accepted_them
         let (_, outcome) = next_outcome(&mut outcomes).await;
         ok(&outcome);
     }
-    let audit = cluster
-        .query(
-            "rollout.audit",
-            json!({"flag": "ordered", "page_size": 100}),
-        )
-        .await;
-    let kinds: Vec<String> = ok(&audit)["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .rev()
-        .map(|entry| entry["kind"].as_str().expect("kind").to_owned())
-        .collect();
+    let kinds =
+        audit_kinds_oldest_first(&cluster, json!({"flag": "ordered", "page_size": 100})).await;
     let expected: Vec<String> = std::iter::once("flag_created".to_owned())
         .chain((0..toggles).map(|index| {
             if index % 2 == 0 {

@@ -83,20 +83,12 @@ async fn interleaved_commands_on_one_rollout_from_two_replicas() {
     assert_eq!(audit_len, 3 + accepted_rollout_changes as u64);
 
     // paused and resumed alternate in the audit: no change was applied twice or lost
-    let audit = cluster
-        .query(
-            "rollout.audit",
-            json!({"rollout_id": rollout_id, "page_size": 200}),
-        )
-        .await;
-    let kinds: Vec<String> = ok(&audit)["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .rev()
-        .skip(3)
-        .map(|entry| entry["kind"].as_str().expect("kind").to_owned())
-        .collect();
+    let kinds: Vec<String> = audit_kinds_oldest_first(
+        &cluster,
+        json!({"rollout_id": rollout_id, "page_size": 200}),
+    )
+    .await
+    .split_off(3);
     for pair in kinds.windows(2) {
         assert_ne!(pair[0], pair[1], "two {} in a row: {kinds:?}", pair[0]);
     }

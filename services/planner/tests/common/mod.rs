@@ -180,3 +180,16 @@ pub async fn create_rollout(cluster: &Cluster, flag: &str) -> String {
         .expect("rollout id")
         .to_owned()
 }
+
+/// The kinds of the audit entries `query` (`{"rollout_id"|"flag", "page_size"}`) reads,
+/// oldest first.
+pub async fn audit_kinds_oldest_first(cluster: &Cluster, query: Value) -> Vec<String> {
+    let audit = cluster.query("rollout.audit", query).await;
+    ok(&audit)["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .rev()
+        .map(|entry| entry["kind"].as_str().expect("kind").to_owned())
+        .collect()
+}
