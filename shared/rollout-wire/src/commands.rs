@@ -438,30 +438,26 @@ impl Command {
 
     /// The rollout id a rollout command names.
     pub fn rollout_id(&self) -> Option<&str> {
-        match self {
-            Command::RolloutStop(body) => Some(&body.rollout_id),
-            Command::RolloutStart(body)
-            | Command::RolloutPause(body)
-            | Command::RolloutResume(body)
-            | Command::RolloutContinue(body)
-            | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
-            | Command::RolloutDelete(body) => Some(&body.rollout_id),
-            _ => None,
-        }
+        self.rollout_target().map(|(rollout_id, _)| rollout_id)
     }
 
     /// The step a rollout command expects its rollout in, when it names one.
     pub fn expected_step(&self) -> Option<usize> {
+        self.rollout_target()
+            .and_then(|(_, expected_step)| expected_step)
+    }
+
+    /// A rollout command's rollout id and expected step.
+    fn rollout_target(&self) -> Option<(&str, Option<usize>)> {
         match self {
-            Command::RolloutStop(body) => body.expected_step,
+            Command::RolloutStop(body) => Some((&body.rollout_id, body.expected_step)),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
-            | Command::RolloutDelete(body) => body.expected_step,
+            | Command::RolloutDelete(body) => Some((&body.rollout_id, body.expected_step)),
             _ => None,
         }
     }
