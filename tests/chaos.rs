@@ -11,7 +11,9 @@
 //! entered and catch-up skips, commands checked, served-version samples, served answers
 //! compared with the committed state — and asserts 0 double advances, 0 skipped steps (a
 //! step passed over by catch-up counts only when the transition's audit entry and event
-//! list it), 0 lost or twice-applied commands, 0 served-version regressions and 0 served
+//! list it), 0 steps entered before their planned time, every transition due after the
+//! faults made within lease + 1 s (probe rollouts are started then, as in the simulation),
+//! 0 lost or twice-applied commands, 0 served-version regressions and 0 served
 //! answers that disagreed with the committed state for more than 2 s (the served-content
 //! oracle runs in the background of every scenario, see `support::oracle`). The workload is a few hundred phased rollouts whose 1 s
 //! steps all fall due at the same instants, so every step boundary is a burst of
@@ -39,6 +41,7 @@ use support::cluster::{boolean_flag, Cluster, ClusterOptions, EvaluatorProcess, 
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::{Service, ServiceProcess};
 use support::proxy::Link;
+use support::simulation::invariants::{check_liveness, count_liveness, Findings, LIVENESS};
 use support::{eventually, NS, PATIENCE};
 
 /// How many times the leader is killed, and frozen.
@@ -143,6 +146,18 @@ impl PhasedRun {
     /// report clean.
     async fn finish(mut self) -> Report {
         let cluster = &self.cluster;
+        // the faults are over: every due transition is made within lease + 1 s
+        let mut findings = Findings::default();
+        check_liveness(cluster, cluster.options.lease, &mut findings).await;
+        count_liveness(&findings, &mut self.report);
+        assert!(
+            self.report.liveness_checked > 0,
+            "{}: the liveness check watched no due transition",
+            self.report.scenario
+        );
+        self.report
+            .notes
+            .extend(findings.examples.remove(LIVENESS).unwrap_or_default());
         cluster.stop_all(&self.workload).await;
         cluster.wait_converged(&self.workload.flags).await;
         // late events (sweeps of crashed committers) have arrived once the outbox is empty
@@ -446,7 +461,7 @@ async fn create_flags(cluster: &Cluster, prefix: &str, count: usize) -> Vec<Stri
 async fn redis_kill_9_and_restart_with_aof() {
     let mut rng = rng("redis kill -9");
     let mut run = PhasedRun::start(
-        "redis kill -9 and restart (aof, appendfsync always)",
+        "redis kill -9 and restart (aof, appendfsync everysec as shipped)",
         ClusterOptions {
             appendonly: true,
             ..ClusterOptions::default()

@@ -17,6 +17,8 @@
 //!   and leaves Redis exactly as it was;
 //! - every flag edit allowed while a rollout runs (description, a value, a non-target rule,
 //!   the kill switch) keeps the rollout served, and a freshly started evaluator agrees;
+//! - a flag edit whose event is too large for NATS's `max_payload` goes out without its
+//!   snapshot, and every replica still serves the edit (read from Redis);
 //! - a new evaluator agrees with running ones after several transitions (steps, pause,
 //!   resume, stop leaving a split, a second rollout continuing it);
 //! - the oracle itself reports a served answer that differs from the committed state
@@ -56,7 +58,11 @@ struct System {
 
 impl System {
     async fn start(tickers: usize) -> System {
-        let cluster = Cluster::start(ClusterOptions::default()).await;
+        System::start_with(tickers, ClusterOptions::default()).await
+    }
+
+    async fn start_with(tickers: usize, options: ClusterOptions) -> System {
+        let cluster = Cluster::start(options).await;
         let shutdown = Shutdown::new();
         let tickers = (0..tickers)
             .map(|index| {
@@ -1158,6 +1164,97 @@ async fn a_flag_edit_during_a_rollout_keeps_serving_the_rollout() {
         system.assert_served_matches_committed().await;
         assert_a_fresh_evaluator_agrees(&mut system).await;
     }
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_too_large_for_nats_goes_out_without_its_snapshot_and_is_still_served() {
+    const MAX_PAYLOAD: usize = 32 * 1024;
+    let system = System::start_with(
+        0,
+        ClusterOptions {
+            nats_max_payload: Some(MAX_PAYLOAD),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let mut flag = checkout_flag();
+    system
+        .cluster
+        .commands
+        .create_flag(flag.clone())
+        .await
+        .expect("flag created");
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
+    system.assert_served_matches_committed().await;
+
+    // a description that makes the edit fit under max_payload and its event (the flag, its
+    // rollout and the event's fields) not fit under max_payload less the relay's headroom
+    let base = codec::encode(&flag, Encoding::MessagePack)
+        .expect("flag encodes")
+        .len();
+    flag.description = Some("d".repeat(MAX_PAYLOAD - 768 - base));
+    let big = system
+        .cluster
+        .commands
+        .update_flag(flag.clone(), None)
+        .await
+        .expect("a flag edit under max_payload is accepted");
+    let event_of = |version: u64| {
+        let events = &system.cluster.events;
+        async move {
+            eventually(
+                &format!("the event of checkout version {version}"),
+                PATIENCE,
+                || async move {
+                    events
+                        .events()
+                        .into_iter()
+                        .find(|event| event.flag == "checkout" && event.version == version)
+                },
+            )
+            .await
+        }
+    };
+    let bare = event_of(big.version).await;
+    assert!(
+        bare.snapshot.is_none(),
+        "an event above max_payload goes out without its snapshot"
+    );
+    // every replica serves the big edit all the same (the bare event makes it read Redis)
+    system.assert_served_matches_committed().await;
+    for evaluator in &system.cluster.evaluators {
+        let described = evaluator.snapshot().namespace(NS).and_then(|namespace| {
+            namespace.with_flag("checkout", |live| live.compiled().version())
+        });
+        assert_eq!(described, Some(big.version), "every replica holds the edit");
+    }
+    let status = system
+        .cluster
+        .commands
+        .rollout_status(&rollout.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(status.state, Lifecycle::Running, "the rollout runs on");
+
+    // control: a small edit's event carries its snapshot
+    flag.description = Some("short again".to_owned());
+    let small = system
+        .cluster
+        .commands
+        .update_flag(flag, None)
+        .await
+        .expect("small edit");
+    assert!(
+        event_of(small.version).await.snapshot.is_some(),
+        "an event under max_payload carries its snapshot"
+    );
+    system.assert_served_matches_committed().await;
     system.stop().await;
 }
 

@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use evaluator::EvaluatorHandle;
-use rollout_core::Timestamp;
+use rollout_core::{Effect, Timestamp};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::queries::AuditEntry;
 
 use super::cluster::Cluster;
 use super::http;
 use super::NS;
+
+/// Slack between two readings of time on one machine (one clock; ms rounding).
+pub const CLOCK_SLACK_MS: i64 = 5;
 
 /// What one fault run did and found.
 #[derive(Debug, Default)]
@@ -36,6 +39,11 @@ pub struct Report {
     pub double_advances: u64,
     /// A step missing from the history, or skipped without being listed as skipped.
     pub skipped_steps: u64,
+    /// Steps entered before their planned time (by the audit entry's time).
+    pub early_steps: u64,
+    /// Due transitions watched after the faults, and those not made within lease + 1 s.
+    pub liveness_checked: u64,
+    pub liveness_violations: u64,
     pub commands_checked: u64,
     pub lost_commands: u64,
     pub twice_applied: u64,
@@ -93,6 +101,16 @@ impl Report {
         );
         let _ = writeln!(text, "double advances:      {}", self.double_advances);
         let _ = writeln!(text, "skipped steps:        {}", self.skipped_steps);
+        let _ = writeln!(text, "steps entered early:  {}", self.early_steps);
+        if self.liveness_checked > 0 {
+            let _ = writeln!(
+                text,
+                "liveness:             {} due transitions watched after the faults, {} late",
+                self.liveness_checked, self.liveness_violations
+            );
+        } else {
+            let _ = writeln!(text, "liveness:             not checked in this scenario");
+        }
         let _ = writeln!(
             text,
             "commands checked:     {} (lost {}, applied twice {})",
@@ -115,10 +133,15 @@ impl Report {
     }
 
     /// The counted outcomes that must be zero, by what they count.
-    pub fn counted_violations(&self) -> [(&'static str, u64); 6] {
+    pub fn counted_violations(&self) -> [(&'static str, u64); 8] {
         [
             ("double advances", self.double_advances),
             ("skipped steps", self.skipped_steps),
+            ("steps entered before their planned time", self.early_steps),
+            (
+                "due transitions not made within lease + 1 s after the faults",
+                self.liveness_violations,
+            ),
             ("lost commands", self.lost_commands),
             ("commands applied twice", self.twice_applied),
             ("served-version regressions", self.regressions),
@@ -197,6 +220,19 @@ pub async fn check_rollouts(
         if started > 1 {
             report.double_advances += 1;
             report.note(format!("{id}: started {started} times"));
+        }
+        for entry in &audit {
+            if let Ok(Effect::StepEntered { to, planned_at, .. }) =
+                serde_json::from_value::<Effect>(entry.details.clone())
+            {
+                if entry.time.millis_since(planned_at) < -CLOCK_SLACK_MS {
+                    report.early_steps += 1;
+                    report.note(format!(
+                        "{id}: step {to} entered at {} (audit), planned for {planned_at}",
+                        entry.time
+                    ));
+                }
+            }
         }
         let mut entered_by_audit: HashMap<usize, usize> = HashMap::new();
         let mut skipped_by_audit: HashMap<usize, usize> = HashMap::new();

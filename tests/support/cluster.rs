@@ -116,8 +116,10 @@ pub async fn start_evaluator(config: EvaluatorConfig) -> Arc<EvaluatorHandle> {
 /// How the cluster is set up.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
-    /// Redis with AOF and `appendfsync always`.
+    /// Redis with AOF (`appendfsync everysec`, as shipped).
     pub appendonly: bool,
+    /// The NATS server's `max_payload`, if not its default (1 MiB).
+    pub nats_max_payload: Option<usize>,
     /// Planners in process.
     pub planners: usize,
     /// Evaluators in process.
@@ -132,6 +134,7 @@ impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
         ClusterOptions {
             appendonly: false,
+            nats_max_payload: None,
             planners: 1,
             evaluators: 2,
             lease: Duration::from_millis(500),
@@ -208,8 +211,12 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
         rollout_runtime::telemetry::init_for_tests();
         let appendonly = options.appendonly;
+        let nats_options = match options.nats_max_payload {
+            Some(bytes) => NatsOptions::default().config(format!("max_payload: {bytes}\n")),
+            None => NatsOptions::default(),
+        };
         let (nats, redis) = tokio::task::spawn_blocking(move || {
-            let nats = NatsServer::start_with(NatsOptions::default())
+            let nats = NatsServer::start_with(nats_options)
                 .expect("nats-server starts (run deploy/tools/install.sh)");
             let redis = RedisServer::start_with(RedisOptions::default().appendonly(appendonly))
                 .expect("redis-server starts (run deploy/tools/install.sh)");

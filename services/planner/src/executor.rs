@@ -165,10 +165,12 @@ impl Executor {
 /// retry of the same id gets it (SPEC §11.1), and returns the outcome that stands (another
 /// attempt may have stored one first).
 ///
-/// No-ops (disabling a disabled flag) and refusals that depend on state are remembered: a
-/// retry must not apply where the first attempt did nothing. Invalid input is refused
-/// identically on every retry without storing anything (bad input changes nothing, SPEC
-/// §11), and transient failures stay retryable.
+/// No-ops (disabling a disabled flag) and every refusal of [`decide`] are remembered: those
+/// depend on state (a candidate that is the off variation, a stop percentage on a staged
+/// rollout, an `execute_at` now past), so a retry must not apply where the first attempt
+/// did nothing. Input that [`Command::validate`] refuses is refused identically on every
+/// retry without storing anything (bad input changes nothing, SPEC §11), and transient
+/// failures stay retryable.
 async fn remember(
     connection: &mut ConnectionManager,
     keys: &Keys,
@@ -179,7 +181,10 @@ async fn remember(
         Ok(_) => true,
         Err(error) => matches!(
             error.code,
-            ErrorCode::Conflict | ErrorCode::FailedPrecondition | ErrorCode::NotFound
+            ErrorCode::Conflict
+                | ErrorCode::FailedPrecondition
+                | ErrorCode::NotFound
+                | ErrorCode::InvalidArgument
         ),
     };
     let Some(id) = command_id.filter(|_| remembered) else {

@@ -244,6 +244,36 @@ async fn a_no_op_is_the_first_outcome_of_its_command_id() {
 }
 
 #[tokio::test]
+async fn a_refusal_that_depends_on_state_is_the_first_outcome_of_its_command_id() {
+    let cluster = Cluster::start(1).await;
+    create_flag(&cluster, "checkout").await;
+    // the candidate is the flag's off variation: refused while that holds
+    let create = json!({"command_id": "c-off-candidate",
+        "rollout": rollout_spec(json!({"baseline": "on", "candidate": "off"}))});
+    let first = cluster.command("rollout.create", create.clone()).await;
+    assert_eq!(error(&first).0, "invalid_argument", "{first}");
+    let mut edited = flag_body("checkout");
+    edited["off_variation"] = json!("on");
+    ok(&cluster
+        .command("flag.update", json!({"flag": edited}))
+        .await);
+    let retried = cluster.command("rollout.create", create).await;
+    assert_eq!(retried, first, "a retry gets the first outcome");
+    let flag = cluster.query("flag.get", json!({"key": "checkout"})).await;
+    assert_eq!(
+        ok(&flag)["flag"]["active_rollout"],
+        Value::Null,
+        "the retry started no rollout"
+    );
+    let served = served_by_committed_state(&cluster, "checkout").await;
+    assert_eq!(
+        count(&served, "off"),
+        ENTITIES,
+        "everyone keeps the default"
+    );
+}
+
+#[tokio::test]
 async fn a_move_expecting_another_step_is_a_conflict_and_moves_nothing() {
     let cluster = Cluster::start(1).await;
     create_flag(&cluster, "checkout").await;

@@ -45,7 +45,7 @@ use super::faults::OutageClock;
 use super::ledger::{FleetEvidence, Ledger};
 use super::schedule::{AgentSpec, Generator, Transport};
 use super::Enabled;
-use crate::support::checks::{check_commands, check_rollouts, Report};
+use crate::support::checks::{check_commands, check_rollouts, Report, CLOCK_SLACK_MS};
 use crate::support::cluster::{wall_clock_now, Cluster};
 
 pub const REPLIES: &str = "retries of a command id get its first reply";
@@ -87,8 +87,6 @@ pub fn liveness_probe_flag(index: usize) -> String {
 const EXAMPLES_PER_INVARIANT: usize = 6;
 /// How long an outbox entry may wait while NATS and Redis are up.
 const OUTBOX_DELIVERY: Duration = Duration::from_secs(3);
-/// Slack between the test's clock and Redis's (one machine, one clock; ms rounding).
-const CLOCK_SLACK_MS: i64 = 5;
 /// Slack around a fleet call or outcome report's time when judging a gate or guard: the
 /// call's effect may land a little after it was sent, and the evidence a little before.
 const EVIDENCE_SLACK: DurationMs = DurationMs::from_millis(1_000);
@@ -828,6 +826,13 @@ pub async fn check_liveness(
             return probes;
         }
     }
+}
+
+/// Copies the [`LIVENESS`] tally of `findings` into the counted `report`.
+pub fn count_liveness(findings: &Findings, report: &mut Report) {
+    let liveness = findings.tally(LIVENESS);
+    report.liveness_checked = liveness.checked;
+    report.liveness_violations = liveness.violations;
 }
 
 /// Once everything settled, the replica serving OFREP at `addr` serves no flag beyond
