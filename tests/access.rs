@@ -55,7 +55,7 @@ const USERS: [(&str, &str); 7] = [
 const REDIS_USERS: [&str; 4] = ["planner", "ticker", "evaluator", "healthcheck"];
 
 /// The commit script, as `rollout-store` runs it.
-const COMMIT_LUA: &str = include_str!("../shared/rollout-store/src/commit.lua");
+const COMMIT_LUA: &str = include_str!("../shared/rollout-store/src/scripts/commit.lua");
 
 fn password(user: &str) -> String {
     format!("{user}-test-password")

@@ -175,6 +175,17 @@ impl PhasedRun {
         self.monitor.finish(&mut self.report);
         self.oracle.finish(&mut self.report);
         self.report.assert_clean();
+        // a run that injected no fault, or in which no step was entered, proved nothing
+        assert!(
+            self.report.faults_total() > 0,
+            "{}: injected no fault",
+            self.report.scenario
+        );
+        assert!(
+            self.report.steps_entered > 0,
+            "{}: saw no step entered",
+            self.report.scenario
+        );
         self.cluster.shutdown().await;
         self.report
     }

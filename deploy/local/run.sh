@@ -45,7 +45,7 @@ bash deploy/tools/install.sh >"$LOGS/install.log" 2>&1 || { cat "$LOGS/install.l
 NATS_SERVER="$ROOT/.tools/bin/nats-server"
 
 say "building planner, ticker, evaluator, rolloutctl, loadtest ($PROFILE profile)"
-cargo build --profile "$PROFILE" -q -p planner -p ticker -p evaluator -p rollout-sdk -p loadtest
+cargo build --profile "$PROFILE" -q -p planner -p ticker -p evaluator -p rolloutctl -p loadtest
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ "$PROFILE" = dev ]; then BIN="$TARGET/debug"; else BIN="$TARGET/release"; fi
 

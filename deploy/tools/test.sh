@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # THE one command that runs every test of the workspace:
 #   1. deploy/tools/install.sh (nats-server >= 2.10, redis-server, cargo-nextest);
-#   2. cargo nextest run --workspace --all-targets (profile "ci");
-#   3. cargo test --workspace --doc (nextest does not run doctests).
+#   2. cargo fmt --check and cargo clippy --all-targets -- -D warnings (style and lints are
+#      part of green);
+#   3. cargo nextest run --workspace --all-targets (profile "ci");
+#   4. cargo test --workspace --doc (nextest does not run doctests).
 # Tests start their own nats-server/redis-server on free ports (see
 # shared/rollout-testkit); the machine's servers on 4222/6379 are not used.
-# Exits non-zero if anything fails; both test steps run even if the first fails.
+# Exits non-zero if anything fails; every step runs even if an earlier one failed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,6 +21,12 @@ export ROLLOUT_NATS_SERVER_BIN="${ROLLOUT_NATS_SERVER_BIN:-$ROOT/.tools/bin/nats
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 status=0
+
+echo "=== cargo fmt --all -- --check ==="
+cargo fmt --all -- --check || status=$?
+
+echo "=== cargo clippy --workspace --all-targets -- -D warnings ==="
+cargo clippy --workspace --all-targets -- -D warnings || status=$?
 
 echo "=== cargo nextest run --workspace --all-targets ==="
 cargo nextest run --workspace --all-targets --no-fail-fast --profile ci || status=$?

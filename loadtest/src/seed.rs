@@ -9,10 +9,10 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_core::machine::RolloutState;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
+use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag, Lifecycle, RolloutSpec, Timestamp};
 use rollout_store::{
-    load_flag, redis_time, settle_flag, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit,
-    RolloutRecord,
+    load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit,
 };
 use rollout_wire::events::EventKind;
 use rollout_wire::keys::{self, Keys};
@@ -219,23 +219,20 @@ fn add_rollout(
     };
     let plan = compile(&spec, &flag_record.flag, &context)
         .map_err(|errors| anyhow::anyhow!("the benchmark spec does not compile: {errors}"))?;
-    let created = RolloutState::created(&plan, now);
     let rollout_id = format!("r-{salt}");
-    let rollout = RolloutRecord {
-        id: rollout_id.clone(),
-        namespace: namespace.as_str().to_owned(),
-        spec,
-        plan,
-        state: created.state,
-        created_at: now,
-        created_by: Some("loadtest".to_owned()),
-        traceparent: None,
-    };
-    let mut updated = FlagRecord {
-        active_rollout: Some(rollout_id.clone()),
-        ..flag_record
-    };
-    settle_flag(&mut updated, &rollout, &created.effects, now);
+    let created = transition::create(
+        &flag_record,
+        NewRollout {
+            id: rollout_id.clone(),
+            namespace: namespace.as_str().to_owned(),
+            spec,
+            plan,
+            created_by: Some("loadtest".to_owned()),
+            traceparent: None,
+        },
+        now,
+    );
+    let (updated, rollout) = (created.flag, created.rollout);
     let before = RolloutState {
         lifecycle: Lifecycle::Queued,
         ..rollout.state.clone()

@@ -405,15 +405,7 @@ impl Cluster {
     /// The replica holding the lease and its epoch.
     pub async fn leader(&self) -> Option<(String, u64)> {
         let mut connection = self.redis_conn.clone();
-        let value: Option<String> = redis::cmd("GET")
-            .arg(keys::ticker_lease())
-            .query_async(&mut connection)
-            .await
-            .ok()?;
-        value.and_then(|value| {
-            ticker::lease::parse_lease_value(&value)
-                .map(|(replica, epoch)| (replica.to_owned(), epoch))
-        })
+        rollout_store::lease::holder(&mut connection).await.ok()?
     }
 
     /// Waits until a replica other than `not` leads; returns it.

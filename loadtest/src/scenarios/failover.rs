@@ -32,7 +32,7 @@ use rollout_core::Timestamp;
 use rollout_store::{load_rollout, redis_time, RolloutRecord};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::EventKind;
-use rollout_wire::keys::{self, Keys};
+use rollout_wire::keys::Keys;
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Subjects;
 use serde::Serialize;
@@ -319,14 +319,9 @@ impl Fleet {
 /// The replica holding the lease and its epoch.
 async fn lease_holder(redis: &ConnectionManager) -> anyhow::Result<Option<(String, u64)>> {
     let mut connection = redis.clone();
-    let value: Option<String> = redis::cmd("GET")
-        .arg(keys::ticker_lease())
-        .query_async(&mut connection)
+    rollout_store::lease::holder(&mut connection)
         .await
-        .context("reading the lease")?;
-    Ok(value.and_then(|value| {
-        ticker::lease::parse_lease_value(&value).map(|(replica, epoch)| (replica.to_owned(), epoch))
-    }))
+        .context("reading the lease")
 }
 
 /// Waits (bounded) until one of our replicas holds the lease at an epoch above `above`.

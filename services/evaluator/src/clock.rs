@@ -6,9 +6,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
 use rollout_core::Timestamp;
-use rollout_store::StoreError;
+use rollout_store::{Connection, StoreError};
 
 /// Redis time, estimated locally. Cheap to share by reference.
 #[derive(Debug, Default)]
@@ -26,7 +25,7 @@ fn local_millis() -> i64 {
 
 impl RedisClock {
     /// Reads Redis `TIME` and remembers its offset from the local clock; returns it.
-    pub async fn measure(&self, redis: &ConnectionManager) -> Result<Timestamp, StoreError> {
+    pub async fn measure(&self, redis: &Connection) -> Result<Timestamp, StoreError> {
         let mut connection = redis.clone();
         let before = local_millis();
         let now = rollout_store::redis_time(&mut connection).await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rollout_runtime::config::{
     ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Secret, Validate,
 };
+use rollout_runtime::service::ServiceConfig;
 use rollout_wire::subjects::Namespace;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -33,6 +34,16 @@ pub struct EvaluatorConfig {
     pub http: HttpSettings,
     /// Snapshot upkeep, outcome batching, fleet and concurrency.
     pub evaluator: EvaluatorSettings,
+}
+
+impl ServiceConfig for EvaluatorConfig {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+
+    fn otlp(&self) -> &OtlpSettings {
+        &self.otlp
+    }
 }
 
 impl Validate for EvaluatorConfig {

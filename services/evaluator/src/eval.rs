@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::metrics::Transport;
 use crate::snapshot::{LiveFlag, NamespaceSnapshot};
-use crate::transport::{request_encoding, send_reply};
 use crate::Shared;
+use rollout_runtime::serve::{request_encoding, send_reply};
 
 /// The result of an evaluation request: one answer, or several.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -31,8 +31,8 @@ use rollout_wire::subjects::{Namespace, Route};
 use serde::Serialize;
 
 use crate::eval::unknown_flag;
-use crate::transport::{request_encoding, send_reply};
 use crate::Shared;
+use rollout_runtime::serve::{request_encoding, send_reply};
 
 /// Entries kept before a cache starts over (bounds memory against agent-id floods).
 const CACHE_LIMIT: usize = 100_000;

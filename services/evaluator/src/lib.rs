@@ -14,9 +14,11 @@
 //!   read.
 //!
 //! Code map: [`snapshot`] holds the state and the apply rule (no IO); [`sync`] loads it
-//! from Redis, applies events and resynchronises; [`metrics`] counts; [`config`] is the
-//! configuration. [`Evaluator::start`] wires everything and returns a handle (tests bind
-//! port 0 and read the address from it); [`run`] is what the binary calls.
+//! from Redis (`sync::load`), applies events (`sync::apply`) and resynchronises;
+//! [`metrics`] counts; [`config`] is the configuration; [`error`] says why it could not
+//! start, with exit codes. [`Evaluator::start`] wires everything and returns a handle
+//! (tests bind port 0 and read the address from it); [`run`] is what the binary runs,
+//! through `rollout_runtime::service::service_main`.
 //!
 //! **Architecture Invariant:** evaluation reads only the snapshot — never Redis — and a
 //! flag's served version never goes backwards (every install compares versions).
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod error;
 pub mod eval;
 pub mod fleet;
 pub mod http;
@@ -37,19 +40,18 @@ pub mod snapshot;
 pub mod sync;
 
 mod clock;
-mod transport;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
-use rollout_runtime::connect::{connect_nats_observed, connect_redis, ConnectError, NatsEvents};
+use rollout_runtime::connect::{connect_nats_observed, connect_redis, NatsEvents};
 use rollout_runtime::shutdown::{Shutdown, Tasks};
 use rollout_wire::subjects::{Subjects, EVALUATOR_QUEUE};
 use tokio::sync::{mpsc, watch};
 
 pub use config::{EvaluatorConfig, EvaluatorSettings, HttpSettings};
+pub use error::EvaluatorError;
 
 use crate::auth::TokenTable;
 use crate::clock::RedisClock;
@@ -61,40 +63,13 @@ use crate::snapshot::Snapshot;
 /// the NATS connection).
 const EVAL_IN_FLIGHT: usize = 32;
 
-/// Why an evaluator could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum EvaluatorError {
-    /// NATS or Redis could not be reached.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The subject prefix is not valid.
-    #[error("nats.subject_prefix: {0}")]
-    Subjects(String),
-    /// The HTTP listener could not be bound.
-    #[error("http.listen {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A NATS subscription could not be made.
-    #[error("nats subscribe to {subject}: {message}")]
-    Subscribe {
-        /// The subject.
-        subject: String,
-        /// Why.
-        message: String,
-    },
-}
-
 /// State shared by every task of one evaluator.
 pub struct Shared {
     snapshot: Snapshot,
     metrics: Metrics,
     subjects: Subjects,
     nats: async_nats::Client,
-    redis: ConnectionManager,
+    redis: rollout_store::Connection,
     settings: EvaluatorSettings,
     default_namespace: String,
     /// OFREP bearer tokens and whether they are required.
@@ -273,7 +248,7 @@ async fn start_serving(
         let handler_shared = Arc::clone(&shared);
         tasks.spawn(
             format!("eval-{worker}"),
-            transport::serve(
+            rollout_runtime::serve::serve(
                 subscriber,
                 EVAL_IN_FLIGHT,
                 shutdown.clone(),
@@ -314,7 +289,7 @@ async fn start_serving(
     let handler_shared = Arc::clone(&shared);
     tasks.spawn(
         "fleet",
-        transport::serve(
+        rollout_runtime::serve::serve(
             fleet_subscriber,
             shared.settings.concurrency,
             shutdown.clone(),

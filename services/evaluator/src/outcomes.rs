@@ -27,8 +27,8 @@ use rollout_wire::subjects::{Namespace, Route};
 
 use crate::metrics::OutcomeResult;
 use crate::snapshot::LiveFlag;
-use crate::transport::request_encoding;
 use crate::Shared;
+use rollout_runtime::serve::request_encoding;
 
 /// One checked report and where it counts.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,9 +4,10 @@
 //! loads again and decides again.
 
 use rollout_core::continuation::{continuation, Continuation};
-use rollout_core::machine::{step, Event};
+use rollout_core::machine::Event;
+use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutState, Target, Timestamp};
-use rollout_store::{settle_flag, FlagRecord, RolloutRecord, StoredFlag};
+use rollout_store::{FlagRecord, RolloutRecord, StoredFlag};
 use rollout_wire::commands::{Command, Deleted, FlagResult, RolloutResult};
 use rollout_wire::envelope::WireError;
 use rollout_wire::events::EventKind;
@@ -252,8 +253,11 @@ fn check_update_allowed(old: &Flag, new: &Flag, rollout: &RolloutRecord) -> Resu
         Target::Rule(rule_id) => {
             let old_position = old.rules.iter().position(|rule| &rule.id == rule_id);
             let new_position = new.rules.iter().position(|rule| &rule.id == rule_id);
+            // its place in the order is part of it: moved, it is reached by other entities
             let unchanged = match (old_position, new_position) {
-                (Some(old_index), Some(new_index)) => old.rules[old_index] == new.rules[new_index],
+                (Some(old_index), Some(new_index)) => {
+                    old_index == new_index && old.rules[old_index] == new.rules[new_index]
+                }
                 _ => false,
             };
             if !unchanged {
@@ -347,18 +351,9 @@ fn stop_for_disable(
     rollout: &RolloutRecord,
     context: &DecideContext,
 ) -> Result<(RolloutRecord, Vec<rollout_core::Effect>), WireError> {
-    let outcome = step(
-        &rollout.plan,
-        &rollout.state,
-        &Event::FlagDisabled,
-        context.now,
-    )?;
-    let next = RolloutRecord {
-        state: outcome.state,
-        ..rollout.clone()
-    };
-    settle_flag(flag, &next, &outcome.effects, context.now);
-    Ok((next, outcome.effects))
+    let stopped = transition::apply(flag, rollout, &Event::FlagDisabled, context.now)?;
+    *flag = stopped.flag;
+    Ok((stopped.rollout, stopped.effects))
 }
 
 fn flag_toggle(
@@ -457,22 +452,19 @@ fn rollout_create(
         fresh_salt: &context.fresh_salt,
     };
     let plan = compile_from_current_serve(spec, &record.flag, &compile_context)?;
-    let created = RolloutState::created(&plan, context.now);
-    let rollout = RolloutRecord {
-        id: context.new_rollout_id.clone(),
-        namespace: context.namespace.clone(),
-        spec: spec.clone(),
-        plan,
-        state: created.state,
-        created_at: context.now,
-        created_by: context.actor.clone(),
-        traceparent: context.traceparent.clone(),
-    };
-    let mut updated = FlagRecord {
-        active_rollout: Some(rollout.id.clone()),
-        ..record.clone()
-    };
-    settle_flag(&mut updated, &rollout, &created.effects, context.now);
+    let created = transition::create(
+        record,
+        NewRollout {
+            id: context.new_rollout_id.clone(),
+            namespace: context.namespace.clone(),
+            spec: spec.clone(),
+            plan,
+            created_by: context.actor.clone(),
+            traceparent: context.traceparent.clone(),
+        },
+        context.now,
+    );
+    let (updated, rollout) = (created.flag, created.rollout);
     let result = to_result(&RolloutResult::new(
         &rollout.id,
         &rollout.plan,
@@ -557,20 +549,15 @@ fn rollout_event(
     let rollout = existing_rollout(rollout_id, loaded)?;
     check_expected_step(rollout, context)?;
     let (stored, record) = existing_flag(loaded, &rollout.plan.flag, "rollout_id")?;
-    let outcome = step(&rollout.plan, &rollout.state, &event, context.now)?;
-    let next = RolloutRecord {
-        state: outcome.state,
-        ..rollout.clone()
-    };
-    let mut updated = record.clone();
-    settle_flag(&mut updated, &next, &outcome.effects, context.now);
+    let moved = transition::apply(record, rollout, &event, context.now)?;
+    let (updated, next, effects) = (moved.flag, moved.rollout, moved.effects);
     let result = to_result(&RolloutResult::new(
         &next.id,
         &next.plan,
         &next.state,
         context.now,
     ))?;
-    if outcome.effects.is_empty() {
+    if effects.is_empty() {
         return Ok(Decision::Unchanged(result));
     }
     Ok(Decision::Change(Box::new(Change {
@@ -581,7 +568,7 @@ fn rollout_event(
         rollout: Some((rollout.state.revision, next)),
         deleted_rollout: None,
         noted: Vec::new(),
-        effects: Some((rollout.id.clone(), rollout.state.clone(), outcome.effects)),
+        effects: Some((rollout.id.clone(), rollout.state.clone(), effects)),
         noted_after: Vec::new(),
         result,
     })))
@@ -607,23 +594,15 @@ fn rollout_delete(
     })?;
     let mut effects = None;
     let mut flag_after = None;
-    if rollout.state.lifecycle.is_active() {
-        let outcome = step(
-            &rollout.plan,
-            &rollout.state,
+    if let (true, Some((_, record))) = (rollout.state.lifecycle.is_active(), stored_flag) {
+        let stopped = transition::apply(
+            record,
+            rollout,
             &Event::Stop { percentage: None },
             context.now,
         )?;
-        let stopped = RolloutRecord {
-            state: outcome.state,
-            ..rollout.clone()
-        };
-        if let Some((_, record)) = stored_flag {
-            let mut updated = record.clone();
-            settle_flag(&mut updated, &stopped, &outcome.effects, context.now);
-            flag_after = Some(updated);
-        }
-        effects = Some((rollout.id.clone(), rollout.state.clone(), outcome.effects));
+        flag_after = Some(stopped.flag);
+        effects = Some((rollout.id.clone(), rollout.state.clone(), stopped.effects));
     }
     let Some((stored, record)) = stored_flag else {
         // a finished rollout of a deleted flag (a flag with an active rollout cannot be

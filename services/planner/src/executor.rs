@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use rollout_core::DurationMs;
+use rollout_runtime::telemetry::trace_id_of;
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
-    Actor, CommitOutcome, Mutation, RolloutRecord, StoreError,
+    Actor, CommitOutcome, Connection, Mutation, RolloutRecord, StoreError,
 };
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::Command;
@@ -27,14 +27,14 @@ const MAX_ATTEMPTS: u32 = 16;
 /// Executes commands against Redis; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Executor {
-    redis: ConnectionManager,
+    redis: Connection,
     relay: Relay,
     min_phase_interval: DurationMs,
 }
 
 impl Executor {
     /// An executor committing through `redis` and publishing through `relay`.
-    pub fn new(redis: ConnectionManager, relay: Relay, min_phase_interval: DurationMs) -> Executor {
+    pub fn new(redis: Connection, relay: Relay, min_phase_interval: DurationMs) -> Executor {
         Executor {
             redis,
             relay,
@@ -172,7 +172,7 @@ impl Executor {
 /// retry without storing anything (bad input changes nothing, SPEC §11), and transient
 /// failures stay retryable.
 async fn remember(
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     keys: &Keys,
     command_id: Option<&str>,
     outcome: Result<serde_json::Value, WireError>,
@@ -206,7 +206,7 @@ async fn remember(
 /// Loads what `command` reads: the flag (and its active rollout) for flag commands and
 /// `rollout.create`; the rollout and then its flag for rollout commands.
 async fn load(
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     keys: &Keys,
     command: &Command,
 ) -> Result<Loaded, StoreError> {
@@ -287,15 +287,6 @@ fn build_mutation<'k>(
         );
     }
     mutation
-}
-
-/// The trace id inside a W3C traceparent (`00-<trace id>-<span id>-<flags>`).
-pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.split('-');
-    let _version = parts.next()?;
-    let trace_id = parts.next()?;
-    (trace_id.len() == 32 && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit()))
-        .then(|| trace_id.to_owned())
 }
 
 fn random_hex(bytes: usize) -> String {

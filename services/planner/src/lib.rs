@@ -3,6 +3,8 @@
 //! each change with the store's one compare-and-set script (state, audit and outbox
 //! together), answers queries, and relays the outbox to `rollout.events.<ns>.<flag>`.
 //!
+//! - [`config`]: [`PlannerConfig`] (`--config FILE`, `ROLLOUT_*`); [`error`]: [`PlannerError`]
+//!   and its exit codes; the binary is `rollout_runtime::service::service_main` over [`run`].
 //! - [`decide`]: what a command does, without IO.
 //! - [`executor`]: load → decide → commit, retried on revision conflicts, idempotent by id.
 //! - [`queries`]: read-only answers.
@@ -11,7 +13,9 @@
 //! Any number of replicas may run: they share nothing but Redis and NATS queue groups, and
 //! the commit script's revision checks serialise their changes.
 
+pub mod config;
 pub mod decide;
+pub mod error;
 pub mod executor;
 pub mod failpoint;
 pub mod queries;
@@ -20,129 +24,18 @@ pub mod server;
 use std::time::Duration;
 
 use rollout_core::DurationMs;
-use rollout_runtime::config::{
-    duration, ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Validate,
-};
-use rollout_runtime::connect::{connect_nats, connect_redis, ConnectError};
+use rollout_runtime::config::{ConfigError, Validate};
+use rollout_runtime::connect::{connect_nats, connect_redis};
+use rollout_runtime::serve::serve;
 use rollout_runtime::shutdown::{Shutdown, Tasks};
 use rollout_store::Relay;
 use rollout_wire::subjects::{Subjects, PLANNER_QUEUE};
-use serde::Deserialize;
 
+pub use crate::config::{PlannerConfig, PlannerSettings};
+pub use crate::error::PlannerError;
 use crate::executor::Executor;
 use crate::queries::Reader;
 use crate::server::Handler;
-
-/// The planner's configuration: `--config FILE` and `ROLLOUT_<SECTION>__<KEY>`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlannerConfig {
-    /// NATS connection.
-    pub nats: NatsSettings,
-    /// Redis connection.
-    pub redis: RedisSettings,
-    /// Trace export.
-    pub otlp: OtlpSettings,
-    /// Logging.
-    pub log: LogSettings,
-    /// Planner behaviour.
-    pub planner: PlannerSettings,
-}
-
-/// Planner behaviour (`ROLLOUT_PLANNER__*`).
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlannerSettings {
-    /// Minimum gap between manual schedule steps (SPEC §3.2).
-    #[serde(with = "duration")]
-    pub min_phase_interval: Duration,
-    /// Requests handled at once per subscription.
-    pub concurrency: usize,
-    /// Consume the durable command stream `ROLLOUT_CMDS`.
-    pub jetstream: bool,
-    /// How often the outbox is swept for events a crashed process did not publish.
-    #[serde(with = "duration")]
-    pub relay_interval: Duration,
-    /// Outbox entries younger than this are left to the process that committed them.
-    #[serde(with = "duration")]
-    pub relay_grace: Duration,
-    /// How long the command stream waits for an acknowledgement before redelivering.
-    #[serde(with = "duration")]
-    pub stream_ack_wait: Duration,
-    /// Replicas of the command stream in a NATS cluster (1, 3 or 5; 3 in the deploy files).
-    pub stream_replicas: usize,
-    /// How long in-flight work may take to finish at shutdown.
-    #[serde(with = "duration")]
-    pub drain_grace: Duration,
-    /// An agent silent this long is counted stale in stage counts.
-    #[serde(with = "duration")]
-    pub stale_agent_after: Duration,
-}
-
-impl Default for PlannerSettings {
-    fn default() -> PlannerSettings {
-        PlannerSettings {
-            min_phase_interval: Duration::from_secs(300),
-            concurrency: 64,
-            jetstream: true,
-            relay_interval: Duration::from_millis(500),
-            relay_grace: Duration::from_secs(2),
-            stream_ack_wait: Duration::from_secs(30),
-            stream_replicas: 1,
-            drain_grace: Duration::from_secs(10),
-            stale_agent_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Validate for PlannerConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.nats.validate()?;
-        self.redis.validate()?;
-        self.otlp.validate()?;
-        self.log.validate()?;
-        let settings = &self.planner;
-        if settings.concurrency == 0 || settings.concurrency > 10_000 {
-            return Err(ConfigError::new(
-                "planner.concurrency",
-                "must be between 1 and 10000",
-            ));
-        }
-        if settings.min_phase_interval > Duration::from_secs(7 * 24 * 3600) {
-            return Err(ConfigError::new(
-                "planner.min_phase_interval",
-                "must be at most 7d",
-            ));
-        }
-        if ![1, 3, 5].contains(&settings.stream_replicas) {
-            return Err(ConfigError::new(
-                "planner.stream_replicas",
-                "must be 1, 3 or 5",
-            ));
-        }
-        if settings.relay_interval.is_zero() {
-            return Err(ConfigError::new(
-                "planner.relay_interval",
-                "must be greater than zero",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Why the planner stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum PlannerError {
-    /// A connection could not be made.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// A setting is invalid.
-    #[error("configuration: {0}")]
-    Config(#[from] ConfigError),
-    /// NATS refused a subscription or the stream setup.
-    #[error("nats: {0}")]
-    Nats(String),
-}
 
 fn millis(duration: Duration) -> DurationMs {
     DurationMs::from_millis(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
@@ -208,16 +101,22 @@ impl Planner {
             .await
             .map_err(|error| nats_error(error.into()))?;
         let tasks = Tasks::new();
-        tasks.spawn(
-            "requests",
-            server::serve_requests(
-                handler.clone(),
-                commands,
-                queries,
-                settings.concurrency,
-                shutdown.clone(),
-            ),
-        );
+        for (name, subscriber) in [("commands", commands), ("queries", queries)] {
+            let handler = handler.clone();
+            tasks.spawn(
+                name,
+                serve(
+                    subscriber,
+                    settings.concurrency,
+                    shutdown.clone(),
+                    settings.drain_grace,
+                    move |message| {
+                        let handler = handler.clone();
+                        async move { handler.handle_request(message).await }
+                    },
+                ),
+            );
+        }
         if let Some(consumer) = stream {
             tasks.spawn(
                 "command-stream",
@@ -283,36 +182,4 @@ pub async fn run(config: PlannerConfig, shutdown: Shutdown) -> Result<(), Planne
     shutdown.cancelled().await;
     planner.wait().await;
     Ok(())
-}
-
-/// The binary's body: telemetry, signals, run; maps failures to exit codes.
-pub async fn main_with(config: PlannerConfig) -> std::process::ExitCode {
-    let telemetry =
-        match rollout_runtime::telemetry::init_telemetry("planner", &config.log, &config.otlp) {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("planner: telemetry: {error}");
-                return std::process::ExitCode::from(70);
-            }
-        };
-    let shutdown = match Shutdown::on_signals() {
-        Ok(shutdown) => shutdown,
-        Err(error) => {
-            eprintln!("planner: signals: {error}");
-            return std::process::ExitCode::from(70);
-        }
-    };
-    let outcome = run(config, shutdown).await;
-    drop(telemetry);
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(PlannerError::Config(error)) => {
-            eprintln!("configuration error: {error}");
-            std::process::ExitCode::from(64)
-        }
-        Err(error) => {
-            eprintln!("planner: {error}");
-            std::process::ExitCode::from(69)
-        }
-    }
 }

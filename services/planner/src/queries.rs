@@ -5,13 +5,12 @@
 //! before its last resume, with the guard's verdict; stage counts), lists, the audit log (newest first, paged) and plan previews. Reads never
 //! write.
 
-use redis::aio::ConnectionManager;
 use rollout_core::plan::Audience;
 use rollout_core::{CompileContext, DurationMs};
 use rollout_store::health::load_health;
+use rollout_store::reads::{self, AuditLog};
 use rollout_store::{
-    decode_record, fleet, load_flag, load_rollout, outcomes, redis_time, FlagRecord, RolloutRecord,
-    StoreError,
+    fleet, load_flag, load_rollout, outcomes, redis_time, Connection, RolloutRecord, StoreError,
 };
 use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
@@ -28,7 +27,7 @@ use crate::decide::to_result;
 /// Answers queries from Redis; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Reader {
-    redis: ConnectionManager,
+    redis: Connection,
     min_phase_interval: DurationMs,
     stale_agent_after: DurationMs,
 }
@@ -36,7 +35,7 @@ pub struct Reader {
 impl Reader {
     /// A reader over `redis`.
     pub fn new(
-        redis: ConnectionManager,
+        redis: Connection,
         min_phase_interval: DurationMs,
         stale_agent_after: DurationMs,
     ) -> Reader {
@@ -86,9 +85,9 @@ impl Reader {
                 .await
             }
             Query::RolloutAudit(audit) => {
-                let key = match (&audit.rollout_id, &audit.flag) {
-                    (Some(rollout_id), _) => keys.audit_rollout(rollout_id),
-                    (None, Some(flag)) => keys.audit_flag(flag),
+                let log = match (&audit.rollout_id, &audit.flag) {
+                    (Some(rollout_id), _) => AuditLog::Rollout(rollout_id),
+                    (None, Some(flag)) => AuditLog::Flag(flag),
                     (None, None) => {
                         return Err(WireError::invalid_argument(
                             "rollout_id",
@@ -98,7 +97,8 @@ impl Reader {
                 };
                 self.audit(
                     &mut connection,
-                    &key,
+                    &keys,
+                    log,
                     PageWindow::new(audit.page, audit.page_size),
                 )
                 .await
@@ -113,7 +113,7 @@ impl Reader {
 
     async fn flag(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         key: &str,
     ) -> Result<serde_json::Value, QueryError> {
@@ -130,19 +130,16 @@ impl Reader {
 
     async fn flags(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         window: PageWindow,
     ) -> Result<serde_json::Value, QueryError> {
-        let mut flag_keys: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys.flags())
-            .query_async(connection)
-            .await
-            .map_err(StoreError::from)?;
+        let mut flag_keys = reads::flag_keys(connection, keys).await?;
         flag_keys.sort();
         let total = flag_keys.len() as u64;
-        let page: Vec<&String> = flag_keys
+        let page: Vec<&str> = flag_keys
             .iter()
+            .map(String::as_str)
             .skip(usize::try_from(window.offset()).unwrap_or(usize::MAX))
             .take(window.size as usize)
             .collect();
@@ -152,23 +149,18 @@ impl Reader {
                 next_page: None,
             })?);
         }
-        let mut pipe = redis::pipe();
-        for key in &page {
-            pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data");
-        }
-        let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe
-            .query_async(connection)
-            .await
-            .map_err(StoreError::from)?;
-        let mut flags = Vec::with_capacity(rows.len());
-        for (key, (version, data)) in page.into_iter().zip(rows) {
-            let Some(bytes) = data else { continue };
-            let record: FlagRecord = decode_record(&bytes, &format!("flag {key}"))?;
+        let stored = reads::load_flags(connection, keys, &page).await?;
+        let mut flags = Vec::with_capacity(stored.len());
+        for stored in stored {
+            let version = stored.version;
+            let Some(record) = stored.record else {
+                continue;
+            };
             flags.push(FlagSummary {
                 key: record.flag.key.clone(),
                 description: record.flag.description.clone(),
                 enabled: record.flag.enabled,
-                version: version.unwrap_or(0),
+                version,
                 variations: record
                     .flag
                     .variations
@@ -186,7 +178,7 @@ impl Reader {
 
     /// The rollout `rollout_id` and the Redis time it was read at.
     async fn rollout(
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         rollout_id: &str,
     ) -> Result<(RolloutRecord, rollout_core::Timestamp), QueryError> {
@@ -202,7 +194,7 @@ impl Reader {
 
     async fn status(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         rollout_id: &str,
     ) -> Result<serde_json::Value, QueryError> {
@@ -226,7 +218,7 @@ impl Reader {
     /// Per-step fleet counts of `record` at `now` (one per step of a label-stage plan).
     async fn stage_counts(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         record: &RolloutRecord,
         now: rollout_core::Timestamp,
@@ -246,7 +238,7 @@ impl Reader {
     /// The figures the ticker judges the rollout's gates by, as it would read them now.
     async fn counts(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         rollout_id: &str,
     ) -> Result<serde_json::Value, QueryError> {
@@ -293,24 +285,14 @@ impl Reader {
 
     async fn rollouts(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         state: ListState,
         flag: Option<&str>,
         window: PageWindow,
     ) -> Result<serde_json::Value, QueryError> {
-        let index = match state {
-            ListState::Active => keys.rollouts_active(),
-            ListState::Finished => keys.rollouts_finished(),
-        };
         // newest first
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(&index)
-            .arg(0)
-            .arg(-1)
-            .query_async(connection)
-            .await
-            .map_err(StoreError::from)?;
+        let ids = reads::rollout_ids(connection, keys, state).await?;
         let mut summaries = Vec::new();
         for id in ids {
             let Some(record) = load_rollout(connection, keys, &id).await? else {
@@ -340,33 +322,13 @@ impl Reader {
 
     async fn audit(
         &self,
-        connection: &mut ConnectionManager,
-        key: &str,
+        connection: &mut Connection,
+        keys: &Keys,
+        log: AuditLog<'_>,
         window: PageWindow,
     ) -> Result<serde_json::Value, QueryError> {
-        let start = i64::try_from(window.offset()).unwrap_or(i64::MAX);
-        let stop = start + i64::from(window.size) - 1;
-        let (total, raw): (u64, Vec<Vec<u8>>) = redis::pipe()
-            .llen(key)
-            .lrange(
-                key,
-                isize::try_from(start).unwrap_or(isize::MAX),
-                isize::try_from(stop).unwrap_or(isize::MAX),
-            )
-            .query_async(connection)
-            .await
-            .map_err(StoreError::from)?;
-        let entries = raw
-            .iter()
-            .map(|bytes| {
-                rollout_wire::codec::decode_with(
-                    bytes,
-                    rollout_wire::codec::Encoding::MessagePack,
-                    rollout_wire::codec::Limits::SERVICE_OUTPUT,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| StoreError::Corrupt(format!("audit entry: {error}")))?;
+        let (total, entries) =
+            reads::audit_page(connection, keys, log, window.offset(), window.size).await?;
         Ok(to_result(&AuditPage {
             entries,
             next_page: window.next_page(total),
@@ -375,7 +337,7 @@ impl Reader {
 
     async fn preview(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         keys: &Keys,
         spec: &rollout_core::RolloutSpec,
     ) -> Result<serde_json::Value, QueryError> {

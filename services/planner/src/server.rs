@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
+use rollout_runtime::serve::{publish_encoded, request_encoding, send_reply};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_runtime::telemetry::{
-    set_remote_parent, traceparent_of_current_span, TRACEPARENT_HEADER,
+    set_remote_parent, trace_id_of, traceparent_of_current_span, TRACEPARENT_HEADER,
 };
-use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
+use rollout_wire::codec::Encoding;
 use rollout_wire::commands::Command;
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
 use rollout_wire::queries::Query;
@@ -35,38 +36,24 @@ pub struct Handler {
     pub reader: Reader,
 }
 
-fn encoding_of(headers: Option<&HeaderMap>) -> Encoding {
-    Encoding::from_content_type(
-        headers
-            .and_then(|map| map.get(CONTENT_TYPE_HEADER))
-            .map(|value| value.as_str()),
-    )
-}
-
 /// The command's W3C trace context: the `traceparent` it arrived with, else the one of the
 /// span handling it (when tracing exports), so a rollout links back to its creator.
 fn command_traceparent(headers: Option<&HeaderMap>) -> Option<String> {
     headers
         .and_then(|map| map.get(TRACEPARENT_HEADER))
         .map(|value| value.as_str().to_owned())
-        .filter(|value| crate::executor::trace_id_of(value).is_some())
+        .filter(|value| trace_id_of(value).is_some())
         .or_else(traceparent_of_current_span)
-}
-
-fn reply_headers(encoding: Encoding) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
-    headers
 }
 
 impl Handler {
     /// Handles one request-reply message (command or query) and sends the reply.
     pub async fn handle_request(&self, message: async_nats::Message) {
-        let Some(reply_to) = message.reply.clone() else {
+        if message.reply.is_none() {
             tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
             return;
-        };
-        let encoding = encoding_of(message.headers.as_ref());
+        }
+        let encoding = request_encoding(message.headers.as_ref());
         let span = tracing::info_span!("planner.request", subject = %message.subject, command_id = tracing::field::Empty, code = tracing::field::Empty);
         set_remote_parent(&span, message.headers.as_ref());
         let result = self
@@ -77,13 +64,7 @@ impl Handler {
             span.record("code", error.code.as_str());
         }
         let payload = encode_reply(&result, encoding);
-        if let Err(error) = self
-            .nats
-            .publish_with_headers(reply_to, reply_headers(encoding), payload.into())
-            .await
-        {
-            tracing::warn!(%error, "reply publish failed");
-        }
+        send_reply(&self.nats, message.reply.clone(), encoding, payload).await;
     }
 
     async fn dispatch(
@@ -133,7 +114,7 @@ impl Handler {
     /// internal error is tried [`INTERNAL_ATTEMPTS`] times, then answered and acknowledged,
     /// never redelivered forever.
     pub async fn handle_queued(&self, message: jetstream::Message) {
-        let encoding = encoding_of(message.headers.as_ref());
+        let encoding = request_encoding(message.headers.as_ref());
         let (sequence, published_nanos) = message
             .info()
             .map(|info| (info.stream_sequence, info.published.unix_timestamp_nanos()))
@@ -227,10 +208,8 @@ impl Handler {
         match self.subjects.outcome(&namespace, &command_id) {
             Ok(subject) => {
                 let payload = encode_reply(&result, encoding);
-                if let Err(error) = self
-                    .nats
-                    .publish_with_headers(subject, reply_headers(encoding), payload.into())
-                    .await
+                if let Err(error) =
+                    publish_encoded(&self.nats, subject.into(), encoding, payload).await
                 {
                     // not acknowledged: the redelivery finds the stored outcome and publishes it again
                     tracing::warn!(%error, "outcome publish failed");
@@ -245,23 +224,6 @@ impl Handler {
             tracing::warn!(%error, sequence, "ack failed; the command will be redelivered and answered from its stored outcome");
         }
     }
-}
-
-/// Serves request-reply commands and queries until `shutdown`; in-flight requests finish.
-pub async fn serve_requests(
-    handler: Handler,
-    commands: async_nats::Subscriber,
-    queries: async_nats::Subscriber,
-    concurrency: usize,
-    shutdown: Shutdown,
-) {
-    futures_util::stream::select(commands, queries)
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(concurrency, |message| {
-            let handler = handler.clone();
-            async move { handler.handle_request(message).await }
-        })
-        .await;
 }
 
 /// Client command ids may not start with this: it marks the stand-ins of commands queued

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rollout_runtime::config::{
     ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Validate,
 };
+use rollout_runtime::service::ServiceConfig;
 use serde::Deserialize;
 
 /// Everything the ticker binary reads at start-up.
@@ -23,6 +24,16 @@ pub struct TickerConfig {
     pub log: LogSettings,
     /// The ticker's own settings.
     pub ticker: TickerSettings,
+}
+
+impl ServiceConfig for TickerConfig {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+
+    fn otlp(&self) -> &OtlpSettings {
+        &self.otlp
+    }
 }
 
 impl Validate for TickerConfig {

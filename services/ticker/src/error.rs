@@ -1,7 +1,9 @@
 //! Why the ticker could not do something. Transient failures (Redis or NATS unreachable)
-//! are logged and retried by the loop; only start-up failures end `run`.
+//! are logged and retried by the loop; only start-up failures end `run`, each with its exit
+//! code.
 
 use rollout_runtime::connect::ConnectError;
+use rollout_runtime::service::{ExitStatus, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 use rollout_store::StoreError;
 use rollout_wire::subjects::SubjectError;
 
@@ -11,13 +13,20 @@ pub enum TickerError {
     /// Reading or committing state failed.
     #[error("state store: {0}")]
     Store(#[from] StoreError),
-    /// A lease, fence or index command failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
     /// NATS or Redis could not be reached at start-up.
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The configured subject prefix is not valid.
     #[error("nats.subject_prefix: {0}")]
     Subjects(#[from] SubjectError),
+}
+
+impl ExitStatus for TickerError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            TickerError::Connect(_) => EX_UNAVAILABLE,
+            TickerError::Subjects(_) => EX_USAGE,
+            TickerError::Store(_) => EX_SOFTWARE,
+        }
+    }
 }

@@ -8,14 +8,15 @@
 //! by the namespace fence once a newer leader exists; a transition also carries the
 //! revisions it read and, when a timer caused it, the due time as its earliest Redis time.
 
-use redis::aio::ConnectionManager;
 use rollout_core::machine::{step, Event};
+use rollout_core::transition::{self, next_look};
 use rollout_core::{Audience, DurationMs, Effect, Lifecycle, StepOutcome, Timestamp};
-use rollout_runtime::telemetry::{link_to_traceparent, traceparent_of_current_span};
+use rollout_runtime::telemetry::{link_to_traceparent, trace_id_of, traceparent_of_current_span};
+use rollout_store::due::{self, Rescheduled};
 use rollout_store::health::load_health;
-use rollout_store::mutation::next_look;
+use rollout_store::reads::rollout_revision;
 use rollout_store::{
-    load_flag, load_rollout, settle_flag, Actor, CommitOutcome, Mutation, Relay, RolloutRecord,
+    load_flag, load_rollout, Actor, CommitOutcome, Connection, Mutation, Relay, RolloutRecord,
     StoreError,
 };
 use rollout_wire::keys::Keys;
@@ -31,30 +32,6 @@ pub const TICKER_ACTOR: &str = "ticker";
 const RETRY_AFTER_MS: i64 = 1_000;
 /// How far a rollout whose record cannot be decoded is pushed back.
 const CORRUPT_RETRY_AFTER_MS: i64 = 30_000;
-
-/// Moves a rollout's due-index entry only if the writer still holds the fence and the
-/// rollout still has the revision the decision was made on, so a slow writer can never
-/// push back a newer due time. `KEYS`: rollout hash, due index, fence. `ARGV`: expected
-/// revision, epoch, rollout id, new score (empty: remove).
-const RESCHEDULE: &str = r"
-local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
-if fence ~= tonumber(ARGV[2]) then
-  return 'fenced'
-end
-local revision = redis.call('HGET', KEYS[1], 'rev') or '0'
-if revision ~= ARGV[1] then
-  return 'conflict'
-end
-if ARGV[4] == '' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-end
-return 'ok'
-";
-
-static RESCHEDULE_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RESCHEDULE));
 
 /// What firing one rollout came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +56,7 @@ pub enum Fired {
 #[derive(Clone, Debug)]
 pub struct FireContext {
     /// Redis, for reads and commits.
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     /// Publishes committed events.
     pub relay: Relay,
     /// Where outcomes are counted.
@@ -104,18 +81,14 @@ pub async fn fire(
             // nobody can advance an unreadable record; look again later rather than every
             // round (a writer that repairs it sets its due time anyway)
             let later = now.plus(DurationMs::from_millis(CORRUPT_RETRY_AFTER_MS));
-            let revision: Option<u64> = redis::cmd("HGET")
-                .arg(keys.rollout(rollout_id))
-                .arg("rev")
-                .query_async(&mut connection)
-                .await?;
+            let revision = rollout_revision(&mut connection, keys, rollout_id).await?;
             reschedule(
                 &context.stats,
                 &mut connection,
                 keys,
                 epoch,
                 rollout_id,
-                revision.unwrap_or(0),
+                revision,
                 Some(later),
             )
             .await?;
@@ -204,7 +177,7 @@ async fn commit_transition(
 ) -> Result<Fired, StoreError> {
     let mut connection = context.redis.clone();
     let stored_flag = load_flag(&mut connection, keys, &record.plan.flag).await?;
-    let Some(mut flag_record) = stored_flag.record else {
+    let Some(flag_record) = stored_flag.record else {
         let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
         reschedule(
             &context.stats,
@@ -223,13 +196,10 @@ async fn commit_transition(
     };
     let previous = record.state.clone();
     let due = previous.due_at(&record.plan).filter(|due| *due <= now);
-    let next = RolloutRecord {
-        state: outcome.state,
-        ..record
-    };
-    settle_flag(&mut flag_record, &next, &outcome.effects, now);
+    let moved = transition::settle(&flag_record, &record, outcome, now);
+    let (flag_record, next, effects) = (moved.flag, moved.rollout, moved.effects);
 
-    let transition = Transition::describe(&next, &previous, &outcome.effects, due);
+    let transition = Transition::describe(&next, &previous, &effects, due);
     let span = transition.span(namespace, &next, epoch);
     let trace_id = span
         .in_scope(traceparent_of_current_span)
@@ -252,7 +222,7 @@ async fn commit_transition(
     mutation
         .flag(flag_record, false)
         .rollout(previous.revision, next.clone())
-        .effects(&next.id, &previous, &outcome.effects);
+        .effects(&next.id, &previous, &effects);
     let mut prepared = mutation.into_commit(None)?;
     prepared.commit.fenced(&keys.fence(), epoch);
     if let Some(due) = due {
@@ -329,29 +299,18 @@ async fn commit_transition(
 /// revision is still `revision`.
 async fn reschedule(
     stats: &TickerStats,
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     keys: &Keys,
     epoch: u64,
     rollout_id: &str,
     revision: u64,
     look: Option<Timestamp>,
 ) -> Result<Fired, StoreError> {
-    let score = look.map_or_else(String::new, |time| time.as_millis().to_string());
-    let reply: String = RESCHEDULE_SCRIPT
-        .key(keys.rollout(rollout_id))
-        .key(keys.due())
-        .key(keys.fence())
-        .arg(revision)
-        .arg(epoch)
-        .arg(rollout_id)
-        .arg(score)
-        .invoke_async(connection)
-        .await?;
-    match reply.as_str() {
-        "ok" if look.is_some() => Ok(Fired::Unchanged),
-        "ok" => Ok(Fired::Removed),
-        "conflict" => Ok(Fired::Conflict),
-        "fenced" => {
+    match due::reschedule(connection, keys, epoch, rollout_id, revision, look).await? {
+        Rescheduled::Done if look.is_some() => Ok(Fired::Unchanged),
+        Rescheduled::Done => Ok(Fired::Removed),
+        Rescheduled::Conflict => Ok(Fired::Conflict),
+        Rescheduled::Fenced => {
             stats.fenced_write();
             tracing::warn!(
                 rollout_id,
@@ -360,19 +319,7 @@ async fn reschedule(
             );
             Ok(Fired::Fenced)
         }
-        other => Err(StoreError::Protocol(format!(
-            "unexpected reschedule reply {other:?}"
-        ))),
     }
-}
-
-/// The trace id inside a W3C traceparent (`00-<trace id>-<span id>-<flags>`).
-pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.split('-');
-    let _version = parts.next()?;
-    let trace_id = parts.next()?;
-    (trace_id.len() == 32 && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit()))
-        .then(|| trace_id.to_owned())
 }
 
 /// The figures of one transition, for its span and the lag statistics.
@@ -494,20 +441,5 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::Completed => "completed",
         Effect::Stopped { .. } => "stopped",
         Effect::RolledBack { .. } => "rolled_back",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_ids_come_out_of_traceparents() {
-        assert_eq!(
-            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id_of("00-short-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id_of(""), None);
     }
 }

@@ -22,11 +22,12 @@
 use std::collections::BTreeMap;
 
 use rollout_core::guard::{Guard, GuardSpec, GuardVerdict, OutcomeCounts};
-use rollout_core::machine::{step, Event};
+use rollout_core::machine::Event;
+use rollout_core::transition;
 use rollout_core::{Lifecycle, Timestamp};
 use rollout_store::{
-    decode_record, load_flag, load_rollout, outcomes, settle_flag, Actor, CommitOutcome,
-    FlagRecord, Mutation, RolloutRecord, StoreError,
+    decode_record, load_flag, load_rollout, outcomes, reads, Actor, CommitOutcome, FlagRecord,
+    Mutation, RolloutRecord, StoreError,
 };
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::keys::Keys;
@@ -110,18 +111,11 @@ impl KillSwitches {
         keys: &Keys,
     ) -> Result<(), StoreError> {
         let mut connection = context.redis.clone();
-        let flag_keys: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys.flags())
-            .query_async(&mut connection)
-            .await?;
+        let flag_keys = reads::flag_keys(&mut connection, keys).await?;
         self.entries
             .retain(|(entry_namespace, _), _| entry_namespace != namespace.as_str());
         for chunk in flag_keys.chunks(SCAN_CHUNK) {
-            let mut pipe = redis::pipe();
-            for flag_key in chunk {
-                pipe.hget(keys.flag(flag_key), "data");
-            }
-            let records: Vec<Option<Vec<u8>>> = pipe.query_async(&mut connection).await?;
+            let records = reads::encoded_flags(&mut connection, keys, chunk).await?;
             for (flag_key, bytes) in chunk.iter().zip(records) {
                 let Some(bytes) = bytes else { continue };
                 match decode_record::<FlagRecordPeek>(&bytes, &format!("flag {flag_key}")) {
@@ -284,14 +278,10 @@ impl KillSwitches {
             .as_ref()
             .filter(|rollout| rollout.state.lifecycle.is_active())
         {
-            match step(&active.plan, &active.state, &Event::FlagDisabled, now) {
-                Ok(outcome) if outcome.changed() => {
-                    let next = RolloutRecord {
-                        state: outcome.state,
-                        ..active.clone()
-                    };
-                    settle_flag(&mut disabled, &next, &outcome.effects, now);
-                    rollout_change = Some((next, active.state.clone(), outcome.effects));
+            match transition::apply(&disabled, active, &Event::FlagDisabled, now) {
+                Ok(stopped) if stopped.changed() => {
+                    disabled = stopped.flag;
+                    rollout_change = Some((stopped.rollout, active.state.clone(), stopped.effects));
                 }
                 Ok(_) => {}
                 Err(rejection) => {

@@ -6,8 +6,9 @@
 //!
 //! Code map:
 //! - [`config`]: [`TickerConfig`] and [`TickerSettings`] (`ROLLOUT_TICKER__*`).
-//! - [`lease`]: the Redis lease (`SET NX PX` with a rising epoch, renew, release) and the
-//!   per-namespace fences.
+//! - The lease (`SET NX PX` with a rising epoch, renew, release), the per-namespace fences
+//!   and the due index are the store's ([`rollout_store::lease`], [`rollout_store::due`]):
+//!   every Redis command lives there.
 //! - [`ticker`]: [`Ticker`], the campaign / lead loop, and its hand-driven steps.
 //! - [`fire`]: one due rollout: health, step function, fenced commit, publish, span.
 //! - [`kill_switch`]: the kill switch index and its checks.
@@ -23,7 +24,6 @@ pub mod config;
 pub mod error;
 pub mod fire;
 pub mod kill_switch;
-pub mod lease;
 pub mod stats;
 pub mod ticker;
 

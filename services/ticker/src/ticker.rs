@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::ConnectionManager;
 use rollout_core::{DurationMs, Timestamp};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_store::{redis_time, Relay};
+use rollout_store::lease::{FenceRaise, Lease};
+use rollout_store::{due, namespaces, redis_time, Connection, Relay};
 use rollout_wire::codec::{self, Encoding, Limits, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::keys::{self, Keys};
+use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{Namespace, Route, Subjects};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -33,7 +33,6 @@ use crate::config::TickerSettings;
 use crate::error::TickerError;
 use crate::fire::{fire, FireContext, Fired, TICKER_ACTOR};
 use crate::kill_switch::{KillSwitchReport, KillSwitches};
-use crate::lease::{FenceRaise, Lease};
 use crate::stats::TickerStats;
 
 /// The kill switch index is rebuilt from Redis this often, in case an event was missed.
@@ -134,7 +133,7 @@ pub struct Ticker {
 impl Ticker {
     /// A replica using `redis` for state and the lease and `nats` for events.
     pub fn new(
-        redis: ConnectionManager,
+        redis: Connection,
         nats: async_nats::Client,
         subjects: Subjects,
         settings: TickerSettings,
@@ -199,10 +198,7 @@ impl Ticker {
     /// namespace the term does not hold yet. A fence above our epoch loses the term.
     pub async fn refresh_namespaces(&self, term: &mut Term) -> Result<(), TickerError> {
         let mut connection = self.context.redis.clone();
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::namespaces())
-            .query_async(&mut connection)
-            .await?;
+        let names = namespaces::registered(&mut connection).await?;
         for name in names {
             if term.namespaces.contains_key(&name) {
                 continue;
@@ -264,18 +260,9 @@ impl Ticker {
             return Ok(round);
         }
         let batch = self.settings.batch_size;
-        let mut pipe = redis::pipe();
-        for (_, keys) in term.namespaces.values() {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(keys.due())
-                .arg("-inf")
-                .arg(now.as_millis())
-                .arg("LIMIT")
-                .arg(0)
-                .arg(batch);
-        }
+        let namespace_keys: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
         let mut connection = self.context.redis.clone();
-        let due: Vec<Vec<String>> = pipe.query_async(&mut connection).await?;
+        let due = due::due_by(&mut connection, &namespace_keys, now, batch).await?;
         let mut work = Vec::new();
         for ((namespace, keys), ids) in term.namespaces.values().zip(due) {
             round.full |= ids.len() >= batch;
@@ -384,23 +371,8 @@ impl Ticker {
     async fn peek_due(&self, term: &Term) -> Result<(Timestamp, Option<Timestamp>), TickerError> {
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        if term.namespaces.is_empty() {
-            return Ok((now, None));
-        }
-        let mut pipe = redis::pipe();
-        for (_, keys) in term.namespaces.values() {
-            pipe.cmd("ZRANGE")
-                .arg(keys.due())
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
-        }
-        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut connection).await?;
-        let earliest = firsts
-            .iter()
-            .filter_map(|first| first.first())
-            .map(|(_, score)| Timestamp::from_millis(score.floor() as i64))
-            .min();
+        let namespace_keys: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
+        let earliest = due::earliest(&mut connection, &namespace_keys).await?;
         Ok((now, earliest))
     }
 

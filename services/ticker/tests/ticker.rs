@@ -8,16 +8,17 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    after, assert_single_advances, eventually, rfc3339, CreateOptions, Harness, Running, NS,
+    after, assert_single_advances, eventually, rfc3339, CreateOptions, HandDriven, Harness,
+    Running, NS,
 };
 use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::health::load_health;
+use rollout_store::lease::Lease;
 use rollout_store::outcomes::{self, Side, Tallies, Tally};
 use rollout_testkit::{RedisOptions, RedisServer};
 use rollout_wire::events::EventKind;
 use serde_json::json;
-use ticker::lease::Lease;
 use ticker::TickerSettings;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -359,9 +360,12 @@ async fn a_clean_shutdown_hands_the_lease_over_at_once() {
         async move { leads.then_some(()) }
     })
     .await;
-    let second = Running::start(harness.ticker(long_lease("second")).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!second.ticker.stats().is_leader());
+    let second = harness.ticker(long_lease("second")).await;
+    assert!(
+        second.campaign().await.expect("campaign").is_none(),
+        "the lease is held: a second replica cannot lead"
+    );
+    let second = Running::start(second);
     let first_epoch = first.ticker.stats().snapshot().epoch;
 
     let stopped_at = tokio::time::Instant::now();
@@ -474,8 +478,13 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
         )
         .await
         .expect("rollout");
-    let running = Running::start(harness.ticker(harness.settings("solo")).await);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    let check_at = harness
+        .due_at(NS, &record.id)
+        .await
+        .expect("a health check is due");
+    let round = leader.round_at(check_at).await;
+    assert_eq!(round.looked_at, 1, "the rollout's health check was due");
     assert_eq!(
         harness.rollout(NS, &record.id).await.state.lifecycle,
         Lifecycle::Running,
@@ -483,11 +492,12 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
     );
 
     add_outcomes(&harness, &rollout_tallies(&record.id, (50, 10), (500, 5))).await;
-    let rolled_back = eventually("the rollback", DEADLINE, || async {
-        let record = harness.rollout(NS, &record.id).await;
-        (record.state.lifecycle == Lifecycle::RolledBack).then_some(record)
-    })
-    .await;
+    let rolled_back = leader
+        .rounds_until("the rollback", DEADLINE, || async {
+            let record = harness.rollout(NS, &record.id).await;
+            (record.state.lifecycle == Lifecycle::RolledBack).then_some(record)
+        })
+        .await;
     let audit = harness.audit(NS, &record.id).await;
     let breach = audit
         .iter()
@@ -502,7 +512,7 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
     assert_eq!(flag.active_rollout, None);
     assert_eq!(flag.flag.default.variation.as_deref(), Some("off"));
     assert!(rolled_back.state.finished_at.is_some());
-    running.stop().await;
+    leader.resign().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,8 +682,13 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
     )
     .await;
     let record = create_staged(&harness, now, None).await;
-    let running = Running::start(harness.ticker(harness.settings("solo")).await);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    let check_at = harness
+        .due_at(NS, &record.id)
+        .await
+        .expect("a gate check is due");
+    let round = leader.round_at(check_at).await;
+    assert_eq!(round.looked_at, 1, "the rollout's gate check was due");
     assert_eq!(
         harness.rollout(NS, &record.id).await.state.step,
         Some(0),
@@ -681,11 +696,12 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
     );
 
     report_applied(&harness, &record.id, &[edge_1]).await;
-    let released = eventually("the next stage", DEADLINE, || async {
-        let record = harness.rollout(NS, &record.id).await;
-        (record.state.step == Some(1)).then_some(record)
-    })
-    .await;
+    let released = leader
+        .rounds_until("the next stage", DEADLINE, || async {
+            let record = harness.rollout(NS, &record.id).await;
+            (record.state.step == Some(1)).then_some(record)
+        })
+        .await;
     assert_released_by_its_gate(&harness, &record.id).await;
     // the next stage waits for `continue`: the rollout left the due index
     let score: Option<f64> = redis::cmd("ZSCORE")
@@ -695,13 +711,17 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
         .await
         .expect("zscore");
     assert_eq!(score, None);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let round = leader.round().await;
+    assert_eq!(
+        round.committed, 0,
+        "nothing is due: held at the continue gate"
+    );
     assert_eq!(
         harness.rollout(NS, &record.id).await.state,
         released.state,
         "held at the continue gate"
     );
-    running.stop().await;
+    leader.resign().await;
 }
 
 /// What status shows of a rollout at `now`: its step, what it waits for and which health

@@ -1,7 +1,9 @@
 //! The pure domain core of the rollout scheduler: flags and entities, rollout specs of every
 //! kind compiled into one normalised [`plan::Plan`], validation with field paths,
-//! deterministic bucketing, flag evaluation, and the rollout step function
-//! `(plan, state, event, now) -> (state, effects)`.
+//! deterministic bucketing, flag evaluation, the rollout step function
+//! `(plan, state, event, now) -> (state, effects)`, the records flags and rollouts are
+//! stored as ([`record`]), and one transition from a decision to those records
+//! ([`transition`]: the step, what it does to the flag, when to look next).
 //!
 //! **Architecture Invariant:** this crate does no IO, spawns nothing and reads no clock:
 //! time comes in as an argument (the services take it from Redis `TIME`), so every rule
@@ -18,9 +20,11 @@ pub mod flag;
 pub mod guard;
 pub mod machine;
 pub mod plan;
+pub mod record;
 pub mod share;
 pub mod spec;
 pub mod time;
+pub mod transition;
 
 pub use bucket::{bucket, BucketSeed};
 pub use entity::{AttributeValue, Attributes, Entity, Labels};
@@ -35,6 +39,8 @@ pub use machine::{
     RejectionCode, RolloutState, StageCounts, StepOutcome, StepRecord, WaitingFor,
 };
 pub use plan::{compile, Audience, CompileContext, Gate, Plan, PlanKind, StartMode, Step, Target};
+pub use record::{FlagRecord, RolloutRecord};
 pub use share::Share;
 pub use spec::RolloutSpec;
 pub use time::{DurationMs, Timestamp};
+pub use transition::Transition;

@@ -42,7 +42,7 @@ pub const ENV_PREFIX: &str = "ROLLOUT_";
 pub const ENV_SEPARATOR: &str = "__";
 
 /// Exit code for a bad configuration: `EX_USAGE` from BSD `sysexits.h`.
-pub const EX_USAGE: i32 = 64;
+pub const EX_USAGE: i32 = crate::service::EX_USAGE as i32;
 
 /// The setting name used in errors about the configuration file as a whole
 /// (missing, unreadable, unparsable, unknown extension).
@@ -94,7 +94,7 @@ pub trait Validate {
 /// `T` should be `#[serde(default)]` so that every layer is optional, and its
 /// sections `#[serde(deny_unknown_fields)]` so that a misspelt key is an
 /// error rather than silently ignored. The result is not validated: call
-/// [`Validate::validate`] (or use [`ServiceArgs::load_or_exit`]).
+/// [`Validate::validate`] (or let [`crate::service::service_main`] do both).
 pub fn load_config<T: DeserializeOwned>(
     file: Option<&Path>,
     env: &dyn EnvSource,
@@ -143,21 +143,6 @@ impl ServiceArgs {
     /// Loads the configuration from `--config` (if given) and `env`.
     pub fn load<T: DeserializeOwned>(&self, env: &dyn EnvSource) -> Result<T, ConfigError> {
         load_config(self.config.as_deref(), env)
-    }
-
-    /// Loads and validates the configuration from `--config` and the process
-    /// environment, or exits the process with code 64 naming the bad setting.
-    ///
-    /// Meant for the first lines of `main`; everything testable goes through
-    /// [`ServiceArgs::load`] instead.
-    pub fn load_or_exit<T: DeserializeOwned + Validate>(&self) -> T {
-        let loaded = self
-            .load::<T>(&ProcessEnv)
-            .and_then(|config| config.validate().map(|()| config));
-        match loaded {
-            Ok(config) => config,
-            Err(error) => exit_on_config_error(&error),
-        }
     }
 }
 

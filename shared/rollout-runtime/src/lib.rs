@@ -13,23 +13,28 @@
 //!   spawned untracked.
 //! - [`connect`]: NATS and Redis connections with auth, TLS, retries until a
 //!   deadline, and errors naming what could not be reached.
+//! - [`serve`]: the one NATS serving loop (bounded concurrency, drain on shutdown) and
+//!   replies in the request's encoding.
+//! - [`service`]: [`service::service_main`], the one `main` of every service binary
+//!   (configuration, telemetry, signals, exit codes).
 //!
-//! A service's `main` reads roughly:
+//! A service's `main` is one call:
 //!
 //! ```no_run
-//! use clap::Parser;
-//! use rollout_runtime::config::{LogSettings, NatsSettings, OtlpSettings, ServiceArgs, Validate};
-//! use rollout_runtime::config::ConfigError;
+//! use rollout_runtime::config::{ConfigError, LogSettings, NatsSettings, OtlpSettings, Validate};
+//! use rollout_runtime::connect::ConnectError;
+//! use rollout_runtime::service::{service_main, ServiceConfig};
+//! use rollout_runtime::shutdown::Shutdown;
 //!
 //! #[derive(Debug, Default, serde::Deserialize)]
 //! #[serde(default, deny_unknown_fields)]
-//! struct PlannerConfig {
+//! struct DemoConfig {
 //!     nats: NatsSettings,
 //!     log: LogSettings,
 //!     otlp: OtlpSettings,
 //! }
 //!
-//! impl Validate for PlannerConfig {
+//! impl Validate for DemoConfig {
 //!     fn validate(&self) -> Result<(), ConfigError> {
 //!         self.nats.validate()?;
 //!         self.log.validate()?;
@@ -37,23 +42,26 @@
 //!     }
 //! }
 //!
-//! #[derive(Debug, Parser)]
-//! struct Cli {
-//!     #[command(flatten)]
-//!     service: ServiceArgs,
+//! impl ServiceConfig for DemoConfig {
+//!     fn log(&self) -> &LogSettings {
+//!         &self.log
+//!     }
+//!     fn otlp(&self) -> &OtlpSettings {
+//!         &self.otlp
+//!     }
+//! }
+//!
+//! /// The service library's entry point: runs until `shutdown`.
+//! async fn run(config: DemoConfig, shutdown: Shutdown) -> Result<(), ConnectError> {
+//!     let nats = rollout_runtime::connect::connect_nats(&config.nats, "demo").await?;
+//!     shutdown.cancelled().await;
+//!     drop(nats);
+//!     Ok(())
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let cli = Cli::parse();
-//!     let config: PlannerConfig = cli.service.load_or_exit();
-//!     let telemetry = rollout_runtime::telemetry::init_telemetry("planner", &config.log, &config.otlp)?;
-//!     let shutdown = rollout_runtime::shutdown::Shutdown::on_signals()?;
-//!     let nats = rollout_runtime::connect::connect_nats(&config.nats, "planner").await?;
-//!     // planner::run(config, nats, shutdown).await?;
-//!     # drop((nats, shutdown));
-//!     telemetry.shutdown()?;
-//!     Ok(())
+//! async fn main() -> std::process::ExitCode {
+//!     service_main("demo", "a demo service", run).await
 //! }
 //! ```
 
@@ -62,5 +70,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -16,8 +16,9 @@
 //! Errors are one [`Error`] type carrying the wire error (a stable [`ErrorCode`], a message,
 //! the field at fault) and an [`ErrorKind`] telling a refusal from a missing answer.
 //!
-//! The `cli` feature (on by default) builds `rolloutctl`, the operator CLI on top of this
-//! crate; applications embedding the SDK can turn default features off.
+//! The `openfeature` feature (on by default) adds the OpenFeature provider. `rolloutctl`,
+//! the operator CLI built on this crate, is its own crate (`shared/rolloutctl`), so
+//! embedding the SDK compiles no CLI dependency.
 //!
 //! ```no_run
 //! use rollout_sdk::{CommandClient, Entity, EvalClient, Namespace};

@@ -1,6 +1,6 @@
 //! The compare-and-set commit: the only way anything in the system writes state. A
 //! [`Commit`] lists the revisions it expects and everything it writes — records, indexes,
-//! audit entries, outbox events, the command's stored outcome — and `commit.lua` applies
+//! audit entries, outbox events, the command's stored outcome — and `scripts/commit.lua` applies
 //! it atomically after checking every precondition, or applies nothing.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use rollout_core::Timestamp;
 use crate::StoreError;
 
 static COMMIT_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("commit.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("scripts/commit.lua")));
 
 /// What the script did.
 #[derive(Clone, Debug, PartialEq, Eq)]

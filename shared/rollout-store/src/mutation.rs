@@ -5,6 +5,7 @@
 //! and one outbox event per thing that happened, and numbers the events with strictly
 //! rising per-flag versions. Both services therefore write byte-for-byte the same shapes.
 
+use rollout_core::transition::next_look;
 use rollout_core::{Effect, Lifecycle, Timestamp};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
@@ -17,9 +18,6 @@ use crate::{encode_record, Commit, FlagRecord, RolloutRecord, StoreError};
 pub const AUDIT_MAX_ENTRIES: usize = 10_000;
 /// How long a command's first outcome is remembered, in seconds.
 pub const COMMAND_OUTCOME_TTL_SECONDS: u64 = 7 * 24 * 3600;
-/// How soon the ticker should look again at a running rollout that waits on health (a
-/// guard or a completion gate), in milliseconds.
-pub const HEALTH_CHECK_INTERVAL_MS: i64 = 1_000;
 
 /// Who makes a change, for audit entries and events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -359,25 +357,6 @@ impl<'k> Mutation<'k> {
     }
 }
 
-/// When the ticker should next look at a rollout: its due time, or soon when it waits on
-/// health or carries a guard; `None` when nothing but a command can move it.
-pub fn next_look(record: &RolloutRecord, now: Timestamp) -> Option<Timestamp> {
-    let due = record.state.due_at(&record.plan);
-    let running = record.state.lifecycle == Lifecycle::Running;
-    let waits_on_health = running
-        && (record.plan.guard.is_some()
-            || record.state.waiting_for(&record.plan) == Some(rollout_core::WaitingFor::Guard));
-    let health_check = waits_on_health.then(|| {
-        now.plus(rollout_core::DurationMs::from_millis(
-            HEALTH_CHECK_INTERVAL_MS,
-        ))
-    });
-    match (due, health_check) {
-        (Some(due), Some(check)) => Some(due.min(check)),
-        (due, check) => due.or(check),
-    }
-}
-
 fn audit_details(event: &ChangeEvent, command_id: Option<&str>) -> serde_json::Value {
     let mut details = match &event.details {
         serde_json::Value::Object(map) => map.clone(),
@@ -396,44 +375,4 @@ fn audit_details(event: &ChangeEvent, command_id: Option<&str>) -> serde_json::V
 pub fn encode_wire<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     codec::encode(value, Encoding::MessagePack)
         .map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
-}
-
-/// What a rollout's step outcome does to its flag (SPEC §5): starting enables a disabled
-/// flag; ending frees the flag's active slot and writes the serve the rollout leaves behind
-/// into its target (the default serve or the rule), so the same entities keep the same
-/// variation. Returns whether the flag record changed beyond its timestamp.
-pub fn settle_flag(
-    flag: &mut FlagRecord,
-    rollout: &RolloutRecord,
-    effects: &[Effect],
-    now: Timestamp,
-) -> bool {
-    let mut changed = false;
-    if effects
-        .iter()
-        .any(|effect| matches!(effect, Effect::Started { .. }))
-        && !flag.flag.enabled
-    {
-        flag.flag.enabled = true;
-        changed = true;
-    }
-    if rollout.state.lifecycle.is_finished()
-        && flag.active_rollout.as_deref() == Some(rollout.id.as_str())
-    {
-        flag.active_rollout = None;
-        if let Some(serve) = rollout.state.final_serve(&rollout.plan) {
-            match &rollout.plan.target {
-                rollout_core::Target::Default => flag.flag.default = serve,
-                rollout_core::Target::Rule(rule_id) => {
-                    if let Some(rule) = flag.flag.rules.iter_mut().find(|rule| &rule.id == rule_id)
-                    {
-                        rule.serve = serve;
-                    }
-                }
-            }
-        }
-        changed = true;
-    }
-    flag.updated_at = now;
-    changed
 }

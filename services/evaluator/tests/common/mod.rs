@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
 use redis::aio::ConnectionManager;
-use rollout_core::machine::{step, Event};
+use rollout_core::machine::Event;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
+use rollout_core::transition::{self, NewRollout};
 use rollout_core::{
     compile, CompileContext, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
 };
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::{
-    load_flag, load_rollout, redis_time, settle_flag, Actor, CommitOutcome, FlagRecord, Mutation,
-    Relay, RolloutRecord,
+    load_flag, load_rollout, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, Relay,
+    RolloutRecord,
 };
 use rollout_testkit::{NatsServer, RedisServer};
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
@@ -351,23 +352,20 @@ impl Store {
             fresh_salt: salt,
         };
         let plan = compile(&spec, &record.flag, &context).expect("spec compiles");
-        let created = RolloutState::created(&plan, now);
         let rollout_id = format!("r-{salt}");
-        let rollout = RolloutRecord {
-            id: rollout_id.clone(),
-            namespace: name.to_owned(),
-            spec: spec.clone(),
-            plan,
-            state: created.state,
-            created_at: now,
-            created_by: None,
-            traceparent: None,
-        };
-        let mut updated = FlagRecord {
-            active_rollout: Some(rollout_id.clone()),
-            ..record
-        };
-        settle_flag(&mut updated, &rollout, &created.effects, now);
+        let created = transition::create(
+            &record,
+            NewRollout {
+                id: rollout_id.clone(),
+                namespace: name.to_owned(),
+                spec: spec.clone(),
+                plan,
+                created_by: None,
+                traceparent: None,
+            },
+            now,
+        );
+        let (updated, rollout) = (created.flag, created.rollout);
         let before = RolloutState {
             lifecycle: Lifecycle::Queued,
             ..rollout.state.clone()
@@ -401,18 +399,12 @@ impl Store {
         let rollout = self.rollout_record(name, rollout_id).await;
         let (version, record) = self.flag_record(name, &rollout.plan.flag).await;
         let record = record.expect("flag exists");
-        let outcome = step(&rollout.plan, &rollout.state, &event, now).expect("event applies");
-        let next = RolloutRecord {
-            state: outcome.state,
-            ..rollout.clone()
-        };
-        let mut updated = record;
-        settle_flag(&mut updated, &next, &outcome.effects, now);
+        let moved = transition::apply(&record, &rollout, &event, now).expect("event applies");
         let mut mutation = Mutation::new(&keys, name, &rollout.plan.flag, version, now, actor());
         mutation
-            .flag(updated, false)
-            .rollout(rollout.state.revision, next)
-            .effects(rollout_id, &rollout.state, &outcome.effects);
+            .flag(moved.flag, false)
+            .rollout(rollout.state.revision, moved.rollout)
+            .effects(rollout_id, &rollout.state, &moved.effects);
         self.execute(mutation).await
     }
 

@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
+use rollout_core::transition::{self, NewRollout};
 use rollout_core::{
     compile, CompileContext, DurationMs, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
 };
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::{
-    load_flag, load_rollout, redis_time, settle_flag, Actor, CommitOutcome, FlagRecord, Mutation,
-    Relay, RolloutRecord, StoredFlag,
+    load_flag, load_rollout, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, Relay,
+    RolloutRecord, StoredFlag,
 };
 use rollout_testkit::TestCluster;
 use rollout_wire::codec::Encoding;
@@ -197,20 +198,21 @@ impl Harness {
                 fresh_salt: "test-salt",
             };
             let plan = compile(&spec, &flag, &context).expect("spec compiles");
-            let created = RolloutState::created(&plan, now);
             let id = format!("r-{flag_key}");
-            let record = RolloutRecord {
-                id: id.clone(),
-                namespace: namespace.to_owned(),
-                spec,
-                plan,
-                state: created.state,
-                created_at: now,
-                created_by: Some("test".to_owned()),
-                traceparent: options.traceparent.clone(),
-            };
-            flag_record.active_rollout = Some(id.clone());
-            settle_flag(&mut flag_record, &record, &created.effects, now);
+            let created = transition::create(
+                &flag_record,
+                NewRollout {
+                    id: id.clone(),
+                    namespace: namespace.to_owned(),
+                    spec,
+                    plan,
+                    created_by: Some("test".to_owned()),
+                    traceparent: options.traceparent.clone(),
+                },
+                now,
+            );
+            flag_record = created.flag;
+            let record = created.rollout;
             let before = RolloutState {
                 lifecycle: Lifecycle::Queued,
                 ..record.state.clone()
@@ -223,6 +225,18 @@ impl Harness {
         mutation.flag(flag_record, true);
         let prepared = mutation.into_commit(None).expect("commit builds");
         (prepared, rollout)
+    }
+
+    /// When the due index says the ticker should next look at `rollout_id`.
+    pub async fn due_at(&self, namespace: &str, rollout_id: &str) -> Option<Timestamp> {
+        let mut connection = self.redis.clone();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.keys(namespace).due())
+            .arg(rollout_id)
+            .query_async(&mut connection)
+            .await
+            .expect("zscore");
+        score.map(|score| Timestamp::from_millis(score as i64))
     }
 
     pub async fn rollout(&self, namespace: &str, rollout_id: &str) -> RolloutRecord {
@@ -272,15 +286,9 @@ impl Harness {
     /// The replica holding the lease and its epoch.
     pub async fn lease_holder(&self) -> Option<(String, u64)> {
         let mut connection = self.redis.clone();
-        let value: Option<String> = redis::cmd("GET")
-            .arg(keys::ticker_lease())
-            .query_async(&mut connection)
+        rollout_store::lease::holder(&mut connection)
             .await
-            .expect("get lease");
-        value.and_then(|value| {
-            ticker::lease::parse_lease_value(&value)
-                .map(|(replica, epoch)| (replica.to_owned(), epoch))
-        })
+            .expect("get lease")
     }
 
     /// Collects every change event of `namespace` from now on.
@@ -383,6 +391,70 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader driven by hand: it holds the lease for one term and fires a round only when the
+/// test says so, so a test can assert that a round which looked at a rollout left it alone
+/// (instead of sleeping and hoping a loop ran).
+pub struct HandDriven {
+    pub ticker: Ticker,
+    pub term: ticker::Term,
+}
+
+impl HandDriven {
+    /// Takes the lease (it must be free) and fences every namespace.
+    pub async fn lead(ticker: Ticker) -> HandDriven {
+        let term = ticker
+            .campaign()
+            .await
+            .expect("campaign")
+            .expect("the lease is free");
+        HandDriven { ticker, term }
+    }
+
+    /// One round at the current Redis time.
+    pub async fn round(&mut self) -> ticker::Round {
+        self.ticker.fire_due(&mut self.term).await.expect("round")
+    }
+
+    /// One round as if Redis time were `now` (a transition a timer caused is still refused
+    /// before its due time by the commit script).
+    pub async fn round_at(&mut self, now: Timestamp) -> ticker::Round {
+        self.ticker
+            .fire_round(&mut self.term, now)
+            .await
+            .expect("round")
+    }
+
+    /// Fires rounds until `check` returns `Some` (panicking after `deadline`), and returns it.
+    pub async fn rounds_until<T, F, Fut>(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        mut check: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            self.round().await;
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "gave up after {deadline:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends the term, releasing the lease.
+    pub async fn resign(self) {
+        self.ticker.resign(self.term).await.expect("resign");
     }
 }
 

@@ -104,11 +104,31 @@ pub fn link_to_traceparent(span: &tracing::Span, traceparent: &str) -> bool {
     true
 }
 
+/// The trace id inside a W3C traceparent (`00-<trace id>-<span id>-<flags>`), as audit
+/// entries and events record it; `None` when the text is not one.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    (trace_id.len() == 32 && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit()))
+        .then(|| trace_id.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn trace_ids_come_out_of_traceparents() {
+        assert_eq!(
+            trace_id_of(TRACEPARENT).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of("00-short-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of(""), None);
+    }
 
     #[test]
     fn a_traceparent_round_trips_through_headers() {

@@ -1,5 +1,5 @@
 //! A private NATS + Redis pair (the test kit) with a planner and, when asked, an evaluator
-//! running in process; SDK clients and a `rolloutctl` runner pointed at them.
+//! running in process, and SDK clients pointed at them (rolloutctl's tests use it too).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -155,73 +155,6 @@ impl Cluster {
             planner.wait().await;
         }
     }
-
-    /// Runs the built `rolloutctl` against this cluster in namespace [`NS`].
-    #[cfg(feature = "cli")]
-    pub async fn ctl(&self, args: &[&str]) -> Ctl {
-        run_ctl(&self.nats.url(), args).await
-    }
-
-    /// `rolloutctl` with `--json`, expecting success, and its output as JSON.
-    #[cfg(feature = "cli")]
-    pub async fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut with_json = vec!["--json"];
-        with_json.extend_from_slice(args);
-        let output = self.ctl(&with_json).await;
-        output.assert_ok();
-        serde_json::from_str(&output.stdout)
-            .unwrap_or_else(|error| panic!("--json output parses ({error}): {}", output.stdout))
-    }
-}
-
-/// What one `rolloutctl` run printed and how it exited.
-#[derive(Debug)]
-pub struct Ctl {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Ctl {
-    pub fn assert_ok(&self) {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "rolloutctl failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
-/// Runs `rolloutctl` with `--nats-url nats_url -n test`, no ROLLOUT_* variables inherited.
-#[cfg(feature = "cli")]
-pub async fn run_ctl(nats_url: &str, args: &[&str]) -> Ctl {
-    let mut command = ctl_command(nats_url, args);
-    let output = tokio::time::timeout(PATIENCE, command.output())
-        .await
-        .expect("rolloutctl finishes in time")
-        .expect("rolloutctl runs");
-    Ctl {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-#[cfg(feature = "cli")]
-pub fn ctl_command(nats_url: &str, args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolloutctl"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ROLLOUT_") && name.contains("__") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(["--nats-url", nats_url, "-n", NS, "--actor", "ctl-test"])
-        .args(args)
-        .kill_on_drop(true);
-    command
 }
 
 /// `deploy/examples/<name>` in the workspace.

@@ -1,6 +1,7 @@
-//! NATS plumbing shared by the request handlers: the encoding a request asks for, replies
-//! in that encoding, and the serving loop that bounds in-flight work and, on shutdown,
-//! stops taking requests and finishes the ones already received.
+//! The one NATS serving loop of the services, and the request plumbing around it: the
+//! encoding a request asks for, replies in that encoding, and [`serve`], which bounds
+//! in-flight work and, on shutdown, stops taking requests (unsubscribing) and finishes the
+//! ones already received. The planner and the evaluator serve every subscription with it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use async_nats::{HeaderMap, Subject, Subscriber};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use rollout_runtime::shutdown::Shutdown;
 use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
+
+use crate::shutdown::Shutdown;
 
 /// The encoding a request selects with its `Content-Type` header (MessagePack without).
 pub fn request_encoding(headers: Option<&HeaderMap>) -> Encoding {
@@ -19,10 +21,29 @@ pub fn request_encoding(headers: Option<&HeaderMap>) -> Encoding {
     Encoding::from_content_type(content_type)
 }
 
-/// Publishes `payload` to the request's reply subject. A JSON reply is labelled with its
-/// `Content-Type`; a MessagePack reply is not, since no header means MessagePack (SPEC
-/// §8.2) and a header block costs every reply on the hot path. A request without a reply
-/// subject (a publish) gets nothing.
+/// Publishes `payload`, encoded as `encoding`, on `subject`. A JSON payload is labelled
+/// with its `Content-Type`; a MessagePack one is not, since no header means MessagePack
+/// (SPEC §8.2) and a header block costs every reply on the hot path.
+pub async fn publish_encoded(
+    client: &async_nats::Client,
+    subject: Subject,
+    encoding: Encoding,
+    payload: Vec<u8>,
+) -> Result<(), async_nats::PublishError> {
+    match encoding {
+        Encoding::MessagePack => client.publish(subject, payload.into()).await,
+        Encoding::Json => {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+            client
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+        }
+    }
+}
+
+/// Publishes `payload` to the request's reply subject ([`publish_encoded`]); a failure is
+/// logged. A request without a reply subject (a publish) gets nothing.
 pub async fn send_reply(
     client: &async_nats::Client,
     reply: Option<Subject>,
@@ -32,17 +53,7 @@ pub async fn send_reply(
     let Some(reply) = reply else {
         return;
     };
-    let published = match encoding {
-        Encoding::MessagePack => client.publish(reply, payload.into()).await,
-        Encoding::Json => {
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
-            client
-                .publish_with_headers(reply, headers, payload.into())
-                .await
-        }
-    };
-    if let Err(error) = published {
+    if let Err(error) = publish_encoded(client, reply, encoding, payload).await {
         tracing::warn!(%error, "reply publish failed");
     }
 }

@@ -1,68 +1,33 @@
-//! Leader election and fencing in Redis.
+//! The ticker's leader election and the namespace fences (keys `lease`, `epoch` under the
+//! `{ticker}` tag, and each namespace's `fence`).
 //!
-//! - The lease `ro:{ticker}:lease` holds `<replica id>:<epoch>` with a time to live. It is
-//!   taken by one script that, only when the lease is free, `INCR`s `ro:{ticker}:epoch` and
-//!   sets the lease `NX PX`: every acquisition gets a higher epoch, and the counter outlives
-//!   the lease (and, with persistence, Redis restarts).
+//! - The lease holds `<replica id>:<epoch>` with a time to live. It is taken by one script
+//!   that, only when the lease is free, `INCR`s the epoch counter and sets the lease
+//!   `NX PX`: every acquisition gets a higher epoch, and the counter outlives the lease
+//!   (and, with persistence, Redis restarts).
 //! - The holder renews with a compare-and-`PEXPIRE` (the value must still be its own) and
 //!   releases with a compare-and-`DEL`, so another replica takes over at once.
-//! - Fences: each namespace's `ro:{ns}:fence` is raised ("set if greater") to the leader's
-//!   epoch before the leader touches the namespace; every transition commit is
-//!   `Commit::fenced(fence, epoch)`, so a paused or partitioned old leader's writes are
+//! - Fences: each namespace's fence is raised ("set if greater") to the leader's epoch
+//!   before the leader touches the namespace; every transition commit is
+//!   `Commit::fenced(fence, epoch)` and every due-index move checks it too
+//!   ([`crate::due::reschedule`]), so a paused or partitioned old leader's writes are
 //!   refused. The lease saves work; the fence is what makes double advances impossible.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rollout_wire::keys::{self, Keys};
 
-/// Takes the lease when it is free: `KEYS[1]` lease, `KEYS[2]` epoch counter, `ARGV[1]`
-/// replica id, `ARGV[2]` time to live in ms. Returns the new epoch, or nil when held.
-const ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
-end
-local epoch = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. epoch, 'PX', ARGV[2])
-return epoch
-";
+use crate::{Connection, StoreError};
 
-/// Extends the lease if it still holds `ARGV[1]`: returns 1, else 0.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// Deletes the lease if it still holds `ARGV[1]`: returns 1, else 0.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// Raises the number at `KEYS[1]` to `ARGV[1]` unless it is already higher; returns the
-/// value it holds afterwards.
-const RAISE: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wanted = tonumber(ARGV[1])
-if current < wanted then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return wanted
-end
-return current
-";
-
-static ACQUIRE_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE));
-static RENEW_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RENEW));
-static RELEASE_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RELEASE));
-static RAISE_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RAISE));
+static ACQUIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/lease_acquire.lua")));
+static RENEW: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/lease_renew.lua")));
+static RELEASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/lease_release.lua")));
+static RAISE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/raise.lua")));
 
 /// What raising a namespace's fence found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,14 +43,14 @@ pub enum FenceRaise {
 /// One replica's handle on the lease. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Lease {
-    redis: ConnectionManager,
+    redis: Connection,
     replica_id: String,
     ttl: Duration,
 }
 
 impl Lease {
     /// The lease as replica `replica_id`, held for `ttl` per renewal.
-    pub fn new(redis: ConnectionManager, replica_id: impl Into<String>, ttl: Duration) -> Lease {
+    pub fn new(redis: Connection, replica_id: impl Into<String>, ttl: Duration) -> Lease {
         Lease {
             redis,
             replica_id: replica_id.into(),
@@ -115,21 +80,21 @@ impl Lease {
     }
 
     /// Tries to take the lease; the new epoch when it was free.
-    pub async fn acquire(&self) -> Result<Option<u64>, redis::RedisError> {
+    pub async fn acquire(&self) -> Result<Option<u64>, StoreError> {
         let mut connection = self.redis.clone();
-        ACQUIRE_SCRIPT
+        Ok(ACQUIRE
             .key(keys::ticker_lease())
             .key(keys::ticker_epoch())
             .arg(&self.replica_id)
             .arg(self.ttl_ms())
             .invoke_async(&mut connection)
-            .await
+            .await?)
     }
 
     /// Extends the lease held at `epoch`; `false` when it is no longer ours.
-    pub async fn renew(&self, epoch: u64) -> Result<bool, redis::RedisError> {
+    pub async fn renew(&self, epoch: u64) -> Result<bool, StoreError> {
         let mut connection = self.redis.clone();
-        let renewed: i64 = RENEW_SCRIPT
+        let renewed: i64 = RENEW
             .key(keys::ticker_lease())
             .arg(self.value(epoch))
             .arg(self.ttl_ms())
@@ -139,9 +104,9 @@ impl Lease {
     }
 
     /// Gives the lease up if we still hold it at `epoch`; `true` when it was ours.
-    pub async fn release(&self, epoch: u64) -> Result<bool, redis::RedisError> {
+    pub async fn release(&self, epoch: u64) -> Result<bool, StoreError> {
         let mut connection = self.redis.clone();
-        let released: i64 = RELEASE_SCRIPT
+        let released: i64 = RELEASE
             .key(keys::ticker_lease())
             .arg(self.value(epoch))
             .invoke_async(&mut connection)
@@ -150,7 +115,7 @@ impl Lease {
     }
 
     /// How long until the lease expires (`None` when nobody holds it).
-    pub async fn remaining(&self) -> Result<Option<Duration>, redis::RedisError> {
+    pub async fn remaining(&self) -> Result<Option<Duration>, StoreError> {
         let mut connection = self.redis.clone();
         let millis: i64 = redis::cmd("PTTL")
             .arg(keys::ticker_lease())
@@ -164,13 +129,9 @@ impl Lease {
     }
 
     /// Raises `keys`' fence to `epoch`.
-    pub async fn raise_fence(
-        &self,
-        keys: &Keys,
-        epoch: u64,
-    ) -> Result<FenceRaise, redis::RedisError> {
+    pub async fn raise_fence(&self, keys: &Keys, epoch: u64) -> Result<FenceRaise, StoreError> {
         let mut connection = self.redis.clone();
-        let fence: u64 = RAISE_SCRIPT
+        let fence: u64 = RAISE
             .key(keys.fence())
             .arg(epoch)
             .invoke_async(&mut connection)
@@ -179,13 +140,25 @@ impl Lease {
             return Ok(FenceRaise::Ours);
         }
         // make sure the next acquisition gets an epoch above this fence
-        let _: u64 = RAISE_SCRIPT
+        let _: u64 = RAISE
             .key(keys::ticker_epoch())
             .arg(fence)
             .invoke_async(&mut connection)
             .await?;
         Ok(FenceRaise::Ahead(fence))
     }
+}
+
+/// Who holds the lease now, and at which epoch (`None` when nobody does).
+pub async fn holder(connection: &mut Connection) -> Result<Option<(String, u64)>, StoreError> {
+    let value: Option<String> = redis::cmd("GET")
+        .arg(keys::ticker_lease())
+        .query_async(connection)
+        .await?;
+    Ok(value
+        .as_deref()
+        .and_then(parse_lease_value)
+        .map(|(replica, epoch)| (replica.to_owned(), epoch)))
 }
 
 /// The holder and epoch in a lease value `<replica id>:<epoch>`.

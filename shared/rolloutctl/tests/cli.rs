@@ -1,14 +1,12 @@
 //! `rolloutctl` end to end: the built binary against a planner (and an evaluator) running
 //! in process on the test kit's servers, fed the example files of `deploy/examples/`.
 
-#![cfg(feature = "cli")]
-
 mod common;
 
 use std::io::Write;
 use std::time::Duration;
 
-use common::{example, Cluster, PATIENCE};
+use common::{example, Cluster, Ctl, PATIENCE};
 use rollout_core::Share;
 use rollout_wire::{RolloutResult, RolloutStatus};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -1,0 +1,116 @@
+//! The planner's configuration: `--config FILE` and `ROLLOUT_<SECTION>__<KEY>`.
+
+use std::time::Duration;
+
+use rollout_runtime::config::{
+    duration, ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Validate,
+};
+use rollout_runtime::service::ServiceConfig;
+use serde::Deserialize;
+
+/// The planner's configuration: `--config FILE` and `ROLLOUT_<SECTION>__<KEY>`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// Redis connection.
+    pub redis: RedisSettings,
+    /// Trace export.
+    pub otlp: OtlpSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Planner behaviour.
+    pub planner: PlannerSettings,
+}
+
+/// Planner behaviour (`ROLLOUT_PLANNER__*`).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerSettings {
+    /// Minimum gap between manual schedule steps (SPEC §3.2).
+    #[serde(with = "duration")]
+    pub min_phase_interval: Duration,
+    /// Requests handled at once per subscription.
+    pub concurrency: usize,
+    /// Consume the durable command stream `ROLLOUT_CMDS`.
+    pub jetstream: bool,
+    /// How often the outbox is swept for events a crashed process did not publish.
+    #[serde(with = "duration")]
+    pub relay_interval: Duration,
+    /// Outbox entries younger than this are left to the process that committed them.
+    #[serde(with = "duration")]
+    pub relay_grace: Duration,
+    /// How long the command stream waits for an acknowledgement before redelivering.
+    #[serde(with = "duration")]
+    pub stream_ack_wait: Duration,
+    /// Replicas of the command stream in a NATS cluster (1, 3 or 5; 3 in the deploy files).
+    pub stream_replicas: usize,
+    /// How long in-flight work may take to finish at shutdown.
+    #[serde(with = "duration")]
+    pub drain_grace: Duration,
+    /// An agent silent this long is counted stale in stage counts.
+    #[serde(with = "duration")]
+    pub stale_agent_after: Duration,
+}
+
+impl Default for PlannerSettings {
+    fn default() -> PlannerSettings {
+        PlannerSettings {
+            min_phase_interval: Duration::from_secs(300),
+            concurrency: 64,
+            jetstream: true,
+            relay_interval: Duration::from_millis(500),
+            relay_grace: Duration::from_secs(2),
+            stream_ack_wait: Duration::from_secs(30),
+            stream_replicas: 1,
+            drain_grace: Duration::from_secs(10),
+            stale_agent_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Validate for PlannerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate()?;
+        self.redis.validate()?;
+        self.otlp.validate()?;
+        self.log.validate()?;
+        let settings = &self.planner;
+        if settings.concurrency == 0 || settings.concurrency > 10_000 {
+            return Err(ConfigError::new(
+                "planner.concurrency",
+                "must be between 1 and 10000",
+            ));
+        }
+        if settings.min_phase_interval > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "planner.min_phase_interval",
+                "must be at most 7d",
+            ));
+        }
+        if ![1, 3, 5].contains(&settings.stream_replicas) {
+            return Err(ConfigError::new(
+                "planner.stream_replicas",
+                "must be 1, 3 or 5",
+            ));
+        }
+        if settings.relay_interval.is_zero() {
+            return Err(ConfigError::new(
+                "planner.relay_interval",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig for PlannerConfig {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+
+    fn otlp(&self) -> &OtlpSettings {
+        &self.otlp
+    }
+}

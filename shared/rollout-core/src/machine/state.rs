@@ -1,0 +1,587 @@
+//! What a rollout is at a point in time — [`RolloutState`] with its lifecycle, steps
+//! entered, pauses and gate holds — and the vocabulary of the step function: the
+//! [`Event`]s it takes, the [`Effect`]s it reports and the [`Rejection`]s it refuses with.
+//! The state's own questions (its view for evaluation, its due time, which gate holds it)
+//! are answered here; changing it is [`super::step`]'s.
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{RolloutView, ViewAudience};
+use crate::flag::{Serve, StagedServe, WeightedVariation};
+use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
+use crate::plan::{Gate, Plan, StartMode};
+use crate::share::Share;
+use crate::time::{DurationMs, Timestamp};
+
+use super::step::{advance_due, completion_hold, start};
+
+/// Lifecycle states (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Created, waiting for its start time or the `start` command.
+    Queued,
+    /// Moving through its steps.
+    Running,
+    /// Frozen at the current step by an operator or a guard.
+    Paused,
+    /// Reached the end of its plan.
+    Completed,
+    /// Ended early, keeping a share.
+    Stopped,
+    /// Ended early, everyone back on the baseline.
+    RolledBack,
+}
+
+impl Lifecycle {
+    /// Queued, running or paused: holds the flag's one active-rollout slot.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Queued | Lifecycle::Running | Lifecycle::Paused
+        )
+    }
+
+    /// Completed, stopped or rolled back.
+    pub fn is_finished(self) -> bool {
+        !self.is_active()
+    }
+
+    /// The wire name (`rolled_back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Queued => "queued",
+            Lifecycle::Running => "running",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Completed => "completed",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// What a held rollout waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// The `start` command (or the start time: see `due_at`).
+    Start,
+    /// A timer; see [`RolloutState::due_at`].
+    Timer,
+    /// An operator's `continue`.
+    Continue,
+    /// A health condition (a stage completion gate).
+    Guard,
+}
+
+/// What happened to one step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step index.
+    pub index: usize,
+    /// When the plan said it would begin.
+    pub planned_at: Timestamp,
+    /// When it actually began (`None` for a step skipped by catch-up).
+    pub entered_at: Option<Timestamp>,
+    /// Passed over by catch-up.
+    pub skipped: bool,
+}
+
+/// The mutable part of a rollout. Stored beside its plan; `revision` rises with each change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutState {
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// Current step; `None` while queued.
+    pub step: Option<usize>,
+    /// Planned start of the current step: the base of its timer.
+    pub step_anchor: Option<Timestamp>,
+    /// Start time of a rollout queued for a time.
+    pub queued_until: Option<Timestamp>,
+    /// When the current pause began.
+    pub paused_at: Option<Timestamp>,
+    /// When the rollout last left a pause (resume, or promote while paused): its guard
+    /// judges only outcomes from then on, see [`RolloutState::guard_window_start`]. Absent
+    /// before the first resume (and in records written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<Timestamp>,
+    /// Share served after a stop (share plans only).
+    pub stopped_share: Option<Share>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// Every step entered or skipped, in order.
+    pub history: Vec<StepRecord>,
+    /// Count of accepted changes; scripts compare it before writing.
+    pub revision: u64,
+}
+
+/// Per-stage fleet counts (SPEC §3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageCounts {
+    /// Entities in the stage.
+    pub members: u64,
+    /// Applied the candidate.
+    pub completed: u64,
+    /// Reported failure.
+    pub errors: u64,
+    /// Released, not yet reported.
+    pub pending: u64,
+    /// Not yet released.
+    pub waiting: u64,
+    /// Members that stopped heartbeating and have not reported: shown apart from `pending`,
+    /// and, like them, not completed (silence never opens a completion gate).
+    #[serde(default)]
+    pub stale: u64,
+}
+
+/// What the ticker knows about health at a tick.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct Health {
+    /// Outcome counters over the guard's window, when the rollout has a guard.
+    pub outcomes: Option<OutcomeCounts>,
+    /// Counts of the current stage, for staged plans.
+    pub current_stage: Option<StageCounts>,
+}
+
+/// Which condition holds a health gate shut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBy {
+    /// A stage completion gate: too few members applied the candidate, or too many failed.
+    Completion,
+    /// The rollout's guard: too few outcome samples on a side it compares to judge.
+    Guard,
+}
+
+/// Why the current step's health gate is shut at a tick (SPEC §11.1: silence never opens
+/// a gate; status says which gate holds and why).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateHold {
+    /// The condition that is not met.
+    pub held_by: HeldBy,
+    /// What it lacks, in words: `1 of 10 members completed (10%), 50% needed; 2 pending, 7
+    /// stale (no heartbeat, no report), 0 errors`.
+    pub reason: String,
+}
+
+/// Why an ending happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// An operator's command.
+    Command,
+    /// The flag was disabled (command or kill switch).
+    FlagDisabled,
+    /// A guard breach.
+    Guard,
+}
+
+/// What moved the rollout into a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryCause {
+    /// The start time or the `start` command.
+    Start,
+    /// A timer ran out.
+    Timer,
+    /// A stage completion gate opened.
+    Gate,
+    /// An operator's `continue`.
+    Continue,
+    /// An operator's `promote`.
+    Promote,
+}
+
+/// An input to the step function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The clock moved (the ticker), with what it knows of health.
+    Tick(Health),
+    /// Start a rollout waiting for the command (or early).
+    Start,
+    /// Freeze.
+    Pause,
+    /// Unfreeze.
+    Resume,
+    /// Open the current gate.
+    Continue,
+    /// Jump to the final step.
+    Promote,
+    /// End, keeping `percentage` (or the current share).
+    Stop {
+        /// Share to keep, in percent.
+        percentage: Option<f64>,
+    },
+    /// End, everyone on baseline.
+    Rollback,
+    /// The flag was disabled: stop at the current share.
+    FlagDisabled,
+}
+
+/// Something that happened, for the event stream, the audit log and the services.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum Effect {
+    /// The rollout left `queued`; the flag must be enabled if it was disabled.
+    Started {
+        /// Planned start.
+        planned_at: Timestamp,
+    },
+    /// The current step changed.
+    StepEntered {
+        /// Previous step.
+        from: Option<usize>,
+        /// New step.
+        to: usize,
+        /// Steps passed over by catch-up, in order.
+        skipped: Vec<usize>,
+        /// What caused it.
+        cause: EntryCause,
+        /// When the new step was due by the plan.
+        planned_at: Timestamp,
+        /// How late the transition is, in ms (0 for commands).
+        lag_ms: i64,
+    },
+    /// Frozen.
+    Paused {
+        /// Time left on the current timer, when one runs.
+        remaining_ms: Option<i64>,
+    },
+    /// Unfrozen; later times shift by the pause length.
+    Resumed {
+        /// Length of the pause.
+        paused_ms: i64,
+    },
+    /// A guard crossed its limit.
+    GuardBreached {
+        /// What the guard does.
+        action: GuardAction,
+        /// The numbers.
+        figures: GuardFigures,
+    },
+    /// Reached the end of the plan.
+    Completed,
+    /// Ended early keeping a share.
+    Stopped {
+        /// Why.
+        cause: EndCause,
+    },
+    /// Ended early on the baseline.
+    RolledBack {
+        /// Why.
+        cause: EndCause,
+    },
+}
+
+/// A refused event: nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct Rejection {
+    /// Stable code.
+    pub code: RejectionCode,
+    /// What is wrong and what to do, lowercase.
+    pub message: String,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+}
+
+/// Codes of refusals; they map one to one onto wire error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionCode {
+    /// The event does not apply in the current state.
+    FailedPrecondition,
+    /// An argument is out of range.
+    InvalidArgument,
+}
+
+/// The new state and what happened. No effects means nothing changed (and `state` is the
+/// input state, revision included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The state to persist.
+    pub state: RolloutState,
+    /// What happened, in order.
+    pub effects: Vec<Effect>,
+}
+
+impl StepOutcome {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !self.effects.is_empty()
+    }
+}
+
+impl RolloutState {
+    /// The state of a just-created rollout: running at step 0 when it starts now, else
+    /// queued. Returns the effects of starting, if it started.
+    pub fn created(plan: &Plan, now: Timestamp) -> StepOutcome {
+        let queued = RolloutState {
+            lifecycle: Lifecycle::Queued,
+            step: None,
+            step_anchor: None,
+            queued_until: match plan.start {
+                StartMode::At(time) => Some(time),
+                StartMode::Now | StartMode::OnCommand => None,
+            },
+            paused_at: None,
+            resumed_at: None,
+            stopped_share: None,
+            finished_at: None,
+            history: Vec::new(),
+            revision: 1,
+        };
+        match plan.start {
+            StartMode::Now => {
+                let mut effects = Vec::new();
+                let mut state = queued;
+                start(&mut state, now, now, EntryCause::Start, &mut effects);
+                advance_due(plan, &mut state, now, None, &mut effects);
+                StepOutcome { state, effects }
+            }
+            StartMode::At(_) | StartMode::OnCommand => StepOutcome {
+                state: queued,
+                effects: Vec::new(),
+            },
+        }
+    }
+
+    /// The earliest time whose outcomes a guard with `window` judges at `now`: the start of
+    /// the window, but never before the last resume, so a resumed rollout is not judged
+    /// again on the outcomes it was paused for. (Outcomes are counted per rollout, so
+    /// nothing from before the rollout began is ever in its counters.)
+    pub fn guard_window_start(&self, window: DurationMs, now: Timestamp) -> Timestamp {
+        let window_start = now.minus(window);
+        self.resumed_at
+            .map_or(window_start, |resumed_at| resumed_at.max(window_start))
+    }
+
+    /// When the ticker must next look at this rollout on account of time alone: the start
+    /// time of a queued rollout or the end of the current step's timer. `None` when held
+    /// for a command, a health gate, or finished.
+    pub fn due_at(&self, plan: &Plan) -> Option<Timestamp> {
+        match self.lifecycle {
+            Lifecycle::Queued => self.queued_until,
+            Lifecycle::Running => {
+                let step = plan.steps.get(self.step?)?;
+                match step.gate {
+                    Gate::Timer(duration) => Some(self.step_anchor?.plus(duration)),
+                    Gate::Immediate => self.step_anchor,
+                    Gate::Continue | Gate::Completion { .. } => None,
+                }
+            }
+            Lifecycle::Paused
+            | Lifecycle::Completed
+            | Lifecycle::Stopped
+            | Lifecycle::RolledBack => None,
+        }
+    }
+
+    /// What a running or queued rollout waits for.
+    pub fn waiting_for(&self, plan: &Plan) -> Option<WaitingFor> {
+        match self.lifecycle {
+            Lifecycle::Queued => Some(if self.queued_until.is_some() {
+                WaitingFor::Timer
+            } else {
+                WaitingFor::Start
+            }),
+            Lifecycle::Running => match plan.steps.get(self.step?)?.gate {
+                Gate::Timer(_) | Gate::Immediate => Some(WaitingFor::Timer),
+                Gate::Continue => Some(WaitingFor::Continue),
+                Gate::Completion { .. } => Some(WaitingFor::Guard),
+            },
+            _ => None,
+        }
+    }
+
+    /// The share served right now (share plans; staged plans use [`Self::released_stages`]).
+    pub fn served_share(&self, plan: &Plan) -> Share {
+        match self.lifecycle {
+            Lifecycle::Queued | Lifecycle::RolledBack => Share::NONE,
+            Lifecycle::Stopped => self
+                .stopped_share
+                .unwrap_or_else(|| self.step.map_or(Share::NONE, |step| plan.share_at(step))),
+            Lifecycle::Running | Lifecycle::Paused | Lifecycle::Completed => {
+                self.step.map_or(Share::NONE, |step| plan.share_at(step))
+            }
+        }
+    }
+
+    /// How many label stages serve the candidate right now (counting `unassigned` last).
+    pub fn released_stages(&self) -> usize {
+        match self.lifecycle {
+            Lifecycle::Queued | Lifecycle::RolledBack => 0,
+            _ => self.step.map_or(0, |step| step + 1),
+        }
+    }
+
+    /// What evaluators need while the rollout is running or paused.
+    pub fn view(&self, rollout_id: &str, plan: &Plan) -> Option<RolloutView> {
+        if !matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+            return None;
+        }
+        Some(RolloutView {
+            rollout_id: rollout_id.to_owned(),
+            target: plan.target.clone(),
+            baseline: plan.baseline.clone(),
+            candidate: plan.candidate.clone(),
+            salt: plan.salt.clone(),
+            stickiness: plan.stickiness.clone(),
+            step: self.step.unwrap_or(0),
+            audience: self.audience(plan),
+        })
+    }
+
+    fn audience(&self, plan: &Plan) -> ViewAudience {
+        if plan.is_staged() {
+            ViewAudience::Stages {
+                stages: plan.stage_labels(),
+                released: self.released_stages(),
+            }
+        } else {
+            ViewAudience::Share(self.served_share(plan))
+        }
+    }
+
+    /// The serve that replaces the target once the rollout has ended, so the flag keeps
+    /// serving exactly the same entities: the candidate at 100 %, the baseline at 0 %, else
+    /// a split with the rollout's salt and stickiness (candidate first, so the same buckets
+    /// keep it) or the frozen stages.
+    pub fn final_serve(&self, plan: &Plan) -> Option<Serve> {
+        if self.lifecycle.is_active() {
+            return None;
+        }
+        if plan.is_staged() {
+            let released = self.released_stages();
+            let stage_count = plan.steps.len();
+            return Some(if released == 0 {
+                Serve::variation(plan.baseline.clone())
+            } else if released >= stage_count {
+                Serve::variation(plan.candidate.clone())
+            } else {
+                Serve {
+                    stages: Some(StagedServe {
+                        candidate: plan.candidate.clone(),
+                        baseline: plan.baseline.clone(),
+                        stages: plan.stage_labels(),
+                        released,
+                    }),
+                    ..Serve::default()
+                }
+            });
+        }
+        let share = self.served_share(plan);
+        Some(if share == Share::NONE {
+            Serve::variation(plan.baseline.clone())
+        } else if share == Share::ALL {
+            Serve::variation(plan.candidate.clone())
+        } else {
+            let rest = Share::from_ppm(Share::ALL.ppm() - share.ppm());
+            Serve {
+                split: Some(vec![
+                    WeightedVariation {
+                        variation: plan.candidate.clone(),
+                        weight: share.percentage(),
+                    },
+                    WeightedVariation {
+                        variation: plan.baseline.clone(),
+                        weight: rest.percentage(),
+                    },
+                ]),
+                salt: Some(plan.salt.clone()),
+                stickiness: plan.stickiness.clone(),
+                ..Serve::default()
+            }
+        })
+    }
+
+    /// Why the current step's health gate stays shut given `health`: `None` when it would
+    /// open, and when the rollout is not running at a step whose gate waits on health. A
+    /// health gate (a stage completion gate) opens only on positive evidence: enough of the
+    /// stage's members completed and, for a guarded rollout, the guard found the outcomes
+    /// healthy on every side it compares. The step function opens the gate exactly when
+    /// this is `None`.
+    pub fn gate_hold(&self, plan: &Plan, health: &Health) -> Option<GateHold> {
+        if self.lifecycle != Lifecycle::Running {
+            return None;
+        }
+        let Gate::Completion {
+            min_completed,
+            max_errors,
+        } = plan.steps.get(self.step?)?.gate
+        else {
+            return None;
+        };
+        if let Some(reason) =
+            completion_hold(health.current_stage.as_ref(), min_completed, max_errors)
+        {
+            return Some(GateHold {
+                held_by: HeldBy::Completion,
+                reason,
+            });
+        }
+        let guard = plan.guard.as_ref()?;
+        let reason = match &health.outcomes {
+            None => Some("the guard's outcome counts are not known yet".to_owned()),
+            Some(outcomes) => match guard.verdict(outcomes) {
+                GuardVerdict::Healthy => None,
+                GuardVerdict::InsufficientData => Some(format!(
+                    "the guard cannot judge yet: {}",
+                    guard
+                        .missing_samples(outcomes)
+                        .unwrap_or_else(|| "too few samples".to_owned())
+                )),
+                GuardVerdict::Breached(figures) => {
+                    Some(format!("the guard is breached: {}", figures.limit))
+                }
+            },
+        };
+        reason.map(|reason| GateHold {
+            held_by: HeldBy::Guard,
+            reason,
+        })
+    }
+
+    /// Planned start of every step as things stand at `now`: recorded for steps already
+    /// reached, projected through timer gates for later ones, `None` beyond a gate that
+    /// waits for a command or for health. A paused rollout is projected as if resumed now.
+    pub fn projected_starts(&self, plan: &Plan, now: Timestamp) -> Vec<Option<Timestamp>> {
+        let mut starts: Vec<Option<Timestamp>> = vec![None; plan.steps.len()];
+        for record in &self.history {
+            if let Some(slot) = starts.get_mut(record.index) {
+                *slot = Some(record.planned_at);
+            }
+        }
+        if self.lifecycle.is_finished() {
+            return starts;
+        }
+        let (mut next_index, mut next_start) = match (self.lifecycle, self.step, self.step_anchor) {
+            (Lifecycle::Queued, _, _) => match self.queued_until {
+                Some(time) => (0, Some(time)),
+                None => return starts,
+            },
+            (_, Some(step), Some(anchor)) => {
+                let pause_shift = self
+                    .paused_at
+                    .map_or(0, |paused_at| now.millis_since(paused_at).max(0));
+                let anchor = anchor.plus(DurationMs::from_millis(pause_shift));
+                let end = match plan.steps[step].gate {
+                    Gate::Timer(duration) => Some(anchor.plus(duration)),
+                    _ => None,
+                };
+                (step + 1, end)
+            }
+            _ => return starts,
+        };
+        while let (Some(start_time), true) = (next_start, next_index < plan.steps.len()) {
+            starts[next_index] = Some(start_time);
+            next_start = match plan.steps[next_index].gate {
+                Gate::Timer(duration) => Some(start_time.plus(duration)),
+                _ => None,
+            };
+            next_index += 1;
+        }
+        starts
+    }
+}

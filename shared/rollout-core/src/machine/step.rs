@@ -1,0 +1,412 @@
+//! The step function itself: [`step`] and the rules of each event (ticks, starts, moves,
+//! pauses, stops, completion and catch-up).
+
+use crate::guard::{GuardAction, GuardVerdict};
+use crate::plan::{Gate, Plan};
+use crate::share::Share;
+use crate::time::{DurationMs, Timestamp};
+
+use super::state::*;
+
+/// Applies `event` at `now` (the one clock: Redis `TIME`). Returns the next state and its
+/// effects, or a [`Rejection`] that changes nothing.
+pub fn step(
+    plan: &Plan,
+    state: &RolloutState,
+    event: &Event,
+    now: Timestamp,
+) -> Result<StepOutcome, Rejection> {
+    let mut next = state.clone();
+    let mut effects = Vec::new();
+    match event {
+        Event::Tick(health) => tick(plan, &mut next, health, now, &mut effects),
+        Event::Start => {
+            if state.lifecycle != Lifecycle::Queued {
+                return Err(precondition(format!(
+                    "rollout is {}; only a queued rollout can be started",
+                    state.lifecycle.as_str()
+                )));
+            }
+            start(&mut next, now, now, EntryCause::Start, &mut effects);
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Pause => {
+            if state.lifecycle != Lifecycle::Running {
+                return Err(precondition(format!(
+                    "rollout is {}; only a running rollout can be paused",
+                    state.lifecycle.as_str()
+                )));
+            }
+            pause(plan, &mut next, now, &mut effects);
+        }
+        Event::Resume => {
+            let Some(paused_at) = state
+                .paused_at
+                .filter(|_| state.lifecycle == Lifecycle::Paused)
+            else {
+                return Err(precondition(format!(
+                    "rollout is {}; only a paused rollout can be resumed",
+                    state.lifecycle.as_str()
+                )));
+            };
+            let paused_ms = now.millis_since(paused_at).max(0);
+            next.lifecycle = Lifecycle::Running;
+            next.paused_at = None;
+            next.resumed_at = Some(now);
+            next.step_anchor = state
+                .step_anchor
+                .map(|anchor| anchor.plus(DurationMs::from_millis(paused_ms)));
+            effects.push(Effect::Resumed { paused_ms });
+            // a timer that had already run out before the pause opens now
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Continue => {
+            match state.lifecycle {
+                Lifecycle::Running => {}
+                Lifecycle::Queued => {
+                    return Err(precondition("rollout has not started; use start"))
+                }
+                Lifecycle::Paused => {
+                    return Err(precondition("rollout is paused; resume it first"))
+                }
+                finished => {
+                    return Err(precondition(format!(
+                        "rollout is {}; nothing to continue",
+                        finished.as_str()
+                    )));
+                }
+            }
+            let current = state.step.unwrap_or(0);
+            if current >= plan.last_step() {
+                complete(&mut next, now, &mut effects);
+            } else {
+                enter(
+                    &mut next,
+                    current + 1,
+                    now,
+                    now,
+                    Vec::new(),
+                    EntryCause::Continue,
+                    &mut effects,
+                );
+                advance_due(plan, &mut next, now, None, &mut effects);
+            }
+        }
+        Event::Promote => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is {}; nothing to promote",
+                    state.lifecycle.as_str()
+                )));
+            }
+            if state.lifecycle == Lifecycle::Paused {
+                next.resumed_at = Some(now);
+            }
+            if state.lifecycle == Lifecycle::Queued {
+                effects.push(Effect::Started { planned_at: now });
+            }
+            next.lifecycle = Lifecycle::Running;
+            next.paused_at = None;
+            next.queued_until = None;
+            let last = plan.last_step();
+            if state.step != Some(last) {
+                enter(
+                    &mut next,
+                    last,
+                    now,
+                    now,
+                    Vec::new(),
+                    EntryCause::Promote,
+                    &mut effects,
+                );
+            } else if let Some(paused_at) = state
+                .paused_at
+                .filter(|_| state.lifecycle == Lifecycle::Paused)
+            {
+                // already at the final step: promote resumes it there, its timer anew
+                next.step_anchor = Some(now);
+                effects.push(Effect::Resumed {
+                    paused_ms: now.millis_since(paused_at).max(0),
+                });
+            }
+            advance_due(plan, &mut next, now, None, &mut effects);
+        }
+        Event::Stop { percentage } => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is already {}",
+                    state.lifecycle.as_str()
+                )));
+            }
+            if let Some(percentage) = percentage {
+                if plan.is_staged() {
+                    return Err(Rejection {
+                        code: RejectionCode::InvalidArgument,
+                        message:
+                            "a label-stage rollout stops at its released stages; omit percentage"
+                                .into(),
+                        field: Some("percentage".into()),
+                    });
+                }
+                let share = Share::from_percentage(*percentage).map_err(|message| Rejection {
+                    code: RejectionCode::InvalidArgument,
+                    message,
+                    field: Some("percentage".into()),
+                })?;
+                next.stopped_share = Some(share);
+            } else {
+                next.stopped_share = Some(state.served_share(plan));
+            }
+            end(&mut next, Lifecycle::Stopped, now);
+            effects.push(Effect::Stopped {
+                cause: EndCause::Command,
+            });
+        }
+        Event::Rollback => {
+            if state.lifecycle.is_finished() {
+                return Err(precondition(format!(
+                    "rollout is already {}",
+                    state.lifecycle.as_str()
+                )));
+            }
+            end(&mut next, Lifecycle::RolledBack, now);
+            effects.push(Effect::RolledBack {
+                cause: EndCause::Command,
+            });
+        }
+        Event::FlagDisabled => {
+            if state.lifecycle.is_active() {
+                next.stopped_share = Some(state.served_share(plan));
+                end(&mut next, Lifecycle::Stopped, now);
+                effects.push(Effect::Stopped {
+                    cause: EndCause::FlagDisabled,
+                });
+            }
+        }
+    }
+    if effects.is_empty() {
+        return Ok(StepOutcome {
+            state: state.clone(),
+            effects,
+        });
+    }
+    next.revision = state.revision + 1;
+    Ok(StepOutcome {
+        state: next,
+        effects,
+    })
+}
+
+fn tick(
+    plan: &Plan,
+    state: &mut RolloutState,
+    health: &Health,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) {
+    if state.lifecycle == Lifecycle::Queued {
+        match state.queued_until {
+            Some(start_time) if start_time <= now => {
+                start(state, start_time, now, EntryCause::Start, effects);
+            }
+            _ => return,
+        }
+    }
+    if state.lifecycle != Lifecycle::Running {
+        return;
+    }
+    if let (Some(guard), Some(outcomes)) = (&plan.guard, &health.outcomes) {
+        if let GuardVerdict::Breached(figures) = guard.verdict(outcomes) {
+            effects.push(Effect::GuardBreached {
+                action: guard.action,
+                figures,
+            });
+            match guard.action {
+                GuardAction::Pause => pause(plan, state, now, effects),
+                GuardAction::Stop => {
+                    state.stopped_share = Some(state.served_share(plan));
+                    end(state, Lifecycle::Stopped, now);
+                    effects.push(Effect::Stopped {
+                        cause: EndCause::Guard,
+                    });
+                }
+                GuardAction::Rollback => {
+                    end(state, Lifecycle::RolledBack, now);
+                    effects.push(Effect::RolledBack {
+                        cause: EndCause::Guard,
+                    });
+                }
+            }
+            return;
+        }
+    }
+    advance_due(plan, state, now, Some(health), effects);
+}
+
+/// Leaves `queued` into step 0, planned at `planned_at`.
+pub(super) fn start(
+    state: &mut RolloutState,
+    planned_at: Timestamp,
+    now: Timestamp,
+    cause: EntryCause,
+    effects: &mut Vec<Effect>,
+) {
+    effects.push(Effect::Started { planned_at });
+    state.lifecycle = Lifecycle::Running;
+    state.queued_until = None;
+    enter(state, 0, planned_at, now, Vec::new(), cause, effects);
+}
+
+/// Makes `to` the current step. `skipped` only names the steps passed over for the event;
+/// their history records are the caller's (it knows their planned times).
+#[allow(clippy::too_many_arguments)]
+fn enter(
+    state: &mut RolloutState,
+    to: usize,
+    planned_at: Timestamp,
+    now: Timestamp,
+    skipped: Vec<usize>,
+    cause: EntryCause,
+    effects: &mut Vec<Effect>,
+) {
+    let from = state.step;
+    state.history.push(StepRecord {
+        index: to,
+        planned_at,
+        entered_at: Some(now),
+        skipped: false,
+    });
+    state.step = Some(to);
+    state.step_anchor = Some(planned_at);
+    effects.push(Effect::StepEntered {
+        from,
+        to,
+        skipped,
+        cause,
+        planned_at,
+        lag_ms: now.millis_since(planned_at).max(0),
+    });
+}
+
+/// Moves through every gate that the clock (or, for the current step only, health) has
+/// opened, as ONE transition: never across a `continue` gate, and a completion gate only
+/// when it is the current step's and [`RolloutState::gate_hold`] finds nothing holding it.
+pub(super) fn advance_due(
+    plan: &Plan,
+    state: &mut RolloutState,
+    now: Timestamp,
+    health: Option<&Health>,
+    effects: &mut Vec<Effect>,
+) {
+    let (Some(origin), Some(origin_anchor)) = (state.step, state.step_anchor) else {
+        return;
+    };
+    let origin_health_gate_open =
+        health.is_some_and(|health| state.gate_hold(plan, health).is_none());
+    let mut current = origin;
+    let mut anchor = origin_anchor;
+    let mut passed: Vec<(usize, Timestamp)> = Vec::new();
+    let mut cause = EntryCause::Timer;
+    let mut completes = false;
+    loop {
+        let gate = &plan.steps[current].gate;
+        let opened_at = match gate {
+            Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
+            Gate::Immediate => Some(anchor),
+            Gate::Completion { .. } if current == origin && origin_health_gate_open => {
+                cause = EntryCause::Gate;
+                Some(now)
+            }
+            Gate::Completion { .. } | Gate::Continue => None,
+        };
+        let Some(opened_at) = opened_at else { break };
+        if current == plan.last_step() {
+            completes = true;
+            break;
+        }
+        passed.push((current + 1, opened_at));
+        current += 1;
+        anchor = opened_at;
+    }
+    if let Some(((final_index, final_planned), skipped)) = passed.split_last() {
+        for (index, planned_at) in skipped {
+            state.history.push(StepRecord {
+                index: *index,
+                planned_at: *planned_at,
+                entered_at: None,
+                skipped: true,
+            });
+        }
+        let skipped_indexes = skipped.iter().map(|(index, _)| *index).collect();
+        enter(
+            state,
+            *final_index,
+            *final_planned,
+            now,
+            skipped_indexes,
+            cause,
+            effects,
+        );
+    }
+    if completes {
+        complete(state, now, effects);
+    }
+}
+
+/// Why a completion gate with these counts stays shut, or `None` when it opens. Every member
+/// counts: one that stopped heartbeating without reporting (`stale`) has not completed, so
+/// a stage whose members all went silent holds; a stage with no members passes through.
+pub(super) fn completion_hold(
+    counts: Option<&StageCounts>,
+    min_completed: Share,
+    max_errors: u64,
+) -> Option<String> {
+    let Some(counts) = counts else {
+        return Some("the stage's fleet counts are not known yet".to_owned());
+    };
+    let enough_completed = u128::from(counts.completed) * u128::from(Share::ALL.ppm())
+        >= u128::from(counts.members) * u128::from(min_completed.ppm());
+    if enough_completed && counts.errors <= max_errors {
+        return None;
+    }
+    let completed_percent = if counts.members == 0 {
+        0.0
+    } else {
+        counts.completed as f64 * 100.0 / counts.members as f64
+    };
+    let mut reason = format!(
+        "{} of {} members completed ({completed_percent:.1}%), {min_completed} needed; {} pending, {} stale (no heartbeat, no report), {} errors",
+        counts.completed, counts.members, counts.pending, counts.stale, counts.errors
+    );
+    if counts.errors > max_errors {
+        reason.push_str(&format!(", at most {max_errors} allowed"));
+    }
+    Some(reason)
+}
+
+fn pause(plan: &Plan, state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {
+    let remaining_ms = state.due_at(plan).map(|due| due.millis_since(now).max(0));
+    state.lifecycle = Lifecycle::Paused;
+    state.paused_at = Some(now);
+    effects.push(Effect::Paused { remaining_ms });
+}
+
+fn complete(state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {
+    end(state, Lifecycle::Completed, now);
+    effects.push(Effect::Completed);
+}
+
+fn end(state: &mut RolloutState, lifecycle: Lifecycle, now: Timestamp) {
+    state.lifecycle = lifecycle;
+    state.paused_at = None;
+    state.queued_until = None;
+    state.finished_at = Some(now);
+}
+
+fn precondition(message: impl Into<String>) -> Rejection {
+    Rejection {
+        code: RejectionCode::FailedPrecondition,
+        message: message.into(),
+        field: None,
+    }
+}

@@ -1,0 +1,102 @@
+//! The due index (`due`: rollout id → the Redis time it is next looked at), read by the
+//! ticker leader each round and moved by it when a look changed nothing. Commits move it
+//! too (as part of [`crate::Commit`]); only the leader removes or moves entries outside a
+//! commit, fenced, through [`reschedule`].
+
+use std::sync::LazyLock;
+
+use rollout_core::Timestamp;
+use rollout_wire::keys::Keys;
+
+use crate::{Connection, StoreError};
+
+static RESCHEDULE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/reschedule.lua")));
+
+/// The ids due by `now` in each of `namespaces` (at most `batch` per namespace, earliest
+/// first), in one round trip; one list per namespace, in order.
+pub async fn due_by(
+    connection: &mut Connection,
+    namespaces: &[&Keys],
+    now: Timestamp,
+    batch: usize,
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut pipe = redis::pipe();
+    for keys in namespaces {
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(keys.due())
+            .arg("-inf")
+            .arg(now.as_millis())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(batch);
+    }
+    Ok(pipe.query_async(connection).await?)
+}
+
+/// The earliest due time over `namespaces`, if any rollout is due at all.
+pub async fn earliest(
+    connection: &mut Connection,
+    namespaces: &[&Keys],
+) -> Result<Option<Timestamp>, StoreError> {
+    if namespaces.is_empty() {
+        return Ok(None);
+    }
+    let mut pipe = redis::pipe();
+    for keys in namespaces {
+        pipe.cmd("ZRANGE")
+            .arg(keys.due())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
+    }
+    let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(connection).await?;
+    Ok(firsts
+        .iter()
+        .filter_map(|first| first.first())
+        .map(|(_, score)| Timestamp::from_millis(score.floor() as i64))
+        .min())
+}
+
+/// What [`reschedule`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rescheduled {
+    /// The entry now points at the new time (or is gone, when none was given).
+    Done,
+    /// The rollout's revision is no longer the one the decision was made on.
+    Conflict,
+    /// The namespace fence holds another epoch: the caller no longer leads.
+    Fenced,
+}
+
+/// Moves (or removes, `look` = `None`) rollout `rollout_id`'s due-index entry, only while
+/// the fence holds `epoch` and the rollout still has revision `revision`, so a slow writer
+/// never pushes back a newer due time.
+pub async fn reschedule(
+    connection: &mut Connection,
+    keys: &Keys,
+    epoch: u64,
+    rollout_id: &str,
+    revision: u64,
+    look: Option<Timestamp>,
+) -> Result<Rescheduled, StoreError> {
+    let score = look.map_or_else(String::new, |time| time.as_millis().to_string());
+    let reply: String = RESCHEDULE
+        .key(keys.rollout(rollout_id))
+        .key(keys.due())
+        .key(keys.fence())
+        .arg(revision)
+        .arg(epoch)
+        .arg(rollout_id)
+        .arg(score)
+        .invoke_async(connection)
+        .await?;
+    match reply.as_str() {
+        "ok" => Ok(Rescheduled::Done),
+        "conflict" => Ok(Rescheduled::Conflict),
+        "fenced" => Ok(Rescheduled::Fenced),
+        other => Err(StoreError::Protocol(format!(
+            "reschedule script answered {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,35 @@
+//! The namespace registry (`ro:namespaces`): every namespace a command was ever decided
+//! in. Writers register theirs in the same round trip as they read the clock, so a
+//! registry lost with Redis's data is written again by the next command in each namespace;
+//! the ticker and the evaluators read it to find every namespace.
+
+use redis::aio::ConnectionLike;
+use redis::AsyncCommands;
+use rollout_core::Timestamp;
+use rollout_wire::keys;
+
+use crate::StoreError;
+
+/// Every registered namespace name, in no order (names are validated by the reader).
+pub async fn registered<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+) -> Result<Vec<String>, StoreError> {
+    Ok(connection.smembers(keys::namespaces()).await?)
+}
+
+/// Redis `TIME`, with `namespace` (re)written into the registry in the same round trip.
+/// Writers call it before deciding a change.
+pub async fn redis_time_registering<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    namespace: &str,
+) -> Result<Timestamp, StoreError> {
+    let ((seconds, micros),): ((i64, i64),) = redis::pipe()
+        .cmd("SADD")
+        .arg(keys::namespaces())
+        .arg(namespace)
+        .ignore()
+        .cmd("TIME")
+        .query_async(connection)
+        .await?;
+    Ok(Timestamp::from_redis_time(seconds, micros))
+}

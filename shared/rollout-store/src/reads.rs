@@ -1,0 +1,185 @@
+//! Reads of flags, rollouts, their indexes and audit logs, each in as few round trips as
+//! the caller's question allows. Reads never write.
+
+use redis::aio::ConnectionLike;
+use redis::AsyncCommands;
+use rollout_wire::codec::{self, Encoding, Limits};
+use rollout_wire::keys::Keys;
+use rollout_wire::queries::ListState;
+use serde::de::DeserializeOwned;
+
+use crate::records::{decode_record, FlagRecord, RolloutRecord, StoredFlag};
+use crate::StoreError;
+
+/// Reads a flag hash.
+pub async fn load_flag<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_key: &str,
+) -> Result<StoredFlag, StoreError> {
+    let (revision, data): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(keys.flag(flag_key))
+        .arg("rev")
+        .arg("data")
+        .query_async(connection)
+        .await?;
+    stored_flag(flag_key, revision, data)
+}
+
+/// Reads the flag hashes of `flag_keys` in one round trip, in order (a flag that never
+/// existed has version 0 and no record).
+pub async fn load_flags<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_keys: &[&str],
+) -> Result<Vec<StoredFlag>, StoreError> {
+    let mut pipe = redis::pipe();
+    for key in flag_keys {
+        pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data");
+    }
+    let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe.query_async(connection).await?;
+    flag_keys
+        .iter()
+        .zip(rows)
+        .map(|(key, (revision, data))| stored_flag(key, revision, data))
+        .collect()
+}
+
+fn stored_flag(
+    flag_key: &str,
+    revision: Option<u64>,
+    data: Option<Vec<u8>>,
+) -> Result<StoredFlag, StoreError> {
+    let record = match data {
+        Some(bytes) => Some(decode_record::<FlagRecord>(
+            &bytes,
+            &format!("flag {flag_key}"),
+        )?),
+        None => None,
+    };
+    Ok(StoredFlag {
+        version: revision.unwrap_or(0),
+        record,
+    })
+}
+
+/// The encoded records of `flag_keys` in one round trip, in order, for callers that decode
+/// only part of a record (see [`decode_record`]).
+pub async fn encoded_flags<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_keys: &[String],
+) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let mut pipe = redis::pipe();
+    for flag_key in flag_keys {
+        pipe.hget(keys.flag(flag_key), "data");
+    }
+    Ok(pipe.query_async(connection).await?)
+}
+
+/// A flag's version (its hash's revision; 0 when it never existed).
+pub async fn flag_version<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_key: &str,
+) -> Result<u64, StoreError> {
+    let revision: Option<u64> = connection.hget(keys.flag(flag_key), "rev").await?;
+    Ok(revision.unwrap_or(0))
+}
+
+/// The versions of `flag_keys` in one round trip, in order.
+pub async fn flag_versions<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_keys: &[String],
+) -> Result<Vec<u64>, StoreError> {
+    let mut pipe = redis::pipe();
+    for flag_key in flag_keys {
+        pipe.hget(keys.flag(flag_key), "rev");
+    }
+    let revisions: Vec<Option<u64>> = pipe.query_async(connection).await?;
+    Ok(revisions
+        .into_iter()
+        .map(|revision| revision.unwrap_or(0))
+        .collect())
+}
+
+/// The keys of every flag of a namespace (the `flags` set, deleted flags not included), in
+/// no order.
+pub async fn flag_keys<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+) -> Result<Vec<String>, StoreError> {
+    Ok(connection.smembers(keys.flags()).await?)
+}
+
+/// Reads a rollout hash; `None` when there is no such rollout.
+pub async fn load_rollout<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    rollout_id: &str,
+) -> Result<Option<RolloutRecord>, StoreError> {
+    let data: Option<Vec<u8>> = connection.hget(keys.rollout(rollout_id), "data").await?;
+    data.map(|bytes| decode_record::<RolloutRecord>(&bytes, &format!("rollout {rollout_id}")))
+        .transpose()
+}
+
+/// A rollout hash's revision (0 when there is none), readable even when its record is not.
+pub async fn rollout_revision<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    rollout_id: &str,
+) -> Result<u64, StoreError> {
+    let revision: Option<u64> = connection.hget(keys.rollout(rollout_id), "rev").await?;
+    Ok(revision.unwrap_or(0))
+}
+
+/// The ids in a rollout index (active: running, paused or queued; finished), newest first.
+pub async fn rollout_ids<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    index: ListState,
+) -> Result<Vec<String>, StoreError> {
+    let key = match index {
+        ListState::Active => keys.rollouts_active(),
+        ListState::Finished => keys.rollouts_finished(),
+    };
+    Ok(connection.zrevrange(key, 0, -1).await?)
+}
+
+/// Whose audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditLog<'a> {
+    /// A rollout's.
+    Rollout(&'a str),
+    /// A flag's (every rollout of it included).
+    Flag(&'a str),
+}
+
+/// `count` audit entries from position `start` (0 is the newest), and how many the log
+/// holds in all.
+pub async fn audit_page<C: ConnectionLike + Send + Sync, T: DeserializeOwned>(
+    connection: &mut C,
+    keys: &Keys,
+    log: AuditLog<'_>,
+    start: u64,
+    count: u32,
+) -> Result<(u64, Vec<T>), StoreError> {
+    let key = match log {
+        AuditLog::Rollout(rollout_id) => keys.audit_rollout(rollout_id),
+        AuditLog::Flag(flag_key) => keys.audit_flag(flag_key),
+    };
+    let start = isize::try_from(start).unwrap_or(isize::MAX);
+    let stop = start.saturating_add(isize::try_from(count).unwrap_or(isize::MAX)) - 1;
+    let (total, raw): (u64, Vec<Vec<u8>>) = redis::pipe()
+        .llen(&key)
+        .lrange(&key, start, stop)
+        .query_async(connection)
+        .await?;
+    let entries = raw
+        .iter()
+        .map(|bytes| codec::decode_with(bytes, Encoding::MessagePack, Limits::SERVICE_OUTPUT))
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|error| StoreError::Corrupt(format!("audit entry: {error}")))?;
+    Ok((total, entries))
+}
