@@ -7,10 +7,9 @@
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use rollout_core::machine::RolloutState;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
 use rollout_core::transition::{self, NewRollout};
-use rollout_core::{compile, CompileContext, Flag, Lifecycle, RolloutSpec, Timestamp};
+use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
 use rollout_store::{
     load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit,
 };
@@ -232,16 +231,7 @@ fn add_rollout(
         },
         now,
     );
-    let (updated, rollout) = (created.flag, created.rollout);
-    let before = RolloutState {
-        lifecycle: Lifecycle::Queued,
-        ..rollout.state.clone()
-    };
-    mutation
-        .flag(updated, flag_created)
-        .happened(EventKind::RolloutCreated, Some(&rollout_id), None, None)
-        .effects(&rollout_id, &before, &created.effects)
-        .rollout(0, rollout);
+    mutation.rollout_created(created, flag_created);
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 use rollout_core::continuation::{continuation, Continuation};
 use rollout_core::machine::Event;
 use rollout_core::transition::{self, NewRollout};
-use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutState, Target, Timestamp};
+use rollout_core::{compile, CompileContext, DurationMs, Flag, Target, Timestamp};
+use rollout_store::mutation::{event_count, Happened};
 use rollout_store::{FlagRecord, RolloutRecord, StoredFlag};
 use rollout_wire::commands::{Command, Deleted, FlagResult, RolloutResult};
 use rollout_wire::envelope::WireError;
@@ -47,19 +48,6 @@ pub struct DecideContext {
     pub expected_step: Option<usize>,
 }
 
-/// One thing to audit and publish.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Noted {
-    /// Event kind.
-    pub kind: EventKind,
-    /// Rollout concerned.
-    pub rollout_id: Option<String>,
-    /// Audit `from`.
-    pub from: Option<String>,
-    /// Audit `to`.
-    pub to: Option<String>,
-}
-
 /// A decided change, ready to become a commit.
 #[derive(Clone, Debug)]
 pub struct Change {
@@ -75,12 +63,8 @@ pub struct Change {
     pub rollout: Option<(u64, RolloutRecord)>,
     /// The rollout deleted by this change, as loaded.
     pub deleted_rollout: Option<RolloutRecord>,
-    /// Plain happenings (flag events, rollout created/deleted).
-    pub noted: Vec<Noted>,
-    /// Step-function effects on a rollout: (rollout id, state before, effects).
-    pub effects: Option<(String, RolloutState, Vec<rollout_core::Effect>)>,
-    /// Happenings that come after the effects (a rollout deleted after being stopped).
-    pub noted_after: Vec<Noted>,
+    /// What happened, in order (one audit entry and event per happening or effect).
+    pub happened: Vec<Happened>,
     /// The reply's result.
     pub result: serde_json::Value,
 }
@@ -122,15 +106,6 @@ fn flag_result(record: &FlagRecord, version: u64) -> Result<serde_json::Value, W
         version,
         active_rollout: record.active_rollout.clone(),
     })
-}
-
-fn noted(kind: EventKind, rollout_id: Option<&str>) -> Noted {
-    Noted {
-        kind,
-        rollout_id: rollout_id.map(str::to_owned),
-        from: None,
-        to: None,
-    }
 }
 
 /// Decides `command` against `loaded` at `context.now`.
@@ -209,9 +184,7 @@ fn flag_create(
         flag_created: true,
         rollout: None,
         deleted_rollout: None,
-        noted: vec![noted(EventKind::FlagCreated, None)],
-        effects: None,
-        noted_after: Vec::new(),
+        happened: vec![Happened::event(EventKind::FlagCreated, None)],
         result,
     })))
 }
@@ -301,28 +274,23 @@ fn flag_update(
         created_at: record.created_at,
         updated_at: context.now,
     };
-    let mut noted_events = vec![noted(EventKind::FlagUpdated, None)];
+    let mut happened = vec![Happened::event(EventKind::FlagUpdated, None)];
     let mut rollout_change = None;
-    let mut effects = None;
     if let Some(rollout) = active_rollout_of(record, loaded) {
         check_update_allowed(&record.flag, flag, rollout)?;
         if record.flag.enabled && !flag.enabled {
             // disabling through an update stops the rollout just like flag.disable
             let (next, outcome_effects) = stop_for_disable(&mut updated, rollout, context)?;
-            noted_events.push(noted(EventKind::FlagDisabled, None));
-            effects = Some((rollout.id.clone(), rollout.state.clone(), outcome_effects));
+            happened.push(Happened::event(EventKind::FlagDisabled, None));
+            happened.push(Happened::Effects {
+                rollout_id: rollout.id.clone(),
+                before: rollout.state.clone(),
+                effects: outcome_effects,
+            });
             rollout_change = Some((rollout.state.revision, next));
         }
     }
-    let events = u64::try_from(
-        noted_events.len()
-            + effects.as_ref().map_or(
-                0,
-                |(_, _, list): &(String, RolloutState, Vec<rollout_core::Effect>)| list.len(),
-            ),
-    )
-    .unwrap_or(1);
-    let result = flag_result(&updated, stored.version + events)?;
+    let result = flag_result(&updated, stored.version + event_count(&happened))?;
     Ok(Decision::Change(Box::new(Change {
         flag_key: flag.key.clone(),
         flag_version: stored.version,
@@ -330,9 +298,7 @@ fn flag_update(
         flag_created: false,
         rollout: rollout_change,
         deleted_rollout: None,
-        noted: noted_events,
-        effects,
-        noted_after: Vec::new(),
+        happened,
         result,
     })))
 }
@@ -377,22 +343,19 @@ fn flag_toggle(
         EventKind::FlagDisabled
     };
     let mut rollout_change = None;
-    let mut effects = None;
+    let mut happened = vec![Happened::event(kind, None)];
     if !enable {
         if let Some(rollout) = active_rollout_of(record, loaded) {
             let (next, outcome_effects) = stop_for_disable(&mut updated, rollout, context)?;
-            effects = Some((rollout.id.clone(), rollout.state.clone(), outcome_effects));
+            happened.push(Happened::Effects {
+                rollout_id: rollout.id.clone(),
+                before: rollout.state.clone(),
+                effects: outcome_effects,
+            });
             rollout_change = Some((rollout.state.revision, next));
         }
     }
-    let event_count = 1 + effects.as_ref().map_or(
-        0,
-        |(_, _, list): &(String, RolloutState, Vec<rollout_core::Effect>)| list.len(),
-    );
-    let result = flag_result(
-        &updated,
-        stored.version + u64::try_from(event_count).unwrap_or(1),
-    )?;
+    let result = flag_result(&updated, stored.version + event_count(&happened))?;
     Ok(Decision::Change(Box::new(Change {
         flag_key: key.to_owned(),
         flag_version: stored.version,
@@ -400,9 +363,7 @@ fn flag_toggle(
         flag_created: false,
         rollout: rollout_change,
         deleted_rollout: None,
-        noted: vec![noted(kind, None)],
-        effects,
-        noted_after: Vec::new(),
+        happened,
         result,
     })))
 }
@@ -426,9 +387,7 @@ fn flag_delete(key: &str, loaded: &Loaded) -> Result<Decision, WireError> {
         flag_created: false,
         rollout: None,
         deleted_rollout: None,
-        noted: vec![noted(EventKind::FlagDeleted, None)],
-        effects: None,
-        noted_after: Vec::new(),
+        happened: vec![Happened::event(EventKind::FlagDeleted, None)],
         result,
     })))
 }
@@ -464,27 +423,21 @@ fn rollout_create(
         },
         context.now,
     );
-    let (updated, rollout) = (created.flag, created.rollout);
     let result = to_result(&RolloutResult::new(
-        &rollout.id,
-        &rollout.plan,
-        &rollout.state,
+        &created.rollout.id,
+        &created.rollout.plan,
+        &created.rollout.state,
         context.now,
     ))?;
-    let before = RolloutState {
-        lifecycle: rollout_core::Lifecycle::Queued,
-        ..rollout.state.clone()
-    };
+    let happened = Happened::rollout_created(&created);
     Ok(Decision::Change(Box::new(Change {
         flag_key: spec.flag.clone(),
         flag_version: stored.version,
-        flag: Some(updated),
+        flag: Some(created.flag),
         flag_created: false,
-        noted: vec![noted(EventKind::RolloutCreated, Some(&rollout.id))],
-        effects: Some((rollout.id.clone(), before, created.effects)),
-        rollout: Some((0, rollout)),
+        rollout: Some((0, created.rollout)),
         deleted_rollout: None,
-        noted_after: Vec::new(),
+        happened,
         result,
     })))
 }
@@ -567,9 +520,11 @@ fn rollout_event(
         flag_created: false,
         rollout: Some((rollout.state.revision, next)),
         deleted_rollout: None,
-        noted: Vec::new(),
-        effects: Some((rollout.id.clone(), rollout.state.clone(), effects)),
-        noted_after: Vec::new(),
+        happened: vec![Happened::Effects {
+            rollout_id: rollout.id.clone(),
+            before: rollout.state.clone(),
+            effects,
+        }],
         result,
     })))
 }
@@ -592,7 +547,7 @@ fn rollout_delete(
         flag: flag_key.clone(),
         rollout_id: Some(rollout.id.clone()),
     })?;
-    let mut effects = None;
+    let mut happened = Vec::new();
     let mut flag_after = None;
     if let (true, Some((_, record))) = (rollout.state.lifecycle.is_active(), stored_flag) {
         let stopped = transition::apply(
@@ -602,8 +557,14 @@ fn rollout_delete(
             context.now,
         )?;
         flag_after = Some(stopped.flag);
-        effects = Some((rollout.id.clone(), rollout.state.clone(), stopped.effects));
+        happened.push(Happened::Effects {
+            rollout_id: rollout.id.clone(),
+            before: rollout.state.clone(),
+            effects: stopped.effects,
+        });
     }
+    // deleted comes after stopped
+    happened.push(Happened::event(EventKind::RolloutDeleted, Some(rollout_id)));
     let Some((stored, record)) = stored_flag else {
         // a finished rollout of a deleted flag (a flag with an active rollout cannot be
         // deleted): the record goes, the flag's tombstone stays deleted at a new version
@@ -619,9 +580,7 @@ fn rollout_delete(
             flag_created: false,
             rollout: None,
             deleted_rollout: Some(rollout.clone()),
-            noted: Vec::new(),
-            effects: None,
-            noted_after: vec![noted(EventKind::RolloutDeleted, Some(rollout_id))],
+            happened,
             result,
         })));
     };
@@ -635,9 +594,7 @@ fn rollout_delete(
         flag_created: false,
         rollout: None,
         deleted_rollout: Some(rollout.clone()),
-        noted: Vec::new(),
-        effects,
-        noted_after: vec![noted(EventKind::RolloutDeleted, Some(rollout_id))],
+        happened,
         result,
     })))
 }
@@ -769,13 +726,17 @@ mod tests {
         let Ok(Decision::Change(change)) = decide(&command, &loaded, &context()) else {
             panic!("delete refused")
         };
-        let (_, _, effects) = change.effects.clone().expect("the stop");
+        let [Happened::Effects { effects, .. }, Happened::Event { kind, .. }] =
+            change.happened.as_slice()
+        else {
+            panic!("a stop, then the deletion: {:?}", change.happened)
+        };
         assert!(matches!(
             effects.as_slice(),
             [rollout_core::Effect::Stopped { .. }]
         ));
         assert_eq!(
-            change.noted_after[0].kind,
+            *kind,
             EventKind::RolloutDeleted,
             "deleted comes after stopped"
         );

@@ -267,24 +267,8 @@ fn build_mutation<'k>(
     if let Some(record) = change.deleted_rollout {
         mutation.delete_rollout(record);
     }
-    for noted in change.noted {
-        mutation.happened(
-            noted.kind,
-            noted.rollout_id.as_deref(),
-            noted.from,
-            noted.to,
-        );
-    }
-    if let Some((rollout_id, before, effects)) = &change.effects {
-        mutation.effects(rollout_id, before, effects);
-    }
-    for noted in change.noted_after {
-        mutation.happened(
-            noted.kind,
-            noted.rollout_id.as_deref(),
-            noted.from,
-            noted.to,
-        );
+    for happened in &change.happened {
+        mutation.record(happened);
     }
     mutation
 }

@@ -6,7 +6,7 @@
 //! rising per-flag versions. Both services therefore write byte-for-byte the same shapes.
 
 use rollout_core::transition::next_look;
-use rollout_core::{Effect, Lifecycle, Timestamp};
+use rollout_core::{Effect, Lifecycle, RolloutState, Timestamp, Transition};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
 use rollout_wire::keys::Keys;
@@ -39,6 +39,70 @@ pub struct Happening {
     pub from: Option<String>,
     /// Audit `to`.
     pub to: Option<String>,
+}
+
+/// What a change did, in order: each becomes audit entries and events of its commit. The
+/// one vocabulary from a decision (planner or ticker) to what [`Mutation`] writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Happened {
+    /// A plain happening: a flag created, updated, toggled or deleted; a rollout created
+    /// or deleted.
+    Event {
+        /// Its kind.
+        kind: EventKind,
+        /// The rollout concerned.
+        rollout_id: Option<String>,
+    },
+    /// The step function's effects on a rollout (started, steps entered, paused, ended…),
+    /// one event each.
+    Effects {
+        /// The rollout.
+        rollout_id: String,
+        /// Its state before (for the audit's `from`).
+        before: RolloutState,
+        /// The effects, in order.
+        effects: Vec<Effect>,
+    },
+}
+
+impl Happened {
+    /// A plain happening of `kind`.
+    pub fn event(kind: EventKind, rollout_id: Option<&str>) -> Happened {
+        Happened::Event {
+            kind,
+            rollout_id: rollout_id.map(str::to_owned),
+        }
+    }
+
+    /// How many events this appends (each raises the flag's version by one).
+    pub fn event_count(&self) -> u64 {
+        match self {
+            Happened::Event { .. } => 1,
+            Happened::Effects { effects, .. } => u64::try_from(effects.len()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// What creating a rollout did ([`rollout_core::transition::create`]): it was created,
+    /// then — if it started at once — the effects of starting, from a queued state.
+    pub fn rollout_created(created: &Transition) -> Vec<Happened> {
+        let id = &created.rollout.id;
+        vec![
+            Happened::event(EventKind::RolloutCreated, Some(id)),
+            Happened::Effects {
+                rollout_id: id.clone(),
+                before: RolloutState {
+                    lifecycle: Lifecycle::Queued,
+                    ..created.rollout.state.clone()
+                },
+                effects: created.effects.clone(),
+            },
+        ]
+    }
+}
+
+/// The events a list of happenings appends.
+pub fn event_count(happened: &[Happened]) -> u64 {
+    happened.iter().map(Happened::event_count).sum()
 }
 
 /// A change to one flag and at most one of its rollouts.
@@ -156,6 +220,35 @@ impl<'k> Mutation<'k> {
             last.event.figures = Some(figures);
         }
         self
+    }
+
+    /// A rollout created by [`rollout_core::transition::create`]: the flag after it
+    /// (`flag_created`: the flag is new in this same commit), the new rollout record, and
+    /// what happened ([`Happened::rollout_created`]).
+    pub fn rollout_created(
+        &mut self,
+        created: Transition,
+        flag_created: bool,
+    ) -> &mut Mutation<'k> {
+        for happened in Happened::rollout_created(&created) {
+            self.record(&happened);
+        }
+        self.flag(created.flag, flag_created);
+        self.rollout(0, created.rollout)
+    }
+
+    /// Records what happened ([`Mutation::happened`] or [`Mutation::effects`]).
+    pub fn record(&mut self, happened: &Happened) -> &mut Mutation<'k> {
+        match happened {
+            Happened::Event { kind, rollout_id } => {
+                self.happened(*kind, rollout_id.as_deref(), None, None)
+            }
+            Happened::Effects {
+                rollout_id,
+                before,
+                effects,
+            } => self.effects(rollout_id, before, effects),
+        }
     }
 
     /// Every effect of a step-function outcome on `rollout_id`, with `from`/`to` states.

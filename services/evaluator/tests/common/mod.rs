@@ -13,9 +13,7 @@ use redis::aio::ConnectionManager;
 use rollout_core::machine::Event;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
 use rollout_core::transition::{self, NewRollout};
-use rollout_core::{
-    compile, CompileContext, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
-};
+use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::{
@@ -365,17 +363,8 @@ impl Store {
             },
             now,
         );
-        let (updated, rollout) = (created.flag, created.rollout);
-        let before = RolloutState {
-            lifecycle: Lifecycle::Queued,
-            ..rollout.state.clone()
-        };
         let mut mutation = Mutation::new(&keys, name, &spec.flag, version, now, actor());
-        mutation
-            .flag(updated, false)
-            .happened(EventKind::RolloutCreated, Some(&rollout_id), None, None)
-            .effects(&rollout_id, &before, &created.effects)
-            .rollout(0, rollout);
+        mutation.rollout_created(created, false);
         (rollout_id, self.execute(mutation).await)
     }
 

@@ -14,9 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_core::transition::{self, NewRollout};
-use rollout_core::{
-    compile, CompileContext, DurationMs, Flag, Lifecycle, RolloutSpec, RolloutState, Timestamp,
-};
+use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::{
@@ -164,7 +162,7 @@ impl Harness {
             flag_json["kill_switch"] = kill_switch;
         }
         let flag: Flag = serde_json::from_value(flag_json).expect("flag");
-        let mut flag_record = FlagRecord {
+        let flag_record = FlagRecord {
             flag: flag.clone(),
             active_rollout: None,
             created_at: now,
@@ -211,18 +209,11 @@ impl Harness {
                 },
                 now,
             );
-            flag_record = created.flag;
-            let record = created.rollout;
-            let before = RolloutState {
-                lifecycle: Lifecycle::Queued,
-                ..record.state.clone()
-            };
-            mutation.happened(EventKind::RolloutCreated, Some(&id), None, None);
-            mutation.effects(&id, &before, &created.effects);
-            mutation.rollout(0, record.clone());
-            rollout = Some(record);
+            rollout = Some(created.rollout.clone());
+            mutation.rollout_created(created, true);
+        } else {
+            mutation.flag(flag_record, true);
         }
-        mutation.flag(flag_record, true);
         let prepared = mutation.into_commit(None).expect("commit builds");
         (prepared, rollout)
     }
