@@ -196,7 +196,7 @@ async fn commit_transition(
     };
     let previous = record.state.clone();
     let due = previous.due_at(&record.plan).filter(|due| *due <= now);
-    let moved = transition::settle(&flag_record, &record, outcome, now);
+    let moved = transition::settle(flag_record, record, outcome, now);
     let (flag_record, next, effects) = (moved.flag, moved.rollout, moved.effects);
 
     let transition = Transition::describe(&next, &previous, &effects, due);

@@ -91,23 +91,22 @@ pub fn apply(
     now: Timestamp,
 ) -> Result<Transition, Rejection> {
     let outcome = step(&rollout.plan, &rollout.state, event, now)?;
-    Ok(settle(flag, rollout, outcome, now))
+    Ok(settle(flag.clone(), rollout.clone(), outcome, now))
 }
 
 /// The transition a step `outcome` of `rollout` (a rollout of `flag`) makes at `now`, for a
 /// caller that ran the step function before reading the flag (the ticker reads the flag
 /// only when a tick changed something).
 pub fn settle(
-    flag: &FlagRecord,
-    rollout: &RolloutRecord,
+    mut flag: FlagRecord,
+    rollout: RolloutRecord,
     outcome: StepOutcome,
     now: Timestamp,
 ) -> Transition {
     let rollout = RolloutRecord {
         state: outcome.state,
-        ..rollout.clone()
+        ..rollout
     };
-    let mut flag = flag.clone();
     settle_flag(&mut flag, &rollout, &outcome.effects, now);
     Transition {
         flag,
