@@ -1089,6 +1089,23 @@ async fn create_checkout_rollout(system: &System, spec: Value) -> RolloutResult 
         .expect("rollout created")
 }
 
+/// Creates `flag` (the `checkout` flag) and a rollout of it serving the candidate to 50 %
+/// for an hour, then 100 %; returns the rollout.
+async fn start_half_checkout_rollout(system: &System, flag: &Flag) -> RolloutResult {
+    system
+        .cluster
+        .commands
+        .create_flag(flag.clone())
+        .await
+        .expect("flag created");
+    create_checkout_rollout(
+        system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await
+}
+
 /// Starts one more evaluator, asserts that every replica — the fresh one among them —
 /// serves what is committed, and stops it again.
 async fn assert_a_fresh_evaluator_agrees(system: &mut System) {
@@ -1106,18 +1123,7 @@ async fn assert_a_fresh_evaluator_agrees(system: &mut System) {
 async fn a_flag_edit_during_a_rollout_keeps_serving_the_rollout() {
     let mut system = System::start(1).await;
     let mut flag = checkout_flag();
-    system
-        .cluster
-        .commands
-        .create_flag(flag.clone())
-        .await
-        .expect("flag created");
-    let rollout = create_checkout_rollout(
-        &system,
-        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
-               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
-    )
-    .await;
+    let rollout = start_half_checkout_rollout(&system, &flag).await;
     assert_eq!(
         (rollout.state, rollout.current_step),
         (Lifecycle::Running, Some(0))
@@ -1179,18 +1185,7 @@ async fn an_event_too_large_for_nats_goes_out_without_its_snapshot_and_is_still_
     )
     .await;
     let mut flag = checkout_flag();
-    system
-        .cluster
-        .commands
-        .create_flag(flag.clone())
-        .await
-        .expect("flag created");
-    let rollout = create_checkout_rollout(
-        &system,
-        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
-               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
-    )
-    .await;
+    let rollout = start_half_checkout_rollout(&system, &flag).await;
     system.assert_served_matches_committed().await;
 
     // a description that makes the edit fit under max_payload and its event (the flag, its

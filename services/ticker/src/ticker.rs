@@ -198,18 +198,10 @@ impl Ticker {
     /// namespace the term does not hold yet. A fence above our epoch loses the term.
     pub async fn refresh_namespaces(&self, term: &mut Term) -> Result<(), TickerError> {
         let mut connection = self.context.redis.clone();
-        let names = namespaces::registered(&mut connection).await?;
-        for name in names {
-            if term.namespaces.contains_key(&name) {
+        for namespace in namespaces::registered(&mut connection).await? {
+            if term.namespaces.contains_key(namespace.as_str()) {
                 continue;
             }
-            let namespace = match Namespace::new(name.as_str()) {
-                Ok(namespace) => namespace,
-                Err(error) => {
-                    tracing::warn!(%error, namespace = %name, "skipping an invalid namespace in the registry");
-                    continue;
-                }
-            };
             let keys = Keys::new(&namespace);
             match self.lease.raise_fence(&keys, term.epoch).await? {
                 FenceRaise::Ours => {}
@@ -227,7 +219,8 @@ impl Ticker {
                 tracing::warn!(%error, namespace = %namespace, "kill switch index incomplete; rescanning later");
             }
             tracing::debug!(namespace = %namespace, epoch = term.epoch, "namespace fenced");
-            term.namespaces.insert(name, (namespace, keys));
+            term.namespaces
+                .insert(namespace.as_str().to_owned(), (namespace, keys));
         }
         term.namespaces_stale = false;
         Ok(())

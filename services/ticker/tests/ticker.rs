@@ -478,13 +478,9 @@ async fn a_guard_breach_rolls_back_with_its_figures() {
         )
         .await
         .expect("rollout");
-    let mut leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
-    let check_at = harness
-        .due_at(NS, &record.id)
-        .await
-        .expect("a health check is due");
-    let round = leader.round_at(check_at).await;
-    assert_eq!(round.looked_at, 1, "the rollout's health check was due");
+    let leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    // its first health check
+    leader.round_when_due(&harness, NS, &record.id).await;
     assert_eq!(
         harness.rollout(NS, &record.id).await.state.lifecycle,
         Lifecycle::Running,
@@ -682,13 +678,9 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
     )
     .await;
     let record = create_staged(&harness, now, None).await;
-    let mut leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
-    let check_at = harness
-        .due_at(NS, &record.id)
-        .await
-        .expect("a gate check is due");
-    let round = leader.round_at(check_at).await;
-    assert_eq!(round.looked_at, 1, "the rollout's gate check was due");
+    let leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    // its gate check
+    leader.round_when_due(&harness, NS, &record.id).await;
     assert_eq!(
         harness.rollout(NS, &record.id).await.state.step,
         Some(0),

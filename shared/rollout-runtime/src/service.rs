@@ -19,9 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, FromArgMatches};
 use serde::de::DeserializeOwned;
 
-use crate::config::{
-    config_error_report, ConfigError, LogSettings, OtlpSettings, ServiceArgs, Validate,
-};
+use crate::config::{config_error_report, LogSettings, OtlpSettings, ServiceArgs, Validate};
 use crate::connect::ConnectError;
 use crate::shutdown::Shutdown;
 use crate::telemetry::init_telemetry;
@@ -50,12 +48,6 @@ pub trait ExitStatus: std::fmt::Display {
 impl ExitStatus for ConnectError {
     fn exit_code(&self) -> u8 {
         EX_UNAVAILABLE
-    }
-}
-
-impl ExitStatus for ConfigError {
-    fn exit_code(&self) -> u8 {
-        EX_USAGE
     }
 }
 

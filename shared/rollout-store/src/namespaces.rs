@@ -7,14 +7,26 @@ use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 use rollout_core::Timestamp;
 use rollout_wire::keys;
+use rollout_wire::subjects::Namespace;
 
 use crate::StoreError;
 
-/// Every registered namespace name, in no order (names are validated by the reader).
+/// Every registered namespace, in no order. A name that is not a valid namespace (written
+/// by hand: writers register only validated ones) is skipped with a warning.
 pub async fn registered<C: ConnectionLike + Send + Sync>(
     connection: &mut C,
-) -> Result<Vec<String>, StoreError> {
-    Ok(connection.smembers(keys::namespaces()).await?)
+) -> Result<Vec<Namespace>, StoreError> {
+    let names: Vec<String> = connection.smembers(keys::namespaces()).await?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| match Namespace::new(name.as_str()) {
+            Ok(namespace) => Some(namespace),
+            Err(error) => {
+                tracing::warn!(%error, namespace = %name, "skipping an invalid namespace in the registry");
+                None
+            }
+        })
+        .collect())
 }
 
 /// Redis `TIME`, with `namespace` (re)written into the registry in the same round trip.

@@ -231,25 +231,19 @@ async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Resul
 /// The namespaces in Redis's registry and those held.
 async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> {
     let mut connection = shared.redis.clone();
-    let registered = namespaces::registered(&mut connection).await?;
-    let mut names: BTreeSet<String> = registered.into_iter().collect();
-    names.extend(
+    let mut known: BTreeSet<Namespace> = namespaces::registered(&mut connection)
+        .await?
+        .into_iter()
+        .collect();
+    // held namespaces were validated when they were loaded
+    known.extend(
         shared
             .snapshot
             .namespaces()
             .iter()
-            .map(|namespace| namespace.name().to_owned()),
+            .filter_map(|held| Namespace::new(held.name()).ok()),
     );
-    Ok(names
-        .into_iter()
-        .filter_map(|name| match Namespace::new(name.as_str()) {
-            Ok(namespace) => Some(namespace),
-            Err(error) => {
-                tracing::error!(%error, namespace = %name, "invalid namespace in the registry");
-                None
-            }
-        })
-        .collect())
+    Ok(known.into_iter().collect())
 }
 
 /// Redis's generation id: the stored one, or a fresh one stored now if it was missing.

@@ -390,7 +390,7 @@ where
 /// (instead of sleeping and hoping a loop ran).
 pub struct HandDriven {
     pub ticker: Ticker,
-    pub term: ticker::Term,
+    term: tokio::sync::Mutex<ticker::Term>,
 }
 
 impl HandDriven {
@@ -401,51 +401,65 @@ impl HandDriven {
             .await
             .expect("campaign")
             .expect("the lease is free");
-        HandDriven { ticker, term }
+        HandDriven {
+            ticker,
+            term: tokio::sync::Mutex::new(term),
+        }
     }
 
     /// One round at the current Redis time.
-    pub async fn round(&mut self) -> ticker::Round {
-        self.ticker.fire_due(&mut self.term).await.expect("round")
+    pub async fn round(&self) -> ticker::Round {
+        let mut term = self.term.lock().await;
+        self.ticker.fire_due(&mut term).await.expect("round")
     }
 
     /// One round as if Redis time were `now` (a transition a timer caused is still refused
     /// before its due time by the commit script).
-    pub async fn round_at(&mut self, now: Timestamp) -> ticker::Round {
-        self.ticker
-            .fire_round(&mut self.term, now)
+    pub async fn round_at(&self, now: Timestamp) -> ticker::Round {
+        let mut term = self.term.lock().await;
+        self.ticker.fire_round(&mut term, now).await.expect("round")
+    }
+
+    /// One round at the time `rollout_id` of `namespace` is next due (its next health or
+    /// gate check), asserting the round looked at it.
+    pub async fn round_when_due(
+        &self,
+        harness: &Harness,
+        namespace: &str,
+        rollout_id: &str,
+    ) -> ticker::Round {
+        let due = harness
+            .due_at(namespace, rollout_id)
             .await
-            .expect("round")
+            .unwrap_or_else(|| panic!("{rollout_id} is due for a look"));
+        let round = self.round_at(due).await;
+        assert_eq!(round.looked_at, 1, "the round looked at {rollout_id}");
+        round
     }
 
     /// Fires rounds until `check` returns `Some` (panicking after `deadline`), and returns it.
-    pub async fn rounds_until<T, F, Fut>(
-        &mut self,
-        what: &str,
-        deadline: Duration,
-        mut check: F,
-    ) -> T
+    pub async fn rounds_until<T, F, Fut>(&self, what: &str, deadline: Duration, mut check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            self.round().await;
-            if let Some(value) = check().await {
-                return value;
+        eventually(what, deadline, || {
+            let round = self.round();
+            let checked = check();
+            async move {
+                round.await;
+                checked.await
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "gave up after {deadline:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Ends the term, releasing the lease.
     pub async fn resign(self) {
-        self.ticker.resign(self.term).await.expect("resign");
+        self.ticker
+            .resign(self.term.into_inner())
+            .await
+            .expect("resign");
     }
 }
 
