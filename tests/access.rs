@@ -19,18 +19,18 @@ use futures_util::StreamExt;
 use planner::PlannerConfig;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use redis::aio::ConnectionManager;
-use rollout_core::Lifecycle;
+use rollout_core::{Lifecycle, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::connect::{connect_nats, connect_redis, ConnectErrorKind};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient, Namespace, RequestOptions};
+use rollout_store::Keys;
 use rollout_store::{
-    load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit, Relay,
-    StoreError,
+    load_flag, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay, StoreError,
+    Writer, Written,
 };
 use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisReply, RedisServer};
-use rollout_wire::events::EventKind;
-use rollout_wire::keys::Keys;
+use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::Subjects;
 use serde_json::{json, Value};
 use support::cluster::{
@@ -296,52 +296,63 @@ fn actor() -> Actor {
     }
 }
 
-/// The commit that creates (`version` 0) or replaces flag `key` of `prod`, built the way
-/// the planner builds it.
-async fn flag_commit(
+/// Key `rest` of namespace `prod` as the store lays it out (README's key table): the ACL
+/// tests name the keys the shipped `users.acl` patterns must cover, so they spell them.
+fn stored_key(rest: &str) -> String {
+    format!("ro:{{{NS}}}:{rest}")
+}
+
+/// The change that creates (`version` 0) or replaces flag `key` of `prod`, as the planner
+/// decides it, and the Redis time to commit it at.
+async fn flag_change(
     connection: &mut ConnectionManager,
-    keys: &Keys,
     key: &str,
     version: u64,
-) -> PreparedCommit {
+) -> (Change, Timestamp) {
     let now = redis_time(connection).await.expect("redis time");
-    let record = FlagRecord {
+    let mut change = Change::of_flag(key, version);
+    change.flag = Some(FlagRecord {
         flag: boolean_flag(key),
         active_rollout: None,
         created_at: now,
         updated_at: now,
-    };
-    let mut mutation = Mutation::new(keys, NS, key, version, now, actor());
+    });
+    change.flag_created = version == 0;
     let kind = if version == 0 {
         EventKind::FlagCreated
     } else {
         EventKind::FlagUpdated
     };
-    mutation
-        .flag(record, version == 0)
-        .happened(kind, None, None, None);
-    mutation.into_commit(None).expect("the commit builds")
+    change.happened = vec![Happened::event(kind, None)];
+    (change, now)
 }
 
-/// Commits a new version of existing flag `key` of `prod`; what it wrote, and its outbox
-/// entries.
+/// Commits change `change` at `now` through `writer`.
+async fn commit(
+    writer: &Writer,
+    (change, now): (Change, Timestamp),
+) -> Result<Written, StoreError> {
+    let namespace = Namespace::new(NS).expect("namespace");
+    writer
+        .commit(&namespace, change, actor(), now, Conditions::default())
+        .await
+}
+
+/// Commits a new version of existing flag `key` of `prod` through `writer` (reading with
+/// `connection`); the events it published.
 async fn commit_flag_update(
+    writer: &Writer,
     connection: &mut ConnectionManager,
     keys: &Keys,
     key: &str,
-) -> (PreparedCommit, Vec<String>) {
+) -> Vec<ChangeEvent> {
     let version = load_flag(connection, keys, key)
         .await
         .expect("the flag loads")
         .version;
-    let update = flag_commit(connection, keys, key, version).await;
-    match update
-        .commit
-        .execute(connection)
-        .await
-        .expect("commit runs")
-    {
-        CommitOutcome::Committed { outbox_ids, .. } => (update, outbox_ids),
+    let update = flag_change(connection, key, version).await;
+    match commit(writer, update).await.expect("commit runs") {
+        Written::Committed { events, .. } => events,
         refused => panic!("the update was refused: {refused:?}"),
     }
 }
@@ -547,22 +558,17 @@ async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
     rollout_runtime::telemetry::init_for_tests();
     let redis = restricted_redis();
     let keys = Keys::new(&Namespace::new(NS).expect("namespace"));
-    let flag_key = keys.flag("checkout");
+    let flag_key = stored_key("flag:checkout");
 
     // the planner commits a flag through the commit script (which Redis now has cached)
     let mut planner = redis_connection(&redis, "planner").await;
-    let created = flag_commit(&mut planner, &keys, "checkout", 0).await;
-    let outcome = created
-        .commit
-        .execute(&mut planner)
+    let created = flag_change(&mut planner, "checkout", 0).await;
+    let outcome = commit(&Writer::unpublished(planner.clone()), created)
         .await
         .expect("the planner runs the commit script");
-    assert!(
-        matches!(outcome, CommitOutcome::Committed { .. }),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Written::Committed { .. }), "{outcome:?}");
     let before = admin(&redis, &["HGETALL", &flag_key]);
-    let outbox_before = admin(&redis, &["XLEN", &keys.outbox()]);
+    let outbox_before = admin(&redis, &["XLEN", &stored_key("outbox")]);
 
     // the evaluator reads it, as it must to serve it
     let mut evaluator = redis_connection(&redis, "evaluator").await;
@@ -572,10 +578,8 @@ async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
     assert_eq!(stored.version, 1);
 
     // but the commit itself, the way every writer runs it, is refused
-    let update = flag_commit(&mut evaluator, &keys, "checkout", 1).await;
-    let refused = update
-        .commit
-        .execute(&mut evaluator)
+    let update = flag_change(&mut evaluator, "checkout", 1).await;
+    let refused = commit(&Writer::unpublished(evaluator.clone()), update)
         .await
         .expect_err("the evaluator may not commit");
     match &refused {
@@ -607,12 +611,19 @@ async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
         &["HSET", &flag_key, "rev", "99", "data", "forged"],
         &["HDEL", &flag_key, "data"],
         &["DEL", &flag_key],
-        &["HSET", &keys.rollout("r-1"), "rev", "1", "data", "forged"],
-        &["SADD", &keys.flags(), "forged"],
-        &["ZADD", &keys.due(), "0", "r-1"],
-        &["LPUSH", &keys.audit_flag("checkout"), "forged"],
-        &["XADD", &keys.outbox(), "*", "event", "forged"],
-        &["SET", &keys.fence(), "999"],
+        &[
+            "HSET",
+            &stored_key("rollout:r-1"),
+            "rev",
+            "1",
+            "data",
+            "forged",
+        ],
+        &["SADD", &stored_key("flags"), "forged"],
+        &["ZADD", &stored_key("due"), "0", "r-1"],
+        &["LPUSH", &stored_key("audit:flag:checkout"), "forged"],
+        &["XADD", &stored_key("outbox"), "*", "event", "forged"],
+        &["SET", &stored_key("fence"), "999"],
         &["SADD", "ro:namespaces", "forged"],
     ];
     attempts.extend(
@@ -630,9 +641,12 @@ async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
 
     // nothing changed; Redis logged every refusal, all of them the evaluator's
     assert_eq!(admin(&redis, &["HGETALL", &flag_key]), before);
-    assert_eq!(admin(&redis, &["XLEN", &keys.outbox()]), outbox_before);
     assert_eq!(
-        admin(&redis, &["EXISTS", &keys.rollout("r-1")]),
+        admin(&redis, &["XLEN", &stored_key("outbox")]),
+        outbox_before
+    );
+    assert_eq!(
+        admin(&redis, &["EXISTS", &stored_key("rollout:r-1")]),
         RedisReply::Integer(0)
     );
     let denials = acl_denials(&redis);
@@ -644,9 +658,9 @@ async fn the_evaluator_can_neither_run_the_commit_script_nor_write_records() {
         "evaluator command evalsha".to_owned(),
         "evaluator command eval".to_owned(),
         format!("evaluator key {flag_key}"),
-        format!("evaluator key {}", keys.rollout("r-1")),
-        format!("evaluator key {}", keys.due()),
-        format!("evaluator key {}", keys.fence()),
+        format!("evaluator key {}", stored_key("rollout:r-1")),
+        format!("evaluator key {}", stored_key("due")),
+        format!("evaluator key {}", stored_key("fence")),
     ] {
         assert!(denials.contains(&expected), "{expected}: {denials:#?}");
     }
@@ -1140,7 +1154,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     );
     // every event was relayed and its outbox entry removed: the relays' delivery proof
     // (a request to their own echo subscription, under their inbox prefix) went through
-    let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
+    let outbox = stored_key("outbox");
     eventually("the outbox to drain", PATIENCE, || async {
         (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
     })
@@ -1250,26 +1264,24 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
         .await
         .expect("ticker connects");
     let relay = Relay::new(ticker_nats, ticker_redis.clone(), Subjects::default());
+    let writer = Writer::publishing(ticker_redis.clone(), relay);
     let mut planner_redis = redis_connection(redis, "planner").await;
-    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
     let mut events = operator
         .subscribe(format!("rollout.events.{NS}.inboxes"))
         .await
         .expect("events");
     operator.flush().await.expect("flush");
-    relay
-        .publish_committed(&keys, &update.events, &outbox_ids)
-        .await;
+    let published = commit_flag_update(&writer, &mut planner_redis, &keys, "inboxes").await;
     let event = tokio::time::timeout(PATIENCE, events.next())
         .await
         .expect("the event arrives")
         .expect("open");
     assert_eq!(
         rollout_sdk::decode_event(&event).expect("event").version,
-        update.flag_version
+        published.last().expect("one event").version
     );
     assert_eq!(
-        admin(redis, &["XLEN", &keys.outbox()]),
+        admin(redis, &["XLEN", &stored_key("outbox")]),
         RedisReply::Integer(0),
         "the relay proved delivery and trimmed the outbox"
     );
@@ -1348,13 +1360,11 @@ async fn each_nats_user_gets_replies_only_under_its_own_inbox() {
     let unprefixed_ticker = connect_nats(&nats_settings(&nats.url(), &login("ticker")), "ticker")
         .await
         .expect("ticker connects");
-    let blind_relay = Relay::new(unprefixed_ticker, ticker_redis, Subjects::default());
-    let (update, outbox_ids) = commit_flag_update(&mut planner_redis, &keys, "inboxes").await;
-    blind_relay
-        .publish_committed(&keys, &update.events, &outbox_ids)
-        .await;
+    let blind_relay = Relay::new(unprefixed_ticker, ticker_redis.clone(), Subjects::default());
+    let blind_writer = Writer::publishing(ticker_redis, blind_relay);
+    commit_flag_update(&blind_writer, &mut planner_redis, &keys, "inboxes").await;
     assert_eq!(
-        admin(redis, &["XLEN", &keys.outbox()]),
+        admin(redis, &["XLEN", &stored_key("outbox")]),
         RedisReply::Integer(1),
         "no proof, no trim"
     );
@@ -1544,7 +1554,7 @@ async fn guards_fleet_gates_kill_switches_and_queries_work_under_the_shipped_res
     assert_eq!(keys, ["checkout", "firmware"]);
 
     // every event relayed, and nobody but nothing refused
-    let outbox = Keys::new(&Namespace::new(NS).expect("namespace")).outbox();
+    let outbox = stored_key("outbox");
     eventually("the outbox to drain", PATIENCE, || async {
         (admin(redis, &["XLEN", &outbox]) == RedisReply::Integer(0)).then_some(())
     })

@@ -660,7 +660,7 @@ async fn planner_killed_mid_command() {
         ),
         (
             "ROLLOUT_FAILPOINTS".to_owned(),
-            "planner.after_commit".to_owned(),
+            "write.after_commit".to_owned(),
         ),
         ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
     ]);

@@ -1,8 +1,10 @@
-//! Benchmark state written straight to Redis the way the planner writes it — a store
-//! [`Mutation`] through the one commit script — for set-ups too large to send as commands
-//! (10 000 flags, 100 000 rollouts). Events are not published (evaluators started
-//! afterwards load the state; the ticker reads its due index), and bulk set-ups drop their
-//! outbox so no sweep publishes 100 000 stale events mid-measurement.
+//! Benchmark state written the way the planner writes it — the core's
+//! [`transition::create`] committed by the store's one [`Writer`] — for set-ups too large
+//! to send as commands (10 000 flags, 100 000 rollouts) or that need what commands do not
+//! let a client choose: rollout ids the scenario can recognise (`r-<salt>`) and one
+//! creation time for a whole wave, so due times are exact. Events are not published
+//! (evaluators started afterwards load the state; the ticker reads its due index), and bulk
+//! set-ups drop their outbox so no sweep publishes 100 000 stale events mid-measurement.
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -11,10 +13,9 @@ use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
 use rollout_store::{
-    load_flag, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, PreparedCommit,
+    load_flag, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Writer, Written,
 };
 use rollout_wire::events::EventKind;
-use rollout_wire::keys::{self, Keys};
 use rollout_wire::subjects::Namespace;
 use serde_json::json;
 
@@ -24,6 +25,7 @@ use crate::progress;
 #[derive(Clone)]
 pub struct Seeder {
     redis: ConnectionManager,
+    writer: Writer,
 }
 
 impl std::fmt::Debug for Seeder {
@@ -43,7 +45,10 @@ fn actor() -> Actor {
 impl Seeder {
     /// A seeder on `redis`.
     pub fn new(redis: ConnectionManager) -> Seeder {
-        Seeder { redis }
+        Seeder {
+            writer: Writer::unpublished(redis.clone()),
+            redis,
+        }
     }
 
     /// The Redis clock.
@@ -54,15 +59,19 @@ impl Seeder {
             .context("reading redis time")
     }
 
-    async fn execute(&self, prepared: PreparedCommit) -> anyhow::Result<()> {
-        let mut connection = self.redis.clone();
-        match prepared
-            .commit
-            .execute(&mut connection)
+    async fn commit(
+        &self,
+        namespace: &Namespace,
+        change: Change,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        match self
+            .writer
+            .commit(namespace, change, actor(), now, Conditions::default())
             .await
             .context("running the commit script")?
         {
-            CommitOutcome::Committed { .. } => Ok(()),
+            Written::Committed { .. } => Ok(()),
             other => bail!("commit refused: {other:?}"),
         }
     }
@@ -70,42 +79,32 @@ impl Seeder {
     /// Adds `namespace` to the registry evaluators load and tickers fence.
     pub async fn register_namespace(&self, namespace: &Namespace) -> anyhow::Result<()> {
         let mut connection = self.redis.clone();
-        let _: i64 = redis::cmd("SADD")
-            .arg(keys::namespaces())
-            .arg(namespace.as_str())
-            .query_async(&mut connection)
+        rollout_store::namespaces::register(&mut connection, namespace)
             .await
-            .context("registering the namespace")?;
-        Ok(())
+            .context("registering the namespace")
     }
 
     /// Drops `namespace`'s outbox: nobody relays bulk set-up events.
     pub async fn drop_outbox(&self, namespace: &Namespace) -> anyhow::Result<()> {
         let mut connection = self.redis.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(Keys::new(namespace).outbox())
-            .query_async(&mut connection)
+        rollout_store::outbox::discard(&mut connection, &rollout_store::Keys::new(namespace))
             .await
-            .context("dropping the outbox")?;
-        Ok(())
+            .context("dropping the outbox")
     }
 
     /// Creates `flag` in `namespace`.
     pub async fn create_flag(&self, namespace: &Namespace, flag: Flag) -> anyhow::Result<()> {
-        let keys = Keys::new(namespace);
         let now = self.now().await?;
-        let key = flag.key.clone();
-        let record = FlagRecord {
+        let mut change = Change::of_flag(&flag.key, 0);
+        change.flag = Some(FlagRecord {
             flag,
             active_rollout: None,
             created_at: now,
             updated_at: now,
-        };
-        let mut mutation = Mutation::new(&keys, namespace.as_str(), &key, 0, now, actor());
-        mutation
-            .flag(record, true)
-            .happened(EventKind::FlagCreated, None, None, None);
-        self.execute(mutation.into_commit(None)?).await
+        });
+        change.flag_created = true;
+        change.happened = vec![Happened::event(EventKind::FlagCreated, None)];
+        self.commit(namespace, change, now).await
     }
 
     /// Creates and starts a rollout `r-<salt>` of `spec` (its flag exists) with `salt`.
@@ -115,21 +114,13 @@ impl Seeder {
         spec: RolloutSpec,
         salt: &str,
     ) -> anyhow::Result<()> {
-        let keys = Keys::new(namespace);
+        let keys = rollout_store::Keys::new(namespace);
         let mut connection = self.redis.clone();
         let now = self.now().await?;
         let stored = load_flag(&mut connection, &keys, &spec.flag).await?;
         let record = stored.record.context("rollout of a missing flag")?;
-        let mut mutation = Mutation::new(
-            &keys,
-            namespace.as_str(),
-            &spec.flag,
-            stored.version,
-            now,
-            actor(),
-        );
-        add_rollout(&mut mutation, namespace, (record, false), spec, salt, now)?;
-        self.execute(mutation.into_commit(None)?).await
+        let change = rollout_created(namespace, (&record, stored.version), spec, salt, now)?;
+        self.commit(namespace, change, now).await
     }
 
     /// `count` flags `flag-<i>` of the typical shape (two variations, one rule), every
@@ -174,20 +165,18 @@ impl Seeder {
         spec_of: impl Fn(u32) -> serde_json::Value,
     ) -> anyhow::Result<()> {
         self.register_namespace(namespace).await?;
-        let keys = Keys::new(namespace);
         let bar = progress::counter("seeding", u64::from(count));
         let mut commits = futures_util::stream::iter(0..count)
             .map(|index| {
                 let key = format!("{prefix}-{index}");
-                let prepared = prepare_flag_with_rollout(
-                    &keys,
+                let change = flag_with_rollout(
                     namespace,
                     &key,
                     spec_of(index),
                     now,
                     &format!("{prefix}-{index}"),
                 );
-                async move { self.execute(prepared?).await }
+                async move { self.commit(namespace, change?, now).await }
             })
             .buffer_unordered(concurrency);
         while let Some(committed) = commits.next().await {
@@ -199,18 +188,17 @@ impl Seeder {
     }
 }
 
-/// Compiles `spec` for the flag at `now` with `salt`, and adds the running rollout
-/// `r-<salt>` to `mutation` as the planner's create does; `flag.1` says the flag is new in
-/// this commit.
-fn add_rollout(
-    mutation: &mut Mutation<'_>,
+/// The change creating the running rollout `r-<salt>` of `spec` (compiled at `now` with
+/// `salt`) on `flag`, loaded at `flag.1` (0: the flag is new in the same change), as the
+/// planner's `rollout.create` does.
+fn rollout_created(
     namespace: &Namespace,
-    flag: (FlagRecord, bool),
+    flag: (&FlagRecord, u64),
     spec: RolloutSpec,
     salt: &str,
     now: Timestamp,
-) -> anyhow::Result<()> {
-    let (flag_record, flag_created) = flag;
+) -> anyhow::Result<Change> {
+    let (flag_record, flag_version) = flag;
     let context = CompileContext {
         now,
         min_phase_interval: DEFAULT_MIN_PHASE_INTERVAL,
@@ -218,11 +206,10 @@ fn add_rollout(
     };
     let plan = compile(&spec, &flag_record.flag, &context)
         .map_err(|errors| anyhow::anyhow!("the benchmark spec does not compile: {errors}"))?;
-    let rollout_id = format!("r-{salt}");
     let created = transition::create(
-        &flag_record,
+        flag_record,
         NewRollout {
-            id: rollout_id.clone(),
+            id: format!("r-{salt}"),
             namespace: namespace.as_str().to_owned(),
             spec,
             plan,
@@ -231,20 +218,22 @@ fn add_rollout(
         },
         now,
     );
-    mutation.rollout_created(created, flag_created);
-    Ok(())
+    Ok(Change::rollout_created(
+        flag_version,
+        flag_version == 0,
+        created,
+    ))
 }
 
-/// One commit creating flag `key` (variations `off`/`on`, serving `off`) with a running
+/// One change creating flag `key` (variations `off`/`on`, serving `off`) with a running
 /// rollout of `spec` (its `flag`, `baseline` and `candidate` filled in when absent).
-pub fn prepare_flag_with_rollout(
-    keys: &Keys,
+pub fn flag_with_rollout(
     namespace: &Namespace,
     key: &str,
     spec: serde_json::Value,
     now: Timestamp,
     salt: &str,
-) -> anyhow::Result<PreparedCommit> {
+) -> anyhow::Result<Change> {
     let flag = typical_flag(key)?;
     let mut spec = spec;
     let object = spec.as_object_mut().context("a spec is an object")?;
@@ -258,17 +247,11 @@ pub fn prepare_flag_with_rollout(
         created_at: now,
         updated_at: now,
     };
-    let mut mutation = Mutation::new(keys, namespace.as_str(), key, 0, now, actor());
-    mutation.happened(EventKind::FlagCreated, None, None, None);
-    add_rollout(
-        &mut mutation,
-        namespace,
-        (flag_record, true),
-        spec,
-        salt,
-        now,
-    )?;
-    Ok(mutation.into_commit(None)?)
+    let mut change = rollout_created(namespace, (&flag_record, 0), spec, salt, now)?;
+    change
+        .happened
+        .insert(0, Happened::event(EventKind::FlagCreated, None));
+    Ok(change)
 }
 
 /// Two boolean variations, one targeting rule, default off.

@@ -17,11 +17,12 @@ use rollout_core::{Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport, RequestOptions};
+use rollout_store::reads::{audit_page, AuditLog};
+use rollout_store::Keys;
 use rollout_store::{load_flag, load_rollout, redis_time, RolloutRecord};
 use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
 use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::keys::{self, Keys};
 use rollout_wire::queries::AuditEntry;
 use serde_json::json;
 use tempfile::TempDir;
@@ -421,12 +422,9 @@ impl Cluster {
     /// Leadership terms won so far: the epoch counter (it only rises).
     pub async fn epoch_counter(&self) -> u64 {
         let mut connection = self.redis_conn.clone();
-        let value: Option<u64> = redis::cmd("GET")
-            .arg(keys::ticker_epoch())
-            .query_async(&mut connection)
+        rollout_store::lease::epoch_counter(&mut connection)
             .await
-            .unwrap_or(None);
-        value.unwrap_or(0)
+            .unwrap_or(0)
     }
 
     /// Fence rejections every ticker process logged (stale transitions and due-index
@@ -522,13 +520,10 @@ impl Cluster {
     /// step beginning at `boundary` (or later).
     pub async fn advanced_past(&self, boundary: Timestamp) -> usize {
         let mut connection = self.redis_conn.clone();
-        redis::cmd("ZCOUNT")
-            .arg(self.keys().due())
-            .arg(format!("({}", boundary.as_millis()))
-            .arg("+inf")
-            .query_async(&mut connection)
+        let after = rollout_store::due::count_after(&mut connection, &self.keys(), boundary)
             .await
-            .unwrap_or(0)
+            .unwrap_or(0);
+        usize::try_from(after).unwrap_or(usize::MAX)
     }
 
     /// Stops every rollout of `workload` that is still active (the faults are over; this
@@ -585,34 +580,19 @@ impl Cluster {
 
     /// A rollout's audit, oldest first.
     pub async fn rollout_audit(&self, id: &str) -> Vec<AuditEntry> {
-        self.audit(&self.keys().audit_rollout(id)).await
+        self.audit(AuditLog::Rollout(id)).await
     }
 
     /// A flag's audit, oldest first.
     pub async fn flag_audit(&self, key: &str) -> Vec<AuditEntry> {
-        self.audit(&self.keys().audit_flag(key)).await
+        self.audit(AuditLog::Flag(key)).await
     }
 
-    async fn audit(&self, key: &str) -> Vec<AuditEntry> {
+    async fn audit(&self, log: AuditLog<'_>) -> Vec<AuditEntry> {
         let mut connection = self.redis_conn.clone();
-        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
+        let (_, mut entries) = audit_page(&mut connection, &self.keys(), log, 0, u32::MAX)
             .await
-            .expect("lrange");
-        let mut entries: Vec<AuditEntry> = raw
-            .iter()
-            .map(|bytes| {
-                rollout_wire::codec::decode_with(
-                    bytes,
-                    Encoding::MessagePack,
-                    rollout_wire::codec::Limits::SERVICE_OUTPUT,
-                )
-                .expect("audit entry decodes")
-            })
-            .collect();
+            .expect("the audit reads");
         entries.reverse();
         entries
     }
@@ -620,9 +600,7 @@ impl Cluster {
     /// Entries waiting in the namespace's outbox.
     pub async fn outbox_len(&self) -> u64 {
         let mut connection = self.redis_conn.clone();
-        redis::cmd("XLEN")
-            .arg(self.keys().outbox())
-            .query_async(&mut connection)
+        rollout_store::outbox::pending(&mut connection, &self.keys())
             .await
             .unwrap_or(0)
     }

@@ -48,12 +48,12 @@ use rollout_core::{
 };
 use rollout_sdk::Namespace;
 use rollout_store::fleet::{load_agents, Agent};
+use rollout_store::Keys;
 use rollout_store::{load_flag, load_rollout};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::{decode_reply, ErrorCode};
 use rollout_wire::eval::{EvalMany, EvalRequest};
 use rollout_wire::fleet::{Desired, DesiredQuery};
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{FleetVerb, Subjects};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -535,12 +535,14 @@ impl Oracle {
     /// Every flag key of the namespace, sorted.
     pub async fn flag_keys(&self) -> Result<Vec<String>, String> {
         let mut connection = self.redis.clone();
-        let listed: BTreeSet<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys().flags())
-            .query_async(&mut connection)
+        let listed = rollout_store::reads::flag_keys(&mut connection, &self.keys())
             .await
             .map_err(|error| format!("reading the flag index: {error}"))?;
-        Ok(listed.into_iter().collect())
+        Ok(listed
+            .into_iter()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect())
     }
 
     /// The committed state of the flags of the namespace (of `only` those, when given) and
@@ -617,20 +619,10 @@ impl Oracle {
 
     /// The versions of `flags`, in one pipeline.
     async fn versions(&self, flags: &[String]) -> Result<Vec<u64>, String> {
-        let keys = self.keys();
-        let mut pipe = redis::pipe();
-        for flag in flags {
-            pipe.hget(keys.flag(flag), "rev");
-        }
         let mut connection = self.redis.clone();
-        let versions: Vec<Option<u64>> = pipe
-            .query_async(&mut connection)
+        rollout_store::reads::flag_versions(&mut connection, &self.keys(), flags)
             .await
-            .map_err(|error| format!("reading flag versions: {error}"))?;
-        Ok(versions
-            .into_iter()
-            .map(|version| version.unwrap_or(0))
-            .collect())
+            .map_err(|error| format!("reading flag versions: {error}"))
     }
 
     /// Asks every replica over OFREP, then NATS and (for agents) fleet `desired` through

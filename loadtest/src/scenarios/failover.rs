@@ -30,9 +30,9 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_core::Timestamp;
 use rollout_store::{load_rollout, redis_time, RolloutRecord};
-use rollout_wire::codec::{self, Encoding};
+
+use rollout_store::Keys;
 use rollout_wire::events::EventKind;
-use rollout_wire::keys::Keys;
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Subjects;
 use serde::Serialize;
@@ -393,17 +393,15 @@ async fn read_back(
                 let record = load_rollout(&mut connection, keys, &rollout_id)
                     .await?
                     .with_context(|| format!("rollout {rollout_id} is missing"))?;
-                let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                    .arg(keys.audit_rollout(&rollout_id))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut connection)
-                    .await?;
-                let audit = raw
-                    .iter()
-                    .map(|bytes| codec::decode::<AuditEntry>(bytes, Encoding::MessagePack))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| anyhow::anyhow!("audit of {rollout_id}: {error}"))?;
+                let (_, audit) = rollout_store::reads::audit_page::<_, AuditEntry>(
+                    &mut connection,
+                    keys,
+                    rollout_store::reads::AuditLog::Rollout(&rollout_id),
+                    0,
+                    u32::MAX,
+                )
+                .await
+                .with_context(|| format!("audit of {rollout_id}"))?;
                 Ok::<_, anyhow::Error>(ReadBack { record, audit })
             }
         })

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rollout_core::Timestamp;
 use rollout_store::load_rollout;
-use rollout_wire::keys::Keys;
+use rollout_store::Keys;
 use rollout_wire::subjects::{Namespace, Subjects};
 use serde_json::json;
 use ticker::TickerSettings;
@@ -165,9 +165,7 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
     if !servers.is_private() {
         // the rollouts' next steps are due in an hour: keep the cluster from firing them
         let mut connection = redis.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(Keys::new(&namespace).due())
-            .query_async(&mut connection)
+        rollout_store::due::clear(&mut connection, &Keys::new(&namespace))
             .await
             .context("clearing the benchmark's due index")?;
         recorder.note(format!(

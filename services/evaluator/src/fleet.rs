@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use rollout_core::plan::{stage_of, Audience};
 use rollout_core::{DurationMs, Entity, Labels, ViewAudience};
 use rollout_store::fleet::{self, Agent, Report};
+use rollout_store::Keys;
 use rollout_store::StoreError;
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
 use rollout_wire::fleet::{
     AgentAck, AgentHeartbeat, AgentRegister, AgentReport, Desired, DesiredQuery, FleetRequest,
     ReportStatus,
 };
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{Namespace, Route};
 use serde::Serialize;
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::outcomes::{add_tallies, Side, Tallies, Tally};
-use rollout_wire::keys::Keys;
+use rollout_store::Keys;
 use rollout_wire::outcomes::{decode_outcomes, Outcome, OutcomeReport};
 use rollout_wire::subjects::{Namespace, Route};
 

@@ -37,20 +37,16 @@ async fn agents_silent_past_their_expiry_are_forgotten() {
     };
     register("departed").await;
     let store = servers.store().await;
-    let agents_key = rollout_wire::keys::Keys::new(&namespace(NS)).agents();
+    let keys = rollout_store::Keys::new(&namespace(NS));
 
     // the departed machine says nothing more; another one keeps registering and beating
     eventually("the departed agent is forgotten", || async {
         register("present").await;
         let mut connection = store.redis.clone();
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&agents_key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
+        let members = rollout_store::fleet::load_agents(&mut connection, &keys)
             .await
             .expect("zrange");
-        members == ["present"]
+        members.len() == 1 && members[0].id == "present"
     })
     .await;
     let beat = request(

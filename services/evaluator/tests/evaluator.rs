@@ -14,10 +14,10 @@ use rollout_core::machine::Event;
 use rollout_core::{DurationMs, Flag, RolloutSpec, Timestamp};
 use rollout_store::fleet::{load_reports, load_stage_counts};
 use rollout_store::outcomes::load_outcome_counts;
+use rollout_store::Keys;
 use rollout_wire::codec::Encoding;
 use rollout_wire::envelope::ErrorCode;
 use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{FleetVerb, Subjects};
 
 const ENTITIES: usize = 10_000;
@@ -1486,7 +1486,7 @@ async fn fleet_agents_are_evaluated_with_their_registered_attributes() {
     let mut connection = store.redis.clone();
     let stored = rollout_store::fleet::load_agent(
         &mut connection,
-        &rollout_wire::keys::Keys::new(&namespace(NS)),
+        &rollout_store::Keys::new(&namespace(NS)),
         "arm-1",
     )
     .await

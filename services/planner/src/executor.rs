@@ -1,5 +1,5 @@
-//! Executes commands: load the records, [`decide`], commit through the store's one script,
-//! publish the committed events, reply. A revision conflict (another planner replica or
+//! Executes commands: load the records, [`decide`], commit the change through the store's
+//! [`Writer`] (which publishes its events), reply. A revision conflict (another planner replica or
 //! the ticker changed the same flag or rollout meanwhile) means load and decide again; a
 //! command id seen before returns its first outcome and changes nothing.
 
@@ -8,18 +8,17 @@ use std::time::Duration;
 use rand::Rng;
 use rollout_core::DurationMs;
 use rollout_runtime::telemetry::trace_id_of;
+use rollout_store::Keys;
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
-    Actor, CommitOutcome, Connection, Mutation, RolloutRecord, StoreError,
+    Actor, Conditions, Connection, StoreError, Writer, Written,
 };
 use rollout_wire::codec::Encoding;
-use rollout_wire::commands::Command;
+use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{decode_reply, encode_reply, ErrorCode, WireError};
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 
-use crate::decide::{decide, Change, DecideContext, Decision, Loaded};
-use rollout_store::Relay;
+use crate::decide::{decide, DecideContext, Decision, Loaded};
 
 /// How often a command is decided again after revision conflicts before giving up.
 const MAX_ATTEMPTS: u32 = 16;
@@ -28,16 +27,16 @@ const MAX_ATTEMPTS: u32 = 16;
 #[derive(Clone, Debug)]
 pub struct Executor {
     redis: Connection,
-    relay: Relay,
+    writer: Writer,
     min_phase_interval: DurationMs,
 }
 
 impl Executor {
-    /// An executor committing through `redis` and publishing through `relay`.
-    pub fn new(redis: Connection, relay: Relay, min_phase_interval: DurationMs) -> Executor {
+    /// An executor reading through `redis` and committing through `writer`.
+    pub fn new(redis: Connection, writer: Writer, min_phase_interval: DurationMs) -> Executor {
         Executor {
             redis,
-            relay,
+            writer,
             min_phase_interval,
         }
     }
@@ -48,7 +47,7 @@ impl Executor {
         namespace: &Namespace,
         command: &Command,
         traceparent: Option<String>,
-    ) -> Result<serde_json::Value, WireError> {
+    ) -> Result<CommandReply, WireError> {
         self.execute_keyed(namespace, command, command.command_id(), traceparent)
             .await
     }
@@ -61,7 +60,7 @@ impl Executor {
         command: &Command,
         key: Option<&str>,
         traceparent: Option<String>,
-    ) -> Result<serde_json::Value, WireError> {
+    ) -> Result<CommandReply, WireError> {
         command.validate()?;
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
@@ -97,44 +96,29 @@ impl Executor {
                 traceparent: traceparent.clone(),
                 expected_step,
             };
-            let change = match decide(command, &loaded, &context) {
-                Ok(Decision::Change(change)) => change,
-                Ok(Decision::Unchanged(result)) => {
-                    return remember(&mut connection, &keys, command_id.as_deref(), Ok(result))
-                        .await
+            let (change, reply) = match decide(command, &loaded, &context) {
+                Ok(Decision::Changed { change, reply }) => (change, reply),
+                Ok(Decision::Unchanged(reply)) => {
+                    return remember(&mut connection, &keys, command_id.as_deref(), Ok(reply)).await
                 }
                 Err(error) => {
                     return remember(&mut connection, &keys, command_id.as_deref(), Err(error))
                         .await
                 }
             };
-            let result = change.result.clone();
-            let stored = encode_reply::<serde_json::Value>(&Ok(result.clone()), Encoding::Json);
-            let prepared = build_mutation(
-                &keys,
-                namespace,
-                now,
-                actor.clone(),
-                *change,
-                loaded.active_rollout.as_ref(),
-            )
-            .into_commit(Some(stored))
-            .map_err(|error| error.to_wire())?;
-            match prepared
-                .commit
-                .execute(&mut connection)
+            let conditions = Conditions {
+                outcome: Some(encode_reply(&Ok::<_, WireError>(&reply), Encoding::Json)),
+                ..Conditions::default()
+            };
+            match self
+                .writer
+                .commit(namespace, *change, actor.clone(), now, conditions)
                 .await
                 .map_err(|error| error.to_wire())?
             {
-                CommitOutcome::Committed { outbox_ids, .. } => {
-                    crate::failpoint::hit("planner.after_commit");
-                    self.relay
-                        .publish_committed(&keys, &prepared.events, &outbox_ids)
-                        .await;
-                    return Ok(result);
-                }
-                CommitOutcome::Duplicate(first) => return decode_reply(&first, Encoding::Json),
-                CommitOutcome::Conflict { key, actual } => {
+                Written::Committed { .. } => return Ok(reply),
+                Written::Duplicate(first) => return decode_reply(&first, Encoding::Json),
+                Written::Conflict { key, actual } => {
                     // decide again on fresh records, but never move a rollout on from a
                     // step other than the one this decision saw (a `continue` racing a
                     // timer must not move two steps)
@@ -148,7 +132,7 @@ impl Executor {
                     let jitter_ms = rand::rng().random_range(0..=(1_u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
                 }
-                CommitOutcome::Fenced { .. } | CommitOutcome::Early { .. } => {
+                Written::Fenced { .. } | Written::Early { .. } => {
                     return Err(WireError::internal(
                         "planner commits carry neither fence nor due time",
                     ));
@@ -175,8 +159,8 @@ async fn remember(
     connection: &mut Connection,
     keys: &Keys,
     command_id: Option<&str>,
-    outcome: Result<serde_json::Value, WireError>,
-) -> Result<serde_json::Value, WireError> {
+    outcome: Result<CommandReply, WireError>,
+) -> Result<CommandReply, WireError> {
     let remembered = match &outcome {
         Ok(_) => true,
         Err(error) => matches!(
@@ -235,42 +219,6 @@ async fn load(
     };
     loaded.flag = Some(stored);
     Ok(loaded)
-}
-
-fn build_mutation<'k>(
-    keys: &'k Keys,
-    namespace: &Namespace,
-    now: rollout_core::Timestamp,
-    actor: Actor,
-    change: Change,
-    active_rollout: Option<&RolloutRecord>,
-) -> Mutation<'k> {
-    let mut mutation = Mutation::new(
-        keys,
-        namespace.as_str(),
-        &change.flag_key,
-        change.flag_version,
-        now,
-        actor,
-    );
-    if let Some(record) = change.flag {
-        mutation.flag(record, change.flag_created);
-    }
-    let changed_id = change.rollout.as_ref().map(|(_, record)| record.id.clone());
-    if let Some((revision, record)) = change.rollout {
-        mutation.rollout(revision, record);
-    }
-    // the flag's active rollout stays in every snapshot, whatever else the change did
-    if let Some(active) = active_rollout.filter(|active| Some(&active.id) != changed_id.as_ref()) {
-        mutation.unchanged_rollout(active.clone());
-    }
-    if let Some(record) = change.deleted_rollout {
-        mutation.delete_rollout(record);
-    }
-    for happened in &change.happened {
-        mutation.record(happened);
-    }
-    mutation
 }
 
 fn random_hex(bytes: usize) -> String {

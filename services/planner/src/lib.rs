@@ -17,7 +17,6 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod executor;
-pub mod failpoint;
 pub mod queries;
 pub mod server;
 
@@ -28,7 +27,7 @@ use rollout_runtime::config::{ConfigError, Validate};
 use rollout_runtime::connect::{connect_nats, connect_redis};
 use rollout_runtime::serve::serve;
 use rollout_runtime::shutdown::{Shutdown, Tasks};
-use rollout_store::Relay;
+use rollout_store::{Relay, Writer};
 use rollout_wire::subjects::{Subjects, PLANNER_QUEUE};
 
 pub use crate::config::{PlannerConfig, PlannerSettings};
@@ -65,7 +64,7 @@ impl Planner {
             subjects: subjects.clone(),
             executor: Executor::new(
                 redis.clone(),
-                relay.clone(),
+                Writer::publishing(redis.clone(), relay.clone()),
                 millis(settings.min_phase_interval),
             ),
             reader: Reader::new(

@@ -9,20 +9,18 @@ use rollout_core::plan::Audience;
 use rollout_core::{CompileContext, DurationMs};
 use rollout_store::health::load_health;
 use rollout_store::reads::{self, AuditLog};
+use rollout_store::Keys;
 use rollout_store::{
     fleet, load_flag, load_rollout, outcomes, redis_time, Connection, RolloutRecord, StoreError,
 };
 use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
-use rollout_wire::keys::Keys;
 use rollout_wire::queries::{
     AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query,
     RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
-
-use crate::decide::to_result;
 
 /// Answers queries from Redis; cheap to clone.
 #[derive(Clone, Debug)]
@@ -374,4 +372,10 @@ impl From<StoreError> for QueryError {
     fn from(error: StoreError) -> QueryError {
         QueryError::Store(error)
     }
+}
+
+/// A query's answer as JSON, the form query replies take.
+fn to_result<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, WireError> {
+    serde_json::to_value(value)
+        .map_err(|error| WireError::internal(format!("cannot encode result: {error}")))
 }

@@ -14,7 +14,7 @@ use rollout_runtime::telemetry::{
     set_remote_parent, trace_id_of, traceparent_of_current_span, TRACEPARENT_HEADER,
 };
 use rollout_wire::codec::Encoding;
-use rollout_wire::commands::Command;
+use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
 use rollout_wire::queries::Query;
 use rollout_wire::subjects::{Route, Subjects, COMMAND_CONSUMER, COMMAND_STREAM};
@@ -71,7 +71,7 @@ impl Handler {
         &self,
         message: &async_nats::Message,
         encoding: Encoding,
-    ) -> Result<serde_json::Value, WireError> {
+    ) -> Result<Answer, WireError> {
         match self.subjects.parse(&message.subject)? {
             Route::Command { namespace, verb } => {
                 let command = Command::decode(verb, &message.payload, encoding)?;
@@ -85,10 +85,14 @@ impl Handler {
                         command_traceparent(message.headers.as_ref()),
                     )
                     .await
+                    .map(Answer::Command)
             }
             Route::Query { namespace, kind } => {
                 let query = Query::decode(kind, &message.payload, encoding)?;
-                self.reader.answer(&namespace, &query).await
+                self.reader
+                    .answer(&namespace, &query)
+                    .await
+                    .map(Answer::Query)
             }
             _ => Err(WireError::invalid_argument(
                 "subject",
@@ -304,4 +308,14 @@ pub async fn serve_stream(
             }
         })
         .await;
+}
+
+/// A request's answer, typed until it is encoded.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Answer {
+    /// A command's reply.
+    Command(CommandReply),
+    /// A query's answer.
+    Query(serde_json::Value),
 }

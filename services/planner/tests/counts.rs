@@ -8,7 +8,7 @@ use common::*;
 use rollout_store::fleet::{record_report, register_agent, Agent, Report};
 use rollout_store::outcomes::{add_tallies, Side, Tallies, Tally};
 use rollout_store::redis_time;
-use rollout_wire::keys::Keys;
+use rollout_store::Keys;
 use rollout_wire::subjects::Namespace;
 use serde_json::json;
 

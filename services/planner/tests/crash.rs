@@ -31,7 +31,7 @@ async fn a_planner_killed_after_commit_loses_nothing_and_doubles_nothing() {
         .env("ROLLOUT_NATS__URL", cluster.nats.url())
         .env("ROLLOUT_REDIS__URL", cluster.redis.url())
         .env("ROLLOUT_PLANNER__STREAM_ACK_WAIT", "2s")
-        .env("ROLLOUT_FAILPOINTS", "planner.after_commit")
+        .env("ROLLOUT_FAILPOINTS", "write.after_commit")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,14 +8,15 @@
 
 use std::collections::HashSet;
 
-use planner::decide::{decide, Change, DecideContext, Decision, Loaded};
+use planner::decide::{decide, DecideContext, Decision, Loaded};
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{
     compile, CompileContext, DurationMs, Event, Flag, Lifecycle, RolloutSpec, Serve, Timestamp,
 };
+use rollout_store::Change;
 use rollout_store::{FlagRecord, RolloutRecord, StoredFlag};
 use rollout_wire::codec::Encoding;
-use rollout_wire::commands::Command;
+use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{ErrorCode, WireError};
 use rollout_wire::subjects::CommandVerb;
 use serde_json::{json, Value};
@@ -479,9 +480,18 @@ fn outcome_of(case: &Case) -> Result<Seen, String> {
     let loaded = loaded_for(&world, &command);
     match decide(&command, &loaded, &context_for(&command)) {
         Err(error) => Ok(refusal(&error)),
-        Ok(Decision::Unchanged(result)) => unchanged_reply(&result, &loaded).map(Seen::Unchanged),
-        Ok(Decision::Change(change)) => seen_change(&command, &loaded, &change),
+        Ok(Decision::Unchanged(reply)) => {
+            unchanged_reply(&as_json(&reply)?, &loaded).map(Seen::Unchanged)
+        }
+        Ok(Decision::Changed { change, reply }) => {
+            seen_change(&command, &loaded, &change, &as_json(&reply)?)
+        }
     }
+}
+
+/// A reply as the client reads it.
+fn as_json(reply: &CommandReply) -> Result<Value, String> {
+    serde_json::to_value(reply).map_err(|error| error.to_string())
 }
 
 fn loaded_version(loaded: &Loaded) -> u64 {
@@ -514,8 +524,12 @@ fn unchanged_reply(result: &Value, loaded: &Loaded) -> Result<Reply, String> {
     })
 }
 
-fn seen_change(command: &Command, loaded: &Loaded, change: &Change) -> Result<Seen, String> {
-    let reply = &change.result;
+fn seen_change(
+    command: &Command,
+    loaded: &Loaded,
+    change: &Change,
+    reply: &Value,
+) -> Result<Seen, String> {
     let flag = match &change.flag {
         None => FlagAfter::Gone,
         Some(record) => {

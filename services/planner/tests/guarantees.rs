@@ -14,10 +14,10 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use rollout_core::{CompiledFlag, Entity};
+use rollout_store::Keys;
 use rollout_store::{load_flag, load_rollout};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 use serde_json::{json, Value};
 
@@ -330,11 +330,12 @@ async fn commands_register_their_namespace_again_after_redis_lost_its_data() {
         .await
         .expect("flushall");
     create_flag(&cluster, "checkout").await;
-    let namespaces: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(rollout_wire::keys::namespaces())
-        .query_async(&mut connection)
+    let namespaces: Vec<String> = rollout_store::namespaces::registered(&mut connection)
         .await
-        .expect("smembers");
+        .expect("smembers")
+        .iter()
+        .map(|namespace| namespace.as_str().to_owned())
+        .collect();
     assert_eq!(
         namespaces,
         ["test"],
@@ -380,9 +381,7 @@ async fn a_subscriber_on_everything_does_not_hold_the_outbox_up() {
     let mut connection = cluster.redis().await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let pending: u64 = redis::cmd("XLEN")
-            .arg(keys.outbox())
-            .query_async(&mut connection)
+        let pending = rollout_store::outbox::pending(&mut connection, &keys)
             .await
             .expect("xlen");
         if pending == 0 {

@@ -29,9 +29,10 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::{after, CreateOptions, Harness, Running, NS};
+use common::{after, commit_at, CreateOptions, Harness, Running, NS};
 use futures_util::StreamExt;
 use rollout_core::Timestamp;
+use rollout_store::Writer;
 use serde_json::json;
 use ticker::TickerSettings;
 
@@ -70,6 +71,7 @@ async fn create_many(
     due_of: impl Fn(u64) -> Timestamp,
 ) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
+    let writer = Writer::unpublished(harness.redis.clone());
     let mut results = futures_util::stream::iter(0..count)
         .map(|index| {
             let due = due_of(index);
@@ -77,30 +79,27 @@ async fn create_many(
                 {"percentage": 10, "duration": format!("{}ms", due.millis_since(now).max(1))},
                 {"percentage": 100, "duration": "1h"},
             ]});
-            let (prepared, _) = harness.prepare_create(
+            let (change, _) = harness.prepare_create(
                 NS,
                 &format!("{prefix}-{index}"),
                 Some(spec),
                 now,
                 CreateOptions::default(),
             );
-            let mut connection = harness.redis.clone();
-            async move { prepared.commit.execute(&mut connection).await }
+            let writer = &writer;
+            async move { commit_at(writer, NS, change, now).await }
         })
         .buffer_unordered(128);
     while let Some(outcome) = results.next().await {
         let outcome = outcome.context("creation commit")?;
         anyhow::ensure!(
-            matches!(outcome, rollout_store::CommitOutcome::Committed { .. }),
+            matches!(outcome, rollout_store::Written::Committed { .. }),
             "creation refused: {outcome:?}"
         );
     }
     // nobody relays the creation events in this set-up
     let mut connection = harness.redis.clone();
-    let _: i64 = redis::cmd("DEL")
-        .arg(harness.keys(NS).outbox())
-        .query_async(&mut connection)
-        .await?;
+    rollout_store::outbox::discard(&mut connection, &harness.keys(NS)).await?;
     Ok(started.elapsed())
 }
 

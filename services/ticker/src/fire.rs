@@ -15,11 +15,11 @@ use rollout_runtime::telemetry::{link_to_traceparent, trace_id_of, traceparent_o
 use rollout_store::due::{self, Rescheduled};
 use rollout_store::health::load_health;
 use rollout_store::reads::rollout_revision;
+use rollout_store::Keys;
 use rollout_store::{
-    load_flag, load_rollout, Actor, CommitOutcome, Connection, Mutation, Relay, RolloutRecord,
-    StoreError,
+    load_flag, load_rollout, Actor, Change, Conditions, Connection, RolloutRecord, StoreError,
+    Writer, Written,
 };
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 use tracing::field::Empty;
 
@@ -57,8 +57,8 @@ pub enum Fired {
 pub struct FireContext {
     /// Redis, for reads and commits.
     pub redis: Connection,
-    /// Publishes committed events.
-    pub relay: Relay,
+    /// Commits transitions (fenced) and publishes their events.
+    pub writer: Writer,
     /// Where outcomes are counted.
     pub stats: TickerStats,
     /// Fleet agents silent this long do not hold completion gates.
@@ -197,10 +197,8 @@ async fn commit_transition(
     let previous = record.state.clone();
     let due = previous.due_at(&record.plan).filter(|due| *due <= now);
     let moved = transition::settle(flag_record, record, outcome, now);
-    let (flag_record, next, effects) = (moved.flag, moved.rollout, moved.effects);
-
-    let transition = Transition::describe(&next, &previous, &effects, due);
-    let span = transition.span(namespace, &next, epoch);
+    let transition = Transition::describe(&moved.rollout, &previous, &moved.effects, due);
+    let span = transition.span(namespace, &moved.rollout, epoch);
     let trace_id = span
         .in_scope(traceparent_of_current_span)
         .as_deref()
@@ -211,28 +209,21 @@ async fn commit_transition(
         command_id: None,
         trace_id,
     };
-    let mut mutation = Mutation::new(
-        keys,
-        namespace.as_str(),
-        &next.plan.flag,
-        stored_flag.version,
-        now,
-        actor,
-    );
-    mutation
-        .flag(flag_record, false)
-        .rollout(previous.revision, next.clone())
-        .effects(&next.id, &previous, &effects);
-    let mut prepared = mutation.into_commit(None)?;
-    prepared.commit.fenced(&keys.fence(), epoch);
-    if let Some(due) = due {
-        prepared.commit.not_before(due);
-    }
-    let result = prepared.commit.execute(&mut connection).await?;
+    let rollout_id = moved.rollout.id.clone();
+    let flag_key = moved.rollout.plan.flag.clone();
+    let change = Change::rollout_moved(stored_flag.version, &previous, moved);
+    let conditions = Conditions {
+        leader_epoch: Some(epoch),
+        not_before: due,
+        outcome: None,
+    };
+    let result = context
+        .writer
+        .commit(namespace, change, actor, now, conditions)
+        .await?;
     match result {
-        CommitOutcome::Committed {
-            now: committed_at,
-            outbox_ids,
+        Written::Committed {
+            now: committed_at, ..
         } => {
             let lag_ms = transition
                 .planned_at
@@ -246,25 +237,21 @@ async fn commit_transition(
             }
             span.in_scope(|| {
                 tracing::debug!(
-                    rollout_id = %next.id,
-                    flag = %next.plan.flag,
+                    rollout_id = %rollout_id,
+                    flag = %flag_key,
                     from_step = ?transition.from_step,
                     to_step = ?transition.to_step,
                     lag_ms = ?lag_ms,
                     "transition committed"
                 );
             });
-            context
-                .relay
-                .publish_committed(keys, &prepared.events, &outbox_ids)
-                .await;
             Ok(Fired::Committed)
         }
-        CommitOutcome::Fenced { fence } => {
+        Written::Fenced { fence } => {
             span.record("outcome", "fenced");
             context.stats.fenced_write();
             tracing::warn!(
-                rollout_id = %next.id,
+                rollout_id = %rollout_id,
                 namespace = %namespace,
                 epoch,
                 fence,
@@ -272,24 +259,24 @@ async fn commit_transition(
             );
             Ok(Fired::Fenced)
         }
-        CommitOutcome::Conflict { key, actual } => {
+        Written::Conflict { key, actual } => {
             span.record("outcome", "conflict");
             context.stats.conflict();
-            tracing::debug!(rollout_id = %next.id, %key, actual, "revision conflict; looking again next round");
+            tracing::debug!(rollout_id = %rollout_id, %key, actual, "revision conflict; looking again next round");
             Ok(Fired::Conflict)
         }
-        CommitOutcome::Early { now: redis_now } => {
+        Written::Early { now: redis_now } => {
             span.record("outcome", "early");
             context.stats.early();
             tracing::warn!(
-                rollout_id = %next.id,
+                rollout_id = %rollout_id,
                 redis_now = %redis_now,
                 due = ?due,
                 "redis time is before the due time; trying again when due"
             );
             Ok(Fired::Early)
         }
-        CommitOutcome::Duplicate(_) => Ok(Fired::Failed(
+        Written::Duplicate(_) => Ok(Fired::Failed(
             "a transition commit carries no command id, yet was refused as a duplicate".into(),
         )),
     }

@@ -25,12 +25,12 @@ use rollout_core::guard::{Guard, GuardSpec, GuardVerdict, OutcomeCounts};
 use rollout_core::machine::Event;
 use rollout_core::transition;
 use rollout_core::{Lifecycle, Timestamp};
+use rollout_store::Keys;
 use rollout_store::{
-    decode_record, load_flag, load_rollout, outcomes, reads, Actor, CommitOutcome, FlagRecord,
-    Mutation, RolloutRecord, StoreError,
+    decode_record, load_flag, load_rollout, outcomes, reads, Actor, Change, Conditions, FlagRecord,
+    Happened, RolloutRecord, StoreError, Written,
 };
 use rollout_wire::events::{ChangeEvent, EventKind};
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 use serde::Deserialize;
 
@@ -269,19 +269,14 @@ impl KillSwitches {
             ..record
         };
         disabled.flag.enabled = false;
-        let mut rollout_change: Option<(
-            RolloutRecord,
-            rollout_core::RolloutState,
-            Vec<rollout_core::Effect>,
-        )> = None;
+        let mut change = Change::of_flag(flag_key, stored.version);
         if let Some(active) = rollout
             .as_ref()
             .filter(|rollout| rollout.state.lifecycle.is_active())
         {
             match transition::apply(&disabled, active, &Event::FlagDisabled, now) {
                 Ok(stopped) if stopped.changed() => {
-                    disabled = stopped.flag;
-                    rollout_change = Some((stopped.rollout, active.state.clone(), stopped.effects));
+                    change = Change::rollout_moved(stored.version, &active.state, stopped);
                 }
                 Ok(_) => {}
                 Err(rejection) => {
@@ -289,46 +284,37 @@ impl KillSwitches {
                 }
             }
         }
+        let rollout_id = change.rollout.as_ref().map(|(_, next)| next.id.clone());
+        if change.flag.is_none() {
+            change.flag = Some(disabled);
+        }
+        // tripped, then disabled, then (when it stopped a rollout) the rollout's effects
+        change.happened.splice(
+            0..0,
+            [
+                Happened::KillSwitchTripped {
+                    rollout_id: rollout_id.clone(),
+                    figures: figures.clone(),
+                },
+                Happened::event(EventKind::FlagDisabled, None),
+            ],
+        );
+        let change = change.keeping_active(rollout.as_ref());
         let actor = Actor {
             name: TICKER_ACTOR.to_owned(),
             command_id: None,
             trace_id: None,
         };
-        let mut mutation = Mutation::new(
-            keys,
-            namespace.as_str(),
-            flag_key,
-            stored.version,
-            now,
-            actor,
-        );
-        let rollout_id = rollout_change.as_ref().map(|(next, _, _)| next.id.clone());
-        mutation.flag(disabled, false);
-        // the figures travel in the event's `figures` and in the audit entry's details
-        mutation.happened_with_figures(
-            EventKind::KillSwitchTripped,
-            rollout_id.as_deref(),
-            Some("enabled".to_owned()),
-            Some(format!("disabled: {}", figures.limit)),
-            figures.clone(),
-        );
-        mutation.happened(
-            EventKind::FlagDisabled,
-            None,
-            Some("enabled".to_owned()),
-            Some("disabled".to_owned()),
-        );
-        if let Some((next, before, effects)) = &rollout_change {
-            mutation
-                .rollout(before.revision, next.clone())
-                .effects(&next.id, before, effects);
-        } else if let Some(unchanged) = rollout {
-            mutation.unchanged_rollout(unchanged);
-        }
-        let mut prepared = mutation.into_commit(None)?;
-        prepared.commit.fenced(&keys.fence(), epoch);
-        match prepared.commit.execute(&mut connection).await? {
-            CommitOutcome::Committed { outbox_ids, .. } => {
+        let conditions = Conditions {
+            leader_epoch: Some(epoch),
+            ..Conditions::default()
+        };
+        match context
+            .writer
+            .commit(namespace, change, actor, now, conditions)
+            .await?
+        {
+            Written::Committed { .. } => {
                 context.stats.kill_switch_trip();
                 tracing::warn!(
                     namespace = %namespace,
@@ -341,10 +327,6 @@ impl KillSwitches {
                     baseline_samples = figures.baseline_samples,
                     "kill switch tripped: flag disabled"
                 );
-                context
-                    .relay
-                    .publish_committed(keys, &prepared.events, &outbox_ids)
-                    .await;
                 if let Some(entry) = self
                     .entries
                     .get_mut(&(namespace.as_str().to_owned(), flag_key.to_owned()))
@@ -353,16 +335,16 @@ impl KillSwitches {
                 }
                 Ok(Checked::Tripped)
             }
-            CommitOutcome::Fenced { fence } => {
+            Written::Fenced { fence } => {
                 context.stats.fenced_write();
                 tracing::warn!(namespace = %namespace, flag = %flag_key, epoch, fence, "kill switch write refused by the fence: a newer leader holds this namespace");
                 Ok(Checked::Fenced)
             }
-            CommitOutcome::Conflict { .. } => {
+            Written::Conflict { .. } => {
                 context.stats.conflict();
                 Ok(Checked::Healthy)
             }
-            CommitOutcome::Early { .. } | CommitOutcome::Duplicate(_) => Ok(Checked::Healthy),
+            Written::Early { .. } | Written::Duplicate(_) => Ok(Checked::Healthy),
         }
     }
 }

@@ -21,10 +21,10 @@ use futures_util::{FutureExt, StreamExt};
 use rollout_core::{DurationMs, Timestamp};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::lease::{FenceRaise, Lease};
-use rollout_store::{due, namespaces, redis_time, Connection, Relay};
+use rollout_store::Keys;
+use rollout_store::{due, namespaces, redis_time, Connection, Relay, Writer};
 use rollout_wire::codec::{self, Encoding, Limits, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::{Namespace, Route, Subjects};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -37,11 +37,6 @@ use crate::stats::TickerStats;
 
 /// The kill switch index is rebuilt from Redis this often, in case an event was missed.
 const KILL_SWITCH_RESCAN: Duration = Duration::from_secs(300);
-/// How often the leader sweeps the outbox for events nobody published (planners sweep too;
-/// this keeps events flowing while no planner runs).
-const OUTBOX_SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Outbox entries younger than this are left to the process that committed them.
-const OUTBOX_SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a round that failed, so a broken Redis is not hammered.
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 /// Shortest wait between two attempts to take a free lease.
@@ -143,7 +138,10 @@ impl Ticker {
         Ticker {
             lease: Lease::new(redis.clone(), replica, settings.lease_ttl),
             context: FireContext {
-                relay: Relay::new(nats.clone(), redis.clone(), subjects.clone()),
+                writer: Writer::publishing(
+                    redis.clone(),
+                    Relay::new(nats.clone(), redis.clone(), subjects.clone()),
+                ),
                 redis,
                 stats: TickerStats::new(),
                 stale_agent_after: DurationMs::from_millis(stale_ms),
@@ -499,7 +497,6 @@ impl Ticker {
         let mut next_refresh = Instant::now() + every;
         let mut next_health = Instant::now();
         let mut next_rescan = Instant::now() + KILL_SWITCH_RESCAN;
-        let mut next_sweep = Instant::now() + OUTBOX_SWEEP_EVERY;
         loop {
             if term.signal.is_triggered() {
                 return;
@@ -513,17 +510,6 @@ impl Ticker {
                 }
                 if events.is_none() {
                     *events = self.nats.subscribe(self.subjects.events_all()).await.ok();
-                }
-            }
-            if instant >= next_sweep {
-                next_sweep = instant + OUTBOX_SWEEP_EVERY;
-                // events a crashed ticker or planner committed but never published
-                match self.context.relay.sweep_all(OUTBOX_SWEEP_GRACE).await {
-                    Ok(0) => {}
-                    Ok(relayed) => {
-                        tracing::info!(relayed, "outbox sweep published orphaned events")
-                    }
-                    Err(error) => tracing::warn!(%error, "outbox sweep failed"),
                 }
             }
             if instant >= next_rescan {

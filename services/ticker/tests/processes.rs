@@ -141,14 +141,14 @@ async fn a_leader_frozen_past_its_lease_is_fenced_when_it_thaws() {
 
     let started = || async {
         let mut connection = harness.redis.clone();
-        let started: usize = redis::cmd("ZCOUNT")
-            .arg(harness.keys(NS).due())
-            .arg(format!("({}", after(start, 60_000).as_millis()))
-            .arg("+inf")
-            .query_async(&mut connection)
-            .await
-            .expect("zcount");
-        started
+        let started = rollout_store::due::count_after(
+            &mut connection,
+            &harness.keys(NS),
+            after(start, 60_000),
+        )
+        .await
+        .expect("zcount");
+        usize::try_from(started).expect("a count")
     };
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {

@@ -12,6 +12,7 @@ use common::{
     Running, NS,
 };
 use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
+use rollout_store::due;
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::health::load_health;
 use rollout_store::lease::Lease;
@@ -160,14 +161,10 @@ async fn transitions_fire_at_their_planned_times_in_order() {
     assert!(snapshot.rollout.is_none());
     // finished rollouts left the due index
     let mut connection = harness.redis.clone();
-    let due: Vec<String> = redis::cmd("ZRANGE")
-        .arg(harness.keys(NS).due())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut connection)
+    let earliest = due::earliest(&mut connection, &[&harness.keys(NS)])
         .await
         .expect("zrange");
-    assert!(due.is_empty(), "{due:?}");
+    assert_eq!(earliest, None, "nothing is due any more");
     running.stop().await;
 }
 
@@ -255,9 +252,7 @@ async fn a_stale_leader_is_refused_by_the_fence() {
 
     // the old leader stalls past its lease; the lease expires; the new one takes over
     let mut connection = harness.redis.clone();
-    let _: i64 = redis::cmd("DEL")
-        .arg(rollout_wire::keys::ticker_lease())
-        .query_async(&mut connection)
+    rollout_store::lease::expire(&mut connection)
         .await
         .expect("del");
     let mut new_term = new.campaign().await.expect("campaign").expect("new leads");
@@ -696,13 +691,10 @@ async fn a_stage_completion_gate_releases_the_next_stage() {
         .await;
     assert_released_by_its_gate(&harness, &record.id).await;
     // the next stage waits for `continue`: the rollout left the due index
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys.due())
-        .arg(&record.id)
-        .query_async(&mut connection)
+    let scheduled = due::scheduled(&mut connection, &keys, &record.id)
         .await
         .expect("zscore");
-    assert_eq!(score, None);
+    assert_eq!(scheduled, None);
     let round = leader.round().await;
     assert_eq!(
         round.committed, 0,
@@ -890,16 +882,18 @@ async fn an_unreadable_rollout_is_pushed_back_not_spun_on() {
     let keys = harness.keys(NS);
     let now = harness.now().await;
     let mut connection = harness.redis.clone();
+    // written by hand under the stored layout (README's key table): no writer of the
+    // system can produce it
     let _: () = redis::pipe()
         .cmd("HSET")
-        .arg(keys.rollout("r-broken"))
+        .arg(format!("ro:{{{NS}}}:rollout:r-broken"))
         .arg("rev")
         .arg(3)
         .arg("data")
         .arg(&b"\xc1 not messagepack"[..])
         .ignore()
         .cmd("ZADD")
-        .arg(keys.due())
+        .arg(format!("ro:{{{NS}}}:due"))
         .arg(now.as_millis() - 10)
         .arg("r-broken")
         .ignore()
@@ -910,15 +904,13 @@ async fn an_unreadable_rollout_is_pushed_back_not_spun_on() {
     let mut term = ticker.campaign().await.expect("campaign").expect("leads");
     let round = ticker.fire_due(&mut term).await.expect("round");
     assert_eq!((round.looked_at, round.errors, round.fenced), (1, 1, false));
-    let score: f64 = redis::cmd("ZSCORE")
-        .arg(keys.due())
-        .arg("r-broken")
-        .query_async(&mut connection)
+    let scheduled = due::scheduled(&mut connection, &keys, "r-broken")
         .await
-        .expect("zscore");
+        .expect("zscore")
+        .expect("still in the due index");
     assert!(
-        score as i64 >= after(now, 29_000).as_millis(),
-        "pushed back: {score}"
+        scheduled >= after(now, 29_000),
+        "pushed back: {scheduled:?}"
     );
     let again = ticker.fire_due(&mut term).await.expect("round");
     assert_eq!(again.looked_at, 0, "not due again at once");

@@ -8,7 +8,6 @@ mod common;
 use common::{flag, namespace, spec, Cluster};
 use rollout_sdk::{ErrorCode, ErrorKind, FleetAgent, Labels};
 use rollout_testkit::RedisReply;
-use rollout_wire::Keys;
 use serde_json::json;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -133,7 +132,8 @@ async fn an_agent_the_evaluators_lost_registers_again_by_itself() {
     agent.heartbeat().await.expect("heartbeat");
 
     // Redis loses the agent (a flush, a failover without persistence)
-    let key = Keys::new(&namespace()).agent(agent.id());
+    // the stored layout (README's key table)
+    let key = format!("ro:{{{}}}:agent:{}", namespace(), agent.id());
     cluster.redis.command(&["DEL", &key]).expect("del");
     agent.heartbeat().await.expect("heartbeat registers again");
     let stored = cluster.redis.command(&["EXISTS", &key]).expect("exists");

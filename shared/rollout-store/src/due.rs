@@ -5,8 +5,8 @@
 
 use std::sync::LazyLock;
 
+use crate::keys::Keys;
 use rollout_core::Timestamp;
-use rollout_wire::keys::Keys;
 
 use crate::{Connection, StoreError};
 
@@ -99,4 +99,44 @@ pub async fn reschedule(
             "reschedule script answered {other:?}"
         ))),
     }
+}
+
+/// When the ticker next looks at rollout `rollout_id` (`None`: it is not in the due index).
+pub async fn scheduled(
+    connection: &mut Connection,
+    keys: &Keys,
+    rollout_id: &str,
+) -> Result<Option<Timestamp>, StoreError> {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.due())
+        .arg(rollout_id)
+        .query_async(connection)
+        .await?;
+    // scores are whole milliseconds, far below 2^53
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(score.map(|score| Timestamp::from_millis(score as i64)))
+}
+
+/// How many rollouts are next looked at after `boundary` (exclusive).
+pub async fn count_after(
+    connection: &mut Connection,
+    keys: &Keys,
+    boundary: Timestamp,
+) -> Result<u64, StoreError> {
+    Ok(redis::cmd("ZCOUNT")
+        .arg(keys.due())
+        .arg(format!("({}", boundary.as_millis()))
+        .arg("+inf")
+        .query_async(connection)
+        .await?)
+}
+
+/// Empties the namespace's due index: no rollout of it fires again until a commit
+/// schedules it (for benchmarks that leave their rollouts in a shared cluster).
+pub async fn clear(connection: &mut Connection, keys: &Keys) -> Result<(), StoreError> {
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.due())
+        .query_async(connection)
+        .await?;
+    Ok(())
 }

@@ -12,11 +12,11 @@
 
 use std::collections::HashMap;
 
+use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use rollout_core::{
     plan::stage_of, Attributes, DurationMs, Labels, Plan, RolloutState, StageCounts, Timestamp,
 };
-use rollout_wire::keys::Keys;
 
 use crate::StoreError;
 

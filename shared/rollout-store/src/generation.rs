@@ -2,8 +2,8 @@
 //! evaluator that finds a different id than the one it loaded under knows the versions it
 //! holds belong to a lost history, and rebuilds its snapshot from what Redis holds now.
 
+use crate::keys;
 use redis::aio::ConnectionLike;
-use rollout_wire::keys;
 
 use crate::StoreError;
 

@@ -4,9 +4,9 @@
 //! over its guard's window (never before its last resume) while a guarded rollout runs,
 //! and the current stage's fleet counts while it waits on a completion gate.
 
+use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use rollout_core::{DurationMs, Health, Lifecycle, Timestamp, WaitingFor};
-use rollout_wire::keys::Keys;
 
 use crate::{fleet, outcomes, RolloutRecord, StoreError};
 

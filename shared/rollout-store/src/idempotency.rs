@@ -2,9 +2,9 @@
 //! of a command id gets (SPEC §11.1). Outcomes that change something are stored by their
 //! commit ([`crate::Commit`]); those that change nothing — refusals and no-ops — here.
 
+use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
-use rollout_wire::keys::Keys;
 
 use crate::StoreError;
 

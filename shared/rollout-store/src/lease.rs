@@ -16,7 +16,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use rollout_wire::keys::{self, Keys};
+use crate::keys::{self, Keys};
 
 use crate::{Connection, StoreError};
 
@@ -165,6 +165,25 @@ pub async fn holder(connection: &mut Connection) -> Result<Option<(String, u64)>
 pub fn parse_lease_value(value: &str) -> Option<(&str, u64)> {
     let (replica, epoch) = value.rsplit_once(':')?;
     Some((replica, epoch.parse().ok()?))
+}
+
+/// How many leadership terms were ever won: the epoch counter (it only rises).
+pub async fn epoch_counter(connection: &mut Connection) -> Result<u64, StoreError> {
+    let value: Option<u64> = redis::cmd("GET")
+        .arg(keys::ticker_epoch())
+        .query_async(connection)
+        .await?;
+    Ok(value.unwrap_or(0))
+}
+
+/// Drops the lease as its expiry would, whoever holds it (for tests that stall a leader
+/// past its lease without waiting for the time to live).
+pub async fn expire(connection: &mut Connection) -> Result<(), StoreError> {
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys::ticker_lease())
+        .query_async(connection)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! typed functions and hold a [`Connection`]; a tidy test (`tests/tidy.rs`) fails if any
 //! other crate's code names the Redis client.
 //!
-//! Layout (every key of a namespace carries the hash tag `{<ns>}`, see `rollout_wire::keys`):
+//! Layout (every key of a namespace carries the hash tag `{<ns>}`, see [`keys`]):
 //!
 //! | key | type | written by | read by |
 //! |---|---|---|---|
-//! | `flag:<key>` | hash `{rev, data: FlagRecord}`; tombstone `{rev}` after delete | [`Commit`] (via [`Mutation`]) | [`reads`] |
+//! | `flag:<key>` | hash `{rev, data: FlagRecord}`; tombstone `{rev}` after delete | [`Commit`] (via [`Writer`]) | [`reads`] |
 //! | `flags` | set of flag keys | [`Commit`] | [`reads::flag_keys`] |
 //! | `rollout:<id>` | hash `{rev, data: RolloutRecord}` | [`Commit`] | [`reads`] |
 //! | `rollouts:active`, `rollouts:finished` | zset id → created / finished ms | [`Commit`] | [`reads::rollout_ids`] |
@@ -32,10 +32,12 @@
 
 mod commit;
 pub mod due;
+mod failpoint;
 pub mod fleet;
 pub mod generation;
 pub mod health;
 pub mod idempotency;
+pub mod keys;
 pub mod lease;
 pub mod mutation;
 pub mod namespaces;
@@ -43,17 +45,20 @@ pub mod outbox;
 pub mod outcomes;
 pub mod reads;
 mod records;
+pub mod write;
 
 use redis::aio::ConnectionLike;
 use rollout_core::Timestamp;
 
 pub use commit::{Commit, CommitOutcome};
 pub use idempotency::{store_unchanged_outcome, stored_outcome};
-pub use mutation::{Actor, Mutation, PreparedCommit};
+pub use keys::Keys;
+pub use mutation::{Actor, Happened};
 pub use namespaces::redis_time_registering;
 pub use outbox::Relay;
 pub use reads::{load_flag, load_rollout};
 pub use records::{decode_record, encode_record, FlagRecord, RolloutRecord, StoredFlag};
+pub use write::{Change, Conditions, Writer, Written};
 
 /// The services' connection to Redis: one multiplexed connection, re-established on
 /// failure (opened by `rollout_runtime::connect::connect_redis`). Cheap to clone; every

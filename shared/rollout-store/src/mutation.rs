@@ -1,17 +1,17 @@
-//! Turning a decided change into one [`Commit`]: the planner and the ticker both describe
-//! what they changed — the flag record, the rollout record, what happened — and
-//! [`Mutation::into_commit`] writes the records with their revision checks, keeps the
-//! indexes (`flags`, `rollouts:active|finished`, `due`) in step, appends one audit entry
-//! and one outbox event per thing that happened, and numbers the events with strictly
-//! rising per-flag versions. Both services therefore write byte-for-byte the same shapes.
+//! Turning a decided [`Change`] into one [`Commit`] (for [`crate::write::Writer`]): the
+//! records with their revision checks, the indexes (`flags`, `rollouts:active|finished`,
+//! `due`) kept in step, one audit entry and one outbox event per thing that [`Happened`],
+//! numbered with strictly rising per-flag versions. Every writer therefore writes
+//! byte-for-byte the same shapes.
 
+use crate::keys::Keys;
 use rollout_core::transition::next_look;
-use rollout_core::{Effect, Lifecycle, RolloutState, Timestamp, Transition};
+use rollout_core::{Effect, GuardFigures, Lifecycle, RolloutState, Timestamp, Transition};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
-use rollout_wire::keys::Keys;
 use rollout_wire::queries::AuditEntry;
 
+use crate::write::Change;
 use crate::{encode_record, Commit, FlagRecord, RolloutRecord, StoreError};
 
 /// Audit lists keep this many newest entries.
@@ -32,13 +32,13 @@ pub struct Actor {
 
 /// One thing that happened, to be audited and published.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Happening {
+struct Happening {
     /// The event, without version and snapshot (the mutation fills them in).
-    pub event: ChangeEvent,
+    event: ChangeEvent,
     /// Audit `from` (state or step before).
-    pub from: Option<String>,
+    from: Option<String>,
     /// Audit `to`.
-    pub to: Option<String>,
+    to: Option<String>,
 }
 
 /// What a change did, in order: each becomes audit entries and events of its commit. The
@@ -52,6 +52,14 @@ pub enum Happened {
         kind: EventKind,
         /// The rollout concerned.
         rollout_id: Option<String>,
+    },
+    /// A kill switch tripped on the flag (and stopped `rollout_id`), with the guard
+    /// figures behind it.
+    KillSwitchTripped {
+        /// The rollout it stopped.
+        rollout_id: Option<String>,
+        /// The figures that breached the limit.
+        figures: GuardFigures,
     },
     /// The step function's effects on a rollout (started, steps entered, paused, ended…),
     /// one event each.
@@ -77,7 +85,7 @@ impl Happened {
     /// How many events this appends (each raises the flag's version by one).
     pub fn event_count(&self) -> u64 {
         match self {
-            Happened::Event { .. } => 1,
+            Happened::Event { .. } | Happened::KillSwitchTripped { .. } => 1,
             Happened::Effects { effects, .. } => u64::try_from(effects.len()).unwrap_or(u64::MAX),
         }
     }
@@ -105,9 +113,10 @@ pub fn event_count(happened: &[Happened]) -> u64 {
     happened.iter().map(Happened::event_count).sum()
 }
 
-/// A change to one flag and at most one of its rollouts.
+/// A [`Change`] on its way to one [`Commit`]: the records with their revision checks,
+/// the happenings as audit entries and events.
 #[derive(Debug)]
-pub struct Mutation<'k> {
+pub(crate) struct Mutation<'k> {
     keys: &'k Keys,
     namespace: String,
     flag_key: String,
@@ -124,140 +133,94 @@ pub struct Mutation<'k> {
 
 /// What [`Mutation::into_commit`] produced.
 #[derive(Debug)]
-pub struct PreparedCommit {
+pub(crate) struct PreparedCommit {
     /// The commit to execute.
-    pub commit: Commit,
+    pub(crate) commit: Commit,
     /// The events it appends to the outbox, versions and snapshots filled in.
-    pub events: Vec<ChangeEvent>,
+    pub(crate) events: Vec<ChangeEvent>,
     /// The flag's version after the commit.
-    pub flag_version: u64,
+    pub(crate) flag_version: u64,
 }
 
 impl<'k> Mutation<'k> {
-    /// A change to flag `flag_key`, currently at `flag_version` (0 if it never existed),
-    /// made at Redis time `now`.
-    pub fn new(
+    /// `change` to `namespace`, made by `actor` at Redis time `now`.
+    pub(crate) fn of(
         keys: &'k Keys,
         namespace: &str,
-        flag_key: &str,
-        flag_version: u64,
         now: Timestamp,
         actor: Actor,
+        change: Change,
     ) -> Mutation<'k> {
-        Mutation {
+        let mut mutation = Mutation {
             keys,
             namespace: namespace.to_owned(),
-            flag_key: flag_key.to_owned(),
+            flag_key: change.flag_key,
             now,
             actor,
-            flag_version,
-            flag_record: None,
-            flag_created: false,
-            rollout: None,
-            unchanged_rollout: None,
-            deleted_rollout: None,
+            flag_version: change.flag_version,
+            flag_record: change.flag,
+            flag_created: change.flag_created,
+            rollout: change.rollout,
+            unchanged_rollout: change.unchanged_rollout,
+            deleted_rollout: change.deleted_rollout,
             happenings: Vec::new(),
+        };
+        for happened in change.happened {
+            mutation.record(happened);
         }
+        mutation
     }
 
-    /// The flag record after the change (also written when only its rollout changed, since
-    /// its version rises); `created` adds it to the flag index.
-    pub fn flag(&mut self, record: FlagRecord, created: bool) -> &mut Mutation<'k> {
-        self.flag_record = Some(record);
-        self.flag_created = created;
-        self
-    }
-
-    /// The rollout record after the change; `previous_revision` is what it had (0: new).
-    pub fn rollout(&mut self, previous_revision: u64, record: RolloutRecord) -> &mut Mutation<'k> {
-        self.rollout = Some((previous_revision, record));
-        self
-    }
-
-    /// The flag's active rollout, left as it is by this change (a flag edit, a toggle, the
-    /// deletion of another rollout of the flag). Its view goes into the event snapshot — an
-    /// evaluator applying the event keeps serving the rollout — and the commit checks its
-    /// revision. [`Mutation::into_commit`] refuses a flag record naming an active rollout
-    /// that the mutation was given neither here nor through [`Mutation::rollout`].
-    pub fn unchanged_rollout(&mut self, record: RolloutRecord) -> &mut Mutation<'k> {
-        self.unchanged_rollout = Some(record);
-        self
-    }
-
-    /// Delete this rollout (its audit stays).
-    pub fn delete_rollout(&mut self, record: RolloutRecord) -> &mut Mutation<'k> {
-        self.deleted_rollout = Some(record);
-        self
-    }
-
-    /// Something that happened.
-    pub fn happened(
+    fn happened(
         &mut self,
         kind: EventKind,
-        rollout_id: Option<&str>,
+        rollout_id: Option<String>,
         from: Option<String>,
         to: Option<String>,
-    ) -> &mut Mutation<'k> {
+    ) -> &mut Happening {
         let mut event = ChangeEvent::new(&self.namespace, &self.flag_key, 0, kind, self.now);
-        event.rollout_id = rollout_id.map(str::to_owned);
+        event.rollout_id = rollout_id;
         self.happenings.push(Happening { event, from, to });
-        self
+        let last = self.happenings.len() - 1;
+        &mut self.happenings[last]
     }
 
-    /// Something that happened, with the guard figures behind it (a kill switch tripping).
-    pub fn happened_with_figures(
-        &mut self,
-        kind: EventKind,
-        rollout_id: Option<&str>,
-        from: Option<String>,
-        to: Option<String>,
-        figures: rollout_core::GuardFigures,
-    ) -> &mut Mutation<'k> {
-        self.happened(kind, rollout_id, from, to);
-        if let Some(last) = self.happenings.last_mut() {
-            last.event.details =
-                serde_json::to_value(&figures).unwrap_or_else(|_| serde_json::json!({}));
-            last.event.figures = Some(figures);
-        }
-        self
-    }
-
-    /// A rollout created by [`rollout_core::transition::create`]: the flag after it
-    /// (`flag_created`: the flag is new in this same commit), the new rollout record, and
-    /// what happened ([`Happened::rollout_created`]).
-    pub fn rollout_created(
-        &mut self,
-        created: Transition,
-        flag_created: bool,
-    ) -> &mut Mutation<'k> {
-        for happened in Happened::rollout_created(&created) {
-            self.record(&happened);
-        }
-        self.flag(created.flag, flag_created);
-        self.rollout(0, created.rollout)
-    }
-
-    /// Records what happened ([`Mutation::happened`] or [`Mutation::effects`]).
-    pub fn record(&mut self, happened: &Happened) -> &mut Mutation<'k> {
+    fn record(&mut self, happened: Happened) {
         match happened {
             Happened::Event { kind, rollout_id } => {
-                self.happened(*kind, rollout_id.as_deref(), None, None)
+                let (from, to) = match kind {
+                    EventKind::FlagEnabled => (Some("disabled"), Some("enabled")),
+                    EventKind::FlagDisabled => (Some("enabled"), Some("disabled")),
+                    _ => (None, None),
+                };
+                self.happened(kind, rollout_id, from.map(Into::into), to.map(Into::into));
+            }
+            Happened::KillSwitchTripped {
+                rollout_id,
+                figures,
+            } => {
+                let to = format!("disabled: {}", figures.limit);
+                let happening = self.happened(
+                    EventKind::KillSwitchTripped,
+                    rollout_id,
+                    Some("enabled".to_owned()),
+                    Some(to),
+                );
+                // the figures travel in the event's `figures` and in the audit's details
+                happening.event.details =
+                    serde_json::to_value(&figures).unwrap_or_else(|_| serde_json::json!({}));
+                happening.event.figures = Some(figures);
             }
             Happened::Effects {
                 rollout_id,
                 before,
                 effects,
-            } => self.effects(rollout_id, before, effects),
+            } => self.effects(&rollout_id, &before, &effects),
         }
     }
 
     /// Every effect of a step-function outcome on `rollout_id`, with `from`/`to` states.
-    pub fn effects(
-        &mut self,
-        rollout_id: &str,
-        before: &rollout_core::RolloutState,
-        effects: &[Effect],
-    ) -> &mut Mutation<'k> {
+    fn effects(&mut self, rollout_id: &str, before: &RolloutState, effects: &[Effect]) {
         for effect in effects {
             let event = ChangeEvent::for_effect(
                 &self.namespace,
@@ -294,13 +257,15 @@ impl<'k> Mutation<'k> {
             };
             self.happenings.push(Happening { event, from, to });
         }
-        self
     }
 
     /// Builds the commit: revision checks on the flag and the rollout, their new records,
     /// indexes, audit entries, versioned events with the final snapshot, and (when the
     /// actor has a command id) the stored outcome `outcome`.
-    pub fn into_commit(self, outcome: Option<Vec<u8>>) -> Result<PreparedCommit, StoreError> {
+    pub(crate) fn into_commit(
+        self,
+        outcome: Option<Vec<u8>>,
+    ) -> Result<PreparedCommit, StoreError> {
         let keys = self.keys;
         let mut commit = Commit::new();
         let flag_key = keys.flag(&self.flag_key);

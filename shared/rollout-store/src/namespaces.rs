@@ -3,10 +3,10 @@
 //! registry lost with Redis's data is written again by the next command in each namespace;
 //! the ticker and the evaluators read it to find every namespace.
 
+use crate::keys;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 use rollout_core::Timestamp;
-use rollout_wire::keys;
 use rollout_wire::subjects::Namespace;
 
 use crate::StoreError;
@@ -44,4 +44,16 @@ pub async fn redis_time_registering<C: ConnectionLike + Send + Sync>(
         .query_async(connection)
         .await?;
     Ok(Timestamp::from_redis_time(seconds, micros))
+}
+
+/// Adds `namespace` to the registry (what [`redis_time_registering`] does beside reading the
+/// clock), for set-ups that write before any command ran.
+pub async fn register<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    namespace: &Namespace,
+) -> Result<(), StoreError> {
+    let _: i64 = connection
+        .sadd(keys::namespaces(), namespace.as_str())
+        .await?;
+    Ok(())
 }

@@ -14,11 +14,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::keys::{self, Keys};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::keys::{self, Keys};
 use rollout_wire::subjects::{Namespace, Subjects};
 
 use crate::StoreError;
@@ -305,4 +305,55 @@ impl Relay {
         }
         Ok(relayed)
     }
+}
+
+/// How many events wait in `keys`' outbox for publishing.
+pub async fn pending<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+) -> Result<u64, StoreError> {
+    Ok(redis::cmd("XLEN")
+        .arg(keys.outbox())
+        .query_async(connection)
+        .await?)
+}
+
+/// Drops every event waiting in `keys`' outbox unpublished: for bulk set-ups written
+/// before any subscriber exists, whose events nobody should relay later.
+pub async fn discard<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+) -> Result<(), StoreError> {
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.outbox())
+        .query_async(connection)
+        .await?;
+    Ok(())
+}
+
+/// The oldest event waiting in `keys`' outbox: its stream id and the Redis time it was
+/// appended at (`None`: the outbox is empty).
+pub async fn oldest<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+) -> Result<Option<(String, rollout_core::Timestamp)>, StoreError> {
+    let oldest: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.outbox())
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    let Some(entry) = oldest.ids.into_iter().next() else {
+        return Ok(None);
+    };
+    let appended = entry
+        .id
+        .split('-')
+        .next()
+        .and_then(|millis| millis.parse::<i64>().ok())
+        .map(rollout_core::Timestamp::from_millis)
+        .ok_or_else(|| StoreError::Protocol(format!("outbox entry id {}", entry.id)))?;
+    Ok(Some((entry.id, appended)))
 }

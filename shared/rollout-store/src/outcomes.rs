@@ -18,9 +18,9 @@
 
 use std::collections::HashMap;
 
+use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use rollout_core::{DurationMs, OutcomeCounts, SideCounts, Timestamp};
-use rollout_wire::keys::Keys;
 
 use crate::StoreError;
 

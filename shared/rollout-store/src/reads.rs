@@ -1,10 +1,10 @@
 //! Reads of flags, rollouts, their indexes and audit logs, each in as few round trips as
 //! the caller's question allows. Reads never write.
 
+use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 use rollout_wire::codec::{self, Encoding, Limits};
-use rollout_wire::keys::Keys;
 use rollout_wire::queries::ListState;
 use serde::de::DeserializeOwned;
 

@@ -237,6 +237,19 @@ pub struct Deleted {
     pub rollout_id: Option<String>,
 }
 
+/// A command's successful reply, typed until it is encoded: the JSON (or MessagePack) of
+/// the shape inside, nothing around it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommandReply {
+    /// Flag commands.
+    Flag(Box<FlagResult>),
+    /// `rollout.create` and the lifecycle verbs.
+    Rollout(RolloutResult),
+    /// `flag.delete`, `rollout.delete`.
+    Deleted(Deleted),
+}
+
 /// Any command, as the planner dispatches it: the subject's verb picks the body type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {

@@ -1,5 +1,5 @@
 //! The wire contract of the rollout scheduler: the one crate that knows what travels between
-//! planner, ticker, evaluators, CLI, SDKs and agents, and how Redis keys are named.
+//! planner, ticker, evaluators, CLI, SDKs and agents.
 //!
 //! - [`subjects`]: every NATS subject (SPEC §8.1), the closed verb sets, queue groups, the
 //!   command stream, and the parser from a received subject back to `(namespace, verb)`.
@@ -11,7 +11,6 @@
 //! - Messages, one module per family, each type documented with a JSON example taken from
 //!   `shapes/` (all listed in [`shapes::SHAPES`]): [`commands`], [`queries`], [`eval`],
 //!   [`fleet`], [`outcomes`], [`events`], and the shared read-side [`views`].
-//! - [`keys`]: Redis key builders; every key of a namespace carries the hash tag `{<ns>}`.
 //!
 //! Domain types (flags, specs, entities, lifecycle, stage counts, rollout views) are
 //! `rollout-core`'s, reused inside messages, never redefined.
@@ -53,7 +52,6 @@ pub mod envelope;
 pub mod eval;
 pub mod events;
 pub mod fleet;
-pub mod keys;
 pub mod outcomes;
 pub mod queries;
 mod scan;
@@ -74,7 +72,6 @@ pub use fleet::{
     AgentAck, AgentHeartbeat, AgentRegister, AgentReport, Desired, DesiredQuery, FleetRequest,
     ReportStatus,
 };
-pub use keys::Keys;
 pub use outcomes::{decode_outcomes, Outcome, OutcomeBatch, OutcomeReport};
 pub use queries::{
     AuditEntry, AuditPage, AuditQuery, FlagGetQuery, FlagList, FlagListQuery, FlagSummary,

@@ -33,9 +33,9 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use rollout_core::plan::stage_of;
 use rollout_core::{DurationMs, Effect, EntryCause, Gate, Lifecycle, Share, Timestamp};
+use rollout_store::Keys;
 use rollout_store::RolloutRecord;
 use rollout_wire::events::{ChangeEvent, EventKind};
-use rollout_wire::keys::Keys;
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::CommandVerb;
 use serde_json::json;
@@ -658,41 +658,24 @@ impl OutboxMonitor {
                     continue;
                 };
                 let mut connection = redis.clone();
-                let oldest: Result<redis::streams::StreamRangeReply, _> = redis::cmd("XRANGE")
-                    .arg(keys.outbox())
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut connection)
-                    .await;
+                let oldest = rollout_store::outbox::oldest(&mut connection, &keys).await;
                 let mut findings = sink.lock().expect("outbox findings");
                 let Ok(oldest) = oldest else {
                     continue;
                 };
-                let Some(entry) = oldest.ids.first() else {
+                let Some((entry_id, created)) = oldest else {
                     findings.checked(OUTBOX);
-                    continue;
-                };
-                let Some(created) = entry
-                    .id
-                    .split('-')
-                    .next()
-                    .and_then(|millis| millis.parse::<i64>().ok())
-                    .map(Timestamp::from_millis)
-                else {
                     continue;
                 };
                 let waiting_since = quiet_since.map_or(created, |quiet| quiet.max(created));
                 let waited = wall_clock_now().millis_since(waiting_since);
                 if waited > i64::try_from(OUTBOX_DELIVERY.as_millis()).unwrap_or(i64::MAX) {
-                    if reported.as_deref() != Some(entry.id.as_str()) {
-                        reported = Some(entry.id.clone());
+                    if reported.as_deref() != Some(entry_id.as_str()) {
+                        reported = Some(entry_id.clone());
                         findings.violated(
                             OUTBOX,
                             format!(
-                                "outbox entry {} (committed at {created}) still undelivered after {waited} ms with nats and redis up",
-                                entry.id
+                                "outbox entry {entry_id} (committed at {created}) still undelivered after {waited} ms with nats and redis up"
                             ),
                         );
                     }
@@ -761,13 +744,13 @@ pub async fn check_liveness(
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = cluster.now().await;
         let mut connection = cluster.redis_conn.clone();
-        let active: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.rollouts_active())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .expect("active rollouts");
+        let active = rollout_store::reads::rollout_ids(
+            &mut connection,
+            &keys,
+            rollout_wire::queries::ListState::Active,
+        )
+        .await
+        .expect("active rollouts");
         let mut due_now: HashSet<(String, Timestamp)> = HashSet::new();
         for id in active {
             let Some(record) = cluster.find_rollout(&id).await else {

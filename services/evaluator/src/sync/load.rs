@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rollout_core::CompiledFlag;
 use rollout_runtime::shutdown::Shutdown;
+use rollout_store::Keys;
 use rollout_store::{generation, load_flag, load_rollout, namespaces, reads, Connection};
-use rollout_wire::keys::Keys;
 use rollout_wire::subjects::Namespace;
 use tokio::sync::mpsc;
 

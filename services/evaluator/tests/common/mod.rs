@@ -1,6 +1,7 @@
 //! Test fixtures: private NATS and Redis servers, evaluator replicas started in process,
-//! state committed the way the planner commits it (a store `Mutation` through the one
-//! commit script, events published by the `Relay`), and small NATS and HTTP clients.
+//! state committed the way the planner commits it (the core's transitions committed by the
+//! store's `Writer`, events published by the `Relay` when the test says so), and small NATS
+//! and HTTP clients.
 
 #![allow(dead_code)]
 
@@ -16,15 +17,15 @@ use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_store::Keys;
 use rollout_store::{
-    load_flag, load_rollout, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, Relay,
-    RolloutRecord,
+    load_flag, load_rollout, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay,
+    RolloutRecord, Writer, Written,
 };
 use rollout_testkit::{NatsServer, RedisServer};
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
 use rollout_wire::envelope::{decode_reply, WireError};
 use rollout_wire::events::{ChangeEvent, EventKind};
-use rollout_wire::keys::{self, Keys};
 use rollout_wire::subjects::{Namespace, Subjects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,7 +98,7 @@ pub struct Committed {
     pub version: u64,
 }
 
-/// Writes state like the planner: one store `Mutation` per change, events by the relay.
+/// Writes state like the planner: one store `Change` per command, events by the relay.
 #[derive(Clone)]
 pub struct Store {
     pub redis: ConnectionManager,
@@ -135,27 +136,33 @@ impl Store {
 
     async fn register_namespace(&self, name: &str) {
         let mut connection = self.redis.clone();
-        let _: i64 = redis::cmd("SADD")
-            .arg(keys::namespaces())
-            .arg(name)
-            .query_async(&mut connection)
+        rollout_store::namespaces::register(&mut connection, &namespace(name))
             .await
             .expect("sadd");
     }
 
-    async fn execute(&self, mutation: Mutation<'_>) -> Committed {
-        let prepared = mutation.into_commit(None).expect("commit builds");
-        let mut connection = self.redis.clone();
-        match prepared
-            .commit
-            .execute(&mut connection)
+    /// Commits `change` at `now`, leaving its events in the outbox.
+    async fn commit(&self, name: &str, change: Change, now: Timestamp) -> Committed {
+        let written = Writer::unpublished(self.redis.clone())
+            .commit(
+                &namespace(name),
+                change,
+                actor(),
+                now,
+                Conditions::default(),
+            )
             .await
-            .expect("commit runs")
-        {
-            CommitOutcome::Committed { outbox_ids, .. } => Committed {
-                events: prepared.events,
+            .expect("commit runs");
+        match written {
+            Written::Committed {
+                events,
+                flag_version,
                 outbox_ids,
-                version: prepared.flag_version,
+                ..
+            } => Committed {
+                events,
+                outbox_ids,
+                version: flag_version,
             },
             other => panic!("commit refused: {other:?}"),
         }
@@ -269,22 +276,19 @@ impl Store {
     /// `flag.create`, committed but not published.
     pub async fn commit_create_flag(&self, name: &str, flag: Flag) -> Committed {
         self.register_namespace(name).await;
-        let keys = Keys::new(&namespace(name));
         let now = self.now().await;
         let (version, existing) = self.flag_record(name, &flag.key).await;
         assert!(existing.is_none(), "flag {} exists", flag.key);
-        let key = flag.key.clone();
-        let record = FlagRecord {
+        let mut change = Change::of_flag(&flag.key, version);
+        change.flag = Some(FlagRecord {
             flag,
             active_rollout: None,
             created_at: now,
             updated_at: now,
-        };
-        let mut mutation = Mutation::new(&keys, name, &key, version, now, actor());
-        mutation
-            .flag(record, true)
-            .happened(EventKind::FlagCreated, None, None, None);
-        self.execute(mutation).await
+        });
+        change.flag_created = true;
+        change.happened = vec![Happened::event(EventKind::FlagCreated, None)];
+        self.commit(name, change, now).await
     }
 
     /// `flag.create`, published.
@@ -296,21 +300,22 @@ impl Store {
 
     /// `flag.update` (replaces the definition), committed but not published.
     pub async fn commit_update_flag(&self, name: &str, flag: Flag) -> Committed {
-        let keys = Keys::new(&namespace(name));
         let now = self.now().await;
         let (version, existing) = self.flag_record(name, &flag.key).await;
         let existing = existing.expect("flag exists");
-        let key = flag.key.clone();
-        let record = FlagRecord {
+        let active = match &existing.active_rollout {
+            Some(id) => Some(self.rollout_record(name, id).await),
+            None => None,
+        };
+        let mut change = Change::of_flag(&flag.key, version);
+        change.flag = Some(FlagRecord {
             flag,
             updated_at: now,
             ..existing
-        };
-        let mut mutation = Mutation::new(&keys, name, &key, version, now, actor());
-        mutation
-            .flag(record, false)
-            .happened(EventKind::FlagUpdated, None, None, None);
-        self.execute(mutation).await
+        });
+        change.happened = vec![Happened::event(EventKind::FlagUpdated, None)];
+        self.commit(name, change.keeping_active(active.as_ref()), now)
+            .await
     }
 
     /// `flag.update`, published.
@@ -322,12 +327,11 @@ impl Store {
 
     /// `flag.delete`, published.
     pub async fn delete_flag(&self, name: &str, key: &str) -> u64 {
-        let keys = Keys::new(&namespace(name));
         let now = self.now().await;
         let (version, _) = self.flag_record(name, key).await;
-        let mut mutation = Mutation::new(&keys, name, key, version, now, actor());
-        mutation.happened(EventKind::FlagDeleted, None, None, None);
-        let committed = self.execute(mutation).await;
+        let mut change = Change::of_flag(key, version);
+        change.happened = vec![Happened::event(EventKind::FlagDeleted, None)];
+        let committed = self.commit(name, change, now).await;
         self.publish(name, &committed).await;
         committed.version
     }
@@ -340,7 +344,6 @@ impl Store {
         spec: RolloutSpec,
         salt: &str,
     ) -> (String, Committed) {
-        let keys = Keys::new(&namespace(name));
         let now = self.now().await;
         let (version, record) = self.flag_record(name, &spec.flag).await;
         let record = record.expect("flag exists");
@@ -363,9 +366,8 @@ impl Store {
             },
             now,
         );
-        let mut mutation = Mutation::new(&keys, name, &spec.flag, version, now, actor());
-        mutation.rollout_created(created, false);
-        (rollout_id, self.execute(mutation).await)
+        let change = Change::rollout_created(version, false, created);
+        (rollout_id, self.commit(name, change, now).await)
     }
 
     /// `rollout.create`, published.
@@ -383,18 +385,13 @@ impl Store {
         rollout_id: &str,
         event: Event,
     ) -> Committed {
-        let keys = Keys::new(&namespace(name));
         let now = self.now().await;
         let rollout = self.rollout_record(name, rollout_id).await;
         let (version, record) = self.flag_record(name, &rollout.plan.flag).await;
         let record = record.expect("flag exists");
         let moved = transition::apply(&record, &rollout, &event, now).expect("event applies");
-        let mut mutation = Mutation::new(&keys, name, &rollout.plan.flag, version, now, actor());
-        mutation
-            .flag(moved.flag, false)
-            .rollout(rollout.state.revision, moved.rollout)
-            .effects(rollout_id, &rollout.state, &moved.effects);
-        self.execute(mutation).await
+        let change = Change::rollout_moved(version, &rollout.state, moved);
+        self.commit(name, change, now).await
     }
 
     /// A rollout command, published. Returns the flag's new version.

@@ -1,5 +1,6 @@
 //! What the ticker's tests (and its benchmark) share: a private NATS + Redis pair, rollouts
-//! written the way the planner writes them (one store `Mutation`), readers for records,
+//! written the way the planner writes them (the core's `transition::create` committed by
+//! the store's `Writer`), readers for records,
 //! audit and events, and ticker replicas in process or as child processes.
 
 // each test binary uses a different part of this module
@@ -17,14 +18,15 @@ use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_store::reads::{audit_page, AuditLog};
+use rollout_store::Keys;
 use rollout_store::{
-    load_flag, load_rollout, redis_time, Actor, CommitOutcome, FlagRecord, Mutation, Relay,
-    RolloutRecord, StoredFlag,
+    load_flag, load_rollout, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay,
+    RolloutRecord, StoredFlag, Writer, Written,
 };
 use rollout_testkit::TestCluster;
 use rollout_wire::codec::Encoding;
 use rollout_wire::events::{ChangeEvent, EventKind};
-use rollout_wire::keys::{self, Keys};
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::{Namespace, Subjects};
 use ticker::{Ticker, TickerSettings};
@@ -38,7 +40,8 @@ pub struct Harness {
     pub redis: ConnectionManager,
     pub nats: async_nats::Client,
     pub subjects: Subjects,
-    pub relay: Relay,
+    /// Commits and publishes, as the planner does.
+    pub writer: Writer,
 }
 
 impl Harness {
@@ -56,10 +59,10 @@ impl Harness {
         let relay = Relay::new(nats.clone(), redis.clone(), subjects.clone());
         Harness {
             cluster,
+            writer: Writer::publishing(redis.clone(), relay),
             redis,
             nats,
             subjects,
-            relay,
         }
     }
 
@@ -94,10 +97,8 @@ impl Harness {
     /// Registers `namespace` as the planner does.
     pub async fn register_namespace(&self, namespace: &str) {
         let mut connection = self.redis.clone();
-        let _: i64 = redis::cmd("SADD")
-            .arg(keys::namespaces())
-            .arg(namespace)
-            .query_async(&mut connection)
+        let namespace = Namespace::new(namespace).expect("namespace");
+        rollout_store::namespaces::register(&mut connection, &namespace)
             .await
             .expect("sadd");
     }
@@ -114,34 +115,24 @@ impl Harness {
         options: CreateOptions,
     ) -> Option<RolloutRecord> {
         let publish = options.publish;
-        let (prepared, record) = self.prepare_create(namespace, flag_key, spec, now, options);
-        let keys = self.keys(namespace);
+        let (change, record) = self.prepare_create(namespace, flag_key, spec, now, options);
         self.register_namespace(namespace).await;
-        let mut connection = self.redis.clone();
-        let outcome = prepared
-            .commit
-            .execute(&mut connection)
+        let writer = if publish {
+            self.writer.clone()
+        } else {
+            Writer::unpublished(self.redis.clone())
+        };
+        let outcome = commit_at(&writer, namespace, change, now)
             .await
             .expect("commit runs");
-        let CommitOutcome::Committed { outbox_ids, .. } = outcome else {
-            panic!("creation not committed: {outcome:?}");
-        };
-        if publish {
-            self.relay
-                .publish_committed(&keys, &prepared.events, &outbox_ids)
-                .await;
-        } else {
-            let _: i64 = redis::cmd("XDEL")
-                .arg(keys.outbox())
-                .arg(&outbox_ids)
-                .query_async(&mut connection)
-                .await
-                .expect("xdel");
-        }
+        assert!(
+            matches!(outcome, Written::Committed { .. }),
+            "creation not committed: {outcome:?}"
+        );
         record
     }
 
-    /// The commit [`Harness::create`] executes, without executing it.
+    /// The change [`Harness::create`] commits, without committing it.
     pub fn prepare_create(
         &self,
         namespace: &str,
@@ -149,8 +140,7 @@ impl Harness {
         spec: Option<serde_json::Value>,
         now: Timestamp,
         options: CreateOptions,
-    ) -> (rollout_store::PreparedCommit, Option<RolloutRecord>) {
-        let keys = self.keys(namespace);
+    ) -> (Change, Option<RolloutRecord>) {
         let mut flag_json = serde_json::json!({
             "key": flag_key,
             "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
@@ -168,15 +158,8 @@ impl Harness {
             created_at: now,
             updated_at: now,
         };
-        let actor = Actor {
-            name: "test".to_owned(),
-            command_id: None,
-            trace_id: None,
-        };
-        let mut mutation = Mutation::new(&keys, namespace, flag_key, 0, now, actor);
-        mutation.happened(EventKind::FlagCreated, None, None, None);
         let mut rollout = None;
-        if let Some(spec_json) = spec {
+        let mut change = if let Some(spec_json) = spec {
             let mut spec_json = spec_json;
             spec_json["flag"] = serde_json::Value::String(flag_key.to_owned());
             spec_json
@@ -210,24 +193,25 @@ impl Harness {
                 now,
             );
             rollout = Some(created.rollout.clone());
-            mutation.rollout_created(created, true);
+            Change::rollout_created(0, true, created)
         } else {
-            mutation.flag(flag_record, true);
-        }
-        let prepared = mutation.into_commit(None).expect("commit builds");
-        (prepared, rollout)
+            let mut change = Change::of_flag(flag_key, 0);
+            change.flag = Some(flag_record);
+            change.flag_created = true;
+            change
+        };
+        change
+            .happened
+            .insert(0, Happened::event(EventKind::FlagCreated, None));
+        (change, rollout)
     }
 
     /// When the due index says the ticker should next look at `rollout_id`.
     pub async fn due_at(&self, namespace: &str, rollout_id: &str) -> Option<Timestamp> {
         let mut connection = self.redis.clone();
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(self.keys(namespace).due())
-            .arg(rollout_id)
-            .query_async(&mut connection)
+        rollout_store::due::scheduled(&mut connection, &self.keys(namespace), rollout_id)
             .await
-            .expect("zscore");
-        score.map(|score| Timestamp::from_millis(score as i64))
+            .expect("zscore")
     }
 
     pub async fn rollout(&self, namespace: &str, rollout_id: &str) -> RolloutRecord {
@@ -247,29 +231,20 @@ impl Harness {
 
     /// A rollout's audit, oldest first.
     pub async fn audit(&self, namespace: &str, rollout_id: &str) -> Vec<AuditEntry> {
-        self.audit_list(&self.keys(namespace).audit_rollout(rollout_id))
+        self.audit_list(namespace, AuditLog::Rollout(rollout_id))
             .await
     }
 
     /// A flag's audit, oldest first.
     pub async fn flag_audit(&self, namespace: &str, flag_key: &str) -> Vec<AuditEntry> {
-        self.audit_list(&self.keys(namespace).audit_flag(flag_key))
-            .await
+        self.audit_list(namespace, AuditLog::Flag(flag_key)).await
     }
 
-    async fn audit_list(&self, key: &str) -> Vec<AuditEntry> {
+    async fn audit_list(&self, namespace: &str, log: AuditLog<'_>) -> Vec<AuditEntry> {
         let mut connection = self.redis.clone();
-        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
+        let (_, mut entries) = audit_page(&mut connection, &self.keys(namespace), log, 0, u32::MAX)
             .await
-            .expect("lrange");
-        let mut entries: Vec<AuditEntry> = raw
-            .iter()
-            .map(|bytes| rollout_wire::codec::decode(bytes, Encoding::MessagePack).expect("audit"))
-            .collect();
+            .expect("the audit reads");
         entries.reverse();
         entries
     }
@@ -647,4 +622,22 @@ pub fn rfc3339(time: Timestamp) -> String {
 /// `time` plus `millis` (which may be negative).
 pub fn after(time: Timestamp, millis: i64) -> Timestamp {
     Timestamp::from_millis(time.as_millis() + millis)
+}
+
+/// Commits `change` to `namespace` at `now` through `writer`, as the test actor.
+pub async fn commit_at(
+    writer: &Writer,
+    namespace: &str,
+    change: Change,
+    now: Timestamp,
+) -> Result<Written, rollout_store::StoreError> {
+    let actor = Actor {
+        name: "test".to_owned(),
+        command_id: None,
+        trace_id: None,
+    };
+    let namespace = Namespace::new(namespace).expect("namespace");
+    writer
+        .commit(&namespace, change, actor, now, Conditions::default())
+        .await
 }

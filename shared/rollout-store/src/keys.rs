@@ -1,4 +1,5 @@
-//! Redis key names. Every key of a namespace carries the hash tag `{<ns>}`, so each atomic
+//! Redis key names, private to the store: other crates hold a [`Keys`] (built once per
+//! namespace) to pass to the store's functions, and never see a key. Every key of a namespace carries the hash tag `{<ns>}`, so each atomic
 //! script — which touches a flag, its rollouts, their indexes, the audit and the outbox
 //! together — stays in one Redis Cluster slot (SPEC §9).
 //!
@@ -14,7 +15,6 @@
 //! | `ro:{ns}:cmd:<command_id>` | string | first outcome of a command (idempotency) |
 //! | `ro:{ns}:fence` | string | the ticker leader's fencing epoch |
 //! | `ro:{ns}:agent:<id>` / `ro:{ns}:agents` | hash / sorted set | fleet agents, by last heartbeat |
-//! | `ro:{ns}:rollout:<id>:stage:<n>:members` | set | agent ids in stage n |
 //! | `ro:{ns}:rollout:<id>:reports` | hash | agent id → applied / failed |
 //! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | a flag's outcome counters of one window, per variation (kill switches) |
 //! | `ro:{ns}:rollout:<id>:outcomes:<window_start_ms>` | hash | a rollout's outcome counters of one window, per side (guards) |
@@ -27,14 +27,14 @@
 
 use rollout_core::Timestamp;
 
-use crate::subjects::Namespace;
+use rollout_wire::subjects::Namespace;
 
 /// Prefix of every key this system owns.
-pub const KEY_PREFIX: &str = "ro:";
+pub(crate) const KEY_PREFIX: &str = "ro:";
 
 /// The global registry of namespaces, `ro:namespaces`: the only key without a hash tag (it
 /// is never touched by a namespace's scripts).
-pub fn namespaces() -> String {
+pub(crate) fn namespaces() -> String {
     format!("{KEY_PREFIX}namespaces")
 }
 
@@ -43,7 +43,7 @@ pub fn namespaces() -> String {
 /// different id than the one it loaded under knows the versions it holds belong to a lost
 /// history, and rebuilds its snapshot from what Redis holds now. Untagged like
 /// [`namespaces`]: no script touches it.
-pub fn generation() -> String {
+pub(crate) fn generation() -> String {
     format!("{KEY_PREFIX}generation")
 }
 
@@ -51,20 +51,21 @@ pub fn generation() -> String {
 /// time to live, taken with `SET NX PX` and renewed by its holder. The `{ticker}` hash tag
 /// puts it in [`ticker_epoch`]'s Cluster slot, so one script can check the lease and raise
 /// the epoch together.
-pub fn ticker_lease() -> String {
+pub(crate) fn ticker_lease() -> String {
     format!("{KEY_PREFIX}{{ticker}}:lease")
 }
 
 /// `ro:{ticker}:epoch`: the ticker leadership counter, `INCR`ed on every acquisition of
 /// [`ticker_lease`]. It outlives the lease (and restarts, with persistence), so epochs only
 /// rise; each namespace's `fence` is raised to the leader's epoch.
-pub fn ticker_epoch() -> String {
+pub(crate) fn ticker_epoch() -> String {
     format!("{KEY_PREFIX}{{ticker}}:epoch")
 }
 
 /// The hash tag Redis Cluster hashes `key` by: the text between the first `{` and the next
 /// `}`, when that is not empty.
-pub fn hash_tag(key: &str) -> Option<&str> {
+#[cfg(test)]
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
     let open = key.find('{')?;
     let after_open = &key[open + 1..];
     let close = after_open.find('}')?;
@@ -89,98 +90,85 @@ impl Keys {
         }
     }
 
-    /// The common start of every key of the namespace, `ro:{<ns>}` (for `SCAN MATCH`).
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// `ro:{ns}:flag:<key>`: one flag.
-    pub fn flag(&self, key: &str) -> String {
+    pub(crate) fn flag(&self, key: &str) -> String {
         format!("{}:flag:{key}", self.base)
     }
 
     /// `ro:{ns}:flags`: index of flag keys.
-    pub fn flags(&self) -> String {
+    pub(crate) fn flags(&self) -> String {
         format!("{}:flags", self.base)
     }
 
     /// `ro:{ns}:rollout:<id>`: one rollout.
-    pub fn rollout(&self, rollout_id: &str) -> String {
+    pub(crate) fn rollout(&self, rollout_id: &str) -> String {
         format!("{}:rollout:{rollout_id}", self.base)
     }
 
     /// `ro:{ns}:rollouts:active`: index of queued, running and paused rollouts.
-    pub fn rollouts_active(&self) -> String {
+    pub(crate) fn rollouts_active(&self) -> String {
         format!("{}:rollouts:active", self.base)
     }
 
     /// `ro:{ns}:rollouts:finished`: index of completed, stopped and rolled-back rollouts.
-    pub fn rollouts_finished(&self) -> String {
+    pub(crate) fn rollouts_finished(&self) -> String {
         format!("{}:rollouts:finished", self.base)
     }
 
     /// `ro:{ns}:due`: rollout ids scored by when the ticker must next look at them.
-    pub fn due(&self) -> String {
+    pub(crate) fn due(&self) -> String {
         format!("{}:due", self.base)
     }
 
     /// `ro:{ns}:audit:rollout:<id>`: audit of one rollout (kept after it is deleted).
-    pub fn audit_rollout(&self, rollout_id: &str) -> String {
+    pub(crate) fn audit_rollout(&self, rollout_id: &str) -> String {
         format!("{}:audit:rollout:{rollout_id}", self.base)
     }
 
     /// `ro:{ns}:audit:flag:<key>`: audit of one flag.
-    pub fn audit_flag(&self, key: &str) -> String {
+    pub(crate) fn audit_flag(&self, key: &str) -> String {
         format!("{}:audit:flag:{key}", self.base)
     }
 
     /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
-    pub fn outbox(&self) -> String {
+    pub(crate) fn outbox(&self) -> String {
         format!("{}:outbox", self.base)
     }
 
     /// `ro:{ns}:cmd:<command_id>`: the first outcome of a command, returned on repeats.
-    pub fn command(&self, command_id: &str) -> String {
+    pub(crate) fn command(&self, command_id: &str) -> String {
         format!("{}:cmd:{command_id}", self.base)
     }
 
     /// `ro:{ns}:fence`: the fencing epoch of the ticker leader allowed to write.
-    pub fn fence(&self) -> String {
+    pub(crate) fn fence(&self) -> String {
         format!("{}:fence", self.base)
     }
 
     /// `ro:{ns}:agent:<id>`: one fleet agent's labels and attributes.
-    pub fn agent(&self, agent_id: &str) -> String {
+    pub(crate) fn agent(&self, agent_id: &str) -> String {
         format!("{}:agent:{agent_id}", self.base)
     }
 
     /// `ro:{ns}:agents`: agent ids scored by last heartbeat.
-    pub fn agents(&self) -> String {
+    pub(crate) fn agents(&self) -> String {
         format!("{}:agents", self.base)
     }
 
-    /// `ro:{ns}:rollout:<id>:stage:<n>:members`: agents in stage `n` of a rollout.
-    pub fn stage_members(&self, rollout_id: &str, stage_index: usize) -> String {
-        format!(
-            "{}:rollout:{rollout_id}:stage:{stage_index}:members",
-            self.base
-        )
-    }
-
     /// `ro:{ns}:rollout:<id>:reports`: each agent's latest applied/failed report.
-    pub fn stage_reports(&self, rollout_id: &str) -> String {
+    pub(crate) fn stage_reports(&self, rollout_id: &str) -> String {
         format!("{}:rollout:{rollout_id}:reports", self.base)
     }
 
     /// `ro:{ns}:outcomes:<flag>:<window_start_ms>`: a flag's outcome counters of one window,
     /// by variation.
-    pub fn outcomes(&self, flag: &str, window_start: Timestamp) -> String {
+    pub(crate) fn outcomes(&self, flag: &str, window_start: Timestamp) -> String {
         format!("{}:outcomes:{flag}:{}", self.base, window_start.as_millis())
     }
 
     /// `ro:{ns}:rollout:<id>:outcomes:<window_start_ms>`: a rollout's outcome counters of one
     /// window, by side (candidate, baseline).
-    pub fn rollout_outcomes(&self, rollout_id: &str, window_start: Timestamp) -> String {
+    pub(crate) fn rollout_outcomes(&self, rollout_id: &str, window_start: Timestamp) -> String {
         format!(
             "{}:rollout:{rollout_id}:outcomes:{}",
             self.base,
@@ -211,7 +199,6 @@ mod tests {
             keys.fence(),
             keys.agent("edge-7"),
             keys.agents(),
-            keys.stage_members("r-1", 2),
             keys.stage_reports("r-1"),
             keys.outcomes("new-checkout", Timestamp::from_millis(1_700_000_000_000)),
             keys.rollout_outcomes("r-1", Timestamp::from_millis(1_700_000_000_000)),
@@ -222,10 +209,6 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }
         assert_eq!(keys.rollout("r-1"), "ro:{prod}:rollout:r-1");
-        assert_eq!(
-            keys.stage_members("r-1", 2),
-            "ro:{prod}:rollout:r-1:stage:2:members"
-        );
         assert_eq!(namespaces(), "ro:namespaces");
         assert_eq!(hash_tag(&namespaces()), None);
     }

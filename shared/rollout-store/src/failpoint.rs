@@ -1,6 +1,6 @@
-//! Fault injection for crash tests: `ROLLOUT_FAILPOINTS=planner.after_commit` makes the
-//! process abort right after a successful commit, before it publishes events, replies or
-//! acknowledges — the window SPEC §11 says must lose nothing and double nothing. Read once
+//! Fault injection for crash tests: `ROLLOUT_FAILPOINTS=write.after_commit` makes the
+//! process abort right after a successful commit of [`crate::Writer`], before it publishes
+//! events, replies or acknowledges — the window SPEC §11 says must lose nothing and double nothing. Read once
 //! at start; unset in production, where a check costs one load of a static.
 
 use std::sync::LazyLock;
@@ -18,7 +18,7 @@ static ACTIVE: LazyLock<Vec<String>> = LazyLock::new(|| {
 });
 
 /// Aborts the process when the failpoint `name` is active.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     if ACTIVE.iter().any(|active| active == name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();

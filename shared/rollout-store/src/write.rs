@@ -1,0 +1,213 @@
+//! The one write path of the system. A decided [`Change`] — the flag after it, the rollout
+//! after it, what happened — becomes one commit of the `commit.lua` script, with the
+//! conditions the writer needs ([`Conditions`]: the leader's fence epoch, an earliest Redis
+//! time, the command's stored outcome), and its events are published at once through the
+//! [`Relay`]. Planner commands, ticker transitions, the kill switch, seeding and test
+//! fixtures all write through [`Writer::commit`]; none assembles records, indexes, audit
+//! entries or events itself.
+
+use crate::keys::Keys;
+use rollout_core::{RolloutState, Timestamp, Transition};
+use rollout_wire::events::ChangeEvent;
+use rollout_wire::subjects::Namespace;
+
+use crate::mutation::{Happened, Mutation};
+use crate::{Actor, CommitOutcome, Connection, FlagRecord, Relay, RolloutRecord, StoreError};
+
+/// A change to one flag and at most one of its rollouts, as a decision left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The flag's key.
+    pub flag_key: String,
+    /// The flag's version as loaded (0: it never existed); the commit checks it.
+    pub flag_version: u64,
+    /// The flag record after the change; `None` deletes the flag. Written even when only
+    /// its rollout changed, since its version rises with every event.
+    pub flag: Option<FlagRecord>,
+    /// The flag is new (the commit adds it to the flag index).
+    pub flag_created: bool,
+    /// The rollout after the change, with its revision as loaded (0: new).
+    pub rollout: Option<(u64, RolloutRecord)>,
+    /// The flag's active rollout, left as it is: its view goes into the event snapshot (an
+    /// evaluator applying the event keeps serving it) and the commit checks its revision.
+    /// A change whose flag names an active rollout it carries neither here nor in
+    /// [`Change::rollout`] is refused before Redis ([`StoreError::Inconsistent`]).
+    pub unchanged_rollout: Option<RolloutRecord>,
+    /// The rollout this change deletes, as loaded (its audit stays).
+    pub deleted_rollout: Option<RolloutRecord>,
+    /// What happened, in order: one audit entry and one event each.
+    pub happened: Vec<Happened>,
+}
+
+impl Change {
+    /// A change of flag `flag_key` as loaded at `flag_version`, writing nothing yet.
+    pub fn of_flag(flag_key: &str, flag_version: u64) -> Change {
+        Change {
+            flag_key: flag_key.to_owned(),
+            flag_version,
+            flag: None,
+            flag_created: false,
+            rollout: None,
+            unchanged_rollout: None,
+            deleted_rollout: None,
+            happened: Vec::new(),
+        }
+    }
+
+    /// A rollout created by [`rollout_core::transition::create`] on a flag loaded at
+    /// `flag_version` (`flag_created`: the flag is new in this same change).
+    pub fn rollout_created(flag_version: u64, flag_created: bool, created: Transition) -> Change {
+        let mut change = Change::of_flag(&created.flag.flag.key, flag_version);
+        change.happened = Happened::rollout_created(&created);
+        change.flag = Some(created.flag);
+        change.flag_created = flag_created;
+        change.rollout = Some((0, created.rollout));
+        change
+    }
+
+    /// A rollout moved by the step function ([`rollout_core::transition::apply`] or
+    /// [`rollout_core::transition::settle`]) from state `before`, on a flag loaded at
+    /// `flag_version`.
+    pub fn rollout_moved(flag_version: u64, before: &RolloutState, moved: Transition) -> Change {
+        let mut change = Change::of_flag(&moved.flag.flag.key, flag_version);
+        change.happened = vec![Happened::Effects {
+            rollout_id: moved.rollout.id.clone(),
+            before: before.clone(),
+            effects: moved.effects,
+        }];
+        change.flag = Some(moved.flag);
+        change.rollout = Some((before.revision, moved.rollout));
+        change
+    }
+
+    /// Keeps the flag's active rollout `active` in the snapshot when this change leaves it
+    /// as it is (it is not the rollout the change writes).
+    pub fn keeping_active(mut self, active: Option<&RolloutRecord>) -> Change {
+        let changed = self.rollout.as_ref().map(|(_, record)| record.id.as_str());
+        self.unchanged_rollout = active
+            .filter(|active| Some(active.id.as_str()) != changed)
+            .cloned();
+        self
+    }
+
+    /// How many events the change appends (each raises the flag's version by one).
+    pub fn event_count(&self) -> u64 {
+        crate::mutation::event_count(&self.happened)
+    }
+}
+
+/// What else a commit checks before its first write, and what it stores beside the change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conditions {
+    /// Refuse ([`Written::Fenced`]) unless the namespace's fence holds this ticker epoch.
+    pub leader_epoch: Option<u64>,
+    /// Refuse ([`Written::Early`]) while Redis time is before this (a transition fires no
+    /// earlier than due, whatever the writer's clock says).
+    pub not_before: Option<Timestamp>,
+    /// The command's encoded first outcome, stored under the actor's command id; a command
+    /// id seen before is refused ([`Written::Duplicate`]) with the outcome stored then.
+    pub outcome: Option<Vec<u8>>,
+}
+
+/// What [`Writer::commit`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    /// Everything was written at Redis time `now`, and `events` appended to the outbox
+    /// (published at once unless the writer does not publish).
+    Committed {
+        /// Redis `TIME` at commit.
+        now: Timestamp,
+        /// The appended events, versions and snapshots filled in.
+        events: Vec<ChangeEvent>,
+        /// The flag's version after the commit.
+        flag_version: u64,
+        /// The events' outbox stream entries (removed once published).
+        outbox_ids: Vec<String>,
+    },
+    /// The command id was seen before: its first outcome; nothing was written.
+    Duplicate(Vec<u8>),
+    /// A record's revision was not the one loaded; nothing was written.
+    Conflict {
+        /// The key whose revision differed.
+        key: String,
+        /// Its actual revision.
+        actual: u64,
+    },
+    /// The writer's epoch is not the fence's: a newer leader holds the namespace.
+    Fenced {
+        /// The fence's epoch.
+        fence: u64,
+    },
+    /// Redis time is before [`Conditions::not_before`]; nothing was written.
+    Early {
+        /// Redis `TIME`.
+        now: Timestamp,
+    },
+}
+
+/// Commits changes and publishes their events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    redis: Connection,
+    relay: Option<Relay>,
+}
+
+impl Writer {
+    /// A writer committing through `redis` and publishing each commit's events at once
+    /// through `relay` (what a service does).
+    pub fn publishing(redis: Connection, relay: Relay) -> Writer {
+        Writer {
+            redis,
+            relay: Some(relay),
+        }
+    }
+
+    /// A writer that leaves the events in the outbox, for a sweep to publish or a bulk
+    /// set-up to drop (seeding before the services start).
+    pub fn unpublished(redis: Connection) -> Writer {
+        Writer { redis, relay: None }
+    }
+
+    /// Commits `change` to `namespace` by `actor` at Redis time `now` under `conditions`,
+    /// then publishes its events.
+    pub async fn commit(
+        &self,
+        namespace: &Namespace,
+        change: Change,
+        actor: Actor,
+        now: Timestamp,
+        conditions: Conditions,
+    ) -> Result<Written, StoreError> {
+        let keys = Keys::new(namespace);
+        let prepared = Mutation::of(&keys, namespace.as_str(), now, actor, change)
+            .into_commit(conditions.outcome)?;
+        let mut commit = prepared.commit;
+        if let Some(epoch) = conditions.leader_epoch {
+            commit.fenced(&keys.fence(), epoch);
+        }
+        if let Some(time) = conditions.not_before {
+            commit.not_before(time);
+        }
+        let mut connection = self.redis.clone();
+        Ok(match commit.execute(&mut connection).await? {
+            CommitOutcome::Committed { now, outbox_ids } => {
+                crate::failpoint::hit("write.after_commit");
+                if let Some(relay) = &self.relay {
+                    relay
+                        .publish_committed(&keys, &prepared.events, &outbox_ids)
+                        .await;
+                }
+                Written::Committed {
+                    now,
+                    events: prepared.events,
+                    flag_version: prepared.flag_version,
+                    outbox_ids,
+                }
+            }
+            CommitOutcome::Duplicate(first) => Written::Duplicate(first),
+            CommitOutcome::Conflict { key, actual } => Written::Conflict { key, actual },
+            CommitOutcome::Fenced { fence } => Written::Fenced { fence },
+            CommitOutcome::Early { now } => Written::Early { now },
+        })
+    }
+}
