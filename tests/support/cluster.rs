@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
+use evaluator::{EvaluatorConfig, EvaluatorHandle};
 use futures_util::StreamExt;
-use planner::{Planner, PlannerConfig};
+use planner::Planner;
 use redis::aio::ConnectionManager;
 use rollout_core::{Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
@@ -71,47 +71,17 @@ pub fn redis_settings(url: &str, login: &Login) -> RedisSettings {
     }
 }
 
-/// A planner configuration with a fast outbox sweep and stream redelivery.
-pub fn planner_config(nats: NatsSettings, redis: RedisSettings) -> PlannerConfig {
-    let mut config = PlannerConfig {
-        nats,
-        redis,
-        ..PlannerConfig::default()
-    };
-    config.planner.min_phase_interval = Duration::from_secs(1);
-    config.planner.relay_interval = Duration::from_millis(100);
-    config.planner.relay_grace = Duration::from_millis(500);
-    config.planner.stream_ack_wait = Duration::from_secs(2);
-    config.planner.drain_grace = Duration::from_secs(2);
-    config
-}
+/// A planner configuration for tests (the sandbox's).
+pub use rollout_sandbox::planner_config;
 
-/// An evaluator configuration: HTTP on a free loopback port, OFREP namespace `prod`, quick
-/// resynchronisation after missed events.
+/// An evaluator configuration for tests (the sandbox's), serving OFREP for [`NS`].
 pub fn evaluator_config(nats: NatsSettings, redis: RedisSettings) -> EvaluatorConfig {
-    let mut config = EvaluatorConfig {
-        nats,
-        redis,
-        ..EvaluatorConfig::default()
-    };
-    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.http.namespace = NS.to_owned();
-    config.evaluator.resync_interval = Duration::from_secs(2);
-    config.evaluator.reconnect_check_interval = Duration::from_millis(100);
-    config.evaluator.outcome_flush_interval = Duration::from_millis(100);
-    config.evaluator.shutdown_grace = Duration::from_secs(2);
-    config
+    rollout_sandbox::evaluator_config(nats, redis, NS)
 }
 
 /// Starts an evaluator in process and waits until it serves.
 pub async fn start_evaluator(config: EvaluatorConfig) -> Arc<EvaluatorHandle> {
-    let handle = Evaluator::start(config, Shutdown::new())
-        .await
-        .expect("evaluator starts");
-    tokio::time::timeout(PATIENCE, handle.ready())
-        .await
-        .expect("evaluator becomes ready");
-    Arc::new(handle)
+    Arc::new(rollout_sandbox::start_evaluator(config, Shutdown::new()).await)
 }
 
 /// How the cluster is set up.

@@ -17,32 +17,12 @@ pub mod procs;
 pub mod proxy;
 pub mod simulation;
 
-use std::future::Future;
-use std::time::Duration;
-
 /// The namespace every test uses.
 pub const NS: &str = "prod";
 
 /// Bound on waiting for something that should happen within a second or two; only a
 /// failure ever takes it.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub use rollout_sandbox::PATIENCE;
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after
-/// `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "gave up after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
+pub use rollout_sandbox::wait_until_within as eventually;

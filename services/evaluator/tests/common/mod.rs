@@ -74,20 +74,17 @@ pub async fn start(config: EvaluatorConfig) -> EvaluatorHandle {
     handle
 }
 
-/// Polls `check` every few milliseconds until it holds.
+/// Polls `check` until it holds, or panics after the sandbox's patience.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rollout_sandbox::wait_until(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
 }
 
 /// What one commit wrote.

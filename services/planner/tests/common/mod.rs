@@ -1,66 +1,44 @@
-//! A private NATS + Redis pair with planners running in process, and a JSON client.
+//! The sandbox with planners running in process, and a JSON client for their subjects (the
+//! planner's tests speak the wire as any client does, envelopes and all).
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use planner::{Planner, PlannerConfig};
-use rollout_runtime::shutdown::Shutdown;
-use rollout_testkit::{NatsServer, RedisServer};
+use rollout_sandbox::Sandbox;
 use serde_json::{json, Value};
 
+/// A sandbox (private servers, planners in process) in namespace `test`, with a JSON
+/// client for the planner's subjects.
 pub struct Cluster {
-    pub nats: NatsServer,
-    pub redis: RedisServer,
-    pub client: async_nats::Client,
-    pub planners: Vec<(Shutdown, Option<Planner>)>,
+    pub sandbox: Sandbox,
 }
 
-pub fn config(nats: &NatsServer, redis: &RedisServer) -> PlannerConfig {
-    let mut config = PlannerConfig::default();
-    config.nats.url = nats.url();
-    config.redis.url = redis.url();
-    config.planner.min_phase_interval = Duration::from_secs(300);
-    config.planner.relay_interval = Duration::from_millis(100);
-    config.planner.relay_grace = Duration::from_millis(500);
-    config.planner.stream_ack_wait = Duration::from_secs(2);
-    config
+impl std::ops::Deref for Cluster {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Sandbox {
+        &mut self.sandbox
+    }
 }
 
 impl Cluster {
+    /// `planners` planner replicas; manual schedule steps at least 5 minutes apart.
     pub async fn start(planners: usize) -> Cluster {
-        rollout_runtime::telemetry::init_for_tests();
-        let nats = NatsServer::start().expect("nats starts");
-        let redis = RedisServer::start().expect("redis starts");
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("client connects");
-        let mut cluster = Cluster {
-            nats,
-            redis,
-            client,
-            planners: Vec::new(),
-        };
-        for _ in 0..planners {
-            cluster.add_planner().await;
-        }
-        cluster
-    }
-
-    pub async fn add_planner(&mut self) {
-        let shutdown = Shutdown::new();
-        let planner = Planner::start(config(&self.nats, &self.redis), shutdown.clone())
-            .await
-            .expect("planner starts");
-        self.planners.push((shutdown, Some(planner)));
-    }
-
-    pub async fn stop_planners(&mut self) {
-        for (shutdown, planner) in &mut self.planners {
-            shutdown.trigger();
-            if let Some(planner) = planner.take() {
-                planner.wait().await;
-            }
-        }
+        let sandbox = Sandbox::builder()
+            .namespace("test")
+            .planners(planners)
+            .planner_config(|config| {
+                config.planner.min_phase_interval = Duration::from_secs(300);
+            })
+            .start()
+            .await;
+        Cluster { sandbox }
     }
 
     /// Sends a JSON request and returns the whole reply envelope.

@@ -341,24 +341,8 @@ pub fn nats_settings(url: &str) -> NatsSettings {
     }
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls `check` until it returns `Some`, or panics after `deadline`.
+pub use rollout_sandbox::wait_until_within as eventually;
 
 /// A leader driven by hand: it holds the lease for one term and fires a round only when the
 /// test says so, so a test can assert that a round which looked at a rollout left it alone

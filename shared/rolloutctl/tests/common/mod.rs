@@ -1,5 +1,5 @@
-//! Running the built `rolloutctl` against a test cluster (the SDK's test harness, shared
-//! by path until the one test sandbox crate exists).
+//! Running the built `rolloutctl` against the SDK tests' sandbox cluster (shared by path:
+//! it is a thin layer over `rollout-sandbox`).
 
 #[path = "../../../rollout-sdk/tests/common/mod.rs"]
 mod sdk;
