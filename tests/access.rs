@@ -23,6 +23,7 @@ use rollout_core::{Lifecycle, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::connect::{connect_nats, connect_redis, ConnectErrorKind};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_sandbox::planner_config;
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient, Namespace, RequestOptions};
 use rollout_store::Keys;
 use rollout_store::{
@@ -34,8 +35,8 @@ use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::Subjects;
 use serde_json::{json, Value};
 use support::cluster::{
-    boolean_flag, evaluator_config, nats_settings, operator_commands, planner_config,
-    redis_settings, report_candidate, start_evaluator, Login,
+    boolean_flag, evaluator_config, nats_settings, operator_commands, redis_settings,
+    report_candidate, start_evaluator, Login,
 };
 use support::procs::{Service, ServiceProcess};
 use support::{eventually, NS, PATIENCE};

@@ -34,9 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rollout_core::Timestamp;
 use rollout_sdk::{EvalClient, Namespace};
-use support::checks::{
-    check_commands, check_rollouts, watch_in_process, Report, VersionMonitor, Watched,
-};
+use support::checks::{check_commands, check_rollouts, Replica, Report, VersionMonitor};
 use support::cluster::{boolean_flag, Cluster, ClusterOptions, EvaluatorProcess, Workload};
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::{Service, ServiceProcess};
@@ -92,8 +90,8 @@ impl PhasedRun {
                 Duration::from_secs(4),
             )
             .await;
-        let monitor = VersionMonitor::start(watch_in_process(&cluster), workload.flags.clone());
-        let oracle = OracleMonitor::start(Oracle::of_cluster(&cluster, NS));
+        let monitor = VersionMonitor::start(cluster.replicas(), workload.flags.clone());
+        let oracle = OracleMonitor::start(Oracle::of_sandbox(&cluster).await);
         let run = PhasedRun {
             cluster,
             workload,
@@ -173,7 +171,7 @@ impl PhasedRun {
         self.report.leader_changes = cluster.epoch_counter().await - self.first_epoch;
         self.report.fence_rejections = cluster.fence_rejections() as u64;
         self.monitor.finish(&mut self.report);
-        self.oracle.finish(&mut self.report);
+        self.report.add_oracle(self.oracle.finish());
         self.report.assert_clean();
         // a run that injected no fault, or in which no step was entered, proved nothing
         assert!(
@@ -763,7 +761,7 @@ async fn evaluator_killed_and_restarted() {
         )
         .await;
     let mut report = Report::new("evaluator kill -9 and restart");
-    let replicas: Vec<Watched> = evaluators.iter().map(EvaluatorProcess::watched).collect();
+    let replicas: Vec<Replica> = evaluators.iter().map(EvaluatorProcess::watched).collect();
     let monitor = VersionMonitor::start(replicas.clone(), workload.flags.clone());
     let oracle = OracleMonitor::start(Oracle::new(
         cluster.redis_conn.clone(),
@@ -828,7 +826,7 @@ async fn evaluator_killed_and_restarted() {
     let events = cluster.events.events();
     check_rollouts(&cluster, &workload.rollouts, Some(&events), &mut report).await;
     monitor.finish(&mut report);
-    oracle.finish(&mut report);
+    report.add_oracle(oracle.finish());
     report.leader_changes = cluster.epoch_counter().await - first_epoch;
     report.fence_rejections = cluster.fence_rejections() as u64;
     report.note(format!(

@@ -99,7 +99,7 @@ impl System {
 
     /// Asserts every evaluator serves what the committed state of the namespace gives.
     async fn assert_served_matches_committed(&self) {
-        assert_served_matches_committed(&self.cluster, NS).await;
+        assert_served_matches_committed(&self.cluster).await;
     }
 
     /// Waits until the status of rollout `id` shows it has `reached` what `what` names;
@@ -200,7 +200,7 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
     // every evaluator's (version, served share) as it changes
     let watchers: Vec<_> = system
         .cluster
-        .evaluators
+        .evaluators()
         .iter()
         .map(|handle| {
             let handle = Arc::clone(handle);
@@ -275,7 +275,7 @@ async fn a_phased_rollout_reaches_every_evaluator_step_by_step() {
             "evaluator {index} served the steps out of order or missed one: {seen:?}"
         );
         assert_eq!(
-            system.cluster.evaluators[index].served_version(NS, "new-checkout"),
+            system.cluster.evaluators()[index].served_version(NS, "new-checkout"),
             Some(version),
             "evaluator {index} converged on the completed state"
         );
@@ -540,7 +540,7 @@ async fn until_served_everywhere(system: &System, flag: &str) {
         || async {
             system
                 .cluster
-                .evaluators
+                .evaluators()
                 .iter()
                 .all(|handle| {
                     handle
@@ -1036,7 +1036,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     assert!(state.is_empty(), "bad input changed redis state: {state:?}");
     let invalid_outcomes: f64 = system
         .cluster
-        .evaluators
+        .evaluators()
         .iter()
         .map(|handle| {
             metric_sum(
@@ -1111,12 +1111,7 @@ async fn start_half_checkout_rollout(system: &System, flag: &Flag) -> RolloutRes
 async fn assert_a_fresh_evaluator_agrees(system: &mut System) {
     system.cluster.add_evaluator().await;
     system.assert_served_matches_committed().await;
-    let fresh = system
-        .cluster
-        .evaluators
-        .pop()
-        .expect("the fresh evaluator");
-    fresh.shutdown();
+    system.cluster.stop_newest_evaluator().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1223,7 +1218,7 @@ async fn an_event_too_large_for_nats_goes_out_without_its_snapshot_and_is_still_
     );
     // every replica serves the big edit all the same (the bare event makes it read Redis)
     system.assert_served_matches_committed().await;
-    for evaluator in &system.cluster.evaluators {
+    for evaluator in &system.cluster.evaluators() {
         let described = evaluator.snapshot().namespace(NS).and_then(|namespace| {
             namespace.with_flag("checkout", |live| live.compiled().version())
         });

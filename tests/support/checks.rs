@@ -5,11 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use evaluator::EvaluatorHandle;
 use rollout_core::{Effect, Timestamp};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::queries::AuditEntry;
@@ -17,6 +15,7 @@ use rollout_wire::queries::AuditEntry;
 use super::cluster::Cluster;
 use super::http;
 use super::NS;
+pub use rollout_sandbox::Replica;
 
 /// Slack between two readings of time on one machine (one clock; ms rounding).
 pub const CLOCK_SLACK_MS: i64 = 5;
@@ -58,6 +57,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds what an oracle monitor found.
+    pub fn add_oracle(&mut self, findings: rollout_sandbox::oracle::OracleFindings) {
+        self.oracle_samples += findings.samples;
+        self.oracle_violations += findings.violations;
+        for note in findings.notes {
+            self.note(note);
+        }
+    }
+
     pub fn new(scenario: &str) -> Report {
         Report {
             scenario: scenario.to_owned(),
@@ -373,33 +381,6 @@ pub fn commits_by_command(audit: &[AuditEntry]) -> HashMap<&str, usize> {
     commits
 }
 
-/// A replica whose served versions or answers are watched.
-#[derive(Clone)]
-pub enum Watched {
-    /// An evaluator in process: its snapshot is read directly.
-    InProcess(String, Arc<EvaluatorHandle>),
-    /// An evaluator process: its OFREP bulk evaluation says what it serves. The same
-    /// address across a restart is the same replica: a restarted evaluator must not serve
-    /// anything older than its predecessor did.
-    Http(String, SocketAddr),
-}
-
-impl Watched {
-    pub fn name(&self) -> &str {
-        match self {
-            Watched::InProcess(name, _) | Watched::Http(name, _) => name,
-        }
-    }
-
-    /// Where it serves OFREP.
-    pub fn http_addr(&self) -> SocketAddr {
-        match self {
-            Watched::InProcess(_, handle) => handle.http_addr(),
-            Watched::Http(_, addr) => *addr,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct MonitorState {
     last: HashMap<(String, String), u64>,
@@ -419,14 +400,14 @@ pub struct VersionMonitor {
 }
 
 impl VersionMonitor {
-    pub fn start(replicas: Vec<Watched>, flags: Vec<String>) -> VersionMonitor {
+    pub fn start(replicas: Vec<Replica>, flags: Vec<String>) -> VersionMonitor {
         let state = Arc::new(Mutex::new(MonitorState::default()));
         let sink = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
                 for replica in &replicas {
                     let (name, seen): (&str, Vec<(String, u64)>) = match replica {
-                        Watched::InProcess(name, handle) => (
+                        Replica::InProcess(name, handle) => (
                             name,
                             flags
                                 .iter()
@@ -435,7 +416,7 @@ impl VersionMonitor {
                                 })
                                 .collect(),
                         ),
-                        Watched::Http(name, addr) => match http::served_versions(*addr, NS).await {
+                        Replica::Http(name, addr) => match http::served_versions(*addr, NS).await {
                             Some(versions) => (
                                 name,
                                 versions
@@ -496,14 +477,4 @@ impl VersionMonitor {
             report.note(example.clone());
         }
     }
-}
-
-/// The in-process evaluators of `cluster`, to watch.
-pub fn watch_in_process(cluster: &Cluster) -> Vec<Watched> {
-    cluster
-        .evaluators
-        .iter()
-        .enumerate()
-        .map(|(index, handle)| Watched::InProcess(format!("evaluator-{index}"), Arc::clone(handle)))
-        .collect()
 }

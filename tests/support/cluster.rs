@@ -11,23 +11,23 @@ use std::time::Duration;
 
 use evaluator::{EvaluatorConfig, EvaluatorHandle};
 use futures_util::StreamExt;
-use planner::Planner;
 use redis::aio::ConnectionManager;
 use rollout_core::{Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_sandbox::Sandbox;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport, RequestOptions};
 use rollout_store::reads::{audit_page, AuditLog};
 use rollout_store::Keys;
 use rollout_store::{load_flag, load_rollout, redis_time, RolloutRecord};
-use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
+use rollout_testkit::NatsOptions;
 use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
 use rollout_wire::queries::AuditEntry;
 use serde_json::json;
 use tempfile::TempDir;
 
-use super::checks::Watched;
+use super::checks::Replica;
 use super::http;
 use super::procs::{Service, ServiceProcess};
 use super::proxy::Proxy;
@@ -70,9 +70,6 @@ pub fn redis_settings(url: &str, login: &Login) -> RedisSettings {
         ..RedisSettings::default()
     }
 }
-
-/// A planner configuration for tests (the sandbox's).
-pub use rollout_sandbox::planner_config;
 
 /// An evaluator configuration for tests (the sandbox's), serving OFREP for [`NS`].
 pub fn evaluator_config(nats: NatsSettings, redis: RedisSettings) -> EvaluatorConfig {
@@ -156,105 +153,72 @@ impl EvaluatorProcess {
     }
 
     /// The replica as the monitors watch it: over its OFREP address.
-    pub fn watched(&self) -> Watched {
-        Watched::Http(self.process.name.clone(), self.addr)
+    pub fn watched(&self) -> Replica {
+        Replica::Http(self.process.name.clone(), self.addr)
     }
 }
 
-/// The system under test.
+/// The system under test: the sandbox (servers, planners and evaluators in process, the
+/// operator's connection as `client`) plus ticker processes, proxies and an event log.
 pub struct Cluster {
+    pub sandbox: Sandbox,
     pub options: ClusterOptions,
-    pub nats: NatsServer,
-    pub redis: RedisServer,
     pub dir: TempDir,
-    /// The operator's NATS connection.
-    pub client: async_nats::Client,
     pub redis_conn: ConnectionManager,
     pub commands: CommandClient,
-    pub planners: Vec<(Shutdown, Option<Planner>)>,
-    pub evaluators: Vec<Arc<EvaluatorHandle>>,
     pub tickers: Vec<TickerReplica>,
     pub events: EventLog,
     next_ticker: usize,
 }
 
+impl std::ops::Deref for Cluster {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Sandbox {
+        &mut self.sandbox
+    }
+}
+
 impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
-        rollout_runtime::telemetry::init_for_tests();
-        let appendonly = options.appendonly;
         let nats_options = match options.nats_max_payload {
             Some(bytes) => NatsOptions::default().config(format!("max_payload: {bytes}\n")),
             None => NatsOptions::default(),
         };
-        let (nats, redis) = tokio::task::spawn_blocking(move || {
-            let nats = NatsServer::start_with(nats_options)
-                .expect("nats-server starts (run deploy/tools/install.sh)");
-            let redis = RedisServer::start_with(RedisOptions::default().appendonly(appendonly))
-                .expect("redis-server starts (run deploy/tools/install.sh)");
-            (nats, redis)
-        })
-        .await
-        .expect("server start task");
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("operator connects");
-        let redis_conn = rollout_runtime::connect::connect_redis(&redis_settings(
-            &redis.url(),
-            &Login::default(),
-        ))
-        .await
-        .expect("redis connects");
-        let commands = operator_commands(client.clone());
-        let events = EventLog::start(&client, "rollout.events.>").await;
-        let mut cluster = Cluster {
-            options: options.clone(),
-            nats,
-            redis,
+        let stale = options.stale_agent_after;
+        let mut builder = Sandbox::builder()
+            .namespace(NS)
+            .planners(options.planners)
+            .evaluators(options.evaluators)
+            .nats(nats_options)
+            .planner_config(move |config| config.planner.stale_agent_after = stale)
+            .evaluator_config(move |config| config.evaluator.stale_agent_after = stale);
+        if options.appendonly {
+            builder = builder.appendonly();
+        }
+        let sandbox = builder.start().await;
+        let redis_conn = sandbox.store().await;
+        let commands = operator_commands(sandbox.client.clone());
+        let events = EventLog::start(&sandbox.client, "rollout.events.>").await;
+        Cluster {
+            sandbox,
+            options,
             dir: tempfile::Builder::new()
                 .prefix("rollout-system-")
                 .tempdir()
                 .expect("tempdir"),
-            client,
             redis_conn,
             commands,
-            planners: Vec::new(),
-            evaluators: Vec::new(),
             tickers: Vec::new(),
             events,
             next_ticker: 0,
-        };
-        for _ in 0..options.planners {
-            cluster.add_planner().await;
         }
-        for _ in 0..options.evaluators {
-            cluster.add_evaluator().await;
-        }
-        cluster
-    }
-
-    pub fn nats_settings(&self) -> NatsSettings {
-        nats_settings(&self.nats.url(), &Login::default())
-    }
-
-    pub fn redis_settings(&self) -> RedisSettings {
-        redis_settings(&self.redis.url(), &Login::default())
-    }
-
-    pub async fn add_planner(&mut self) {
-        let shutdown = Shutdown::new();
-        let mut config = planner_config(self.nats_settings(), self.redis_settings());
-        config.planner.stale_agent_after = self.options.stale_agent_after;
-        let planner = Planner::start(config, shutdown.clone())
-            .await
-            .expect("planner starts");
-        self.planners.push((shutdown, Some(planner)));
-    }
-
-    pub async fn add_evaluator(&mut self) {
-        let mut config = evaluator_config(self.nats_settings(), self.redis_settings());
-        config.evaluator.stale_agent_after = self.options.stale_agent_after;
-        let handle = start_evaluator(config).await;
-        self.evaluators.push(handle);
     }
 
     /// Starts an evaluator as a child process named `name`, serving OFREP on a free
@@ -584,7 +548,7 @@ impl Cluster {
         .await;
         for flag in flags {
             let version = self.flag_version(flag).await;
-            for (index, evaluator) in self.evaluators.iter().enumerate() {
+            for (index, evaluator) in self.evaluators().iter().enumerate() {
                 eventually(
                     &format!("evaluator {index} to serve {flag} at version {version}"),
                     PATIENCE,
@@ -618,20 +582,12 @@ impl Cluster {
 
     /// Stops the in-process planners.
     pub async fn shutdown_planners(&mut self) {
-        for (shutdown, planner) in &mut self.planners {
-            shutdown.trigger();
-            if let Some(planner) = planner.take() {
-                planner.wait().await;
-            }
-        }
+        self.sandbox.stop_planners().await;
     }
 
     /// Stops the in-process planners and evaluators.
     pub async fn shutdown(&mut self) {
-        self.shutdown_planners().await;
-        for evaluator in &self.evaluators {
-            evaluator.shutdown();
-        }
+        self.sandbox.stop_services().await;
     }
 }
 

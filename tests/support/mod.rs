@@ -3,19 +3,19 @@
 //! whole system on private servers with planners and evaluators in process and a phased
 //! workload ([`cluster`]), the invariant checks and the per-run report ([`checks`]), the
 //! served-content oracle — what every replica serves against what the committed state gives
-//! ([`oracle`]) — a tiny HTTP client for evaluator endpoints ([`http`]), and the seeded
-//! simulation's schedule, lanes and invariants ([`simulation`]).
+//! ([`oracle`], the sandbox's) — a tiny HTTP client for evaluator endpoints ([`http`], the
+//! sandbox's), and the seeded simulation's schedule, lanes and invariants ([`simulation`]).
 
 // each test binary uses a different part of this module
 #![allow(dead_code)]
 
 pub mod checks;
 pub mod cluster;
-pub mod http;
-pub mod oracle;
 pub mod procs;
 pub mod proxy;
 pub mod simulation;
+
+pub use rollout_sandbox::{http, oracle};
 
 /// The namespace every test uses.
 pub const NS: &str = "prod";

@@ -110,9 +110,9 @@ pub fn answer(
 pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
     let started = Instant::now();
     let encoding = request_encoding(message.headers.as_ref());
-    let (reply, code) = match shared.subjects.parse(message.subject.as_str()) {
+    let (reply, code) = match shared.io.subjects.parse(message.subject.as_str()) {
         Ok(Route::Eval { namespace }) => {
-            let snapshot = shared.snapshot.namespace(namespace.as_str());
+            let snapshot = shared.served.snapshot.namespace(namespace.as_str());
             let (reply, code) = answer(
                 snapshot.as_deref(),
                 namespace.as_str(),
@@ -144,7 +144,7 @@ pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
     if code == Some(ErrorCode::Internal) {
         tracing::error!(subject = %message.subject, "evaluation failed internally");
     }
-    send_reply(&shared.nats, message.reply, encoding, reply).await;
+    send_reply(&shared.io.nats, message.reply, encoding, reply).await;
     shared
         .metrics
         .record_latency(Transport::Nats, started.elapsed());

@@ -148,7 +148,7 @@ impl KnownRollouts {
         if cached.is_some() {
             return Ok(cached);
         }
-        let mut connection = shared.redis.clone();
+        let mut connection = shared.io.redis.clone();
         let Some(record) = rollout_store::load_rollout(&mut connection, keys, rollout_id).await?
         else {
             return Ok(None);
@@ -177,7 +177,7 @@ impl KnownRollouts {
 /// Handles one message of `rollout.fleet.*.*`.
 pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
     let encoding = request_encoding(message.headers.as_ref());
-    let (verb, outcome) = match shared.subjects.parse(message.subject.as_str()) {
+    let (verb, outcome) = match shared.io.subjects.parse(message.subject.as_str()) {
         Ok(Route::Fleet { namespace, verb }) => {
             let outcome = match FleetRequest::decode(verb, &message.payload, encoding) {
                 Ok(request) => dispatch(shared, &namespace, request).await,
@@ -203,7 +203,7 @@ pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
         }
     }
     send_reply(
-        &shared.nats,
+        &shared.io.nats,
         message.reply,
         encoding,
         encode_reply(&outcome, encoding),
@@ -237,7 +237,7 @@ async fn register(
     keys: &Keys,
     register: AgentRegister,
 ) -> Result<FleetReply, WireError> {
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let now = rollout_store::redis_time(&mut connection)
         .await
         .map_err(|error| error.to_wire())?;
@@ -250,7 +250,7 @@ async fn register(
     fleet::register_agent(&mut connection, keys, &agent, agent_expiry(shared))
         .await
         .map_err(|error| error.to_wire())?;
-    shared.agents.remember(
+    shared.fleet.agents.remember(
         namespace.as_str(),
         &register.agent_id,
         AgentProfile {
@@ -270,7 +270,7 @@ async fn heartbeat(
     keys: &Keys,
     beat: AgentHeartbeat,
 ) -> Result<FleetReply, WireError> {
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let now = rollout_store::redis_time(&mut connection)
         .await
         .map_err(|error| error.to_wire())?;
@@ -306,12 +306,13 @@ fn agent_expiry(shared: &Shared) -> DurationMs {
 async fn refresh_liveness(shared: &Shared, namespace: &Namespace, keys: &Keys, agent_id: &str) {
     let every = shared.settings.stale_agent_after / 4;
     if !shared
+        .fleet
         .agents
         .claim_refresh(namespace.as_str(), agent_id, every)
     {
         return;
     }
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let refreshed = match rollout_store::redis_time(&mut connection).await {
         Ok(now) => {
             fleet::heartbeat(&mut connection, keys, agent_id, now, agent_expiry(shared)).await
@@ -329,14 +330,14 @@ async fn agent_profile(
     keys: &Keys,
     agent_id: &str,
 ) -> Result<AgentProfile, WireError> {
-    if let Some(profile) = shared.agents.profile(
+    if let Some(profile) = shared.fleet.agents.profile(
         namespace.as_str(),
         agent_id,
         shared.settings.agent_cache_ttl,
     ) {
         return Ok(profile);
     }
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let agent = fleet::load_agent(&mut connection, keys, agent_id)
         .await
         .map_err(|error| error.to_wire())?
@@ -351,6 +352,7 @@ async fn agent_profile(
         attributes: agent.attributes,
     };
     shared
+        .fleet
         .agents
         .remember(namespace.as_str(), agent_id, profile.clone(), false);
     Ok(profile)
@@ -376,6 +378,7 @@ async fn desired(
         labels: profile.labels,
     };
     let decided = shared
+        .served
         .snapshot
         .namespace(namespace.as_str())
         .and_then(|snapshot| {
@@ -407,6 +410,7 @@ async fn desired(
     let mut desired = decided.desired;
     if let Some((rollout_id, stage)) = decided.stage {
         match shared
+            .fleet
             .rollouts
             .facts(shared, keys, namespace.as_str(), &rollout_id)
             .await
@@ -433,6 +437,7 @@ async fn report(
 ) -> Result<FleetReply, WireError> {
     agent_profile(shared, namespace, keys, &report.agent_id).await?;
     let (has_variation, active) = shared
+        .served
         .snapshot
         .namespace(namespace.as_str())
         .and_then(|snapshot| {
@@ -456,6 +461,7 @@ async fn report(
     let rollout_id = match (&report.rollout_id, active) {
         (Some(named), _) => {
             let facts = shared
+                .fleet
                 .rollouts
                 .facts(shared, keys, namespace.as_str(), named)
                 .await
@@ -490,7 +496,7 @@ async fn report(
         ReportStatus::Applied => Report::Applied(report.variation.clone()),
         ReportStatus::Failed => Report::Failed(report.variation.clone()),
     };
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     fleet::record_report(
         &mut connection,
         keys,

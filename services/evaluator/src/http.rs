@@ -102,6 +102,7 @@ enum Refused {
 
 fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared, Refused> {
     let bound = shared
+        .access
         .tokens
         .authorize(headers.get(AUTHORIZATION))
         .map_err(Refused::Denied)?;
@@ -109,7 +110,7 @@ fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared
         return Err(Refused::NotReady);
     }
     let name = match headers.get(NAMESPACE_HEADER) {
-        None => bound.unwrap_or(&shared.default_namespace).to_owned(),
+        None => bound.unwrap_or(&shared.access.default_namespace).to_owned(),
         Some(value) => {
             let text = value.to_str().unwrap_or_default();
             match Namespace::new(text) {
@@ -131,7 +132,7 @@ fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared
             }
         }
     };
-    let namespace = shared.snapshot.namespace(&name);
+    let namespace = shared.served.snapshot.namespace(&name);
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         OfrepRequest::default()
     } else {
@@ -292,7 +293,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        shared.metrics.render(&shared.snapshot),
+        shared.metrics.render(&shared.served.snapshot),
     )
         .into_response()
 }

@@ -63,36 +63,63 @@ use crate::snapshot::Snapshot;
 /// the NATS connection).
 const EVAL_IN_FLIGHT: usize = 32;
 
-/// State shared by every task of one evaluator.
+/// State shared by every task of one evaluator, grouped by concern: what is served and
+/// what keeps it current ([`Served`]), the connections every concern talks through
+/// ([`Io`]), HTTP access ([`Access`]), fleet agents ([`FleetState`]), counters and
+/// settings.
 pub struct Shared {
-    snapshot: Snapshot,
+    served: Served,
+    io: Io,
+    access: Access,
+    fleet: FleetState,
     metrics: Metrics,
-    subjects: Subjects,
-    nats: async_nats::Client,
-    redis: rollout_store::Connection,
     settings: EvaluatorSettings,
-    default_namespace: String,
-    /// OFREP bearer tokens and whether they are required.
-    tokens: TokenTable,
-    clock: RedisClock,
-    agents: AgentCache,
-    rollouts: KnownRollouts,
+}
+
+/// What a replica serves and what it needs to keep it current (the [`sync`] concern).
+struct Served {
+    snapshot: Snapshot,
+    /// A resynchronisation was dropped because its queue was full: the next one loads all.
     resync_overflow: AtomicBool,
-    /// Connection events of `nats`: a slow-consumer drop may have lost change events.
+    /// Connection events of the NATS client: a slow-consumer drop may have lost change
+    /// events.
     nats_events: Arc<NatsEvents>,
     /// Redis's generation id (`ro:generation`) when the snapshot was last checked against
     /// it; `None` before the first load.
     store_generation: std::sync::Mutex<Option<String>>,
 }
 
+/// The connections, subjects and clock every concern talks through.
+struct Io {
+    nats: async_nats::Client,
+    redis: rollout_store::Connection,
+    subjects: Subjects,
+    clock: RedisClock,
+}
+
+/// Who may ask over HTTP, and for which namespace by default (the [`http`] and [`ofrep`]
+/// concern).
+struct Access {
+    /// OFREP bearer tokens and whether they are required.
+    tokens: TokenTable,
+    default_namespace: String,
+}
+
+/// Fleet agents as last registered, and the rollouts their reports are counted against
+/// (the [`fleet`] concern).
+struct FleetState {
+    agents: AgentCache,
+    rollouts: KnownRollouts,
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Shared")
-            .field("subjects", &self.subjects)
+            .field("subjects", &self.io.subjects)
             .field("settings", &self.settings)
-            .field("default_namespace", &self.default_namespace)
-            .field("tokens", &self.tokens)
+            .field("default_namespace", &self.access.default_namespace)
+            .field("tokens", &self.access.tokens)
             .finish_non_exhaustive()
     }
 }
@@ -130,26 +157,34 @@ impl Evaluator {
                 source,
             })?;
         let shared = Arc::new(Shared {
-            snapshot: Snapshot::new(),
+            served: Served {
+                snapshot: Snapshot::new(),
+                resync_overflow: AtomicBool::new(false),
+                nats_events,
+                store_generation: std::sync::Mutex::new(None),
+            },
+            io: Io {
+                nats,
+                redis,
+                subjects,
+                clock: RedisClock::default(),
+            },
+            access: Access {
+                tokens: TokenTable::new(&config.http),
+                default_namespace: config.http.namespace.clone(),
+            },
+            fleet: FleetState {
+                agents: AgentCache::default(),
+                rollouts: KnownRollouts::default(),
+            },
             metrics: Metrics::default(),
-            subjects,
-            nats,
-            redis,
             settings: config.evaluator.clone(),
-            default_namespace: config.http.namespace.clone(),
-            tokens: TokenTable::new(&config.http),
-            clock: RedisClock::default(),
-            agents: AgentCache::default(),
-            rollouts: KnownRollouts::default(),
-            resync_overflow: AtomicBool::new(false),
-            nats_events,
-            store_generation: std::sync::Mutex::new(None),
         });
         let tasks = Tasks::new();
 
         // events first: whatever is published while the snapshot loads waits in the
         // subscription and is applied after the load (older versions are then ignored)
-        let events = subscribe(&shared, shared.subjects.events_all(), None).await?;
+        let events = subscribe(&shared, shared.io.subjects.events_all(), None).await?;
 
         let router = http::router(Arc::clone(&shared));
         let http_shutdown = shutdown.clone();
@@ -173,14 +208,14 @@ impl Evaluator {
                 ready_sender,
             ),
         );
-        if shared.tokens.required() {
+        if shared.access.tokens.required() {
             tracing::info!(
-                tokens = shared.tokens.len(),
+                tokens = shared.access.tokens.len(),
                 "ofrep requires a bearer token bound to a namespace"
             );
-        } else if !shared.tokens.is_empty() {
+        } else if !shared.access.tokens.is_empty() {
             tracing::warn!(
-                tokens = shared.tokens.len(),
+                tokens = shared.access.tokens.len(),
                 "http.tokens are set but http.require_token is off: ofrep answers without a token"
             );
         }
@@ -203,11 +238,12 @@ async fn subscribe(
     let subscribed = match queue {
         Some(queue) => {
             shared
+                .io
                 .nats
                 .queue_subscribe(subject.clone(), queue.to_owned())
                 .await
         }
-        None => shared.nats.subscribe(subject.clone()).await,
+        None => shared.io.nats.subscribe(subject.clone()).await,
     };
     subscribed.map_err(|error| EvaluatorError::Subscribe {
         subject,
@@ -237,14 +273,19 @@ async fn start_serving(
     );
     let grace = shared.settings.shutdown_grace;
     for worker in 0..shared.settings.eval_workers {
-        let subscriber =
-            match subscribe(&shared, shared.subjects.eval_all(), Some(EVALUATOR_QUEUE)).await {
-                Ok(subscriber) => subscriber,
-                Err(error) => {
-                    tracing::error!(%error, "cannot take evaluation requests");
-                    return;
-                }
-            };
+        let subscriber = match subscribe(
+            &shared,
+            shared.io.subjects.eval_all(),
+            Some(EVALUATOR_QUEUE),
+        )
+        .await
+        {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::error!(%error, "cannot take evaluation requests");
+                return;
+            }
+        };
         let handler_shared = Arc::clone(&shared);
         tasks.spawn(
             format!("eval-{worker}"),
@@ -263,7 +304,7 @@ async fn start_serving(
     // outcome reports are checked against the snapshot: taken only once it is loaded
     let outcome_reports = match subscribe(
         &shared,
-        shared.subjects.metrics_all(),
+        shared.io.subjects.metrics_all(),
         Some(EVALUATOR_QUEUE),
     )
     .await
@@ -278,14 +319,19 @@ async fn start_serving(
         "outcomes",
         outcomes::run(Arc::clone(&shared), outcome_reports, shutdown.clone()),
     );
-    let fleet_subscriber =
-        match subscribe(&shared, shared.subjects.fleet_all(), Some(EVALUATOR_QUEUE)).await {
-            Ok(subscriber) => subscriber,
-            Err(error) => {
-                tracing::error!(%error, "cannot take fleet requests");
-                return;
-            }
-        };
+    let fleet_subscriber = match subscribe(
+        &shared,
+        shared.io.subjects.fleet_all(),
+        Some(EVALUATOR_QUEUE),
+    )
+    .await
+    {
+        Ok(subscriber) => subscriber,
+        Err(error) => {
+            tracing::error!(%error, "cannot take fleet requests");
+            return;
+        }
+    };
     let handler_shared = Arc::clone(&shared);
     tasks.spawn(
         "fleet",
@@ -301,12 +347,13 @@ async fn start_serving(
         ),
     );
     // a round trip: the server has the subscriptions before readiness is announced
-    if let Err(error) = shared.nats.flush().await {
+    if let Err(error) = shared.io.nats.flush().await {
         tracing::warn!(%error, "nats flush before readiness failed");
     }
     shared.metrics.set_ready();
     ready.send_replace(true);
     let flags: u64 = shared
+        .served
         .snapshot
         .namespaces()
         .iter()
@@ -314,7 +361,7 @@ async fn start_serving(
         .sum();
     tracing::info!(
         flags,
-        namespaces = shared.snapshot.namespaces().len(),
+        namespaces = shared.served.snapshot.namespaces().len(),
         "snapshot loaded; serving"
     );
 }
@@ -349,12 +396,13 @@ impl EvaluatorHandle {
 
     /// The snapshot being served.
     pub fn snapshot(&self) -> &Snapshot {
-        &self.shared.snapshot
+        &self.shared.served.snapshot
     }
 
     /// The version of flag `key` of `namespace` being served (`None`: not served).
     pub fn served_version(&self, namespace: &str, key: &str) -> Option<u64> {
         self.shared
+            .served
             .snapshot
             .namespace(namespace)?
             .with_flag(key, snapshot::LiveFlag::version)
@@ -362,7 +410,7 @@ impl EvaluatorHandle {
 
     /// The version held for flag `key`, a deletion's included.
     pub fn held_version(&self, namespace: &str, key: &str) -> Option<u64> {
-        self.shared.snapshot.held_version(namespace, key)
+        self.shared.served.snapshot.held_version(namespace, key)
     }
 
     /// Flags read again from Redis so far (gaps, missing snapshots, periodic and
@@ -378,7 +426,7 @@ impl EvaluatorHandle {
 
     /// The Prometheus text `/metrics` serves.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render(&self.shared.snapshot)
+        self.shared.metrics.render(&self.shared.served.snapshot)
     }
 
     /// Stops taking work; [`EvaluatorHandle::wait`] then finishes.
@@ -392,7 +440,7 @@ impl EvaluatorHandle {
         self.shutdown.cancelled().await;
         let grace = self.shared.settings.shutdown_grace;
         let unfinished = self.tasks.close_and_wait(grace).await;
-        if let Err(error) = self.shared.nats.flush().await {
+        if let Err(error) = self.shared.io.nats.flush().await {
             tracing::debug!(%error, "final nats flush failed");
         }
         tracing::info!("evaluator stopped");

@@ -137,7 +137,8 @@ impl Aggregator {
 /// Checks one `rollout.metrics.<ns>` message and adds its reports; reports that break a
 /// cap, or name a flag or variation the namespace does not have, are dropped and counted.
 pub fn accept(shared: &Shared, aggregator: &mut Aggregator, message: &async_nats::Message) {
-    let Ok(Route::Metrics { namespace }) = shared.subjects.parse(message.subject.as_str()) else {
+    let Ok(Route::Metrics { namespace }) = shared.io.subjects.parse(message.subject.as_str())
+    else {
         shared.metrics.add_outcomes(OutcomeResult::Invalid, 1);
         return;
     };
@@ -157,7 +158,7 @@ pub fn accept(shared: &Shared, aggregator: &mut Aggregator, message: &async_nats
         );
         return;
     }
-    let known = shared.snapshot.namespace(namespace.as_str());
+    let known = shared.served.snapshot.namespace(namespace.as_str());
     let mut accepted = Vec::with_capacity(reports.len());
     for report in reports {
         if report.validate().is_err() {
@@ -182,13 +183,13 @@ pub async fn flush(shared: &Shared, aggregator: &mut Aggregator) {
     if aggregator.pending_reports() == 0 {
         return;
     }
-    let now = shared.clock.now();
+    let now = shared.io.clock.now();
     for (name, tallies) in aggregator.take() {
         let Ok(namespace) = Namespace::new(name.as_str()) else {
             continue;
         };
         let keys = Keys::new(&namespace);
-        let mut connection = shared.redis.clone();
+        let mut connection = shared.io.redis.clone();
         match add_tallies(&mut connection, &keys, &tallies, now).await {
             Ok(()) => shared.metrics.add_outcome_flush(true),
             Err(error) => {

@@ -20,6 +20,13 @@
 //! Waiting is [`wait_until`]: poll a check until it answers, panicking with what was awaited
 //! after [`PATIENCE`]. Tests never sleep and then assert that nothing happened; where a
 //! negative matters they drive the component by hand (the ticker's `HandDriven`).
+//!
+//! Outcomes are judged by the [`oracle`]: what every replica *serves* against what the
+//! committed state in Redis gives (SPEC §11.1), through the same paths applications use
+//! ([`http`] for OFREP, NATS for `rollout.eval` and fleet `desired`).
+
+pub mod http;
+pub mod oracle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -150,6 +157,34 @@ pub async fn start_evaluator(config: EvaluatorConfig, shutdown: Shutdown) -> Eva
         .await
         .expect("evaluator becomes ready");
     handle
+}
+
+/// An evaluator replica as the oracle and the monitors ask it.
+#[derive(Clone, Debug)]
+pub enum Replica {
+    /// An evaluator in process: its snapshot can be read directly, and it serves OFREP.
+    InProcess(String, Arc<EvaluatorHandle>),
+    /// An evaluator process serving OFREP at this address. The same address across a
+    /// restart is the same replica: a restarted evaluator must not serve anything older
+    /// than its predecessor did.
+    Http(String, SocketAddr),
+}
+
+impl Replica {
+    /// Its name in reports.
+    pub fn name(&self) -> &str {
+        match self {
+            Replica::InProcess(name, _) | Replica::Http(name, _) => name,
+        }
+    }
+
+    /// Where it serves OFREP.
+    pub fn http_addr(&self) -> SocketAddr {
+        match self {
+            Replica::InProcess(_, handle) => handle.http_addr(),
+            Replica::Http(_, addr) => *addr,
+        }
+    }
 }
 
 type Tweak<C> = Box<dyn Fn(&mut C) + Send + Sync>;
@@ -418,11 +453,32 @@ impl Sandbox {
         self.evaluators.push((shutdown, Arc::new(handle)));
     }
 
+    /// Stops the newest evaluator replica and forgets it (the oracle no longer asks it).
+    pub async fn stop_newest_evaluator(&mut self) {
+        if let Some((shutdown, handle)) = self.evaluators.pop() {
+            shutdown.trigger();
+            if let Ok(handle) = Arc::try_unwrap(handle) {
+                handle.wait().await;
+            }
+        }
+    }
+
     /// The in-process evaluator replicas, in start order.
     pub fn evaluators(&self) -> Vec<Arc<EvaluatorHandle>> {
         self.evaluators
             .iter()
             .map(|(_, handle)| Arc::clone(handle))
+            .collect()
+    }
+
+    /// The in-process evaluators as replicas to watch, named `evaluator-<n>`.
+    pub fn replicas(&self) -> Vec<Replica> {
+        self.evaluators
+            .iter()
+            .enumerate()
+            .map(|(index, (_, handle))| {
+                Replica::InProcess(format!("evaluator-{index}"), Arc::clone(handle))
+            })
             .collect()
     }
 
@@ -465,8 +521,9 @@ impl Sandbox {
         .await;
     }
 
-    /// Stops everything: evaluators, tickers (a leader releases its lease), planners.
-    pub async fn stop(mut self) {
+    /// Stops every service, the servers staying up: evaluators (waited for unless a
+    /// monitor still holds one), tickers (a leader releases its lease), planners.
+    pub async fn stop_services(&mut self) {
         for (shutdown, handle) in self.evaluators.drain(..) {
             shutdown.trigger();
             if let Ok(handle) = Arc::try_unwrap(handle) {
@@ -478,5 +535,10 @@ impl Sandbox {
             let _ = replica.task.await;
         }
         self.stop_planners().await;
+    }
+
+    /// Stops every service, then the servers.
+    pub async fn stop(mut self) {
+        self.stop_services().await;
     }
 }

@@ -44,7 +44,7 @@ use self::invariants::{
 use self::ledger::{DataEpoch, Ledger, RolloutBirth, SharedLedger};
 use self::report::SimReport;
 use self::schedule::{flag_key, Generator, Schedule, FLAG_SLOTS};
-use crate::support::checks::{Report, VersionMonitor, Watched};
+use crate::support::checks::{Replica, Report, VersionMonitor};
 use crate::support::cluster::{Cluster, ClusterOptions, EvaluatorProcess};
 use crate::support::oracle::{Oracle, OracleMonitor, SilentAgents};
 use crate::support::{eventually, NS, PATIENCE};
@@ -256,7 +256,7 @@ pub async fn run(config: SimConfig) -> SimReport {
     for evaluator in &evaluators {
         evaluator.wait_ready().await;
     }
-    let replicas: Vec<Watched> = evaluators.iter().map(EvaluatorProcess::watched).collect();
+    let replicas: Vec<Replica> = evaluators.iter().map(EvaluatorProcess::watched).collect();
     let silent = SilentAgents::default();
     let oracle = Oracle::new(
         cluster.redis_conn.clone(),
@@ -378,7 +378,7 @@ pub async fn run(config: SimConfig) -> SimReport {
     check_replies(&ledger, &enabled, &mut report.findings);
     check_expected_steps(&ledger, &mut report.findings);
     versions.finish(&mut report.counted);
-    oracle_monitor.finish(&mut report.counted);
+    report.counted.add_oracle(oracle_monitor.finish());
     outbox.finish(&mut report.findings);
     report.counted.leader_changes =
         (lane.terms_lost + cluster.epoch_counter().await).saturating_sub(first_epoch);

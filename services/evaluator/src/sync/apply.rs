@@ -156,9 +156,14 @@ pub(crate) async fn apply_events(
                 _ => break,
             }
         }
-        for request in apply_batch(&shared.snapshot, &shared.subjects, &shared.metrics, &batch) {
+        for request in apply_batch(
+            &shared.served.snapshot,
+            &shared.io.subjects,
+            &shared.metrics,
+            &batch,
+        ) {
             if resyncs.try_send(request).is_err() {
-                shared.resync_overflow.store(true, Ordering::Relaxed);
+                shared.served.resync_overflow.store(true, Ordering::Relaxed);
             }
         }
     }

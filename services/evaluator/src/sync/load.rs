@@ -85,7 +85,7 @@ async fn load_and_install(
     let loaded = load_states(shared, namespace, flags).await;
     let mut first_error = None;
     let mut installed = 0;
-    let mut writer = shared.snapshot.writer();
+    let mut writer = shared.served.snapshot.writer();
     writer.ensure_namespace(namespace.as_str());
     for (flag, state) in loaded {
         match state {
@@ -116,7 +116,7 @@ async fn load_states(
 ) -> Vec<(String, Result<Option<FlagState>, SyncError>)> {
     futures_util::stream::iter(flags)
         .map(|flag| async move {
-            let state = load_state(&shared.redis, namespace, &flag).await;
+            let state = load_state(&shared.io.redis, namespace, &flag).await;
             (flag, state)
         })
         .buffer_unordered(LOAD_CONCURRENCY)
@@ -131,10 +131,10 @@ async fn known_flags(
     namespace: &Namespace,
     with_deleted: bool,
 ) -> Result<BTreeSet<String>, SyncError> {
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let listed = reads::flag_keys(&mut connection, &Keys::new(namespace)).await?;
     let mut flags: BTreeSet<String> = listed.into_iter().collect();
-    if let Some(held) = shared.snapshot.namespace(namespace.as_str()) {
+    if let Some(held) = shared.served.snapshot.namespace(namespace.as_str()) {
         if with_deleted {
             flags.extend(held.versions().into_keys());
         } else {
@@ -153,7 +153,7 @@ pub async fn sync_namespace(
     reason: Option<ResyncReason>,
 ) -> Result<usize, SyncError> {
     let keys = Keys::new(namespace);
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let candidates: Vec<String> = known_flags(shared, namespace, false)
         .await?
         .into_iter()
@@ -167,6 +167,7 @@ pub async fn sync_namespace(
             .iter()
             .map(|flag| {
                 shared
+                    .served
                     .snapshot
                     .held_version(namespace.as_str(), flag)
                     .unwrap_or(0)
@@ -179,6 +180,7 @@ pub async fn sync_namespace(
                 continue;
             }
             let held = shared
+                .served
                 .snapshot
                 .held_version(namespace.as_str(), flag)
                 .unwrap_or(0);
@@ -213,7 +215,7 @@ pub async fn full_sync(shared: &Shared, reason: Option<ResyncReason>) -> Result<
 }
 
 async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Result<(), SyncError> {
-    shared.clock.measure(&shared.redis).await?;
+    shared.io.clock.measure(&shared.io.redis).await?;
     check_store_generation(shared).await?;
     let mut first_error = None;
     for namespace in known_namespaces(shared).await? {
@@ -230,7 +232,7 @@ async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Resul
 
 /// The namespaces in Redis's registry and those held.
 async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> {
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     let mut known: BTreeSet<Namespace> = namespaces::registered(&mut connection)
         .await?
         .into_iter()
@@ -238,6 +240,7 @@ async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> 
     // held namespaces were validated when they were loaded
     known.extend(
         shared
+            .served
             .snapshot
             .namespaces()
             .iter()
@@ -249,7 +252,7 @@ async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> 
 /// Redis's generation id: the stored one, or a fresh one stored now if it was missing.
 async fn read_store_generation(shared: &Shared) -> Result<String, SyncError> {
     let fresh = format!("{:032x}", rand::random::<u128>());
-    let mut connection = shared.redis.clone();
+    let mut connection = shared.io.redis.clone();
     Ok(generation::current_or_set(&mut connection, &fresh).await?)
 }
 
@@ -259,6 +262,7 @@ async fn read_store_generation(shared: &Shared) -> Result<String, SyncError> {
 pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
     let current = read_store_generation(shared).await?;
     let held = shared
+        .served
         .store_generation
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -275,6 +279,7 @@ pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
         rebuild(shared).await?;
     }
     *shared
+        .served
         .store_generation
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current);
@@ -296,7 +301,7 @@ async fn replace_with_stored(
     }
     let count = u64::try_from(states.len()).unwrap_or(u64::MAX);
     {
-        let mut writer = shared.snapshot.writer();
+        let mut writer = shared.served.snapshot.writer();
         writer.ensure_namespace(namespace.as_str());
         for (flag, state) in states {
             writer.replace(namespace.as_str(), &flag, state);
@@ -363,9 +368,9 @@ pub(crate) async fn resync_worker(
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(settings.reconnect_check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let statistics = shared.nats.statistics();
+    let statistics = shared.io.nats.statistics();
     let mut connects = statistics.connects.load(Ordering::Relaxed);
-    let mut slow_consumers = shared.nats_events.slow_consumers();
+    let mut slow_consumers = shared.served.nats_events.slow_consumers();
     let mut pending_full: Option<ResyncReason> = None;
     let mut requests_closed = false;
     loop {
@@ -405,18 +410,18 @@ pub(crate) async fn resync_worker(
                     tracing::info!("nats reconnected; comparing every flag with redis");
                     // the flush is a round trip: the server has our subscriptions again
                     // before redis is read, so no event falls between the two
-                    if let Err(error) = shared.nats.flush().await {
+                    if let Err(error) = shared.io.nats.flush().await {
                         tracing::warn!(%error, "nats flush after reconnect failed");
                     }
                     pending_full = Some(ResyncReason::Reconnect);
                 }
-                let now_slow = shared.nats_events.slow_consumers();
+                let now_slow = shared.served.nats_events.slow_consumers();
                 if now_slow != slow_consumers {
                     slow_consumers = now_slow;
                     tracing::warn!("nats dropped messages (slow consumer); comparing every flag with redis");
                     pending_full.get_or_insert(ResyncReason::SlowConsumer);
                 }
-                if shared.resync_overflow.swap(false, Ordering::Relaxed) {
+                if shared.served.resync_overflow.swap(false, Ordering::Relaxed) {
                     pending_full.get_or_insert(ResyncReason::Overflow);
                 }
                 // one SET NX GET: catches a Redis that lost its data within a check interval;

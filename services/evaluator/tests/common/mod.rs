@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,7 +26,6 @@ use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
 use rollout_wire::envelope::{decode_reply, WireError};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::{Namespace, Subjects};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound on waiting for something that should happen within milliseconds; only
 /// failures ever take it.
@@ -478,30 +476,10 @@ pub async fn eval(
     .await
 }
 
-/// An HTTP response.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
+/// An HTTP response (the sandbox's client).
+pub use rollout_sandbox::http::Response as HttpResponse;
 
-impl HttpResponse {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
-            panic!(
-                "not json ({error}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on its own connection.
+/// One HTTP/1.1 request on its own connection; panics when the evaluator does not answer.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -509,65 +487,9 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    rollout_sandbox::http::request(addr, method, path, headers, body, PATIENCE)
         .await
-        .expect("connects");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.expect("writes");
-    stream.write_all(body).await.expect("writes body");
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("reads");
-    let split = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect::<HashMap<_, _>>();
-    let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-        body = dechunk(&body);
-    }
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = raw.windows(2).position(|window| window == b"\r\n") else {
-            return body;
-        };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            return body;
-        }
-        let start = line_end + 2;
-        body.extend_from_slice(&raw[start..start + size]);
-        raw = &raw[start + size + 2..];
-    }
+        .unwrap_or_else(|| panic!("{method} {path}: no answer from the evaluator at {addr}"))
 }
 
 /// The flag keys of an OFREP bulk response body, in order.

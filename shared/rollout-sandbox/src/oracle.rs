@@ -32,7 +32,7 @@
 //!    replica starts afresh).
 //!
 //! Use [`assert_served_matches_committed`] after a test changes state, and
-//! [`OracleMonitor`] in the background of a chaos run (it adds to [`Report`]).
+//! [`OracleMonitor`] in the background of a chaos run (it returns [`OracleFindings`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::{self, Write as _};
@@ -40,7 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_core::eval::parse_semver;
 use rollout_core::{
     AttributeValue, Attributes, CompiledFlag, Entity, Flag, Operator, Reason, RolloutView, Rule,
@@ -58,9 +57,10 @@ use rollout_wire::subjects::{FleetVerb, Subjects};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::checks::{watch_in_process, Report, Watched};
-use super::cluster::Cluster;
-use super::{http, PATIENCE};
+use crate::{http, Replica, Sandbox, PATIENCE};
+
+/// The services' Redis connection type.
+type ConnectionManager = rollout_store::Connection;
 
 /// How long a served answer may lag the commit that changed it (SPEC §11.1).
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -91,12 +91,13 @@ const MONITOR_ROTATION: usize = 48;
 /// Checks with an open mismatch a monitor round asks again, at most.
 const MONITOR_REASKED: usize = 96;
 
-/// Asserts that every replica of `cluster`'s in-process evaluators (over OFREP), the NATS
-/// path and fleet `desired` serve, for every sampled entity of every flag of `namespace`,
-/// what the committed state gives; a mismatch may last at most [`GRACE`]. Rounds of
-/// reading and asking repeat until one finds nothing to mismatch.
-pub async fn assert_served_matches_committed(cluster: &Cluster, namespace: &str) {
-    Oracle::of_cluster(cluster, namespace)
+/// Asserts that every replica of `sandbox`'s in-process evaluators (over OFREP), the NATS
+/// path and fleet `desired` serve, for every sampled entity of every flag of its
+/// namespace, what the committed state gives; a mismatch may last at most [`GRACE`].
+/// Rounds of reading and asking repeat until one finds nothing to mismatch.
+pub async fn assert_served_matches_committed(sandbox: &Sandbox) {
+    Oracle::of_sandbox(sandbox)
+        .await
         .assert_served_matches_committed()
         .await;
 }
@@ -337,12 +338,14 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
 }
 
+#[derive(Debug)]
 struct KnownState {
     compiled: Arc<CompiledFlag>,
     /// When the oracle first read a newer state (`None`: the latest).
     superseded_at: Option<Instant>,
 }
 
+#[derive(Debug)]
 struct OpenMismatch {
     first_seen: Instant,
     check: Check,
@@ -354,6 +357,7 @@ type CheckKey = (Path, String, String);
 
 /// The timing rule, without IO: remembers each flag's committed states of the last
 /// [`GRACE`] and each (path, flag, entity) whose answer differs from the latest one.
+#[derive(Debug)]
 pub struct Judge {
     grace: Duration,
     states: HashMap<String, VecDeque<KnownState>>,
@@ -484,12 +488,12 @@ impl Judge {
 pub type SilentAgents = Arc<Mutex<BTreeSet<String>>>;
 
 /// Where the oracle reads the committed state and asks what is served.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Oracle {
     redis: ConnectionManager,
     nats: async_nats::Client,
     namespace: Namespace,
-    replicas: Vec<Watched>,
+    replicas: Vec<Replica>,
     silent_agents: SilentAgents,
 }
 
@@ -498,7 +502,7 @@ impl Oracle {
         redis: ConnectionManager,
         nats: async_nats::Client,
         namespace: &str,
-        replicas: Vec<Watched>,
+        replicas: Vec<Replica>,
     ) -> Oracle {
         Oracle {
             redis,
@@ -518,13 +522,13 @@ impl Oracle {
         self
     }
 
-    /// The oracle of `cluster`'s Redis, NATS and in-process evaluators.
-    pub fn of_cluster(cluster: &Cluster, namespace: &str) -> Oracle {
+    /// The oracle of `sandbox`'s Redis, NATS and in-process evaluators, in its namespace.
+    pub async fn of_sandbox(sandbox: &Sandbox) -> Oracle {
         Oracle::new(
-            cluster.redis_conn.clone(),
-            cluster.client.clone(),
-            namespace,
-            watch_in_process(cluster),
+            sandbox.store().await,
+            sandbox.client.clone(),
+            sandbox.namespace().as_str(),
+            sandbox.replicas(),
         )
     }
 
@@ -1215,6 +1219,7 @@ struct Tally {
 /// checks of a rotation over every flag's sample plus those with an open mismatch, and
 /// counts answers checked and violations (see [`Judge`]). A round is skipped while Redis
 /// cannot be read; unreachable paths are counted apart.
+#[derive(Debug)]
 pub struct OracleMonitor {
     tally: Arc<Mutex<Tally>>,
     task: tokio::task::JoinHandle<()>,
@@ -1254,18 +1259,16 @@ impl OracleMonitor {
         OracleMonitor { tally, task }
     }
 
-    /// Stops the rounds and adds what they counted to `report`.
-    pub fn finish(self, report: &mut Report) {
+    /// Stops the rounds; what they counted.
+    pub fn finish(self) -> OracleFindings {
         self.task.abort();
         let tally = self.tally.lock().expect("oracle tally");
-        report.oracle_samples += tally.samples;
-        report.oracle_violations += tally.violations;
         let unreachable: Vec<String> = tally
             .unreachable
             .iter()
             .map(|(path, count)| format!("{path} x{count}"))
             .collect();
-        report.note(format!(
+        let mut notes = vec![format!(
             "served = committed: {} rounds ({} skipped: redis unavailable); unanswered (not judged): {}",
             tally.rounds,
             tally.skipped_rounds,
@@ -1274,11 +1277,31 @@ impl OracleMonitor {
             } else {
                 unreachable.join(", ")
             }
-        ));
-        for example in &tally.examples {
-            report.note(format!("served ≠ committed: {example}"));
+        )];
+        notes.extend(
+            tally
+                .examples
+                .iter()
+                .map(|example| format!("served ≠ committed: {example}")),
+        );
+        OracleFindings {
+            samples: tally.samples,
+            violations: tally.violations,
+            notes,
         }
     }
+}
+
+/// What an [`OracleMonitor`] counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OracleFindings {
+    /// Served answers compared with the committed state.
+    pub samples: u64,
+    /// Served answers that disagreed with every state committed in the [`GRACE`] before,
+    /// after disagreeing for longer than [`GRACE`].
+    pub violations: u64,
+    /// What a run report should say: rounds, unanswered paths, examples of violations.
+    pub notes: Vec<String>,
 }
 
 /// One monitor round (see [`OracleMonitor`]); `Err` when the committed state could not be
