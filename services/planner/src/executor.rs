@@ -11,7 +11,7 @@ use rollout_runtime::telemetry::trace_id_of;
 use rollout_store::Keys;
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
-    Actor, Conditions, Connection, StoreError, Writer, Written,
+    Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
 };
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
@@ -117,8 +117,10 @@ impl Executor {
                 .map_err(|error| error.to_wire())?
             {
                 Written::Committed { .. } => return Ok(reply),
-                Written::Duplicate(first) => return decode_reply(&first, Encoding::Json),
-                Written::Conflict { key, actual } => {
+                Written::Refused(Refused::Duplicate(first)) => {
+                    return decode_reply(&first, Encoding::Json)
+                }
+                Written::Refused(Refused::Conflict { key, actual }) => {
                     // decide again on fresh records, but never move a rollout on from a
                     // step other than the one this decision saw (a `continue` racing a
                     // timer must not move two steps)
@@ -132,7 +134,7 @@ impl Executor {
                     let jitter_ms = rand::rng().random_range(0..=(1_u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
                 }
-                Written::Fenced { .. } | Written::Early { .. } => {
+                Written::Refused(Refused::Fenced { .. } | Refused::Early { .. }) => {
                     return Err(WireError::internal(
                         "planner commits carry neither fence nor due time",
                     ));

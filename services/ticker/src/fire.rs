@@ -17,8 +17,8 @@ use rollout_store::health::load_health;
 use rollout_store::reads::rollout_revision;
 use rollout_store::Keys;
 use rollout_store::{
-    load_flag, load_rollout, Actor, Change, Conditions, Connection, RolloutRecord, StoreError,
-    Writer, Written,
+    load_flag, load_rollout, Actor, Change, Conditions, Connection, Refused, RolloutRecord,
+    StoreError, Writer, Written,
 };
 use rollout_wire::subjects::Namespace;
 use tracing::field::Empty;
@@ -247,7 +247,7 @@ async fn commit_transition(
             });
             Ok(Fired::Committed)
         }
-        Written::Fenced { fence } => {
+        Written::Refused(Refused::Fenced { fence }) => {
             span.record("outcome", "fenced");
             context.stats.fenced_write();
             tracing::warn!(
@@ -259,13 +259,13 @@ async fn commit_transition(
             );
             Ok(Fired::Fenced)
         }
-        Written::Conflict { key, actual } => {
+        Written::Refused(Refused::Conflict { key, actual }) => {
             span.record("outcome", "conflict");
             context.stats.conflict();
             tracing::debug!(rollout_id = %rollout_id, %key, actual, "revision conflict; looking again next round");
             Ok(Fired::Conflict)
         }
-        Written::Early { now: redis_now } => {
+        Written::Refused(Refused::Early { now: redis_now }) => {
             span.record("outcome", "early");
             context.stats.early();
             tracing::warn!(
@@ -276,7 +276,7 @@ async fn commit_transition(
             );
             Ok(Fired::Early)
         }
-        Written::Duplicate(_) => Ok(Fired::Failed(
+        Written::Refused(Refused::Duplicate(_)) => Ok(Fired::Failed(
             "a transition commit carries no command id, yet was refused as a duplicate".into(),
         )),
     }

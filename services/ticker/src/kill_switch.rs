@@ -28,7 +28,7 @@ use rollout_core::{Lifecycle, Timestamp};
 use rollout_store::Keys;
 use rollout_store::{
     decode_record, load_flag, load_rollout, outcomes, reads, Actor, Change, Conditions, FlagRecord,
-    Happened, RolloutRecord, StoreError, Written,
+    Happened, Refused, RolloutRecord, StoreError, Written,
 };
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::Namespace;
@@ -335,16 +335,16 @@ impl KillSwitches {
                 }
                 Ok(Checked::Tripped)
             }
-            Written::Fenced { fence } => {
+            Written::Refused(Refused::Fenced { fence }) => {
                 context.stats.fenced_write();
                 tracing::warn!(namespace = %namespace, flag = %flag_key, epoch, fence, "kill switch write refused by the fence: a newer leader holds this namespace");
                 Ok(Checked::Fenced)
             }
-            Written::Conflict { .. } => {
+            Written::Refused(Refused::Conflict { .. }) => {
                 context.stats.conflict();
                 Ok(Checked::Healthy)
             }
-            Written::Early { .. } | Written::Duplicate(_) => Ok(Checked::Healthy),
+            Written::Refused(Refused::Early { .. } | Refused::Duplicate(_)) => Ok(Checked::Healthy),
         }
     }
 }

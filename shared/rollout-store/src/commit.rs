@@ -24,21 +24,28 @@ pub enum CommitOutcome {
         /// Outbox stream entry ids.
         outbox_ids: Vec<String>,
     },
-    /// The command id was seen before: here is its first outcome; nothing was written.
+    /// A precondition did not hold; nothing was written.
+    Refused(Refused),
+}
+
+/// Why a commit wrote nothing: the precondition that did not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The command id was seen before: here is its first outcome.
     Duplicate(Vec<u8>),
-    /// A record's revision was not the expected one; nothing was written.
+    /// A record's revision was not the expected one.
     Conflict {
         /// The key whose revision differed.
         key: String,
         /// Its actual revision.
         actual: u64,
     },
-    /// The writer's epoch is not the fence's; nothing was written.
+    /// The writer's epoch is not the fence's: a newer leader holds the namespace.
     Fenced {
         /// The fence's epoch.
         fence: u64,
     },
-    /// Redis time is before the commit's earliest allowed time; nothing was written.
+    /// Redis time is before the commit's earliest allowed time.
     Early {
         /// Redis `TIME`.
         now: Timestamp,
@@ -273,23 +280,23 @@ fn parse_reply(reply: Vec<redis::Value>) -> Result<CommitOutcome, StoreError> {
                 outbox_ids,
             })
         }
-        "duplicate" => Ok(CommitOutcome::Duplicate(
+        "duplicate" => Ok(CommitOutcome::Refused(Refused::Duplicate(
             reply.get(1).and_then(bytes_of).ok_or_else(malformed)?,
-        )),
-        "conflict" => Ok(CommitOutcome::Conflict {
+        ))),
+        "conflict" => Ok(CommitOutcome::Refused(Refused::Conflict {
             key: reply.get(1).and_then(text_of).ok_or_else(malformed)?,
             actual: number_of(reply.get(2))
                 .and_then(|number| u64::try_from(number).ok())
                 .ok_or_else(malformed)?,
-        }),
-        "fenced" => Ok(CommitOutcome::Fenced {
+        })),
+        "fenced" => Ok(CommitOutcome::Refused(Refused::Fenced {
             fence: number_of(reply.get(1))
                 .and_then(|number| u64::try_from(number).ok())
                 .ok_or_else(malformed)?,
-        }),
-        "early" => Ok(CommitOutcome::Early {
+        })),
+        "early" => Ok(CommitOutcome::Refused(Refused::Early {
             now: Timestamp::from_millis(number_of(reply.get(1)).ok_or_else(malformed)?),
-        }),
+        })),
         _ => Err(malformed()),
     }
 }

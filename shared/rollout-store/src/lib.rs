@@ -50,7 +50,7 @@ pub mod write;
 use redis::aio::ConnectionLike;
 use rollout_core::Timestamp;
 
-pub use commit::{Commit, CommitOutcome};
+pub use commit::{Commit, CommitOutcome, Refused};
 pub use idempotency::{store_unchanged_outcome, stored_outcome};
 pub use keys::Keys;
 pub use mutation::{Actor, Happened};

@@ -11,6 +11,7 @@ use rollout_core::{RolloutState, Timestamp, Transition};
 use rollout_wire::events::ChangeEvent;
 use rollout_wire::subjects::Namespace;
 
+use crate::commit::Refused;
 use crate::mutation::{Happened, Mutation};
 use crate::{Actor, CommitOutcome, Connection, FlagRecord, Relay, RolloutRecord, StoreError};
 
@@ -99,13 +100,13 @@ impl Change {
 /// What else a commit checks before its first write, and what it stores beside the change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Conditions {
-    /// Refuse ([`Written::Fenced`]) unless the namespace's fence holds this ticker epoch.
+    /// Refuse ([`Refused::Fenced`]) unless the namespace's fence holds this ticker epoch.
     pub leader_epoch: Option<u64>,
-    /// Refuse ([`Written::Early`]) while Redis time is before this (a transition fires no
+    /// Refuse ([`Refused::Early`]) while Redis time is before this (a transition fires no
     /// earlier than due, whatever the writer's clock says).
     pub not_before: Option<Timestamp>,
     /// The command's encoded first outcome, stored under the actor's command id; a command
-    /// id seen before is refused ([`Written::Duplicate`]) with the outcome stored then.
+    /// id seen before is refused ([`Refused::Duplicate`]) with the outcome stored then.
     pub outcome: Option<Vec<u8>>,
 }
 
@@ -124,25 +125,8 @@ pub enum Written {
         /// The events' outbox stream entries (removed once published).
         outbox_ids: Vec<String>,
     },
-    /// The command id was seen before: its first outcome; nothing was written.
-    Duplicate(Vec<u8>),
-    /// A record's revision was not the one loaded; nothing was written.
-    Conflict {
-        /// The key whose revision differed.
-        key: String,
-        /// Its actual revision.
-        actual: u64,
-    },
-    /// The writer's epoch is not the fence's: a newer leader holds the namespace.
-    Fenced {
-        /// The fence's epoch.
-        fence: u64,
-    },
-    /// Redis time is before [`Conditions::not_before`]; nothing was written.
-    Early {
-        /// Redis `TIME`.
-        now: Timestamp,
-    },
+    /// A condition or a revision check did not hold; nothing was written.
+    Refused(Refused),
 }
 
 /// Commits changes and publishes their events; cheap to clone.
@@ -204,10 +188,7 @@ impl Writer {
                     outbox_ids,
                 }
             }
-            CommitOutcome::Duplicate(first) => Written::Duplicate(first),
-            CommitOutcome::Conflict { key, actual } => Written::Conflict { key, actual },
-            CommitOutcome::Fenced { fence } => Written::Fenced { fence },
-            CommitOutcome::Early { now } => Written::Early { now },
+            CommitOutcome::Refused(refused) => Written::Refused(refused),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! earliest time, tombstones, and concurrent writers.
 
 use redis::AsyncCommands;
-use rollout_store::{Commit, CommitOutcome};
+use rollout_store::{Commit, CommitOutcome, Refused};
 use rollout_testkit::RedisServer;
 
 async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -101,10 +101,10 @@ async fn a_failed_precondition_writes_nothing() {
     let outcome = stale.execute(&mut connection).await.expect("runs");
     assert_eq!(
         outcome,
-        CommitOutcome::Conflict {
+        CommitOutcome::Refused(Refused::Conflict {
             key: "ro:{t}:rollout:r".into(),
             actual: 1
-        }
+        })
     );
     assert_eq!(
         dump(&mut connection).await,
@@ -130,7 +130,10 @@ async fn a_repeated_command_id_returns_the_first_outcome_and_changes_nothing() {
         .idempotent("ro:{t}:cmd:c-9", b"second outcome".to_vec(), 3600)
         .put("ro:{t}:flag:f", 2, b"v2".to_vec());
     let outcome = again.execute(&mut connection).await.expect("runs");
-    assert_eq!(outcome, CommitOutcome::Duplicate(b"first outcome".to_vec()));
+    assert_eq!(
+        outcome,
+        CommitOutcome::Refused(Refused::Duplicate(b"first outcome".to_vec()))
+    );
     assert_eq!(dump(&mut connection).await, before);
     let ttl: i64 = connection.ttl("ro:{t}:cmd:c-9").await.expect("ttl");
     assert!(ttl > 0 && ttl <= 3600, "stored outcomes expire: {ttl}");
@@ -147,7 +150,7 @@ async fn a_writer_with_a_stale_epoch_is_fenced_off() {
         .put("ro:{t}:rollout:r", 1, b"x".to_vec());
     assert_eq!(
         stale.execute(&mut connection).await.expect("runs"),
-        CommitOutcome::Fenced { fence: 7 }
+        CommitOutcome::Refused(Refused::Fenced { fence: 7 })
     );
     let exists: bool = connection.exists("ro:{t}:rollout:r").await.expect("exists");
     assert!(!exists);
@@ -173,7 +176,7 @@ async fn a_transition_cannot_commit_before_its_due_time() {
         .put("ro:{t}:rollout:r", 1, b"x".to_vec());
     assert!(matches!(
         early.execute(&mut connection).await.expect("runs"),
-        CommitOutcome::Early { .. }
+        CommitOutcome::Refused(Refused::Early { .. })
     ));
     let mut due = Commit::new();
     due.not_before(now)
@@ -213,10 +216,10 @@ async fn a_tombstone_keeps_the_revision_so_versions_never_go_back() {
         .put("ro:{t}:flag:f", 1, b"again".to_vec());
     assert_eq!(
         naive.execute(&mut connection).await.expect("runs"),
-        CommitOutcome::Conflict {
+        CommitOutcome::Refused(Refused::Conflict {
             key: "ro:{t}:flag:f".into(),
             actual: 2
-        }
+        })
     );
 }
 

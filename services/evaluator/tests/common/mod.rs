@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
+use evaluator::{EvaluatorConfig, EvaluatorHandle};
 use redis::aio::ConnectionManager;
 use rollout_core::machine::Event;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
@@ -63,13 +63,7 @@ pub fn config(nats_url: &str, redis_url: &str) -> EvaluatorConfig {
 /// Starts a replica and waits until it serves.
 pub async fn start(config: EvaluatorConfig) -> EvaluatorHandle {
     rollout_runtime::telemetry::init_for_tests();
-    let handle = Evaluator::start(config, Shutdown::new())
-        .await
-        .expect("evaluator starts");
-    tokio::time::timeout(PATIENCE, handle.ready())
-        .await
-        .expect("evaluator becomes ready");
-    handle
+    rollout_sandbox::start_evaluator(config, Shutdown::new()).await
 }
 
 /// Polls `check` until it holds, or panics after the sandbox's patience.
