@@ -37,7 +37,6 @@ pub struct Report {
 pub struct Row {
     /// What was measured.
     pub name: String,
-    /// The value.
     pub value: f64,
     /// Its unit (`req/s`, `ms`, `B/flag`).
     pub unit: String,

@@ -55,7 +55,6 @@ const CONNECTIONS: usize = 8;
 /// A label set and its weight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelSet {
-    /// The labels.
     pub labels: Labels,
     /// Its share of the fleet, relative to the other sets.
     pub weight: u32,

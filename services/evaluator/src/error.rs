@@ -25,7 +25,6 @@ pub enum EvaluatorError {
     /// A NATS subscription could not be made.
     #[error("nats subscribe to {subject}: {message}")]
     Subscribe {
-        /// The subject.
         subject: String,
         /// Why.
         message: String,

@@ -53,7 +53,6 @@ pub enum SyncError {
     /// A stored flag did not compile (a bug upstream: every write validates).
     #[error("flag {namespace}/{flag} does not compile: {message}")]
     Compile {
-        /// Namespace.
         namespace: String,
         /// Flag key.
         flag: String,
@@ -63,7 +62,6 @@ pub enum SyncError {
     /// The flag kept changing while it was being read.
     #[error("flag {namespace}/{flag} kept changing while being read")]
     Unstable {
-        /// Namespace.
         namespace: String,
         /// Flag key.
         flag: String,
@@ -73,7 +71,6 @@ pub enum SyncError {
 /// A flag to read again from Redis.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ResyncRequest {
-    /// Namespace.
     pub namespace: String,
     /// Flag key.
     pub flag: String,

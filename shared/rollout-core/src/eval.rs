@@ -59,7 +59,6 @@ pub struct Evaluation<'a> {
 /// What evaluators need of an active (running or paused) rollout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutView {
-    /// Rollout id.
     pub rollout_id: String,
     /// Default serve or rule.
     pub target: Target,

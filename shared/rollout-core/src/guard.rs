@@ -112,9 +112,7 @@ pub struct GuardFigures {
     pub candidate_error_rate: f64,
     /// Baseline error rate (fraction).
     pub baseline_error_rate: f64,
-    /// Candidate samples.
     pub candidate_samples: u64,
-    /// Baseline samples.
     pub baseline_samples: u64,
     /// Which limit was crossed, e.g. `error rate 7.5% > 5%`.
     pub limit: String,

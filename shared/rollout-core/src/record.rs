@@ -33,7 +33,6 @@ pub struct FlagRecord {
 pub struct RolloutRecord {
     /// Rollout id.
     pub id: String,
-    /// Namespace.
     pub namespace: String,
     /// The spec as submitted.
     pub spec: RolloutSpec,

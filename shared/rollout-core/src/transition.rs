@@ -44,7 +44,6 @@ impl Transition {
 pub struct NewRollout {
     /// Rollout id.
     pub id: String,
-    /// Namespace.
     pub namespace: String,
     /// The spec as submitted.
     pub spec: RolloutSpec,

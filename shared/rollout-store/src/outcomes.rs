@@ -37,7 +37,6 @@ type BucketRow = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
 pub struct Tally {
     /// Successes.
     pub success: u64,
-    /// Errors.
     pub error: u64,
 }
 

@@ -186,7 +186,6 @@ pub struct FlagResult {
 #[doc = shape_doc!("rollout_result")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutResult {
-    /// Rollout id.
     pub rollout_id: String,
     /// Flag key.
     pub flag: String,

@@ -102,7 +102,6 @@ pub(crate) fn empty_details() -> serde_json::Value {
 #[doc = shape_doc!("change_event")]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChangeEvent {
-    /// Namespace.
     pub namespace: String,
     /// Flag key.
     pub flag: String,

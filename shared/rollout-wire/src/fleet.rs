@@ -44,7 +44,6 @@ impl AgentRegister {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentHeartbeat {
-    /// Agent id.
     pub agent_id: String,
 }
 
@@ -100,7 +99,6 @@ pub enum ReportStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentReport {
-    /// Agent id.
     pub agent_id: String,
     /// Flag key.
     pub flag: String,

@@ -75,7 +75,6 @@ pub struct FlagList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutStatusQuery {
-    /// Rollout id.
     pub rollout_id: String,
 }
 
@@ -84,7 +83,6 @@ pub struct RolloutStatusQuery {
 #[doc = shape_doc!("rollout_status")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutStatus {
-    /// Rollout id.
     pub rollout_id: String,
     /// Flag key.
     pub flag: String,
@@ -196,7 +194,6 @@ pub struct RolloutListQuery {
 /// One rollout in a list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutSummary {
-    /// Rollout id.
     pub rollout_id: String,
     /// Flag key.
     pub flag: String,
@@ -306,7 +303,6 @@ pub struct AuditEntry {
     pub actor: String,
     /// What happened.
     pub kind: EventKind,
-    /// Namespace.
     pub namespace: String,
     /// Flag key.
     pub flag: String,
@@ -400,7 +396,6 @@ pub const DEFAULT_COUNTS_WINDOW: DurationMs = DurationMs::from_minutes(5);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutCountsQuery {
-    /// Rollout id.
     pub rollout_id: String,
 }
 
@@ -408,7 +403,6 @@ pub struct RolloutCountsQuery {
 #[doc = shape_doc!("rollout_counts")]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutCounts {
-    /// Rollout id.
     pub rollout_id: String,
     /// Flag key.
     pub flag: String,

@@ -280,47 +280,37 @@ verb_set! {
 pub enum Route {
     /// `rollout.cmd.<ns>.<verb>`: a request-reply command.
     Command {
-        /// Namespace.
         namespace: Namespace,
-        /// Verb.
         verb: CommandVerb,
     },
     /// `rollout.cmdq.<ns>.<verb>`: a durable command from the stream.
     QueuedCommand {
-        /// Namespace.
         namespace: Namespace,
-        /// Verb.
         verb: CommandVerb,
     },
     /// `rollout.query.<ns>.<what>`.
     Query {
-        /// Namespace.
         namespace: Namespace,
         /// What is read.
         kind: QueryKind,
     },
     /// `rollout.eval.<ns>`.
     Eval {
-        /// Namespace.
         namespace: Namespace,
     },
     /// `rollout.fleet.<ns>.<verb>`.
     Fleet {
-        /// Namespace.
         namespace: Namespace,
-        /// Verb.
         verb: FleetVerb,
     },
     /// `rollout.events.<ns>.<flag>`.
     Events {
-        /// Namespace.
         namespace: Namespace,
         /// Flag key.
         flag: String,
     },
     /// `rollout.metrics.<ns>`.
     Metrics {
-        /// Namespace.
         namespace: Namespace,
     },
     /// `rollout.outcome.<command_id>`.

@@ -209,7 +209,6 @@ pub struct KeyArg {
 /// A rollout id.
 #[derive(Debug, Args)]
 pub struct IdArg {
-    /// Rollout id.
     pub rollout_id: String,
 }
 

@@ -35,7 +35,6 @@ pub struct Context {
 pub enum Failure {
     /// An SDK call failed.
     Sdk {
-        /// The error.
         error: Error,
         /// What the call was about.
         context: Box<Context>,

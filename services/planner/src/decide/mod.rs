@@ -35,7 +35,6 @@ pub struct Loaded {
 /// Inputs a command may need that are not records.
 #[derive(Clone, Debug)]
 pub struct DecideContext {
-    /// Namespace.
     pub namespace: String,
     /// Redis `TIME`.
     pub now: Timestamp,
