@@ -17,7 +17,7 @@ use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
 use rollout_wire::queries::{
-    AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query,
+    AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query, QueryReply,
     RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
@@ -49,7 +49,7 @@ impl Reader {
         &self,
         namespace: &Namespace,
         query: &Query,
-    ) -> Result<serde_json::Value, WireError> {
+    ) -> Result<QueryReply, WireError> {
         query.validate()?;
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
@@ -114,16 +114,16 @@ impl Reader {
         connection: &mut Connection,
         keys: &Keys,
         key: &str,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let stored = load_flag(connection, keys, key).await?;
         let record = stored.record.ok_or_else(|| {
             WireError::not_found(format!("flag {key} does not exist")).with_field("key")
         })?;
-        Ok(to_result(&FlagResult {
+        Ok(QueryReply::Flag(Box::new(FlagResult {
             flag: record.flag,
             version: stored.version,
             active_rollout: record.active_rollout,
-        })?)
+        })))
     }
 
     async fn flags(
@@ -131,7 +131,7 @@ impl Reader {
         connection: &mut Connection,
         keys: &Keys,
         window: PageWindow,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let mut flag_keys = reads::flag_keys(connection, keys).await?;
         flag_keys.sort();
         let total = flag_keys.len() as u64;
@@ -142,10 +142,10 @@ impl Reader {
             .take(window.size as usize)
             .collect();
         if page.is_empty() {
-            return Ok(to_result(&FlagList {
+            return Ok(QueryReply::Flags(FlagList {
                 flags: Vec::new(),
                 next_page: None,
-            })?);
+            }));
         }
         let stored = reads::load_flags(connection, keys, &page).await?;
         let mut flags = Vec::with_capacity(stored.len());
@@ -168,10 +168,10 @@ impl Reader {
                 active_rollout: record.active_rollout.clone(),
             });
         }
-        Ok(to_result(&FlagList {
+        Ok(QueryReply::Flags(FlagList {
             flags,
             next_page: window.next_page(total),
-        })?)
+        }))
     }
 
     /// The rollout `rollout_id` and the Redis time it was read at.
@@ -195,7 +195,7 @@ impl Reader {
         connection: &mut Connection,
         keys: &Keys,
         rollout_id: &str,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let mut status = RolloutStatus::new(
             &record.id,
@@ -210,7 +210,7 @@ impl Reader {
         }
         let health = load_health(connection, keys, &record, now, self.stale_agent_after).await?;
         status.hold = record.state.gate_hold(&record.plan, &health);
-        Ok(to_result(&status)?)
+        Ok(QueryReply::Status(Box::new(status)))
     }
 
     /// Per-step fleet counts of `record` at `now` (one per step of a label-stage plan).
@@ -239,7 +239,7 @@ impl Reader {
         connection: &mut Connection,
         keys: &Keys,
         rollout_id: &str,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let plan = &record.plan;
         let window = plan
@@ -263,7 +263,7 @@ impl Reader {
                 Audience::Share(_) => None,
             })
             .collect();
-        Ok(to_result(&RolloutCounts {
+        Ok(QueryReply::Counts(RolloutCounts {
             rollout_id: record.id.clone(),
             flag: plan.flag.clone(),
             baseline: plan.baseline.clone(),
@@ -278,7 +278,7 @@ impl Reader {
                 .as_ref()
                 .map(|guard| guard.verdict(&outcome_counts)),
             stages,
-        })?)
+        }))
     }
 
     async fn rollouts(
@@ -288,7 +288,7 @@ impl Reader {
         state: ListState,
         flag: Option<&str>,
         window: PageWindow,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         // newest first
         let ids = reads::rollout_ids(connection, keys, state).await?;
         let mut summaries = Vec::new();
@@ -312,10 +312,10 @@ impl Reader {
             .skip(usize::try_from(window.offset()).unwrap_or(usize::MAX))
             .take(window.size as usize)
             .collect();
-        Ok(to_result(&RolloutList {
+        Ok(QueryReply::Rollouts(RolloutList {
             rollouts,
             next_page: window.next_page(total),
-        })?)
+        }))
     }
 
     async fn audit(
@@ -324,13 +324,13 @@ impl Reader {
         keys: &Keys,
         log: AuditLog<'_>,
         window: PageWindow,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let (total, entries) =
             reads::audit_page(connection, keys, log, window.offset(), window.size).await?;
-        Ok(to_result(&AuditPage {
+        Ok(QueryReply::Audit(AuditPage {
             entries,
             next_page: window.next_page(total),
-        })?)
+        }))
     }
 
     async fn preview(
@@ -338,7 +338,7 @@ impl Reader {
         connection: &mut Connection,
         keys: &Keys,
         spec: &rollout_core::RolloutSpec,
-    ) -> Result<serde_json::Value, QueryError> {
+    ) -> Result<QueryReply, QueryError> {
         let now = redis_time(connection).await?;
         let stored = load_flag(connection, keys, &spec.flag).await?;
         let record = stored.record.ok_or_else(|| {
@@ -351,7 +351,7 @@ impl Reader {
             fresh_salt: "preview",
         };
         let plan = crate::decide::compile_from_current_serve(spec, &record.flag, &context)?;
-        Ok(to_result(&PlanPreview::new(&plan, now))?)
+        Ok(QueryReply::Plan(PlanPreview::new(&plan, now)))
     }
 }
 
@@ -372,10 +372,4 @@ impl From<StoreError> for QueryError {
     fn from(error: StoreError) -> QueryError {
         QueryError::Store(error)
     }
-}
-
-/// A query's answer as JSON, the form query replies take.
-fn to_result<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, WireError> {
-    serde_json::to_value(value)
-        .map_err(|error| WireError::internal(format!("cannot encode result: {error}")))
 }

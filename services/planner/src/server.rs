@@ -17,6 +17,7 @@ use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
 use rollout_wire::queries::Query;
+use rollout_wire::queries::QueryReply;
 use rollout_wire::subjects::{Route, Subjects, COMMAND_CONSUMER, COMMAND_STREAM};
 use tracing::Instrument;
 
@@ -317,5 +318,5 @@ enum Answer {
     /// A command's reply.
     Command(CommandReply),
     /// A query's answer.
-    Query(serde_json::Value),
+    Query(QueryReply),
 }

@@ -586,3 +586,24 @@ mod tests {
         assert_eq!(error.field(), Some("state"));
     }
 }
+
+/// A query's answer, typed until it is encoded: the JSON (or MessagePack) of the shape
+/// inside, nothing around it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum QueryReply {
+    /// `flag.get`.
+    Flag(Box<crate::commands::FlagResult>),
+    /// `flag.list`.
+    Flags(FlagList),
+    /// `rollout.status`.
+    Status(Box<RolloutStatus>),
+    /// `rollout.counts`.
+    Counts(RolloutCounts),
+    /// `rollout.list`.
+    Rollouts(RolloutList),
+    /// `rollout.audit`.
+    Audit(AuditPage),
+    /// `rollout.plan`.
+    Plan(PlanPreview),
+}

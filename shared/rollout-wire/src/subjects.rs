@@ -295,9 +295,7 @@ pub enum Route {
         kind: QueryKind,
     },
     /// `rollout.eval.<ns>`.
-    Eval {
-        namespace: Namespace,
-    },
+    Eval { namespace: Namespace },
     /// `rollout.fleet.<ns>.<verb>`.
     Fleet {
         namespace: Namespace,
@@ -310,9 +308,7 @@ pub enum Route {
         flag: String,
     },
     /// `rollout.metrics.<ns>`.
-    Metrics {
-        namespace: Namespace,
-    },
+    Metrics { namespace: Namespace },
     /// `rollout.outcome.<command_id>`.
     Outcome {
         /// Namespace of the command.
