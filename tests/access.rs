@@ -38,7 +38,7 @@ use support::cluster::{
     boolean_flag, evaluator_config, nats_settings, operator_commands, redis_settings,
     report_candidate, start_evaluator, Login,
 };
-use support::procs::{Service, ServiceProcess};
+use support::procs::Service;
 use support::{eventually, NS, PATIENCE};
 
 /// The users of accounts.conf and the password each gets here.
@@ -933,12 +933,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
             format!("ticker-{index}"),
         );
         env.insert("ROLLOUT_TICKER__LEASE_TTL".to_owned(), "1s".to_owned());
-        tickers.push(ServiceProcess::spawn(
-            Service::Ticker,
-            &format!("ticker-{index}"),
-            dir.path(),
-            &env,
-        ));
+        tickers.push(Service::Ticker.spawn(&format!("ticker-{index}"), dir.path(), &env));
     }
     // OFREP as deployed: tokens required, the example tokens of deploy/.env.example
     let ofrep_tokens = env_example()["ROLLOUT_OFREP_TOKENS"].clone();
@@ -956,7 +951,7 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
     env.insert("ROLLOUT_HTTP__NAMESPACE".to_owned(), NS.to_owned());
     env.insert("ROLLOUT_HTTP__REQUIRE_TOKEN".to_owned(), "true".to_owned());
     env.insert("ROLLOUT_HTTP__TOKENS".to_owned(), ofrep_tokens.clone());
-    let mut evaluator = ServiceProcess::spawn(Service::Evaluator, "evaluator", dir.path(), &env);
+    let mut evaluator = Service::Evaluator.spawn("evaluator", dir.path(), &env);
 
     // the operator creates a flag and a phased rollout and watches it
     let (operator, _) = connect_as(&nats.url(), "operator").await;

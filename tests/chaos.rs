@@ -37,7 +37,7 @@ use rollout_sdk::{EvalClient, Namespace};
 use support::checks::{check_commands, check_rollouts, Replica, Report, VersionMonitor};
 use support::cluster::{boolean_flag, Cluster, ClusterOptions, EvaluatorProcess, Workload};
 use support::oracle::{Oracle, OracleMonitor};
-use support::procs::{Service, ServiceProcess};
+use support::procs::Service;
 use support::proxy::Link;
 use support::simulation::invariants::{check_liveness, count_liveness, Findings, LIVENESS};
 use support::{eventually, NS, PATIENCE};
@@ -664,8 +664,7 @@ async fn planner_killed_mid_command() {
     ]);
     let jetstream = async_nats::jetstream::new(run.cluster.client.clone());
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut doomed =
-        ServiceProcess::spawn(Service::Planner, "doomed", run.cluster.dir.path(), &env);
+    let mut doomed = Service::Planner.spawn("doomed", run.cluster.dir.path(), &env);
     eventually(
         "the doomed planner to consume the stream",
         PATIENCE,

@@ -242,7 +242,7 @@ impl Cluster {
             ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
         ]);
         EvaluatorProcess {
-            process: ServiceProcess::spawn(Service::Evaluator, name, self.dir.path(), &env),
+            process: Service::Evaluator.spawn(name, self.dir.path(), &env),
             addr,
         }
     }
@@ -312,7 +312,7 @@ impl Cluster {
             None => self.nats.url(),
         };
         let env = self.ticker_env(&replica, &redis_url, &nats_url);
-        let process = ServiceProcess::spawn(Service::Ticker, &replica, self.dir.path(), &env);
+        let process = Service::Ticker.spawn(&replica, self.dir.path(), &env);
         self.tickers.push(TickerReplica {
             replica: replica.clone(),
             process,

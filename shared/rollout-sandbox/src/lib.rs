@@ -27,6 +27,7 @@
 
 pub mod http;
 pub mod oracle;
+pub mod process;
 
 use std::future::Future;
 use std::net::SocketAddr;

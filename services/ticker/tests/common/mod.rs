@@ -7,9 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,6 +16,7 @@ use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_sandbox::process::ServiceProcess;
 use rollout_store::reads::{audit_page, AuditLog};
 use rollout_store::Keys;
 use rollout_store::{
@@ -453,72 +452,17 @@ impl Running {
     }
 }
 
-/// A `ticker` child process, SIGKILLed when dropped.
-pub struct TickerProcess {
-    pub replica: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
+/// A `ticker` child process (the sandbox's [`ServiceProcess`]), SIGKILLed when dropped.
+pub struct TickerProcess;
 
 impl TickerProcess {
-    pub fn spawn(dir: &Path, env: &HashMap<String, String>) -> TickerProcess {
+    /// Starts the built `ticker` with exactly the settings in `env`, named by its replica id.
+    pub fn spawn(dir: &Path, env: &HashMap<String, String>) -> ServiceProcess {
         let replica = env
             .get("ROLLOUT_TICKER__REPLICA_ID")
             .cloned()
             .unwrap_or_else(|| "ticker".to_owned());
-        let log = dir.join(format!("{replica}.log"));
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ticker"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("ROLLOUT_") && name.contains("__") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("ticker binary starts");
-        TickerProcess {
-            replica,
-            child,
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
-    }
-
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(self.pid(), signal).expect("signal delivered");
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits up to `deadline` for the process to exit.
-    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let until = std::time::Instant::now() + deadline;
-        while std::time::Instant::now() < until {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for TickerProcess {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        ServiceProcess::spawn(env!("CARGO_BIN_EXE_ticker"), &replica, dir, env)
     }
 }
 
