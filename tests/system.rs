@@ -908,6 +908,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     println!("{} bad requests refused: {codes:?}", cases.len());
 
     // outcome reports get no reply: bad ones are counted and dropped
+    let outcome_messages = garbage.len() + 3;
     for (_, payload, json) in &garbage {
         let mut headers = async_nats::HeaderMap::new();
         if *json {
@@ -1007,7 +1008,23 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
 
     // every replica still serves, outcomes were flushed (nothing valid came), and Redis
     // holds exactly what it held before
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // (each outcome message is counted once it is handled, whatever it comes to)
+    eventually("every outcome report to be handled", PATIENCE, || async {
+        let handled: f64 = system
+            .cluster
+            .evaluators()
+            .iter()
+            .map(|handle| {
+                metric_sum(
+                    &handle.metrics_text(),
+                    "rollout_evaluator_outcomes_total",
+                    "",
+                )
+            })
+            .sum();
+        (handled >= outcome_messages as f64).then_some(())
+    })
+    .await;
     let after = system.dump().await;
     let changed: Vec<&String> = after
         .iter()
