@@ -193,7 +193,14 @@ impl<'k> Mutation<'k> {
                     EventKind::FlagDisabled => (Some("enabled"), Some("disabled")),
                     _ => (None, None),
                 };
-                self.happened(kind, rollout_id, from.map(Into::into), to.map(Into::into));
+                let details = (kind == EventKind::RolloutCreated)
+                    .then(|| self.bucketing_of(rollout_id.as_deref()))
+                    .flatten();
+                let happening =
+                    self.happened(kind, rollout_id, from.map(Into::into), to.map(Into::into));
+                if let Some(details) = details {
+                    happening.event.details = details;
+                }
             }
             Happened::KillSwitchTripped {
                 rollout_id,
@@ -217,6 +224,20 @@ impl<'k> Mutation<'k> {
                 effects,
             } => self.effects(&rollout_id, &before, &effects),
         }
+    }
+
+    /// How the rollout `rollout_id` this change creates buckets — its salt and stickiness,
+    /// so that a later rollout can reuse the cohort — for a percentage plan.
+    fn bucketing_of(&self, rollout_id: Option<&str>) -> Option<serde_json::Value> {
+        let (_, record) = self.rollout.as_ref()?;
+        if Some(record.id.as_str()) != rollout_id || record.plan.is_staged() {
+            return None;
+        }
+        let mut details = serde_json::json!({"salt": record.plan.salt});
+        if let Some(stickiness) = &record.plan.stickiness {
+            details["stickiness"] = serde_json::Value::String(stickiness.clone());
+        }
+        Some(details)
     }
 
     /// Every effect of a step-function outcome on `rollout_id`, with `from`/`to` states.

@@ -98,6 +98,13 @@ pub struct RolloutStatus {
     pub baseline: String,
     /// Variation the audience moves to.
     pub candidate: String,
+    /// The bucketing salt of a percentage plan (given in the spec or drawn at random): a
+    /// later rollout given the same salt and stickiness moves the same entities first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// The attribute a percentage plan buckets by; the entity id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<String>,
     /// Lifecycle state.
     pub state: Lifecycle,
     /// What a running or queued rollout waits for.
@@ -147,6 +154,8 @@ impl RolloutStatus {
             preset: RolloutKind::preset_name(&plan.kind),
             baseline: plan.baseline.clone(),
             candidate: plan.candidate.clone(),
+            salt: (!plan.is_staged()).then(|| plan.salt.clone()),
+            stickiness: plan.stickiness.clone(),
             state: state.lifecycle,
             waiting_for: state.waiting_for(plan),
             hold: None,

@@ -199,8 +199,13 @@ pub fn status(status: &RolloutStatus) -> String {
         Some(preset) => format!("preset {preset}"),
         None => wire_name(&status.kind),
     };
+    let bucketing = match (&status.salt, &status.stickiness) {
+        (Some(salt), Some(stickiness)) => format!(" · salt {salt} by {stickiness}"),
+        (Some(salt), None) => format!(" · salt {salt}"),
+        _ => String::new(),
+    };
     let mut text = format!(
-        "rollout {} · flag {}{rule} · {kind} · {} → {}\n",
+        "rollout {} · flag {}{rule} · {kind} · {} → {}{bucketing}\n",
         status.rollout_id, status.flag, status.baseline, status.candidate
     );
     let mut line = state_line(

@@ -93,6 +93,14 @@ async fn every_example_creates_a_rollout_whose_status_lists_every_step() {
                 "{text}"
             );
             assert!(text.contains("env=prod,region=eu"), "{text}");
+            assert!(!text.contains("salt"), "label stages do not bucket: {text}");
+        } else {
+            // the salt a percentage rollout buckets with, to reuse its cohort later
+            let json: serde_json::Value = cluster
+                .ctl_json(&["rollout", "status", &created.rollout_id])
+                .await;
+            let salt = json["salt"].as_str().expect("a salt in --json");
+            assert!(text.contains(&format!("salt {salt}")), "{file}: {text}");
         }
         let rolled_back = cluster
             .ctl(&["rollout", "rollback", &created.rollout_id])
