@@ -479,7 +479,8 @@ fn analyse(records: &[ReadBack], kills: &[Kill]) -> anyhow::Result<Analysis> {
                         .to
                         .as_deref()
                         .and_then(|to| to.strip_prefix("step "))
-                        .and_then(|index| index.parse().ok())
+                        // the audit's text counts steps from 1
+                        .and_then(|number| number.parse::<u64>().ok()?.checked_sub(1))
                 });
                 if let Some(to) = to {
                     *entered_by_audit.entry(to).or_default() += 1;

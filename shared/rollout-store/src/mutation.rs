@@ -252,9 +252,10 @@ impl<'k> Mutation<'k> {
                 effect,
             );
             let (from, to) = match effect {
+                // people count steps from 1 (the details keep the 0-based indexes)
                 Effect::StepEntered { from, to, .. } => (
-                    from.map(|step| format!("step {step}")),
-                    Some(format!("step {to}")),
+                    from.map(|step| format!("step {}", step + 1)),
+                    Some(format!("step {}", to + 1)),
                 ),
                 Effect::Started { .. } => (
                     Some(Lifecycle::Queued.as_str().to_owned()),

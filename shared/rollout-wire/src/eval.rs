@@ -150,7 +150,8 @@ pub fn explain_evaluation(evaluation: &Evaluation<'_>) -> String {
         .bucket
         .map_or_else(String::new, |bucket| format!(" (bucket {bucket})"));
     let rollout = evaluation.rollout_id.unwrap_or("?");
-    let step = evaluation.step.unwrap_or(0);
+    // people count steps from 1; the index on the wire stays 0-based
+    let step = evaluation.step.unwrap_or(0) + 1;
     match evaluation.reason {
         Reason::Disabled => format!("the flag is disabled: serving its off variation {variation}"),
         Reason::RuleMatch => format!("{within} matched: serving {variation}"),
@@ -283,7 +284,10 @@ mod tests {
         );
         let explained = EvalResult::from_evaluation("new-checkout", 17, &evaluation, true);
         let sentence = explained.explanation.expect("explained");
-        assert!(sentence.contains("rollout r-1 at step 2"), "{sentence}");
+        assert!(
+            sentence.contains("rollout r-1 at step 3"),
+            "step index 2 is the third step: {sentence}"
+        );
         assert!(sentence.contains("31337"), "{sentence}");
     }
 }

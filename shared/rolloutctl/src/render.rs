@@ -128,7 +128,7 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
         } else {
             ""
         };
-        let mut row = vec![Cell::new(marker), Cell::new(step.index)];
+        let mut row = vec![Cell::new(marker), Cell::new(step.index + 1)];
         if staged {
             row.push(Cell::new(step.name.as_deref().unwrap_or("-")));
             row.push(Cell::new(
@@ -166,7 +166,8 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
 
 fn position_text(current: Option<usize>, steps: usize) -> String {
     match current {
-        Some(index) => format!("step {index} of {}", steps.saturating_sub(1)),
+        // people count steps from 1; the wire's indexes stay 0-based
+        Some(index) => format!("step {} of {steps}", index + 1),
         None => "not started".to_owned(),
     }
 }
@@ -324,12 +325,13 @@ pub fn plan_preview(preview: &PlanPreview) -> String {
         .rule
         .as_ref()
         .map_or_else(String::new, |rule| format!(" rule {rule}"));
+    let count = preview.steps.len();
     let mut text = format!(
-        "plan for flag {}{rule} · {kind} · {} → {} · {} steps (nothing stored)\n",
+        "plan for flag {}{rule} · {kind} · {} → {} · {count} step{} (nothing stored)\n",
         preview.flag,
         preview.baseline,
         preview.candidate,
-        preview.steps.len()
+        if count == 1 { "" } else { "s" }
     );
     text.push_str(&steps_table(&preview.steps, None));
     text.push('\n');
@@ -390,7 +392,7 @@ pub fn rollout_list(list: &RolloutList) -> String {
             None => rollout.flag.clone(),
         };
         let step = match rollout.current_step {
-            Some(index) => format!("{index}/{}", rollout.step_count.saturating_sub(1)),
+            Some(index) => format!("{}/{}", index + 1, rollout.step_count),
             None => "-".to_owned(),
         };
         rendered.add_row(vec![
@@ -506,12 +508,16 @@ pub fn deleted(deleted: &Deleted) -> String {
 pub fn event_line(event: &ChangeEvent) -> String {
     let mut line = format!("{} {}", short_time(event.time), wire_name(&event.kind));
     match (event.from_step, event.to_step) {
-        (Some(from), Some(to)) => line.push_str(&format!(" step {from} → {to}")),
-        (None, Some(to)) => line.push_str(&format!(" step {to}")),
+        (Some(from), Some(to)) => line.push_str(&format!(" step {} → {}", from + 1, to + 1)),
+        (None, Some(to)) => line.push_str(&format!(" step {}", to + 1)),
         _ => {}
     }
     if !event.skipped.is_empty() {
-        let skipped: Vec<String> = event.skipped.iter().map(ToString::to_string).collect();
+        let skipped: Vec<String> = event
+            .skipped
+            .iter()
+            .map(|index| (index + 1).to_string())
+            .collect();
         line.push_str(&format!(" (skipped {})", skipped.join(", ")));
     }
     if let Some(share) = event.share {
@@ -547,7 +553,7 @@ pub fn eval_result(result: &EvalResult) -> String {
         text.push_str(&format!(", rollout {rollout_id}"));
     }
     if let Some(step) = result.step {
-        text.push_str(&format!(", step {step}"));
+        text.push_str(&format!(", step {}", step + 1));
     }
     if let Some(bucket) = result.bucket {
         text.push_str(&format!(", bucket {bucket}"));

@@ -112,7 +112,7 @@ impl Progress {
             format!("{} served", self.share)
         };
         let step = match self.step {
-            Some(step) => format!("step {step} of {}", self.steps.saturating_sub(1)),
+            Some(step) => format!("step {} of {}", step + 1, self.steps),
             None => "not started".to_owned(),
         };
         let waiting = self
@@ -340,7 +340,7 @@ mod tests {
         step.share = None;
         shares.apply(&step);
         assert!(
-            shares.message().starts_with("50% served · step 1 of 2"),
+            shares.message().starts_with("50% served · step 2 of 3"),
             "{}",
             shares.message()
         );

@@ -132,7 +132,7 @@ async fn continue_stop_and_rollback_drive_a_rollout() {
     let continued = cluster.ctl(&["rollout", "continue", id]).await;
     continued.assert_ok();
     assert!(
-        continued.stdout.contains("step 1 of 3"),
+        continued.stdout.contains("step 2 of 4"),
         "{}",
         continued.stdout
     );
@@ -478,7 +478,7 @@ async fn watch_follows_events_until_the_rollout_ends() {
         .expect("exit status");
     assert!(status.success(), "{status:?}: {printed:?}");
     let text = printed.join("\n");
-    assert!(text.contains("rollout_step step 0 → 1"), "{text}");
+    assert!(text.contains("rollout_step step 1 → 2"), "{text}");
     assert!(text.contains("rollout_rolled_back"), "{text}");
     cluster.stop().await;
 }
