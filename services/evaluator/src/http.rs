@@ -3,7 +3,9 @@
 //! `GET /readyz` (200 once the first full load is done, 503 before) and `GET /metrics`
 //! (Prometheus text).
 //!
-//! The namespace is the `X-Rollout-Namespace` header, else `http.namespace`. With
+//! The namespace is the `X-Rollout-Namespace` header, else `http.namespace`; a namespace
+//! the header names that no command ever used is 404 (a typo must not look like a
+//! namespace without flags). With
 //! `http.require_token`, OFREP requests need `Authorization: Bearer <token>` ([`auth`]):
 //! none, a malformed or an unknown one is 401, a token asking for a namespace other than
 //! its own is 403, and a request without the header gets the token's namespace; health,
@@ -133,6 +135,10 @@ fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared
         }
     };
     let namespace = shared.served.snapshot.namespace(&name);
+    if namespace.is_none() && headers.contains_key(NAMESPACE_HEADER) {
+        // a typo must not look like a namespace without flags
+        return Err(Refused::Bad(None, OfrepError::namespace_not_found(&name)));
+    }
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         OfrepRequest::default()
     } else {

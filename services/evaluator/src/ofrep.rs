@@ -62,7 +62,7 @@ impl OfrepError {
         OfrepError {
             status: 400,
             code: "TARGETING_KEY_MISSING",
-            details: "the context needs a targetingKey: it is the entity id flags bucket on"
+            details: "the context needs a targetingKey: the id of the entity to evaluate for (percentage rollouts bucket on it)"
                 .to_owned(),
         }
     }
@@ -73,6 +73,17 @@ impl OfrepError {
             status: 404,
             code: "FLAG_NOT_FOUND",
             details: format!("flag {key} does not exist in namespace {namespace}"),
+        }
+    }
+
+    /// 404 `GENERAL`: the request names a namespace no command ever used.
+    pub fn namespace_not_found(namespace: &str) -> OfrepError {
+        OfrepError {
+            status: 404,
+            code: "GENERAL",
+            details: format!(
+                "namespace {namespace} does not exist: no flag was ever created in it (check X-Rollout-Namespace)"
+            ),
         }
     }
 

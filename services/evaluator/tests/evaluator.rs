@@ -746,6 +746,39 @@ async fn ofrep_bulk_health_readiness_and_metrics() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    // a namespace no command ever used is an error, not an empty answer: a typo must not
+    // look like "no flags"
+    let typo = http(
+        addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Rollout-Namespace", "prdo"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(typo.status, 404, "{}", typo.text());
+    assert_eq!(typo.json()["errorCode"], "GENERAL");
+    assert!(
+        typo.json()["errorDetails"]
+            .as_str()
+            .is_some_and(|details| details.contains("namespace prdo does not exist")),
+        "{}",
+        typo.text()
+    );
+    let single = ofrep(
+        addr,
+        "prdo",
+        "checkout",
+        serde_json::json!({"targetingKey": "u"}),
+    )
+    .await;
+    assert_eq!(single.status, 404, "{}", single.text());
+    // the namespace the evaluator serves by default answers, flags or not
+    let default = http(addr, "POST", "/ofrep/v1/evaluate/flags", &[], &body).await;
+    assert_eq!(default.status, 200);
     replica.stop().await;
 }
 
