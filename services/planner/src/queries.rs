@@ -123,6 +123,7 @@ impl Reader {
             flag: record.flag,
             version: stored.version,
             active_rollout: record.active_rollout,
+            side_effects: Vec::new(),
         })))
     }
 

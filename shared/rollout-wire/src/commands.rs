@@ -179,6 +179,38 @@ pub struct FlagResult {
     /// Id of the flag's active rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_rollout: Option<String>,
+    /// What the command did beside what it was asked (disabling the flag stopped its
+    /// rollout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side_effects: Vec<SideEffect>,
+}
+
+/// What a command did beside what it was asked, so that a client can say so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SideEffect {
+    /// Disabling the flag stopped its active rollout where it stood; the split it reached
+    /// stays in the flag's serve, served again once the flag is enabled.
+    RolloutStopped {
+        /// The rollout stopped.
+        rollout_id: String,
+        /// The share of the candidate it reached (percentage plans).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share: Option<Share>,
+    },
+    /// The rollout started on a disabled flag, so the flag was enabled.
+    FlagEnabled {
+        /// The flag enabled.
+        flag: String,
+    },
+    /// Deleting the active rollout stopped it first; the split it reached stays served.
+    SplitKept {
+        /// The rollout deleted.
+        rollout_id: String,
+        /// The share of the candidate that stays served (percentage plans).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share: Option<Share>,
+    },
 }
 
 /// Reply to rollout commands: where the rollout stands, with every step; for `create`, the
@@ -203,6 +235,10 @@ pub struct RolloutResult {
     /// Every step with its planned and actual times.
     #[serde(default)]
     pub steps: Vec<StepStatus>,
+    /// What the command did beside what it was asked (starting the rollout enabled its
+    /// flag).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side_effects: Vec<SideEffect>,
 }
 
 impl RolloutResult {
@@ -221,6 +257,7 @@ impl RolloutResult {
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             steps: StepStatus::for_rollout(plan, state, now),
+            side_effects: Vec::new(),
         }
     }
 }
@@ -234,6 +271,9 @@ pub struct Deleted {
     /// Id of the deleted rollout (absent for a flag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_id: Option<String>,
+    /// What the command did beside what it was asked (the deleted rollout's split stays).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side_effects: Vec<SideEffect>,
 }
 
 /// A command's successful reply, typed until it is encoded: the JSON (or MessagePack) of

@@ -62,8 +62,8 @@ pub mod views;
 pub use checks::PageWindow;
 pub use codec::{decode, decode_with, encode, CodecError, CodecErrorKind, Encoding, Limits};
 pub use commands::{
-    Command, Deleted, FlagCreate, FlagDelete, FlagResult, FlagToggle, FlagUpdate, RolloutAction,
-    RolloutCreate, RolloutResult, RolloutStop,
+    Command, CommandReply, Deleted, FlagCreate, FlagDelete, FlagResult, FlagToggle, FlagUpdate,
+    RolloutAction, RolloutCreate, RolloutResult, RolloutStop, SideEffect,
 };
 pub use envelope::{decode_reply, encode_error_reply, encode_reply, ErrorCode, Reply, WireError};
 pub use eval::{EvalMany, EvalRequest, EvalResult, EvalTarget};

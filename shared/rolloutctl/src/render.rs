@@ -7,7 +7,7 @@ use rollout_core::{DurationMs, GuardVerdict, Labels, Lifecycle, Share, StageCoun
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
     AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutCounts,
-    RolloutList, RolloutResult, RolloutStatus, StepStatus,
+    RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
 };
 use serde::Serialize;
 
@@ -299,9 +299,49 @@ pub fn counts(counts: &RolloutCounts) -> String {
     text
 }
 
+/// What a command did beside what it was asked, one line each, prefixed with `prefix`
+/// (`# ` where the output must stay YAML).
+fn side_effect_lines(effects: &[SideEffect], prefix: &str) -> String {
+    let share_text =
+        |share: &Option<Share>| share.map_or_else(String::new, |share| format!(" at {share}"));
+    effects
+        .iter()
+        .map(|effect| {
+            let line = match effect {
+                SideEffect::RolloutStopped { rollout_id, share } => format!(
+                    "stopped rollout {rollout_id}{}: its split stays in the flag's serve, served again once the flag is enabled",
+                    share_text(share)
+                ),
+                SideEffect::FlagEnabled { flag } => {
+                    format!("enabled flag {flag}, which was disabled, for the rollout to start")
+                }
+                SideEffect::SplitKept { rollout_id, share } => format!(
+                    "stopped rollout {rollout_id}{} before deleting it: its split stays served",
+                    share_text(share)
+                ),
+            };
+            format!("{prefix}{line}\n")
+        })
+        .collect()
+}
+
+/// The reply to a flag command: what was done, at which version, and what else it did.
+pub fn flag_changed(verb: &str, result: &FlagResult) -> String {
+    format!(
+        "{verb} flag {} (version {})\n{}",
+        result.flag.key,
+        result.version,
+        side_effect_lines(&result.side_effects, "")
+    )
+}
+
 /// The reply to a rollout command: a header line and the steps table.
 pub fn rollout_result(result: &RolloutResult) -> String {
-    let mut text = format!("rollout {} · flag {}\n", result.rollout_id, result.flag);
+    let mut text = side_effect_lines(&result.side_effects, "");
+    text.push_str(&format!(
+        "rollout {} · flag {}\n",
+        result.rollout_id, result.flag
+    ));
     text.push_str(&state_line(
         result.state,
         result.waiting_for.as_ref().map(wire_name),
@@ -346,6 +386,7 @@ pub fn flag_result(result: &FlagResult) -> String {
         text.push_str(&format!(" · active rollout {rollout}"));
     }
     text.push('\n');
+    text.push_str(&side_effect_lines(&result.side_effects, "# "));
     match serde_yaml_ng::to_string(&result.flag) {
         Ok(yaml) => text.push_str(&yaml),
         Err(error) => text.push_str(&format!("# cannot show as yaml: {error}\n")),
@@ -495,13 +536,14 @@ fn with_next_page(table: String, next_page: Option<u32>, empty: bool, what: &str
 
 /// A delete command's reply.
 pub fn deleted(deleted: &Deleted) -> String {
-    match &deleted.rollout_id {
-        Some(rollout_id) => format!(
-            "deleted rollout {rollout_id} of flag {} (its audit stays readable)\n",
-            deleted.flag
-        ),
-        None => format!("deleted flag {}\n", deleted.flag),
-    }
+    side_effect_lines(&deleted.side_effects, "")
+        + &match &deleted.rollout_id {
+            Some(rollout_id) => format!(
+                "deleted rollout {rollout_id} of flag {} (its audit stays readable)\n",
+                deleted.flag
+            ),
+            None => format!("deleted flag {}\n", deleted.flag),
+        }
 }
 
 /// One line per change event, for `watch`.

@@ -180,10 +180,7 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
             });
             session
                 .command(command, &context, |result: &FlagResult| {
-                    format!(
-                        "created flag {} (version {})\n",
-                        result.flag.key, result.version
-                    )
+                    render::flag_changed("created", result)
                 })
                 .await
         }
@@ -204,10 +201,7 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
             });
             session
                 .command(command, &context, |result: &FlagResult| {
-                    format!(
-                        "updated flag {} (version {})\n",
-                        result.flag.key, result.version
-                    )
+                    render::flag_changed("updated", result)
                 })
                 .await
         }
@@ -215,10 +209,7 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
             let command = Command::FlagEnable(FlagToggle::new(&key.key));
             session
                 .command(command, &flag_context(&key.key), |result: &FlagResult| {
-                    format!(
-                        "enabled flag {} (version {})\n",
-                        result.flag.key, result.version
-                    )
+                    render::flag_changed("enabled", result)
                 })
                 .await
         }
@@ -226,10 +217,7 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
             let command = Command::FlagDisable(FlagToggle::new(&key.key));
             session
                 .command(command, &flag_context(&key.key), |result: &FlagResult| {
-                    format!(
-                        "disabled flag {} (version {})\n",
-                        result.flag.key, result.version
-                    )
+                    render::flag_changed("disabled", result)
                 })
                 .await
         }

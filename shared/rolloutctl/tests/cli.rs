@@ -521,3 +521,76 @@ async fn eval_asks_the_evaluator() {
     assert_eq!(missing.code, Some(1), "{missing:?}");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn what_a_command_did_beside_what_was_asked_is_said() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let phases = example("rollout-phases.yaml");
+    let phases = phases.to_str().expect("utf-8 path");
+
+    // a rollout created on a disabled flag enables it
+    cluster
+        .ctl(&["flag", "disable", "new-checkout"])
+        .await
+        .assert_ok();
+    let created = cluster.ctl(&["rollout", "create", "-f", phases]).await;
+    created.assert_ok();
+    assert!(
+        created
+            .stdout
+            .contains("enabled flag new-checkout, which was disabled"),
+        "{}",
+        created.stdout
+    );
+    let listed = cluster
+        .ctl_json(&["rollout", "list", "--flag", "new-checkout"])
+        .await;
+    let rollout_id = listed["rollouts"][0]["rollout_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a listed rollout: {listed}"))
+        .to_owned();
+
+    // disabling the flag says which rollout it stopped, and where
+    let disabled = cluster.ctl(&["flag", "disable", "new-checkout"]).await;
+    disabled.assert_ok();
+    assert!(
+        disabled.stdout.contains(&format!(
+            "stopped rollout {rollout_id} at 1%: its split stays"
+        )),
+        "{}",
+        disabled.stdout
+    );
+    let json = cluster.ctl_json(&["flag", "enable", "new-checkout"]).await;
+    assert!(json.get("side_effects").is_none(), "enabling alone: {json}");
+
+    // deleting an active rollout says that its split stays served
+    let (_dir, other) = temp_file(
+        "other.yaml",
+        "key: other\nvariations: [{id: \"off\", value: false}, {id: \"on\", value: true}]\noff_variation: \"off\"\ndefault: {variation: \"off\"}\n",
+    );
+    cluster
+        .ctl(&["flag", "create", "-f", &other])
+        .await
+        .assert_ok();
+    let (_spec_dir, spec) = temp_file(
+        "spec.yaml",
+        "flag: other\nbaseline: \"off\"\ncandidate: \"on\"\nphases: [{percentage: 10, duration: 1h}, {percentage: 100}]\n",
+    );
+    let created: RolloutResult =
+        serde_json::from_value(cluster.ctl_json(&["rollout", "create", "-f", &spec]).await)
+            .expect("a rollout result");
+    let deleted = cluster
+        .ctl(&["rollout", "delete", &created.rollout_id])
+        .await;
+    deleted.assert_ok();
+    assert!(
+        deleted.stdout.contains(&format!(
+            "stopped rollout {} at 10% before deleting it: its split stays served",
+            created.rollout_id
+        )),
+        "{}",
+        deleted.stdout
+    );
+    cluster.stop().await;
+}

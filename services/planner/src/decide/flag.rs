@@ -4,11 +4,11 @@ use rollout_core::machine::Event;
 use rollout_core::transition;
 use rollout_core::{Flag, Target};
 use rollout_store::{Change, FlagRecord, Happened, RolloutRecord, StoredFlag};
-use rollout_wire::commands::{CommandReply, Deleted};
+use rollout_wire::commands::{CommandReply, Deleted, SideEffect};
 use rollout_wire::envelope::WireError;
 use rollout_wire::events::EventKind;
 
-use super::{changed, existing_flag, flag_result, DecideContext, Decision, Loaded};
+use super::{changed, existing_flag, flag_result, served_share, DecideContext, Decision, Loaded};
 
 pub(super) fn create(
     flag: &Flag,
@@ -33,7 +33,7 @@ pub(super) fn create(
         created_at: context.now,
         updated_at: context.now,
     };
-    let reply = flag_result(&record, stored.version + 1);
+    let reply = flag_result(&record, stored.version + 1, Vec::new());
     let mut change = Change::of_flag(&flag.key, stored.version);
     change.flag = Some(record);
     change.flag_created = true;
@@ -148,9 +148,14 @@ fn flag_changed(
     mut happened: Vec<Happened>,
     context: &DecideContext,
 ) -> Result<Decision, WireError> {
+    let mut side_effects = Vec::new();
     let mut change = match stopping {
         Some(rollout) => {
             let stopped = transition::apply(&updated, rollout, &Event::FlagDisabled, context.now)?;
+            side_effects.push(SideEffect::RolloutStopped {
+                rollout_id: rollout.id.clone(),
+                share: served_share(&stopped.rollout),
+            });
             Change::rollout_moved(version, &rollout.state, stopped)
         }
         None => {
@@ -165,7 +170,7 @@ fn flag_changed(
         .flag
         .as_ref()
         .ok_or_else(|| WireError::internal("a flag change without the flag record"))?;
-    let reply = flag_result(flag, version + change.event_count());
+    let reply = flag_result(flag, version + change.event_count(), side_effects);
     Ok(changed(change, reply))
 }
 
@@ -185,7 +190,11 @@ pub(super) fn toggle(
 ) -> Result<Decision, WireError> {
     let (stored, record) = existing_flag(loaded, key, "key")?;
     if record.flag.enabled == enable {
-        return Ok(Decision::Unchanged(flag_result(record, stored.version)));
+        return Ok(Decision::Unchanged(flag_result(
+            record,
+            stored.version,
+            Vec::new(),
+        )));
     }
     let mut updated = FlagRecord {
         updated_at: context.now,
@@ -218,6 +227,7 @@ pub(super) fn delete(key: &str, loaded: &Loaded) -> Result<Decision, WireError> 
     let reply = CommandReply::Deleted(Deleted {
         flag: key.to_owned(),
         rollout_id: None,
+        side_effects: Vec::new(),
     });
     let mut change = Change::of_flag(key, stored.version);
     change.happened = vec![Happened::event(EventKind::FlagDeleted, None)];

@@ -15,7 +15,7 @@ mod rollout;
 use rollout_core::machine::Event;
 use rollout_core::{DurationMs, Timestamp};
 use rollout_store::{Change, FlagRecord, RolloutRecord, StoredFlag};
-use rollout_wire::commands::{Command, CommandReply, FlagResult};
+use rollout_wire::commands::{Command, CommandReply, FlagResult, SideEffect};
 use rollout_wire::envelope::WireError;
 
 pub(crate) use rollout::compile_from_current_serve;
@@ -144,12 +144,18 @@ fn existing_flag<'a>(
     }
 }
 
-fn flag_result(record: &FlagRecord, version: u64) -> CommandReply {
+fn flag_result(record: &FlagRecord, version: u64, side_effects: Vec<SideEffect>) -> CommandReply {
     CommandReply::Flag(Box::new(FlagResult {
         flag: record.flag.clone(),
         version,
         active_rollout: record.active_rollout.clone(),
+        side_effects,
     }))
+}
+
+/// The share of the candidate `rollout` serves (percentage plans).
+fn served_share(rollout: &RolloutRecord) -> Option<rollout_core::Share> {
+    (!rollout.plan.is_staged()).then(|| rollout.state.served_share(&rollout.plan))
 }
 
 #[cfg(test)]

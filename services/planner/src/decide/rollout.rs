@@ -6,11 +6,11 @@ use rollout_core::machine::Event;
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag};
 use rollout_store::{Change, FlagRecord, Happened, RolloutRecord};
-use rollout_wire::commands::{CommandReply, Deleted, RolloutResult};
+use rollout_wire::commands::{CommandReply, Deleted, RolloutResult, SideEffect};
 use rollout_wire::envelope::WireError;
 use rollout_wire::events::EventKind;
 
-use super::{changed, existing_flag, DecideContext, Decision, Loaded};
+use super::{changed, existing_flag, served_share, DecideContext, Decision, Loaded};
 
 pub(super) fn create(
     spec: &rollout_core::RolloutSpec,
@@ -43,12 +43,14 @@ pub(super) fn create(
         },
         context.now,
     );
-    let reply = CommandReply::Rollout(RolloutResult::new(
+    let mut result = RolloutResult::new(
         &created.rollout.id,
         &created.rollout.plan,
         &created.rollout.state,
         context.now,
-    ));
+    );
+    result.side_effects = flag_enabled(record, &created.flag);
+    let reply = CommandReply::Rollout(result);
     Ok(changed(
         Change::rollout_created(stored.version, false, created),
         reply,
@@ -116,12 +118,14 @@ pub(super) fn apply(
     check_expected_step(rollout, context)?;
     let (stored, record) = existing_flag(loaded, &rollout.plan.flag, "rollout_id")?;
     let moved = transition::apply(record, rollout, &event, context.now)?;
-    let reply = CommandReply::Rollout(RolloutResult::new(
+    let mut result = RolloutResult::new(
         &moved.rollout.id,
         &moved.rollout.plan,
         &moved.rollout.state,
         context.now,
-    ));
+    );
+    result.side_effects = flag_enabled(record, &moved.flag);
+    let reply = CommandReply::Rollout(result);
     if moved.effects.is_empty() {
         return Ok(Decision::Unchanged(reply));
     }
@@ -145,10 +149,11 @@ pub(super) fn delete(
         .flag
         .as_ref()
         .and_then(|stored| stored.record.as_ref().map(|record| (stored, record)));
-    let reply = CommandReply::Deleted(Deleted {
+    let mut reply = Deleted {
         flag: flag_key.clone(),
         rollout_id: Some(rollout.id.clone()),
-    });
+        side_effects: Vec::new(),
+    };
     let flag_version = loaded.flag.as_ref().map_or(0, |stored| stored.version);
     let mut change = Change::of_flag(&flag_key, flag_version);
     match stored_flag {
@@ -159,6 +164,10 @@ pub(super) fn delete(
                 &Event::Stop { percentage: None },
                 context.now,
             )?;
+            reply.side_effects.push(SideEffect::SplitKept {
+                rollout_id: rollout.id.clone(),
+                share: served_share(&stopped.rollout),
+            });
             change = Change::rollout_moved(flag_version, &rollout.state, stopped);
             // the record goes: the stop is told by its events, not written
             change.rollout = None;
@@ -183,5 +192,16 @@ pub(super) fn delete(
     change
         .happened
         .push(Happened::event(EventKind::RolloutDeleted, Some(rollout_id)));
-    Ok(changed(change, reply))
+    Ok(changed(change, CommandReply::Deleted(reply)))
+}
+
+/// [`SideEffect::FlagEnabled`] when the flag, disabled `before`, is enabled `after`.
+fn flag_enabled(before: &FlagRecord, after: &FlagRecord) -> Vec<SideEffect> {
+    if !before.flag.enabled && after.flag.enabled {
+        vec![SideEffect::FlagEnabled {
+            flag: after.flag.key.clone(),
+        }]
+    } else {
+        Vec::new()
+    }
 }
