@@ -239,9 +239,9 @@ async fn commit_transition(
                 tracing::debug!(
                     rollout_id = %rollout_id,
                     flag = %flag_key,
-                    from_step = ?transition.from_step,
-                    to_step = ?transition.to_step,
-                    lag_ms = ?lag_ms,
+                    from_step = transition.from_step.map(|step| step as u64),
+                    to_step = transition.to_step.map(|step| step as u64),
+                    lag_ms,
                     "transition committed"
                 );
             });
@@ -271,7 +271,7 @@ async fn commit_transition(
             tracing::warn!(
                 rollout_id = %rollout_id,
                 redis_now = %redis_now,
-                due = ?due,
+                due = due.map(|due| due.to_string()),
                 "redis time is before the due time; trying again when due"
             );
             Ok(Fired::Early)

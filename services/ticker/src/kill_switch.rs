@@ -319,7 +319,7 @@ impl KillSwitches {
                 tracing::warn!(
                     namespace = %namespace,
                     flag = %flag_key,
-                    rollout_id = ?rollout_id,
+                    rollout_id = rollout_id.as_deref(),
                     limit = %figures.limit,
                     candidate_error_rate = figures.candidate_error_rate,
                     baseline_error_rate = figures.baseline_error_rate,

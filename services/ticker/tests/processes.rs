@@ -402,3 +402,33 @@ async fn a_bad_setting_exits_with_code_64_naming_it() {
         process.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_nats_is_retried_aloud_then_exits_69_in_one_plain_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = rollout_testkit::free_port().expect("a free port");
+    let env = std::collections::HashMap::from([
+        (
+            "ROLLOUT_NATS__URL".to_owned(),
+            format!("nats://127.0.0.1:{port}"),
+        ),
+        ("ROLLOUT_NATS__CONNECT_TIMEOUT".to_owned(), "2s".to_owned()),
+        ("ROLLOUT_TICKER__REPLICA_ID".to_owned(), "lonely".to_owned()),
+        // a backtrace must not decorate an expected failure
+        ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
+    ]);
+    let mut process = TickerProcess::spawn(dir.path(), &env);
+    let status = process.wait_exit(Duration::from_secs(30)).expect("exits");
+    let log = process.log_text();
+    assert_eq!(status.code(), Some(69), "{log}");
+    assert!(
+        log.contains("not reachable yet, retrying"),
+        "every retry is logged: {log}"
+    );
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")),
+        "names what it could not reach: {log}"
+    );
+    assert!(!log.contains("stack backtrace"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colours in a file: {log:?}");
+}

@@ -241,12 +241,13 @@ where
                 gave_up(connect_timeout, attempts, &last_error),
             ));
         }
-        tracing::debug!(
+        tracing::warn!(
             url = %redact_url(url),
             %backend,
             attempts,
             error = %last_error,
-            "server not reachable yet, retrying"
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "{backend} not reachable yet, retrying until the connect timeout"
         );
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);

@@ -209,7 +209,10 @@ where
     S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
 {
     match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // colours only on a terminal: a log redirected to a file stays plain text
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
