@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rollout_core::DurationMs;
-use rollout_runtime::telemetry::trace_id_of;
+use rollout_runtime::telemetry::{new_traceparent, trace_id_of};
 use rollout_store::Keys;
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
@@ -62,6 +62,9 @@ impl Executor {
         traceparent: Option<String>,
     ) -> Result<CommandReply, WireError> {
         command.validate()?;
+        // the edge of the system: a command that came without trace context gets one, so
+        // its audit entries and events carry a trace id whether or not spans are exported
+        let traceparent = traceparent.or_else(|| Some(new_traceparent()));
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
         let command_id = key.map(str::to_owned);

@@ -408,6 +408,51 @@ async fn the_command_trace_context_is_carried_into_the_rollout() {
 }
 
 #[tokio::test]
+async fn a_command_without_trace_context_gets_one_at_the_edge() {
+    let cluster = Cluster::start(1).await;
+    // no traceparent header: the planner starts the trace (SPEC §7: every audit entry has
+    // a trace id, exported spans or not)
+    create_flag(&cluster, "untraced").await;
+    let rollout_id = create_rollout(&cluster, "untraced").await;
+    let audit = cluster
+        .query("rollout.audit", json!({"rollout_id": rollout_id}))
+        .await;
+    let entries = ok(&audit)["entries"].as_array().expect("entries").clone();
+    assert!(!entries.is_empty());
+    let trace_ids: Vec<&str> = entries
+        .iter()
+        .map(|entry| {
+            entry["trace_id"]
+                .as_str()
+                .expect("a trace id on every entry")
+        })
+        .collect();
+    assert!(trace_ids
+        .iter()
+        .all(|id| id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit())));
+    // one command, one trace: its entries share it
+    assert!(
+        trace_ids.windows(2).all(|pair| pair[0] == pair[1]),
+        "{trace_ids:?}"
+    );
+    let flag_audit = cluster
+        .query("rollout.audit", json!({"flag": "untraced"}))
+        .await;
+    let created = ok(&flag_audit)["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|entry| entry["kind"] == "flag_created")
+        .expect("the flag's creation")
+        .clone();
+    assert_ne!(
+        created["trace_id"].as_str(),
+        Some(trace_ids[0]),
+        "another command, another trace"
+    );
+}
+
+#[tokio::test]
 async fn empty_lists_are_empty_not_errors() {
     let cluster = Cluster::start(1).await;
     let flags = cluster.query("flag.list", json!({})).await;

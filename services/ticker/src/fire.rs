@@ -11,7 +11,9 @@
 use rollout_core::machine::{step, Event};
 use rollout_core::transition::{self, next_look};
 use rollout_core::{Audience, DurationMs, Effect, Lifecycle, StepOutcome, Timestamp};
-use rollout_runtime::telemetry::{link_to_traceparent, trace_id_of, traceparent_of_current_span};
+use rollout_runtime::telemetry::{
+    link_to_traceparent, new_trace_id, trace_id_of, traceparent_of_current_span,
+};
 use rollout_store::due::{self, Rescheduled};
 use rollout_store::health::load_health;
 use rollout_store::reads::rollout_revision;
@@ -199,10 +201,13 @@ async fn commit_transition(
     let moved = transition::settle(flag_record, record, outcome, now);
     let transition = Transition::describe(&moved.rollout, &previous, &moved.effects, due);
     let span = transition.span(namespace, &moved.rollout, epoch);
+    // the transition's own trace when spans are exported, else a fresh id: every audit
+    // entry and event carries one (SPEC §7)
     let trace_id = span
         .in_scope(traceparent_of_current_span)
         .as_deref()
-        .and_then(trace_id_of);
+        .and_then(trace_id_of)
+        .or_else(|| Some(new_trace_id()));
 
     let actor = Actor {
         name: TICKER_ACTOR.to_owned(),

@@ -303,7 +303,7 @@ impl KillSwitches {
         let actor = Actor {
             name: TICKER_ACTOR.to_owned(),
             command_id: None,
-            trace_id: None,
+            trace_id: Some(rollout_runtime::telemetry::new_trace_id()),
         };
         let conditions = Conditions {
             leader_epoch: Some(epoch),

@@ -112,10 +112,18 @@ async fn transitions_fire_at_their_planned_times_in_order() {
             assert_single_advances(record, &audit),
             record.plan.steps.len()
         );
-        assert!(audit
+        // every transition carries a W3C trace id of its own, spans exported or not
+        let trace_ids: Vec<&str> = audit
             .iter()
-            .filter(|entry| entry.kind == EventKind::RolloutStep)
-            .all(|entry| entry.actor == "ticker" && entry.trace_id.is_none()));
+            .filter(|entry| entry.kind == EventKind::RolloutStep && entry.actor == "ticker")
+            .map(|entry| entry.trace_id.as_deref().expect("a trace id"))
+            .collect();
+        assert!(!trace_ids.is_empty());
+        assert!(trace_ids
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit())));
+        let distinct: std::collections::BTreeSet<&&str> = trace_ids.iter().collect();
+        assert_eq!(distinct.len(), trace_ids.len(), "{trace_ids:?}");
     }
 
     // the events on NATS: the ticker's, with rising versions, in order

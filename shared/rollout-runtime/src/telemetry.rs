@@ -25,8 +25,8 @@ use crate::config::{LogFormat, LogSettings, OtlpProtocol, OtlpSettings};
 
 pub use propagation::{
     context_from_traceparent, extract_trace_context, inject_trace_context, link_to_traceparent,
-    set_remote_parent, trace_id_of, traceparent_of_current_span, TRACEPARENT_HEADER,
-    TRACESTATE_HEADER,
+    new_trace_id, new_traceparent, set_remote_parent, trace_id_of, traceparent_of_current_span,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER,
 };
 
 /// Why telemetry could not be set up or shut down.

@@ -114,6 +114,21 @@ pub fn trace_id_of(traceparent: &str) -> Option<String> {
         .then(|| trace_id.to_owned())
 }
 
+/// A fresh W3C `traceparent` (sampled) for an operation that arrived without one, so that
+/// its audit entries and events carry a trace id whether or not spans are exported
+/// (SPEC §7).
+pub fn new_traceparent() -> String {
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    let ids = RandomIdGenerator::default();
+    format!("00-{}-{}-01", ids.new_trace_id(), ids.new_span_id())
+}
+
+/// A fresh W3C trace id (32 lowercase hex digits).
+pub fn new_trace_id() -> String {
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    RandomIdGenerator::default().new_trace_id().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
