@@ -17,8 +17,9 @@ use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
 use rollout_wire::queries::{
-    AuditPage, FlagList, FlagSummary, ListState, NamedStageCounts, PlanPreview, Query, QueryReply,
-    RolloutCounts, RolloutList, RolloutStatus, RolloutSummary, DEFAULT_COUNTS_WINDOW,
+    AuditPage, FlagList, FlagSummary, NamedStageCounts, PlanPreview, Query, QueryReply,
+    RolloutCounts, RolloutList, RolloutListQuery, RolloutStatus, RolloutSummary,
+    DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
 
@@ -73,14 +74,7 @@ impl Reader {
             }
             Query::RolloutList(list) => {
                 let window = PageWindow::new(list.page, list.page_size);
-                self.rollouts(
-                    &mut connection,
-                    &keys,
-                    list.state,
-                    list.flag.as_deref(),
-                    window,
-                )
-                .await
+                self.rollouts(&mut connection, &keys, list, window).await
             }
             Query::RolloutAudit(audit) => {
                 let log = match (&audit.rollout_id, &audit.flag) {
@@ -286,18 +280,24 @@ impl Reader {
         &self,
         connection: &mut Connection,
         keys: &Keys,
-        state: ListState,
-        flag: Option<&str>,
+        list: &RolloutListQuery,
         window: PageWindow,
     ) -> Result<QueryReply, QueryError> {
         // newest first
-        let ids = reads::rollout_ids(connection, keys, state).await?;
+        let ids = reads::rollout_ids(connection, keys, list.state).await?;
         let mut summaries = Vec::new();
         for id in ids {
             let Some(record) = load_rollout(connection, keys, &id).await? else {
                 continue;
             };
-            if flag.is_some_and(|wanted| wanted != record.plan.flag) {
+            let other_flag = list
+                .flag
+                .as_deref()
+                .is_some_and(|wanted| wanted != record.plan.flag);
+            let other_state = list
+                .lifecycle
+                .is_some_and(|wanted| wanted != record.state.lifecycle);
+            if other_flag || other_state {
                 continue;
             }
             summaries.push(RolloutSummary::new(

@@ -168,6 +168,7 @@ async fn rollout_commands_and_queries_round_trip() {
 
     let finished = client
         .list_rollouts(RolloutListQuery {
+            lifecycle: None,
             state: ListState::Finished,
             ..RolloutListQuery::default()
         })

@@ -189,6 +189,10 @@ pub struct RolloutListQuery {
     /// Active (default) or finished rollouts.
     #[serde(default)]
     pub state: ListState,
+    /// Only the rollouts in this lifecycle state, one of `state`'s (queued, running and
+    /// paused are active; completed, stopped and rolled_back finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
     /// Only the rollouts of this flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
@@ -522,6 +526,20 @@ impl Query {
             Query::RolloutList(query) => {
                 if let Some(flag) = &query.flag {
                     checks::token(&mut errors, "flag", flag);
+                }
+                if let Some(lifecycle) = query.lifecycle {
+                    let finished = query.state == ListState::Finished;
+                    if lifecycle.is_finished() != finished {
+                        errors.push(
+                            "lifecycle",
+                            format!(
+                                "{} rollouts are {}: list them with state {}",
+                                lifecycle.as_str(),
+                                if finished { "active" } else { "finished" },
+                                if finished { "active" } else { "finished" },
+                            ),
+                        );
+                    }
                 }
                 checks::page_size(&mut errors, query.page_size);
             }

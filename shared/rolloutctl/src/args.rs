@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rollout_core::DurationMs;
+use rollout_core::{DurationMs, Lifecycle};
 
 const AFTER_HELP: &str = "\
 Spec files (rollout create / plan) hold the `rollout` object of a rollout.create command, in
@@ -161,6 +161,10 @@ pub enum RolloutCommand {
         /// Finished rollouts instead of active ones.
         #[arg(long)]
         finished: bool,
+        /// Only the rollouts in this state: queued, running, paused (active), or completed,
+        /// stopped, rolled_back (finished; implies --finished).
+        #[arg(long, value_parser = parse_lifecycle)]
+        state: Option<Lifecycle>,
         /// Only the rollouts of this flag.
         #[arg(long)]
         flag: Option<String>,
@@ -247,6 +251,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".to_owned());
     }
     Ok(Duration::from_millis(millis))
+}
+
+fn parse_lifecycle(text: &str) -> Result<Lifecycle, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| "one of queued, running, paused, completed, stopped, rolled_back".to_owned())
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {

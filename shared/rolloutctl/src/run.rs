@@ -325,15 +325,17 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
         }
         RolloutCommand::List {
             finished,
+            state,
             flag,
             page,
         } => {
             let query = Query::RolloutList(RolloutListQuery {
-                state: if *finished {
+                state: if *finished || state.is_some_and(rollout_core::Lifecycle::is_finished) {
                     ListState::Finished
                 } else {
                     ListState::Active
                 },
+                lifecycle: *state,
                 flag: flag.clone(),
                 page: page.page,
                 page_size: None,

@@ -155,6 +155,7 @@ pub async fn watch(
         Some(rollout_id) => Some(rollout_id.clone()),
         None => client
             .list_rollouts(RolloutListQuery {
+                lifecycle: None,
                 flag: Some(flag.clone()),
                 ..RolloutListQuery::default()
             })

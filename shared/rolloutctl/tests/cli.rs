@@ -594,3 +594,62 @@ async fn what_a_command_did_beside_what_was_asked_is_said() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn rollouts_are_listed_by_state() {
+    let cluster = Cluster::start().await;
+    let mut ids = Vec::new();
+    for key in ["paused-one", "running-one"] {
+        let (_dir, flag) = temp_file(
+            "flag.yaml",
+            &format!("key: {key}\nvariations: [{{id: \"off\", value: false}}, {{id: \"on\", value: true}}]\noff_variation: \"off\"\ndefault: {{variation: \"off\"}}\n"),
+        );
+        cluster
+            .ctl(&["flag", "create", "-f", &flag])
+            .await
+            .assert_ok();
+        let (_spec_dir, spec) = temp_file(
+            "spec.yaml",
+            &format!("flag: {key}\nbaseline: \"off\"\ncandidate: \"on\"\nphases: [{{percentage: 10, duration: 1h}}, {{percentage: 100}}]\n"),
+        );
+        let created: RolloutResult =
+            serde_json::from_value(cluster.ctl_json(&["rollout", "create", "-f", &spec]).await)
+                .expect("a rollout result");
+        ids.push(created.rollout_id);
+    }
+    cluster
+        .ctl(&["rollout", "pause", &ids[0]])
+        .await
+        .assert_ok();
+    let listed = |state: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let list = cluster
+                .ctl_json(&["rollout", "list", "--state", state])
+                .await;
+            list["rollouts"]
+                .as_array()
+                .expect("rollouts")
+                .iter()
+                .map(|rollout| rollout["rollout_id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("paused").await, [ids[0].clone()]);
+    assert_eq!(listed("running").await, [ids[1].clone()]);
+    assert!(listed("queued").await.is_empty());
+    // a finished state lists finished rollouts, without --finished
+    cluster
+        .ctl(&["rollout", "rollback", &ids[1]])
+        .await
+        .assert_ok();
+    assert_eq!(listed("rolled_back").await, [ids[1].clone()]);
+    assert!(listed("running").await.is_empty());
+    // an active state among the finished ones is refused, naming the field
+    let refused = cluster
+        .ctl(&["rollout", "list", "--finished", "--state", "paused"])
+        .await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("lifecycle"), "{refused:?}");
+    cluster.stop().await;
+}
