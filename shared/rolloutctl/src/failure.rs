@@ -213,7 +213,7 @@ fn sdk_hint(error: &Error, context: &Context, namespace: &str) -> String {
         },
         (ErrorKind::Refused, ErrorCode::NotFound) => match (&context.rollout_id, &context.flag) {
             (Some(rollout_id), _) => format!(
-                "no rollout {rollout_id} in namespace {namespace}: list them with `rolloutctl -n {namespace} rollout list` (add --finished for ended ones)"
+                "no rollout {rollout_id} in namespace {namespace}: list them with `rolloutctl -n {namespace} rollout list` (add --finished for ended ones); a deleted rollout's history stays readable with `rolloutctl -n {namespace} rollout audit --rollout {rollout_id}`"
             ),
             (None, Some(flag)) => format!(
                 "no flag {flag} in namespace {namespace}: list them with `rolloutctl -n {namespace} flag list`"

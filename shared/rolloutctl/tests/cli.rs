@@ -584,6 +584,26 @@ async fn what_a_command_did_beside_what_was_asked_is_said() {
         .ctl(&["rollout", "delete", &created.rollout_id])
         .await;
     deleted.assert_ok();
+    // and once deleted, the way to its history is named
+    let gone = cluster
+        .ctl(&["rollout", "status", &created.rollout_id])
+        .await;
+    assert_eq!(gone.code, Some(1), "{gone:?}");
+    assert!(
+        gone.stderr
+            .contains(&format!("rollout audit --rollout {}", created.rollout_id)),
+        "{}",
+        gone.stderr
+    );
+    let history = cluster
+        .ctl(&["rollout", "audit", "--rollout", &created.rollout_id])
+        .await;
+    history.assert_ok();
+    assert!(
+        history.stdout.contains("rollout_deleted"),
+        "{}",
+        history.stdout
+    );
     assert!(
         deleted.stdout.contains(&format!(
             "stopped rollout {} at 10% before deleting it: its split stays served",
