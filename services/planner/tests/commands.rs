@@ -408,6 +408,31 @@ async fn the_command_trace_context_is_carried_into_the_rollout() {
 }
 
 #[tokio::test]
+async fn a_kill_switch_takes_no_action_and_shows_none() {
+    let cluster = Cluster::start(1).await;
+    let mut flag = flag_body("guarded");
+    flag["kill_switch"] =
+        json!({"max_error_rate": 20, "min_samples": 500, "window": "5m", "action": "rollback"});
+    let refused = cluster.command("flag.create", json!({"flag": flag})).await;
+    assert_eq!(
+        error(&refused),
+        (
+            "invalid_argument".to_owned(),
+            Some("flag.kill_switch.action".to_owned())
+        )
+    );
+    flag["kill_switch"] = json!({"max_error_rate": 20, "min_samples": 500, "window": "5m"});
+    ok(&cluster.command("flag.create", json!({"flag": flag})).await);
+    let got = cluster.query("flag.get", json!({"key": "guarded"})).await;
+    let kill_switch = &ok(&got)["flag"]["kill_switch"];
+    assert_eq!(kill_switch["max_error_rate"], json!(20.0));
+    assert!(
+        kill_switch.get("action").is_none(),
+        "an ignored action is not shown: {kill_switch}"
+    );
+}
+
+#[tokio::test]
 async fn a_command_without_trace_context_gets_one_at_the_edge() {
     let cluster = Cluster::start(1).await;
     // no traceparent header: the planner starts the trace (SPEC §7: every audit entry has

@@ -321,6 +321,12 @@ impl Flag {
             if let Err(guard_errors) = kill_switch.compile(&format!("{path}.kill_switch")) {
                 errors.errors.extend(guard_errors.errors);
             }
+            if kill_switch.action.is_some() {
+                errors.push(
+                    format!("{path}.kill_switch.action"),
+                    "a kill switch always disables the flag: remove action (it is a rollout guard's)",
+                );
+            }
         }
         errors.into_result(())
     }

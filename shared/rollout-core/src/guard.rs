@@ -25,9 +25,10 @@ pub struct GuardSpec {
     /// Counting window, e.g. `5m`.
     #[serde(default = "default_window")]
     pub window: String,
-    /// What a breach does: `pause`, `stop` or `rollback` (a kill switch always disables).
-    #[serde(default = "default_action")]
-    pub action: String,
+    /// What a breach does to a rollout: `pause` (the default), `stop` or `rollback`. A
+    /// flag's kill switch always disables the flag and takes no action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 fn default_metric() -> String {
@@ -38,9 +39,6 @@ fn default_min_samples() -> u64 {
 }
 fn default_window() -> String {
     "5m".to_owned()
-}
-fn default_action() -> String {
-    "pause".to_owned()
 }
 
 /// What a guard breach does to the rollout.
@@ -178,7 +176,7 @@ impl GuardSpec {
                 DurationMs::default()
             }
         };
-        let action = match self.action.as_str() {
+        let action = match self.action.as_deref().unwrap_or("pause") {
             "pause" => GuardAction::Pause,
             "stop" => GuardAction::Stop,
             "rollback" => GuardAction::Rollback,
@@ -372,7 +370,7 @@ mod tests {
             max_error_rate: None,
             min_samples: 0,
             window: "forever".into(),
-            action: "explode".into(),
+            action: Some("explode".into()),
         };
         let errors = spec.compile("rollout.guard").expect_err("invalid");
         for field in [
