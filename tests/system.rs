@@ -1010,18 +1010,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     // holds exactly what it held before
     // (each outcome message is counted once it is handled, whatever it comes to)
     eventually("every outcome report to be handled", PATIENCE, || async {
-        let handled: f64 = system
-            .cluster
-            .evaluators()
-            .iter()
-            .map(|handle| {
-                metric_sum(
-                    &handle.metrics_text(),
-                    "rollout_evaluator_outcomes_total",
-                    "",
-                )
-            })
-            .sum();
+        let handled = outcomes_counted(&system, "");
         (handled >= outcome_messages as f64).then_some(())
     })
     .await;
@@ -1051,18 +1040,7 @@ async fn bad_input_on_every_subject_gets_an_error_and_changes_nothing() {
     });
     println!("idempotency records and liveness written by refused calls: {allowed:?}");
     assert!(state.is_empty(), "bad input changed redis state: {state:?}");
-    let invalid_outcomes: f64 = system
-        .cluster
-        .evaluators()
-        .iter()
-        .map(|handle| {
-            metric_sum(
-                &handle.metrics_text(),
-                "rollout_evaluator_outcomes_total",
-                "invalid",
-            )
-        })
-        .sum();
+    let invalid_outcomes = outcomes_counted(&system, "invalid");
     assert!(invalid_outcomes >= 1.0, "bad outcome reports are counted");
     let eval = EvalClient::connect(
         system.cluster.client.clone(),
@@ -1408,6 +1386,23 @@ fn the_oracle_reports_a_served_answer_that_differs_from_the_committed_state() {
 }
 
 /// The sum of a Prometheus counter's samples whose labels mention `label_value`.
+/// Outcome reports every in-process evaluator counted with `result` in their labels (`""`:
+/// all of them).
+fn outcomes_counted(system: &System, result: &str) -> f64 {
+    system
+        .cluster
+        .evaluators()
+        .iter()
+        .map(|handle| {
+            metric_sum(
+                &handle.metrics_text(),
+                "rollout_evaluator_outcomes_total",
+                result,
+            )
+        })
+        .sum()
+}
+
 fn metric_sum(text: &str, name: &str, label_value: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(name) && line.contains(label_value))

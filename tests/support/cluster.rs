@@ -12,7 +12,7 @@ use std::time::Duration;
 use evaluator::{EvaluatorConfig, EvaluatorHandle};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use rollout_core::{Flag, RolloutSpec, Timestamp};
+use rollout_core::{RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sandbox::Sandbox;
@@ -635,14 +635,7 @@ pub async fn report_candidate(
 }
 
 /// A flag `key` with variations `off`/`on`, serving `off`.
-pub fn boolean_flag(key: &str) -> Flag {
-    serde_json::from_value(json!({
-        "key": key,
-        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
-        "off_variation": "off", "enabled": true, "default": {"variation": "off"},
-    }))
-    .expect("flag")
-}
+pub use rollout_sandbox::boolean_flag;
 
 pub fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)

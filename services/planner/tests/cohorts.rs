@@ -5,21 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use rollout_sandbox::Sandbox;
-use rollout_sdk::{CommandClient, Entity, EvalClient, Flag, RolloutSpec};
+use rollout_sandbox::{boolean_flag, Sandbox};
+use rollout_sdk::{CommandClient, Entity, EvalClient, RolloutSpec};
 use rollout_wire::events::EventKind;
 use rollout_wire::queries::AuditQuery;
 use serde_json::json;
-
-fn flag(key: &str) -> Flag {
-    serde_json::from_value(json!({
-        "key": key,
-        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
-        "off_variation": "off",
-        "default": {"variation": "off"},
-    }))
-    .expect("a valid flag")
-}
 
 /// A rollout of `flag` holding 20 % for an hour, with `salt` when given.
 fn spec(flag: &str, salt: Option<&str>) -> RolloutSpec {
@@ -67,7 +57,10 @@ async fn the_salt_a_status_shows_brings_back_the_same_cohort() {
     let operator = sandbox.operator();
     let application = sandbox.eval_client().await;
     for key in ["first", "again", "other"] {
-        operator.create_flag(flag(key)).await.expect("created");
+        operator
+            .create_flag(boolean_flag(key))
+            .await
+            .expect("created");
     }
 
     let first = operator

@@ -78,6 +78,17 @@ where
     }
 }
 
+/// Flag `key` with two boolean variations, `off` (its off variation and default serve)
+/// and `on`, enabled: what most tests roll out.
+pub fn boolean_flag(key: &str) -> rollout_sdk::Flag {
+    serde_json::from_value(serde_json::json!({
+        "key": key,
+        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
+        "off_variation": "off", "enabled": true, "default": {"variation": "off"},
+    }))
+    .expect("a valid flag")
+}
+
 /// NATS settings for a server at `url`, patient enough for a busy test machine.
 pub fn nats_settings(url: &str) -> NatsSettings {
     NatsSettings {

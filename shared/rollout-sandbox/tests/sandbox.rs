@@ -3,19 +3,9 @@
 //! replica then serves what it says — observed through the application's client, not
 //! through any internal state.
 
-use rollout_sandbox::{wait_until, Sandbox};
-use rollout_sdk::{Entity, Flag, RolloutSpec};
+use rollout_sandbox::{boolean_flag, wait_until, Sandbox};
+use rollout_sdk::{Entity, RolloutSpec};
 use serde_json::json;
-
-fn flag(key: &str) -> Flag {
-    serde_json::from_value(json!({
-        "key": key,
-        "variations": [{"id": "off", "value": false}, {"id": "on", "value": true}],
-        "off_variation": "off",
-        "default": {"variation": "off"},
-    }))
-    .expect("a valid flag")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_seeded_by_the_operator_completes_under_the_sandbox_tickers() {
@@ -27,7 +17,7 @@ async fn a_rollout_seeded_by_the_operator_completes_under_the_sandbox_tickers() 
         .await;
     let operator = sandbox.operator();
     operator
-        .create_flag(flag("checkout"))
+        .create_flag(boolean_flag("checkout"))
         .await
         .expect("the flag is created");
     let spec: RolloutSpec = serde_json::from_value(json!({

@@ -205,19 +205,16 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
                 })
                 .await
         }
-        FlagCommand::Enable(key) => {
-            let command = Command::FlagEnable(FlagToggle::new(&key.key));
+        FlagCommand::Enable(key) | FlagCommand::Disable(key) => {
+            let (command, verb) = match command {
+                FlagCommand::Enable(_) => {
+                    (Command::FlagEnable(FlagToggle::new(&key.key)), "enabled")
+                }
+                _ => (Command::FlagDisable(FlagToggle::new(&key.key)), "disabled"),
+            };
             session
                 .command(command, &flag_context(&key.key), |result: &FlagResult| {
-                    render::flag_changed("enabled", result)
-                })
-                .await
-        }
-        FlagCommand::Disable(key) => {
-            let command = Command::FlagDisable(FlagToggle::new(&key.key));
-            session
-                .command(command, &flag_context(&key.key), |result: &FlagResult| {
-                    render::flag_changed("disabled", result)
+                    render::flag_changed(verb, result)
                 })
                 .await
         }

@@ -43,14 +43,7 @@ pub(super) fn create(
         },
         context.now,
     );
-    let mut result = RolloutResult::new(
-        &created.rollout.id,
-        &created.rollout.plan,
-        &created.rollout.state,
-        context.now,
-    );
-    result.side_effects = flag_enabled(record, &created.flag);
-    let reply = CommandReply::Rollout(result);
+    let reply = rollout_reply(record, &created, context);
     Ok(changed(
         Change::rollout_created(stored.version, false, created),
         reply,
@@ -118,14 +111,7 @@ pub(super) fn apply(
     check_expected_step(rollout, context)?;
     let (stored, record) = existing_flag(loaded, &rollout.plan.flag, "rollout_id")?;
     let moved = transition::apply(record, rollout, &event, context.now)?;
-    let mut result = RolloutResult::new(
-        &moved.rollout.id,
-        &moved.rollout.plan,
-        &moved.rollout.state,
-        context.now,
-    );
-    result.side_effects = flag_enabled(record, &moved.flag);
-    let reply = CommandReply::Rollout(result);
+    let reply = rollout_reply(record, &moved, context);
     if moved.effects.is_empty() {
         return Ok(Decision::Unchanged(reply));
     }
@@ -195,13 +181,23 @@ pub(super) fn delete(
     Ok(changed(change, CommandReply::Deleted(reply)))
 }
 
-/// [`SideEffect::FlagEnabled`] when the flag, disabled `before`, is enabled `after`.
-fn flag_enabled(before: &FlagRecord, after: &FlagRecord) -> Vec<SideEffect> {
-    if !before.flag.enabled && after.flag.enabled {
-        vec![SideEffect::FlagEnabled {
-            flag: after.flag.key.clone(),
-        }]
-    } else {
-        Vec::new()
+/// The reply to a rollout command that made `moved` of the flag loaded as `before`: where
+/// the rollout stands, and [`SideEffect::FlagEnabled`] when it enabled a disabled flag.
+fn rollout_reply(
+    before: &FlagRecord,
+    moved: &rollout_core::Transition,
+    context: &DecideContext,
+) -> CommandReply {
+    let mut result = RolloutResult::new(
+        &moved.rollout.id,
+        &moved.rollout.plan,
+        &moved.rollout.state,
+        context.now,
+    );
+    if !before.flag.enabled && moved.flag.flag.enabled {
+        result.side_effects.push(SideEffect::FlagEnabled {
+            flag: moved.flag.flag.key.clone(),
+        });
     }
+    CommandReply::Rollout(result)
 }
