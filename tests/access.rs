@@ -42,8 +42,9 @@ use support::procs::Service;
 use support::{eventually, NS, PATIENCE};
 
 /// The users of accounts.conf and the password each gets here.
-const USERS: [(&str, &str); 7] = [
+const USERS: [(&str, &str); 8] = [
     ("operator", "OPERATOR"),
+    ("console", "CONSOLE"),
     ("sdk-prod", "SDK_PROD"),
     ("sdk-dev", "SDK_DEV"),
     ("planner", "PLANNER"),
@@ -418,6 +419,132 @@ impl Restricted {
             planner.wait().await;
         }
     }
+}
+
+/// One JSON request to the console at `addr`.
+async fn console_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> rollout_sandbox::http::Response {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    rollout_sandbox::http::request(addr, method, path, &all, &bytes, Duration::from_secs(10))
+        .await
+        .expect("the console answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_does_its_work_as_the_console_user_and_nothing_is_refused() {
+    use rollout_console::auth::{hash_password, Role};
+    use rollout_console::config::{Account, ConsoleConfig, ConsoleSettings, HttpSettings, Listed};
+
+    let system = Restricted::start(|_| {}, true).await;
+    let nats = &system.nats;
+    let (operator, _) = connect_as(&nats.url(), "operator").await;
+    commands_as(operator)
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag");
+    // the console logs in as deploy/config/console.toml says: user console, its own inbox
+    let shutdown = Shutdown::new();
+    let config = ConsoleConfig {
+        nats: nats_as(&nats.url(), "console"),
+        http: HttpSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        console: ConsoleSettings {
+            namespaces: Listed(vec![NS.to_owned()]),
+            users: Listed(vec![Account {
+                name: "alice".to_owned(),
+                role: Role::Operator,
+                password_hash: rollout_runtime::config::Secret::new(
+                    hash_password("alice-password").expect("hash"),
+                ),
+            }]),
+            ..ConsoleSettings::default()
+        },
+        ..ConsoleConfig::default()
+    };
+    let console = rollout_console::start(config, shutdown.clone())
+        .await
+        .expect("the console starts as console");
+    let addr = console.addr();
+    let signed_in = console_call(
+        addr,
+        "POST",
+        "/api/signin",
+        &[],
+        &json!({"name": "alice", "password": "alice-password"}),
+    )
+    .await;
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text());
+    let cookie = signed_in.headers["set-cookie"]
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_owned();
+    let csrf = signed_in.json()["csrf"].as_str().expect("csrf").to_owned();
+    let headers = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    // a command, queries and an evaluation, all through the console's own user
+    let created = console_call(
+        addr,
+        "POST",
+        "/api/rollouts",
+        &headers,
+        &json!({"namespace": NS, "spec": "{\"flag\": \"checkout\", \"baseline\": \"off\", \"candidate\": \"on\", \"preset\": \"1hr\"}"}),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let rollout_id = created.json()["rollout_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let shown = console_call(
+        addr,
+        "GET",
+        &format!("/api/rollouts/{NS}/{rollout_id}"),
+        &headers,
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert_eq!(shown.json()["status"]["state"], "running");
+    let explained = eventually("the evaluator to serve the rollout", PATIENCE, || async {
+        let answer = console_call(
+            addr,
+            "POST",
+            "/api/explain",
+            &headers,
+            &json!({"namespace": NS, "flag": "checkout", "entity_id": "user-1"}),
+        )
+        .await;
+        (answer.status == 200 && answer.json()["rollout_id"] == json!(rollout_id)).then_some(answer)
+    })
+    .await;
+    assert_eq!(
+        explained.json()["reason"],
+        "rollout",
+        "{}",
+        explained.text()
+    );
+    let metrics = console_call(addr, "GET", "/metrics", &[], &Value::Null).await;
+    assert!(
+        !metrics.text().contains("console_live_events_total 0"),
+        "the console received the change events: {}",
+        metrics.text()
+    );
+    assert!(
+        violations(nats).is_empty(),
+        "accounts.conf refused the console something: {:?}",
+        violations(nats)
+    );
+    shutdown.trigger();
+    console.stopped().await;
+    system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -316,7 +316,14 @@ fn every_mounted_file_and_the_build_exist() {
     }
 }
 
-const SERVICE_BINARIES: [&str; 5] = ["planner", "ticker", "evaluator", "rolloutctl", "loadtest"];
+const SERVICE_BINARIES: [&str; 6] = [
+    "planner",
+    "ticker",
+    "evaluator",
+    "console",
+    "rolloutctl",
+    "loadtest",
+];
 
 #[test]
 fn every_command_runs_a_binary_the_workspace_builds_and_the_image_holds() {
@@ -437,18 +444,24 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
         let (nats, redis) = match command[0].as_str() {
             "planner" => {
                 let config = check_config::<planner::PlannerConfig>(&file, &env);
-                (config.nats, config.redis)
+                (config.nats, Some(config.redis))
             }
             "ticker" => {
                 let config = check_config::<ticker::TickerConfig>(&file, &env);
-                (config.nats, config.redis)
+                (config.nats, Some(config.redis))
             }
             "evaluator" => {
                 let config = check_config::<evaluator::EvaluatorConfig>(&file, &env);
                 // as deployed, OFREP needs a token bound to a namespace
                 assert!(config.http.require_token, "{name}: http.require_token");
                 assert!(config.http.tokens.iter().next().is_some(), "{name}: tokens");
-                (config.nats, config.redis)
+                (config.nats, Some(config.redis))
+            }
+            "console" => {
+                // the console reaches nothing but NATS; sign-in needs a shared session key
+                let config = check_config::<rollout_console::config::ConsoleConfig>(&file, &env);
+                assert!(config.console.session_key.is_some(), "{name}: session key");
+                (config.nats, None)
             }
             other => panic!("{name}: no config type known for {other}"),
         };
@@ -468,12 +481,14 @@ fn every_config_file_loads_into_its_service_and_names_a_shipped_user() {
             "{name} logs in as {user} with {given}, but accounts.conf checks ${password_var}"
         );
         assert_own_inbox(&name, &user, &nats);
-        assert_own_redis_user(&name, command[0].as_str(), &redis);
+        if let Some(redis) = &redis {
+            assert_own_redis_user(&name, command[0].as_str(), redis);
+        }
         checked += 1;
     }
     assert!(
-        checked >= 8,
-        "planners, tickers and evaluators checked: {checked}"
+        checked >= 9,
+        "planners, tickers, evaluators and the console checked: {checked}"
     );
     // the load generator's user too
     let loadtest = &services(&compose)["loadtest"];
@@ -680,5 +695,26 @@ fn the_nats_nodes_get_every_password_variable_and_their_configs_are_valid() {
             bare.env_remove(var);
         }
         assert!(!bare.output().expect("runs").status.success());
+    }
+}
+
+#[test]
+fn the_console_accounts_shipped_sign_in_with_the_passwords_their_comment_names() {
+    use rollout_console::auth::{Authority, Role};
+    use rollout_console::config::ConsoleConfig;
+    let file = deploy().join("config").join("console.toml");
+    let text = read(&file);
+    let config: ConsoleConfig = load_config(Some(&file), &MapEnv::new()).expect("loads");
+    let authority = Authority::new(&config.console);
+    for (name, role) in [("admin", Role::Operator), ("viewer", Role::Viewer)] {
+        let password = format!("change-me-console-{name}");
+        assert!(
+            text.contains(&format!("\"{password}\"")),
+            "the comment names {password}"
+        );
+        let (operator, _) = authority
+            .sign_in(name, &password, std::time::SystemTime::now())
+            .unwrap_or_else(|| panic!("{name} signs in with {password}"));
+        assert_eq!(operator.role, role);
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local cluster's demo (run by run.sh once the cluster is up): a phased rollout shown
 # by `status` and `watch` until it completes, then a label-staged fleet rollout with
-# simulated agents and a `continue`. Usage: demo.sh BIN_DIR
+# simulated agents and a `continue`, and a slow rollout left running for the console.
+# Usage: demo.sh BIN_DIR
 set -euo pipefail
 BIN="$1"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,4 +53,8 @@ sleep 6
 show rollout status "$staged_id"
 show rollout audit --rollout "$staged_id"
 kill "$agents" 2>/dev/null || true
+
+step "7. a slow rollout left running, for the console"
+show flag create -f "$HERE/demo/search-flag.yaml" || true
+show rollout create -f "$HERE/demo/slow.yaml" --replace-current-serve
 step "demo done"

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The local cluster: NATS (JetStream) and Redis on their own ports and data folders, one
-# planner, three tickers and two evaluators, all logging into one folder, then a demo a
-# newcomer can watch. Ctrl-C stops everything cleanly.
+# planner, three tickers, two evaluators and the web console, all logging into one folder,
+# then a demo a newcomer can watch. Ctrl-C stops everything cleanly.
 #
 #   deploy/local/run.sh            # build, start, run the demo, keep running until Ctrl-C
 #   deploy/local/run.sh --no-demo  # just the cluster
 #   deploy/local/run.sh --release  # optimised binaries (a longer first build)
 #   deploy/local/run.sh --keep-data  # keep NATS and Redis data of the previous run
+#   deploy/local/run.sh --no-build # run the binaries already built
 #
 # Ports (override with the environment): NATS 14222 (monitoring 18222), Redis 16379,
-# evaluator HTTP 18081 and 18082. State lives in .local-cluster/ (git-ignored).
+# evaluator HTTP 18081 and 18082, console 18090. State lives in .local-cluster/
+# (git-ignored; ROLLOUT_LOCAL_STATE=<folder> puts it elsewhere).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,12 +19,14 @@ cd "$ROOT"
 DEMO=1
 PROFILE=dev
 KEEP_DATA=0
+BUILD=1
 for argument in "$@"; do
     case "$argument" in
         --no-demo) DEMO=0 ;;
         --release) PROFILE=release ;;
         --keep-data) KEEP_DATA=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $argument" >&2; exit 64 ;;
     esac
 done
@@ -31,7 +35,8 @@ NATS_PORT="${NATS_PORT:-14222}"
 NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-18222}"
 REDIS_PORT="${REDIS_PORT:-16379}"
 EVAL_PORTS=("${EVAL_PORT_1:-18081}" "${EVAL_PORT_2:-18082}")
-STATE="$ROOT/.local-cluster"
+CONSOLE_PORT="${CONSOLE_PORT:-18090}"
+STATE="${ROLLOUT_LOCAL_STATE:-$ROOT/.local-cluster}"
 LOGS="$STATE/logs"
 if [ "$KEEP_DATA" = 0 ]; then
     rm -rf "$STATE/nats" "$STATE/redis"
@@ -40,12 +45,14 @@ mkdir -p "$STATE/nats" "$STATE/redis" "$LOGS"
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
-say "installing tools (nats-server >= 2.10, redis-server) if missing"
+say "installing tools (nats-server >= 2.10, redis-server, ...) if missing"
 bash deploy/tools/install.sh >"$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
 NATS_SERVER="$ROOT/.tools/bin/nats-server"
 
-say "building planner, ticker, evaluator, rolloutctl, loadtest ($PROFILE profile)"
-cargo build --profile "$PROFILE" -q -p planner -p ticker -p evaluator -p rolloutctl -p loadtest
+if [ "$BUILD" = 1 ]; then
+    say "building planner, ticker, evaluator, console, rolloutctl, loadtest ($PROFILE profile)"
+    cargo build --profile "$PROFILE" -q -p planner -p ticker -p evaluator -p rollout-console -p rolloutctl -p loadtest
+fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ "$PROFILE" = dev ]; then BIN="$TARGET/debug"; else BIN="$TARGET/release"; fi
 
@@ -100,14 +107,22 @@ done
 for index in 0 1; do
     start "evaluator-$((index + 1))" env ROLLOUT_HTTP__LISTEN="127.0.0.1:${EVAL_PORTS[$index]}" ROLLOUT_HTTP__NAMESPACE=demo "$BIN/evaluator"
 done
-for port in "${EVAL_PORTS[@]}"; do
+# the console's demo accounts: an operator and a viewer, hashed afresh each run
+CONSOLE_USER="${CONSOLE_USER:-admin}"
+CONSOLE_PASSWORD="${CONSOLE_PASSWORD:-rollout-demo}"
+operator_hash=$("$BIN/console-hash-password" <<<"$CONSOLE_PASSWORD")
+viewer_hash=$("$BIN/console-hash-password" <<<"viewer-demo")
+start console env ROLLOUT_HTTP__LISTEN="127.0.0.1:$CONSOLE_PORT" ROLLOUT_CONSOLE__NAMESPACES=demo \
+    ROLLOUT_CONSOLE__USERS="$CONSOLE_USER:operator:$operator_hash;viewer:viewer:$viewer_hash" \
+    ROLLOUT_CONSOLE__SESSION_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$BIN/console"
+for port in "${EVAL_PORTS[@]}" "$CONSOLE_PORT"; do
     ready=0
     for _ in $(seq 1 300); do
         if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then ready=1; break; fi
         sleep 0.1
     done
     if [ "$ready" = 0 ]; then
-        echo "run.sh: the evaluator on port $port is not ready; see $LOGS" >&2
+        echo "run.sh: the service on port $port is not ready; see $LOGS" >&2
         exit 1
     fi
 done
@@ -120,12 +135,13 @@ for pid in "${PIDS[@]}"; do
     fi
 done
 say "cluster up: NATS $ROLLOUT_NATS__URL, Redis $ROLLOUT_REDIS__URL, evaluators ${EVAL_PORTS[*]}"
+say "console: http://127.0.0.1:$CONSOLE_PORT/  sign in as $CONSOLE_USER / $CONSOLE_PASSWORD (operator) or viewer / viewer-demo (read-only)"
 
 if [ "$DEMO" = 1 ]; then
     LOGS="$LOGS" bash "$ROOT/deploy/local/demo.sh" "$BIN"
 fi
 
-say "the cluster keeps running; try: $BIN/rolloutctl -n demo --nats-url $ROLLOUT_NATS__URL flag list   (Ctrl-C stops)"
+say "the cluster keeps running; console http://127.0.0.1:$CONSOLE_PORT/ ($CONSOLE_USER / $CONSOLE_PASSWORD); try: $BIN/rolloutctl -n demo --nats-url $ROLLOUT_NATS__URL flag list   (Ctrl-C stops)"
 wait -n "${PIDS[@]}" || true
 if [ "$STOPPING" = 0 ]; then
     say "a process exited; see $LOGS"

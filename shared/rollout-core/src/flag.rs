@@ -113,6 +113,30 @@ pub struct Serve {
 }
 
 impl Serve {
+    /// The serve in words: `on to everyone`, `a split (off 75%, on 25%)`, `label stages (1 of 3
+    /// released to v2)`.
+    pub fn describe(&self) -> String {
+        if let Some(split) = &self.split {
+            let parts: Vec<String> = split
+                .iter()
+                .map(|entry| format!("{} {}%", entry.variation, entry.weight))
+                .collect();
+            return format!("a split ({})", parts.join(", "));
+        }
+        if let Some(stages) = &self.stages {
+            return format!(
+                "label stages ({} of {} released to {})",
+                stages.released,
+                stages.stages.len(),
+                stages.candidate
+            );
+        }
+        match &self.variation {
+            Some(variation) => format!("{variation} to everyone"),
+            None => "nothing".to_owned(),
+        }
+    }
+
     /// Everyone gets `variation`.
     pub fn variation(variation: impl Into<String>) -> Serve {
         Serve {

@@ -52,13 +52,47 @@ pub async fn request(
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await.ok()?;
         stream.write_all(body).await.ok()?;
+        // read until the response is whole: some servers (chromedriver) keep the
+        // connection open despite `Connection: close`
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
+        let mut chunk = [0_u8; 16 * 1024];
+        loop {
+            let read = stream.read(&mut chunk).await.ok()?;
+            if read == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..read]);
+            if is_complete(&raw) {
+                break;
+            }
+        }
         parse(&raw)
     })
     .await
     .ok()
     .flatten()
+}
+
+/// Whether `raw` holds a whole response: its head and the body its `Content-Length` or
+/// final chunk announces.
+fn is_complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|window| window == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    for line in head.lines() {
+        if let Some(length) = line.strip_prefix("content-length:") {
+            return length
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|length| body.len() >= length);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 fn parse(raw: &[u8]) -> Option<Response> {

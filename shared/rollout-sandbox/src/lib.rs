@@ -25,6 +25,7 @@
 //! committed state in Redis gives (SPEC §11.1), through the same paths applications use
 //! ([`http`] for OFREP, NATS for `rollout.eval` and fleet `desired`).
 
+pub mod browser;
 pub mod http;
 pub mod oracle;
 pub mod process;

@@ -49,6 +49,7 @@ pub mod events;
 pub mod fleet;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
+pub mod specs;
 pub mod transport;
 
 pub use cache::CacheStats;
@@ -57,6 +58,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use eval::{EvalClient, EvalClientBuilder};
 pub use events::{decode_event, EventSubscription};
 pub use fleet::FleetAgent;
+pub use specs::{parse_flag, parse_rollout_spec, SpecError, SpecFormat};
 pub use transport::{new_command_id, RequestOptions};
 
 pub use rollout_core::{AttributeValue, Attributes, Entity, Flag, Labels, Reason, RolloutSpec};

@@ -228,6 +228,10 @@ pub struct RolloutSummary {
     /// Share served now, for percentage plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<Share>,
+    /// When the clock alone next moves it (its start time while queued, the end of the
+    /// current timer while running); absent while it waits for anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it finished.
@@ -253,6 +257,7 @@ impl RolloutSummary {
             current_step: state.step,
             step_count: plan.steps.len(),
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
+            due_at: state.due_at(plan),
             created_at,
             finished_at: state.finished_at,
         }

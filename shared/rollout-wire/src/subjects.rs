@@ -446,6 +446,11 @@ impl Subjects {
         format!("{}.fleet.*.*", self.prefix)
     }
 
+    /// `rollout.fleet.*.<verb>`: one kind of fleet call in every namespace.
+    pub fn fleet_verb_all(&self, verb: FleetVerb) -> String {
+        format!("{}.fleet.*.{verb}", self.prefix)
+    }
+
     /// `rollout.events.<ns>.<flag>`: the change events of one flag.
     pub fn events(&self, namespace: &Namespace, flag: &str) -> Result<String, SubjectError> {
         check_subject_token(flag, "flag key")?;
@@ -578,6 +583,10 @@ mod tests {
             "rollout.cmdq.prod.rollout.stop"
         );
         assert_eq!(subjects.cmdq_all(), "rollout.cmdq.>");
+        assert_eq!(
+            subjects.fleet_verb_all(FleetVerb::Report),
+            "rollout.fleet.*.report"
+        );
         assert_eq!(COMMAND_STREAM, "ROLLOUT_CMDS");
         assert_eq!(
             subjects.outcome(&ns, "c-1").expect("token"),

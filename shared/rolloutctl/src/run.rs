@@ -262,7 +262,7 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             file,
             replace_current_serve,
         } => {
-            let mut spec = specfile::read_spec(&file.path, specfile::now())?;
+            let mut spec = specfile::read_spec(&file.path, rollout_sdk::specs::local_now())?;
             spec.replace_current_serve |= *replace_current_serve;
             let context = Context {
                 flag: Some(spec.flag.clone()),
@@ -283,7 +283,7 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             file,
             replace_current_serve,
         } => {
-            let mut spec = specfile::read_spec(&file.path, specfile::now())?;
+            let mut spec = specfile::read_spec(&file.path, rollout_sdk::specs::local_now())?;
             spec.replace_current_serve |= *replace_current_serve;
             let context = Context {
                 flag: Some(spec.flag.clone()),

@@ -1,128 +1,45 @@
-//! Reading flag and rollout spec files: YAML (`.yaml`, `.yml`) or JSON (`.json`), either the
-//! bare object or wrapped in its command key (`rollout:` / `flag:`), with errors naming the
-//! file, line, column and field; and the `+DURATION` convenience for times.
+//! Reading flag and rollout spec files: YAML (`.yaml`, `.yml`) or JSON (`.json`), parsed by
+//! the SDK's [`rollout_sdk::specs`] (bare or wrapped in `rollout:` / `flag:`, `+DURATION`
+//! times), with errors naming the file, line, column and field.
 
 use std::path::Path;
 
-use rollout_core::{DurationMs, Flag, RolloutSpec, Timestamp};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use rollout_core::{Flag, RolloutSpec, Timestamp};
+use rollout_sdk::specs::{self, SpecError, SpecFormat};
 
 use crate::failure::Failure;
 
 /// Largest file read: the planner refuses bigger messages anyway.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Yaml,
-    Json,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlagFile {
-    flag: Flag,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecFile {
-    rollout: RolloutSpec,
-}
-
 /// Reads a flag definition.
 pub fn read_flag(path: &Path) -> Result<Flag, Failure> {
     let (text, format) = read(path)?;
-    if wrapped_in(&text, format, path, "flag")? {
-        Ok(deserialize::<FlagFile>(&text, format, path)?.flag)
-    } else {
-        deserialize::<Flag>(&text, format, path)
-    }
+    specs::parse_flag(&text, format).map_err(|error| file_failure(path, error))
 }
 
 /// Reads a rollout spec, turning `+DURATION` times into absolute ones from `now`.
 pub fn read_spec(path: &Path, now: Timestamp) -> Result<RolloutSpec, Failure> {
     let (text, format) = read(path)?;
-    let mut spec = if wrapped_in(&text, format, path, "rollout")? {
-        deserialize::<SpecFile>(&text, format, path)?.rollout
-    } else {
-        deserialize::<RolloutSpec>(&text, format, path)?
-    };
-    resolve_relative_times(&mut spec, now).map_err(|(field, message)| Failure::File {
+    specs::parse_rollout_spec(&text, format, now).map_err(|error| file_failure(path, error))
+}
+
+fn file_failure(path: &Path, error: SpecError) -> Failure {
+    Failure::File {
         path: path.to_owned(),
-        line: None,
-        column: None,
-        field: Some(field),
-        message,
-    })?;
-    Ok(spec)
-}
-
-/// Replaces every `+DURATION` in `start_at`, `template.start_at` and `manual[].execute_at`
-/// with `now + DURATION` in RFC 3339. Returns the field and the problem on a bad duration.
-pub fn resolve_relative_times(
-    spec: &mut RolloutSpec,
-    now: Timestamp,
-) -> Result<(), (String, String)> {
-    if let Some(start_at) = &mut spec.start_at {
-        resolve(start_at, now, "start_at")?;
+        line: error.line,
+        column: error.column,
+        field: error.field,
+        message: error.message,
     }
-    if let Some(template) = &mut spec.template {
-        if let Some(start_at) = &mut template.start_at {
-            resolve(start_at, now, "template.start_at")?;
-        }
-    }
-    if let Some(manual) = &mut spec.manual {
-        for (index, step) in manual.iter_mut().enumerate() {
-            resolve(
-                &mut step.execute_at,
-                now,
-                &format!("manual[{index}].execute_at"),
-            )?;
-        }
-    }
-    Ok(())
 }
 
-fn resolve(text: &mut String, now: Timestamp, field: &str) -> Result<(), (String, String)> {
-    let Some(relative) = text.trim().strip_prefix('+') else {
-        return Ok(());
-    };
-    let duration = DurationMs::parse(relative).map_err(|message| {
-        (
-            field.to_owned(),
-            format!("{message}; relative times look like +10m, +1h30m, +2d"),
-        )
-    })?;
-    *text = now.plus(duration).to_rfc3339();
-    Ok(())
-}
-
-/// The current time from this machine's clock (only used to resolve `+DURATION`).
-pub fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Timestamp::from_millis(millis)
-}
-
-fn read(path: &Path) -> Result<(String, Format), Failure> {
-    let extension = path
+fn read(path: &Path) -> Result<(String, SpecFormat), Failure> {
+    let format = path
         .extension()
         .and_then(|extension| extension.to_str())
-        .map(str::to_ascii_lowercase);
-    let format = match extension.as_deref() {
-        Some("yaml" | "yml") => Format::Yaml,
-        Some("json") => Format::Json,
-        _ => {
-            return Err(Failure::file(
-                path,
-                "unknown file type: name it .yaml, .yml or .json",
-            ))
-        }
-    };
+        .and_then(SpecFormat::of_extension)
+        .ok_or_else(|| Failure::file(path, "unknown file type: name it .yaml, .yml or .json"))?;
     let size = std::fs::metadata(path)
         .map_err(|error| Failure::file(path, format!("cannot read: {error}")))?
         .len();
@@ -137,102 +54,10 @@ fn read(path: &Path) -> Result<(String, Format), Failure> {
     Ok((text, format))
 }
 
-/// Whether the document is a mapping whose only key is `key`; syntax errors are reported
-/// here, with their position.
-fn wrapped_in(text: &str, format: Format, path: &Path, key: &str) -> Result<bool, Failure> {
-    match format {
-        Format::Yaml => {
-            let value: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(text).map_err(|error| yaml_failure(path, None, &error))?;
-            Ok(match value {
-                serde_yaml_ng::Value::Mapping(mapping) => {
-                    mapping.len() == 1 && mapping.contains_key(key)
-                }
-                _ => false,
-            })
-        }
-        Format::Json => {
-            let value: serde_json::Value =
-                serde_json::from_str(text).map_err(|error| json_failure(path, None, &error))?;
-            Ok(value
-                .as_object()
-                .is_some_and(|object| object.len() == 1 && object.contains_key(key)))
-        }
-    }
-}
-
-fn deserialize<T: DeserializeOwned>(text: &str, format: Format, path: &Path) -> Result<T, Failure> {
-    match format {
-        Format::Yaml => {
-            let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let field = field_path(&error.path().to_string());
-                yaml_failure(path, field, error.inner())
-            })
-        }
-        Format::Json => {
-            let mut deserializer = serde_json::Deserializer::from_str(text);
-            let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let field = field_path(&error.path().to_string());
-                json_failure(path, field, error.inner())
-            })?;
-            deserializer
-                .end()
-                .map_err(|error| json_failure(path, None, &error))?;
-            Ok(value)
-        }
-    }
-}
-
-fn field_path(path: &str) -> Option<String> {
-    (!path.is_empty() && path != ".").then(|| path.to_owned())
-}
-
-/// serde's messages end in ` at line L column C`; the position is shown separately.
-fn without_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(cut) => message[..cut].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn yaml_failure(path: &Path, field: Option<String>, error: &serde_yaml_ng::Error) -> Failure {
-    let location = error.location();
-    let message = without_position(&error.to_string());
-    // serde_yaml_ng starts its message with the parent's path, which `field` already names
-    let message = match message.split_once(": ") {
-        Some((prefix, rest))
-            if field
-                .as_deref()
-                .is_some_and(|field| field.starts_with(prefix)) =>
-        {
-            rest.to_owned()
-        }
-        _ => message,
-    };
-    Failure::File {
-        path: path.to_owned(),
-        line: location.as_ref().map(serde_yaml_ng::Location::line),
-        column: location.as_ref().map(serde_yaml_ng::Location::column),
-        field,
-        message,
-    }
-}
-
-fn json_failure(path: &Path, field: Option<String>, error: &serde_json::Error) -> Failure {
-    let known = error.line() > 0;
-    Failure::File {
-        path: path.to_owned(),
-        line: known.then(|| error.line()),
-        column: known.then(|| error.column()),
-        field,
-        message: without_position(&error.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rollout_core::DurationMs;
     use std::io::Write;
 
     fn file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
