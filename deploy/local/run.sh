@@ -112,7 +112,7 @@ CONSOLE_USER="${CONSOLE_USER:-admin}"
 CONSOLE_PASSWORD="${CONSOLE_PASSWORD:-rollout-demo}"
 operator_hash=$("$BIN/console-hash-password" <<<"$CONSOLE_PASSWORD")
 viewer_hash=$("$BIN/console-hash-password" <<<"viewer-demo")
-start console env ROLLOUT_HTTP__LISTEN="127.0.0.1:$CONSOLE_PORT" ROLLOUT_CONSOLE__NAMESPACES=demo \
+start console env -u ROLLOUT_REDIS__URL ROLLOUT_HTTP__LISTEN="127.0.0.1:$CONSOLE_PORT" ROLLOUT_CONSOLE__NAMESPACES=demo \
     ROLLOUT_CONSOLE__USERS="$CONSOLE_USER:operator:$operator_hash;viewer:viewer:$viewer_hash" \
     ROLLOUT_CONSOLE__SESSION_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$BIN/console"
 for port in "${EVAL_PORTS[@]}" "$CONSOLE_PORT"; do
