@@ -10,7 +10,8 @@
 #   deploy/local/run.sh --no-build # run the binaries already built
 #
 # Ports (override with the environment): NATS 14222 (monitoring 18222), Redis 16379,
-# evaluator HTTP 18081 and 18082, console 18090. State lives in .local-cluster/
+# evaluator HTTP 18081 and 18082, console 18090, planner probes 18091, ticker probes
+# 18092-18094 (/healthz, /readyz, /metrics). State lives in .local-cluster/
 # (git-ignored; ROLLOUT_LOCAL_STATE=<folder> puts it elsewhere).
 set -euo pipefail
 
@@ -36,6 +37,8 @@ NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-18222}"
 REDIS_PORT="${REDIS_PORT:-16379}"
 EVAL_PORTS=("${EVAL_PORT_1:-18081}" "${EVAL_PORT_2:-18082}")
 CONSOLE_PORT="${CONSOLE_PORT:-18090}"
+PLANNER_PORT="${PLANNER_PORT:-18091}"
+TICKER_PORT="${TICKER_PORT:-18092}"
 STATE="${ROLLOUT_LOCAL_STATE:-$ROOT/.local-cluster}"
 LOGS="$STATE/logs"
 if [ "$KEEP_DATA" = 0 ]; then
@@ -100,9 +103,11 @@ export ROLLOUT_LOG__LEVEL="${ROLLOUT_LOG__LEVEL:-info}"
 PLANNER_MIN_PHASE_INTERVAL="${PLANNER_MIN_PHASE_INTERVAL:-1s}"
 
 say "starting the services"
-start planner env ROLLOUT_PLANNER__MIN_PHASE_INTERVAL="$PLANNER_MIN_PHASE_INTERVAL" "$BIN/planner"
+start planner env ROLLOUT_PLANNER__MIN_PHASE_INTERVAL="$PLANNER_MIN_PHASE_INTERVAL" \
+    ROLLOUT_HTTP__LISTEN="127.0.0.1:$PLANNER_PORT" "$BIN/planner"
 for index in 1 2 3; do
-    start "ticker-$index" env ROLLOUT_TICKER__REPLICA_ID="ticker-$index" "$BIN/ticker"
+    start "ticker-$index" env ROLLOUT_TICKER__REPLICA_ID="ticker-$index" \
+        ROLLOUT_HTTP__LISTEN="127.0.0.1:$((TICKER_PORT + index - 1))" "$BIN/ticker"
 done
 for index in 0 1; do
     start "evaluator-$((index + 1))" env ROLLOUT_HTTP__LISTEN="127.0.0.1:${EVAL_PORTS[$index]}" ROLLOUT_HTTP__NAMESPACE=demo "$BIN/evaluator"
@@ -115,7 +120,7 @@ viewer_hash=$("$BIN/console-hash-password" <<<"viewer-demo")
 start console env -u ROLLOUT_REDIS__URL ROLLOUT_HTTP__LISTEN="127.0.0.1:$CONSOLE_PORT" ROLLOUT_CONSOLE__NAMESPACES=demo \
     ROLLOUT_CONSOLE__USERS="$CONSOLE_USER:operator:$operator_hash;viewer:viewer:$viewer_hash" \
     ROLLOUT_CONSOLE__SESSION_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$BIN/console"
-for port in "${EVAL_PORTS[@]}" "$CONSOLE_PORT"; do
+for port in "${EVAL_PORTS[@]}" "$CONSOLE_PORT" "$PLANNER_PORT"; do
     ready=0
     for _ in $(seq 1 300); do
         if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then ready=1; break; fi

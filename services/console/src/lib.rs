@@ -116,6 +116,7 @@ pub async fn start(
     }
     let metrics = Arc::new(Metrics::default());
     let feed = Feed::new();
+    let (nats_for_pings, subjects_for_pings) = (nats.clone(), subjects.clone());
     let console = Arc::new(Console {
         nats: nats.clone(),
         subjects: subjects.clone(),
@@ -150,6 +151,29 @@ pub async fn start(
     live.await
         .map_err(|_| ConsoleError::Subscribe("the live task ended before subscribing".to_owned()))?
         .map_err(|error| ConsoleError::Subscribe(error.to_string()))?;
+    let pinged = nats_for_pings.clone();
+    let replica = rollout_wire::cluster::process_replica();
+    rollout_runtime::cluster::answer_pings(
+        nats_for_pings,
+        &subjects_for_pings,
+        Arc::new(move || {
+            let readiness = rollout_runtime::probes::nats_readiness(&pinged);
+            rollout_wire::MemberInfo {
+                service: "console".to_owned(),
+                replica: replica.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ready: readiness.is_ok(),
+                reason: readiness.err(),
+                leader: None,
+                epoch: None,
+                served: std::collections::BTreeMap::new(),
+            }
+        }),
+        shutdown.clone(),
+        &tasks,
+    )
+    .await
+    .map_err(|error| ConsoleError::Subscribe(error.to_string()))?;
     let router = api::router(console);
     let http_shutdown = shutdown.clone();
     tasks.spawn("console-http", async move {

@@ -505,3 +505,105 @@ async fn the_page_reconnects_after_a_console_restart_and_a_nats_restart() {
     console.stop().await;
     sandbox.stop().await;
 }
+
+#[tokio::test]
+async fn a_rollout_is_created_from_the_form_after_a_preview_and_an_entity_explained() {
+    let sandbox = Sandbox::builder().planners(1).evaluators(1).start().await;
+    let console = RunningConsole::start(&sandbox).await;
+    let operator = sandbox.operator();
+    let flag = operator
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag");
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &console, "alice", ALICE_PASSWORD).await;
+    browser.click("nav a[data-page='new']").await;
+
+    // a flag that does not exist: the planner's refusal, in words, and nothing to create
+    browser.fill("#form-flag", "no-such-flag").await;
+    browser.click("#form-fill").await;
+    browser.click("#preview-button").await;
+    let refusal = browser
+        .wait_for_text("#preview-error", "the refusal", |text| !text.is_empty())
+        .await;
+    assert!(refusal.starts_with("not_found"), "{refusal}");
+    assert_eq!(
+        browser.attribute("#create", "disabled").await.as_deref(),
+        Some("true")
+    );
+
+    // the form writes the spec; Enter on the preview button (the keyboard's way) previews
+    browser.fill("#form-flag", "checkout").await;
+    browser.fill("#form-phases", "10 30m, 50 30m, 100").await;
+    browser.click("#form-fill").await;
+    browser.press_enter("#preview-button").await;
+    browser
+        .wait_for_text(
+            "#preview-steps tbody tr:last-child td:first-child",
+            "three steps",
+            |text| text == "3",
+        )
+        .await;
+    browser.click("#create").await;
+    browser
+        .wait_for_text("#rollout-share", "the first share", |text| text == "10%")
+        .await;
+    let listed = operator
+        .list_rollouts(rollout_wire::RolloutListQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(listed.rollouts.len(), 1);
+    let audit = operator
+        .audit(rollout_wire::AuditQuery {
+            rollout_id: Some(listed.rollouts[0].rollout_id.clone()),
+            ..rollout_wire::AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(
+        audit.entries.last().map(|entry| entry.actor.as_str()),
+        Some("alice")
+    );
+
+    // explain: what the page says is what an application is served
+    let status = operator
+        .rollout_status(&listed.rollouts[0].rollout_id)
+        .await
+        .expect("status");
+    let version = operator.get_flag("checkout").await.expect("flag").version;
+    assert!(version > flag.version);
+    sandbox.until_served("checkout", version).await;
+    browser.click("nav a[data-page='explain']").await;
+    browser.fill("#explain-flag", "checkout").await;
+    let applications = sandbox.eval_client().await;
+    for user in ["user-1", "user-2", "user-3"] {
+        browser.fill("#explain-entity", user).await;
+        // the previous answer goes, so the one read below is this entity's
+        browser
+            .execute(
+                "document.getElementById('explain-result').replaceChildren();",
+                json!([]),
+            )
+            .await;
+        browser.click("#explain-button").await;
+        let served = applications
+            .evaluate("checkout", &rollout_sdk::Entity::with_id(user))
+            .await
+            .expect("evaluation");
+        let shown = browser
+            .wait_for_text("#explain-variation", "the variation", |text| {
+                text.starts_with(&served.variation)
+            })
+            .await;
+        assert!(
+            shown.starts_with(&served.variation),
+            "{user}: page {shown}, served {}",
+            served.variation
+        );
+        let why = browser.text("#explain-why").await.expect("why");
+        assert!(!why.is_empty() && why != "—", "{user}: {why}");
+    }
+    assert_eq!(status.share.map(|share| share.percentage()), Some(10.0));
+    drop(browser);
+    sandbox.stop().await;
+}

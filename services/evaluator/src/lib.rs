@@ -197,6 +197,20 @@ impl Evaluator {
             }
         });
 
+        let described = Arc::clone(&shared);
+        let replica = rollout_wire::cluster::process_replica();
+        rollout_runtime::cluster::answer_pings(
+            shared.io.nats.clone(),
+            &shared.io.subjects,
+            Arc::new(move || describe(&described, &replica)),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await
+        .map_err(|error| EvaluatorError::Subscribe {
+            subject: shared.io.subjects.cluster_ping(),
+            message: error.to_string(),
+        })?;
         let (ready_sender, ready) = watch::channel(false);
         tasks.spawn(
             "startup",
@@ -227,6 +241,34 @@ impl Evaluator {
             shutdown,
             ready,
         })
+    }
+}
+
+/// What this evaluator answers a cluster ping with: ready once its snapshot is loaded, and
+/// what it serves in each namespace.
+fn describe(shared: &Shared, replica: &str) -> rollout_wire::MemberInfo {
+    let ready = shared.metrics.is_ready();
+    rollout_wire::MemberInfo {
+        service: "evaluator".to_owned(),
+        replica: replica.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ready,
+        reason: (!ready).then(|| "loading the snapshot".to_owned()),
+        leader: None,
+        epoch: None,
+        served: shared
+            .served
+            .snapshot
+            .namespaces()
+            .iter()
+            .map(|namespace| {
+                let (flags, versions) = namespace.totals();
+                (
+                    namespace.name().to_owned(),
+                    rollout_wire::Served { flags, versions },
+                )
+            })
+            .collect(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use rollout_runtime::config::{
     duration, ConfigError, LogSettings, NatsSettings, OtlpSettings, RedisSettings, Validate,
 };
+use rollout_runtime::probes::ProbeSettings;
 use rollout_runtime::service::ServiceConfig;
 use serde::Deserialize;
 
@@ -22,6 +23,8 @@ pub struct PlannerConfig {
     pub log: LogSettings,
     /// Planner behaviour.
     pub planner: PlannerSettings,
+    /// `/healthz`, `/readyz` and `/metrics`, when `http.listen` is set.
+    pub http: ProbeSettings,
 }
 
 /// Planner behaviour (`ROLLOUT_PLANNER__*`).

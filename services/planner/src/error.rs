@@ -16,6 +16,14 @@ pub enum PlannerError {
     /// NATS refused a subscription or the stream setup.
     #[error("nats: {0}")]
     Nats(String),
+    /// The probe listener (`http.listen`) could not be bound.
+    #[error("cannot listen on {addr} (http.listen): {message}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        message: String,
+    },
 }
 
 impl ExitStatus for PlannerError {
@@ -23,7 +31,7 @@ impl ExitStatus for PlannerError {
         match self {
             PlannerError::Connect(_) => EX_UNAVAILABLE,
             PlannerError::Config(_) => EX_USAGE,
-            PlannerError::Nats(_) => EX_SOFTWARE,
+            PlannerError::Nats(_) | PlannerError::Bind { .. } => EX_SOFTWARE,
         }
     }
 }

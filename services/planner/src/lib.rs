@@ -17,14 +17,17 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod executor;
+pub mod metrics;
 pub mod queries;
 pub mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rollout_core::DurationMs;
 use rollout_runtime::config::{ConfigError, Validate};
 use rollout_runtime::connect::{connect_nats, connect_redis};
+use rollout_runtime::probes::{nats_readiness, serve_probes, Dependency};
 use rollout_runtime::serve::serve;
 use rollout_runtime::shutdown::{Shutdown, Tasks};
 use rollout_store::{Relay, Writer};
@@ -33,6 +36,7 @@ use rollout_wire::subjects::{Subjects, PLANNER_QUEUE};
 pub use crate::config::{PlannerConfig, PlannerSettings};
 pub use crate::error::PlannerError;
 use crate::executor::Executor;
+use crate::metrics::{PlannerMetrics, PlannerProbe};
 use crate::queries::Reader;
 use crate::server::Handler;
 
@@ -46,6 +50,7 @@ pub struct Planner {
     tasks: Tasks,
     nats: async_nats::Client,
     drain_grace: Duration,
+    probe_addr: Option<std::net::SocketAddr>,
 }
 
 impl Planner {
@@ -59,6 +64,19 @@ impl Planner {
             .map_err(|error| ConfigError::new("nats.subject_prefix", error.to_string()))?;
         let settings = &config.planner;
         let relay = Relay::new(nats.clone(), redis.clone(), subjects.clone());
+        let metrics = Arc::new(PlannerMetrics::default());
+        let tasks = Tasks::new();
+        let pinged = redis.clone();
+        let redis_up = Dependency::watch(
+            "redis",
+            Duration::from_secs(2),
+            move || {
+                let mut connection = pinged.clone();
+                async move { rollout_store::redis_time(&mut connection).await.is_ok() }
+            },
+            shutdown.clone(),
+            &tasks,
+        );
         let handler = Handler {
             nats: nats.clone(),
             subjects: subjects.clone(),
@@ -72,6 +90,7 @@ impl Planner {
                 millis(settings.min_phase_interval),
                 millis(settings.stale_agent_after),
             ),
+            metrics: Arc::clone(&metrics),
         };
         let nats_error = |error: async_nats::Error| PlannerError::Nats(error.to_string());
         let commands = nats
@@ -99,7 +118,49 @@ impl Planner {
         nats.flush()
             .await
             .map_err(|error| nats_error(error.into()))?;
-        let tasks = Tasks::new();
+        let pinged_redis = redis_up.clone();
+        let pinged_nats = nats.clone();
+        let replica = rollout_wire::cluster::process_replica();
+        rollout_runtime::cluster::answer_pings(
+            nats.clone(),
+            &subjects,
+            Arc::new(move || {
+                let readiness =
+                    nats_readiness(&pinged_nats).and_then(|()| pinged_redis.readiness());
+                rollout_wire::MemberInfo {
+                    service: "planner".to_owned(),
+                    replica: replica.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    ready: readiness.is_ok(),
+                    reason: readiness.err(),
+                    leader: None,
+                    epoch: None,
+                    served: std::collections::BTreeMap::new(),
+                }
+            }),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await
+        .map_err(|error| nats_error(error.into()))?;
+        let probe_addr = match config.http.listen {
+            Some(listen) => {
+                let probe = PlannerProbe {
+                    nats: nats.clone(),
+                    redis: redis_up,
+                    metrics: Arc::clone(&metrics),
+                };
+                Some(
+                    serve_probes(listen, Arc::new(probe), shutdown.clone(), &tasks)
+                        .await
+                        .map_err(|error| PlannerError::Bind {
+                            addr: listen,
+                            message: error.to_string(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         for (name, subscriber) in [("commands", commands), ("queries", queries)] {
             let handler = handler.clone();
             tasks.spawn(
@@ -118,6 +179,10 @@ impl Planner {
         }
         if let Some(consumer) = stream {
             tasks.spawn(
+                "command-stream-lag",
+                watch_stream_lag(consumer.clone(), Arc::clone(&metrics), shutdown.clone()),
+            );
+            tasks.spawn(
                 "command-stream",
                 server::serve_stream(
                     handler.clone(),
@@ -133,6 +198,7 @@ impl Planner {
                 relay,
                 settings.relay_interval,
                 settings.relay_grace,
+                Arc::clone(&metrics),
                 shutdown,
             ),
         );
@@ -141,7 +207,13 @@ impl Planner {
             tasks,
             nats,
             drain_grace: settings.drain_grace,
+            probe_addr,
         })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer, when `http.listen` is set.
+    pub fn probe_addr(&self) -> Option<std::net::SocketAddr> {
+        self.probe_addr
     }
 
     /// Waits for shutdown to finish: in-flight requests complete within the grace period,
@@ -157,7 +229,32 @@ impl Planner {
     }
 }
 
-async fn sweep_outbox(relay: Relay, interval: Duration, grace: Duration, shutdown: Shutdown) {
+/// Reads how far the command stream's consumer is behind, every few seconds.
+async fn watch_stream_lag(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    metrics: Arc<PlannerMetrics>,
+    shutdown: Shutdown,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match consumer.info().await {
+            Ok(info) => metrics.stream_pending(info.num_pending + info.num_ack_pending as u64),
+            Err(error) => tracing::debug!(%error, "command stream consumer info unavailable"),
+        }
+    }
+}
+
+async fn sweep_outbox(
+    relay: Relay,
+    interval: Duration,
+    grace: Duration,
+    metrics: Arc<PlannerMetrics>,
+    shutdown: Shutdown,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,6 +265,7 @@ async fn sweep_outbox(relay: Relay, interval: Duration, grace: Duration, shutdow
         match relay.sweep_all(grace).await {
             Ok(0) => {}
             Ok(relayed) => {
+                metrics.relayed(relayed as u64);
                 tracing::info!(relayed, "outbox sweep published events a committer had not")
             }
             Err(error) => tracing::warn!(%error, "outbox sweep failed"),

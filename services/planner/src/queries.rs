@@ -283,6 +283,7 @@ impl Reader {
         list: &RolloutListQuery,
         window: PageWindow,
     ) -> Result<QueryReply, QueryError> {
+        let now = redis_time(connection).await?;
         // newest first
         let ids = reads::rollout_ids(connection, keys, list.state).await?;
         let mut summaries = Vec::new();
@@ -305,6 +306,7 @@ impl Reader {
                 &record.plan,
                 &record.state,
                 record.created_at,
+                now,
             ));
         }
         let total = summaries.len() as u64;

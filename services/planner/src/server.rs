@@ -3,6 +3,7 @@
 //! and the durable stream `ROLLOUT_CMDS` on `rollout.cmdq.<ns>.<verb>`, whose outcomes are
 //! published on `rollout.outcome.<command_id>`. Replies use the request's encoding.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
@@ -22,6 +23,7 @@ use rollout_wire::subjects::{Route, Subjects, COMMAND_CONSUMER, COMMAND_STREAM};
 use tracing::Instrument;
 
 use crate::executor::Executor;
+use crate::metrics::PlannerMetrics;
 use crate::queries::Reader;
 
 /// Everything a request handler needs; cheap to clone.
@@ -35,6 +37,8 @@ pub struct Handler {
     pub executor: Executor,
     /// Queries.
     pub reader: Reader,
+    /// Requests by verb and outcome, for `/metrics`.
+    pub metrics: Arc<PlannerMetrics>,
 }
 
 /// The command's W3C trace context: the `traceparent` it arrived with, else the one of the
@@ -64,6 +68,12 @@ impl Handler {
         if let Err(error) = &result {
             span.record("code", error.code.as_str());
         }
+        let (family, verb) = match self.subjects.parse(&message.subject) {
+            Ok(Route::Command { verb, .. }) => ("command", verb.as_str()),
+            Ok(Route::Query { kind, .. }) => ("query", kind.as_str()),
+            _ => ("other", "-"),
+        };
+        self.metrics.request(family, verb, outcome_name(&result));
         let payload = encode_reply(&result, encoding);
         send_reply(&self.nats, message.reply.clone(), encoding, payload).await;
     }
@@ -207,6 +217,12 @@ impl Handler {
                 return;
             }
         }
+        let verb = match self.subjects.parse(&message.subject) {
+            Ok(Route::QueuedCommand { verb, .. }) => verb.as_str(),
+            _ => "-",
+        };
+        self.metrics
+            .request("queued_command", verb, outcome_name(&result));
         // an id that cannot be a subject token (validation refused the command) is answered
         // on the stand-in, like a command without one
         let command_id = answer_to(Some(command_id));
@@ -228,6 +244,14 @@ impl Handler {
         if let Err(error) = message.ack().await {
             tracing::warn!(%error, sequence, "ack failed; the command will be redelivered and answered from its stored outcome");
         }
+    }
+}
+
+/// `ok`, or the refusal's error code.
+fn outcome_name<T>(result: &Result<T, WireError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(error) => error.code.as_str(),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct TickerConfig {
     pub log: LogSettings,
     /// The ticker's own settings.
     pub ticker: TickerSettings,
+    /// `/healthz`, `/readyz` and `/metrics`, when `http.listen` is set.
+    pub http: rollout_runtime::probes::ProbeSettings,
 }
 
 impl ServiceConfig for TickerConfig {

@@ -19,6 +19,14 @@ pub enum TickerError {
     /// The configured subject prefix is not valid.
     #[error("nats.subject_prefix: {0}")]
     Subjects(#[from] SubjectError),
+    /// The probe listener (`http.listen`) could not be bound.
+    #[error("cannot listen on {addr} (http.listen): {message}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        message: String,
+    },
 }
 
 impl ExitStatus for TickerError {
@@ -26,7 +34,7 @@ impl ExitStatus for TickerError {
         match self {
             TickerError::Connect(_) => EX_UNAVAILABLE,
             TickerError::Subjects(_) => EX_USAGE,
-            TickerError::Store(_) => EX_SOFTWARE,
+            TickerError::Store(_) | TickerError::Bind { .. } => EX_SOFTWARE,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`fire`]: one due rollout: health, step function, fenced commit, publish, span.
 //! - [`kill_switch`]: the kill switch index and its checks.
 //! - [`stats`]: [`TickerStats`], counters and the firing-lag histogram.
+//! - [`probe`]: `/healthz`, `/readyz` and `/metrics` on `http.listen`.
 //!
 //! **Architecture Invariant:** the lease only saves work; correctness comes from the fence.
 //! Every write the ticker makes carries its epoch and is refused by the namespace's fence
@@ -24,15 +25,21 @@ pub mod config;
 pub mod error;
 pub mod fire;
 pub mod kill_switch;
+pub mod probe;
 pub mod stats;
 pub mod ticker;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use rollout_runtime::connect::{connect_nats, connect_redis};
-use rollout_runtime::shutdown::Shutdown;
+use rollout_runtime::probes::{serve_probes, Dependency};
+use rollout_runtime::shutdown::{Shutdown, Tasks};
 use rollout_wire::subjects::Subjects;
 
 pub use config::{TickerConfig, TickerSettings};
 pub use error::TickerError;
+pub use probe::TickerProbe;
 pub use stats::{StatsSnapshot, TickerStats};
 pub use ticker::{Round, Term, Ticker};
 
@@ -42,8 +49,50 @@ pub async fn run(config: TickerConfig, shutdown: Shutdown) -> Result<(), TickerE
     let subjects = Subjects::new(config.nats.subject_prefix.as_str())?;
     let nats = connect_nats(&config.nats, "ticker").await?;
     let redis = connect_redis(&config.redis).await?;
-    let ticker = Ticker::new(redis, nats.clone(), subjects, config.ticker);
+    let ping_subjects = subjects.clone();
+    let ticker = Ticker::new(redis.clone(), nats.clone(), subjects, config.ticker);
+    let replica = ticker.replica_id().to_owned();
+    let probes = Tasks::new();
+    let pinged = redis;
+    let redis_up = Dependency::watch(
+        "redis",
+        Duration::from_secs(2),
+        move || {
+            let mut connection = pinged.clone();
+            async move { rollout_store::redis_time(&mut connection).await.is_ok() }
+        },
+        shutdown.clone(),
+        &probes,
+    );
+    let probe = Arc::new(TickerProbe {
+        replica,
+        nats: nats.clone(),
+        redis: redis_up,
+        stats: ticker.stats(),
+    });
+    let described = Arc::clone(&probe);
+    rollout_runtime::cluster::answer_pings(
+        nats.clone(),
+        &ping_subjects,
+        Arc::new(move || described.describe()),
+        shutdown.clone(),
+        &probes,
+    )
+    .await
+    .map_err(|error| TickerError::Bind {
+        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        message: format!("cannot answer cluster pings: {error}"),
+    })?;
+    if let Some(listen) = config.http.listen {
+        serve_probes(listen, probe, shutdown.clone(), &probes)
+            .await
+            .map_err(|error| TickerError::Bind {
+                addr: listen,
+                message: error.to_string(),
+            })?;
+    }
     let result = ticker.run(shutdown).await;
+    probes.close_and_wait(Duration::from_secs(2)).await;
     if let Err(error) = nats.drain().await {
         tracing::warn!(%error, "nats drain failed");
     }

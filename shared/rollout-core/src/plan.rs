@@ -244,12 +244,15 @@ pub fn compile(
     if spec.baseline == spec.candidate {
         errors.push("rollout.candidate", "candidate must differ from baseline");
     }
+    // the off variation is what a disabled flag serves; a rollout may not move anyone to it
+    // (Bucketeer's rule). Ramping off gradually moves towards another variation of the same
+    // value instead.
     if spec.candidate == flag.off_variation {
         errors.push(
             "rollout.candidate",
             format!(
-                "candidate must not be the flag's off variation {:?}",
-                flag.off_variation
+                "candidate must not be the flag's off variation {:?} (what the flag serves while disabled); to ramp a feature off gradually, add a variation with the same value (e.g. {{id: \"{}-ramp\", value: <its value>}}) and roll out to that",
+                flag.off_variation, flag.off_variation
             ),
         );
     }

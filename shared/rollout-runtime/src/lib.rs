@@ -13,6 +13,9 @@
 //!   spawned untracked.
 //! - [`connect`]: NATS and Redis connections with auth, TLS, retries until a
 //!   deadline, and errors naming what could not be reached.
+//! - [`cluster`]: answering `rollout.cluster.ping` with what the replica is and does.
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics` for services without an HTTP face
+//!   of their own, dependency watching and the Prometheus text format.
 //! - [`serve`]: the one NATS serving loop (bounded concurrency, drain on shutdown) and
 //!   replies in the request's encoding.
 //! - [`service`]: [`service::service_main`], the one `main` of every service binary
@@ -68,8 +71,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod connect;
+pub mod probes;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -219,6 +219,18 @@ impl Browser {
         .await;
     }
 
+    /// Presses Enter on the element matching `css`, as a keyboard user does on a focused
+    /// button or field.
+    pub async fn press_enter(&self, css: &str) {
+        let element = self.wait_for(css).await;
+        self.call(
+            "POST",
+            &self.path(&format!("/element/{element}/value")),
+            &json!({"text": "\u{E007}"}),
+        )
+        .await;
+    }
+
     /// The visible text of the first element matching `css`, if there is one.
     pub async fn text(&self, css: &str) -> Option<String> {
         let element = self.find(css).await?;

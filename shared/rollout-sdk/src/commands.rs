@@ -373,23 +373,35 @@ impl CommandClient {
             command.set_actor_if_missing(actor);
         }
         let subject = self.subjects.cmd(&self.namespace, command.verb());
+        // a trace starts here, at the edge: the audit records it whatever exports spans
+        let trace = transport::new_traceparent();
+        let trace = Some(trace.as_str());
         match &command {
-            Command::FlagCreate(body) => self.request(&subject, body).await,
-            Command::FlagUpdate(body) => self.request(&subject, body).await,
+            Command::FlagCreate(body) => self.traced(&subject, body, trace).await,
+            Command::FlagUpdate(body) => self.traced(&subject, body, trace).await,
             Command::FlagEnable(body) | Command::FlagDisable(body) => {
-                self.request(&subject, body).await
+                self.traced(&subject, body, trace).await
             }
-            Command::FlagDelete(body) => self.request(&subject, body).await,
-            Command::RolloutCreate(body) => self.request(&subject, body).await,
-            Command::RolloutStop(body) => self.request(&subject, body).await,
+            Command::FlagDelete(body) => self.traced(&subject, body, trace).await,
+            Command::RolloutCreate(body) => self.traced(&subject, body, trace).await,
+            Command::RolloutStop(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
-            | Command::RolloutDelete(body) => self.request(&subject, body).await,
+            | Command::RolloutDelete(body) => self.traced(&subject, body, trace).await,
         }
+    }
+
+    async fn traced<B: Serialize, R: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: &B,
+        traceparent: Option<&str>,
+    ) -> Result<R> {
+        transport::request_traced(&self.nats, &self.options, subject, body, traceparent).await
     }
 
     async fn read<R: DeserializeOwned>(&self, query: &Query) -> Result<R> {

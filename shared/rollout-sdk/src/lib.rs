@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod cluster;
 pub mod commands;
 pub mod error;
 pub mod eval;

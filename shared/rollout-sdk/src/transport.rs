@@ -59,11 +59,27 @@ where
     B: Serialize + ?Sized,
     R: DeserializeOwned,
 {
+    request_traced(nats, options, subject, body, None).await
+}
+
+/// [`request`] carrying W3C trace context: every attempt of one call sends the same
+/// `traceparent`, so the planner records the caller's trace in the audit.
+pub(crate) async fn request_traced<B, R>(
+    nats: &async_nats::Client,
+    options: &RequestOptions,
+    subject: &str,
+    body: &B,
+    traceparent: Option<&str>,
+) -> Result<R>
+where
+    B: Serialize + ?Sized,
+    R: DeserializeOwned,
+{
     let payload = codec::encode(body, options.encoding)?;
     let mut delay = options.retry_delay;
     let mut attempt = 0;
     loop {
-        let outcome = request_once(nats, options, subject, payload.clone()).await;
+        let outcome = request_once(nats, options, subject, payload.clone(), traceparent).await;
         match outcome {
             Err(error) if error.is_retryable() && attempt < options.retries => {
                 tracing::debug!(subject, attempt, %error, "request unanswered; retrying");
@@ -81,9 +97,13 @@ async fn request_once<R: DeserializeOwned>(
     options: &RequestOptions,
     subject: &str,
     payload: Vec<u8>,
+    traceparent: Option<&str>,
 ) -> Result<R> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE_HEADER, options.encoding.content_type());
+    if let Some(traceparent) = traceparent {
+        headers.insert(TRACEPARENT_HEADER, traceparent);
+    }
     let request = Request::new()
         .payload(payload.into())
         .headers(headers)
@@ -121,6 +141,19 @@ pub(crate) fn decode_reply<R: DeserializeOwned>(bytes: &[u8], encoding: Encoding
     }
 }
 
+/// Header carrying W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// A fresh W3C `traceparent` (version 00, sampled): a new trace started at this edge, so
+/// a command carries a trace id even where nothing exports spans.
+pub fn new_traceparent() -> String {
+    use rand::Rng;
+    let mut random = rand::rng();
+    let trace_id: u128 = random.random_range(1..=u128::MAX);
+    let span_id: u64 = random.random_range(1..=u64::MAX);
+    format!("00-{trace_id:032x}-{span_id:016x}-01")
+}
+
 /// A fresh command id: `sdk-` and 32 hex digits, one subject token.
 pub fn new_command_id() -> String {
     format!("sdk-{:032x}", rand::random::<u128>())
@@ -145,6 +178,22 @@ mod tests {
             assert_eq!(error.kind(), ErrorKind::Decode);
             assert_eq!(error.code(), ErrorCode::Internal);
         }
+    }
+
+    #[test]
+    fn traceparents_are_well_formed_and_fresh() {
+        let first = new_traceparent();
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert!(
+            parts[1].bytes().all(|byte| byte.is_ascii_hexdigit()),
+            "{first}"
+        );
+        assert_ne!(first, new_traceparent());
     }
 
     #[test]

@@ -260,3 +260,46 @@ async fn nobody_answering_is_unavailable() {
     assert!(error.is_retryable());
     cluster.stop().await;
 }
+
+/// A command starts its trace at the SDK: it carries a W3C `traceparent`, and the audit
+/// records that trace, whether or not anything exports spans.
+#[tokio::test]
+async fn a_command_carries_a_trace_from_the_edge_into_the_audit() {
+    use futures_util::StreamExt;
+    let cluster = Cluster::start().await;
+    let mut snoop = cluster
+        .client
+        .subscribe("rollout.cmd.>")
+        .await
+        .expect("subscribe");
+    cluster.client.flush().await.expect("flush");
+    let commands = cluster.commands();
+    commands.create_flag(flag("traced")).await.expect("created");
+    let sent = tokio::time::timeout(Duration::from_secs(10), snoop.next())
+        .await
+        .expect("the command is seen")
+        .expect("a message");
+    let traceparent = sent
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("traceparent"))
+        .map(|value| value.as_str().to_owned())
+        .expect("the command carries a traceparent");
+    let trace_id = traceparent
+        .split('-')
+        .nth(1)
+        .expect("a trace id")
+        .to_owned();
+    let audit = commands
+        .audit(AuditQuery {
+            flag: Some("traced".to_owned()),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(
+        audit.entries[0].trace_id.as_deref(),
+        Some(trace_id.as_str())
+    );
+    cluster.stop().await;
+}

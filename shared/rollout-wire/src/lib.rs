@@ -46,6 +46,7 @@ macro_rules! shape_doc {
 }
 
 pub mod checks;
+pub mod cluster;
 pub mod codec;
 pub mod commands;
 pub mod envelope;
@@ -60,6 +61,7 @@ pub mod subjects;
 pub mod views;
 
 pub use checks::PageWindow;
+pub use cluster::{MemberInfo, Served};
 pub use codec::{decode, decode_with, encode, CodecError, CodecErrorKind, Encoding, Limits};
 pub use commands::{
     Command, CommandReply, Deleted, FlagCreate, FlagDelete, FlagResult, FlagToggle, FlagUpdate,

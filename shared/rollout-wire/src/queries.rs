@@ -123,14 +123,24 @@ pub struct RolloutStatus {
     /// When the clock alone next moves it (start time or end of the current timer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<Timestamp>,
+    /// How long `due_at` has passed at `at`, once it is more than [`OVERDUE_AFTER`] late:
+    /// nothing has moved the rollout when the clock said to (is a ticker running?).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_ms: Option<u64>,
     /// When the current pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Timestamp>,
+    /// While paused on a timer step: what is left of its timer, run once resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// The planner's time (Redis `TIME`) the status was read at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
     /// Every step.
     #[serde(default)]
     pub steps: Vec<StepStatus>,
@@ -162,12 +172,29 @@ impl RolloutStatus {
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             due_at: state.due_at(plan),
+            overdue_ms: overdue(state.due_at(plan), now),
             paused_at: state.paused_at,
+            remaining_ms: state
+                .remaining_when_paused(plan)
+                .and_then(|left| u64::try_from(left).ok()),
             created_at,
             finished_at: state.finished_at,
+            at: Some(now),
             steps: StepStatus::for_rollout(plan, state, now),
         }
     }
+}
+
+/// How late a due transition may be before statuses call it overdue: the ticker fires within
+/// milliseconds, and takes over from a dead leader within its lease (5 s by default).
+pub const OVERDUE_AFTER: DurationMs = DurationMs::from_millis(10_000);
+
+/// How long `due_at` has passed at `now`, when by more than [`OVERDUE_AFTER`].
+fn overdue(due_at: Option<Timestamp>, now: Timestamp) -> Option<u64> {
+    let late = now.millis_since(due_at?);
+    (late > OVERDUE_AFTER.as_millis())
+        .then(|| u64::try_from(late).ok())
+        .flatten()
 }
 
 /// Which rollouts a list shows.
@@ -232,6 +259,9 @@ pub struct RolloutSummary {
     /// current timer while running); absent while it waits for anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<Timestamp>,
+    /// How long `due_at` has passed, once more than [`OVERDUE_AFTER`] late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_ms: Option<u64>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it finished.
@@ -240,12 +270,13 @@ pub struct RolloutSummary {
 }
 
 impl RolloutSummary {
-    /// The summary of `state`.
+    /// The summary of `state` at `now`.
     pub fn new(
         rollout_id: &str,
         plan: &Plan,
         state: &RolloutState,
         created_at: Timestamp,
+        now: Timestamp,
     ) -> RolloutSummary {
         RolloutSummary {
             rollout_id: rollout_id.to_owned(),
@@ -258,6 +289,7 @@ impl RolloutSummary {
             step_count: plan.steps.len(),
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             due_at: state.due_at(plan),
+            overdue_ms: overdue(state.due_at(plan), now),
             created_at,
             finished_at: state.finished_at,
         }

@@ -14,6 +14,7 @@
 //! | `rollout.fleet.<ns>.<verb>` | [`Subjects::fleet`] |
 //! | `rollout.events.<ns>.<flag>` | [`Subjects::events`], [`Subjects::events_all`], [`Subjects::events_namespace`] |
 //! | `rollout.metrics.<ns>` | [`Subjects::metrics`] |
+//! | `rollout.cluster.ping` (every replica answers, [`crate::cluster`]) | [`Subjects::cluster_ping`] |
 //!
 //! **Architecture Invariant:** a namespace, flag key or command id is exactly one subject
 //! token (ASCII letters, digits, `-`, `_`), so `*` and `>` permissions can confine a
@@ -444,6 +445,11 @@ impl Subjects {
     /// `rollout.fleet.*.*`: every fleet call.
     pub fn fleet_all(&self) -> String {
         format!("{}.fleet.*.*", self.prefix)
+    }
+
+    /// `rollout.cluster.ping`: every replica of every service answers who it is.
+    pub fn cluster_ping(&self) -> String {
+        format!("{}.cluster.ping", self.prefix)
     }
 
     /// `rollout.fleet.*.<verb>`: one kind of fleet call in every namespace.

@@ -238,6 +238,42 @@ mod tests {
     }
 
     #[test]
+    fn a_late_transition_is_overdue_and_a_pause_keeps_what_is_left() {
+        use crate::queries::{RolloutStatus, RolloutSummary, OVERDUE_AFTER};
+        let now = Timestamp::parse_rfc3339("2026-12-01T09:00:00Z").expect("time");
+        let plan = plan(
+            serde_json::json!({"flag": "new-checkout", "baseline": "off", "candidate": "on",
+                "phases": [{"percentage": 5, "duration": "1h"}, {"percentage": 100}]}),
+            now,
+        );
+        let mut state = RolloutState::created(&plan, now).state;
+        let due = now.plus(DurationMs::from_hours(1));
+        // on time, and a little late (a ticker taking over): not overdue
+        for at in [now, due.plus(OVERDUE_AFTER)] {
+            let status = RolloutStatus::new("r-1", &plan, &state, now, at);
+            assert_eq!((status.due_at, status.overdue_ms), (Some(due), None));
+        }
+        // 42 s beyond the grace: overdue, in the status and in the list alike
+        let late = due
+            .plus(OVERDUE_AFTER)
+            .plus(DurationMs::from_millis(42_000));
+        let status = RolloutStatus::new("r-1", &plan, &state, now, late);
+        let late_ms = u64::try_from(OVERDUE_AFTER.as_millis()).expect("positive") + 42_000;
+        assert_eq!(status.overdue_ms, Some(late_ms));
+        assert_eq!(status.at, Some(late));
+        assert_eq!(
+            RolloutSummary::new("r-1", &plan, &state, now, late).overdue_ms,
+            Some(late_ms)
+        );
+        // paused 20 minutes in: 40 minutes of the step are left, and nothing is due
+        state.lifecycle = rollout_core::Lifecycle::Paused;
+        state.paused_at = Some(now.plus(DurationMs::from_minutes(20)));
+        let paused = RolloutStatus::new("r-1", &plan, &state, now, late);
+        assert_eq!(paused.remaining_ms, Some(40 * 60_000));
+        assert_eq!((paused.due_at, paused.overdue_ms), (None, None));
+    }
+
+    #[test]
     fn stages_show_name_labels_and_gate() {
         let now = Timestamp::from_millis(0);
         let plan = plan(

@@ -76,6 +76,21 @@ pub enum TopCommand {
     Rollout(RolloutCommand),
     /// Evaluate a flag for an entity through the evaluators.
     Eval(EvalArgs),
+    /// See which planners, tickers, evaluators and consoles are running.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `rolloutctl cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every replica that answers within a moment: service, readiness, the ticker leader
+    /// and its epoch, what each evaluator serves.
+    Status {
+        /// How long to gather answers.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        wait: std::time::Duration,
+    },
 }
 
 /// `rolloutctl flag ...`.

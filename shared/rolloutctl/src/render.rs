@@ -164,6 +164,45 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
     rendered.to_string()
 }
 
+/// A span of milliseconds for people: `42s`, `4m 10s`, `2h 5m`, `3d 4h` (two units at most).
+pub fn span(ms: u64) -> String {
+    let mut seconds = ms / 1000;
+    if seconds == 0 {
+        return format!("{ms}ms");
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if seconds >= size {
+            parts.push(format!("{}{unit}", seconds / size));
+            seconds %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+/// When the clock next moves a rollout, seen from `at`: `12:00:00Z (in 4m 10s)`, or how
+/// late it is, with the likely reason.
+pub fn due_text(due_at: Timestamp, at: Option<Timestamp>, overdue_ms: Option<u64>) -> String {
+    if let Some(late) = overdue_ms {
+        return format!(
+            "{} — overdue by {}: is a ticker running? (rolloutctl cluster status)",
+            short_time(due_at),
+            span(late)
+        );
+    }
+    match at.map(|at| due_at.millis_since(at)) {
+        Some(ahead) if ahead > 0 => format!(
+            "{} (in {})",
+            short_time(due_at),
+            span(u64::try_from(ahead).unwrap_or(0))
+        ),
+        _ => short_time(due_at),
+    }
+}
+
 fn position_text(current: Option<usize>, steps: usize) -> String {
     match current {
         // people count steps from 1; the wire's indexes stay 0-based
@@ -217,10 +256,19 @@ pub fn status(status: &RolloutStatus) -> String {
         status.share,
     );
     if let Some(due_at) = status.due_at {
-        line.push_str(&format!(" · due: {}", short_time(due_at)));
+        line.push_str(&format!(
+            " · next: {}",
+            due_text(due_at, status.at, status.overdue_ms)
+        ));
     }
     if let Some(paused_at) = status.paused_at {
         line.push_str(&format!(" · paused since: {}", short_time(paused_at)));
+    }
+    if let Some(remaining) = status.remaining_ms {
+        line.push_str(&format!(
+            " · {} of this step left once resumed",
+            span(remaining)
+        ));
     }
     line.push_str(&format!(" · created: {}", short_time(status.created_at)));
     if let Some(finished_at) = status.finished_at {
@@ -422,10 +470,91 @@ pub fn flag_list(list: &FlagList) -> String {
     )
 }
 
+/// `cluster status`: one row per replica, then what is missing.
+pub fn cluster_status(members: &[rollout_wire::MemberInfo]) -> String {
+    let mut rendered = table(vec![
+        "service", "replica", "version", "ready", "role", "serves",
+    ]);
+    for member in members {
+        let role = match (member.leader, member.epoch) {
+            (Some(true), Some(epoch)) => format!("leader (epoch {epoch})"),
+            (Some(false), Some(0)) | (Some(false), None) => "standby".to_owned(),
+            (Some(false), Some(epoch)) => format!("standby (last epoch {epoch})"),
+            _ => "-".to_owned(),
+        };
+        let serves = if member.served.is_empty() {
+            "-".to_owned()
+        } else {
+            member
+                .served
+                .iter()
+                .map(|(namespace, served)| {
+                    format!(
+                        "{namespace}: {} flags, versions {}",
+                        served.flags, served.versions
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let ready = match &member.reason {
+            Some(reason) if !member.ready => format!("no: {reason}"),
+            _ if member.ready => "yes".to_owned(),
+            _ => "no".to_owned(),
+        };
+        rendered.add_row(vec![
+            Cell::new(&member.service),
+            Cell::new(&member.replica),
+            Cell::new(&member.version),
+            Cell::new(ready),
+            Cell::new(role),
+            Cell::new(serves),
+        ]);
+    }
+    let mut text = if members.is_empty() {
+        "no replica answered: is NATS the right one, and is anything running?\n".to_owned()
+    } else {
+        format!("{rendered}\n")
+    };
+    let count = |service: &str| {
+        members
+            .iter()
+            .filter(|member| member.service == service)
+            .count()
+    };
+    for (service, missing) in [
+        (
+            "planner",
+            "no planner answered: commands and queries get no reply",
+        ),
+        (
+            "ticker",
+            "no ticker answered: nothing advances rollouts (due steps become overdue)",
+        ),
+        (
+            "evaluator",
+            "no evaluator answered: applications get no evaluations",
+        ),
+    ] {
+        if !members.is_empty() && count(service) == 0 {
+            text.push_str(&format!("warning: {missing}\n"));
+        }
+    }
+    let leaders = members
+        .iter()
+        .filter(|member| member.leader == Some(true))
+        .count();
+    if count("ticker") > 0 && leaders == 0 {
+        text.push_str("warning: no ticker leads right now (one takes over within its lease)\n");
+    }
+    text
+}
+
 /// `rollout list`.
 pub fn rollout_list(list: &RolloutList) -> String {
     let mut rendered = table(vec![
-        "rollout", "flag", "kind", "state", "waiting", "step", "share", "created", "finished",
+        "rollout", "flag", "kind", "state", "waiting", "step", "share", "next", "created",
+        "finished",
     ]);
     for rollout in &list.rollouts {
         let flag = match &rollout.rule {
@@ -453,6 +582,13 @@ pub fn rollout_list(list: &RolloutList) -> String {
                     .share
                     .map_or_else(|| "-".to_owned(), |share| share.to_string()),
             ),
+            Cell::new(match (rollout.due_at, rollout.overdue_ms) {
+                (Some(due_at), Some(late)) => {
+                    format!("{} (overdue {})", short_time(due_at), span(late))
+                }
+                (Some(due_at), None) => short_time(due_at),
+                (None, _) => "-".to_owned(),
+            }),
             Cell::new(short_time(rollout.created_at)),
             Cell::new(time(rollout.finished_at)),
         ]);
@@ -611,6 +747,23 @@ pub fn eval_result(result: &EvalResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_times_say_how_long_until_or_how_late() {
+        let due = Timestamp::parse_rfc3339("2026-12-01T09:00:00Z").expect("time");
+        let before = due.minus(rollout_core::DurationMs::from_millis(250_000));
+        assert_eq!(
+            due_text(due, Some(before), None),
+            "2026-12-01 09:00:00Z (in 4m 10s)"
+        );
+        let overdue = due_text(due, None, Some(42_000));
+        assert!(
+            overdue.contains("overdue by 42s: is a ticker running?"),
+            "{overdue}"
+        );
+        assert_eq!(span(93_784_000), "1d 2h");
+        assert_eq!(span(500), "500ms");
+    }
 
     #[test]
     fn times_show_to_the_second_and_details_only_what_is_new() {

@@ -17,7 +17,7 @@ use rollout_wire::{
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::args::{Cli, EvalArgs, FlagCommand, RolloutCommand, TopCommand};
+use crate::args::{Cli, ClusterCommand, EvalArgs, FlagCommand, RolloutCommand, TopCommand};
 use crate::failure::{Context, Failure};
 use crate::{render, specfile, watch};
 
@@ -137,11 +137,27 @@ pub async fn run(cli: &Cli) -> Result<(), Failure> {
         TopCommand::Flag(command) => flag(&session, command).await,
         TopCommand::Rollout(command) => rollout(&session, command).await,
         TopCommand::Eval(args) => eval(&session, args, cli).await,
+        TopCommand::Cluster(ClusterCommand::Status { wait }) => {
+            cluster_status(&session, *wait).await
+        }
     };
     if let Err(error) = session.nats.flush().await {
         tracing::debug!(%error, "final flush failed");
     }
     outcome
+}
+
+/// `cluster status`: every replica's answer to a cluster ping.
+async fn cluster_status(session: &Session, wait: std::time::Duration) -> Result<(), Failure> {
+    let members =
+        rollout_sdk::cluster::members(session.nats(), session.commands().subjects(), wait)
+            .await
+            .map_err(|error| Failure::sdk(error, &Context::default()))?;
+    let value = serde_json::to_value(&members)
+        .map_err(|error| Failure::Internal(format!("cannot print the members: {error}")))?;
+    session.print(value, |members: &Vec<rollout_wire::MemberInfo>| {
+        render::cluster_status(members)
+    })
 }
 
 fn flag_context(key: &str) -> Context {

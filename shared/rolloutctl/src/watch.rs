@@ -5,7 +5,7 @@
 //! The event subscription is made before the starting status is read, so nothing that
 //! happens in between is missed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rollout_core::{Lifecycle, Share, ViewAudience, WaitingFor};
@@ -13,7 +13,7 @@ use rollout_sdk::{ChangeEvent, EventSubscription};
 use rollout_wire::{EventKind, RolloutListQuery, RolloutStatus};
 
 use crate::failure::{Context, Failure};
-use crate::render::{event_line, wire_name};
+use crate::render::{event_line, span, wire_name};
 use crate::run::Session;
 
 /// Where the followed rollout stands.
@@ -28,6 +28,11 @@ struct Progress {
     share: Share,
     /// Each step's share (none for stages), for events that carry a step but no share.
     step_shares: Vec<Option<Share>>,
+    /// When the clock next moves it: milliseconds ahead of the planner's time when the
+    /// status was read, and when that was here.
+    next: Option<(Instant, i64)>,
+    /// How late the due transition was when read, once overdue.
+    overdue_ms: Option<u64>,
 }
 
 impl Progress {
@@ -41,6 +46,11 @@ impl Progress {
             step: status.current_step,
             share: status.share.unwrap_or(Share::NONE),
             step_shares: status.steps.iter().map(|step| step.percentage).collect(),
+            next: status
+                .due_at
+                .zip(status.at)
+                .map(|(due_at, at)| (Instant::now(), due_at.millis_since(at))),
+            overdue_ms: status.overdue_ms,
         }
     }
 
@@ -121,7 +131,25 @@ impl Progress {
             .map_or_else(String::new, |waiting| {
                 format!(", waiting for {}", wire_name(waiting))
             });
-        format!("{audience} · {step} · {}{waiting}", self.state.as_str())
+        let next = match (self.overdue_ms, self.next) {
+            (Some(late), _) => format!(
+                " · overdue by {}: is a ticker running?",
+                span(late.saturating_add(elapsed_ms(self.next)))
+            ),
+            (None, Some((read, ahead))) => {
+                let left = ahead - i64::try_from(read.elapsed().as_millis()).unwrap_or(i64::MAX);
+                if left > 0 {
+                    format!(" · next step in {}", span(u64::try_from(left).unwrap_or(0)))
+                } else {
+                    " · next step due now".to_owned()
+                }
+            }
+            (None, None) => String::new(),
+        };
+        format!(
+            "{audience} · {step} · {}{waiting}{next}",
+            self.state.as_str()
+        )
     }
 }
 
@@ -165,12 +193,20 @@ pub async fn watch(
             .first()
             .map(|summary| summary.rollout_id.clone()),
     };
-    let mut progress = match followed {
-        Some(rollout_id) => Some(Progress::from_status(
-            &client.rollout_status(&rollout_id).await.map_err(sdk)?,
-        )),
-        None => None,
-    };
+    let mut progress = None;
+    if let Some(rollout_id) = followed {
+        let status = client.rollout_status(&rollout_id).await.map_err(sdk)?;
+        if status.state.is_finished() && session.json() {
+            // nothing more will happen: the one thing to print is where it ended
+            println!(
+                "{}",
+                serde_json::to_string(&status)
+                    .map_err(|error| Failure::Usage(error.to_string()))?
+            );
+            return Ok(());
+        }
+        progress = Some(Progress::from_status(&status));
+    }
 
     let bar = if session.json() {
         ProgressBar::hidden()
@@ -207,9 +243,17 @@ pub async fn watch(
         }
     }
 
+    // the countdown to the next step moves every second between events
+    let mut countdown = tokio::time::interval(Duration::from_secs(1));
     loop {
         let event = tokio::select! {
             event = events.next() => event,
+            _ = countdown.tick() => {
+                if let Some(current) = &progress {
+                    show(&bar, current);
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 bar.abandon();
                 return Ok(());
@@ -276,6 +320,13 @@ pub async fn watch(
     }
 }
 
+/// Milliseconds since the status was read.
+fn elapsed_ms(next: Option<(Instant, i64)>) -> u64 {
+    next.map_or(0, |(read, _)| {
+        u64::try_from(read.elapsed().as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
 fn new_bar() -> ProgressBar {
     let bar = ProgressBar::new(1_000_000);
     if let Ok(style) = ProgressStyle::with_template("{spinner} [{bar:40}] {msg}") {
@@ -315,6 +366,8 @@ mod tests {
                     Some(Share::ALL),
                 ]
             },
+            next: None,
+            overdue_ms: None,
         }
     }
 
@@ -322,6 +375,20 @@ mod tests {
         let mut event = ChangeEvent::new("default", "f", 3, kind, Timestamp::from_millis(0));
         event.rollout_id = Some("r-1".into());
         event
+    }
+
+    #[test]
+    fn the_message_counts_down_to_the_next_step_or_says_it_is_late() {
+        let mut waiting = progress(false);
+        waiting.next = Some((Instant::now(), 250_000));
+        let message = waiting.message();
+        assert!(message.contains("next step in 4m"), "{message}");
+        waiting.overdue_ms = Some(42_000);
+        let message = waiting.message();
+        assert!(
+            message.contains("overdue by 42s: is a ticker running?"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -673,3 +673,49 @@ async fn rollouts_are_listed_by_state() {
     assert!(refused.stderr.contains("lifecycle"), "{refused:?}");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn status_and_list_say_when_the_next_step_comes_and_a_pause_what_is_left() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    // deploy/examples/rollout-phases.yaml: its first step runs for 1h
+    let created = create_from(&cluster, "rollout-phases.yaml").await;
+    let id = created.rollout_id.as_str();
+    let status = cluster.ctl(&["rollout", "status", id]).await;
+    status.assert_ok();
+    assert!(status.stdout.contains("· next: "), "{}", status.stdout);
+    assert!(status.stdout.contains("(in "), "{}", status.stdout);
+    let list = cluster.ctl(&["rollout", "list"]).await;
+    list.assert_ok();
+    assert!(list.stdout.contains("next"), "{}", list.stdout);
+
+    cluster.ctl(&["rollout", "pause", id]).await.assert_ok();
+    let paused = cluster.ctl(&["rollout", "status", id]).await;
+    paused.assert_ok();
+    assert!(
+        paused.stdout.contains("of this step left once resumed"),
+        "{}",
+        paused.stdout
+    );
+    let json: RolloutStatus =
+        serde_json::from_value(cluster.ctl_json(&["rollout", "status", id]).await).expect("json");
+    let left = json.remaining_ms.expect("remaining while paused");
+    let step = json.steps[0]
+        .gate
+        .duration
+        .expect("a timer step")
+        .as_millis();
+    assert!(
+        left > 0 && i64::try_from(left).expect("fits") <= step,
+        "{left} of {step}"
+    );
+    assert_eq!(json.overdue_ms, None);
+
+    // a finished rollout watched with --json prints where it ended, then exits
+    cluster.ctl(&["rollout", "rollback", id]).await.assert_ok();
+    let watched = cluster.ctl(&["--json", "rollout", "watch", id]).await;
+    watched.assert_ok();
+    let ended: RolloutStatus = serde_json::from_str(watched.stdout.trim()).expect("status json");
+    assert_eq!(ended.state, rollout_core::Lifecycle::RolledBack);
+    cluster.stop().await;
+}

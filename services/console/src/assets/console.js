@@ -318,7 +318,7 @@ function rolloutRow(r) {
       h("span", { style: "width:" + fraction + "%" })), h("small", { class: "muted" }, stepText)),
     h("td", { class: "share" }, r.share !== undefined ? percent(r.share) : "stages"),
     h("td", {}, r.waiting_for ? WAITING[r.waiting_for] || r.waiting_for : "—"),
-    h("td", {}, r.due_at ? etaCell(r.due_at) : "—"),
+    h("td", {}, r.due_at ? (r.overdue_ms ? h("span", { class: "error" }, time(r.due_at), " overdue by " + duration(r.overdue_ms)) : etaCell(r.due_at)) : "—"),
     h("td", { class: "hide-narrow" }, time(r.created_at)));
 }
 
@@ -380,8 +380,11 @@ function rolloutFacts(s, counts) {
   if (s.current_step !== undefined) facts.push(["Step", h("span", { id: "rollout-step" }, (s.current_step + 1) + " of " + s.steps.length)]);
   if (s.waiting_for) facts.push(["Waits for", WAITING[s.waiting_for] || s.waiting_for]);
   if (s.hold) facts.push(["Held by", h("span", { id: "rollout-hold" }, s.hold.held_by + ": " + s.hold.reason)]);
-  if (s.due_at) facts.push(["Next transition", etaCell(s.due_at)]);
+  if (s.due_at) facts.push(["Next transition", s.overdue_ms
+    ? h("span", { class: "error", id: "rollout-overdue" }, time(s.due_at), " — overdue by " + duration(s.overdue_ms) + ": is a ticker running?")
+    : etaCell(s.due_at)]);
   if (s.paused_at) facts.push(["Paused since", time(s.paused_at)]);
+  if (s.remaining_ms !== undefined) facts.push(["Left of this step", h("span", { id: "rollout-remaining" }, duration(s.remaining_ms) + " once resumed")]);
   facts.push(["Created", time(s.created_at)]);
   if (s.finished_at) facts.push(["Finished", time(s.finished_at)]);
   if (s.salt) facts.push(["Bucketing", h("span", {}, "salt ", h("code", {}, s.salt), s.stickiness ? ", by " + s.stickiness : ", by entity id")]);

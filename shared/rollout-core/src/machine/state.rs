@@ -378,6 +378,24 @@ impl RolloutState {
         }
     }
 
+    /// What is left of the current step's timer while paused (the time it still runs once
+    /// resumed); `None` unless paused on a timer step.
+    pub fn remaining_when_paused(&self, plan: &Plan) -> Option<i64> {
+        if self.lifecycle != Lifecycle::Paused {
+            return None;
+        }
+        let step = plan.steps.get(self.step?)?;
+        match step.gate {
+            Gate::Timer(duration) => Some(
+                self.step_anchor?
+                    .plus(duration)
+                    .millis_since(self.paused_at?)
+                    .max(0),
+            ),
+            Gate::Immediate | Gate::Continue | Gate::Completion { .. } => None,
+        }
+    }
+
     /// What a running or queued rollout waits for.
     pub fn waiting_for(&self, plan: &Plan) -> Option<WaitingFor> {
         match self.lifecycle {

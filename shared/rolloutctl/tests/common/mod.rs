@@ -7,6 +7,7 @@ mod sdk;
 pub use sdk::*;
 
 /// `rolloutctl` runs against a [`Cluster`].
+#[allow(dead_code)] // not every test binary uses it
 pub(crate) trait Ctl {
     /// Runs the built `rolloutctl` against this cluster in namespace [`NS`].
     async fn ctl(&self, args: &[&str]) -> CtlRun;

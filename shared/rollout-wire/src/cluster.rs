@@ -1,0 +1,51 @@
+//! `rollout.cluster.ping` (SPEC §8.1): who is running. A client publishes an empty request
+//! with a reply subject and gathers, for a moment, one [`MemberInfo`] from every planner,
+//! ticker, evaluator and console replica that hears it — the answer to "is anything
+//! ticking?" without reaching into Redis or the services' hosts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One running replica, as it describes itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// `planner`, `ticker`, `evaluator` or `console`.
+    pub service: String,
+    /// Which replica (the ticker's replica id; else host and process id).
+    pub replica: String,
+    /// The build's version.
+    pub version: String,
+    /// Whether it can do its work now.
+    pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Tickers: whether this one leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    /// Tickers: the epoch of its current (or last) term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Evaluators: what each namespace's snapshot holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<String, Served>,
+}
+
+/// What an evaluator serves in one namespace: replicas serving the same state show the same
+/// figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// Flags held.
+    pub flags: u64,
+    /// The sum of their state versions (it rises with every change any flag takes).
+    pub versions: u64,
+}
+
+/// The replica name of a process that has no configured one: `<host>-<pid>`.
+pub fn process_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("{host}-{}", std::process::id())
+}
