@@ -17,7 +17,7 @@ use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
 use rollout_wire::queries::{
-    AuditPage, FlagList, FlagSummary, NamedStageCounts, PlanPreview, Query, QueryReply,
+    AuditPage, FlagCounts, FlagList, FlagSummary, NamedStageCounts, PlanPreview, Query, QueryReply,
     RolloutCounts, RolloutList, RolloutListQuery, RolloutStatus, RolloutSummary,
     DEFAULT_COUNTS_WINDOW,
 };
@@ -72,6 +72,9 @@ impl Reader {
                 self.counts(&mut connection, &keys, &counts.rollout_id)
                     .await
             }
+            Query::FlagCounts(counts) => {
+                self.flag_counts(&mut connection, &keys, &counts.key).await
+            }
             Query::RolloutList(list) => {
                 let window = PageWindow::new(list.page, list.page_size);
                 self.rollouts(&mut connection, &keys, list, window).await
@@ -119,6 +122,47 @@ impl Reader {
             active_rollout: record.active_rollout,
             side_effects: Vec::new(),
         })))
+    }
+
+    /// The flag-level counters its kill switch judges, as the ticker would read them now.
+    async fn flag_counts(
+        &self,
+        connection: &mut Connection,
+        keys: &Keys,
+        key: &str,
+    ) -> Result<QueryReply, QueryError> {
+        let stored = load_flag(connection, keys, key).await?;
+        let record = stored.record.ok_or_else(|| {
+            WireError::not_found(format!("flag {key} does not exist")).with_field("key")
+        })?;
+        let now = redis_time(connection).await?;
+        let rollout = match &record.active_rollout {
+            Some(rollout_id) => load_rollout(connection, keys, rollout_id).await?,
+            None => None,
+        };
+        let kill_switch = match &record.flag.kill_switch {
+            Some(spec) => Some(spec.compile("flag.kill_switch").map_err(|errors| {
+                WireError::internal(format!("the stored kill switch does not compile: {errors}"))
+            })?),
+            None => None,
+        };
+        let window = kill_switch
+            .as_ref()
+            .map_or(DEFAULT_COUNTS_WINDOW, |guard| guard.window);
+        let sides =
+            outcomes::load_flag_sides(connection, keys, &record, rollout.as_ref(), window, now)
+                .await?;
+        Ok(QueryReply::FlagCounts(FlagCounts {
+            flag: record.flag.key.clone(),
+            enabled: record.flag.enabled,
+            at: now,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(0),
+            rollout_id: sides.rollout_id,
+            baseline: sides.baseline,
+            candidates: sides.candidates,
+            kill_switch: kill_switch.map(|guard| guard.verdict(&sides.counts)),
+            outcomes: sides.counts,
+        }))
     }
 
     async fn flags(

@@ -21,14 +21,14 @@
 
 use std::collections::BTreeMap;
 
-use rollout_core::guard::{Guard, GuardSpec, GuardVerdict, OutcomeCounts};
+use rollout_core::guard::{Guard, GuardSpec, GuardVerdict};
 use rollout_core::machine::Event;
 use rollout_core::transition;
-use rollout_core::{Lifecycle, Timestamp};
+use rollout_core::Timestamp;
 use rollout_store::Keys;
 use rollout_store::{
     decode_record, load_flag, load_rollout, outcomes, reads, Actor, Change, Conditions, FlagRecord,
-    Happened, Refused, RolloutRecord, StoreError, Written,
+    Happened, Refused, StoreError, Written,
 };
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::Namespace;
@@ -241,25 +241,16 @@ impl KillSwitches {
             Some(rollout_id) => load_rollout(&mut connection, keys, rollout_id).await?,
             None => None,
         };
-        let (baseline, candidates) = sides(&record, rollout.as_ref());
-        let mut counts = OutcomeCounts::default();
-        for (position, candidate) in candidates.iter().enumerate() {
-            let side = outcomes::load_outcome_counts(
-                &mut connection,
-                keys,
-                flag_key,
-                &baseline,
-                candidate,
-                entry.guard.window,
-                now,
-            )
-            .await?;
-            if position == 0 {
-                counts.baseline = side.baseline;
-            }
-            counts.candidate.success += side.candidate.success;
-            counts.candidate.error += side.candidate.error;
-        }
+        let counts = outcomes::load_flag_sides(
+            &mut connection,
+            keys,
+            &record,
+            rollout.as_ref(),
+            entry.guard.window,
+            now,
+        )
+        .await?
+        .counts;
         let GuardVerdict::Breached(figures) = entry.guard.verdict(&counts) else {
             return Ok(Checked::Healthy);
         };
@@ -357,29 +348,6 @@ enum Checked {
 
 /// The baseline variation and the candidate variations a kill switch compares: the
 /// running (or paused) rollout's two, else the off variation against all the others.
-fn sides(record: &FlagRecord, rollout: Option<&RolloutRecord>) -> (String, Vec<String>) {
-    if let Some(rollout) = rollout.filter(|rollout| {
-        matches!(
-            rollout.state.lifecycle,
-            Lifecycle::Running | Lifecycle::Paused
-        )
-    }) {
-        return (
-            rollout.plan.baseline.clone(),
-            vec![rollout.plan.candidate.clone()],
-        );
-    }
-    let off = record.flag.off_variation.clone();
-    let others = record
-        .flag
-        .variations
-        .iter()
-        .map(|variation| variation.id.clone())
-        .filter(|id| *id != off)
-        .collect();
-    (off, others)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +369,8 @@ mod tests {
 
     #[test]
     fn without_a_rollout_off_is_the_baseline_and_the_rest_the_candidate() {
-        let (baseline, candidates) = sides(&flag_record(), None);
+        let (baseline, candidates, rollout) = outcomes::kill_switch_sides(&flag_record(), None);
+        assert_eq!(rollout, None);
         assert_eq!(baseline, "off");
         assert_eq!(candidates, ["blue", "green"]);
     }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use rollout_core::{Flag, RolloutSpec};
 use rollout_wire::{
-    AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCreate, FlagDelete,
-    FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, Namespace,
-    PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts, RolloutCountsQuery,
-    RolloutCreate, RolloutList, RolloutListQuery, RolloutResult, RolloutStatus, RolloutStatusQuery,
-    RolloutStop, Subjects,
+    AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCounts, FlagCountsQuery,
+    FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
+    FlagUpdate, Namespace, PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts,
+    RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery, RolloutResult, RolloutStatus,
+    RolloutStatusQuery, RolloutStop, Subjects,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +43,8 @@ pub enum QueryOutcome {
     Status(Box<RolloutStatus>),
     /// `rollout.counts`.
     Counts(Box<RolloutCounts>),
+    /// `flag.counts`.
+    FlagCounts(Box<FlagCounts>),
     /// `rollout.list`.
     RolloutList(RolloutList),
     /// `rollout.audit`.
@@ -189,6 +191,7 @@ impl CommandClient {
             QueryKind::FlagList => QueryOutcome::FlagList(self.read(&query).await?),
             QueryKind::RolloutStatus => QueryOutcome::Status(Box::new(self.read(&query).await?)),
             QueryKind::RolloutCounts => QueryOutcome::Counts(Box::new(self.read(&query).await?)),
+            QueryKind::FlagCounts => QueryOutcome::FlagCounts(Box::new(self.read(&query).await?)),
             QueryKind::RolloutList => QueryOutcome::RolloutList(self.read(&query).await?),
             QueryKind::RolloutAudit => QueryOutcome::Audit(self.read(&query).await?),
             QueryKind::RolloutPlan => QueryOutcome::Plan(self.read(&query).await?),
@@ -347,6 +350,15 @@ impl CommandClient {
         .await
     }
 
+    /// `flag.counts`: the flag-level outcome counters its kill switch judges, side by side,
+    /// with the kill switch's verdict.
+    pub async fn flag_counts(&self, key: &str) -> Result<FlagCounts> {
+        self.read(&Query::FlagCounts(FlagCountsQuery {
+            key: key.to_owned(),
+        }))
+        .await
+    }
+
     /// `rollout.list`: one page of active or finished rollouts, newest first.
     pub async fn list_rollouts(&self, query: RolloutListQuery) -> Result<RolloutList> {
         self.read(&Query::RolloutList(query)).await
@@ -414,6 +426,7 @@ impl CommandClient {
             Query::FlagList(body) => self.request(&subject, body).await,
             Query::RolloutStatus(body) => self.request(&subject, body).await,
             Query::RolloutCounts(body) => self.request(&subject, body).await,
+            Query::FlagCounts(body) => self.request(&subject, body).await,
             Query::RolloutList(body) => self.request(&subject, body).await,
             Query::RolloutAudit(body) => self.request(&subject, body).await,
             Query::RolloutPlan(body) => self.request(&subject, body.as_ref()).await,

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
-use rollout_core::{DurationMs, OutcomeCounts, SideCounts, Timestamp};
+use rollout_core::{DurationMs, Lifecycle, OutcomeCounts, SideCounts, Timestamp};
 
-use crate::StoreError;
+use crate::{FlagRecord, RolloutRecord, StoreError};
 
 /// Width of one counter bucket.
 pub const BUCKET_MS: i64 = 10_000;
@@ -168,6 +168,87 @@ pub async fn load_rollout_outcomes<C: ConnectionLike + Send>(
         ],
     )
     .await
+}
+
+/// The sides a flag's kill switch compares, and their counts over a window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlagSides {
+    /// The baseline side's variation.
+    pub baseline: String,
+    /// The candidate side's variations, summed together.
+    pub candidates: Vec<String>,
+    /// The active rollout whose sides these are.
+    pub rollout_id: Option<String>,
+    /// Their successes and errors.
+    pub counts: OutcomeCounts,
+}
+
+/// Which sides a kill switch compares (SPEC §6): with a running or paused rollout its
+/// baseline against its candidate, exactly as the rollout's own guard would; otherwise the
+/// flag's off variation against every other variation together (the change a kill switch
+/// protects against is "the flag being on").
+pub fn kill_switch_sides(
+    record: &FlagRecord,
+    rollout: Option<&RolloutRecord>,
+) -> (String, Vec<String>, Option<String>) {
+    if let Some(rollout) = rollout.filter(|rollout| {
+        matches!(
+            rollout.state.lifecycle,
+            Lifecycle::Running | Lifecycle::Paused
+        )
+    }) {
+        return (
+            rollout.plan.baseline.clone(),
+            vec![rollout.plan.candidate.clone()],
+            Some(rollout.id.clone()),
+        );
+    }
+    let off = record.flag.off_variation.clone();
+    let others = record
+        .flag
+        .variations
+        .iter()
+        .map(|variation| variation.id.clone())
+        .filter(|id| *id != off)
+        .collect();
+    (off, others, None)
+}
+
+/// The flag-level counters a kill switch judges, over `(now - window, now]`, side by side
+/// as [`kill_switch_sides`] picks them.
+pub async fn load_flag_sides<C: ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &Keys,
+    record: &FlagRecord,
+    rollout: Option<&RolloutRecord>,
+    window: DurationMs,
+    now: Timestamp,
+) -> Result<FlagSides, StoreError> {
+    let (baseline, candidates, rollout_id) = kill_switch_sides(record, rollout);
+    let mut counts = OutcomeCounts::default();
+    for (position, candidate) in candidates.iter().enumerate() {
+        let side = load_outcome_counts(
+            connection,
+            keys,
+            &record.flag.key,
+            &baseline,
+            candidate,
+            window,
+            now,
+        )
+        .await?;
+        if position == 0 {
+            counts.baseline = side.baseline;
+        }
+        counts.candidate.success += side.candidate.success;
+        counts.candidate.error += side.candidate.error;
+    }
+    Ok(FlagSides {
+        baseline,
+        candidates,
+        rollout_id,
+        counts,
+    })
 }
 
 /// Sums a flag's counters of `candidate` and `baseline` over the buckets covering

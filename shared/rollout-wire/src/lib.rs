@@ -76,10 +76,10 @@ pub use fleet::{
 };
 pub use outcomes::{decode_outcomes, Outcome, OutcomeBatch, OutcomeReport};
 pub use queries::{
-    AuditEntry, AuditPage, AuditQuery, FlagGetQuery, FlagList, FlagListQuery, FlagSummary,
-    ListState, NamedStageCounts, PlanPreview, PlanQuery, Query, RolloutCounts, RolloutCountsQuery,
-    RolloutList, RolloutListQuery, RolloutStatus, RolloutStatusQuery, RolloutSummary,
-    DEFAULT_COUNTS_WINDOW,
+    AuditEntry, AuditPage, AuditQuery, FlagCounts, FlagCountsQuery, FlagGetQuery, FlagList,
+    FlagListQuery, FlagSummary, ListState, NamedStageCounts, PlanPreview, PlanQuery, Query,
+    RolloutCounts, RolloutCountsQuery, RolloutList, RolloutListQuery, RolloutStatus,
+    RolloutStatusQuery, RolloutSummary, DEFAULT_COUNTS_WINDOW,
 };
 pub use subjects::{
     CommandVerb, FleetVerb, Namespace, QueryKind, Route, SubjectError, SubjectErrorKind, Subjects,

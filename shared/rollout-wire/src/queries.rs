@@ -481,6 +481,44 @@ pub struct RolloutCounts {
     pub stages: Vec<NamedStageCounts>,
 }
 
+/// `rollout.query.<ns>.flag.counts`. Reply: [`FlagCounts`].
+#[doc = shape_doc!("flag_counts_query")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagCountsQuery {
+    /// Flag key.
+    pub key: String,
+}
+
+/// Reply to `flag.counts`: the flag-level outcome counters a kill switch judges (SPEC §6),
+/// whatever rollout produced them — with an active rollout its baseline against its
+/// candidate, else the off variation against every other variation — and, when the flag has
+/// a kill switch, its verdict now.
+#[doc = shape_doc!("flag_counts")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlagCounts {
+    /// Flag key.
+    pub flag: String,
+    /// Whether the flag is enabled (a disabled flag's kill switch is not judged).
+    pub enabled: bool,
+    /// When the counts were read (Redis `TIME`).
+    pub at: Timestamp,
+    /// The window summed: the kill switch's, else 5 minutes.
+    pub window_ms: u64,
+    /// The active rollout whose sides are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// The baseline side's variation.
+    pub baseline: String,
+    /// The candidate side's variations (summed together).
+    pub candidates: Vec<String>,
+    /// Successes and errors of each side over the window.
+    pub outcomes: OutcomeCounts,
+    /// The kill switch's verdict on them; absent without a kill switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_switch: Option<GuardVerdict>,
+}
+
 /// One label stage's fleet counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedStageCounts {
@@ -501,6 +539,8 @@ pub enum Query {
     RolloutStatus(RolloutStatusQuery),
     /// `rollout.counts`.
     RolloutCounts(RolloutCountsQuery),
+    /// `flag.counts`.
+    FlagCounts(FlagCountsQuery),
     /// `rollout.list`.
     RolloutList(RolloutListQuery),
     /// `rollout.audit`.
@@ -516,6 +556,9 @@ impl Query {
         Ok(match kind {
             QueryKind::FlagGet => Query::FlagGet(codec::decode_with(bytes, encoding, limits)?),
             QueryKind::FlagList => Query::FlagList(codec::decode_with(bytes, encoding, limits)?),
+            QueryKind::FlagCounts => {
+                Query::FlagCounts(codec::decode_with(bytes, encoding, limits)?)
+            }
             QueryKind::RolloutStatus => {
                 Query::RolloutStatus(codec::decode_with(bytes, encoding, limits)?)
             }
@@ -539,6 +582,7 @@ impl Query {
         match self {
             Query::FlagGet(_) => QueryKind::FlagGet,
             Query::FlagList(_) => QueryKind::FlagList,
+            Query::FlagCounts(_) => QueryKind::FlagCounts,
             Query::RolloutStatus(_) => QueryKind::RolloutStatus,
             Query::RolloutCounts(_) => QueryKind::RolloutCounts,
             Query::RolloutList(_) => QueryKind::RolloutList,
@@ -553,6 +597,7 @@ impl Query {
         let mut errors = ValidationErrors::default();
         match self {
             Query::FlagGet(query) => checks::token(&mut errors, "key", &query.key),
+            Query::FlagCounts(query) => checks::token(&mut errors, "key", &query.key),
             Query::FlagList(query) => checks::page_size(&mut errors, query.page_size),
             Query::RolloutStatus(query) => {
                 checks::token(&mut errors, "rollout_id", &query.rollout_id)
@@ -664,6 +709,8 @@ pub enum QueryReply {
     Status(Box<RolloutStatus>),
     /// `rollout.counts`.
     Counts(RolloutCounts),
+    /// `flag.counts`.
+    FlagCounts(FlagCounts),
     /// `rollout.list`.
     Rollouts(RolloutList),
     /// `rollout.audit`.

@@ -107,6 +107,12 @@ pub const SHAPES: &[Shape] = &[
     ),
     shape!("RolloutCounts", "reply to rollout.counts", "rollout_counts"),
     shape!(
+        "FlagCountsQuery",
+        "rollout.query.<ns>.flag.counts",
+        "flag_counts_query"
+    ),
+    shape!("FlagCounts", "reply to flag.counts", "flag_counts"),
+    shape!(
         "RolloutListQuery",
         "rollout.query.<ns>.rollout.list",
         "rollout_list_query"
@@ -297,6 +303,8 @@ mod tests {
             "RolloutStatus" => round_trip::<RolloutStatus>(shape),
             "RolloutCountsQuery" => round_trip::<RolloutCountsQuery>(shape),
             "RolloutCounts" => round_trip::<RolloutCounts>(shape),
+            "FlagCountsQuery" => round_trip::<FlagCountsQuery>(shape),
+            "FlagCounts" => round_trip::<FlagCounts>(shape),
             "RolloutListQuery" => round_trip::<RolloutListQuery>(shape),
             "RolloutList" => round_trip::<RolloutList>(shape),
             "AuditQuery" => round_trip::<AuditQuery>(shape),
@@ -348,6 +356,8 @@ mod tests {
             "RolloutStatus",
             "RolloutCountsQuery",
             "RolloutCounts",
+            "FlagCountsQuery",
+            "FlagCounts",
             "RolloutListQuery",
             "RolloutList",
             "AuditQuery",
@@ -412,6 +422,8 @@ mod tests {
                     Query::decode(QueryKind::RolloutCounts, bytes, Encoding::Json)
                         .map(|q| q.validate())
                 }
+                "FlagCountsQuery" => Query::decode(QueryKind::FlagCounts, bytes, Encoding::Json)
+                    .map(|q| q.validate()),
                 "RolloutListQuery" => Query::decode(QueryKind::RolloutList, bytes, Encoding::Json)
                     .map(|q| q.validate()),
                 "AuditQuery" => Query::decode(QueryKind::RolloutAudit, bytes, Encoding::Json)

@@ -249,6 +249,8 @@ verb_set! {
         FlagGet => "flag.get",
         /// Flag summaries, paged.
         FlagList => "flag.list",
+        /// A flag's outcome counters per side and its kill switch's verdict.
+        FlagCounts => "flag.counts",
         /// One rollout with every step, its times and stage counts.
         RolloutStatus => "rollout.status",
         /// The counters behind a rollout's health gates: outcomes, guard verdict, stages.

@@ -115,6 +115,8 @@ pub enum FlagCommand {
     Delete(KeyArg),
     /// Show a flag as YAML (usable as a file for `flag update`).
     Get(KeyArg),
+    /// The flag's outcome counters, side by side, and its kill switch's verdict.
+    Counts(KeyArg),
     /// List flags.
     List(PageArg),
 }

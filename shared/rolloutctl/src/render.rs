@@ -3,11 +3,13 @@
 //! as YAML, event lines for `watch`, and evaluation answers.
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use rollout_core::{DurationMs, GuardVerdict, Labels, Lifecycle, Share, StageCounts, Timestamp};
+use rollout_core::{
+    DurationMs, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts, Timestamp,
+};
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
-    AuditPage, Deleted, FlagList, FlagResult, GateKind, GateStatus, PlanPreview, RolloutCounts,
-    RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
+    AuditPage, Deleted, FlagCounts, FlagList, FlagResult, GateKind, GateStatus, PlanPreview,
+    RolloutCounts, RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
 };
 use serde::Serialize;
 
@@ -301,37 +303,17 @@ pub fn counts(counts: &RolloutCounts) -> String {
         short_time(counts.at)
     );
     let window = DurationMs::from_millis(i64::try_from(counts.window_ms).unwrap_or(i64::MAX));
-    let mut outcomes = table(vec!["side", "variation", "success", "error", "error rate"]);
-    for (side, variation, tally) in [
-        ("candidate", &counts.candidate, counts.outcomes.candidate),
-        ("baseline", &counts.baseline, counts.outcomes.baseline),
-    ] {
-        let rate = if tally.samples() == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.2}%", tally.error_rate() * 100.0)
-        };
-        outcomes.add_row(vec![
-            Cell::new(side),
-            Cell::new(variation),
-            Cell::new(tally.success).set_alignment(CellAlignment::Right),
-            Cell::new(tally.error).set_alignment(CellAlignment::Right),
-            Cell::new(rate).set_alignment(CellAlignment::Right),
-        ]);
-    }
+    let outcomes = outcome_table(&counts.candidate, &counts.baseline, &counts.outcomes);
     let since = counts
         .counted_from
         .map_or_else(String::new, |from| format!(" (from {})", short_time(from)));
     text.push_str(&format!(
         "outcomes of this rollout over the last {window}{since}\n{outcomes}\n"
     ));
-    let verdict = match &counts.guard {
-        None => "no guard".to_owned(),
-        Some(GuardVerdict::InsufficientData) => "too few samples to judge".to_owned(),
-        Some(GuardVerdict::Healthy) => "healthy".to_owned(),
-        Some(GuardVerdict::Breached(figures)) => format!("BREACHED: {}", figures.limit),
-    };
-    text.push_str(&format!("guard: {verdict}\n"));
+    text.push_str(&format!(
+        "guard: {}\n",
+        verdict_text(counts.guard.as_ref(), "no guard")
+    ));
     if !counts.stages.is_empty() {
         let mut header = vec!["stage"];
         header.extend(COUNT_COLUMNS);
@@ -344,6 +326,74 @@ pub fn counts(counts: &RolloutCounts) -> String {
         text.push_str(&stages.to_string());
         text.push('\n');
     }
+    text
+}
+
+/// Successes, errors and the error rate of each side.
+fn outcome_table(candidate: &str, baseline: &str, outcomes: &OutcomeCounts) -> Table {
+    let mut rendered = table(vec!["side", "variation", "success", "error", "error rate"]);
+    for (side, variation, tally) in [
+        ("candidate", candidate, outcomes.candidate),
+        ("baseline", baseline, outcomes.baseline),
+    ] {
+        let rate = if tally.samples() == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}%", tally.error_rate() * 100.0)
+        };
+        rendered.add_row(vec![
+            Cell::new(side),
+            Cell::new(variation),
+            Cell::new(tally.success).set_alignment(CellAlignment::Right),
+            Cell::new(tally.error).set_alignment(CellAlignment::Right),
+            Cell::new(rate).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    rendered
+}
+
+/// A guard's or kill switch's verdict in words; `none` when there is no such limit.
+fn verdict_text(verdict: Option<&GuardVerdict>, none: &str) -> String {
+    match verdict {
+        None => none.to_owned(),
+        Some(GuardVerdict::InsufficientData) => "too few samples to judge".to_owned(),
+        Some(GuardVerdict::Healthy) => "healthy".to_owned(),
+        Some(GuardVerdict::Breached(figures)) => format!("BREACHED: {}", figures.limit),
+    }
+}
+
+/// `flag counts`: the flag-level outcomes its kill switch judges, and its verdict.
+pub fn flag_counts(counts: &FlagCounts) -> String {
+    let sides = match &counts.rollout_id {
+        Some(rollout_id) => format!("the sides of its active rollout {rollout_id}"),
+        None => "its off variation against every other".to_owned(),
+    };
+    let mut text = format!(
+        "flag {} · {} · at {} · compares {sides}\n",
+        counts.flag,
+        if counts.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        short_time(counts.at)
+    );
+    let window = DurationMs::from_millis(i64::try_from(counts.window_ms).unwrap_or(i64::MAX));
+    let outcomes = outcome_table(
+        &counts.candidates.join(" + "),
+        &counts.baseline,
+        &counts.outcomes,
+    );
+    text.push_str(&format!(
+        "outcomes of this flag over the last {window}\n{outcomes}\n"
+    ));
+    text.push_str(&format!(
+        "kill switch: {}\n",
+        verdict_text(
+            counts.kill_switch.as_ref(),
+            "none (see the README, \"Kill switches\")"
+        )
+    ));
     text
 }
 

@@ -9,10 +9,10 @@ use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, Validate};
 use rollout_runtime::connect::connect_nats;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Subjects};
 use rollout_wire::{
-    AuditPage, AuditQuery, Command, Deleted, FlagCreate, FlagDelete, FlagGetQuery, FlagList,
-    FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery, Query,
-    RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery,
-    RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop,
+    AuditPage, AuditQuery, Command, Deleted, FlagCountsQuery, FlagCreate, FlagDelete, FlagGetQuery,
+    FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery,
+    Query, RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList,
+    RolloutListQuery, RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -242,6 +242,14 @@ async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
             });
             session
                 .command(command, &flag_context(&key.key), render::deleted)
+                .await
+        }
+        FlagCommand::Counts(key) => {
+            let query = Query::FlagCounts(FlagCountsQuery {
+                key: key.key.clone(),
+            });
+            session
+                .query(query, &flag_context(&key.key), render::flag_counts)
                 .await
         }
         FlagCommand::Get(key) => {

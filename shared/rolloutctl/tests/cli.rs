@@ -719,3 +719,80 @@ async fn status_and_list_say_when_the_next_step_comes_and_a_pause_what_is_left()
     assert_eq!(ended.state, rollout_core::Lifecycle::RolledBack);
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn flag_counts_show_the_kill_switch_figures_without_a_rollout() {
+    let cluster = Cluster::with_evaluator().await;
+    let mut guarded = common::flag("guarded");
+    guarded.kill_switch = Some(
+        serde_json::from_value(serde_json::json!({
+            "metric": "error_rate", "max_error_rate": 50, "min_samples": 10, "window": "5m",
+        }))
+        .expect("kill switch"),
+    );
+    cluster.commands().create_flag(guarded).await.expect("flag");
+    cluster.until_served("guarded", 1).await;
+    let application = cluster.eval_client().await;
+    let user = rollout_sdk::Entity::with_id("user-1");
+    for _ in 0..8 {
+        application
+            .report_success("guarded", &user, "on")
+            .await
+            .expect("report");
+    }
+    for _ in 0..4 {
+        application
+            .report_error("guarded", &user, "on")
+            .await
+            .expect("report");
+    }
+    for _ in 0..10 {
+        application
+            .report_success("guarded", &user, "off")
+            .await
+            .expect("report");
+    }
+    application.flush().await.expect("flush");
+    // the evaluators add reports to the counters in batches
+    let counts = rollout_sandbox::wait_until("the reports to be counted", || async {
+        let counts: rollout_wire::FlagCounts =
+            serde_json::from_value(cluster.ctl_json(&["flag", "counts", "guarded"]).await).ok()?;
+        (counts.outcomes.candidate.samples() == 12 && counts.outcomes.baseline.samples() == 10)
+            .then_some(counts)
+    })
+    .await;
+    assert_eq!(counts.baseline, "off");
+    assert_eq!(counts.candidates, ["on"]);
+    assert_eq!(counts.rollout_id, None);
+    assert_eq!(
+        counts.kill_switch,
+        Some(rollout_core::GuardVerdict::Healthy)
+    );
+    let human = cluster.ctl(&["flag", "counts", "guarded"]).await;
+    human.assert_ok();
+    assert!(
+        human.stdout.contains("kill switch: healthy"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("off variation against every other"),
+        "{}",
+        human.stdout
+    );
+
+    // errors past the limit: the figures say so (no ticker runs here to act on them)
+    for _ in 0..12 {
+        application
+            .report_error("guarded", &user, "on")
+            .await
+            .expect("report");
+    }
+    application.flush().await.expect("flush");
+    rollout_sandbox::wait_until("the breach to show", || async {
+        let human = cluster.ctl(&["flag", "counts", "guarded"]).await;
+        human.stdout.contains("kill switch: BREACHED").then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
