@@ -316,6 +316,7 @@ async fn flag_change(
     change.flag = Some(FlagRecord {
         flag: boolean_flag(key),
         active_rollout: None,
+        last_rollout: None,
         created_at: now,
         updated_at: now,
     });

@@ -99,6 +99,7 @@ impl Seeder {
         change.flag = Some(FlagRecord {
             flag,
             active_rollout: None,
+            last_rollout: None,
             created_at: now,
             updated_at: now,
         });
@@ -244,6 +245,7 @@ pub fn flag_with_rollout(
     let flag_record = FlagRecord {
         flag,
         active_rollout: None,
+        last_rollout: None,
         created_at: now,
         updated_at: now,
     };

@@ -427,8 +427,9 @@ async fn desired(
 }
 
 /// Records an agent's report after checking that it can count: the agent is registered,
-/// the flag exists and has the variation, and the rollout (named, or the flag's active
-/// one) is a rollout of that flag. A report that fails a check changes nothing.
+/// the flag exists and has the variation, and the rollout (named, else the flag's active
+/// one, else the one that last finished on it) is a rollout of that flag. A report that
+/// fails a check changes nothing.
 async fn report(
     shared: &Shared,
     namespace: &Namespace,
@@ -444,7 +445,11 @@ async fn report(
             snapshot.with_flag(&report.flag, |live| {
                 (
                     live.compiled().has_variation(&report.variation),
-                    live.rollout().map(|view| view.rollout_id.clone()),
+                    // no rollout runs: the one that last finished (agents finish applying
+                    // its last stage after it completed, without knowing its id)
+                    live.rollout()
+                        .map(|view| view.rollout_id.clone())
+                        .or_else(|| live.last_rollout().map(str::to_owned)),
                 )
             })
         })
@@ -486,7 +491,7 @@ async fn report(
         (None, Some(active)) => active,
         (None, None) => {
             return Err(WireError::failed_precondition(format!(
-                "flag {} has no active rollout; name the rollout_id the report is for",
+                "flag {} has no active or finished rollout; name the rollout_id the report is for",
                 report.flag
             ))
             .with_field("rollout_id"))

@@ -29,6 +29,9 @@ pub struct LiveFlag {
     // boxed: most flags have no active rollout, and an inline view would double the
     // size of every flag's state
     rollout: Option<Box<RolloutView>>,
+    /// The rollout that last finished on the flag, while none is active: agents' reports
+    /// without a rollout id count for it.
+    last_rollout: Option<String>,
 }
 
 impl LiveFlag {
@@ -37,7 +40,20 @@ impl LiveFlag {
         LiveFlag {
             compiled,
             rollout: rollout.map(Box::new),
+            last_rollout: None,
         }
+    }
+
+    /// The same, remembering the rollout that last finished on the flag.
+    #[must_use]
+    pub fn with_last_rollout(mut self, last_rollout: Option<String>) -> LiveFlag {
+        self.last_rollout = last_rollout;
+        self
+    }
+
+    /// The rollout that last finished on the flag.
+    pub fn last_rollout(&self) -> Option<&str> {
+        self.last_rollout.as_deref()
     }
 
     /// The compiled flag.

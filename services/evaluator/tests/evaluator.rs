@@ -385,6 +385,7 @@ async fn a_replica_that_misses_events_resyncs_and_never_goes_back() {
         flag: checkout_flag("checkout"),
         version: delivered.version + 5,
         rollout: None,
+        last_rollout: None,
     });
     store.publish_raw(&forged).await;
     eventually("the forged gap is resynchronised", || async {

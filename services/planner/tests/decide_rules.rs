@@ -113,6 +113,7 @@ fn flag_record(flag: Value) -> FlagRecord {
     FlagRecord {
         flag,
         active_rollout: None,
+        last_rollout: None,
         created_at: setup_time(),
         updated_at: setup_time(),
     }

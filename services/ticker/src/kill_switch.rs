@@ -362,6 +362,7 @@ mod tests {
         FlagRecord {
             flag,
             active_rollout: None,
+            last_rollout: None,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
         }
@@ -390,6 +391,7 @@ mod tests {
             flag: record.flag.clone(),
             version: 3,
             rollout: None,
+            last_rollout: None,
         });
         index.absorb(&event);
         assert!(index.contains("prod", "checkout"));
@@ -401,6 +403,7 @@ mod tests {
             flag: without,
             version: 4,
             rollout: None,
+            last_rollout: None,
         });
         index.absorb(&event);
         assert!(index.is_empty());
@@ -409,6 +412,7 @@ mod tests {
             flag: record.flag,
             version: 5,
             rollout: None,
+            last_rollout: None,
         });
         index.absorb(&event);
         let deleted = ChangeEvent::new(

@@ -21,6 +21,10 @@ pub struct FlagRecord {
     pub flag: Flag,
     /// The active (queued, running or paused) rollout.
     pub active_rollout: Option<String>,
+    /// The rollout that last finished on this flag (while none is active): fleet agents
+    /// report for it after it completed, so its last stage's counts do not stay pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.

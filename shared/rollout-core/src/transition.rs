@@ -137,6 +137,7 @@ pub fn settle_flag(
         && flag.active_rollout.as_deref() == Some(rollout.id.as_str())
     {
         flag.active_rollout = None;
+        flag.last_rollout = Some(rollout.id.clone());
         if let Some(serve) = rollout.state.final_serve(&rollout.plan) {
             match &rollout.plan.target {
                 Target::Default => flag.flag.default = serve,

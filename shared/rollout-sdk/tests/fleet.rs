@@ -140,3 +140,80 @@ async fn an_agent_the_evaluators_lost_registers_again_by_itself() {
     assert_eq!(stored, RedisReply::Integer(1), "registered again");
     cluster.stop().await;
 }
+
+/// After a label-stage rollout completes, its last stage's agents still apply the
+/// candidate and report — without a rollout id, since none is active any more. Their
+/// reports count for the rollout that finished, so its last stage does not stay pending
+/// forever; once that rollout is deleted there is nothing left to count them for.
+#[tokio::test]
+async fn reports_after_completion_count_for_the_rollout_that_finished() {
+    let cluster = Cluster::with_evaluator().await;
+    let commands = cluster.commands();
+    commands.create_flag(flag("edge")).await.expect("flag");
+    let rollout = commands
+        .create_rollout(spec(json!({
+            "flag": "edge", "baseline": "off", "candidate": "on",
+            "stages": [{"name": "canary", "labels": {"ring": "canary"}}],
+        })))
+        .await
+        .expect("rollout");
+    let straggler = FleetAgent::new(
+        cluster.client.clone(),
+        namespace(),
+        "edge-9",
+        labels(&[("env", "prod")]),
+    );
+    straggler.register().await.expect("registers");
+    // released to everyone: the last (unassigned) stage completes on entry
+    commands
+        .continue_rollout(&rollout.rollout_id)
+        .await
+        .expect("continue");
+    let status = commands
+        .rollout_status(&rollout.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(status.state, rollout_core::Lifecycle::Completed);
+    until_current(&cluster, "edge").await;
+
+    let wanted = straggler.desired("edge").await.expect("desired");
+    assert_eq!(
+        (wanted.variation.as_str(), wanted.rollout_id.as_deref()),
+        ("on", None)
+    );
+    straggler
+        .report_applied(&wanted)
+        .await
+        .expect("the report counts");
+    let unassigned = |status: &rollout_wire::RolloutStatus| {
+        status
+            .steps
+            .last()
+            .and_then(|step| step.counts)
+            .expect("the last stage's counts")
+    };
+    let counts = unassigned(
+        &commands
+            .rollout_status(&rollout.rollout_id)
+            .await
+            .expect("status"),
+    );
+    assert_eq!(
+        (counts.members, counts.completed, counts.pending),
+        (1, 1, 0),
+        "{counts:?}"
+    );
+
+    // deleted, the rollout is nobody's to count for any more
+    commands
+        .delete_rollout(&rollout.rollout_id)
+        .await
+        .expect("delete");
+    until_current(&cluster, "edge").await;
+    let refused = straggler
+        .report_applied(&wanted)
+        .await
+        .expect_err("nothing to count for");
+    assert_eq!(refused.code(), ErrorCode::FailedPrecondition);
+    cluster.stop().await;
+}

@@ -347,6 +347,7 @@ impl<'k> Mutation<'k> {
                 flag: record.flag.clone(),
                 version: new_version,
                 rollout: self.active_view(record)?,
+                last_rollout: record.last_rollout.clone(),
             }),
             None => None,
         };

@@ -81,6 +81,10 @@ pub struct FlagSnapshot {
     /// The active rollout's view, while one runs or is paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutView>,
+    /// The rollout that last finished on the flag (fleet reports without a rollout id
+    /// count for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout: Option<String>,
 }
 
 impl FlagSnapshot {
@@ -265,6 +269,7 @@ mod tests {
             flag,
             version: 4,
             rollout: None,
+            last_rollout: None,
         };
         let compiled = snapshot.compile().expect("compiles");
         assert_eq!(compiled.version(), 4);

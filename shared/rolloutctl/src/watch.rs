@@ -96,6 +96,16 @@ impl Progress {
         }
     }
 
+    /// Takes what a status read adds (what is waited for, the next step's time) when it
+    /// stands where the events so far put the rollout; a status already moved on by later
+    /// events is left for those events to show, so a line never pairs an event with a later
+    /// state.
+    fn refresh(&mut self, read: Progress) {
+        if read.step == self.step && read.state == self.state {
+            *self = read;
+        }
+    }
+
     fn finished(&self) -> bool {
         self.state.is_finished()
     }
@@ -302,10 +312,11 @@ pub async fn watch(
             continue;
         }
         current.apply(&event);
-        // events need not carry the state, share or what is waited for: read them back
+        // events need not carry what is waited for or when the next step comes: read them
+        // back, but never let a status that is already past this event speak for it
         if event.kind != EventKind::RolloutDeleted {
             if let Ok(status) = client.rollout_status(&current.rollout_id).await {
-                *current = Progress::from_status(&status);
+                current.refresh(Progress::from_status(&status));
             }
         }
         show(&bar, current);
@@ -375,6 +386,26 @@ mod tests {
         let mut event = ChangeEvent::new("default", "f", 3, kind, Timestamp::from_millis(0));
         event.rollout_id = Some("r-1".into());
         event
+    }
+
+    #[test]
+    fn a_status_ahead_of_the_event_shown_does_not_replace_it() {
+        let mut shown = progress(false);
+        shown.apply(&{
+            let mut event = event(EventKind::RolloutStep);
+            event.to_step = Some(1);
+            event
+        });
+        let mut ahead = progress(false);
+        ahead.step = Some(2);
+        ahead.state = Lifecycle::Completed;
+        shown.refresh(ahead);
+        assert_eq!((shown.step, shown.state), (Some(1), Lifecycle::Running));
+        let mut same = progress(false);
+        same.step = Some(1);
+        same.waiting_for = Some(WaitingFor::Timer);
+        shown.refresh(same);
+        assert_eq!(shown.waiting_for, Some(WaitingFor::Timer));
     }
 
     #[test]

@@ -93,7 +93,10 @@ pub fn apply_event(
                     writer.install(
                         namespace.as_str(),
                         &flag,
-                        FlagState::Live(LiveFlag::new(compiled, snapshot.rollout)),
+                        FlagState::Live(
+                            LiveFlag::new(compiled, snapshot.rollout)
+                                .with_last_rollout(snapshot.last_rollout),
+                        ),
                     );
                     EventOutcome::Applied
                 }
@@ -211,6 +214,7 @@ mod tests {
                 flag: flag(key, enabled),
                 version,
                 rollout: None,
+                last_rollout: None,
             });
         }
         event

@@ -66,7 +66,9 @@ pub async fn load_state(
                 message: errors.to_string(),
             },
         )?;
-        return Ok(Some(FlagState::Live(LiveFlag::new(compiled, view))));
+        return Ok(Some(FlagState::Live(
+            LiveFlag::new(compiled, view).with_last_rollout(record.last_rollout),
+        )));
     }
     Err(SyncError::Unstable {
         namespace: namespace.to_string(),

@@ -272,6 +272,7 @@ impl Store {
         change.flag = Some(FlagRecord {
             flag,
             active_rollout: None,
+            last_rollout: None,
             created_at: now,
             updated_at: now,
         });

@@ -30,6 +30,7 @@ pub(super) fn create(
     let record = FlagRecord {
         flag: flag.clone(),
         active_rollout: None,
+        last_rollout: None,
         created_at: context.now,
         updated_at: context.now,
     };
@@ -123,6 +124,7 @@ pub(super) fn update(
     let updated = FlagRecord {
         flag: flag.clone(),
         active_rollout: record.active_rollout.clone(),
+        last_rollout: record.last_rollout.clone(),
         created_at: record.created_at,
         updated_at: context.now,
     };

@@ -203,6 +203,7 @@ mod tests {
         FlagRecord {
             flag,
             active_rollout: None,
+            last_rollout: None,
             created_at: context().now,
             updated_at: context().now,
         }

@@ -157,12 +157,17 @@ pub(super) fn delete(
             change = Change::rollout_moved(flag_version, &rollout.state, stopped);
             // the record goes: the stop is told by its events, not written
             change.rollout = None;
+            if let Some(flag) = change.flag.as_mut() {
+                forget_rollout(flag, &rollout.id);
+            }
         }
         Some((_, record)) => {
-            change.flag = Some(FlagRecord {
+            let mut flag = FlagRecord {
                 updated_at: context.now,
                 ..record.clone()
-            });
+            };
+            forget_rollout(&mut flag, &rollout.id);
+            change.flag = Some(flag);
         }
         // a finished rollout of a deleted flag (a flag with an active rollout cannot be
         // deleted): the record goes, the flag's tombstone stays deleted at a new version
@@ -200,4 +205,11 @@ fn rollout_reply(
         });
     }
     CommandReply::Rollout(result)
+}
+
+/// A deleted rollout is no longer the flag's last one: agents' reports cannot count for it.
+fn forget_rollout(flag: &mut FlagRecord, rollout_id: &str) {
+    if flag.last_rollout.as_deref() == Some(rollout_id) {
+        flag.last_rollout = None;
+    }
 }

@@ -154,6 +154,7 @@ impl Harness {
         let flag_record = FlagRecord {
             flag: flag.clone(),
             active_rollout: None,
+            last_rollout: None,
             created_at: now,
             updated_at: now,
         };
