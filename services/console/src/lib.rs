@@ -158,16 +158,7 @@ pub async fn start(
         &subjects_for_pings,
         Arc::new(move || {
             let readiness = rollout_runtime::probes::nats_readiness(&pinged);
-            rollout_wire::MemberInfo {
-                service: "console".to_owned(),
-                replica: replica.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                ready: readiness.is_ok(),
-                reason: readiness.err(),
-                leader: None,
-                epoch: None,
-                served: std::collections::BTreeMap::new(),
-            }
+            rollout_wire::MemberInfo::new("console", &replica, readiness)
         }),
         shutdown.clone(),
         &tasks,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rollout_runtime::shutdown::Shutdown;
-use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER};
+use rollout_wire::codec;
 use rollout_wire::fleet::AgentReport;
 use rollout_wire::subjects::{FleetVerb, Route, Subjects};
 use serde::Serialize;
@@ -172,12 +172,7 @@ fn fleet_key(
     match verb {
         FleetVerb::Register => Some((namespace.to_string(), None)),
         FleetVerb::Report => {
-            let content_type = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
-                .map(|value| value.as_str());
-            let encoding = Encoding::from_content_type(content_type);
+            let encoding = rollout_sdk::events::message_encoding(message);
             let report: AgentReport = codec::decode(&message.payload, encoding).ok()?;
             Some((namespace.to_string(), Some(report.flag)))
         }

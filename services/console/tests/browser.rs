@@ -29,6 +29,13 @@ async fn sign_in(browser: &Browser, console: &RunningConsole, name: &str, passwo
         .await;
 }
 
+/// Opens the page of rollout `rollout_id`.
+async fn open_rollout(browser: &Browser, console: &RunningConsole, rollout_id: &str) {
+    browser
+        .goto(&format!("{}#/rollout/prod/{rollout_id}", console.url()))
+        .await;
+}
+
 /// Where screenshots go: the README's folder when asked, else the test's scratch folder.
 fn screenshot_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("ROLLOUT_SCREENSHOTS")
@@ -280,13 +287,7 @@ async fn stage_counts_move_live_as_agents_report() {
     }
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &console, "alice", ALICE_PASSWORD).await;
-    browser
-        .goto(&format!(
-            "{}#/rollout/prod/{}",
-            console.url(),
-            rollout.rollout_id
-        ))
-        .await;
+    open_rollout(&browser, &console, &rollout.rollout_id).await;
     let canary = "#stages tr[data-stage='canary']";
     browser
         .wait_for_text(
@@ -373,13 +374,7 @@ async fn a_viewer_sees_everything_and_the_server_refuses_its_actions() {
         .expect("rollout");
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &console, "bob", BOB_PASSWORD).await;
-    browser
-        .goto(&format!(
-            "{}#/rollout/prod/{}",
-            console.url(),
-            rollout.rollout_id
-        ))
-        .await;
+    open_rollout(&browser, &console, &rollout.rollout_id).await;
     browser
         .wait_for_text("#rollout-state", "running", |text| text == "running")
         .await;
@@ -447,13 +442,7 @@ async fn the_page_reconnects_after_a_console_restart_and_a_nats_restart() {
         .expect("rollout");
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &console, "alice", ALICE_PASSWORD).await;
-    browser
-        .goto(&format!(
-            "{}#/rollout/prod/{}",
-            console.url(),
-            rollout.rollout_id
-        ))
-        .await;
+    open_rollout(&browser, &console, &rollout.rollout_id).await;
     browser
         .wait_for_text("#live", "live", |text| text == "live")
         .await;

@@ -247,15 +247,12 @@ impl Evaluator {
 /// What this evaluator answers a cluster ping with: ready once its snapshot is loaded, and
 /// what it serves in each namespace.
 fn describe(shared: &Shared, replica: &str) -> rollout_wire::MemberInfo {
-    let ready = shared.metrics.is_ready();
+    let readiness = if shared.metrics.is_ready() {
+        Ok(())
+    } else {
+        Err("loading the snapshot".to_owned())
+    };
     rollout_wire::MemberInfo {
-        service: "evaluator".to_owned(),
-        replica: replica.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        ready,
-        reason: (!ready).then(|| "loading the snapshot".to_owned()),
-        leader: None,
-        epoch: None,
         served: shared
             .served
             .snapshot
@@ -269,6 +266,7 @@ fn describe(shared: &Shared, replica: &str) -> rollout_wire::MemberInfo {
                 )
             })
             .collect(),
+        ..rollout_wire::MemberInfo::new("evaluator", replica, readiness)
     }
 }
 

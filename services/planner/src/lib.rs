@@ -66,14 +66,10 @@ impl Planner {
         let relay = Relay::new(nats.clone(), redis.clone(), subjects.clone());
         let metrics = Arc::new(PlannerMetrics::default());
         let tasks = Tasks::new();
-        let pinged = redis.clone();
         let redis_up = Dependency::watch(
             "redis",
             Duration::from_secs(2),
-            move || {
-                let mut connection = pinged.clone();
-                async move { rollout_store::redis_time(&mut connection).await.is_ok() }
-            },
+            rollout_store::answers(redis.clone()),
             shutdown.clone(),
             &tasks,
         );
@@ -269,6 +265,10 @@ async fn sweep_outbox(
                 tracing::info!(relayed, "outbox sweep published events a committer had not")
             }
             Err(error) => tracing::warn!(%error, "outbox sweep failed"),
+        }
+        match relay.depth_all().await {
+            Ok(depth) => metrics.outbox_depth(depth),
+            Err(error) => tracing::debug!(%error, "outbox depth unavailable"),
         }
     }
 }

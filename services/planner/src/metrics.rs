@@ -1,6 +1,6 @@
 //! The planner's probe endpoints (`http.listen`): ready while NATS is connected and Redis
 //! answers; metrics of commands and queries by verb and outcome (`ok` or the error code,
-//! `conflict` among them), outbox sweeps, and how far the durable command stream's consumer
+//! `conflict` among them), outbox sweeps and depth, and how far the durable command stream's consumer
 //! is behind.
 
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ pub struct PlannerMetrics {
     /// (`command` or `query`, verb, outcome) → count.
     requests: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
     relayed: AtomicU64,
+    outbox_depth: AtomicU64,
     stream_pending: AtomicU64,
 }
 
@@ -31,6 +32,11 @@ impl PlannerMetrics {
     /// Events an outbox sweep published that their committer had not.
     pub fn relayed(&self, count: u64) {
         self.relayed.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Events waiting unpublished in the outboxes after the last sweep.
+    pub fn outbox_depth(&self, depth: u64) {
+        self.outbox_depth.store(depth, Ordering::Relaxed);
     }
 
     /// Messages of the command stream not yet delivered to or acknowledged by the planners.
@@ -61,6 +67,12 @@ impl PlannerMetrics {
             "counter",
             "Events the outbox sweep published because their committer had not.",
             self.relayed.load(Ordering::Relaxed),
+        );
+        text.single(
+            "planner_outbox_depth",
+            "gauge",
+            "Events waiting unpublished in the outboxes after the last sweep.",
+            self.outbox_depth.load(Ordering::Relaxed),
         );
         text.single(
             "planner_command_stream_pending",

@@ -105,20 +105,32 @@ impl Reader {
             QueryError::Store(store) => store.to_wire(),
         })
     }
+}
 
+/// The stored flag `key` and its version; `not_found` naming `key` when there is none.
+async fn existing_flag(
+    connection: &mut Connection,
+    keys: &Keys,
+    key: &str,
+) -> Result<(u64, rollout_store::FlagRecord), QueryError> {
+    let stored = load_flag(connection, keys, key).await?;
+    let record = stored.record.ok_or_else(|| {
+        WireError::not_found(format!("flag {key} does not exist")).with_field("key")
+    })?;
+    Ok((stored.version, record))
+}
+
+impl Reader {
     async fn flag(
         &self,
         connection: &mut Connection,
         keys: &Keys,
         key: &str,
     ) -> Result<QueryReply, QueryError> {
-        let stored = load_flag(connection, keys, key).await?;
-        let record = stored.record.ok_or_else(|| {
-            WireError::not_found(format!("flag {key} does not exist")).with_field("key")
-        })?;
+        let (stored_version, record) = existing_flag(connection, keys, key).await?;
         Ok(QueryReply::Flag(Box::new(FlagResult {
             flag: record.flag,
-            version: stored.version,
+            version: stored_version,
             active_rollout: record.active_rollout,
             side_effects: Vec::new(),
         })))
@@ -131,10 +143,7 @@ impl Reader {
         keys: &Keys,
         key: &str,
     ) -> Result<QueryReply, QueryError> {
-        let stored = load_flag(connection, keys, key).await?;
-        let record = stored.record.ok_or_else(|| {
-            WireError::not_found(format!("flag {key} does not exist")).with_field("key")
-        })?;
+        let (_, record) = existing_flag(connection, keys, key).await?;
         let now = redis_time(connection).await?;
         let rollout = match &record.active_rollout {
             Some(rollout_id) => load_rollout(connection, keys, rollout_id).await?,

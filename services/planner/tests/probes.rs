@@ -57,6 +57,7 @@ async fn probes_say_ready_count_commands_and_name_what_is_missing() {
         "{metrics}"
     );
     assert!(metrics.contains("planner_ready 1"), "{metrics}");
+    assert!(metrics.contains("planner_outbox_depth "), "{metrics}");
 
     // Redis gone: not ready, and the answer says why
     sandbox.redis.stop().expect("redis stops");

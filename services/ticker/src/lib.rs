@@ -53,14 +53,10 @@ pub async fn run(config: TickerConfig, shutdown: Shutdown) -> Result<(), TickerE
     let ticker = Ticker::new(redis.clone(), nats.clone(), subjects, config.ticker);
     let replica = ticker.replica_id().to_owned();
     let probes = Tasks::new();
-    let pinged = redis;
     let redis_up = Dependency::watch(
         "redis",
         Duration::from_secs(2),
-        move || {
-            let mut connection = pinged.clone();
-            async move { rollout_store::redis_time(&mut connection).await.is_ok() }
-        },
+        rollout_store::answers(redis),
         shutdown.clone(),
         &probes,
     );

@@ -25,16 +25,10 @@ impl TickerProbe {
     /// What this replica answers a cluster ping with.
     pub fn describe(&self) -> rollout_wire::MemberInfo {
         let stats = self.stats.snapshot();
-        let readiness = self.readiness();
         rollout_wire::MemberInfo {
-            service: "ticker".to_owned(),
-            replica: self.replica.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            ready: readiness.is_ok(),
-            reason: readiness.err(),
             leader: Some(stats.leader),
             epoch: Some(stats.epoch),
-            served: std::collections::BTreeMap::new(),
+            ..rollout_wire::MemberInfo::new("ticker", &self.replica, self.readiness())
         }
     }
 }

@@ -65,14 +65,19 @@ impl EventSubscription {
     }
 }
 
-/// Decodes a change event in the encoding its `Content-Type` header names.
-pub fn decode_event(message: &async_nats::Message) -> Result<ChangeEvent> {
+/// The encoding a message's `Content-Type` header names (MessagePack when it names none).
+pub fn message_encoding(message: &async_nats::Message) -> Encoding {
     let content_type = message
         .headers
         .as_ref()
         .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
         .map(|value| value.as_str());
-    let encoding = Encoding::from_content_type(content_type);
+    Encoding::from_content_type(content_type)
+}
+
+/// Decodes a change event in the encoding its `Content-Type` header names.
+pub fn decode_event(message: &async_nats::Message) -> Result<ChangeEvent> {
+    let encoding = message_encoding(message);
     ChangeEvent::decode(&message.payload, encoding).map_err(|error| {
         Error::new(
             ErrorKind::Decode,

@@ -98,6 +98,18 @@ impl StoreError {
     }
 }
 
+/// A check that Redis answers (one `TIME` round trip), for readiness probes: each call
+/// makes a fresh future on a clone of `redis`.
+pub fn answers(
+    redis: redis::aio::ConnectionManager,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static
+{
+    move || {
+        let mut connection = redis.clone();
+        Box::pin(async move { redis_time(&mut connection).await.is_ok() })
+    }
+}
+
 /// Redis `TIME`: the one clock of the system.
 pub async fn redis_time<C: ConnectionLike + Send + Sync>(
     connection: &mut C,

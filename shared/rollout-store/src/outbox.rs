@@ -287,6 +287,22 @@ impl Relay {
         Ok(relayed_ids.len())
     }
 
+    /// How many events wait unpublished in every registered namespace's outbox together.
+    pub async fn depth_all(&self) -> Result<u64, StoreError> {
+        let mut connection = self.redis.clone();
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::namespaces())
+            .query_async(&mut connection)
+            .await?;
+        let mut depth = 0;
+        for name in names {
+            if let Ok(namespace) = Namespace::new(name.as_str()) {
+                depth += pending(&mut connection, &Keys::new(&namespace)).await?;
+            }
+        }
+        Ok(depth)
+    }
+
     /// [`Relay::sweep`] over every registered namespace.
     pub async fn sweep_all(&self, grace: Duration) -> Result<usize, StoreError> {
         let mut connection = self.redis.clone();

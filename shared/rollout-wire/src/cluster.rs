@@ -32,6 +32,23 @@ pub struct MemberInfo {
     pub served: BTreeMap<String, Served>,
 }
 
+impl MemberInfo {
+    /// A replica of `service` whose readiness is `readiness` (the reason when not ready),
+    /// at this build's version; tickers and evaluators add what they know.
+    pub fn new(service: &str, replica: &str, readiness: Result<(), String>) -> MemberInfo {
+        MemberInfo {
+            service: service.to_owned(),
+            replica: replica.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: readiness.is_ok(),
+            reason: readiness.err(),
+            leader: None,
+            epoch: None,
+            served: BTreeMap::new(),
+        }
+    }
+}
+
 /// What an evaluator serves in one namespace: replicas serving the same state show the same
 /// figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
