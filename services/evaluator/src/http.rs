@@ -44,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
         .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
+        .route("/ofrep/v1/configuration", get(configuration))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -250,34 +251,45 @@ async fn evaluate_bulk(
                 });
             }
             record(&shared, prepared.namespace.as_deref(), None);
-            let bytes =
-                serde_json::to_vec(&serde_json::json!({ "flags": flags })).unwrap_or_default();
-            let etag = ofrep::etag_of(&bytes);
-            let unchanged = headers
-                .get(IF_NONE_MATCH)
-                .and_then(|value| value.to_str().ok())
-                .is_some_and(|wanted| ofrep::etag_matches(wanted, &etag));
-            let etag_value =
-                HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-            if unchanged {
-                (StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response()
-            } else {
-                (
-                    StatusCode::OK,
-                    [
-                        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                        (ETAG, etag_value),
-                    ],
-                    bytes,
-                )
-                    .into_response()
-            }
+            tagged_json(&headers, &serde_json::json!({ "flags": flags }))
         }
     };
     shared
         .metrics
         .record_latency(Transport::Http, started.elapsed());
     response
+}
+
+/// `body` as JSON with a strong `ETag` of its bytes, or `304 Not Modified` when the
+/// request's `If-None-Match` names that tag.
+fn tagged_json(headers: &HeaderMap, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let etag = ofrep::etag_of(&bytes);
+    let unchanged = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|wanted| ofrep::etag_matches(wanted, &etag));
+    let etag_value =
+        HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    if unchanged {
+        (StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response()
+    } else {
+        (
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (ETAG, etag_value),
+            ],
+            bytes,
+        )
+            .into_response()
+    }
+}
+
+/// `GET /ofrep/v1/configuration` (the OFREP extension): what a provider may expect of this
+/// evaluator. It carries no flag data, so it answers without a token.
+async fn configuration(headers: HeaderMap) -> Response {
+    tagged_json(&headers, &ofrep::configuration())
 }
 
 async fn healthz() -> &'static str {

@@ -244,6 +244,26 @@ pub fn success_body(live: &LiveFlag, evaluation: &Evaluation<'_>) -> Value {
     })
 }
 
+/// The body of `GET /ofrep/v1/configuration`: this evaluator's name and capabilities —
+/// bulk answers are cached by `ETag` and may be polled (at most once a second is useful:
+/// a change reaches every evaluator within milliseconds), and the value types it serves.
+pub fn configuration() -> Value {
+    serde_json::json!({
+        "name": "rollout evaluator",
+        "capabilities": {
+            "cacheInvalidation": {
+                "polling": {"enabled": true, "minPollingIntervalMs": MIN_POLLING_INTERVAL_MS},
+            },
+            "flagEvaluation": {
+                "supportedTypes": ["boolean", "string", "integer", "float", "object"],
+            },
+        },
+    })
+}
+
+/// The shortest polling interval the configuration advertises.
+pub const MIN_POLLING_INTERVAL_MS: u64 = 1000;
+
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, lists, `*`).
 pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     let bare = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();

@@ -692,6 +692,28 @@ async fn ofrep_bulk_health_readiness_and_metrics() {
     let addr = replica.http_addr();
     assert_eq!(http(addr, "GET", "/healthz", &[], b"").await.status, 200);
     assert_eq!(http(addr, "GET", "/readyz", &[], b"").await.status, 200);
+    // the OFREP configuration extension: capabilities, cacheable by its ETag
+    let configuration = http(addr, "GET", "/ofrep/v1/configuration", &[], b"").await;
+    assert_eq!(configuration.status, 200);
+    let capabilities = &configuration.json()["capabilities"];
+    assert_eq!(
+        capabilities["cacheInvalidation"]["polling"]["enabled"],
+        true
+    );
+    assert!(capabilities["flagEvaluation"]["supportedTypes"]
+        .as_array()
+        .expect("types")
+        .contains(&serde_json::json!("boolean")));
+    let tag = configuration.headers.get("etag").expect("etag").clone();
+    let again = http(
+        addr,
+        "GET",
+        "/ofrep/v1/configuration",
+        &[("If-None-Match", &tag)],
+        b"",
+    )
+    .await;
+    assert_eq!(again.status, 304);
     let body = serde_json::to_vec(
         &serde_json::json!({"context": {"targetingKey": "u-1", "plan": "beta"}}),
     )
