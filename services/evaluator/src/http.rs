@@ -200,13 +200,25 @@ async fn evaluate_one(
             let answer = prepared.namespace.as_deref().and_then(|namespace| {
                 namespace.with_flag(&key, |live| {
                     let evaluation = live.compiled().evaluate(&prepared.entity);
-                    ofrep::success_body(live, &evaluation)
+                    if ofrep::needs_key(&prepared.entity, &evaluation) {
+                        Err(OfrepError::targeting_key_missing())
+                    } else {
+                        Ok(ofrep::success_body(live, &evaluation))
+                    }
                 })
             });
             match answer {
-                Some(body) => {
+                Some(Ok(body)) => {
                     record(&shared, prepared.namespace.as_deref(), None);
                     json_response(StatusCode::OK, &body)
+                }
+                Some(Err(error)) => {
+                    record(
+                        &shared,
+                        prepared.namespace.as_deref(),
+                        Some(code_of(&error)),
+                    );
+                    json_response(status_of(&error), &error.body_for(&key))
                 }
                 None => {
                     record(
@@ -247,7 +259,12 @@ async fn evaluate_bulk(
             if let Some(namespace) = prepared.namespace.as_deref() {
                 namespace.for_each_flag(|live| {
                     let evaluation = live.compiled().evaluate(&prepared.entity);
-                    flags.push(ofrep::success_body(live, &evaluation));
+                    // a flag that needs the missing targeting key fails alone
+                    flags.push(if ofrep::needs_key(&prepared.entity, &evaluation) {
+                        OfrepError::targeting_key_missing().body_for(live.compiled().key())
+                    } else {
+                        ofrep::success_body(live, &evaluation)
+                    });
                 });
             }
             record(&shared, prepared.namespace.as_deref(), None);

@@ -145,12 +145,15 @@ fn labels(value: &Map<String, Value>) -> Option<Labels> {
         .collect()
 }
 
-/// The entity an OFREP context describes, checked against the entity caps.
+/// The entity an OFREP context describes, checked against the entity caps. A context
+/// without a `targetingKey` (or none at all) is an entity without an id: flags that need
+/// one to bucket answer `TARGETING_KEY_MISSING` one by one (see [`needs_key`]), the rest
+/// are served.
 pub fn entity_from_context(context: Option<&Map<String, Value>>) -> Result<Entity, OfrepError> {
-    let context = context.ok_or_else(OfrepError::targeting_key_missing)?;
+    let empty = Map::new();
+    let context = context.unwrap_or(&empty);
     let id = match context.get("targetingKey") {
-        None | Some(Value::Null) => return Err(OfrepError::targeting_key_missing()),
-        Some(Value::String(id)) if id.is_empty() => return Err(OfrepError::targeting_key_missing()),
+        None | Some(Value::Null) => String::new(),
         Some(Value::String(id)) => id.clone(),
         Some(_) => {
             return Err(OfrepError::invalid_context(
@@ -182,7 +185,14 @@ pub fn entity_from_context(context: Option<&Map<String, Value>>) -> Result<Entit
         }
     }
     let mut errors = ValidationErrors::default();
-    validate_entity(&entity, "context", &mut errors);
+    if entity.id.is_empty() {
+        // checked as it stands but for the id it does not have
+        let mut keyed = entity.clone();
+        keyed.id = "-".to_owned();
+        validate_entity(&keyed, "context", &mut errors);
+    } else {
+        validate_entity(&entity, "context", &mut errors);
+    }
     if !errors.is_empty() {
         // the entity's id is the context's targetingKey
         let message = errors
@@ -191,6 +201,12 @@ pub fn entity_from_context(context: Option<&Map<String, Value>>) -> Result<Entit
         return Err(OfrepError::invalid_context(message));
     }
     Ok(entity)
+}
+
+/// Whether `evaluation` of `entity` needed the targeting key the context did not give (it
+/// would have bucketed on it): such a flag answers `TARGETING_KEY_MISSING`.
+pub fn needs_key(entity: &Entity, evaluation: &Evaluation<'_>) -> bool {
+    entity.id.is_empty() && evaluation.keyless
 }
 
 /// The OFREP name of a reason.
@@ -308,13 +324,20 @@ mod tests {
     }
 
     #[test]
-    fn bad_contexts_are_refused_with_their_code() {
+    fn a_context_without_a_key_is_an_entity_without_an_id() {
+        assert_eq!(entity_from_context(None).expect("no context").id, "");
+        let entity = entity_from_context(Some(&context(serde_json::json!({"plan": "pro"}))))
+            .expect("no key");
+        assert_eq!(entity.id, "");
         assert_eq!(
-            entity_from_context(None).expect_err("none").code,
-            "TARGETING_KEY_MISSING"
+            entity.attributes["plan"],
+            AttributeValue::String("pro".into())
         );
+    }
+
+    #[test]
+    fn bad_contexts_are_refused_with_their_code() {
         for (value, code) in [
-            (serde_json::json!({"plan": "pro"}), "TARGETING_KEY_MISSING"),
             (serde_json::json!({"targetingKey": 7}), "INVALID_CONTEXT"),
             (
                 serde_json::json!({"targetingKey": "u", "nested": {"a": 1}}),

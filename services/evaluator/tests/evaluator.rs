@@ -641,9 +641,19 @@ async fn bad_input_gets_invalid_argument_in_both_encodings() {
         assert_eq!(response.json()["errorCode"], "INVALID_CONTEXT");
         assert_eq!(response.json()["key"], "checkout");
     }
+    // without a targeting key, what needs none is served (a rule on another attribute)…
     let response = ofrep(addr, NS, "checkout", serde_json::json!({"plan": "beta"})).await;
-    assert_eq!(response.status, 400);
-    assert_eq!(response.json()["errorCode"], "TARGETING_KEY_MISSING");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        (
+            response.json()["variant"].clone(),
+            response.json()["reason"].clone()
+        ),
+        (
+            serde_json::json!("on"),
+            serde_json::json!("TARGETING_MATCH")
+        )
+    );
     let response = http(
         addr,
         "POST",
@@ -1552,4 +1562,61 @@ async fn fleet_agents_are_evaluated_with_their_registered_attributes() {
         stored.attributes.get("arch"),
         Some(&rollout_core::AttributeValue::String("arm64".into()))
     );
+}
+
+/// OFREP contexts without a targeting key: flags that can answer without one are served,
+/// flags that bucket on it fail one by one with `TARGETING_KEY_MISSING`, in single and
+/// bulk evaluations alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_flags_that_bucket_need_the_targeting_key() {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    store.create_flag(NS, checkout_flag("checkout")).await;
+    let mut halves = serde_json::to_value(checkout_flag("halves")).expect("json");
+    halves["default"] = serde_json::json!({"split": [
+        {"variation": "off", "weight": 50}, {"variation": "on", "weight": 50}]});
+    store
+        .create_flag(NS, serde_json::from_value(halves).expect("flag"))
+        .await;
+    let replica = start(servers.config()).await;
+    let addr = replica.http_addr();
+    let keyless = serde_json::json!({"plan": "pro"});
+    let served = ofrep(addr, NS, "checkout", keyless.clone()).await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.json()["variant"], "off");
+    let refused = ofrep(addr, NS, "halves", keyless.clone()).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["errorCode"], "TARGETING_KEY_MISSING");
+    assert_eq!(refused.json()["key"], "halves");
+
+    let body = serde_json::to_vec(&serde_json::json!({"context": keyless})).expect("json");
+    let bulk = http(
+        addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(bulk.status, 200, "{}", bulk.text());
+    let flags = bulk.json()["flags"].as_array().expect("flags").clone();
+    let by_key = |key: &str| {
+        flags
+            .iter()
+            .find(|flag| flag["key"] == key)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(by_key("checkout")["variant"], "off");
+    assert_eq!(by_key("halves")["errorCode"], "TARGETING_KEY_MISSING");
+    // with a key, both are served
+    let keyed = ofrep(
+        addr,
+        NS,
+        "halves",
+        serde_json::json!({"targetingKey": "user-1"}),
+    )
+    .await;
+    assert_eq!(keyed.status, 200, "{}", keyed.text());
+    replica.stop().await;
 }

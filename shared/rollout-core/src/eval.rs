@@ -54,6 +54,11 @@ pub struct Evaluation<'a> {
     pub step: Option<usize>,
     /// The entity's bucket, when bucketing decided.
     pub bucket: Option<u32>,
+    /// Bucketing was needed and the entity had nothing to bucket on (no id, or not the
+    /// stickiness attribute): the answer is the fallback (a split's last variation, a
+    /// rollout's baseline). OFREP turns this into `TARGETING_KEY_MISSING` for a context
+    /// without a targeting key.
+    pub keyless: bool,
 }
 
 /// What evaluators need of an active (running or paused) rollout.
@@ -339,13 +344,15 @@ pub struct CompiledFlag {
     rules: Vec<CompiledRule>,
 }
 
-/// The key an entity is bucketed on: its id, or its stickiness attribute.
+/// The key an entity is bucketed on: its id, or its stickiness attribute; `None` when it
+/// has neither (an entity without an id, as OFREP contexts without a targeting key are).
 fn bucketing_key<'e>(entity: &'e Entity, stickiness: Option<&str>) -> Option<Cow<'e, str>> {
+    let id = || (!entity.id.is_empty()).then_some(Cow::Borrowed(entity.id.as_str()));
     match stickiness {
-        None => Some(Cow::Borrowed(entity.id.as_str())),
+        None => id(),
         Some(attribute) => match entity.attributes.get(attribute) {
             Some(value) => value.stickiness_key(),
-            None if attribute == "id" => Some(Cow::Borrowed(entity.id.as_str())),
+            None if attribute == "id" => id(),
             None => None,
         },
     }
@@ -480,6 +487,7 @@ impl CompiledFlag {
             rollout_id: None,
             step: None,
             bucket: None,
+            keyless: false,
         }
     }
 
@@ -501,7 +509,10 @@ impl CompiledFlag {
                     .last()
                     .map_or(self.off_variation, |(_, variation)| *variation);
                 let Some(key) = bucketing_key(entity, stickiness.as_deref()) else {
-                    return self.answer(fallback, Reason::Split, rule_id);
+                    return Evaluation {
+                        keyless: true,
+                        ..self.answer(fallback, Reason::Split, rule_id)
+                    };
                 };
                 let bucket = seed.bucket(&key);
                 let variation = ranges
@@ -536,7 +547,10 @@ impl CompiledFlag {
                 match &rollout.audience {
                     ViewAudience::Share(share) => {
                         let Some(key) = bucketing_key(entity, rollout.stickiness.as_deref()) else {
-                            return decided(rollout.baseline, Reason::StickinessMissing, None);
+                            return Evaluation {
+                                keyless: true,
+                                ..decided(rollout.baseline, Reason::StickinessMissing, None)
+                            };
                         };
                         let bucket = rollout.seed.bucket(&key);
                         let variation = if share.contains(bucket) {

@@ -275,6 +275,7 @@ mod tests {
             rollout_id: Some("r-1"),
             step: Some(2),
             bucket: Some(31_337),
+            keyless: false,
         };
         let plain = EvalResult::from_evaluation("new-checkout", 17, &evaluation, false);
         assert_eq!(
