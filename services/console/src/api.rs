@@ -204,13 +204,12 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(console): State<Arc<Console>>) -> Response {
-    if console.nats.connection_state() == async_nats::connection::State::Connected {
-        json_response(StatusCode::OK, &json!({"status": "ready"}))
-    } else {
-        json_response(
+    match rollout_runtime::probes::nats_readiness(&console.nats) {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Err(reason) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "not ready", "reason": "not connected to NATS"}),
-        )
+            &json!({"status": "not ready", "reason": reason}),
+        ),
     }
 }
 

@@ -362,16 +362,7 @@ async fn a_viewer_sees_everything_and_the_server_refuses_its_actions() {
     let sandbox = Sandbox::builder().planners(1).start().await;
     let console = RunningConsole::start(&sandbox).await;
     let operator = sandbox.operator();
-    operator
-        .create_flag(boolean_flag("checkout"))
-        .await
-        .expect("flag");
-    let rollout = operator
-        .create_rollout(common::spec(json!({
-            "flag": "checkout", "baseline": "off", "candidate": "on", "preset": "1hr",
-        })))
-        .await
-        .expect("rollout");
+    let rollout = common::checkout_rollout(&sandbox, json!({"preset": "1hr"})).await;
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &console, "bob", BOB_PASSWORD).await;
     open_rollout(&browser, &console, &rollout.rollout_id).await;
@@ -429,17 +420,11 @@ async fn the_page_reconnects_after_a_console_restart_and_a_nats_restart() {
     let sandbox = Sandbox::builder().planners(1).tickers(1).start().await;
     let mut console = RunningConsole::start(&sandbox).await;
     let operator = sandbox.operator();
-    operator
-        .create_flag(boolean_flag("checkout"))
-        .await
-        .expect("flag");
-    let rollout = operator
-        .create_rollout(common::spec(json!({
-            "flag": "checkout", "baseline": "off", "candidate": "on",
-            "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}],
-        })))
-        .await
-        .expect("rollout");
+    let rollout = common::checkout_rollout(
+        &sandbox,
+        json!({"phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &console, "alice", ALICE_PASSWORD).await;
     open_rollout(&browser, &console, &rollout.rollout_id).await;

@@ -38,6 +38,21 @@ async fn call(
     .expect("console answers")
 }
 
+/// The newest entry of `rollout_id`'s audit, as the planner keeps it.
+async fn newest_audit_entry(
+    operator: &rollout_sdk::CommandClient,
+    rollout_id: &str,
+) -> rollout_wire::AuditEntry {
+    let audit = operator
+        .audit(rollout_wire::AuditQuery {
+            rollout_id: Some(rollout_id.to_owned()),
+            ..rollout_wire::AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    audit.entries.into_iter().next().expect("an audit entry")
+}
+
 /// Signs `name` in; the cookie header value and the CSRF token.
 async fn sign_in(console: &RunningConsole, name: &str, password: &str) -> (String, String) {
     let response = call(
@@ -129,17 +144,11 @@ async fn actions_need_the_operator_role_and_the_csrf_token_and_are_audited_as_th
     let sandbox = Sandbox::builder().planners(1).start().await;
     let console = RunningConsole::start(&sandbox).await;
     let operator = sandbox.operator();
-    operator
-        .create_flag(boolean_flag("checkout"))
-        .await
-        .expect("flag");
-    let rollout = operator
-        .create_rollout(common::spec(json!({
-            "flag": "checkout", "baseline": "off", "candidate": "on",
-            "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}],
-        })))
-        .await
-        .expect("rollout");
+    let rollout = common::checkout_rollout(
+        &sandbox,
+        json!({"phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
     let pause = format!("/api/rollouts/prod/{}/pause", rollout.rollout_id);
 
     // the viewer: refused by the server, and nothing changes
@@ -209,14 +218,7 @@ async fn actions_need_the_operator_role_and_the_csrf_token_and_are_audited_as_th
     .await;
     assert_eq!(paused.status, 200, "{}", paused.text());
     assert_eq!(paused.json()["state"], "paused");
-    let audit = operator
-        .audit(rollout_wire::AuditQuery {
-            rollout_id: Some(rollout.rollout_id.clone()),
-            ..rollout_wire::AuditQuery::default()
-        })
-        .await
-        .expect("audit");
-    let newest = &audit.entries[0];
+    let newest = newest_audit_entry(&operator, &rollout.rollout_id).await;
     assert_eq!(
         (newest.actor.as_str(), newest.kind),
         ("alice", rollout_wire::EventKind::RolloutPaused)
@@ -245,14 +247,12 @@ async fn actions_need_the_operator_role_and_the_csrf_token_and_are_audited_as_th
     )
     .await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
-    let audit = operator
-        .audit(rollout_wire::AuditQuery {
-            rollout_id: Some(rollout.rollout_id.clone()),
-            ..rollout_wire::AuditQuery::default()
-        })
-        .await
-        .expect("audit");
-    assert_eq!(audit.entries[0].actor, "deploy-bot");
+    assert_eq!(
+        newest_audit_entry(&operator, &rollout.rollout_id)
+            .await
+            .actor,
+        "deploy-bot"
+    );
     sandbox.stop().await;
 }
 

@@ -19,6 +19,14 @@ pub enum TickerError {
     /// The configured subject prefix is not valid.
     #[error("nats.subject_prefix: {0}")]
     Subjects(#[from] SubjectError),
+    /// NATS refused a subscription the ticker answers on.
+    #[error("cannot subscribe to {subject}: {message}")]
+    Subscribe {
+        /// What was subscribed to.
+        subject: String,
+        /// Why.
+        message: String,
+    },
     /// The probe listener (`http.listen`) could not be bound.
     #[error("cannot listen on {addr} (http.listen): {message}")]
     Bind {
@@ -34,7 +42,9 @@ impl ExitStatus for TickerError {
         match self {
             TickerError::Connect(_) => EX_UNAVAILABLE,
             TickerError::Subjects(_) => EX_USAGE,
-            TickerError::Store(_) | TickerError::Bind { .. } => EX_SOFTWARE,
+            TickerError::Store(_) | TickerError::Bind { .. } | TickerError::Subscribe { .. } => {
+                EX_SOFTWARE
+            }
         }
     }
 }

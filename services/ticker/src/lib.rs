@@ -75,9 +75,9 @@ pub async fn run(config: TickerConfig, shutdown: Shutdown) -> Result<(), TickerE
         &probes,
     )
     .await
-    .map_err(|error| TickerError::Bind {
-        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        message: format!("cannot answer cluster pings: {error}"),
+    .map_err(|error| TickerError::Subscribe {
+        subject: "cluster pings".to_owned(),
+        message: error.to_string(),
     })?;
     if let Some(listen) = config.http.listen {
         serve_probes(listen, probe, shutdown.clone(), &probes)

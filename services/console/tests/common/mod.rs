@@ -121,3 +121,24 @@ pub fn versioned_flag(key: &str) -> rollout_sdk::Flag {
 pub fn spec(value: serde_json::Value) -> rollout_sdk::RolloutSpec {
     serde_json::from_value(value).expect("spec")
 }
+
+/// Flag `checkout` (off/on) and one rollout of it with `plan` (`phases`, `preset`, …
+/// merged into the spec), as an operator creates them over NATS.
+pub async fn checkout_rollout(
+    sandbox: &Sandbox,
+    plan: serde_json::Value,
+) -> rollout_wire::RolloutResult {
+    let operator = sandbox.operator();
+    operator
+        .create_flag(rollout_sandbox::boolean_flag("checkout"))
+        .await
+        .expect("flag");
+    let mut rollout = serde_json::json!({"flag": "checkout", "baseline": "off", "candidate": "on"});
+    for (key, value) in plan.as_object().expect("an object").clone() {
+        rollout[key] = value;
+    }
+    operator
+        .create_rollout(spec(rollout))
+        .await
+        .expect("rollout")
+}
