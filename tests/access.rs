@@ -133,12 +133,19 @@ fn accounts_conf() -> String {
 /// ones of deploy/.env.example); the test kit's own `admin` user (everything allowed)
 /// seeds, reads and reads the ACL log for the checks.
 fn restricted_redis() -> RedisServer {
+    restricted_redis_with(RedisOptions::default())
+}
+
+/// [`restricted_redis`] on `options` (e.g. with the AOF on). The shipped `default` line
+/// comes after the test kit's own (`user default off`), so the default user is exactly what
+/// users.acl makes it: off, yet allowed what Redis's AOF loading runs as it.
+fn restricted_redis_with(options: RedisOptions) -> RedisServer {
     let shipped = std::fs::read_to_string(repo_file("deploy/redis/users.acl"))
         .expect("deploy/redis/users.acl");
     let users: String = shipped
         .lines()
         .map(str::trim)
-        .filter(|line| line.starts_with("user ") && !line.starts_with("user default "))
+        .filter(|line| line.starts_with("user "))
         .map(|line| format!("{line}\n"))
         .collect();
     for user in REDIS_USERS {
@@ -148,7 +155,7 @@ fn restricted_redis() -> RedisServer {
         );
     }
     RedisServer::start_with(
-        RedisOptions::default()
+        options
             .user("admin")
             .password("admin-test-password")
             .extra_config(users),
@@ -680,6 +687,49 @@ async fn unauthenticated_connections_are_refused() {
             .await
             .unwrap_or_else(|error| panic!("acl user {user} logs in: {error}"));
     }
+}
+
+/// Redis replays its AOF on start as the `default` user (Redis 7.0): were that user only
+/// `off` with no commands, as a locked-down ACL file is tempted to write, every replayed
+/// transaction would be refused ("NOPERM … ACLs rules changed") and a restart would come
+/// back empty. Commits made through the shipped users survive a kill -9 and a restart, and
+/// nobody can log in as `default`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_under_the_shipped_users_survive_a_redis_restart_from_its_aof() {
+    rollout_runtime::telemetry::init_for_tests();
+    let redis = restricted_redis_with(RedisOptions::default().appendonly(true));
+    let keys = Keys::new(&Namespace::new(NS).expect("namespace"));
+    let mut planner = redis_connection(&redis, "planner").await;
+    let writer = Writer::unpublished(planner.clone());
+    let created = commit(&writer, flag_change(&mut planner, "survivor", 0).await)
+        .await
+        .expect("the planner commits");
+    assert!(matches!(created, Written::Committed { .. }), "{created:?}");
+    commit_flag_update(&writer, &mut planner, &keys, "survivor").await;
+    let record = stored_key("flag:survivor");
+    let before = admin(&redis, &["HMGET", &record, "data", "rev"]);
+
+    redis.kill().expect("kill -9");
+    tokio::task::block_in_place(|| redis.restart()).expect("redis restarts from its AOF");
+
+    let mut evaluator = redis_connection(&redis, "evaluator").await;
+    let stored = load_flag(&mut evaluator, &keys, "survivor")
+        .await
+        .expect("the flag is still there after the restart");
+    assert_eq!(stored.version, 2, "both commits were replayed");
+    assert_eq!(admin(&redis, &["HMGET", &record, "data", "rev"]), before);
+    // the default user can do what AOF loading needs, but no client can become it
+    let refused = redis::Client::open(format!(
+        "redis://default:anything@127.0.0.1:{}",
+        redis.port()
+    ))
+    .expect("url")
+    .get_multiplexed_async_connection()
+    .await
+    .expect_err("nobody logs in as default")
+    .to_string()
+    .to_lowercase();
+    assert!(refused.contains("authentication failed"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

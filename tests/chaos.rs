@@ -162,7 +162,7 @@ impl PhasedRun {
         sleep_ms(300).await;
         let events = cluster.events.events();
         check_rollouts(
-            cluster,
+            &cluster.committed(),
             &self.workload.rollouts,
             Some(&events),
             &mut self.report,
@@ -501,7 +501,7 @@ async fn redis_kill_9_and_restart_with_aof() {
     sleep_ms(1_000).await;
     stop.store(1, Ordering::Relaxed);
     let acknowledged = stream.await.expect("command stream");
-    check_commands(&run.cluster, &acknowledged, &mut run.report).await;
+    check_commands(&run.cluster.committed(), &acknowledged, &mut run.report).await;
     for (flag, ids) in &acknowledged {
         let version = run.cluster.flag_version(flag).await;
         assert_eq!(
@@ -615,7 +615,7 @@ async fn nats_restart_during_a_command_storm() {
         )
         .await;
     }
-    check_commands(&run.cluster, &sent, &mut run.report).await;
+    check_commands(&run.cluster.committed(), &sent, &mut run.report).await;
     for (flag, ids) in &sent {
         assert_eq!(
             run.cluster.flag_version(flag).await,
@@ -728,7 +728,7 @@ async fn planner_killed_mid_command() {
         .await;
         assert_eq!(run.cluster.flag_version(flag).await, 1 + ids.len() as u64);
     }
-    check_commands(&run.cluster, &expected, &mut run.report).await;
+    check_commands(&run.cluster.committed(), &expected, &mut run.report).await;
     run.cluster.wait_converged(&flags).await;
     drop(doomed);
     run.finish().await;
@@ -823,7 +823,13 @@ async fn evaluator_killed_and_restarted() {
             .await;
     }
     let events = cluster.events.events();
-    check_rollouts(&cluster, &workload.rollouts, Some(&events), &mut report).await;
+    check_rollouts(
+        &cluster.committed(),
+        &workload.rollouts,
+        Some(&events),
+        &mut report,
+    )
+    .await;
     monitor.finish(&mut report);
     report.add_oracle(oracle.finish());
     report.leader_changes = cluster.epoch_counter().await - first_epoch;

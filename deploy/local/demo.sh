@@ -3,12 +3,31 @@
 # by `status` and `watch` until it completes, then a label-staged fleet rollout with
 # simulated agents and a `continue`, and a slow rollout left running for the console.
 # Usage: demo.sh BIN_DIR
+#
+# NATS comes from ROLLOUT_NATS__* (URL and the operator's credentials). On a cluster with
+# NATS users (the compose one, deploy/compose/demo.sh) the operator may not evaluate or
+# talk fleet: DEMO_NAMESPACE picks the namespace (default demo), DEMO_EVAL_USER /
+# DEMO_EVAL_PASSWORD the user that evaluates (an SDK user of that namespace) and
+# DEMO_AGENTS_USER / DEMO_AGENTS_PASSWORD the one the simulated agents log in as.
 set -euo pipefail
 BIN="$1"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CTL=("$BIN/rolloutctl" -n demo)
+NS="${DEMO_NAMESPACE:-demo}"
+CTL=("$BIN/rolloutctl" -n "$NS")
 step() { printf '\n\033[1;36m-- %s\033[0m\n' "$*"; }
-show() { printf '\033[2m$ rolloutctl -n demo %s\033[0m\n' "$*"; "${CTL[@]}" "$@"; }
+show() { printf '\033[2m$ rolloutctl -n %s %s\033[0m\n' "$NS" "$*"; "${CTL[@]}" "$@"; }
+# `as_user USER PASSWORD command...`: the command logs in to NATS as USER (when given),
+# receiving replies under its own inbox prefix
+as_user() {
+    local user="$1" password="$2"
+    shift 2
+    if [ -n "$user" ]; then
+        ROLLOUT_NATS__USER="$user" ROLLOUT_NATS__PASSWORD="$password" \
+            ROLLOUT_NATS__INBOX_PREFIX="_INBOX_$user" "$@"
+    else
+        "$@"
+    fi
+}
 
 step "1. a flag"
 show flag create -f "$HERE/demo/flag.yaml" || show flag get demo-checkout
@@ -24,7 +43,8 @@ show rollout status "$rollout_id"
 step "3. which side do entities get? (evaluated by the evaluators, in memory)"
 for user in user-1 user-2 user-3 user-4 user-5; do
     printf '%s → ' "$user"
-    "${CTL[@]}" eval demo-checkout --entity "$user" --explain | head -n 1
+    as_user "${DEMO_EVAL_USER:-}" "${DEMO_EVAL_PASSWORD:-}" \
+        "${CTL[@]}" eval demo-checkout --entity "$user" --explain | head -n 1
 done
 
 step "4. watch the tickers advance it (Ctrl-C leaves the cluster running)"
@@ -33,7 +53,8 @@ show rollout status "$rollout_id"
 
 step "5. a fleet rollout by label stages, with 30 simulated agents"
 show flag create -f "$HERE/demo/agent-flag.yaml" || true
-"$BIN/loadtest" agents --nats-url "$ROLLOUT_NATS__URL" --namespace demo --flag demo-collector-config \
+as_user "${DEMO_AGENTS_USER:-}" "${DEMO_AGENTS_PASSWORD:-}" \
+    "$BIN/loadtest" agents --nats-url "$ROLLOUT_NATS__URL" --namespace "$NS" --flag demo-collector-config \
     --count 30 --duration 90s >"${LOGS:-/tmp}/agents.log" 2>&1 &
 agents=$!
 trap 'kill $agents 2>/dev/null || true' EXIT

@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
     about = "load scenarios for the rollout scheduler, each measured beside a bare nats or redis baseline in the same run",
     long_about = "Load scenarios for the rollout scheduler. Each scenario starts its own private \
 nats-server and redis-server (from deploy/tools/install.sh) and runs the services in process, \
-or, with --nats-url/--redis-url, generates load against a running cluster on this machine. \
+or, with --nats-url/--redis-url, generates load against a running cluster on this machine \
+or a private network (the compose cluster's, from its loadtest container). \
 Every scenario measures its baseline in the same run, prints a summary with ratios and \
 SPEC §10 targets, and writes JSON with --json-out."
 )]
@@ -69,13 +70,14 @@ pub enum Scenario {
 /// Options of every load scenario.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// NATS of a running cluster on this machine (e.g. nats://127.0.0.1:14222 for
-    /// deploy/local/run.sh); without it, private servers and services are started
-    #[arg(long, value_name = "URL")]
+    /// NATS of a running cluster on this machine or a private network (e.g.
+    /// nats://127.0.0.1:14222 for deploy/local/run.sh); without it, private servers and
+    /// services are started. Credentials: ROLLOUT_NATS__USER, __PASSWORD, __INBOX_PREFIX
+    #[arg(long, value_name = "URL", env = "ROLLOUT_NATS__URL")]
     pub nats_url: Option<String>,
     /// Redis of that cluster (e.g. redis://127.0.0.1:16379); scenarios that seed state or
-    /// time Redis scripts need it
-    #[arg(long, value_name = "URL")]
+    /// time Redis scripts need it. Credentials: ROLLOUT_REDIS__USER, __PASSWORD
+    #[arg(long, value_name = "URL", env = "ROLLOUT_REDIS__URL")]
     pub redis_url: Option<String>,
     /// Subject prefix of that cluster
     #[arg(long, default_value = "rollout")]

@@ -1,22 +1,28 @@
 //! Where a scenario's load goes: private `nats-server` / `redis-server` processes started
-//! by `rollout-testkit` (the default), or a running cluster on this machine given by
-//! `--nats-url` / `--redis-url`; and the services a private run starts in process
-//! (planner, evaluators, ticker) with their one shutdown signal.
+//! by `rollout-testkit` (the default), or a running cluster given by `--nats-url` /
+//! `--redis-url`; and the services a private run starts in process (planner, evaluators,
+//! ticker) with their one shutdown signal.
 //!
-//! **Loopback only:** every URL must name this machine. The load generator measures
-//! latency against Redis `TIME` with its own clock, and it must never be pointed at
-//! somebody else's servers.
+//! **This machine or a private network only:** every URL must name a loopback address or
+//! a host that resolves to private addresses only (10/8, 172.16/12, 192.168/16, fc00::/7:
+//! the compose cluster's network, seen from its `loadtest` container). The load generator
+//! must never be pointed at somebody else's servers.
+//!
+//! **Credentials** come from the environment as the services take theirs:
+//! `ROLLOUT_NATS__USER`, `__PASSWORD`, `__INBOX_PREFIX` (and the other `ROLLOUT_NATS__*`),
+//! `ROLLOUT_REDIS__USER`, `__PASSWORD`; the URLs always come from the command line.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use anyhow::{bail, Context};
 use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
 use planner::{Planner, PlannerConfig};
 use redis::aio::ConnectionManager;
-use rollout_runtime::config::{NatsSettings, RedisSettings};
+use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_testkit::TestCluster;
 use rollout_wire::subjects::{Namespace, Subjects};
+use serde::Deserialize;
 use ticker::{Ticker, TickerSettings};
 
 use crate::cli::Common;
@@ -40,10 +46,10 @@ impl Servers {
     pub async fn from_common(common: &Common) -> anyhow::Result<Servers> {
         match (&common.nats_url, &common.redis_url) {
             (Some(nats_url), redis_url) => {
-                ensure_loopback(nats_url)
+                ensure_local(nats_url)
                     .map_err(|error| crate::usage(format!("--nats-url: {error:#}")))?;
                 if let Some(redis_url) = redis_url {
-                    ensure_loopback(redis_url)
+                    ensure_local(redis_url)
                         .map_err(|error| crate::usage(format!("--redis-url: {error:#}")))?;
                 }
                 Ok(Servers::External {
@@ -112,16 +118,16 @@ impl Servers {
     }
 }
 
-/// A NATS connection to `url`.
+/// A NATS connection to `url`, with the `ROLLOUT_NATS__*` credentials of the environment.
 pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    rollout_runtime::connect::connect_nats(&nats_settings(url), "loadtest")
+    rollout_runtime::connect::connect_nats(&nats_settings(url)?, "loadtest")
         .await
         .with_context(|| format!("connecting to nats at {url}"))
 }
 
-/// A Redis connection to `url`.
+/// A Redis connection to `url`, with the `ROLLOUT_REDIS__*` credentials of the environment.
 pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
-    rollout_runtime::connect::connect_redis(&redis_settings(url))
+    rollout_runtime::connect::connect_redis(&redis_settings(url)?)
         .await
         .with_context(|| {
             format!(
@@ -131,29 +137,58 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
         })
 }
 
-fn nats_settings(url: &str) -> NatsSettings {
-    NatsSettings {
-        url: url.to_owned(),
-        ..NatsSettings::default()
-    }
+/// The `ROLLOUT_NATS__*` and `ROLLOUT_REDIS__*` variables; other sections are not ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EnvSettings {
+    nats: NatsSettings,
+    redis: RedisSettings,
 }
 
-fn redis_settings(url: &str) -> RedisSettings {
-    RedisSettings {
-        url: url.to_owned(),
-        ..RedisSettings::default()
-    }
+fn env_settings() -> anyhow::Result<EnvSettings> {
+    load_config(None, &ProcessEnv).map_err(|error| {
+        crate::usage(format!(
+            "{} (a ROLLOUT_NATS__* or ROLLOUT_REDIS__* variable)",
+            rollout_runtime::config::config_error_report(&error)
+        ))
+    })
 }
 
-/// Refuses a URL (or a comma-separated list of them) whose host is not this machine.
-pub fn ensure_loopback(urls: &str) -> anyhow::Result<()> {
+fn nats_settings(url: &str) -> anyhow::Result<NatsSettings> {
+    Ok(NatsSettings {
+        url: url.to_owned(),
+        ..env_settings()?.nats
+    })
+}
+
+fn redis_settings(url: &str) -> anyhow::Result<RedisSettings> {
+    Ok(RedisSettings {
+        url: url.to_owned(),
+        ..env_settings()?.redis
+    })
+}
+
+/// Refuses a URL (or a comma-separated list of them) whose host is neither this machine nor
+/// on a private network.
+pub fn ensure_local(urls: &str) -> anyhow::Result<()> {
     for url in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
-        let host = url_host(url);
-        if !is_loopback_host(host) {
-            bail!("{host:?} is not a loopback address: loadtest only targets servers on this machine (127.0.0.1, ::1, localhost)");
-        }
+        ensure_local_host(url_host(url))?;
     }
     Ok(())
+}
+
+/// The `host:port` of an evaluator's HTTP endpoint, on this machine or a private network.
+pub fn local_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let text = text.trim();
+    let address = text
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("{text:?} is not an address such as 127.0.0.1:18081 or evaluator-1:8080")
+        })?
+        .next()
+        .with_context(|| format!("{text:?} resolves to no address"))?;
+    ensure_local_host(&address.ip().to_string())?;
+    Ok(address)
 }
 
 /// The host part of `scheme://user:pass@host:port/path` (any part but the host optional).
@@ -169,23 +204,41 @@ fn url_host(url: &str) -> &str {
     host_port.split(':').next().unwrap_or(host_port)
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
+/// `host` is `localhost`, a loopback or private address, or a name that resolves to such
+/// addresses only.
+fn ensure_local_host(host: &str) -> anyhow::Result<()> {
+    const REFUSED: &str = "loadtest only targets servers on this machine or a private network (loopback, 10/8, 172.16/12, 192.168/16, fc00::/7)";
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(());
+    }
+    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(address) => vec![address],
+        Err(_) => (host, 0)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {host:?}"))?
+            .map(|address| address.ip())
+            .collect(),
+    };
+    if addresses.is_empty() {
+        bail!("{host:?} resolves to no address");
+    }
+    if let Some(public) = addresses.iter().find(|address| !is_local(address)) {
+        bail!("{host:?} ({public}) is not a local address: {REFUSED}");
+    }
+    Ok(())
 }
 
-/// Refuses an `host:port` that is not on this machine.
-pub fn loopback_addr(text: &str) -> anyhow::Result<SocketAddr> {
-    let address: SocketAddr = text
-        .trim()
-        .parse()
-        .with_context(|| format!("{text:?} is not an address such as 127.0.0.1:18081"))?;
-    if !address.ip().is_loopback() {
-        bail!("{address} is not a loopback address: loadtest only targets servers on this machine");
+fn is_local(address: &IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+        }
     }
-    Ok(address)
 }
 
 /// Services started in process on private servers, stopped together.
@@ -215,8 +268,8 @@ impl InProcess {
     /// Starts a planner.
     pub async fn start_planner(&mut self) -> anyhow::Result<()> {
         let config = PlannerConfig {
-            nats: nats_settings(&self.nats_url),
-            redis: redis_settings(&self.redis_url),
+            nats: nats_settings(&self.nats_url)?,
+            redis: redis_settings(&self.redis_url)?,
             ..PlannerConfig::default()
         };
         let started = Planner::start(config, self.shutdown.child())
@@ -230,8 +283,8 @@ impl InProcess {
     /// `namespace` by default, and waits until it is ready.
     pub async fn start_evaluator(&mut self, namespace: &Namespace) -> anyhow::Result<SocketAddr> {
         let mut config = EvaluatorConfig {
-            nats: nats_settings(&self.nats_url),
-            redis: redis_settings(&self.redis_url),
+            nats: nats_settings(&self.nats_url)?,
+            redis: redis_settings(&self.redis_url)?,
             ..EvaluatorConfig::default()
         };
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -287,24 +340,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_hosts_pass() {
+    fn only_this_machine_and_private_networks_pass() {
         for url in [
             "nats://127.0.0.1:4222",
             "redis://user:secret@localhost:6379/0",
             "nats://[::1]:4222",
             "127.0.0.2:1",
             "nats://127.0.0.1:4222,nats://localhost:4223",
+            "nats://10.0.0.5:4222",
+            "nats://172.20.0.3:4222",
+            "redis://u:p@192.168.1.2:6379",
+            "nats://[fd00::2]:4222",
         ] {
-            assert!(ensure_loopback(url).is_ok(), "{url}");
+            assert!(ensure_local(url).is_ok(), "{url}");
         }
         for url in [
-            "nats://10.0.0.5:4222",
-            "redis://redis.example.com:6379",
-            "nats://127.0.0.1:4222,nats://nats-2:4222",
+            "nats://8.8.8.8:4222",
+            "redis://u:p@[2001:db8::1]:6379",
+            "nats://127.0.0.1:4222,nats://1.1.1.1:4222",
+            "nats://172.32.0.1:4222",
         ] {
-            assert!(ensure_loopback(url).is_err(), "{url}");
+            let refused = ensure_local(url).expect_err(url);
+            assert!(
+                refused.to_string().contains("not a local address"),
+                "{url}: {refused}"
+            );
         }
-        assert!(loopback_addr("127.0.0.1:18081").is_ok());
-        assert!(loopback_addr("192.168.1.2:80").is_err());
+        assert!(ensure_local("nats://no-such-host.invalid:4222").is_err());
+        assert!(local_addr("127.0.0.1:18081").is_ok());
+        assert!(local_addr("localhost:18081").is_ok());
+        assert!(local_addr("192.168.1.2:80").is_ok());
+        assert!(local_addr("8.8.4.4:80").is_err());
+        assert!(local_addr("no port").is_err());
     }
 }

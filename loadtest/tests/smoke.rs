@@ -240,7 +240,8 @@ fn report_renders_a_table_and_lists_missing_scenarios() {
 #[test]
 fn bad_targets_and_options_exit_64() {
     for args in [
-        &["eval", "--nats-url", "nats://10.1.2.3:4222"][..],
+        &["eval", "--nats-url", "nats://8.8.8.8:4222"][..],
+        &["eval", "--nats-url", "nats://no-such-host.invalid:4222"],
         &["failover", "--nats-url", "nats://127.0.0.1:4222"],
         &["agents", "--redis-url", "redis://127.0.0.1:6379"],
         &["agents", "--labels", "env:x"],

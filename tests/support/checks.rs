@@ -12,7 +12,7 @@ use rollout_core::{Effect, Timestamp};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::queries::AuditEntry;
 
-use super::cluster::Cluster;
+use super::committed::CommittedReader;
 use super::http;
 use super::NS;
 pub use rollout_sandbox::Replica;
@@ -181,7 +181,7 @@ impl Report {
 /// distinct `rollout_step` event); each step skipped by catch-up is listed by exactly one
 /// audit entry (and one event); the rollout started at most once. Adds to `report`.
 pub async fn check_rollouts(
-    cluster: &Cluster,
+    cluster: &CommittedReader,
     ids: &[String],
     events: Option<&[ChangeEvent]>,
     report: &mut Report,
@@ -333,7 +333,7 @@ fn kind_rank(kind: EventKind) -> u64 {
 /// rollout completed); they stand together in the audit with one time, so a commit is a run
 /// of adjacent entries of the command with the same time and no kind twice.
 pub async fn check_commands(
-    cluster: &Cluster,
+    cluster: &CommittedReader,
     expected: &BTreeMap<String, Vec<String>>,
     report: &mut Report,
 ) {
@@ -416,16 +416,24 @@ impl VersionMonitor {
                                 })
                                 .collect(),
                         ),
-                        Replica::Http(name, addr) => match http::served_versions(*addr, NS).await {
-                            Some(versions) => (
-                                name,
-                                versions
-                                    .into_iter()
-                                    .filter(|(flag, _)| flags.contains(flag))
-                                    .collect(),
-                            ),
-                            None => (name, Vec::new()),
-                        },
+                        Replica::Http(name, _) | Replica::Remote { name, .. } => {
+                            match http::served_versions_as(
+                                replica.http_addr(),
+                                replica.bearer_token(),
+                                NS,
+                            )
+                            .await
+                            {
+                                Some(versions) => (
+                                    name,
+                                    versions
+                                        .into_iter()
+                                        .filter(|(flag, _)| flags.contains(flag))
+                                        .collect(),
+                                ),
+                                None => (name, Vec::new()),
+                            }
+                        }
                     };
                     let mut state = sink.lock().expect("monitor");
                     let forgiving = state

@@ -17,9 +17,8 @@ use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sandbox::Sandbox;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport, RequestOptions};
-use rollout_store::reads::{audit_page, AuditLog};
 use rollout_store::Keys;
-use rollout_store::{load_flag, load_rollout, redis_time, RolloutRecord};
+use rollout_store::{redis_time, RolloutRecord};
 use rollout_testkit::NatsOptions;
 use rollout_wire::codec::{Encoding, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
@@ -28,6 +27,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::checks::Replica;
+use super::committed::CommittedReader;
 use super::http;
 use super::procs::{Service, ServiceProcess};
 use super::proxy::Proxy;
@@ -489,46 +489,33 @@ impl Cluster {
         drop(results);
     }
 
+    /// Reads the committed records of the namespace.
+    pub fn committed(&self) -> CommittedReader {
+        CommittedReader::new(self.redis_conn.clone(), NS)
+    }
+
     /// The rollout's record, `None` once deleted (or lost with Redis's data).
     pub async fn find_rollout(&self, id: &str) -> Option<RolloutRecord> {
-        let mut connection = self.redis_conn.clone();
-        load_rollout(&mut connection, &self.keys(), id)
-            .await
-            .expect("rollout loads")
+        self.committed().find_rollout(id).await
     }
 
     pub async fn rollout(&self, id: &str) -> RolloutRecord {
-        self.find_rollout(id)
-            .await
-            .unwrap_or_else(|| panic!("rollout {id} exists"))
+        self.committed().rollout(id).await
     }
 
     /// The flag's version in Redis.
     pub async fn flag_version(&self, key: &str) -> u64 {
-        let mut connection = self.redis_conn.clone();
-        load_flag(&mut connection, &self.keys(), key)
-            .await
-            .expect("flag loads")
-            .version
+        self.committed().flag_version(key).await
     }
 
     /// A rollout's audit, oldest first.
     pub async fn rollout_audit(&self, id: &str) -> Vec<AuditEntry> {
-        self.audit(AuditLog::Rollout(id)).await
+        self.committed().rollout_audit(id).await
     }
 
     /// A flag's audit, oldest first.
     pub async fn flag_audit(&self, key: &str) -> Vec<AuditEntry> {
-        self.audit(AuditLog::Flag(key)).await
-    }
-
-    async fn audit(&self, log: AuditLog<'_>) -> Vec<AuditEntry> {
-        let mut connection = self.redis_conn.clone();
-        let (_, mut entries) = audit_page(&mut connection, &self.keys(), log, 0, u32::MAX)
-            .await
-            .expect("the audit reads");
-        entries.reverse();
-        entries
+        self.committed().flag_audit(key).await
     }
 
     /// Entries waiting in the namespace's outbox.

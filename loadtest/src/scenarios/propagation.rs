@@ -31,7 +31,7 @@ use crate::latency::Latency;
 use crate::progress::{self, phase};
 use crate::report::{Recorder, Report, Row, Target};
 use crate::seed;
-use crate::servers::{loopback_addr, InProcess, Servers};
+use crate::servers::{local_addr, InProcess, Servers};
 
 /// Longest a change may take to reach every replica before it counts as missed.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -64,7 +64,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         args.evaluator_http
             .iter()
             .map(|address| {
-                loopback_addr(address)
+                local_addr(address)
                     .map_err(|error| crate::usage(format!("--evaluator-http: {error:#}")))
             })
             .collect::<anyhow::Result<_>>()?

@@ -42,6 +42,10 @@ impl ServiceConfig for ConsoleConfig {
     fn otlp(&self) -> &OtlpSettings {
         &self.otlp
     }
+
+    fn probe_address(&self) -> Option<std::net::SocketAddr> {
+        Some(self.http.listen)
+    }
 }
 
 impl Validate for ConsoleConfig {

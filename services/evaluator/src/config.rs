@@ -44,6 +44,10 @@ impl ServiceConfig for EvaluatorConfig {
     fn otlp(&self) -> &OtlpSettings {
         &self.otlp
     }
+
+    fn probe_address(&self) -> Option<std::net::SocketAddr> {
+        Some(self.http.listen)
+    }
 }
 
 impl Validate for EvaluatorConfig {

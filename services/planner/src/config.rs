@@ -116,4 +116,8 @@ impl ServiceConfig for PlannerConfig {
     fn otlp(&self) -> &OtlpSettings {
         &self.otlp
     }
+
+    fn probe_address(&self) -> Option<std::net::SocketAddr> {
+        self.http.listen
+    }
 }

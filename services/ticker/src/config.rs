@@ -36,6 +36,10 @@ impl ServiceConfig for TickerConfig {
     fn otlp(&self) -> &OtlpSettings {
         &self.otlp
     }
+
+    fn probe_address(&self) -> Option<std::net::SocketAddr> {
+        self.http.listen
+    }
 }
 
 impl Validate for TickerConfig {

@@ -137,6 +137,13 @@ pub struct ServiceArgs {
         help = "Configuration file (.toml, .yaml, .yml or .json); ROLLOUT_<SECTION>__<KEY> environment variables override it"
     )]
     pub config: Option<PathBuf>,
+    /// Instead of running the service, asks the running one's `/readyz` (on this
+    /// configuration's HTTP address, through loopback) and exits 0 when it is ready
+    #[arg(
+        long,
+        help = "Do not run: ask the running service's /readyz (at this configuration's HTTP address) and exit 0 if it is ready, 1 if not; for container health checks"
+    )]
+    pub ready_check: bool,
 }
 
 impl ServiceArgs {

@@ -52,6 +52,10 @@
 //!     fn otlp(&self) -> &OtlpSettings {
 //!         &self.otlp
 //!     }
+//!     // no HTTP port: `demo --ready-check` says so
+//!     fn probe_address(&self) -> Option<std::net::SocketAddr> {
+//!         None
+//!     }
 //! }
 //!
 //! /// The service library's entry point: runs until `shutdown`.

@@ -25,6 +25,47 @@ use serde::Deserialize;
 
 use crate::shutdown::{Shutdown, Tasks};
 
+/// Asks the `/readyz` of a service listening on `listen` (an unspecified address such as
+/// `0.0.0.0` is asked through loopback): `Ok` when it answers 200, else what it answered or
+/// why it could not be asked. What `<service> --config FILE --ready-check` runs, so a
+/// container health check needs no HTTP client in the image.
+pub fn check_ready(listen: SocketAddr, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write as _};
+
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|error| format!("{address}: {error}"))?;
+    stream
+        .write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .map_err(|error| format!("{address}: cannot send the request: {error}"))?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|error| format!("{address}: no answer: {error}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default();
+    match status.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        Some(code) => Err(format!("/readyz answered {code}: {}", body.trim())),
+        None => Err(format!("{address} answered no HTTP status: {status:?}")),
+    }
+}
+
 /// Section `http` of the planner and the ticker (`ROLLOUT_HTTP__*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -227,5 +268,53 @@ mod tests {
             text.contains("requests_total{verb=\"a\\\"b\"} 1\n"),
             "{text}"
         );
+    }
+
+    /// A probe whose readiness the test flips.
+    struct Switch(AtomicBool);
+
+    impl Probe for Switch {
+        fn readiness(&self) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("redis is not answering".to_owned())
+            }
+        }
+
+        fn metrics(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ready_check_says_what_readyz_says_and_why() {
+        let probe = Arc::new(Switch(AtomicBool::new(false)));
+        let shutdown = Shutdown::new();
+        let tasks = Tasks::new();
+        let listen: SocketAddr = "0.0.0.0:0".parse().expect("address");
+        let bound = serve_probes(listen, probe.clone(), shutdown.clone(), &tasks)
+            .await
+            .expect("probes listen");
+        // asked the way a container health check asks: the configured 0.0.0.0 address
+        let configured = SocketAddr::new(listen.ip(), bound.port());
+        let check = move || {
+            tokio::task::spawn_blocking(move || check_ready(configured, Duration::from_secs(3)))
+        };
+
+        let not_ready = check().await.expect("check ran").expect_err("not ready");
+        assert!(not_ready.contains("503"), "{not_ready}");
+        assert!(not_ready.contains("redis is not answering"), "{not_ready}");
+
+        probe.0.store(true, Ordering::SeqCst);
+        check().await.expect("check ran").expect("ready");
+
+        shutdown.trigger();
+        tasks.close_and_wait(Duration::from_secs(5)).await;
+        let gone = check()
+            .await
+            .expect("check ran")
+            .expect_err("nobody listens");
+        assert!(gone.contains("cannot connect"), "{gone}");
     }
 }

@@ -14,6 +14,7 @@
 //! | 70 (`EX_SOFTWARE`) | anything else: telemetry, signals, a subscription or listener that failed |
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Args, FromArgMatches};
@@ -37,6 +38,8 @@ pub trait ServiceConfig: DeserializeOwned + Validate {
     fn log(&self) -> &LogSettings;
     /// The span export settings.
     fn otlp(&self) -> &OtlpSettings;
+    /// Where its `/healthz`, `/readyz` and `/metrics` are served, if anywhere.
+    fn probe_address(&self) -> Option<SocketAddr>;
 }
 
 /// A service failure's exit code.
@@ -98,6 +101,9 @@ where
             return ExitCode::from(EX_USAGE);
         }
     };
+    if args.ready_check {
+        return ready_check(name, config.probe_address());
+    }
     let telemetry = match init_telemetry(name, config.log(), config.otlp()) {
         Ok(telemetry) => telemetry,
         Err(error) => {
@@ -126,6 +132,22 @@ where
         Err(error) => {
             eprintln!("{name}: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// `--ready-check`: 0 when the running service's `/readyz` answers 200, 1 when it does not
+/// (printing why), 64 when the configuration opens no HTTP port to ask.
+fn ready_check(name: &str, address: Option<SocketAddr>) -> ExitCode {
+    let Some(address) = address else {
+        eprintln!("{name}: --ready-check needs http.listen in the configuration");
+        return ExitCode::from(EX_USAGE);
+    };
+    match crate::probes::check_ready(address, std::time::Duration::from_secs(3)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("{name}: not ready: {why}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -149,26 +149,44 @@ pub async fn post_json(
     namespace: &str,
     body: &serde_json::Value,
 ) -> Option<Response> {
+    post_json_as(addr, None, path, namespace, body).await
+}
+
+/// [`post_json`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn post_json_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    path: &str,
+    namespace: &str,
+    body: &serde_json::Value,
+) -> Option<Response> {
     let bytes = serde_json::to_vec(body).expect("json");
-    request(
-        addr,
-        "POST",
-        path,
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Rollout-Namespace", namespace),
-        ],
-        &bytes,
-        Duration::from_secs(2),
-    )
-    .await
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("X-Rollout-Namespace", namespace),
+    ];
+    if let Some(authorization) = &authorization {
+        headers.push(("Authorization", authorization));
+    }
+    request(addr, "POST", path, &headers, &bytes, Duration::from_secs(2)).await
 }
 
 /// Every flag of `namespace` the evaluator at `addr` serves, with its served version, from
 /// one OFREP bulk evaluation; `None` when it does not answer.
 pub async fn served_versions(addr: SocketAddr, namespace: &str) -> Option<BTreeMap<String, u64>> {
-    let response = post_json(
+    served_versions_as(addr, None, namespace).await
+}
+
+/// [`served_versions`] with a bearer token when one is given.
+pub async fn served_versions_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    namespace: &str,
+) -> Option<BTreeMap<String, u64>> {
+    let response = post_json_as(
         addr,
+        token,
         "/ofrep/v1/evaluate/flags",
         namespace,
         &serde_json::json!({"context": {"targetingKey": "monitor"}}),

@@ -181,13 +181,25 @@ pub enum Replica {
     /// restart is the same replica: a restarted evaluator must not serve anything older
     /// than its predecessor did.
     Http(String, SocketAddr),
+    /// An evaluator elsewhere (a container of the compose cluster) whose OFREP needs
+    /// `Authorization: Bearer <token>`, as the shipped configuration requires.
+    Remote {
+        /// Its name in reports.
+        name: String,
+        /// Where it serves OFREP.
+        addr: SocketAddr,
+        /// A token of the namespace asked about.
+        token: String,
+    },
 }
 
 impl Replica {
     /// Its name in reports.
     pub fn name(&self) -> &str {
         match self {
-            Replica::InProcess(name, _) | Replica::Http(name, _) => name,
+            Replica::InProcess(name, _) | Replica::Http(name, _) | Replica::Remote { name, .. } => {
+                name
+            }
         }
     }
 
@@ -195,7 +207,15 @@ impl Replica {
     pub fn http_addr(&self) -> SocketAddr {
         match self {
             Replica::InProcess(_, handle) => handle.http_addr(),
-            Replica::Http(_, addr) => *addr,
+            Replica::Http(_, addr) | Replica::Remote { addr, .. } => *addr,
+        }
+    }
+
+    /// The bearer token its OFREP needs, if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        match self {
+            Replica::Remote { token, .. } => Some(token),
+            Replica::InProcess(..) | Replica::Http(..) => None,
         }
     }
 }

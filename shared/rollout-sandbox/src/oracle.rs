@@ -633,24 +633,24 @@ impl Oracle {
     /// the queue group, about each check.
     pub async fn ask(&self, checks: &[Check]) -> Asked {
         // owned items: borrowing closures here make the monitor's task fail to be `Send`
-        let ofrep_asks: Vec<(Path, std::net::SocketAddr, Check)> = self
+        let ofrep_asks: Vec<(Path, Replica, Check)> = self
             .replicas
             .iter()
             .flat_map(|replica| {
                 checks.iter().map(|check| {
                     (
                         Path::Ofrep(replica.name().to_owned()),
-                        replica.http_addr(),
+                        replica.clone(),
                         check.clone(),
                     )
                 })
             })
             .collect();
         let ofrep_answers: Vec<PathAnswer> = futures_util::stream::iter(ofrep_asks)
-            .map(|(path, addr, check)| {
+            .map(|(path, replica, check)| {
                 let namespace = self.namespace.clone();
                 async move {
-                    let served = ask_ofrep(addr, namespace.as_str(), &check).await;
+                    let served = ask_ofrep(&replica, namespace.as_str(), &check).await;
                     (path, check, served)
                 }
             })
@@ -871,13 +871,11 @@ fn ofrep_context(entity: &Entity) -> Value {
 
 /// One OFREP single-flag evaluation; `Err` when the replica cannot be reached or is not
 /// ready (503).
-async fn ask_ofrep(
-    addr: std::net::SocketAddr,
-    namespace: &str,
-    check: &Check,
-) -> Result<Served, String> {
-    let response = http::post_json(
+async fn ask_ofrep(replica: &Replica, namespace: &str, check: &Check) -> Result<Served, String> {
+    let addr = replica.http_addr();
+    let response = http::post_json_as(
         addr,
+        replica.bearer_token(),
         &format!("/ofrep/v1/evaluate/flags/{}", check.flag),
         namespace,
         &json!({"context": ofrep_context(&check.probe.entity)}),

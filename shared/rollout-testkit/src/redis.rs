@@ -336,8 +336,18 @@ fn config_text(options: &RedisOptions) -> Result<String> {
     }
     match (&options.user, &options.password) {
         (Some(user), Some(pass)) => {
-            if user != "default" {
-                text.push_str("user default off\n");
+            // the default user is off (no client becomes it) but may run everything:
+            // Redis 7.0 replays the AOF as the default user, and a default user without
+            // commands has every replayed transaction refused (the data is lost on restart).
+            // An `extra_config` that declares the default user itself (a shipped ACL file
+            // under test) decides instead: Redis refuses a user declared twice.
+            let extra_declares_default = options.extra_config.as_deref().is_some_and(|extra| {
+                extra
+                    .lines()
+                    .any(|line| line.trim_start().starts_with("user default "))
+            });
+            if user != "default" && !extra_declares_default {
+                text.push_str("user default off ~* &* +@all\n");
             }
             let _ = writeln!(
                 text,
@@ -418,7 +428,7 @@ mod tests {
     fn acl_config() {
         let text =
             config_text(&RedisOptions::default().user("app").password("s3 cret")).expect("config");
-        assert!(text.contains("user default off\n"));
+        assert!(text.contains("user default off ~* &* +@all\n"));
         assert!(text.contains("user \"app\" on \">s3 cret\" ~* &* +@all\n"));
         assert!(config_text(&RedisOptions::default().user("app")).is_err());
     }

@@ -323,14 +323,14 @@ impl AuditCheck<'_> {
         let events = cluster.events.events();
         let events_complete = !self.finished_only && !nats_restarted(counted);
         check_rollouts(
-            cluster,
+            &cluster.committed(),
             &checked,
             events_complete.then_some(&events[..]),
             counted,
         )
         .await;
         check_commands(
-            cluster,
+            &cluster.committed(),
             &commands_to_find_in_audits(self.ledger, self.epoch),
             counted,
         )
