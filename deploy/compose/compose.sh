@@ -8,7 +8,8 @@
 #   deploy/compose/compose.sh down -v
 #
 # ROLLOUT_COMPOSE_PROJECT names the project (default: COMPOSE_PROJECT_NAME of deploy/.env,
-# "rollout"); ROLLOUT_COMPOSE_ENV_FILE replaces deploy/.env.
+# "rollout"); ROLLOUT_COMPOSE_ENV_FILE replaces deploy/.env; ROLLOUT_COMPOSE_EXTRA_FILES
+# adds override files (colon-separated, e.g. deploy/compose/observe.yml).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEPLOY="$(dirname "$HERE")"
@@ -28,6 +29,10 @@ if [ ! -f "$env_file" ]; then
     exit 66
 fi
 args=(--env-file "$env_file" -f "$DEPLOY/docker-compose.yml" -f "$HERE/offline.yml")
+IFS=: read -r -a extra <<<"${ROLLOUT_COMPOSE_EXTRA_FILES:-}"
+for file in "${extra[@]}"; do
+    [ -n "$file" ] && args+=(-f "$file")
+done
 if [ -n "${ROLLOUT_COMPOSE_PROJECT:-}" ]; then
     args+=(-p "$ROLLOUT_COMPOSE_PROJECT")
 fi

@@ -125,7 +125,14 @@ pub async fn spawn_evaluator(nats_url: &str, redis_url: &str) -> anyhow::Result<
 
 /// Starts an echo responder process on `subject` and waits until it has subscribed.
 pub async fn spawn_echo(nats_url: &str, subject: &str) -> anyhow::Result<Child> {
-    let mut process = clean_command(&current_exe()?)
+    let mut command = clean_command(&current_exe()?);
+    // it logs in to the same NATS as this process: the same user, password and inbox
+    for (name, value) in std::env::vars() {
+        if name.starts_with("ROLLOUT_NATS__") && name != "ROLLOUT_NATS__URL" {
+            command.env(name, value);
+        }
+    }
+    let mut process = command
         .args(["serve-echo", "--nats", nats_url, "--subject", subject])
         .stdout(Stdio::piped())
         .spawn()
@@ -272,9 +279,8 @@ pub async fn serve_ticker() -> anyhow::Result<()> {
 /// The `serve-echo` role: answers every request on `subject` (queue group `echo`) with its
 /// own body — the least work a NATS responder can do. Prints `ready` once subscribed.
 pub async fn serve_echo(nats_url: &str, subject: &str) -> anyhow::Result<()> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
+    // the parent's URL list and ROLLOUT_NATS__* credentials, as every connection here
+    let client = crate::servers::connect_nats(nats_url).await?;
     let responder = Echo::start(&client, subject).await?;
     println!("ready");
     let shutdown = Shutdown::on_signals()?;

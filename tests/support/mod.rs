@@ -1,7 +1,8 @@
 //! What the system tests share: the service binaries as child processes ([`procs`]), a
 //! TCP proxy that can sever or blackhole one process's link to a server ([`proxy`]), a
 //! whole system on private servers with planners and evaluators in process and a phased
-//! workload ([`cluster`]), committed records read from Redis ([`committed`]), the invariant checks and the per-run report ([`checks`]), the
+//! workload ([`cluster`]), committed records read from Redis ([`committed`]), the compose
+//! cluster in Docker with its faults ([`compose`]), the invariant checks and the per-run report ([`checks`]), the
 //! served-content oracle — what every replica serves against what the committed state gives
 //! ([`oracle`], the sandbox's) — a tiny HTTP client for evaluator endpoints ([`http`], the
 //! sandbox's), and the seeded simulation's schedule, lanes and invariants ([`simulation`]).
@@ -12,6 +13,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod committed;
+pub mod compose;
 pub mod procs;
 pub mod proxy;
 pub mod simulation;

@@ -1,0 +1,498 @@
+//! The compose cluster as a system under test: `deploy/compose/images.sh` builds the
+//! registry-free image from the binaries this workspace built, and
+//! `deploy/compose/compose.sh` brings up `deploy/docker-compose.yml` with
+//! `deploy/compose/offline.yml` (that image everywhere) and `deploy/compose/observe.yml`
+//! (Redis and every NATS node published on loopback), as a project of its own with free host
+//! ports and `deploy/.env.example`'s passwords. The test talks to it as its users do — the
+//! operator's commands and events, the prod SDK user's evaluations, each evaluator's OFREP
+//! with a bearer token — and reads the committed state from Redis as the `planner` user
+//! (only reads: records, indexes, audits and the fleet, which the `evaluator` user may not
+//! all read).
+//! Faults are Docker's: `kill` (SIGKILL), `start`, `pause` (the cgroup freezer), network
+//! `disconnect` / `connect`.
+//!
+//! [`engine`] says whether a Docker engine and a compose tool are there; without them the
+//! tests say so and pass (CI machines have both). `ROLLOUT_COMPOSE_KEEP=1` leaves the
+//! cluster running after the test for a look.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rollout_core::Timestamp;
+use rollout_runtime::config::NatsSettings;
+use rollout_sandbox::oracle::Oracle;
+use rollout_sdk::{CommandClient, Namespace};
+use rollout_store::redis_time;
+use rollout_wire::cluster::MemberInfo;
+use rollout_wire::subjects::Subjects;
+use tempfile::TempDir;
+
+use super::checks::Replica;
+use super::cluster::{nats_settings, redis_settings, EventLog, Login};
+use super::committed::CommittedReader;
+use super::NS;
+
+/// The evaluators of the compose file.
+pub const EVALUATORS: [&str; 3] = ["evaluator-1", "evaluator-2", "evaluator-3"];
+/// The tickers of the compose file.
+pub const TICKERS: [&str; 3] = ["ticker-1", "ticker-2", "ticker-3"];
+/// The ticker lease of the shipped configuration (the ticker's default).
+pub const LEASE: Duration = Duration::from_secs(2);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// `Ok` when a Docker engine answers and a compose tool is installed, else why not.
+pub fn engine() -> Result<(), String> {
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map_err(|error| format!("docker is not installed ({error})"))?;
+    if !info.status.success() {
+        return Err(format!(
+            "no Docker engine answers: {}",
+            String::from_utf8_lossy(&info.stderr).trim()
+        ));
+    }
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    let standalone = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !plugin && !standalone {
+        return Err("neither `docker compose` nor `docker-compose` is installed".to_owned());
+    }
+    Ok(())
+}
+
+/// `deploy/.env.example`: variable → value.
+pub fn env_example() -> BTreeMap<String, String> {
+    std::fs::read_to_string(root().join("deploy/.env.example"))
+        .expect("deploy/.env.example")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    rollout_testkit::free_port().expect("a free port")
+}
+
+/// The host ports the cluster is published on.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    pub nats: [u16; 3],
+    pub redis: u16,
+    pub evaluators: [u16; 3],
+    pub console: u16,
+    pub traces: u16,
+}
+
+/// A running compose cluster; `docker compose down -v` when dropped.
+pub struct ComposeCluster {
+    project: String,
+    env_file: PathBuf,
+    _dir: TempDir,
+    pub ports: Ports,
+    pub passwords: BTreeMap<String, String>,
+    /// Connected as the operator: commands, queries, events, cluster pings.
+    pub operator: async_nats::Client,
+    pub commands: CommandClient,
+    /// Connected as the prod SDK user: evaluations and fleet calls of namespace prod.
+    pub sdk: async_nats::Client,
+    /// Connected as the `planner` Redis user, only to read the committed state.
+    pub redis: ConnectionManager,
+    /// Every change event of the namespace, as the operator receives them.
+    pub events: EventLog,
+}
+
+impl ComposeCluster {
+    /// Builds the image (binaries of the dev profile, built if stale), starts the cluster as
+    /// project `rollout-<name>`, waits until every health check passes and connects.
+    pub async fn up(name: &str) -> ComposeCluster {
+        let root = root();
+        let dir = TempDir::new().expect("temp dir");
+        let passwords = env_example();
+        let ports = Ports {
+            nats: [free_port(), free_port(), free_port()],
+            redis: free_port(),
+            evaluators: [free_port(), free_port(), free_port()],
+            console: free_port(),
+            traces: free_port(),
+        };
+        let project = format!("rollout-{name}-{}", std::process::id());
+        let mut env_text =
+            std::fs::read_to_string(root.join("deploy/.env.example")).expect("deploy/.env.example");
+        for (variable, value) in [
+            ("COMPOSE_PROJECT_NAME", project.clone()),
+            ("ROLLOUT_OFFLINE_IMAGE", "rollout-offline:test".to_owned()),
+            ("ROLLOUT_NATS_PORT", ports.nats[0].to_string()),
+            ("ROLLOUT_NATS_2_PORT", ports.nats[1].to_string()),
+            ("ROLLOUT_NATS_3_PORT", ports.nats[2].to_string()),
+            ("ROLLOUT_NATS_MONITOR_PORT", free_port().to_string()),
+            ("ROLLOUT_REDIS_PORT", ports.redis.to_string()),
+            ("ROLLOUT_EVALUATOR_1_PORT", ports.evaluators[0].to_string()),
+            ("ROLLOUT_EVALUATOR_2_PORT", ports.evaluators[1].to_string()),
+            ("ROLLOUT_EVALUATOR_3_PORT", ports.evaluators[2].to_string()),
+            ("ROLLOUT_CONSOLE_PORT", ports.console.to_string()),
+            ("ROLLOUT_TRACES_PORT", ports.traces.to_string()),
+        ] {
+            env_text.push_str(&format!("\n{variable}={value}\n"));
+        }
+        let env_file = dir.path().join(".env");
+        std::fs::write(&env_file, env_text).expect("env file");
+
+        run_checked(
+            Command::new("bash")
+                .arg(root.join("deploy/compose/images.sh"))
+                .args(["--profile", "dev", "--tag", "rollout-offline:test"]),
+            "deploy/compose/images.sh",
+        );
+        // from here on, whatever happens, the project is taken down: by this guard until the
+        // cluster is made, then by the cluster's own Drop
+        let mut partial = PartialCluster {
+            files: ComposeFiles {
+                project: project.clone(),
+                env_file: env_file.clone(),
+            },
+            armed: true,
+        };
+        run_checked(
+            &mut partial
+                .files
+                .compose(&["up", "-d", "--no-build", "--remove-orphans"]),
+            "compose up",
+        );
+        let nats_urls = ports
+            .nats
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        partial.files.wait_healthy(Duration::from_secs(240));
+        let operator = connect(
+            &nats_urls,
+            "operator",
+            &passwords["ROLLOUT_OPERATOR_PASSWORD"],
+        )
+        .await;
+        let sdk = connect(
+            &nats_urls,
+            "sdk-prod",
+            &passwords["ROLLOUT_SDK_PROD_PASSWORD"],
+        )
+        .await;
+        let redis = rollout_runtime::connect::connect_redis(&redis_settings(
+            &format!("redis://127.0.0.1:{}", ports.redis),
+            &Login::new("planner", &passwords["ROLLOUT_REDIS_PLANNER_PASSWORD"]),
+        ))
+        .await
+        .expect("redis as the planner user");
+        let commands = CommandClient::new(operator.clone(), Namespace::new(NS).expect("ns"));
+        let events = EventLog::start(&operator, &format!("rollout.events.{NS}.>")).await;
+        partial.armed = false;
+        ComposeCluster {
+            project: partial.files.project.clone(),
+            env_file: partial.files.env_file.clone(),
+            _dir: dir,
+            ports,
+            passwords,
+            operator,
+            commands,
+            sdk,
+            redis,
+            events,
+        }
+    }
+
+    fn files(&self) -> ComposeFiles {
+        ComposeFiles {
+            project: self.project.clone(),
+            env_file: self.env_file.clone(),
+        }
+    }
+
+    /// The container of `service`.
+    pub fn container(&self, service: &str) -> String {
+        self.files().container(service)
+    }
+
+    /// `docker <args>` on `service`'s container (its id appended), which must succeed.
+    pub fn docker(&self, verb: &[&str], service: &str) {
+        let container = self.container(service);
+        let mut command = Command::new("docker");
+        command.args(verb).arg(&container);
+        run_checked(
+            &mut command,
+            &format!("docker {} {service}", verb.join(" ")),
+        );
+    }
+
+    /// SIGKILL, as `docker kill` sends.
+    pub fn kill(&self, service: &str) {
+        self.docker(&["kill"], service);
+    }
+
+    /// Starts a stopped container again (it keeps its volumes, not its address).
+    pub fn start(&self, service: &str) {
+        self.docker(&["start"], service);
+    }
+
+    /// Freezes every process of the container.
+    pub fn pause(&self, service: &str) {
+        self.docker(&["pause"], service);
+    }
+
+    pub fn unpause(&self, service: &str) {
+        self.docker(&["unpause"], service);
+    }
+
+    /// The cluster network's name.
+    fn network(&self) -> String {
+        // compose names the default network <project>_default (v1 strips nothing else here)
+        format!("{}_default", self.project)
+    }
+
+    /// Takes `service` off the cluster's network: a partition from everything.
+    pub fn disconnect(&self, service: &str) {
+        let network = self.network();
+        self.docker(&["network", "disconnect", &network], service);
+    }
+
+    /// Puts `service` back on the network under its service name.
+    pub fn connect(&self, service: &str) {
+        let network = self.network();
+        self.docker(
+            &["network", "connect", "--alias", service, &network],
+            service,
+        );
+    }
+
+    /// Waits until every container of the project runs and passes its health check.
+    pub fn wait_healthy(&self, limit: Duration) {
+        self.files().wait_healthy(limit);
+    }
+
+    /// The container hostname of `service` (the start of its replicas' names).
+    pub fn hostname(&self, service: &str) -> String {
+        let output = run_checked(
+            Command::new("docker")
+                .args(["inspect", "-f", "{{.Config.Hostname}}"])
+                .arg(self.container(service)),
+            "docker inspect",
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Every replica that answers a cluster ping within half a second.
+    pub async fn members(&self) -> Vec<MemberInfo> {
+        rollout_sdk::cluster::members(
+            &self.operator,
+            &Subjects::default(),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The ticker service leading now and its epoch.
+    pub async fn leader(&self) -> Option<(String, u64)> {
+        let members = self.members().await;
+        let leader = members
+            .iter()
+            .find(|member| member.service == "ticker" && member.leader == Some(true))?;
+        let service = TICKERS.iter().find(|ticker| {
+            leader
+                .replica
+                .starts_with(&format!("{}-", self.hostname(ticker)))
+        })?;
+        Some(((*service).to_owned(), leader.epoch.unwrap_or(0)))
+    }
+
+    /// Waits for a leader other than `not` (at most 30 s).
+    pub async fn wait_for_leader(&self, not: Option<&str>) -> (String, u64) {
+        super::eventually("a ticker leader", Duration::from_secs(30), || async {
+            self.leader()
+                .await
+                .filter(|(service, _)| Some(service.as_str()) != not)
+        })
+        .await
+    }
+
+    /// Redis's clock.
+    pub async fn now(&self) -> Timestamp {
+        let mut connection = self.redis.clone();
+        redis_time(&mut connection).await.expect("redis time")
+    }
+
+    /// The evaluators as the oracle asks them: each one's published OFREP port, with the
+    /// prod token of deploy/.env.example.
+    pub fn replicas(&self) -> Vec<Replica> {
+        let token = self.passwords["ROLLOUT_OFREP_TOKENS"]
+            .split(',')
+            .find_map(|entry| entry.strip_prefix("prod:"))
+            .expect("a prod OFREP token")
+            .to_owned();
+        EVALUATORS
+            .iter()
+            .zip(self.ports.evaluators)
+            .map(|(name, port)| Replica::Remote {
+                name: (*name).to_owned(),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                token: token.clone(),
+            })
+            .collect()
+    }
+
+    /// The served-content oracle of namespace prod: the committed state from Redis, the
+    /// answers from every evaluator's OFREP and through NATS as the prod SDK user.
+    pub fn oracle(&self) -> Oracle {
+        Oracle::new(self.redis.clone(), self.sdk.clone(), NS, self.replicas())
+    }
+
+    /// The committed records of namespace prod.
+    pub fn committed(&self) -> CommittedReader {
+        CommittedReader::new(self.redis.clone(), NS)
+    }
+
+    /// The spans the trace sink holds for `service` named `name`.
+    pub async fn spans(&self, service: &str, name: &str) -> Vec<serde_json::Value> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports.traces));
+        let path = format!("/api/spans?service={service}&name={name}&limit=1000");
+        let Some(response) =
+            rollout_sandbox::http::request(addr, "GET", &path, &[], b"", Duration::from_secs(2))
+                .await
+        else {
+            return Vec::new();
+        };
+        response.json()["spans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ComposeCluster {
+    fn drop(&mut self) {
+        self.files().teardown();
+    }
+}
+
+/// How to run compose on one project.
+struct ComposeFiles {
+    project: String,
+    env_file: PathBuf,
+}
+
+impl ComposeFiles {
+    /// `bash deploy/compose/<script>` on this project.
+    fn script(&self, script: &str) -> Command {
+        let root = root();
+        let mut command = Command::new("bash");
+        command
+            .arg(root.join("deploy/compose").join(script))
+            .env("ROLLOUT_COMPOSE_PROJECT", &self.project)
+            .env("ROLLOUT_COMPOSE_ENV_FILE", &self.env_file)
+            .env(
+                "ROLLOUT_COMPOSE_EXTRA_FILES",
+                root.join("deploy/compose/observe.yml"),
+            );
+        command
+    }
+
+    fn compose(&self, args: &[&str]) -> Command {
+        let mut command = self.script("compose.sh");
+        command.args(args);
+        command
+    }
+
+    fn container(&self, service: &str) -> String {
+        let output = run_checked(&mut self.compose(&["ps", "-q", service]), "compose ps");
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(!id.is_empty(), "no container for {service}");
+        id
+    }
+
+    fn wait_healthy(&self, limit: Duration) {
+        let mut command = self.script("wait-healthy.sh");
+        command.arg(limit.as_secs().to_string());
+        run_checked(&mut command, "deploy/compose/wait-healthy.sh");
+    }
+
+    /// Takes the project down with its volumes, printing each service's last log lines
+    /// first if the test is failing; `ROLLOUT_COMPOSE_KEEP` leaves it running.
+    fn teardown(&self) {
+        if std::thread::panicking() {
+            if let Ok(output) = self.compose(&["logs", "--tail", "25"]).output() {
+                eprintln!(
+                    "--- compose logs of {}:\n{}",
+                    self.project,
+                    String::from_utf8_lossy(&output.stdout)
+                );
+            }
+        }
+        if std::env::var_os("ROLLOUT_COMPOSE_KEEP").is_some() {
+            eprintln!(
+                "ROLLOUT_COMPOSE_KEEP: project {} left running (env file {})",
+                self.project,
+                self.env_file.display()
+            );
+            return;
+        }
+        let _ = self
+            .compose(&["down", "-v", "--remove-orphans", "--timeout", "5"])
+            .output();
+    }
+}
+
+/// Takes the project down when dropped while armed: a start-up that fails half-way leaves
+/// nothing running.
+struct PartialCluster {
+    files: ComposeFiles,
+    armed: bool,
+}
+
+impl Drop for PartialCluster {
+    fn drop(&mut self) {
+        if self.armed {
+            self.files.teardown();
+        }
+    }
+}
+
+/// Runs `command`, panicking with its output unless it succeeds.
+fn run_checked(command: &mut Command, what: &str) -> Output {
+    let output = tokio::task::block_in_place(|| command.output())
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A NATS connection to `urls` as `user`, receiving replies under its own inbox prefix.
+async fn connect(urls: &str, user: &str, password: &str) -> async_nats::Client {
+    let settings = NatsSettings {
+        inbox_prefix: Some(format!("_INBOX_{user}")),
+        ..nats_settings(urls, &Login::new(user, password))
+    };
+    rollout_runtime::connect::connect_nats(&settings, "compose-test")
+        .await
+        .unwrap_or_else(|error| panic!("nats as {user}: {error}"))
+}
