@@ -9,8 +9,10 @@
 //! inbox prefix and no other), every Redis ACL user a service or the health check logs in
 //! as (present in `users.acl`, whose hash is that of the example password), OFREP tokens
 //! required on every evaluator, every `$VAR` of `accounts.conf` given to the NATS
-//! containers, the Dockerfile's `-p` packages, and `nats-server -t` accepting each node's
-//! configuration.
+//! containers, the Dockerfile's `-p` packages, `nats-server -t` accepting each node's
+//! configuration, and the registry-free override (`deploy/compose/offline.yml`) giving every
+//! service the image `deploy/compose/images.sh` builds with the binaries it runs.
+//! `compose_cluster.rs` runs the cluster itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -746,5 +748,73 @@ fn the_console_accounts_shipped_sign_in_with_the_passwords_their_comment_names()
             .sign_in(name, &password, std::time::SystemTime::now())
             .unwrap_or_else(|| panic!("{name} signs in with {password}"));
         assert_eq!(operator.role, role);
+    }
+}
+
+/// `deploy/compose/offline.yml` over the compose file: every service runs the image
+/// `deploy/compose/images.sh` builds (or is kept out by a profile), so `up` pulls nothing,
+/// and every command it gives runs a binary that image holds.
+#[test]
+fn the_registry_free_override_pulls_nothing_and_runs_what_its_image_holds() {
+    let base = services(&compose());
+    let text = read(&deploy().join("compose/offline.yml"));
+    let mut offline: Value = serde_yaml_ng::from_str(&text).expect("offline.yml is yaml");
+    offline.apply_merge().expect("merge keys resolve");
+    let overrides = services(&offline);
+    let script = read(&deploy().join("compose/images.sh"));
+    let listed = |name: &str| -> Vec<String> {
+        let line = script
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}=(")))
+            .unwrap_or_else(|| panic!("images.sh lists {name}"));
+        line.trim_start_matches(&format!("{name}=("))
+            .trim_end_matches(')')
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut in_image = listed("binaries");
+    in_image.extend(["nats-server", "redis-server", "redis-cli"].map(str::to_owned));
+    let packages = workspace_packages();
+    for package in listed("packages") {
+        assert!(
+            packages.contains_key(&package),
+            "images.sh builds {package}, no workspace package"
+        );
+    }
+    for (name, service) in &base {
+        let Some(changed) = overrides.get(name) else {
+            panic!("offline.yml leaves {name} on its registry image");
+        };
+        if !strings(&changed["profiles"]).is_empty() {
+            continue; // not started
+        }
+        let image = changed["image"].as_str().unwrap_or_default();
+        assert!(
+            image.contains("rollout-offline"),
+            "{name} runs {image:?} in offline.yml"
+        );
+        let mut command = strings(&service["entrypoint"]);
+        let arguments = if changed["command"].is_null() {
+            strings(&service["command"])
+        } else {
+            strings(&changed["command"])
+        };
+        command.extend(arguments);
+        let binary = command.first().cloned().unwrap_or_default();
+        assert!(
+            in_image.contains(&binary),
+            "{name} runs {binary:?}, which images.sh does not put in the image"
+        );
+        for check in strings(&service["healthcheck"]["test"])
+            .iter()
+            .skip(1)
+            .take(1)
+        {
+            assert!(
+                in_image.contains(check),
+                "{name}'s health check runs {check}, not in the image"
+            );
+        }
     }
 }

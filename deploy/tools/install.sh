@@ -6,7 +6,9 @@
 #   - redis-server (Debian package; the system service is not started);
 #   - cargo-nextest;
 #   - chromium and chromium-driver (Debian packages), for the console's browser tests;
-#   - the Python OpenFeature SDK and OFREP provider, for the evaluator's interop test.
+#   - the Python OpenFeature SDK and OFREP provider, for the evaluator's interop test;
+#   - a running Docker engine when one is installed (started if it is not), for the
+#     compose cluster tests (tests/compose_cluster.rs).
 # Prints what it did. Safe to run again and again.
 set -euo pipefail
 
@@ -158,9 +160,42 @@ install_chromium() {
     say "installed $(chromedriver --version | cut -d' ' -f1-2)"
 }
 
+# The compose cluster's tests need a Docker engine answering (the image is built from this
+# machine's binaries, nothing is pulled). An installed engine that is not running is
+# started; where none is installed the tests say so and pass.
+start_docker() {
+    if ! command -v docker >/dev/null 2>&1; then
+        say "no docker here: the compose cluster tests will be skipped"
+        return 0
+    fi
+    if docker info >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v dockerd >/dev/null 2>&1; then
+        say "docker cannot reach an engine and dockerd is not installed: the compose cluster tests will be skipped"
+        return 0
+    fi
+    say "starting dockerd"
+    if command -v service >/dev/null 2>&1 && service docker start >/dev/null 2>&1; then
+        :
+    else
+        mkdir -p "$ROOT/.tools"
+        nohup dockerd >"$ROOT/.tools/dockerd.log" 2>&1 &
+    fi
+    for _ in $(seq 1 60); do
+        if docker info >/dev/null 2>&1; then
+            say "dockerd answers"
+            return 0
+        fi
+        sleep 1
+    done
+    say "dockerd did not answer within 60 s (see $ROOT/.tools/dockerd.log): the compose cluster tests will be skipped"
+}
+
 install_nats
 install_redis
 install_nextest
 install_python_openfeature
 install_chromium
+start_docker
 say "done"
