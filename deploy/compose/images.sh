@@ -109,6 +109,7 @@ chmod 1777 "$rootfs/tmp"
 # NATS and Redis keep their data here; a named volume mounted on it starts with this owner
 chown 65534:65534 "$rootfs/data"
 
+previous="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
 echo "images.sh: importing $(du -sh "$rootfs" | cut -f1) as $tag"
 tar --numeric-owner -C "$rootfs" -c . | docker import \
     --change 'USER 65534:65534' \
@@ -118,4 +119,9 @@ tar --numeric-owner -C "$rootfs" -c . | docker import \
     --change 'CMD ["planner", "--config", "/etc/rollout/planner.toml"]' \
     --message "rollout binaries ($profile) with nats-server and redis-server, built by deploy/compose/images.sh" \
     - "$tag" >/dev/null
+# the image it replaces would stay behind untagged, a few hundred MB each time
+current="$(docker image inspect -f '{{.Id}}' "$tag")"
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || echo "images.sh: the previous $tag is still in use by a container; remove it later with docker image prune"
+fi
 echo "images.sh: built $tag"

@@ -4,7 +4,9 @@
 #      checks (tests/compose_cluster.rs, the ignored test included): docker kill of the
 #      ticker leader, of a NATS node and of Redis (AOF restart), network disconnect of an
 #      evaluator and of the leader, docker pause of the leader past its lease;
-#   2. the load scenarios eval, commands and ticker from the `loadtest` container against
+#   2. the demo (deploy/compose/demo.sh: a phased rollout watched to completion, a
+#      label-staged fleet rollout with 30 simulated agents) through the cluster;
+#   3. the load scenarios eval, commands and ticker from the `loadtest` container against
 #      the cluster, each beside its baseline measured in the same run inside the cluster's
 #      network, rendered as one table.
 #
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
         --profile) profile="$2"; shift 2 ;;
         --skip-faults) faults=0; shift ;;
         --skip-load) load=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -56,6 +58,8 @@ if [ "$load" = 1 ]; then
         echo "$variable=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')" >>"$env_file"
     done
     bash "$HERE/up.sh" --profile "$profile"
+    echo "=== compose: the demo through the cluster ==="
+    bash "$HERE/demo.sh" --profile "$profile" || status=$?
     loadtest() {
         bash "$HERE/compose.sh" --profile loadtest run --rm -T -v "$out:/out" loadtest "$@"
     }
