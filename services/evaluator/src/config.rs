@@ -77,6 +77,45 @@ pub struct HttpSettings {
     /// OFREP bearer tokens, each bound to one namespace: in a file a list of
     /// `{namespace, token}` tables, in the environment `<ns>:<token>,<ns>:<token>`
     pub tokens: BearerTokens,
+    /// OFREP change push: bulk answers point at `/ofrep/v1/sse/<ns>`, which sends a
+    /// `refetchEvaluation` message on every change of the namespace (on by default)
+    pub sse: bool,
+    /// SSE connections one evaluator holds at most; past it, 503 (default 10 000)
+    pub sse_max_connections: usize,
+    /// A stream that sent no message for this long is closed (the client reconnects with
+    /// `Last-Event-ID`); also the `inactivityDelaySec` the bulk answer advertises (2m)
+    #[serde(with = "rollout_runtime::config::duration")]
+    pub sse_inactivity: Duration,
+    /// Changes within this window after the first become one message (50ms)
+    #[serde(with = "rollout_runtime::config::duration")]
+    pub sse_coalesce: Duration,
+    /// The URL clients reach this evaluator at, e.g. `https://flags.example.com`, for the
+    /// SSE address in bulk answers; unset, `http://<Host header>`
+    pub public_url: Option<String>,
+    /// Web origins whose pages may call OFREP and open its change stream (CORS), e.g.
+    /// `https://shop.example.com`, or `*` for any; none by default (in the environment,
+    /// comma-separated)
+    #[serde(deserialize_with = "origins")]
+    pub cors_origins: Vec<String>,
+}
+
+/// `http.cors_origins`: a list in a file, a comma-separated string in the environment.
+fn origins<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Origins {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Origins::deserialize(deserializer)? {
+        Origins::List(list) => list,
+        Origins::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|origin| !origin.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl HttpSettings {
@@ -93,6 +132,12 @@ impl Default for HttpSettings {
             namespace: HttpSettings::DEFAULT_NAMESPACE.to_owned(),
             require_token: false,
             tokens: BearerTokens::default(),
+            sse: true,
+            sse_max_connections: 10_000,
+            sse_inactivity: Duration::from_secs(120),
+            sse_coalesce: Duration::from_millis(50),
+            public_url: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -106,6 +151,48 @@ impl Validate for HttpSettings {
                 "http.tokens",
                 "must list at least one token while http.require_token is on",
             ));
+        }
+        if self.sse_max_connections == 0 {
+            return Err(ConfigError::new(
+                "http.sse_max_connections",
+                "must be at least 1 (turn SSE off with http.sse = false)",
+            ));
+        }
+        if self.sse_inactivity < Duration::from_secs(30) {
+            return Err(ConfigError::new(
+                "http.sse_inactivity",
+                "must be at least 30s (streams are kept alive every 15s)",
+            ));
+        }
+        if self.sse_coalesce > Duration::from_secs(2) {
+            return Err(ConfigError::new(
+                "http.sse_coalesce",
+                "must be at most 2s: a change reaches clients within SPEC §11.1's 2 s",
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.contains(char::is_whitespace)
+            {
+                return Err(ConfigError::new(
+                    "http.public_url",
+                    "must be an http:// or https:// URL, e.g. https://flags.example.com",
+                ));
+            }
+        }
+        for (index, origin) in self.cors_origins.iter().enumerate() {
+            let scheme_and_host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = origin == "*"
+                || scheme_and_host
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', ' ', ',', '*']));
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("http.cors_origins[{index}]"),
+                    "must be an origin such as https://shop.example.com (scheme and host, no path) or *",
+                ));
+            }
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, binding) in self.tokens.0.iter().enumerate() {
@@ -371,6 +458,29 @@ mod tests {
         );
         let env = MapEnv::new().with("ROLLOUT_EVALUATOR__UNKNOWN", "1");
         assert!(load_config::<EvaluatorConfig>(None, &env).is_err());
+        for (variable, value, setting) in [
+            (
+                "ROLLOUT_HTTP__SSE_MAX_CONNECTIONS",
+                "0",
+                "http.sse_max_connections",
+            ),
+            ("ROLLOUT_HTTP__SSE_INACTIVITY", "5s", "http.sse_inactivity"),
+            ("ROLLOUT_HTTP__SSE_COALESCE", "3s", "http.sse_coalesce"),
+            (
+                "ROLLOUT_HTTP__PUBLIC_URL",
+                "flags.example.com",
+                "http.public_url",
+            ),
+            (
+                "ROLLOUT_HTTP__CORS_ORIGINS",
+                "https://a.example.com,https://b.example.com/path",
+                "http.cors_origins[1]",
+            ),
+        ] {
+            let env = MapEnv::new().with(variable, value);
+            let config: EvaluatorConfig = load_config(None, &env).expect("loads");
+            assert_eq!(config.validate().expect_err(variable).setting(), setting);
+        }
     }
 
     const PROD_TOKEN: &str = "prod-token-0123456789abcdef";

@@ -11,7 +11,10 @@
 //! its own is 403, and a request without the header gets the token's namespace; health,
 //! readiness and metrics stay open. Refusals have the OFREP error shape. The bulk
 //! response carries a strong `ETag` of its body; a request whose `If-None-Match` matches
-//! gets `304 Not Modified`.
+//! gets `304 Not Modified`. It also carries `refreshConnections`, the address of
+//! `GET /ofrep/v1/sse/<ns>` ([`crate::push`]): there the token may come as `?token=`, since
+//! a browser's `EventSource` cannot send headers. Pages of the origins in
+//! `http.cors_origins` may call all of it (CORS, preflights answered here).
 //!
 //! [`auth`]: crate::auth
 
@@ -19,8 +22,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,9 +35,10 @@ use rollout_wire::envelope::ErrorCode;
 use rollout_wire::subjects::Namespace;
 use serde_json::Value;
 
-use crate::auth::Denied;
+use crate::auth::{bearer_token, Denied};
 use crate::metrics::Transport;
 use crate::ofrep::{self, OfrepError, OfrepRequest};
+use crate::push::{self, StreamRefused};
 use crate::snapshot::NamespaceSnapshot;
 use crate::Shared;
 
@@ -41,15 +47,94 @@ pub const NAMESPACE_HEADER: &str = "x-rollout-namespace";
 
 /// The evaluator's routes.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let cors = Arc::new(Cors::new(&shared.access.cors_origins));
     Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
         .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
         .route("/ofrep/v1/configuration", get(configuration))
+        .route("/ofrep/v1/sse/{namespace}", get(stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(DEFAULT_MAX_BYTES))
+        .layer(axum::middleware::from_fn_with_state(cors, cors_layer))
         .with_state(shared)
+}
+
+/// Which web origins may call this evaluator from a page (`http.cors_origins`).
+#[derive(Debug)]
+struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    fn new(origins: &[String]) -> Cors {
+        Cors {
+            any: origins.iter().any(|origin| origin == "*"),
+            origins: origins.to_vec(),
+        }
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        self.any || self.origins.iter().any(|allowed| allowed == origin)
+    }
+}
+
+/// CORS for browser apps (the OpenFeature web SDK's OFREP provider, an `EventSource`): an
+/// allowed `Origin` gets `Access-Control-Allow-Origin` (and may read the `ETag`); its
+/// preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered here with the
+/// methods and headers OFREP uses. Other origins get no CORS headers, so browsers refuse
+/// their pages the answer; requests without `Origin` (servers, SDKs) are untouched.
+async fn cors_layer(
+    State(cors): State<Arc<Cors>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::header::{
+        ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+        ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD,
+        ORIGIN, VARY,
+    };
+    let origin = request
+        .headers()
+        .get(ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        .filter(|origin| cors.allows(origin))
+        .and_then(|origin| HeaderValue::from_str(origin).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "authorization, content-type, if-none-match, last-event-id, x-rollout-namespace",
+            ),
+        );
+        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("etag"),
+    );
+    headers.append(VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -240,6 +325,7 @@ async fn evaluate_one(
 
 async fn evaluate_bulk(
     State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -255,8 +341,19 @@ async fn evaluate_bulk(
             json_response(status_of(&error), &error.bulk_body())
         }
         Ok(prepared) => {
+            let mut answer = serde_json::Map::new();
             let mut flags = Vec::new();
             if let Some(namespace) = prepared.namespace.as_deref() {
+                // a re-fetch told of a change (`sseEtag`) sees it even on a replica that
+                // has not applied it yet
+                let wanted = push::query_params(query.as_deref())
+                    .get("sseEtag")
+                    .and_then(|etag| push::parse_etag(etag));
+                if let Some(wanted) = wanted {
+                    push::Push::catch_up(namespace, wanted).await;
+                }
+                // read before evaluating: a change landing in between is announced again
+                let state = push::state_of(namespace);
                 namespace.for_each_flag(|live| {
                     let evaluation = live.compiled().evaluate(&prepared.entity);
                     // a flag that needs the missing targeting key fails alone
@@ -266,15 +363,92 @@ async fn evaluate_bulk(
                         ofrep::success_body(live, &evaluation)
                     });
                 });
+                let host = headers.get(HOST).and_then(|value| value.to_str().ok());
+                let token = if shared.access.tokens.required() {
+                    headers
+                        .get(AUTHORIZATION)
+                        .and_then(|value| bearer_token(value).ok())
+                } else {
+                    None
+                };
+                if let Some(connections) =
+                    shared
+                        .push
+                        .refresh_connections(namespace.name(), state, host, token)
+                {
+                    answer.insert("refreshConnections".to_owned(), connections);
+                }
             }
+            answer.insert("flags".to_owned(), Value::Array(flags));
             record(&shared, prepared.namespace.as_deref(), None);
-            tagged_json(&headers, &serde_json::json!({ "flags": flags }))
+            tagged_json(&headers, &Value::Object(answer))
         }
     };
     shared
         .metrics
         .record_latency(Transport::Http, started.elapsed());
     response
+}
+
+/// `GET /ofrep/v1/sse/<ns>`: the namespace's change stream ([`crate::push`]). The token
+/// comes as `Authorization: Bearer` or `?token=`; the state the client last saw as
+/// `Last-Event-ID` or `?since=`.
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = push::query_params(query.as_deref());
+    let authorization = headers.get(AUTHORIZATION).cloned().or_else(|| {
+        params
+            .get("token")
+            .and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok())
+    });
+    let bound = match shared.access.tokens.authorize(authorization.as_ref()) {
+        Ok(bound) => bound,
+        Err(denied) => return denied_response(&denied, &OfrepError::denied(&denied).bulk_body()),
+    };
+    if !shared.metrics.is_ready() {
+        return not_ready(&shared);
+    }
+    if let Err(error) = Namespace::new(name.as_str()) {
+        let error = OfrepError::general(format!("namespace: {}", error.message()));
+        return json_response(status_of(&error), &error.bulk_body());
+    }
+    if let Some(bound) = bound.filter(|bound| *bound != name) {
+        let denied = Denied::OtherNamespace {
+            bound: bound.to_owned(),
+            requested: name,
+        };
+        return denied_response(&denied, &OfrepError::denied(&denied).bulk_body());
+    }
+    let Some(namespace) = shared.served.snapshot.namespace(&name) else {
+        let error = OfrepError::namespace_not_found(&name);
+        return json_response(status_of(&error), &error.bulk_body());
+    };
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .or(params.get("since").map(String::as_str))
+        .and_then(|seen| seen.trim().parse().ok());
+    match shared.push.open(&namespace, last_seen) {
+        Ok(stream) => stream.into_response(),
+        Err(StreamRefused::Disabled) => json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"errorCode": "GENERAL", "errorDetails": "change push (SSE) is off on this evaluator (http.sse); poll the bulk evaluation instead"}),
+        ),
+        Err(StreamRefused::Full(limit)) => {
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"errorCode": "GENERAL", "errorDetails": format!("this evaluator holds its limit of {limit} change streams (http.sse_max_connections); retry later or poll the bulk evaluation")}),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+    }
 }
 
 /// `body` as JSON with a strong `ETag` of its bytes, or `304 Not Modified` when the
@@ -305,8 +479,8 @@ fn tagged_json(headers: &HeaderMap, body: &Value) -> Response {
 
 /// `GET /ofrep/v1/configuration` (the OFREP extension): what a provider may expect of this
 /// evaluator. It carries no flag data, so it answers without a token.
-async fn configuration(headers: HeaderMap) -> Response {
-    tagged_json(&headers, &ofrep::configuration())
+async fn configuration(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    tagged_json(&headers, &ofrep::configuration(&shared.push))
 }
 
 async fn healthz() -> &'static str {
@@ -328,7 +502,32 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        shared.metrics.render(&shared.served.snapshot),
+        shared.metrics.render(&shared.served.snapshot) + &push_metrics(&shared.push),
     )
         .into_response()
+}
+
+/// The change push's gauges and counters in the Prometheus text format.
+fn push_metrics(push: &push::Push) -> String {
+    let (open, messages, refused) = push.counts();
+    let mut text = rollout_runtime::probes::PromText::new();
+    text.single(
+        "rollout_evaluator_sse_connections",
+        "gauge",
+        "open OFREP change streams",
+        open,
+    );
+    text.single(
+        "rollout_evaluator_sse_messages_total",
+        "counter",
+        "refetchEvaluation messages sent",
+        messages,
+    );
+    text.single(
+        "rollout_evaluator_sse_refused_total",
+        "counter",
+        "change streams refused at http.sse_max_connections",
+        refused,
+    );
+    text.finish()
 }

@@ -5,7 +5,8 @@
 //! - `rollout.eval.<ns>` request-reply in queue group `evaluator` ([`eval`]): one flag,
 //!   several, or all, with `explain`;
 //! - OFREP over HTTP, plus `/healthz`, `/readyz` and `/metrics` ([`http`], [`ofrep`]),
-//!   with bearer tokens bound to one namespace each when required ([`auth`]);
+//!   with bearer tokens bound to one namespace each when required ([`auth`]), and its
+//!   change push over Server-Sent Events ([`push`]);
 //! - fleet agents on `rollout.fleet.<ns>.<verb>` ([`fleet`]): register, heartbeat,
 //!   desired variation, applied/failed reports;
 //! - outcome reports on `rollout.metrics.<ns>` ([`outcomes`]): checked against the
@@ -36,6 +37,7 @@ pub mod http;
 pub mod metrics;
 pub mod ofrep;
 pub mod outcomes;
+pub mod push;
 pub mod snapshot;
 pub mod sync;
 
@@ -71,6 +73,7 @@ pub struct Shared {
     served: Served,
     io: Io,
     access: Access,
+    push: Arc<push::Push>,
     fleet: FleetState,
     metrics: Metrics,
     settings: EvaluatorSettings,
@@ -103,6 +106,8 @@ struct Access {
     /// OFREP bearer tokens and whether they are required.
     tokens: TokenTable,
     default_namespace: String,
+    /// Web origins allowed to call from a page (CORS).
+    cors_origins: Vec<String>,
 }
 
 /// Fleet agents as last registered, and the rollouts their reports are counted against
@@ -172,7 +177,9 @@ impl Evaluator {
             access: Access {
                 tokens: TokenTable::new(&config.http),
                 default_namespace: config.http.namespace.clone(),
+                cors_origins: config.http.cors_origins.clone(),
             },
+            push: Arc::new(push::Push::new(&config.http, shutdown.clone())),
             fleet: FleetState {
                 agents: AgentCache::default(),
                 rollouts: KnownRollouts::default(),
@@ -186,6 +193,14 @@ impl Evaluator {
         // subscription and is applied after the load (older versions are then ignored)
         let events = subscribe(&shared, shared.io.subjects.events_all(), None).await?;
 
+        tasks.spawn(
+            "ofrep push",
+            push::run_hub(
+                Arc::clone(&shared.push),
+                shared.served.snapshot.clone(),
+                shutdown.clone(),
+            ),
+        );
         let router = http::router(Arc::clone(&shared));
         let http_shutdown = shutdown.clone();
         tasks.spawn("http", async move {

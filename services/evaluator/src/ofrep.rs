@@ -262,13 +262,16 @@ pub fn success_body(live: &LiveFlag, evaluation: &Evaluation<'_>) -> Value {
 
 /// The body of `GET /ofrep/v1/configuration`: this evaluator's name and capabilities —
 /// bulk answers are cached by `ETag` and may be polled (at most once a second is useful:
-/// a change reaches every evaluator within milliseconds), and the value types it serves.
-pub fn configuration() -> Value {
+/// a change reaches every evaluator within milliseconds), changes are pushed over SSE when
+/// `push` is on (the bulk answer's `refreshConnections` says where), and the value types
+/// it serves.
+pub fn configuration(push: &crate::push::Push) -> Value {
     serde_json::json!({
         "name": "rollout evaluator",
         "capabilities": {
             "cacheInvalidation": {
                 "polling": {"enabled": true, "minPollingIntervalMs": MIN_POLLING_INTERVAL_MS},
+                "sse": {"enabled": push.enabled()},
             },
             "flagEvaluation": {
                 "supportedTypes": ["boolean", "string", "integer", "float", "object"],

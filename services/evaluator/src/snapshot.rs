@@ -8,12 +8,14 @@
 //! them, and every install is a compare on versions: a flag's version only ever rises.
 //!
 //! A flag update swaps one slot; only a flag key never seen before (or a new namespace)
-//! rebuilds an index, once per batch of writes.
+//! rebuilds an index, once per batch of writes. Each batch that changes a namespace notes
+//! it for [`Snapshot::take_changed`] and wakes [`Snapshot::changed`] (the OFREP change push,
+//! [`crate::push`]).
 //!
 //! **Architecture Invariant:** nothing here does IO; [`decide`] is the whole apply rule
 //! and is tested without servers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -337,6 +339,10 @@ impl NamespaceSnapshot {
 struct Inner {
     namespaces: ArcSwap<HashMap<String, Arc<NamespaceSnapshot>>>,
     writer: Mutex<()>,
+    /// Namespaces whose flags changed since [`Snapshot::take_changed`] last looked.
+    changed: Mutex<BTreeSet<String>>,
+    /// Woken when `changed` gains a namespace (a permit is kept if nobody waits).
+    change_signal: tokio::sync::Notify,
 }
 
 /// Every namespace's flags. Cheap to clone; clones share the same state.
@@ -368,6 +374,23 @@ impl Snapshot {
         self.namespace(namespace)?.held_version(key)
     }
 
+    /// Waits until a batch of writes changed some namespace since the last
+    /// [`Snapshot::take_changed`] (returns at once if one did meanwhile).
+    pub async fn changed(&self) {
+        self.inner.change_signal.notified().await;
+    }
+
+    /// The namespaces whose flags changed since the last call, forgetting them.
+    pub fn take_changed(&self) -> BTreeSet<String> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .changed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
     /// Starts a batch of writes; they become visible as they are installed (updates of
     /// known flags) or when the writer is dropped (new keys and namespaces).
     pub fn writer(&self) -> SnapshotWriter<'_> {
@@ -380,6 +403,7 @@ impl Snapshot {
                 .unwrap_or_else(PoisonError::into_inner),
             new_flags: BTreeMap::new(),
             new_namespaces: Vec::new(),
+            touched: BTreeSet::new(),
         }
     }
 }
@@ -391,6 +415,8 @@ pub struct SnapshotWriter<'s> {
     _exclusive: MutexGuard<'s, ()>,
     new_flags: BTreeMap<String, BTreeMap<String, Arc<FlagState>>>,
     new_namespaces: Vec<String>,
+    /// Namespaces this batch changed a flag of.
+    touched: BTreeSet<String>,
 }
 
 impl SnapshotWriter<'_> {
@@ -429,6 +455,9 @@ impl SnapshotWriter<'_> {
     /// Installs `state` for `key` of `namespace` whatever version is held: only for a
     /// rebuild after Redis lost its data, when the held versions belong to a lost history.
     pub fn replace(&mut self, namespace: &str, key: &str, state: FlagState) {
+        if !self.touched.contains(namespace) {
+            self.touched.insert(namespace.to_owned());
+        }
         let existing_slot = self.snapshot.namespace(namespace).and_then(|snapshot| {
             let index = snapshot.index.load();
             index.by_key.get(key).cloned()
@@ -461,6 +490,14 @@ impl SnapshotWriter<'_> {
                 let index = snapshot.index.load_full().with_new(additions);
                 snapshot.index.store(Arc::new(index));
             }
+        }
+        if !self.touched.is_empty() {
+            inner
+                .changed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append(&mut self.touched);
+            inner.change_signal.notify_one();
         }
     }
 }
