@@ -13,6 +13,14 @@
 //! With private servers, a planner and `--replicas` evaluators run in process; with
 //! `--nats-url`, the cluster's planner commits and `--evaluator-http` names every replica.
 //!
+//! Beside the polling figure, the way a browser learns of a change without polling (OFREP
+//! over SSE, the OFREP ADR's provider behaviour): a client of the first replica fetched
+//! the bulk evaluation once, holds the stream its `refreshConnections` names, and on each
+//! `refetchEvaluation` message re-fetches the bulk evaluation with `sseEtag`; the latency
+//! is from sending the command to the end of the re-fetch that carries the new version
+//! (command → commit → event → evaluator → SSE message → HTTP re-fetch; the event often
+//! beats the command's reply, so it is not timed from the reply).
+//!
 //! Baseline, same run, same count and pause: a bare NATS publish on one connection to a
 //! subscriber on another, timed from the publish call to the subscriber's receipt — the
 //! floor under any event-driven propagation.
@@ -101,6 +109,10 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         bail!("not every replica served the new flag {flag} within 30 s");
     }
 
+    let mut provider = SseProvider::start(replicas[0], &namespace, &flag)
+        .await
+        .context("following the first replica's OFREP change stream")?;
+
     phase(format!(
         "{} changes, each awaited on {} replicas",
         args.changes,
@@ -113,6 +125,8 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         .map(|_| Latency::new())
         .collect::<anyhow::Result<_>>()?;
     let mut missed = 0_u64;
+    let mut sse = Latency::new()?;
+    let mut sse_missed = 0_u64;
     let mut command_latency = Latency::new()?;
     for change in 0..args.changes {
         let sent = Instant::now();
@@ -135,6 +149,13 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             slowest = slowest.max(latency);
         }
         all.record(slowest);
+        match provider.wait(result.version, sent, PATIENCE).await {
+            Some(latency) => sse.record(latency),
+            None => {
+                sse.record(PATIENCE);
+                sse_missed += 1;
+            }
+        }
         bar.inc(1);
         tokio::time::sleep(args.pause).await;
     }
@@ -172,6 +193,28 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         )
         .baseline("nats publish → subscriber max", baseline.summary().max_ms),
     );
+    recorder.row(
+        Row::new(
+            "command sent → SSE message → re-fetched by a client, p99",
+            sse.quantile_ms(0.99),
+            "ms",
+        )
+        .baseline("nats publish → subscriber p99", baseline.quantile_ms(0.99)),
+    );
+    recorder.row(
+        Row::new(
+            "command sent → SSE message → re-fetched by a client, p50",
+            sse.quantile_ms(0.5),
+            "ms",
+        )
+        .baseline("nats publish → subscriber p50", baseline.quantile_ms(0.5)),
+    );
+    if sse_missed > 0 {
+        recorder.note(format!(
+            "{sse_missed} changes did not reach the SSE client within {PATIENCE:?} (counted as {PATIENCE:?})"
+        ));
+    }
+    recorder.detail("sse_refetch", sse.summary());
     recorder.detail(
         "propagation",
         json!({
@@ -196,6 +239,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             "{missed} replica waits gave up after {PATIENCE:?} (counted as {PATIENCE:?})"
         ));
     }
+    provider.stop();
     drop(commands);
     drop(nats);
     if let Some(services) = services {
@@ -255,6 +299,121 @@ impl Probe {
             tokio::time::sleep(poll).await;
         }
     }
+}
+
+/// An OFREP provider following the SSE ADR on one replica: it fetched the bulk evaluation,
+/// holds the stream its `refreshConnections` names and, on each message, re-fetches the bulk
+/// evaluation with `sseEtag`, noting when each re-fetch came back and the version of the
+/// flag it carried.
+struct SseProvider {
+    refetched: tokio::sync::mpsc::UnboundedReceiver<(Instant, u64)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SseProvider {
+    async fn start(
+        address: SocketAddr,
+        namespace: &Namespace,
+        flag: &str,
+    ) -> anyhow::Result<SseProvider> {
+        let client = reqwest::Client::builder()
+            .build()
+            .context("building an http client")?;
+        let bulk_url = format!("http://{address}/ofrep/v1/evaluate/flags");
+        let first = bulk(&client, &bulk_url, namespace.as_str(), None).await?;
+        let stream_url = first["refreshConnections"][0]["url"]
+            .as_str()
+            .context("the bulk answer names no refreshConnections stream: is http.sse on?")?
+            .to_owned();
+        let mut stream = client
+            .get(&stream_url)
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("opening {stream_url}"))?;
+        let (sender, refetched) = tokio::sync::mpsc::unbounded_channel();
+        let namespace = namespace.as_str().to_owned();
+        let flag = flag.to_owned();
+        let task = tokio::spawn(async move {
+            let mut text = String::new();
+            while let Ok(Some(bytes)) = stream.chunk().await {
+                text.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    let Some(data) = block.lines().find_map(|line| line.strip_prefix("data:"))
+                    else {
+                        continue; // a keep-alive comment
+                    };
+                    let Ok(message) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
+                    let etag = message["etag"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .replace('"', "%22");
+                    let Ok(answer) = bulk(&client, &bulk_url, &namespace, Some(&etag)).await else {
+                        continue;
+                    };
+                    let version = answer["flags"]
+                        .as_array()
+                        .and_then(|flags| flags.iter().find(|entry| entry["key"] == flag.as_str()))
+                        .and_then(|entry| entry["metadata"]["version"].as_u64());
+                    if let Some(version) = version {
+                        if sender.send((Instant::now(), version)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(SseProvider { refetched, task })
+    }
+
+    /// How long after `since` a re-fetch first carried `version` or later, or `None` after
+    /// `patience`.
+    async fn wait(&mut self, version: u64, since: Instant, patience: Duration) -> Option<Duration> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match tokio::time::timeout_at(deadline, self.refetched.recv()).await {
+                Ok(Some((at, seen))) if seen >= version => {
+                    return Some(at.saturating_duration_since(since));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// One bulk evaluation for the probe entity, with `sseEtag` when re-fetching after a
+/// message.
+async fn bulk(
+    client: &reqwest::Client,
+    url: &str,
+    namespace: &str,
+    sse_etag: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = match sse_etag {
+        Some(etag) => format!("{url}?sseEtag={etag}"),
+        None => url.to_owned(),
+    };
+    let response = client
+        .post(&url)
+        .header("X-Rollout-Namespace", namespace)
+        .header("Content-Type", "application/json")
+        .body(r#"{"context": {"targetingKey": "loadtest-probe"}}"#)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("POST {url}"))?;
+    let bytes = response.bytes().await.context("reading the bulk answer")?;
+    serde_json::from_slice(&bytes).context("the bulk answer is not json")
 }
 
 /// Every replica's wait, side by side.

@@ -86,7 +86,7 @@ pub struct HttpSettings {
     /// `Last-Event-ID`); also the `inactivityDelaySec` the bulk answer advertises (2m)
     #[serde(with = "rollout_runtime::config::duration")]
     pub sse_inactivity: Duration,
-    /// Changes within this window after the first become one message (50ms)
+    /// After a message, changes within this window become one message at its end (50ms)
     #[serde(with = "rollout_runtime::config::duration")]
     pub sse_coalesce: Duration,
     /// The URL clients reach this evaluator at, e.g. `https://flags.example.com`, for the

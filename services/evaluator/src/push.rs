@@ -6,8 +6,8 @@
 //!   ([`refresh_connections`]); the URL names this evaluator's stream for the namespace,
 //!   the namespace's state the answer was computed from (`since`) and, when tokens are
 //!   required, the request's token (an `EventSource` cannot send headers).
-//! - Each change of the namespace becomes one message (changes within
-//!   `http.sse_coalesce` of the first become one):
+//! - Each change of the namespace becomes one message, sent at once; changes within
+//!   `http.sse_coalesce` after a message become one more at the end of that window:
 //!   `data: {"type":"refetchEvaluation","etag":"\"<n>\"","lastModified":<unix s>}` with
 //!   event id `<n>`, where `n` is the namespace's **state number** — the sum of every flag
 //!   version held, deletions included. It only rises, and replicas holding the same state
@@ -259,9 +259,10 @@ impl Push {
     }
 }
 
-/// Turns snapshot changes into messages until `shutdown`: waits for a change, lets
-/// `http.sse_coalesce` pass so a burst becomes one message, then publishes each changed
-/// namespace's state.
+/// Turns snapshot changes into messages until `shutdown`: the first change after a quiet
+/// spell is published at once; changes in the `http.sse_coalesce` after a message wait for
+/// the end of that window and go out as one — at most one message per window, however hot
+/// the burst.
 pub async fn run_hub(push: Arc<Push>, snapshot: Snapshot, shutdown: Shutdown) {
     if !push.enabled {
         return;
@@ -271,8 +272,11 @@ pub async fn run_hub(push: Arc<Push>, snapshot: Snapshot, shutdown: Shutdown) {
             () = shutdown.cancelled() => return,
             () = snapshot.changed() => {}
         }
-        tokio::time::sleep(push.coalesce).await;
         push.publish(&snapshot, snapshot.take_changed());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(push.coalesce) => {}
+        }
     }
 }
 
