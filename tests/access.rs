@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,14 +85,8 @@ fn repo_file(path: &str) -> PathBuf {
 }
 
 /// `deploy/.env.example`: variable → value.
-fn env_example() -> HashMap<String, String> {
-    std::fs::read_to_string(repo_file("deploy/.env.example"))
-        .expect("deploy/.env.example")
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect()
+fn env_example() -> BTreeMap<String, String> {
+    support::compose::env_example()
 }
 
 /// The Redis login of ACL user `user`, with its example password from deploy/.env.example.

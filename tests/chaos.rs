@@ -35,7 +35,9 @@ use rand::{Rng, SeedableRng};
 use rollout_core::Timestamp;
 use rollout_sdk::{EvalClient, Namespace};
 use support::checks::{check_commands, check_rollouts, Replica, Report, VersionMonitor};
-use support::cluster::{boolean_flag, Cluster, ClusterOptions, EvaluatorProcess, Workload};
+use support::cluster::{
+    boolean_flag, publish_until_acked, Cluster, ClusterOptions, EvaluatorProcess, Workload,
+};
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::Service;
 use support::proxy::Link;
@@ -548,30 +550,13 @@ async fn nats_restart_during_a_command_storm() {
                     "command_id": id, "flag": definition,
                 }))
                 .expect("json");
-                // no Nats-Msg-Id: a retried publish may store the command twice, and the
-                // planner must still apply it once
-                loop {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Content-Type", "application/json");
-                    let acked = async {
-                        jetstream
-                            .publish_with_headers(
-                                format!("rollout.cmdq.{NS}.flag.update"),
-                                headers,
-                                body.clone().into(),
-                            )
-                            .await?
-                            .await
-                            .map_err(async_nats::Error::from)
-                    };
-                    match tokio::time::timeout(Duration::from_secs(3), acked).await {
-                        Ok(Ok(_)) => break,
-                        _ => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            sleep_ms(100).await;
-                        }
-                    }
-                }
+                publish_until_acked(
+                    &jetstream,
+                    &format!("rollout.cmdq.{NS}.flag.update"),
+                    &body,
+                    &retries,
+                )
+                .await;
                 sent.entry(flag.clone()).or_default().push(id);
                 published.fetch_add(1, Ordering::Relaxed);
                 sleep_ms(5).await;

@@ -21,11 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use rollout_core::{RolloutSpec, Timestamp};
+use rollout_core::Timestamp;
 use serde_json::json;
 use support::checks::{check_commands, check_rollouts, Report, VersionMonitor};
-use support::cluster::{boolean_flag, operator_commands};
+use support::cluster::{boolean_flag, create_phased, operator_commands, publish_until_acked};
 use support::compose::{self, ComposeCluster, LEASE};
 use support::oracle::OracleMonitor;
 use support::{eventually, NS};
@@ -62,40 +61,11 @@ async fn phased_workload(
     let start = Timestamp::from_millis(
         now.as_millis() + i64::try_from(start_in.as_millis()).expect("millis"),
     );
-    let step_text = format!("{}ms", step.as_millis());
-    let mut phase_list: Vec<serde_json::Value> = (1..phases)
-        .map(|percentage| json!({"percentage": percentage, "duration": step_text}))
-        .collect();
-    phase_list.push(json!({"percentage": 100}));
-    let created: Vec<(String, String)> = futures_util::stream::iter(0..count)
-        .map(|index| {
-            let flag = format!("{prefix}-{index}");
-            let spec: RolloutSpec = serde_json::from_value(json!({
-                "flag": flag, "baseline": "off", "candidate": "on",
-                "phases": phase_list, "start_at": start.to_rfc3339(),
-            }))
-            .expect("spec");
-            let commands = commands.clone();
-            async move {
-                commands
-                    .create_flag(boolean_flag(&flag))
-                    .await
-                    .unwrap_or_else(|error| panic!("flag {flag}: {error}"));
-                let rollout = commands
-                    .create_rollout(spec)
-                    .await
-                    .unwrap_or_else(|error| panic!("rollout of {flag}: {error}"));
-                (flag, rollout.rollout_id)
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let (flags, rollouts) = create_phased(&commands, prefix, count, phases, step, start).await;
     assert!(
         cluster.now().await < start,
         "creating the workload took longer than its start delay"
     );
-    let (flags, rollouts) = created.into_iter().unzip();
     Workload { flags, rollouts }
 }
 
@@ -281,28 +251,13 @@ fn command_stream(
             definition.description = Some(format!("storm {index}"));
             let body =
                 serde_json::to_vec(&json!({"command_id": id, "flag": definition})).expect("json");
-            loop {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Content-Type", "application/json");
-                let acked = async {
-                    jetstream
-                        .publish_with_headers(
-                            format!("rollout.cmdq.{NS}.flag.update"),
-                            headers,
-                            body.clone().into(),
-                        )
-                        .await?
-                        .await
-                        .map_err(async_nats::Error::from)
-                };
-                match tokio::time::timeout(Duration::from_secs(3), acked).await {
-                    Ok(Ok(_)) => break,
-                    _ => {
-                        retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+            publish_until_acked(
+                &jetstream,
+                &format!("rollout.cmdq.{NS}.flag.update"),
+                &body,
+                &retries,
+            )
+            .await;
             sent.entry(flag.clone()).or_default().push(id);
             index += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;

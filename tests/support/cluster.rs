@@ -406,41 +406,13 @@ impl Cluster {
     ) -> Workload {
         let now = self.now().await;
         let start = Timestamp::from_millis(now.as_millis() + millis(start_in));
-        let step_text = format!("{}ms", step.as_millis());
-        let mut phase_list: Vec<serde_json::Value> = (1..phases)
-            .map(|percentage| json!({"percentage": percentage, "duration": step_text}))
-            .collect();
-        phase_list.push(json!({"percentage": 100}));
-        let created: Vec<(String, String)> = futures_util::stream::iter(0..count)
-            .map(|index| {
-                let flag = format!("{prefix}-{index}");
-                let spec = json!({
-                    "flag": flag, "baseline": "off", "candidate": "on",
-                    "phases": phase_list, "start_at": start.to_rfc3339(),
-                });
-                async move {
-                    self.commands
-                        .create_flag(boolean_flag(&flag))
-                        .await
-                        .unwrap_or_else(|error| panic!("flag {flag}: {error}"));
-                    let spec: RolloutSpec = serde_json::from_value(spec).expect("spec");
-                    let rollout = self
-                        .commands
-                        .create_rollout(spec)
-                        .await
-                        .unwrap_or_else(|error| panic!("rollout of {flag}: {error}"));
-                    (flag, rollout.rollout_id)
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        let (flags, rollouts) =
+            create_phased(&self.commands, prefix, count, phases, step, start).await;
         let made = self.now().await;
         assert!(
             made < start,
             "creating the workload took longer than its start delay"
         );
-        let (flags, rollouts) = created.into_iter().unzip();
         Workload {
             flags,
             rollouts,
@@ -575,6 +547,77 @@ impl Cluster {
     /// Stops the in-process planners and evaluators.
     pub async fn shutdown(&mut self) {
         self.sandbox.stop_services().await;
+    }
+}
+
+/// Creates `count` flags `<prefix>-<i>` through `commands`, each with a phased rollout of
+/// `phases - 1` steps of 1 % more each lasting `step`, then 100 %, all starting at `start`;
+/// returns the flags and the rollout ids.
+pub async fn create_phased(
+    commands: &CommandClient,
+    prefix: &str,
+    count: usize,
+    phases: usize,
+    step: Duration,
+    start: Timestamp,
+) -> (Vec<String>, Vec<String>) {
+    let step_text = format!("{}ms", step.as_millis());
+    let mut phase_list: Vec<serde_json::Value> = (1..phases)
+        .map(|percentage| json!({"percentage": percentage, "duration": step_text}))
+        .collect();
+    phase_list.push(json!({"percentage": 100}));
+    let created: Vec<(String, String)> = futures_util::stream::iter(0..count)
+        .map(|index| {
+            let flag = format!("{prefix}-{index}");
+            let spec = json!({
+                "flag": flag, "baseline": "off", "candidate": "on",
+                "phases": phase_list, "start_at": start.to_rfc3339(),
+            });
+            async move {
+                commands
+                    .create_flag(boolean_flag(&flag))
+                    .await
+                    .unwrap_or_else(|error| panic!("flag {flag}: {error}"));
+                let spec: RolloutSpec = serde_json::from_value(spec).expect("spec");
+                let rollout = commands
+                    .create_rollout(spec)
+                    .await
+                    .unwrap_or_else(|error| panic!("rollout of {flag}: {error}"));
+                (flag, rollout.rollout_id)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    created.into_iter().unzip()
+}
+
+/// Publishes `body` (JSON) to the durable command stream subject `subject` until the stream
+/// acknowledges it, counting each retry in `retries`. No `Nats-Msg-Id`: a retried publish
+/// may store the command twice, and the planner must still apply it once.
+pub async fn publish_until_acked(
+    jetstream: &async_nats::jetstream::Context,
+    subject: &str,
+    body: &[u8],
+    retries: &std::sync::atomic::AtomicU64,
+) {
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let acked = async {
+            jetstream
+                .publish_with_headers(subject.to_owned(), headers, body.to_vec().into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        match tokio::time::timeout(Duration::from_secs(3), acked).await {
+            Ok(Ok(_)) => return,
+            _ => {
+                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
