@@ -7,6 +7,7 @@
 #   - cargo-nextest;
 #   - chromium and chromium-driver (Debian packages), for the console's browser tests;
 #   - the Python OpenFeature SDK and OFREP provider, for the evaluator's interop test;
+#   - schemathesis (PyPI), for the evaluator's OpenAPI conformance test;
 #   - a running Docker engine when one is installed (started if it is not), for the
 #     compose cluster tests (tests/compose_cluster.rs).
 # Prints what it did. Safe to run again and again.
@@ -160,6 +161,24 @@ install_chromium() {
     say "installed $(chromedriver --version | cut -d' ' -f1-2)"
 }
 
+# The evaluator's OpenAPI conformance test runs schemathesis (PyPI) against a live evaluator.
+install_schemathesis() {
+    local target="$TOOLS/schemathesis"
+    if [ -d "$target/schemathesis" ]; then
+        say "schemathesis already present ($target)"
+        return 0
+    fi
+    local py
+    py="$(find_python)" || { say "ERROR: no python with pip for schemathesis" >&2; exit 1; }
+    say "installing schemathesis from PyPI into $target"
+    export PIP_ROOT_USER_ACTION=ignore
+    local pip=("$py" -m pip install --quiet --disable-pip-version-check --no-input --upgrade --target "$target")
+    if ! "${pip[@]}" schemathesis && ! "${pip[@]}" --break-system-packages schemathesis; then
+        say "ERROR: pip could not install schemathesis" >&2
+        exit 1
+    fi
+}
+
 # The compose cluster's tests need a Docker engine answering (the image is built from this
 # machine's binaries, nothing is pulled). An installed engine that is not running is
 # started; where none is installed the tests say so and pass.
@@ -196,6 +215,7 @@ install_nats
 install_redis
 install_nextest
 install_python_openfeature
+install_schemathesis
 install_chromium
 start_docker
 say "done"

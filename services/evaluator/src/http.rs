@@ -227,6 +227,12 @@ fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared
     }
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         OfrepRequest::default()
+    } else if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        // serde would read a struct from an array too: `[]` is no request
+        return Err(Refused::Bad(
+            namespace,
+            OfrepError::parse("the body must be a JSON object such as {\"context\": {...}}"),
+        ));
     } else {
         match codec::decode::<OfrepRequest>(body, Encoding::Json) {
             Ok(request) => request,

@@ -664,6 +664,24 @@ async fn bad_input_gets_invalid_argument_in_both_encodings() {
     .await;
     assert_eq!(response.status, 400);
     assert_eq!(response.json()["errorCode"], "PARSE_ERROR");
+    // a JSON array is no request (serde alone would read a struct from it)
+    for body in [
+        &b"[]"[..],
+        b" [{\"targetingKey\": \"u\"}]",
+        b"\"text\"",
+        b"7",
+    ] {
+        let response = http(
+            addr,
+            "POST",
+            "/ofrep/v1/evaluate/flags/checkout",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await;
+        assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(body));
+        assert_eq!(response.json()["errorCode"], "PARSE_ERROR");
+    }
     let response = ofrep(addr, NS, "nope", serde_json::json!({"targetingKey": "u"})).await;
     assert_eq!(response.status, 404);
     assert_eq!(response.json()["errorCode"], "FLAG_NOT_FOUND");
