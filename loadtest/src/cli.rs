@@ -46,6 +46,9 @@ pub enum Scenario {
     /// A simulated fleet of agents for demos: register, heartbeat, poll desired, apply and
     /// report
     Agents(AgentsArgs),
+    /// OFREP change streams (SSE) held by one evaluator: memory per connection, evaluation
+    /// throughput with them open, commit → message on every stream
+    Sse(SseArgs),
     /// Renders JSON results of several scenarios as one markdown table
     Report(ReportArgs),
     /// (internal) an evaluator configured by `ROLLOUT_*` variables
@@ -213,6 +216,28 @@ pub struct PropagationArgs {
     /// 127.0.0.1:18081,127.0.0.1:18082; needed with --nats-url
     #[arg(long, value_delimiter = ',', value_name = "ADDR")]
     pub evaluator_http: Vec<String>,
+}
+
+/// `loadtest sse`.
+#[derive(Debug, Clone, Args)]
+pub struct SseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Idle change streams held open
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub clients: u32,
+    /// Changes whose fan-out to every stream is timed
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub changes: u32,
+    /// Pause between changes
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub pause: Duration,
+    /// OFREP requests in flight in each throughput loop
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: u32,
+    /// Length of each throughput loop
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 /// `loadtest agents`.

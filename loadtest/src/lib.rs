@@ -114,6 +114,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = args.common.json_out.clone();
             (scenarios::agents::run(&args).await?, out)
         }
+        Scenario::Sse(args) => {
+            let out = args.common.json_out.clone();
+            (scenarios::sse::run(&args).await?, out)
+        }
         Scenario::Report(_)
         | Scenario::ServeEvaluator
         | Scenario::ServeTicker

@@ -34,6 +34,11 @@ impl Child {
         rss_kib(self.pid()?)
     }
 
+    /// An evaluator's HTTP port.
+    pub fn http_port(&self) -> Option<u16> {
+        self.http_port
+    }
+
     fn http_base(&self) -> anyhow::Result<String> {
         let port = self.http_port.context("not an evaluator")?;
         Ok(format!("http://127.0.0.1:{port}"))

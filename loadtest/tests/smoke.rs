@@ -181,6 +181,37 @@ fn propagation_waits_for_every_replica() {
     );
     assert_eq!(count(&details["nats_publish_subscribe"]["count"]), 10);
     assert!(row(&report, "commit reply → served by all 2 replicas, p99")["pass"].is_boolean());
+    // the SSE-following client saw every change
+    assert_eq!(count(&details["sse_refetch"]["count"]), 10);
+    assert!(
+        !report["notes"]
+            .to_string()
+            .contains("did not reach the SSE client"),
+        "{report}"
+    );
+}
+
+#[test]
+fn sse_streams_cost_memory_and_every_stream_gets_every_change() {
+    let report = scenario(&[
+        "sse",
+        "--clients",
+        "50",
+        "--changes",
+        "5",
+        "--duration",
+        "1s",
+    ]);
+    let details = &report["details"];
+    assert_eq!(count(&details["fan_out"]["count"]), 5);
+    assert!(
+        !report["notes"]
+            .to_string()
+            .contains("did not reach every stream"),
+        "{report}"
+    );
+    assert!(count(&details["rss_kib"]["after"]) > 0);
+    assert!(row(&report, "OFREP evaluations/s with 50 streams open")["value"].as_f64() > Some(0.0));
 }
 
 #[test]

@@ -5,4 +5,5 @@ pub mod commands;
 pub mod eval;
 pub mod failover;
 pub mod propagation;
+pub mod sse;
 pub mod ticker;

@@ -435,7 +435,7 @@ async fn wait_all(
 /// latency from the publish call to the receipt of that very message (each carries its
 /// sequence number, so one that arrives after its wait gave up is not taken for the
 /// next). Returns the latencies and how many waits gave up.
-async fn publish_to_subscriber(
+pub(crate) async fn publish_to_subscriber(
     servers: &Servers,
     token: &str,
     count: u32,
