@@ -127,6 +127,22 @@ install_nextest() {
     say "installed $(cargo nextest --version | head -n 1)"
 }
 
+# `pip_install_into DIR WHAT PACKAGE...`: PACKAGEs from PyPI into DIR (--target), with or
+# without --break-system-packages as this pip needs.
+pip_install_into() {
+    local target="$1" what="$2"
+    shift 2
+    local py
+    py="$(find_python)" || { say "ERROR: no python with pip for $what" >&2; exit 1; }
+    say "installing $what from PyPI into $target"
+    export PIP_ROOT_USER_ACTION=ignore
+    local pip=("$py" -m pip install --quiet --disable-pip-version-check --no-input --upgrade --target "$target")
+    if ! "${pip[@]}" "$@" && ! "${pip[@]}" --break-system-packages "$@"; then
+        say "ERROR: pip could not install $*" >&2
+        exit 1
+    fi
+}
+
 # The Python OpenFeature SDK and its OFREP provider, for the evaluator's interoperability
 # test: installed project-locally into .tools/python (the test adds it to PYTHONPATH).
 install_python_openfeature() {
@@ -135,16 +151,8 @@ install_python_openfeature() {
         say "python openfeature-sdk and ofrep provider already present ($target)"
         return 0
     fi
-    local py
-    py="$(find_python)" || { say "ERROR: no python with pip for the openfeature packages" >&2; exit 1; }
-    say "installing openfeature-sdk and openfeature-provider-ofrep from PyPI into $target"
-    export PIP_ROOT_USER_ACTION=ignore
-    local pip=("$py" -m pip install --quiet --disable-pip-version-check --no-input --upgrade --target "$target")
-    if ! "${pip[@]}" openfeature-sdk openfeature-provider-ofrep \
-        && ! "${pip[@]}" --break-system-packages openfeature-sdk openfeature-provider-ofrep; then
-        say "ERROR: pip could not install openfeature-sdk openfeature-provider-ofrep" >&2
-        exit 1
-    fi
+    pip_install_into "$target" "openfeature-sdk and openfeature-provider-ofrep" \
+        openfeature-sdk openfeature-provider-ofrep
 }
 
 # Headless Chromium and its WebDriver, for the console's browser tests (Debian's packages:
@@ -168,15 +176,7 @@ install_schemathesis() {
         say "schemathesis already present ($target)"
         return 0
     fi
-    local py
-    py="$(find_python)" || { say "ERROR: no python with pip for schemathesis" >&2; exit 1; }
-    say "installing schemathesis from PyPI into $target"
-    export PIP_ROOT_USER_ACTION=ignore
-    local pip=("$py" -m pip install --quiet --disable-pip-version-check --no-input --upgrade --target "$target")
-    if ! "${pip[@]}" schemathesis && ! "${pip[@]}" --break-system-packages schemathesis; then
-        say "ERROR: pip could not install schemathesis" >&2
-        exit 1
-    fi
+    pip_install_into "$target" schemathesis schemathesis
 }
 
 # The compose cluster's tests need a Docker engine answering (the image is built from this

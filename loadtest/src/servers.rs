@@ -20,6 +20,7 @@ use planner::{Planner, PlannerConfig};
 use redis::aio::ConnectionManager;
 use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_sdk::CommandClient;
 use rollout_testkit::TestCluster;
 use rollout_wire::subjects::{Namespace, Subjects};
 use serde::Deserialize;
@@ -110,6 +111,15 @@ impl Servers {
     /// A NATS connection.
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         connect_nats(&self.nats_url()).await
+    }
+
+    /// The planner's command client as the scenarios use it: actor `loadtest`, no retries
+    /// (every failure counts), a 10 s timeout; on `nats`.
+    pub fn commands(nats: &async_nats::Client, namespace: &Namespace) -> CommandClient {
+        CommandClient::new(nats.clone(), namespace.clone())
+            .with_actor("loadtest")
+            .with_retries(0)
+            .with_timeout(std::time::Duration::from_secs(10))
     }
 
     /// A Redis connection.

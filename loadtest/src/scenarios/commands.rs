@@ -62,10 +62,7 @@ pub async fn run(args: &CommandsArgs) -> anyhow::Result<Report> {
     }
     let nats = servers.nats().await?;
     let token = crate::run_token();
-    let commands = CommandClient::new(nats.clone(), namespace.clone())
-        .with_actor("loadtest")
-        .with_retries(0)
-        .with_timeout(Duration::from_secs(10));
+    let commands = Servers::commands(&nats, &namespace);
 
     phase(format!(
         "storm: {} flags × 3 commands, {concurrency} in flight",

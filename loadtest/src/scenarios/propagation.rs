@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use rollout_sdk::CommandClient;
 use rollout_wire::subjects::Namespace;
 use serde_json::json;
 
@@ -89,10 +88,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         }),
     );
     let nats = servers.nats().await?;
-    let commands = CommandClient::new(nats.clone(), namespace.clone())
-        .with_actor("loadtest")
-        .with_retries(0)
-        .with_timeout(Duration::from_secs(10));
+    let commands = Servers::commands(&nats, &namespace);
     let token = crate::run_token();
     let flag = format!("prop-{token}");
     let probes: Vec<Probe> = replicas

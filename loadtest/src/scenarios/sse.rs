@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use rollout_sdk::CommandClient;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -65,10 +64,7 @@ pub async fn run(args: &SseArgs) -> anyhow::Result<Report> {
         }),
     );
     let nats = servers.nats().await?;
-    let commands = CommandClient::new(nats.clone(), namespace.clone())
-        .with_actor("loadtest")
-        .with_retries(0)
-        .with_timeout(Duration::from_secs(10));
+    let commands = Servers::commands(&nats, &namespace);
     let flag = format!("sse-{}", crate::run_token());
     let created = commands
         .create_flag(seed::typical_flag(&flag)?)
