@@ -134,6 +134,12 @@ async fn an_operator_signs_in_watches_rollouts_arrive_and_pauses_one() {
         .await
         .expect("state");
     assert_eq!(state, "running");
+    // two one-hour timers ahead: it completes about two hours from now
+    let eta = browser.text(&format!("{row} td.eta")).await.expect("eta");
+    assert!(
+        eta.contains("(in 1h 59m)") || eta.contains("(in 2h)"),
+        "{eta}"
+    );
     let second = operator
         .create_rollout(common::spec(json!({
             "flag": "search", "baseline": "off", "candidate": "on", "preset": "24hr",
@@ -152,6 +158,11 @@ async fn an_operator_signs_in_watches_rollouts_arrive_and_pauses_one() {
     browser
         .wait_for_text("#rollout-state", "running", |text| text == "running")
         .await;
+    let completes = browser
+        .text("#rollout-eta")
+        .await
+        .expect("the rollout page's ETA");
+    assert!(completes.contains("(in 1h"), "{completes}");
     browser.click("#action-pause").await;
     browser.wait_for("#confirm[open]").await;
     browser.click("#confirm-ok").await;

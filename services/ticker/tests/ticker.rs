@@ -159,6 +159,21 @@ async fn transitions_fire_at_their_planned_times_in_order() {
             EventKind::RolloutCompleted
         ]
     );
+    // every event of the running rollout says when it completes: two one-second timers from
+    // its planned start, whenever the ticker fired; the commit that completes it (entering
+    // the final 100 % completes on entry) names no ETA
+    for event in flag_events
+        .iter()
+        .filter(|event| event.actor.as_deref() == Some("ticker"))
+    {
+        let expected = (event.state == Some(Lifecycle::Running)).then(|| after(start, 2_000));
+        assert_eq!(
+            event.eta.and_then(|eta| eta.completes_at),
+            expected,
+            "{:?}",
+            event.kind
+        );
+    }
     let last = flag_events.last().expect("events");
     let snapshot = last.snapshot.as_ref().expect("snapshot");
     assert_eq!(

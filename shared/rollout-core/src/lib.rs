@@ -35,7 +35,7 @@ pub use guard::{
     Guard, GuardAction, GuardFigures, GuardSpec, GuardVerdict, OutcomeCounts, SideCounts,
 };
 pub use machine::{
-    step, Effect, EndCause, EntryCause, Event, GateHold, Health, HeldBy, Lifecycle, Rejection,
+    step, Effect, EndCause, EntryCause, Eta, Event, GateHold, Health, HeldBy, Lifecycle, Rejection,
     RejectionCode, RolloutState, StageCounts, StepOutcome, StepRecord, WaitingFor,
 };
 pub use plan::{compile, Audience, CompileContext, Gate, Plan, PlanKind, StartMode, Step, Target};

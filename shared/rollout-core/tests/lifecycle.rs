@@ -665,3 +665,127 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_eta_adds_up_the_timers_ahead_and_names_the_first_wait_no_clock_ends() {
+    // ten one-minute phases and a one-minute bake: done eleven minutes after the start
+    let plan = ten_phases();
+    let running = RolloutState::created(&plan, now()).state;
+    let eta = running.eta(&plan, now()).expect("running");
+    assert_eq!(eta.completes_at, Some(at(minutes(11))));
+    assert_eq!(eta.blocked_by, None);
+    // three phases in (whatever the ticker's lateness), still eleven minutes after the start
+    let later = apply(&plan, &running, tick(), at(seconds(200)));
+    assert_eq!(later.step, Some(3));
+    assert_eq!(
+        later
+            .eta(&plan, at(seconds(200)))
+            .expect("running")
+            .completes_at,
+        Some(at(minutes(11)))
+    );
+    // paused: a resume decides, so no ETA; resumed after five minutes, five minutes later
+    let paused = apply(&plan, &later, Event::Pause, at(minutes(4)));
+    assert_eq!(paused.eta(&plan, at(minutes(6))), None);
+    let resumed = apply(&plan, &paused, Event::Resume, at(minutes(9)));
+    assert_eq!(
+        resumed
+            .eta(&plan, at(minutes(9)))
+            .expect("running")
+            .completes_at,
+        Some(at(minutes(16)))
+    );
+    // finished: nothing ahead
+    let done = apply(&plan, &resumed, tick(), at(minutes(30)));
+    assert_eq!(done.lifecycle, Lifecycle::Completed);
+    assert_eq!(done.eta(&plan, at(minutes(30))), None);
+}
+
+#[test]
+fn the_eta_of_a_manual_gate_says_where_the_timers_lead_and_what_waits_there() {
+    // stage a for a minute, then stage b until an operator continues, then the rest
+    let plan = plan(json!({"stages": [
+        {"name": "a", "labels": {"s": "a"}, "gate": {"after": "1m"}},
+        {"name": "b", "labels": {"s": "b"}},
+    ]}));
+    let running = RolloutState::created(&plan, now()).state;
+    let eta = running.eta(&plan, now()).expect("running");
+    assert_eq!(eta.completes_at, None);
+    assert_eq!(eta.blocked_at_step, Some(1));
+    assert_eq!(eta.blocked_by, Some(WaitingFor::Continue));
+    assert_eq!(
+        eta.blocked_from,
+        Some(at(minutes(1))),
+        "reached when the timer ends"
+    );
+    // there now: it waits from now on
+    let waiting = apply(&plan, &running, tick(), at(minutes(2)));
+    let eta = waiting.eta(&plan, at(minutes(2))).expect("running");
+    assert_eq!(eta.blocked_at_step, Some(1));
+    assert_eq!(eta.blocked_from, Some(at(minutes(2))));
+    // continued: the final stage (everyone else) completes on entry
+    let continued = apply(&plan, &waiting, Event::Continue, at(minutes(3)));
+    assert_eq!(continued.lifecycle, Lifecycle::Completed, "{continued:?}");
+    assert_eq!(continued.eta(&plan, at(minutes(3))), None);
+}
+
+#[test]
+fn the_eta_of_a_queued_rollout_runs_from_its_start_or_waits_for_it() {
+    let scheduled = plan(json!({"preset": "1hr", "start_at": time_text(minutes(30))}));
+    let queued = RolloutState::created(&scheduled, now()).state;
+    assert_eq!(queued.lifecycle, Lifecycle::Queued);
+    let eta = queued.eta(&scheduled, now()).expect("queued");
+    let last = scheduled.last_step();
+    let total: i64 = scheduled
+        .steps
+        .iter()
+        .map(|step| match step.gate {
+            rollout_core::plan::Gate::Timer(duration) => duration.as_millis(),
+            _ => 0,
+        })
+        .sum();
+    assert!(last > 0);
+    assert_eq!(
+        eta.completes_at,
+        Some(at(minutes(30)).plus(DurationMs::from_millis(total)))
+    );
+    let on_command = plan(json!({"preset": "1hr", "wait_for_start": true}));
+    let waiting = RolloutState::created(&on_command, now()).state;
+    let eta = waiting.eta(&on_command, now()).expect("queued");
+    assert_eq!(eta.blocked_by, Some(WaitingFor::Start));
+    assert_eq!(eta.blocked_at_step, None);
+    assert_eq!(eta.completes_at, None);
+}
+
+proptest! {
+    /// A timer-only rollout completes exactly at the ETA it shows, whenever it is asked and
+    /// however late the ticks come: one millisecond before, it is still running.
+    #[test]
+    fn a_timer_only_rollout_completes_exactly_at_its_eta(
+        durations in proptest::collection::vec(1_i64..600, 1..8),
+        bake_secs in 0_i64..600,
+        asked_after_ms in 0_i64..3_600_000,
+    ) {
+        let mut phases: Vec<serde_json::Value> = durations
+            .iter()
+            .enumerate()
+            .map(|(index, secs)| json!({"percentage": index + 1, "duration": format!("{secs}s")}))
+            .collect();
+        phases.push(if bake_secs > 0 {
+            json!({"percentage": 100, "duration": format!("{bake_secs}s")})
+        } else {
+            json!({"percentage": 100})
+        });
+        let plan = plan(json!({"phases": phases}));
+        let running = RolloutState::created(&plan, now()).state;
+        // asked at some point along the way (after a tick then)
+        let asked = now().plus(DurationMs::from_millis(asked_after_ms));
+        let current = apply(&plan, &running, tick(), asked);
+        prop_assume!(current.lifecycle == Lifecycle::Running);
+        let eta = current.eta(&plan, asked).expect("running").completes_at.expect("timers only");
+        let before = apply(&plan, &current, tick(), Timestamp::from_millis(eta.as_millis() - 1));
+        prop_assert_eq!(before.lifecycle, Lifecycle::Running);
+        let at_eta = apply(&plan, &current, tick(), eta);
+        prop_assert_eq!(at_eta.lifecycle, Lifecycle::Completed);
+    }
+}

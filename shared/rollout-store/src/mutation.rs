@@ -355,7 +355,8 @@ impl<'k> Mutation<'k> {
         // watcher can follow it from events alone
         let rollout_position = self.rollout.as_ref().map(|(_, record)| {
             let share = (!record.plan.is_staged()).then(|| record.state.served_share(&record.plan));
-            (record.id.clone(), record.state.lifecycle, share)
+            let eta = record.state.eta(&record.plan, self.now);
+            (record.id.clone(), record.state.lifecycle, share, eta)
         });
         let mut events = Vec::with_capacity(self.happenings.len());
         for (position, happening) in self.happenings.into_iter().enumerate() {
@@ -365,10 +366,11 @@ impl<'k> Mutation<'k> {
             event.trace_id.clone_from(&self.actor.trace_id);
             event.command_id.clone_from(&self.actor.command_id);
             event.snapshot.clone_from(&snapshot);
-            if let Some((rollout_id, lifecycle, share)) = &rollout_position {
+            if let Some((rollout_id, lifecycle, share, eta)) = &rollout_position {
                 if event.rollout_id.as_deref() == Some(rollout_id.as_str()) {
                     event.state = Some(*lifecycle);
                     event.share = *share;
+                    event.eta = *eta;
                 }
             }
             let audit = AuditEntry {

@@ -9,7 +9,7 @@
 
 use rollout_core::guard::GuardFigures;
 use rollout_core::{
-    CompiledFlag, Effect, Flag, Lifecycle, RolloutView, Share, Timestamp, ValidationErrors,
+    CompiledFlag, Effect, Eta, Flag, Lifecycle, RolloutView, Share, Timestamp, ValidationErrors,
 };
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +145,10 @@ pub struct ChangeEvent {
     /// A guard's or kill switch's figures, on breaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub figures: Option<GuardFigures>,
+    /// A rollout's event: when it completes as it stands after the change, or the first wait
+    /// no clock ends (absent once paused or finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<Eta>,
     /// Anything else (the step function's effect, causes, lag), as an object.
     #[serde(default = "empty_details")]
     pub details: serde_json::Value,
@@ -184,6 +188,7 @@ impl ChangeEvent {
             share: None,
             skipped: Vec::new(),
             figures: None,
+            eta: None,
             details: empty_details(),
             snapshot: None,
         }

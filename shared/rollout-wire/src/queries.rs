@@ -4,8 +4,8 @@
 //! `next_page` while more remain.
 
 use rollout_core::{
-    DurationMs, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec, RolloutState,
-    Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
+    DurationMs, Eta, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec,
+    RolloutState, Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,10 @@ pub struct RolloutStatus {
     /// While paused on a timer step: what is left of its timer, run once resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_ms: Option<u64>,
+    /// When it completes if it stays as it is, or the first wait no clock ends (queued and
+    /// running rollouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<Eta>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it finished.
@@ -177,6 +181,7 @@ impl RolloutStatus {
             remaining_ms: state
                 .remaining_when_paused(plan)
                 .and_then(|left| u64::try_from(left).ok()),
+            eta: state.eta(plan, now),
             created_at,
             finished_at: state.finished_at,
             at: Some(now),
@@ -262,6 +267,9 @@ pub struct RolloutSummary {
     /// How long `due_at` has passed, once more than [`OVERDUE_AFTER`] late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overdue_ms: Option<u64>,
+    /// When it completes if it stays as it is, or the first wait no clock ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<Eta>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it finished.
@@ -290,6 +298,7 @@ impl RolloutSummary {
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             due_at: state.due_at(plan),
             overdue_ms: overdue(state.due_at(plan), now),
+            eta: state.eta(plan, now),
             created_at,
             finished_at: state.finished_at,
         }

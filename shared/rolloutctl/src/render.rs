@@ -4,7 +4,7 @@
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use rollout_core::{
-    DurationMs, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts, Timestamp,
+    DurationMs, Eta, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts, Timestamp,
 };
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
@@ -205,6 +205,29 @@ pub fn due_text(due_at: Timestamp, at: Option<Timestamp>, overdue_ms: Option<u64
     }
 }
 
+/// Where a rollout is headed, seen from `at`: `ETA 12:30:00Z (in 25m)`, or what stands in
+/// the way: `ETA unknown: step 3 waits for continue (from 12:05:00Z)`.
+pub fn eta_text(eta: &Eta, at: Option<Timestamp>) -> String {
+    if let Some(completes_at) = eta.completes_at {
+        return format!("ETA {}", due_text(completes_at, at, None));
+    }
+    let waits_for = eta
+        .blocked_by
+        .as_ref()
+        .map_or_else(|| "an operator".to_owned(), wire_name);
+    let from = eta
+        .blocked_from
+        .filter(|from| at.is_none_or(|at| *from > at))
+        .map_or_else(String::new, |from| format!(" (from {})", short_time(from)));
+    match eta.blocked_at_step {
+        Some(index) => format!(
+            "ETA unknown: step {} waits for {waits_for}{from}",
+            index + 1
+        ),
+        None => format!("ETA unknown: waits for {waits_for}{from}"),
+    }
+}
+
 fn position_text(current: Option<usize>, steps: usize) -> String {
     match current {
         // people count steps from 1; the wire's indexes stay 0-based
@@ -271,6 +294,9 @@ pub fn status(status: &RolloutStatus) -> String {
             " · {} of this step left once resumed",
             span(remaining)
         ));
+    }
+    if let Some(eta) = &status.eta {
+        line.push_str(&format!(" · {}", eta_text(eta, status.at)));
     }
     line.push_str(&format!(" · created: {}", short_time(status.created_at)));
     if let Some(finished_at) = status.finished_at {
@@ -603,7 +629,7 @@ pub fn cluster_status(members: &[rollout_wire::MemberInfo]) -> String {
 /// `rollout list`.
 pub fn rollout_list(list: &RolloutList) -> String {
     let mut rendered = table(vec![
-        "rollout", "flag", "kind", "state", "waiting", "step", "share", "next", "created",
+        "rollout", "flag", "kind", "state", "waiting", "step", "share", "next", "eta", "created",
         "finished",
     ]);
     for rollout in &list.rollouts {
@@ -638,6 +664,17 @@ pub fn rollout_list(list: &RolloutList) -> String {
                 }
                 (Some(due_at), None) => short_time(due_at),
                 (None, _) => "-".to_owned(),
+            }),
+            Cell::new(match &rollout.eta {
+                Some(eta) => match (eta.completes_at, eta.blocked_at_step, &eta.blocked_by) {
+                    (Some(completes_at), _, _) => short_time(completes_at),
+                    (None, Some(index), Some(by)) => {
+                        format!("step {} waits for {}", index + 1, wire_name(by))
+                    }
+                    (None, _, Some(by)) => format!("waits for {}", wire_name(by)),
+                    _ => "-".to_owned(),
+                },
+                None => "-".to_owned(),
             }),
             Cell::new(short_time(rollout.created_at)),
             Cell::new(time(rollout.finished_at)),
@@ -797,6 +834,40 @@ pub fn eval_result(result: &EvalResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_says_when_or_what_stands_in_the_way() {
+        let now = Timestamp::parse_rfc3339("2026-12-01T09:00:00Z").expect("time");
+        let later = now.plus(rollout_core::DurationMs::from_millis(1_500_000));
+        let done = Eta {
+            completes_at: Some(later),
+            blocked_at_step: None,
+            blocked_by: None,
+            blocked_from: None,
+        };
+        assert_eq!(
+            eta_text(&done, Some(now)),
+            "ETA 2026-12-01 09:25:00Z (in 25m)"
+        );
+        let blocked = Eta {
+            completes_at: None,
+            blocked_at_step: Some(2),
+            blocked_by: Some(rollout_core::WaitingFor::Continue),
+            blocked_from: Some(later),
+        };
+        assert_eq!(
+            eta_text(&blocked, Some(now)),
+            "ETA unknown: step 3 waits for continue (from 2026-12-01 09:25:00Z)"
+        );
+        let waiting_now = Eta {
+            blocked_from: Some(now),
+            ..blocked
+        };
+        assert_eq!(
+            eta_text(&waiting_now, Some(now)),
+            "ETA unknown: step 3 waits for continue"
+        );
+    }
 
     #[test]
     fn due_times_say_how_long_until_or_how_late() {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rollout_core::{Lifecycle, Share, ViewAudience, WaitingFor};
+use rollout_core::{Eta, Lifecycle, Share, Timestamp, ViewAudience, WaitingFor};
 use rollout_sdk::{ChangeEvent, EventSubscription};
 use rollout_wire::{EventKind, RolloutListQuery, RolloutStatus};
 
@@ -33,10 +33,35 @@ struct Progress {
     next: Option<(Instant, i64)>,
     /// How late the due transition was when read, once overdue.
     overdue_ms: Option<u64>,
+    /// When it completes as it stands: milliseconds ahead of the planner's time when read
+    /// (status or event), and when that was here.
+    completes: Option<(Instant, i64)>,
+    /// Otherwise the first wait no clock ends.
+    blocked: Option<Blocked>,
+}
+
+/// The first wait no clock ends: the step (none: the start) and what it waits for.
+type Blocked = (Option<usize>, WaitingFor);
+
+/// The ETA of a status or event read at the planner's time `at`, as [`Progress`] keeps it.
+fn eta_parts(
+    eta: Option<&Eta>,
+    at: Option<Timestamp>,
+) -> (Option<(Instant, i64)>, Option<Blocked>) {
+    let Some(eta) = eta else {
+        return (None, None);
+    };
+    let completes = eta
+        .completes_at
+        .zip(at)
+        .map(|(completes_at, at)| (Instant::now(), completes_at.millis_since(at)));
+    let blocked = eta.blocked_by.map(|by| (eta.blocked_at_step, by));
+    (completes, blocked)
 }
 
 impl Progress {
     fn from_status(status: &RolloutStatus) -> Progress {
+        let (completes, blocked) = eta_parts(status.eta.as_ref(), status.at);
         Progress {
             rollout_id: status.rollout_id.clone(),
             staged: status.steps.iter().any(|step| step.name.is_some()),
@@ -51,6 +76,8 @@ impl Progress {
                 .zip(status.at)
                 .map(|(due_at, at)| (Instant::now(), due_at.millis_since(at))),
             overdue_ms: status.overdue_ms,
+            completes,
+            blocked,
         }
     }
 
@@ -58,6 +85,11 @@ impl Progress {
     fn apply(&mut self, event: &ChangeEvent) {
         if let Some(to) = event.to_step {
             self.step = Some(to);
+        }
+        if event.state.is_some() {
+            // a rollout's event says where it is headed after the change (nothing once
+            // paused or finished)
+            (self.completes, self.blocked) = eta_parts(event.eta.as_ref(), Some(event.time));
         }
         let snapshot_share = event
             .snapshot
@@ -156,8 +188,24 @@ impl Progress {
             }
             (None, None) => String::new(),
         };
+        let eta = match (self.completes, self.blocked) {
+            (Some((read, ahead)), _) => {
+                let left = ahead - i64::try_from(read.elapsed().as_millis()).unwrap_or(i64::MAX);
+                format!(
+                    " · done in {}",
+                    span(u64::try_from(left.max(0)).unwrap_or(0))
+                )
+            }
+            (None, Some((Some(index), by))) => format!(
+                " · ETA unknown: step {} waits for {}",
+                index + 1,
+                wire_name(&by)
+            ),
+            (None, Some((None, by))) => format!(" · ETA unknown: waits for {}", wire_name(&by)),
+            (None, None) => String::new(),
+        };
         format!(
-            "{audience} · {step} · {}{waiting}{next}",
+            "{audience} · {step} · {}{waiting}{next}{eta}",
             self.state.as_str()
         )
     }
@@ -379,6 +427,8 @@ mod tests {
             },
             next: None,
             overdue_ms: None,
+            completes: None,
+            blocked: None,
         }
     }
 
@@ -420,6 +470,43 @@ mod tests {
             message.contains("overdue by 42s: is a ticker running?"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_message_says_when_it_is_done_or_what_stands_in_the_way_as_events_tell() {
+        let mut watched = progress(false);
+        let now = Timestamp::parse_rfc3339("2026-12-01T09:00:00Z").expect("time");
+        let mut step = event(EventKind::RolloutStep);
+        step.state = Some(Lifecycle::Running);
+        step.time = now;
+        step.eta = Some(Eta {
+            completes_at: Some(now.plus(rollout_core::DurationMs::from_millis(3_600_000))),
+            blocked_at_step: None,
+            blocked_by: None,
+            blocked_from: None,
+        });
+        watched.apply(&step);
+        let message = watched.message();
+        assert!(
+            message.contains("done in 1h") || message.contains("done in 59m"),
+            "{message}"
+        );
+        step.eta = Some(Eta {
+            completes_at: None,
+            blocked_at_step: Some(2),
+            blocked_by: Some(WaitingFor::Continue),
+            blocked_from: Some(now),
+        });
+        watched.apply(&step);
+        let message = watched.message();
+        assert!(
+            message.contains("ETA unknown: step 3 waits for continue"),
+            "{message}"
+        );
+        let mut paused = event(EventKind::RolloutPaused);
+        paused.state = Some(Lifecycle::Paused);
+        watched.apply(&paused);
+        assert!(!watched.message().contains("ETA"), "{}", watched.message());
     }
 
     #[test]

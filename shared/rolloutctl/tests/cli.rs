@@ -685,9 +685,20 @@ async fn status_and_list_say_when_the_next_step_comes_and_a_pause_what_is_left()
     status.assert_ok();
     assert!(status.stdout.contains("· next: "), "{}", status.stdout);
     assert!(status.stdout.contains("(in "), "{}", status.stdout);
+    // 30m + 6h + 1d of timers: done 30.5 h after the first step began
+    assert!(status.stdout.contains("· ETA "), "{}", status.stdout);
+    let running: RolloutStatus =
+        serde_json::from_value(cluster.ctl_json(&["rollout", "status", id]).await).expect("json");
+    let eta = running.eta.expect("a running rollout's ETA");
+    let began = running.steps[0].planned_at.expect("the first step's start");
+    assert_eq!(
+        eta.completes_at.expect("timers only").millis_since(began),
+        30 * 3_600_000 + 1_800_000
+    );
     let list = cluster.ctl(&["rollout", "list"]).await;
     list.assert_ok();
     assert!(list.stdout.contains("next"), "{}", list.stdout);
+    assert!(list.stdout.contains("eta"), "{}", list.stdout);
 
     cluster.ctl(&["rollout", "pause", id]).await.assert_ok();
     let paused = cluster.ctl(&["rollout", "status", id]).await;
@@ -700,6 +711,8 @@ async fn status_and_list_say_when_the_next_step_comes_and_a_pause_what_is_left()
     let json: RolloutStatus =
         serde_json::from_value(cluster.ctl_json(&["rollout", "status", id]).await).expect("json");
     let left = json.remaining_ms.expect("remaining while paused");
+    assert_eq!(json.eta, None, "a paused rollout's end is up to its resume");
+    assert!(!paused.stdout.contains("ETA"), "{}", paused.stdout);
     let step = json.steps[0]
         .gate
         .duration

@@ -286,8 +286,8 @@ async function rolloutsView(_rest, params) {
       body.replaceChildren(h("p", { class: "muted", id: "no-rollouts" }, "No " + state.replace("_", " ") + " rollouts" + (flag ? " of " + flag : "") + "."));
     } else {
       body.replaceChildren(h("div", { class: "table-wrap" }, h("table", { id: "rollouts" },
-        h("thead", {}, h("tr", {}, ["Rollout", "Flag", "State", "Progress", "Share", "Waits for", "Next transition", "Created"].map((t, i) =>
-          h("th", { class: i === 7 ? "hide-narrow" : null }, t)))),
+        h("thead", {}, h("tr", {}, ["Rollout", "Flag", "State", "Progress", "Share", "Waits for", "Next transition", "Done (ETA)", "Created"].map((t, i) =>
+          h("th", { class: i === 8 ? "hide-narrow" : null }, t)))),
         h("tbody", {}, rows.map(rolloutRow)))),
       h("div", { class: "pager" },
         page > 0 ? h("button", { onclick: () => { page -= 1; app.refresh(); } }, "Newer") : null,
@@ -306,6 +306,15 @@ function etaCell(iso) {
   return span;
 }
 
+// When a rollout completes as it stands (its timers), or the first wait no clock ends.
+function etaText(e) {
+  if (!e) return "—";
+  if (e.completes_at) return etaCell(e.completes_at);
+  const waits = WAITING[e.blocked_by] || e.blocked_by || "an operator";
+  const where = e.blocked_at_step !== undefined ? "step " + (e.blocked_at_step + 1) + " waits for " : "waits for ";
+  return h("span", { class: "muted" }, "unknown: " + where + waits);
+}
+
 function rolloutRow(r) {
   const done = r.current_step === undefined ? 0 : r.current_step + (["completed", "stopped", "rolled_back"].includes(r.state) ? 1 : 0);
   const fraction = r.share !== undefined ? r.share : (r.step_count ? 100 * done / r.step_count : 0);
@@ -319,6 +328,7 @@ function rolloutRow(r) {
     h("td", { class: "share" }, r.share !== undefined ? percent(r.share) : "stages"),
     h("td", {}, r.waiting_for ? WAITING[r.waiting_for] || r.waiting_for : "—"),
     h("td", {}, r.due_at ? (r.overdue_ms ? h("span", { class: "error" }, time(r.due_at), " overdue by " + duration(r.overdue_ms)) : etaCell(r.due_at)) : "—"),
+    h("td", { class: "eta" }, etaText(r.eta)),
     h("td", { class: "hide-narrow" }, time(r.created_at)));
 }
 
@@ -383,6 +393,7 @@ function rolloutFacts(s, counts) {
   if (s.due_at) facts.push(["Next transition", s.overdue_ms
     ? h("span", { class: "error", id: "rollout-overdue" }, time(s.due_at), " — overdue by " + duration(s.overdue_ms) + ": is a ticker running?")
     : etaCell(s.due_at)]);
+  if (s.eta) facts.push(["Completes", h("span", { id: "rollout-eta" }, etaText(s.eta))]);
   if (s.paused_at) facts.push(["Paused since", time(s.paused_at)]);
   if (s.remaining_ms !== undefined) facts.push(["Left of this step", h("span", { id: "rollout-remaining" }, duration(s.remaining_ms) + " once resumed")]);
   facts.push(["Created", time(s.created_at)]);

@@ -74,6 +74,61 @@ pub enum WaitingFor {
     Guard,
 }
 
+/// When a rollout would complete if it stays as it is — every timer runs as planned, nothing
+/// is paused — or, when a step no clock can end stands in the way, which step, what it
+/// waits for and when the timers bring the rollout there (SPEC §12 "Progress").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eta {
+    /// When the rollout completes, if only timers stand in the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completes_at: Option<Timestamp>,
+    /// The first step no clock can end (`None` with `blocked_by: start`: the start itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_at_step: Option<usize>,
+    /// What that step waits for: `continue`, `guard` (a completion gate) or `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<WaitingFor>,
+    /// When the rollout reaches that wait (now, when it already waits there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_from: Option<Timestamp>,
+}
+
+impl Eta {
+    fn completes(at: Timestamp) -> Eta {
+        Eta {
+            completes_at: Some(at),
+            blocked_at_step: None,
+            blocked_by: None,
+            blocked_from: None,
+        }
+    }
+
+    fn blocked(step: Option<usize>, by: WaitingFor, from: Timestamp) -> Eta {
+        Eta {
+            completes_at: None,
+            blocked_at_step: step,
+            blocked_by: Some(by),
+            blocked_from: Some(from),
+        }
+    }
+
+    /// Walks the plan from entering step `from` at `at`: timers add up until the final
+    /// step completes, or a step without a timer blocks the way.
+    fn walk(plan: &Plan, from: usize, mut at: Timestamp) -> Eta {
+        for index in from..=plan.last_step() {
+            match plan.steps.get(index).map(|step| &step.gate) {
+                Some(Gate::Timer(duration)) => at = at.plus(*duration),
+                Some(Gate::Immediate) | None => {}
+                Some(Gate::Continue) => return Eta::blocked(Some(index), WaitingFor::Continue, at),
+                Some(Gate::Completion { .. }) => {
+                    return Eta::blocked(Some(index), WaitingFor::Guard, at)
+                }
+            }
+        }
+        Eta::completes(at)
+    }
+}
+
 /// What happened to one step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -369,6 +424,37 @@ impl RolloutState {
                     Gate::Timer(duration) => Some(self.step_anchor?.plus(duration)),
                     Gate::Immediate => self.step_anchor,
                     Gate::Continue | Gate::Completion { .. } => None,
+                }
+            }
+            Lifecycle::Paused
+            | Lifecycle::Completed
+            | Lifecycle::Stopped
+            | Lifecycle::RolledBack => None,
+        }
+    }
+
+    /// When this rollout would complete as it stands ([`Eta`]); `None` while paused (a
+    /// resume decides) and once finished.
+    pub fn eta(&self, plan: &Plan, now: Timestamp) -> Option<Eta> {
+        match self.lifecycle {
+            Lifecycle::Queued => Some(match self.queued_until {
+                // step 0 is entered at the start time and its timer runs from there
+                Some(start) => Eta::walk(plan, 0, start),
+                None => Eta::blocked(None, WaitingFor::Start, now),
+            }),
+            Lifecycle::Running => {
+                let current = self.step?;
+                match &plan.steps.get(current)?.gate {
+                    Gate::Timer(duration) => Some(Eta::walk(
+                        plan,
+                        current + 1,
+                        self.step_anchor?.plus(*duration),
+                    )),
+                    Gate::Immediate => Some(Eta::completes(self.step_anchor?)),
+                    Gate::Continue => Some(Eta::blocked(Some(current), WaitingFor::Continue, now)),
+                    Gate::Completion { .. } => {
+                        Some(Eta::blocked(Some(current), WaitingFor::Guard, now))
+                    }
                 }
             }
             Lifecycle::Paused
