@@ -36,7 +36,8 @@ use rollout_core::Timestamp;
 use rollout_sdk::{EvalClient, Namespace};
 use support::checks::{check_commands, check_rollouts, Replica, Report, VersionMonitor};
 use support::cluster::{
-    boolean_flag, publish_until_acked, Cluster, ClusterOptions, EvaluatorProcess, Workload,
+    boolean_flag, publish_until_acked, storm_update, Cluster, ClusterOptions, EvaluatorProcess,
+    Workload,
 };
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::Service;
@@ -544,12 +545,7 @@ async fn nats_restart_during_a_command_storm() {
             for index in (publisher..total).step_by(publishers) {
                 let flag = &flags[index % flags.len()];
                 let id = format!("storm-{index}");
-                let mut definition = boolean_flag(flag);
-                definition.description = Some(format!("storm {index}"));
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "command_id": id, "flag": definition,
-                }))
-                .expect("json");
+                let body = storm_update(flag, &id, index);
                 publish_until_acked(
                     &jetstream,
                     &format!("rollout.cmdq.{NS}.flag.update"),

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollout_core::Timestamp;
-use serde_json::json;
 use support::checks::{check_commands, check_rollouts, Report, VersionMonitor};
-use support::cluster::{boolean_flag, create_phased, operator_commands, publish_until_acked};
+use support::cluster::{
+    boolean_flag, create_phased, millis, operator_commands, publish_until_acked, storm_update,
+};
 use support::compose::{self, ComposeCluster, LEASE};
 use support::oracle::OracleMonitor;
 use support::{eventually, NS};
@@ -58,9 +59,7 @@ async fn phased_workload(
 ) -> Workload {
     let commands = operator_commands(cluster.operator.clone());
     let now = cluster.now().await;
-    let start = Timestamp::from_millis(
-        now.as_millis() + i64::try_from(start_in.as_millis()).expect("millis"),
-    );
+    let start = Timestamp::from_millis(now.as_millis() + millis(start_in));
     let (flags, rollouts) = create_phased(&commands, prefix, count, phases, step, start).await;
     assert!(
         cluster.now().await < start,
@@ -247,10 +246,7 @@ fn command_stream(
         while !stop.load(Ordering::Relaxed) {
             let flag = &flags[index % flags.len()];
             let id = format!("compose-storm-{index}");
-            let mut definition = boolean_flag(flag);
-            definition.description = Some(format!("storm {index}"));
-            let body =
-                serde_json::to_vec(&json!({"command_id": id, "flag": definition})).expect("json");
+            let body = storm_update(flag, &id, index);
             publish_until_acked(
                 &jetstream,
                 &format!("rollout.cmdq.{NS}.flag.update"),

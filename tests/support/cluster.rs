@@ -592,6 +592,15 @@ pub async fn create_phased(
     created.into_iter().unzip()
 }
 
+/// The body of a `flag.update` command `id` of a command storm: flag `flag` as
+/// [`boolean_flag`] makes it, described as storm command `index` (every update a new
+/// version).
+pub fn storm_update(flag: &str, id: &str, index: usize) -> Vec<u8> {
+    let mut definition = boolean_flag(flag);
+    definition.description = Some(format!("storm {index}"));
+    serde_json::to_vec(&json!({"command_id": id, "flag": definition})).expect("json")
+}
+
 /// Publishes `body` (JSON) to the durable command stream subject `subject` until the stream
 /// acknowledges it, counting each retry in `retries`. No `Nats-Msg-Id`: a retried publish
 /// may store the command twice, and the planner must still apply it once.

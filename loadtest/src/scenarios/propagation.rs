@@ -126,12 +126,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     let mut command_latency = Latency::new()?;
     for change in 0..args.changes {
         let sent = Instant::now();
-        let result = if change % 2 == 0 {
-            commands.disable_flag(&flag).await
-        } else {
-            commands.enable_flag(&flag).await
-        }
-        .context("committing a change")?;
+        let result = toggle(&commands, &flag, change).await?;
         let replied = Instant::now();
         command_latency.record(replied - sent);
         let served = wait_all(&probes, result.version, PATIENCE, args.poll).await;
@@ -295,6 +290,21 @@ impl Probe {
             tokio::time::sleep(poll).await;
         }
     }
+}
+
+/// Change number `change` of a run: the flag disabled (even) or enabled (odd) through the
+/// planner; the committed result (its new version).
+pub(crate) async fn toggle(
+    commands: &rollout_sdk::CommandClient,
+    flag: &str,
+    change: u32,
+) -> anyhow::Result<rollout_wire::FlagResult> {
+    if change.is_multiple_of(2) {
+        commands.disable_flag(flag).await
+    } else {
+        commands.enable_flag(flag).await
+    }
+    .context("committing a change")
 }
 
 /// An OFREP provider following the SSE ADR on one replica: it fetched the bulk evaluation,

@@ -80,7 +80,6 @@ pub async fn run(args: &SseArgs) -> anyhow::Result<Report> {
     phase(format!("opening {} idle change streams", args.clients));
     let (stop, stopped) = watch::channel(false);
     let received = Arc::new(AtomicU64::new(0));
-    let latest = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::with_capacity(args.clients as usize);
     let path = format!("/ofrep/v1/sse/{}", namespace.as_str());
     for _ in 0..args.clients {
@@ -101,14 +100,8 @@ pub async fn run(args: &SseArgs) -> anyhow::Result<Report> {
     let mut missed = 0_u64;
     for change in 0..args.changes {
         let before = received.load(Ordering::SeqCst);
-        let result = if change % 2 == 0 {
-            commands.disable_flag(&flag).await
-        } else {
-            commands.enable_flag(&flag).await
-        }
-        .context("committing a change")?;
+        crate::scenarios::propagation::toggle(&commands, &flag, change).await?;
         let replied = Instant::now();
-        latest.store(result.version, Ordering::SeqCst);
         let wanted = before + u64::from(args.clients);
         loop {
             if received.load(Ordering::SeqCst) >= wanted {

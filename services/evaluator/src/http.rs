@@ -188,6 +188,30 @@ enum Refused {
     Bad(Option<Arc<NamespaceSnapshot>>, OfrepError),
 }
 
+/// The namespace a request names (`what`: where it named it), checked: a valid name (else
+/// 400) and, when the token is bound to a namespace, that one (else 403).
+fn requested_namespace(
+    bound: Option<&str>,
+    requested: &str,
+    what: &str,
+) -> Result<String, Refused> {
+    let namespace = Namespace::new(requested).map_err(|error| {
+        Refused::Bad(
+            None,
+            OfrepError::general(format!("{what}: {}", error.message())),
+        )
+    })?;
+    match bound {
+        Some(bound) if bound != namespace.as_str() => {
+            Err(Refused::Denied(Denied::OtherNamespace {
+                bound: bound.to_owned(),
+                requested: namespace.into(),
+            }))
+        }
+        _ => Ok(namespace.into()),
+    }
+}
+
 fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared, Refused> {
     let bound = shared
         .access
@@ -200,24 +224,7 @@ fn prepare(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Prepared
     let name = match headers.get(NAMESPACE_HEADER) {
         None => bound.unwrap_or(&shared.access.default_namespace).to_owned(),
         Some(value) => {
-            let text = value.to_str().unwrap_or_default();
-            match Namespace::new(text) {
-                Ok(namespace) => match bound {
-                    Some(bound) if bound != namespace.as_str() => {
-                        return Err(Refused::Denied(Denied::OtherNamespace {
-                            bound: bound.to_owned(),
-                            requested: namespace.into(),
-                        }))
-                    }
-                    _ => namespace.into(),
-                },
-                Err(error) => {
-                    return Err(Refused::Bad(
-                        None,
-                        OfrepError::general(format!("{NAMESPACE_HEADER}: {}", error.message())),
-                    ))
-                }
-            }
+            requested_namespace(bound, value.to_str().unwrap_or_default(), NAMESPACE_HEADER)?
         }
     };
     let namespace = shared.served.snapshot.namespace(&name);
@@ -418,17 +425,14 @@ async fn stream(
     if !shared.metrics.is_ready() {
         return not_ready(&shared);
     }
-    if let Err(error) = Namespace::new(name.as_str()) {
-        let error = OfrepError::general(format!("namespace: {}", error.message()));
-        return json_response(status_of(&error), &error.bulk_body());
-    }
-    if let Some(bound) = bound.filter(|bound| *bound != name) {
-        let denied = Denied::OtherNamespace {
-            bound: bound.to_owned(),
-            requested: name,
-        };
-        return denied_response(&denied, &OfrepError::denied(&denied).bulk_body());
-    }
+    let name = match requested_namespace(bound, &name, "namespace") {
+        Ok(name) => name,
+        Err(Refused::Denied(denied)) => {
+            return denied_response(&denied, &OfrepError::denied(&denied).bulk_body())
+        }
+        Err(Refused::Bad(_, error)) => return json_response(status_of(&error), &error.bulk_body()),
+        Err(Refused::NotReady) => return not_ready(&shared),
+    };
     let Some(namespace) = shared.served.snapshot.namespace(&name) else {
         let error = OfrepError::namespace_not_found(&name);
         return json_response(status_of(&error), &error.bulk_body());
