@@ -21,6 +21,9 @@
 //!   snapshot, and every replica still serves the edit (read from Redis);
 //! - a new evaluator agrees with running ones after several transitions (steps, pause,
 //!   resume, stop leaving a split, a second rollout continuing it);
+//! - an approval gate holds its step's share until two distinct actors approved it (a stale
+//!   approval, a repeated one and `continue` are refused), then its timer runs from the
+//!   approval; the audit names the approvers;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
@@ -33,12 +36,13 @@ use evaluator::EvaluatorHandle;
 use futures_util::StreamExt;
 use rollout_core::{
     AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, ViewAudience,
+    WaitingFor,
 };
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{EvalClient, Namespace};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
-use rollout_wire::{RolloutResult, RolloutStatus};
+use rollout_wire::{AuditQuery, ErrorCode, EventKind, RolloutResult, RolloutStatus};
 use serde_json::{json, Value};
 use support::cluster::{boolean_flag, report_candidate, Cluster, ClusterOptions};
 use support::oracle::{
@@ -1107,6 +1111,129 @@ async fn assert_a_fresh_evaluator_agrees(system: &mut System) {
     system.cluster.add_evaluator().await;
     system.assert_served_matches_committed().await;
     system.cluster.stop_newest_evaluator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_gate_holds_its_share_until_two_people_approved_it() {
+    let system = System::start(1).await;
+    system
+        .cluster
+        .commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "1s"},
+                          {"percentage": 50, "duration": "1s",
+                           "gate": {"approval": {"approvers": 2}}},
+                          {"percentage": 100}]}),
+    )
+    .await;
+    let id = rollout.rollout_id.clone();
+    // the ticker carries it into the approval step, where no clock moves it
+    let waiting = system
+        .rollout_reaches(&id, "wait for approval at 50 %", |status| {
+            status.current_step == Some(1)
+        })
+        .await;
+    assert_eq!(waiting.waiting_for, Some(WaitingFor::Approval));
+    assert_eq!(waiting.due_at, None);
+    assert_eq!(waiting.share, Some(Share::from_ppm(500_000)));
+    assert_eq!(waiting.steps[1].gate.approvers, Some(2));
+    let eta = waiting.eta.expect("eta");
+    assert_eq!(
+        (eta.blocked_at_step, eta.blocked_by),
+        (Some(1), Some(WaitingFor::Approval))
+    );
+    system.assert_served_matches_committed().await;
+
+    let as_actor = |actor: &str| system.cluster.commands.clone().with_actor(actor);
+    // an approval of a step the rollout has left is refused and counts for nothing
+    let stale = as_actor("ana")
+        .approve_rollout(&id, Some(0))
+        .await
+        .expect_err("stale step");
+    assert_eq!(stale.code(), ErrorCode::Conflict);
+    let first = as_actor("ana")
+        .approve_rollout(&id, Some(1))
+        .await
+        .expect("ana approves");
+    assert_eq!(first.waiting_for, Some(WaitingFor::Approval));
+    assert_eq!(first.approvals.len(), 1);
+    let twice = as_actor("ana")
+        .approve_rollout(&id, Some(1))
+        .await
+        .expect_err("ana twice");
+    assert_eq!(
+        (twice.code(), twice.field()),
+        (ErrorCode::FailedPrecondition, Some("actor"))
+    );
+    let continued = system
+        .cluster
+        .commands
+        .continue_rollout(&id)
+        .await
+        .expect_err("continue does not bypass the approval");
+    assert_eq!(continued.code(), ErrorCode::FailedPrecondition);
+    let held = system
+        .cluster
+        .commands
+        .rollout_status(&id)
+        .await
+        .expect("status");
+    assert_eq!(
+        (held.current_step, held.share),
+        (Some(1), Some(Share::from_ppm(500_000)))
+    );
+    system.assert_served_matches_committed().await;
+
+    let second = as_actor("bo")
+        .approve_rollout(&id, Some(1))
+        .await
+        .expect("bo approves");
+    assert_eq!(second.waiting_for, Some(WaitingFor::Timer));
+    let approved = system
+        .cluster
+        .commands
+        .rollout_status(&id)
+        .await
+        .expect("status");
+    let approved_at = approved.approvals[1].at;
+    assert_eq!(
+        approved.due_at,
+        Some(approved_at.plus(rollout_core::DurationMs::from_millis(1_000))),
+        "the step's timer runs from the approval"
+    );
+    let done = system
+        .rollout_reaches(&id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
+    assert_eq!(done.share, Some(Share::ALL));
+    system.assert_served_matches_committed().await;
+
+    let audit = system
+        .cluster
+        .commands
+        .audit(AuditQuery {
+            rollout_id: Some(id.clone()),
+            flag: None,
+            page: None,
+            page_size: None,
+        })
+        .await
+        .expect("audit");
+    let approvers: Vec<&str> = audit
+        .entries
+        .iter()
+        .rev()
+        .filter(|entry| entry.kind == EventKind::RolloutApproved)
+        .map(|entry| entry.actor.as_str())
+        .collect();
+    assert_eq!(approvers, ["ana", "bo"]);
+    system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

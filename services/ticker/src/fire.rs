@@ -429,6 +429,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::StepEntered { .. } => "step_entered",
         Effect::Paused { .. } => "paused",
         Effect::Resumed { .. } => "resumed",
+        Effect::Approved { .. } => "approved",
         Effect::GuardBreached { .. } => "guard_breached",
         Effect::Completed => "completed",
         Effect::Stopped { .. } => "stopped",

@@ -35,10 +35,12 @@ pub use guard::{
     Guard, GuardAction, GuardFigures, GuardSpec, GuardVerdict, OutcomeCounts, SideCounts,
 };
 pub use machine::{
-    step, Effect, EndCause, EntryCause, Eta, Event, GateHold, Health, HeldBy, Lifecycle, Rejection,
-    RejectionCode, RolloutState, StageCounts, StepOutcome, StepRecord, WaitingFor,
+    step, Approval, Effect, EndCause, EntryCause, Eta, Event, GateHold, Health, HeldBy, Lifecycle,
+    Rejection, RejectionCode, RolloutState, StageCounts, StepOutcome, StepRecord, WaitingFor,
 };
-pub use plan::{compile, Audience, CompileContext, Gate, Plan, PlanKind, StartMode, Step, Target};
+pub use plan::{
+    compile, ApprovalGate, Audience, CompileContext, Gate, Plan, PlanKind, StartMode, Step, Target,
+};
 pub use record::{FlagRecord, RolloutRecord};
 pub use share::Share;
 pub use spec::RolloutSpec;

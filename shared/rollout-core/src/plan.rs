@@ -12,6 +12,10 @@
 //! - stages: one stage step per named stage plus the implicit final `unassigned` stage; a
 //!   stage's gate (default `continue`) releases the next stage. Releasing `unassigned`
 //!   completes the rollout.
+//!
+//! A phase or a stage may also wait for an approval ([`ApprovalGate`], SPEC §12): `N`
+//! distinct actors approve the step while it is current; only then does its gate run, a
+//! timer counting from the approval. A stage gated by an approval alone opens at approval.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +33,8 @@ pub const UNASSIGNED_STAGE: &str = "unassigned";
 pub const MAX_STEPS: usize = 1000;
 /// Most labels one stage may require.
 pub const MAX_STAGE_LABELS: usize = 32;
+/// Most distinct approvers one approval gate may ask for.
+pub const MAX_APPROVERS: u32 = 16;
 /// Default minimum gap between manual schedule steps (SPEC §3.2).
 pub const DEFAULT_MIN_PHASE_INTERVAL: DurationMs = DurationMs::from_minutes(5);
 
@@ -112,13 +118,24 @@ pub enum Gate {
     Immediate,
 }
 
+/// Approvals a step waits for before its gate runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalGate {
+    /// How many distinct actors must approve the step while it is current.
+    pub approvers: u32,
+}
+
 /// One normalised step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Who gets the candidate while this step is current.
     pub audience: Audience,
-    /// What ends the step (on the final step: what completes the rollout).
+    /// What ends the step (on the final step: what completes the rollout); with an
+    /// approval, it runs only once the step is approved (a timer from the approval).
     pub gate: Gate,
+    /// Approvals the step waits for first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalGate>,
 }
 
 /// A compiled rollout: everything the ticker, planner and evaluators need.
@@ -174,6 +191,16 @@ impl Plan {
             Some(Audience::Share(share)) => *share,
             _ => Share::NONE,
         }
+    }
+
+    /// The approval step `index` waits for, if any.
+    pub fn approval_at(&self, index: usize) -> Option<ApprovalGate> {
+        self.steps.get(index).and_then(|step| step.approval)
+    }
+
+    /// Whether any step waits for an approval.
+    pub fn has_approvals(&self) -> bool {
+        self.steps.iter().any(|step| step.approval.is_some())
     }
 
     /// The label sets of a staged plan's named stages, in order (without `unassigned`).
@@ -474,10 +501,18 @@ fn compile_phases(phases: &[crate::spec::PhaseSpec], errors: &mut ValidationErro
                 None
             }
         };
+        let approval = phase.gate.as_ref().and_then(|gate| {
+            approval_gate(
+                &gate.approval,
+                &format!("{path}.gate.approval.approvers"),
+                errors,
+            )
+        });
         if let (Some(share), Some(gate)) = (share, gate) {
             steps.push(Step {
                 audience: Audience::Share(share),
                 gate,
+                approval,
             });
         }
         previous = share.or(previous);
@@ -499,6 +534,7 @@ fn compile_preset(name: &str, errors: &mut ValidationErrors) -> Option<Vec<Step>
             .map(|(percentage, minutes)| Step {
                 audience: Audience::Share(Share::from_ppm(percentage * 10_000)),
                 gate: Gate::Timer(DurationMs::from_minutes(*minutes)),
+                approval: None,
             })
             .collect(),
     )
@@ -559,6 +595,7 @@ fn compile_manual(
                 Some(next) => Gate::Timer(DurationMs::from_millis(next.millis_since(times[index]))),
                 None => Gate::Immediate,
             },
+            approval: None,
         })
         .collect();
     Some((StartMode::At(times[0]), steps))
@@ -603,6 +640,7 @@ fn compile_template(
                     } else {
                         Gate::Timer(period)
                     },
+                    approval: None,
                 }
             })
             .collect(),
@@ -645,16 +683,17 @@ fn compile_stages(stages: &[StageSpec], errors: &mut ValidationErrors) -> Option
             );
         }
         let gate = match &stage.gate {
-            None => Some(Gate::Continue),
+            None => Some((Gate::Continue, None)),
             Some(gate_spec) => compile_stage_gate(gate_spec, &format!("{path}.gate"), errors),
         };
-        if let Some(gate) = gate {
+        if let Some((gate, approval)) = gate {
             steps.push(Step {
                 audience: Audience::Stage {
                     name: stage.name.clone(),
                     labels: stage.labels.clone(),
                 },
                 gate,
+                approval,
             });
         }
     }
@@ -664,16 +703,53 @@ fn compile_stages(stages: &[StageSpec], errors: &mut ValidationErrors) -> Option
             labels: Labels::new(),
         },
         gate: Gate::Immediate,
+        approval: None,
     });
     Some(steps)
+}
+
+/// Checks an approval gate's number of approvers.
+fn approval_gate(
+    spec: &crate::spec::ApprovalSpec,
+    field: &str,
+    errors: &mut ValidationErrors,
+) -> Option<ApprovalGate> {
+    if spec.approvers == 0 || spec.approvers > MAX_APPROVERS {
+        errors.push(
+            field,
+            format!("must be 1..={MAX_APPROVERS}, not {}", spec.approvers),
+        );
+        return None;
+    }
+    Some(ApprovalGate {
+        approvers: spec.approvers,
+    })
 }
 
 fn compile_stage_gate(
     gate: &StageGateSpec,
     path: &str,
     errors: &mut ValidationErrors,
-) -> Option<Gate> {
-    match (&gate.after, gate.min_completed_percentage) {
+) -> Option<(Gate, Option<ApprovalGate>)> {
+    let approval = match &gate.approval {
+        Some(spec) => Some(approval_gate(
+            spec,
+            &format!("{path}.approval.approvers"),
+            errors,
+        )?),
+        None => None,
+    };
+    let rest = match (&gate.after, gate.min_completed_percentage) {
+        // an approval alone: the next stage is released when the stage is approved
+        (None, None) if approval.is_some() => {
+            if gate.max_errors.is_some() {
+                errors.push(
+                    format!("{path}.max_errors"),
+                    "max_errors goes with min_completed_percentage",
+                );
+            }
+            Some(Gate::Immediate)
+        }
         (Some(after), None) => {
             if gate.max_errors.is_some() {
                 errors.push(
@@ -703,9 +779,10 @@ fn compile_stage_gate(
         _ => {
             errors.push(
                 path,
-                "give exactly one of after or min_completed_percentage",
+                "give exactly one of after or min_completed_percentage, or an approval",
             );
             None
         }
-    }
+    };
+    rest.map(|gate| (gate, approval))
 }

@@ -63,8 +63,28 @@ pub struct PhaseSpec {
     /// Cumulative share, (0, 100], up to four decimals.
     pub percentage: f64,
     /// How long the phase lasts; optional on the final phase (then a bake time, if given).
+    /// With an approval gate, the time runs from the approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    /// What else must happen before the next phase: an approval (SPEC §12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<PhaseGateSpec>,
+}
+
+/// A phase's extra gate: `{approval: {approvers: N}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseGateSpec {
+    /// Distinct operators who must approve the phase before its duration runs.
+    pub approval: ApprovalSpec,
+}
+
+/// An approval gate: `N` distinct actors send `rollout.approve` for the current step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// How many distinct actors must approve, 1..=[`crate::plan::MAX_APPROVERS`].
+    pub approvers: u32,
 }
 
 /// One step of a manual schedule.
@@ -104,10 +124,15 @@ pub struct StageSpec {
     pub gate: Option<StageGateSpec>,
 }
 
-/// An automatic stage gate: after a duration, or when enough members completed.
+/// A stage gate: after a duration, or when enough members completed, either of them
+/// (or nothing more) after an approval.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageGateSpec {
+    /// Distinct operators who must approve the stage first; `after` then runs from the
+    /// approval, and a completion gate is judged once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
     /// Release the next stage this long after this one was released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,

@@ -172,6 +172,7 @@ impl CommandClient {
             | CommandVerb::RolloutPause
             | CommandVerb::RolloutResume
             | CommandVerb::RolloutContinue
+            | CommandVerb::RolloutApprove
             | CommandVerb::RolloutPromote
             | CommandVerb::RolloutStop
             | CommandVerb::RolloutRollback => CommandOutcome::Rollout(self.command(command).await?),
@@ -284,6 +285,21 @@ impl CommandClient {
     pub async fn continue_rollout(&self, rollout_id: &str) -> Result<RolloutResult> {
         self.command(Command::RolloutContinue(RolloutAction::new(rollout_id)))
             .await
+    }
+
+    /// `rollout.approve`: this client's actor approves the rollout's current step (at
+    /// `expected_step` when given, else wherever it is). The step's gate runs once as many
+    /// distinct actors as it asks for approved it.
+    pub async fn approve_rollout(
+        &self,
+        rollout_id: &str,
+        expected_step: Option<usize>,
+    ) -> Result<RolloutResult> {
+        self.command(Command::RolloutApprove(RolloutAction {
+            expected_step,
+            ..RolloutAction::new(rollout_id)
+        }))
+        .await
     }
 
     /// `rollout.promote`: jumps to the final step now.
@@ -401,6 +417,7 @@ impl CommandClient {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => self.traced(&subject, body, trace).await,

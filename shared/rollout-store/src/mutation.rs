@@ -275,6 +275,22 @@ impl<'k> Mutation<'k> {
                     Some(before.lifecycle.as_str().to_owned()),
                     Some("rolled_back".to_owned()),
                 ),
+                Effect::Approved {
+                    step,
+                    approvals,
+                    required,
+                    ..
+                } => (
+                    Some(format!(
+                        "step {}: {} of {required} approvals",
+                        step + 1,
+                        approvals - 1
+                    )),
+                    Some(format!(
+                        "step {}: {approvals} of {required} approvals",
+                        step + 1
+                    )),
+                ),
                 Effect::GuardBreached { .. } => (None, None),
             };
             self.happenings.push(Happening { event, from, to });

@@ -6,7 +6,7 @@
 //! `rollout.outcome.<command_id>`), and `actor`, recorded in the audit.
 
 use rollout_core::{
-    Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors,
+    Approval, Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors,
     WaitingFor,
 };
 use serde::{Deserialize, Serialize, Serializer};
@@ -101,7 +101,7 @@ pub struct RolloutCreate {
     pub rollout: RolloutSpec,
 }
 
-/// `rollout.cmd.<ns>.rollout.<verb>` for `start`, `pause`, `resume`, `continue`, `promote`,
+/// `rollout.cmd.<ns>.rollout.<verb>` for `start`, `pause`, `resume`, `continue`, `approve`, `promote`,
 /// `rollback` and `delete`: the verb is the subject's. Reply: [`RolloutResult`] (`delete`:
 /// [`Deleted`]).
 #[doc = shape_doc!("rollout_action")]
@@ -232,6 +232,9 @@ pub struct RolloutResult {
     /// Share served now, for percentage plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<Share>,
+    /// Approvals of the current step so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
     /// Every step with its planned and actual times.
     #[serde(default)]
     pub steps: Vec<StepStatus>,
@@ -256,6 +259,7 @@ impl RolloutResult {
             waiting_for: state.waiting_for(plan),
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
+            approvals: state.approvals.clone(),
             steps: StepStatus::for_rollout(plan, state, now),
             side_effects: Vec::new(),
         }
@@ -312,6 +316,8 @@ pub enum Command {
     RolloutResume(RolloutAction),
     /// `rollout.continue`.
     RolloutContinue(RolloutAction),
+    /// `rollout.approve`.
+    RolloutApprove(RolloutAction),
     /// `rollout.promote`.
     RolloutPromote(RolloutAction),
     /// `rollout.stop`.
@@ -375,6 +381,7 @@ impl Command {
             CommandVerb::RolloutPause => Command::RolloutPause(action()?),
             CommandVerb::RolloutResume => Command::RolloutResume(action()?),
             CommandVerb::RolloutContinue => Command::RolloutContinue(action()?),
+            CommandVerb::RolloutApprove => Command::RolloutApprove(action()?),
             CommandVerb::RolloutPromote => Command::RolloutPromote(action()?),
             CommandVerb::RolloutStop => {
                 Command::RolloutStop(codec::decode_with(bytes, encoding, limits)?)
@@ -397,6 +404,7 @@ impl Command {
             Command::RolloutPause(_) => CommandVerb::RolloutPause,
             Command::RolloutResume(_) => CommandVerb::RolloutResume,
             Command::RolloutContinue(_) => CommandVerb::RolloutContinue,
+            Command::RolloutApprove(_) => CommandVerb::RolloutApprove,
             Command::RolloutPromote(_) => CommandVerb::RolloutPromote,
             Command::RolloutStop(_) => CommandVerb::RolloutStop,
             Command::RolloutRollback(_) => CommandVerb::RolloutRollback,
@@ -424,6 +432,7 @@ impl Command {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => pair(&body.command_id, &body.actor),
@@ -455,6 +464,7 @@ impl Command {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => (&mut body.command_id, &mut body.actor),
@@ -507,6 +517,7 @@ impl Command {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => Some((&body.rollout_id, body.expected_step)),
@@ -558,6 +569,7 @@ impl Command {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => {
@@ -582,6 +594,7 @@ impl Serialize for Command {
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
+            | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
             | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => body.serialize(serializer),
@@ -604,6 +617,7 @@ mod tests {
                 | CommandVerb::RolloutPause
                 | CommandVerb::RolloutResume
                 | CommandVerb::RolloutContinue
+                | CommandVerb::RolloutApprove
                 | CommandVerb::RolloutPromote
                 | CommandVerb::RolloutRollback
                 | CommandVerb::RolloutDelete

@@ -39,6 +39,9 @@ pub enum EventKind {
     RolloutPaused,
     /// A rollout was resumed.
     RolloutResumed,
+    /// An actor approved a rollout's current step (`details`: actor, approvals, required);
+    /// the last approval it needs is followed by the step change it allows, if any.
+    RolloutApproved,
     /// A rollout reached the end of its plan.
     RolloutCompleted,
     /// A rollout ended early keeping a share.
@@ -61,6 +64,7 @@ impl EventKind {
             Effect::StepEntered { .. } => EventKind::RolloutStep,
             Effect::Paused { .. } => EventKind::RolloutPaused,
             Effect::Resumed { .. } => EventKind::RolloutResumed,
+            Effect::Approved { .. } => EventKind::RolloutApproved,
             Effect::GuardBreached { .. } => EventKind::GuardBreached,
             Effect::Completed => EventKind::RolloutCompleted,
             Effect::Stopped { .. } => EventKind::RolloutStopped,

@@ -4,7 +4,7 @@
 //! `next_page` while more remain.
 
 use rollout_core::{
-    DurationMs, Eta, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec,
+    Approval, DurationMs, Eta, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec,
     RolloutState, Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,9 @@ pub struct RolloutStatus {
     /// When the current pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Timestamp>,
+    /// Approvals of the current step so far (its gate's `approvers` says how many it needs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
     /// While paused on a timer step: what is left of its timer, run once resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_ms: Option<u64>,
@@ -178,6 +181,7 @@ impl RolloutStatus {
             due_at: state.due_at(plan),
             overdue_ms: overdue(state.due_at(plan), now),
             paused_at: state.paused_at,
+            approvals: state.approvals.clone(),
             remaining_ms: state
                 .remaining_when_paused(plan)
                 .and_then(|left| u64::try_from(left).ok()),

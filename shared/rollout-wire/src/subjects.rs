@@ -231,6 +231,8 @@ verb_set! {
         RolloutResume => "rollout.resume",
         /// Open the current step's gate.
         RolloutContinue => "rollout.continue",
+        /// Approve the current step (an approval gate counts distinct actors).
+        RolloutApprove => "rollout.approve",
         /// Jump to the final step.
         RolloutPromote => "rollout.promote",
         /// End keeping a share.
@@ -717,7 +719,7 @@ mod tests {
             assert_eq!(CommandVerb::parse(verb.as_str()), Ok(*verb));
             assert_eq!(verb.to_string().parse::<CommandVerb>(), Ok(*verb));
         }
-        assert_eq!(CommandVerb::ALL.len(), 14);
+        assert_eq!(CommandVerb::ALL.len(), 15);
         for kind in QueryKind::ALL {
             assert_eq!(QueryKind::parse(kind.as_str()), Ok(*kind));
         }

@@ -2,7 +2,7 @@
 //! gate, planned and actual times, stage counts), its gates and kind, and the pure mappings
 //! that build them from the core's [`Plan`] and [`RolloutState`].
 
-use rollout_core::plan::{Audience, Gate, PlanKind, Target};
+use rollout_core::plan::{Audience, Gate, PlanKind, Step, Target};
 use rollout_core::{DurationMs, Labels, Plan, RolloutState, Share, StageCounts, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,20 @@ pub struct GateStatus {
     /// Most error reports tolerated, for completion gates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<u64>,
+    /// Distinct approvers the step waits for before this gate runs (a timer then counts
+    /// from the approval); absent when the step needs no approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<u32>,
+}
+
+impl GateStatus {
+    /// The gate of `step`, with the approval it waits for first.
+    pub fn of_step(step: &Step) -> GateStatus {
+        GateStatus {
+            approvers: step.approval.map(|approval| approval.approvers),
+            ..GateStatus::from(&step.gate)
+        }
+    }
 }
 
 impl From<&Gate> for GateStatus {
@@ -88,6 +102,7 @@ impl From<&Gate> for GateStatus {
             duration: None,
             min_completed_percentage: None,
             max_errors: None,
+            approvers: None,
         };
         match gate {
             Gate::Timer(duration) => GateStatus {
@@ -166,7 +181,7 @@ impl StepStatus {
                     planned_at: planned.get(index).copied().flatten(),
                     started_at: record.and_then(|record| record.entered_at),
                     skipped: record.is_some_and(|record| record.skipped),
-                    gate: GateStatus::from(&step.gate),
+                    gate: GateStatus::of_step(step),
                     counts: None,
                 }
             })

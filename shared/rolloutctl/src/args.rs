@@ -153,6 +153,9 @@ pub enum RolloutCommand {
     Resume(IdArg),
     /// Open the current step's gate (or cut its timer short).
     Continue(IdArg),
+    /// Approve the current step as `--actor` (a step with an approval gate waits for as
+    /// many distinct approvers as it asks for; its timer runs from the approval).
+    Approve(IdArg),
     /// Jump to the final step now.
     Promote(IdArg),
     /// End the rollout, keeping the current share or the one given.

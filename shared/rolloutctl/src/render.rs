@@ -4,12 +4,13 @@
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use rollout_core::{
-    DurationMs, Eta, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts, Timestamp,
+    Approval, DurationMs, Eta, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts,
+    Timestamp,
 };
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
-    AuditPage, Deleted, FlagCounts, FlagList, FlagResult, GateKind, GateStatus, PlanPreview,
-    RolloutCounts, RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
+    AuditPage, Deleted, EventKind, FlagCounts, FlagList, FlagResult, GateKind, GateStatus,
+    PlanPreview, RolloutCounts, RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
 };
 use serde::Serialize;
 
@@ -55,7 +56,7 @@ fn labels_text(labels: &Labels) -> String {
 }
 
 fn gate_text(gate: &GateStatus, is_last: bool) -> String {
-    match gate.kind {
+    let then = match gate.kind {
         GateKind::Timer => match gate.duration {
             Some(duration) if is_last => format!("bake {duration}"),
             Some(duration) => format!("timer {duration}"),
@@ -69,6 +70,13 @@ fn gate_text(gate: &GateStatus, is_last: bool) -> String {
         ),
         GateKind::Immediate if is_last => "final".to_owned(),
         GateKind::Immediate => "immediate".to_owned(),
+    };
+    match gate.approvers {
+        Some(approvers) if gate.kind == GateKind::Immediate && !is_last => {
+            format!("approval by {approvers}")
+        }
+        Some(approvers) => format!("approval by {approvers}, then {then}"),
+        None => then,
     }
 }
 
@@ -304,6 +312,7 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    text.push_str(&approvals_line(&status.approvals));
     if let Some(hold) = &status.hold {
         text.push_str(&format!(
             "held by {}: {}\n",
@@ -474,9 +483,22 @@ pub fn rollout_result(result: &RolloutResult) -> String {
         result.share,
     ));
     text.push('\n');
+    text.push_str(&approvals_line(&result.approvals));
     text.push_str(&steps_table(&result.steps, result.current_step));
     text.push('\n');
     text
+}
+
+/// `approved by: ana (10:02:03), bo (10:04:00)` and a newline; empty without approvals.
+fn approvals_line(approvals: &[Approval]) -> String {
+    if approvals.is_empty() {
+        return String::new();
+    }
+    let approvers: Vec<String> = approvals
+        .iter()
+        .map(|approval| format!("{} ({})", approval.actor, short_time(approval.at)))
+        .collect();
+    format!("approved by: {}\n", approvers.join(", "))
 }
 
 /// `rollout plan`: the compiled plan with projected times.
@@ -776,6 +798,17 @@ pub fn event_line(event: &ChangeEvent) -> String {
         (Some(from), Some(to)) => line.push_str(&format!(" step {} → {}", from + 1, to + 1)),
         (None, Some(to)) => line.push_str(&format!(" step {}", to + 1)),
         _ => {}
+    }
+    if event.kind == EventKind::RolloutApproved {
+        let number = |name: &str| event.details.get(name).and_then(serde_json::Value::as_u64);
+        if let (Some(step), Some(approvals), Some(required)) =
+            (number("step"), number("approvals"), number("required"))
+        {
+            line.push_str(&format!(
+                " step {} ({approvals} of {required} approvals)",
+                step + 1
+            ));
+        }
     }
     if !event.skipped.is_empty() {
         let skipped: Vec<String> = event

@@ -421,6 +421,10 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             Command::RolloutContinue(at_current_step(session, &id.rollout_id).await?),
             rollout_context(&id.rollout_id),
         ),
+        RolloutCommand::Approve(id) => (
+            Command::RolloutApprove(at_current_step(session, &id.rollout_id).await?),
+            rollout_context(&id.rollout_id),
+        ),
         RolloutCommand::Promote(id) => (
             Command::RolloutPromote(at_current_step(session, &id.rollout_id).await?),
             rollout_context(&id.rollout_id),

@@ -429,7 +429,10 @@ pub fn check_rollout(
                             );
                         }
                     }
-                    (EntryCause::Continue | EntryCause::Gate, Some(from)) => {
+                    (
+                        EntryCause::Continue | EntryCause::Gate | EntryCause::Approval,
+                        Some(from),
+                    ) => {
                         findings.expect(MOVES, to == from + 1 && skipped.is_empty(), || {
                             format!("{id}: {cause:?} moved {from} → {to} (skipped {skipped:?})")
                         });

@@ -102,6 +102,14 @@ pub fn decide(
         Command::RolloutContinue(action) => {
             rollout::apply(&action.rollout_id, Event::Continue, loaded, context)
         }
+        Command::RolloutApprove(action) => rollout::apply(
+            &action.rollout_id,
+            Event::Approve {
+                actor: context.actor.clone().unwrap_or_default(),
+            },
+            loaded,
+            context,
+        ),
         Command::RolloutPromote(action) => {
             rollout::apply(&action.rollout_id, Event::Promote, loaded, context)
         }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::{RolloutView, ViewAudience};
 use crate::flag::{Serve, StagedServe, WeightedVariation};
 use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
-use crate::plan::{Gate, Plan, StartMode};
+use crate::plan::{ApprovalGate, Gate, Plan, StartMode};
 use crate::share::Share;
 use crate::time::{DurationMs, Timestamp};
 
@@ -72,6 +72,8 @@ pub enum WaitingFor {
     Continue,
     /// A health condition (a stage completion gate).
     Guard,
+    /// Approvals of the current step (`rollout.approve`).
+    Approval,
 }
 
 /// When a rollout would complete if it stays as it is — every timer runs as planned, nothing
@@ -116,6 +118,9 @@ impl Eta {
     /// step completes, or a step without a timer blocks the way.
     fn walk(plan: &Plan, from: usize, mut at: Timestamp) -> Eta {
         for index in from..=plan.last_step() {
+            if plan.approval_at(index).is_some() {
+                return Eta::blocked(Some(index), WaitingFor::Approval, at);
+            }
             match plan.steps.get(index).map(|step| &step.gate) {
                 Some(Gate::Timer(duration)) => at = at.plus(*duration),
                 Some(Gate::Immediate) | None => {}
@@ -142,6 +147,15 @@ pub struct StepRecord {
     pub skipped: bool,
 }
 
+/// One actor's approval of the current step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved.
+    pub actor: String,
+    /// When.
+    pub at: Timestamp,
+}
+
 /// The mutable part of a rollout. Stored beside its plan; `revision` rises with each change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutState {
@@ -164,6 +178,9 @@ pub struct RolloutState {
     pub stopped_share: Option<Share>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
+    /// Approvals of the current step, in order (emptied when another step is entered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
     /// Every step entered or skipped, in order.
     pub history: Vec<StepRecord>,
     /// Count of accepted changes; scripts compare it before writing.
@@ -245,6 +262,8 @@ pub enum EntryCause {
     Continue,
     /// An operator's `promote`.
     Promote,
+    /// The last approval a step waited for.
+    Approval,
 }
 
 /// An input to the step function.
@@ -261,6 +280,11 @@ pub enum Event {
     Resume,
     /// Open the current gate.
     Continue,
+    /// One actor approves the current step.
+    Approve {
+        /// Who approves.
+        actor: String,
+    },
     /// Jump to the final step.
     Promote,
     /// End, keeping `percentage` (or the current share).
@@ -307,6 +331,17 @@ pub enum Effect {
     Resumed {
         /// Length of the pause.
         paused_ms: i64,
+    },
+    /// An actor approved the current step.
+    Approved {
+        /// The step.
+        step: usize,
+        /// Who.
+        actor: String,
+        /// Distinct approvals of the step so far.
+        approvals: u32,
+        /// Approvals it needs.
+        required: u32,
     },
     /// A guard crossed its limit.
     GuardBreached {
@@ -384,6 +419,7 @@ impl RolloutState {
             resumed_at: None,
             stopped_share: None,
             finished_at: None,
+            approvals: Vec::new(),
             history: Vec::new(),
             revision: 1,
         };
@@ -418,6 +454,7 @@ impl RolloutState {
     pub fn due_at(&self, plan: &Plan) -> Option<Timestamp> {
         match self.lifecycle {
             Lifecycle::Queued => self.queued_until,
+            Lifecycle::Running if self.pending_approval(plan).is_some() => None,
             Lifecycle::Running => {
                 let step = plan.steps.get(self.step?)?;
                 match step.gate {
@@ -442,6 +479,9 @@ impl RolloutState {
                 Some(start) => Eta::walk(plan, 0, start),
                 None => Eta::blocked(None, WaitingFor::Start, now),
             }),
+            Lifecycle::Running if self.pending_approval(plan).is_some() => {
+                Some(Eta::blocked(self.step, WaitingFor::Approval, now))
+            }
             Lifecycle::Running => {
                 let current = self.step?;
                 match &plan.steps.get(current)?.gate {
@@ -450,7 +490,9 @@ impl RolloutState {
                         current + 1,
                         self.step_anchor?.plus(*duration),
                     )),
-                    Gate::Immediate => Some(Eta::completes(self.step_anchor?)),
+                    // the final step completes on entry; an earlier one (gated by an
+                    // approval alone) opens at its approval
+                    Gate::Immediate => Some(Eta::walk(plan, current + 1, self.step_anchor?)),
                     Gate::Continue => Some(Eta::blocked(Some(current), WaitingFor::Continue, now)),
                     Gate::Completion { .. } => {
                         Some(Eta::blocked(Some(current), WaitingFor::Guard, now))
@@ -467,7 +509,7 @@ impl RolloutState {
     /// What is left of the current step's timer while paused (the time it still runs once
     /// resumed); `None` unless paused on a timer step.
     pub fn remaining_when_paused(&self, plan: &Plan) -> Option<i64> {
-        if self.lifecycle != Lifecycle::Paused {
+        if self.lifecycle != Lifecycle::Paused || self.pending_approval(plan).is_some() {
             return None;
         }
         let step = plan.steps.get(self.step?)?;
@@ -490,6 +532,9 @@ impl RolloutState {
             } else {
                 WaitingFor::Start
             }),
+            Lifecycle::Running if self.pending_approval(plan).is_some() => {
+                Some(WaitingFor::Approval)
+            }
             Lifecycle::Running => match plan.steps.get(self.step?)?.gate {
                 Gate::Timer(_) | Gate::Immediate => Some(WaitingFor::Timer),
                 Gate::Continue => Some(WaitingFor::Continue),
@@ -497,6 +542,16 @@ impl RolloutState {
             },
             _ => None,
         }
+    }
+
+    /// The approval the current step still waits for: its gate when fewer distinct actors
+    /// than it needs have approved (running or paused rollouts only).
+    pub fn pending_approval(&self, plan: &Plan) -> Option<ApprovalGate> {
+        if !matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+            return None;
+        }
+        plan.approval_at(self.step?)
+            .filter(|gate| self.approvals.len() < gate.approvers as usize)
     }
 
     /// The share served right now (share plans; staged plans use [`Self::released_stages`]).
@@ -607,7 +662,7 @@ impl RolloutState {
     /// healthy on every side it compares. The step function opens the gate exactly when
     /// this is `None`.
     pub fn gate_hold(&self, plan: &Plan, health: &Health) -> Option<GateHold> {
-        if self.lifecycle != Lifecycle::Running {
+        if self.lifecycle != Lifecycle::Running || self.pending_approval(plan).is_some() {
             return None;
         }
         let Gate::Completion {
@@ -671,6 +726,7 @@ impl RolloutState {
                     .map_or(0, |paused_at| now.millis_since(paused_at).max(0));
                 let anchor = anchor.plus(DurationMs::from_millis(pause_shift));
                 let end = match plan.steps[step].gate {
+                    _ if self.pending_approval(plan).is_some() => None,
                     Gate::Timer(duration) => Some(anchor.plus(duration)),
                     _ => None,
                 };
@@ -681,6 +737,7 @@ impl RolloutState {
         while let (Some(start_time), true) = (next_start, next_index < plan.steps.len()) {
             starts[next_index] = Some(start_time);
             next_start = match plan.steps[next_index].gate {
+                _ if plan.steps[next_index].approval.is_some() => None,
                 Gate::Timer(duration) => Some(start_time.plus(duration)),
                 _ => None,
             };

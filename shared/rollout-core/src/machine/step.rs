@@ -77,6 +77,13 @@ pub fn step(
                 }
             }
             let current = state.step.unwrap_or(0);
+            if let Some(gate) = state.pending_approval(plan) {
+                return Err(precondition(format!(
+                    "step {} waits for approvals ({}); approve it with rollout.approve",
+                    current + 1,
+                    approval_tally(state, gate)
+                )));
+            }
             if current >= plan.last_step() {
                 complete(&mut next, now, &mut effects);
             } else {
@@ -92,6 +99,7 @@ pub fn step(
                 advance_due(plan, &mut next, now, None, &mut effects);
             }
         }
+        Event::Approve { actor } => approve(plan, &mut next, actor, now, &mut effects)?,
         Event::Promote => {
             if state.lifecycle.is_finished() {
                 return Err(precondition(format!(
@@ -197,6 +205,112 @@ pub fn step(
     })
 }
 
+/// Records `actor`'s approval of the current step; the last one the step needs starts its
+/// gate: a timer runs from now, an approval-only gate opens at once.
+fn approve(
+    plan: &Plan,
+    state: &mut RolloutState,
+    actor: &str,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) -> Result<(), Rejection> {
+    if actor.trim().is_empty() {
+        return Err(Rejection {
+            code: RejectionCode::InvalidArgument,
+            message: "an approval names its actor".into(),
+            field: Some("actor".into()),
+        });
+    }
+    match state.lifecycle {
+        Lifecycle::Running => {}
+        Lifecycle::Queued => return Err(precondition("rollout has not started; use start")),
+        Lifecycle::Paused => return Err(precondition("rollout is paused; resume it first")),
+        finished => {
+            return Err(precondition(format!(
+                "rollout is {}; nothing to approve",
+                finished.as_str()
+            )))
+        }
+    }
+    let current = state.step.unwrap_or(0);
+    let Some(gate) = plan.approval_at(current) else {
+        let waiting: Vec<String> = (0..plan.steps.len())
+            .filter(|index| plan.approval_at(*index).is_some())
+            .map(|index| (index + 1).to_string())
+            .collect();
+        let message = if waiting.is_empty() {
+            "this rollout has no approval gates".to_owned()
+        } else {
+            format!(
+                "step {} has no approval gate; step(s) {} have one",
+                current + 1,
+                waiting.join(", ")
+            )
+        };
+        return Err(Rejection {
+            field: Some("rollout_id".into()),
+            ..precondition(message)
+        });
+    };
+    if state.pending_approval(plan).is_none() {
+        return Err(precondition(format!(
+            "step {} is already approved ({})",
+            current + 1,
+            approval_tally(state, gate)
+        )));
+    }
+    if state
+        .approvals
+        .iter()
+        .any(|approval| approval.actor == actor)
+    {
+        return Err(Rejection {
+            field: Some("actor".into()),
+            ..precondition(format!(
+                "{actor} already approved step {}; it needs {} distinct approvers ({})",
+                current + 1,
+                gate.approvers,
+                approval_tally(state, gate)
+            ))
+        });
+    }
+    state.approvals.push(Approval {
+        actor: actor.to_owned(),
+        at: now,
+    });
+    effects.push(Effect::Approved {
+        step: current,
+        actor: actor.to_owned(),
+        approvals: u32::try_from(state.approvals.len()).unwrap_or(u32::MAX),
+        required: gate.approvers,
+    });
+    if state.pending_approval(plan).is_none() {
+        // the step's gate runs from its approval
+        state.step_anchor = Some(now);
+        advance_due(plan, state, now, None, effects);
+    }
+    Ok(())
+}
+
+/// `1 of 2 approved: ana`.
+pub(super) fn approval_tally(state: &RolloutState, gate: crate::plan::ApprovalGate) -> String {
+    let actors: Vec<&str> = state
+        .approvals
+        .iter()
+        .map(|approval| approval.actor.as_str())
+        .collect();
+    if actors.is_empty() {
+        format!("0 of {} approved", gate.approvers)
+    } else {
+        format!(
+            "{} of {} approved: {}",
+            actors.len(),
+            gate.approvers,
+            actors.join(", ")
+        )
+    }
+}
+
 fn tick(
     plan: &Plan,
     state: &mut RolloutState,
@@ -278,6 +392,7 @@ fn enter(
     });
     state.step = Some(to);
     state.step_anchor = Some(planned_at);
+    state.approvals.clear();
     effects.push(Effect::StepEntered {
         from,
         to,
@@ -309,10 +424,24 @@ pub(super) fn advance_due(
     let mut cause = EntryCause::Timer;
     let mut completes = false;
     loop {
+        // a step waiting for approvals holds everything after it (one entered on the way
+        // has none yet)
+        if plan.approval_at(current).is_some()
+            && (current != origin || state.pending_approval(plan).is_some())
+        {
+            break;
+        }
         let gate = &plan.steps[current].gate;
         let opened_at = match gate {
             Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
-            Gate::Immediate => Some(anchor),
+            // the final step completes on entry; an earlier one has an approval and opens
+            // once it is approved
+            Gate::Immediate => {
+                if current != plan.last_step() && current == origin {
+                    cause = EntryCause::Approval;
+                }
+                Some(anchor)
+            }
             Gate::Completion { .. } if current == origin && origin_health_gate_open => {
                 cause = EntryCause::Gate;
                 Some(now)
