@@ -24,6 +24,9 @@
 //! - an approval gate holds its step's share until two distinct actors approved it (a stale
 //!   approval, a repeated one and `continue` are refused), then its timer runs from the
 //!   approval; the audit names the approvers;
+//! - a reschedule replaces the steps after the current one: stale, backwards and
+//!   unanchored edits are refused and change nothing; an accepted one moves nobody at the
+//!   edit, its steps then run, and the audit keeps the old and new steps;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
@@ -39,7 +42,7 @@ use rollout_core::{
     WaitingFor,
 };
 use rollout_runtime::shutdown::Shutdown;
-use rollout_sdk::{EvalClient, Namespace};
+use rollout_sdk::{EvalClient, Namespace, RescheduleStepSpec};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::decode_reply;
 use rollout_wire::{AuditQuery, ErrorCode, EventKind, RolloutResult, RolloutStatus};
@@ -1233,6 +1236,112 @@ async fn an_approval_gate_holds_its_share_until_two_people_approved_it() {
         .map(|entry| entry.actor.as_str())
         .collect();
     assert_eq!(approvers, ["ana", "bo"]);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reschedule_replaces_the_later_steps_without_moving_anyone_at_the_edit() {
+    let system = System::start(1).await;
+    system
+        .cluster
+        .commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "1h"},
+                          {"percentage": 50, "duration": "1h"},
+                          {"percentage": 100}]}),
+    )
+    .await;
+    let id = rollout.rollout_id.clone();
+    system.assert_served_matches_committed().await;
+    let commands = &system.cluster.commands;
+    let steps =
+        |value: Value| -> Vec<RescheduleStepSpec> { serde_json::from_value(value).expect("steps") };
+    // refused edits change nothing: one made at a step the rollout has left, one that
+    // would move the share backwards, one without the step it was made at
+    let stale = commands
+        .reschedule_rollout(&id, 1, steps(json!([{"percentage": 100}])))
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), ErrorCode::Conflict);
+    let backwards = commands
+        .reschedule_rollout(
+            &id,
+            0,
+            steps(json!([{"percentage": 5, "duration": "1s"}, {"percentage": 100}])),
+        )
+        .await
+        .expect_err("backwards");
+    assert_eq!(
+        (backwards.code(), backwards.field()),
+        (ErrorCode::InvalidArgument, Some("steps[0].percentage"))
+    );
+    let unanchored = commands
+        .send(rollout_wire::Command::RolloutReschedule(
+            rollout_wire::RolloutReschedule {
+                command_id: None,
+                actor: None,
+                rollout_id: id.clone(),
+                expected_step: None,
+                steps: steps(json!([{"percentage": 100}])),
+            },
+        ))
+        .await
+        .expect_err("no expected step");
+    assert_eq!(unanchored.field(), Some("expected_step"));
+    let unchanged = commands.rollout_status(&id).await.expect("status");
+    assert_eq!(unchanged.steps.len(), 3);
+
+    let edited = commands
+        .reschedule_rollout(
+            &id,
+            0,
+            steps(json!([{"percentage": 30, "duration": "1s"}, {"percentage": 100}])),
+        )
+        .await
+        .expect("rescheduled");
+    assert_eq!(
+        (edited.current_step, edited.share, edited.steps.len()),
+        (Some(0), Some(Share::from_ppm(100_000)), 3)
+    );
+    assert_eq!(edited.steps[1].percentage, Some(Share::from_ppm(300_000)));
+    system.assert_served_matches_committed().await;
+    // the new steps run: continue enters 30 %, whose one-second timer completes it
+    let continued = commands.continue_rollout(&id).await.expect("continue");
+    assert_eq!(continued.share, Some(Share::from_ppm(300_000)));
+    system.assert_served_matches_committed().await;
+    let done = system
+        .rollout_reaches(&id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
+    assert_eq!(done.share, Some(Share::ALL));
+    system.assert_served_matches_committed().await;
+
+    let audit = commands
+        .audit(AuditQuery {
+            rollout_id: Some(id.clone()),
+            flag: None,
+            page: None,
+            page_size: None,
+        })
+        .await
+        .expect("audit");
+    let edits: Vec<_> = audit
+        .entries
+        .iter()
+        .filter(|entry| entry.kind == EventKind::RolloutRescheduled)
+        .collect();
+    assert_eq!(edits.len(), 1, "refused edits leave no audit entry");
+    let details = &edits[0].details;
+    assert_eq!(details["old_steps"].as_array().map(Vec::len), Some(2));
+    assert_eq!(details["new_steps"].as_array().map(Vec::len), Some(2));
+    assert_eq!(details["old_steps"][0]["audience"]["share"], json!(50));
+    assert_eq!(details["new_steps"][0]["audience"]["share"], json!(30));
     system.stop().await;
 }
 

@@ -11,7 +11,7 @@
 //! | `GET /api/rollouts`, `/api/rollouts/{ns}/{id}`, `…/audit` | signed in | list, status and counts, audit |
 //! | `GET /api/flags`, `/api/flags/{ns}/{key}` | signed in | flags with their serve |
 //! | `POST /api/plan`, `/api/explain` | signed in | plan preview, one entity explained |
-//! | `POST /api/rollouts`, `/api/rollouts/{ns}/{id}/{verb}` | operators | create, pause, resume, continue, promote, stop, rollback, delete |
+//! | `POST /api/rollouts`, `/api/rollouts/{ns}/{id}/{verb}` | operators | create, pause, resume, continue, approve (as the signed-in operator), promote, stop, rollback, delete |
 //! | `GET /api/events` | signed in | server-sent events ([`crate::live`]) |
 //!
 //! Every refusal is JSON `{"error": {"code", "message", "field"}}` with a fitting status:
@@ -660,6 +660,9 @@ async fn create_rollout(
 struct ActionBody {
     /// The share a `stop` keeps serving (the current one when absent).
     percentage: Option<f64>,
+    /// The step the operator saw the rollout at: an `approve` of a step the rollout has
+    /// since left is refused (`conflict`).
+    expected_step: Option<usize>,
 }
 
 async fn act(
@@ -668,8 +671,8 @@ async fn act(
     Path((namespace, rollout_id, verb)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    const VERBS: [&str; 8] = [
-        "start", "pause", "resume", "continue", "promote", "stop", "rollback", "delete",
+    const VERBS: [&str; 9] = [
+        "start", "pause", "resume", "continue", "approve", "promote", "stop", "rollback", "delete",
     ];
     if !VERBS.contains(&verb.as_str()) {
         return Err(ApiError::new(
@@ -704,6 +707,10 @@ async fn act(
             .map(|result| json!(result)),
         "continue" => planner
             .continue_rollout(&rollout_id)
+            .await
+            .map(|result| json!(result)),
+        "approve" => planner
+            .approve_rollout(&rollout_id, action.expected_step)
             .await
             .map(|result| json!(result)),
         "promote" => planner

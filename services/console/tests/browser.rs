@@ -593,3 +593,87 @@ async fn a_rollout_is_created_from_the_form_after_a_preview_and_an_entity_explai
     drop(browser);
     sandbox.stop().await;
 }
+
+#[tokio::test]
+async fn operators_approve_a_stage_and_the_page_shows_who_approved() {
+    let sandbox = Sandbox::builder()
+        .planners(1)
+        .tickers(1)
+        .evaluators(1)
+        .start()
+        .await;
+    let console = RunningConsole::start(&sandbox).await;
+    let operator = sandbox.operator();
+    operator
+        .create_flag(versioned_flag("agent-version"))
+        .await
+        .expect("flag");
+    let rollout = operator
+        .create_rollout(common::spec(json!({
+            "flag": "agent-version", "baseline": "v1", "candidate": "v2",
+            "stages": [
+                {"name": "canary", "labels": {"ring": "canary"}, "gate": {"approval": {"approvers": 2}}},
+                {"name": "prod-eu", "labels": {"region": "eu"}},
+            ],
+        })))
+        .await
+        .expect("rollout");
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &console, "alice", ALICE_PASSWORD).await;
+    open_rollout(&browser, &console, &rollout.rollout_id).await;
+    browser
+        .wait_for_text("#rollout-approvals", "no approvals yet", |text| {
+            text == "0 of 2"
+        })
+        .await;
+    let gate = browser
+        .text("#steps tbody tr:first-child")
+        .await
+        .expect("the first step's row");
+    assert!(gate.contains("approval by 2"), "{gate}");
+
+    // alice approves from the page: the planner records her, the page says 1 of 2
+    browser.click("#action-approve").await;
+    browser.wait_for("#confirm[open]").await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_for_text("#rollout-approvals", "alice's approval", |text| {
+            text.starts_with("1 of 2: alice")
+        })
+        .await;
+    let status = operator
+        .rollout_status(&rollout.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!((status.current_step, status.approvals.len()), (Some(0), 1));
+    assert_eq!(status.approvals[0].actor, "alice");
+    // a second approval by the same operator is refused in words and counts for nothing
+    browser.click("#action-approve").await;
+    browser.wait_for("#confirm[open]").await;
+    browser.click("#confirm-ok").await;
+    let refusal = browser
+        .wait_for_text("#action-result", "the refusal", |text| {
+            text.contains("refused")
+        })
+        .await;
+    assert!(refusal.contains("already approved"), "{refusal}");
+
+    // carol approves over NATS: the open page follows to the next stage
+    operator
+        .clone()
+        .with_actor("carol")
+        .approve_rollout(&rollout.rollout_id, Some(0))
+        .await
+        .expect("carol approves");
+    browser
+        .wait_for_text("#rollout-step", "the next stage", |text| {
+            text.starts_with("2 of")
+        })
+        .await;
+    assert!(
+        browser.find("#action-approve").await.is_none(),
+        "the next stage waits for continue, not for approvals"
+    );
+    drop(browser);
+    sandbox.stop().await;
+}

@@ -430,6 +430,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::Paused { .. } => "paused",
         Effect::Resumed { .. } => "resumed",
         Effect::Approved { .. } => "approved",
+        Effect::Rescheduled { .. } => "rescheduled",
         Effect::GuardBreached { .. } => "guard_breached",
         Effect::Completed => "completed",
         Effect::Stopped { .. } => "stopped",

@@ -21,6 +21,7 @@ pub mod guard;
 pub mod machine;
 pub mod plan;
 pub mod record;
+pub mod reschedule;
 pub mod share;
 pub mod spec;
 pub mod time;

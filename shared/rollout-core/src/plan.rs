@@ -339,7 +339,7 @@ pub fn compile(
         );
         None
     } else if let Some(phases) = &spec.phases {
-        let steps = compile_phases(phases, &mut errors);
+        let steps = compile_phases(phases, "rollout.phases", None, &mut errors);
         Some((PlanKind::Phases, rollout_start, steps))
     } else if let Some(preset) = &spec.preset {
         compile_preset(preset, &mut errors)
@@ -373,7 +373,8 @@ pub fn compile(
                 "label stages do not bucket: salt and stickiness do not apply",
             );
         }
-        compile_stages(stages, &mut errors).map(|steps| (PlanKind::Stages, rollout_start, steps))
+        compile_stages(stages, "rollout.stages", &[], &mut errors)
+            .map(|steps| (PlanKind::Stages, rollout_start, steps))
     } else {
         None
     };
@@ -473,14 +474,20 @@ fn positive_duration(text: &str, field: &str, errors: &mut ValidationErrors) -> 
     }
 }
 
-fn compile_phases(phases: &[crate::spec::PhaseSpec], errors: &mut ValidationErrors) -> Vec<Step> {
+/// Compiles phases given at `field` (`rollout.phases`, or a reschedule's `steps`), each
+/// rising above the one before and the first above `previous`.
+pub(crate) fn compile_phases(
+    phases: &[crate::spec::PhaseSpec],
+    field: &str,
+    mut previous: Option<Share>,
+    errors: &mut ValidationErrors,
+) -> Vec<Step> {
     if phases.is_empty() {
-        errors.push("rollout.phases", "give at least one phase");
+        errors.push(field, "give at least one phase");
     }
     let mut steps = Vec::with_capacity(phases.len());
-    let mut previous: Option<Share> = None;
     for (index, phase) in phases.iter().enumerate() {
-        let path = format!("rollout.phases[{index}]");
+        let path = format!("{field}[{index}]");
         let is_last = index + 1 == phases.len();
         let share = rising_share(
             phase.percentage,
@@ -647,14 +654,28 @@ fn compile_template(
     )
 }
 
-fn compile_stages(stages: &[StageSpec], errors: &mut ValidationErrors) -> Option<Vec<Step>> {
+/// Compiles stages given at `field` (`rollout.stages`, or a reschedule's `steps`) after the
+/// stages named `kept` (already released, kept by a reschedule), plus the final
+/// `unassigned` stage.
+pub(crate) fn compile_stages(
+    stages: &[StageSpec],
+    field: &str,
+    kept: &[&str],
+    errors: &mut ValidationErrors,
+) -> Option<Vec<Step>> {
     if stages.is_empty() {
-        errors.push("rollout.stages", "give at least one stage");
+        errors.push(field, "give at least one stage");
         return None;
     }
     let mut steps = Vec::with_capacity(stages.len() + 1);
     for (index, stage) in stages.iter().enumerate() {
-        let path = format!("rollout.stages[{index}]");
+        let path = format!("{field}[{index}]");
+        if kept.contains(&stage.name.as_str()) {
+            errors.push(
+                format!("{path}.name"),
+                format!("stage {:?} is already released", stage.name),
+            );
+        }
         if stage.name.is_empty() || stage.name.len() > names::MAX_NAME_LEN {
             errors.push(format!("{path}.name"), "must be 1..=128 characters");
         }

@@ -143,3 +143,26 @@ pub struct StageGateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<u64>,
 }
+
+/// One step of a `rollout.reschedule` (SPEC §12): a phase (`percentage`, `duration`, a
+/// `gate` with an approval) for percentage rollouts, a stage (`name`, `labels`, `gate`) for
+/// label-stage ones. Checked like a create's phases or stages, with paths under `steps`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleStepSpec {
+    /// A phase's cumulative share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<f64>,
+    /// A phase's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// A stage's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A stage's labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// A stage's gate, or a phase's approval (`{approval: {approvers: N}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<StageGateSpec>,
+}

@@ -9,6 +9,8 @@ use crate::machine::{
 };
 use crate::plan::{Plan, Target};
 use crate::record::{FlagRecord, RolloutRecord};
+use crate::reschedule::{rescheduled_plan, steps_after, RescheduleError};
+use crate::spec::RescheduleStepSpec;
 use crate::spec::RolloutSpec;
 use crate::time::{DurationMs, Timestamp};
 
@@ -91,6 +93,38 @@ pub fn apply(
 ) -> Result<Transition, Rejection> {
     let outcome = step(&rollout.plan, &rollout.state, event, now)?;
     Ok(settle(flag.clone(), rollout.clone(), outcome, now))
+}
+
+/// Replaces the steps of `rollout` (a rollout of `flag`) after its current one with `steps`
+/// at `now` ([`crate::reschedule`]); the state moves only in its revision.
+pub fn reschedule(
+    flag: &FlagRecord,
+    rollout: &RolloutRecord,
+    steps: &[RescheduleStepSpec],
+    now: Timestamp,
+) -> Result<Transition, RescheduleError> {
+    let plan = rescheduled_plan(&rollout.plan, &rollout.state, steps)?;
+    let at_step = rollout.state.step.unwrap_or(0);
+    let effect = Effect::Rescheduled {
+        at_step,
+        old_steps: steps_after(&rollout.plan, at_step),
+        new_steps: steps_after(&plan, at_step),
+    };
+    let rollout = RolloutRecord {
+        plan,
+        state: RolloutState {
+            revision: rollout.state.revision + 1,
+            ..rollout.state.clone()
+        },
+        ..rollout.clone()
+    };
+    let mut flag = flag.clone();
+    flag.updated_at = now;
+    Ok(Transition {
+        flag,
+        rollout,
+        effects: vec![effect],
+    })
 }
 
 /// The transition a step `outcome` of `rollout` (a rollout of `flag`) makes at `now`, for a

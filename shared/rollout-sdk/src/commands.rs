@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
+use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::{Flag, RolloutSpec};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCounts, FlagCountsQuery,
     FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
     FlagUpdate, Namespace, PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts,
-    RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery, RolloutResult, RolloutStatus,
-    RolloutStatusQuery, RolloutStop, Subjects,
+    RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery, RolloutReschedule,
+    RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -175,6 +176,7 @@ impl CommandClient {
             | CommandVerb::RolloutApprove
             | CommandVerb::RolloutPromote
             | CommandVerb::RolloutStop
+            | CommandVerb::RolloutReschedule
             | CommandVerb::RolloutRollback => CommandOutcome::Rollout(self.command(command).await?),
         })
     }
@@ -302,6 +304,24 @@ impl CommandClient {
         .await
     }
 
+    /// `rollout.reschedule`: replaces the steps after the current one, which must be
+    /// `expected_step` (phases for a percentage rollout, stages for a label-stage one).
+    pub async fn reschedule_rollout(
+        &self,
+        rollout_id: &str,
+        expected_step: usize,
+        steps: Vec<RescheduleStepSpec>,
+    ) -> Result<RolloutResult> {
+        self.command(Command::RolloutReschedule(RolloutReschedule {
+            command_id: None,
+            actor: None,
+            rollout_id: rollout_id.to_owned(),
+            expected_step: Some(expected_step),
+            steps,
+        }))
+        .await
+    }
+
     /// `rollout.promote`: jumps to the final step now.
     pub async fn promote_rollout(&self, rollout_id: &str) -> Result<RolloutResult> {
         self.command(Command::RolloutPromote(RolloutAction::new(rollout_id)))
@@ -413,6 +433,7 @@ impl CommandClient {
             Command::FlagDelete(body) => self.traced(&subject, body, trace).await,
             Command::RolloutCreate(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStop(body) => self.traced(&subject, body, trace).await,
+            Command::RolloutReschedule(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)

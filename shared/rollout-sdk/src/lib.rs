@@ -62,6 +62,7 @@ pub use fleet::FleetAgent;
 pub use specs::{parse_flag, parse_rollout_spec, SpecError, SpecFormat};
 pub use transport::{new_command_id, RequestOptions};
 
+pub use rollout_core::spec::RescheduleStepSpec;
 pub use rollout_core::{AttributeValue, Attributes, Entity, Flag, Labels, Reason, RolloutSpec};
 pub use rollout_wire::{
     ChangeEvent, Desired, Encoding, ErrorCode, EvalMany, EvalResult, Namespace, Outcome,

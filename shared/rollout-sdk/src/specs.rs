@@ -4,6 +4,7 @@
 //! operator CLI reads files with it and the console reads what an operator pastes, so both
 //! accept the same documents.
 
+use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::{DurationMs, Flag, RolloutSpec, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -73,6 +74,24 @@ struct FlagDocument {
 #[serde(deny_unknown_fields)]
 struct SpecDocument {
     rollout: RolloutSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepsDocument {
+    steps: Vec<RescheduleStepSpec>,
+}
+
+/// Reads the steps of a `rollout.reschedule`: a list, or a document with `steps:`.
+pub fn parse_reschedule_steps(
+    text: &str,
+    format: SpecFormat,
+) -> Result<Vec<RescheduleStepSpec>, SpecError> {
+    if wrapped_in(text, format, "steps")? {
+        Ok(deserialize::<StepsDocument>(text, format)?.steps)
+    } else {
+        deserialize::<Vec<RescheduleStepSpec>>(text, format)
+    }
 }
 
 /// Reads a flag definition.

@@ -291,6 +291,22 @@ impl<'k> Mutation<'k> {
                         step + 1
                     )),
                 ),
+                Effect::Rescheduled {
+                    at_step,
+                    old_steps,
+                    new_steps,
+                } => (
+                    Some(format!(
+                        "{} steps after step {}",
+                        old_steps.len(),
+                        at_step + 1
+                    )),
+                    Some(format!(
+                        "{} steps after step {}",
+                        new_steps.len(),
+                        at_step + 1
+                    )),
+                ),
                 Effect::GuardBreached { .. } => (None, None),
             };
             self.happenings.push(Happening { event, from, to });

@@ -6,8 +6,8 @@
 //! `rollout.outcome.<command_id>`), and `actor`, recorded in the audit.
 
 use rollout_core::{
-    Approval, Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors,
-    WaitingFor,
+    spec::RescheduleStepSpec, Approval, Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share,
+    Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -154,6 +154,29 @@ impl FlagToggle {
             key: key.into(),
         }
     }
+}
+
+/// `rollout.cmd.<ns>.rollout.reschedule`: replaces the steps after the running or paused
+/// rollout's current one with `steps` (phases for a percentage rollout, stages for a
+/// label-stage one), checked as a create's; `expected_step` is required, so an edit made
+/// on a step the rollout has left is refused (`conflict`). Reply: [`RolloutResult`].
+#[doc = shape_doc!("rollout_reschedule")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutReschedule {
+    /// Idempotency key; one subject token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Who asks, for the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The rollout.
+    pub rollout_id: String,
+    /// The step (0-based) the edit was made at: required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_step: Option<usize>,
+    /// The steps that follow the current one.
+    pub steps: Vec<RescheduleStepSpec>,
 }
 
 impl RolloutAction {
@@ -320,6 +343,8 @@ pub enum Command {
     RolloutApprove(RolloutAction),
     /// `rollout.promote`.
     RolloutPromote(RolloutAction),
+    /// `rollout.reschedule`.
+    RolloutReschedule(RolloutReschedule),
     /// `rollout.stop`.
     RolloutStop(RolloutStop),
     /// `rollout.rollback`.
@@ -386,6 +411,9 @@ impl Command {
             CommandVerb::RolloutStop => {
                 Command::RolloutStop(codec::decode_with(bytes, encoding, limits)?)
             }
+            CommandVerb::RolloutReschedule => {
+                Command::RolloutReschedule(codec::decode_with(bytes, encoding, limits)?)
+            }
             CommandVerb::RolloutRollback => Command::RolloutRollback(action()?),
             CommandVerb::RolloutDelete => Command::RolloutDelete(action()?),
         })
@@ -407,6 +435,7 @@ impl Command {
             Command::RolloutApprove(_) => CommandVerb::RolloutApprove,
             Command::RolloutPromote(_) => CommandVerb::RolloutPromote,
             Command::RolloutStop(_) => CommandVerb::RolloutStop,
+            Command::RolloutReschedule(_) => CommandVerb::RolloutReschedule,
             Command::RolloutRollback(_) => CommandVerb::RolloutRollback,
             Command::RolloutDelete(_) => CommandVerb::RolloutDelete,
         }
@@ -428,6 +457,7 @@ impl Command {
             Command::FlagDelete(body) => pair(&body.command_id, &body.actor),
             Command::RolloutCreate(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStop(body) => pair(&body.command_id, &body.actor),
+            Command::RolloutReschedule(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -460,6 +490,7 @@ impl Command {
             Command::FlagDelete(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutCreate(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStop(body) => (&mut body.command_id, &mut body.actor),
+            Command::RolloutReschedule(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -513,6 +544,7 @@ impl Command {
     fn rollout_target(&self) -> Option<(&str, Option<usize>)> {
         match self {
             Command::RolloutStop(body) => Some((&body.rollout_id, body.expected_step)),
+            Command::RolloutReschedule(body) => Some((&body.rollout_id, body.expected_step)),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -557,6 +589,15 @@ impl Command {
                     checks::token(&mut errors, "rollout.rule", rule);
                 }
             }
+            Command::RolloutReschedule(body) => {
+                checks::token(&mut errors, "rollout_id", &body.rollout_id);
+                if body.expected_step.is_none() {
+                    errors.push(
+                        "expected_step",
+                        "a reschedule names the step it was made at (the status's current_step)",
+                    );
+                }
+            }
             Command::RolloutStop(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
                 if let Some(percentage) = body.percentage {
@@ -590,6 +631,7 @@ impl Serialize for Command {
             Command::FlagDelete(body) => body.serialize(serializer),
             Command::RolloutCreate(body) => body.serialize(serializer),
             Command::RolloutStop(body) => body.serialize(serializer),
+            Command::RolloutReschedule(body) => body.serialize(serializer),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)

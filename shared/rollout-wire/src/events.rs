@@ -42,6 +42,9 @@ pub enum EventKind {
     /// An actor approved a rollout's current step (`details`: actor, approvals, required);
     /// the last approval it needs is followed by the step change it allows, if any.
     RolloutApproved,
+    /// The steps after a rollout's current one were replaced (`details`: `old_steps`,
+    /// `new_steps`).
+    RolloutRescheduled,
     /// A rollout reached the end of its plan.
     RolloutCompleted,
     /// A rollout ended early keeping a share.
@@ -65,6 +68,7 @@ impl EventKind {
             Effect::Paused { .. } => EventKind::RolloutPaused,
             Effect::Resumed { .. } => EventKind::RolloutResumed,
             Effect::Approved { .. } => EventKind::RolloutApproved,
+            Effect::Rescheduled { .. } => EventKind::RolloutRescheduled,
             Effect::GuardBreached { .. } => EventKind::GuardBreached,
             Effect::Completed => EventKind::RolloutCompleted,
             Effect::Stopped { .. } => EventKind::RolloutStopped,

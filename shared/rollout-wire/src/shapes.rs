@@ -60,13 +60,18 @@ pub const SHAPES: &[Shape] = &[
     ),
     shape!(
         "RolloutAction",
-        "rollout.cmd.<ns>.rollout.start | pause | resume | continue | promote | rollback | delete",
+        "rollout.cmd.<ns>.rollout.start | pause | resume | continue | approve | promote | rollback | delete",
         "rollout_action"
     ),
     shape!(
         "RolloutStop",
         "rollout.cmd.<ns>.rollout.stop",
         "rollout_stop"
+    ),
+    shape!(
+        "RolloutReschedule",
+        "rollout.cmd.<ns>.rollout.reschedule",
+        "rollout_reschedule"
     ),
     shape!(
         "FlagResult",
@@ -293,6 +298,7 @@ mod tests {
             "RolloutCreate" => round_trip::<RolloutCreate>(shape),
             "RolloutAction" => round_trip::<RolloutAction>(shape),
             "RolloutStop" => round_trip::<RolloutStop>(shape),
+            "RolloutReschedule" => round_trip::<RolloutReschedule>(shape),
             "FlagResult" => round_trip::<FlagResult>(shape),
             "RolloutResult" => round_trip::<RolloutResult>(shape),
             "Deleted" => round_trip::<Deleted>(shape),
@@ -346,6 +352,7 @@ mod tests {
             "RolloutCreate",
             "RolloutAction",
             "RolloutStop",
+            "RolloutReschedule",
             "FlagResult",
             "RolloutResult",
             "Deleted",
@@ -408,6 +415,10 @@ mod tests {
                 }
                 "RolloutStop" => Command::decode(CommandVerb::RolloutStop, bytes, Encoding::Json)
                     .map(|c| c.validate()),
+                "RolloutReschedule" => {
+                    Command::decode(CommandVerb::RolloutReschedule, bytes, Encoding::Json)
+                        .map(|c| c.validate())
+                }
                 "FlagGetQuery" => {
                     Query::decode(QueryKind::FlagGet, bytes, Encoding::Json).map(|q| q.validate())
                 }

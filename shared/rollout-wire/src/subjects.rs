@@ -235,6 +235,8 @@ verb_set! {
         RolloutApprove => "rollout.approve",
         /// Jump to the final step.
         RolloutPromote => "rollout.promote",
+        /// Replace the steps after the current one.
+        RolloutReschedule => "rollout.reschedule",
         /// End keeping a share.
         RolloutStop => "rollout.stop",
         /// End with everyone on the baseline.
@@ -719,7 +721,7 @@ mod tests {
             assert_eq!(CommandVerb::parse(verb.as_str()), Ok(*verb));
             assert_eq!(verb.to_string().parse::<CommandVerb>(), Ok(*verb));
         }
-        assert_eq!(CommandVerb::ALL.len(), 15);
+        assert_eq!(CommandVerb::ALL.len(), 16);
         for kind in QueryKind::ALL {
             assert_eq!(QueryKind::parse(kind.as_str()), Ok(*kind));
         }

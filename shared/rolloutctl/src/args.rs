@@ -158,6 +158,16 @@ pub enum RolloutCommand {
     Approve(IdArg),
     /// Jump to the final step now.
     Promote(IdArg),
+    /// Replace the steps after the current one with those of a file (a list of phases for
+    /// a percentage rollout, of stages for a label-stage one; or `steps:` holding it).
+    Reschedule {
+        /// The rollout.
+        #[command(flatten)]
+        id: IdArg,
+        /// The steps file.
+        #[command(flatten)]
+        file: FileArg,
+    },
     /// End the rollout, keeping the current share or the one given.
     Stop {
         /// The rollout.

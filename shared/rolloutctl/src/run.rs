@@ -12,7 +12,8 @@ use rollout_wire::{
     AuditPage, AuditQuery, Command, Deleted, FlagCountsQuery, FlagCreate, FlagDelete, FlagGetQuery,
     FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery,
     Query, RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList,
-    RolloutListQuery, RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop,
+    RolloutListQuery, RolloutReschedule, RolloutResult, RolloutStatus, RolloutStatusQuery,
+    RolloutStop,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -425,6 +426,20 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             Command::RolloutApprove(at_current_step(session, &id.rollout_id).await?),
             rollout_context(&id.rollout_id),
         ),
+        RolloutCommand::Reschedule { id, file } => {
+            let steps = specfile::read_steps(&file.path)?;
+            let at = at_current_step(session, &id.rollout_id).await?;
+            (
+                Command::RolloutReschedule(RolloutReschedule {
+                    command_id: None,
+                    actor: None,
+                    rollout_id: id.rollout_id.clone(),
+                    expected_step: at.expected_step,
+                    steps,
+                }),
+                rollout_context(&id.rollout_id),
+            )
+        }
         RolloutCommand::Promote(id) => (
             Command::RolloutPromote(at_current_step(session, &id.rollout_id).await?),
             rollout_context(&id.rollout_id),

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::{Flag, RolloutSpec, Timestamp};
 use rollout_sdk::specs::{self, SpecError, SpecFormat};
 
@@ -22,6 +23,12 @@ pub fn read_flag(path: &Path) -> Result<Flag, Failure> {
 pub fn read_spec(path: &Path, now: Timestamp) -> Result<RolloutSpec, Failure> {
     let (text, format) = read(path)?;
     specs::parse_rollout_spec(&text, format, now).map_err(|error| file_failure(path, error))
+}
+
+/// Reads the steps of a reschedule from a YAML or JSON file.
+pub fn read_steps(path: &Path) -> Result<Vec<RescheduleStepSpec>, Failure> {
+    let (text, format) = read(path)?;
+    specs::parse_reschedule_steps(&text, format).map_err(|error| file_failure(path, error))
 }
 
 fn file_failure(path: &Path, error: SpecError) -> Failure {

@@ -95,6 +95,10 @@ function traceLink(traceId) {
 
 function gateText(gate) {
   if (!gate) return "";
+  if (gate.approvers) {
+    const approval = "approval by " + gate.approvers;
+    return gate.kind === "immediate" ? approval : approval + ", then " + gateText({ ...gate, approvers: undefined });
+  }
   switch (gate.kind) {
     case "timer": return "timer " + gate.duration;
     case "continue": return "waits for an operator's continue";
@@ -108,6 +112,7 @@ function gateText(gate) {
 
 const WAITING = {
   start: "its start time", timer: "its timer", continue: "an operator's continue", guard: "a health gate",
+  approval: "approvals",
 };
 
 // ---------- the API ----------
@@ -389,6 +394,11 @@ function rolloutFacts(s, counts) {
   if (s.share !== undefined) facts.push(["Share now", h("span", { id: "rollout-share" }, percent(s.share))]);
   if (s.current_step !== undefined) facts.push(["Step", h("span", { id: "rollout-step" }, (s.current_step + 1) + " of " + s.steps.length)]);
   if (s.waiting_for) facts.push(["Waits for", WAITING[s.waiting_for] || s.waiting_for]);
+  const approvers = s.current_step !== undefined && s.steps[s.current_step] ? s.steps[s.current_step].gate.approvers : undefined;
+  if (approvers) {
+    const names = (s.approvals || []).map((a) => a.actor + " (" + new Date(a.at).toLocaleTimeString() + ")");
+    facts.push(["Approvals", h("span", { id: "rollout-approvals" }, (s.approvals || []).length + " of " + approvers + (names.length ? ": " + names.join(", ") : ""))]);
+  }
   if (s.hold) facts.push(["Held by", h("span", { id: "rollout-hold" }, s.hold.held_by + ": " + s.hold.reason)]);
   if (s.due_at) facts.push(["Next transition", s.overdue_ms
     ? h("span", { class: "error", id: "rollout-overdue" }, time(s.due_at), " — overdue by " + duration(s.overdue_ms) + ": is a ticker running?")
@@ -406,7 +416,8 @@ const ACTIONS = [
   { verb: "start", label: "Start now", when: ["queued"], text: "Start rollout %id now instead of at its start time?" },
   { verb: "pause", label: "Pause", when: ["running"], text: "Pause rollout %id? Its audience stays where it is until resumed." },
   { verb: "resume", label: "Resume", when: ["paused"], text: "Resume rollout %id?" },
-  { verb: "continue", label: "Continue (approve)", when: ["running"], text: "Approve the next step of rollout %id now?" },
+  { verb: "approve", label: "Approve step", when: ["running"], waiting: "approval", text: "Approve the current step of rollout %id as yourself? The step's gate runs once it has all its approvals." },
+  { verb: "continue", label: "Continue", when: ["running"], text: "Open the current step's gate of rollout %id now (release the next step)?" },
   { verb: "promote", label: "Promote", when: ["running", "paused"], text: "Promote rollout %id: everyone moves to the candidate at once?" },
   { verb: "stop", label: "Stop at a share…", when: ["running", "paused"], text: "Stop rollout %id, keeping a share on the candidate?", share: true },
   { verb: "rollback", label: "Roll back", when: ["queued", "running", "paused"], text: "Roll back rollout %id: everyone returns to the baseline?", danger: true },
@@ -418,6 +429,7 @@ function actionBar(status, result) {
   const bar = h("div", { class: "actions", role: "group", "aria-label": "Actions" });
   for (const action of ACTIONS) {
     if (!action.when.includes(status.state)) continue;
+    if (action.waiting && status.waiting_for !== action.waiting) continue;
     bar.append(h("button", {
       type: "button", id: "action-" + action.verb, class: action.danger ? "danger" : null,
       disabled: viewer, title: viewer ? "viewers see everything and change nothing" : null,
@@ -444,6 +456,7 @@ async function act(action, status, result) {
   if (answer !== "ok") return;
   const body = {};
   if (action.share && $("confirm-share").value !== "") body.percentage = Number($("confirm-share").value);
+  if (action.verb === "approve") body.expected_step = status.current_step;
   result.className = "muted";
   result.textContent = action.label.replace("…", "") + "…";
   const reply = await api("POST", "/api/rollouts/" + encodeURIComponent(app.namespace) + "/" + encodeURIComponent(status.rollout_id) + "/" + action.verb, body);

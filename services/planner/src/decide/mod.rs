@@ -113,6 +113,9 @@ pub fn decide(
         Command::RolloutPromote(action) => {
             rollout::apply(&action.rollout_id, Event::Promote, loaded, context)
         }
+        Command::RolloutReschedule(edit) => {
+            rollout::reschedule(&edit.rollout_id, &edit.steps, loaded, context)
+        }
         Command::RolloutStop(stop) => rollout::apply(
             &stop.rollout_id,
             Event::Stop {

@@ -3,6 +3,8 @@
 
 use rollout_core::continuation::{continuation, Continuation};
 use rollout_core::machine::Event;
+use rollout_core::reschedule::RescheduleError;
+use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag};
 use rollout_store::{Change, FlagRecord, Happened, RolloutRecord};
@@ -115,6 +117,32 @@ pub(super) fn apply(
     if moved.effects.is_empty() {
         return Ok(Decision::Unchanged(reply));
     }
+    Ok(changed(
+        Change::rollout_moved(stored.version, &rollout.state, moved),
+        reply,
+    ))
+}
+
+/// Replaces the steps after the rollout's current one (SPEC §12); `expected_step` was
+/// required by the command's validation, so an edit made on a step the rollout has left is
+/// `conflict`.
+pub(super) fn reschedule(
+    rollout_id: &str,
+    steps: &[RescheduleStepSpec],
+    loaded: &Loaded,
+    context: &DecideContext,
+) -> Result<Decision, WireError> {
+    let rollout = existing_rollout(rollout_id, loaded)?;
+    check_expected_step(rollout, context)?;
+    let (stored, record) = existing_flag(loaded, &rollout.plan.flag, "rollout_id")?;
+    let moved =
+        transition::reschedule(record, rollout, steps, context.now).map_err(
+            |error| match error {
+                RescheduleError::Rejected(rejection) => WireError::from(rejection),
+                RescheduleError::Invalid(errors) => WireError::from(errors),
+            },
+        )?;
+    let reply = rollout_reply(record, &moved, context);
     Ok(changed(
         Change::rollout_moved(stored.version, &rollout.state, moved),
         reply,

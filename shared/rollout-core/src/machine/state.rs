@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::{RolloutView, ViewAudience};
 use crate::flag::{Serve, StagedServe, WeightedVariation};
 use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
-use crate::plan::{ApprovalGate, Gate, Plan, StartMode};
+use crate::plan::{ApprovalGate, Gate, Plan, StartMode, Step};
 use crate::share::Share;
 use crate::time::{DurationMs, Timestamp};
 
@@ -342,6 +342,15 @@ pub enum Effect {
         approvals: u32,
         /// Approvals it needs.
         required: u32,
+    },
+    /// The steps after the current one were replaced (`rollout.reschedule`).
+    Rescheduled {
+        /// The current step, kept with every step before it.
+        at_step: usize,
+        /// The steps replaced.
+        old_steps: Vec<Step>,
+        /// The steps in their place.
+        new_steps: Vec<Step>,
     },
     /// A guard crossed its limit.
     GuardBreached {
