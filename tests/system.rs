@@ -27,12 +27,16 @@
 //! - a reschedule replaces the steps after the current one: stale, backwards and
 //!   unanchored edits are refused and change nothing; an accepted one moves nobody at the
 //!   edit, its steps then run, and the audit keeps the old and new steps;
+//! - a timer that runs out while the rollout's time windows are closed waits for the next
+//!   opening (status, ETA and the ticker's due index say when); bad windows are refused;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
 mod support;
 
 use std::sync::Arc;
+
+use chrono::Datelike;
 use std::time::Duration;
 
 use evaluator::EvaluatorHandle;
@@ -1342,6 +1346,94 @@ async fn a_reschedule_replaces_the_later_steps_without_moving_anyone_at_the_edit
     assert_eq!(details["new_steps"].as_array().map(Vec::len), Some(2));
     assert_eq!(details["old_steps"][0]["audience"]["share"], json!(50));
     assert_eq!(details["new_steps"][0]["audience"]["share"], json!(30));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timer_that_runs_out_outside_the_windows_waits_for_the_next_opening() {
+    let system = System::start(1).await;
+    system
+        .cluster
+        .commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+    // open every day but today and tomorrow (UTC), all day: closed for at least a day
+    let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today = chrono::Utc::now().weekday().num_days_from_monday() as usize;
+    let open_days: Vec<&str> = (0..7)
+        .filter(|day| *day != today && *day != (today + 1) % 7)
+        .map(|day| days[day])
+        .collect();
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "1s"}, {"percentage": 100}],
+               "windows": [{"days": open_days, "start": "00:00", "end": "24:00",
+                            "timezone": "UTC"}]}),
+    )
+    .await;
+    let id = rollout.rollout_id.clone();
+    let waiting = system
+        .rollout_reaches(&id, "wait for its window", |status| {
+            status.waiting_for == Some(WaitingFor::Window)
+        })
+        .await;
+    assert_eq!(
+        (waiting.current_step, waiting.share),
+        (Some(0), Some(Share::from_ppm(100_000))),
+        "the timer ran out but nothing moved"
+    );
+    let opening = waiting.due_at.expect("the next opening");
+    let now = waiting.at.expect("status time");
+    assert!(
+        opening.millis_since(now) > 20 * 3_600_000,
+        "the window opens after tomorrow: {opening}"
+    );
+    assert_eq!(opening.as_millis() % 86_400_000, 0, "at midnight UTC");
+    assert_eq!(waiting.windows.len(), 1);
+    assert_eq!(
+        waiting.eta.and_then(|eta| eta.completes_at),
+        Some(opening),
+        "it completes when the window opens"
+    );
+    system.assert_served_matches_committed().await;
+    // the ticker keeps its look at the opening, not at the timer's end
+    let mut connection = redis::Client::open(system.cluster.redis.url())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis");
+    let keys = rollout_store::Keys::new(&Namespace::new(NS).expect("namespace"));
+    let scheduled = rollout_store::due::scheduled(&mut connection, &keys, &id)
+        .await
+        .expect("due index");
+    assert_eq!(scheduled, Some(opening));
+    // a window with an unknown zone or ending before it starts changes nothing
+    let refused = system
+        .cluster
+        .commands
+        .plan(
+            serde_json::from_value(json!({"flag": "checkout", "baseline": "classic",
+                "candidate": "new", "phases": [{"percentage": 100}],
+                "windows": [{"days": ["mon"], "start": "10:00", "end": "09:00",
+                             "timezone": "Europe/Atlantis"}]}))
+            .expect("spec"),
+        )
+        .await
+        .expect_err("bad windows");
+    assert_eq!(refused.code(), ErrorCode::InvalidArgument);
+    let fields: Vec<&str> = refused
+        .wire()
+        .details
+        .iter()
+        .map(|detail| detail.field.as_str())
+        .collect();
+    assert!(
+        fields.contains(&"rollout.windows[0].end")
+            && fields.contains(&"rollout.windows[0].timezone"),
+        "{fields:?}"
+    );
     system.stop().await;
 }
 

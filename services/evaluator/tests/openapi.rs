@@ -58,7 +58,7 @@ fn schemathesis(url: &str, seed: u64) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "schemathesis found differences (seed {seed}); replay against a running evaluator with\n  PYTHONPATH=.tools/schemathesis python3 {}\n--- stdout\n{}\n--- stderr\n{}",
+        "schemathesis found differences (seed {seed}; rerun this test with ROLLOUT_SCHEMATHESIS_SEED={seed}); replay against a running evaluator with\n  PYTHONPATH=.tools/schemathesis python3 {}\n--- stdout\n{}\n--- stderr\n{}",
         args.join(" "),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -101,8 +101,12 @@ async fn the_evaluator_conforms_to_its_openapi_description() {
     .expect("tokens");
     let replica = start(config).await;
     let url = format!("http://{}", replica.http_addr());
-    let random: u64 = rand::random::<u32>().into();
-    for seed in [20_261_205, random] {
+    // ROLLOUT_SCHEMATHESIS_SEED replays the seed a failed run printed
+    let second: u64 = std::env::var("ROLLOUT_SCHEMATHESIS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| rand::random::<u32>().into());
+    for seed in [20_261_205, second] {
         let run = tokio::task::spawn_blocking({
             let url = url.clone();
             move || schemathesis(&url, seed)

@@ -26,6 +26,7 @@ pub mod share;
 pub mod spec;
 pub mod time;
 pub mod transition;
+pub mod window;
 
 pub use bucket::{bucket, BucketSeed};
 pub use entity::{AttributeValue, Attributes, Entity, Labels};

@@ -26,6 +26,7 @@ use crate::guard::Guard;
 use crate::share::Share;
 use crate::spec::{RolloutSpec, StageGateSpec, StageSpec};
 use crate::time::{DurationMs, Timestamp};
+use crate::window::{self, compile_windows, Window};
 
 /// Name of the implicit last stage holding everyone no other stage matched.
 pub const UNASSIGNED_STAGE: &str = "unassigned";
@@ -161,6 +162,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Health guard.
     pub guard: Option<Guard>,
+    /// Time windows its timer gates open in; always open when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
 }
 
 /// What compilation needs from its surroundings.
@@ -191,6 +195,12 @@ impl Plan {
             Some(Audience::Share(share)) => *share,
             _ => Share::NONE,
         }
+    }
+
+    /// When a timer that runs out at `end` opens its gate: `end` itself inside a window (or
+    /// without windows), else the next opening.
+    pub fn timer_opens_at(&self, end: Timestamp) -> Timestamp {
+        window::open_at(&self.windows, end)
     }
 
     /// The approval step `index` waits for, if any.
@@ -306,6 +316,7 @@ pub fn compile(
                     None
                 }
             });
+    let windows = compile_windows(&spec.windows, &mut errors);
     let start_at = spec
         .start_at
         .as_deref()
@@ -408,6 +419,7 @@ pub fn compile(
         start,
         steps,
         guard,
+        windows,
     })
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::Labels;
 use crate::guard::GuardSpec;
+use crate::window::WindowSpec;
 
 /// A rollout as submitted with `rollout.create`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +51,9 @@ pub struct RolloutSpec {
     /// Health guard checked at every tick.
     #[serde(default)]
     pub guard: Option<GuardSpec>,
+    /// Time windows: timer gates open only inside one of them (SPEC §12).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowSpec>,
     /// Start as written even when the target serves something other than the baseline or
     /// a split this rollout can continue (see [`crate::continuation`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -279,7 +279,7 @@ impl RolloutResult {
             rollout_id: rollout_id.to_owned(),
             flag: plan.flag.clone(),
             state: state.lifecycle,
-            waiting_for: state.waiting_for(plan),
+            waiting_for: state.waiting_for_at(plan, now),
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
             approvals: state.approvals.clone(),

@@ -3,6 +3,7 @@
 //! set a planner dispatches on. Lists are paged: pages count from 0 and a reply names the
 //! `next_page` while more remain.
 
+use rollout_core::window::Window;
 use rollout_core::{
     Approval, DurationMs, Eta, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec,
     RolloutState, Share, StageCounts, Timestamp, ValidationErrors, WaitingFor,
@@ -130,6 +131,9 @@ pub struct RolloutStatus {
     /// When the current pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Timestamp>,
+    /// The time windows its timers open in (none: always open).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
     /// Approvals of the current step so far (its gate's `approvers` says how many it needs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<Approval>,
@@ -174,7 +178,7 @@ impl RolloutStatus {
             salt: (!plan.is_staged()).then(|| plan.salt.clone()),
             stickiness: plan.stickiness.clone(),
             state: state.lifecycle,
-            waiting_for: state.waiting_for(plan),
+            waiting_for: state.waiting_for_at(plan, now),
             hold: None,
             current_step: state.step,
             share: (!plan.is_staged()).then(|| state.served_share(plan)),
@@ -182,6 +186,7 @@ impl RolloutStatus {
             overdue_ms: overdue(state.due_at(plan), now),
             paused_at: state.paused_at,
             approvals: state.approvals.clone(),
+            windows: plan.windows.clone(),
             remaining_ms: state
                 .remaining_when_paused(plan)
                 .and_then(|left| u64::try_from(left).ok()),
@@ -296,7 +301,7 @@ impl RolloutSummary {
             rule: target_rule(plan),
             kind: RolloutKind::of(&plan.kind),
             state: state.lifecycle,
-            waiting_for: state.waiting_for(plan),
+            waiting_for: state.waiting_for_at(plan, now),
             current_step: state.step,
             step_count: plan.steps.len(),
             share: (!plan.is_staged()).then(|| state.served_share(plan)),

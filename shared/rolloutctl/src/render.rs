@@ -312,6 +312,23 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    if !status.windows.is_empty() {
+        let windows: Vec<String> = status
+            .windows
+            .iter()
+            .map(|window| {
+                let spec = rollout_core::window::WindowSpec::from(*window);
+                format!(
+                    "{} {}–{} {}",
+                    spec.days.join(","),
+                    spec.start,
+                    spec.end,
+                    spec.timezone
+                )
+            })
+            .collect();
+        text.push_str(&format!("timers open only in: {}\n", windows.join("; ")));
+    }
     text.push_str(&approvals_line(&status.approvals));
     if let Some(hold) = &status.hold {
         text.push_str(&format!(

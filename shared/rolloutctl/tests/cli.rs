@@ -11,8 +11,9 @@ use rollout_core::Share;
 use rollout_wire::{RolloutResult, RolloutStatus};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const ROLLOUT_EXAMPLES: [&str; 5] = [
+const ROLLOUT_EXAMPLES: [&str; 6] = [
     "rollout-phases.yaml",
+    "rollout-approval.yaml",
     "rollout-preset.yaml",
     "rollout-manual.yaml",
     "rollout-template.yaml",
@@ -119,6 +120,96 @@ async fn every_example_creates_a_rollout_whose_status_lists_every_step() {
         finished["rollouts"].as_array().map(Vec::len),
         Some(ROLLOUT_EXAMPLES.len())
     );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn two_actors_approve_a_phase_and_a_file_reschedules_the_rest() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let created = create_from(&cluster, "rollout-approval.yaml").await;
+    let id = created.rollout_id.as_str();
+    let status = cluster.ctl(&["rollout", "status", id]).await;
+    status.assert_ok();
+    assert!(
+        status.stdout.contains("waiting for: approval"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("approval by 2, then timer 1h"),
+        "{}",
+        status.stdout
+    );
+    let first = cluster
+        .ctl(&["--actor", "ana", "rollout", "approve", id])
+        .await;
+    first.assert_ok();
+    assert!(
+        first.stdout.contains("approved by: ana ("),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains("waiting for: approval"),
+        "{}",
+        first.stdout
+    );
+    let again = cluster
+        .ctl(&["--actor", "ana", "rollout", "approve", id])
+        .await;
+    assert_ne!(again.code, Some(0), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("already approved"),
+        "{}",
+        again.stderr
+    );
+    let second = cluster
+        .ctl(&["--actor", "bo", "rollout", "approve", id])
+        .await;
+    second.assert_ok();
+    assert!(
+        second.stdout.contains("waiting for: timer"),
+        "{}",
+        second.stdout
+    );
+
+    let steps = example("reschedule-steps.yaml");
+    let edited = cluster
+        .ctl(&[
+            "rollout",
+            "reschedule",
+            id,
+            "-f",
+            steps.to_str().expect("utf-8 path"),
+        ])
+        .await;
+    edited.assert_ok();
+    let json = cluster.ctl_json(&["rollout", "status", id]).await;
+    let shares: Vec<f64> = json["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|step| step["percentage"].as_f64())
+        .collect();
+    assert_eq!(shares, [5.0, 20.0, 60.0, 100.0]);
+    assert_eq!(json["steps"][2]["gate"]["approvers"], 1);
+    // a file whose first step would lower the share names the field and changes nothing
+    let (_dir, backwards) = temp_file(
+        "steps.yaml",
+        "- percentage: 1\n  duration: 1h\n- percentage: 100\n",
+    );
+    let refused = cluster
+        .ctl(&["rollout", "reschedule", id, "-f", &backwards])
+        .await;
+    assert_ne!(refused.code, Some(0), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("steps[0].percentage"),
+        "{}",
+        refused.stderr
+    );
+    let unchanged = cluster.ctl_json(&["rollout", "status", id]).await;
+    assert_eq!(unchanged["steps"], json["steps"]);
     cluster.stop().await;
 }
 

@@ -74,6 +74,9 @@ pub enum WaitingFor {
     Guard,
     /// Approvals of the current step (`rollout.approve`).
     Approval,
+    /// The next opening of the rollout's time windows: its timer ran out while they are
+    /// closed (`due_at` is the opening).
+    Window,
 }
 
 /// When a rollout would complete if it stays as it is — every timer runs as planned, nothing
@@ -122,7 +125,7 @@ impl Eta {
                 return Eta::blocked(Some(index), WaitingFor::Approval, at);
             }
             match plan.steps.get(index).map(|step| &step.gate) {
-                Some(Gate::Timer(duration)) => at = at.plus(*duration),
+                Some(Gate::Timer(duration)) => at = plan.timer_opens_at(at.plus(*duration)),
                 Some(Gate::Immediate) | None => {}
                 Some(Gate::Continue) => return Eta::blocked(Some(index), WaitingFor::Continue, at),
                 Some(Gate::Completion { .. }) => {
@@ -467,7 +470,9 @@ impl RolloutState {
             Lifecycle::Running => {
                 let step = plan.steps.get(self.step?)?;
                 match step.gate {
-                    Gate::Timer(duration) => Some(self.step_anchor?.plus(duration)),
+                    Gate::Timer(duration) => {
+                        Some(plan.timer_opens_at(self.step_anchor?.plus(duration)))
+                    }
                     Gate::Immediate => self.step_anchor,
                     Gate::Continue | Gate::Completion { .. } => None,
                 }
@@ -497,7 +502,7 @@ impl RolloutState {
                     Gate::Timer(duration) => Some(Eta::walk(
                         plan,
                         current + 1,
-                        self.step_anchor?.plus(*duration),
+                        plan.timer_opens_at(self.step_anchor?.plus(*duration)),
                     )),
                     // the final step completes on entry; an earlier one (gated by an
                     // approval alone) opens at its approval
@@ -551,6 +556,25 @@ impl RolloutState {
             },
             _ => None,
         }
+    }
+
+    /// What a running or queued rollout waits for at `now`: [`Self::waiting_for`], except
+    /// that a timer that ran out while the rollout's windows are closed waits for the
+    /// window.
+    pub fn waiting_for_at(&self, plan: &Plan, now: Timestamp) -> Option<WaitingFor> {
+        let waiting = self.waiting_for(plan)?;
+        if waiting != WaitingFor::Timer || self.lifecycle != Lifecycle::Running {
+            return Some(waiting);
+        }
+        let Some(Gate::Timer(duration)) = plan.steps.get(self.step?).map(|step| &step.gate) else {
+            return Some(waiting);
+        };
+        let ran_out = self.step_anchor?.plus(*duration);
+        Some(if ran_out <= now && plan.timer_opens_at(ran_out) > now {
+            WaitingFor::Window
+        } else {
+            WaitingFor::Timer
+        })
     }
 
     /// The approval the current step still waits for: its gate when fewer distinct actors
@@ -736,7 +760,7 @@ impl RolloutState {
                 let anchor = anchor.plus(DurationMs::from_millis(pause_shift));
                 let end = match plan.steps[step].gate {
                     _ if self.pending_approval(plan).is_some() => None,
-                    Gate::Timer(duration) => Some(anchor.plus(duration)),
+                    Gate::Timer(duration) => Some(plan.timer_opens_at(anchor.plus(duration))),
                     _ => None,
                 };
                 (step + 1, end)
@@ -747,7 +771,7 @@ impl RolloutState {
             starts[next_index] = Some(start_time);
             next_start = match plan.steps[next_index].gate {
                 _ if plan.steps[next_index].approval.is_some() => None,
-                Gate::Timer(duration) => Some(start_time.plus(duration)),
+                Gate::Timer(duration) => Some(plan.timer_opens_at(start_time.plus(duration))),
                 _ => None,
             };
             next_index += 1;

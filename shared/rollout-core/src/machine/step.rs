@@ -433,7 +433,10 @@ pub(super) fn advance_due(
         }
         let gate = &plan.steps[current].gate;
         let opened_at = match gate {
-            Gate::Timer(duration) => Some(anchor.plus(*duration)).filter(|end| *end <= now),
+            // a timer opens its gate only inside the rollout's windows
+            Gate::Timer(duration) => {
+                Some(plan.timer_opens_at(anchor.plus(*duration))).filter(|end| *end <= now)
+            }
             // the final step completes on entry; an earlier one has an approval and opens
             // once it is approved
             Gate::Immediate => {
