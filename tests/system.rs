@@ -29,6 +29,9 @@
 //!   edit, its steps then run, and the audit keeps the old and new steps;
 //! - a timer that runs out while the rollout's time windows are closed waits for the next
 //!   opening (status, ETA and the ticker's due index say when); bad windows are refused;
+//! - a gradual rollback walks every replica down its shares, each set of adopters a subset
+//!   of the one before, until everyone is back on the baseline; walks that do not go down
+//!   to 0 are refused;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
@@ -1434,6 +1437,112 @@ async fn a_timer_that_runs_out_outside_the_windows_waits_for_the_next_opening() 
             && fields.contains(&"rollout.windows[0].timezone"),
         "{fields:?}"
     );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gradual_rollback_walks_every_replica_down_last_adopters_first() {
+    let system = System::start(1).await;
+    let flag = checkout_flag();
+    let rollout = start_half_checkout_rollout(&system, &flag).await;
+    let id = rollout.rollout_id.clone();
+    system.assert_served_matches_committed().await;
+    let commands = &system.cluster.commands;
+    // a walk that does not end on the baseline, or starts above the share served, is
+    // refused naming the step and changes nothing
+    let refused = commands
+        .rollback_gradually(&id, vec![60.0, 0.0], "1s")
+        .await
+        .expect_err("above the share served");
+    assert_eq!(
+        (refused.code(), refused.field()),
+        (ErrorCode::InvalidArgument, Some("steps[0]"))
+    );
+    let refused = commands
+        .rollback_gradually(&id, vec![20.0, 5.0], "1s")
+        .await
+        .expect_err("not ending at 0");
+    assert_eq!(refused.field(), Some("steps[1]"));
+    let unchanged = commands.rollout_status(&id).await.expect("status");
+    assert_eq!(unchanged.state, Lifecycle::Running);
+
+    let population = population();
+    // who evaluator 0 serves the candidate (after the oracle found every replica agreeing
+    // with the committed state)
+    let adopters = |system: &System| -> std::collections::BTreeSet<usize> {
+        let handle = Arc::clone(&system.cluster.evaluators()[0]);
+        handle
+            .snapshot()
+            .namespace(NS)
+            .and_then(|namespace| {
+                namespace.with_flag("checkout", |live| {
+                    let compiled = live.compiled();
+                    population
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, entity)| compiled.evaluate(entity).variation == "new")
+                        .map(|(index, _)| index)
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    let at_half = adopters(&system);
+    let walking = commands
+        .rollback_gradually(&id, vec![20.0, 5.0, 0.0], "1s")
+        .await
+        .expect("rolling back");
+    assert_eq!(walking.state, Lifecycle::RollingBack);
+    assert_eq!(walking.share, Some(Share::from_ppm(200_000)));
+    system.assert_served_matches_committed().await;
+    let at_twenty = adopters(&system);
+    assert!(at_twenty.is_subset(&at_half), "20 % is a subset of 50 %");
+    assert!(at_twenty.len() < at_half.len());
+    let status = commands.rollout_status(&id).await.expect("status");
+    let walk = status.rollback.expect("the walk in the status");
+    assert_eq!((walk.index, walk.shares.len()), (0, 3));
+
+    let at_five_status = system
+        .rollout_reaches(&id, "5 %", |status| {
+            status.share == Some(Share::from_ppm(50_000)) || status.state == Lifecycle::RolledBack
+        })
+        .await;
+    if at_five_status.state == Lifecycle::RollingBack {
+        system.assert_served_matches_committed().await;
+        let at_five = adopters(&system);
+        assert!(at_five.is_subset(&at_twenty), "5 % is a subset of 20 %");
+    }
+    let done = system
+        .rollout_reaches(&id, "roll back", |status| {
+            status.state == Lifecycle::RolledBack
+        })
+        .await;
+    assert_eq!(done.share, Some(Share::NONE));
+    system.assert_served_matches_committed().await;
+    assert!(adopters(&system).is_empty());
+    let audit = commands
+        .audit(AuditQuery {
+            rollout_id: Some(id.clone()),
+            flag: None,
+            page: None,
+            page_size: None,
+        })
+        .await
+        .expect("audit");
+    let kinds: Vec<EventKind> = audit.entries.iter().rev().map(|entry| entry.kind).collect();
+    let walked: Vec<EventKind> = kinds
+        .into_iter()
+        .filter(|kind| {
+            matches!(
+                kind,
+                EventKind::RolloutRollingBack
+                    | EventKind::RolloutShareLowered
+                    | EventKind::RolloutRolledBack
+            )
+        })
+        .collect();
+    assert_eq!(walked.first(), Some(&EventKind::RolloutRollingBack));
+    assert_eq!(walked.last(), Some(&EventKind::RolloutRolledBack));
     system.stop().await;
 }
 

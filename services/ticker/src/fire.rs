@@ -431,6 +431,8 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::Resumed { .. } => "resumed",
         Effect::Approved { .. } => "approved",
         Effect::Rescheduled { .. } => "rescheduled",
+        Effect::RollingBack { .. } => "rolling_back",
+        Effect::ShareLowered { .. } => "share_lowered",
         Effect::GuardBreached { .. } => "guard_breached",
         Effect::Completed => "completed",
         Effect::Stopped { .. } => "stopped",

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationErrors;
+use crate::share::Share;
 use crate::time::DurationMs;
 
 /// A guard as written in a rollout spec or as a flag's kill switch.
@@ -19,23 +20,126 @@ pub struct GuardSpec {
     /// Breach when the candidate's error rate exceeds this percentage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_error_rate: Option<f64>,
-    /// Fewer candidate samples than this in the window decide nothing.
+    /// Fewer samples than this in the window decide nothing: one number for both sides, or
+    /// `{candidate: N, baseline: M}`.
     #[serde(default = "default_min_samples")]
-    pub min_samples: u64,
+    pub min_samples: MinSamples,
     /// Counting window, e.g. `5m`.
     #[serde(default = "default_window")]
     pub window: String,
-    /// What a breach does to a rollout: `pause` (the default), `stop` or `rollback`. A
-    /// flag's kill switch always disables the flag and takes no action.
+    /// What a breach does to a rollout: `pause` (the default), `stop`, `rollback`,
+    /// `rollback_gradual` (walking down `gradual`) or `warn` (an event and an audit entry,
+    /// once per window while breached). A flag's kill switch always disables the flag and
+    /// takes no action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The walk down of `rollback_gradual`: shares strictly decreasing, ending at 0 (those
+    /// not below the share served at the breach are skipped), one every `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradual: Option<GradualSpec>,
 }
+
+/// Minimum samples per side: one number for both, or each side's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MinSamples {
+    /// The same on both sides.
+    Both(u64),
+    /// Per side.
+    Sides {
+        /// Candidate samples needed.
+        candidate: u64,
+        /// Baseline samples needed (where a ratio compares the baseline).
+        baseline: u64,
+    },
+}
+
+impl MinSamples {
+    fn sides(self) -> (u64, u64) {
+        match self {
+            MinSamples::Both(both) => (both, both),
+            MinSamples::Sides {
+                candidate,
+                baseline,
+            } => (candidate, baseline),
+        }
+    }
+}
+
+/// A gradual walk down: `{steps: [50, 20, 0], every: "5m"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradualSpec {
+    /// Shares in percent, strictly decreasing, ending at 0.
+    pub steps: Vec<f64>,
+    /// Time between two, e.g. `5m`.
+    pub every: String,
+}
+
+impl GradualSpec {
+    /// Checks the walk, reporting problems under `path`; the shares and the interval.
+    pub fn compile(
+        &self,
+        path: &str,
+        errors: &mut ValidationErrors,
+    ) -> Option<(Vec<Share>, DurationMs)> {
+        // `path.steps`, or `steps` at the top of a command
+        let field = |name: &str| {
+            if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
+        let before = errors.errors.len();
+        let mut shares = Vec::with_capacity(self.steps.len());
+        if self.steps.is_empty() || self.steps.len() > MAX_GRADUAL_STEPS {
+            errors.push(
+                field("steps"),
+                format!("give 1..={MAX_GRADUAL_STEPS} shares, ending at 0"),
+            );
+        }
+        for (index, percentage) in self.steps.iter().enumerate() {
+            let step_field = field(&format!("steps[{index}]"));
+            match Share::from_percentage(*percentage) {
+                Ok(share) => {
+                    if shares.last().is_some_and(|previous| share >= *previous) {
+                        errors.push(step_field, "must be below the previous share");
+                    }
+                    shares.push(share);
+                }
+                Err(message) => errors.push(step_field, message),
+            }
+        }
+        if shares.last().is_some_and(|last| *last != Share::NONE) {
+            errors.push(
+                field(&format!("steps[{}]", self.steps.len() - 1)),
+                "the last share is 0 (everyone back on the baseline)",
+            );
+        }
+        let every = match DurationMs::parse(&self.every) {
+            Ok(every) if every.as_millis() > 0 => Some(every),
+            Ok(_) => {
+                errors.push(field("every"), "must be greater than zero");
+                None
+            }
+            Err(message) => {
+                errors.push(field("every"), message);
+                None
+            }
+        };
+        (errors.errors.len() == before).then_some((shares, every?))
+    }
+}
+
+/// Most shares one gradual rollback may walk through.
+pub const MAX_GRADUAL_STEPS: usize = 100;
 
 fn default_metric() -> String {
     "error_rate".to_owned()
 }
-fn default_min_samples() -> u64 {
-    100
+fn default_min_samples() -> MinSamples {
+    MinSamples::Both(100)
 }
 fn default_window() -> String {
     "5m".to_owned()
@@ -51,6 +155,10 @@ pub enum GuardAction {
     Stop,
     /// End as rolled back: everyone gets the baseline.
     Rollback,
+    /// Walk the share back down gradually (the guard's `gradual`).
+    RollbackGradual,
+    /// Only tell: an event and an audit entry, once per window while breached.
+    Warn,
 }
 
 /// A validated guard.
@@ -60,12 +168,18 @@ pub struct Guard {
     pub max_ratio_to_baseline: Option<f64>,
     /// Absolute limit on the candidate's error rate, as a fraction (0.05 = 5 %).
     pub max_error_rate: Option<f64>,
-    /// Minimum samples on each compared side.
+    /// Minimum candidate samples (and baseline samples, unless `min_baseline_samples`).
     pub min_samples: u64,
+    /// Minimum baseline samples, when it differs from `min_samples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_baseline_samples: Option<u64>,
     /// Counting window.
     pub window: DurationMs,
     /// What a breach does.
     pub action: GuardAction,
+    /// The walk down of `rollback_gradual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradual: Option<(Vec<Share>, DurationMs)>,
 }
 
 /// Outcome counters of one side over the guard's window.
@@ -160,8 +274,17 @@ impl GuardSpec {
                 );
             }
         }
-        if self.min_samples == 0 || self.min_samples > 1_000_000_000 {
-            errors.push(format!("{path}.min_samples"), "must be between 1 and 10^9");
+        let (min_candidate, min_baseline) = self.min_samples.sides();
+        for (side, samples) in [("candidate", min_candidate), ("baseline", min_baseline)] {
+            if samples == 0 || samples > 1_000_000_000 {
+                let field = match self.min_samples {
+                    MinSamples::Both(_) => format!("{path}.min_samples"),
+                    MinSamples::Sides { .. } => format!("{path}.min_samples.{side}"),
+                };
+                if !errors.has_field(&field) {
+                    errors.push(field, "must be between 1 and 10^9");
+                }
+            }
         }
         let window = match DurationMs::parse(&self.window) {
             Ok(window) if window.as_millis() >= 1_000 && window <= DurationMs::from_hours(24) => {
@@ -180,25 +303,56 @@ impl GuardSpec {
             "pause" => GuardAction::Pause,
             "stop" => GuardAction::Stop,
             "rollback" => GuardAction::Rollback,
+            "rollback_gradual" => GuardAction::RollbackGradual,
+            "warn" => GuardAction::Warn,
             other => {
                 errors.push(
                     format!("{path}.action"),
-                    format!("unknown action {other:?}; use pause, stop or rollback"),
+                    format!(
+                        "unknown action {other:?}; use pause, stop, rollback, rollback_gradual or warn"
+                    ),
                 );
                 GuardAction::Pause
             }
         };
+        let gradual = match (&self.gradual, action) {
+            (Some(gradual), GuardAction::RollbackGradual) => {
+                gradual.compile(&format!("{path}.gradual"), &mut errors)
+            }
+            (None, GuardAction::RollbackGradual) => {
+                errors.push(
+                    format!("{path}.gradual"),
+                    "rollback_gradual walks down {steps, every}; give them",
+                );
+                None
+            }
+            (Some(_), _) => {
+                errors.push(
+                    format!("{path}.gradual"),
+                    "only the rollback_gradual action walks down",
+                );
+                None
+            }
+            (None, _) => None,
+        };
         errors.into_result(Guard {
             max_ratio_to_baseline: self.max_ratio_to_baseline,
             max_error_rate: self.max_error_rate.map(|percentage| percentage / 100.0),
-            min_samples: self.min_samples,
+            min_samples: min_candidate,
+            min_baseline_samples: (min_baseline != min_candidate).then_some(min_baseline),
             window,
             action,
+            gradual,
         })
     }
 }
 
 impl Guard {
+    /// Baseline samples a ratio limit needs.
+    pub fn min_baseline(&self) -> u64 {
+        self.min_baseline_samples.unwrap_or(self.min_samples)
+    }
+
     /// Judges the counters. The absolute limit needs `min_samples` candidate samples; the
     /// ratio limit needs `min_samples` on both sides. A limit that lacks its samples is never
     /// taken as passed: without a breach of the other limit, the verdict is
@@ -228,7 +382,7 @@ impl Guard {
             }
         }
         if let Some(ratio) = self.max_ratio_to_baseline {
-            if baseline_samples < self.min_samples {
+            if baseline_samples < self.min_baseline() {
                 return GuardVerdict::InsufficientData;
             }
             if candidate_rate > baseline_rate * ratio {
@@ -249,21 +403,29 @@ impl Guard {
         let baseline_samples = counts.baseline.samples();
         let compares_baseline = self.max_ratio_to_baseline.is_some();
         let enough = candidate_samples >= self.min_samples
-            && (!compares_baseline || baseline_samples >= self.min_samples);
+            && (!compares_baseline || baseline_samples >= self.min_baseline());
         if enough {
             return None;
         }
-        Some(if compares_baseline {
-            format!(
+        Some(
+            if compares_baseline && self.min_baseline() != self.min_samples {
+                format!(
+                "{candidate_samples} candidate and {baseline_samples} baseline samples, {} and {} needed",
+                self.min_samples,
+                self.min_baseline()
+            )
+            } else if compares_baseline {
+                format!(
                 "{candidate_samples} candidate and {baseline_samples} baseline samples, {} needed on each side",
                 self.min_samples
             )
-        } else {
-            format!(
-                "{candidate_samples} candidate samples, {} needed",
-                self.min_samples
-            )
-        })
+            } else {
+                format!(
+                    "{candidate_samples} candidate samples, {} needed",
+                    self.min_samples
+                )
+            },
+        )
     }
 }
 
@@ -368,9 +530,10 @@ mod tests {
             metric: "latency".into(),
             max_ratio_to_baseline: Some(0.5),
             max_error_rate: None,
-            min_samples: 0,
+            min_samples: MinSamples::Both(0),
             window: "forever".into(),
             action: Some("explode".into()),
+            gradual: None,
         };
         let errors = spec.compile("rollout.guard").expect_err("invalid");
         for field in [

@@ -14,7 +14,7 @@ use rollout_wire::{
     FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
     FlagUpdate, Namespace, PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts,
     RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery, RolloutReschedule,
-    RolloutResult, RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
+    RolloutResult, RolloutRollback, RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -322,6 +322,21 @@ impl CommandClient {
         .await
     }
 
+    /// `rollout.rollback` with `mode: "gradual"`: walks the share down `steps` (percent,
+    /// strictly decreasing, the first below the share served, ending at 0), one every
+    /// `every` (`5m`); the rollout is `rolling_back` until it reaches 0.
+    pub async fn rollback_gradually(
+        &self,
+        rollout_id: &str,
+        steps: Vec<f64>,
+        every: &str,
+    ) -> Result<RolloutResult> {
+        self.command(Command::RolloutRollback(RolloutRollback::gradual(
+            rollout_id, steps, every,
+        )))
+        .await
+    }
+
     /// `rollout.promote`: jumps to the final step now.
     pub async fn promote_rollout(&self, rollout_id: &str) -> Result<RolloutResult> {
         self.command(Command::RolloutPromote(RolloutAction::new(rollout_id)))
@@ -346,7 +361,7 @@ impl CommandClient {
 
     /// `rollout.rollback`: ends as `rolled_back`, everyone on the baseline.
     pub async fn rollback_rollout(&self, rollout_id: &str) -> Result<RolloutResult> {
-        self.command(Command::RolloutRollback(RolloutAction::new(rollout_id)))
+        self.command(Command::RolloutRollback(RolloutRollback::now(rollout_id)))
             .await
     }
 
@@ -434,13 +449,13 @@ impl CommandClient {
             Command::RolloutCreate(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStop(body) => self.traced(&subject, body, trace).await,
             Command::RolloutReschedule(body) => self.traced(&subject, body, trace).await,
+            Command::RolloutRollback(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => self.traced(&subject, body, trace).await,
         }
     }

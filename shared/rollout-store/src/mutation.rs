@@ -67,7 +67,7 @@ pub enum Happened {
         /// The rollout.
         rollout_id: String,
         /// Its state before (for the audit's `from`).
-        before: RolloutState,
+        before: Box<RolloutState>,
         /// The effects, in order.
         effects: Vec<Effect>,
     },
@@ -98,10 +98,10 @@ impl Happened {
             Happened::event(EventKind::RolloutCreated, Some(id)),
             Happened::Effects {
                 rollout_id: id.clone(),
-                before: RolloutState {
+                before: Box::new(RolloutState {
                     lifecycle: Lifecycle::Queued,
                     ..created.rollout.state.clone()
-                },
+                }),
                 effects: created.effects.clone(),
             },
         ]
@@ -307,6 +307,13 @@ impl<'k> Mutation<'k> {
                         at_step + 1
                     )),
                 ),
+                Effect::RollingBack { .. } => (
+                    Some(before.lifecycle.as_str().to_owned()),
+                    Some("rolling_back".to_owned()),
+                ),
+                Effect::ShareLowered { from, to, .. } => {
+                    (Some(format!("share {from}")), Some(format!("share {to}")))
+                }
                 Effect::GuardBreached { .. } => (None, None),
             };
             self.happenings.push(Happening { event, from, to });

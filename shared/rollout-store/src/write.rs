@@ -73,7 +73,7 @@ impl Change {
         let mut change = Change::of_flag(&moved.flag.flag.key, flag_version);
         change.happened = vec![Happened::Effects {
             rollout_id: moved.rollout.id.clone(),
-            before: before.clone(),
+            before: Box::new(before.clone()),
             effects: moved.effects,
         }];
         change.flag = Some(moved.flag);

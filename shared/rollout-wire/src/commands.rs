@@ -6,8 +6,8 @@
 //! `rollout.outcome.<command_id>`), and `actor`, recorded in the audit.
 
 use rollout_core::{
-    spec::RescheduleStepSpec, Approval, Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share,
-    Timestamp, ValidationErrors, WaitingFor,
+    guard::GradualSpec, spec::RescheduleStepSpec, Approval, DurationMs, Flag, Lifecycle, Plan,
+    RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -179,6 +179,101 @@ pub struct RolloutReschedule {
     pub steps: Vec<RescheduleStepSpec>,
 }
 
+/// `rollout.cmd.<ns>.rollout.rollback`: ends the rollout with everyone on the baseline —
+/// at once (`mode: "now"`, the default), or walking the share down `steps` (percentages,
+/// strictly decreasing, the first below the share served, ending at 0), one every `every`
+/// (`mode: "gradual"`); the rollout is `rolling_back` meanwhile. Reply: [`RolloutResult`].
+#[doc = shape_doc!("rollout_rollback")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRollback {
+    /// Idempotency key; one subject token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Who asks, for the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The rollout.
+    pub rollout_id: String,
+    /// The step (0-based index) the sender saw the rollout in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_step: Option<usize>,
+    /// `now` (default) or `gradual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The shares of a gradual rollback, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<f64>>,
+    /// Time between two shares of a gradual rollback (`5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+impl RolloutRollback {
+    /// An immediate rollback of `rollout_id`.
+    pub fn now(rollout_id: impl Into<String>) -> RolloutRollback {
+        RolloutRollback {
+            command_id: None,
+            actor: None,
+            rollout_id: rollout_id.into(),
+            expected_step: None,
+            mode: None,
+            steps: None,
+            every: None,
+        }
+    }
+
+    /// A gradual rollback of `rollout_id` through `steps` (percent), one every `every`.
+    pub fn gradual(rollout_id: impl Into<String>, steps: Vec<f64>, every: &str) -> RolloutRollback {
+        RolloutRollback {
+            mode: Some("gradual".to_owned()),
+            steps: Some(steps),
+            every: Some(every.to_owned()),
+            ..RolloutRollback::now(rollout_id)
+        }
+    }
+
+    /// The walk of a gradual rollback (`None`: roll back now), as checked by
+    /// [`Command::validate`].
+    pub fn walk(&self) -> Result<Option<(Vec<Share>, DurationMs)>, WireError> {
+        let mut errors = ValidationErrors::default();
+        let walk = self.walk_into(&mut errors);
+        checks::finish(errors).map(|()| walk)
+    }
+
+    fn check(&self, errors: &mut ValidationErrors) {
+        self.walk_into(errors);
+    }
+
+    fn walk_into(&self, errors: &mut ValidationErrors) -> Option<(Vec<Share>, DurationMs)> {
+        match self.mode.as_deref() {
+            None | Some("now") => {
+                for (field, given) in [
+                    ("steps", self.steps.is_some()),
+                    ("every", self.every.is_some()),
+                ] {
+                    if given {
+                        errors.push(field, "goes with mode gradual");
+                    }
+                }
+                None
+            }
+            Some("gradual") => GradualSpec {
+                steps: self.steps.clone().unwrap_or_default(),
+                every: self.every.clone().unwrap_or_default(),
+            }
+            .compile("", errors),
+            Some(other) => {
+                errors.push(
+                    "mode",
+                    format!("unknown mode {other:?}; use now or gradual"),
+                );
+                None
+            }
+        }
+    }
+}
+
 impl RolloutAction {
     /// An action on rollout `rollout_id`, without command id or actor.
     pub fn new(rollout_id: impl Into<String>) -> RolloutAction {
@@ -348,7 +443,7 @@ pub enum Command {
     /// `rollout.stop`.
     RolloutStop(RolloutStop),
     /// `rollout.rollback`.
-    RolloutRollback(RolloutAction),
+    RolloutRollback(RolloutRollback),
     /// `rollout.delete`.
     RolloutDelete(RolloutAction),
 }
@@ -414,7 +509,9 @@ impl Command {
             CommandVerb::RolloutReschedule => {
                 Command::RolloutReschedule(codec::decode_with(bytes, encoding, limits)?)
             }
-            CommandVerb::RolloutRollback => Command::RolloutRollback(action()?),
+            CommandVerb::RolloutRollback => {
+                Command::RolloutRollback(codec::decode_with(bytes, encoding, limits)?)
+            }
             CommandVerb::RolloutDelete => Command::RolloutDelete(action()?),
         })
     }
@@ -458,13 +555,13 @@ impl Command {
             Command::RolloutCreate(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStop(body) => pair(&body.command_id, &body.actor),
             Command::RolloutReschedule(body) => pair(&body.command_id, &body.actor),
+            Command::RolloutRollback(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => pair(&body.command_id, &body.actor),
         }
     }
@@ -491,13 +588,13 @@ impl Command {
             Command::RolloutCreate(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStop(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutReschedule(body) => (&mut body.command_id, &mut body.actor),
+            Command::RolloutRollback(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => (&mut body.command_id, &mut body.actor),
         }
     }
@@ -545,13 +642,13 @@ impl Command {
         match self {
             Command::RolloutStop(body) => Some((&body.rollout_id, body.expected_step)),
             Command::RolloutReschedule(body) => Some((&body.rollout_id, body.expected_step)),
+            Command::RolloutRollback(body) => Some((&body.rollout_id, body.expected_step)),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => Some((&body.rollout_id, body.expected_step)),
             _ => None,
         }
@@ -589,6 +686,10 @@ impl Command {
                     checks::token(&mut errors, "rollout.rule", rule);
                 }
             }
+            Command::RolloutRollback(body) => {
+                checks::token(&mut errors, "rollout_id", &body.rollout_id);
+                body.check(&mut errors);
+            }
             Command::RolloutReschedule(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
                 if body.expected_step.is_none() {
@@ -612,7 +713,6 @@ impl Command {
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id)
             }
@@ -632,13 +732,13 @@ impl Serialize for Command {
             Command::RolloutCreate(body) => body.serialize(serializer),
             Command::RolloutStop(body) => body.serialize(serializer),
             Command::RolloutReschedule(body) => body.serialize(serializer),
+            Command::RolloutRollback(body) => body.serialize(serializer),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
             | Command::RolloutContinue(body)
             | Command::RolloutApprove(body)
             | Command::RolloutPromote(body)
-            | Command::RolloutRollback(body)
             | Command::RolloutDelete(body) => body.serialize(serializer),
         }
     }

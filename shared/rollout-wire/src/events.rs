@@ -49,6 +49,12 @@ pub enum EventKind {
     RolloutCompleted,
     /// A rollout ended early keeping a share.
     RolloutStopped,
+    /// A gradual rollback began (`details`: `shares`, `every`, `cause`); the rollout is
+    /// `rolling_back`.
+    RolloutRollingBack,
+    /// A gradual rollback lowered the share (`details`: `from`, `to`): the entities that
+    /// adopted last reverted first.
+    RolloutShareLowered,
     /// A rollout ended with everyone on the baseline.
     RolloutRolledBack,
     /// A rollout was deleted (its audit stays).
@@ -69,6 +75,8 @@ impl EventKind {
             Effect::Resumed { .. } => EventKind::RolloutResumed,
             Effect::Approved { .. } => EventKind::RolloutApproved,
             Effect::Rescheduled { .. } => EventKind::RolloutRescheduled,
+            Effect::RollingBack { .. } => EventKind::RolloutRollingBack,
+            Effect::ShareLowered { .. } => EventKind::RolloutShareLowered,
             Effect::GuardBreached { .. } => EventKind::GuardBreached,
             Effect::Completed => EventKind::RolloutCompleted,
             Effect::Stopped { .. } => EventKind::RolloutStopped,

@@ -3,6 +3,7 @@
 //! set a planner dispatches on. Lists are paged: pages count from 0 and a reply names the
 //! `next_page` while more remain.
 
+use rollout_core::machine::GradualRollback;
 use rollout_core::window::Window;
 use rollout_core::{
     Approval, DurationMs, Eta, GateHold, GuardVerdict, Lifecycle, OutcomeCounts, Plan, RolloutSpec,
@@ -131,6 +132,10 @@ pub struct RolloutStatus {
     /// When the current pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Timestamp>,
+    /// The walk down of a gradual rollback, while `rolling_back`: its shares, which one is
+    /// served, the interval and the cause (`due_at` is the next lowering, `eta` the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<GradualRollback>,
     /// The time windows its timers open in (none: always open).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<Window>,
@@ -187,6 +192,10 @@ impl RolloutStatus {
             paused_at: state.paused_at,
             approvals: state.approvals.clone(),
             windows: plan.windows.clone(),
+            rollback: state
+                .rollback
+                .clone()
+                .filter(|_| state.lifecycle == Lifecycle::RollingBack),
             remaining_ms: state
                 .remaining_when_paused(plan)
                 .and_then(|left| u64::try_from(left).ok()),
@@ -230,8 +239,8 @@ pub struct RolloutListQuery {
     /// Active (default) or finished rollouts.
     #[serde(default)]
     pub state: ListState,
-    /// Only the rollouts in this lifecycle state, one of `state`'s (queued, running and
-    /// paused are active; completed, stopped and rolled_back finished).
+    /// Only the rollouts in this lifecycle state, one of `state`'s (queued, running, paused
+    /// and rolling_back are active; completed, stopped and rolled_back finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
     /// Only the rollouts of this flag.

@@ -64,6 +64,16 @@ pub const SHAPES: &[Shape] = &[
         "rollout_action"
     ),
     shape!(
+        "RolloutRollback",
+        "rollout.cmd.<ns>.rollout.rollback (gradual)",
+        "rollout_rollback"
+    ),
+    shape!(
+        "RolloutAction",
+        "rollout.cmd.<ns>.rollout.rollback (now: the action body)",
+        "rollout_action"
+    ),
+    shape!(
         "RolloutStop",
         "rollout.cmd.<ns>.rollout.stop",
         "rollout_stop"
@@ -299,6 +309,7 @@ mod tests {
             "RolloutAction" => round_trip::<RolloutAction>(shape),
             "RolloutStop" => round_trip::<RolloutStop>(shape),
             "RolloutReschedule" => round_trip::<RolloutReschedule>(shape),
+            "RolloutRollback" => round_trip::<RolloutRollback>(shape),
             "FlagResult" => round_trip::<FlagResult>(shape),
             "RolloutResult" => round_trip::<RolloutResult>(shape),
             "Deleted" => round_trip::<Deleted>(shape),
@@ -353,6 +364,7 @@ mod tests {
             "RolloutAction",
             "RolloutStop",
             "RolloutReschedule",
+            "RolloutRollback",
             "FlagResult",
             "RolloutResult",
             "Deleted",
@@ -417,6 +429,10 @@ mod tests {
                     .map(|c| c.validate()),
                 "RolloutReschedule" => {
                     Command::decode(CommandVerb::RolloutReschedule, bytes, Encoding::Json)
+                        .map(|c| c.validate())
+                }
+                "RolloutRollback" => {
+                    Command::decode(CommandVerb::RolloutRollback, bytes, Encoding::Json)
                         .map(|c| c.validate())
                 }
                 "FlagGetQuery" => {

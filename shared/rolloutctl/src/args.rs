@@ -177,8 +177,19 @@ pub enum RolloutCommand {
         #[arg(long)]
         percentage: Option<f64>,
     },
-    /// End the rollout with everyone on the baseline.
-    Rollback(IdArg),
+    /// End the rollout with everyone on the baseline: at once, or with `--gradual 20,5,0
+    /// --every 5m` walking the share down (the last adopters revert first).
+    Rollback {
+        /// The rollout.
+        #[command(flatten)]
+        id: IdArg,
+        /// Shares to walk down through, in percent, strictly decreasing, ending at 0.
+        #[arg(long, value_delimiter = ',', requires = "every")]
+        gradual: Option<Vec<f64>>,
+        /// Time between two shares of a gradual rollback (`5m`).
+        #[arg(long, requires = "gradual")]
+        every: Option<String>,
+    },
     /// Delete a rollout (its audit stays readable).
     Delete(IdArg),
     /// Show every step: share or stage, gate, planned and actual times, counts.
@@ -191,7 +202,7 @@ pub enum RolloutCommand {
         /// Finished rollouts instead of active ones.
         #[arg(long)]
         finished: bool,
-        /// Only the rollouts in this state: queued, running, paused (active), or completed,
+        /// Only the rollouts in this state: queued, running, paused, rolling_back (active), or completed,
         /// stopped, rolled_back (finished; implies --finished).
         #[arg(long, value_parser = parse_lifecycle)]
         state: Option<Lifecycle>,
@@ -284,8 +295,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_lifecycle(text: &str) -> Result<Lifecycle, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| "one of queued, running, paused, completed, stopped, rolled_back".to_owned())
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        "one of queued, running, paused, rolling_back, completed, stopped, rolled_back".to_owned()
+    })
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {

@@ -312,6 +312,26 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    if let Some(rollback) = &status.rollback {
+        let shares: Vec<String> = rollback
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(index, share)| {
+                if index == rollback.index {
+                    format!("[{share}]")
+                } else {
+                    share.to_string()
+                }
+            })
+            .collect();
+        text.push_str(&format!(
+            "rolling back ({}): {} · one every {}\n",
+            wire_name(&rollback.cause),
+            shares.join(" → "),
+            rollback.every
+        ));
+    }
     if !status.windows.is_empty() {
         let windows: Vec<String> = status
             .windows

@@ -12,8 +12,8 @@ use rollout_wire::{
     AuditPage, AuditQuery, Command, Deleted, FlagCountsQuery, FlagCreate, FlagDelete, FlagGetQuery,
     FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery,
     Query, RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList,
-    RolloutListQuery, RolloutReschedule, RolloutResult, RolloutStatus, RolloutStatusQuery,
-    RolloutStop,
+    RolloutListQuery, RolloutReschedule, RolloutResult, RolloutRollback, RolloutStatus,
+    RolloutStatusQuery, RolloutStop,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -444,7 +444,15 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             Command::RolloutPromote(at_current_step(session, &id.rollout_id).await?),
             rollout_context(&id.rollout_id),
         ),
-        RolloutCommand::Rollback(id) => simple(Command::RolloutRollback, &id.rollout_id),
+        RolloutCommand::Rollback { id, gradual, every } => (
+            Command::RolloutRollback(match (gradual, every) {
+                (Some(steps), Some(every)) => {
+                    RolloutRollback::gradual(&id.rollout_id, steps.clone(), every)
+                }
+                _ => RolloutRollback::now(&id.rollout_id),
+            }),
+            rollout_context(&id.rollout_id),
+        ),
     };
     session
         .command(command, &context, |result: &RolloutResult| {

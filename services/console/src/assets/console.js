@@ -269,7 +269,7 @@ async function rolloutsView(_rest, params) {
   const filters = h("form", { class: "filters", id: "rollout-filters" },
     h("label", {}, "Flag", h("input", { id: "filter-flag", value: flag, placeholder: "any flag" })),
     h("label", {}, "State", h("select", { id: "filter-state" },
-      ["active", "queued", "running", "paused", "finished", "completed", "stopped", "rolled_back"].map((s) =>
+      ["active", "queued", "running", "paused", "rolling_back", "finished", "completed", "stopped", "rolled_back"].map((s) =>
         h("option", { value: s, selected: s === state }, s.replace("_", " "))))),
     h("button", { type: "submit" }, "Filter"));
   filters.addEventListener("submit", (event) => {
@@ -394,6 +394,7 @@ function rolloutFacts(s, counts) {
   if (s.share !== undefined) facts.push(["Share now", h("span", { id: "rollout-share" }, percent(s.share))]);
   if (s.current_step !== undefined) facts.push(["Step", h("span", { id: "rollout-step" }, (s.current_step + 1) + " of " + s.steps.length)]);
   if (s.waiting_for) facts.push(["Waits for", WAITING[s.waiting_for] || s.waiting_for]);
+  if (s.rollback) facts.push(["Rolling back", h("span", { id: "rollout-rollback" }, s.rollback.shares.map((share, i) => i === s.rollback.index ? "[" + percent(share) + "]" : percent(share)).join(" → ") + ", one every " + s.rollback.every + " (" + s.rollback.cause + ")")]);
   if (s.windows && s.windows.length) facts.push(["Windows", h("span", { id: "rollout-windows" }, s.windows.map((w) => w.days.join(",") + " " + w.start + "–" + w.end + " " + w.timezone).join("; "))]);
   const approvers = s.current_step !== undefined && s.steps[s.current_step] ? s.steps[s.current_step].gate.approvers : undefined;
   if (approvers) {
@@ -420,9 +421,9 @@ const ACTIONS = [
   { verb: "approve", label: "Approve step", when: ["running"], waiting: "approval", text: "Approve the current step of rollout %id as yourself? The step's gate runs once it has all its approvals." },
   { verb: "continue", label: "Continue", when: ["running"], text: "Open the current step's gate of rollout %id now (release the next step)?" },
   { verb: "promote", label: "Promote", when: ["running", "paused"], text: "Promote rollout %id: everyone moves to the candidate at once?" },
-  { verb: "stop", label: "Stop at a share…", when: ["running", "paused"], text: "Stop rollout %id, keeping a share on the candidate?", share: true },
-  { verb: "rollback", label: "Roll back", when: ["queued", "running", "paused"], text: "Roll back rollout %id: everyone returns to the baseline?", danger: true },
-  { verb: "delete", label: "Delete", when: ["queued", "running", "paused", "completed", "stopped", "rolled_back"], text: "Delete rollout %id? Its audit stays readable.", danger: true },
+  { verb: "stop", label: "Stop at a share…", when: ["running", "paused", "rolling_back"], text: "Stop rollout %id, keeping a share on the candidate?", share: true },
+  { verb: "rollback", label: "Roll back", when: ["queued", "running", "paused", "rolling_back"], text: "Roll back rollout %id: everyone returns to the baseline?", danger: true },
+  { verb: "delete", label: "Delete", when: ["queued", "running", "paused", "rolling_back", "completed", "stopped", "rolled_back"], text: "Delete rollout %id? Its audit stays readable.", danger: true },
 ];
 
 function actionBar(status, result) {

@@ -124,8 +124,12 @@ pub fn decide(
             loaded,
             context,
         ),
-        Command::RolloutRollback(action) => {
-            rollout::apply(&action.rollout_id, Event::Rollback, loaded, context)
+        Command::RolloutRollback(rollback) => {
+            let event = match rollback.walk()? {
+                Some((shares, every)) => Event::RollbackGradually { shares, every },
+                None => Event::Rollback,
+            };
+            rollout::apply(&rollback.rollout_id, event, loaded, context)
         }
         Command::RolloutDelete(action) => rollout::delete(&action.rollout_id, loaded, context),
     }?;

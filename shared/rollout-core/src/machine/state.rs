@@ -25,6 +25,8 @@ pub enum Lifecycle {
     Running,
     /// Frozen at the current step by an operator or a guard.
     Paused,
+    /// Walking its share back down to the baseline, step by step (a gradual rollback).
+    RollingBack,
     /// Reached the end of its plan.
     Completed,
     /// Ended early, keeping a share.
@@ -38,7 +40,7 @@ impl Lifecycle {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Lifecycle::Queued | Lifecycle::Running | Lifecycle::Paused
+            Lifecycle::Queued | Lifecycle::Running | Lifecycle::Paused | Lifecycle::RollingBack
         )
     }
 
@@ -53,6 +55,7 @@ impl Lifecycle {
             Lifecycle::Queued => "queued",
             Lifecycle::Running => "running",
             Lifecycle::Paused => "paused",
+            Lifecycle::RollingBack => "rolling_back",
             Lifecycle::Completed => "completed",
             Lifecycle::Stopped => "stopped",
             Lifecycle::RolledBack => "rolled_back",
@@ -150,6 +153,44 @@ pub struct StepRecord {
     pub skipped: bool,
 }
 
+/// A gradual rollback under way (SPEC §12): the share walks down `shares`, one every
+/// `every`, the first from `anchor`; the last is 0, where the rollout ends rolled back. The
+/// entities that adopted last revert first, since a lower share is a subset of a higher one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradualRollback {
+    /// The shares, strictly decreasing, ending at 0.
+    pub shares: Vec<Share>,
+    /// Which of them is served now.
+    pub index: usize,
+    /// Time between two shares.
+    pub every: DurationMs,
+    /// When the current share began (planned): the base of the next one's timer.
+    pub anchor: Timestamp,
+    /// Why it rolls back.
+    pub cause: EndCause,
+}
+
+impl GradualRollback {
+    /// The share served now.
+    pub fn share(&self) -> Share {
+        self.shares.get(self.index).copied().unwrap_or(Share::NONE)
+    }
+
+    /// When the next share begins.
+    pub fn next_at(&self) -> Timestamp {
+        self.anchor.plus(self.every)
+    }
+
+    /// When the share reaches 0.
+    pub fn ends_at(&self) -> Timestamp {
+        let left = self.shares.len().saturating_sub(self.index + 1);
+        let left = i64::try_from(left).unwrap_or(i64::MAX);
+        self.anchor.plus(DurationMs::from_millis(
+            self.every.as_millis().saturating_mul(left),
+        ))
+    }
+}
+
 /// One actor's approval of the current step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
@@ -181,6 +222,12 @@ pub struct RolloutState {
     pub stopped_share: Option<Share>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
+    /// When a `warn` guard last told of a breach (it tells again once its window passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_warned_at: Option<Timestamp>,
+    /// The gradual rollback under way, while `rolling_back`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<GradualRollback>,
     /// Approvals of the current step, in order (emptied when another step is entered).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<Approval>,
@@ -297,6 +344,14 @@ pub enum Event {
     },
     /// End, everyone on baseline.
     Rollback,
+    /// Walk the share down through `shares` (strictly decreasing, below the share served,
+    /// ending at 0), one every `every`, then end rolled back.
+    RollbackGradually {
+        /// The shares.
+        shares: Vec<Share>,
+        /// Time between two.
+        every: DurationMs,
+    },
     /// The flag was disabled: stop at the current share.
     FlagDisabled,
 }
@@ -369,6 +424,24 @@ pub enum Effect {
         /// Why.
         cause: EndCause,
     },
+    /// A gradual rollback began: the share walks down `shares`, one every `every`.
+    RollingBack {
+        /// The shares, the first served from now.
+        shares: Vec<Share>,
+        /// Time between two.
+        every: DurationMs,
+        /// Why.
+        cause: EndCause,
+    },
+    /// A gradual rollback lowered the share (the last adopters reverted first).
+    ShareLowered {
+        /// Share before.
+        from: Share,
+        /// Share after.
+        to: Share,
+        /// When the plan said it would happen.
+        planned_at: Timestamp,
+    },
     /// Ended early on the baseline.
     RolledBack {
         /// Why.
@@ -431,6 +504,8 @@ impl RolloutState {
             resumed_at: None,
             stopped_share: None,
             finished_at: None,
+            guard_warned_at: None,
+            rollback: None,
             approvals: Vec::new(),
             history: Vec::new(),
             revision: 1,
@@ -477,6 +552,7 @@ impl RolloutState {
                     Gate::Continue | Gate::Completion { .. } => None,
                 }
             }
+            Lifecycle::RollingBack => self.rollback.as_ref().map(GradualRollback::next_at),
             Lifecycle::Paused
             | Lifecycle::Completed
             | Lifecycle::Stopped
@@ -513,6 +589,11 @@ impl RolloutState {
                     }
                 }
             }
+            // when the share reaches 0
+            Lifecycle::RollingBack => self
+                .rollback
+                .as_ref()
+                .map(|rollback| Eta::completes(rollback.ends_at())),
             Lifecycle::Paused
             | Lifecycle::Completed
             | Lifecycle::Stopped
@@ -554,6 +635,7 @@ impl RolloutState {
                 Gate::Continue => Some(WaitingFor::Continue),
                 Gate::Completion { .. } => Some(WaitingFor::Guard),
             },
+            Lifecycle::RollingBack => Some(WaitingFor::Timer),
             _ => None,
         }
     }
@@ -597,6 +679,10 @@ impl RolloutState {
             Lifecycle::Running | Lifecycle::Paused | Lifecycle::Completed => {
                 self.step.map_or(Share::NONE, |step| plan.share_at(step))
             }
+            Lifecycle::RollingBack => self
+                .rollback
+                .as_ref()
+                .map_or(Share::NONE, GradualRollback::share),
         }
     }
 
@@ -608,9 +694,12 @@ impl RolloutState {
         }
     }
 
-    /// What evaluators need while the rollout is running or paused.
+    /// What evaluators need while the rollout is running, paused or rolling back.
     pub fn view(&self, rollout_id: &str, plan: &Plan) -> Option<RolloutView> {
-        if !matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+        if !matches!(
+            self.lifecycle,
+            Lifecycle::Running | Lifecycle::Paused | Lifecycle::RollingBack
+        ) {
             return None;
         }
         Some(RolloutView {

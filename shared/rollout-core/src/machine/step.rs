@@ -101,6 +101,11 @@ pub fn step(
         }
         Event::Approve { actor } => approve(plan, &mut next, actor, now, &mut effects)?,
         Event::Promote => {
+            if state.lifecycle == Lifecycle::RollingBack {
+                return Err(precondition(
+                    "rollout is rolling back; roll back now, or stop it to keep its share",
+                ));
+            }
             if state.lifecycle.is_finished() {
                 return Err(precondition(format!(
                     "rollout is {}; nothing to promote",
@@ -181,6 +186,17 @@ pub fn step(
             effects.push(Effect::RolledBack {
                 cause: EndCause::Command,
             });
+        }
+        Event::RollbackGradually { shares, every } => {
+            roll_back_gradually(
+                plan,
+                &mut next,
+                shares,
+                *every,
+                EndCause::Command,
+                now,
+                &mut effects,
+            )?;
         }
         Event::FlagDisabled => {
             if state.lifecycle.is_active() {
@@ -311,6 +327,114 @@ pub(super) fn approval_tally(state: &RolloutState, gate: crate::plan::ApprovalGa
     }
 }
 
+/// Starts a gradual rollback from the share served now: `shares` strictly decreasing, the
+/// first below the share served, the last 0; the first is served from `now`.
+fn roll_back_gradually(
+    plan: &Plan,
+    state: &mut RolloutState,
+    shares: &[Share],
+    every: DurationMs,
+    cause: EndCause,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) -> Result<(), Rejection> {
+    if !matches!(state.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+        return Err(precondition(format!(
+            "rollout is {}; only a running or paused rollout rolls back gradually",
+            state.lifecycle.as_str()
+        )));
+    }
+    let invalid = |field: &str, message: String| Rejection {
+        code: RejectionCode::InvalidArgument,
+        message,
+        field: Some(field.to_owned()),
+    };
+    if plan.is_staged() {
+        return Err(invalid(
+            "mode",
+            "a label-stage rollout rolls back all at once; use mode now".to_owned(),
+        ));
+    }
+    if every.as_millis() <= 0 {
+        return Err(invalid("every", "must be greater than zero".to_owned()));
+    }
+    let served = state.served_share(plan);
+    let Some(last) = shares.last() else {
+        return Err(invalid(
+            "steps",
+            "give the shares to walk down, ending at 0".to_owned(),
+        ));
+    };
+    if *last != Share::NONE {
+        return Err(invalid(
+            &format!("steps[{}]", shares.len() - 1),
+            format!("the last share is 0 (everyone back on the baseline), not {last}"),
+        ));
+    }
+    let mut above = served;
+    for (index, share) in shares.iter().enumerate() {
+        if *share >= above {
+            return Err(invalid(
+                &format!("steps[{index}]"),
+                if index == 0 {
+                    format!("must be below the {served} served now")
+                } else {
+                    format!("must be below the previous step's {above}")
+                },
+            ));
+        }
+        above = *share;
+    }
+    effects.push(Effect::RollingBack {
+        shares: shares.to_vec(),
+        every,
+        cause,
+    });
+    state.lifecycle = Lifecycle::RollingBack;
+    state.paused_at = None;
+    state.rollback = Some(GradualRollback {
+        shares: shares.to_vec(),
+        index: 0,
+        every,
+        anchor: now,
+        cause,
+    });
+    if shares.len() == 1 {
+        end(state, Lifecycle::RolledBack, now);
+        effects.push(Effect::RolledBack { cause });
+    }
+    Ok(())
+}
+
+/// Lowers a rolling-back rollout's share to where the clock says, in one move; at 0 it
+/// ends rolled back.
+fn lower_share(state: &mut RolloutState, now: Timestamp, effects: &mut Vec<Effect>) {
+    let Some(rollback) = state.rollback.as_mut() else {
+        return;
+    };
+    let from = rollback.share();
+    let mut planned_at = None;
+    while rollback.index + 1 < rollback.shares.len() && rollback.next_at() <= now {
+        rollback.anchor = rollback.next_at();
+        rollback.index += 1;
+        planned_at = Some(rollback.anchor);
+    }
+    let Some(planned_at) = planned_at else {
+        return;
+    };
+    let to = rollback.share();
+    let cause = rollback.cause;
+    effects.push(Effect::ShareLowered {
+        from,
+        to,
+        planned_at,
+    });
+    if to == Share::NONE {
+        end(state, Lifecycle::RolledBack, now);
+        effects.push(Effect::RolledBack { cause });
+    }
+}
+
 fn tick(
     plan: &Plan,
     state: &mut RolloutState,
@@ -318,6 +442,10 @@ fn tick(
     now: Timestamp,
     effects: &mut Vec<Effect>,
 ) {
+    if state.lifecycle == Lifecycle::RollingBack {
+        lower_share(state, now, effects);
+        return;
+    }
     if state.lifecycle == Lifecycle::Queued {
         match state.queued_until {
             Some(start_time) if start_time <= now => {
@@ -331,11 +459,57 @@ fn tick(
     }
     if let (Some(guard), Some(outcomes)) = (&plan.guard, &health.outcomes) {
         if let GuardVerdict::Breached(figures) = guard.verdict(outcomes) {
+            if guard.action == GuardAction::Warn {
+                // tell once per window while it stays breached; nothing else changes
+                let told_recently = state
+                    .guard_warned_at
+                    .is_some_and(|warned| now.millis_since(warned) < guard.window.as_millis());
+                if !told_recently {
+                    state.guard_warned_at = Some(now);
+                    effects.push(Effect::GuardBreached {
+                        action: guard.action,
+                        figures,
+                    });
+                }
+                advance_due(plan, state, now, Some(health), effects);
+                return;
+            }
             effects.push(Effect::GuardBreached {
                 action: guard.action,
                 figures,
             });
             match guard.action {
+                GuardAction::Warn => {}
+                GuardAction::RollbackGradual => {
+                    let served = state.served_share(plan);
+                    let walk = guard.gradual.as_ref().map(|(shares, every)| {
+                        let below: Vec<Share> = shares
+                            .iter()
+                            .copied()
+                            .filter(|share| *share < served)
+                            .collect();
+                        (below, *every)
+                    });
+                    let started = walk.is_some_and(|(shares, every)| {
+                        roll_back_gradually(
+                            plan,
+                            state,
+                            &shares,
+                            every,
+                            EndCause::Guard,
+                            now,
+                            effects,
+                        )
+                        .is_ok()
+                    });
+                    if !started {
+                        // a walk that cannot start (a label-stage plan) rolls back at once
+                        end(state, Lifecycle::RolledBack, now);
+                        effects.push(Effect::RolledBack {
+                            cause: EndCause::Guard,
+                        });
+                    }
+                }
                 GuardAction::Pause => pause(plan, state, now, effects),
                 GuardAction::Stop => {
                     state.stopped_share = Some(state.served_share(plan));

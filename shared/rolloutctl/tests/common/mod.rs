@@ -71,9 +71,11 @@ pub fn ctl_command(nats_url: &str, args: &[&str]) -> tokio::process::Command {
             command.env_remove(name);
         }
     }
-    command
-        .args(["--nats-url", nats_url, "-n", NS, "--actor", "ctl-test"])
-        .args(args)
-        .kill_on_drop(true);
+    command.args(["--nats-url", nats_url, "-n", NS]);
+    // a test that acts as someone names them itself
+    if !args.contains(&"--actor") {
+        command.args(["--actor", "ctl-test"]);
+    }
+    command.args(args).kill_on_drop(true);
     command
 }
