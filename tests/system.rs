@@ -32,6 +32,8 @@
 //! - a gradual rollback walks every replica down its shares, each set of adopters a subset
 //!   of the one before, until everyone is back on the baseline; walks that do not go down
 //!   to 0 are refused;
+//! - a namespace freeze holds every timer (commands still act), status says why, and its
+//!   end moves the rollout on one step at a time; freezes are audited in the namespace's log;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
@@ -45,8 +47,8 @@ use std::time::Duration;
 use evaluator::EvaluatorHandle;
 use futures_util::StreamExt;
 use rollout_core::{
-    AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, ViewAudience,
-    WaitingFor,
+    AttributeValue, Entity, Flag, Lifecycle, RolloutView, Share, StageCounts, Target, Timestamp,
+    ViewAudience, WaitingFor,
 };
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{EvalClient, Namespace, RescheduleStepSpec};
@@ -1230,6 +1232,7 @@ async fn an_approval_gate_holds_its_share_until_two_people_approved_it() {
         .audit(AuditQuery {
             rollout_id: Some(id.clone()),
             flag: None,
+            namespace: false,
             page: None,
             page_size: None,
         })
@@ -1333,6 +1336,7 @@ async fn a_reschedule_replaces_the_later_steps_without_moving_anyone_at_the_edit
         .audit(AuditQuery {
             rollout_id: Some(id.clone()),
             flag: None,
+            namespace: false,
             page: None,
             page_size: None,
         })
@@ -1524,6 +1528,7 @@ async fn a_gradual_rollback_walks_every_replica_down_last_adopters_first() {
         .audit(AuditQuery {
             rollout_id: Some(id.clone()),
             flag: None,
+            namespace: false,
             page: None,
             page_size: None,
         })
@@ -1543,6 +1548,127 @@ async fn a_gradual_rollback_walks_every_replica_down_last_adopters_first() {
         .collect();
     assert_eq!(walked.first(), Some(&EventKind::RolloutRollingBack));
     assert_eq!(walked.last(), Some(&EventKind::RolloutRolledBack));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_freeze_holds_timers_and_its_end_moves_one_step_at_a_time() {
+    let system = System::start(1).await;
+    let commands = &system.cluster.commands;
+    commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+    let frozen = commands
+        .freeze_namespace("payments incident INC-4711", None)
+        .await
+        .expect("frozen");
+    let freeze = frozen.frozen.expect("the freeze in force");
+    assert_eq!(freeze.reason, "payments incident INC-4711");
+    let again = commands.unfreeze_namespace().await.expect("unfrozen");
+    assert!(again.frozen.is_none());
+    let not_frozen = commands
+        .unfreeze_namespace()
+        .await
+        .expect_err("nothing to lift");
+    assert_eq!(not_frozen.code(), ErrorCode::FailedPrecondition);
+    let bad = commands
+        .freeze_namespace(" ", Some("yesterday"))
+        .await
+        .expect_err("bad freeze");
+    let fields: Vec<&str> = bad
+        .wire()
+        .details
+        .iter()
+        .map(|d| d.field.as_str())
+        .collect();
+    assert_eq!(fields, ["reason", "until"]);
+
+    commands
+        .freeze_namespace("release freeze", None)
+        .await
+        .expect("frozen again");
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "1s"}, {"percentage": 30, "duration": "1s"},
+                          {"percentage": 60, "duration": "1s"}, {"percentage": 100}]}),
+    )
+    .await;
+    let id = rollout.rollout_id.clone();
+    let status = commands.rollout_status(&id).await.expect("status");
+    assert_eq!(status.waiting_for, Some(WaitingFor::Freeze));
+    assert_eq!(
+        status.frozen.as_ref().map(|freeze| freeze.reason.as_str()),
+        Some("release freeze")
+    );
+    assert_eq!(
+        status.due_at, None,
+        "nothing moves it while the freeze lasts"
+    );
+    // every timer of the plan has run out: still at 10 %, served as committed
+    let created_at = status.at.expect("status time");
+    let held = system
+        .rollout_reaches(&id, "its timers to run out while frozen", |status| {
+            status
+                .at
+                .is_some_and(|at| at.millis_since(created_at) > 3_500)
+        })
+        .await;
+    assert_eq!(
+        (held.state, held.current_step),
+        (Lifecycle::Running, Some(0))
+    );
+    system.assert_served_matches_committed().await;
+    // commands still act
+    let continued = commands.continue_rollout(&id).await.expect("continue");
+    assert_eq!(continued.current_step, Some(1));
+    system.assert_served_matches_committed().await;
+
+    let lifted = commands.unfreeze_namespace().await.expect("unfrozen");
+    assert_eq!(lifted.past[0].reason, "release freeze");
+    let done = system
+        .rollout_reaches(&id, "complete after the thaw", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
+    system.assert_served_matches_committed().await;
+    // one step at a time from the thaw: none skipped, a second apart
+    assert!(
+        done.steps.iter().all(|step| !step.skipped),
+        "{:?}",
+        done.steps
+    );
+    let entered: Vec<Timestamp> = done
+        .steps
+        .iter()
+        .filter_map(|step| step.started_at)
+        .collect();
+    assert_eq!(entered.len(), 4);
+    assert!(
+        entered[3].millis_since(entered[2]) >= 1_000,
+        "the last step came its full second after the one before: {entered:?}"
+    );
+    let audit = commands
+        .audit(AuditQuery {
+            rollout_id: None,
+            flag: None,
+            namespace: true,
+            page: None,
+            page_size: None,
+        })
+        .await
+        .expect("namespace audit");
+    let kinds: Vec<EventKind> = audit.entries.iter().map(|entry| entry.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::NamespaceUnfrozen,
+            EventKind::NamespaceFrozen,
+            EventKind::NamespaceUnfrozen,
+            EventKind::NamespaceFrozen
+        ]
+    );
     system.stop().await;
 }
 

@@ -501,6 +501,7 @@ async fn audit(
         .audit(AuditQuery {
             rollout_id: Some(rollout_id),
             flag: None,
+            namespace: false,
             page: params.page,
             page_size: Some(20),
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::Rng;
 use rollout_core::DurationMs;
 use rollout_runtime::telemetry::{new_traceparent, trace_id_of};
-use rollout_store::Keys;
+use rollout_store::{freezes, Keys};
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
     Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
@@ -16,9 +16,10 @@ use rollout_store::{
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{decode_reply, encode_reply, ErrorCode, WireError};
+use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Namespace;
 
-use crate::decide::{decide, DecideContext, Decision, Loaded};
+use crate::decide::{self, decide, DecideContext, Decision, Loaded};
 
 /// How often a command is decided again after revision conflicts before giving up.
 const MAX_ATTEMPTS: u32 = 16;
@@ -81,6 +82,14 @@ impl Executor {
             command_id: command_id.clone(),
             trace_id: traceparent.as_deref().and_then(trace_id_of),
         };
+        if matches!(
+            command,
+            Command::NamespaceFreeze(_) | Command::NamespaceUnfreeze(_)
+        ) {
+            return self
+                .execute_namespace(namespace, &keys, command, command_id.as_deref(), &actor)
+                .await;
+        }
         let mut expected_step = command.expected_step();
         for attempt in 0..MAX_ATTEMPTS {
             let now = redis_time_registering(&mut connection, namespace.as_str())
@@ -146,6 +155,78 @@ impl Executor {
         }
         Err(WireError::unavailable(format!(
             "gave up after {MAX_ATTEMPTS} attempts: the flag keeps changing under this command; retry"
+        )))
+    }
+}
+
+impl Executor {
+    /// Runs a namespace command (freeze, unfreeze): read the namespace's freezes, decide,
+    /// save them with their audit entry if nobody changed them meanwhile (else read again),
+    /// then tell the namespace's notice subject.
+    async fn execute_namespace(
+        &self,
+        namespace: &Namespace,
+        keys: &Keys,
+        command: &Command,
+        command_id: Option<&str>,
+        actor: &Actor,
+    ) -> Result<CommandReply, WireError> {
+        let mut connection = self.redis.clone();
+        for attempt in 0..MAX_ATTEMPTS {
+            let now = redis_time_registering(&mut connection, namespace.as_str())
+                .await
+                .map_err(|error| error.to_wire())?;
+            let read = freezes::load(&mut connection, keys)
+                .await
+                .map_err(|error| error.to_wire())?;
+            let context = DecideContext {
+                namespace: namespace.as_str().to_owned(),
+                now,
+                min_phase_interval: self.min_phase_interval,
+                fresh_salt: String::new(),
+                new_rollout_id: String::new(),
+                actor: command.actor().map(str::to_owned),
+                traceparent: None,
+                expected_step: None,
+            };
+            let change = match decide::namespace::decide(command, &read.freezes, &context) {
+                Some(Ok(change)) => change,
+                Some(Err(error)) => {
+                    return remember(&mut connection, keys, command_id, Err(error)).await
+                }
+                None => return Err(WireError::internal("not a namespace command")),
+            };
+            let freeze = change.reply.frozen.as_ref().or(change.freezes.past.first());
+            let audit = AuditEntry {
+                time: now,
+                actor: actor.name.clone(),
+                kind: change.kind,
+                namespace: namespace.as_str().to_owned(),
+                flag: String::new(),
+                rollout_id: None,
+                from: None,
+                to: None,
+                details: serde_json::json!({
+                    "command_id": command_id,
+                    "freeze": freeze,
+                }),
+                trace_id: actor.trace_id.clone(),
+            };
+            let saved = freezes::save(&mut connection, keys, &read, &change.freezes, &audit)
+                .await
+                .map_err(|error| error.to_wire())?;
+            if saved {
+                self.writer.publish_notice(namespace, &audit).await;
+                let reply = CommandReply::Namespace(change.reply);
+                return remember(&mut connection, keys, command_id, Ok(reply)).await;
+            }
+            tracing::debug!(
+                attempt,
+                "the namespace's freezes changed meanwhile; deciding again"
+            );
+        }
+        Err(WireError::unavailable(format!(
+            "gave up after {MAX_ATTEMPTS} attempts: the namespace's freezes keep changing; retry"
         )))
     }
 }

@@ -7,6 +7,7 @@
 
 use rollout_core::plan::Audience;
 use rollout_core::{CompileContext, DurationMs};
+use rollout_store::freezes;
 use rollout_store::health::load_health;
 use rollout_store::reads::{self, AuditLog};
 use rollout_store::Keys;
@@ -81,6 +82,7 @@ impl Reader {
             }
             Query::RolloutAudit(audit) => {
                 let log = match (&audit.rollout_id, &audit.flag) {
+                    _ if audit.namespace => AuditLog::Namespace,
                     (Some(rollout_id), _) => AuditLog::Rollout(rollout_id),
                     (None, Some(flag)) => AuditLog::Flag(flag),
                     (None, None) => {
@@ -258,6 +260,10 @@ impl Reader {
         }
         let health = load_health(connection, keys, &record, now, self.stale_agent_after).await?;
         status.hold = record.state.gate_hold(&record.plan, &health);
+        let freezes = freezes::load(connection, keys).await?.freezes;
+        if let Some(freeze) = freezes.active_at(now) {
+            status.frozen_by(freeze, now);
+        }
         Ok(QueryReply::Status(Box::new(status)))
     }
 
@@ -337,6 +343,8 @@ impl Reader {
         window: PageWindow,
     ) -> Result<QueryReply, QueryError> {
         let now = redis_time(connection).await?;
+        let freezes = freezes::load(connection, keys).await?.freezes;
+        let freeze = freezes.active_at(now);
         // newest first
         let ids = reads::rollout_ids(connection, keys, list.state).await?;
         let mut summaries = Vec::new();
@@ -354,13 +362,17 @@ impl Reader {
             if other_flag || other_state {
                 continue;
             }
-            summaries.push(RolloutSummary::new(
+            let mut summary = RolloutSummary::new(
                 &record.id,
                 &record.plan,
                 &record.state,
                 record.created_at,
                 now,
-            ));
+            );
+            if let Some(freeze) = freeze {
+                summary.frozen_by(freeze, now);
+            }
+            summaries.push(summary);
         }
         let total = summaries.len() as u64;
         let rollouts = summaries

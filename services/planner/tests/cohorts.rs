@@ -80,6 +80,7 @@ async fn the_salt_a_status_shows_brings_back_the_same_cohort() {
         .audit(AuditQuery {
             rollout_id: Some(first.rollout_id.clone()),
             flag: None,
+            namespace: false,
             page: None,
             page_size: None,
         })

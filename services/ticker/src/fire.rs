@@ -8,6 +8,7 @@
 //! by the namespace fence once a newer leader exists; a transition also carries the
 //! revisions it read and, when a timer caused it, the due time as its earliest Redis time.
 
+use rollout_core::freeze::Freezes;
 use rollout_core::machine::{step, Event};
 use rollout_core::transition::{self, next_look};
 use rollout_core::{Audience, DurationMs, Effect, Lifecycle, StepOutcome, Timestamp};
@@ -67,7 +68,8 @@ pub struct FireContext {
     pub stale_agent_after: DurationMs,
 }
 
-/// Fires rollout `rollout_id` of `namespace` at Redis time `now` as the leader of `epoch`.
+/// Fires rollout `rollout_id` of `namespace` at Redis time `now` as the leader of `epoch`;
+/// `freezes` are the namespace's (a timer that ran out in one opens when it ends).
 pub async fn fire(
     context: &FireContext,
     namespace: &Namespace,
@@ -75,6 +77,7 @@ pub async fn fire(
     epoch: u64,
     rollout_id: &str,
     now: Timestamp,
+    freezes: &Freezes,
 ) -> Result<Fired, StoreError> {
     let mut connection = context.redis.clone();
     let loaded = match load_rollout(&mut connection, keys, rollout_id).await {
@@ -123,7 +126,7 @@ pub async fn fire(
         )
         .await;
     }
-    let health = load_health(
+    let mut health = load_health(
         &mut connection,
         keys,
         &record,
@@ -131,6 +134,7 @@ pub async fn fire(
         context.stale_agent_after,
     )
     .await?;
+    health.freezes = freezes.clone();
     let outcome = match step(&record.plan, &record.state, &Event::Tick(health), now) {
         Ok(outcome) => outcome,
         Err(rejection) => {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use rollout_core::freeze::Freezes;
 use rollout_core::{DurationMs, Timestamp};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_store::lease::{FenceRaise, Lease};
@@ -251,15 +252,17 @@ impl Ticker {
             return Ok(round);
         }
         let batch = self.settings.batch_size;
-        let namespace_keys: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
         let mut connection = self.context.redis.clone();
+        // a frozen namespace's timers wait: its due rollouts are left where they are
+        let open = self.unfrozen(&mut connection, term, now).await?;
+        let namespace_keys: Vec<&Keys> = open.iter().map(|(_, keys, _)| keys).collect();
         let due = due::due_by(&mut connection, &namespace_keys, now, batch).await?;
         let mut work = Vec::new();
-        for ((namespace, keys), ids) in term.namespaces.values().zip(due) {
+        for ((namespace, keys, freezes), ids) in open.iter().zip(due) {
             round.full |= ids.len() >= batch;
             work.extend(
                 ids.into_iter()
-                    .map(|id| (namespace.clone(), keys.clone(), id)),
+                    .map(|id| (namespace.clone(), keys.clone(), Arc::clone(freezes), id)),
             );
         }
         round.looked_at = work.len();
@@ -273,7 +276,7 @@ impl Ticker {
         // every future owns what it uses, so the stream is `Send` for any caller
         let results: Vec<(String, Result<Fired, rollout_store::StoreError>)> =
             futures_util::stream::iter(work)
-                .map(|(namespace, keys, rollout_id)| {
+                .map(|(namespace, keys, freezes, rollout_id)| {
                     let fenced = Arc::clone(&fenced);
                     let context = self.context.clone();
                     let signal = term.signal.clone();
@@ -285,8 +288,16 @@ impl Ticker {
                         let elapsed =
                             i64::try_from(round_started.elapsed().as_millis()).unwrap_or(i64::MAX);
                         let now = now.plus(DurationMs::from_millis(elapsed));
-                        let fired =
-                            fire(&context, &namespace, &keys, epoch, &rollout_id, now).await;
+                        let fired = fire(
+                            &context,
+                            &namespace,
+                            &keys,
+                            epoch,
+                            &rollout_id,
+                            now,
+                            &freezes,
+                        )
+                        .await;
                         if matches!(fired, Ok(Fired::Fenced)) {
                             fenced.store(true, Ordering::Relaxed);
                         }
@@ -358,13 +369,52 @@ impl Ticker {
         Ok(released)
     }
 
-    /// The current Redis time and the earliest due score over the term's namespaces.
+    /// The current Redis time and when something is next due: the earliest due score over
+    /// the term's unfrozen namespaces, or the end of a freeze that has one.
     async fn peek_due(&self, term: &Term) -> Result<(Timestamp, Option<Timestamp>), TickerError> {
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        let namespace_keys: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
-        let earliest = due::earliest(&mut connection, &namespace_keys).await?;
-        Ok((now, earliest))
+        let all: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
+        let freezes = rollout_store::freezes::load_many(&mut connection, &all).await?;
+        let mut thaws = None;
+        let mut open = Vec::with_capacity(all.len());
+        for (keys, freezes) in all.into_iter().zip(&freezes) {
+            match freezes.active_at(now) {
+                Some(freeze) => {
+                    if let Some(until) = freeze.until {
+                        thaws = Some(thaws.map_or(until, |thaw: Timestamp| thaw.min(until)));
+                    }
+                }
+                None => open.push(keys),
+            }
+        }
+        let earliest = due::earliest(&mut connection, &open).await?;
+        let next = match (earliest, thaws) {
+            (Some(earliest), Some(thaw)) => Some(earliest.min(thaw)),
+            (earliest, thaw) => earliest.or(thaw),
+        };
+        Ok((now, next))
+    }
+
+    /// The term's namespaces with no freeze holding at `now`, each with its freezes (past
+    /// ones still hold the timers that ran out while they lasted).
+    async fn unfrozen(
+        &self,
+        connection: &mut Connection,
+        term: &Term,
+        now: Timestamp,
+    ) -> Result<Vec<(Namespace, Keys, Arc<Freezes>)>, TickerError> {
+        let all: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
+        let freezes = rollout_store::freezes::load_many(connection, &all).await?;
+        Ok(term
+            .namespaces
+            .values()
+            .zip(freezes)
+            .filter(|(_, freezes)| freezes.active_at(now).is_none())
+            .map(|((namespace, keys), freezes)| {
+                (namespace.clone(), keys.clone(), Arc::new(freezes))
+            })
+            .collect())
     }
 
     /// Runs until `shutdown`: campaign, lead while leading, campaign again.

@@ -51,11 +51,14 @@ async fn the_leader_says_so_and_counts_its_transitions() {
         status.state.is_finished().then_some(())
     })
     .await;
-    let text = metrics(addr).await.expect("metrics");
-    assert!(
-        text.contains("ticker_transitions_total{replica=\"probed\"} 1"),
-        "{text}"
-    );
+    // the leader counts a transition once it is committed and published: a status may
+    // show the commit a moment before the counter moves
+    let text = wait_until("the transition to be counted", || async {
+        metrics(addr)
+            .await
+            .filter(|text| text.contains("ticker_transitions_total{replica=\"probed\"} 1"))
+    })
+    .await;
     assert!(
         text.contains("ticker_firing_lag_ms{replica=\"probed\",quantile=\"0.99\"}"),
         "{text}"

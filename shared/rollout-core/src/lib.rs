@@ -17,6 +17,7 @@ pub mod entity;
 pub mod error;
 pub mod eval;
 pub mod flag;
+pub mod freeze;
 pub mod guard;
 pub mod machine;
 pub mod plan;

@@ -314,6 +314,7 @@ fn catch_up_stops_at_a_health_gate() {
             completed: 1,
             ..Default::default()
         }),
+        freezes: Default::default(),
     };
     let caught_up = step(
         &plan,
@@ -337,6 +338,7 @@ fn stage_tick(counts: rollout_core::StageCounts) -> Event {
     Event::Tick(Health {
         outcomes: None,
         current_stage: Some(counts),
+        freezes: Default::default(),
     })
 }
 
@@ -357,6 +359,7 @@ fn silent_members_never_open_a_completion_gate() {
     let silent_health = Health {
         outcomes: None,
         current_stage: Some(all_silent),
+        freezes: Default::default(),
     };
     let hold = running
         .gate_hold(&plan, &silent_health)
@@ -391,6 +394,7 @@ fn silent_members_never_open_a_completion_gate() {
     let applied_health = Health {
         outcomes: None,
         current_stage: Some(applied),
+        freezes: Default::default(),
     };
     assert_eq!(running.gate_hold(&plan, &applied_health), None);
     // a stage with no members at all still passes through
@@ -429,6 +433,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
             },
         }),
         current_stage: Some(all_applied),
+        freezes: Default::default(),
     };
     // every member applied, but the guard has heard nothing, or too little on one side
     for (candidate, baseline) in [(0, 0), (500, 99), (99, 500)] {
@@ -453,6 +458,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
     let unread = Health {
         outcomes: None,
         current_stage: Some(all_applied),
+        freezes: Default::default(),
     };
     assert!(!step(&plan, &running, &Event::Tick(unread), at(minutes(5)))
         .expect("tick")
@@ -484,6 +490,7 @@ fn breaching() -> Event {
             baseline: SideCounts::default(),
         }),
         current_stage: None,
+        freezes: Default::default(),
     })
 }
 

@@ -206,6 +206,7 @@ fn outcomes(candidate: (u64, u64), baseline: (u64, u64)) -> Event {
             },
         }),
         current_stage: None,
+        freezes: Default::default(),
     })
 }
 

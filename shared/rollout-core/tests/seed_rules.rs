@@ -175,6 +175,7 @@ fn bindplane_automatic_gates_after_a_duration_or_on_completion() {
             pending: 10 - completed - errors,
             ..StageCounts::default()
         }),
+        freezes: Default::default(),
     };
     let not_enough = step(
         &plan,
@@ -211,6 +212,7 @@ fn bindplane_automatic_gates_after_a_duration_or_on_completion() {
             stale,
             ..StageCounts::default()
         }),
+        freezes: Default::default(),
     };
     for stale in [1, 2] {
         assert!(

@@ -12,9 +12,10 @@ use rollout_core::{Flag, RolloutSpec};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCounts, FlagCountsQuery,
     FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
-    FlagUpdate, Namespace, PlanPreview, PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts,
-    RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery, RolloutReschedule,
-    RolloutResult, RolloutRollback, RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
+    FlagUpdate, Namespace, NamespaceFreeze, NamespaceResult, NamespaceUnfreeze, PlanPreview,
+    PlanQuery, Query, QueryKind, RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate,
+    RolloutList, RolloutListQuery, RolloutReschedule, RolloutResult, RolloutRollback,
+    RolloutStatus, RolloutStatusQuery, RolloutStop, Subjects,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub enum CommandOutcome {
     Rollout(RolloutResult),
     /// `flag.delete`, `rollout.delete`.
     Deleted(Deleted),
+    /// `namespace.freeze`, `namespace.unfreeze`.
+    Namespace(NamespaceResult),
 }
 
 /// What a query returned, by its kind.
@@ -167,6 +170,9 @@ impl CommandClient {
             }
             CommandVerb::FlagDelete | CommandVerb::RolloutDelete => {
                 CommandOutcome::Deleted(self.command(command).await?)
+            }
+            CommandVerb::NamespaceFreeze | CommandVerb::NamespaceUnfreeze => {
+                CommandOutcome::Namespace(self.command(command).await?)
             }
             CommandVerb::RolloutCreate
             | CommandVerb::RolloutStart
@@ -337,6 +343,31 @@ impl CommandClient {
         .await
     }
 
+    /// `namespace.freeze`: holds every timer and automatic gate of this client's namespace
+    /// until `namespace.unfreeze` or `until` (RFC 3339); commands still act.
+    pub async fn freeze_namespace(
+        &self,
+        reason: &str,
+        until: Option<&str>,
+    ) -> Result<NamespaceResult> {
+        self.command(Command::NamespaceFreeze(NamespaceFreeze {
+            command_id: None,
+            actor: None,
+            reason: reason.to_owned(),
+            until: until.map(str::to_owned),
+        }))
+        .await
+    }
+
+    /// `namespace.unfreeze`: lifts the namespace's freeze.
+    pub async fn unfreeze_namespace(&self) -> Result<NamespaceResult> {
+        self.command(Command::NamespaceUnfreeze(NamespaceUnfreeze {
+            command_id: None,
+            actor: None,
+        }))
+        .await
+    }
+
     /// `rollout.promote`: jumps to the final step now.
     pub async fn promote_rollout(&self, rollout_id: &str) -> Result<RolloutResult> {
         self.command(Command::RolloutPromote(RolloutAction::new(rollout_id)))
@@ -450,6 +481,8 @@ impl CommandClient {
             Command::RolloutStop(body) => self.traced(&subject, body, trace).await,
             Command::RolloutReschedule(body) => self.traced(&subject, body, trace).await,
             Command::RolloutRollback(body) => self.traced(&subject, body, trace).await,
+            Command::NamespaceFreeze(body) => self.traced(&subject, body, trace).await,
+            Command::NamespaceUnfreeze(body) => self.traced(&subject, body, trace).await,
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)

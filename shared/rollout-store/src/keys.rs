@@ -130,6 +130,16 @@ impl Keys {
         format!("{}:audit:flag:{key}", self.base)
     }
 
+    /// `ro:{ns}:freezes`: the namespace's freezes, current and past (JSON).
+    pub(crate) fn freezes(&self) -> String {
+        format!("{}:freezes", self.base)
+    }
+
+    /// `ro:{ns}:audit:namespace`: audit of the namespace's own changes (freezes).
+    pub(crate) fn audit_namespace(&self) -> String {
+        format!("{}:audit:namespace", self.base)
+    }
+
     /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
     pub(crate) fn outbox(&self) -> String {
         format!("{}:outbox", self.base)

@@ -34,6 +34,7 @@ mod commit;
 pub mod due;
 mod failpoint;
 pub mod fleet;
+pub mod freezes;
 pub mod generation;
 pub mod health;
 pub mod idempotency;

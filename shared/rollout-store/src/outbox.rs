@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE};
 use rollout_wire::events::ChangeEvent;
+use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::{Namespace, Subjects};
 
 use crate::StoreError;
@@ -47,6 +48,19 @@ pub struct Relay {
 
 impl Relay {
     /// A relay publishing with `nats` under `subjects` and trimming the outbox in `redis`.
+    /// Publishes a namespace notice (a freeze or its end, as its audit entry) on
+    /// `rollout.notices.<ns>`, best effort: the change is saved already, and the ticker
+    /// rereads freezes on its own within a lease renewal.
+    pub async fn publish_notice(&self, namespace: &Namespace, entry: &AuditEntry) {
+        let Ok(payload) = codec::encode(entry, Encoding::Json) else {
+            return;
+        };
+        let subject = self.subjects.notices(namespace);
+        if let Err(error) = self.nats.publish(subject, payload.into()).await {
+            tracing::warn!(%error, "a namespace notice could not be published");
+        }
+    }
+
     pub fn new(nats: async_nats::Client, redis: ConnectionManager, subjects: Subjects) -> Relay {
         Relay {
             nats,

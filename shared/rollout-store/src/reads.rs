@@ -154,6 +154,8 @@ pub enum AuditLog<'a> {
     Rollout(&'a str),
     /// A flag's (every rollout of it included).
     Flag(&'a str),
+    /// The namespace's own (freezes).
+    Namespace,
 }
 
 /// `count` audit entries from position `start` (0 is the newest), and how many the log
@@ -168,6 +170,7 @@ pub async fn audit_page<C: ConnectionLike + Send + Sync, T: DeserializeOwned>(
     let key = match log {
         AuditLog::Rollout(rollout_id) => keys.audit_rollout(rollout_id),
         AuditLog::Flag(flag_key) => keys.audit_flag(flag_key),
+        AuditLog::Namespace => keys.audit_namespace(),
     };
     let start = isize::try_from(start).unwrap_or(isize::MAX);
     let stop = start.saturating_add(isize::try_from(count).unwrap_or(isize::MAX)) - 1;

@@ -9,6 +9,7 @@
 use crate::keys::Keys;
 use rollout_core::{RolloutState, Timestamp, Transition};
 use rollout_wire::events::ChangeEvent;
+use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Namespace;
 
 use crate::commit::Refused;
@@ -137,6 +138,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Publishes a namespace notice through the relay, if this writer has one.
+    pub async fn publish_notice(&self, namespace: &Namespace, entry: &AuditEntry) {
+        if let Some(relay) = &self.relay {
+            relay.publish_notice(namespace, entry).await;
+        }
+    }
+
     /// A writer committing through `redis` and publishing each commit's events at once
     /// through `relay` (what a service does).
     pub fn publishing(redis: Connection, relay: Relay) -> Writer {

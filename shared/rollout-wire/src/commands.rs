@@ -6,8 +6,11 @@
 //! `rollout.outcome.<command_id>`), and `actor`, recorded in the audit.
 
 use rollout_core::{
-    guard::GradualSpec, spec::RescheduleStepSpec, Approval, DurationMs, Flag, Lifecycle, Plan,
-    RolloutSpec, RolloutState, Share, Timestamp, ValidationErrors, WaitingFor,
+    freeze::{Freeze, MAX_REASON_LEN},
+    guard::GradualSpec,
+    spec::RescheduleStepSpec,
+    Approval, DurationMs, Flag, Lifecycle, Plan, RolloutSpec, RolloutState, Share, Timestamp,
+    ValidationErrors, WaitingFor,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -384,6 +387,54 @@ impl RolloutResult {
     }
 }
 
+/// `rollout.cmd.<ns>.namespace.freeze`: holds every timer and automatic gate of the
+/// namespace's rollouts (commands still act, guards still protect) until
+/// `namespace.unfreeze` or `until` (RFC 3339); freezing a frozen namespace changes its
+/// reason and end. Reply: [`NamespaceResult`].
+#[doc = shape_doc!("namespace_freeze")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceFreeze {
+    /// Idempotency key; one subject token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Who asks, for the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Why, shown in statuses and the audit.
+    pub reason: String,
+    /// When the freeze ends by itself (RFC 3339); open-ended when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// `rollout.cmd.<ns>.namespace.unfreeze`: lifts the freeze in force; the timers that ran out
+/// meanwhile open now, one step each. Reply: [`NamespaceResult`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceUnfreeze {
+    /// Idempotency key; one subject token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Who asks, for the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// Reply to `namespace.freeze` and `namespace.unfreeze`: the freeze in force, if any, and
+/// the recent ones.
+#[doc = shape_doc!("namespace_result")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceResult {
+    pub namespace: String,
+    /// The freeze in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<Freeze>,
+    /// Earlier freezes, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<Freeze>,
+}
+
 /// Reply to `flag.delete` and `rollout.delete`.
 #[doc = shape_doc!("deleted")]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +460,8 @@ pub enum CommandReply {
     Rollout(RolloutResult),
     /// `flag.delete`, `rollout.delete`.
     Deleted(Deleted),
+    /// `namespace.freeze`, `namespace.unfreeze`.
+    Namespace(NamespaceResult),
 }
 
 /// Any command, as the planner dispatches it: the subject's verb picks the body type.
@@ -446,6 +499,10 @@ pub enum Command {
     RolloutRollback(RolloutRollback),
     /// `rollout.delete`.
     RolloutDelete(RolloutAction),
+    /// `namespace.freeze`.
+    NamespaceFreeze(NamespaceFreeze),
+    /// `namespace.unfreeze`.
+    NamespaceUnfreeze(NamespaceUnfreeze),
 }
 
 impl Command {
@@ -513,6 +570,12 @@ impl Command {
                 Command::RolloutRollback(codec::decode_with(bytes, encoding, limits)?)
             }
             CommandVerb::RolloutDelete => Command::RolloutDelete(action()?),
+            CommandVerb::NamespaceFreeze => {
+                Command::NamespaceFreeze(codec::decode_with(bytes, encoding, limits)?)
+            }
+            CommandVerb::NamespaceUnfreeze => {
+                Command::NamespaceUnfreeze(codec::decode_with(bytes, encoding, limits)?)
+            }
         })
     }
 
@@ -535,6 +598,8 @@ impl Command {
             Command::RolloutReschedule(_) => CommandVerb::RolloutReschedule,
             Command::RolloutRollback(_) => CommandVerb::RolloutRollback,
             Command::RolloutDelete(_) => CommandVerb::RolloutDelete,
+            Command::NamespaceFreeze(_) => CommandVerb::NamespaceFreeze,
+            Command::NamespaceUnfreeze(_) => CommandVerb::NamespaceUnfreeze,
         }
     }
 
@@ -556,6 +621,8 @@ impl Command {
             Command::RolloutStop(body) => pair(&body.command_id, &body.actor),
             Command::RolloutReschedule(body) => pair(&body.command_id, &body.actor),
             Command::RolloutRollback(body) => pair(&body.command_id, &body.actor),
+            Command::NamespaceFreeze(body) => pair(&body.command_id, &body.actor),
+            Command::NamespaceUnfreeze(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -589,6 +656,8 @@ impl Command {
             Command::RolloutStop(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutReschedule(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutRollback(body) => (&mut body.command_id, &mut body.actor),
+            Command::NamespaceFreeze(body) => (&mut body.command_id, &mut body.actor),
+            Command::NamespaceUnfreeze(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -690,6 +759,17 @@ impl Command {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
                 body.check(&mut errors);
             }
+            Command::NamespaceFreeze(body) => {
+                if body.reason.trim().is_empty() || body.reason.len() > MAX_REASON_LEN {
+                    errors.push("reason", format!("say why, in 1..={MAX_REASON_LEN} bytes"));
+                }
+                if let Some(until) = &body.until {
+                    if let Err(message) = Timestamp::parse_rfc3339(until) {
+                        errors.push("until", message);
+                    }
+                }
+            }
+            Command::NamespaceUnfreeze(_) => {}
             Command::RolloutReschedule(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
                 if body.expected_step.is_none() {
@@ -733,6 +813,8 @@ impl Serialize for Command {
             Command::RolloutStop(body) => body.serialize(serializer),
             Command::RolloutReschedule(body) => body.serialize(serializer),
             Command::RolloutRollback(body) => body.serialize(serializer),
+            Command::NamespaceFreeze(body) => body.serialize(serializer),
+            Command::NamespaceUnfreeze(body) => body.serialize(serializer),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)

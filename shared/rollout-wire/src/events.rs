@@ -63,6 +63,10 @@ pub enum EventKind {
     GuardBreached,
     /// A flag's kill switch crossed its limit and disabled the flag.
     KillSwitchTripped,
+    /// The namespace was frozen, or its freeze changed (namespace audit).
+    NamespaceFrozen,
+    /// The namespace's freeze was lifted (namespace audit).
+    NamespaceUnfrozen,
 }
 
 impl EventKind {

@@ -65,8 +65,8 @@ pub use cluster::{MemberInfo, Served};
 pub use codec::{decode, decode_with, encode, CodecError, CodecErrorKind, Encoding, Limits};
 pub use commands::{
     Command, CommandReply, Deleted, FlagCreate, FlagDelete, FlagResult, FlagToggle, FlagUpdate,
-    RolloutAction, RolloutCreate, RolloutReschedule, RolloutResult, RolloutRollback, RolloutStop,
-    SideEffect,
+    NamespaceFreeze, NamespaceResult, NamespaceUnfreeze, RolloutAction, RolloutCreate,
+    RolloutReschedule, RolloutResult, RolloutRollback, RolloutStop, SideEffect,
 };
 pub use envelope::{decode_reply, encode_error_reply, encode_reply, ErrorCode, Reply, WireError};
 pub use eval::{EvalMany, EvalRequest, EvalResult, EvalTarget};

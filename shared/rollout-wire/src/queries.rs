@@ -3,6 +3,7 @@
 //! set a planner dispatches on. Lists are paged: pages count from 0 and a reply names the
 //! `next_page` while more remain.
 
+use rollout_core::freeze::Freeze;
 use rollout_core::machine::GradualRollback;
 use rollout_core::window::Window;
 use rollout_core::{
@@ -132,6 +133,10 @@ pub struct RolloutStatus {
     /// When the current pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<Timestamp>,
+    /// The namespace's freeze holding now: the rollout's timers and automatic gates wait
+    /// for its end (`waiting_for: freeze`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<Freeze>,
     /// The walk down of a gradual rollback, while `rolling_back`: its shares, which one is
     /// served, the interval and the cause (`due_at` is the next lowering, `eta` the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +197,7 @@ impl RolloutStatus {
             paused_at: state.paused_at,
             approvals: state.approvals.clone(),
             windows: plan.windows.clone(),
+            frozen: None,
             rollback: state
                 .rollback
                 .clone()
@@ -206,6 +212,75 @@ impl RolloutStatus {
             steps: StepStatus::for_rollout(plan, state, now),
         }
     }
+}
+
+impl RolloutStatus {
+    /// Shows `freeze`, holding at `now`, in this status: see [`frozen_wait`].
+    pub fn frozen_by(&mut self, freeze: &Freeze, now: Timestamp) {
+        self.frozen = Some(freeze.clone());
+        (self.waiting_for, self.due_at, self.overdue_ms, self.eta) = frozen_wait(
+            self.state,
+            self.current_step,
+            (self.waiting_for, self.due_at, self.overdue_ms, self.eta),
+            freeze,
+            now,
+        );
+    }
+}
+
+impl RolloutSummary {
+    /// Shows `freeze`, holding at `now`, in this summary: see [`frozen_wait`].
+    pub fn frozen_by(&mut self, freeze: &Freeze, now: Timestamp) {
+        (self.waiting_for, self.due_at, self.overdue_ms, self.eta) = frozen_wait(
+            self.state,
+            self.current_step,
+            (self.waiting_for, self.due_at, self.overdue_ms, self.eta),
+            freeze,
+            now,
+        );
+    }
+}
+
+/// What a freeze holding at `now` makes of a running or queued rollout that waits on a
+/// clock or a health gate: it waits for the freeze, nothing moves it before the freeze's end
+/// (nothing at all while it is open-ended), and no completion time can be promised. Other
+/// waits (a command, an approval) and other states are left as they are.
+#[allow(clippy::type_complexity)]
+fn frozen_wait(
+    state: Lifecycle,
+    current_step: Option<usize>,
+    wait: (
+        Option<WaitingFor>,
+        Option<Timestamp>,
+        Option<u64>,
+        Option<Eta>,
+    ),
+    freeze: &Freeze,
+    now: Timestamp,
+) -> (
+    Option<WaitingFor>,
+    Option<Timestamp>,
+    Option<u64>,
+    Option<Eta>,
+) {
+    let held = matches!(state, Lifecycle::Running | Lifecycle::Queued)
+        && matches!(
+            wait.0,
+            Some(WaitingFor::Timer | WaitingFor::Window | WaitingFor::Guard)
+        );
+    if !held {
+        return wait;
+    }
+    let due_at = freeze
+        .until
+        .map(|until| wait.1.map_or(until, |due| due.max(until)));
+    let eta = Eta {
+        completes_at: None,
+        blocked_at_step: current_step,
+        blocked_by: Some(WaitingFor::Freeze),
+        blocked_from: Some(now),
+    };
+    (Some(WaitingFor::Freeze), due_at, None, Some(eta))
 }
 
 /// How late a due transition may be before statuses call it overdue: the ticker fires within
@@ -347,6 +422,9 @@ pub struct AuditQuery {
     /// The flag whose history to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
+    /// The namespace's own history (freezes) instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub namespace: bool,
     /// Page number, from 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<u32>,
@@ -359,12 +437,14 @@ impl AuditQuery {
     /// Exactly one of `rollout_id` and `flag`, each a token; a valid page size.
     pub fn validate(&self) -> Result<(), WireError> {
         let mut errors = ValidationErrors::default();
-        match (&self.rollout_id, &self.flag) {
-            (Some(rollout_id), None) => checks::token(&mut errors, "rollout_id", rollout_id),
-            (None, Some(flag)) => checks::token(&mut errors, "flag", flag),
-            (Some(_), Some(_)) | (None, None) => {
-                errors.push("rollout_id", "give exactly one of rollout_id or flag")
-            }
+        match (&self.rollout_id, &self.flag, self.namespace) {
+            (Some(rollout_id), None, false) => checks::token(&mut errors, "rollout_id", rollout_id),
+            (None, Some(flag), false) => checks::token(&mut errors, "flag", flag),
+            (None, None, true) => {}
+            _ => errors.push(
+                "rollout_id",
+                "give exactly one of rollout_id, flag or namespace: true",
+            ),
         }
         checks::page_size(&mut errors, self.page_size);
         checks::finish(errors)

@@ -69,6 +69,16 @@ pub const SHAPES: &[Shape] = &[
         "rollout_rollback"
     ),
     shape!(
+        "NamespaceFreeze",
+        "rollout.cmd.<ns>.namespace.freeze",
+        "namespace_freeze"
+    ),
+    shape!(
+        "NamespaceResult",
+        "reply to namespace.freeze and namespace.unfreeze",
+        "namespace_result"
+    ),
+    shape!(
         "RolloutAction",
         "rollout.cmd.<ns>.rollout.rollback (now: the action body)",
         "rollout_action"
@@ -310,6 +320,8 @@ mod tests {
             "RolloutStop" => round_trip::<RolloutStop>(shape),
             "RolloutReschedule" => round_trip::<RolloutReschedule>(shape),
             "RolloutRollback" => round_trip::<RolloutRollback>(shape),
+            "NamespaceFreeze" => round_trip::<NamespaceFreeze>(shape),
+            "NamespaceResult" => round_trip::<NamespaceResult>(shape),
             "FlagResult" => round_trip::<FlagResult>(shape),
             "RolloutResult" => round_trip::<RolloutResult>(shape),
             "Deleted" => round_trip::<Deleted>(shape),
@@ -365,6 +377,8 @@ mod tests {
             "RolloutStop",
             "RolloutReschedule",
             "RolloutRollback",
+            "NamespaceFreeze",
+            "NamespaceResult",
             "FlagResult",
             "RolloutResult",
             "Deleted",
@@ -433,6 +447,10 @@ mod tests {
                 }
                 "RolloutRollback" => {
                     Command::decode(CommandVerb::RolloutRollback, bytes, Encoding::Json)
+                        .map(|c| c.validate())
+                }
+                "NamespaceFreeze" => {
+                    Command::decode(CommandVerb::NamespaceFreeze, bytes, Encoding::Json)
                         .map(|c| c.validate())
                 }
                 "FlagGetQuery" => {

@@ -243,6 +243,10 @@ verb_set! {
         RolloutRollback => "rollout.rollback",
         /// Remove a rollout (its audit stays).
         RolloutDelete => "rollout.delete",
+        /// Hold every timer and automatic gate of the namespace.
+        NamespaceFreeze => "namespace.freeze",
+        /// Lift the namespace's freeze.
+        NamespaceUnfreeze => "namespace.unfreeze",
     }
 }
 
@@ -467,6 +471,16 @@ impl Subjects {
     pub fn events(&self, namespace: &Namespace, flag: &str) -> Result<String, SubjectError> {
         check_subject_token(flag, "flag key")?;
         Ok(format!("{}.events.{namespace}.{flag}", self.prefix))
+    }
+
+    /// `rollout.notices.<ns>`: the namespace's own changes (freezes), as audit entries.
+    pub fn notices(&self, namespace: &Namespace) -> String {
+        format!("{}.notices.{namespace}", self.prefix)
+    }
+
+    /// `rollout.notices.>`: every namespace's notices (what the ticker wakes on).
+    pub fn notices_all(&self) -> String {
+        format!("{}.notices.>", self.prefix)
     }
 
     /// `rollout.events.>`: every change event (what evaluators subscribe to).
@@ -721,7 +735,7 @@ mod tests {
             assert_eq!(CommandVerb::parse(verb.as_str()), Ok(*verb));
             assert_eq!(verb.to_string().parse::<CommandVerb>(), Ok(*verb));
         }
-        assert_eq!(CommandVerb::ALL.len(), 16);
+        assert_eq!(CommandVerb::ALL.len(), 18);
         for kind in QueryKind::ALL {
             assert_eq!(QueryKind::parse(kind.as_str()), Ok(*kind));
         }

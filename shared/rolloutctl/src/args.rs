@@ -79,6 +79,28 @@ pub enum TopCommand {
     /// See which planners, tickers, evaluators and consoles are running.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Freeze or unfreeze the namespace: every timer and automatic gate holds.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+}
+
+/// `rolloutctl namespace ...`.
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Hold every timer and automatic gate of the namespace's rollouts (commands still
+    /// act, guards still protect) until `unfreeze` or `--until`.
+    Freeze {
+        /// Why (shown in statuses and the audit).
+        #[arg(long)]
+        reason: String,
+        /// When it ends by itself: an RFC 3339 time or `+DURATION` from now (`+2h`).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Lift the freeze: timers that ran out meanwhile open now, one step each.
+    Unfreeze,
+    /// The namespace's own audit: freezes and their ends, newest first.
+    Audit(PageArg),
 }
 
 /// `rolloutctl cluster ...`.

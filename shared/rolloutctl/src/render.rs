@@ -4,13 +4,14 @@
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use rollout_core::{
-    Approval, DurationMs, Eta, GuardVerdict, Labels, Lifecycle, OutcomeCounts, Share, StageCounts,
-    Timestamp,
+    freeze::Freeze, Approval, DurationMs, Eta, GuardVerdict, Labels, Lifecycle, OutcomeCounts,
+    Share, StageCounts, Timestamp,
 };
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::{
     AuditPage, Deleted, EventKind, FlagCounts, FlagList, FlagResult, GateKind, GateStatus,
-    PlanPreview, RolloutCounts, RolloutList, RolloutResult, RolloutStatus, SideEffect, StepStatus,
+    NamespaceResult, PlanPreview, RolloutCounts, RolloutList, RolloutResult, RolloutStatus,
+    SideEffect, StepStatus,
 };
 use serde::Serialize;
 
@@ -312,6 +313,9 @@ pub fn status(status: &RolloutStatus) -> String {
     }
     text.push_str(&line);
     text.push('\n');
+    if let Some(freeze) = &status.frozen {
+        text.push_str(&format!("namespace frozen {}\n", freeze_line(freeze)));
+    }
     if let Some(rollback) = &status.rollback {
         let shares: Vec<String> = rollback
             .shares
@@ -812,6 +816,37 @@ fn with_next_page(table: String, next_page: Option<u32>, empty: bool, what: &str
     };
     if let Some(next) = next_page {
         text.push_str(&format!("more: --page {next}\n"));
+    }
+    text
+}
+
+/// A freeze's one line: `frozen since … until … by ana: reason`.
+fn freeze_line(freeze: &Freeze) -> String {
+    let mut line = format!("since {}", short_time(freeze.since));
+    if let Some(until) = freeze.until {
+        line.push_str(&format!(" until {}", short_time(until)));
+    }
+    if let Some(by) = &freeze.by {
+        line.push_str(&format!(" by {by}"));
+    }
+    if let Some(lifted_by) = &freeze.lifted_by {
+        line.push_str(&format!(", lifted by {lifted_by}"));
+    }
+    format!("{line}: {}", freeze.reason)
+}
+
+/// `namespace freeze|unfreeze`: the freeze in force and the recent ones.
+pub fn namespace_result(result: &NamespaceResult) -> String {
+    let mut text = match &result.frozen {
+        Some(freeze) => format!(
+            "namespace {} is frozen {}\n",
+            result.namespace,
+            freeze_line(freeze)
+        ),
+        None => format!("namespace {} is not frozen\n", result.namespace),
+    };
+    for freeze in result.past.iter().take(5) {
+        text.push_str(&format!("  earlier: {}\n", freeze_line(freeze)));
     }
     text
 }

@@ -4,21 +4,24 @@
 
 use std::path::Path;
 
-use rollout_core::{AttributeValue, Entity};
+use rollout_core::{AttributeValue, DurationMs, Entity};
 use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, Validate};
 use rollout_runtime::connect::connect_nats;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Subjects};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, Deleted, FlagCountsQuery, FlagCreate, FlagDelete, FlagGetQuery,
-    FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, PlanPreview, PlanQuery,
-    Query, RolloutAction, RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList,
-    RolloutListQuery, RolloutReschedule, RolloutResult, RolloutRollback, RolloutStatus,
-    RolloutStatusQuery, RolloutStop,
+    FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, NamespaceFreeze,
+    NamespaceResult, NamespaceUnfreeze, PlanPreview, PlanQuery, Query, RolloutAction,
+    RolloutCounts, RolloutCountsQuery, RolloutCreate, RolloutList, RolloutListQuery,
+    RolloutReschedule, RolloutResult, RolloutRollback, RolloutStatus, RolloutStatusQuery,
+    RolloutStop,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::args::{Cli, ClusterCommand, EvalArgs, FlagCommand, RolloutCommand, TopCommand};
+use crate::args::{
+    Cli, ClusterCommand, EvalArgs, FlagCommand, NamespaceCommand, RolloutCommand, TopCommand,
+};
 use crate::failure::{Context, Failure};
 use crate::{render, specfile, watch};
 
@@ -138,6 +141,7 @@ pub async fn run(cli: &Cli) -> Result<(), Failure> {
         TopCommand::Flag(command) => flag(&session, command).await,
         TopCommand::Rollout(command) => rollout(&session, command).await,
         TopCommand::Eval(args) => eval(&session, args, cli).await,
+        TopCommand::Namespace(command) => namespace(&session, command).await,
         TopCommand::Cluster(ClusterCommand::Status { wait }) => {
             cluster_status(&session, *wait).await
         }
@@ -180,6 +184,49 @@ fn rollout_context(rollout_id: &str) -> Context {
         rollout_id: Some(rollout_id.to_owned()),
         ..Context::default()
     }
+}
+
+async fn namespace(session: &Session, command: &NamespaceCommand) -> Result<(), Failure> {
+    let context = Context::default();
+    let command = match command {
+        NamespaceCommand::Freeze { reason, until } => {
+            let until = match until.as_deref() {
+                Some(relative) if relative.starts_with('+') => {
+                    let span = DurationMs::parse(&relative[1..])
+                        .map_err(|message| Failure::Usage(format!("--until: {message}")))?;
+                    Some(rollout_sdk::specs::local_now().plus(span).to_rfc3339())
+                }
+                other => other.map(str::to_owned),
+            };
+            Command::NamespaceFreeze(NamespaceFreeze {
+                command_id: None,
+                actor: None,
+                reason: reason.clone(),
+                until,
+            })
+        }
+        NamespaceCommand::Unfreeze => Command::NamespaceUnfreeze(NamespaceUnfreeze {
+            command_id: None,
+            actor: None,
+        }),
+        NamespaceCommand::Audit(page) => {
+            let query = Query::RolloutAudit(AuditQuery {
+                rollout_id: None,
+                flag: None,
+                namespace: true,
+                page: page.page,
+                page_size: None,
+            });
+            return session
+                .query(query, &context, |page: &AuditPage| render::audit_page(page))
+                .await;
+        }
+    };
+    session
+        .command(command, &context, |result: &NamespaceResult| {
+            render::namespace_result(result)
+        })
+        .await
 }
 
 async fn flag(session: &Session, command: &FlagCommand) -> Result<(), Failure> {
@@ -380,6 +427,7 @@ async fn rollout(session: &Session, command: &RolloutCommand) -> Result<(), Fail
             let query = Query::RolloutAudit(AuditQuery {
                 rollout_id: rollout.clone(),
                 flag: flag.clone(),
+                namespace: false,
                 page: page.page,
                 page_size: None,
             });

@@ -112,7 +112,7 @@ function gateText(gate) {
 
 const WAITING = {
   start: "its start time", timer: "its timer", continue: "an operator's continue", guard: "a health gate",
-  approval: "approvals", window: "its time window to open",
+  approval: "approvals", window: "its time window to open", freeze: "the namespace's freeze to end",
 };
 
 // ---------- the API ----------
@@ -394,6 +394,7 @@ function rolloutFacts(s, counts) {
   if (s.share !== undefined) facts.push(["Share now", h("span", { id: "rollout-share" }, percent(s.share))]);
   if (s.current_step !== undefined) facts.push(["Step", h("span", { id: "rollout-step" }, (s.current_step + 1) + " of " + s.steps.length)]);
   if (s.waiting_for) facts.push(["Waits for", WAITING[s.waiting_for] || s.waiting_for]);
+  if (s.frozen) facts.push(["Namespace frozen", h("span", { id: "rollout-frozen", class: "error" }, s.frozen.reason + " — since " + new Date(s.frozen.since).toLocaleString() + (s.frozen.until ? ", until " + new Date(s.frozen.until).toLocaleString() : ", until lifted") + (s.frozen.by ? " (by " + s.frozen.by + ")" : ""))]);
   if (s.rollback) facts.push(["Rolling back", h("span", { id: "rollout-rollback" }, s.rollback.shares.map((share, i) => i === s.rollback.index ? "[" + percent(share) + "]" : percent(share)).join(" → ") + ", one every " + s.rollback.every + " (" + s.rollback.cause + ")")]);
   if (s.windows && s.windows.length) facts.push(["Windows", h("span", { id: "rollout-windows" }, s.windows.map((w) => w.days.join(",") + " " + w.start + "–" + w.end + " " + w.timezone).join("; "))]);
   const approvers = s.current_step !== undefined && s.steps[s.current_step] ? s.steps[s.current_step].gate.approvers : undefined;

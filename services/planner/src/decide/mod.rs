@@ -4,12 +4,14 @@
 //! change through the store's [`rollout_store::Writer`], and on a conflict loads again and
 //! decides again.
 //!
-//! One file per kind of command: [`flag`] (create, update, enable, disable, delete) and
-//! [`rollout`] (create, the lifecycle verbs, delete). The rules of a rollout's lifecycle
+//! One file per kind of command: [`flag`] (create, update, enable, disable, delete),
+//! [`rollout`] (create, the lifecycle verbs, delete) and [`namespace`] (freeze, unfreeze,
+//! which change the namespace's freezes instead of records). The rules of a rollout's lifecycle
 //! themselves are `rollout_core::transition`'s; these files say which rule a command
 //! invokes, what it is refused for, and what it replies.
 
 mod flag;
+pub mod namespace;
 mod rollout;
 
 use rollout_core::machine::Event;
@@ -132,6 +134,9 @@ pub fn decide(
             rollout::apply(&rollback.rollout_id, event, loaded, context)
         }
         Command::RolloutDelete(action) => rollout::delete(&action.rollout_id, loaded, context),
+        Command::NamespaceFreeze(_) | Command::NamespaceUnfreeze(_) => Err(WireError::internal(
+            "namespace commands change no flag or rollout; they are decided by decide::namespace",
+        )),
     }?;
     // the flag's active rollout stays in every snapshot, whatever else the change did
     Ok(match decision {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::{RolloutView, ViewAudience};
 use crate::flag::{Serve, StagedServe, WeightedVariation};
+use crate::freeze::Freezes;
 use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
 use crate::plan::{ApprovalGate, Gate, Plan, StartMode, Step};
 use crate::share::Share;
@@ -80,6 +81,8 @@ pub enum WaitingFor {
     /// The next opening of the rollout's time windows: its timer ran out while they are
     /// closed (`due_at` is the opening).
     Window,
+    /// The end of its namespace's freeze.
+    Freeze,
 }
 
 /// When a rollout would complete if it stays as it is — every timer runs as planned, nothing
@@ -263,6 +266,9 @@ pub struct Health {
     pub outcomes: Option<OutcomeCounts>,
     /// Counts of the current stage, for staged plans.
     pub current_stage: Option<StageCounts>,
+    /// The namespace's freezes: timers and automatic gates hold while one does.
+    #[serde(default)]
+    pub freezes: Freezes,
 }
 
 /// Which condition holds a health gate shut.

@@ -1,6 +1,7 @@
 //! The step function itself: [`step`] and the rules of each event (ticks, starts, moves,
 //! pauses, stops, completion and catch-up).
 
+use crate::freeze::Freezes;
 use crate::guard::{GuardAction, GuardVerdict};
 use crate::plan::{Gate, Plan};
 use crate::share::Share;
@@ -447,11 +448,15 @@ fn tick(
         return;
     }
     if state.lifecycle == Lifecycle::Queued {
-        match state.queued_until {
-            Some(start_time) if start_time <= now => {
-                start(state, start_time, now, EntryCause::Start, effects);
-            }
-            _ => return,
+        // a start time that falls in a freeze starts the rollout when the freeze ends
+        let start_time = state
+            .queued_until
+            .filter(|start_time| *start_time <= now)
+            .and_then(|start_time| health.freezes.open_at(start_time))
+            .filter(|opening| *opening <= now);
+        match start_time {
+            Some(start_time) => start(state, start_time, now, EntryCause::Start, effects),
+            None => return,
         }
     }
     if state.lifecycle != Lifecycle::Running {
@@ -590,8 +595,12 @@ pub(super) fn advance_due(
     let (Some(origin), Some(origin_anchor)) = (state.step, state.step_anchor) else {
         return;
     };
-    let origin_health_gate_open =
-        health.is_some_and(|health| state.gate_hold(plan, health).is_none());
+    let no_freezes = Freezes::default();
+    let freezes = health.map_or(&no_freezes, |health| &health.freezes);
+    // a freeze holds health gates too: they are judged once it ends
+    let origin_health_gate_open = health.is_some_and(|health| {
+        state.gate_hold(plan, health).is_none() && freezes.active_at(now).is_none()
+    });
     let mut current = origin;
     let mut anchor = origin_anchor;
     let mut passed: Vec<(usize, Timestamp)> = Vec::new();
@@ -607,9 +616,9 @@ pub(super) fn advance_due(
         }
         let gate = &plan.steps[current].gate;
         let opened_at = match gate {
-            // a timer opens its gate only inside the rollout's windows
+            // a timer opens its gate only inside the rollout's windows, outside freezes
             Gate::Timer(duration) => {
-                Some(plan.timer_opens_at(anchor.plus(*duration))).filter(|end| *end <= now)
+                timer_opening(plan, freezes, anchor.plus(*duration)).filter(|end| *end <= now)
             }
             // the final step completes on entry; an earlier one has an approval and opens
             // once it is approved
@@ -656,6 +665,21 @@ pub(super) fn advance_due(
     }
     if completes {
         complete(state, now, effects);
+    }
+}
+
+/// When a timer that runs out at `end` opens its gate: inside the plan's windows and
+/// outside the namespace's freezes; `None` while an open-ended freeze holds.
+fn timer_opening(plan: &Plan, freezes: &Freezes, end: Timestamp) -> Option<Timestamp> {
+    let mut at = end;
+    loop {
+        let windowed = plan.timer_opens_at(at);
+        let thawed = freezes.open_at(windowed)?;
+        if thawed == windowed {
+            return Some(windowed);
+        }
+        // strictly later: the end of a freeze that held at `windowed`
+        at = thawed;
     }
 }
 
