@@ -296,6 +296,7 @@ fn actor() -> Actor {
         name: "access-test".to_owned(),
         command_id: None,
         trace_id: None,
+        reason: None,
     }
 }
 

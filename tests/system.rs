@@ -34,6 +34,9 @@
 //!   to 0 are refused;
 //! - a namespace freeze holds every timer (commands still act), status says why, and its
 //!   end moves the rollout on one step at a time; freezes are audited in the namespace's log;
+//! - an alert pauses every active rollout its selector matches (by flag labels), once per
+//!   alert id, audited with its reason; an empty selector is refused; a rollback alert by
+//!   rollout id rolls it back;
 //! - the oracle itself reports a served answer that differs from the committed state
 //!   (its positive control).
 
@@ -1624,6 +1627,16 @@ async fn a_namespace_freeze_holds_timers_and_its_end_moves_one_step_at_a_time() 
     let continued = commands.continue_rollout(&id).await.expect("continue");
     assert_eq!(continued.current_step, Some(1));
     system.assert_served_matches_committed().await;
+    // step 1's second runs out while still frozen: held there too
+    let continued_at = continued.steps[1].started_at.expect("entered");
+    let still = system
+        .rollout_reaches(&id, "step 1's timer to run out while frozen", |status| {
+            status
+                .at
+                .is_some_and(|at| at.millis_since(continued_at) > 1_500)
+        })
+        .await;
+    assert_eq!(still.current_step, Some(1));
 
     let lifted = commands.unfreeze_namespace().await.expect("unfrozen");
     assert_eq!(lifted.past[0].reason, "release freeze");
@@ -1639,16 +1652,16 @@ async fn a_namespace_freeze_holds_timers_and_its_end_moves_one_step_at_a_time() 
         "{:?}",
         done.steps
     );
-    let entered: Vec<Timestamp> = done
+    let planned: Vec<Timestamp> = done
         .steps
         .iter()
-        .filter_map(|step| step.started_at)
+        .filter_map(|step| step.planned_at)
         .collect();
-    assert_eq!(entered.len(), 4);
-    assert!(
-        entered[3].millis_since(entered[2]) >= 1_000,
-        "the last step came its full second after the one before: {entered:?}"
-    );
+    assert_eq!(planned.len(), 4);
+    let thaw = lifted.past[0].until.expect("the lift's time");
+    // step 1's timer ran out while frozen: step 2 begins at the thaw, step 3 a second later
+    assert_eq!(planned[2], thaw, "{planned:?}");
+    assert_eq!(planned[3].millis_since(planned[2]), 1_000, "{planned:?}");
     let audit = commands
         .audit(AuditQuery {
             rollout_id: None,
@@ -1669,6 +1682,131 @@ async fn a_namespace_freeze_holds_timers_and_its_end_moves_one_step_at_a_time() 
             EventKind::NamespaceFrozen
         ]
     );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_pauses_every_matching_rollout_once_per_alert_id() {
+    use rollout_wire::alerts::{Alert, AlertAction, AlertSelector};
+    let system = System::start(1).await;
+    let commands = &system.cluster.commands;
+    let mut payments = checkout_flag();
+    payments.labels.insert("team".into(), "payments".into());
+    commands.create_flag(payments).await.expect("flag");
+    commands
+        .create_flag(boolean_flag("search"))
+        .await
+        .expect("flag");
+    let checkout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 50, "duration": "1h"}, {"percentage": 100}]}),
+    )
+    .await;
+    let search = commands
+        .create_rollout(
+            serde_json::from_value(
+                json!({"flag": "search", "baseline": "off", "candidate": "on",
+                "phases": [{"percentage": 20, "duration": "1h"}, {"percentage": 100}]}),
+            )
+            .expect("spec"),
+        )
+        .await
+        .expect("rollout");
+    let alert = |id: &str, selector: AlertSelector, action: AlertAction| Alert {
+        alert_id: id.to_owned(),
+        selector,
+        action,
+        reason: "HighCheckoutErrorRate firing".to_owned(),
+    };
+    let by_team = AlertSelector {
+        labels: Some(
+            [("team".to_owned(), "payments".to_owned())]
+                .into_iter()
+                .collect(),
+        ),
+        ..AlertSelector::default()
+    };
+    let everything = commands
+        .alert(&alert("am-0", AlertSelector::default(), AlertAction::Pause))
+        .await
+        .expect_err("an empty selector");
+    assert_eq!(
+        (everything.code(), everything.field()),
+        (ErrorCode::InvalidArgument, Some("selector"))
+    );
+
+    let first = commands
+        .alert(&alert("am-1", by_team.clone(), AlertAction::Pause))
+        .await
+        .expect("alert");
+    assert!(!first.repeated);
+    let acted: Vec<(&str, Option<Lifecycle>)> = first
+        .rollouts
+        .iter()
+        .map(|rollout| (rollout.rollout_id.as_str(), rollout.state))
+        .collect();
+    assert_eq!(
+        acted,
+        [(checkout.rollout_id.as_str(), Some(Lifecycle::Paused))]
+    );
+    let untouched = commands
+        .rollout_status(&search.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(untouched.state, Lifecycle::Running);
+    system.assert_served_matches_committed().await;
+
+    // an operator resumes it; the same alert delivered again acts on nothing
+    commands
+        .resume_rollout(&checkout.rollout_id)
+        .await
+        .expect("resume");
+    let again = commands
+        .alert(&alert("am-1", by_team, AlertAction::Pause))
+        .await
+        .expect("repeat");
+    assert!(again.repeated);
+    assert_eq!(again.rollouts, first.rollouts);
+    let resumed = commands
+        .rollout_status(&checkout.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(resumed.state, Lifecycle::Running, "a repeat acts once");
+
+    let audit = commands
+        .audit(AuditQuery {
+            rollout_id: Some(checkout.rollout_id.clone()),
+            flag: None,
+            namespace: false,
+            page: None,
+            page_size: None,
+        })
+        .await
+        .expect("audit");
+    let paused = audit
+        .entries
+        .iter()
+        .find(|entry| entry.kind == EventKind::RolloutPaused)
+        .expect("the alert's pause is audited");
+    assert_eq!(paused.actor, "alert:am-1");
+    assert_eq!(paused.details["reason"], "HighCheckoutErrorRate firing");
+
+    // a rollback alert by rollout id
+    let rolled = commands
+        .alert(&alert(
+            "am-2",
+            AlertSelector {
+                rollout_id: Some(search.rollout_id.clone()),
+                ..AlertSelector::default()
+            },
+            AlertAction::Rollback,
+        ))
+        .await
+        .expect("alert");
+    assert_eq!(rolled.rollouts.len(), 1);
+    assert_eq!(rolled.rollouts[0].state, Some(Lifecycle::RolledBack));
+    system.assert_served_matches_committed().await;
     system.stop().await;
 }
 

@@ -39,6 +39,7 @@ fn actor() -> Actor {
         name: "loadtest".into(),
         command_id: None,
         trace_id: None,
+        reason: None,
     }
 }
 

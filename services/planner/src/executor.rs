@@ -8,15 +8,17 @@ use std::time::Duration;
 use rand::Rng;
 use rollout_core::DurationMs;
 use rollout_runtime::telemetry::{new_traceparent, trace_id_of};
-use rollout_store::{freezes, Keys};
+use rollout_store::{freezes, reads, Keys};
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
     Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
 };
+use rollout_wire::alerts::{Alert, AlertAction, AlertResult, AlertedRollout};
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
+use rollout_wire::commands::{RolloutAction, RolloutRollback};
 use rollout_wire::envelope::{decode_reply, encode_reply, ErrorCode, WireError};
-use rollout_wire::queries::AuditEntry;
+use rollout_wire::queries::{AuditEntry, ListState};
 use rollout_wire::subjects::Namespace;
 
 use crate::decide::{self, decide, DecideContext, Decision, Loaded};
@@ -62,6 +64,35 @@ impl Executor {
         key: Option<&str>,
         traceparent: Option<String>,
     ) -> Result<CommandReply, WireError> {
+        self.run(namespace, command, key, traceparent, None).await
+    }
+
+    /// [`Executor::execute`] on someone's behalf with a `reason` for the audit (an alert's).
+    pub async fn execute_for(
+        &self,
+        namespace: &Namespace,
+        command: &Command,
+        traceparent: Option<String>,
+        reason: Option<&str>,
+    ) -> Result<CommandReply, WireError> {
+        self.run(
+            namespace,
+            command,
+            command.command_id(),
+            traceparent,
+            reason,
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        namespace: &Namespace,
+        command: &Command,
+        key: Option<&str>,
+        traceparent: Option<String>,
+        reason: Option<&str>,
+    ) -> Result<CommandReply, WireError> {
         command.validate()?;
         // the edge of the system: a command that came without trace context gets one, so
         // its audit entries and events carry a trace id whether or not spans are exported
@@ -81,6 +112,7 @@ impl Executor {
             name: command.actor().unwrap_or("operator").to_owned(),
             command_id: command_id.clone(),
             trace_id: traceparent.as_deref().and_then(trace_id_of),
+            reason: reason.map(str::to_owned),
         };
         if matches!(
             command,
@@ -160,6 +192,117 @@ impl Executor {
 }
 
 impl Executor {
+    /// Acts on an alert (SPEC §12): pauses or rolls back every active rollout its selector
+    /// matches, each through the command path (so each is audited, with the alert's
+    /// reason, and idempotent per rollout), once per alert id: a repeat gets the first
+    /// result, marked `repeated`, and acts on nothing.
+    pub async fn alert(
+        &self,
+        namespace: &Namespace,
+        alert: &Alert,
+        traceparent: Option<String>,
+    ) -> Result<AlertResult, WireError> {
+        alert.validate()?;
+        let traceparent = traceparent.or_else(|| Some(new_traceparent()));
+        let keys = Keys::new(namespace);
+        let mut connection = self.redis.clone();
+        let alert_key = format!("alert-{:016x}", fnv1a(&[&alert.alert_id]));
+        if let Some(stored) = stored_outcome(&mut connection, &keys, &alert_key)
+            .await
+            .map_err(|error| error.to_wire())?
+        {
+            let mut first: AlertResult = serde_json::from_slice(&stored)
+                .map_err(|error| WireError::internal(format!("stored alert result: {error}")))?;
+            first.repeated = true;
+            return Ok(first);
+        }
+        let mut ids = reads::rollout_ids(&mut connection, &keys, ListState::Active)
+            .await
+            .map_err(|error| error.to_wire())?;
+        ids.sort();
+        let mut rollouts = Vec::new();
+        for id in ids {
+            let Some(record) = load_rollout(&mut connection, &keys, &id)
+                .await
+                .map_err(|error| error.to_wire())?
+            else {
+                continue;
+            };
+            if !record.state.lifecycle.is_active() {
+                continue;
+            }
+            let labels = load_flag(&mut connection, &keys, &record.plan.flag)
+                .await
+                .map_err(|error| error.to_wire())?
+                .record
+                .map(|flag| flag.flag.labels)
+                .unwrap_or_default();
+            if !alert
+                .selector
+                .matches(&record.id, &record.plan.flag, &labels)
+            {
+                continue;
+            }
+            // one command id per alert and rollout: a retry acts once
+            let command_id = format!("alert-{:016x}", fnv1a(&[&alert.alert_id, &record.id]));
+            let actor = Some(format!("alert:{}", alert.alert_id));
+            let command = match alert.action {
+                AlertAction::Pause => Command::RolloutPause(RolloutAction {
+                    command_id: Some(command_id),
+                    actor,
+                    ..RolloutAction::new(&record.id)
+                }),
+                AlertAction::Rollback => Command::RolloutRollback(RolloutRollback {
+                    command_id: Some(command_id),
+                    actor,
+                    ..RolloutRollback::now(&record.id)
+                }),
+            };
+            let outcome = self
+                .execute_for(
+                    namespace,
+                    &command,
+                    traceparent.clone(),
+                    Some(&alert.reason),
+                )
+                .await;
+            rollouts.push(AlertedRollout {
+                rollout_id: record.id.clone(),
+                flag: record.plan.flag.clone(),
+                state: match &outcome {
+                    Ok(CommandReply::Rollout(result)) => Some(result.state),
+                    _ => None,
+                },
+                error: outcome.err(),
+            });
+        }
+        let result = AlertResult {
+            alert_id: alert.alert_id.clone(),
+            action: alert.action,
+            repeated: false,
+            rollouts,
+        };
+        let encoded = serde_json::to_vec(&result)
+            .map_err(|error| WireError::internal(format!("alert result: {error}")))?;
+        let stored = store_unchanged_outcome(
+            &mut connection,
+            &keys,
+            &alert_key,
+            &encoded,
+            ALERT_REMEMBERED_SECONDS,
+        )
+        .await
+        .map_err(|error| error.to_wire())?;
+        if stored != encoded {
+            // another replica acted on the same alert at the same time: its result stands
+            let mut first: AlertResult = serde_json::from_slice(&stored)
+                .map_err(|error| WireError::internal(format!("stored alert result: {error}")))?;
+            first.repeated = true;
+            return Ok(first);
+        }
+        Ok(result)
+    }
+
     /// Runs a namespace command (freeze, unfreeze): read the namespace's freezes, decide,
     /// save them with their audit entry if nobody changed them meanwhile (else read again),
     /// then tell the namespace's notice subject.
@@ -305,6 +448,25 @@ async fn load(
     };
     loaded.flag = Some(stored);
     Ok(loaded)
+}
+
+/// How long an alert's result is kept to recognise its repeats: a week.
+const ALERT_REMEMBERED_SECONDS: u64 = 7 * 24 * 3600;
+
+/// FNV-1a over `parts` (separated), for stable command ids derived from longer names.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            hash ^= 0xff;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        for byte in part.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 fn random_hex(bytes: usize) -> String {

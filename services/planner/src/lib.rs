@@ -97,6 +97,10 @@ impl Planner {
             .queue_subscribe(subjects.query_all(), PLANNER_QUEUE.to_owned())
             .await
             .map_err(|error| nats_error(error.into()))?;
+        let alerts = nats
+            .queue_subscribe(subjects.alert_all(), PLANNER_QUEUE.to_owned())
+            .await
+            .map_err(|error| nats_error(error.into()))?;
         let stream = if settings.jetstream {
             Some(
                 server::ensure_command_stream(
@@ -157,7 +161,11 @@ impl Planner {
             }
             None => None,
         };
-        for (name, subscriber) in [("commands", commands), ("queries", queries)] {
+        for (name, subscriber) in [
+            ("commands", commands),
+            ("queries", queries),
+            ("alerts", alerts),
+        ] {
             let handler = handler.clone();
             tasks.spawn(
                 name,

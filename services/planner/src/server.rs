@@ -14,6 +14,7 @@ use rollout_runtime::shutdown::Shutdown;
 use rollout_runtime::telemetry::{
     set_remote_parent, trace_id_of, traceparent_of_current_span, TRACEPARENT_HEADER,
 };
+use rollout_wire::alerts::{Alert, AlertResult};
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
@@ -71,6 +72,7 @@ impl Handler {
         let (family, verb) = match self.subjects.parse(&message.subject) {
             Ok(Route::Command { verb, .. }) => ("command", verb.as_str()),
             Ok(Route::Query { kind, .. }) => ("query", kind.as_str()),
+            Ok(Route::Alert { .. }) => ("alert", "alert"),
             _ => ("other", "-"),
         };
         self.metrics.request(family, verb, outcome_name(&result));
@@ -97,6 +99,17 @@ impl Handler {
                     )
                     .await
                     .map(Answer::Command)
+            }
+            Route::Alert { namespace } => {
+                let alert: Alert = rollout_wire::codec::decode(&message.payload, encoding)?;
+                self.executor
+                    .alert(
+                        &namespace,
+                        &alert,
+                        command_traceparent(message.headers.as_ref()),
+                    )
+                    .await
+                    .map(Answer::Alert)
             }
             Route::Query { namespace, kind } => {
                 let query = Query::decode(kind, &message.payload, encoding)?;
@@ -343,4 +356,6 @@ enum Answer {
     Command(CommandReply),
     /// A query's answer.
     Query(QueryReply),
+    /// What an alert did.
+    Alert(AlertResult),
 }

@@ -217,6 +217,7 @@ async fn commit_transition(
         name: TICKER_ACTOR.to_owned(),
         command_id: None,
         trace_id,
+        reason: None,
     };
     let rollout_id = moved.rollout.id.clone();
     let flag_key = moved.rollout.plan.flag.clone();

@@ -295,6 +295,7 @@ impl KillSwitches {
             name: TICKER_ACTOR.to_owned(),
             command_id: None,
             trace_id: Some(rollout_runtime::telemetry::new_trace_id()),
+            reason: None,
         };
         let conditions = Conditions {
             leader_epoch: Some(epoch),

@@ -65,7 +65,14 @@ pub struct Flag {
     /// A guard condition that disables the flag when breached (SPEC §6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_switch: Option<GuardSpec>,
+    /// Metadata labels (`team: payments`) that alerts select rollouts by (SPEC §12); they
+    /// do not change what anyone is served.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
+
+/// Most labels one flag may carry.
+pub const MAX_FLAG_LABELS: usize = 32;
 
 fn default_enabled() -> bool {
     true
@@ -264,6 +271,23 @@ impl Flag {
                 format!("{path}.variations"),
                 "a flag needs at least two variations",
             );
+        }
+        if self.labels.len() > MAX_FLAG_LABELS {
+            errors.push(
+                format!("{path}.labels"),
+                format!("at most {MAX_FLAG_LABELS} labels"),
+            );
+        }
+        for (name, value) in &self.labels {
+            if let Err(message) = names::check_token(name) {
+                errors.push(format!("{path}.labels.{name}"), message);
+            }
+            if value.is_empty() || value.len() > names::MAX_NAME_LEN {
+                errors.push(
+                    format!("{path}.labels.{name}"),
+                    "a label value is 1..=128 characters",
+                );
+            }
         }
         if self.variations.len() > MAX_VARIATIONS {
             errors.push(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::{Flag, RolloutSpec};
+use rollout_wire::alerts::{Alert, AlertResult};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCounts, FlagCountsQuery,
     FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
@@ -366,6 +367,15 @@ impl CommandClient {
             actor: None,
         }))
         .await
+    }
+
+    /// `rollout.alert.<ns>`: pauses or rolls back every active rollout of this client's
+    /// namespace the alert's selector matches, once per alert id (a repeat gets the first
+    /// result, `repeated`).
+    pub async fn alert(&self, alert: &Alert) -> Result<AlertResult> {
+        let subject = self.subjects.alert(&self.namespace);
+        let trace = transport::new_traceparent();
+        self.traced(&subject, alert, Some(trace.as_str())).await
     }
 
     /// `rollout.promote`: jumps to the final step now.

@@ -28,6 +28,8 @@ pub struct Actor {
     pub command_id: Option<String>,
     /// OpenTelemetry trace id of the command or transition.
     pub trace_id: Option<String>,
+    /// Why, when the change says so (an alert's reason), kept in the audit details.
+    pub reason: Option<String>,
 }
 
 /// One thing that happened, to be audited and published.
@@ -421,7 +423,11 @@ impl<'k> Mutation<'k> {
                 rollout_id: event.rollout_id.clone(),
                 from: happening.from,
                 to: happening.to,
-                details: audit_details(&event, self.actor.command_id.as_deref()),
+                details: audit_details(
+                    &event,
+                    self.actor.command_id.as_deref(),
+                    self.actor.reason.as_deref(),
+                ),
                 trace_id: self.actor.trace_id.clone(),
             };
             let audit_bytes = encode_wire(&audit)?;
@@ -479,16 +485,19 @@ impl<'k> Mutation<'k> {
     }
 }
 
-fn audit_details(event: &ChangeEvent, command_id: Option<&str>) -> serde_json::Value {
+fn audit_details(
+    event: &ChangeEvent,
+    command_id: Option<&str>,
+    reason: Option<&str>,
+) -> serde_json::Value {
     let mut details = match &event.details {
         serde_json::Value::Object(map) => map.clone(),
         _ => serde_json::Map::new(),
     };
-    if let Some(command_id) = command_id {
-        details.insert(
-            "command_id".to_owned(),
-            serde_json::Value::String(command_id.to_owned()),
-        );
+    for (name, value) in [("command_id", command_id), ("reason", reason)] {
+        if let Some(value) = value {
+            details.insert(name.to_owned(), serde_json::Value::String(value.to_owned()));
+        }
     }
     serde_json::Value::Object(details)
 }

@@ -15,6 +15,11 @@ pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 128;
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4 * 1024;
 /// Most attributes one entity may carry.
 pub const MAX_ATTRIBUTES: usize = 64;
+/// Most items of a list attribute.
+pub const MAX_LIST_ITEMS: usize = 16;
+/// Longest item of a list attribute, in bytes (16 × 256 = the 4 KiB value cap, so the
+/// OFREP description can state the rule exactly).
+pub const MAX_LIST_ITEM_BYTES: usize = 256;
 /// Most labels one entity may carry.
 pub const MAX_LABELS: usize = 64;
 /// Longest free-text message (agent reports), in bytes.
@@ -124,7 +129,8 @@ impl PageWindow {
 }
 
 /// Checks an entity against the caps: id 1..=256 bytes, at most 64 attributes and 64
-/// labels, names 1..=128 bytes, values at most 4 KiB. Problems are recorded under `path`.
+/// labels, names 1..=128 bytes, values at most 4 KiB (a list: at most 16 items of at most
+/// 256 bytes). Problems are recorded under `path`.
 pub fn validate_entity(entity: &Entity, path: &str, errors: &mut ValidationErrors) {
     bounded_text(errors, &format!("{path}.id"), &entity.id, MAX_ID_BYTES);
     validate_attributes(&entity.attributes, &format!("{path}.attributes"), errors);
@@ -138,6 +144,18 @@ pub fn validate_attributes(attributes: &Attributes, path: &str, errors: &mut Val
         return;
     }
     for (name, value) in attributes {
+        if let AttributeValue::List(items) = value {
+            let too_long = items.len() > MAX_LIST_ITEMS
+                || items.iter().any(|item| item.len() > MAX_LIST_ITEM_BYTES);
+            // a bad name is reported (without echoing it) by check_entry below
+            if too_long && !name.is_empty() && name.len() <= MAX_ATTRIBUTE_NAME_BYTES {
+                errors.push(
+                    format!("{path}.{name}"),
+                    format!("a list holds at most {MAX_LIST_ITEMS} items of at most {MAX_LIST_ITEM_BYTES} bytes"),
+                );
+                continue;
+            }
+        }
         let value_bytes = match value {
             AttributeValue::String(text) => text.len(),
             AttributeValue::List(items) => items.iter().map(String::len).sum(),

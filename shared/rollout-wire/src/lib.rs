@@ -45,6 +45,7 @@ macro_rules! shape_doc {
     };
 }
 
+pub mod alerts;
 pub mod checks;
 pub mod cluster;
 pub mod codec;

@@ -68,6 +68,8 @@ pub const SHAPES: &[Shape] = &[
         "rollout.cmd.<ns>.rollout.rollback (gradual)",
         "rollout_rollback"
     ),
+    shape!("Alert", "rollout.alert.<ns>", "alert"),
+    shape!("AlertResult", "reply to rollout.alert.<ns>", "alert_result"),
     shape!(
         "NamespaceFreeze",
         "rollout.cmd.<ns>.namespace.freeze",
@@ -321,6 +323,8 @@ mod tests {
             "RolloutReschedule" => round_trip::<RolloutReschedule>(shape),
             "RolloutRollback" => round_trip::<RolloutRollback>(shape),
             "NamespaceFreeze" => round_trip::<NamespaceFreeze>(shape),
+            "Alert" => round_trip::<crate::alerts::Alert>(shape),
+            "AlertResult" => round_trip::<crate::alerts::AlertResult>(shape),
             "NamespaceResult" => round_trip::<NamespaceResult>(shape),
             "FlagResult" => round_trip::<FlagResult>(shape),
             "RolloutResult" => round_trip::<RolloutResult>(shape),
@@ -379,6 +383,8 @@ mod tests {
             "RolloutRollback",
             "NamespaceFreeze",
             "NamespaceResult",
+            "Alert",
+            "AlertResult",
             "FlagResult",
             "RolloutResult",
             "Deleted",
@@ -452,6 +458,10 @@ mod tests {
                 "NamespaceFreeze" => {
                     Command::decode(CommandVerb::NamespaceFreeze, bytes, Encoding::Json)
                         .map(|c| c.validate())
+                }
+                "Alert" => {
+                    decode_with::<crate::alerts::Alert>(bytes, Encoding::Json, Limits::REQUESTS)
+                        .map(|alert| alert.validate())
                 }
                 "FlagGetQuery" => {
                     Query::decode(QueryKind::FlagGet, bytes, Encoding::Json).map(|q| q.validate())

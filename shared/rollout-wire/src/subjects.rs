@@ -320,6 +320,8 @@ pub enum Route {
     },
     /// `rollout.metrics.<ns>`.
     Metrics { namespace: Namespace },
+    /// `rollout.alert.<ns>`: an alert acting on the namespace's matching rollouts.
+    Alert { namespace: Namespace },
     /// `rollout.outcome.<command_id>`.
     Outcome {
         /// Namespace of the command.
@@ -339,7 +341,8 @@ impl Route {
             | Route::Eval { namespace }
             | Route::Fleet { namespace, .. }
             | Route::Events { namespace, .. }
-            | Route::Metrics { namespace } => Some(namespace),
+            | Route::Metrics { namespace }
+            | Route::Alert { namespace } => Some(namespace),
             Route::Outcome { namespace, .. } => Some(namespace),
         }
     }
@@ -498,6 +501,16 @@ impl Subjects {
         format!("{}.metrics.{namespace}", self.prefix)
     }
 
+    /// `rollout.alert.<ns>`: alerts on one namespace's rollouts.
+    pub fn alert(&self, namespace: &Namespace) -> String {
+        format!("{}.alert.{namespace}", self.prefix)
+    }
+
+    /// `rollout.alert.*`: alerts of every namespace (what the planner serves).
+    pub fn alert_all(&self) -> String {
+        format!("{}.alert.*", self.prefix)
+    }
+
     /// `rollout.metrics.*`: outcome reports of every namespace.
     pub fn metrics_all(&self) -> String {
         format!("{}.metrics.*", self.prefix)
@@ -528,19 +541,19 @@ impl Subjects {
         }
         let (namespace_token, tail) = after_family.split_once('.').unwrap_or((after_family, ""));
         let namespace = match family {
-            "cmd" | "cmdq" | "query" | "eval" | "fleet" | "events" | "metrics" => {
+            "cmd" | "cmdq" | "query" | "eval" | "fleet" | "events" | "metrics" | "alert" => {
                 Namespace::new(namespace_token)?
             }
             other => {
                 return Err(SubjectError::new(
                     SubjectErrorKind::UnknownFamily,
                     format!(
-                        "subject {subject:?}: unknown kind {other:?}; expected cmd, cmdq, query, eval, fleet, events, metrics or outcome"
+                        "subject {subject:?}: unknown kind {other:?}; expected cmd, cmdq, query, eval, fleet, events, metrics, alert or outcome"
                     ),
                 ))
             }
         };
-        let needs_tail = !matches!(family, "eval" | "metrics");
+        let needs_tail = !matches!(family, "eval" | "metrics" | "alert");
         if needs_tail == tail.is_empty() {
             let expectation = if needs_tail {
                 "is missing its verb"
@@ -577,6 +590,7 @@ impl Subjects {
                 }
             }
             "eval" => Route::Eval { namespace },
+            "alert" => Route::Alert { namespace },
             _ => Route::Metrics { namespace },
         })
     }

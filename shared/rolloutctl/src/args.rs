@@ -101,6 +101,27 @@ pub enum NamespaceCommand {
     Unfreeze,
     /// The namespace's own audit: freezes and their ends, newest first.
     Audit(PageArg),
+    /// Send an alert: pause or roll back every active rollout it matches, once per id.
+    Alert {
+        /// The alert's identity (acted on once).
+        #[arg(long = "id")]
+        alert_id: String,
+        /// Rollouts of this flag.
+        #[arg(long)]
+        flag: Option<String>,
+        /// Rollouts of flags carrying this label (repeatable).
+        #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_pair)]
+        labels: Vec<(String, String)>,
+        /// This rollout.
+        #[arg(long)]
+        rollout: Option<String>,
+        /// `pause` or `rollback`.
+        #[arg(long, value_parser = ["pause", "rollback"])]
+        action: String,
+        /// Why (kept in each rollout's audit).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `rolloutctl cluster ...`.

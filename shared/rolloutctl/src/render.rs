@@ -8,6 +8,7 @@ use rollout_core::{
     Share, StageCounts, Timestamp,
 };
 use rollout_sdk::{ChangeEvent, EvalResult};
+use rollout_wire::alerts::AlertResult;
 use rollout_wire::{
     AuditPage, Deleted, EventKind, FlagCounts, FlagList, FlagResult, GateKind, GateStatus,
     NamespaceResult, PlanPreview, RolloutCounts, RolloutList, RolloutResult, RolloutStatus,
@@ -847,6 +848,33 @@ pub fn namespace_result(result: &NamespaceResult) -> String {
     };
     for freeze in result.past.iter().take(5) {
         text.push_str(&format!("  earlier: {}\n", freeze_line(freeze)));
+    }
+    text
+}
+
+/// `namespace alert`: what the alert did to each rollout it matched.
+pub fn alert_result(result: &AlertResult) -> String {
+    let mut text = format!(
+        "alert {} ({}){}: {} rollout(s) matched\n",
+        result.alert_id,
+        wire_name(&result.action),
+        if result.repeated {
+            ", a repeat: nothing new done"
+        } else {
+            ""
+        },
+        result.rollouts.len()
+    );
+    for rollout in &result.rollouts {
+        let outcome = match (&rollout.state, &rollout.error) {
+            (Some(state), _) => state.as_str().to_owned(),
+            (None, Some(error)) => format!("unchanged: {}", error.message),
+            (None, None) => "unchanged".to_owned(),
+        };
+        text.push_str(&format!(
+            "  {} (flag {}): {outcome}\n",
+            rollout.rollout_id, rollout.flag
+        ));
     }
     text
 }

@@ -24,6 +24,7 @@ use crate::args::{
 };
 use crate::failure::{Context, Failure};
 use crate::{render, specfile, watch};
+use rollout_wire::alerts::{Alert, AlertAction, AlertResult, AlertSelector};
 
 /// The `ROLLOUT_NATS__*` settings; other sections in the environment are not ours.
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +210,37 @@ async fn namespace(session: &Session, command: &NamespaceCommand) -> Result<(), 
             command_id: None,
             actor: None,
         }),
+        NamespaceCommand::Alert {
+            alert_id,
+            flag,
+            labels,
+            rollout,
+            action,
+            reason,
+        } => {
+            let alert = Alert {
+                alert_id: alert_id.clone(),
+                selector: AlertSelector {
+                    flag: flag.clone(),
+                    labels: (!labels.is_empty()).then(|| labels.iter().cloned().collect()),
+                    rollout_id: rollout.clone(),
+                },
+                action: if action == "rollback" {
+                    AlertAction::Rollback
+                } else {
+                    AlertAction::Pause
+                },
+                reason: reason.clone(),
+            };
+            let result = session
+                .commands
+                .alert(&alert)
+                .await
+                .map_err(|error| Failure::sdk(error, &context))?;
+            let value = serde_json::to_value(&result)
+                .map_err(|error| Failure::Internal(format!("cannot print the reply: {error}")))?;
+            return session.print(value, |result: &AlertResult| render::alert_result(result));
+        }
         NamespaceCommand::Audit(page) => {
             let query = Query::RolloutAudit(AuditQuery {
                 rollout_id: None,

@@ -900,3 +900,92 @@ async fn flag_counts_show_the_kill_switch_figures_without_a_rollout() {
     .await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_namespace_is_frozen_alerted_and_audited_from_the_command_line() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let created = create_from(&cluster, "rollout-phases.yaml").await;
+    let id = created.rollout_id.as_str();
+    let frozen = cluster
+        .ctl(&[
+            "namespace",
+            "freeze",
+            "--reason",
+            "INC-4711",
+            "--until",
+            "+2h",
+        ])
+        .await;
+    frozen.assert_ok();
+    assert!(
+        frozen.stdout.contains("is frozen since"),
+        "{}",
+        frozen.stdout
+    );
+    assert!(frozen.stdout.contains("INC-4711"), "{}", frozen.stdout);
+    let status = cluster.ctl(&["rollout", "status", id]).await;
+    status.assert_ok();
+    assert!(
+        status.stdout.contains("waiting for: freeze"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("namespace frozen since"),
+        "{}",
+        status.stdout
+    );
+    let alerted = cluster
+        .ctl(&[
+            "namespace",
+            "alert",
+            "--id",
+            "inc-4711",
+            "--flag",
+            "new-checkout",
+            "--action",
+            "pause",
+            "--reason",
+            "error budget burning",
+        ])
+        .await;
+    alerted.assert_ok();
+    assert!(
+        alerted
+            .stdout
+            .contains(&format!("{id} (flag new-checkout): paused")),
+        "{}",
+        alerted.stdout
+    );
+    let repeated = cluster
+        .ctl(&[
+            "namespace",
+            "alert",
+            "--id",
+            "inc-4711",
+            "--flag",
+            "new-checkout",
+            "--action",
+            "pause",
+            "--reason",
+            "error budget burning",
+        ])
+        .await;
+    repeated.assert_ok();
+    assert!(repeated.stdout.contains("a repeat"), "{}", repeated.stdout);
+    let lifted = cluster.ctl(&["namespace", "unfreeze"]).await;
+    lifted.assert_ok();
+    assert!(lifted.stdout.contains("is not frozen"), "{}", lifted.stdout);
+    let again = cluster.ctl(&["namespace", "unfreeze"]).await;
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("not frozen"), "{}", again.stderr);
+    let audit = cluster.ctl(&["namespace", "audit"]).await;
+    audit.assert_ok();
+    assert!(
+        audit.stdout.contains("namespace_unfrozen") && audit.stdout.contains("namespace_frozen"),
+        "{}",
+        audit.stdout
+    );
+    cluster.stop().await;
+}

@@ -397,6 +397,7 @@ fn actor() -> Actor {
         name: "test".into(),
         command_id: None,
         trace_id: None,
+        reason: None,
     }
 }
 

@@ -564,6 +564,7 @@ pub async fn commit_at(
         name: "test".to_owned(),
         command_id: None,
         trace_id: None,
+        reason: None,
     };
     let namespace = Namespace::new(namespace).expect("namespace");
     writer
