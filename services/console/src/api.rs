@@ -13,6 +13,7 @@
 //! | `POST /api/plan`, `/api/explain` | signed in | plan preview, one entity explained |
 //! | `POST /api/rollouts`, `/api/rollouts/{ns}/{id}/{verb}` | operators | create, pause, resume, continue, approve (as the signed-in operator), promote, stop, rollback, delete |
 //! | `GET /api/events` | signed in | server-sent events ([`crate::live`]) |
+//! | `POST /api/alerts/{ns}?action=&match=` | operators (bearer token) | Alertmanager's webhook: each firing alert to `rollout.alert.<ns>` ([`crate::alertmanager`]) |
 //!
 //! Every refusal is JSON `{"error": {"code", "message", "field"}}` with a fitting status:
 //! the planner's own code and words for its refusals, `unauthenticated` (401) without a
@@ -38,6 +39,8 @@ use rollout_core::{Attributes, Entity, Lifecycle};
 use rollout_sdk::specs::{self, SpecFormat};
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient};
 use rollout_wire::subjects::Namespace;
+
+use crate::alertmanager;
 use rollout_wire::{AuditQuery, ErrorCode, FlagListQuery, ListState, RolloutListQuery};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,6 +77,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/api/flags/{namespace}/{key}", get(flag))
         .route("/api/plan", post(plan))
         .route("/api/explain", post(explain))
+        .route("/api/alerts/{namespace}", post(alertmanager_webhook))
         .route("/api/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(console)
@@ -735,6 +739,35 @@ async fn act(
     let reply = reply.map_err(|error| ApiError::from_sdk(&error))?;
     tracing::info!(operator = %operator.name, rollout = %rollout_id, verb = %verb, "rollout action");
     ok(&reply)
+}
+
+/// Alertmanager's webhook receiver: every firing alert of the notification is sent to the
+/// planner on `rollout.alert.<ns>` as the token's operator; the reply lists what each did
+/// (or why the planner refused it).
+async fn alertmanager_webhook(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+    Query(params): Query<alertmanager::ReceiverParams>,
+    body: Bytes,
+) -> ApiResult {
+    let operator = console.authorize(&headers, "send alerts")?;
+    let namespace = console.namespace(&namespace)?;
+    let webhook: alertmanager::Webhook = parse_body(&body)?;
+    let alerts = alertmanager::alerts(&webhook, &params)
+        .map_err(|(field, message)| ApiError::invalid(field, message))?;
+    let planner = console.planner(namespace, &operator);
+    let mut results = Vec::with_capacity(alerts.len());
+    for alert in &alerts {
+        let outcome = planner.alert(alert).await;
+        console.metrics.action("alert", outcome.is_ok());
+        results.push(match outcome {
+            Ok(result) => json!(result),
+            Err(error) => json!({"alert_id": alert.alert_id, "error": error.wire()}),
+        });
+        tracing::info!(operator = %operator.name, alert = %alert.alert_id, "alert received");
+    }
+    ok(&json!({"alerts": results}))
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alertmanager;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -396,3 +396,99 @@ fn a_bad_configuration_exits_64_naming_the_setting() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("admin"));
 }
+
+#[tokio::test]
+async fn alertmanager_notifications_pause_the_rollouts_their_labels_select() {
+    let sandbox = Sandbox::builder().planners(1).start().await;
+    let mut console = RunningConsole::start(&sandbox).await;
+    let operator = sandbox.operator();
+    let mut flag = boolean_flag("payments-page");
+    flag.labels.insert("team".into(), "payments".into());
+    operator.create_flag(flag).await.expect("flag");
+    operator
+        .create_flag(boolean_flag("search"))
+        .await
+        .expect("flag");
+    let spec = |flag: &str| {
+        common::spec(json!({"flag": flag, "baseline": "off", "candidate": "on",
+            "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}]}))
+    };
+    let payments = operator
+        .create_rollout(spec("payments-page"))
+        .await
+        .expect("rollout");
+    let search = operator
+        .create_rollout(spec("search"))
+        .await
+        .expect("rollout");
+    let notification = json!({"version": "4", "status": "firing", "receiver": "rollouts",
+        "alerts": [{"status": "firing",
+                    "labels": {"alertname": "HighErrorRate", "team": "payments"},
+                    "annotations": {"summary": "7% errors on checkout"},
+                    "fingerprint": "3f9a1c", "startsAt": "2026-12-06T01:00:00Z"},
+                   {"status": "resolved", "labels": {"alertname": "Old", "team": "payments"},
+                    "fingerprint": "beef", "startsAt": "2026-12-05T01:00:00Z"}]});
+    let path = "/api/alerts/prod?match=team";
+    // without a token: refused, nothing changes
+    let anonymous = call(&console, "POST", path, &[], &notification).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let bearer = format!("Bearer {SCRIPT_TOKEN}");
+    let sent = call(
+        &console,
+        "POST",
+        path,
+        &[("Authorization", &bearer)],
+        &notification,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let reply: Value = serde_json::from_str(&sent.text()).expect("json");
+    let results = reply["alerts"]
+        .as_array()
+        .expect("one result per firing alert");
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        results[0]["rollouts"][0]["rollout_id"],
+        json!(payments.rollout_id)
+    );
+    assert_eq!(results[0]["rollouts"][0]["state"], json!("paused"));
+    let paused = operator
+        .rollout_status(&payments.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(paused.state, rollout_core::Lifecycle::Paused);
+    let running = operator
+        .rollout_status(&search.rollout_id)
+        .await
+        .expect("status");
+    assert_eq!(running.state, rollout_core::Lifecycle::Running);
+    let entry = newest_audit_entry(&operator, &payments.rollout_id).await;
+    assert_eq!(
+        entry.details["reason"],
+        json!("HighErrorRate: 7% errors on checkout")
+    );
+    // Alertmanager repeats the notification: acted on once
+    let repeated = call(
+        &console,
+        "POST",
+        path,
+        &[("Authorization", &bearer)],
+        &notification,
+    )
+    .await;
+    let reply: Value = serde_json::from_str(&repeated.text()).expect("json");
+    assert_eq!(reply["alerts"][0]["repeated"], json!(true));
+    // a bad action is refused with its field
+    let bad = call(
+        &console,
+        "POST",
+        "/api/alerts/prod?action=explode",
+        &[("Authorization", &bearer)],
+        &notification,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("\"action\""), "{}", bad.text());
+    console.stop().await;
+    sandbox.stop().await;
+}
