@@ -19,6 +19,9 @@ use serde::Deserialize;
 /// The parts of an Alertmanager webhook payload the receiver reads.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Webhook {
+    /// The payload's version (`"4"`), read to refuse what is not Alertmanager's shape.
+    #[serde(default)]
+    pub version: Option<String>,
     /// The alerts of the notification.
     #[serde(default)]
     pub alerts: Vec<WebhookAlert>,

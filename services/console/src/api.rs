@@ -395,6 +395,25 @@ async fn session(State(console): State<Arc<Console>>, headers: HeaderMap) -> Api
     ))
 }
 
+/// Query parameters whose rejection (a page that is no number) is a JSON `invalid_argument`
+/// like every other refusal.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Params<T>, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(params)| Params(params))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))
+    }
+}
+
 #[derive(Deserialize)]
 struct ListParams {
     namespace: Option<String>,
@@ -427,14 +446,14 @@ fn list_query(params: &ListParams) -> Result<RolloutListQuery, ApiError> {
         ..RolloutListQuery::default()
     };
     match params.state.as_deref().unwrap_or("active") {
-        "" | "active" => query.state = ListState::Active,
+        "active" => query.state = ListState::Active,
         "finished" => query.state = ListState::Finished,
         other => {
             let lifecycle: Lifecycle = serde_json::from_value(Value::String(other.to_owned()))
                 .map_err(|_| {
                     ApiError::invalid(
                         "state",
-                        format!("unknown state {other:?}: expected active, finished, queued, running, paused, completed, stopped or rolled_back"),
+                        format!("unknown state {other:?}: expected active, finished, queued, running, paused, rolling_back, completed, stopped or rolled_back"),
                     )
                 })?;
             query.state = if lifecycle.is_active() {
@@ -451,7 +470,7 @@ fn list_query(params: &ListParams) -> Result<RolloutListQuery, ApiError> {
 async fn list_rollouts(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
 ) -> ApiResult {
     let operator = console.authenticate(&headers)?;
     let namespace = console.namespace_or_first(params.namespace.as_deref())?;
@@ -496,7 +515,7 @@ async fn audit(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path((namespace, rollout_id)): Path<(String, String)>,
-    Query(params): Query<PageParams>,
+    Params(params): Params<PageParams>,
 ) -> ApiResult {
     let operator = console.authenticate(&headers)?;
     let namespace = console.namespace(&namespace)?;
@@ -523,7 +542,7 @@ struct FlagParams {
 async fn list_flags(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
-    Query(params): Query<FlagParams>,
+    Params(params): Params<FlagParams>,
 ) -> ApiResult {
     let operator = console.authenticate(&headers)?;
     let namespace = console.namespace_or_first(params.namespace.as_deref())?;
@@ -748,7 +767,7 @@ async fn alertmanager_webhook(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(namespace): Path<String>,
-    Query(params): Query<alertmanager::ReceiverParams>,
+    Params(params): Params<alertmanager::ReceiverParams>,
     body: Bytes,
 ) -> ApiResult {
     let operator = console.authorize(&headers, "send alerts")?;

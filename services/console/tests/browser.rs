@@ -129,14 +129,19 @@ async fn an_operator_signs_in_watches_rollouts_arrive_and_pauses_one() {
         })
         .await;
     let create_to_screen = sent.elapsed();
-    let state = browser
-        .text(&format!("{row} td.state"))
-        .await
-        .expect("state");
-    assert_eq!(state, "running");
+    // the list re-renders as events arrive: read cells by waiting for them, never from an
+    // element that a refresh may just have replaced
+    browser
+        .wait_for_text(&format!("{row} td.state"), "its state", |text| {
+            text == "running"
+        })
+        .await;
     // two one-hour timers ahead: it completes about two hours from now
-    let eta = browser.text(&format!("{row} td.eta")).await.expect("eta");
-    assert!(eta.contains("(in 1h 5") || eta.contains("(in 2h)"), "{eta}");
+    browser
+        .wait_for_text(&format!("{row} td.eta"), "its ETA", |eta| {
+            eta.contains("(in 1h 5") || eta.contains("(in 2h)")
+        })
+        .await;
     let second = operator
         .create_rollout(common::spec(json!({
             "flag": "search", "baseline": "off", "candidate": "on", "preset": "24hr",
@@ -155,15 +160,12 @@ async fn an_operator_signs_in_watches_rollouts_arrive_and_pauses_one() {
     browser
         .wait_for_text("#rollout-state", "running", |text| text == "running")
         .await;
-    let completes = browser
-        .text("#rollout-eta")
-        .await
-        .expect("the rollout page's ETA");
     // about two hours ahead: shown to the second, so just under or (rounded) exactly 2h
-    assert!(
-        completes.contains("(in 1h 5") || completes.contains("(in 2h)"),
-        "{completes}"
-    );
+    browser
+        .wait_for_text("#rollout-eta", "the rollout page's ETA", |completes| {
+            completes.contains("(in 1h 5") || completes.contains("(in 2h)")
+        })
+        .await;
     browser.click("#action-pause").await;
     browser.wait_for("#confirm[open]").await;
     browser.click("#confirm-ok").await;
@@ -182,11 +184,13 @@ async fn an_operator_signs_in_watches_rollouts_arrive_and_pauses_one() {
             |text| text == "alice",
         )
         .await;
-    let kind = browser
-        .text("#audit-table tbody tr:first-child td.kind")
-        .await
-        .expect("kind");
-    assert_eq!(kind, "rollout paused");
+    browser
+        .wait_for_text(
+            "#audit-table tbody tr:first-child td.kind",
+            "the kind",
+            |kind| kind == "rollout paused",
+        )
+        .await;
     // the trace id links to the configured trace UI
     let link = browser
         .attribute("#audit-table tbody tr:first-child a", "href")
@@ -626,11 +630,13 @@ async fn operators_approve_a_stage_and_the_page_shows_who_approved() {
             text == "0 of 2"
         })
         .await;
-    let gate = browser
-        .text("#steps tbody tr:first-child")
-        .await
-        .expect("the first step's row");
-    assert!(gate.contains("approval by 2"), "{gate}");
+    browser
+        .wait_for_text(
+            "#steps tbody tr:first-child",
+            "the first step's gate",
+            |row| row.contains("approval by 2"),
+        )
+        .await;
 
     // alice approves from the page: the planner records her, the page says 1 of 2
     browser.click("#action-approve").await;

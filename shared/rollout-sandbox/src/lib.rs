@@ -29,6 +29,7 @@ pub mod browser;
 pub mod http;
 pub mod oracle;
 pub mod process;
+pub mod schemathesis;
 
 use std::future::Future;
 use std::net::SocketAddr;
