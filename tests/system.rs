@@ -186,6 +186,14 @@ impl System {
     }
 }
 
+/// The audit `query` selects, newest first (its first page).
+async fn audit_of(
+    commands: &rollout_sdk::CommandClient,
+    query: AuditQuery,
+) -> rollout_wire::AuditPage {
+    commands.audit(query).await.expect("audit")
+}
+
 /// The entities whose answers measure a served share.
 fn population() -> Vec<Entity> {
     (0..2_000)
@@ -1229,18 +1237,14 @@ async fn an_approval_gate_holds_its_share_until_two_people_approved_it() {
     assert_eq!(done.share, Some(Share::ALL));
     system.assert_served_matches_committed().await;
 
-    let audit = system
-        .cluster
-        .commands
-        .audit(AuditQuery {
+    let audit = audit_of(
+        &system.cluster.commands,
+        AuditQuery {
             rollout_id: Some(id.clone()),
-            flag: None,
-            namespace: false,
-            page: None,
-            page_size: None,
-        })
-        .await
-        .expect("audit");
+            ..AuditQuery::default()
+        },
+    )
+    .await;
     let approvers: Vec<&str> = audit
         .entries
         .iter()
@@ -1335,16 +1339,14 @@ async fn a_reschedule_replaces_the_later_steps_without_moving_anyone_at_the_edit
     assert_eq!(done.share, Some(Share::ALL));
     system.assert_served_matches_committed().await;
 
-    let audit = commands
-        .audit(AuditQuery {
+    let audit = audit_of(
+        commands,
+        AuditQuery {
             rollout_id: Some(id.clone()),
-            flag: None,
-            namespace: false,
-            page: None,
-            page_size: None,
-        })
-        .await
-        .expect("audit");
+            ..AuditQuery::default()
+        },
+    )
+    .await;
     let edits: Vec<_> = audit
         .entries
         .iter()
@@ -1527,16 +1529,14 @@ async fn a_gradual_rollback_walks_every_replica_down_last_adopters_first() {
     assert_eq!(done.share, Some(Share::NONE));
     system.assert_served_matches_committed().await;
     assert!(adopters(&system).is_empty());
-    let audit = commands
-        .audit(AuditQuery {
+    let audit = audit_of(
+        commands,
+        AuditQuery {
             rollout_id: Some(id.clone()),
-            flag: None,
-            namespace: false,
-            page: None,
-            page_size: None,
-        })
-        .await
-        .expect("audit");
+            ..AuditQuery::default()
+        },
+    )
+    .await;
     let kinds: Vec<EventKind> = audit.entries.iter().rev().map(|entry| entry.kind).collect();
     let walked: Vec<EventKind> = kinds
         .into_iter()
@@ -1662,16 +1662,14 @@ async fn a_namespace_freeze_holds_timers_and_its_end_moves_one_step_at_a_time() 
     // step 1's timer ran out while frozen: step 2 begins at the thaw, step 3 a second later
     assert_eq!(planned[2], thaw, "{planned:?}");
     assert_eq!(planned[3].millis_since(planned[2]), 1_000, "{planned:?}");
-    let audit = commands
-        .audit(AuditQuery {
-            rollout_id: None,
-            flag: None,
+    let audit = audit_of(
+        &system.cluster.commands,
+        AuditQuery {
             namespace: true,
-            page: None,
-            page_size: None,
-        })
-        .await
-        .expect("namespace audit");
+            ..AuditQuery::default()
+        },
+    )
+    .await;
     let kinds: Vec<EventKind> = audit.entries.iter().map(|entry| entry.kind).collect();
     assert_eq!(
         kinds,
@@ -1774,16 +1772,14 @@ async fn an_alert_pauses_every_matching_rollout_once_per_alert_id() {
         .expect("status");
     assert_eq!(resumed.state, Lifecycle::Running, "a repeat acts once");
 
-    let audit = commands
-        .audit(AuditQuery {
+    let audit = audit_of(
+        commands,
+        AuditQuery {
             rollout_id: Some(checkout.rollout_id.clone()),
-            flag: None,
-            namespace: false,
-            page: None,
-            page_size: None,
-        })
-        .await
-        .expect("audit");
+            ..AuditQuery::default()
+        },
+    )
+    .await;
     let paused = audit
         .entries
         .iter()

@@ -6,25 +6,14 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use rollout_core::machine::{
-    step, Effect, EntryCause, Event, Health, Lifecycle, RejectionCode, RolloutState, WaitingFor,
+    step, Effect, EntryCause, Event, Lifecycle, RejectionCode, RolloutState, WaitingFor,
 };
-use rollout_core::{Plan, Share, Timestamp};
+use rollout_core::{Plan, Share};
 use serde_json::json;
-
-fn tick() -> Event {
-    Event::Tick(Health::default())
-}
 
 fn approve(actor: &str) -> Event {
     Event::Approve {
         actor: actor.to_owned(),
-    }
-}
-
-fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
-    match step(plan, state, &event, time) {
-        Ok(outcome) => outcome.state,
-        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
     }
 }
 
@@ -35,10 +24,6 @@ fn approved_phases() -> Plan {
         {"percentage": 50, "duration": "30m", "gate": {"approval": {"approvers": 2}}},
         {"percentage": 100}
     ]}))
-}
-
-fn percent(value: u32) -> Share {
-    Share::from_ppm(value * 10_000)
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use rollout_core::freeze::Freezes;
 use rollout_core::machine::{step, Effect, Event, Health, Lifecycle, RolloutState};
-use rollout_core::{OutcomeCounts, Plan, SideCounts, StageCounts, Timestamp};
+use rollout_core::{OutcomeCounts, Plan, SideCounts, StageCounts};
 use serde_json::json;
 
 fn frozen(from: i64, until: Option<i64>) -> Freezes {
@@ -29,13 +29,6 @@ fn tick_with(freezes: &Freezes) -> Event {
         freezes: freezes.clone(),
         ..Health::default()
     })
-}
-
-fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
-    match step(plan, state, &event, time) {
-        Ok(outcome) => outcome.state,
-        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
-    }
 }
 
 /// Five ten-minute phases, then 100 %.

@@ -12,17 +12,6 @@ use rollout_core::machine::{
 use rollout_core::{DurationMs, OutcomeCounts, Plan, Share, SideCounts, Timestamp};
 use serde_json::json;
 
-fn tick() -> Event {
-    Event::Tick(Health::default())
-}
-
-fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
-    match step(plan, state, &event, time) {
-        Ok(outcome) => outcome.state,
-        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
-    }
-}
-
 fn ten_phases() -> Plan {
     // ten one-minute phases, then a 100 % bake of one minute
     let mut phases: Vec<serde_json::Value> = (1..=10)

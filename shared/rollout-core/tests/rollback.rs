@@ -11,24 +11,8 @@ use rollout_core::machine::{
 };
 use rollout_core::{
     CompiledFlag, DurationMs, Entity, GuardAction, OutcomeCounts, Plan, Share, SideCounts,
-    Timestamp,
 };
 use serde_json::json;
-
-fn tick() -> Event {
-    Event::Tick(Health::default())
-}
-
-fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
-    match step(plan, state, &event, time) {
-        Ok(outcome) => outcome.state,
-        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
-    }
-}
-
-fn percent(value: u32) -> Share {
-    Share::from_ppm(value * 10_000)
-}
 
 fn gradually(shares: &[u32], every_minutes: i64) -> Event {
     Event::RollbackGradually {

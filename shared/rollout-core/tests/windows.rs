@@ -6,14 +6,10 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use rollout_core::machine::{step, Effect, EntryCause, Event, Health, RolloutState, WaitingFor};
+use rollout_core::machine::{step, Effect, EntryCause, RolloutState, WaitingFor};
 use rollout_core::window::{open_at, WindowSpec};
 use rollout_core::{DurationMs, Lifecycle, Plan, Timestamp, ValidationErrors};
 use serde_json::json;
-
-fn tick() -> Event {
-    Event::Tick(Health::default())
-}
 
 fn utc(text: &str) -> Timestamp {
     Timestamp::parse_rfc3339(text).expect("time")

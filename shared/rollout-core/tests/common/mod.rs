@@ -1,8 +1,10 @@
 //! Fixtures shared by the core's integration tests.
 #![allow(dead_code)]
 
+use rollout_core::machine::{step, Event, Health, RolloutState};
 use rollout_core::{
-    compile, CompileContext, DurationMs, Flag, Plan, RolloutSpec, Timestamp, ValidationErrors,
+    compile, CompileContext, DurationMs, Flag, Plan, RolloutSpec, Share, Timestamp,
+    ValidationErrors,
 };
 
 /// 2026-12-01T00:00:00Z, the fixed "now" of these tests.
@@ -70,4 +72,22 @@ pub fn plan(kind: serde_json::Value) -> Plan {
 /// RFC 3339 text of now + offset.
 pub fn time_text(offset: DurationMs) -> String {
     at(offset).to_rfc3339()
+}
+
+/// A tick with nothing known about health.
+pub fn tick() -> Event {
+    Event::Tick(Health::default())
+}
+
+/// The state after `event` at `time`; a rejection fails the test.
+pub fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -> RolloutState {
+    match step(plan, state, &event, time) {
+        Ok(outcome) => outcome.state,
+        Err(rejection) => panic!("{event:?} rejected: {rejection}"),
+    }
+}
+
+/// A whole percentage as a share.
+pub fn percent(value: u32) -> Share {
+    Share::from_ppm(value * 10_000)
 }
