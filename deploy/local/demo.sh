@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local cluster's demo (run by run.sh once the cluster is up): a phased rollout shown
 # by `status` and `watch` until it completes, then a label-staged fleet rollout with
-# simulated agents and a `continue`, and a slow rollout left running for the console.
+# simulated agents and a `continue`, an approval gate under a namespace freeze, and a slow
+# rollout left running for the console.
 # Usage: demo.sh BIN_DIR
 #
 # NATS comes from ROLLOUT_NATS__* (URL and the operator's credentials). On a cluster with
@@ -75,7 +76,24 @@ show rollout status "$staged_id"
 show rollout audit --rollout "$staged_id"
 kill "$agents" 2>/dev/null || true
 
-step "7. a slow rollout left running, for the console"
+step "7. release controls: an approval gate, a namespace freeze"
+show flag create -f "$HERE/demo/banner-flag.yaml" || true
+gated=$("${CTL[@]}" --json rollout create -f "$HERE/demo/approval.yaml" --replace-current-serve)
+gated_id=$(printf '%s' "$gated" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rollout_id"])')
+echo "created rollout $gated_id: 20 % waits for two approvals before its 4 s run"
+show rollout status "$gated_id"
+show --actor ana rollout approve "$gated_id"
+echo "freeze the namespace: the approved step's timer holds until the freeze ends"
+show namespace freeze --reason "demo: release freeze"
+show --actor bo rollout approve "$gated_id"
+sleep 5
+show rollout status "$gated_id"
+show namespace unfreeze
+sleep 6
+show rollout status "$gated_id"
+show namespace audit
+
+step "8. a slow rollout left running, for the console"
 show flag create -f "$HERE/demo/search-flag.yaml" || true
 show rollout create -f "$HERE/demo/slow.yaml" --replace-current-serve
 step "demo done"
