@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use rollout_core::Labels;
-use rollout_wire::alerts::{Alert, AlertAction, AlertSelector};
+use rollout_wire::alerts::{derived_token, Alert, AlertAction, AlertSelector};
 use serde::Deserialize;
 
 /// The parts of an Alertmanager webhook payload the receiver reads.
@@ -132,23 +132,16 @@ fn parse_action(text: &str) -> Option<AlertAction> {
 /// `am-<hex>`: a stable token from the fingerprint (or, without one, the labels) and the
 /// start time.
 fn alert_id(fingerprint: &str, starts_at: &str, labels: &BTreeMap<String, String>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |text: &str| {
-        for byte in text.bytes().chain(std::iter::once(0xff)) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
     if fingerprint.is_empty() {
-        for (name, value) in labels {
-            feed(name);
-            feed(value);
-        }
+        let mut parts: Vec<&str> = labels
+            .iter()
+            .flat_map(|(name, value)| [name.as_str(), value.as_str()])
+            .collect();
+        parts.push(starts_at);
+        derived_token("am", &parts)
     } else {
-        feed(fingerprint);
+        derived_token("am", &[fingerprint, starts_at])
     }
-    feed(starts_at);
-    format!("am-{hash:016x}")
 }
 
 #[cfg(test)]

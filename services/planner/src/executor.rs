@@ -13,7 +13,7 @@ use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
     Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
 };
-use rollout_wire::alerts::{Alert, AlertAction, AlertResult, AlertedRollout};
+use rollout_wire::alerts::{derived_token, Alert, AlertAction, AlertResult, AlertedRollout};
 use rollout_wire::codec::Encoding;
 use rollout_wire::commands::{Command, CommandReply};
 use rollout_wire::commands::{RolloutAction, RolloutRollback};
@@ -206,15 +206,12 @@ impl Executor {
         let traceparent = traceparent.or_else(|| Some(new_traceparent()));
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
-        let alert_key = format!("alert-{:016x}", fnv1a(&[&alert.alert_id]));
+        let alert_key = derived_token("alert", &[&alert.alert_id]);
         if let Some(stored) = stored_outcome(&mut connection, &keys, &alert_key)
             .await
             .map_err(|error| error.to_wire())?
         {
-            let mut first: AlertResult = serde_json::from_slice(&stored)
-                .map_err(|error| WireError::internal(format!("stored alert result: {error}")))?;
-            first.repeated = true;
-            return Ok(first);
+            return repeated_alert(&stored);
         }
         let mut ids = reads::rollout_ids(&mut connection, &keys, ListState::Active)
             .await
@@ -244,7 +241,7 @@ impl Executor {
                 continue;
             }
             // one command id per alert and rollout: a retry acts once
-            let command_id = format!("alert-{:016x}", fnv1a(&[&alert.alert_id, &record.id]));
+            let command_id = derived_token("alert", &[&alert.alert_id, &record.id]);
             let actor = Some(format!("alert:{}", alert.alert_id));
             let command = match alert.action {
                 AlertAction::Pause => Command::RolloutPause(RolloutAction {
@@ -295,10 +292,7 @@ impl Executor {
         .map_err(|error| error.to_wire())?;
         if stored != encoded {
             // another replica acted on the same alert at the same time: its result stands
-            let mut first: AlertResult = serde_json::from_slice(&stored)
-                .map_err(|error| WireError::internal(format!("stored alert result: {error}")))?;
-            first.repeated = true;
-            return Ok(first);
+            return repeated_alert(&stored);
         }
         Ok(result)
     }
@@ -453,20 +447,12 @@ async fn load(
 /// How long an alert's result is kept to recognise its repeats: a week.
 const ALERT_REMEMBERED_SECONDS: u64 = 7 * 24 * 3600;
 
-/// FNV-1a over `parts` (separated), for stable command ids derived from longer names.
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (index, part) in parts.iter().enumerate() {
-        if index > 0 {
-            hash ^= 0xff;
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        for byte in part.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash
+/// The first result of an alert acted on before, stored as `stored`, marked `repeated`.
+fn repeated_alert(stored: &[u8]) -> Result<AlertResult, WireError> {
+    let mut first: AlertResult = serde_json::from_slice(stored)
+        .map_err(|error| WireError::internal(format!("stored alert result: {error}")))?;
+    first.repeated = true;
+    Ok(first)
 }
 
 fn random_hex(bytes: usize) -> String {

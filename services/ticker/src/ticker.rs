@@ -3,7 +3,8 @@
 //! another replica leads, and release the lease on shutdown.
 //!
 //! There is no polling interval. The leader sleeps until the earliest score of any
-//! namespace's `due` index (Redis time), or until a change event from another writer
+//! namespace's `due` index (Redis time; a frozen namespace's index waits, and the end of its
+//! freeze wakes the leader), or until a change event from another writer
 //! arrives on `rollout.events.>` (a command may have made something due earlier), or until
 //! its next kill switch check or namespace refresh. Lease renewal runs beside the work, so
 //! a long round never delays it.
@@ -35,6 +36,20 @@ use crate::error::TickerError;
 use crate::fire::{fire, FireContext, Fired, TICKER_ACTOR};
 use crate::kill_switch::{KillSwitchReport, KillSwitches};
 use crate::stats::TickerStats;
+
+/// A namespace no freeze holds at a round's time, with its freezes (past ones still hold
+/// the timers that ran out while they lasted).
+type OpenNamespace = (Namespace, Keys, Arc<Freezes>);
+
+/// What the leader's loop reads before deciding to fire or sleep.
+struct Peek {
+    /// Redis time.
+    now: Timestamp,
+    /// When something is next due (a due score or a freeze's end).
+    next: Option<Timestamp>,
+    /// The namespaces no freeze holds at `now`.
+    open: Vec<OpenNamespace>,
+}
 
 /// The kill switch index is rebuilt from Redis this often, in case an event was missed.
 const KILL_SWITCH_RESCAN: Duration = Duration::from_secs(300);
@@ -247,14 +262,25 @@ impl Ticker {
     /// benchmarks drive time with it; a transition a timer caused is still refused by the
     /// commit script while Redis time is before its due time ([`Fired::Early`]).
     pub async fn fire_round(&self, term: &mut Term, now: Timestamp) -> Result<Round, TickerError> {
+        let mut connection = self.context.redis.clone();
+        let (open, _) = self.partition(&mut connection, term, now).await?;
+        self.fire_open(term, now, open).await
+    }
+
+    /// A round at `now` over `open`, the namespaces no freeze holds then (a frozen
+    /// namespace's due rollouts are left where they are).
+    async fn fire_open(
+        &self,
+        term: &mut Term,
+        now: Timestamp,
+        open: Vec<OpenNamespace>,
+    ) -> Result<Round, TickerError> {
         let mut round = Round::default();
         if term.namespaces.is_empty() || term.signal.is_triggered() {
             return Ok(round);
         }
         let batch = self.settings.batch_size;
         let mut connection = self.context.redis.clone();
-        // a frozen namespace's timers wait: its due rollouts are left where they are
-        let open = self.unfrozen(&mut connection, term, now).await?;
         let namespace_keys: Vec<&Keys> = open.iter().map(|(_, keys, _)| keys).collect();
         let due = due::due_by(&mut connection, &namespace_keys, now, batch).await?;
         let mut work = Vec::new();
@@ -369,52 +395,46 @@ impl Ticker {
         Ok(released)
     }
 
-    /// The current Redis time and when something is next due: the earliest due score over
-    /// the term's unfrozen namespaces, or the end of a freeze that has one.
-    async fn peek_due(&self, term: &Term) -> Result<(Timestamp, Option<Timestamp>), TickerError> {
+    /// The current Redis time, the term's namespaces no freeze holds then, and when
+    /// something is next due: the earliest due score over those namespaces, or the end of
+    /// a freeze that has one.
+    async fn peek_due(&self, term: &Term) -> Result<Peek, TickerError> {
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        let all: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
-        let freezes = rollout_store::freezes::load_many(&mut connection, &all).await?;
-        let mut thaws = None;
-        let mut open = Vec::with_capacity(all.len());
-        for (keys, freezes) in all.into_iter().zip(&freezes) {
-            match freezes.active_at(now) {
-                Some(freeze) => {
-                    if let Some(until) = freeze.until {
-                        thaws = Some(thaws.map_or(until, |thaw: Timestamp| thaw.min(until)));
-                    }
-                }
-                None => open.push(keys),
-            }
-        }
-        let earliest = due::earliest(&mut connection, &open).await?;
+        let (open, thaws) = self.partition(&mut connection, term, now).await?;
+        let open_keys: Vec<&Keys> = open.iter().map(|(_, keys, _)| keys).collect();
+        let earliest = due::earliest(&mut connection, &open_keys).await?;
         let next = match (earliest, thaws) {
             (Some(earliest), Some(thaw)) => Some(earliest.min(thaw)),
             (earliest, thaw) => earliest.or(thaw),
         };
-        Ok((now, next))
+        Ok(Peek { now, next, open })
     }
 
-    /// The term's namespaces with no freeze holding at `now`, each with its freezes (past
-    /// ones still hold the timers that ran out while they lasted).
-    async fn unfrozen(
+    /// Splits the term's namespaces by their freezes at `now`: those no freeze holds, each
+    /// with its freezes (past ones still hold the timers that ran out while they lasted),
+    /// and the earliest end of a freeze that holds.
+    async fn partition(
         &self,
         connection: &mut Connection,
         term: &Term,
         now: Timestamp,
-    ) -> Result<Vec<(Namespace, Keys, Arc<Freezes>)>, TickerError> {
+    ) -> Result<(Vec<OpenNamespace>, Option<Timestamp>), TickerError> {
         let all: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
         let freezes = rollout_store::freezes::load_many(connection, &all).await?;
-        Ok(term
-            .namespaces
-            .values()
-            .zip(freezes)
-            .filter(|(_, freezes)| freezes.active_at(now).is_none())
-            .map(|((namespace, keys), freezes)| {
-                (namespace.clone(), keys.clone(), Arc::new(freezes))
-            })
-            .collect())
+        let mut open = Vec::with_capacity(all.len());
+        let mut thaws: Option<Timestamp> = None;
+        for ((namespace, keys), freezes) in term.namespaces.values().zip(freezes) {
+            match freezes.active_at(now) {
+                Some(freeze) => {
+                    if let Some(until) = freeze.until {
+                        thaws = Some(thaws.map_or(until, |thaw| thaw.min(until)));
+                    }
+                }
+                None => open.push((namespace.clone(), keys.clone(), Arc::new(freezes))),
+            }
+        }
+        Ok((open, thaws))
     }
 
     /// Runs until `shutdown`: campaign, lead while leading, campaign again.
@@ -577,7 +597,7 @@ impl Ticker {
             if term.signal.is_triggered() {
                 return;
             }
-            let (now, earliest) = match self.peek_due(term).await {
+            let Peek { now, next, open } = match self.peek_due(term).await {
                 Ok(peek) => peek,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the due index; retrying");
@@ -585,8 +605,9 @@ impl Ticker {
                     continue;
                 }
             };
-            if earliest.is_some_and(|earliest| earliest <= now) {
-                match self.fire_round(term, now).await {
+            if next.is_some_and(|next| next <= now) {
+                // the freezes the peek read serve the round too
+                match self.fire_open(term, now, open).await {
                     Ok(round) if round.errors > 0 && round.committed == 0 => {
                         sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
                     }
@@ -602,8 +623,8 @@ impl Ticker {
             if term.kill_switches.any_enabled() {
                 deadline = deadline.min(next_health);
             }
-            if let Some(earliest) = earliest {
-                let wait_ms = u64::try_from(earliest.millis_since(now)).unwrap_or(0);
+            if let Some(next) = next {
+                let wait_ms = u64::try_from(next.millis_since(now)).unwrap_or(0);
                 deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
             }
             self.sleep_until(term, events, deadline).await;

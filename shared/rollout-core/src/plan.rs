@@ -772,24 +772,19 @@ fn compile_stage_gate(
         )?),
         None => None,
     };
+    // a timer or an approval alone: error counts belong to a completion gate
+    let without_completion =
+        gate.min_completed_percentage.is_none() && (gate.after.is_some() || approval.is_some());
+    if without_completion && gate.max_errors.is_some() {
+        errors.push(
+            format!("{path}.max_errors"),
+            "max_errors goes with min_completed_percentage",
+        );
+    }
     let rest = match (&gate.after, gate.min_completed_percentage) {
         // an approval alone: the next stage is released when the stage is approved
-        (None, None) if approval.is_some() => {
-            if gate.max_errors.is_some() {
-                errors.push(
-                    format!("{path}.max_errors"),
-                    "max_errors goes with min_completed_percentage",
-                );
-            }
-            Some(Gate::Immediate)
-        }
+        (None, None) if approval.is_some() => Some(Gate::Immediate),
         (Some(after), None) => {
-            if gate.max_errors.is_some() {
-                errors.push(
-                    format!("{path}.max_errors"),
-                    "max_errors goes with min_completed_percentage",
-                );
-            }
             positive_duration(after, &format!("{path}.after"), errors).map(Gate::Timer)
         }
         (None, Some(percentage)) => match Share::from_percentage(percentage) {

@@ -83,6 +83,8 @@ impl Run {
         }
         let output = Command::new("python3")
             .args(&args)
+            // schemathesis keeps a `.schemathesis/` cache where it runs: not in the checkout
+            .current_dir(std::env::temp_dir())
             .env("PYTHONPATH", root.join(".tools/schemathesis"))
             .env("SCHEMATHESIS_HOOKS", "")
             .output()

@@ -115,6 +115,18 @@ impl Alert {
     }
 }
 
+/// A stable token `<prefix>-<16 hex digits>` derived from `parts` (xxh3 over them, each
+/// ended by a 0xff byte): an idempotency key built from names too long or too free to be
+/// tokens themselves (an alert's fingerprint, an alert id with a rollout id).
+pub fn derived_token(prefix: &str, parts: &[&str]) -> String {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
+    for part in parts {
+        bytes.extend_from_slice(part.as_bytes());
+        bytes.push(0xff);
+    }
+    format!("{prefix}-{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
 impl AlertSelector {
     /// Whether a rollout `rollout_id` of flag `flag` whose flag carries `labels` matches.
     pub fn matches(&self, rollout_id: &str, flag: &str, labels: &Labels) -> bool {

@@ -244,10 +244,7 @@ impl RolloutRollback {
         checks::finish(errors).map(|()| walk)
     }
 
-    fn check(&self, errors: &mut ValidationErrors) {
-        self.walk_into(errors);
-    }
-
+    /// The walk, its problems recorded in `errors`.
     fn walk_into(&self, errors: &mut ValidationErrors) -> Option<(Vec<Share>, DurationMs)> {
         match self.mode.as_deref() {
             None | Some("now") => {
@@ -757,7 +754,7 @@ impl Command {
             }
             Command::RolloutRollback(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
-                body.check(&mut errors);
+                body.walk_into(&mut errors);
             }
             Command::NamespaceFreeze(body) => {
                 if body.reason.trim().is_empty() || body.reason.len() > MAX_REASON_LEN {

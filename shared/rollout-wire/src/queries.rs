@@ -198,10 +198,7 @@ impl RolloutStatus {
             approvals: state.approvals.clone(),
             windows: plan.windows.clone(),
             frozen: None,
-            rollback: state
-                .rollback
-                .clone()
-                .filter(|_| state.lifecycle == Lifecycle::RollingBack),
+            rollback: state.rollback.clone(),
             remaining_ms: state
                 .remaining_when_paused(plan)
                 .and_then(|left| u64::try_from(left).ok()),

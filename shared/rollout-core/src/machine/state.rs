@@ -228,7 +228,7 @@ pub struct RolloutState {
     /// When a `warn` guard last told of a breach (it tells again once its window passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard_warned_at: Option<Timestamp>,
-    /// The gradual rollback under way, while `rolling_back`.
+    /// The gradual rollback under way: present exactly while `rolling_back`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<GradualRollback>,
     /// Approvals of the current step, in order (emptied when another step is entered).

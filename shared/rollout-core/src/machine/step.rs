@@ -464,28 +464,24 @@ fn tick(
     }
     if let (Some(guard), Some(outcomes)) = (&plan.guard, &health.outcomes) {
         if let GuardVerdict::Breached(figures) = guard.verdict(outcomes) {
-            if guard.action == GuardAction::Warn {
-                // tell once per window while it stays breached; nothing else changes
-                let told_recently = state
-                    .guard_warned_at
-                    .is_some_and(|warned| now.millis_since(warned) < guard.window.as_millis());
-                if !told_recently {
-                    state.guard_warned_at = Some(now);
-                    effects.push(Effect::GuardBreached {
-                        action: guard.action,
-                        figures,
-                    });
-                }
-                advance_due(plan, state, now, Some(health), effects);
-                return;
-            }
-            effects.push(Effect::GuardBreached {
+            let breach = Effect::GuardBreached {
                 action: guard.action,
                 figures,
-            });
+            };
             match guard.action {
-                GuardAction::Warn => {}
+                GuardAction::Warn => {
+                    // tell once per window while it stays breached; nothing else changes
+                    let told_recently = state
+                        .guard_warned_at
+                        .is_some_and(|warned| now.millis_since(warned) < guard.window.as_millis());
+                    if !told_recently {
+                        state.guard_warned_at = Some(now);
+                        effects.push(breach);
+                    }
+                    advance_due(plan, state, now, Some(health), effects);
+                }
                 GuardAction::RollbackGradual => {
+                    effects.push(breach);
                     let served = state.served_share(plan);
                     let walk = guard.gradual.as_ref().map(|(shares, every)| {
                         let below: Vec<Share> = shares
@@ -515,8 +511,12 @@ fn tick(
                         });
                     }
                 }
-                GuardAction::Pause => pause(plan, state, now, effects),
+                GuardAction::Pause => {
+                    effects.push(breach);
+                    pause(plan, state, now, effects);
+                }
                 GuardAction::Stop => {
+                    effects.push(breach);
                     state.stopped_share = Some(state.served_share(plan));
                     end(state, Lifecycle::Stopped, now);
                     effects.push(Effect::Stopped {
@@ -524,6 +524,7 @@ fn tick(
                     });
                 }
                 GuardAction::Rollback => {
+                    effects.push(breach);
                     end(state, Lifecycle::RolledBack, now);
                     effects.push(Effect::RolledBack {
                         cause: EndCause::Guard,
@@ -730,6 +731,7 @@ fn end(state: &mut RolloutState, lifecycle: Lifecycle, now: Timestamp) {
     state.lifecycle = lifecycle;
     state.paused_at = None;
     state.queued_until = None;
+    state.rollback = None;
     state.finished_at = Some(now);
 }
 
