@@ -2106,3 +2106,272 @@ fn metric_sum(text: &str, name: &str, label_value: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The notifications a receiver acknowledged, decoded, each checked: its signature verifies
+/// under `secret` (computed here with the `hmac` crate, not the product's helper) and not
+/// under another key, its idempotency key is its id, its event header is its kind.
+fn acknowledged(
+    receiver: &support::receiver::Receiver,
+    secret: &str,
+) -> Vec<rollout_wire::webhooks::Notification> {
+    use hmac::{Hmac, Mac};
+    let sign = |key: &[u8], timestamp: &str, body: &[u8]| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("sha256={hex}")
+    };
+    receiver
+        .received()
+        .into_iter()
+        .filter(|request| request.status.is_success())
+        .map(|request| {
+            let timestamp = request.header("X-Rollout-Timestamp");
+            assert!(timestamp.parse::<i64>().is_ok(), "a signing time");
+            let signature = request.header("X-Rollout-Signature");
+            assert_eq!(signature, sign(secret.as_bytes(), timestamp, &request.body));
+            assert_ne!(
+                signature,
+                sign(b"another-secret-entirely", timestamp, &request.body)
+            );
+            assert_eq!(request.header("Content-Type"), "application/json");
+            let notification: rollout_wire::webhooks::Notification =
+                serde_json::from_slice(&request.body).expect("a notification");
+            assert_eq!(request.header("Idempotency-Key"), notification.id);
+            assert_eq!(
+                request.header("X-Rollout-Event"),
+                serde_json::to_value(notification.kind).expect("kind")
+            );
+            notification
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_hears_every_transition_and_gate_hold_signed_and_retried_through_failures() {
+    const SECRET: &str = "whsec-test-0123456789abcdef";
+    let system = System::start(1).await;
+    let commands = &system.cluster.commands;
+    let receiver = support::receiver::Receiver::start().await;
+    commands
+        .create_flag(checkout_flag())
+        .await
+        .expect("flag created");
+
+    // bad input is refused field by field and changes nothing
+    let bad = commands
+        .put_webhook("ops hooks", "ftp://hooks.example.com", "short", Vec::new())
+        .await
+        .expect_err("a bad webhook");
+    let fields: Vec<&str> = bad
+        .wire()
+        .details
+        .iter()
+        .map(|detail| detail.field.as_str())
+        .collect();
+    assert_eq!(fields, ["id", "url", "secret"]);
+    let unknown = commands
+        .delete_webhook("nobody")
+        .await
+        .expect_err("no such webhook");
+    assert_eq!(unknown.code(), ErrorCode::NotFound);
+    assert!(commands.webhooks().await.expect("list").webhooks.is_empty());
+
+    // a webhook whose receiver fails at first
+    receiver.fail(true);
+    let list = commands
+        .put_webhook("ops", &receiver.url(), SECRET, Vec::new())
+        .await
+        .expect("webhook saved");
+    assert_eq!(list.webhooks.len(), 1);
+    assert_eq!(list.webhooks[0].url, receiver.url());
+    assert!(
+        !serde_json::to_string(&list).expect("json").contains(SECRET),
+        "the secret is never shown"
+    );
+    let rollout = create_checkout_rollout(
+        &system,
+        json!({"flag": "checkout", "baseline": "classic", "candidate": "new",
+               "phases": [{"percentage": 10, "duration": "1s"},
+                          {"percentage": 50, "duration": "1s",
+                           "gate": {"approval": {"approvers": 1}}},
+                          {"percentage": 100}]}),
+    )
+    .await;
+    let id = rollout.rollout_id.clone();
+    // the failure shows in the rollout's status while it lasts
+    let failing = system
+        .rollout_reaches(&id, "show its webhook failing", |status| {
+            status
+                .failing_webhooks
+                .first()
+                .is_some_and(|webhook| webhook.delivery.attempts >= 2)
+        })
+        .await;
+    let delivery = &failing.failing_webhooks[0].delivery;
+    assert_eq!(failing.failing_webhooks[0].id, "ops");
+    assert!(
+        delivery
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("503")),
+        "{delivery:?}"
+    );
+    assert!(delivery.failing_since.is_some() && delivery.next_attempt_at.is_some());
+    // every failed attempt so far was the same notification, under the same key
+    let attempts = receiver.received();
+    let first_key = attempts[0].header("Idempotency-Key").to_owned();
+    assert!(first_key.starts_with("prod:"), "{first_key}");
+    for (number, attempt) in attempts.iter().enumerate().take(2) {
+        assert_eq!(attempt.header("Idempotency-Key"), first_key);
+        assert_eq!(
+            attempt.header("X-Rollout-Attempt"),
+            (number + 1).to_string()
+        );
+    }
+
+    // the receiver recovers: the notice that failed comes again under its key, then the rest
+    receiver.fail(false);
+    let waiting = system
+        .rollout_reaches(&id, "wait for approval at 50 %", |status| {
+            status.current_step == Some(1)
+        })
+        .await;
+    assert_eq!(waiting.waiting_for, Some(WaitingFor::Approval));
+    let held = eventually("the approval hold to be notified", PATIENCE, || async {
+        let notifications = acknowledged(&receiver, SECRET);
+        notifications
+            .iter()
+            .any(|notification| notification.hold.is_some())
+            .then_some(notifications)
+    })
+    .await;
+    assert_eq!(
+        held[0].id, first_key,
+        "the failed notice is delivered first"
+    );
+    let hold = held
+        .iter()
+        .find_map(|notification| notification.hold)
+        .expect("a hold");
+    assert_eq!(
+        (hold.step, hold.waiting_for),
+        (1, WaitingFor::Approval),
+        "the hold names the step and what opens it"
+    );
+    system.assert_served_matches_committed().await;
+    let recovered = commands.rollout_status(&id).await.expect("status");
+    assert!(
+        recovered.failing_webhooks.is_empty(),
+        "a success clears the failure"
+    );
+
+    commands
+        .clone()
+        .with_actor("ana")
+        .approve_rollout(&id, Some(1))
+        .await
+        .expect("approved");
+    system
+        .rollout_reaches(&id, "complete", |status| {
+            status.state == Lifecycle::Completed
+        })
+        .await;
+    commands
+        .freeze_namespace("webhook drill", None)
+        .await
+        .expect("frozen");
+    let notifications = eventually("the freeze to be notified", PATIENCE, || async {
+        let notifications = acknowledged(&receiver, SECRET);
+        notifications
+            .iter()
+            .any(|notification| notification.kind == EventKind::NamespaceFrozen)
+            .then_some(notifications)
+    })
+    .await;
+    let freeze = notifications
+        .iter()
+        .find(|notification| notification.kind == EventKind::NamespaceFrozen)
+        .and_then(|notification| notification.freeze.as_ref())
+        .expect("the freeze");
+    assert_eq!(freeze.reason, "webhook drill");
+
+    // delivered once each (nothing crashed), and exactly what the audit recorded, in order
+    let mut keys: Vec<&str> = notifications.iter().map(|n| n.id.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), notifications.len(), "one delivery per notice");
+    let heard: Vec<EventKind> = notifications
+        .iter()
+        .filter(|notification| notification.rollout_id.as_deref() == Some(id.as_str()))
+        .map(|notification| notification.kind)
+        .collect();
+    let mut audited: Vec<EventKind> = audit_of(
+        commands,
+        AuditQuery {
+            rollout_id: Some(id.clone()),
+            ..AuditQuery::default()
+        },
+    )
+    .await
+    .entries
+    .iter()
+    .map(|entry| entry.kind)
+    .collect();
+    audited.reverse();
+    assert_eq!(heard, audited);
+    assert!(
+        heard.contains(&EventKind::RolloutApproved) && heard.contains(&EventKind::RolloutCompleted)
+    );
+    system.assert_served_matches_committed().await;
+
+    // a deleted webhook hears nothing more; a new one hears only what happens after it
+    assert!(commands
+        .delete_webhook("ops")
+        .await
+        .expect("deleted")
+        .webhooks
+        .is_empty());
+    commands.unfreeze_namespace().await.expect("unfrozen");
+    let before = receiver.received().len();
+    commands
+        .put_webhook(
+            "ops-2",
+            &receiver.url(),
+            SECRET,
+            vec![EventKind::FlagDisabled],
+        )
+        .await
+        .expect("second webhook");
+    commands
+        .freeze_namespace("filtered out", None)
+        .await
+        .expect("frozen again");
+    commands.disable_flag("checkout").await.expect("disabled");
+    let later = eventually("the second webhook's notice", PATIENCE, || async {
+        let received = receiver.received();
+        (received.len() > before).then_some(received)
+    })
+    .await;
+    let next: rollout_wire::webhooks::Notification =
+        serde_json::from_slice(&later[before].body).expect("a notification");
+    assert_eq!(
+        next.kind,
+        EventKind::FlagDisabled,
+        "not the unfreeze before it, nor the freeze its filter leaves out"
+    );
+    let audit = audit_of(
+        commands,
+        AuditQuery {
+            namespace: true,
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    let kinds: Vec<EventKind> = audit.entries.iter().map(|entry| entry.kind).collect();
+    assert!(kinds.contains(&EventKind::WebhookSaved) && kinds.contains(&EventKind::WebhookDeleted));
+    system.stop().await;
+}

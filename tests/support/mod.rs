@@ -4,7 +4,7 @@
 //! workload ([`cluster`]), committed records read from Redis ([`committed`]), the compose
 //! cluster in Docker with its faults ([`compose`]), the invariant checks and the per-run report ([`checks`]), the
 //! served-content oracle — what every replica serves against what the committed state gives
-//! ([`oracle`], the sandbox's) — a tiny HTTP client for evaluator endpoints ([`http`], the
+//! ([`oracle`], the sandbox's) — a webhook receiver ([`receiver`]) — a tiny HTTP client for evaluator endpoints ([`http`], the
 //! sandbox's), and the seeded simulation's schedule, lanes and invariants ([`simulation`]).
 
 // each test binary uses a different part of this module
@@ -16,6 +16,7 @@ pub mod committed;
 pub mod compose;
 pub mod procs;
 pub mod proxy;
+pub mod receiver;
 pub mod simulation;
 
 pub use rollout_sandbox::{http, oracle};

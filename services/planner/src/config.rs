@@ -55,6 +55,32 @@ pub struct PlannerSettings {
     /// An agent silent this long is counted stale in stage counts.
     #[serde(with = "duration")]
     pub stale_agent_after: Duration,
+    /// How often webhooks are sent the notices that wait for them.
+    #[serde(with = "duration")]
+    pub notify_interval: Duration,
+    /// How long one webhook POST may take.
+    #[serde(with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Attempts of one notice before it is given up.
+    pub webhook_attempts: u32,
+    /// The wait after a webhook's first failed attempt; each further failure doubles it.
+    #[serde(with = "duration")]
+    pub webhook_backoff: Duration,
+    /// The longest wait between attempts.
+    #[serde(with = "duration")]
+    pub webhook_backoff_max: Duration,
+}
+
+impl PlannerSettings {
+    /// How webhook deliveries are attempted.
+    pub fn delivery_policy(&self) -> crate::notifier::DeliveryPolicy {
+        crate::notifier::DeliveryPolicy {
+            timeout: self.webhook_timeout,
+            attempts: self.webhook_attempts,
+            backoff: self.webhook_backoff,
+            backoff_max: self.webhook_backoff_max,
+        }
+    }
 }
 
 impl Default for PlannerSettings {
@@ -69,6 +95,11 @@ impl Default for PlannerSettings {
             stream_replicas: 1,
             drain_grace: Duration::from_secs(10),
             stale_agent_after: Duration::from_secs(60),
+            notify_interval: Duration::from_millis(250),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_attempts: 12,
+            webhook_backoff: Duration::from_secs(1),
+            webhook_backoff_max: Duration::from_secs(600),
         }
     }
 }
@@ -96,6 +127,27 @@ impl Validate for PlannerConfig {
             return Err(ConfigError::new(
                 "planner.stream_replicas",
                 "must be 1, 3 or 5",
+            ));
+        }
+        for (field, value) in [
+            ("planner.notify_interval", settings.notify_interval),
+            ("planner.webhook_timeout", settings.webhook_timeout),
+            ("planner.webhook_backoff", settings.webhook_backoff),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        if settings.webhook_attempts == 0 || settings.webhook_attempts > 100 {
+            return Err(ConfigError::new(
+                "planner.webhook_attempts",
+                "must be between 1 and 100",
+            ));
+        }
+        if settings.webhook_backoff_max < settings.webhook_backoff {
+            return Err(ConfigError::new(
+                "planner.webhook_backoff_max",
+                "must be at least planner.webhook_backoff",
             ));
         }
         if settings.relay_interval.is_zero() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::Rng;
 use rollout_core::DurationMs;
 use rollout_runtime::telemetry::{new_traceparent, trace_id_of};
-use rollout_store::{freezes, reads, Keys};
+use rollout_store::{freezes, reads, webhooks, Keys};
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
     Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
@@ -21,6 +21,7 @@ use rollout_wire::envelope::{decode_reply, encode_reply, ErrorCode, WireError};
 use rollout_wire::queries::{AuditEntry, ListState};
 use rollout_wire::subjects::Namespace;
 
+use crate::decide::namespace::WebhookChange;
 use crate::decide::{self, decide, DecideContext, Decision, Loaded};
 
 /// How often a command is decided again after revision conflicts before giving up.
@@ -120,6 +121,11 @@ impl Executor {
         ) {
             return self
                 .execute_namespace(namespace, &keys, command, command_id.as_deref(), &actor)
+                .await;
+        }
+        if matches!(command, Command::WebhookPut(_) | Command::WebhookDelete(_)) {
+            return self
+                .execute_webhook(namespace, &keys, command, command_id.as_deref(), &actor)
                 .await;
         }
         let mut expected_step = command.expected_step();
@@ -365,6 +371,81 @@ impl Executor {
         Err(WireError::unavailable(format!(
             "gave up after {MAX_ATTEMPTS} attempts: the namespace's freezes keep changing; retry"
         )))
+    }
+}
+
+impl Executor {
+    /// Runs a webhook command (put, delete): read the namespace's webhooks, decide, save
+    /// with the namespace audit entry in one script, and reply with the webhooks as they
+    /// are now (secrets left out). Repeats of a command id get the first outcome.
+    async fn execute_webhook(
+        &self,
+        namespace: &Namespace,
+        keys: &Keys,
+        command: &Command,
+        command_id: Option<&str>,
+        actor: &Actor,
+    ) -> Result<CommandReply, WireError> {
+        let mut connection = self.redis.clone();
+        let store = |error: rollout_store::StoreError| error.to_wire();
+        let now = redis_time_registering(&mut connection, namespace.as_str())
+            .await
+            .map_err(store)?;
+        let existing = webhooks::load(&mut connection, keys).await.map_err(store)?;
+        let context = DecideContext {
+            namespace: namespace.as_str().to_owned(),
+            now,
+            min_phase_interval: self.min_phase_interval,
+            fresh_salt: String::new(),
+            new_rollout_id: String::new(),
+            actor: command.actor().map(str::to_owned),
+            traceparent: None,
+            expected_step: None,
+        };
+        let change = match decide::namespace::decide_webhook(command, &existing, &context) {
+            Some(Ok(change)) => change,
+            Some(Err(error)) => {
+                return remember(&mut connection, keys, command_id, Err(error)).await
+            }
+            None => return Err(WireError::internal("not a webhook command")),
+        };
+        let audit = AuditEntry {
+            time: now,
+            actor: actor.name.clone(),
+            kind: change.kind(),
+            namespace: namespace.as_str().to_owned(),
+            flag: String::new(),
+            rollout_id: None,
+            from: None,
+            to: None,
+            details: {
+                let mut details = change.details(&existing);
+                details["command_id"] = serde_json::json!(command_id);
+                details
+            },
+            trace_id: actor.trace_id.clone(),
+        };
+        match &change {
+            WebhookChange::Put(record) => webhooks::put(&mut connection, keys, record, &audit)
+                .await
+                .map_err(store)?,
+            WebhookChange::Delete(id) => {
+                // a concurrent delete of the same webhook may have come first: same outcome
+                webhooks::delete(&mut connection, keys, id, &audit)
+                    .await
+                    .map_err(store)?;
+            }
+        }
+        let list = crate::queries::webhook_list(&mut connection, namespace, keys)
+            .await
+            .map_err(store)?;
+        remember(
+            &mut connection,
+            keys,
+            command_id,
+            Ok(CommandReply::Webhooks(list)),
+        )
+        .await
     }
 }
 

@@ -18,6 +18,7 @@ pub mod decide;
 pub mod error;
 pub mod executor;
 pub mod metrics;
+pub mod notifier;
 pub mod queries;
 pub mod server;
 
@@ -73,6 +74,13 @@ impl Planner {
             shutdown.clone(),
             &tasks,
         );
+        let notifier = crate::notifier::Notifier::new(
+            redis.clone(),
+            settings.delivery_policy(),
+            settings.notify_interval,
+            Arc::clone(&metrics),
+        )
+        .map_err(|message| ConfigError::new("planner.webhook_timeout", message))?;
         let handler = Handler {
             nats: nats.clone(),
             subjects: subjects.clone(),
@@ -196,6 +204,10 @@ impl Planner {
                 ),
             );
         }
+        tasks.spawn(
+            "webhooks",
+            notifier.run(settings.notify_interval, shutdown.clone()),
+        );
         tasks.spawn(
             "outbox-sweep",
             sweep_outbox(

@@ -1,6 +1,6 @@
 //! The planner's probe endpoints (`http.listen`): ready while NATS is connected and Redis
 //! answers; metrics of commands and queries by verb and outcome (`ok` or the error code,
-//! `conflict` among them), outbox sweeps and depth, and how far the durable command stream's consumer
+//! `conflict` among them), webhook deliveries by result, outbox sweeps and depth, and how far the durable command stream's consumer
 //! is behind.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ pub struct PlannerMetrics {
     relayed: AtomicU64,
     outbox_depth: AtomicU64,
     stream_pending: AtomicU64,
+    /// Webhook delivery attempts by result (`delivered`, `failed`, `given_up`).
+    webhooks: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl PlannerMetrics {
@@ -44,6 +46,17 @@ impl PlannerMetrics {
         self.stream_pending.store(count, Ordering::Relaxed);
     }
 
+    /// One webhook delivery attempt ended with `result`: `delivered`, `failed` (retried
+    /// later) or `given_up` (the last attempt failed).
+    pub fn webhook(&self, result: &'static str) {
+        *self
+            .webhooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(result)
+            .or_default() += 1;
+    }
+
     fn render(&self, text: &mut PromText) {
         text.describe(
             "planner_requests_total",
@@ -59,6 +72,23 @@ impl PlannerMetrics {
             text.sample(
                 "planner_requests_total",
                 &[("family", family), ("verb", verb), ("outcome", outcome)],
+                count,
+            );
+        }
+        text.describe(
+            "planner_webhook_deliveries_total",
+            "counter",
+            "Webhook delivery attempts by result: delivered, failed (retried later), given_up.",
+        );
+        for (result, count) in self
+            .webhooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            text.sample(
+                "planner_webhook_deliveries_total",
+                &[("result", result)],
                 count,
             );
         }

@@ -10,6 +10,7 @@ use rollout_core::{CompileContext, DurationMs};
 use rollout_store::freezes;
 use rollout_store::health::load_health;
 use rollout_store::reads::{self, AuditLog};
+use rollout_store::webhooks::{self, Webhook};
 use rollout_store::Keys;
 use rollout_store::{
     fleet, load_flag, load_rollout, outcomes, redis_time, Connection, RolloutRecord, StoreError,
@@ -23,6 +24,7 @@ use rollout_wire::queries::{
     DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
+use rollout_wire::webhooks::WebhookList;
 
 /// Answers queries from Redis; cheap to clone.
 #[derive(Clone, Debug)]
@@ -101,12 +103,39 @@ impl Reader {
                 .await
             }
             Query::RolloutPlan(plan) => self.preview(&mut connection, &keys, &plan.rollout).await,
+            Query::NamespaceWebhooks(_) => webhook_list(&mut connection, namespace, &keys)
+                .await
+                .map(QueryReply::Webhooks)
+                .map_err(QueryError::Store),
         };
         result.map_err(|error| match error {
             QueryError::Wire(wire) => wire,
             QueryError::Store(store) => store.to_wire(),
         })
     }
+}
+
+/// Most pending notices counted per webhook in a list.
+const PENDING_COUNT_CAP: usize = 10_000;
+
+/// The namespace's webhooks as shown (no secrets), each with how many notices wait for it.
+pub async fn webhook_list(
+    connection: &mut Connection,
+    namespace: &Namespace,
+    keys: &Keys,
+) -> Result<WebhookList, StoreError> {
+    let mut views = Vec::new();
+    for webhook in webhooks::load(connection, keys).await? {
+        let mut view = webhook.view();
+        view.delivery.pending =
+            webhooks::pending_count(connection, keys, &webhook.state.cursor, PENDING_COUNT_CAP)
+                .await?;
+        views.push(view);
+    }
+    Ok(WebhookList {
+        namespace: namespace.as_str().to_owned(),
+        webhooks: views,
+    })
 }
 
 /// The stored flag `key` and its version; `not_found` naming `key` when there is none.
@@ -264,6 +293,12 @@ impl Reader {
         if let Some(freeze) = freezes.active_at(now) {
             status.frozen_by(freeze, now);
         }
+        status.failing_webhooks = webhooks::load(connection, keys)
+            .await?
+            .iter()
+            .filter(|webhook| webhook.state.delivery.failing())
+            .map(Webhook::view)
+            .collect();
         Ok(QueryReply::Status(Box::new(status)))
     }
 

@@ -110,7 +110,7 @@ pub fn redis_settings(url: &str) -> RedisSettings {
 }
 
 /// A planner configuration for tests: a fast outbox sweep and stream redelivery, a short
-/// drain, a one-second minimum between manual schedule steps.
+/// drain, a one-second minimum between manual schedule steps, quick webhook retries.
 pub fn planner_config(nats: NatsSettings, redis: RedisSettings) -> PlannerConfig {
     let mut config = PlannerConfig {
         nats,
@@ -122,6 +122,12 @@ pub fn planner_config(nats: NatsSettings, redis: RedisSettings) -> PlannerConfig
     config.planner.relay_grace = Duration::from_millis(500);
     config.planner.stream_ack_wait = Duration::from_secs(2);
     config.planner.drain_grace = Duration::from_secs(2);
+    // webhooks: quick rounds, retries after 0.1, 0.2, 0.4, 0.8, 1 s; given up after 6 attempts
+    config.planner.notify_interval = Duration::from_millis(50);
+    config.planner.webhook_timeout = Duration::from_secs(2);
+    config.planner.webhook_attempts = 6;
+    config.planner.webhook_backoff = Duration::from_millis(100);
+    config.planner.webhook_backoff_max = Duration::from_secs(1);
     config
 }
 

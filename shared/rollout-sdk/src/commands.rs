@@ -10,6 +10,8 @@ use std::time::Duration;
 use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::{Flag, RolloutSpec};
 use rollout_wire::alerts::{Alert, AlertResult};
+use rollout_wire::events::EventKind;
+use rollout_wire::webhooks::{WebhookDelete, WebhookList, WebhookPut, WebhooksQuery};
 use rollout_wire::{
     AuditPage, AuditQuery, Command, CommandVerb, Deleted, Encoding, FlagCounts, FlagCountsQuery,
     FlagCreate, FlagDelete, FlagGetQuery, FlagList, FlagListQuery, FlagResult, FlagToggle,
@@ -35,6 +37,8 @@ pub enum CommandOutcome {
     Deleted(Deleted),
     /// `namespace.freeze`, `namespace.unfreeze`.
     Namespace(NamespaceResult),
+    /// `namespace.webhook.put`, `namespace.webhook.delete`.
+    Webhooks(WebhookList),
 }
 
 /// What a query returned, by its kind.
@@ -56,6 +60,8 @@ pub enum QueryOutcome {
     Audit(AuditPage),
     /// `rollout.plan`.
     Plan(PlanPreview),
+    /// `namespace.webhooks`.
+    Webhooks(WebhookList),
 }
 
 /// Typed access to the planner: one method per command and query.
@@ -175,6 +181,9 @@ impl CommandClient {
             CommandVerb::NamespaceFreeze | CommandVerb::NamespaceUnfreeze => {
                 CommandOutcome::Namespace(self.command(command).await?)
             }
+            CommandVerb::WebhookPut | CommandVerb::WebhookDelete => {
+                CommandOutcome::Webhooks(self.command(command).await?)
+            }
             CommandVerb::RolloutCreate
             | CommandVerb::RolloutStart
             | CommandVerb::RolloutPause
@@ -205,6 +214,7 @@ impl CommandClient {
             QueryKind::RolloutList => QueryOutcome::RolloutList(self.read(&query).await?),
             QueryKind::RolloutAudit => QueryOutcome::Audit(self.read(&query).await?),
             QueryKind::RolloutPlan => QueryOutcome::Plan(self.read(&query).await?),
+            QueryKind::NamespaceWebhooks => QueryOutcome::Webhooks(self.read(&query).await?),
         })
     }
 
@@ -369,6 +379,43 @@ impl CommandClient {
         .await
     }
 
+    /// `namespace.webhook.put`: adds webhook `id` (told of every event kind when `events`
+    /// is empty) or replaces its address, secret and filter; replies with the namespace's
+    /// webhooks.
+    pub async fn put_webhook(
+        &self,
+        id: &str,
+        url: &str,
+        secret: &str,
+        events: Vec<EventKind>,
+    ) -> Result<WebhookList> {
+        self.command(Command::WebhookPut(WebhookPut {
+            command_id: None,
+            actor: None,
+            id: id.to_owned(),
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+            events,
+        }))
+        .await
+    }
+
+    /// `namespace.webhook.delete`: removes webhook `id`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<WebhookList> {
+        self.command(Command::WebhookDelete(WebhookDelete {
+            command_id: None,
+            actor: None,
+            id: id.to_owned(),
+        }))
+        .await
+    }
+
+    /// `namespace.webhooks`: the namespace's webhooks and how their deliveries go.
+    pub async fn webhooks(&self) -> Result<WebhookList> {
+        self.read(&Query::NamespaceWebhooks(WebhooksQuery::default()))
+            .await
+    }
+
     /// `rollout.alert.<ns>`: pauses or rolls back every active rollout of this client's
     /// namespace the alert's selector matches, once per alert id (a repeat gets the first
     /// result, `repeated`).
@@ -480,27 +527,8 @@ impl CommandClient {
         // a trace starts here, at the edge: the audit records it whatever exports spans
         let trace = transport::new_traceparent();
         let trace = Some(trace.as_str());
-        match &command {
-            Command::FlagCreate(body) => self.traced(&subject, body, trace).await,
-            Command::FlagUpdate(body) => self.traced(&subject, body, trace).await,
-            Command::FlagEnable(body) | Command::FlagDisable(body) => {
-                self.traced(&subject, body, trace).await
-            }
-            Command::FlagDelete(body) => self.traced(&subject, body, trace).await,
-            Command::RolloutCreate(body) => self.traced(&subject, body, trace).await,
-            Command::RolloutStop(body) => self.traced(&subject, body, trace).await,
-            Command::RolloutReschedule(body) => self.traced(&subject, body, trace).await,
-            Command::RolloutRollback(body) => self.traced(&subject, body, trace).await,
-            Command::NamespaceFreeze(body) => self.traced(&subject, body, trace).await,
-            Command::NamespaceUnfreeze(body) => self.traced(&subject, body, trace).await,
-            Command::RolloutStart(body)
-            | Command::RolloutPause(body)
-            | Command::RolloutResume(body)
-            | Command::RolloutContinue(body)
-            | Command::RolloutApprove(body)
-            | Command::RolloutPromote(body)
-            | Command::RolloutDelete(body) => self.traced(&subject, body, trace).await,
-        }
+        // a command serialises as its body alone: the verb travels in the subject
+        self.traced(&subject, &command, trace).await
     }
 
     async fn traced<B: Serialize, R: DeserializeOwned>(
@@ -526,6 +554,7 @@ impl CommandClient {
             Query::RolloutList(body) => self.request(&subject, body).await,
             Query::RolloutAudit(body) => self.request(&subject, body).await,
             Query::RolloutPlan(body) => self.request(&subject, body.as_ref()).await,
+            Query::NamespaceWebhooks(body) => self.request(&subject, body).await,
         }
     }
 

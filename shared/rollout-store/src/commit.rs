@@ -70,6 +70,7 @@ pub struct Commit {
     set_removes: Vec<(usize, String)>,
     pushes: Vec<(usize, Vec<u8>, usize)>,
     outbox: Vec<(usize, Vec<u8>)>,
+    notify: Option<(usize, usize, usize)>,
 }
 
 impl Commit {
@@ -180,6 +181,15 @@ impl Commit {
         self
     }
 
+    /// Also append every outbox event to the notification stream at `stream` (keeping
+    /// about `max_len` entries) when the webhooks hash at `webhooks` exists.
+    pub fn notify(&mut self, stream: &str, webhooks: &str, max_len: usize) -> &mut Commit {
+        let stream = self.key(stream);
+        let webhooks = self.key(webhooks);
+        self.notify = Some((stream, webhooks, max_len.max(1)));
+        self
+    }
+
     /// The keys this commit touches, in KEYS order.
     pub fn keys(&self) -> &[String] {
         &self.keys
@@ -245,6 +255,14 @@ impl Commit {
         invocation.arg(self.outbox.len());
         for (index, event) in &self.outbox {
             invocation.arg(*index).arg(event.as_slice());
+        }
+        match self.notify {
+            Some((stream, webhooks, max_len)) => {
+                invocation.arg(stream).arg(webhooks).arg(max_len);
+            }
+            None => {
+                invocation.arg(0);
+            }
         }
         let reply: Vec<redis::Value> = invocation.invoke_async(connection).await?;
         parse_reply(reply)

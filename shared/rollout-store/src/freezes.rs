@@ -75,7 +75,7 @@ pub async fn load_many<C: ConnectionLike + Send>(
 }
 
 /// Saves `freezes` if the stored value is still `read` (what [`load`] returned), appending
-/// `audit` to the namespace's log. `false`: another writer came first; read again.
+/// `audit` to the namespace's log (and, while it has webhooks, to its notifications). `false`: another writer came first; read again.
 pub async fn save<C: ConnectionLike + Send>(
     connection: &mut C,
     keys: &Keys,
@@ -90,10 +90,13 @@ pub async fn save<C: ConnectionLike + Send>(
     let saved: i64 = SAVE
         .key(keys.freezes())
         .key(keys.audit_namespace())
+        .key(keys.notify())
+        .key(keys.webhooks())
         .arg(&read.raw)
         .arg(value)
         .arg(entry)
         .arg(AUDIT_MAX_ENTRIES)
+        .arg(crate::webhooks::NOTIFY_MAX_ENTRIES)
         .invoke_async(connection)
         .await?;
     Ok(saved == 1)

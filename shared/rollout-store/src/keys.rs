@@ -12,6 +12,8 @@
 //! | `ro:{ns}:due` | sorted set | rollout ids by due time (ms) |
 //! | `ro:{ns}:audit:rollout:<id>` / `ro:{ns}:audit:flag:<key>` | list | audit entries, newest first |
 //! | `ro:{ns}:outbox` | stream | change events not yet relayed to NATS |
+//! | `ro:{ns}:webhooks` / `:webhooks:delivery` | hash / hash | webhooks (with secrets) / their delivery state |
+//! | `ro:{ns}:notify` / `:notify:lease` | stream / string | notices for the webhooks / the planner delivering them |
 //! | `ro:{ns}:cmd:<command_id>` | string | first outcome of a command (idempotency) |
 //! | `ro:{ns}:fence` | string | the ticker leader's fencing epoch |
 //! | `ro:{ns}:agent:<id>` / `ro:{ns}:agents` | hash / sorted set | fleet agents, by last heartbeat |
@@ -143,6 +145,29 @@ impl Keys {
     /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
     pub(crate) fn outbox(&self) -> String {
         format!("{}:outbox", self.base)
+    }
+
+    /// `ro:{ns}:webhooks`: the namespace's webhooks, id → record with secret (JSON). While
+    /// it exists, every commit also appends its events to [`Keys::notify`].
+    pub(crate) fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.base)
+    }
+
+    /// `ro:{ns}:webhooks:delivery`: each webhook's delivery state, id → cursor and counts
+    /// (JSON).
+    pub(crate) fn deliveries(&self) -> String {
+        format!("{}:webhooks:delivery", self.base)
+    }
+
+    /// `ro:{ns}:notify`: notices for the namespace's webhooks, appended by the commit that
+    /// makes the change, trimmed once every webhook has them.
+    pub(crate) fn notify(&self) -> String {
+        format!("{}:notify", self.base)
+    }
+
+    /// `ro:{ns}:notify:lease`: the planner delivering the namespace's notifications.
+    pub(crate) fn notify_lease(&self) -> String {
+        format!("{}:notify:lease", self.base)
     }
 
     /// `ro:{ns}:cmd:<command_id>`: the first outcome of a command, returned on repeats.

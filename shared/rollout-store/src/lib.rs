@@ -46,6 +46,7 @@ pub mod outbox;
 pub mod outcomes;
 pub mod reads;
 mod records;
+pub mod webhooks;
 pub mod write;
 
 use redis::aio::ConnectionLike;

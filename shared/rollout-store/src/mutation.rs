@@ -446,6 +446,11 @@ impl<'k> Mutation<'k> {
             commit.outbox(&keys.outbox(), encode_wire(&event)?);
             events.push(event);
         }
+        commit.notify(
+            &keys.notify(),
+            &keys.webhooks(),
+            crate::webhooks::NOTIFY_MAX_ENTRIES,
+        );
         if let (Some(command_id), Some(outcome)) = (&self.actor.command_id, outcome) {
             commit.idempotent(
                 &keys.command(command_id),

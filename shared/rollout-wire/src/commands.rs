@@ -19,6 +19,7 @@ use crate::codec::{self, CodecError, Encoding, Limits};
 use crate::envelope::WireError;
 use crate::subjects::CommandVerb;
 use crate::views::StepStatus;
+use crate::webhooks::{WebhookDelete, WebhookList, WebhookPut};
 
 /// `rollout.cmd.<ns>.flag.create`: creates a flag. Reply: [`FlagResult`].
 #[doc = shape_doc!("flag_create")]
@@ -457,6 +458,9 @@ pub enum CommandReply {
     Rollout(RolloutResult),
     /// `flag.delete`, `rollout.delete`.
     Deleted(Deleted),
+    /// `namespace.webhook.put`, `namespace.webhook.delete` (before `Namespace`: an
+    /// untagged webhook list would also read as a namespace result).
+    Webhooks(WebhookList),
     /// `namespace.freeze`, `namespace.unfreeze`.
     Namespace(NamespaceResult),
 }
@@ -500,6 +504,10 @@ pub enum Command {
     NamespaceFreeze(NamespaceFreeze),
     /// `namespace.unfreeze`.
     NamespaceUnfreeze(NamespaceUnfreeze),
+    /// `namespace.webhook.put`.
+    WebhookPut(WebhookPut),
+    /// `namespace.webhook.delete`.
+    WebhookDelete(WebhookDelete),
 }
 
 impl Command {
@@ -573,6 +581,12 @@ impl Command {
             CommandVerb::NamespaceUnfreeze => {
                 Command::NamespaceUnfreeze(codec::decode_with(bytes, encoding, limits)?)
             }
+            CommandVerb::WebhookPut => {
+                Command::WebhookPut(codec::decode_with(bytes, encoding, limits)?)
+            }
+            CommandVerb::WebhookDelete => {
+                Command::WebhookDelete(codec::decode_with(bytes, encoding, limits)?)
+            }
         })
     }
 
@@ -597,6 +611,8 @@ impl Command {
             Command::RolloutDelete(_) => CommandVerb::RolloutDelete,
             Command::NamespaceFreeze(_) => CommandVerb::NamespaceFreeze,
             Command::NamespaceUnfreeze(_) => CommandVerb::NamespaceUnfreeze,
+            Command::WebhookPut(_) => CommandVerb::WebhookPut,
+            Command::WebhookDelete(_) => CommandVerb::WebhookDelete,
         }
     }
 
@@ -620,6 +636,8 @@ impl Command {
             Command::RolloutRollback(body) => pair(&body.command_id, &body.actor),
             Command::NamespaceFreeze(body) => pair(&body.command_id, &body.actor),
             Command::NamespaceUnfreeze(body) => pair(&body.command_id, &body.actor),
+            Command::WebhookPut(body) => pair(&body.command_id, &body.actor),
+            Command::WebhookDelete(body) => pair(&body.command_id, &body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -655,6 +673,8 @@ impl Command {
             Command::RolloutRollback(body) => (&mut body.command_id, &mut body.actor),
             Command::NamespaceFreeze(body) => (&mut body.command_id, &mut body.actor),
             Command::NamespaceUnfreeze(body) => (&mut body.command_id, &mut body.actor),
+            Command::WebhookPut(body) => (&mut body.command_id, &mut body.actor),
+            Command::WebhookDelete(body) => (&mut body.command_id, &mut body.actor),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)
@@ -767,6 +787,8 @@ impl Command {
                 }
             }
             Command::NamespaceUnfreeze(_) => {}
+            Command::WebhookPut(body) => body.validate_into(&mut errors),
+            Command::WebhookDelete(body) => checks::token(&mut errors, "id", &body.id),
             Command::RolloutReschedule(body) => {
                 checks::token(&mut errors, "rollout_id", &body.rollout_id);
                 if body.expected_step.is_none() {
@@ -812,6 +834,8 @@ impl Serialize for Command {
             Command::RolloutRollback(body) => body.serialize(serializer),
             Command::NamespaceFreeze(body) => body.serialize(serializer),
             Command::NamespaceUnfreeze(body) => body.serialize(serializer),
+            Command::WebhookPut(body) => body.serialize(serializer),
+            Command::WebhookDelete(body) => body.serialize(serializer),
             Command::RolloutStart(body)
             | Command::RolloutPause(body)
             | Command::RolloutResume(body)

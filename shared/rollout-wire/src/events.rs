@@ -67,6 +67,11 @@ pub enum EventKind {
     NamespaceFrozen,
     /// The namespace's freeze was lifted (namespace audit).
     NamespaceUnfrozen,
+    /// A webhook of the namespace was added or changed (namespace audit; `details`: id, url,
+    /// events — never the secret).
+    WebhookSaved,
+    /// A webhook of the namespace was removed (namespace audit).
+    WebhookDeleted,
 }
 
 impl EventKind {

@@ -60,6 +60,7 @@ mod scan;
 pub mod shapes;
 pub mod subjects;
 pub mod views;
+pub mod webhooks;
 
 pub use checks::PageWindow;
 pub use cluster::{MemberInfo, Served};

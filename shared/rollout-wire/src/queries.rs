@@ -162,6 +162,10 @@ pub struct RolloutStatus {
     /// The planner's time (Redis `TIME`) the status was read at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Timestamp>,
+    /// The namespace's webhooks whose deliveries currently fail (SPEC §12 "Notifications"):
+    /// this rollout's notices may not be reaching them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_webhooks: Vec<crate::webhooks::WebhookView>,
     /// Every step.
     #[serde(default)]
     pub steps: Vec<StepStatus>,
@@ -206,6 +210,7 @@ impl RolloutStatus {
             created_at,
             finished_at: state.finished_at,
             at: Some(now),
+            failing_webhooks: Vec::new(),
             steps: StepStatus::for_rollout(plan, state, now),
         }
     }
@@ -651,6 +656,8 @@ pub enum Query {
     RolloutAudit(AuditQuery),
     /// `rollout.plan` (boxed: a spec is much larger than the other queries).
     RolloutPlan(Box<PlanQuery>),
+    /// `namespace.webhooks`.
+    NamespaceWebhooks(crate::webhooks::WebhooksQuery),
 }
 
 impl Query {
@@ -678,6 +685,9 @@ impl Query {
             QueryKind::RolloutPlan => {
                 Query::RolloutPlan(codec::decode_with(bytes, encoding, limits)?)
             }
+            QueryKind::NamespaceWebhooks => {
+                Query::NamespaceWebhooks(codec::decode_with(bytes, encoding, limits)?)
+            }
         })
     }
 
@@ -692,6 +702,7 @@ impl Query {
             Query::RolloutList(_) => QueryKind::RolloutList,
             Query::RolloutAudit(_) => QueryKind::RolloutAudit,
             Query::RolloutPlan(_) => QueryKind::RolloutPlan,
+            Query::NamespaceWebhooks(_) => QueryKind::NamespaceWebhooks,
         }
     }
 
@@ -733,6 +744,7 @@ impl Query {
             Query::RolloutPlan(query) => {
                 checks::token(&mut errors, "rollout.flag", &query.rollout.flag)
             }
+            Query::NamespaceWebhooks(_) => {}
         }
         checks::finish(errors)
     }
@@ -821,4 +833,6 @@ pub enum QueryReply {
     Audit(AuditPage),
     /// `rollout.plan`.
     Plan(PlanPreview),
+    /// `namespace.webhooks`.
+    Webhooks(crate::webhooks::WebhookList),
 }

@@ -81,6 +81,21 @@ pub const SHAPES: &[Shape] = &[
         "namespace_result"
     ),
     shape!(
+        "WebhookPut",
+        "rollout.cmd.<ns>.namespace.webhook.put",
+        "webhook_put"
+    ),
+    shape!(
+        "WebhookList",
+        "reply to namespace.webhook.put, namespace.webhook.delete and the namespace.webhooks query",
+        "webhook_list"
+    ),
+    shape!(
+        "Notification",
+        "POST to a namespace's webhooks (JSON, signed)",
+        "notification"
+    ),
+    shape!(
         "RolloutAction",
         "rollout.cmd.<ns>.rollout.rollback (now: the action body)",
         "rollout_action"
@@ -326,6 +341,9 @@ mod tests {
             "Alert" => round_trip::<crate::alerts::Alert>(shape),
             "AlertResult" => round_trip::<crate::alerts::AlertResult>(shape),
             "NamespaceResult" => round_trip::<NamespaceResult>(shape),
+            "WebhookPut" => round_trip::<crate::webhooks::WebhookPut>(shape),
+            "WebhookList" => round_trip::<crate::webhooks::WebhookList>(shape),
+            "Notification" => round_trip::<crate::webhooks::Notification>(shape),
             "FlagResult" => round_trip::<FlagResult>(shape),
             "RolloutResult" => round_trip::<RolloutResult>(shape),
             "Deleted" => round_trip::<Deleted>(shape),
@@ -383,6 +401,9 @@ mod tests {
             "RolloutRollback",
             "NamespaceFreeze",
             "NamespaceResult",
+            "WebhookPut",
+            "WebhookList",
+            "Notification",
             "Alert",
             "AlertResult",
             "FlagResult",
@@ -459,6 +480,8 @@ mod tests {
                     Command::decode(CommandVerb::NamespaceFreeze, bytes, Encoding::Json)
                         .map(|c| c.validate())
                 }
+                "WebhookPut" => Command::decode(CommandVerb::WebhookPut, bytes, Encoding::Json)
+                    .map(|c| c.validate()),
                 "Alert" => {
                     decode_with::<crate::alerts::Alert>(bytes, Encoding::Json, Limits::REQUESTS)
                         .map(|alert| alert.validate())

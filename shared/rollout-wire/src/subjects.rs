@@ -247,6 +247,10 @@ verb_set! {
         NamespaceFreeze => "namespace.freeze",
         /// Lift the namespace's freeze.
         NamespaceUnfreeze => "namespace.unfreeze",
+        /// Add or replace a webhook of the namespace.
+        WebhookPut => "namespace.webhook.put",
+        /// Remove a webhook of the namespace.
+        WebhookDelete => "namespace.webhook.delete",
     }
 }
 
@@ -269,6 +273,8 @@ verb_set! {
         RolloutAudit => "rollout.audit",
         /// Dry run: compile a spec and project its times without storing it.
         RolloutPlan => "rollout.plan",
+        /// The namespace's webhooks and how their deliveries go.
+        NamespaceWebhooks => "namespace.webhooks",
     }
 }
 
@@ -749,7 +755,7 @@ mod tests {
             assert_eq!(CommandVerb::parse(verb.as_str()), Ok(*verb));
             assert_eq!(verb.to_string().parse::<CommandVerb>(), Ok(*verb));
         }
-        assert_eq!(CommandVerb::ALL.len(), 18);
+        assert_eq!(CommandVerb::ALL.len(), 20);
         for kind in QueryKind::ALL {
             assert_eq!(QueryKind::parse(kind.as_str()), Ok(*kind));
         }

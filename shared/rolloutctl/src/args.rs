@@ -99,8 +99,11 @@ pub enum NamespaceCommand {
     },
     /// Lift the freeze: timers that ran out meanwhile open now, one step each.
     Unfreeze,
-    /// The namespace's own audit: freezes and their ends, newest first.
+    /// The namespace's own audit: freezes and their ends, webhook changes, newest first.
     Audit(PageArg),
+    /// The namespace's webhooks: told of every transition and gate hold, signed.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Send an alert: pause or roll back every active rollout it matches, once per id.
     Alert {
         /// The alert's identity (acted on once).
@@ -122,6 +125,34 @@ pub enum NamespaceCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// `rolloutctl namespace webhook ...`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Add a webhook, or replace one's address, secret and event filter (it keeps its
+    /// place in the namespace's notices).
+    Put {
+        /// Its name in the namespace.
+        id: String,
+        /// Where notifications are POSTed (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// The environment variable holding the signing secret (16..=256 bytes), so the
+        /// secret stays out of shell history and process lists.
+        #[arg(long, default_value = "ROLLOUT_WEBHOOK_SECRET")]
+        secret_env: String,
+        /// An event kind it is told of (repeatable; every kind when absent).
+        #[arg(long = "event", value_name = "KIND")]
+        events: Vec<String>,
+    },
+    /// Remove a webhook.
+    Delete {
+        /// Its name.
+        id: String,
+    },
+    /// The webhooks and how their deliveries go.
+    List,
 }
 
 /// `rolloutctl cluster ...`.

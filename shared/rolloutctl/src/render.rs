@@ -9,6 +9,7 @@ use rollout_core::{
 };
 use rollout_sdk::{ChangeEvent, EvalResult};
 use rollout_wire::alerts::AlertResult;
+use rollout_wire::webhooks::{Delivery, WebhookList};
 use rollout_wire::{
     AuditPage, Deleted, EventKind, FlagCounts, FlagList, FlagResult, GateKind, GateStatus,
     NamespaceResult, PlanPreview, RolloutCounts, RolloutList, RolloutResult, RolloutStatus,
@@ -316,6 +317,13 @@ pub fn status(status: &RolloutStatus) -> String {
     text.push('\n');
     if let Some(freeze) = &status.frozen {
         text.push_str(&format!("namespace frozen {}\n", freeze_line(freeze)));
+    }
+    for webhook in &status.failing_webhooks {
+        text.push_str(&format!(
+            "webhook {} failing: {}\n",
+            webhook.id,
+            delivery_text(&webhook.delivery)
+        ));
     }
     if let Some(rollback) = &status.rollback {
         let shares: Vec<String> = rollback
@@ -848,6 +856,67 @@ pub fn namespace_result(result: &NamespaceResult) -> String {
     };
     for freeze in result.past.iter().take(5) {
         text.push_str(&format!("  earlier: {}\n", freeze_line(freeze)));
+    }
+    text
+}
+
+/// `namespace webhook ...`: each webhook, its filter and how its deliveries go.
+pub fn webhook_list(list: &WebhookList) -> String {
+    if list.webhooks.is_empty() {
+        return format!("namespace {} has no webhooks\n", list.namespace);
+    }
+    let mut table = table(vec![
+        "WEBHOOK",
+        "URL",
+        "EVENTS",
+        "DELIVERED",
+        "GIVEN UP",
+        "PENDING",
+        "STATE",
+    ]);
+    for webhook in &list.webhooks {
+        let events = if webhook.events.is_empty() {
+            "all".to_owned()
+        } else {
+            webhook
+                .events
+                .iter()
+                .map(wire_name)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let state = if webhook.delivery.failing() {
+            format!("failing: {}", delivery_text(&webhook.delivery))
+        } else {
+            "ok".to_owned()
+        };
+        table.add_row(vec![
+            Cell::new(&webhook.id),
+            Cell::new(&webhook.url),
+            Cell::new(events),
+            Cell::new(webhook.delivery.delivered).set_alignment(CellAlignment::Right),
+            Cell::new(webhook.delivery.given_up).set_alignment(CellAlignment::Right),
+            Cell::new(webhook.delivery.pending).set_alignment(CellAlignment::Right),
+            Cell::new(state),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+/// A failing webhook's story: since when, why, and when it is tried again.
+fn delivery_text(delivery: &Delivery) -> String {
+    let mut text = format!("since {}", time(delivery.failing_since));
+    if let Some(error) = &delivery.last_error {
+        text.push_str(&format!(", last error: {error}"));
+    }
+    if delivery.attempts > 0 {
+        text.push_str(&format!(", {} failed attempt(s)", delivery.attempts));
+    }
+    if let Some(next) = delivery.next_attempt_at {
+        text.push_str(&format!(", next attempt {}", short_time(next)));
+    }
+    if delivery.given_up > 0 {
+        text.push_str(&format!(", {} given up", delivery.given_up));
     }
     text
 }

@@ -8,6 +8,8 @@ use rollout_core::{AttributeValue, DurationMs, Entity};
 use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, Validate};
 use rollout_runtime::connect::connect_nats;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Subjects};
+use rollout_wire::webhooks::{WebhookDelete, WebhookList, WebhookPut, WebhooksQuery};
+use rollout_wire::EventKind;
 use rollout_wire::{
     AuditPage, AuditQuery, Command, Deleted, FlagCountsQuery, FlagCreate, FlagDelete, FlagGetQuery,
     FlagList, FlagListQuery, FlagResult, FlagToggle, FlagUpdate, ListState, NamespaceFreeze,
@@ -21,6 +23,7 @@ use serde::Deserialize;
 
 use crate::args::{
     Cli, ClusterCommand, EvalArgs, FlagCommand, NamespaceCommand, RolloutCommand, TopCommand,
+    WebhookCommand,
 };
 use crate::failure::{Context, Failure};
 use crate::{render, specfile, watch};
@@ -241,6 +244,7 @@ async fn namespace(session: &Session, command: &NamespaceCommand) -> Result<(), 
                 .map_err(|error| Failure::Internal(format!("cannot print the reply: {error}")))?;
             return session.print(value, |result: &AlertResult| render::alert_result(result));
         }
+        NamespaceCommand::Webhook(command) => return webhook(session, command).await,
         NamespaceCommand::Audit(page) => {
             let query = Query::RolloutAudit(AuditQuery {
                 rollout_id: None,
@@ -257,6 +261,57 @@ async fn namespace(session: &Session, command: &NamespaceCommand) -> Result<(), 
     session
         .command(command, &context, |result: &NamespaceResult| {
             render::namespace_result(result)
+        })
+        .await
+}
+
+async fn webhook(session: &Session, command: &WebhookCommand) -> Result<(), Failure> {
+    let context = Context::default();
+    let command = match command {
+        WebhookCommand::List => {
+            let query = Query::NamespaceWebhooks(WebhooksQuery::default());
+            return session
+                .query(query, &context, |list: &WebhookList| {
+                    render::webhook_list(list)
+                })
+                .await;
+        }
+        WebhookCommand::Put {
+            id,
+            url,
+            secret_env,
+            events,
+        } => {
+            let secret = std::env::var(secret_env).map_err(|_| {
+                Failure::Usage(format!(
+                    "--secret-env: set {secret_env} to the webhook's signing secret"
+                ))
+            })?;
+            let events = events
+                .iter()
+                .map(|name| {
+                    serde_json::from_value(serde_json::Value::String(name.clone()))
+                        .map_err(|_| Failure::Usage(format!("--event: no event kind {name:?}")))
+                })
+                .collect::<Result<Vec<EventKind>, Failure>>()?;
+            Command::WebhookPut(WebhookPut {
+                command_id: None,
+                actor: None,
+                id: id.clone(),
+                url: url.clone(),
+                secret,
+                events,
+            })
+        }
+        WebhookCommand::Delete { id } => Command::WebhookDelete(WebhookDelete {
+            command_id: None,
+            actor: None,
+            id: id.clone(),
+        }),
+    };
+    session
+        .command(command, &context, |list: &WebhookList| {
+            render::webhook_list(list)
         })
         .await
 }

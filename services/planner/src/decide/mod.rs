@@ -134,7 +134,10 @@ pub fn decide(
             rollout::apply(&rollback.rollout_id, event, loaded, context)
         }
         Command::RolloutDelete(action) => rollout::delete(&action.rollout_id, loaded, context),
-        Command::NamespaceFreeze(_) | Command::NamespaceUnfreeze(_) => Err(WireError::internal(
+        Command::NamespaceFreeze(_)
+        | Command::NamespaceUnfreeze(_)
+        | Command::WebhookPut(_)
+        | Command::WebhookDelete(_) => Err(WireError::internal(
             "namespace commands change no flag or rollout; they are decided by decide::namespace",
         )),
     }?;

@@ -21,6 +21,10 @@
 --   srems   : key-index, member
 --   pushes  : key-index, value, max length          (LPUSH + LTRIM: newest first)
 --   xadds   : key-index, value                      (outbox stream entry, field "event")
+--   then the notification stream: key-index, webhooks key-index, max length, or 0
+--                                                   (every outbox value is appended there
+--                                                    too, field "event", while the
+--                                                    namespace has webhooks)
 --
 -- Returns {"ok", now_ms, outbox ids...} | {"duplicate", stored outcome} |
 --         {"conflict", key, actual revision} | {"fenced", fence epoch} | {"early", now_ms}
@@ -117,10 +121,23 @@ for _ = 1, pushes do
 end
 local result = {'ok', tostring(now_ms)}
 local xadds = tonumber(nextarg())
+local events = {}
 for _ = 1, xadds do
   local key = KEYS[tonumber(nextarg())]
-  local id = redis.call('XADD', key, '*', 'event', nextarg())
+  local value = nextarg()
+  local id = redis.call('XADD', key, '*', 'event', value)
   table.insert(result, id)
+  table.insert(events, value)
+end
+local notify_index = tonumber(nextarg())
+if notify_index > 0 then
+  local webhooks = KEYS[tonumber(nextarg())]
+  local max_len = nextarg()
+  if #events > 0 and redis.call('EXISTS', webhooks) == 1 then
+    for _, value in ipairs(events) do
+      redis.call('XADD', KEYS[notify_index], 'MAXLEN', '~', max_len, '*', 'event', value)
+    end
+  end
 end
 if idem_index > 0 then
   redis.call('SET', KEYS[idem_index], ARGV[2], 'EX', tonumber(ARGV[3]))
