@@ -1133,6 +1133,17 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
         .await
         .expect("the operator follows events");
     let commands = operator_commands(operator.clone());
+    // a webhook: the tickers' commits append its notices, the planner delivers them
+    let receiver = support::receiver::Receiver::start().await;
+    commands
+        .put_webhook(
+            "ops",
+            &receiver.url(),
+            "whsec-access-0123456789",
+            Vec::new(),
+        )
+        .await
+        .expect("webhook saved by the operator");
     commands
         .create_flag(boolean_flag("guarded"))
         .await
@@ -1176,6 +1187,17 @@ async fn the_whole_system_works_under_the_shipped_restrictions() {
         vec![0, 1, 2],
         "every step entered once, in order"
     );
+    eventually("the webhook to hear the completion", PATIENCE, || async {
+        receiver
+            .received()
+            .iter()
+            .any(|request| {
+                request.status.is_success()
+                    && request.header("X-Rollout-Event") == "rollout_completed"
+            })
+            .then_some(())
+    })
+    .await;
     let everyone_on = eventually(
         "the sdk user to see the completed rollout",
         PATIENCE,
