@@ -9,7 +9,7 @@
 //! - [`envelope`]: every reply is `{"ok": true, "result": …}` or
 //!   `{"ok": false, "error": {"code", "message", "field"?}}`, with the seven stable codes.
 //! - Messages, one module per family, each type documented with a JSON example taken from
-//!   `shapes/` (all listed in [`shapes::SHAPES`]): [`commands`], [`queries`], [`eval`],
+//!   `shapes/` (all listed in [`shapes::SHAPES`]): [`commands`], [`queries`], [`eval`], [`webhooks`],
 //!   [`fleet`], [`outcomes`], [`events`], and the shared read-side [`views`].
 //!
 //! Domain types (flags, specs, entities, lifecycle, stage counts, rollout views) are

@@ -989,3 +989,87 @@ async fn a_namespace_is_frozen_alerted_and_audited_from_the_command_line() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn webhooks_are_put_listed_shown_failing_and_deleted_from_the_command_line() {
+    let cluster = Cluster::start().await;
+    create_example_flag(&cluster).await;
+    let run_with_secret = |args: &'static [&'static str], secret: Option<&'static str>| {
+        let mut command = common::ctl_command(&cluster.nats.url(), args);
+        command.env_remove("ROLLOUT_WEBHOOK_SECRET");
+        if let Some(secret) = secret {
+            command.env("ROLLOUT_WEBHOOK_SECRET", secret);
+        }
+        async move { command.output().await.expect("rolloutctl runs") }
+    };
+    // nothing listens on port 1 of loopback: every delivery fails
+    let put_args: &[&str] = &[
+        "namespace",
+        "webhook",
+        "put",
+        "ops",
+        "--url",
+        "http://127.0.0.1:1/hooks",
+    ];
+    let no_secret = run_with_secret(put_args, None).await;
+    assert_ne!(no_secret.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&no_secret.stderr);
+    assert!(stderr.contains("ROLLOUT_WEBHOOK_SECRET"), "{stderr}");
+    let short = run_with_secret(put_args, Some("short")).await;
+    assert_ne!(short.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(stderr.contains("secret"), "{stderr}");
+    let put = run_with_secret(put_args, Some("whsec-cli-0123456789")).await;
+    let stdout = String::from_utf8_lossy(&put.stdout);
+    assert_eq!(put.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ops") && stdout.contains("127.0.0.1:1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("whsec-cli"), "the secret is never printed");
+
+    let created = create_from(&cluster, "rollout-phases.yaml").await;
+    let id = created.rollout_id.clone();
+    let status = rollout_sandbox::wait_until_within(
+        "the failing webhook in the status",
+        rollout_sandbox::PATIENCE,
+        || async {
+            let status = cluster.ctl(&["rollout", "status", &id]).await;
+            status
+                .stdout
+                .contains("webhook ops failing: since")
+                .then_some(status)
+        },
+    )
+    .await;
+    assert!(status.stdout.contains("last error:"), "{}", status.stdout);
+    let list = cluster.ctl(&["namespace", "webhook", "list"]).await;
+    list.assert_ok();
+    assert!(list.stdout.contains("failing:"), "{}", list.stdout);
+    let listed = cluster.ctl_json(&["namespace", "webhook", "list"]).await;
+    assert_eq!(listed["webhooks"][0]["id"], "ops");
+    assert!(listed["webhooks"][0]["delivery"]["failing_since"].is_string());
+
+    let deleted = cluster
+        .ctl(&["namespace", "webhook", "delete", "ops"])
+        .await;
+    deleted.assert_ok();
+    assert!(
+        deleted.stdout.contains("has no webhooks"),
+        "{}",
+        deleted.stdout
+    );
+    let again = cluster
+        .ctl(&["namespace", "webhook", "delete", "ops"])
+        .await;
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("no webhook ops"), "{}", again.stderr);
+    let audit = cluster.ctl(&["namespace", "audit"]).await;
+    audit.assert_ok();
+    assert!(
+        audit.stdout.contains("webhook_saved") && audit.stdout.contains("webhook_deleted"),
+        "{}",
+        audit.stdout
+    );
+    cluster.stop().await;
+}
