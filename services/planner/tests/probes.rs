@@ -1,6 +1,6 @@
 //! The planner's `/healthz`, `/readyz` and `/metrics` (`http.listen`): ready while NATS and
-//! Redis answer, not ready — saying which — when Redis is gone, and commands counted by verb
-//! and outcome.
+//! Redis answer, not ready — saying which — when Redis is gone, commands counted by verb
+//! and outcome, failed webhook deliveries counted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -58,6 +58,32 @@ async fn probes_say_ready_count_commands_and_name_what_is_missing() {
     );
     assert!(metrics.contains("planner_ready 1"), "{metrics}");
     assert!(metrics.contains("planner_outbox_depth "), "{metrics}");
+
+    // a webhook nobody answers: its failed deliveries are counted
+    operator
+        .put_webhook(
+            "ops",
+            "http://127.0.0.1:1/hooks",
+            "whsec-probe-0123456789",
+            Vec::new(),
+        )
+        .await
+        .expect("webhook");
+    operator
+        .disable_flag("checkout")
+        .await
+        .expect("a change to tell");
+    let metrics = wait_until("a failed delivery to be counted", || async {
+        let (_, metrics) = get(addr, "/metrics").await;
+        metrics
+            .contains("planner_webhook_deliveries_total{result=\"failed\"}")
+            .then_some(metrics)
+    })
+    .await;
+    assert!(
+        !metrics.contains("planner_webhook_deliveries_total{result=\"delivered\"}"),
+        "{metrics}"
+    );
 
     // Redis gone: not ready, and the answer says why
     sandbox.redis.stop().expect("redis stops");

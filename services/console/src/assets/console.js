@@ -395,6 +395,7 @@ function rolloutFacts(s, counts) {
   if (s.current_step !== undefined) facts.push(["Step", h("span", { id: "rollout-step" }, (s.current_step + 1) + " of " + s.steps.length)]);
   if (s.waiting_for) facts.push(["Waits for", WAITING[s.waiting_for] || s.waiting_for]);
   if (s.frozen) facts.push(["Namespace frozen", h("span", { id: "rollout-frozen", class: "error" }, s.frozen.reason + " — since " + new Date(s.frozen.since).toLocaleString() + (s.frozen.until ? ", until " + new Date(s.frozen.until).toLocaleString() : ", until lifted") + (s.frozen.by ? " (by " + s.frozen.by + ")" : ""))]);
+  for (const w of s.failing_webhooks || []) facts.push(["Webhook " + w.id + " failing", h("span", { class: "error webhook-failing" }, "since " + new Date(w.delivery.failing_since).toLocaleString() + (w.delivery.last_error ? ": " + w.delivery.last_error : "") + (w.delivery.next_attempt_at ? "; next attempt " + new Date(w.delivery.next_attempt_at).toLocaleString() : ""))]);
   if (s.rollback) facts.push(["Rolling back", h("span", { id: "rollout-rollback" }, s.rollback.shares.map((share, i) => i === s.rollback.index ? "[" + percent(share) + "]" : percent(share)).join(" → ") + ", one every " + s.rollback.every + " (" + s.rollback.cause + ")")]);
   if (s.windows && s.windows.length) facts.push(["Windows", h("span", { id: "rollout-windows" }, s.windows.map((w) => w.days.join(",") + " " + w.start + "–" + w.end + " " + w.timezone).join("; "))]);
   const approvers = s.current_step !== undefined && s.steps[s.current_step] ? s.steps[s.current_step].gate.approvers : undefined;
