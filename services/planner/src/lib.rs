@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod queries;
 pub mod server;
+pub mod webhook_http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +80,7 @@ impl Planner {
             settings.delivery_policy(),
             settings.notify_interval,
             Arc::clone(&metrics),
-        )
-        .map_err(|message| ConfigError::new("planner.webhook_timeout", message))?;
+        );
         let handler = Handler {
             nats: nats.clone(),
             subjects: subjects.clone(),

@@ -118,7 +118,6 @@ fn truncate(error: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     redis: Connection,
-    client: reqwest::Client,
     /// This planner's name on the delivery leases.
     owner: String,
     policy: DeliveryPolicy,
@@ -135,24 +134,15 @@ impl Notifier {
         policy: DeliveryPolicy,
         interval: Duration,
         metrics: Arc<PlannerMetrics>,
-    ) -> Result<Notifier, String> {
-        // reqwest is built without a crypto provider: ring, as NATS's TLS uses, serves it
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("rollout-notifier/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| format!("webhook client: {error}"))?;
-        Ok(Notifier {
+    ) -> Notifier {
+        Notifier {
             redis,
-            client,
             owner: format!("planner-{}", rollout_wire::cluster::process_replica()),
             policy,
             // a round may spend one timeout per webhook in flight: the lease outlives it
             lease: (interval + policy.timeout).saturating_mul(3),
             metrics,
-        })
+        }
     }
 
     /// Runs delivery rounds every `interval` until shutdown.
@@ -245,11 +235,11 @@ impl Notifier {
             let notification = notice.notification(&key, namespace.as_str());
             let attempt = state.delivery.attempts + 1;
             let sent = post(
-                &self.client,
                 &record.url,
                 record.secret.as_bytes(),
                 &notification,
                 attempt,
+                self.policy.timeout,
             )
             .await;
             let at = rollout_store::redis_time(&mut connection).await?;
@@ -292,29 +282,25 @@ fn stream_id_before(a: &str, b: &str) -> bool {
     parts(a) < parts(b)
 }
 
-/// POSTs `notification` to `url`, signed under `secret`; `Ok` on a 2xx answer.
+/// POSTs `notification` to `url`, signed under `secret`, within `timeout`; `Ok` on a 2xx
+/// answer (redirects are not followed: a webhook's address is where it is).
 pub async fn post(
-    client: &reqwest::Client,
     url: &str,
     secret: &[u8],
     notification: &Notification,
     attempt: u32,
+    timeout: Duration,
 ) -> Result<(), String> {
     let body = serde_json::to_vec(notification).map_err(|error| error.to_string())?;
-    let timestamp = chrono_now_seconds();
-    let response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(IDEMPOTENCY_HEADER, &notification.id)
-        .header(EVENT_HEADER, event_name(notification))
-        .header(ATTEMPT_HEADER, attempt.to_string())
-        .header(TIMESTAMP_HEADER, timestamp.to_string())
-        .header(SIGNATURE_HEADER, signature(secret, timestamp, &body))
-        .body(body)
-        .send()
-        .await
-        .map_err(|error| describe(&error))?;
-    let status = response.status();
+    let timestamp = now_seconds();
+    let headers = [
+        (IDEMPOTENCY_HEADER, notification.id.clone()),
+        (EVENT_HEADER, event_name(notification)),
+        (ATTEMPT_HEADER, attempt.to_string()),
+        (TIMESTAMP_HEADER, timestamp.to_string()),
+        (SIGNATURE_HEADER, signature(secret, timestamp, &body)),
+    ];
+    let status = crate::webhook_http::post(url, &headers, body, timeout).await?;
     if status.is_success() {
         Ok(())
     } else {
@@ -331,27 +317,11 @@ fn event_name(notification: &Notification) -> String {
 
 /// The signing time: the sender's clock, which receivers compare with theirs to refuse
 /// replays.
-fn chrono_now_seconds() -> i64 {
+fn now_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// A transport error with its causes (reqwest's own text says only "error sending request").
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        error.to_string()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
