@@ -2375,3 +2375,110 @@ async fn a_webhook_hears_every_transition_and_gate_hold_signed_and_retried_throu
     assert!(kinds.contains(&EventKind::WebhookSaved) && kinds.contains(&EventKind::WebhookDeleted));
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stage_released_in_waves_moves_a_growing_share_of_its_agents_and_a_stop_keeps_it() {
+    let system = System::start(1).await;
+    create_version_flag(&system, "agent-version").await;
+    let eu: Vec<String> = (0..40).map(|index| format!("eu-{index:02}")).collect();
+    for agent in &eu {
+        fleet(
+            &system,
+            "register",
+            json!({"agent_id": agent, "labels": {"region": "eu"}}),
+        )
+        .await
+        .expect("registered");
+    }
+    fleet(
+        &system,
+        "register",
+        json!({"agent_id": "canary-1", "labels": {"ring": "canary"}}),
+    )
+    .await
+    .expect("registered");
+    let spec = serde_json::from_value(json!({
+        "flag": "agent-version", "baseline": "v1", "candidate": "v2",
+        "stages": [{"name": "canary", "labels": {"ring": "canary"}},
+                   {"name": "eu", "labels": {"region": "eu"}, "percentages": [25, 100]}],
+    }))
+    .expect("spec");
+    let rollout = system
+        .cluster
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout created");
+    let id = rollout.rollout_id.clone();
+    let waves: Vec<Option<Share>> = rollout.steps.iter().map(|step| step.wave).collect();
+    assert_eq!(
+        waves,
+        [None, Some(Share::from_ppm(250_000)), None, None],
+        "canary, eu's first wave, eu whole, unassigned"
+    );
+    let on_v2 = |desired: &[(String, String)]| -> Vec<String> {
+        desired
+            .iter()
+            .filter(|(_, variation)| variation == "v2")
+            .map(|(agent, _)| agent.clone())
+            .collect()
+    };
+    let read_all = || async {
+        let mut all = Vec::new();
+        for agent in &eu {
+            all.push((agent.clone(), desired(&system, agent).await));
+        }
+        all
+    };
+    assert!(
+        on_v2(&read_all().await).is_empty(),
+        "eu waits for its waves"
+    );
+
+    // the first wave: about a quarter of eu, as the committed state says
+    let continued = system
+        .cluster
+        .commands
+        .continue_rollout(&id)
+        .await
+        .expect("continue");
+    assert_eq!(continued.current_step, Some(1));
+    system.assert_served_matches_committed().await;
+    let first = eventually("eu's first wave to be served", PATIENCE, || async {
+        let wave = on_v2(&read_all().await);
+        (!wave.is_empty()).then_some(wave)
+    })
+    .await;
+    assert!(
+        (2..=20).contains(&first.len()),
+        "a quarter of 40, bucketed: {}",
+        first.len()
+    );
+    let seen = stage_counts(&system, &id).await;
+    assert_eq!(
+        (seen[1].members, seen[2].members),
+        (first.len() as u64, 40 - first.len() as u64),
+        "each wave counts the members it releases: {seen:?}"
+    );
+    assert_eq!(seen[1].pending, first.len() as u64);
+    assert_eq!(seen[2].waiting, 40 - first.len() as u64);
+
+    // stopped mid-wave: the flag keeps serving exactly those agents
+    let before_stop = read_all().await;
+    system
+        .cluster
+        .commands
+        .stop_rollout(&id, None)
+        .await
+        .expect("stopped");
+    system.assert_served_matches_committed().await;
+    let after_stop = eventually("the stop to reach the evaluators", PATIENCE, || async {
+        let status = system.cluster.commands.rollout_status(&id).await.ok()?;
+        (status.state == Lifecycle::Stopped).then_some(())?;
+        Some(read_all().await)
+    })
+    .await;
+    assert_eq!(after_stop, before_stop);
+    assert_eq!(desired(&system, "canary-1").await, "v2");
+    system.stop().await;
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rollout_core::plan::{stage_of, Audience};
+use rollout_core::plan::stage_of;
 use rollout_core::{DurationMs, Entity, Labels, ViewAudience};
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::Keys;
@@ -155,15 +155,7 @@ impl KnownRollouts {
         };
         let facts = Arc::new(RolloutFacts {
             flag: record.spec.flag.clone(),
-            stage_names: record
-                .plan
-                .steps
-                .iter()
-                .filter_map(|step| match &step.audience {
-                    Audience::Stage { name, .. } => Some(name.clone()),
-                    Audience::Share(_) => None,
-                })
-                .collect(),
+            stage_names: record.plan.stage_names(),
         });
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= CACHE_LIMIT {

@@ -345,8 +345,9 @@ impl Reader {
             .iter()
             .zip(stage_counts)
             .filter_map(|(step, counts)| match &step.audience {
-                Audience::Stage { name, .. } => Some(NamedStageCounts {
+                Audience::Stage { name, wave, .. } => Some(NamedStageCounts {
                     name: name.clone(),
+                    wave: *wave,
                     counts,
                 }),
                 Audience::Share(_) => None,

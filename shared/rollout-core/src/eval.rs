@@ -92,8 +92,12 @@ pub enum ViewAudience {
     Stages {
         /// Named stages' labels, in order.
         stages: Vec<Labels>,
-        /// How many stages are released.
+        /// How many stages are released whole.
         released: usize,
+        /// The share of stage `released` its waves released so far (SPEC §12): members
+        /// whose bucket is below it get the candidate too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wave: Option<Share>,
     },
 }
 
@@ -318,10 +322,34 @@ enum CompiledServe {
     Staged {
         stages: Vec<Labels>,
         released: usize,
+        /// The share of stage `released` released by its waves, and the bucketing seed.
+        wave: Option<(Share, BucketSeed)>,
         candidate: usize,
         baseline: usize,
     },
     Rollout(Box<CompiledRollout>),
+}
+
+/// Whether a label-stage release serves `entity` the candidate: a member of the first
+/// `released` stages, or of the next one with a bucket (of its id) inside the `wave`. The
+/// bucket, when one was drawn.
+fn in_stage_release(
+    stages: &[Labels],
+    released: usize,
+    wave: Option<(Share, BucketSeed)>,
+    entity: &Entity,
+) -> (bool, Option<u32>) {
+    let stage = stage_of(stages, &entity.labels);
+    if stage < released {
+        return (true, None);
+    }
+    match wave {
+        Some((share, seed)) if stage == released => {
+            let bucket = seed.bucket(&entity.id);
+            (share.contains(bucket), Some(bucket))
+        }
+        _ => (false, None),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -527,15 +555,16 @@ impl CompiledFlag {
             CompiledServe::Staged {
                 stages,
                 released,
+                wave,
                 candidate,
                 baseline,
             } => {
-                let variation = if stage_of(stages, &entity.labels) < *released {
-                    *candidate
-                } else {
-                    *baseline
-                };
-                self.answer(variation, Reason::Stage, rule_id)
+                let (in_release, bucket) = in_stage_release(stages, *released, *wave, entity);
+                let variation = if in_release { *candidate } else { *baseline };
+                Evaluation {
+                    bucket,
+                    ..self.answer(variation, Reason::Stage, rule_id)
+                }
             }
             CompiledServe::Rollout(rollout) => {
                 let decided = |variation: usize, reason: Reason, bucket: Option<u32>| Evaluation {
@@ -560,14 +589,20 @@ impl CompiledFlag {
                         };
                         decided(variation, Reason::Rollout, Some(bucket))
                     }
-                    ViewAudience::Stages { stages, released } => {
-                        let in_released = stage_of(stages, &entity.labels) < *released;
-                        let variation = if in_released {
+                    ViewAudience::Stages {
+                        stages,
+                        released,
+                        wave,
+                    } => {
+                        let wave = wave.map(|share| (share, rollout.seed));
+                        let (in_release, bucket) =
+                            in_stage_release(stages, *released, wave, entity);
+                        let variation = if in_release {
                             rollout.candidate
                         } else {
                             rollout.baseline
                         };
-                        decided(variation, Reason::Rollout, None)
+                        decided(variation, Reason::Rollout, bucket)
                     }
                 }
             }
@@ -579,11 +614,11 @@ fn compile_serve(flag: &Flag, serve: &Serve, _path: &str, target: &Target) -> Co
     // `flag.validate` already proved every reference below; indexes fall back to the off
     // variation only to stay total.
     let index = |id: &str| flag.variation_index(id).unwrap_or(0);
+    let default_salt = || match target {
+        Target::Default => format!("{}/default", flag.key),
+        Target::Rule(rule_id) => format!("{}/rule/{rule_id}", flag.key),
+    };
     if let Some(split) = &serve.split {
-        let default_salt = match target {
-            Target::Default => format!("{}/default", flag.key),
-            Target::Rule(rule_id) => format!("{}/rule/{rule_id}", flag.key),
-        };
         let mut upper: u32 = 0;
         let ranges = split
             .iter()
@@ -594,7 +629,7 @@ fn compile_serve(flag: &Flag, serve: &Serve, _path: &str, target: &Target) -> Co
             })
             .collect();
         return CompiledServe::Split {
-            seed: BucketSeed::from_salt(serve.salt.as_deref().unwrap_or(&default_salt)),
+            seed: BucketSeed::from_salt(serve.salt.as_deref().unwrap_or(&default_salt())),
             stickiness: serve.stickiness.clone(),
             ranges,
         };
@@ -603,6 +638,10 @@ fn compile_serve(flag: &Flag, serve: &Serve, _path: &str, target: &Target) -> Co
         return CompiledServe::Staged {
             stages: staged.stages.clone(),
             released: staged.released,
+            wave: staged.wave.map(|share| {
+                let salt = staged.salt.clone().unwrap_or_else(default_salt);
+                (share, BucketSeed::from_salt(&salt))
+            }),
             candidate: index(&staged.candidate),
             baseline: index(&staged.baseline),
         };

@@ -131,8 +131,12 @@ impl Serve {
             return format!("a split ({})", parts.join(", "));
         }
         if let Some(stages) = &self.stages {
+            let wave = stages
+                .wave
+                .map(|wave| format!(" and {wave} of the next"))
+                .unwrap_or_default();
             return format!(
-                "label stages ({} of {} released to {})",
+                "label stages ({} of {} released{wave} to {})",
                 stages.released,
                 stages.stages.len(),
                 stages.candidate
@@ -176,6 +180,13 @@ pub struct StagedServe {
     pub stages: Vec<Labels>,
     /// How many stages (counting `unassigned` last) serve the candidate.
     pub released: usize,
+    /// The share of stage `released` its waves had released (SPEC §12): members whose
+    /// bucket under `salt` is below it are served the candidate too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<Share>,
+    /// The bucketing salt of `wave` (the rollout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
 }
 
 /// A targeting rule: when every condition holds, serve.
@@ -420,6 +431,20 @@ impl Flag {
                     format!("{path}.stages.released"),
                     "cannot release more stages than exist (the stages plus unassigned)",
                 );
+            }
+            if let Some(wave) = staged.wave {
+                if wave == Share::NONE || wave == Share::ALL {
+                    errors.push(
+                        format!("{path}.stages.wave"),
+                        "a wave releases part of a stage: between 0 and 100 exclusive",
+                    );
+                }
+                if staged.released > staged.stages.len() {
+                    errors.push(
+                        format!("{path}.stages.wave"),
+                        "every stage is released whole: no stage is left for a wave",
+                    );
+                }
             }
         }
         if let Some(stickiness) = &serve.stickiness {

@@ -97,6 +97,11 @@ pub enum Audience {
         name: String,
         /// Labels a member has; empty for `unassigned`.
         labels: Labels,
+        /// A wave before the stage's last (SPEC §12): only the members whose bucket is
+        /// below this share; the whole stage when absent (a stage's last wave, or a stage
+        /// without waves).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wave: Option<Share>,
     },
 }
 
@@ -213,18 +218,82 @@ impl Plan {
         self.steps.iter().any(|step| step.approval.is_some())
     }
 
-    /// The label sets of a staged plan's named stages, in order (without `unassigned`).
+    /// The label sets of a staged plan's named stages, in order (without `unassigned`);
+    /// a stage with waves counts once (its last wave's step).
     pub fn stage_labels(&self) -> Vec<Labels> {
         self.steps
             .iter()
             .filter_map(|step| match &step.audience {
-                Audience::Stage { name, labels } if name != UNASSIGNED_STAGE => {
-                    Some(labels.clone())
-                }
+                Audience::Stage {
+                    name,
+                    labels,
+                    wave: None,
+                } if name != UNASSIGNED_STAGE => Some(labels.clone()),
                 _ => None,
             })
             .collect()
     }
+
+    /// The names of a staged plan's stages in order, `unassigned` last; a stage with waves
+    /// counts once. Index `i` names [`stage_of`]'s stage `i`.
+    pub fn stage_names(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.audience {
+                Audience::Stage {
+                    name, wave: None, ..
+                } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What a staged plan serves the candidate to once steps `0..=step` are released:
+    /// every member of the first `full` stages, and of the next stage those whose bucket
+    /// is below `wave`.
+    pub fn stage_release(&self, step: usize) -> StageRelease {
+        let released = &self.steps[..(step + 1).min(self.steps.len())];
+        let full = released
+            .iter()
+            .filter(|step| matches!(step.audience, Audience::Stage { wave: None, .. }))
+            .count();
+        let wave = match released.last().map(|step| &step.audience) {
+            Some(Audience::Stage { wave, .. }) => *wave,
+            _ => None,
+        };
+        StageRelease { full, wave }
+    }
+
+    /// The step that releases a member of stage `stage` (as [`stage_of`] numbers them)
+    /// whose bucket is `bucket`: the first of the stage's waves that contains it, else the
+    /// stage's last step. `None` for a staged plan without such a stage.
+    pub fn releasing_step(&self, stage: usize, bucket: u32) -> Option<usize> {
+        let mut current = 0;
+        for (index, step) in self.steps.iter().enumerate() {
+            let Audience::Stage { wave, .. } = &step.audience else {
+                return None;
+            };
+            if current == stage {
+                match wave {
+                    Some(share) if !share.contains(bucket) => {}
+                    _ => return Some(index),
+                }
+            }
+            if wave.is_none() {
+                current += 1;
+            }
+        }
+        None
+    }
+}
+
+/// How far a staged rollout's release reaches (see [`Plan::stage_release`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageRelease {
+    /// Stages released whole, in order (`unassigned` counts last).
+    pub full: usize,
+    /// The share of the next stage released so far by its waves.
+    pub wave: Option<Share>,
 }
 
 /// The stage an entity with `labels` belongs to: the first whose labels it all has with
@@ -715,30 +784,111 @@ pub(crate) fn compile_stages(
                 format!("at most {MAX_STAGE_LABELS} labels"),
             );
         }
-        let gate = match &stage.gate {
-            None => Some((Gate::Continue, None)),
-            Some(gate_spec) => compile_stage_gate(gate_spec, &format!("{path}.gate"), errors),
-        };
-        if let Some((gate, approval)) = gate {
-            steps.push(Step {
-                audience: Audience::Stage {
-                    name: stage.name.clone(),
-                    labels: stage.labels.clone(),
-                },
-                gate,
-                approval,
-            });
+        let waves = compile_waves(stage, &path, errors);
+        for (wave, gate_spec, gate_path) in waves {
+            let gate = match gate_spec {
+                None => Some((Gate::Continue, None)),
+                Some(gate_spec) => compile_stage_gate(gate_spec, &gate_path, errors),
+            };
+            if let Some((gate, approval)) = gate {
+                steps.push(Step {
+                    audience: Audience::Stage {
+                        name: stage.name.clone(),
+                        labels: stage.labels.clone(),
+                        wave,
+                    },
+                    gate,
+                    approval,
+                });
+            }
         }
     }
     steps.push(Step {
         audience: Audience::Stage {
             name: UNASSIGNED_STAGE.to_owned(),
             labels: Labels::new(),
+            wave: None,
         },
         gate: Gate::Immediate,
         approval: None,
     });
     Some(steps)
+}
+
+/// Most waves one stage may have.
+pub const MAX_WAVES: usize = 10;
+
+/// A stage's waves: each wave's share (`None`: the whole stage, the last wave), its gate
+/// spec and that gate's path. A stage without `percentages` is one wave.
+fn compile_waves<'a>(
+    stage: &'a StageSpec,
+    path: &str,
+    errors: &mut ValidationErrors,
+) -> Vec<(Option<Share>, Option<&'a StageGateSpec>, String)> {
+    let whole = || vec![(None, stage.gate.as_ref(), format!("{path}.gate"))];
+    if stage.gate.is_some() && stage.gates.is_some() {
+        errors.push(
+            format!("{path}.gates"),
+            "give gate (every wave) or gates (one per wave), not both",
+        );
+    }
+    let Some(percentages) = &stage.percentages else {
+        if stage.gates.is_some() {
+            errors.push(format!("{path}.gates"), "gates go with percentages");
+        }
+        return whole();
+    };
+    let before = errors.errors.len();
+    if percentages.is_empty() || percentages.len() > MAX_WAVES {
+        errors.push(
+            format!("{path}.percentages"),
+            format!("give 1..={MAX_WAVES} waves"),
+        );
+    }
+    let mut shares = Vec::with_capacity(percentages.len());
+    for (index, percentage) in percentages.iter().enumerate() {
+        let field = format!("{path}.percentages[{index}]");
+        match Share::from_percentage(*percentage) {
+            Ok(share) if share == Share::NONE => errors.push(field, "must be greater than 0"),
+            Ok(share) if shares.last().is_some_and(|previous| share <= *previous) => {
+                errors.push(field, "waves must rise strictly")
+            }
+            Ok(share) => shares.push(share),
+            Err(message) => errors.push(field, message),
+        }
+    }
+    if shares.last().is_some_and(|last| *last != Share::ALL) {
+        errors.push(
+            format!("{path}.percentages[{}]", percentages.len() - 1),
+            "the last wave is 100: every member of the stage",
+        );
+    }
+    if let Some(gates) = &stage.gates {
+        if gates.len() != percentages.len() {
+            errors.push(
+                format!("{path}.gates"),
+                format!(
+                    "give one gate per wave: {} waves, {} gates",
+                    percentages.len(),
+                    gates.len()
+                ),
+            );
+        }
+    }
+    if errors.errors.len() > before {
+        return whole();
+    }
+    shares
+        .iter()
+        .enumerate()
+        .map(|(index, share)| {
+            let wave = (*share != Share::ALL).then_some(*share);
+            match &stage.gates {
+                Some(gates) => (wave, gates.get(index), format!("{path}.gates[{index}]")),
+                None => (wave, stage.gate.as_ref(), format!("{path}.gate")),
+            }
+        })
+        .collect()
 }
 
 /// Checks an approval gate's number of approvers.

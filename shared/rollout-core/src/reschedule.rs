@@ -41,6 +41,16 @@ pub fn rescheduled_plan(
         }
     };
     let kept = &plan.steps[..=current.min(plan.last_step())];
+    if let Some(Audience::Stage {
+        name,
+        wave: Some(_),
+        ..
+    }) = kept.last().map(|step| &step.audience)
+    {
+        return Err(rejected(format!(
+            "step {current} is a wave of stage {name:?} before its last: reschedule once the stage is released whole"
+        )));
+    }
     let mut errors = ValidationErrors::default();
     if steps.is_empty() {
         errors.push("steps", "give at least one step");
@@ -155,6 +165,8 @@ fn stages_of(steps: &[RescheduleStepSpec], errors: &mut ValidationErrors) -> Vec
                 name: name.clone(),
                 labels: step.labels.clone().unwrap_or_default(),
                 gate: step.gate.clone(),
+                percentages: None,
+                gates: None,
             })
         })
         .collect()

@@ -124,8 +124,17 @@ pub struct StageSpec {
     #[serde(default)]
     pub labels: Labels,
     /// What releases the next stage once this one is released; `continue` when absent.
+    /// With waves, each wave waits for it before the next wave (SPEC §12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<StageGateSpec>,
+    /// Waves inside the stage (SPEC §12): the stage's members are released by cumulative
+    /// share, bucketed like users on their id (`[10, 50, 100]`); strictly rising, ending at
+    /// 100. The whole stage at once when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentages: Option<Vec<f64>>,
+    /// One gate per wave, instead of `gate` for every wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Vec<StageGateSpec>>,
 }
 
 /// A stage gate: after a duration, or when enough members completed, either of them

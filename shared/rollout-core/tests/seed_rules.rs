@@ -80,7 +80,7 @@ fn bindplane_a_collector_already_counted_in_stage_1_is_not_counted_in_stage_3() 
 fn bindplane_a_final_unassigned_stage_is_always_added() {
     let plan = bindplane_stages();
     assert_eq!(plan.steps.len(), 4);
-    let Audience::Stage { name, labels } = &plan.steps[3].audience else {
+    let Audience::Stage { name, labels, .. } = &plan.steps[3].audience else {
         panic!("last step is not a stage");
     };
     assert_eq!(name, UNASSIGNED_STAGE);

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use rollout_core::{
-    plan::stage_of, Attributes, DurationMs, Labels, Plan, RolloutState, StageCounts, Timestamp,
+    plan::stage_of, Attributes, BucketSeed, DurationMs, Labels, Plan, RolloutState, StageCounts,
+    Timestamp,
 };
 
 use crate::StoreError;
@@ -255,11 +256,12 @@ pub async fn load_reports<C: ConnectionLike + Send>(
         .collect())
 }
 
-/// Per-stage counts of a label-stage rollout (one entry per step, `unassigned` last):
-/// members by first matching stage; among released stages, `completed` applied the
-/// candidate, `errors` reported failure, `stale` stopped heartbeating (older than
-/// `stale_after`) without reporting, `pending` the rest; members of unreleased stages are
-/// `waiting` (or `stale`).
+/// Per-step counts of a label-stage rollout (one entry per step, `unassigned` last):
+/// members by the step that releases them — their first matching stage, and within a stage
+/// with waves the first wave whose share holds their bucket (SPEC §12) —; among released
+/// steps, `completed` applied the candidate, `errors` reported failure, `stale` stopped
+/// heartbeating (older than `stale_after`) without reporting, `pending` the rest; members
+/// of unreleased steps are `waiting` (or `stale`).
 pub fn stage_counts(
     plan: &Plan,
     state: &RolloutState,
@@ -269,10 +271,15 @@ pub fn stage_counts(
     stale_after: DurationMs,
 ) -> Vec<StageCounts> {
     let stages = plan.stage_labels();
+    let seed = BucketSeed::from_salt(&plan.salt);
     let mut counts = vec![StageCounts::default(); plan.steps.len()];
     let released = state.released_stages();
     for agent in agents {
-        let stage = stage_of(&stages, &agent.labels);
+        let Some(stage) =
+            plan.releasing_step(stage_of(&stages, &agent.labels), seed.bucket(&agent.id))
+        else {
+            continue;
+        };
         let Some(entry) = counts.get_mut(stage) else {
             continue;
         };

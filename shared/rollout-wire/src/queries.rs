@@ -633,6 +633,10 @@ pub struct FlagCounts {
 pub struct NamedStageCounts {
     /// Stage name.
     pub name: String,
+    /// A wave before the stage's last: the share of the stage it releases (its counts are
+    /// the members it releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<Share>,
     /// Its counts.
     pub counts: StageCounts,
 }

@@ -139,6 +139,10 @@ pub struct StepStatus {
     /// Labels a member of the stage has (empty for `unassigned`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labels>,
+    /// A wave before its stage's last (SPEC §12): the share of the stage's members it
+    /// releases, bucketed on their ids (its counts are the members it releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<Share>,
     /// When the step began or, projected from now, will begin; absent beyond a gate that
     /// waits for a command or for health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,10 +171,10 @@ impl StepStatus {
             .enumerate()
             .map(|(index, step)| {
                 let record = state.history.iter().find(|record| record.index == index);
-                let (percentage, name, labels) = match &step.audience {
-                    Audience::Share(share) => (Some(*share), None, None),
-                    Audience::Stage { name, labels } => {
-                        (None, Some(name.clone()), Some(labels.clone()))
+                let (percentage, name, labels, wave) = match &step.audience {
+                    Audience::Share(share) => (Some(*share), None, None, None),
+                    Audience::Stage { name, labels, wave } => {
+                        (None, Some(name.clone()), Some(labels.clone()), *wave)
                     }
                 };
                 StepStatus {
@@ -178,6 +182,7 @@ impl StepStatus {
                     percentage,
                     name,
                     labels,
+                    wave,
                     planned_at: planned.get(index).copied().flatten(),
                     started_at: record.and_then(|record| record.entered_at),
                     skipped: record.is_some_and(|record| record.skipped),

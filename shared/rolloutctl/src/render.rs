@@ -143,7 +143,11 @@ pub fn steps_table(steps: &[StepStatus], current: Option<usize>) -> String {
         };
         let mut row = vec![Cell::new(marker), Cell::new(step.index + 1)];
         if staged {
-            row.push(Cell::new(step.name.as_deref().unwrap_or("-")));
+            let name = step.name.as_deref().unwrap_or("-");
+            row.push(Cell::new(match step.wave {
+                Some(wave) => format!("{name} (wave {wave})"),
+                None => name.to_owned(),
+            }));
             row.push(Cell::new(
                 step.labels
                     .as_ref()

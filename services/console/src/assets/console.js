@@ -488,7 +488,7 @@ function rolloutDetail(s, counts) {
     h("thead", {}, h("tr", {}, ["#", s.kind === "stages" ? "Stage" : "Share", "Gate", "Planned", "Started", ""].map((t) => h("th", {}, t)))),
     h("tbody", {}, s.steps.map((step) => h("tr", { class: step.index === s.current_step ? "current" : null, dataset: { step: step.index + 1 } },
       h("td", {}, step.index + 1),
-      h("td", {}, step.name !== undefined ? h("span", {}, step.name, " ", h("span", { class: "muted" }, labelsText(step.labels))) : percent(step.percentage)),
+      h("td", {}, step.name !== undefined ? h("span", {}, step.name + (step.wave !== undefined ? " (wave " + step.wave + "%)" : ""), " ", h("span", { class: "muted" }, labelsText(step.labels))) : percent(step.percentage)),
       h("td", {}, gateText(step.gate)),
       h("td", {}, time(step.planned_at)),
       h("td", {}, step.started_at ? time(step.started_at) : h("span", { class: "muted" }, step.skipped ? "skipped" : "not yet")),
@@ -505,7 +505,7 @@ function labelsText(labels) {
 
 function stageTitle(step) {
   const c = step.counts || {};
-  return step.name + ": " + (c.members || 0) + " members, " + (c.completed || 0) + " completed, " + (c.errors || 0) +
+  return step.name + (step.wave !== undefined ? " (wave " + step.wave + "%)" : "") + ": " + (c.members || 0) + " members, " + (c.completed || 0) + " completed, " + (c.errors || 0) +
     " errors, " + (c.pending || 0) + " pending, " + (c.stale || 0) + " stale";
 }
 

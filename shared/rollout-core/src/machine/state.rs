@@ -10,7 +10,7 @@ use crate::eval::{RolloutView, ViewAudience};
 use crate::flag::{Serve, StagedServe, WeightedVariation};
 use crate::freeze::Freezes;
 use crate::guard::{GuardAction, GuardFigures, GuardVerdict, OutcomeCounts};
-use crate::plan::{ApprovalGate, Gate, Plan, StartMode, Step};
+use crate::plan::{ApprovalGate, Gate, Plan, StageRelease, StartMode, Step};
 use crate::share::Share;
 use crate::time::{DurationMs, Timestamp};
 
@@ -692,11 +692,21 @@ impl RolloutState {
         }
     }
 
-    /// How many label stages serve the candidate right now (counting `unassigned` last).
+    /// How many steps of a label-stage plan are released right now (a stage with waves
+    /// has one step per wave; `unassigned` is the last step).
     pub fn released_stages(&self) -> usize {
         match self.lifecycle {
             Lifecycle::Queued | Lifecycle::RolledBack => 0,
             _ => self.step.map_or(0, |step| step + 1),
+        }
+    }
+
+    /// Which members of a label-stage plan are served the candidate right now: whole
+    /// stages and the share of the next one its waves released.
+    pub fn stage_release(&self, plan: &Plan) -> StageRelease {
+        match self.released_stages() {
+            0 => StageRelease::default(),
+            steps => plan.stage_release(steps - 1),
         }
     }
 
@@ -722,9 +732,11 @@ impl RolloutState {
 
     fn audience(&self, plan: &Plan) -> ViewAudience {
         if plan.is_staged() {
+            let release = self.stage_release(plan);
             ViewAudience::Stages {
                 stages: plan.stage_labels(),
-                released: self.released_stages(),
+                released: release.full,
+                wave: release.wave,
             }
         } else {
             ViewAudience::Share(self.served_share(plan))
@@ -740,19 +752,21 @@ impl RolloutState {
             return None;
         }
         if plan.is_staged() {
-            let released = self.released_stages();
-            let stage_count = plan.steps.len();
-            return Some(if released == 0 {
+            let release = self.stage_release(plan);
+            let stages = plan.stage_labels();
+            return Some(if release.full == 0 && release.wave.is_none() {
                 Serve::variation(plan.baseline.clone())
-            } else if released >= stage_count {
+            } else if release.full > stages.len() {
                 Serve::variation(plan.candidate.clone())
             } else {
                 Serve {
                     stages: Some(StagedServe {
                         candidate: plan.candidate.clone(),
                         baseline: plan.baseline.clone(),
-                        stages: plan.stage_labels(),
-                        released,
+                        stages,
+                        released: release.full,
+                        wave: release.wave,
+                        salt: release.wave.map(|_| plan.salt.clone()),
                     }),
                     ..Serve::default()
                 }
