@@ -2482,3 +2482,96 @@ async fn a_stage_released_in_waves_moves_a_growing_share_of_its_agents_and_a_sto
     assert_eq!(desired(&system, "canary-1").await, "v2");
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_guards_judge_their_own_limits_a_warning_only_tells_and_a_pause_acts() {
+    let system = System::start(1).await;
+    let eval = EvalClient::connect(
+        system.cluster.client.clone(),
+        Namespace::new(NS).expect("ns"),
+    )
+    .await
+    .expect("eval client");
+    system
+        .cluster
+        .commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag created");
+    let spec = serde_json::from_value(json!({
+    "flag": "checkout", "baseline": "off", "candidate": "on",
+    "phases": [{"percentage": 10, "duration": "1h"}, {"percentage": 100}],
+    "guards": [
+        {"max_error_rate": 5, "min_samples": 20, "window": "1m", "action": "warn"},
+        {"max_error_rate": 50, "min_samples": 20, "window": "2m", "action": "pause"},
+    ]}))
+    .expect("spec");
+    let rollout = system
+        .cluster
+        .commands
+        .create_rollout(spec)
+        .await
+        .expect("rollout created");
+    let id = rollout.rollout_id.clone();
+    until_served_everywhere(&system, "checkout").await;
+    let breaches = || async {
+        audit_of(
+            &system.cluster.commands,
+            AuditQuery {
+                rollout_id: Some(id.clone()),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .entries
+        .iter()
+        .filter(|entry| entry.kind == EventKind::GuardBreached)
+        .map(|entry| entry.details["action"].as_str().unwrap_or("?").to_owned())
+        .collect::<Vec<String>>()
+    };
+
+    // 20 % errors: the warning guard tells, the pausing one (50 %) lets it run
+    report_candidate(&eval, ("checkout", "on"), 40, false).await;
+    report_candidate(&eval, ("checkout", "on"), 10, true).await;
+    let told = eventually("the warning", PATIENCE, || async {
+        let told = breaches().await;
+        (!told.is_empty()).then_some(told)
+    })
+    .await;
+    assert_eq!(told, ["warn"]);
+    let counts = system
+        .cluster
+        .commands
+        .rollout_counts(&id)
+        .await
+        .expect("counts");
+    let verdicts: Vec<bool> = counts
+        .guards
+        .iter()
+        .map(|guard| matches!(guard.verdict, rollout_core::GuardVerdict::Breached(_)))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [true, false],
+        "each guard judged on its own limit"
+    );
+    assert_eq!(counts.guards[1].window_ms, 120_000);
+    let status = system
+        .cluster
+        .commands
+        .rollout_status(&id)
+        .await
+        .expect("status");
+    assert_eq!(status.state, Lifecycle::Running);
+    system.assert_served_matches_committed().await;
+
+    // most reports now fail: the pausing guard acts
+    report_candidate(&eval, ("checkout", "on"), 100, true).await;
+    let paused = until_settled(&system, &id, "the second guard to pause it").await;
+    assert_eq!(paused.state, Lifecycle::Paused);
+    assert_eq!(paused.share, Some(Share::from_ppm(100_000)));
+    let told = breaches().await;
+    assert_eq!(told.first().map(String::as_str), Some("pause"), "{told:?}");
+    system.assert_served_matches_committed().await;
+    system.stop().await;
+}

@@ -308,8 +308,16 @@ impl Console {
 }
 
 /// A JSON request body; a refusal names what is wrong with it.
+/// A request body: a JSON object of `T`'s shape. Serde would also read a struct from an
+/// array of its fields in order (`[]` for one whose fields all have defaults); every body
+/// of this API is an object, so anything else is refused first.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| ApiError::invalid("body", error.to_string()))
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| ApiError::invalid("body", error.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("body", "expected a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|error| ApiError::invalid("body", error.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -489,6 +489,17 @@ async fn alertmanager_notifications_pause_the_rollouts_their_labels_select() {
     .await;
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert!(bad.text().contains("\"action\""), "{}", bad.text());
+    // a body that is not an object (serde would read `[]` as a struct of defaults)
+    let array = call(
+        &console,
+        "POST",
+        path,
+        &[("Authorization", &bearer)],
+        &json!([]),
+    )
+    .await;
+    assert_eq!(array.status, 400, "{}", array.text());
+    assert!(array.text().contains("JSON object"), "{}", array.text());
     console.stop().await;
     sandbox.stop().await;
 }

@@ -19,8 +19,8 @@ use rollout_wire::checks::PageWindow;
 use rollout_wire::commands::FlagResult;
 use rollout_wire::envelope::WireError;
 use rollout_wire::queries::{
-    AuditPage, FlagCounts, FlagList, FlagSummary, NamedStageCounts, PlanPreview, Query, QueryReply,
-    RolloutCounts, RolloutList, RolloutListQuery, RolloutStatus, RolloutSummary,
+    AuditPage, FlagCounts, FlagList, FlagSummary, GuardCounts, NamedStageCounts, PlanPreview,
+    Query, QueryReply, RolloutCounts, RolloutList, RolloutListQuery, RolloutStatus, RolloutSummary,
     DEFAULT_COUNTS_WINDOW,
 };
 use rollout_wire::subjects::Namespace;
@@ -332,13 +332,33 @@ impl Reader {
         let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let plan = &record.plan;
         let window = plan
-            .guard
-            .as_ref()
+            .guards()
+            .next()
             .map_or(DEFAULT_COUNTS_WINDOW, |guard| guard.window);
         let counted_from = record.state.guard_window_start(window, now);
         let outcome_counts =
             outcomes::load_rollout_outcomes(connection, keys, &record.id, counted_from, now)
                 .await?;
+        let mut guards = Vec::new();
+        if plan.guards().count() > 1 {
+            for guard in plan.guards() {
+                let from = record.state.guard_window_start(guard.window, now);
+                let outcomes =
+                    outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now)
+                        .await?;
+                guards.push(GuardCounts {
+                    action: guard.action,
+                    window_ms: u64::try_from(guard.window.as_millis()).unwrap_or(0),
+                    counted_from: from,
+                    verdict: guard.verdict(&outcomes),
+                    outcomes,
+                });
+            }
+        }
+        let first_verdict = plan
+            .guards()
+            .next()
+            .map(|guard| guard.verdict(&outcome_counts));
         let stage_counts = self.stage_counts(connection, keys, &record, now).await?;
         let stages = plan
             .steps
@@ -363,10 +383,8 @@ impl Reader {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(0),
             counted_from: Some(counted_from),
             outcomes: outcome_counts,
-            guard: plan
-                .guard
-                .as_ref()
-                .map(|guard| guard.verdict(&outcome_counts)),
+            guard: first_verdict,
+            guards,
             stages,
         }))
     }

@@ -161,6 +161,20 @@ pub enum GuardAction {
     Warn,
 }
 
+impl GuardAction {
+    /// How far the action goes, to pick one when several guards breach at once: a
+    /// rollback over a gradual one over a stop over a pause; `warn` changes nothing.
+    pub fn severity(self) -> u8 {
+        match self {
+            GuardAction::Warn => 0,
+            GuardAction::Pause => 1,
+            GuardAction::Stop => 2,
+            GuardAction::RollbackGradual => 3,
+            GuardAction::Rollback => 4,
+        }
+    }
+}
+
 /// A validated guard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Guard {

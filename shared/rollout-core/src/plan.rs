@@ -165,8 +165,11 @@ pub struct Plan {
     pub start: StartMode,
     /// Ordered steps; never empty.
     pub steps: Vec<Step>,
-    /// Health guard.
+    /// Health guard (the spec's `guard`).
     pub guard: Option<Guard>,
+    /// Health guards (the spec's `guards`); see [`Plan::guards`] for all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<Guard>,
     /// Time windows its timer gates open in; always open when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<Window>,
@@ -184,6 +187,12 @@ pub struct CompileContext<'a> {
 }
 
 impl Plan {
+    /// Every guard, in order: the spec's `guard`, or its `guards`. Health outcome counts
+    /// and warnings are kept per guard in this order.
+    pub fn guards(&self) -> impl Iterator<Item = &Guard> {
+        self.guard.iter().chain(&self.guards)
+    }
+
     /// True for label-stage plans.
     pub fn is_staged(&self) -> bool {
         self.kind == PlanKind::Stages
@@ -385,6 +394,29 @@ pub fn compile(
                     None
                 }
             });
+    if spec.guard.is_some() && !spec.guards.is_empty() {
+        errors.push(
+            "rollout.guards",
+            "give guard (one) or guards (several), not both",
+        );
+    }
+    if spec.guards.len() > MAX_GUARDS {
+        errors.push("rollout.guards", format!("at most {MAX_GUARDS} guards"));
+    }
+    let guards: Vec<Guard> = spec
+        .guards
+        .iter()
+        .enumerate()
+        .filter_map(|(index, guard_spec)| {
+            match guard_spec.compile(&format!("rollout.guards[{index}]")) {
+                Ok(guard) => Some(guard),
+                Err(guard_errors) => {
+                    errors.errors.extend(guard_errors.errors);
+                    None
+                }
+            }
+        })
+        .collect();
     let windows = compile_windows(&spec.windows, &mut errors);
     let start_at = spec
         .start_at
@@ -488,6 +520,7 @@ pub fn compile(
         start,
         steps,
         guard,
+        guards,
         windows,
     })
 }
@@ -814,6 +847,9 @@ pub(crate) fn compile_stages(
     });
     Some(steps)
 }
+
+/// Most guards one rollout may have.
+pub const MAX_GUARDS: usize = 8;
 
 /// Most waves one stage may have.
 pub const MAX_WAVES: usize = 10;

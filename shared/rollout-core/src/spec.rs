@@ -51,6 +51,10 @@ pub struct RolloutSpec {
     /// Health guard checked at every tick.
     #[serde(default)]
     pub guard: Option<GuardSpec>,
+    /// Several guards instead of `guard` (SPEC §12), each judged on its own window with its
+    /// own limits, minimum samples and action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<GuardSpec>,
     /// Time windows: timer gates open only inside one of them (SPEC §12).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSpec>,

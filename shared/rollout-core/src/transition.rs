@@ -195,7 +195,7 @@ pub fn next_look(record: &RolloutRecord, now: Timestamp) -> Option<Timestamp> {
     let due = record.state.due_at(&record.plan);
     let running = record.state.lifecycle == Lifecycle::Running;
     let waits_on_health = running
-        && (record.plan.guard.is_some()
+        && (record.plan.guards().next().is_some()
             || record.state.waiting_for(&record.plan) == Some(WaitingFor::Guard));
     let health_check = waits_on_health.then(|| now.plus(HEALTH_CHECK_INTERVAL));
     match (due, health_check) {

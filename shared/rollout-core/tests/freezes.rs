@@ -99,13 +99,13 @@ fn commands_still_act_and_guards_still_protect_while_frozen() {
     let guarded = plan_guarded();
     let state = RolloutState::created(&guarded, now()).state;
     let breach = Event::Tick(Health {
-        outcomes: Some(OutcomeCounts {
+        outcomes: vec![OutcomeCounts {
             candidate: SideCounts {
                 success: 50,
                 error: 50,
             },
             baseline: SideCounts::default(),
-        }),
+        }],
         freezes: freezes.clone(),
         ..Health::default()
     });

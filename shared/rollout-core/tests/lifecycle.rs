@@ -297,7 +297,7 @@ fn catch_up_stops_at_a_health_gate() {
     let running = RolloutState::created(&plan, now()).state;
     // counts that would open b's gate are about the stage current at the tick (a), not b
     let health = Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(rollout_core::StageCounts {
             members: 1,
             completed: 1,
@@ -325,7 +325,7 @@ fn silent_stage() -> Plan {
 
 fn stage_tick(counts: rollout_core::StageCounts) -> Event {
     Event::Tick(Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(counts),
         freezes: Default::default(),
     })
@@ -346,7 +346,7 @@ fn silent_members_never_open_a_completion_gate() {
     assert_eq!(held.state.step, Some(0));
     assert_eq!(held.state.waiting_for(&plan), Some(WaitingFor::Guard));
     let silent_health = Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(all_silent),
         freezes: Default::default(),
     };
@@ -381,7 +381,7 @@ fn silent_members_never_open_a_completion_gate() {
     let opened = step(&plan, &running, &stage_tick(applied), at(minutes(11))).expect("tick");
     assert_eq!(opened.state.step, Some(1));
     let applied_health = Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(applied),
         freezes: Default::default(),
     };
@@ -411,7 +411,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
         ..Default::default()
     };
     let with_outcomes = |candidate: u64, baseline: u64| Health {
-        outcomes: Some(OutcomeCounts {
+        outcomes: vec![OutcomeCounts {
             candidate: SideCounts {
                 success: candidate,
                 error: 0,
@@ -420,7 +420,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
                 success: baseline,
                 error: 0,
             },
-        }),
+        }],
         current_stage: Some(all_applied),
         freezes: Default::default(),
     };
@@ -445,7 +445,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
     }
     // no outcome figures at all hold it too
     let unread = Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(all_applied),
         freezes: Default::default(),
     };
@@ -471,13 +471,13 @@ fn guarded(action: &str) -> Plan {
 
 fn breaching() -> Event {
     Event::Tick(Health {
-        outcomes: Some(OutcomeCounts {
+        outcomes: vec![OutcomeCounts {
             candidate: SideCounts {
                 success: 90,
                 error: 10,
             },
             baseline: SideCounts::default(),
-        }),
+        }],
         current_stage: None,
         freezes: Default::default(),
     })

@@ -179,7 +179,7 @@ fn guarded(guard: serde_json::Value) -> Plan {
 
 fn outcomes(candidate: (u64, u64), baseline: (u64, u64)) -> Event {
     Event::Tick(Health {
-        outcomes: Some(OutcomeCounts {
+        outcomes: vec![OutcomeCounts {
             candidate: SideCounts {
                 success: candidate.0,
                 error: candidate.1,
@@ -188,7 +188,7 @@ fn outcomes(candidate: (u64, u64), baseline: (u64, u64)) -> Event {
                 success: baseline.0,
                 error: baseline.1,
             },
-        }),
+        }],
         current_stage: None,
         freezes: Default::default(),
     })

@@ -167,7 +167,7 @@ fn bindplane_automatic_gates_after_a_duration_or_on_completion() {
     .expect("tick");
     assert_eq!(after_timer.state.released_stages(), 2);
     let counts = |completed, errors| Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(StageCounts {
             members: 10,
             completed,
@@ -204,7 +204,7 @@ fn bindplane_automatic_gates_after_a_duration_or_on_completion() {
     // members that stopped heartbeating count as not completed (SPEC §11.1: silence never
     // opens a gate): 8 of 10 is not 90 %, however many of the other two went silent
     let with_stale = |stale| Health {
-        outcomes: None,
+        outcomes: Vec::new(),
         current_stage: Some(StageCounts {
             members: 10,
             completed: 8,

@@ -1,7 +1,7 @@
 //! What a rollout's health gates see at a time: the `rollout_core::Health` the ticker passes
 //! to the step function and the planner's status explains with
 //! `RolloutState::gate_hold`, read one way for both — the rollout's own outcome counters
-//! over its guard's window (never before its last resume) while a guarded rollout runs,
+//! over each guard's window (never before its last resume) while a guarded rollout runs,
 //! and the current stage's fleet counts while it waits on a completion gate.
 
 use crate::keys::Keys;
@@ -24,10 +24,11 @@ pub async fn load_health<C: ConnectionLike + Send>(
         return Ok(health);
     }
     let plan = &record.plan;
-    if let Some(guard) = &plan.guard {
+    for guard in plan.guards() {
         let from = record.state.guard_window_start(guard.window, now);
-        health.outcomes =
-            Some(outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now).await?);
+        health
+            .outcomes
+            .push(outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now).await?);
     }
     if record.state.waiting_for(plan) == Some(WaitingFor::Guard) {
         let counts = fleet::load_stage_counts(

@@ -582,12 +582,30 @@ pub struct RolloutCounts {
     pub counted_from: Option<Timestamp>,
     /// Outcomes reported for this rollout within the window, for each side.
     pub outcomes: OutcomeCounts,
-    /// What the rollout's guard says of these outcomes now; absent without a guard.
+    /// What the rollout's (first) guard says of these outcomes now; absent without a guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardVerdict>,
+    /// Each guard of a rollout with several (`guards`), judged on its own window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<GuardCounts>,
     /// Fleet counts of each label stage, `unassigned` last; empty for percentage plans.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<NamedStageCounts>,
+}
+
+/// One guard's window, outcomes and verdict, in a rollout with several guards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuardCounts {
+    /// What its breach does.
+    pub action: rollout_core::GuardAction,
+    /// Its window, in milliseconds.
+    pub window_ms: u64,
+    /// The earliest time counted.
+    pub counted_from: Timestamp,
+    /// Outcomes within its window, for each side.
+    pub outcomes: OutcomeCounts,
+    /// What it says of them now.
+    pub verdict: GuardVerdict,
 }
 
 /// `rollout.query.<ns>.flag.counts`. Reply: [`FlagCounts`].

@@ -399,10 +399,21 @@ pub fn counts(counts: &RolloutCounts) -> String {
     text.push_str(&format!(
         "outcomes of this rollout over the last {window}{since}\n{outcomes}\n"
     ));
-    text.push_str(&format!(
-        "guard: {}\n",
-        verdict_text(counts.guard.as_ref(), "no guard")
-    ));
+    if counts.guards.is_empty() {
+        text.push_str(&format!(
+            "guard: {}\n",
+            verdict_text(counts.guard.as_ref(), "no guard")
+        ));
+    }
+    for (index, guard) in counts.guards.iter().enumerate() {
+        text.push_str(&format!(
+            "guard {} ({}, over {}): {}\n",
+            index + 1,
+            wire_name(&guard.action),
+            DurationMs::from_millis(i64::try_from(guard.window_ms).unwrap_or(i64::MAX)),
+            verdict_text(Some(&guard.verdict), "no guard")
+        ));
+    }
     if !counts.stages.is_empty() {
         let mut header = vec!["stage"];
         header.extend(COUNT_COLUMNS);

@@ -551,6 +551,11 @@ function guardBox(counts) {
   } else {
     rows.push(h("p", { class: "muted" }, "No guard on this rollout."));
   }
+  (counts.guards || []).forEach((guard, index) => {
+    const v = guard.verdict;
+    rows.push(h("p", { class: "guard-each" }, "Guard " + (index + 1) + " (" + guard.action.replace("_", " ") + ", " + duration(guard.window_ms) + "): ",
+      h("strong", {}, v.verdict.replace("_", " ")), v.limit ? " — limit: " + v.limit : "", "."));
+  });
   return h("div", { class: "card" }, rows);
 }
 

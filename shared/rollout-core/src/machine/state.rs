@@ -225,9 +225,10 @@ pub struct RolloutState {
     pub stopped_share: Option<Share>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
-    /// When a `warn` guard last told of a breach (it tells again once its window passed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guard_warned_at: Option<Timestamp>,
+    /// When each `warn` guard (in [`Plan::guards`] order) last told of a breach; it tells
+    /// again once its window passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards_warned_at: Vec<Option<Timestamp>>,
     /// The gradual rollback under way: present exactly while `rolling_back`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<GradualRollback>,
@@ -262,8 +263,10 @@ pub struct StageCounts {
 /// What the ticker knows about health at a tick.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
 pub struct Health {
-    /// Outcome counters over the guard's window, when the rollout has a guard.
-    pub outcomes: Option<OutcomeCounts>,
+    /// Outcome counters of each guard over its window, in [`Plan::guards`] order; empty
+    /// when not known (a guard then judges nothing).
+    #[serde(default)]
+    pub outcomes: Vec<OutcomeCounts>,
     /// Counts of the current stage, for staged plans.
     pub current_stage: Option<StageCounts>,
     /// The namespace's freezes: timers and automatic gates hold while one does.
@@ -422,6 +425,9 @@ pub enum Effect {
         action: GuardAction,
         /// The numbers.
         figures: GuardFigures,
+        /// Which guard, in [`Plan::guards`] order.
+        #[serde(default)]
+        guard: usize,
     },
     /// Reached the end of the plan.
     Completed,
@@ -510,7 +516,7 @@ impl RolloutState {
             resumed_at: None,
             stopped_share: None,
             finished_at: None,
-            guard_warned_at: None,
+            guards_warned_at: Vec::new(),
             rollback: None,
             approvals: Vec::new(),
             history: Vec::new(),
@@ -822,23 +828,30 @@ impl RolloutState {
                 reason,
             });
         }
-        let guard = plan.guard.as_ref()?;
-        let reason = match &health.outcomes {
-            None => Some("the guard's outcome counts are not known yet".to_owned()),
-            Some(outcomes) => match guard.verdict(outcomes) {
-                GuardVerdict::Healthy => None,
-                GuardVerdict::InsufficientData => Some(format!(
-                    "the guard cannot judge yet: {}",
-                    guard
-                        .missing_samples(outcomes)
-                        .unwrap_or_else(|| "too few samples".to_owned())
-                )),
-                GuardVerdict::Breached(figures) => {
-                    Some(format!("the guard is breached: {}", figures.limit))
-                }
-            },
-        };
-        reason.map(|reason| GateHold {
+        let several = plan.guards().count() > 1;
+        let reason = plan.guards().enumerate().find_map(|(index, guard)| {
+            let name = if several {
+                format!("guard {}", index + 1)
+            } else {
+                "the guard".to_owned()
+            };
+            match health.outcomes.get(index) {
+                None => Some(format!("{name}'s outcome counts are not known yet")),
+                Some(outcomes) => match guard.verdict(outcomes) {
+                    GuardVerdict::Healthy => None,
+                    GuardVerdict::InsufficientData => Some(format!(
+                        "{name} cannot judge yet: {}",
+                        guard
+                            .missing_samples(outcomes)
+                            .unwrap_or_else(|| "too few samples".to_owned())
+                    )),
+                    GuardVerdict::Breached(figures) => {
+                        Some(format!("{name} is breached: {}", figures.limit))
+                    }
+                },
+            }
+        })?;
+        Some(GateHold {
             held_by: HeldBy::Guard,
             reason,
         })

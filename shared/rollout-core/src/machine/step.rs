@@ -462,77 +462,79 @@ fn tick(
     if state.lifecycle != Lifecycle::Running {
         return;
     }
-    if let (Some(guard), Some(outcomes)) = (&plan.guard, &health.outcomes) {
-        if let GuardVerdict::Breached(figures) = guard.verdict(outcomes) {
-            let breach = Effect::GuardBreached {
-                action: guard.action,
-                figures,
-            };
-            match guard.action {
-                GuardAction::Warn => {
-                    // tell once per window while it stays breached; nothing else changes
-                    let told_recently = state
-                        .guard_warned_at
-                        .is_some_and(|warned| now.millis_since(warned) < guard.window.as_millis());
-                    if !told_recently {
-                        state.guard_warned_at = Some(now);
-                        effects.push(breach);
-                    }
-                    advance_due(plan, state, now, Some(health), effects);
-                }
-                GuardAction::RollbackGradual => {
-                    effects.push(breach);
-                    let served = state.served_share(plan);
-                    let walk = guard.gradual.as_ref().map(|(shares, every)| {
-                        let below: Vec<Share> = shares
-                            .iter()
-                            .copied()
-                            .filter(|share| *share < served)
-                            .collect();
-                        (below, *every)
-                    });
-                    let started = walk.is_some_and(|(shares, every)| {
-                        roll_back_gradually(
-                            plan,
-                            state,
-                            &shares,
-                            every,
-                            EndCause::Guard,
-                            now,
-                            effects,
-                        )
+    // every guard judges its own window; a `warn` guard tells (once per its window), and of
+    // the guards that act the one that goes furthest acts
+    let mut acting: Option<&crate::guard::Guard> = None;
+    for (index, guard) in plan.guards().enumerate() {
+        let Some(outcomes) = health.outcomes.get(index) else {
+            continue;
+        };
+        let GuardVerdict::Breached(figures) = guard.verdict(outcomes) else {
+            continue;
+        };
+        let breach = Effect::GuardBreached {
+            action: guard.action,
+            figures,
+            guard: index,
+        };
+        if guard.action == GuardAction::Warn {
+            if state.guards_warned_at.len() <= index {
+                state.guards_warned_at.resize(index + 1, None);
+            }
+            let told_recently = state.guards_warned_at[index]
+                .is_some_and(|warned| now.millis_since(warned) < guard.window.as_millis());
+            if !told_recently {
+                state.guards_warned_at[index] = Some(now);
+                effects.push(breach);
+            }
+            continue;
+        }
+        effects.push(breach);
+        if acting.is_none_or(|chosen| guard.action.severity() > chosen.action.severity()) {
+            acting = Some(guard);
+        }
+    }
+    if let Some(guard) = acting {
+        match guard.action {
+            GuardAction::Warn => {}
+            GuardAction::RollbackGradual => {
+                let served = state.served_share(plan);
+                let walk = guard.gradual.as_ref().map(|(shares, every)| {
+                    let below: Vec<Share> = shares
+                        .iter()
+                        .copied()
+                        .filter(|share| *share < served)
+                        .collect();
+                    (below, *every)
+                });
+                let started = walk.is_some_and(|(shares, every)| {
+                    roll_back_gradually(plan, state, &shares, every, EndCause::Guard, now, effects)
                         .is_ok()
-                    });
-                    if !started {
-                        // a walk that cannot start (a label-stage plan) rolls back at once
-                        end(state, Lifecycle::RolledBack, now);
-                        effects.push(Effect::RolledBack {
-                            cause: EndCause::Guard,
-                        });
-                    }
-                }
-                GuardAction::Pause => {
-                    effects.push(breach);
-                    pause(plan, state, now, effects);
-                }
-                GuardAction::Stop => {
-                    effects.push(breach);
-                    state.stopped_share = Some(state.served_share(plan));
-                    end(state, Lifecycle::Stopped, now);
-                    effects.push(Effect::Stopped {
-                        cause: EndCause::Guard,
-                    });
-                }
-                GuardAction::Rollback => {
-                    effects.push(breach);
+                });
+                if !started {
+                    // a walk that cannot start (a label-stage plan) rolls back at once
                     end(state, Lifecycle::RolledBack, now);
                     effects.push(Effect::RolledBack {
                         cause: EndCause::Guard,
                     });
                 }
             }
-            return;
+            GuardAction::Pause => pause(plan, state, now, effects),
+            GuardAction::Stop => {
+                state.stopped_share = Some(state.served_share(plan));
+                end(state, Lifecycle::Stopped, now);
+                effects.push(Effect::Stopped {
+                    cause: EndCause::Guard,
+                });
+            }
+            GuardAction::Rollback => {
+                end(state, Lifecycle::RolledBack, now);
+                effects.push(Effect::RolledBack {
+                    cause: EndCause::Guard,
+                });
+            }
         }
+        return;
     }
     advance_due(plan, state, now, Some(health), effects);
 }
