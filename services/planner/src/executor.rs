@@ -322,16 +322,12 @@ impl Executor {
             let read = freezes::load(&mut connection, keys)
                 .await
                 .map_err(|error| error.to_wire())?;
-            let context = DecideContext {
-                namespace: namespace.as_str().to_owned(),
+            let context = DecideContext::for_namespace(
+                namespace.as_str(),
                 now,
-                min_phase_interval: self.min_phase_interval,
-                fresh_salt: String::new(),
-                new_rollout_id: String::new(),
-                actor: command.actor().map(str::to_owned),
-                traceparent: None,
-                expected_step: None,
-            };
+                self.min_phase_interval,
+                command.actor(),
+            );
             let change = match decide::namespace::decide(command, &read.freezes, &context) {
                 Some(Ok(change)) => change,
                 Some(Err(error)) => {
@@ -340,21 +336,13 @@ impl Executor {
                 None => return Err(WireError::internal("not a namespace command")),
             };
             let freeze = change.reply.frozen.as_ref().or(change.freezes.past.first());
-            let audit = AuditEntry {
-                time: now,
-                actor: actor.name.clone(),
-                kind: change.kind,
-                namespace: namespace.as_str().to_owned(),
-                flag: String::new(),
-                rollout_id: None,
-                from: None,
-                to: None,
-                details: serde_json::json!({
-                    "command_id": command_id,
-                    "freeze": freeze,
-                }),
-                trace_id: actor.trace_id.clone(),
-            };
+            let audit = namespace_audit(
+                namespace,
+                now,
+                actor,
+                change.kind,
+                serde_json::json!({"command_id": command_id, "freeze": freeze}),
+            );
             let saved = freezes::save(&mut connection, keys, &read, &change.freezes, &audit)
                 .await
                 .map_err(|error| error.to_wire())?;
@@ -392,16 +380,12 @@ impl Executor {
             .await
             .map_err(store)?;
         let existing = webhooks::load(&mut connection, keys).await.map_err(store)?;
-        let context = DecideContext {
-            namespace: namespace.as_str().to_owned(),
+        let context = DecideContext::for_namespace(
+            namespace.as_str(),
             now,
-            min_phase_interval: self.min_phase_interval,
-            fresh_salt: String::new(),
-            new_rollout_id: String::new(),
-            actor: command.actor().map(str::to_owned),
-            traceparent: None,
-            expected_step: None,
-        };
+            self.min_phase_interval,
+            command.actor(),
+        );
         let change = match decide::namespace::decide_webhook(command, &existing, &context) {
             Some(Ok(change)) => change,
             Some(Err(error)) => {
@@ -409,22 +393,9 @@ impl Executor {
             }
             None => return Err(WireError::internal("not a webhook command")),
         };
-        let audit = AuditEntry {
-            time: now,
-            actor: actor.name.clone(),
-            kind: change.kind(),
-            namespace: namespace.as_str().to_owned(),
-            flag: String::new(),
-            rollout_id: None,
-            from: None,
-            to: None,
-            details: {
-                let mut details = change.details(&existing);
-                details["command_id"] = serde_json::json!(command_id);
-                details
-            },
-            trace_id: actor.trace_id.clone(),
-        };
+        let mut details = change.details(&existing);
+        details["command_id"] = serde_json::json!(command_id);
+        let audit = namespace_audit(namespace, now, actor, change.kind(), details);
         match &change {
             WebhookChange::Put(record) => webhooks::put(&mut connection, keys, record, &audit)
                 .await
@@ -446,6 +417,28 @@ impl Executor {
             Ok(CommandReply::Webhooks(list)),
         )
         .await
+    }
+}
+
+/// An entry of the namespace's own audit log (freezes, webhooks) by `actor` at `now`.
+fn namespace_audit(
+    namespace: &Namespace,
+    now: rollout_core::Timestamp,
+    actor: &Actor,
+    kind: rollout_wire::events::EventKind,
+    details: serde_json::Value,
+) -> AuditEntry {
+    AuditEntry {
+        time: now,
+        actor: actor.name.clone(),
+        kind,
+        namespace: namespace.as_str().to_owned(),
+        flag: String::new(),
+        rollout_id: None,
+        from: None,
+        to: None,
+        details,
+        trace_id: actor.trace_id.clone(),
     }
 }
 

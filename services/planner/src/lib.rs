@@ -271,26 +271,22 @@ async fn sweep_outbox(
     metrics: Arc<PlannerMetrics>,
     shutdown: Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        match relay.sweep_all(grace).await {
-            Ok(0) => {}
-            Ok(relayed) => {
-                metrics.relayed(relayed as u64);
-                tracing::info!(relayed, "outbox sweep published events a committer had not")
+    shutdown
+        .every(interval, || async {
+            match relay.sweep_all(grace).await {
+                Ok(0) => {}
+                Ok(relayed) => {
+                    metrics.relayed(relayed as u64);
+                    tracing::info!(relayed, "outbox sweep published events a committer had not")
+                }
+                Err(error) => tracing::warn!(%error, "outbox sweep failed"),
             }
-            Err(error) => tracing::warn!(%error, "outbox sweep failed"),
-        }
-        match relay.depth_all().await {
-            Ok(depth) => metrics.outbox_depth(depth),
-            Err(error) => tracing::debug!(%error, "outbox depth unavailable"),
-        }
-    }
+            match relay.depth_all().await {
+                Ok(depth) => metrics.outbox_depth(depth),
+                Err(error) => tracing::debug!(%error, "outbox depth unavailable"),
+            }
+        })
+        .await;
 }
 
 /// Runs the planner until `shutdown` triggers.

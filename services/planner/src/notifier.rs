@@ -147,17 +147,13 @@ impl Notifier {
 
     /// Runs delivery rounds every `interval` until shutdown.
     pub async fn run(self, interval: Duration, shutdown: Shutdown) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            if let Err(error) = self.round().await {
-                tracing::warn!(%error, "webhook delivery round failed");
-            }
-        }
+        shutdown
+            .every(interval, || async {
+                if let Err(error) = self.round().await {
+                    tracing::warn!(%error, "webhook delivery round failed");
+                }
+            })
+            .await;
     }
 
     /// One round: every namespace with webhooks whose lease this planner holds.

@@ -98,6 +98,24 @@ impl Shutdown {
         self.token.cancelled()
     }
 
+    /// Runs `work` every `interval` (the first at once; a late round delays the next rather
+    /// than bunching up) until the signal is triggered; a round in progress finishes first.
+    pub async fn every<F, Fut>(&self, interval: Duration, mut work: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            work().await;
+        }
+    }
+
     /// Completes once the signal is triggered; owns its handle, so it can be
     /// moved into a task.
     pub async fn cancelled_owned(self) {

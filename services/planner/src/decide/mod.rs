@@ -56,6 +56,28 @@ pub struct DecideContext {
     pub expected_step: Option<usize>,
 }
 
+impl DecideContext {
+    /// The context of a namespace command (freezes, webhooks): no rollout is made, so no
+    /// salt, id, trace or step.
+    pub fn for_namespace(
+        namespace: &str,
+        now: Timestamp,
+        min_phase_interval: DurationMs,
+        actor: Option<&str>,
+    ) -> DecideContext {
+        DecideContext {
+            namespace: namespace.to_owned(),
+            now,
+            min_phase_interval,
+            fresh_salt: String::new(),
+            new_rollout_id: String::new(),
+            actor: actor.map(str::to_owned),
+            traceparent: None,
+            expected_step: None,
+        }
+    }
+}
+
 /// What a command comes to.
 #[derive(Clone, Debug)]
 pub enum Decision {
