@@ -2575,3 +2575,90 @@ async fn several_guards_judge_their_own_limits_a_warning_only_tells_and_a_pause_
     system.assert_served_matches_committed().await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planner_dying_between_a_delivery_and_its_record_delivers_that_notice_again_under_its_key(
+) {
+    const SECRET: &str = "whsec-crash-0123456789";
+    let mut system = System::start(1).await;
+    let receiver = support::receiver::Receiver::start().await;
+    let commands = system.cluster.commands.clone();
+    commands
+        .create_flag(boolean_flag("checkout"))
+        .await
+        .expect("flag created");
+    commands
+        .put_webhook(
+            "ops",
+            &receiver.url(),
+            SECRET,
+            vec![EventKind::FlagDisabled],
+        )
+        .await
+        .expect("webhook saved");
+    // from here on the only planner is a process that dies right after a webhook answered
+    // its first notice, before the delivery is recorded
+    system.cluster.shutdown_planners().await;
+    let env = std::collections::HashMap::from([
+        ("ROLLOUT_NATS__URL".to_owned(), system.cluster.nats.url()),
+        ("ROLLOUT_REDIS__URL".to_owned(), system.cluster.redis.url()),
+        (
+            "ROLLOUT_PLANNER__NOTIFY_INTERVAL".to_owned(),
+            "50ms".to_owned(),
+        ),
+        (
+            "ROLLOUT_PLANNER__WEBHOOK_TIMEOUT".to_owned(),
+            "1s".to_owned(),
+        ),
+        (
+            "ROLLOUT_FAILPOINTS".to_owned(),
+            "webhook.before_save".to_owned(),
+        ),
+        ("ROLLOUT_LOG__FORMAT".to_owned(), "json".to_owned()),
+    ]);
+    let mut doomed =
+        support::procs::Service::Planner.spawn("doomed", system.cluster.dir.path(), &env);
+    eventually("the doomed planner to answer", PATIENCE, || async {
+        commands.disable_flag("checkout").await.ok()
+    })
+    .await;
+    let status = tokio::task::block_in_place(|| doomed.wait_exit(PATIENCE))
+        .expect("the failpoint aborts the planner after the webhook answered");
+    assert!(!status.success());
+    let first = receiver.received();
+    assert_eq!(first.len(), 1, "delivered once before the crash");
+    assert!(first[0].status.is_success());
+
+    // the next planner takes the namespace's delivery lease once it lapses and sends the
+    // unrecorded notice again: same key, same body
+    system.cluster.add_planner().await;
+    let again = eventually("the notice to be delivered again", PATIENCE, || async {
+        let received = receiver.received();
+        (received.len() >= 2).then_some(received)
+    })
+    .await;
+    assert_eq!(
+        again[1].header("Idempotency-Key"),
+        first[0].header("Idempotency-Key")
+    );
+    assert_eq!(again[1].body, first[0].body);
+    let notification: rollout_wire::webhooks::Notification =
+        serde_json::from_slice(&again[1].body).expect("a notification");
+    assert_eq!(notification.kind, EventKind::FlagDisabled);
+    // recorded now: the next change is the next notice, told once
+    commands.enable_flag("checkout").await.expect("enabled");
+    commands.disable_flag("checkout").await.expect("disabled");
+    let later = eventually("the next notice", PATIENCE, || async {
+        let received = receiver.received();
+        (received.len() >= 3).then_some(received)
+    })
+    .await;
+    assert_ne!(
+        later[2].header("Idempotency-Key"),
+        first[0].header("Idempotency-Key")
+    );
+    let list = commands.webhooks().await.expect("list");
+    let delivery = &list.webhooks[0].delivery;
+    assert_eq!((delivery.delivered, delivery.pending), (2, 0));
+    system.stop().await;
+}

@@ -182,24 +182,32 @@ impl Notifier {
     ) -> Result<(), StoreError> {
         let mut connection = self.redis.clone();
         let now = rollout_store::redis_time(&mut connection).await?;
+        let before: Vec<String> = hooks.iter().map(|hook| hook.state.cursor.clone()).collect();
         let results = join_all(
             hooks
                 .into_iter()
                 .map(|hook| self.deliver_webhook(namespace, keys, hook, now)),
         )
         .await;
-        let mut oldest: Option<String> = None;
+        let mut cursors = Vec::with_capacity(results.len());
         for result in results {
-            let cursor = result?;
-            if oldest
-                .as_ref()
-                .is_none_or(|held| stream_id_before(&cursor, held))
-            {
-                oldest = Some(cursor);
-            }
+            cursors.push(result?);
         }
-        if let Some(cursor) = oldest {
-            webhooks::trim(&mut connection, keys, &cursor).await?;
+        // what every webhook has is dropped, once a cursor moved
+        if cursors != before {
+            let oldest = cursors
+                .iter()
+                .reduce(|oldest, cursor| {
+                    if stream_id_before(cursor, oldest) {
+                        cursor
+                    } else {
+                        oldest
+                    }
+                })
+                .cloned();
+            if let Some(cursor) = oldest {
+                webhooks::trim(&mut connection, keys, &cursor).await?;
+            }
         }
         Ok(())
     }
@@ -222,9 +230,12 @@ impl Notifier {
         }
         let mut connection = self.redis.clone();
         let notices = webhooks::pending(&mut connection, keys, &state.cursor, BATCH).await?;
+        // notices its filter passes over move the cursor without a delivery to record
+        let mut skipped = false;
         for PendingNotice { id, notice } in notices {
             let Some(notice) = notice.filter(|notice| record.wants(notice.kind())) else {
                 state.cursor = id;
+                skipped = true;
                 continue;
             };
             let key = format!("{namespace}:{id}");
@@ -256,6 +267,7 @@ impl Notifier {
                     next
                 }
             };
+            skipped = false;
             if !webhooks::save_state(&mut connection, keys, &record.id, &state).await? {
                 // deleted meanwhile: nothing more to tell it
                 return Ok(state.cursor);
@@ -264,7 +276,9 @@ impl Notifier {
                 return Ok(state.cursor);
             }
         }
-        webhooks::save_state(&mut connection, keys, &record.id, &state).await?;
+        if skipped {
+            webhooks::save_state(&mut connection, keys, &record.id, &state).await?;
+        }
         Ok(state.cursor)
     }
 }

@@ -1,7 +1,9 @@
 //! Fault injection for crash tests: `ROLLOUT_FAILPOINTS=write.after_commit` makes the
 //! process abort right after a successful commit of [`crate::Writer`], before it publishes
-//! events, replies or acknowledges — the window SPEC §11 says must lose nothing and double nothing. Read once
-//! at start; unset in production, where a check costs one load of a static.
+//! events, replies or acknowledges — the window SPEC §11 says must lose nothing and double
+//! nothing; `webhook.before_save` aborts a planner after a webhook answered a notice and
+//! before its delivery is recorded (the notice must then be delivered again, under the same
+//! key). Read once at start; unset in production, where a check costs one load of a static.
 
 use std::sync::LazyLock;
 

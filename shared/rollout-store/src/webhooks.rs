@@ -309,6 +309,7 @@ pub async fn save_state<C: ConnectionLike + Send>(
     id: &str,
     state: &DeliveryState,
 ) -> Result<bool, StoreError> {
+    crate::failpoint::hit("webhook.before_save");
     let saved: i64 = SAVE_STATE
         .key(keys.webhooks())
         .key(keys.deliveries())
