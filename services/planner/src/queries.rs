@@ -331,34 +331,39 @@ impl Reader {
     ) -> Result<QueryReply, QueryError> {
         let (record, now) = Self::rollout(connection, keys, rollout_id).await?;
         let plan = &record.plan;
-        let window = plan
-            .guards()
-            .next()
-            .map_or(DEFAULT_COUNTS_WINDOW, |guard| guard.window);
-        let counted_from = record.state.guard_window_start(window, now);
-        let outcome_counts =
-            outcomes::load_rollout_outcomes(connection, keys, &record.id, counted_from, now)
-                .await?;
-        let mut guards = Vec::new();
-        if plan.guards().count() > 1 {
-            for guard in plan.guards() {
-                let from = record.state.guard_window_start(guard.window, now);
+        // each guard's outcomes over its own window, read once
+        let mut judged = Vec::new();
+        for guard in plan.guards() {
+            let from = record.state.guard_window_start(guard.window, now);
+            let outcomes =
+                outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now).await?;
+            judged.push(GuardCounts {
+                action: guard.action,
+                window_ms: u64::try_from(guard.window.as_millis()).unwrap_or(0),
+                counted_from: from,
+                verdict: guard.verdict(&outcomes),
+                outcomes,
+            });
+        }
+        // the top-level figures are the first guard's, else the default window's
+        let (window_ms, counted_from, outcome_counts, first_verdict) = match judged.first() {
+            Some(first) => (
+                first.window_ms,
+                first.counted_from,
+                first.outcomes,
+                Some(first.verdict.clone()),
+            ),
+            None => {
+                let from = record.state.guard_window_start(DEFAULT_COUNTS_WINDOW, now);
                 let outcomes =
                     outcomes::load_rollout_outcomes(connection, keys, &record.id, from, now)
                         .await?;
-                guards.push(GuardCounts {
-                    action: guard.action,
-                    window_ms: u64::try_from(guard.window.as_millis()).unwrap_or(0),
-                    counted_from: from,
-                    verdict: guard.verdict(&outcomes),
-                    outcomes,
-                });
+                let window_ms = u64::try_from(DEFAULT_COUNTS_WINDOW.as_millis()).unwrap_or(0);
+                (window_ms, from, outcomes, None)
             }
-        }
-        let first_verdict = plan
-            .guards()
-            .next()
-            .map(|guard| guard.verdict(&outcome_counts));
+        };
+        // a rollout with one guard shows it at the top level only
+        let guards = if judged.len() > 1 { judged } else { Vec::new() };
         let stage_counts = self.stage_counts(connection, keys, &record, now).await?;
         let stages = plan
             .steps
@@ -380,7 +385,7 @@ impl Reader {
             candidate: plan.candidate.clone(),
             state: record.state.lifecycle,
             at: now,
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(0),
+            window_ms,
             counted_from: Some(counted_from),
             outcomes: outcome_counts,
             guard: first_verdict,

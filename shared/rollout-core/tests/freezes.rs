@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use rollout_core::freeze::Freezes;
 use rollout_core::machine::{step, Effect, Event, Health, Lifecycle, RolloutState};
-use rollout_core::{OutcomeCounts, Plan, SideCounts, StageCounts};
+use rollout_core::{Plan, StageCounts};
 use serde_json::json;
 
 fn frozen(from: i64, until: Option<i64>) -> Freezes {
@@ -99,13 +99,7 @@ fn commands_still_act_and_guards_still_protect_while_frozen() {
     let guarded = plan_guarded();
     let state = RolloutState::created(&guarded, now()).state;
     let breach = Event::Tick(Health {
-        outcomes: vec![OutcomeCounts {
-            candidate: SideCounts {
-                success: 50,
-                error: 50,
-            },
-            baseline: SideCounts::default(),
-        }],
+        outcomes: vec![outcome_counts((50, 50), (0, 0))],
         freezes: freezes.clone(),
         ..Health::default()
     });

@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{at, compile_kind, minutes, now, plan, seconds};
+use common::{at, compile_kind, minutes, now, outcome_counts, plan, seconds};
 use rollout_core::machine::{step, Effect, Event, Health, RolloutState};
-use rollout_core::{GuardAction, Lifecycle, OutcomeCounts, Plan, Share, SideCounts};
+use rollout_core::{GuardAction, Lifecycle, OutcomeCounts, Plan, Share};
 use serde_json::json;
 
 /// A 60 % phase for an hour, then 100 %, guarded by a fast `warn` guard on the error rate
@@ -23,17 +23,6 @@ fn two_guards(action: &str) -> Plan {
              "window": "10m", "action": action},
         ]}),
     )
-}
-
-fn side(success: u64, error: u64) -> SideCounts {
-    SideCounts { success, error }
-}
-
-fn counts(candidate: SideCounts, baseline: SideCounts) -> OutcomeCounts {
-    OutcomeCounts {
-        candidate,
-        baseline,
-    }
 }
 
 /// A tick where each guard reads its own window's counts.
@@ -74,8 +63,8 @@ fn a_warn_guard_tells_once_per_its_window_while_the_rollout_moves_on() {
     let plan = two_guards("pause");
     let state = RolloutState::created(&plan, now()).state;
     // the fast guard sees 10 % errors; the slow one is healthy
-    let noisy = counts(side(90, 10), side(1000, 10));
-    let healthy = counts(side(990, 10), side(1000, 10));
+    let noisy = outcome_counts((90, 10), (1000, 10));
+    let healthy = outcome_counts((990, 10), (1000, 10));
     let first = step(&plan, &state, &tick(vec![noisy, healthy]), at(seconds(5))).expect("tick");
     assert_eq!(breaches(&first.effects), [(0, GuardAction::Warn)]);
     assert_eq!(first.state.lifecycle, Lifecycle::Running);
@@ -111,8 +100,8 @@ fn a_warn_guard_tells_once_per_its_window_while_the_rollout_moves_on() {
 fn the_acting_guard_acts_on_its_own_window_and_both_breaches_are_told() {
     let plan = two_guards("pause");
     let state = RolloutState::created(&plan, now()).state;
-    let noisy = counts(side(90, 10), side(1000, 10));
-    let bad_ratio = counts(side(900, 100), side(1000, 10));
+    let noisy = outcome_counts((90, 10), (1000, 10));
+    let bad_ratio = outcome_counts((900, 100), (1000, 10));
     let outcome = step(&plan, &state, &tick(vec![noisy, bad_ratio]), at(seconds(5))).expect("tick");
     assert_eq!(
         breaches(&outcome.effects),
@@ -133,13 +122,13 @@ fn when_several_guards_act_the_one_that_goes_furthest_wins() {
         ]}),
     );
     let state = RolloutState::created(&plan, now()).state;
-    let noisy = counts(side(90, 10), side(0, 0));
+    let noisy = outcome_counts((90, 10), (0, 0));
     let outcome = step(&plan, &state, &tick(vec![noisy; 3]), at(seconds(5))).expect("tick");
     assert_eq!(outcome.state.lifecycle, Lifecycle::RolledBack);
     assert_eq!(outcome.state.served_share(&plan), Share::NONE);
     assert_eq!(breaches(&outcome.effects).len(), 3, "every breach is told");
     // the pause guard alone pauses
-    let quiet = counts(side(100, 0), side(0, 0));
+    let quiet = outcome_counts((100, 0), (0, 0));
     let paused = step(
         &plan,
         &state,
@@ -161,8 +150,8 @@ fn a_completion_gate_waits_for_every_guard_to_judge() {
     let state = RolloutState::created(&plan, now()).state;
     let health = Health {
         outcomes: vec![
-            counts(side(100, 0), side(0, 0)),
-            counts(side(100, 0), side(0, 0)),
+            outcome_counts((100, 0), (0, 0)),
+            outcome_counts((100, 0), (0, 0)),
         ],
         current_stage: Some(rollout_core::StageCounts {
             members: 4,

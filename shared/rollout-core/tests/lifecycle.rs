@@ -9,7 +9,7 @@ use rollout_core::machine::{
     step, Effect, EndCause, EntryCause, Event, Health, Lifecycle, RejectionCode, RolloutState,
     WaitingFor,
 };
-use rollout_core::{DurationMs, OutcomeCounts, Plan, Share, SideCounts, Timestamp};
+use rollout_core::{DurationMs, Plan, Share, Timestamp};
 use serde_json::json;
 
 fn ten_phases() -> Plan {
@@ -411,16 +411,7 @@ fn a_guard_without_enough_samples_holds_a_completion_gate() {
         ..Default::default()
     };
     let with_outcomes = |candidate: u64, baseline: u64| Health {
-        outcomes: vec![OutcomeCounts {
-            candidate: SideCounts {
-                success: candidate,
-                error: 0,
-            },
-            baseline: SideCounts {
-                success: baseline,
-                error: 0,
-            },
-        }],
+        outcomes: vec![outcome_counts((candidate, 0), (baseline, 0))],
         current_stage: Some(all_applied),
         freezes: Default::default(),
     };
@@ -471,13 +462,7 @@ fn guarded(action: &str) -> Plan {
 
 fn breaching() -> Event {
     Event::Tick(Health {
-        outcomes: vec![OutcomeCounts {
-            candidate: SideCounts {
-                success: 90,
-                error: 10,
-            },
-            baseline: SideCounts::default(),
-        }],
+        outcomes: vec![outcome_counts((90, 10), (0, 0))],
         current_stage: None,
         freezes: Default::default(),
     })

@@ -9,9 +9,7 @@ use proptest::prelude::*;
 use rollout_core::machine::{
     step, Effect, EndCause, Event, Health, Lifecycle, RejectionCode, RolloutState, WaitingFor,
 };
-use rollout_core::{
-    CompiledFlag, DurationMs, Entity, GuardAction, OutcomeCounts, Plan, Share, SideCounts,
-};
+use rollout_core::{CompiledFlag, DurationMs, Entity, GuardAction, Plan, Share};
 use serde_json::json;
 
 fn gradually(shares: &[u32], every_minutes: i64) -> Event {
@@ -179,16 +177,7 @@ fn guarded(guard: serde_json::Value) -> Plan {
 
 fn outcomes(candidate: (u64, u64), baseline: (u64, u64)) -> Event {
     Event::Tick(Health {
-        outcomes: vec![OutcomeCounts {
-            candidate: SideCounts {
-                success: candidate.0,
-                error: candidate.1,
-            },
-            baseline: SideCounts {
-                success: baseline.0,
-                error: baseline.1,
-            },
-        }],
+        outcomes: vec![outcome_counts(candidate, baseline)],
         current_stage: None,
         freezes: Default::default(),
     })
@@ -289,16 +278,7 @@ fn minimum_samples_are_counted_per_side() {
     )
     .expect("t");
     assert!(!unsure.changed());
-    let counts = OutcomeCounts {
-        candidate: SideCounts {
-            success: 40,
-            error: 10,
-        },
-        baseline: SideCounts {
-            success: 495,
-            error: 5,
-        },
-    };
+    let counts = outcome_counts((40, 10), (495, 5));
     assert_eq!(
         guard.missing_samples(&counts).as_deref(),
         Some("50 candidate and 500 baseline samples, 50 and 1000 needed")

@@ -3,8 +3,8 @@
 
 use rollout_core::machine::{step, Event, Health, RolloutState};
 use rollout_core::{
-    compile, CompileContext, DurationMs, Flag, Plan, RolloutSpec, Share, Timestamp,
-    ValidationErrors,
+    compile, CompileContext, DurationMs, Flag, OutcomeCounts, Plan, RolloutSpec, Share, SideCounts,
+    Timestamp, ValidationErrors,
 };
 
 /// 2026-12-01T00:00:00Z, the fixed "now" of these tests.
@@ -84,6 +84,20 @@ pub fn apply(plan: &Plan, state: &RolloutState, event: Event, time: Timestamp) -
     match step(plan, state, &event, time) {
         Ok(outcome) => outcome.state,
         Err(rejection) => panic!("{event:?} rejected: {rejection}"),
+    }
+}
+
+/// Outcome counts of a guard window from `(successes, errors)` of each side.
+pub fn outcome_counts(candidate: (u64, u64), baseline: (u64, u64)) -> OutcomeCounts {
+    OutcomeCounts {
+        candidate: SideCounts {
+            success: candidate.0,
+            error: candidate.1,
+        },
+        baseline: SideCounts {
+            success: baseline.0,
+            error: baseline.1,
+        },
     }
 }
 
