@@ -39,6 +39,7 @@ use rollout_wire::subjects::Subjects;
 
 pub use config::{TickerConfig, TickerSettings};
 pub use error::TickerError;
+pub use kill_switch::KillSwitchReport;
 pub use probe::TickerProbe;
 pub use stats::{StatsSnapshot, TickerStats};
 pub use ticker::{Round, Term, Ticker};

@@ -7,7 +7,8 @@
 //! freeze wakes the leader), or until a change event from another writer
 //! arrives on `rollout.events.>` (a command may have made something due earlier), or until
 //! its next kill switch check or namespace refresh. Lease renewal runs beside the work, so
-//! a long round never delays it.
+//! a long round never delays it. A term subscribes to the change events before it reads
+//! the namespaces and their flags, so a change lands in what it read or in what it hears.
 //!
 //! The steps are public so tests drive a ticker by hand: [`Ticker::campaign`] takes the
 //! lease and fences every namespace, [`Ticker::fire_due`] runs one round,
@@ -69,10 +70,13 @@ pub struct Term {
     lost: bool,
     /// Triggered when the term ends: shutdown, a failed renewal or a fence refusal.
     signal: Shutdown,
+    /// The change events, subscribed before the term's first scan so that no change
+    /// falls between what the scan read and what the subscription hears.
+    events: Option<async_nats::Subscriber>,
 }
 
 impl Term {
-    fn new(epoch: u64, signal: Shutdown) -> Term {
+    fn new(epoch: u64, signal: Shutdown, events: Option<async_nats::Subscriber>) -> Term {
         Term {
             epoch,
             namespaces: BTreeMap::new(),
@@ -80,6 +84,7 @@ impl Term {
             namespaces_stale: true,
             lost: false,
             signal,
+            events,
         }
     }
 
@@ -196,7 +201,8 @@ impl Ticker {
         };
         self.context.stats.term_started(epoch);
         tracing::info!(replica = %self.replica_id(), epoch, "leadership acquired");
-        let mut term = Term::new(epoch, parent.child());
+        let events = self.subscribe_events().await;
+        let mut term = Term::new(epoch, parent.child(), events);
         if let Err(error) = self.refresh_namespaces(&mut term).await {
             let _ = self.resign(term).await;
             return Err(error);
@@ -238,6 +244,24 @@ impl Ticker {
         }
         term.namespaces_stale = false;
         Ok(())
+    }
+
+    /// Subscribes to every change event and waits until the server has the interest, so
+    /// that a change committed after this returns is heard. `None` (timers only) when
+    /// NATS refuses.
+    async fn subscribe_events(&self) -> Option<async_nats::Subscriber> {
+        let subscribed = async {
+            let subscriber = self.nats.subscribe(self.subjects.events_all()).await?;
+            self.nats.flush().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriber)
+        };
+        match subscribed.await {
+            Ok(subscriber) => Some(subscriber),
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to change events; relying on timers");
+                None
+            }
+        }
     }
 
     /// Rebuilds the kill switch index of every fenced namespace.
@@ -365,6 +389,8 @@ impl Ticker {
         &self,
         term: &mut Term,
     ) -> Result<KillSwitchReport, TickerError> {
+        // judged with every change heard so far
+        self.drain_events(term);
         if !term.kill_switches.any_enabled() {
             return Ok(KillSwitchReport::default());
         }
@@ -487,19 +513,12 @@ impl Ticker {
     /// Leads for one term: work and lease renewal side by side until the term ends, then
     /// resign.
     async fn lead(&self, mut term: Term, shutdown: &Shutdown) {
-        let mut events = match self.nats.subscribe(self.subjects.events_all()).await {
-            Ok(subscriber) => Some(subscriber),
-            Err(error) => {
-                tracing::warn!(%error, "cannot subscribe to change events; relying on timers");
-                None
-            }
-        };
         let signal = term.signal.clone();
         let grace = self.settings.shutdown_grace;
         let both = async {
             tokio::join!(
                 self.keep_lease(term.epoch, signal.clone()),
-                self.work(&mut term, &mut events)
+                self.work(&mut term)
             )
         };
         let overstay = async {
@@ -513,7 +532,7 @@ impl Ticker {
                 true
             }
         };
-        drop(events);
+        term.events = None;
         if !still_ours {
             term.lost = true;
         }
@@ -561,7 +580,7 @@ impl Ticker {
 
     /// The leader's loop: fire what is due, judge kill switches, sleep until the next due
     /// time or an event, until the term ends.
-    async fn work(&self, term: &mut Term, events: &mut Option<async_nats::Subscriber>) {
+    async fn work(&self, term: &mut Term) {
         let every = self.settings.renew_every();
         let health_interval = self.settings.health_check_interval;
         let mut next_refresh = Instant::now() + every;
@@ -571,15 +590,15 @@ impl Ticker {
             if term.signal.is_triggered() {
                 return;
             }
-            self.drain_events(term, events);
+            self.drain_events(term);
             let instant = Instant::now();
             if term.namespaces_stale || instant >= next_refresh {
                 next_refresh = instant + every;
                 if let Err(error) = self.refresh_namespaces(term).await {
                     tracing::warn!(%error, "namespace refresh failed");
                 }
-                if events.is_none() {
-                    *events = self.nats.subscribe(self.subjects.events_all()).await.ok();
+                if term.events.is_none() {
+                    term.events = self.subscribe_events().await;
                 }
             }
             if instant >= next_rescan {
@@ -627,31 +646,26 @@ impl Ticker {
                 let wait_ms = u64::try_from(next.millis_since(now)).unwrap_or(0);
                 deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
             }
-            self.sleep_until(term, events, deadline).await;
+            self.sleep_until(term, deadline).await;
         }
     }
 
     /// Sleeps until `deadline`, the end of the term, or a change event from another
     /// writer (our own events only update the kill switch index).
-    async fn sleep_until(
-        &self,
-        term: &mut Term,
-        events: &mut Option<async_nats::Subscriber>,
-        deadline: Instant,
-    ) {
+    async fn sleep_until(&self, term: &mut Term, deadline: Instant) {
         loop {
             let signal = term.signal.clone();
             let woke = tokio::select! {
                 biased;
                 () = signal.cancelled() => Wake::Stop,
                 () = tokio::time::sleep_until(deadline) => Wake::Stop,
-                message = next_event(events) => Wake::Event(message),
+                message = next_event(&mut term.events) => Wake::Event(message),
             };
             match woke {
                 Wake::Stop => return,
                 Wake::Event(None) => {
                     tracing::warn!("change event subscription ended; relying on timers");
-                    *events = None;
+                    term.events = None;
                 }
                 Wake::Event(Some(message)) => {
                     if self.absorb(term, &message) {
@@ -663,11 +677,12 @@ impl Ticker {
     }
 
     /// Takes every event already received, without waiting.
-    fn drain_events(&self, term: &mut Term, events: &mut Option<async_nats::Subscriber>) {
-        let Some(subscriber) = events.as_mut() else {
-            return;
-        };
-        while let Some(Some(message)) = subscriber.next().now_or_never() {
+    fn drain_events(&self, term: &mut Term) {
+        while let Some(Some(message)) = term
+            .events
+            .as_mut()
+            .and_then(|subscriber| subscriber.next().now_or_never())
+        {
             self.absorb(term, &message);
         }
     }

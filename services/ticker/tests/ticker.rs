@@ -615,6 +615,49 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
     running.stop().await;
 }
 
+/// A kill switch set on a flag the moment a term has started is judged in that term (the
+/// term listens for changes before it reads the flags, so none falls in between), long
+/// before the periodic rescan would find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_set_as_the_term_starts_is_judged_in_that_term() {
+    let harness = Harness::start().await;
+    let published = || CreateOptions::published();
+    // the namespace exists before the term: the term fences it and scans its flags
+    harness
+        .create(NS, "other", None, harness.now().await, published())
+        .await;
+    let leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    let kill_switch = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"});
+    harness
+        .create(
+            NS,
+            "plain",
+            None,
+            harness.now().await,
+            CreateOptions {
+                kill_switch: Some(kill_switch),
+                ..published()
+            },
+        )
+        .await;
+    add_outcomes(&harness, &flag_tallies(&[("plain", "on", 10, 20)])).await;
+    let flag = eventually("the flag disabled", DEADLINE, || async {
+        leader.check_kill_switches().await;
+        let flag = harness.flag(NS, "plain").await.record.expect("flag");
+        (!flag.flag.enabled).then_some(flag)
+    })
+    .await;
+    assert!(!flag.flag.enabled);
+    let audit = harness.flag_audit(NS, "plain").await;
+    assert!(audit
+        .iter()
+        .any(|entry| entry.kind == EventKind::KillSwitchTripped));
+    // the flag without a switch is left alone
+    let other = harness.flag(NS, "other").await.record.expect("flag");
+    assert!(other.flag.enabled);
+    leader.resign().await;
+}
+
 /// Registers fleet agents with `env` labels, last seen at `seen`.
 async fn register_agents(harness: &Harness, agents: &[(&str, &str)], seen: Timestamp) {
     let keys = harness.keys(NS);

@@ -413,6 +413,15 @@ impl HandDriven {
         .await
     }
 
+    /// One kill switch check (with every change event heard so far).
+    pub async fn check_kill_switches(&self) -> ticker::KillSwitchReport {
+        let mut term = self.term.lock().await;
+        self.ticker
+            .check_kill_switches(&mut term)
+            .await
+            .expect("kill switch check")
+    }
+
     /// Ends the term, releasing the lease.
     pub async fn resign(self) {
         self.ticker
