@@ -116,6 +116,16 @@ impl Target {
             threshold,
         }
     }
+
+    /// The ratio must be at most `threshold`.
+    pub fn ratio_at_most(threshold: f64, text: impl Into<String>) -> Target {
+        Target {
+            text: text.into(),
+            judged: Judged::Ratio,
+            at_least: false,
+            threshold,
+        }
+    }
 }
 
 impl Row {

@@ -275,7 +275,10 @@ impl Cluster {
                 "ROLLOUT_TICKER__RENEW_INTERVAL".to_owned(),
                 format!("{renew_ms}ms"),
             ),
+            // small batches, two in flight: a burst takes long enough for a fault to
+            // catch writes in flight, and batches still hold several rollouts each
             ("ROLLOUT_TICKER__MAX_IN_FLIGHT".to_owned(), "8".to_owned()),
+            ("ROLLOUT_TICKER__COMMIT_BATCH".to_owned(), "4".to_owned()),
             (
                 "ROLLOUT_TICKER__STALE_AGENT_AFTER".to_owned(),
                 format!("{}ms", self.options.stale_agent_after.as_millis()),

@@ -1,5 +1,6 @@
-//! `loadtest eval` (SPEC §10: evaluation through NATS ≥ 0.7× a bare echo responder's
-//! rate, p99 ≤ 2 ms at half the maximum rate; ≤ 2 KiB per flag with 10 000 flags).
+//! `loadtest eval` (SPEC §10: evaluation through NATS ≥ 0.8× a bare echo responder's
+//! rate, p99 at half the maximum rate ≤ 1.3× the echo's p99 at that rate; ≤ 2 KiB per
+//! flag with 10 000 flags).
 //!
 //! 1. **Closed loop.** `--in-flight` requests in flight over `--connections` client
 //!    connections, `--warmup` then `--duration` measured, against a bare async-nats echo
@@ -155,7 +156,7 @@ pub async fn run(args: &EvalArgs) -> anyhow::Result<Report> {
                 "req/s",
             )
             .baseline(responders_name(responders), echo_rate)
-            .target(Target::ratio_at_least(0.7, "≥ 0.7× echo")),
+            .target(Target::ratio_at_least(0.8, "≥ 0.8× echo")),
         );
         recorder.row(
             Row::new(
@@ -189,16 +190,10 @@ pub async fn run(args: &EvalArgs) -> anyhow::Result<Report> {
             echo_paced.latency.quantile_ms(0.99),
         );
         recorder.row(if default_rate {
-            row.target(Target::value_at_most(2.0, "≤ 2 ms"))
+            row.target(Target::ratio_at_most(1.3, "≤ 1.3× echo"))
         } else {
             row
         });
-        let echo_p99 = echo_paced.latency.quantile_ms(0.99);
-        if echo_p99 > 2.0 {
-            recorder.note(format!(
-                "at {rate:.0} req/s the bare echo responder's own p99 was {echo_p99:.2} ms: on this machine NATS and the load generator alone exceed 2 ms, whatever answers"
-            ));
-        }
     }
     drop(clients);
 

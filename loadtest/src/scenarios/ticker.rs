@@ -1,9 +1,11 @@
-//! `loadtest ticker` (SPEC §10: with 100 000 active rollouts, firing lag p99 ≤ 100 ms
-//! after the due time, ≥ 5 000 transitions/s sustained). The method of the ticker's own
+//! `loadtest ticker` (SPEC §10: with 100 000 active rollouts and 6 250 due per second,
+//! firing lag p99 ≤ 50 ms after the due time; transitions/s at least 0.25× bare Redis
+//! script calls/s at the same concurrency, judged on the backlog drain, since a spread
+//! wave fires no faster than it is offered). The method of the ticker's own
 //! benchmark (`services/ticker/benches/firing.rs`), observed from outside:
 //!
 //! 1. **Spread.** `--rollouts` running rollouts whose first step ends evenly over
-//!    `--spread` (100 000 over 16 s = 6 250 due per second, above the 5 000 target), written
+//!    `--spread` (100 000 over 16 s = 6 250 due per second, SPEC §10's offered load), written
 //!    straight to Redis as the planner writes them; then one ticker leader — in process
 //!    with private servers, the cluster's with `--nats-url --redis-url` — fires them.
 //!    Firing lag = arrival of the `rollout_step` event here − due time (same clock; so
@@ -52,7 +54,7 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
         .redis("the ticker scenario (it seeds rollouts)")
         .await?;
     let nats = servers.nats().await?;
-    let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(32);
+    let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(256);
     let mut recorder = Recorder::new(
         "ticker",
         servers.mode(),
@@ -62,6 +64,8 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
             "burst": args.burst,
             "script_duration_secs": args.script_duration.as_secs_f64(),
             "max_in_flight": args.max_in_flight,
+            "commit_batch": args.commit_batch,
+            "round_size": args.round_size,
             "namespace": namespace.as_str(),
         }),
     );
@@ -91,6 +95,8 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
         let settings = TickerSettings {
             replica_id: Some("loadtest".to_owned()),
             max_in_flight,
+            commit_batch: usize::try_from(args.commit_batch).unwrap_or(64),
+            batch_size: usize::try_from(args.round_size).unwrap_or(512),
             ..TickerSettings::default()
         };
         let ticker = started.ticker(settings).await?;
@@ -188,7 +194,7 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
             "bare redis script call p99",
             script.latency.quantile_ms(0.99),
         )
-        .target(Target::value_at_most(100.0, "≤ 100 ms")),
+        .target(Target::value_at_most(50.0, "≤ 50 ms")),
     );
     recorder.row(
         Row::new("firing lag p50", spread_result.lag.quantile_ms(0.5), "ms").baseline(
@@ -202,23 +208,20 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
         "tr/s",
     )
     .baseline("bare redis script calls/s", script.rate());
-    // below 5 000 due per second the target cannot be shown either way
-    if offered >= 5000.0 {
-        recorder.row(sustained.target(Target::value_at_least(5000.0, "≥ 5 000/s")));
-    } else {
-        recorder.row(sustained);
-        recorder.note(format!(
-            "{offered:.0} due per second offered: below the 5 000/s target, so it was not judged"
-        ));
-    }
+    // the offered rate bounds this one; the backlog drain below is the capacity judged
+    recorder.row(sustained);
     if let Some(burst) = &burst_result {
         recorder.row(
             Row::new(
-                format!("burst drain rate ({} due at once)", args.burst),
+                format!(
+                    "transitions/s draining a backlog ({} due at once): the leader's capacity",
+                    args.burst
+                ),
                 burst.rate,
                 "tr/s",
             )
-            .baseline("bare redis script calls/s", script.rate()),
+            .baseline("bare redis script calls/s", script.rate())
+            .target(Target::ratio_at_least(0.25, "≥ 0.25× bare script")),
         );
     }
     recorder.detail(

@@ -8,10 +8,11 @@ use std::time::Duration;
 use rand::Rng;
 use rollout_core::DurationMs;
 use rollout_runtime::telemetry::{new_traceparent, trace_id_of};
+use rollout_store::reads::CommandTarget;
 use rollout_store::{freezes, reads, webhooks, Keys};
 use rollout_store::{
     load_flag, load_rollout, redis_time_registering, store_unchanged_outcome, stored_outcome,
-    Actor, Conditions, Connection, Refused, StoreError, Writer, Written,
+    Actor, Conditions, Connection, Refused, Writer, Written,
 };
 use rollout_wire::alerts::{derived_token, Alert, AlertAction, AlertResult, AlertedRollout};
 use rollout_wire::codec::Encoding;
@@ -101,7 +102,20 @@ impl Executor {
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
         let command_id = key.map(str::to_owned);
-        if let Some(id) = &command_id {
+        let actor = Actor {
+            name: command.actor().unwrap_or("operator").to_owned(),
+            command_id: command_id.clone(),
+            trace_id: traceparent.as_deref().and_then(trace_id_of),
+            reason: reason.map(str::to_owned),
+        };
+        let namespace_command = matches!(
+            command,
+            Command::NamespaceFreeze(_)
+                | Command::NamespaceUnfreeze(_)
+                | Command::WebhookPut(_)
+                | Command::WebhookDelete(_)
+        );
+        if let Some(id) = command_id.as_deref().filter(|_| namespace_command) {
             if let Some(stored) = stored_outcome(&mut connection, &keys, id)
                 .await
                 .map_err(|error| error.to_wire())?
@@ -109,12 +123,6 @@ impl Executor {
                 return decode_reply(&stored, Encoding::Json);
             }
         }
-        let actor = Actor {
-            name: command.actor().unwrap_or("operator").to_owned(),
-            command_id: command_id.clone(),
-            trace_id: traceparent.as_deref().and_then(trace_id_of),
-            reason: reason.map(str::to_owned),
-        };
         if matches!(
             command,
             Command::NamespaceFreeze(_) | Command::NamespaceUnfreeze(_)
@@ -128,14 +136,33 @@ impl Executor {
                 .execute_webhook(namespace, &keys, command, command_id.as_deref(), &actor)
                 .await;
         }
+        let target = match (command.rollout_id(), command.flag_key()) {
+            (Some(rollout_id), _) => CommandTarget::Rollout(rollout_id),
+            (None, Some(flag_key)) => CommandTarget::Flag(flag_key),
+            (None, None) => CommandTarget::Nothing,
+        };
         let mut expected_step = command.expected_step();
         for attempt in 0..MAX_ATTEMPTS {
-            let now = redis_time_registering(&mut connection, namespace.as_str())
-                .await
-                .map_err(|error| error.to_wire())?;
-            let loaded = load(&mut connection, &keys, command)
-                .await
-                .map_err(|error| error.to_wire())?;
+            // clock, namespace registration, the command id's first outcome and the
+            // records, in one round trip (two for a rollout command)
+            let read = reads::for_command(
+                &mut connection,
+                namespace.as_str(),
+                &keys,
+                command_id.as_deref(),
+                target,
+            )
+            .await
+            .map_err(|error| error.to_wire())?;
+            if let Some(stored) = read.stored_outcome {
+                return decode_reply(&stored, Encoding::Json);
+            }
+            let now = read.now;
+            let loaded = Loaded {
+                flag: read.flag,
+                rollout: read.rollout,
+                active_rollout: read.active_rollout,
+            };
             let context = DecideContext {
                 namespace: namespace.as_str().to_owned(),
                 now,
@@ -482,40 +509,6 @@ async fn remember(
     .await
     .map_err(|store_error| store_error.to_wire())?;
     decode_reply(&standing, Encoding::Json)
-}
-
-/// Loads what `command` reads: the flag (and its active rollout) for flag commands and
-/// `rollout.create`; the rollout and then its flag for rollout commands.
-async fn load(
-    connection: &mut Connection,
-    keys: &Keys,
-    command: &Command,
-) -> Result<Loaded, StoreError> {
-    let mut loaded = Loaded::default();
-    let flag_key = if let Some(rollout_id) = command.rollout_id() {
-        loaded.rollout = load_rollout(connection, keys, rollout_id).await?;
-        loaded
-            .rollout
-            .as_ref()
-            .map(|rollout| rollout.plan.flag.clone())
-    } else {
-        command.flag_key().map(str::to_owned)
-    };
-    let Some(flag_key) = flag_key else {
-        return Ok(loaded);
-    };
-    let stored = load_flag(connection, keys, &flag_key).await?;
-    let active_id = stored
-        .record
-        .as_ref()
-        .and_then(|record| record.active_rollout.clone());
-    loaded.active_rollout = match (active_id, &loaded.rollout) {
-        (Some(active_id), Some(rollout)) if rollout.id == active_id => Some(rollout.clone()),
-        (Some(active_id), _) => load_rollout(connection, keys, &active_id).await?,
-        (None, _) => None,
-    };
-    loaded.flag = Some(stored);
-    Ok(loaded)
 }
 
 /// How long an alert's result is kept to recognise its repeats: a week.

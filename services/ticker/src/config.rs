@@ -68,8 +68,12 @@ pub struct TickerSettings {
     pub replica_id: Option<String>,
     /// Most due rollouts read from one namespace's due index per round
     pub batch_size: usize,
-    /// Most rollouts worked on at once
+    /// Most rollouts worked on at once (in batches of `commit_batch`)
     pub max_in_flight: usize,
+    /// Most due rollouts fired together: read in one pipelined round trip, their
+    /// transitions committed in another (each its own fenced script), their events
+    /// published with one delivery proof
+    pub commit_batch: usize,
     /// How often kill switches are evaluated, e.g. `1s`
     #[serde(with = "rollout_runtime::config::duration")]
     pub health_check_interval: Duration,
@@ -89,7 +93,9 @@ impl TickerSettings {
     /// Default batch size.
     pub const DEFAULT_BATCH_SIZE: usize = 512;
     /// Default number of rollouts worked on at once.
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+    /// Default number of rollouts fired together.
+    pub const DEFAULT_COMMIT_BATCH: usize = 64;
     /// Default kill switch evaluation interval.
     pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
     /// Default staleness of fleet agents.
@@ -100,6 +106,12 @@ impl TickerSettings {
     /// The renewal interval in force: the configured one, else a third of the lease.
     pub fn renew_every(&self) -> Duration {
         self.renew_interval.unwrap_or(self.lease_ttl / 3)
+    }
+
+    /// How many batches a round works on at once: enough of `commit_batch` rollouts to
+    /// keep `max_in_flight` busy, at least one.
+    pub fn batches_in_flight(&self) -> usize {
+        self.max_in_flight.div_ceil(self.commit_batch.max(1)).max(1)
     }
 
     /// The replica id in force: the configured one, else `<hostname>-<pid>-<random>`.
@@ -119,6 +131,7 @@ impl Default for TickerSettings {
             replica_id: None,
             batch_size: TickerSettings::DEFAULT_BATCH_SIZE,
             max_in_flight: TickerSettings::DEFAULT_MAX_IN_FLIGHT,
+            commit_batch: TickerSettings::DEFAULT_COMMIT_BATCH,
             health_check_interval: TickerSettings::DEFAULT_HEALTH_CHECK_INTERVAL,
             stale_agent_after: TickerSettings::DEFAULT_STALE_AGENT_AFTER,
             shutdown_grace: TickerSettings::DEFAULT_SHUTDOWN_GRACE,
@@ -159,6 +172,12 @@ impl Validate for TickerSettings {
         if !(1..=4096).contains(&self.max_in_flight) {
             return Err(ConfigError::new(
                 "ticker.max_in_flight",
+                "must be between 1 and 4096",
+            ));
+        }
+        if !(1..=4096).contains(&self.commit_batch) {
+            return Err(ConfigError::new(
+                "ticker.commit_batch",
                 "must be between 1 and 4096",
             ));
         }

@@ -1,8 +1,9 @@
-//! Firing one due rollout: load it, gather what the step function needs to know about
-//! health, run `step(plan, state, Tick(health), now)`, and either move its due-index entry
-//! (nothing changed) or commit the transition — flag and rollout records, audit, outbox —
-//! in one fenced compare-and-set script, then publish the events and emit the
-//! `rollout.transition` span.
+//! Firing a batch of due rollouts: load them, gather what the step function needs to know
+//! about health, run `step(plan, state, Tick(health), now)` for each, and either move its
+//! due-index entry (nothing changed) or commit its transition — flag and rollout records,
+//! audit, outbox — in its own fenced compare-and-set script, then publish the events and
+//! emit each `rollout.transition` span. The batch pays its round trips once: reads,
+//! commits and due-index moves are pipelined, and its events share one delivery proof.
 //!
 //! **Architecture Invariant:** every write here carries the leader's epoch and is refused
 //! by the namespace fence once a newer leader exists; a transition also carries the
@@ -15,13 +16,13 @@ use rollout_core::{Audience, DurationMs, Effect, Lifecycle, StepOutcome, Timesta
 use rollout_runtime::telemetry::{
     link_to_traceparent, new_trace_id, trace_id_of, traceparent_of_current_span,
 };
-use rollout_store::due::{self, Rescheduled};
+use rollout_store::due::{self, Move, Rescheduled};
 use rollout_store::health::load_health;
-use rollout_store::reads::rollout_revision;
+use rollout_store::reads::{load_flags_each, load_rollouts};
 use rollout_store::Keys;
 use rollout_store::{
-    load_flag, load_rollout, Actor, Change, Conditions, Connection, Refused, RolloutRecord,
-    StoreError, Writer, Written,
+    Actor, Change, Conditions, Connection, Pending, Refused, RolloutRecord, StoreError, Writer,
+    Written,
 };
 use rollout_wire::subjects::Namespace;
 use tracing::field::Empty;
@@ -68,253 +69,337 @@ pub struct FireContext {
     pub stale_agent_after: DurationMs,
 }
 
-/// Fires rollout `rollout_id` of `namespace` at Redis time `now` as the leader of `epoch`;
-/// `freezes` are the namespace's (a timer that ran out in one opens when it ends).
-pub async fn fire(
+/// Fires the due rollouts `rollout_ids` of `namespace` at Redis time `now` as the leader
+/// of `epoch`; `freezes` are the namespace's (a timer that ran out in one opens when it
+/// ends). One outcome per rollout, in order; `Err` when a round trip of the batch failed.
+///
+/// A batch costs a fixed number of round trips whatever its size: one pipelined read of
+/// the rollouts, the health reads of the guarded ones (side by side), one pipelined read of
+/// the flags of those that move, then one pipeline of fenced commits (each its own
+/// all-or-nothing script) beside one pipeline of fenced due-index moves, and one publish
+/// of every committed event with one delivery proof.
+pub async fn fire_batch(
     context: &FireContext,
     namespace: &Namespace,
     keys: &Keys,
     epoch: u64,
-    rollout_id: &str,
+    rollout_ids: &[String],
     now: Timestamp,
     freezes: &Freezes,
-) -> Result<Fired, StoreError> {
+) -> Result<Vec<Result<Fired, StoreError>>, StoreError> {
     let mut connection = context.redis.clone();
-    let loaded = match load_rollout(&mut connection, keys, rollout_id).await {
-        Ok(loaded) => loaded,
-        Err(StoreError::Corrupt(reason)) => {
-            // nobody can advance an unreadable record; look again later rather than every
-            // round (a writer that repairs it sets its due time anyway)
-            let later = now.plus(DurationMs::from_millis(CORRUPT_RETRY_AFTER_MS));
-            let revision = rollout_revision(&mut connection, keys, rollout_id).await?;
-            reschedule(
-                &context.stats,
-                &mut connection,
-                keys,
-                epoch,
-                rollout_id,
-                revision,
-                Some(later),
-            )
-            .await?;
-            return Ok(Fired::Failed(reason));
-        }
-        Err(error) => return Err(error),
-    };
-    let Some(record) = loaded else {
-        return reschedule(
-            &context.stats,
-            &mut connection,
-            keys,
-            epoch,
-            rollout_id,
-            0,
-            None,
-        )
-        .await;
-    };
-    let revision = record.state.revision;
-    if record.state.lifecycle.is_finished() {
-        return reschedule(
-            &context.stats,
-            &mut connection,
-            keys,
-            epoch,
-            rollout_id,
-            revision,
-            None,
-        )
-        .await;
-    }
-    let mut health = load_health(
-        &mut connection,
-        keys,
-        &record,
-        now,
-        context.stale_agent_after,
-    )
-    .await?;
-    health.freezes = freezes.clone();
-    let outcome = match step(&record.plan, &record.state, &Event::Tick(health), now) {
-        Ok(outcome) => outcome,
-        Err(rejection) => {
-            // a tick is never refused; if it ever is, do not spin on it
-            let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
-            let _ = reschedule(
-                &context.stats,
-                &mut connection,
-                keys,
-                epoch,
-                rollout_id,
-                revision,
-                Some(retry),
-            )
-            .await?;
-            return Ok(Fired::Failed(format!("tick refused: {rejection}")));
-        }
-    };
-    if !outcome.changed() {
-        // an unchanged rollout is never due now; if the hint says so, do not spin on it
-        let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
-        let look = next_look(&record, now).map(|look| if look <= now { retry } else { look });
-        return reschedule(
-            &context.stats,
-            &mut connection,
-            keys,
-            epoch,
-            rollout_id,
-            revision,
-            look,
-        )
-        .await;
-    }
-    commit_transition(context, namespace, keys, epoch, record, outcome, now).await
-}
-
-/// Commits a changed step outcome of `record` and publishes it.
-async fn commit_transition(
-    context: &FireContext,
-    namespace: &Namespace,
-    keys: &Keys,
-    epoch: u64,
-    record: RolloutRecord,
-    outcome: StepOutcome,
-    now: Timestamp,
-) -> Result<Fired, StoreError> {
-    let mut connection = context.redis.clone();
-    let stored_flag = load_flag(&mut connection, keys, &record.plan.flag).await?;
-    let Some(flag_record) = stored_flag.record else {
-        let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
-        reschedule(
-            &context.stats,
-            &mut connection,
-            keys,
-            epoch,
-            &record.id,
-            record.state.revision,
-            Some(retry),
-        )
-        .await?;
-        return Ok(Fired::Failed(format!(
-            "rollout {} belongs to missing flag {}",
-            record.id, record.plan.flag
-        )));
-    };
-    let previous = record.state.clone();
-    let due = previous.due_at(&record.plan).filter(|due| *due <= now);
-    let moved = transition::settle(flag_record, record, outcome, now);
-    let transition = Transition::describe(&moved.rollout, &previous, &moved.effects, due);
-    let span = transition.span(namespace, &moved.rollout, epoch);
-    // the transition's own trace when spans are exported, else a fresh id: every audit
-    // entry and event carries one (SPEC §7)
-    let trace_id = span
-        .in_scope(traceparent_of_current_span)
-        .as_deref()
-        .and_then(trace_id_of)
-        .or_else(|| Some(new_trace_id()));
-
-    let actor = Actor {
-        name: TICKER_ACTOR.to_owned(),
-        command_id: None,
-        trace_id,
-        reason: None,
-    };
-    let rollout_id = moved.rollout.id.clone();
-    let flag_key = moved.rollout.plan.flag.clone();
-    let change = Change::rollout_moved(stored_flag.version, &previous, moved);
-    let conditions = Conditions {
-        leader_epoch: Some(epoch),
-        not_before: due,
-        outcome: None,
-    };
-    let result = context
-        .writer
-        .commit(namespace, change, actor, now, conditions)
-        .await?;
-    match result {
-        Written::Committed {
-            now: committed_at, ..
-        } => {
-            let lag_ms = transition
-                .planned_at
-                .map(|planned| committed_at.millis_since(planned));
-            span.record("outcome", "committed");
-            if let Some(lag) = lag_ms {
-                span.record("commit_lag_ms", lag);
-                context.stats.transition(transition.skipped, lag);
-            } else {
-                context.stats.transition(transition.skipped, 0);
+    let ids: Vec<&str> = rollout_ids.iter().map(String::as_str).collect();
+    let loaded = load_rollouts(&mut connection, keys, &ids).await?;
+    let mut batch = Batch::new(rollout_ids.len());
+    let mut looked: Vec<(usize, RolloutRecord)> = Vec::new();
+    for (index, (revision, record)) in loaded.into_iter().enumerate() {
+        match record {
+            Ok(Some(record)) if !record.state.lifecycle.is_finished() => {
+                looked.push((index, record));
             }
-            span.in_scope(|| {
-                tracing::debug!(
-                    rollout_id = %rollout_id,
-                    flag = %flag_key,
-                    from_step = transition.from_step.map(|step| step as u64),
-                    to_step = transition.to_step.map(|step| step as u64),
-                    lag_ms,
-                    "transition committed"
-                );
-            });
-            Ok(Fired::Committed)
+            // gone or finished: it leaves the due index
+            Ok(_) => batch.reschedule(index, revision, None, Fired::Removed),
+            Err(StoreError::Corrupt(reason)) => {
+                // nobody can advance an unreadable record; look again later rather than
+                // every round (a writer that repairs it sets its due time anyway)
+                let later = now.plus(DurationMs::from_millis(CORRUPT_RETRY_AFTER_MS));
+                batch.reschedule(index, revision, Some(later), Fired::Failed(reason));
+            }
+            Err(error) => batch.outcomes[index] = Some(Err(error)),
         }
-        Written::Refused(Refused::Fenced { fence }) => {
-            span.record("outcome", "fenced");
-            context.stats.fenced_write();
-            tracing::warn!(
-                rollout_id = %rollout_id,
-                namespace = %namespace,
+    }
+    let healths = futures_util::future::join_all(looked.iter().map(|(_, record)| {
+        let mut connection = context.redis.clone();
+        async move {
+            load_health(
+                &mut connection,
+                keys,
+                record,
+                now,
+                context.stale_agent_after,
+            )
+            .await
+        }
+    }))
+    .await;
+    let mut moving: Vec<(usize, RolloutRecord, StepOutcome)> = Vec::new();
+    for ((index, record), health) in looked.into_iter().zip(healths) {
+        let revision = record.state.revision;
+        let mut health = match health {
+            Ok(health) => health,
+            Err(error) => {
+                batch.outcomes[index] = Some(Err(error));
+                continue;
+            }
+        };
+        health.freezes = freezes.clone();
+        let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
+        match step(&record.plan, &record.state, &Event::Tick(health), now) {
+            Ok(outcome) if outcome.changed() => moving.push((index, record, outcome)),
+            Ok(_) => {
+                // an unchanged rollout is never due now; if the hint says so, do not spin
+                let look =
+                    next_look(&record, now).map(|look| if look <= now { retry } else { look });
+                let fired = if look.is_some() {
+                    Fired::Unchanged
+                } else {
+                    Fired::Removed
+                };
+                batch.reschedule(index, revision, look, fired);
+            }
+            Err(rejection) => {
+                // a tick is never refused; if it ever is, do not spin on it
+                let reason = format!("tick refused: {rejection}");
+                batch.reschedule(index, revision, Some(retry), Fired::Failed(reason));
+            }
+        }
+    }
+    let flag_keys: Vec<&str> = moving
+        .iter()
+        .map(|(_, record, _)| record.plan.flag.as_str())
+        .collect();
+    let flags = load_flags_each(&mut connection, keys, &flag_keys).await?;
+    let mut commits = Vec::with_capacity(moving.len());
+    for ((index, record, outcome), stored_flag) in moving.into_iter().zip(flags) {
+        let stored_flag = match stored_flag {
+            Ok(stored_flag) => stored_flag,
+            Err(error) => {
+                batch.outcomes[index] = Some(Err(error));
+                continue;
+            }
+        };
+        let Some(flag_record) = stored_flag.record else {
+            let retry = now.plus(DurationMs::from_millis(RETRY_AFTER_MS));
+            let reason = format!(
+                "rollout {} belongs to missing flag {}",
+                record.id, record.plan.flag
+            );
+            batch.reschedule(
+                index,
+                record.state.revision,
+                Some(retry),
+                Fired::Failed(reason),
+            );
+            continue;
+        };
+        commits.push((
+            index,
+            Moving::settle(
+                namespace,
                 epoch,
-                fence,
-                "transition refused by the fence: a newer leader holds this namespace"
-            );
-            Ok(Fired::Fenced)
+                stored_flag.version,
+                flag_record,
+                record,
+                outcome,
+                now,
+            ),
+        ));
+    }
+    let pending: Vec<Pending> = commits
+        .iter_mut()
+        .filter_map(|(_, moving)| moving.pending.take())
+        .collect();
+    let moves: Vec<Move<'_>> = batch
+        .moves
+        .iter()
+        .map(|(index, revision, look, _)| Move {
+            rollout_id: &rollout_ids[*index],
+            revision: *revision,
+            look: *look,
+        })
+        .collect();
+    let mut moves_connection = context.redis.clone();
+    let (written, moved) = tokio::join!(
+        context.writer.commit_many(namespace, pending, now),
+        due::reschedule_many(&mut moves_connection, keys, epoch, &moves),
+    );
+    for ((index, moving), written) in commits.into_iter().zip(written?) {
+        batch.outcomes[index] =
+            Some(written.map(|written| moving.conclude(&context.stats, namespace, epoch, written)));
+    }
+    for ((index, _, look, fired), moved) in batch.moves.into_iter().zip(moved?) {
+        batch.outcomes[index] = Some(moved.map(|moved| match moved {
+            Rescheduled::Done => fired,
+            Rescheduled::Conflict => Fired::Conflict,
+            Rescheduled::Fenced => {
+                context.stats.fenced_write();
+                tracing::warn!(
+                    rollout_id = %rollout_ids[index],
+                    epoch,
+                    look = look.map(|look| look.to_string()),
+                    "due-index update refused by the fence: a newer leader holds this namespace"
+                );
+                Fired::Fenced
+            }
+        }));
+    }
+    Ok(batch
+        .outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                Err(StoreError::Protocol(
+                    "a due rollout was left undecided".to_owned(),
+                ))
+            })
+        })
+        .collect())
+}
+
+/// What a batch decided so far: an outcome per rollout, and the due-index moves still to
+/// make (with the outcome each stands for once made).
+struct Batch {
+    outcomes: Vec<Option<Result<Fired, StoreError>>>,
+    moves: Vec<(usize, u64, Option<Timestamp>, Fired)>,
+}
+
+impl Batch {
+    fn new(size: usize) -> Batch {
+        Batch {
+            outcomes: (0..size).map(|_| None).collect(),
+            moves: Vec::new(),
         }
-        Written::Refused(Refused::Conflict { key, actual }) => {
-            span.record("outcome", "conflict");
-            context.stats.conflict();
-            tracing::debug!(rollout_id = %rollout_id, %key, actual, "revision conflict; looking again next round");
-            Ok(Fired::Conflict)
-        }
-        Written::Refused(Refused::Early { now: redis_now }) => {
-            span.record("outcome", "early");
-            context.stats.early();
-            tracing::warn!(
-                rollout_id = %rollout_id,
-                redis_now = %redis_now,
-                due = due.map(|due| due.to_string()),
-                "redis time is before the due time; trying again when due"
-            );
-            Ok(Fired::Early)
-        }
-        Written::Refused(Refused::Duplicate(_)) => Ok(Fired::Failed(
-            "a transition commit carries no command id, yet was refused as a duplicate".into(),
-        )),
+    }
+
+    /// Moves rollout `index`'s due-index entry to `look` (removes it: `None`) if its
+    /// revision is still `revision`; `fired` is what that comes to.
+    fn reschedule(&mut self, index: usize, revision: u64, look: Option<Timestamp>, fired: Fired) {
+        self.moves.push((index, revision, look, fired));
     }
 }
 
-/// Moves (or removes, `look` = `None`) a rollout's due-index entry, fenced and only if its
-/// revision is still `revision`.
-async fn reschedule(
-    stats: &TickerStats,
-    connection: &mut Connection,
-    keys: &Keys,
-    epoch: u64,
-    rollout_id: &str,
-    revision: u64,
-    look: Option<Timestamp>,
-) -> Result<Fired, StoreError> {
-    match due::reschedule(connection, keys, epoch, rollout_id, revision, look).await? {
-        Rescheduled::Done if look.is_some() => Ok(Fired::Unchanged),
-        Rescheduled::Done => Ok(Fired::Removed),
-        Rescheduled::Conflict => Ok(Fired::Conflict),
-        Rescheduled::Fenced => {
-            stats.fenced_write();
-            tracing::warn!(
-                rollout_id,
-                epoch,
-                "due-index update refused by the fence: a newer leader holds this namespace"
-            );
-            Ok(Fired::Fenced)
+/// One transition on its way to the commit: the change, its span and its figures.
+struct Moving {
+    pending: Option<Pending>,
+    transition: Transition,
+    span: tracing::Span,
+    rollout_id: String,
+    flag_key: String,
+    due: Option<Timestamp>,
+}
+
+impl Moving {
+    /// Settles the changed step outcome of `record` on its flag (loaded at
+    /// `flag_version`) into the fenced change to commit.
+    fn settle(
+        namespace: &Namespace,
+        epoch: u64,
+        flag_version: u64,
+        flag_record: rollout_store::FlagRecord,
+        record: RolloutRecord,
+        outcome: StepOutcome,
+        now: Timestamp,
+    ) -> Moving {
+        let previous = record.state.clone();
+        let due = previous.due_at(&record.plan).filter(|due| *due <= now);
+        let moved = transition::settle(flag_record, record, outcome, now);
+        let transition = Transition::describe(&moved.rollout, &previous, &moved.effects, due);
+        let span = transition.span(namespace, &moved.rollout, epoch);
+        // the transition's own trace when spans are exported, else a fresh id: every audit
+        // entry and event carries one (SPEC §7)
+        let trace_id = span
+            .in_scope(traceparent_of_current_span)
+            .as_deref()
+            .and_then(trace_id_of)
+            .or_else(|| Some(new_trace_id()));
+        let rollout_id = moved.rollout.id.clone();
+        let flag_key = moved.rollout.plan.flag.clone();
+        let pending = Pending {
+            change: Change::rollout_moved(flag_version, &previous, moved),
+            actor: Actor {
+                name: TICKER_ACTOR.to_owned(),
+                command_id: None,
+                trace_id,
+                reason: None,
+            },
+            conditions: Conditions {
+                leader_epoch: Some(epoch),
+                not_before: due,
+                outcome: None,
+            },
+        };
+        Moving {
+            pending: Some(pending),
+            transition,
+            span,
+            rollout_id,
+            flag_key,
+            due,
+        }
+    }
+
+    /// What the commit came to, counted and recorded on the span.
+    fn conclude(
+        self,
+        stats: &TickerStats,
+        namespace: &Namespace,
+        epoch: u64,
+        written: Written,
+    ) -> Fired {
+        let Moving {
+            transition,
+            span,
+            rollout_id,
+            flag_key,
+            due,
+            ..
+        } = self;
+        match written {
+            Written::Committed {
+                now: committed_at, ..
+            } => {
+                let lag_ms = transition
+                    .planned_at
+                    .map(|planned| committed_at.millis_since(planned));
+                span.record("outcome", "committed");
+                if let Some(lag) = lag_ms {
+                    span.record("commit_lag_ms", lag);
+                }
+                stats.transition(transition.skipped, lag_ms.unwrap_or(0));
+                span.in_scope(|| {
+                    tracing::debug!(
+                        rollout_id = %rollout_id,
+                        flag = %flag_key,
+                        from_step = transition.from_step.map(|step| step as u64),
+                        to_step = transition.to_step.map(|step| step as u64),
+                        lag_ms,
+                        "transition committed"
+                    );
+                });
+                Fired::Committed
+            }
+            Written::Refused(Refused::Fenced { fence }) => {
+                span.record("outcome", "fenced");
+                stats.fenced_write();
+                tracing::warn!(
+                    rollout_id = %rollout_id,
+                    namespace = %namespace,
+                    epoch,
+                    fence,
+                    "transition refused by the fence: a newer leader holds this namespace"
+                );
+                Fired::Fenced
+            }
+            Written::Refused(Refused::Conflict { key, actual }) => {
+                span.record("outcome", "conflict");
+                stats.conflict();
+                tracing::debug!(rollout_id = %rollout_id, %key, actual, "revision conflict; looking again next round");
+                Fired::Conflict
+            }
+            Written::Refused(Refused::Early { now: redis_now }) => {
+                span.record("outcome", "early");
+                stats.early();
+                tracing::warn!(
+                    rollout_id = %rollout_id,
+                    redis_now = %redis_now,
+                    due = due.map(|due| due.to_string()),
+                    "redis time is before the due time; trying again when due"
+                );
+                Fired::Early
+            }
+            Written::Refused(Refused::Duplicate(_)) => Fired::Failed(
+                "a transition commit carries no command id, yet was refused as a duplicate".into(),
+            ),
         }
     }
 }

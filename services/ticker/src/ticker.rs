@@ -34,13 +34,15 @@ use tokio::time::Instant;
 
 use crate::config::TickerSettings;
 use crate::error::TickerError;
-use crate::fire::{fire, FireContext, Fired, TICKER_ACTOR};
+use crate::fire::{fire_batch, FireContext, Fired, TICKER_ACTOR};
 use crate::kill_switch::{KillSwitchReport, KillSwitches};
 use crate::stats::TickerStats;
 
 /// A namespace no freeze holds at a round's time, with its freezes (past ones still hold
 /// the timers that ran out while they lasted).
 type OpenNamespace = (Namespace, Keys, Arc<Freezes>);
+/// The outcome of each rollout of a batch, or the batch's failed round trip.
+type FiredBatch = Result<Vec<Result<Fired, rollout_store::StoreError>>, rollout_store::StoreError>;
 
 /// What the leader's loop reads before deciding to fire or sleep.
 struct Peek {
@@ -310,67 +312,86 @@ impl Ticker {
         let mut work = Vec::new();
         for ((namespace, keys, freezes), ids) in open.iter().zip(due) {
             round.full |= ids.len() >= batch;
-            work.extend(
-                ids.into_iter()
-                    .map(|id| (namespace.clone(), keys.clone(), Arc::clone(freezes), id)),
-            );
+            round.looked_at += ids.len();
+            for chunk in ids.chunks(self.settings.commit_batch.max(1)) {
+                work.push((
+                    namespace.clone(),
+                    keys.clone(),
+                    Arc::clone(freezes),
+                    chunk.to_vec(),
+                ));
+            }
         }
-        round.looked_at = work.len();
         let epoch = term.epoch;
         let fenced = Arc::new(AtomicBool::new(false));
-        // `now` was read from Redis before the batch; under a backlog a rollout is fired
-        // later in the round, and its transition is stamped with the Redis time advanced
+        // `now` was read from Redis before the round; under a backlog a batch is fired
+        // later in the round, and its transitions are stamped with the Redis time advanced
         // by the monotonic time since (never ahead of the real time: the clock started
         // after `now` was read)
         let round_started = Instant::now();
         // every future owns what it uses, so the stream is `Send` for any caller
-        let results: Vec<(String, Result<Fired, rollout_store::StoreError>)> =
-            futures_util::stream::iter(work)
-                .map(|(namespace, keys, freezes, rollout_id)| {
-                    let fenced = Arc::clone(&fenced);
-                    let context = self.context.clone();
-                    let signal = term.signal.clone();
-                    async move {
-                        // a term that ended stops taking work; what is in flight finishes
-                        if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
-                            return (rollout_id, Ok(Fired::Conflict));
-                        }
-                        let elapsed =
-                            i64::try_from(round_started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                        let now = now.plus(DurationMs::from_millis(elapsed));
-                        let fired = fire(
-                            &context,
-                            &namespace,
-                            &keys,
-                            epoch,
-                            &rollout_id,
-                            now,
-                            &freezes,
-                        )
-                        .await;
-                        if matches!(fired, Ok(Fired::Fenced)) {
+        let results: Vec<(Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
+            .map(|(namespace, keys, freezes, rollout_ids)| {
+                let fenced = Arc::clone(&fenced);
+                let context = self.context.clone();
+                let signal = term.signal.clone();
+                async move {
+                    // a term that ended stops taking work; what is in flight finishes
+                    if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
+                        return (rollout_ids, Ok(Vec::new()));
+                    }
+                    let elapsed =
+                        i64::try_from(round_started.elapsed().as_millis()).unwrap_or(i64::MAX);
+                    let now = now.plus(DurationMs::from_millis(elapsed));
+                    let fired = fire_batch(
+                        &context,
+                        &namespace,
+                        &keys,
+                        epoch,
+                        &rollout_ids,
+                        now,
+                        &freezes,
+                    )
+                    .await;
+                    if let Ok(outcomes) = &fired {
+                        if outcomes
+                            .iter()
+                            .any(|outcome| matches!(outcome, Ok(Fired::Fenced)))
+                        {
                             fenced.store(true, Ordering::Relaxed);
                         }
-                        (rollout_id, fired)
                     }
-                })
-                .buffer_unordered(self.settings.max_in_flight)
-                .collect()
-                .await;
-        for (rollout_id, result) in results {
-            match result {
-                Ok(Fired::Committed) => round.committed += 1,
-                Ok(Fired::Fenced) => round.fenced = true,
-                Ok(Fired::Failed(reason)) => {
-                    round.errors += 1;
-                    self.context.stats.error();
-                    tracing::error!(rollout_id = %rollout_id, %reason, "rollout could not be fired; trying again later");
+                    (rollout_ids, fired)
                 }
-                Ok(Fired::Unchanged | Fired::Removed | Fired::Conflict | Fired::Early) => {}
+            })
+            .buffer_unordered(self.settings.batches_in_flight())
+            .collect()
+            .await;
+        for (rollout_ids, fired) in results {
+            let outcomes = match fired {
+                Ok(outcomes) => outcomes,
                 Err(error) => {
-                    round.errors += 1;
+                    round.errors += rollout_ids.len();
                     self.context.stats.error();
-                    tracing::warn!(rollout_id = %rollout_id, %error, "firing failed; trying again next round");
+                    tracing::warn!(rollouts = rollout_ids.len(), %error, "firing a batch failed; trying again next round");
+                    continue;
+                }
+            };
+            for (rollout_id, outcome) in rollout_ids.iter().zip(outcomes) {
+                match outcome {
+                    Ok(Fired::Committed) => round.committed += 1,
+                    Ok(Fired::Fenced) => round.fenced = true,
+                    Ok(Fired::Failed(reason)) => {
+                        round.errors += 1;
+                        self.context.stats.error();
+                        tracing::error!(rollout_id = %rollout_id, %reason, "rollout could not be fired; trying again later");
+                    }
+                    Ok(Fired::Unchanged | Fired::Removed | Fired::Conflict | Fired::Early) => {}
+                    Err(error) => {
+                        round.errors += 1;
+                        self.context.stats.error();
+                        tracing::warn!(rollout_id = %rollout_id, %error, "firing failed; trying again next round");
+                    }
                 }
             }
         }

@@ -94,9 +94,10 @@ async fn a_leader_frozen_past_its_lease_is_fenced_when_it_thaws() {
         let mut env = harness.child_env(replica);
         env.insert("ROLLOUT_TICKER__LEASE_TTL".into(), "1s".into());
         env.insert("ROLLOUT_TICKER__RENEW_INTERVAL".into(), "250ms".into());
-        // many transitions in flight, so a freeze always catches some between their read
+        // many small batches in flight, so a freeze always catches some between their read
         // and their commit: those are the writes the fence must refuse after the thaw
         env.insert("ROLLOUT_TICKER__MAX_IN_FLIGHT".into(), "64".into());
+        env.insert("ROLLOUT_TICKER__COMMIT_BATCH".into(), "4".into());
         // a frozen process must not time its Redis requests out when it thaws: the point
         // is to see what its writes do
         env.insert("ROLLOUT_REDIS__RESPONSE_TIMEOUT".into(), "60s".into());

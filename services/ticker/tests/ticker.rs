@@ -554,18 +554,7 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
     })
     .await;
     // a flag created after the term started reaches the index through its event
-    harness
-        .create(
-            NS,
-            "plain",
-            None,
-            harness.now().await,
-            CreateOptions {
-                kill_switch: Some(kill_switch),
-                ..CreateOptions::published()
-            },
-        )
-        .await;
+    create_guarded_flag(&harness, "plain", kill_switch).await;
     add_outcomes(
         &harness,
         &flag_tallies(&[("checkout", "on", 50, 10), ("plain", "on", 10, 20)]),
@@ -611,8 +600,29 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
         .find(|entry| entry.kind == EventKind::RolloutStopped)
         .expect("rollout_stopped");
     assert_eq!(stop.details["cause"], "flag_disabled");
-    assert_eq!(running.ticker.stats().snapshot().kill_switch_trips, 2);
+    // the counter follows the commit once its events are published
+    eventually("two trips counted", DEADLINE, || {
+        let trips = running.ticker.stats().snapshot().kill_switch_trips;
+        async move { (trips == 2).then_some(()) }
+    })
+    .await;
     running.stop().await;
+}
+
+/// Creates flag `key` of `NS`, published, without a rollout, guarded by `kill_switch`.
+async fn create_guarded_flag(harness: &Harness, key: &str, kill_switch: serde_json::Value) {
+    harness
+        .create(
+            NS,
+            key,
+            None,
+            harness.now().await,
+            CreateOptions {
+                kill_switch: Some(kill_switch),
+                ..CreateOptions::published()
+            },
+        )
+        .await;
 }
 
 /// A kill switch set on a flag the moment a term has started is judged in that term (the
@@ -621,25 +631,19 @@ async fn kill_switches_disable_their_flags_and_stop_the_rollout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_switch_set_as_the_term_starts_is_judged_in_that_term() {
     let harness = Harness::start().await;
-    let published = || CreateOptions::published();
     // the namespace exists before the term: the term fences it and scans its flags
-    harness
-        .create(NS, "other", None, harness.now().await, published())
-        .await;
-    let leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
-    let kill_switch = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"});
     harness
         .create(
             NS,
-            "plain",
+            "other",
             None,
             harness.now().await,
-            CreateOptions {
-                kill_switch: Some(kill_switch),
-                ..published()
-            },
+            CreateOptions::published(),
         )
         .await;
+    let leader = HandDriven::lead(harness.ticker(harness.settings("solo")).await).await;
+    let kill_switch = json!({"max_error_rate": 5, "min_samples": 20, "window": "1m"});
+    create_guarded_flag(&harness, "plain", kill_switch).await;
     add_outcomes(&harness, &flag_tallies(&[("plain", "on", 10, 20)])).await;
     let flag = eventually("the flag disabled", DEADLINE, || async {
         leader.check_kill_switches().await;

@@ -200,6 +200,34 @@ impl Commit {
         &self,
         connection: &mut C,
     ) -> Result<CommitOutcome, StoreError> {
+        let reply: Vec<redis::Value> = self.invocation().invoke_async(connection).await?;
+        parse_reply(reply)
+    }
+
+    /// Runs every commit of `commits` in one round trip, each its own atomic script with
+    /// its own preconditions; one outcome per commit, in order. `Err` only when the round
+    /// trip failed (nothing is known then: each commit may or may not have run).
+    pub async fn execute_many<C: ConnectionLike>(
+        connection: &mut C,
+        commits: &[&Commit],
+    ) -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
+        let calls: Vec<_> = commits.iter().map(|commit| commit.invocation()).collect();
+        let answers = crate::pipelined::invoke_all(connection, &calls, &[&COMMIT_SCRIPT]).await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                let value = answer?;
+                let reply: Vec<redis::Value> = redis::FromRedisValue::from_redis_value(value)
+                    .map_err(|error| {
+                        StoreError::Protocol(format!("unexpected commit script reply: {error}"))
+                    })?;
+                parse_reply(reply)
+            })
+            .collect())
+    }
+
+    /// The script call this commit makes.
+    fn invocation(&self) -> redis::ScriptInvocation<'static> {
         let mut invocation = COMMIT_SCRIPT.prepare_invoke();
         for key in &self.keys {
             invocation.key(key);
@@ -264,8 +292,7 @@ impl Commit {
                 invocation.arg(0);
             }
         }
-        let reply: Vec<redis::Value> = invocation.invoke_async(connection).await?;
-        parse_reply(reply)
+        invocation
     }
 }
 

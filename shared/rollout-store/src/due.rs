@@ -80,25 +80,75 @@ pub async fn reschedule(
     revision: u64,
     look: Option<Timestamp>,
 ) -> Result<Rescheduled, StoreError> {
-    let score = look.map_or_else(String::new, |time| time.as_millis().to_string());
-    let reply: String = RESCHEDULE
-        .key(keys.rollout(rollout_id))
-        .key(keys.due())
-        .key(keys.fence())
-        .arg(revision)
-        .arg(epoch)
-        .arg(rollout_id)
-        .arg(score)
-        .invoke_async(connection)
-        .await?;
-    match reply.as_str() {
-        "ok" => Ok(Rescheduled::Done),
-        "conflict" => Ok(Rescheduled::Conflict),
-        "fenced" => Ok(Rescheduled::Fenced),
-        other => Err(StoreError::Protocol(format!(
-            "reschedule script answered {other:?}"
-        ))),
-    }
+    let moves = [Move {
+        rollout_id,
+        revision,
+        look,
+    }];
+    reschedule_many(connection, keys, epoch, &moves)
+        .await?
+        .pop()
+        .unwrap_or_else(|| {
+            Err(StoreError::Protocol(
+                "a reschedule left no answer".to_owned(),
+            ))
+        })
+}
+
+/// One due-index move of [`reschedule_many`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move<'a> {
+    /// The rollout.
+    pub rollout_id: &'a str,
+    /// The revision the decision was made on.
+    pub revision: u64,
+    /// Its next look; `None` removes it from the index.
+    pub look: Option<Timestamp>,
+}
+
+/// [`reschedule`] for every move of `moves` in one round trip, each checked on its own;
+/// one answer per move, in order.
+pub async fn reschedule_many(
+    connection: &mut Connection,
+    keys: &Keys,
+    epoch: u64,
+    moves: &[Move<'_>],
+) -> Result<Vec<Result<Rescheduled, StoreError>>, StoreError> {
+    let calls: Vec<_> = moves
+        .iter()
+        .map(|step| {
+            let score = step
+                .look
+                .map_or_else(String::new, |time| time.as_millis().to_string());
+            let mut call = RESCHEDULE.prepare_invoke();
+            call.key(keys.rollout(step.rollout_id))
+                .key(keys.due())
+                .key(keys.fence())
+                .arg(step.revision)
+                .arg(epoch)
+                .arg(step.rollout_id)
+                .arg(score);
+            call
+        })
+        .collect();
+    let answers = crate::pipelined::invoke_all(connection, &calls, &[&RESCHEDULE]).await?;
+    Ok(answers
+        .into_iter()
+        .map(|answer| {
+            let reply: String =
+                redis::FromRedisValue::from_redis_value(answer?).map_err(|error| {
+                    StoreError::Protocol(format!("reschedule script answered: {error}"))
+                })?;
+            match reply.as_str() {
+                "ok" => Ok(Rescheduled::Done),
+                "conflict" => Ok(Rescheduled::Conflict),
+                "fenced" => Ok(Rescheduled::Fenced),
+                other => Err(StoreError::Protocol(format!(
+                    "reschedule script answered {other:?}"
+                ))),
+            }
+        })
+        .collect())
 }
 
 /// When the ticker next looks at rollout `rollout_id` (`None`: it is not in the due index).

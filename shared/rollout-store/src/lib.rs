@@ -44,6 +44,7 @@ pub mod mutation;
 pub mod namespaces;
 pub mod outbox;
 pub mod outcomes;
+mod pipelined;
 pub mod reads;
 mod records;
 pub mod webhooks;
@@ -60,7 +61,7 @@ pub use namespaces::redis_time_registering;
 pub use outbox::Relay;
 pub use reads::{load_flag, load_rollout};
 pub use records::{decode_record, encode_record, FlagRecord, RolloutRecord, StoredFlag};
-pub use write::{Change, Conditions, Writer, Written};
+pub use write::{Change, Conditions, Pending, Writer, Written};
 
 /// The services' connection to Redis: one multiplexed connection, re-established on
 /// failure (opened by `rollout_runtime::connect::connect_redis`). Cheap to clone; every

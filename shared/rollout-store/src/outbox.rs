@@ -44,6 +44,28 @@ pub struct Relay {
     skip_until: Arc<Mutex<Option<Instant>>>,
     /// The subject of the relay's echo responder, once subscribed.
     echo: Arc<tokio::sync::OnceCell<String>>,
+    /// Committers waiting for a delivery proof: one proof serves all who published before
+    /// it was asked for.
+    proofs: Arc<Mutex<Proofs>>,
+}
+
+/// The committers waiting for a delivery proof, and whether one is being made.
+#[derive(Debug, Default)]
+struct Proofs {
+    /// A proof is under way; whoever comes now waits for the next one.
+    running: bool,
+    waiting: Vec<Waiter>,
+}
+
+/// A committer whose events are published and wait for their proof.
+#[derive(Debug)]
+struct Waiter {
+    /// The client's connect count before the events were published.
+    connects: u64,
+    /// The outbox stream and the entries to trim once proven.
+    outbox: String,
+    ids: Vec<String>,
+    proven: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 impl Relay {
@@ -68,6 +90,7 @@ impl Relay {
             subjects,
             skip_until: Arc::default(),
             echo: Arc::default(),
+            proofs: Arc::default(),
         }
     }
 
@@ -75,12 +98,11 @@ impl Relay {
     /// failure — or NATS not answering within [`PUBLISH_TIMEOUT`] — is logged, not returned:
     /// the entries stay in the outbox and the sweep publishes them. A committer cut off
     /// from NATS therefore keeps committing instead of waiting for NATS to come back.
-    pub async fn publish_committed(
-        &self,
-        keys: &Keys,
-        events: &[ChangeEvent],
-        outbox_ids: &[String],
-    ) {
+    pub async fn publish_committed<E, I>(&self, keys: &Keys, events: &[E], outbox_ids: &[I])
+    where
+        E: std::borrow::Borrow<ChangeEvent>,
+        I: AsRef<str>,
+    {
         if !self.nats_answering() {
             tracing::debug!(
                 events = events.len(),
@@ -91,16 +113,16 @@ impl Relay {
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
             let connects = self.connects();
             for event in events {
-                self.publish(event).await?;
+                self.publish(event.borrow()).await?;
             }
-            self.confirm_received(connects).await
+            self.prove_and_trim(connects, keys.outbox(), outbox_ids)
+                .await
         })
         .await;
         match published {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "event publish failed; the outbox sweep will retry");
-                return;
             }
             Err(_) => {
                 self.back_off();
@@ -108,20 +130,95 @@ impl Relay {
                     timeout_ms = PUBLISH_TIMEOUT.as_millis(),
                     "nats did not take the events in time; the outbox sweep will retry"
                 );
-                return;
             }
         }
-        if outbox_ids.is_empty() {
-            return;
+    }
+
+    /// Waits for a proof that NATS received everything published since the connect count
+    /// was `connects`, then has `outbox_ids` trimmed from `outbox` (in the background: the
+    /// committer need not wait for it). Committers publishing at the same time share one
+    /// proof: whoever asks while one is under way joins the next, which covers every
+    /// publish made before it was asked for.
+    async fn prove_and_trim<I: AsRef<str>>(
+        &self,
+        connects: u64,
+        outbox: String,
+        outbox_ids: &[I],
+    ) -> Result<(), StoreError> {
+        let (proven, proof) = tokio::sync::oneshot::channel();
+        let waiter = Waiter {
+            connects,
+            outbox,
+            ids: outbox_ids.iter().map(|id| id.as_ref().to_owned()).collect(),
+            proven,
+        };
+        let start = {
+            let mut proofs = self
+                .proofs
+                .lock()
+                .map_err(|_| StoreError::Protocol("the relay's proof queue is poisoned".into()))?;
+            proofs.waiting.push(waiter);
+            !std::mem::replace(&mut proofs.running, true)
+        };
+        if start {
+            let relay = self.clone();
+            tokio::spawn(async move { relay.make_proofs().await });
         }
-        let mut connection = self.redis.clone();
-        let deleted: Result<i64, _> = redis::cmd("XDEL")
-            .arg(keys.outbox())
-            .arg(outbox_ids)
-            .query_async(&mut connection)
-            .await;
-        if let Err(error) = deleted {
-            tracing::warn!(%error, "outbox trim failed; the sweep will publish these events again");
+        match proof.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Protocol(reason)),
+            Err(_) => Err(StoreError::Protocol(
+                "the delivery proof was abandoned".to_owned(),
+            )),
+        }
+    }
+
+    /// Makes proofs until nobody waits: each takes every waiter so far, asks the echo
+    /// responder once, answers them all and trims their proven outbox entries.
+    async fn make_proofs(&self) {
+        loop {
+            let waiting = match self.proofs.lock() {
+                Ok(mut proofs) if proofs.waiting.is_empty() => {
+                    proofs.running = false;
+                    return;
+                }
+                Ok(mut proofs) => std::mem::take(&mut proofs.waiting),
+                Err(_) => return,
+            };
+            let proof = match tokio::time::timeout(PUBLISH_TIMEOUT, self.echo_round_trip()).await {
+                Ok(Ok(())) => Ok(self.connects()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("nats did not confirm the events in time".to_owned()),
+            };
+            let mut trims: Vec<(String, Vec<String>)> = Vec::new();
+            for waiter in waiting {
+                let outcome = match &proof {
+                    // a reconnection in between voids the proof: what was on the old socket
+                    // may be lost
+                    Ok(connects) if *connects != waiter.connects => {
+                        Err("nats reconnected while the events were in flight".to_owned())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(reason) => Err(reason.clone()),
+                };
+                if outcome.is_ok() && !waiter.ids.is_empty() {
+                    trims.push((waiter.outbox, waiter.ids));
+                }
+                let _ = waiter.proven.send(outcome);
+            }
+            if !trims.is_empty() {
+                let mut connection = self.redis.clone();
+                tokio::spawn(async move {
+                    let mut pipe = redis::pipe();
+                    for (outbox, ids) in &trims {
+                        pipe.cmd("XDEL").arg(outbox).arg(ids).ignore();
+                    }
+                    let trimmed: Result<(), _> = pipe.query_async(&mut connection).await;
+                    if let Err(error) = trimmed {
+                        tracing::warn!(%error, "outbox trim failed; the sweep will publish these events again");
+                    }
+                });
+            }
         }
     }
 
@@ -133,23 +230,29 @@ impl Relay {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits until the NATS server has received everything published since the client's
-    /// connect count was `connects`. `flush` only proves the bytes reached the socket, and
-    /// a connection reset loses what is still in flight; so the relay sends a request to
-    /// its own echo responder (a subscription on this same connection, under the client's
-    /// inbox prefix): since the server handles one connection's messages in order, the
-    /// answer proves every earlier publish on the connection arrived. Other subscribers of
-    /// the subject (a debugging `>`) may see the request but cannot hold the answer back.
-    /// A reconnection in between voids the proof (what was on the old socket may be lost),
-    /// so it fails and the outbox entries stay for the sweep. Only after a proof may outbox
-    /// entries go.
-    async fn confirm_received(&self, connects: u64) -> Result<(), StoreError> {
+    /// One round trip through the relay's echo responder (a subscription on this same
+    /// connection, under the client's inbox prefix). `flush` only proves the bytes reached
+    /// the socket, and a connection reset loses what is still in flight; since the server
+    /// handles one connection's messages in order, the answer proves every earlier publish
+    /// on the connection arrived. Other subscribers of the subject (a debugging `>`) may
+    /// see the request but cannot hold the answer back. A reconnection in between voids
+    /// the proof (the caller compares connect counts), so the outbox entries stay for the
+    /// sweep. Only after a proof may outbox entries go.
+    async fn echo_round_trip(&self) -> Result<(), StoreError> {
         let subject = self.echo_subject().await?;
-        if let Err(error) = self.nats.request(subject, bytes::Bytes::new()).await {
-            return Err(StoreError::Protocol(format!(
-                "nats did not confirm the events: {error}"
-            )));
-        }
+        self.nats
+            .request(subject, bytes::Bytes::new())
+            .await
+            .map(|_| ())
+            .map_err(|error| {
+                StoreError::Protocol(format!("nats did not confirm the events: {error}"))
+            })
+    }
+
+    /// [`Relay::echo_round_trip`], failing when the client reconnected since its connect
+    /// count was `connects`.
+    async fn confirm_received(&self, connects: u64) -> Result<(), StoreError> {
+        self.echo_round_trip().await?;
         if self.connects() != connects {
             return Err(StoreError::Protocol(
                 "nats reconnected while the events were in flight".to_owned(),

@@ -4,6 +4,7 @@
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
+use rollout_core::Timestamp;
 use rollout_wire::codec::{self, Encoding, Limits};
 use rollout_wire::queries::ListState;
 use serde::de::DeserializeOwned;
@@ -33,16 +34,32 @@ pub async fn load_flags<C: ConnectionLike + Send + Sync>(
     keys: &Keys,
     flag_keys: &[&str],
 ) -> Result<Vec<StoredFlag>, StoreError> {
+    load_flags_each(connection, keys, flag_keys)
+        .await?
+        .into_iter()
+        .collect()
+}
+
+/// Reads the flag hashes of `flag_keys` in one round trip, in order, each on its own: a
+/// record that cannot be decoded is an error for that flag only.
+pub async fn load_flags_each<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_keys: &[&str],
+) -> Result<Vec<Result<StoredFlag, StoreError>>, StoreError> {
+    if flag_keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for key in flag_keys {
         pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data");
     }
     let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe.query_async(connection).await?;
-    flag_keys
+    Ok(flag_keys
         .iter()
         .zip(rows)
         .map(|(key, (revision, data))| stored_flag(key, revision, data))
-        .collect()
+        .collect())
 }
 
 fn stored_flag(
@@ -124,6 +141,37 @@ pub async fn load_rollout<C: ConnectionLike + Send + Sync>(
         .transpose()
 }
 
+/// Reads the rollout hashes of `rollout_ids` in one round trip, in order: each one's
+/// revision (0 when there is none, readable even when its record is not) and record
+/// (`None` when there is none, an error when it cannot be decoded).
+pub async fn load_rollouts<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    rollout_ids: &[&str],
+) -> Result<Vec<(u64, Result<Option<RolloutRecord>, StoreError>)>, StoreError> {
+    if rollout_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in rollout_ids {
+        pipe.cmd("HMGET")
+            .arg(keys.rollout(id))
+            .arg("rev")
+            .arg("data");
+    }
+    let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe.query_async(connection).await?;
+    Ok(rollout_ids
+        .iter()
+        .zip(rows)
+        .map(|(id, (revision, data))| {
+            let record = data
+                .map(|bytes| decode_record::<RolloutRecord>(&bytes, &format!("rollout {id}")))
+                .transpose();
+            (revision.unwrap_or(0), record)
+        })
+        .collect())
+}
+
 /// A rollout hash's revision (0 when there is none), readable even when its record is not.
 pub async fn rollout_revision<C: ConnectionLike + Send + Sync>(
     connection: &mut C,
@@ -185,4 +233,109 @@ pub async fn audit_page<C: ConnectionLike + Send + Sync, T: DeserializeOwned>(
         .collect::<Result<Vec<T>, _>>()
         .map_err(|error| StoreError::Corrupt(format!("audit entry: {error}")))?;
     Ok((total, entries))
+}
+
+/// What a command names: a flag, a rollout (whose flag it also concerns), or neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandTarget<'a> {
+    /// A flag, by key.
+    Flag(&'a str),
+    /// A rollout, by id.
+    Rollout(&'a str),
+    /// Nothing stored (the command reads no record).
+    Nothing,
+}
+
+/// Everything a command is decided on, read in as few round trips as its target allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandRead {
+    /// Redis `TIME` when read: the decision's clock.
+    pub now: Timestamp,
+    /// The first outcome stored for the command's id, when it ran before (nothing else is
+    /// read then: the command is answered with it).
+    pub stored_outcome: Option<Vec<u8>>,
+    /// The flag the command concerns (for a rollout command, the rollout's flag); `None`
+    /// when the command names no flag or its rollout does not exist.
+    pub flag: Option<StoredFlag>,
+    /// The rollout a rollout command names.
+    pub rollout: Option<RolloutRecord>,
+    /// The flag's active rollout (for a command on that very rollout, the same record).
+    pub active_rollout: Option<RolloutRecord>,
+}
+
+/// Reads what a command of `namespace` with id `command_id` on `target` is decided on. The
+/// first round trip (re)registers the namespace ([`crate::namespaces`]), reads the clock,
+/// the command id's stored outcome and the named flag or rollout together; a rollout
+/// command reads its flag in a second, and a flag whose active rollout is another one
+/// costs one more.
+pub async fn for_command<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    namespace: &str,
+    keys: &Keys,
+    command_id: Option<&str>,
+    target: CommandTarget<'_>,
+) -> Result<CommandRead, StoreError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD")
+        .arg(crate::keys::namespaces())
+        .arg(namespace)
+        .ignore()
+        .cmd("TIME");
+    match command_id {
+        Some(id) => pipe.cmd("GET").arg(keys.command(id)),
+        None => pipe.cmd("ECHO").arg(""),
+    };
+    match target {
+        CommandTarget::Flag(key) => pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data"),
+        CommandTarget::Rollout(id) => pipe
+            .cmd("HMGET")
+            .arg(keys.rollout(id))
+            .arg("rev")
+            .arg("data"),
+        CommandTarget::Nothing => pipe.cmd("ECHO").arg(""),
+    };
+    let ((seconds, micros), stored, record): ((i64, i64), Option<Vec<u8>>, redis::Value) =
+        pipe.query_async(connection).await?;
+    let mut read = CommandRead {
+        now: Timestamp::from_redis_time(seconds, micros),
+        stored_outcome: command_id.and(stored),
+        flag: None,
+        rollout: None,
+        active_rollout: None,
+    };
+    if read.stored_outcome.is_some() {
+        return Ok(read);
+    }
+    let hash = |record| -> Result<(Option<u64>, Option<Vec<u8>>), StoreError> {
+        redis::FromRedisValue::from_redis_value(record)
+            .map_err(|error| StoreError::Protocol(format!("unexpected record reply: {error}")))
+    };
+    let flag = match target {
+        CommandTarget::Nothing => return Ok(read),
+        CommandTarget::Flag(key) => {
+            let (revision, data) = hash(record)?;
+            stored_flag(key, revision, data)?
+        }
+        CommandTarget::Rollout(id) => {
+            let (_, data) = hash(record)?;
+            let Some(bytes) = data else {
+                return Ok(read);
+            };
+            let rollout = decode_record::<RolloutRecord>(&bytes, &format!("rollout {id}"))?;
+            let flag = load_flag(connection, keys, &rollout.plan.flag).await?;
+            read.rollout = Some(rollout);
+            flag
+        }
+    };
+    let active_id = flag
+        .record
+        .as_ref()
+        .and_then(|record| record.active_rollout.as_deref());
+    read.active_rollout = match (active_id, &read.rollout) {
+        (Some(active_id), Some(rollout)) if rollout.id == active_id => Some(rollout.clone()),
+        (Some(active_id), _) => load_rollout(connection, keys, active_id).await?,
+        (None, _) => None,
+    };
+    read.flag = Some(flag);
+    Ok(read)
 }

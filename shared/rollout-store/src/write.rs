@@ -13,8 +13,10 @@ use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Namespace;
 
 use crate::commit::Refused;
-use crate::mutation::{Happened, Mutation};
-use crate::{Actor, CommitOutcome, Connection, FlagRecord, Relay, RolloutRecord, StoreError};
+use crate::mutation::{Happened, Mutation, PreparedCommit};
+use crate::{
+    Actor, Commit, CommitOutcome, Connection, FlagRecord, Relay, RolloutRecord, StoreError,
+};
 
 /// A change to one flag and at most one of its rollouts, as a decision left it.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +113,18 @@ pub struct Conditions {
     pub outcome: Option<Vec<u8>>,
 }
 
+/// One change of a [`Writer::commit_many`] batch: what changes, who changes it, and what
+/// else its commit checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    /// The decided change.
+    pub change: Change,
+    /// Who made it.
+    pub actor: Actor,
+    /// What its commit checks besides the revisions.
+    pub conditions: Conditions,
+}
+
 /// What [`Writer::commit`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Written {
@@ -170,33 +184,102 @@ impl Writer {
         now: Timestamp,
         conditions: Conditions,
     ) -> Result<Written, StoreError> {
+        let pending = Pending {
+            change,
+            actor,
+            conditions,
+        };
+        self.commit_many(namespace, vec![pending], now)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Protocol("a commit left no outcome".to_owned())))
+    }
+
+    /// Commits every change of `pending` to `namespace` at Redis time `now` in one round
+    /// trip — each its own atomic, all-or-nothing commit under its own conditions, so one
+    /// refused or failed change leaves the others as they are — then publishes the events
+    /// of all that committed with one delivery proof. One outcome per change, in order;
+    /// `Err` only when the round trip failed (each change may or may not have committed
+    /// then; its events, if it did, are in the outbox for the sweep).
+    pub async fn commit_many(
+        &self,
+        namespace: &Namespace,
+        pending: Vec<Pending>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let keys = Keys::new(namespace);
-        let prepared = Mutation::of(&keys, namespace.as_str(), now, actor, change)
-            .into_commit(conditions.outcome)?;
-        let mut commit = prepared.commit;
-        if let Some(epoch) = conditions.leader_epoch {
-            commit.fenced(&keys.fence(), epoch);
-        }
-        if let Some(time) = conditions.not_before {
-            commit.not_before(time);
-        }
-        let mut connection = self.redis.clone();
-        Ok(match commit.execute(&mut connection).await? {
-            CommitOutcome::Committed { now, outbox_ids } => {
-                crate::failpoint::hit("write.after_commit");
-                if let Some(relay) = &self.relay {
-                    relay
-                        .publish_committed(&keys, &prepared.events, &outbox_ids)
-                        .await;
-                }
-                Written::Committed {
+        let prepared: Vec<Result<PreparedCommit, StoreError>> = pending
+            .into_iter()
+            .map(|pending| {
+                let mut prepared = Mutation::of(
+                    &keys,
+                    namespace.as_str(),
                     now,
-                    events: prepared.events,
-                    flag_version: prepared.flag_version,
-                    outbox_ids,
+                    pending.actor,
+                    pending.change,
+                )
+                .into_commit(pending.conditions.outcome)?;
+                if let Some(epoch) = pending.conditions.leader_epoch {
+                    prepared.commit.fenced(&keys.fence(), epoch);
                 }
+                if let Some(time) = pending.conditions.not_before {
+                    prepared.commit.not_before(time);
+                }
+                Ok(prepared)
+            })
+            .collect();
+        let commits: Vec<&Commit> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.as_ref().ok())
+            .map(|prepared| &prepared.commit)
+            .collect();
+        let mut connection = self.redis.clone();
+        let mut outcomes = Commit::execute_many(&mut connection, &commits)
+            .await?
+            .into_iter();
+        let decided: Vec<Result<(PreparedCommit, CommitOutcome), StoreError>> = prepared
+            .into_iter()
+            .map(|prepared| {
+                let prepared = prepared?;
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(StoreError::Protocol("a commit left no outcome".to_owned()))
+                })?;
+                Ok((prepared, outcome))
+            })
+            .collect();
+        let committed = || {
+            decided.iter().filter_map(|decided| match decided {
+                Ok((prepared, CommitOutcome::Committed { outbox_ids, .. })) => {
+                    Some((prepared, outbox_ids))
+                }
+                _ => None,
+            })
+        };
+        if committed().next().is_some() {
+            crate::failpoint::hit("write.after_commit");
+            if let Some(relay) = &self.relay {
+                let events: Vec<&ChangeEvent> = committed()
+                    .flat_map(|(prepared, _)| prepared.events.iter())
+                    .collect();
+                let outbox_ids: Vec<&String> =
+                    committed().flat_map(|(_, ids)| ids.iter()).collect();
+                relay.publish_committed(&keys, &events, &outbox_ids).await;
             }
-            CommitOutcome::Refused(refused) => Written::Refused(refused),
-        })
+        }
+        Ok(decided
+            .into_iter()
+            .map(|decided| {
+                let (prepared, outcome) = decided?;
+                Ok(match outcome {
+                    CommitOutcome::Committed { now, outbox_ids } => Written::Committed {
+                        now,
+                        events: prepared.events,
+                        flag_version: prepared.flag_version,
+                        outbox_ids,
+                    },
+                    CommitOutcome::Refused(refused) => Written::Refused(refused),
+                })
+            })
+            .collect())
     }
 }

@@ -19,7 +19,7 @@
 --   zrems   : key-index, member
 --   sadds   : key-index, member
 --   srems   : key-index, member
---   pushes  : key-index, value, max length          (LPUSH + LTRIM: newest first)
+--   pushes  : key-index, value, max length          (LPUSH, trimmed to the max: newest first)
 --   xadds   : key-index, value                      (outbox stream entry, field "event")
 --   then the notification stream: key-index, webhooks key-index, max length, or 0
 --                                                   (every outbox value is appended there
@@ -116,8 +116,9 @@ for _ = 1, pushes do
   local key = KEYS[tonumber(nextarg())]
   local value = nextarg()
   local max_len = tonumber(nextarg())
-  redis.call('LPUSH', key, value)
-  redis.call('LTRIM', key, 0, max_len - 1)
+  if redis.call('LPUSH', key, value) > max_len then
+    redis.call('LTRIM', key, 0, max_len - 1)
+  end
 end
 local result = {'ok', tostring(now_ms)}
 local xadds = tonumber(nextarg())
