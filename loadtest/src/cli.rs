@@ -162,13 +162,13 @@ pub struct TickerArgs {
     /// The in-process ticker's `max_in_flight` (rollouts worked on at once, in batches of
     /// its `commit_batch`), also the baseline's concurrency (a running cluster's own
     /// setting applies to it)
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_in_flight: u32,
     /// The in-process ticker's `commit_batch` (due rollouts fired together)
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub commit_batch: u32,
     /// The in-process ticker's `batch_size` (due rollouts read per namespace per round)
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub round_size: u32,
 }
 

@@ -54,7 +54,7 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
         .redis("the ticker scenario (it seeds rollouts)")
         .await?;
     let nats = servers.nats().await?;
-    let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(256);
+    let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(512);
     let mut recorder = Recorder::new(
         "ticker",
         servers.mode(),
@@ -95,8 +95,8 @@ pub async fn run(args: &TickerArgs) -> anyhow::Result<Report> {
         let settings = TickerSettings {
             replica_id: Some("loadtest".to_owned()),
             max_in_flight,
-            commit_batch: usize::try_from(args.commit_batch).unwrap_or(64),
-            batch_size: usize::try_from(args.round_size).unwrap_or(512),
+            commit_batch: usize::try_from(args.commit_batch).unwrap_or(32),
+            batch_size: usize::try_from(args.round_size).unwrap_or(2048),
             ..TickerSettings::default()
         };
         let ticker = started.ticker(settings).await?;

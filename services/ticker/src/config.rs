@@ -91,11 +91,11 @@ impl TickerSettings {
     /// the next due transition fires within about 2 s (SPEC §10 wants ≤ 3 s).
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
     /// Default batch size.
-    pub const DEFAULT_BATCH_SIZE: usize = 512;
+    pub const DEFAULT_BATCH_SIZE: usize = 2048;
     /// Default number of rollouts worked on at once.
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
     /// Default number of rollouts fired together.
-    pub const DEFAULT_COMMIT_BATCH: usize = 64;
+    pub const DEFAULT_COMMIT_BATCH: usize = 32;
     /// Default kill switch evaluation interval.
     pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
     /// Default staleness of fleet agents.

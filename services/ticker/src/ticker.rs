@@ -329,13 +329,15 @@ impl Ticker {
         // by the monotonic time since (never ahead of the real time: the clock started
         // after `now` was read)
         let round_started = Instant::now();
-        // every future owns what it uses, so the stream is `Send` for any caller
+        // each batch is a task of its own, so batches decode, decide and encode on every
+        // worker thread at once (they own what they use); a batch still running when the
+        // round is dropped (the term overstayed its grace) is aborted with it
         let results: Vec<(Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
             .map(|(namespace, keys, freezes, rollout_ids)| {
                 let fenced = Arc::clone(&fenced);
                 let context = self.context.clone();
                 let signal = term.signal.clone();
-                async move {
+                let batch = Spawned(tokio::spawn(async move {
                     // a term that ended stops taking work; what is in flight finishes
                     if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
                         return (rollout_ids, Ok(Vec::new()));
@@ -362,6 +364,14 @@ impl Ticker {
                         }
                     }
                     (rollout_ids, fired)
+                }));
+                async move {
+                    batch.await.unwrap_or_else(|error| {
+                        let failed = rollout_store::StoreError::Protocol(format!(
+                            "a firing batch did not finish: {error}"
+                        ));
+                        (Vec::new(), Err(failed))
+                    })
                 }
             })
             .buffer_unordered(self.settings.batches_in_flight())
@@ -371,7 +381,7 @@ impl Ticker {
             let outcomes = match fired {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
-                    round.errors += rollout_ids.len();
+                    round.errors += rollout_ids.len().max(1);
                     self.context.stats.error();
                     tracing::warn!(rollouts = rollout_ids.len(), %error, "firing a batch failed; trying again next round");
                     continue;
@@ -737,6 +747,26 @@ impl Ticker {
             }
         }
         !own
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (a no-op once it finished).
+struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Spawned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(context)
     }
 }
 
