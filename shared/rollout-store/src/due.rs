@@ -1,7 +1,7 @@
 //! The due index (`due`: rollout id → the Redis time it is next looked at), read by the
 //! ticker leader each round and moved by it when a look changed nothing. Commits move it
 //! too (as part of [`crate::Commit`]); only the leader removes or moves entries outside a
-//! commit, fenced, through [`reschedule`].
+//! commit, fenced, through [`reschedule_many`].
 
 use std::sync::LazyLock;
 
@@ -58,7 +58,7 @@ pub async fn earliest(
         .min())
 }
 
-/// What [`reschedule`] did.
+/// What one move of [`reschedule_many`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rescheduled {
     /// The entry now points at the new time (or is gone, when none was given).
@@ -67,32 +67,6 @@ pub enum Rescheduled {
     Conflict,
     /// The namespace fence holds another epoch: the caller no longer leads.
     Fenced,
-}
-
-/// Moves (or removes, `look` = `None`) rollout `rollout_id`'s due-index entry, only while
-/// the fence holds `epoch` and the rollout still has revision `revision`, so a slow writer
-/// never pushes back a newer due time.
-pub async fn reschedule(
-    connection: &mut Connection,
-    keys: &Keys,
-    epoch: u64,
-    rollout_id: &str,
-    revision: u64,
-    look: Option<Timestamp>,
-) -> Result<Rescheduled, StoreError> {
-    let moves = [Move {
-        rollout_id,
-        revision,
-        look,
-    }];
-    reschedule_many(connection, keys, epoch, &moves)
-        .await?
-        .pop()
-        .unwrap_or_else(|| {
-            Err(StoreError::Protocol(
-                "a reschedule left no answer".to_owned(),
-            ))
-        })
 }
 
 /// One due-index move of [`reschedule_many`].
@@ -106,8 +80,10 @@ pub struct Move<'a> {
     pub look: Option<Timestamp>,
 }
 
-/// [`reschedule`] for every move of `moves` in one round trip, each checked on its own;
-/// one answer per move, in order.
+/// Moves (or removes, `look` = `None`) the due-index entry of every rollout of `moves`, in
+/// one round trip, each only while the fence holds `epoch` and the rollout still has the
+/// revision its decision was made on, so a slow writer never pushes back a newer due
+/// time. One answer per move, in order.
 pub async fn reschedule_many(
     connection: &mut Connection,
     keys: &Keys,

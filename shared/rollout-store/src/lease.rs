@@ -10,7 +10,7 @@
 //! - Fences: each namespace's fence is raised ("set if greater") to the leader's epoch
 //!   before the leader touches the namespace; every transition commit is
 //!   `Commit::fenced(fence, epoch)` and every due-index move checks it too
-//!   ([`crate::due::reschedule`]), so a paused or partitioned old leader's writes are
+//!   ([`crate::due::reschedule_many`]), so a paused or partitioned old leader's writes are
 //!   refused. The lease saves work; the fence is what makes double advances impossible.
 
 use std::sync::LazyLock;

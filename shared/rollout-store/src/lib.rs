@@ -13,14 +13,14 @@
 //! | `flags` | set of flag keys | [`Commit`] | [`reads::flag_keys`] |
 //! | `rollout:<id>` | hash `{rev, data: RolloutRecord}` | [`Commit`] | [`reads`] |
 //! | `rollouts:active`, `rollouts:finished` | zset id → created / finished ms | [`Commit`] | [`reads::rollout_ids`] |
-//! | `due` | zset id → next due ms | [`Commit`], [`due::reschedule`] (fenced) | [`due`] |
+//! | `due` | zset id → next due ms | [`Commit`], [`due::reschedule_many`] (fenced) | [`due`] |
 //! | `audit:rollout:<id>`, `audit:flag:<key>` | list, newest first | [`Commit`] | [`reads::audit_page`] |
 //! | `outbox` | stream of encoded change events not yet published | [`Commit`]; removed by [`Relay`] | [`Relay`] |
 //! | `cmd:<command_id>` | first outcome of a command, with a TTL | [`Commit`], [`idempotency::store_unchanged_outcome`] | [`idempotency::stored_outcome`] |
 //! | `agent:<id>`, `agents`, `rollout:<id>:reports` | fleet agents and reports | [`fleet`] | [`fleet`], [`health`] |
 //! | `outcomes:<flag>:<bucket>` | windowed outcome counters per variation, for kill switches | [`outcomes::add_tallies`] | [`outcomes`] |
 //! | `rollout:<id>:outcomes:<bucket>` | windowed outcome counters per side, for the rollout's guard | [`outcomes::add_tallies`] | [`outcomes`], [`health`] |
-//! | `fence` | the ticker leader's epoch | [`lease::Lease::raise_fence`] | [`Commit`] and [`due::reschedule`] scripts |
+//! | `fence` | the ticker leader's epoch | [`lease::Lease::raise_fence`] | [`Commit`] and [`due::reschedule_many`] scripts |
 //! | `ro:namespaces` | set of namespace names | [`namespaces::redis_time_registering`] | [`namespaces::registered`] |
 //! | `ro:generation` | id of Redis's data history | [`generation::current_or_set`] | [`generation::current_or_set`] |
 //! | `ro:{ticker}:lease`, `ro:{ticker}:epoch` | leader lease, leadership counter | [`lease::Lease`] | [`lease`] |

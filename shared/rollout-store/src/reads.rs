@@ -137,7 +137,7 @@ pub async fn load_rollout<C: ConnectionLike + Send + Sync>(
     rollout_id: &str,
 ) -> Result<Option<RolloutRecord>, StoreError> {
     let data: Option<Vec<u8>> = connection.hget(keys.rollout(rollout_id), "data").await?;
-    data.map(|bytes| decode_record::<RolloutRecord>(&bytes, &format!("rollout {rollout_id}")))
+    data.map(|bytes| rollout_record(rollout_id, &bytes))
         .transpose()
 }
 
@@ -164,12 +164,15 @@ pub async fn load_rollouts<C: ConnectionLike + Send + Sync>(
         .iter()
         .zip(rows)
         .map(|(id, (revision, data))| {
-            let record = data
-                .map(|bytes| decode_record::<RolloutRecord>(&bytes, &format!("rollout {id}")))
-                .transpose();
+            let record = data.map(|bytes| rollout_record(id, &bytes)).transpose();
             (revision.unwrap_or(0), record)
         })
         .collect())
+}
+
+/// Decodes the stored record of rollout `rollout_id`.
+fn rollout_record(rollout_id: &str, bytes: &[u8]) -> Result<RolloutRecord, StoreError> {
+    decode_record(bytes, &format!("rollout {rollout_id}"))
 }
 
 /// A rollout hash's revision (0 when there is none), readable even when its record is not.
@@ -321,7 +324,7 @@ pub async fn for_command<C: ConnectionLike + Send + Sync>(
             let Some(bytes) = data else {
                 return Ok(read);
             };
-            let rollout = decode_record::<RolloutRecord>(&bytes, &format!("rollout {id}"))?;
+            let rollout = rollout_record(id, &bytes)?;
             let flag = load_flag(connection, keys, &rollout.plan.flag).await?;
             read.rollout = Some(rollout);
             flag
