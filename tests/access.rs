@@ -881,7 +881,7 @@ async fn each_redis_user_is_refused_what_its_service_does_not_need() {
             &["ZRANGE", "ro:{prod}:agents", "0", "-1"],
         ],
         &[
-            &["SET", "ro:{ticker}:lease", "planner:1", "PX", "1000"],
+            &["SET", "ro:{ticker}:lease:0", "planner:1", "PX", "1000"],
             &["SET", "ro:{prod}:fence", "999"],
             &["HSET", "ro:{prod}:agent:edge-1", "labels", "{}"],
             &["HINCRBY", "ro:{prod}:outcomes:x:0", "on:err", "1000"],
@@ -894,7 +894,9 @@ async fn each_redis_user_is_refused_what_its_service_does_not_need() {
         &redis,
         "ticker",
         &[
-            &["PTTL", "ro:{ticker}:lease"],
+            &["PTTL", "ro:{ticker}:lease:0"],
+            &["ZCARD", "ro:{ticker}:replicas"],
+            &["GET", "ro:{ticker}:shards"],
             &["INCR", "ro:{ticker}:epoch"],
             &["SET", "ro:{prod}:fence", "1"],
             &["ZRANGEBYSCORE", "ro:{prod}:due", "-inf", "0"],
@@ -935,7 +937,7 @@ async fn each_redis_user_is_refused_what_its_service_does_not_need() {
             &["GET", "ro:{prod}:cmd:c-1"],
             &["XRANGE", "ro:{prod}:outbox", "-", "+"],
             &["LRANGE", "ro:{prod}:audit:flag:x", "0", "-1"],
-            &["SET", "ro:{ticker}:lease", "evaluator:1"],
+            &["SET", "ro:{ticker}:lease:0", "evaluator:1"],
         ],
     )
     .await;

@@ -69,7 +69,6 @@ struct PhasedRun {
     monitor: VersionMonitor,
     oracle: OracleMonitor,
     report: Report,
-    first_epoch: u64,
 }
 
 impl PhasedRun {
@@ -83,7 +82,7 @@ impl PhasedRun {
     ) -> PhasedRun {
         let mut cluster = Cluster::start(options).await;
         cluster.add_tickers(3, proxy_redis, proxy_nats).await;
-        let (_, first_epoch) = cluster.wait_for_leader(None).await;
+        cluster.wait_for_leader(None).await;
         let workload = cluster
             .phased_workload(
                 "chaos",
@@ -101,7 +100,6 @@ impl PhasedRun {
             monitor,
             oracle,
             report: Report::new(scenario),
-            first_epoch,
         };
         run.wait_until(run.workload.start).await;
         run
@@ -171,7 +169,7 @@ impl PhasedRun {
             &mut self.report,
         )
         .await;
-        self.report.leader_changes = cluster.epoch_counter().await - self.first_epoch;
+        self.report.leader_changes = cluster.takeovers();
         self.report.fence_rejections = cluster.fence_rejections() as u64;
         self.monitor.finish(&mut self.report);
         self.report.add_oracle(self.oracle.finish());
@@ -724,7 +722,7 @@ async fn evaluator_killed_and_restarted() {
     })
     .await;
     cluster.add_tickers(3, false, false).await;
-    let (_, first_epoch) = cluster.wait_for_leader(None).await;
+    cluster.wait_for_leader(None).await;
     let mut evaluators: Vec<EvaluatorProcess> = (0..2)
         .map(|index| cluster.spawn_evaluator_process(&format!("evaluator-{index}")))
         .collect();
@@ -813,7 +811,7 @@ async fn evaluator_killed_and_restarted() {
     .await;
     monitor.finish(&mut report);
     report.add_oracle(oracle.finish());
-    report.leader_changes = cluster.epoch_counter().await - first_epoch;
+    report.leader_changes = cluster.takeovers();
     report.fence_rejections = cluster.fence_rejections() as u64;
     report.note(format!(
         "application evaluations through the queue group: {} answered, {} failed",

@@ -169,6 +169,8 @@ pub struct Cluster {
     pub tickers: Vec<TickerReplica>,
     pub events: EventLog,
     next_ticker: usize,
+    /// Take-overs of the test namespace's shard seen by [`Cluster::wait_for_leader`].
+    takeovers: std::sync::atomic::AtomicU64,
 }
 
 impl std::ops::Deref for Cluster {
@@ -218,6 +220,7 @@ impl Cluster {
             tickers: Vec::new(),
             events,
             next_ticker: 0,
+            takeovers: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -340,23 +343,38 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no ticker {replica}"))
     }
 
-    /// The replica holding the lease and its epoch.
+    /// The replica leading the test namespace's shard, and the epoch of its lease (the
+    /// tickers share the shards; the others lead shards of their own).
     pub async fn leader(&self) -> Option<(String, u64)> {
         let mut connection = self.redis_conn.clone();
-        rollout_store::lease::holder(&mut connection).await.ok()?
+        rollout_store::lease::holder_of(&mut connection, NS)
+            .await
+            .ok()?
     }
 
-    /// Waits until a replica other than `not` leads; returns it.
+    /// Waits until a replica other than `not` leads the test namespace's shard; returns it
+    /// (and, with `not`, counts a take-over).
     pub async fn wait_for_leader(&self, not: Option<&str>) -> (String, u64) {
-        eventually("a ticker to lead", PATIENCE, || async {
+        let leader = eventually("a ticker to lead", PATIENCE, || async {
             self.leader()
                 .await
                 .filter(|(holder, _)| Some(holder.as_str()) != not)
         })
-        .await
+        .await;
+        if not.is_some() {
+            self.takeovers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        leader
     }
 
-    /// Leadership terms won so far: the epoch counter (it only rises).
+    /// Take-overs of the test namespace's shard seen so far.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shard leases won so far: the epoch counter (it only rises; rebalancing between
+    /// replicas counts too).
     pub async fn epoch_counter(&self) -> u64 {
         let mut connection = self.redis_conn.clone();
         rollout_store::lease::epoch_counter(&mut connection)

@@ -307,21 +307,56 @@ impl ComposeCluster {
         .unwrap_or_default()
     }
 
-    /// The ticker service leading now and its epoch.
+    /// The ticker service leading namespace prod's shard now, and the epoch of that
+    /// shard's lease (the tickers share the shards; the others lead shards of their own).
     pub async fn leader(&self) -> Option<(String, u64)> {
         let members = self.members().await;
-        let leader = members
-            .iter()
-            .find(|member| member.service == "ticker" && member.leader == Some(true))?;
+        let (leader, epoch) = members.iter().find_map(|member| {
+            let count = member.shard_count.filter(|_| member.service == "ticker")?;
+            let shard = rollout_store::lease::shard_of("prod", count);
+            Some((member, *member.shards.get(&shard)?))
+        })?;
         let service = TICKERS.iter().find(|ticker| {
             leader
                 .replica
                 .starts_with(&format!("{}-", self.hostname(ticker)))
         })?;
-        Some(((*service).to_owned(), leader.epoch.unwrap_or(0)))
+        Some(((*service).to_owned(), epoch))
     }
 
-    /// Waits for a leader other than `not` (at most 30 s).
+    /// How many shards each ticker service leads (0 for those that do not answer), in
+    /// [`TICKERS`] order, once every shard is led exactly once; `None` before.
+    pub async fn shard_shares(&self) -> Option<Vec<usize>> {
+        let members = self.members().await;
+        let tickers: Vec<&MemberInfo> = members
+            .iter()
+            .filter(|member| member.service == "ticker")
+            .collect();
+        let count = tickers.iter().find_map(|member| member.shard_count)?;
+        let mut led: Vec<u32> = tickers
+            .iter()
+            .flat_map(|member| member.shards.keys().copied())
+            .collect();
+        led.sort_unstable();
+        if led != (0..count).collect::<Vec<_>>() {
+            return None;
+        }
+        Some(
+            TICKERS
+                .iter()
+                .map(|ticker| {
+                    let prefix = format!("{}-", self.hostname(ticker));
+                    tickers
+                        .iter()
+                        .filter(|member| member.replica.starts_with(&prefix))
+                        .map(|member| member.shards.len())
+                        .sum()
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits for a leader of namespace prod's shard other than `not` (at most 30 s).
     pub async fn wait_for_leader(&self, not: Option<&str>) -> (String, u64) {
         super::eventually("a ticker leader", Duration::from_secs(30), || async {
             self.leader()

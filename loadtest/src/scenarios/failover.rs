@@ -7,8 +7,9 @@
 //! running rollouts have steps of `--step` each, staggered so that transitions come due
 //! continuously (rollouts ÷ step per second) for the whole run. Then `--kills` times: wait
 //! `--interval` under load (plus a random part of the renewal period, so kills land
-//! anywhere in the leader's renewal cycle), read the lease holder, SIGKILL it, and wait
-//! until another replica leads and a transition is seen; a replacement process is started
+//! anywhere in the leader's renewal cycle), read which replica leads the namespace's shard
+//! (the replicas share 64 shards; the others lead shards of their own), SIGKILL it, and
+//! wait until another replica leads that shard and a transition is seen; a replacement process is started
 //! so three run again.
 //!
 //! Afterwards every rollout's record and audit are read back, and for each kill (all times
@@ -34,7 +35,7 @@ use rollout_store::{load_rollout, redis_time, RolloutRecord};
 use rollout_store::Keys;
 use rollout_wire::events::EventKind;
 use rollout_wire::queries::AuditEntry;
-use rollout_wire::subjects::Subjects;
+use rollout_wire::subjects::{Namespace, Subjects};
 use serde::Serialize;
 use serde_json::json;
 
@@ -144,7 +145,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<Report> {
         fleet.spawn()?;
     }
     let watcher = StepWatcher::start(&nats, &subjects, &namespace).await?;
-    let (first_leader, _) = wait_leader(&redis, &mut fleet, 0).await?;
+    let (first_leader, _) = wait_leader(&redis, &namespace, &mut fleet, 0).await?;
     phase(format!(
         "{first_leader} leads; waiting for the first transitions"
     ));
@@ -156,9 +157,9 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<Report> {
         // renewal cycle rather than always just after a renewal
         let jitter = (args.lease_ttl / 3).mul_f64(rand::random::<f64>());
         tokio::time::sleep(args.interval + jitter).await;
-        let (holder, epoch) = lease_holder(&redis)
+        let (holder, epoch) = shard_holder(&redis, &namespace)
             .await?
-            .context("no replica holds the lease")?;
+            .context("no replica leads the namespace's shard")?;
         let child_index = fleet
             .children
             .iter()
@@ -174,7 +175,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<Report> {
             args.kills
         ));
         let waiting = Instant::now();
-        let (leader, new_epoch) = wait_leader(&redis, &mut fleet, epoch).await?;
+        let (leader, new_epoch) = wait_leader(&redis, &namespace, &mut fleet, epoch).await?;
         let takeover_ms = waiting.elapsed().as_secs_f64() * 1000.0;
         wait_transition_after(&watcher, killed_local).await?;
         phase(format!(
@@ -316,23 +317,28 @@ impl Fleet {
     }
 }
 
-/// The replica holding the lease and its epoch.
-async fn lease_holder(redis: &ConnectionManager) -> anyhow::Result<Option<(String, u64)>> {
+/// The replica leading `namespace`'s shard, and the epoch of its lease.
+async fn shard_holder(
+    redis: &ConnectionManager,
+    namespace: &Namespace,
+) -> anyhow::Result<Option<(String, u64)>> {
     let mut connection = redis.clone();
-    rollout_store::lease::holder(&mut connection)
+    rollout_store::lease::holder_of(&mut connection, namespace.as_str())
         .await
-        .context("reading the lease")
+        .context("reading the shard lease")
 }
 
-/// Waits (bounded) until one of our replicas holds the lease at an epoch above `above`.
+/// Waits (bounded) until one of our replicas leads `namespace`'s shard at an epoch above
+/// `above`.
 async fn wait_leader(
     redis: &ConnectionManager,
+    namespace: &Namespace,
     fleet: &mut Fleet,
     above: u64,
 ) -> anyhow::Result<(String, u64)> {
     let deadline = Instant::now() + RECOVERY_PATIENCE;
     loop {
-        if let Some((replica, epoch)) = lease_holder(redis).await? {
+        if let Some((replica, epoch)) = shard_holder(redis, namespace).await? {
             let ours = fleet.children.iter().any(|child| child.replica == replica);
             if epoch > above && ours {
                 return Ok((replica, epoch));

@@ -135,16 +135,7 @@ impl Planner {
             Arc::new(move || {
                 let readiness =
                     nats_readiness(&pinged_nats).and_then(|()| pinged_redis.readiness());
-                rollout_wire::MemberInfo {
-                    service: "planner".to_owned(),
-                    replica: replica.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    ready: readiness.is_ok(),
-                    reason: readiness.err(),
-                    leader: None,
-                    epoch: None,
-                    served: std::collections::BTreeMap::new(),
-                }
+                rollout_wire::MemberInfo::new("planner", &replica, readiness)
             }),
             shutdown.clone(),
             &tasks,

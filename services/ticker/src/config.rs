@@ -64,8 +64,12 @@ pub struct TickerSettings {
     /// `lease_ttl` when unset
     #[serde(default, with = "optional_duration")]
     pub renew_interval: Option<Duration>,
-    /// This replica's name in the lease; `<hostname>-<pid>-<random>` when unset
+    /// This replica's name in the leases; `<hostname>-<pid>-<random>` when unset
     pub replica_id: Option<String>,
+    /// How many shards the namespaces hash to (SPEC §14): each shard has its own lease,
+    /// epoch and fence, and the replicas share them out. Every replica must use the same
+    /// number (the first stores it; a replica configured otherwise is refused)
+    pub shards: u32,
     /// Most due rollouts read from one namespace's due index per round
     pub batch_size: usize,
     /// Most rollouts worked on at once (in batches of `commit_batch`)
@@ -90,6 +94,8 @@ impl TickerSettings {
     /// Default lease time to live: a leader killed with SIGKILL is replaced within it, so
     /// the next due transition fires within about 2 s (SPEC §10 wants ≤ 3 s).
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+    /// Default shard count: enough to spread over a few dozen replicas.
+    pub const DEFAULT_SHARDS: u32 = 64;
     /// Default batch size.
     pub const DEFAULT_BATCH_SIZE: usize = 2048;
     /// Default number of rollouts worked on at once.
@@ -129,6 +135,7 @@ impl Default for TickerSettings {
             lease_ttl: TickerSettings::DEFAULT_LEASE_TTL,
             renew_interval: None,
             replica_id: None,
+            shards: TickerSettings::DEFAULT_SHARDS,
             batch_size: TickerSettings::DEFAULT_BATCH_SIZE,
             max_in_flight: TickerSettings::DEFAULT_MAX_IN_FLIGHT,
             commit_batch: TickerSettings::DEFAULT_COMMIT_BATCH,
@@ -162,6 +169,12 @@ impl Validate for TickerSettings {
                     "must be 1..=128 characters without whitespace",
                 ));
             }
+        }
+        if !(1..=rollout_store::lease::MAX_SHARDS).contains(&self.shards) {
+            return Err(ConfigError::new(
+                "ticker.shards",
+                format!("must be between 1 and {}", rollout_store::lease::MAX_SHARDS),
+            ));
         }
         if !(1..=100_000).contains(&self.batch_size) {
             return Err(ConfigError::new(

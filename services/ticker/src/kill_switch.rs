@@ -3,8 +3,9 @@
 //! (per variation, whatever rollout produced them), unlike a rollout's guard, which reads
 //! only its own rollout's counters (`rollout_store::outcomes`).
 //!
-//! The leader keeps an index of such flags, built by scanning each namespace's flags when
-//! its term starts (and every few minutes), and kept current from the snapshots of change
+//! A replica keeps an index of such flags in the namespaces of the shards it leads, built
+//! by scanning each namespace's flags when it takes the namespace's shard (and every few
+//! minutes), and kept current from the snapshots of change
 //! events. Every `health_check_interval` it judges each enabled one over the guard's
 //! window:
 //!
@@ -35,6 +36,7 @@ use rollout_wire::subjects::Namespace;
 use serde::Deserialize;
 
 use crate::fire::{FireContext, TICKER_ACTOR};
+use crate::leadership::LedNamespace;
 
 /// Flags read per round trip while scanning.
 const SCAN_CHUNK: usize = 256;
@@ -77,8 +79,8 @@ pub struct KillSwitchReport {
     pub checked: usize,
     /// Flags disabled.
     pub tripped: usize,
-    /// A write was refused by the fence: this ticker no longer leads.
-    pub fenced: bool,
+    /// The namespaces whose fence refused a write: another replica leads their shard now.
+    pub fenced: Vec<String>,
 }
 
 impl KillSwitches {
@@ -171,12 +173,12 @@ impl KillSwitches {
     }
 
     /// Judges every enabled kill switch at Redis time `now` and disables the flags whose
-    /// switch is breached, as the leader of `epoch`. `namespaces` are the fenced ones.
+    /// switch is breached, each write fenced by the epoch of its namespace's shard.
+    /// `namespaces` are the fenced ones; the others' switches are another replica's.
     pub async fn check(
         &mut self,
         context: &FireContext,
-        namespaces: &BTreeMap<String, (Namespace, Keys)>,
-        epoch: u64,
+        namespaces: &BTreeMap<String, LedNamespace>,
         now: Timestamp,
     ) -> Result<KillSwitchReport, StoreError> {
         let mut report = KillSwitchReport::default();
@@ -187,23 +189,36 @@ impl KillSwitches {
             .map(|(key, _)| key.clone())
             .collect();
         for (namespace_name, flag_key) in candidates {
-            let Some((namespace, keys)) = namespaces.get(&namespace_name) else {
+            let Some(led) = namespaces.get(&namespace_name) else {
                 continue;
             };
+            if report.fenced.contains(&namespace_name) {
+                continue;
+            }
             report.checked += 1;
             match self
-                .check_one(context, namespace, keys, &flag_key, epoch, now)
+                .check_one(
+                    context,
+                    &led.namespace,
+                    &led.keys,
+                    &flag_key,
+                    led.epoch,
+                    now,
+                )
                 .await?
             {
                 Checked::Healthy => {}
                 Checked::Tripped => report.tripped += 1,
-                Checked::Fenced => {
-                    report.fenced = true;
-                    return Ok(report);
-                }
+                Checked::Fenced => report.fenced.push(namespace_name),
             }
         }
         Ok(report)
+    }
+
+    /// Forgets the entries of `namespace` (its shard went to another replica).
+    pub fn forget(&mut self, namespace: &str) {
+        self.entries
+            .retain(|(entry_namespace, _), _| entry_namespace != namespace);
     }
 
     async fn check_one(
@@ -329,7 +344,7 @@ impl KillSwitches {
             }
             Written::Refused(Refused::Fenced { fence }) => {
                 context.stats.fenced_write();
-                tracing::warn!(namespace = %namespace, flag = %flag_key, epoch, fence, "kill switch write refused by the fence: a newer leader holds this namespace");
+                tracing::warn!(namespace = %namespace, flag = %flag_key, epoch, fence, "kill switch write refused by the fence: another replica leads this namespace's shard");
                 Ok(Checked::Fenced)
             }
             Written::Refused(Refused::Conflict { .. }) => {

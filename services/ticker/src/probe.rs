@@ -1,6 +1,6 @@
 //! The ticker's probe endpoints (`http.listen`): ready while NATS is connected and Redis
 //! answers (a replica that cannot reach Redis can neither lead nor take over); metrics from
-//! its [`TickerStats`] — whether it leads and under which epoch, transitions, skipped steps,
+//! its [`TickerStats`] — which shards it leads and the highest epoch, transitions, skipped steps,
 //! fence rejections, conflicts, early commits, errors, terms, kill-switch trips and the
 //! firing lag (p50, p99, max).
 
@@ -19,6 +19,8 @@ pub struct TickerProbe {
     pub redis: Dependency,
     /// Its counters.
     pub stats: TickerStats,
+    /// How many shards there are in all.
+    pub shard_count: u32,
 }
 
 impl TickerProbe {
@@ -28,6 +30,8 @@ impl TickerProbe {
         rollout_wire::MemberInfo {
             leader: Some(stats.leader),
             epoch: Some(stats.epoch),
+            shards: stats.shards,
+            shard_count: Some(self.shard_count),
             ..rollout_wire::MemberInfo::new("ticker", &self.replica, self.readiness())
         }
     }
@@ -56,19 +60,31 @@ impl Probe for TickerProbe {
         one(
             "ticker_leader",
             "gauge",
-            "1 while this replica leads.",
+            "1 while this replica leads at least one shard.",
             u64::from(stats.leader),
         );
         one(
             "ticker_epoch",
             "gauge",
-            "Epoch of the current (or last) leadership term.",
+            "Highest epoch of a shard lease held.",
             stats.epoch,
+        );
+        one(
+            "ticker_shards",
+            "gauge",
+            "Shards the namespaces hash to, in all.",
+            u64::from(self.shard_count),
+        );
+        one(
+            "ticker_shards_led",
+            "gauge",
+            "Shards this replica leads now.",
+            stats.shards.len() as u64,
         );
         one(
             "ticker_terms_total",
             "counter",
-            "Leadership terms won.",
+            "Shard leases won.",
             stats.terms,
         );
         one(
@@ -130,6 +146,22 @@ impl Probe for TickerProbe {
             );
         }
         text.sample("ticker_firing_lag_ms_count", &replica, stats.lag_samples);
+        text.describe(
+            "ticker_shard_led",
+            "gauge",
+            "1 for each shard this replica leads now.",
+        );
+        for shard in stats.shards.keys() {
+            let shard = shard.to_string();
+            text.sample(
+                "ticker_shard_led",
+                &[
+                    ("replica", self.replica.as_str()),
+                    ("shard", shard.as_str()),
+                ],
+                1,
+            );
+        }
         text.finish()
     }
 }

@@ -1,8 +1,10 @@
-//! What a ticker has done, readable while it runs: counters (transitions, fence
-//! rejections, conflicts, leadership terms) and a histogram of firing lag. Tests and the
+//! What a ticker has done, readable while it runs: the shards it leads, counters
+//! (transitions, fence rejections, conflicts, shard leases won) and a histogram of firing
+//! lag. Tests and the
 //! benchmark hold a [`TickerStats`] handle; the service logs a summary when it stops.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hdrhistogram::Histogram;
@@ -20,8 +22,10 @@ struct Counters {
     errors: AtomicU64,
     terms: AtomicU64,
     kill_switch_trips: AtomicU64,
+    /// The highest epoch of a shard lease ever held.
     epoch: AtomicU64,
-    leader: AtomicBool,
+    /// The shards led now, with the epoch of their lease.
+    shards: Mutex<BTreeMap<u32, u64>>,
     /// `None` only if the histogram could not be built (its bounds are constants).
     lag_ms: Mutex<Option<Histogram<u64>>>,
 }
@@ -47,14 +51,16 @@ pub struct StatsSnapshot {
     pub early: u64,
     /// Rounds or rollouts that failed on an error (retried later).
     pub errors: u64,
-    /// Leadership terms won.
+    /// Shard leases won (each a term of its own).
     pub terms: u64,
     /// Flags disabled by their kill switch.
     pub kill_switch_trips: u64,
-    /// Epoch of the current (or last) term; 0 before the first.
+    /// The highest epoch of a shard lease held so far; 0 before the first.
     pub epoch: u64,
-    /// Whether this ticker leads right now.
+    /// Whether this ticker leads any shard right now.
     pub leader: bool,
+    /// The shards it leads now, each with the epoch of its lease.
+    pub shards: BTreeMap<u32, u64>,
     /// Firing lag percentiles in ms (commit time minus due time): p50, p99, max.
     pub lag_p50_ms: u64,
     /// See `lag_p50_ms`.
@@ -86,7 +92,7 @@ impl TickerStats {
                 terms: AtomicU64::new(0),
                 kill_switch_trips: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
-                leader: AtomicBool::new(false),
+                shards: Mutex::new(BTreeMap::new()),
                 lag_ms: Mutex::new(histogram),
             }),
         }
@@ -95,6 +101,11 @@ impl TickerStats {
     /// Copies every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let counters = &self.counters;
+        let shards = counters
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let histogram = counters
             .lag_ms
             .lock()
@@ -114,7 +125,8 @@ impl TickerStats {
             terms: counters.terms.load(Ordering::Relaxed),
             kill_switch_trips: counters.kill_switch_trips.load(Ordering::Relaxed),
             epoch: counters.epoch.load(Ordering::Relaxed),
-            leader: counters.leader.load(Ordering::Relaxed),
+            leader: !shards.is_empty(),
+            shards,
             lag_p50_ms: quantile(0.5),
             lag_p99_ms: quantile(0.99),
             lag_max_ms: histogram.as_ref().map_or(0, Histogram::max),
@@ -122,9 +134,18 @@ impl TickerStats {
         }
     }
 
-    /// Whether this ticker leads right now.
+    /// Whether this ticker leads any shard right now.
     pub fn is_leader(&self) -> bool {
-        self.counters.leader.load(Ordering::Relaxed)
+        !self.led_shards().is_empty()
+    }
+
+    /// The shards this ticker leads now, with the epoch of their lease.
+    pub fn led_shards(&self) -> BTreeMap<u32, u64> {
+        self.counters
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Writes refused by a fence so far.
@@ -190,14 +211,19 @@ impl TickerStats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn term_started(&self, epoch: u64) {
-        self.counters.terms.fetch_add(1, Ordering::Relaxed);
-        self.counters.epoch.store(epoch, Ordering::Relaxed);
-        self.counters.leader.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn term_ended(&self) {
-        self.counters.leader.store(false, Ordering::Relaxed);
+    /// The shards led now are `shards`, `acquired` of them just won.
+    pub(crate) fn leading(&self, shards: &BTreeMap<u32, u64>, acquired: usize) {
+        self.counters
+            .terms
+            .fetch_add(acquired as u64, Ordering::Relaxed);
+        if let Some(highest) = shards.values().max() {
+            self.counters.epoch.fetch_max(*highest, Ordering::Relaxed);
+        }
+        *self
+            .counters
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = shards.clone();
     }
 }
 
@@ -213,17 +239,24 @@ mod tests {
         }
         stats.transition(3, -5);
         stats.fenced_write();
-        stats.term_started(7);
+        stats.leading(&BTreeMap::from([(3, 7), (9, 5)]), 2);
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.transitions, 101);
         assert_eq!(snapshot.skipped_steps, 3);
         assert_eq!(snapshot.fenced, 1);
         assert_eq!(snapshot.epoch, 7);
+        assert_eq!(snapshot.terms, 2);
         assert!(snapshot.leader);
+        assert_eq!(snapshot.shards, BTreeMap::from([(3, 7), (9, 5)]));
         assert_eq!(snapshot.lag_samples, 101);
         assert_eq!(snapshot.lag_p50_ms, 50);
         assert_eq!(snapshot.lag_max_ms, 100);
-        stats.term_ended();
+        stats.leading(&BTreeMap::new(), 0);
         assert!(!stats.is_leader());
+        assert_eq!(
+            stats.snapshot().epoch,
+            7,
+            "the last epoch held stays readable"
+        );
     }
 }

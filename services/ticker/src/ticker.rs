@@ -1,56 +1,68 @@
-//! The ticker: campaign for the lease, and while leading, fire every due rollout at its
-//! due time and judge kill switches; step down at once when the lease or a fence says
-//! another replica leads, and release the lease on shutdown.
+//! The ticker: share the shards with the other replicas, and in the shards it leads fire
+//! every due rollout at its due time and judge kill switches; drop a shard at once when its
+//! lease or a fence says another replica leads it, and give every lease back on shutdown.
 //!
-//! There is no polling interval. The leader sleeps until the earliest score of any
-//! namespace's `due` index (Redis time; a frozen namespace's index waits, and the end of its
-//! freeze wakes the leader), or until a change event from another writer
-//! arrives on `rollout.events.>` (a command may have made something due earlier), or until
-//! its next kill switch check or namespace refresh. Lease renewal runs beside the work, so
-//! a long round never delays it. A term subscribes to the change events before it reads
-//! the namespaces and their flags, so a change lands in what it read or in what it hears.
+//! Two loops run side by side in [`Ticker::run`]:
+//! - the balancer ([`Ticker::rebalance`] on a timer): one store script per renewal
+//!   interval heartbeats the replica, renews its shard leases, gives back what is above its
+//!   fair share (or what a fence refused), and takes free shards up to it. It wakes early
+//!   when another replica's heartbeat is about to run out, to take over its shards at once.
+//! - the worker: fences the namespaces of newly led shards, then fires what is due in
+//!   every led namespace. There is no polling interval: it sleeps until the earliest score
+//!   of a led namespace's `due` index (Redis time; a frozen namespace's index waits, and
+//!   the end of its freeze wakes it), a change event from another writer on
+//!   `rollout.events.>` (a command may have made something due earlier), a change of the
+//!   shards led, or its next kill switch check or namespace refresh. It subscribes to the
+//!   change events before it reads any namespace or flag, so a change lands in what it
+//!   read or in what it hears.
 //!
-//! The steps are public so tests drive a ticker by hand: [`Ticker::campaign`] takes the
-//! lease and fences every namespace, [`Ticker::fire_due`] runs one round,
-//! [`Ticker::check_kill_switches`] one kill switch check, [`Ticker::resign`] releases.
+//! The steps are public so tests drive a ticker by hand: [`Ticker::campaign`] takes a fair
+//! share of the free shards and fences their namespaces, [`Ticker::fire_due`] runs one
+//! round, [`Ticker::check_kill_switches`] one kill switch check, [`Ticker::rebalance`] one
+//! balancing step, [`Ticker::resign`] gives every shard back.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use rollout_core::freeze::Freezes;
 use rollout_core::{DurationMs, Timestamp};
 use rollout_runtime::shutdown::Shutdown;
-use rollout_store::lease::{FenceRaise, Lease};
+use rollout_store::lease::{Balance, FenceRaise, ShardLeases, Stance};
 use rollout_store::Keys;
-use rollout_store::{due, namespaces, redis_time, Connection, Relay, Writer};
+use rollout_store::{due, namespaces, redis_time, Connection, Relay, StoreError, Writer};
 use rollout_wire::codec::{self, Encoding, Limits, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::subjects::{Namespace, Route, Subjects};
+use rollout_wire::subjects::{Route, Subjects};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::TickerSettings;
 use crate::error::TickerError;
 use crate::fire::{fire_batch, FireContext, Fired, TICKER_ACTOR};
-use crate::kill_switch::{KillSwitchReport, KillSwitches};
+use crate::kill_switch::KillSwitchReport;
+use crate::leadership::{Abandoned, Leadership, LedNamespace};
 use crate::stats::TickerStats;
 
-/// A namespace no freeze holds at a round's time, with its freezes (past ones still hold
-/// the timers that ran out while they lasted).
-type OpenNamespace = (Namespace, Keys, Arc<Freezes>);
-/// The outcome of each rollout of a batch, or the batch's failed round trip.
-type FiredBatch = Result<Vec<Result<Fired, rollout_store::StoreError>>, rollout_store::StoreError>;
+/// A led namespace no freeze holds at a round's time, with its freezes (past ones still
+/// hold the timers that ran out while they lasted).
+struct OpenNamespace {
+    led: LedNamespace,
+    freezes: Arc<Freezes>,
+}
 
-/// What the leader's loop reads before deciding to fire or sleep.
+/// The outcome of each rollout of a batch, or the batch's failed round trip.
+type FiredBatch = Result<Vec<Result<Fired, StoreError>>, StoreError>;
+
+/// What the worker reads before deciding to fire or sleep.
 struct Peek {
     /// Redis time.
     now: Timestamp,
     /// When something is next due (a due score or a freeze's end).
     next: Option<Timestamp>,
-    /// The namespaces no freeze holds at `now`.
+    /// The led namespaces no freeze holds at `now`.
     open: Vec<OpenNamespace>,
 }
 
@@ -58,63 +70,9 @@ struct Peek {
 const KILL_SWITCH_RESCAN: Duration = Duration::from_secs(300);
 /// Pause after a round that failed, so a broken Redis is not hammered.
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
-/// Shortest wait between two attempts to take a free lease.
-const MIN_CAMPAIGN_WAIT: Duration = Duration::from_millis(5);
-
-/// One term of leadership: the epoch every write carries, the namespaces whose fence holds
-/// it, and the kill switch index.
-#[derive(Debug)]
-pub struct Term {
-    epoch: u64,
-    namespaces: BTreeMap<String, (Namespace, Keys)>,
-    kill_switches: KillSwitches,
-    namespaces_stale: bool,
-    lost: bool,
-    /// Triggered when the term ends: shutdown, a failed renewal or a fence refusal.
-    signal: Shutdown,
-    /// The change events, subscribed before the term's first scan so that no change
-    /// falls between what the scan read and what the subscription hears.
-    events: Option<async_nats::Subscriber>,
-}
-
-impl Term {
-    fn new(epoch: u64, signal: Shutdown, events: Option<async_nats::Subscriber>) -> Term {
-        Term {
-            epoch,
-            namespaces: BTreeMap::new(),
-            kill_switches: KillSwitches::default(),
-            namespaces_stale: true,
-            lost: false,
-            signal,
-            events,
-        }
-    }
-
-    /// The epoch of this term.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Whether a fence or the lease said another replica leads now.
-    pub fn is_lost(&self) -> bool {
-        self.lost
-    }
-
-    /// The namespaces fenced for this term.
-    pub fn namespaces(&self) -> Vec<String> {
-        self.namespaces.keys().cloned().collect()
-    }
-
-    /// How many flags with a kill switch the term knows.
-    pub fn kill_switch_count(&self) -> usize {
-        self.kill_switches.len()
-    }
-
-    fn lose(&mut self) {
-        self.lost = true;
-        self.signal.trigger();
-    }
-}
+/// Margin after another replica's heartbeat runs out before balancing again: its leases
+/// expire in the same millisecond.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(3);
 
 /// What one round of firing did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,7 +83,7 @@ pub struct Round {
     pub committed: usize,
     /// Rollouts that failed (retried later).
     pub errors: usize,
-    /// A write was refused by a fence: the term is lost.
+    /// A write was refused by a fence: another replica leads that shard now.
     pub fenced: bool,
     /// Some namespace had more due rollouts than one batch.
     pub full: bool,
@@ -141,7 +99,7 @@ struct EventActor {
 /// A ticker replica. Cheap to clone; clones share the lease identity and the stats.
 #[derive(Clone, Debug)]
 pub struct Ticker {
-    lease: Lease,
+    leases: ShardLeases,
     context: FireContext,
     nats: async_nats::Client,
     subjects: Subjects,
@@ -149,7 +107,7 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// A replica using `redis` for state and the lease and `nats` for events.
+    /// A replica using `redis` for state and the leases and `nats` for events.
     pub fn new(
         redis: Connection,
         nats: async_nats::Client,
@@ -159,7 +117,7 @@ impl Ticker {
         let replica = settings.replica();
         let stale_ms = i64::try_from(settings.stale_agent_after.as_millis()).unwrap_or(i64::MAX);
         Ticker {
-            lease: Lease::new(redis.clone(), replica, settings.lease_ttl),
+            leases: ShardLeases::new(redis.clone(), replica, settings.lease_ttl, settings.shards),
             context: FireContext {
                 writer: Writer::publishing(
                     redis.clone(),
@@ -180,72 +138,107 @@ impl Ticker {
         self.context.stats.clone()
     }
 
-    /// This replica's id in the lease.
+    /// This replica's id in the leases.
     pub fn replica_id(&self) -> &str {
-        self.lease.replica_id()
+        self.leases.replica_id()
     }
 
-    /// The lease handle.
-    pub fn lease(&self) -> &Lease {
-        &self.lease
+    /// The shard lease handle.
+    pub fn leases(&self) -> &ShardLeases {
+        &self.leases
     }
 
-    /// One attempt to become leader: take the lease if it is free, then raise every
-    /// namespace's fence to the new epoch and index the kill switches. `None` when another
-    /// replica holds the lease (or a fence showed a newer epoch).
-    pub async fn campaign(&self) -> Result<Option<Term>, TickerError> {
-        self.campaign_under(&Shutdown::new()).await
-    }
-
-    async fn campaign_under(&self, parent: &Shutdown) -> Result<Option<Term>, TickerError> {
-        let Some(epoch) = self.lease.acquire().await? else {
-            return Ok(None);
-        };
-        self.context.stats.term_started(epoch);
-        tracing::info!(replica = %self.replica_id(), epoch, "leadership acquired");
+    /// One attempt to lead: join the replicas, take a fair share of the free shards and
+    /// fence their namespaces. `None` (after leaving the replicas again) when no shard was
+    /// free.
+    pub async fn campaign(&self) -> Result<Option<Leadership>, TickerError> {
         let events = self.subscribe_events().await;
-        let mut term = Term::new(epoch, parent.child(), events);
-        if let Err(error) = self.refresh_namespaces(&mut term).await {
-            let _ = self.resign(term).await;
-            return Err(error);
-        }
-        if term.lost {
-            let _ = self.resign(term).await;
+        let mut leadership = Leadership::new(Shutdown::new(), events);
+        self.rebalance(&mut leadership).await?;
+        if leadership.is_lost() {
+            self.leases
+                .balance(&BTreeMap::new(), &BTreeMap::new(), Stance::Leave)
+                .await?;
             return Ok(None);
         }
-        Ok(Some(term))
+        Ok(Some(leadership))
+    }
+
+    /// One balancing step for `leadership`: renew its shards, give back those a fence
+    /// refused or above the fair share, take free ones up to it, and fence the namespaces
+    /// of those taken.
+    pub async fn rebalance(&self, leadership: &mut Leadership) -> Result<Balance, TickerError> {
+        let give_up = leadership.take_abandoned();
+        let held: BTreeMap<u32, u64> = leadership
+            .shards
+            .iter()
+            .filter(|(shard, _)| !give_up.contains_key(shard))
+            .map(|(shard, epoch)| (*shard, *epoch))
+            .collect();
+        let balance = self.leases.balance(&held, &give_up, Stance::Share).await?;
+        self.adopt(leadership, &balance.held());
+        self.refresh_namespaces(leadership).await?;
+        Ok(balance)
+    }
+
+    /// Takes `held` as the shards led now, and counts them.
+    fn adopt(&self, leadership: &mut Leadership, held: &BTreeMap<u32, u64>) {
+        let new = leadership.adopt(held);
+        self.context.stats.leading(&leadership.shards, new);
     }
 
     /// Reads the namespace registry and fences (and indexes the kill switches of) every
-    /// namespace the term does not hold yet. A fence above our epoch loses the term.
-    pub async fn refresh_namespaces(&self, term: &mut Term) -> Result<(), TickerError> {
+    /// namespace of a led shard not fenced at that shard's epoch yet. A fence above the
+    /// shard's epoch gives the shard up.
+    pub async fn refresh_namespaces(&self, leadership: &mut Leadership) -> Result<(), TickerError> {
+        if leadership.shards.is_empty() {
+            leadership.namespaces_stale = false;
+            return Ok(());
+        }
         let mut connection = self.context.redis.clone();
         for namespace in namespaces::registered(&mut connection).await? {
-            if term.namespaces.contains_key(namespace.as_str()) {
+            let shard = self.leases.shard_of(&namespace);
+            let Some(epoch) = leadership.shards.get(&shard).copied() else {
+                continue;
+            };
+            if leadership.epoch_of(namespace.as_str()) == Some(epoch) {
                 continue;
             }
             let keys = Keys::new(&namespace);
-            match self.lease.raise_fence(&keys, term.epoch).await? {
+            match self.leases.raise_fence(&keys, epoch).await? {
                 FenceRaise::Ours => {}
                 FenceRaise::Ahead(fence) => {
-                    tracing::warn!(namespace = %namespace, epoch = term.epoch, fence, "a namespace fence is ahead of our epoch; stepping down");
-                    term.lose();
-                    return Ok(());
+                    tracing::warn!(namespace = %namespace, shard, epoch, fence, "a namespace fence is ahead of our shard's epoch; giving the shard up");
+                    self.give_up(leadership, shard);
+                    continue;
                 }
             }
-            if let Err(error) = term
+            if let Err(error) = leadership
                 .kill_switches
                 .scan(&self.context, &namespace, &keys)
                 .await
             {
                 tracing::warn!(%error, namespace = %namespace, "kill switch index incomplete; rescanning later");
             }
-            tracing::debug!(namespace = %namespace, epoch = term.epoch, "namespace fenced");
-            term.namespaces
-                .insert(namespace.as_str().to_owned(), (namespace, keys));
+            tracing::debug!(namespace = %namespace, shard, epoch, "namespace fenced");
+            leadership.namespaces.insert(
+                namespace.as_str().to_owned(),
+                LedNamespace {
+                    namespace,
+                    keys,
+                    shard,
+                    epoch,
+                },
+            );
         }
-        term.namespaces_stale = false;
+        leadership.namespaces_stale = false;
         Ok(())
+    }
+
+    /// Gives `shard` up after a fence refusal, and counts what is still led.
+    fn give_up(&self, leadership: &mut Leadership, shard: u32) {
+        leadership.abandon(shard);
+        self.context.stats.leading(&leadership.shards, 0);
     }
 
     /// Subscribes to every change event and waits until the server has the interest, so
@@ -266,64 +259,68 @@ impl Ticker {
         }
     }
 
-    /// Rebuilds the kill switch index of every fenced namespace.
-    pub async fn rescan_kill_switches(&self, term: &mut Term) -> Result<(), TickerError> {
-        for (namespace, keys) in term.namespaces.values() {
-            term.kill_switches
-                .scan(&self.context, namespace, keys)
+    /// Rebuilds the kill switch index of every led namespace.
+    pub async fn rescan_kill_switches(
+        &self,
+        leadership: &mut Leadership,
+    ) -> Result<(), TickerError> {
+        for led in leadership.namespaces.values() {
+            leadership
+                .kill_switches
+                .scan(&self.context, &led.namespace, &led.keys)
                 .await?;
         }
         Ok(())
     }
 
     /// One round: fires every rollout due at the current Redis time (up to a batch per
-    /// namespace).
-    pub async fn fire_due(&self, term: &mut Term) -> Result<Round, TickerError> {
+    /// led namespace).
+    pub async fn fire_due(&self, leadership: &mut Leadership) -> Result<Round, TickerError> {
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        self.fire_round(term, now).await
+        self.fire_round(leadership, now).await
     }
 
     /// One round as if Redis time were `now`: fires every rollout due by then. Tests and
     /// benchmarks drive time with it; a transition a timer caused is still refused by the
     /// commit script while Redis time is before its due time ([`Fired::Early`]).
-    pub async fn fire_round(&self, term: &mut Term, now: Timestamp) -> Result<Round, TickerError> {
+    pub async fn fire_round(
+        &self,
+        leadership: &mut Leadership,
+        now: Timestamp,
+    ) -> Result<Round, TickerError> {
         let mut connection = self.context.redis.clone();
-        let (open, _) = self.partition(&mut connection, term, now).await?;
-        self.fire_open(term, now, open).await
+        let (open, _) = self.partition(&mut connection, leadership, now).await?;
+        self.fire_open(leadership, now, open).await
     }
 
-    /// A round at `now` over `open`, the namespaces no freeze holds then (a frozen
+    /// A round at `now` over `open`, the led namespaces no freeze holds then (a frozen
     /// namespace's due rollouts are left where they are).
     async fn fire_open(
         &self,
-        term: &mut Term,
+        leadership: &mut Leadership,
         now: Timestamp,
         open: Vec<OpenNamespace>,
     ) -> Result<Round, TickerError> {
         let mut round = Round::default();
-        if term.namespaces.is_empty() || term.signal.is_triggered() {
+        if open.is_empty() || leadership.signal.is_triggered() {
             return Ok(round);
         }
         let batch = self.settings.batch_size;
         let mut connection = self.context.redis.clone();
-        let namespace_keys: Vec<&Keys> = open.iter().map(|(_, keys, _)| keys).collect();
+        let namespace_keys: Vec<&Keys> = open.iter().map(|open| &open.led.keys).collect();
         let due = due::due_by(&mut connection, &namespace_keys, now, batch).await?;
         let mut work = Vec::new();
-        for ((namespace, keys, freezes), ids) in open.iter().zip(due) {
+        for (open, ids) in open.iter().zip(due) {
             round.full |= ids.len() >= batch;
             round.looked_at += ids.len();
             for chunk in ids.chunks(self.settings.commit_batch.max(1)) {
-                work.push((
-                    namespace.clone(),
-                    keys.clone(),
-                    Arc::clone(freezes),
-                    chunk.to_vec(),
-                ));
+                work.push((open.led.clone(), Arc::clone(&open.freezes), chunk.to_vec()));
             }
         }
-        let epoch = term.epoch;
-        let fenced = Arc::new(AtomicBool::new(false));
+        // shards a fence refused during the round: their batches not started yet are
+        // skipped
+        let fenced: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
         // `now` was read from Redis before the round; under a backlog a batch is fired
         // later in the round, and its transitions are stamped with the Redis time advanced
         // by the monotonic time since (never ahead of the real time: the clock started
@@ -331,15 +328,21 @@ impl Ticker {
         let round_started = Instant::now();
         // each batch is a task of its own, so batches decode, decide and encode on every
         // worker thread at once (they own what they use); a batch still running when the
-        // round is dropped (the term overstayed its grace) is aborted with it
-        let results: Vec<(Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
-            .map(|(namespace, keys, freezes, rollout_ids)| {
+        // round is dropped (the replica overstayed its shutdown grace) is aborted with it
+        let results: Vec<(u32, Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
+            .map(|(led, freezes, rollout_ids)| {
                 let fenced = Arc::clone(&fenced);
                 let context = self.context.clone();
-                let signal = term.signal.clone();
+                let signal = leadership.signal.clone();
+                let shard = led.shard;
                 let batch = Spawned(tokio::spawn(async move {
-                    // a term that ended stops taking work; what is in flight finishes
-                    if signal.is_triggered() || fenced.load(Ordering::Relaxed) {
+                    // a stopping replica, or a shard another replica took, takes no more
+                    // work; what is in flight finishes
+                    let refused = fenced
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(&led.shard);
+                    if signal.is_triggered() || refused {
                         return (rollout_ids, Ok(Vec::new()));
                     }
                     let elapsed =
@@ -347,9 +350,9 @@ impl Ticker {
                     let now = now.plus(DurationMs::from_millis(elapsed));
                     let fired = fire_batch(
                         &context,
-                        &namespace,
-                        &keys,
-                        epoch,
+                        &led.namespace,
+                        &led.keys,
+                        led.epoch,
                         &rollout_ids,
                         now,
                         &freezes,
@@ -360,24 +363,28 @@ impl Ticker {
                             .iter()
                             .any(|outcome| matches!(outcome, Ok(Fired::Fenced)))
                         {
-                            fenced.store(true, Ordering::Relaxed);
+                            fenced
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(led.shard);
                         }
                     }
                     (rollout_ids, fired)
                 }));
                 async move {
-                    batch.await.unwrap_or_else(|error| {
-                        let failed = rollout_store::StoreError::Protocol(format!(
-                            "a firing batch did not finish: {error}"
-                        ));
+                    let (rollout_ids, fired) = batch.await.unwrap_or_else(|error| {
+                        let failed =
+                            StoreError::Protocol(format!("a firing batch did not finish: {error}"));
                         (Vec::new(), Err(failed))
-                    })
+                    });
+                    (shard, rollout_ids, fired)
                 }
             })
             .buffer_unordered(self.settings.batches_in_flight())
             .collect()
             .await;
-        for (rollout_ids, fired) in results {
+        let mut refused_shards = BTreeSet::new();
+        for (shard, rollout_ids, fired) in results {
             let outcomes = match fired {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
@@ -390,7 +397,10 @@ impl Ticker {
             for (rollout_id, outcome) in rollout_ids.iter().zip(outcomes) {
                 match outcome {
                     Ok(Fired::Committed) => round.committed += 1,
-                    Ok(Fired::Fenced) => round.fenced = true,
+                    Ok(Fired::Fenced) => {
+                        round.fenced = true;
+                        refused_shards.insert(shard);
+                    }
                     Ok(Fired::Failed(reason)) => {
                         round.errors += 1;
                         self.context.stats.error();
@@ -405,61 +415,66 @@ impl Ticker {
                 }
             }
         }
-        if round.fenced {
+        for shard in refused_shards {
             tracing::warn!(
-                epoch,
-                "a fence refused our write: another replica leads; stepping down"
+                shard,
+                epoch = leadership.shards.get(&shard).copied(),
+                "a fence refused our write: another replica leads this shard; giving it up"
             );
-            term.lose();
+            self.give_up(leadership, shard);
         }
         Ok(round)
     }
 
-    /// Judges every enabled kill switch now, disabling the flags whose switch is breached.
+    /// Judges every enabled kill switch of the led namespaces now, disabling the flags
+    /// whose switch is breached.
     pub async fn check_kill_switches(
         &self,
-        term: &mut Term,
+        leadership: &mut Leadership,
     ) -> Result<KillSwitchReport, TickerError> {
         // judged with every change heard so far
-        self.drain_events(term);
-        if !term.kill_switches.any_enabled() {
+        self.drain_events(leadership);
+        if !leadership.kill_switches.any_enabled() {
             return Ok(KillSwitchReport::default());
         }
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        let report = term
+        let report = leadership
             .kill_switches
-            .check(&self.context, &term.namespaces, term.epoch, now)
+            .check(&self.context, &leadership.namespaces, now)
             .await?;
-        if report.fenced {
-            term.lose();
+        for namespace in &report.fenced {
+            if let Some(shard) = leadership.namespaces.get(namespace).map(|led| led.shard) {
+                self.give_up(leadership, shard);
+            }
         }
         Ok(report)
     }
 
-    /// Extends the lease of `term`; `false` when it is no longer ours.
-    pub async fn renew(&self, term: &Term) -> Result<bool, TickerError> {
-        Ok(self.lease.renew(term.epoch).await?)
+    /// Gives every shard of `leadership` back and leaves the replicas, so the others take
+    /// them over at once; `true` when every shard it led was still ours to give.
+    pub async fn resign(&self, leadership: Leadership) -> Result<bool, TickerError> {
+        leadership.signal.trigger();
+        let mut give_up = leadership.take_abandoned();
+        give_up.extend(&leadership.shards);
+        let led = leadership.shards.len();
+        self.context.stats.leading(&BTreeMap::new(), 0);
+        let balance = self
+            .leases
+            .balance(&BTreeMap::new(), &give_up, Stance::Leave)
+            .await?;
+        tracing::info!(replica = %self.replica_id(), released = balance.released.len(), led, "shards given back");
+        Ok(balance.released.len() == led && led > 0)
     }
 
-    /// Ends `term`, releasing the lease if it is still ours so another replica takes over
-    /// at once; `true` when it was released.
-    pub async fn resign(&self, term: Term) -> Result<bool, TickerError> {
-        term.signal.trigger();
-        self.context.stats.term_ended();
-        let released = self.lease.release(term.epoch).await?;
-        tracing::info!(replica = %self.replica_id(), epoch = term.epoch, released, "leadership ended");
-        Ok(released)
-    }
-
-    /// The current Redis time, the term's namespaces no freeze holds then, and when
-    /// something is next due: the earliest due score over those namespaces, or the end of
-    /// a freeze that has one.
-    async fn peek_due(&self, term: &Term) -> Result<Peek, TickerError> {
+    /// The current Redis time, the led namespaces no freeze holds then, and when something
+    /// is next due: the earliest due score over those namespaces, or the end of a freeze
+    /// that has one.
+    async fn peek_due(&self, leadership: &Leadership) -> Result<Peek, TickerError> {
         let mut connection = self.context.redis.clone();
         let now = redis_time(&mut connection).await?;
-        let (open, thaws) = self.partition(&mut connection, term, now).await?;
-        let open_keys: Vec<&Keys> = open.iter().map(|(_, keys, _)| keys).collect();
+        let (open, thaws) = self.partition(&mut connection, leadership, now).await?;
+        let open_keys: Vec<&Keys> = open.iter().map(|open| &open.led.keys).collect();
         let earliest = due::earliest(&mut connection, &open_keys).await?;
         let next = match (earliest, thaws) {
             (Some(earliest), Some(thaw)) => Some(earliest.min(thaw)),
@@ -468,49 +483,65 @@ impl Ticker {
         Ok(Peek { now, next, open })
     }
 
-    /// Splits the term's namespaces by their freezes at `now`: those no freeze holds, each
+    /// Splits the led namespaces by their freezes at `now`: those no freeze holds, each
     /// with its freezes (past ones still hold the timers that ran out while they lasted),
     /// and the earliest end of a freeze that holds.
     async fn partition(
         &self,
         connection: &mut Connection,
-        term: &Term,
+        leadership: &Leadership,
         now: Timestamp,
     ) -> Result<(Vec<OpenNamespace>, Option<Timestamp>), TickerError> {
-        let all: Vec<&Keys> = term.namespaces.values().map(|(_, keys)| keys).collect();
+        let all: Vec<&Keys> = leadership
+            .namespaces
+            .values()
+            .map(|led| &led.keys)
+            .collect();
         let freezes = rollout_store::freezes::load_many(connection, &all).await?;
         let mut open = Vec::with_capacity(all.len());
         let mut thaws: Option<Timestamp> = None;
-        for ((namespace, keys), freezes) in term.namespaces.values().zip(freezes) {
+        for (led, freezes) in leadership.namespaces.values().zip(freezes) {
             match freezes.active_at(now) {
                 Some(freeze) => {
                     if let Some(until) = freeze.until {
                         thaws = Some(thaws.map_or(until, |thaw| thaw.min(until)));
                     }
                 }
-                None => open.push((namespace.clone(), keys.clone(), Arc::new(freezes))),
+                None => open.push(OpenNamespace {
+                    led: led.clone(),
+                    freezes: Arc::new(freezes),
+                }),
             }
         }
         Ok((open, thaws))
     }
 
-    /// Runs until `shutdown`: campaign, lead while leading, campaign again.
+    /// Runs until `shutdown`: the balancer and the worker side by side; on shutdown the
+    /// worker finishes what is in flight (within `shutdown_grace`) and every shard is
+    /// given back.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), TickerError> {
         tracing::info!(
             replica = %self.replica_id(),
+            shards = self.leases.shards(),
             lease_ttl_ms = self.settings.lease_ttl.as_millis() as u64,
             renew_ms = self.settings.renew_every().as_millis() as u64,
             "ticker started"
         );
-        while !shutdown.is_triggered() {
-            match self.campaign_under(&shutdown).await {
-                Ok(Some(term)) => self.lead(term, &shutdown).await,
-                Ok(None) => self.wait_for_lease(&shutdown).await,
-                Err(error) => {
-                    tracing::warn!(%error, "campaign failed; trying again");
-                    sleep_or_stop(self.settings.renew_every(), &shutdown).await;
-                }
-            }
+        let events = self.subscribe_events().await;
+        let mut leadership = Leadership::new(shutdown.child(), events);
+        let abandoned = Arc::clone(&leadership.abandoned);
+        let (held_sender, held) = watch::channel(BTreeMap::new());
+        let worker_done = Shutdown::new();
+        let worker = async {
+            self.work(&mut leadership, held).await;
+            worker_done.trigger();
+        };
+        let balancer = self.keep_shards(held_sender, abandoned, &shutdown, &worker_done);
+        tokio::pin!(worker, balancer);
+        tokio::select! {
+            // the balancer ends only after shutdown, once the worker finished or overstayed
+            () = &mut balancer => {}
+            () = &mut worker => balancer.await,
         }
         let stats = self.context.stats.snapshot();
         tracing::info!(
@@ -518,7 +549,7 @@ impl Ticker {
             transitions = stats.transitions,
             fenced = stats.fenced,
             conflicts = stats.conflicts,
-            terms = stats.terms,
+            shard_leases_won = stats.terms,
             kill_switch_trips = stats.kill_switch_trips,
             lag_p99_ms = stats.lag_p99_ms,
             "ticker stopped"
@@ -526,180 +557,215 @@ impl Ticker {
         Ok(())
     }
 
-    /// Waits until the lease may be free: until it expires, but no longer than the
-    /// renewal interval (a released lease is noticed within it).
-    async fn wait_for_lease(&self, shutdown: &Shutdown) {
+    /// The balancer: a balancing step every renewal interval (sooner when another
+    /// replica's heartbeat runs out), publishing the shards held to the worker. A replica
+    /// that cannot renew before its leases would expire drops every shard until it can
+    /// again. On shutdown it waits for the worker (at most `shutdown_grace`), then gives
+    /// every shard back.
+    async fn keep_shards(
+        &self,
+        held_sender: watch::Sender<BTreeMap<u32, u64>>,
+        abandoned: Abandoned,
+        shutdown: &Shutdown,
+        worker_done: &Shutdown,
+    ) {
         let every = self.settings.renew_every();
-        let wait = match self.lease.remaining().await {
-            Ok(Some(remaining)) => remaining.min(every),
-            Ok(None) => MIN_CAMPAIGN_WAIT,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the lease; trying again");
-                every
-            }
-        };
-        sleep_or_stop(wait.max(MIN_CAMPAIGN_WAIT), shutdown).await;
-    }
-
-    /// Leads for one term: work and lease renewal side by side until the term ends, then
-    /// resign.
-    async fn lead(&self, mut term: Term, shutdown: &Shutdown) {
-        let signal = term.signal.clone();
-        let grace = self.settings.shutdown_grace;
-        let both = async {
-            tokio::join!(
-                self.keep_lease(term.epoch, signal.clone()),
-                self.work(&mut term)
-            )
-        };
-        let overstay = async {
-            signal.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        let still_ours = tokio::select! {
-            (still_ours, ()) = both => still_ours,
-            () = overstay => {
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "work in flight did not finish within the grace period");
-                true
-            }
-        };
-        term.events = None;
-        if !still_ours {
-            term.lost = true;
-        }
-        if shutdown.is_triggered() {
-            tracing::info!(epoch = term.epoch, "shutting down: releasing the lease");
-        }
-        if let Err(error) = self.resign(term).await {
-            tracing::warn!(%error, "could not release the lease; it expires on its own");
-        }
-    }
-
-    /// Renews the lease every renewal interval until `signal`. Returns `false` (after
-    /// triggering `signal`) when the lease is lost or could not be renewed before it would
-    /// expire.
-    async fn keep_lease(&self, epoch: u64, signal: Shutdown) -> bool {
-        let every = self.settings.renew_every();
-        let ttl = self.lease.ttl();
-        let mut valid_until = Instant::now() + ttl;
-        loop {
-            tokio::select! {
-                () = signal.cancelled() => return true,
-                () = tokio::time::sleep(every) => {}
-            }
+        let ttl = self.leases.ttl();
+        let mut held: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut valid_until = Instant::now();
+        while !shutdown.is_triggered() {
+            let give_up =
+                std::mem::take(&mut *abandoned.lock().unwrap_or_else(PoisonError::into_inner));
+            held.retain(|shard, _| !give_up.contains_key(shard));
             let attempt = Instant::now();
-            match tokio::time::timeout(every, self.lease.renew(epoch)).await {
-                Ok(Ok(true)) => valid_until = attempt + ttl,
-                Ok(Ok(false)) => {
-                    tracing::warn!(epoch, "the lease is held by another replica; stepping down");
-                    signal.trigger();
-                    return false;
+            let mut wait = every;
+            match tokio::time::timeout(every, self.leases.balance(&held, &give_up, Stance::Share))
+                .await
+            {
+                Ok(Ok(balance)) => {
+                    log_balance(&balance);
+                    held = balance.held();
+                    valid_until = attempt + ttl;
+                    held_sender.send_replace(held.clone());
+                    if let Some(others) = balance.others_expire_in {
+                        wait = wait.min(others + EXPIRY_MARGIN);
+                    }
                 }
-                Ok(Err(_)) | Err(_) if Instant::now() + every >= valid_until => {
-                    tracing::warn!(
-                        epoch,
-                        "the lease could not be renewed before it expires; stepping down"
-                    );
-                    signal.trigger();
-                    return false;
+                Ok(Err(StoreError::Misconfigured(message))) => {
+                    tracing::error!(%message, "this replica cannot lead any shard");
+                    held.clear();
+                    held_sender.send_replace(held.clone());
                 }
-                Ok(Err(error)) => tracing::warn!(%error, epoch, "lease renewal failed; retrying"),
-                Err(_) => tracing::warn!(epoch, "lease renewal timed out; retrying"),
+                failed => {
+                    match failed {
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "balancing the shard leases failed; retrying")
+                        }
+                        _ => tracing::warn!("balancing the shard leases timed out; retrying"),
+                    }
+                    if !held.is_empty() && Instant::now() + every >= valid_until {
+                        tracing::warn!(
+                            shards = held.len(),
+                            "the shard leases could not be renewed before they expire; dropping them"
+                        );
+                        held.clear();
+                        held_sender.send_replace(held.clone());
+                    }
+                }
             }
+            sleep_or_stop(wait, shutdown).await;
+        }
+        // the worker stops taking work; what is in flight gets the grace period
+        let grace = self.settings.shutdown_grace;
+        tokio::select! {
+            () = worker_done.cancelled() => {}
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "work in flight did not finish within the grace period");
+            }
+        }
+        held_sender.send_replace(BTreeMap::new());
+        self.context.stats.leading(&BTreeMap::new(), 0);
+        let mut give_up = held;
+        give_up.extend(std::mem::take(
+            &mut *abandoned.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+        tracing::info!(
+            shards = give_up.len(),
+            "shutting down: giving the shards back"
+        );
+        if let Err(error) = self
+            .leases
+            .balance(&BTreeMap::new(), &give_up, Stance::Leave)
+            .await
+        {
+            tracing::warn!(%error, "could not give the shards back; their leases expire on their own");
         }
     }
 
-    /// The leader's loop: fire what is due, judge kill switches, sleep until the next due
-    /// time or an event, until the term ends.
-    async fn work(&self, term: &mut Term) {
+    /// The worker: take the shards the balancer publishes, fire what is due in their
+    /// namespaces, judge kill switches, sleep until the next due time, an event or a change
+    /// of shards, until the replica stops.
+    async fn work(
+        &self,
+        leadership: &mut Leadership,
+        mut held: watch::Receiver<BTreeMap<u32, u64>>,
+    ) {
         let every = self.settings.renew_every();
         let health_interval = self.settings.health_check_interval;
         let mut next_refresh = Instant::now() + every;
         let mut next_health = Instant::now();
         let mut next_rescan = Instant::now() + KILL_SWITCH_RESCAN;
+        let mut adopted = BTreeMap::new();
         loop {
-            if term.signal.is_triggered() {
+            if leadership.signal.is_triggered() {
                 return;
             }
-            self.drain_events(term);
+            // (`changed()` in the sleep marks a new value seen: compare, do not ask)
+            let published = held.borrow_and_update().clone();
+            if published != adopted {
+                self.adopt(leadership, &published);
+                adopted = published;
+            }
+            self.drain_events(leadership);
             let instant = Instant::now();
-            if term.namespaces_stale || instant >= next_refresh {
+            if leadership.namespaces_stale || instant >= next_refresh {
                 next_refresh = instant + every;
-                if let Err(error) = self.refresh_namespaces(term).await {
+                if let Err(error) = self.refresh_namespaces(leadership).await {
                     tracing::warn!(%error, "namespace refresh failed");
                 }
-                if term.events.is_none() {
-                    term.events = self.subscribe_events().await;
+                if leadership.events.is_none() {
+                    leadership.events = self.subscribe_events().await;
                 }
+            }
+            if leadership.is_lost() {
+                // nothing led: wait for shards (events still keep the subscription drained)
+                let deadline = Instant::now() + KILL_SWITCH_RESCAN;
+                self.sleep_until(leadership, &mut held, deadline).await;
+                continue;
             }
             if instant >= next_rescan {
                 next_rescan = instant + KILL_SWITCH_RESCAN;
-                if let Err(error) = self.rescan_kill_switches(term).await {
+                if let Err(error) = self.rescan_kill_switches(leadership).await {
                     tracing::warn!(%error, "kill switch rescan failed");
                 }
             }
             if instant >= next_health {
                 next_health = instant + health_interval;
-                if let Err(error) = self.check_kill_switches(term).await {
+                if let Err(error) = self.check_kill_switches(leadership).await {
                     tracing::warn!(%error, "kill switch check failed");
                 }
             }
-            if term.signal.is_triggered() {
+            if leadership.signal.is_triggered() {
                 return;
             }
-            let Peek { now, next, open } = match self.peek_due(term).await {
+            let Peek { now, next, open } = match self.peek_due(leadership).await {
                 Ok(peek) => peek,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the due index; retrying");
-                    sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                    sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     continue;
                 }
             };
             if next.is_some_and(|next| next <= now) {
                 // the freezes the peek read serve the round too
-                match self.fire_open(term, now, open).await {
+                match self.fire_open(leadership, now, open).await {
                     Ok(round) if round.errors > 0 && round.committed == 0 => {
-                        sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                        sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     }
                     Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "firing round failed; retrying");
-                        sleep_or_stop(ERROR_BACKOFF, &term.signal).await;
+                        sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     }
                 }
                 continue;
             }
             let mut deadline = next_refresh.min(next_rescan);
-            if term.kill_switches.any_enabled() {
+            if leadership.kill_switches.any_enabled() {
                 deadline = deadline.min(next_health);
             }
             if let Some(next) = next {
                 let wait_ms = u64::try_from(next.millis_since(now)).unwrap_or(0);
                 deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
             }
-            self.sleep_until(term, deadline).await;
+            self.sleep_until(leadership, &mut held, deadline).await;
         }
     }
 
-    /// Sleeps until `deadline`, the end of the term, or a change event from another
-    /// writer (our own events only update the kill switch index).
-    async fn sleep_until(&self, term: &mut Term, deadline: Instant) {
+    /// Sleeps until `deadline`, the replica stops, the shards held change, or a change
+    /// event from another writer in a led shard arrives (our own events only update the
+    /// kill switch index).
+    async fn sleep_until(
+        &self,
+        leadership: &mut Leadership,
+        held: &mut watch::Receiver<BTreeMap<u32, u64>>,
+        deadline: Instant,
+    ) {
         loop {
-            let signal = term.signal.clone();
+            let signal = leadership.signal.clone();
             let woke = tokio::select! {
                 biased;
                 () = signal.cancelled() => Wake::Stop,
                 () = tokio::time::sleep_until(deadline) => Wake::Stop,
-                message = next_event(&mut term.events) => Wake::Event(message),
+                changed = held.changed() => match changed {
+                    Ok(()) => Wake::Stop,
+                    // the balancer is gone: only the end of the run is left
+                    Err(_) => Wake::Closed,
+                },
+                message = next_event(&mut leadership.events) => Wake::Event(message),
             };
             match woke {
                 Wake::Stop => return,
+                Wake::Closed => {
+                    signal.cancelled().await;
+                    return;
+                }
                 Wake::Event(None) => {
                     tracing::warn!("change event subscription ended; relying on timers");
-                    term.events = None;
+                    leadership.events = None;
                 }
                 Wake::Event(Some(message)) => {
-                    if self.absorb(term, &message) {
+                    if self.absorb(leadership, &message) {
                         return;
                     }
                 }
@@ -708,26 +774,31 @@ impl Ticker {
     }
 
     /// Takes every event already received, without waiting.
-    fn drain_events(&self, term: &mut Term) {
-        while let Some(Some(message)) = term
+    fn drain_events(&self, leadership: &mut Leadership) {
+        while let Some(Some(message)) = leadership
             .events
             .as_mut()
             .and_then(|subscriber| subscriber.next().now_or_never())
         {
-            self.absorb(term, &message);
+            self.absorb(leadership, &message);
         }
     }
 
-    /// Applies a change event to the term; `true` when it may have made something due
-    /// earlier (it came from another writer, or from a namespace not fenced yet).
-    fn absorb(&self, term: &mut Term, message: &async_nats::Message) -> bool {
+    /// Applies a change event to the leadership; `true` when it may have made something due
+    /// earlier in a led shard (it came from another writer, or from a namespace of a led
+    /// shard not fenced yet).
+    fn absorb(&self, leadership: &mut Leadership, message: &async_nats::Message) -> bool {
         let Ok(Route::Events { namespace, flag }) = self.subjects.parse(message.subject.as_str())
         else {
             return false;
         };
-        if !term.namespaces.contains_key(namespace.as_str()) {
-            term.namespaces_stale = true;
-            return true;
+        if !leadership.namespaces.contains_key(namespace.as_str()) {
+            let shard = self.leases.shard_of(&namespace);
+            if leadership.shards.contains_key(&shard) {
+                leadership.namespaces_stale = true;
+                return true;
+            }
+            return false;
         }
         let encoding = Encoding::from_content_type(
             message
@@ -740,13 +811,26 @@ impl Ticker {
             codec::decode_with::<EventActor>(&message.payload, encoding, Limits::SERVICE_OUTPUT)
                 .map(|peek| peek.actor.as_deref() == Some(TICKER_ACTOR))
                 .unwrap_or(false);
-        if !own || term.kill_switches.contains(namespace.as_str(), &flag) {
+        if !own || leadership.kill_switches.contains(namespace.as_str(), &flag) {
             match ChangeEvent::decode(&message.payload, encoding) {
-                Ok(event) => term.kill_switches.absorb(&event),
+                Ok(event) => leadership.kill_switches.absorb(&event),
                 Err(error) => tracing::debug!(%error, "ignoring an undecodable change event"),
             }
         }
         !own
+    }
+}
+
+/// Logs what a balancing step changed.
+fn log_balance(balance: &Balance) {
+    if !balance.acquired.is_empty() {
+        tracing::info!(shards = ?balance.acquired, replicas = balance.replicas, "shards taken");
+    }
+    if !balance.lost.is_empty() {
+        tracing::warn!(shards = ?balance.lost, "shard leases lost: another replica leads them now");
+    }
+    if !balance.released.is_empty() {
+        tracing::info!(shards = ?balance.released, replicas = balance.replicas, "shards given back");
     }
 }
 
@@ -772,9 +856,9 @@ impl<T> std::future::Future for Spawned<T> {
 
 enum Wake {
     Stop,
+    Closed,
     Event(Option<async_nats::Message>),
 }
-
 async fn next_event(events: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
     match events.as_mut() {
         Some(subscriber) => subscriber.next().await,

@@ -1,7 +1,9 @@
 //! The `ticker` binary as child processes: a leader killed with SIGKILL is replaced within
 //! its lease, a leader frozen with SIGSTOP past its lease is refused by the fence when it
-//! thaws (and nothing advances twice), spans reach an OTLP receiver, SIGTERM releases the
-//! lease, and a bad setting exits with code 64.
+//! thaws (and nothing advances twice), spans reach an OTLP receiver, SIGTERM gives every
+//! shard back, and a bad setting exits with code 64. The two failover tests run one shard
+//! (a leader and a standby), so the replica they stop is the one leading the rollouts;
+//! sharded take-overs are `tests/chaos.rs`' and `ticker.rs`'.
 
 mod common;
 
@@ -24,7 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn wait_for_holder(harness: &Harness, replica: &str, deadline: Duration) -> u64 {
     eventually(&format!("{replica} to lead"), deadline, || async {
         harness
-            .lease_holder()
+            .holder_of(NS)
             .await
             .filter(|(holder, _)| holder == replica)
             .map(|(_, epoch)| epoch)
@@ -36,10 +38,15 @@ async fn wait_for_holder(harness: &Harness, replica: &str, deadline: Duration) -
 async fn a_killed_leader_is_replaced_within_its_lease() {
     let harness = Harness::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    // default lease: 2 s
-    let mut first = TickerProcess::spawn(dir.path(), &harness.child_env("first"));
+    // default lease: 2 s; one shard, so the second replica stands by
+    let env_for = |replica: &str| {
+        let mut env = harness.child_env(replica);
+        env.insert("ROLLOUT_TICKER__SHARDS".into(), "1".into());
+        env
+    };
+    let mut first = TickerProcess::spawn(dir.path(), &env_for("first"));
     let first_epoch = wait_for_holder(&harness, "first", DEADLINE).await;
-    let _second = TickerProcess::spawn(dir.path(), &harness.child_env("second"));
+    let _second = TickerProcess::spawn(dir.path(), &env_for("second"));
 
     let now = harness.now().await;
     let record = harness
@@ -73,7 +80,7 @@ async fn a_killed_leader_is_replaced_within_its_lease() {
     let delay = fired_at.millis_since(waiting_since);
     println!("killed {} ms before the due time; the follower fired {delay} ms after it (lease ttl 2000 ms)", due.millis_since(killed_at));
     assert!(delay <= 2_000 + 1_500, "fired {delay} ms late");
-    let (holder, epoch) = harness.lease_holder().await.expect("held");
+    let (holder, epoch) = harness.holder_of(NS).await.expect("held");
     assert_eq!(holder, "second");
     assert!(epoch > first_epoch);
 
@@ -92,6 +99,7 @@ async fn a_leader_frozen_past_its_lease_is_fenced_when_it_thaws() {
     let dir = tempfile::tempdir().expect("tempdir");
     let env_for = |replica: &str| {
         let mut env = harness.child_env(replica);
+        env.insert("ROLLOUT_TICKER__SHARDS".into(), "1".into());
         env.insert("ROLLOUT_TICKER__LEASE_TTL".into(), "1s".into());
         env.insert("ROLLOUT_TICKER__RENEW_INTERVAL".into(), "250ms".into());
         // many small batches in flight, so a freeze always catches some between their read
@@ -187,7 +195,7 @@ async fn a_leader_frozen_past_its_lease_is_fenced_when_it_thaws() {
                     .lines()
                     .filter(|line| line.contains("refused by the fence"))
                     .count();
-                (refused > 0 && log.contains("leadership ended")).then_some(refused)
+                (refused > 0 && log.contains("giving it up")).then_some(refused)
             }
         },
     )
@@ -204,7 +212,7 @@ async fn a_leader_frozen_past_its_lease_is_fenced_when_it_thaws() {
     assert!(rejections > 0);
     assert_eq!(
         harness
-            .lease_holder()
+            .holder_of(NS)
             .await
             .map(|(holder, _)| holder)
             .as_deref(),
@@ -345,9 +353,9 @@ async fn transition_spans_reach_the_otlp_receiver_linked_to_the_creating_command
     let (traced, status) = status;
     assert!(status.expect("exited").success(), "{}", traced.log_text());
     assert_eq!(
-        harness.lease_holder().await,
-        None,
-        "lease released on SIGTERM"
+        harness.holders().await,
+        [],
+        "every shard given back on SIGTERM"
     );
 
     let body = eventually("a span batch", DEADLINE, || {

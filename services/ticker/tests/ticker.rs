@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
@@ -15,7 +16,7 @@ use rollout_core::{GateHold, HeldBy, Lifecycle, Timestamp, WaitingFor};
 use rollout_store::due;
 use rollout_store::fleet::{self, Agent, Report};
 use rollout_store::health::load_health;
-use rollout_store::lease::Lease;
+use rollout_store::lease::{ShardLeases, Stance};
 use rollout_store::outcomes::{self, Side, Tallies, Tally};
 use rollout_testkit::{RedisOptions, RedisServer};
 use rollout_wire::events::EventKind;
@@ -217,19 +218,26 @@ async fn concurrent_tickers_and_crashed_leaders_never_advance_a_step_twice() {
             .expect("rollout");
         ids.push(record.id);
     }
-    // crash the leader twice while the rollouts move, then add a fresh replica
+    // crash the replica leading the namespace's shard twice while the rollouts move, then
+    // add a fresh replica
+    let mut crashed_epochs = Vec::new();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        let leader = eventually("a leader", DEADLINE, || {
+        let (leader, epoch) = eventually("a leader", DEADLINE, || async {
+            let (holder, epoch) = harness.holder_of(NS).await?;
             let position = replicas
                 .iter()
-                .position(|running| running.ticker.stats().is_leader());
-            async move { position }
+                .position(|running| running.ticker.replica_id() == holder)?;
+            Some((position, epoch))
         })
         .await;
         let crashed = replicas.remove(leader);
-        println!("crashing leader {}", crashed.ticker.replica_id());
+        println!(
+            "crashing {} (namespace's shard at epoch {epoch})",
+            crashed.ticker.replica_id()
+        );
         crashed.crash().await;
+        crashed_epochs.push(epoch);
     }
     replicas.push(Running::start(harness.ticker(harness.settings("d")).await));
 
@@ -243,9 +251,117 @@ async fn concurrent_tickers_and_crashed_leaders_never_advance_a_step_twice() {
         let audit = harness.audit(NS, id).await;
         steps += assert_single_advances(&record, &audit);
     }
-    let holder = harness.lease_holder().await.expect("a leader");
+    let holder = harness.holder_of(NS).await.expect("a leader");
     println!("rollout_step entries: {steps}; leader now {holder:?}");
-    assert!(holder.1 >= 3, "three terms at least: {holder:?}");
+    assert!(
+        crashed_epochs.iter().all(|crashed| holder.1 > *crashed),
+        "the shard was taken over after each crash: {holder:?} after {crashed_epochs:?}"
+    );
+    for running in replicas {
+        running.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_spread_the_namespaces_and_a_crashed_replicas_shards_are_taken_over() {
+    let harness = Harness::start().await;
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(Running::start(harness.ticker(harness.settings(name)).await));
+    }
+    // three replicas, 64 shards: fair shares of 22, 22 and 20
+    eventually("the shards to spread", DEADLINE, || async {
+        let holders = harness.holders().await;
+        let mut shares: Vec<usize> = ["a", "b", "c"]
+            .iter()
+            .map(|name| {
+                holders
+                    .iter()
+                    .filter(|holder| holder.replica == *name)
+                    .count()
+            })
+            .collect();
+        shares.sort_unstable();
+        (shares == [20, 22, 22]).then_some(())
+    })
+    .await;
+
+    let now = harness.now().await;
+    let phases: Vec<serde_json::Value> = (1..=5)
+        .map(|step| json!({"percentage": step * 15, "duration": "400ms"}))
+        .chain([json!({"percentage": 100})])
+        .collect();
+    let namespaces: Vec<String> = (0..24).map(|index| format!("spread-{index}")).collect();
+    let mut rollouts = Vec::new();
+    for namespace in &namespaces {
+        let record = harness
+            .create(
+                namespace,
+                "checkout",
+                Some(json!({"phases": phases, "start_at": rfc3339(after(now, 1_000))})),
+                now,
+                CreateOptions::published(),
+            )
+            .await
+            .expect("rollout");
+        rollouts.push((namespace.clone(), record.id));
+    }
+
+    // mid-rollout, crash the replica leading the first namespace's shard
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let (victim, _) = harness.holder_of(&namespaces[0]).await.expect("led");
+    let position = replicas
+        .iter()
+        .position(|running| running.ticker.replica_id() == victim)
+        .expect("one of ours");
+    let crashed = replicas.remove(position);
+    let orphaned: Vec<u32> = crashed.ticker.stats().led_shards().into_keys().collect();
+    let crashed_stats = crashed.ticker.stats();
+    crashed.crash().await;
+    let crashed_at = tokio::time::Instant::now();
+    eventually(
+        "the survivors to take every orphaned shard",
+        DEADLINE,
+        || async {
+            let holders = harness.holders().await;
+            orphaned
+                .iter()
+                .all(|shard| {
+                    holders
+                        .iter()
+                        .any(|holder| holder.shard == *shard && holder.replica != victim)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "{victim} crashed with {} shards; the survivors held them all {:?} later (lease 1 s)",
+        orphaned.len(),
+        crashed_at.elapsed()
+    );
+
+    // every rollout completes, each step entered once, wherever its shard went
+    for (namespace, id) in &rollouts {
+        let record = eventually("the rollout completes", DEADLINE, || async {
+            let record = harness.rollout(namespace, id).await;
+            (record.state.lifecycle == Lifecycle::Completed).then_some(record)
+        })
+        .await;
+        let audit = harness.audit(namespace, id).await;
+        assert_single_advances(&record, &audit);
+    }
+    // the work was spread: more than one replica committed transitions
+    let mut committed: Vec<u64> = replicas
+        .iter()
+        .map(|running| running.ticker.stats().snapshot().transitions)
+        .collect();
+    committed.push(crashed_stats.snapshot().transitions);
+    println!("transitions per replica (survivors, then the crashed one): {committed:?}");
+    assert!(
+        committed.iter().filter(|count| **count > 0).count() >= 2,
+        "{committed:?}"
+    );
     for running in replicas {
         running.stop().await;
     }
@@ -279,14 +395,20 @@ async fn a_stale_leader_is_refused_by_the_fence() {
         .await
         .expect("del");
     let mut new_term = new.campaign().await.expect("campaign").expect("new leads");
-    assert!(new_term.epoch() > old_term.epoch());
+    let old_epoch = old_term.epoch_of(NS).expect("old fenced the namespace");
+    assert!(new_term.epoch_of(NS).expect("new fenced the namespace") > old_epoch);
     assert_eq!(new_term.namespaces(), [NS]);
+    assert_eq!(
+        new_term.shards().len(),
+        64,
+        "alone, the new one takes every shard"
+    );
 
     // the stale leader wakes up and tries to fire the due step: refused
     let stale_round = old.fire_due(&mut old_term).await.expect("round runs");
     assert!(stale_round.fenced, "{stale_round:?}");
     assert_eq!(stale_round.committed, 0);
-    assert!(old_term.is_lost());
+    assert_eq!(old_term.epoch_of(NS), None, "the fenced shard is given up");
     assert_eq!(old.stats().fenced(), 1);
     let untouched = harness.rollout(NS, &record.id).await;
     assert_eq!(
@@ -365,41 +487,90 @@ async fn catch_up_after_twelve_missed_steps_is_one_transition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_shutdown_hands_the_lease_over_at_once() {
+async fn replicas_share_the_shards_and_a_clean_shutdown_hands_them_over_at_once() {
     let harness = Harness::start().await;
     let long_lease = |name: &str| TickerSettings {
         lease_ttl: Duration::from_secs(30),
         renew_interval: Some(Duration::from_millis(200)),
         ..harness.settings(name)
     };
+    let led_by = |holders: &[rollout_store::lease::ShardHolder], replica: &str| {
+        holders
+            .iter()
+            .filter(|holder| holder.replica == replica)
+            .count()
+    };
     let first = Running::start(harness.ticker(long_lease("first")).await);
-    eventually("first leads", DEADLINE, || {
-        let leads = first.ticker.stats().is_leader();
-        async move { leads.then_some(()) }
+    eventually("first leads every shard", DEADLINE, || async {
+        (led_by(&harness.holders().await, "first") == 64).then_some(())
     })
     .await;
-    let second = harness.ticker(long_lease("second")).await;
-    assert!(
-        second.campaign().await.expect("campaign").is_none(),
-        "the lease is held: a second replica cannot lead"
+    // a second replica joins: the first gives half back, the second takes it
+    let second = Running::start(harness.ticker(long_lease("second")).await);
+    let holders = eventually("the shards split evenly", DEADLINE, || async {
+        let holders = harness.holders().await;
+        (led_by(&holders, "first") == 32 && led_by(&holders, "second") == 32).then_some(holders)
+    })
+    .await;
+    assert_eq!(holders.len(), 64, "every shard has one holder: {holders:?}");
+    assert_eq!(
+        first.ticker.stats().led_shards().len() + second.ticker.stats().led_shards().len(),
+        64,
+        "each replica's own view agrees"
     );
-    let second = Running::start(second);
-    let first_epoch = first.ticker.stats().snapshot().epoch;
 
+    // the first stops: the second takes its shards far sooner than their 30 s lease
     let stopped_at = tokio::time::Instant::now();
     first.stop().await;
-    // far sooner than the 30 s the lease would take to expire
-    eventually("second leads", Duration::from_secs(10), || {
-        let leads = second.ticker.stats().is_leader();
-        async move { leads.then_some(()) }
-    })
+    let taken = eventually(
+        "second leads every shard",
+        Duration::from_secs(10),
+        || async {
+            let holders = harness.holders().await;
+            (led_by(&holders, "second") == 64).then_some(holders)
+        },
+    )
     .await;
     println!("hand-over took {:?} (lease ttl 30 s)", stopped_at.elapsed());
-    let (holder, epoch) = harness.lease_holder().await.expect("held");
-    assert_eq!(holder, "second");
-    assert_eq!(epoch, first_epoch + 1);
+    for holder in &taken {
+        if let Some(before) = holders.iter().find(|before| before.shard == holder.shard) {
+            assert!(holder.epoch >= before.epoch, "epochs only rise: {holder:?}");
+        }
+    }
     second.stop().await;
-    assert_eq!(harness.lease_holder().await, None, "released on shutdown");
+    assert_eq!(
+        harness.holders().await,
+        [],
+        "every shard given back on shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_configured_with_another_shard_count_is_refused() {
+    let harness = Harness::start().await;
+    let sixty_four = harness.ticker(harness.settings("sixty-four")).await;
+    let leadership = sixty_four
+        .campaign()
+        .await
+        .expect("campaign")
+        .expect("leads");
+    let eight = harness
+        .ticker(TickerSettings {
+            shards: 8,
+            ..harness.settings("eight")
+        })
+        .await;
+    let error = eight.campaign().await.expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("ticker.shards is 8") && message.contains("use 64"),
+        "{message}"
+    );
+    // it took nothing: the first still leads every shard
+    let holders = harness.holders().await;
+    assert_eq!(holders.len(), 64);
+    assert!(holders.iter().all(|holder| holder.replica == "sixty-four"));
+    assert!(sixty_four.resign(leadership).await.expect("resign"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,18 +583,51 @@ async fn epochs_rise_on_every_acquisition_and_survive_a_redis_restart() {
     .expect("task")
     .expect("redis starts");
     let redis = common::connect_redis(&server.url()).await;
-    let lease = Lease::new(redis.clone(), "solo", Duration::from_secs(5));
-    let first = lease.acquire().await.expect("acquire").expect("free");
-    assert_eq!(lease.acquire().await.expect("acquire"), None, "held");
-    assert!(lease.renew(first).await.expect("renew"));
-    assert!(lease.release(first).await.expect("release"));
-    let second = lease.acquire().await.expect("acquire").expect("free");
-    assert!(second > first);
-    assert!(
-        !lease.renew(first).await.expect("renew"),
-        "an old epoch cannot renew"
-    );
-    assert!(lease.release(second).await.expect("release"));
+    let none = BTreeMap::new();
+    let solo = ShardLeases::new(redis.clone(), "solo", Duration::from_secs(5), 4);
+    let first = solo
+        .balance(&none, &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert_eq!(first.acquired.len(), 4, "alone, it takes every shard");
+    let mut epochs: Vec<u64> = first.acquired.values().copied().collect();
+    epochs.dedup();
+    assert_eq!(epochs.len(), 4, "each shard at an epoch of its own");
+
+    // another replica joins: nothing is free for it yet
+    let other = ShardLeases::new(redis.clone(), "other", Duration::from_secs(5), 4);
+    let joined = other
+        .balance(&none, &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert_eq!((joined.acquired.len(), joined.replicas), (0, 2));
+    // the first renews, sees two replicas and gives its extras back
+    let renewed = solo
+        .balance(&first.held(), &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert_eq!((renewed.kept.len(), renewed.released.len()), (2, 2));
+    let taken = other
+        .balance(&none, &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert_eq!(taken.acquired.len(), 2);
+    let highest_first = first.acquired.values().max().copied().expect("epochs");
+    assert!(taken.acquired.values().all(|epoch| *epoch > highest_first));
+    // a lease is not ours any more once another replica took it: it is lost, not renewed
+    let stale = solo
+        .balance(&first.held(), &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert_eq!(stale.lost.len(), 2, "{stale:?}");
+    // leaving gives every lease back
+    let left = other
+        .balance(&none, &taken.held(), Stance::Leave)
+        .await
+        .expect("balance");
+    assert_eq!(left.released.len(), 2);
+    assert_eq!(left.replicas, 1);
+    let highest = taken.acquired.values().max().copied().expect("epochs");
 
     let restarted = tokio::task::spawn_blocking(move || {
         server.stop().expect("stop");
@@ -433,9 +637,18 @@ async fn epochs_rise_on_every_acquisition_and_survive_a_redis_restart() {
     .await
     .expect("task");
     let redis = common::connect_redis(&restarted.url()).await;
-    let lease = Lease::new(redis, "solo", Duration::from_secs(5));
-    let third = lease.acquire().await.expect("acquire").expect("free");
-    assert!(third > second, "{third} after {second}");
+    let again = ShardLeases::new(redis, "solo", Duration::from_secs(5), 4);
+    let after_restart = again
+        .balance(&none, &none, Stance::Share)
+        .await
+        .expect("balance");
+    assert!(
+        after_restart
+            .acquired
+            .values()
+            .all(|epoch| *epoch > highest),
+        "{after_restart:?} after {highest}"
+    );
 }
 
 /// Outcomes an evaluator attributed to `rollout_id`: (successes, errors) of each side.

@@ -15,14 +15,15 @@
 //! | `ro:{ns}:webhooks` / `:webhooks:delivery` | hash / hash | webhooks (with secrets) / their delivery state |
 //! | `ro:{ns}:notify` / `:notify:lease` | stream / string | notices for the webhooks / the planner delivering them |
 //! | `ro:{ns}:cmd:<command_id>` | string | first outcome of a command (idempotency) |
-//! | `ro:{ns}:fence` | string | the ticker leader's fencing epoch |
+//! | `ro:{ns}:fence` | string | the fencing epoch of the ticker replica leading the namespace's shard |
 //! | `ro:{ns}:agent:<id>` / `ro:{ns}:agents` | hash / sorted set | fleet agents, by last heartbeat |
 //! | `ro:{ns}:rollout:<id>:reports` | hash | agent id → applied / failed |
 //! | `ro:{ns}:outcomes:<flag>:<window_start_ms>` | hash | a flag's outcome counters of one window, per variation (kill switches) |
 //! | `ro:{ns}:rollout:<id>:outcomes:<window_start_ms>` | hash | a rollout's outcome counters of one window, per side (guards) |
 //! | `ro:namespaces` | set | every namespace (untagged) |
 //! | `ro:generation` | string | a random id that vanishes only with Redis's data (untagged) |
-//! | `ro:{ticker}:lease` / `ro:{ticker}:epoch` | string / counter | the ticker leader's lease and its rising epoch |
+//! | `ro:{ticker}:lease:<shard>` / `ro:{ticker}:epoch` | string / counter | one ticker shard's lease and the rising epoch all shards draw from |
+//! | `ro:{ticker}:replicas` / `ro:{ticker}:shards` | sorted set / string | live ticker replicas by heartbeat expiry / the shard count they agreed on |
 //!
 //! **Architecture Invariant:** apart from [`namespaces`] and [`generation`], every key built by [`Keys`] has
 //! the hash tag of its namespace and no other `{`.
@@ -49,19 +50,31 @@ pub(crate) fn generation() -> String {
     format!("{KEY_PREFIX}generation")
 }
 
-/// `ro:{ticker}:lease`: the ticker leader's lease, a string `<replica id>:<epoch>` with a
-/// time to live, taken with `SET NX PX` and renewed by its holder. The `{ticker}` hash tag
-/// puts it in [`ticker_epoch`]'s Cluster slot, so one script can check the lease and raise
-/// the epoch together.
-pub(crate) fn ticker_lease() -> String {
-    format!("{KEY_PREFIX}{{ticker}}:lease")
+/// `ro:{ticker}:lease:<shard>`: the lease of one ticker shard, a string
+/// `<replica id>:<epoch>` with a time to live, taken and renewed by
+/// [`crate::lease::ShardLeases::balance`]. The `{ticker}` hash tag puts every shard's lease
+/// in [`ticker_epoch`]'s Cluster slot, so one script balances them all together.
+pub(crate) fn ticker_lease(shard: u32) -> String {
+    format!("{KEY_PREFIX}{{ticker}}:lease:{shard}")
 }
 
-/// `ro:{ticker}:epoch`: the ticker leadership counter, `INCR`ed on every acquisition of
-/// [`ticker_lease`]. It outlives the lease (and restarts, with persistence), so epochs only
-/// rise; each namespace's `fence` is raised to the leader's epoch.
+/// `ro:{ticker}:epoch`: the shard leadership counter, `INCR`ed on every acquisition of a
+/// shard lease. It outlives the leases (and restarts, with persistence), so epochs only
+/// rise; each namespace's `fence` is raised to the epoch of its shard's lease.
 pub(crate) fn ticker_epoch() -> String {
     format!("{KEY_PREFIX}{{ticker}}:epoch")
+}
+
+/// `ro:{ticker}:replicas`: the live ticker replicas, a sorted set of replica id → when its
+/// heartbeat expires (Redis time, ms); the fair share of shards is the shard count over
+/// its size.
+pub(crate) fn ticker_replicas() -> String {
+    format!("{KEY_PREFIX}{{ticker}}:replicas")
+}
+
+/// `ro:{ticker}:shards`: the shard count the ticker replicas agreed on (set by the first).
+pub(crate) fn ticker_shards() -> String {
+    format!("{KEY_PREFIX}{{ticker}}:shards")
 }
 
 /// The hash tag Redis Cluster hashes `key` by: the text between the first `{` and the next
@@ -249,15 +262,24 @@ mod tests {
     }
 
     #[test]
-    fn ticker_lease_and_epoch_share_one_slot_apart_from_namespaces() {
-        assert_eq!(ticker_lease(), "ro:{ticker}:lease");
+    fn ticker_keys_share_one_slot_apart_from_namespaces() {
+        assert_eq!(ticker_lease(7), "ro:{ticker}:lease:7");
         assert_eq!(ticker_epoch(), "ro:{ticker}:epoch");
-        assert_eq!(hash_tag(&ticker_lease()), Some("ticker"));
-        assert_eq!(hash_tag(&ticker_lease()), hash_tag(&ticker_epoch()));
+        let ticker_keys = [
+            ticker_lease(0),
+            ticker_lease(63),
+            ticker_epoch(),
+            ticker_replicas(),
+            ticker_shards(),
+        ];
+        for key in &ticker_keys {
+            assert_eq!(hash_tag(key), Some("ticker"), "{key}");
+        }
         // a namespace called `ticker` shares the slot but never these names
         let keys = Keys::new(&Namespace::new("ticker").expect("namespace"));
-        assert_ne!(keys.fence(), ticker_lease());
-        assert!(!keys.due().ends_with(":lease") && !keys.due().ends_with(":epoch"));
+        for key in [keys.fence(), keys.due(), keys.notify_lease(), keys.flags()] {
+            assert!(!ticker_keys.contains(&key), "{key}");
+        }
     }
 
     #[test]

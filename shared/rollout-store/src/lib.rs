@@ -20,10 +20,10 @@
 //! | `agent:<id>`, `agents`, `rollout:<id>:reports` | fleet agents and reports | [`fleet`] | [`fleet`], [`health`] |
 //! | `outcomes:<flag>:<bucket>` | windowed outcome counters per variation, for kill switches | [`outcomes::add_tallies`] | [`outcomes`] |
 //! | `rollout:<id>:outcomes:<bucket>` | windowed outcome counters per side, for the rollout's guard | [`outcomes::add_tallies`] | [`outcomes`], [`health`] |
-//! | `fence` | the ticker leader's epoch | [`lease::Lease::raise_fence`] | [`Commit`] and [`due::reschedule_many`] scripts |
+//! | `fence` | the epoch of the ticker replica leading the namespace's shard | [`lease::ShardLeases::raise_fence`] | [`Commit`] and [`due::reschedule_many`] scripts |
 //! | `ro:namespaces` | set of namespace names | [`namespaces::redis_time_registering`] | [`namespaces::registered`] |
 //! | `ro:generation` | id of Redis's data history | [`generation::current_or_set`] | [`generation::current_or_set`] |
-//! | `ro:{ticker}:lease`, `ro:{ticker}:epoch` | leader lease, leadership counter | [`lease::Lease`] | [`lease`] |
+//! | `ro:{ticker}:lease:<shard>`, `ro:{ticker}:epoch`, `ro:{ticker}:replicas`, `ro:{ticker}:shards` | shard leases, their epoch counter, live replicas, shard count | [`lease::ShardLeases::balance`] | [`lease`] |
 //!
 //! **Architecture Invariant:** every change of flag and rollout state goes through
 //! [`Commit`], one Lua script that checks every precondition (revisions, command id, fence
@@ -83,6 +83,10 @@ pub enum StoreError {
     /// A change was described inconsistently (a bug in the caller, refused before Redis).
     #[error("inconsistent change: {0}")]
     Inconsistent(String),
+    /// The replicas sharing Redis disagree on their configuration (the ticker shard
+    /// count); nothing was written.
+    #[error("misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 impl StoreError {
@@ -94,9 +98,10 @@ impl StoreError {
             StoreError::Redis(_) => {
                 WireError::unavailable(format!("state store unavailable: {self}"))
             }
-            StoreError::Corrupt(_) | StoreError::Protocol(_) | StoreError::Inconsistent(_) => {
-                WireError::internal(self.to_string())
-            }
+            StoreError::Corrupt(_)
+            | StoreError::Protocol(_)
+            | StoreError::Inconsistent(_)
+            | StoreError::Misconfigured(_) => WireError::internal(self.to_string()),
         }
     }
 }

@@ -21,12 +21,18 @@ pub struct MemberInfo {
     /// Why not, when not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Tickers: whether this one leads.
+    /// Tickers: whether this one leads any shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<bool>,
-    /// Tickers: the epoch of its current (or last) term.
+    /// Tickers: the highest epoch of a shard lease it held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// Tickers: the shards it leads now, each with the epoch of its lease.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards: BTreeMap<u32, u64>,
+    /// Tickers: how many shards there are in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<u32>,
     /// Evaluators: what each namespace's snapshot holds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub served: BTreeMap<String, Served>,
@@ -44,6 +50,8 @@ impl MemberInfo {
             reason: readiness.err(),
             leader: None,
             epoch: None,
+            shards: BTreeMap::new(),
+            shard_count: None,
             served: BTreeMap::new(),
         }
     }

@@ -640,7 +640,13 @@ pub fn cluster_status(members: &[rollout_wire::MemberInfo]) -> String {
     ]);
     for member in members {
         let role = match (member.leader, member.epoch) {
-            (Some(true), Some(epoch)) => format!("leader (epoch {epoch})"),
+            (Some(true), Some(epoch)) => match member.shard_count {
+                Some(count) => format!(
+                    "leads {} of {count} shards (epochs up to {epoch})",
+                    member.shards.len()
+                ),
+                None => format!("leader (epoch {epoch})"),
+            },
             (Some(false), Some(0)) | (Some(false), None) => "standby".to_owned(),
             (Some(false), Some(epoch)) => format!("standby (last epoch {epoch})"),
             _ => "-".to_owned(),
@@ -709,6 +715,22 @@ pub fn cluster_status(members: &[rollout_wire::MemberInfo]) -> String {
         .count();
     if count("ticker") > 0 && leaders == 0 {
         text.push_str("warning: no ticker leads right now (one takes over within its lease)\n");
+    } else if let Some(shard_count) = members.iter().find_map(|member| member.shard_count) {
+        let led: std::collections::BTreeSet<u32> = members
+            .iter()
+            .flat_map(|member| member.shards.keys().copied())
+            .collect();
+        let unled: Vec<String> = (0..shard_count)
+            .filter(|shard| !led.contains(shard))
+            .map(|shard| shard.to_string())
+            .collect();
+        if !unled.is_empty() {
+            text.push_str(&format!(
+                "warning: {} of {shard_count} shards have no leader right now ({}); a ticker takes them over within its lease\n",
+                unled.len(),
+                unled.join(", ")
+            ));
+        }
     }
     text
 }

@@ -27,12 +27,15 @@ async fn every_replica_answers_and_the_leader_is_named() {
         .await
         .expect("flag");
     sandbox.until_served("checkout", 1).await;
-    let members = wait_until("a ticker to lead", || async {
+    // two tickers split the 64 shards evenly between them
+    let members = wait_until("the tickers to share the shards", || async {
         let members = members(&sandbox).await;
-        members
+        let shares: Vec<usize> = members
             .iter()
-            .any(|member| member.leader == Some(true))
-            .then_some(members)
+            .filter(|member| member.service == "ticker")
+            .map(|member| member.shards.len())
+            .collect();
+        (shares == [32, 32]).then_some(members)
     })
     .await;
     let services: Vec<&str> = members
@@ -49,14 +52,26 @@ async fn every_replica_answers_and_the_leader_is_named() {
         .iter()
         .filter(|member| member.leader == Some(true))
         .collect();
-    assert_eq!(leaders.len(), 1, "one leader: {members:?}");
+    assert_eq!(leaders.len(), 2, "both lead: {members:?}");
+    let mut shards: Vec<u32> = leaders
+        .iter()
+        .flat_map(|member| member.shards.keys().copied())
+        .collect();
+    shards.sort_unstable();
+    assert_eq!(shards, (0..64).collect::<Vec<_>>(), "each shard led once");
+    assert!(leaders.iter().all(|member| member.shard_count == Some(64)));
     let evaluator = &members[0];
     let served = &evaluator.served[sandbox.namespace().as_str()];
     assert_eq!((served.flags, served.versions), (1, 1), "{evaluator:?}");
 
     let human = run_ctl(&sandbox.nats.url(), &["cluster", "status"]).await;
     human.assert_ok();
-    assert!(human.stdout.contains("leader (epoch"), "{}", human.stdout);
+    assert_eq!(
+        human.stdout.matches("leads 32 of 64 shards").count(),
+        2,
+        "{}",
+        human.stdout
+    );
     assert!(!human.stdout.contains("warning"), "{}", human.stdout);
     sandbox.stop().await;
 }

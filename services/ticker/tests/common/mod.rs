@@ -249,12 +249,20 @@ impl Harness {
         entries
     }
 
-    /// The replica holding the lease and its epoch.
-    pub async fn lease_holder(&self) -> Option<(String, u64)> {
+    /// The replica leading `namespace`'s shard and the epoch of its lease.
+    pub async fn holder_of(&self, namespace: &str) -> Option<(String, u64)> {
         let mut connection = self.redis.clone();
-        rollout_store::lease::holder(&mut connection)
+        rollout_store::lease::holder_of(&mut connection, namespace)
             .await
             .expect("get lease")
+    }
+
+    /// Every held shard lease.
+    pub async fn holders(&self) -> Vec<rollout_store::lease::ShardHolder> {
+        let mut connection = self.redis.clone();
+        rollout_store::lease::holders(&mut connection)
+            .await
+            .expect("get leases")
     }
 
     /// Collects every change event of `namespace` from now on.
@@ -349,11 +357,12 @@ pub use rollout_sandbox::wait_until_within as eventually;
 /// (instead of sleeping and hoping a loop ran).
 pub struct HandDriven {
     pub ticker: Ticker,
-    term: tokio::sync::Mutex<ticker::Term>,
+    term: tokio::sync::Mutex<ticker::Leadership>,
 }
 
 impl HandDriven {
-    /// Takes the lease (it must be free) and fences every namespace.
+    /// Takes every shard (they must be free and no other replica running) and fences every
+    /// namespace.
     pub async fn lead(ticker: Ticker) -> HandDriven {
         let term = ticker
             .campaign()
