@@ -41,6 +41,9 @@ pub enum Scenario {
     /// Three ticker processes; the leader is killed with SIGKILL under load: time to the next
     /// transition, double advances
     Failover(FailoverArgs),
+    /// Ticker throughput with N = 1, 2, 3 replicas sharing the shards (processes), each
+    /// draining a burst spread over many namespaces, beside bare Redis script calls
+    Scale(ScaleArgs),
     /// Commit → every evaluator replica serves it, beside a bare NATS publish → subscriber
     Propagation(PropagationArgs),
     /// A simulated fleet of agents for demos: register, heartbeat, poll desired, apply and
@@ -193,6 +196,38 @@ pub struct FailoverArgs {
     /// Lease time to live of the tickers (the baseline the failover is compared with)
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// The `ticker` binary (default: `ticker` beside this executable; without one, this
+    /// binary re-executed runs the ticker library)
+    #[arg(long, value_name = "PATH")]
+    pub ticker_bin: Option<PathBuf>,
+    /// Keeps the tickers' logs in this directory (default: a temporary one, removed)
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// `loadtest scale`.
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Largest number of ticker replicas: every N from 1 to it is measured
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub replicas: u32,
+    /// Rollouts all due at one instant, for each N
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rollouts: u32,
+    /// Namespaces the rollouts are spread over (and so the shards they hash to)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub namespaces: u32,
+    /// Each ticker's `max_in_flight`, also the bare script baseline's concurrency
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_in_flight: u32,
+    /// Each ticker's `commit_batch`
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub commit_batch: u32,
+    /// Length of the bare Redis script baseline
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub script_duration: Duration,
     /// The `ticker` binary (default: `ticker` beside this executable; without one, this
     /// binary re-executed runs the ticker library)
     #[arg(long, value_name = "PATH")]

@@ -106,6 +106,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = args.common.json_out.clone();
             (scenarios::failover::run(&args).await?, out)
         }
+        Scenario::Scale(args) => {
+            let out = args.common.json_out.clone();
+            (scenarios::scale::run(&args).await?, out)
+        }
         Scenario::Propagation(args) => {
             let out = args.common.json_out.clone();
             (scenarios::propagation::run(&args).await?, out)

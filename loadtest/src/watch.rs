@@ -49,7 +49,7 @@ pub fn unix_micros() -> i64 {
         })
 }
 
-/// Collects the step transitions of one namespace until dropped.
+/// Collects the step transitions of one namespace (or all) until dropped.
 #[derive(Debug)]
 pub struct StepWatcher {
     seen: Arc<Mutex<Vec<StepSeen>>>,
@@ -57,14 +57,26 @@ pub struct StepWatcher {
 }
 
 impl StepWatcher {
-    /// Subscribes (the subscription is live when this returns).
+    /// Subscribes to `namespace`'s events (the subscription is live when this returns).
     pub async fn start(
         nats: &async_nats::Client,
         subjects: &Subjects,
         namespace: &Namespace,
     ) -> anyhow::Result<StepWatcher> {
+        StepWatcher::start_on(nats, subjects.events_namespace(namespace)).await
+    }
+
+    /// Subscribes to every namespace's events.
+    pub async fn start_all(
+        nats: &async_nats::Client,
+        subjects: &Subjects,
+    ) -> anyhow::Result<StepWatcher> {
+        StepWatcher::start_on(nats, subjects.events_all()).await
+    }
+
+    async fn start_on(nats: &async_nats::Client, subject: String) -> anyhow::Result<StepWatcher> {
         let mut subscriber = nats
-            .subscribe(subjects.events_namespace(namespace))
+            .subscribe(subject)
             .await
             .context("subscribing to change events")?;
         nats.flush().await.context("flushing the subscription")?;

@@ -147,6 +147,44 @@ fn ticker_fires_every_rollout_of_both_waves() {
 }
 
 #[test]
+fn scale_drains_every_burst_with_one_and_two_replicas_sharing_the_shards() {
+    let report = scenario(&[
+        "scale",
+        "--replicas",
+        "2",
+        "--rollouts",
+        "300",
+        "--namespaces",
+        "12",
+        "--script-duration",
+        "500ms",
+    ]);
+    let runs = report["details"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{report}");
+    for (index, run) in runs.iter().enumerate() {
+        assert_eq!(count(&run["replicas"]), index as u64 + 1);
+        assert_eq!(count(&run["fired"]), 300, "{run}");
+        let shares: Vec<u64> = run["shards_per_replica"]
+            .as_array()
+            .expect("shares")
+            .iter()
+            .map(count)
+            .collect();
+        assert_eq!(
+            shares.iter().sum::<u64>(),
+            64,
+            "every shard led once: {run}"
+        );
+        assert_eq!(shares.len(), index + 1, "{run}");
+    }
+    assert!(row(
+        &report,
+        "transitions/s draining 300 due at once over 12 namespaces, 2"
+    )["pass"]
+        .is_boolean());
+}
+
+#[test]
 fn failover_recovers_after_each_kill_without_double_advances() {
     let report = scenario(&[
         "failover",
@@ -274,6 +312,7 @@ fn bad_targets_and_options_exit_64() {
         &["eval", "--nats-url", "nats://8.8.8.8:4222"][..],
         &["eval", "--nats-url", "nats://no-such-host.invalid:4222"],
         &["failover", "--nats-url", "nats://127.0.0.1:4222"],
+        &["scale", "--redis-url", "redis://127.0.0.1:6379"],
         &["agents", "--redis-url", "redis://127.0.0.1:6379"],
         &["agents", "--labels", "env:x"],
         &["propagation", "--evaluator-http", "127.0.0.1:18081"],

@@ -5,5 +5,6 @@ pub mod commands;
 pub mod eval;
 pub mod failover;
 pub mod propagation;
+pub mod scale;
 pub mod sse;
 pub mod ticker;
