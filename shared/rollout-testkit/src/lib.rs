@@ -32,11 +32,14 @@
 
 mod binary;
 mod cluster;
+mod cluster_support;
 mod error;
 mod nats;
+mod nats_cluster;
 mod port;
 mod process;
 mod redis;
+mod redis_cluster;
 mod resp;
 
 pub use binary::{
@@ -46,9 +49,14 @@ pub use binary::{
 pub use cluster::TestCluster;
 pub use error::{Result, TestkitError};
 pub use nats::{NatsOptions, NatsServer};
+pub use nats_cluster::{NatsCluster, DEFAULT_NATS_CLUSTER_SIZE};
 pub use port::{free_port, PORT_ATTEMPTS};
 pub use process::pid_exists;
 pub use redis::{RedisOptions, RedisServer};
+pub use redis_cluster::{
+    RedisCluster, RedisClusterOptions, DEFAULT_REDIS_NODE_TIMEOUT, MIN_REDIS_CLUSTER_MASTERS,
+    REDIS_CLUSTER_SLOTS,
+};
 pub use resp::RedisReply;
 
 pub mod timeouts {
