@@ -18,13 +18,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use planner::PlannerConfig;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use redis::aio::ConnectionManager;
 use rollout_core::{Lifecycle, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::connect::{connect_nats, connect_redis, ConnectErrorKind};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sandbox::planner_config;
 use rollout_sdk::{CommandClient, ErrorKind, EvalClient, Namespace, RequestOptions};
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_store::{
     load_flag, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay, StoreError,
@@ -104,7 +104,7 @@ fn redis_as(redis: &RedisServer, user: &str) -> RedisSettings {
     redis_settings(&plain_url(redis), &redis_login(user))
 }
 
-async fn redis_connection(redis: &RedisServer, user: &str) -> ConnectionManager {
+async fn redis_connection(redis: &RedisServer, user: &str) -> Connection {
     connect_redis(&redis_as(redis, user))
         .await
         .unwrap_or_else(|error| panic!("redis user {user} logs in: {error}"))
@@ -277,7 +277,7 @@ async fn redis_keys(redis: &RedisServer) -> Vec<String> {
 
 /// Sends `args` as one Redis command; the reply or the error.
 async fn redis_command(
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     args: &[&str],
 ) -> Result<redis::Value, redis::RedisError> {
     let mut command = redis::cmd(args[0]);
@@ -308,11 +308,7 @@ fn stored_key(rest: &str) -> String {
 
 /// The change that creates (`version` 0) or replaces flag `key` of `prod`, as the planner
 /// decides it, and the Redis time to commit it at.
-async fn flag_change(
-    connection: &mut ConnectionManager,
-    key: &str,
-    version: u64,
-) -> (Change, Timestamp) {
+async fn flag_change(connection: &mut Connection, key: &str, version: u64) -> (Change, Timestamp) {
     let now = redis_time(connection).await.expect("redis time");
     let mut change = Change::of_flag(key, version);
     change.flag = Some(FlagRecord {
@@ -347,7 +343,7 @@ async fn commit(
 /// `connection`); the events it published.
 async fn commit_flag_update(
     writer: &Writer,
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     keys: &Keys,
     key: &str,
 ) -> Vec<ChangeEvent> {

@@ -89,7 +89,8 @@ impl PhasedRun {
                 rollouts,
                 phases,
                 Duration::from_secs(1),
-                Duration::from_secs(4),
+                // room to create up to 300 flags and rollouts on a loaded 2-core machine
+                Duration::from_secs(6),
             )
             .await;
         let monitor = VersionMonitor::start(cluster.replicas(), workload.flags.clone());

@@ -1411,11 +1411,12 @@ async fn a_timer_that_runs_out_outside_the_windows_waits_for_the_next_opening() 
     );
     system.assert_served_matches_committed().await;
     // the ticker keeps its look at the opening, not at the timer's end
-    let mut connection = redis::Client::open(system.cluster.redis.url())
+    let mut connection: rollout_store::Connection = redis::Client::open(system.cluster.redis.url())
         .expect("url")
         .get_connection_manager()
         .await
-        .expect("redis");
+        .expect("redis")
+        .into();
     let keys = rollout_store::Keys::new(&Namespace::new(NS).expect("namespace"));
     let scheduled = rollout_store::due::scheduled(&mut connection, &keys, &id)
         .await

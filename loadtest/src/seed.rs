@@ -8,10 +8,10 @@
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_core::plan::DEFAULT_MIN_PHASE_INTERVAL;
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
+use rollout_store::Connection;
 use rollout_store::{
     load_flag, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Writer, Written,
 };
@@ -24,7 +24,7 @@ use crate::progress;
 /// Writes flags and rollouts into one Redis.
 #[derive(Clone)]
 pub struct Seeder {
-    redis: ConnectionManager,
+    redis: Connection,
     writer: Writer,
 }
 
@@ -45,7 +45,7 @@ fn actor() -> Actor {
 
 impl Seeder {
     /// A seeder on `redis`.
-    pub fn new(redis: ConnectionManager) -> Seeder {
+    pub fn new(redis: Connection) -> Seeder {
         Seeder {
             writer: Writer::unpublished(redis.clone()),
             redis,

@@ -17,10 +17,10 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use anyhow::{bail, Context};
 use evaluator::{Evaluator, EvaluatorConfig, EvaluatorHandle};
 use planner::{Planner, PlannerConfig};
-use redis::aio::ConnectionManager;
 use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::CommandClient;
+use rollout_store::Connection;
 use rollout_testkit::TestCluster;
 use rollout_wire::subjects::{Namespace, Subjects};
 use serde::Deserialize;
@@ -123,7 +123,7 @@ impl Servers {
     }
 
     /// A Redis connection.
-    pub async fn redis(&self, why: &str) -> anyhow::Result<ConnectionManager> {
+    pub async fn redis(&self, why: &str) -> anyhow::Result<Connection> {
         connect_redis(&self.require_redis(why)?).await
     }
 }
@@ -136,7 +136,7 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
 }
 
 /// A Redis connection to `url`, with the `ROLLOUT_REDIS__*` credentials of the environment.
-pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
+pub async fn connect_redis(url: &str) -> anyhow::Result<Connection> {
     rollout_runtime::connect::connect_redis(&redis_settings(url)?)
         .await
         .with_context(|| {

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use evaluator::{EvaluatorConfig, EvaluatorHandle};
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_core::{RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings, Secret};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sandbox::Sandbox;
 use rollout_sdk::{CommandClient, EvalClient, Namespace, Outcome, OutcomeReport, RequestOptions};
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_store::{redis_time, RolloutRecord};
 use rollout_testkit::NatsOptions;
@@ -164,7 +164,7 @@ pub struct Cluster {
     pub sandbox: Sandbox,
     pub options: ClusterOptions,
     pub dir: TempDir,
-    pub redis_conn: ConnectionManager,
+    pub redis_conn: Connection,
     pub commands: CommandClient,
     pub tickers: Vec<TickerReplica>,
     pub events: EventLog,

@@ -2,8 +2,8 @@
 //! invariant checks ([`super::checks`]) from any system under test: the cluster of a chaos
 //! run ([`super::cluster::Cluster::committed`]) or the compose cluster's Redis.
 
-use redis::aio::ConnectionManager;
 use rollout_store::reads::{audit_page, AuditLog};
+use rollout_store::Connection;
 use rollout_store::{load_flag, load_rollout, Keys, RolloutRecord};
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Namespace;
@@ -11,12 +11,12 @@ use rollout_wire::subjects::Namespace;
 /// Reads one namespace's committed records.
 #[derive(Clone)]
 pub struct CommittedReader {
-    redis: ConnectionManager,
+    redis: Connection,
     keys: Keys,
 }
 
 impl CommittedReader {
-    pub fn new(redis: ConnectionManager, namespace: &str) -> CommittedReader {
+    pub fn new(redis: Connection, namespace: &str) -> CommittedReader {
         CommittedReader {
             redis,
             keys: Keys::new(&Namespace::new(namespace).expect("namespace")),

@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rollout_core::Timestamp;
 use rollout_runtime::config::NatsSettings;
 use rollout_sandbox::oracle::Oracle;
 use rollout_sdk::{CommandClient, Namespace};
 use rollout_store::redis_time;
+use rollout_store::Connection;
 use rollout_wire::cluster::MemberInfo;
 use rollout_wire::subjects::Subjects;
 use tempfile::TempDir;
@@ -113,7 +113,7 @@ pub struct ComposeCluster {
     /// Connected as the prod SDK user: evaluations and fleet calls of namespace prod.
     pub sdk: async_nats::Client,
     /// Connected as the `planner` Redis user, only to read the committed state.
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     /// Every change event of the namespace, as the operator receives them.
     pub events: EventLog,
 }

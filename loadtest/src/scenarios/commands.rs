@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_sdk::CommandClient;
+use rollout_store::Connection;
 use rollout_wire::codec::{self, Encoding};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -342,7 +342,7 @@ async fn one_flag(
 /// Calls of a one-`HSET` script on keys `<prefix>:<n>`, `concurrency` in flight for
 /// `duration`; the keys are deleted afterwards.
 pub async fn bare_script(
-    redis: &ConnectionManager,
+    redis: &Connection,
     prefix: &str,
     payload: &[u8],
     concurrency: usize,

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_core::Timestamp;
+use rollout_store::Connection;
 use rollout_store::{load_rollout, redis_time, RolloutRecord};
 
 use rollout_store::Keys;
@@ -319,7 +319,7 @@ impl Fleet {
 
 /// The replica leading `namespace`'s shard, and the epoch of its lease.
 async fn shard_holder(
-    redis: &ConnectionManager,
+    redis: &Connection,
     namespace: &Namespace,
 ) -> anyhow::Result<Option<(String, u64)>> {
     let mut connection = redis.clone();
@@ -331,7 +331,7 @@ async fn shard_holder(
 /// Waits (bounded) until one of our replicas leads `namespace`'s shard at an epoch above
 /// `above`.
 async fn wait_leader(
-    redis: &ConnectionManager,
+    redis: &Connection,
     namespace: &Namespace,
     fleet: &mut Fleet,
     above: u64,
@@ -386,7 +386,7 @@ struct ReadBack {
 }
 
 async fn read_back(
-    redis: &ConnectionManager,
+    redis: &Connection,
     keys: &Keys,
     prefix: &str,
     rollouts: u32,

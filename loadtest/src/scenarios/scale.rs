@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use redis::aio::ConnectionManager;
 use rollout_core::Timestamp;
 use rollout_store::load_rollout;
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_wire::subjects::{Namespace, Subjects};
 use serde_json::json;
@@ -274,7 +274,7 @@ async fn seed_burst(
 /// Waits (bounded) until every shard is led and each of `children` leads its fair share;
 /// returns how many shards each leads.
 async fn wait_balanced(
-    redis: &ConnectionManager,
+    redis: &Connection,
     children: &mut [TickerChild],
 ) -> anyhow::Result<Vec<usize>> {
     let deadline = Instant::now() + BALANCE_PATIENCE;

@@ -391,13 +391,78 @@ pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectEr
     redis::Client::open(info.set_redis_settings(handshake)).map_err(invalid)
 }
 
-/// Connects to Redis with a [`ConnectionManager`] (one multiplexed
-/// connection, re-established on failure), retrying until
-/// `settings.connect_timeout` while the server cannot be reached, and
-/// checking the connection with a `PING`.
-pub async fn connect_redis(settings: &RedisSettings) -> Result<ConnectionManager, ConnectError> {
+/// Connects to Redis, retrying until `settings.connect_timeout` while it cannot be
+/// reached, and checking the connection with a `PING`: a single server through a
+/// [`ConnectionManager`] (one multiplexed connection, re-established on failure), or a
+/// Redis Cluster ([`RedisSettings::is_cluster`]) through the client's cluster connection,
+/// which learns the slots from the seeds, routes every command by its key and follows
+/// fail-overs.
+pub async fn connect_redis(
+    settings: &RedisSettings,
+) -> Result<rollout_store::Connection, ConnectError> {
+    if settings.is_cluster() {
+        return connect_redis_cluster(settings).await.map(Into::into);
+    }
     let client = redis_client(settings)?;
-    connect_redis_with(&client, settings).await
+    connect_redis_with(&client, settings).await.map(Into::into)
+}
+
+/// [`connect_redis`] for a Redis Cluster.
+async fn connect_redis_cluster(
+    settings: &RedisSettings,
+) -> Result<redis::cluster_async::ClusterConnection, ConnectError> {
+    let invalid = |error: redis::RedisError| {
+        ConnectError::new(
+            Backend::Redis,
+            &settings.url,
+            ConnectErrorKind::InvalidSettings,
+            error.to_string(),
+        )
+    };
+    let mut seeds = Vec::new();
+    for node in settings.nodes() {
+        let info = node.into_connection_info().map_err(invalid)?;
+        let handshake = info.redis_settings().clone().set_skip_set_lib_name();
+        seeds.push(info.set_redis_settings(handshake));
+    }
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        .connection_timeout(per_connection_timeout(settings.connect_timeout))
+        .response_timeout(settings.response_timeout)
+        .retries(CLUSTER_RETRIES);
+    if let Some(user) = &settings.user {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &settings.password {
+        builder = builder.password(password.expose());
+    }
+    let client = builder.build().map_err(invalid)?;
+    let connected = retry_until_deadline(
+        Backend::Redis,
+        &settings.url,
+        settings.connect_timeout,
+        |_attempt_timeout| {
+            let client = client.clone();
+            async move {
+                let attempt = async {
+                    let mut connection = client.get_async_connection().await?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await?;
+                    Ok::<_, redis::RedisError>(connection)
+                };
+                match attempt.await {
+                    Ok(connection) => Attempt::Connected(connection),
+                    Err(error) if redis_error_is_transient(&error) => {
+                        Attempt::Transient(error.to_string())
+                    }
+                    Err(error) => Attempt::Fatal(ConnectErrorKind::Rejected, error.to_string()),
+                }
+            }
+        },
+    )
+    .await?;
+    tracing::info!(url = %redact_url(&settings.url), attempts = connected.attempts, "connected to the redis cluster");
+    Ok(connected.value)
 }
 
 /// [`connect_redis`] with a client made by [`redis_client`], for callers
@@ -460,6 +525,10 @@ fn redis_error_is_transient(error: &redis::RedisError) -> bool {
                 )
         )
 }
+
+/// How many times the cluster connection retries a request that met a moved slot, a
+/// fail-over or a dropped node before failing it.
+const CLUSTER_RETRIES: u32 = 8;
 
 /// How long one connection attempt may take once running: the start-up
 /// deadline, capped at [`MAX_ATTEMPT_TIMEOUT`].

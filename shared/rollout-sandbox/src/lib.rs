@@ -41,7 +41,9 @@ use planner::{Planner, PlannerConfig};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::{CommandClient, EvalClient, Namespace};
-use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
+use rollout_testkit::{
+    NatsOptions, NatsServer, RedisCluster, RedisClusterOptions, RedisOptions, RedisServer,
+};
 use ticker::{TickerConfig, TickerSettings};
 
 /// Bound on waiting for something that should happen within a second or two; only a
@@ -236,6 +238,7 @@ pub struct SandboxBuilder {
     evaluators: usize,
     namespace: String,
     appendonly: bool,
+    redis_cluster: Option<RedisClusterOptions>,
     nats: NatsOptions,
     planner: Option<Tweak<PlannerConfig>>,
     ticker: Option<Tweak<TickerConfig>>,
@@ -285,6 +288,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Runs every service (and [`Sandbox::store`]) on a Redis Cluster started with
+    /// `options` instead of the single server (which still starts, and holds nothing).
+    pub fn redis_cluster(mut self, options: RedisClusterOptions) -> SandboxBuilder {
+        self.redis_cluster = Some(options);
+        self
+    }
+
     /// NATS server options (e.g. a smaller `max_payload`).
     pub fn nats(mut self, options: NatsOptions) -> SandboxBuilder {
         self.nats = options;
@@ -323,12 +333,17 @@ impl SandboxBuilder {
         rollout_runtime::telemetry::init_for_tests();
         let nats_options = self.nats.clone();
         let appendonly = self.appendonly;
-        let (nats, redis) = tokio::task::spawn_blocking(move || {
+        let cluster_options = self.redis_cluster.clone();
+        let (nats, redis, redis_cluster) = tokio::task::spawn_blocking(move || {
             let nats = NatsServer::start_with(nats_options)
                 .expect("nats-server starts (run deploy/tools/install.sh)");
             let redis = RedisServer::start_with(RedisOptions::default().appendonly(appendonly))
                 .expect("redis-server starts (run deploy/tools/install.sh)");
-            (nats, redis)
+            let redis_cluster = cluster_options.map(|options| {
+                RedisCluster::start_with(options)
+                    .expect("a redis cluster starts (run deploy/tools/install.sh)")
+            });
+            (nats, redis, redis_cluster)
         })
         .await
         .expect("server start task");
@@ -340,6 +355,7 @@ impl SandboxBuilder {
         let mut sandbox = Sandbox {
             nats,
             redis,
+            redis_cluster,
             client,
             namespace,
             builder: self,
@@ -371,8 +387,10 @@ struct TickerReplica {
 pub struct Sandbox {
     /// The NATS server.
     pub nats: NatsServer,
-    /// The Redis server.
+    /// The Redis server (holding nothing when the sandbox runs on [`Sandbox::redis_cluster`]).
     pub redis: RedisServer,
+    /// The Redis Cluster every service uses, when the builder asked for one.
+    pub redis_cluster: Option<RedisCluster>,
     /// The operator's NATS connection.
     pub client: async_nats::Client,
     namespace: Namespace,
@@ -404,6 +422,7 @@ impl Sandbox {
             evaluators: 0,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             appendonly: false,
+            redis_cluster: None,
             nats: NatsOptions::default(),
             planner: None,
             ticker: None,
@@ -421,9 +440,15 @@ impl Sandbox {
         nats_settings(&self.nats.url())
     }
 
-    /// Redis settings for the sandbox's server.
+    /// Redis settings for the sandbox's server, or its cluster (every node a seed).
     pub fn redis_settings(&self) -> RedisSettings {
-        redis_settings(&self.redis.url())
+        match &self.redis_cluster {
+            Some(cluster) => RedisSettings {
+                cluster: true,
+                ..redis_settings(&cluster.urls().join(","))
+            },
+            None => redis_settings(&self.redis.url()),
+        }
     }
 
     /// A planner's configuration as this sandbox starts them.

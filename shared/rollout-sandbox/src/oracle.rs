@@ -59,9 +59,6 @@ use tokio::time::Instant;
 
 use crate::{http, Replica, Sandbox, PATIENCE};
 
-/// The services' Redis connection type.
-type ConnectionManager = rollout_store::Connection;
-
 /// How long a served answer may lag the commit that changed it (SPEC §11.1).
 pub const GRACE: Duration = Duration::from_secs(2);
 
@@ -490,7 +487,7 @@ pub type SilentAgents = Arc<Mutex<BTreeSet<String>>>;
 /// Where the oracle reads the committed state and asks what is served.
 #[derive(Clone, Debug)]
 pub struct Oracle {
-    redis: ConnectionManager,
+    redis: rollout_store::Connection,
     nats: async_nats::Client,
     namespace: Namespace,
     replicas: Vec<Replica>,
@@ -499,7 +496,7 @@ pub struct Oracle {
 
 impl Oracle {
     pub fn new(
-        redis: ConnectionManager,
+        redis: rollout_store::Connection,
         nats: async_nats::Client,
         namespace: &str,
         replicas: Vec<Replica>,

@@ -14,24 +14,28 @@ static RESCHEDULE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/reschedule.lua")));
 
 /// The ids due by `now` in each of `namespaces` (at most `batch` per namespace, earliest
-/// first), in one round trip; one list per namespace, in order.
+/// first), in one round trip ([`Connection::query_each`]); one list per namespace, in order.
 pub async fn due_by(
     connection: &mut Connection,
     namespaces: &[&Keys],
     now: Timestamp,
     batch: usize,
 ) -> Result<Vec<Vec<String>>, StoreError> {
-    let mut pipe = redis::pipe();
-    for keys in namespaces {
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(keys.due())
-            .arg("-inf")
-            .arg(now.as_millis())
-            .arg("LIMIT")
-            .arg(0)
-            .arg(batch);
-    }
-    Ok(pipe.query_async(connection).await?)
+    let commands = namespaces
+        .iter()
+        .map(|keys| {
+            let mut command = redis::cmd("ZRANGEBYSCORE");
+            command
+                .arg(keys.due())
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch);
+            command
+        })
+        .collect();
+    connection.query_each(commands).await
 }
 
 /// The earliest due time over `namespaces`, if any rollout is due at all.
@@ -42,15 +46,15 @@ pub async fn earliest(
     if namespaces.is_empty() {
         return Ok(None);
     }
-    let mut pipe = redis::pipe();
-    for keys in namespaces {
-        pipe.cmd("ZRANGE")
-            .arg(keys.due())
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
-    }
-    let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(connection).await?;
+    let commands = namespaces
+        .iter()
+        .map(|keys| {
+            let mut command = redis::cmd("ZRANGE");
+            command.arg(keys.due()).arg(0).arg(0).arg("WITHSCORES");
+            command
+        })
+        .collect();
+    let firsts: Vec<Vec<(String, f64)>> = connection.query_each(commands).await?;
     Ok(firsts
         .iter()
         .filter_map(|first| first.first())

@@ -12,7 +12,7 @@ use rollout_wire::queries::AuditEntry;
 
 use crate::keys::Keys;
 use crate::mutation::AUDIT_MAX_ENTRIES;
-use crate::StoreError;
+use crate::{Connection, StoreError};
 
 static SAVE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/freezes_save.lua")));
@@ -49,20 +49,22 @@ pub async fn load<C: ConnectionLike + Send>(
     })
 }
 
-/// Reads the freezes of every namespace of `namespaces` in one round trip, in order. An
-/// unreadable value counts as no freeze (and is logged): it must not stop the ticker.
-pub async fn load_many<C: ConnectionLike + Send>(
-    connection: &mut C,
+/// Reads the freezes of every namespace of `namespaces` in one round trip
+/// ([`Connection::query_each`]), in order. An unreadable value counts as no freeze (and is
+/// logged): it must not stop the ticker.
+pub async fn load_many(
+    connection: &Connection,
     namespaces: &[&Keys],
 ) -> Result<Vec<Freezes>, StoreError> {
-    if namespaces.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for keys in namespaces {
-        pipe.cmd("GET").arg(keys.freezes());
-    }
-    let raws: Vec<Option<Vec<u8>>> = pipe.query_async(connection).await?;
+    let commands = namespaces
+        .iter()
+        .map(|keys| {
+            let mut command = redis::cmd("GET");
+            command.arg(keys.freezes());
+            command
+        })
+        .collect();
+    let raws: Vec<Option<Vec<u8>>> = connection.query_each(commands).await?;
     Ok(raws
         .into_iter()
         .map(|raw| {

@@ -63,10 +63,110 @@ pub use reads::{load_flag, load_rollout};
 pub use records::{decode_record, encode_record, FlagRecord, RolloutRecord, StoredFlag};
 pub use write::{Change, Conditions, Pending, Writer, Written};
 
-/// The services' connection to Redis: one multiplexed connection, re-established on
-/// failure (opened by `rollout_runtime::connect::connect_redis`). Cheap to clone; every
-/// function of the store takes one.
-pub type Connection = redis::aio::ConnectionManager;
+/// The services' connection to Redis (opened by `rollout_runtime::connect::connect_redis`):
+/// one multiplexed connection to a single server, re-established on failure, or a Redis
+/// Cluster connection that routes each command and script by its key's slot and follows
+/// the cluster's topology (SPEC §14). Cheap to clone; every function of the store takes one.
+///
+/// On a cluster a pipeline must stay in one slot: every key of a namespace shares its hash
+/// tag, so a namespace's pipelines do; reads over several namespaces go through
+/// [`Connection::query_each`], one pipeline on a single server and one request per
+/// namespace, side by side, on a cluster.
+#[derive(Clone)]
+pub enum Connection {
+    /// A single Redis server.
+    Single(redis::aio::ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
+    /// Runs `commands` (each may touch a different slot) and returns their replies in
+    /// order: one pipeline on a single server, each command on its own, concurrently, on a
+    /// cluster.
+    pub async fn query_each<T: redis::FromRedisValue>(
+        &self,
+        commands: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, StoreError> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Connection::Single(_) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                let mut connection = self.clone();
+                Ok(pipe.query_async(&mut connection).await?)
+            }
+            Connection::Cluster(_) => {
+                let replies = commands.into_iter().map(|command| {
+                    let mut connection = self.clone();
+                    async move { command.query_async::<T>(&mut connection).await }
+                });
+                Ok(futures_util::future::try_join_all(replies).await?)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Connection::Single(_) => "Connection::Single",
+            Connection::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl From<redis::aio::ConnectionManager> for Connection {
+    fn from(manager: redis::aio::ConnectionManager) -> Connection {
+        Connection::Single(manager)
+    }
+}
+
+impl From<redis::cluster_async::ClusterConnection> for Connection {
+    fn from(cluster: redis::cluster_async::ClusterConnection) -> Connection {
+        Connection::Cluster(cluster)
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(manager) => manager.req_packed_command(cmd),
+            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(manager) => manager.get_db(),
+            Connection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +209,7 @@ impl StoreError {
 /// A check that Redis answers (one `TIME` round trip), for readiness probes: each call
 /// makes a fresh future on a clone of `redis`.
 pub fn answers(
-    redis: redis::aio::ConnectionManager,
+    redis: Connection,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static
 {
     move || {

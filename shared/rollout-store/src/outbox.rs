@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use crate::keys::{self, Keys};
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_wire::codec::{self, Encoding, CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE};
 use rollout_wire::events::ChangeEvent;
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::{Namespace, Subjects};
 
-use crate::StoreError;
+use crate::{Connection, StoreError};
 
 /// How long a committer waits for NATS to take its events before leaving them to the sweep.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(200);
@@ -38,7 +37,7 @@ const EVENT_HEADROOM: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Relay {
     nats: async_nats::Client,
-    redis: ConnectionManager,
+    redis: Connection,
     subjects: Subjects,
     /// Until when committers skip publishing because NATS recently did not answer.
     skip_until: Arc<Mutex<Option<Instant>>>,
@@ -83,7 +82,7 @@ impl Relay {
         }
     }
 
-    pub fn new(nats: async_nats::Client, redis: ConnectionManager, subjects: Subjects) -> Relay {
+    pub fn new(nats: async_nats::Client, redis: Connection, subjects: Subjects) -> Relay {
         Relay {
             nats,
             redis,
@@ -207,13 +206,18 @@ impl Relay {
                 let _ = waiter.proven.send(outcome);
             }
             if !trims.is_empty() {
-                let mut connection = self.redis.clone();
+                let connection = self.redis.clone();
                 tokio::spawn(async move {
-                    let mut pipe = redis::pipe();
-                    for (outbox, ids) in &trims {
-                        pipe.cmd("XDEL").arg(outbox).arg(ids).ignore();
-                    }
-                    let trimmed: Result<(), _> = pipe.query_async(&mut connection).await;
+                    // outboxes of several namespaces: one slot each on a cluster
+                    let commands = trims
+                        .iter()
+                        .map(|(outbox, ids)| {
+                            let mut command = redis::cmd("XDEL");
+                            command.arg(outbox).arg(ids);
+                            command
+                        })
+                        .collect();
+                    let trimmed = connection.query_each::<redis::Value>(commands).await;
                     if let Err(error) = trimmed {
                         tracing::warn!(%error, "outbox trim failed; the sweep will publish these events again");
                     }

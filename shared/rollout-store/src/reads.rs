@@ -10,7 +10,7 @@ use rollout_wire::queries::ListState;
 use serde::de::DeserializeOwned;
 
 use crate::records::{decode_record, FlagRecord, RolloutRecord, StoredFlag};
-use crate::StoreError;
+use crate::{Connection, StoreError};
 
 /// Reads a flag hash.
 pub async fn load_flag<C: ConnectionLike + Send + Sync>(
@@ -271,36 +271,63 @@ pub struct CommandRead {
 /// the command id's stored outcome and the named flag or rollout together; a rollout
 /// command reads its flag in a second, and a flag whose active rollout is another one
 /// costs one more.
-pub async fn for_command<C: ConnectionLike + Send + Sync>(
-    connection: &mut C,
+pub async fn for_command(
+    connection: &mut Connection,
     namespace: &str,
     keys: &Keys,
     command_id: Option<&str>,
     target: CommandTarget<'_>,
 ) -> Result<CommandRead, StoreError> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("SADD")
-        .arg(crate::keys::namespaces())
-        .arg(namespace)
-        .ignore()
-        .cmd("TIME");
+    // the namespace's own keys: one slot
+    let mut reads = redis::pipe();
     match command_id {
-        Some(id) => pipe.cmd("GET").arg(keys.command(id)),
-        None => pipe.cmd("ECHO").arg(""),
+        Some(id) => reads.cmd("GET").arg(keys.command(id)),
+        None => reads.cmd("ECHO").arg(""),
     };
     match target {
-        CommandTarget::Flag(key) => pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data"),
-        CommandTarget::Rollout(id) => pipe
+        CommandTarget::Flag(key) => reads
+            .cmd("HMGET")
+            .arg(keys.flag(key))
+            .arg("rev")
+            .arg("data"),
+        CommandTarget::Rollout(id) => reads
             .cmd("HMGET")
             .arg(keys.rollout(id))
             .arg("rev")
             .arg("data"),
-        CommandTarget::Nothing => pipe.cmd("ECHO").arg(""),
+        CommandTarget::Nothing => reads.cmd("ECHO").arg(""),
     };
-    let ((seconds, micros), stored, record): ((i64, i64), Option<Vec<u8>>, redis::Value) =
-        pipe.query_async(connection).await?;
+    let (now, stored, record): (Timestamp, Option<Vec<u8>>, redis::Value) =
+        if connection.is_cluster() {
+            // the registry lives in another slot: two requests, side by side
+            let mut registry = connection.clone();
+            let mut namespace_keys = connection.clone();
+            let (now, (stored, record)) = futures_util::try_join!(
+                crate::namespaces::redis_time_registering(&mut registry, namespace),
+                async {
+                    reads
+                        .query_async::<(Option<Vec<u8>>, redis::Value)>(&mut namespace_keys)
+                        .await
+                        .map_err(StoreError::from)
+                },
+            )?;
+            (now, stored, record)
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD")
+                .arg(crate::keys::namespaces())
+                .arg(namespace)
+                .ignore()
+                .cmd("TIME");
+            for command in reads.cmd_iter() {
+                pipe.add_command(command.clone());
+            }
+            let ((seconds, micros), stored, record): ((i64, i64), Option<Vec<u8>>, redis::Value) =
+                pipe.query_async(connection).await?;
+            (Timestamp::from_redis_time(seconds, micros), stored, record)
+        };
     let mut read = CommandRead {
-        now: Timestamp::from_redis_time(seconds, micros),
+        now,
         stored_outcome: command_id.and(stored),
         flag: None,
         rollout: None,

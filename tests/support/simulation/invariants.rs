@@ -30,9 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rollout_core::plan::stage_of;
 use rollout_core::{DurationMs, Effect, EntryCause, Gate, Lifecycle, Share, Timestamp};
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_store::RolloutRecord;
 use rollout_wire::events::{ChangeEvent, EventKind};
@@ -650,7 +650,7 @@ pub struct OutboxMonitor {
 }
 
 impl OutboxMonitor {
-    pub fn start(redis: ConnectionManager, keys: Keys, outages: OutageClock) -> OutboxMonitor {
+    pub fn start(redis: Connection, keys: Keys, outages: OutageClock) -> OutboxMonitor {
         let state = Arc::new(Mutex::new(Findings::default()));
         let sink = Arc::clone(&state);
         let task = tokio::spawn(async move {

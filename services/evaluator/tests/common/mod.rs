@@ -16,6 +16,7 @@ use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_store::{
     load_flag, load_rollout, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay,
@@ -90,7 +91,7 @@ pub struct Committed {
 /// Writes state like the planner: one store `Change` per command, events by the relay.
 #[derive(Clone)]
 pub struct Store {
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub nats: async_nats::Client,
     relays: Vec<Relay>,
 }
@@ -99,9 +100,10 @@ impl Store {
     /// A store on `redis` publishing events to every NATS server in `nats_urls`.
     pub async fn connect(redis_url: &str, nats_urls: &[String]) -> Store {
         let client = redis::Client::open(redis_url).expect("redis url");
-        let redis = ConnectionManager::new(client)
+        let redis: Connection = ConnectionManager::new(client)
             .await
-            .expect("redis connects");
+            .expect("redis connects")
+            .into();
         let mut relays = Vec::new();
         let mut first = None;
         for url in nats_urls {

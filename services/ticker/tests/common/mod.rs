@@ -11,13 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use rollout_core::transition::{self, NewRollout};
 use rollout_core::{compile, CompileContext, DurationMs, Flag, RolloutSpec, Timestamp};
 use rollout_runtime::config::{NatsSettings, RedisSettings};
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sandbox::process::ServiceProcess;
 use rollout_store::reads::{audit_page, AuditLog};
+use rollout_store::Connection;
 use rollout_store::Keys;
 use rollout_store::{
     load_flag, load_rollout, redis_time, Actor, Change, Conditions, FlagRecord, Happened, Relay,
@@ -36,7 +36,7 @@ pub const NS: &str = "prod";
 /// A private NATS and Redis with clients on them.
 pub struct Harness {
     pub cluster: TestCluster,
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub nats: async_nats::Client,
     pub subjects: Subjects,
     /// Commits and publishes, as the planner does.
@@ -332,7 +332,7 @@ impl Drop for EventLog {
     }
 }
 
-pub async fn connect_redis(url: &str) -> ConnectionManager {
+pub async fn connect_redis(url: &str) -> Connection {
     let settings = RedisSettings {
         url: url.to_owned(),
         ..RedisSettings::default()

@@ -217,8 +217,12 @@ fn validate_subject_prefix(setting: &str, prefix: &str) -> Result<(), ConfigErro
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Server URL, `redis://host:port/db` (credentials may also go in it)
+    /// Server URL, `redis://host:port/db` (credentials may also go in it); for a Redis
+    /// Cluster, one or more seed nodes separated by commas
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`)
     pub url: String,
+    /// Whether `url` names seeds of a Redis Cluster (implied when it names several nodes)
+    pub cluster: bool,
     /// ACL user name; overrides a user given in the URL
     pub user: Option<String>,
     /// Password (for the ACL user, or `requirepass`); overrides the URL's
@@ -238,12 +242,28 @@ impl RedisSettings {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default reply deadline for one command.
     pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The node URLs `url` names (one for a single server).
+    pub fn nodes(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .collect()
+    }
+
+    /// Whether the services talk to a Redis Cluster: `cluster` is set, or `url` names
+    /// several nodes.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.nodes().len() > 1
+    }
 }
 
 impl Default for RedisSettings {
     fn default() -> RedisSettings {
         RedisSettings {
             url: RedisSettings::DEFAULT_URL.to_owned(),
+            cluster: false,
             user: None,
             password: None,
             connect_timeout: RedisSettings::DEFAULT_CONNECT_TIMEOUT,
@@ -257,14 +277,16 @@ impl Validate for RedisSettings {
         if self.url.trim().is_empty() {
             return Err(ConfigError::new("redis.url", "must not be empty"));
         }
-        if let Err(error) = redis::IntoConnectionInfo::into_connection_info(self.url.as_str()) {
-            return Err(ConfigError::new(
-                "redis.url",
-                format!(
-                    "invalid url {:?}: {error}",
-                    crate::connect::redact_url(&self.url)
-                ),
-            ));
+        for node in self.nodes() {
+            if let Err(error) = redis::IntoConnectionInfo::into_connection_info(node) {
+                return Err(ConfigError::new(
+                    "redis.url",
+                    format!(
+                        "invalid url {:?}: {error}",
+                        crate::connect::redact_url(node)
+                    ),
+                ));
+            }
         }
         if self.user.is_some() && self.password.is_none() {
             return Err(ConfigError::new(
@@ -562,6 +584,31 @@ mod tests {
             ..RedisSettings::default()
         };
         let error = settings.validate().expect_err("port is not a number");
+        assert_eq!(error.setting(), "redis.url");
+        assert!(!error.message().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn several_redis_nodes_mean_a_cluster_and_each_is_checked() {
+        let single = RedisSettings::default();
+        assert!(!single.is_cluster());
+        let seeds = RedisSettings {
+            url: "redis://a:7000, redis://b:7001,".to_owned(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(seeds.nodes(), ["redis://a:7000", "redis://b:7001"]);
+        assert!(seeds.is_cluster());
+        assert_eq!(seeds.validate(), Ok(()));
+        let one_seed = RedisSettings {
+            cluster: true,
+            ..RedisSettings::default()
+        };
+        assert!(one_seed.is_cluster());
+        let bad = RedisSettings {
+            url: "redis://a:7000,redis://:hunter2@b:nope".to_owned(),
+            ..RedisSettings::default()
+        };
+        let error = bad.validate().expect_err("the second node's port");
         assert_eq!(error.setting(), "redis.url");
         assert!(!error.message().contains("hunter2"), "{error}");
     }
