@@ -14,6 +14,7 @@ pub mod checks;
 pub mod cluster;
 pub mod committed;
 pub mod compose;
+pub mod nats_cluster;
 pub mod procs;
 pub mod proxy;
 pub mod receiver;

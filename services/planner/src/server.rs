@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
@@ -294,16 +295,20 @@ pub async fn ensure_command_stream(
     replicas: usize,
 ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
     let context = jetstream::new(nats.clone());
-    let stream = context
-        .get_or_create_stream(jetstream::stream::Config {
-            name: COMMAND_STREAM.to_owned(),
-            subjects: vec![subjects.cmdq_all()],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await?;
+    let stream_config = jetstream::stream::Config {
+        name: COMMAND_STREAM.to_owned(),
+        subjects: vec![subjects.cmdq_all()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let stream = retry_unanswered(
+        "command stream",
+        || context.get_or_create_stream(stream_config.clone()),
+        |error| error.kind() == jetstream::context::CreateStreamErrorKind::TimedOut,
+    )
+    .await?;
     let config = pull::Config {
         durable_name: Some(COMMAND_CONSUMER.to_owned()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -311,41 +316,111 @@ pub async fn ensure_command_stream(
         max_ack_pending: 1,
         ..Default::default()
     };
-    let mut consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(COMMAND_CONSUMER, config.clone())
-        .await?;
-    if consumer.info().await?.config.max_ack_pending != 1 {
+    let mut consumer: jetstream::consumer::PullConsumer = retry_unanswered(
+        "command stream consumer",
+        || stream.get_or_create_consumer(COMMAND_CONSUMER, config.clone()),
+        |error| error.kind() == jetstream::stream::ConsumerErrorKind::TimedOut,
+    )
+    .await?;
+    let max_ack_pending = retry_unanswered(
+        "command stream consumer info",
+        || async {
+            consumer
+                .get_info()
+                .await
+                .map(|info| info.config.max_ack_pending)
+        },
+        |error| error.kind() == jetstream::context::ConsumerInfoErrorKind::TimedOut,
+    )
+    .await?;
+    if max_ack_pending != 1 {
         consumer = stream.update_consumer(config).await?;
     }
     Ok(consumer)
 }
 
+/// How often a JetStream request setting up the command stream or its consumer is sent
+/// before its going unanswered fails the start.
+const SETUP_ATTEMPTS: u32 = 4;
+
+/// Runs `request` until it is answered, at most [`SETUP_ATTEMPTS`] times. On a NATS cluster
+/// a request to create the stream can go unanswered while another planner's identical
+/// request is in flight, or while the new stream's group elects its leader; the next
+/// attempt finds the stream.
+async fn retry_unanswered<T, E, Fut>(
+    what: &str,
+    mut request: impl FnMut() -> Fut,
+    unanswered: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut attempt = 1;
+    loop {
+        match request().await {
+            Err(error) if attempt < SETUP_ATTEMPTS && unanswered(&error) => {
+                tracing::warn!(%error, what, attempt, "jetstream did not answer; asking again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The pause before pulling again after a pull went unanswered or the consumption ended.
+const PULL_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
 /// Consumes the durable command stream until `shutdown`.
+///
+/// A pull answered "no responders" is given up and a new one sent after
+/// [`PULL_AGAIN_AFTER`]: on a NATS cluster the consumer's group has no leader for a moment
+/// after it is created, and the client would otherwise take the unanswered pull as waiting
+/// on the server and send no other until it expired (30 s, all that time consuming
+/// nothing). Consumption that ends, or cannot start, starts again the same way.
 pub async fn serve_stream(
     handler: Handler,
     consumer: jetstream::consumer::PullConsumer,
     concurrency: usize,
     shutdown: Shutdown,
 ) {
-    let messages = match consumer.messages().await {
-        Ok(messages) => messages,
-        Err(error) => {
-            tracing::error!(%error, "cannot consume the command stream");
-            return;
-        }
-    };
-    messages
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(concurrency, |message| {
-            let handler = handler.clone();
-            async move {
-                match message {
-                    Ok(message) => handler.handle_queued(message).await,
-                    Err(error) => tracing::warn!(%error, "command stream error"),
-                }
+    while !shutdown.is_triggered() {
+        match consumer.messages().await {
+            Ok(messages) => {
+                messages
+                    .take_until(shutdown.clone().cancelled_owned())
+                    .take_while(|message| {
+                        let unanswered = matches!(
+                            message,
+                            Err(error) if error.kind() == MessagesErrorKind::NoResponders
+                        );
+                        if unanswered {
+                            tracing::warn!(
+                                "command stream pull unanswered (no responders); pulling again"
+                            );
+                        }
+                        std::future::ready(!unanswered)
+                    })
+                    .for_each_concurrent(concurrency, |message| {
+                        let handler = handler.clone();
+                        async move {
+                            match message {
+                                Ok(message) => handler.handle_queued(message).await,
+                                Err(error) => tracing::warn!(%error, "command stream error"),
+                            }
+                        }
+                    })
+                    .await;
             }
-        })
-        .await;
+            Err(error) => {
+                tracing::error!(%error, "cannot consume the command stream; trying again");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PULL_AGAIN_AFTER) => {}
+        }
+    }
 }
 
 /// A request's answer, typed until it is encoded.
