@@ -190,21 +190,7 @@ async fn a_phased_rollout_completes_through_a_leader_kill() {
         "{members:?}"
     );
     // the three tickers share the 64 shards: fair shares of 22, 22 and 20
-    let fair = |mut shares: Vec<usize>| {
-        shares.sort_unstable();
-        shares == [20, 22, 22]
-    };
-    eventually(
-        "the tickers to share the shards",
-        Duration::from_secs(30),
-        || async {
-            cluster
-                .shard_shares()
-                .await
-                .filter(|shares| fair(shares.clone()))
-        },
-    )
-    .await;
+    wait_fair_shares(&cluster, "the tickers to share the shards").await;
     let (leader, epoch) = cluster.wait_for_leader(None).await;
 
     let workload = phased_workload(
@@ -238,20 +224,23 @@ async fn a_phased_rollout_completes_through_a_leader_kill() {
     // the killed ticker comes back and gets its fair share of the shards again
     cluster.start(&leader);
     cluster.wait_healthy(Duration::from_secs(60));
-    let shares = eventually(
-        "the shards to spread over three tickers again",
-        Duration::from_secs(30),
-        || async {
-            cluster
-                .shard_shares()
-                .await
-                .filter(|shares| fair(shares.clone()))
-        },
-    )
-    .await;
+    let shares = wait_fair_shares(&cluster, "the shards to spread over three tickers again").await;
     report.note(format!("shards per ticker after the restart: {shares:?}"));
 
     finish(&cluster, &workload, monitor, oracle, report).await;
+}
+
+/// Waits (at most 30 s) until the three tickers lead fair shares of the 64 shards (22, 22
+/// and 20), each shard once; returns the shares in ticker order.
+async fn wait_fair_shares(cluster: &ComposeCluster, what: &str) -> Vec<usize> {
+    eventually(what, Duration::from_secs(30), || async {
+        cluster.shard_shares().await.filter(|shares| {
+            let mut sorted = shares.clone();
+            sorted.sort_unstable();
+            sorted == [20, 22, 22]
+        })
+    })
+    .await
 }
 
 /// Commands through the durable command stream, one after another with retries, until

@@ -91,6 +91,42 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS in /proc status")
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no command name in /proc stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .context("a malformed /proc stat line")
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks, from `/proc/stat`.
+pub fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("an empty /proc/stat")?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let total: u64 = values.iter().take(8).sum();
+    Ok((total.saturating_sub(idle), total))
+}
+
 fn current_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the loadtest executable")
 }
@@ -198,6 +234,21 @@ impl TickerProgram {
     }
 }
 
+/// Where ticker processes log: `dir` (created if needed), else a temporary directory
+/// removed when the returned guard is dropped.
+pub fn log_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok((dir.to_owned(), None))
+        }
+        None => {
+            let temporary = tempfile::tempdir().context("creating a log directory")?;
+            Ok((temporary.path().to_path_buf(), Some(temporary)))
+        }
+    }
+}
+
 /// A ticker process; killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct TickerChild {
@@ -247,6 +298,11 @@ impl TickerChild {
             .kill()
             .await
             .with_context(|| format!("killing ticker {}", self.replica))
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
     }
 
     /// Whether it exited on its own.

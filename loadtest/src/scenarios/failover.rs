@@ -112,16 +112,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<Report> {
         })
         .await?;
 
-    let (log_dir, _temporary) = match &args.log_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            (dir.clone(), None)
-        }
-        None => {
-            let temporary = tempfile::tempdir().context("creating a log directory")?;
-            (temporary.path().to_path_buf(), Some(temporary))
-        }
-    };
+    let (log_dir, _temporary) = crate::procs::log_dir(args.log_dir.as_deref())?;
     let env = vec![
         ("ROLLOUT_NATS__URL".to_owned(), servers.nats_url()),
         (

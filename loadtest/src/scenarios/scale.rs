@@ -29,7 +29,7 @@ use rollout_wire::subjects::{Namespace, Subjects};
 use serde_json::json;
 
 use crate::cli::ScaleArgs;
-use crate::procs::{TickerChild, TickerProgram};
+use crate::procs::{self, TickerChild, TickerProgram};
 use crate::progress::{self, phase};
 use crate::report::{Recorder, Report, Row, Target};
 use crate::scenarios::commands::bare_script;
@@ -52,6 +52,10 @@ struct Run {
     fired: u64,
     rate: f64,
     shares: Vec<usize>,
+    /// CPU seconds each ticker process used from the due time to the last transition.
+    ticker_cpu_secs: Vec<f64>,
+    /// Share of the machine's CPU time busy over that window (all processes).
+    machine_busy: f64,
 }
 
 /// Runs the scenario.
@@ -81,16 +85,7 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
             "ticker": program.describe(),
         }),
     );
-    let (log_dir, _temporary) = match &args.log_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            (dir.clone(), None)
-        }
-        None => {
-            let temporary = tempfile::tempdir().context("creating a log directory")?;
-            (temporary.path().to_path_buf(), Some(temporary))
-        }
-    };
+    let (log_dir, _temporary) = crate::procs::log_dir(args.log_dir.as_deref())?;
     let env = vec![
         ("ROLLOUT_NATS__URL".to_owned(), servers.nats_url()),
         (
@@ -142,8 +137,22 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
         phase(format!(
             "{replicas} replica(s) lead {shares:?} shards; the burst is due in {lead_in} ms"
         ));
+        // CPU counters from just before the due time (the processes idle until then)
+        let until_due = due.millis_since(seeder.now().await?).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(until_due.saturating_sub(20))).await;
+        let cpu_before = ticker_cpu(&children)?;
+        let machine_before = procs::machine_cpu_ticks()?;
         let (fired, last_arrival) =
             wait_fired(&watcher, &format!("r-{prefix}-"), args.rollouts, due).await?;
+        let cpu_after = ticker_cpu(&children)?;
+        let machine_after = procs::machine_cpu_ticks()?;
+        let ticker_cpu_secs: Vec<f64> = cpu_after
+            .iter()
+            .zip(&cpu_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        let machine_busy = (machine_after.0 - machine_before.0) as f64
+            / ((machine_after.1 - machine_before.1) as f64).max(1.0);
         let window_secs = ((last_arrival - due.as_millis() * 1000) as f64 / 1e6).max(1e-3);
         let rate = fired as f64 / window_secs;
         phase(format!(
@@ -157,11 +166,17 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
         rollout_store::lease::expire(&mut connection)
             .await
             .context("dropping the killed tickers' leases")?;
+        phase(format!(
+            "{replicas} replica(s): ticker CPU {ticker_cpu_secs:.2?} s, machine {:.0} % busy",
+            machine_busy * 100.0
+        ));
         runs.push(Run {
             replicas,
             fired,
             rate,
             shares,
+            ticker_cpu_secs,
+            machine_busy,
         });
     }
     drop(watcher);
@@ -215,16 +230,39 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
                     "fired": run.fired,
                     "transitions_per_sec": run.rate,
                     "shards_per_replica": run.shares,
+                    "ticker_cpu_secs": run.ticker_cpu_secs,
+                    "ticker_cpu_us_per_transition": run.ticker_cpu_secs.iter().sum::<f64>() * 1e6 / (run.fired.max(1) as f64),
+                    "machine_busy": run.machine_busy,
                 })
             })
             .collect::<Vec<_>>(),
     );
     recorder.detail("redis_script", script.summary());
-    recorder.note(format!(
-        "this machine has {} cores shared by Redis, NATS, the tickers and this benchmark",
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
-    ));
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    for run in &runs {
+        let total: f64 = run.ticker_cpu_secs.iter().sum();
+        recorder.note(format!(
+            "{} replica(s): ticker CPU {:.2?} s (together {:.0} µs per transition), the machine {:.0} % busy over the drain ({cores} cores shared by Redis, NATS, the tickers and this benchmark)",
+            run.replicas,
+            run.ticker_cpu_secs,
+            total * 1e6 / (run.fired.max(1) as f64),
+            run.machine_busy * 100.0
+        ));
+    }
     Ok(recorder.finish())
+}
+
+/// CPU seconds used so far by each ticker process.
+fn ticker_cpu(children: &[TickerChild]) -> anyhow::Result<Vec<f64>> {
+    children
+        .iter()
+        .map(|child| {
+            let pid = child
+                .pid()
+                .with_context(|| format!("ticker {} is gone", child.replica))?;
+            procs::cpu_secs(pid)
+        })
+        .collect()
 }
 
 /// Seeds `count` running rollouts `r-<prefix>-<namespace index>-<i>` spread evenly over

@@ -450,13 +450,7 @@ async fn connect_redis_cluster(
                         .await?;
                     Ok::<_, redis::RedisError>(connection)
                 };
-                match attempt.await {
-                    Ok(connection) => Attempt::Connected(connection),
-                    Err(error) if redis_error_is_transient(&error) => {
-                        Attempt::Transient(error.to_string())
-                    }
-                    Err(error) => Attempt::Fatal(ConnectErrorKind::Rejected, error.to_string()),
-                }
+                redis_attempt(attempt.await)
             }
         },
     )
@@ -495,18 +489,21 @@ pub async fn connect_redis_with(
                     .set_max_delay(MAX_RETRY_DELAY);
                 ConnectionManager::new_with_config(client.clone(), manager_config).await
             };
-            match attempt.await {
-                Ok(manager) => Attempt::Connected(manager),
-                Err(error) if redis_error_is_transient(&error) => {
-                    Attempt::Transient(error.to_string())
-                }
-                Err(error) => Attempt::Fatal(ConnectErrorKind::Rejected, error.to_string()),
-            }
+            redis_attempt(attempt.await)
         },
     )
     .await?;
     tracing::info!(url = %redact_url(&settings.url), attempts = connected.attempts, "connected to redis");
     Ok(connected.value)
+}
+
+/// What one Redis connection attempt came to: connected, worth another try, or refused.
+fn redis_attempt<T>(result: redis::RedisResult<T>) -> Attempt<T> {
+    match result {
+        Ok(connection) => Attempt::Connected(connection),
+        Err(error) if redis_error_is_transient(&error) => Attempt::Transient(error.to_string()),
+        Err(error) => Attempt::Fatal(ConnectErrorKind::Rejected, error.to_string()),
+    }
 }
 
 fn redis_error_is_transient(error: &redis::RedisError) -> bool {
