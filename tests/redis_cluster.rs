@@ -4,8 +4,20 @@
 //! request per slot. What a user sees must be what a single Redis gives: phased rollouts in
 //! several namespaces complete, every step entered once, and every evaluator replica serves
 //! exactly what is committed.
+//!
+//! A master dying with a replica promoted loses nothing a caller was told about: every
+//! commit is confirmed on a replica (`redis.wait_replicas = 1`) before it is acknowledged or
+//! published. The test first stalls the replication stream (an iptables drop of the
+//! master's packets to its replica's connection; a stopped replica would still receive
+//! them into its socket buffer), so the master runs ahead of its replica, then kills the
+//! master and lets the replica take over: commands sent meanwhile are refused as
+//! unavailable and retried with their command id, and afterwards each acknowledged command
+//! is applied exactly once and what is served is what is committed. Without the wait the
+//! commands the master acknowledged during the stall are lost, and the test says so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rollout_core::{Entity, Lifecycle, RolloutSpec};
@@ -123,5 +135,213 @@ async fn phased_rollouts_complete_and_are_served_as_committed_on_a_redis_cluster
         keys_per_master.push(master.command(&["DBSIZE"]).expect("dbsize"));
     }
     println!("keys per master: {keys_per_master:?}");
+    sandbox.stop().await;
+}
+
+/// An iptables rule dropping a master's packets on its replica's replication connection
+/// (found with `CLIENT LIST TYPE replica`); removed by [`ReplicationStall::end`] or on drop.
+struct ReplicationStall {
+    rule: Vec<String>,
+    active: AtomicBool,
+}
+
+impl ReplicationStall {
+    /// The stall of `master`'s replication, when iptables can be used here (root).
+    fn of(master: &rollout_testkit::RedisServer) -> Option<ReplicationStall> {
+        let listed = master
+            .command(&["CLIENT", "LIST", "TYPE", "replica"])
+            .ok()?;
+        let rollout_testkit::RedisReply::Bulk(Some(text)) = listed else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let port = text
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .and_then(|addr| addr.rsplit_once(':'))
+            .map(|(_, port)| port.to_owned())?;
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "--sport",
+            &master.port().to_string(),
+            "--dport",
+            &port,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|part| (*part).to_owned())
+        .collect();
+        let usable = std::process::Command::new("iptables")
+            .args(["-C"])
+            .args(&rule)
+            .output()
+            .ok()?;
+        // exit 1: the rule does not exist yet (iptables works); anything else: it does not
+        (usable.status.code() == Some(1)).then(|| ReplicationStall {
+            rule,
+            active: AtomicBool::new(false),
+        })
+    }
+
+    fn start(&self) {
+        let status = std::process::Command::new("iptables")
+            .arg("-I")
+            .args(&self.rule)
+            .status()
+            .expect("iptables runs");
+        assert!(status.success(), "iptables -I {:?}", self.rule);
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        if self.active.swap(false, Ordering::Relaxed) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&self.rule)
+                .status();
+        }
+    }
+}
+
+impl Drop for ReplicationStall {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Updates `flags` in turn through `commands`, each update with its own command id retried
+/// until acknowledged, until `stop`; returns the acknowledged ids per flag and how many
+/// attempts were refused.
+fn command_storm(
+    commands: CommandClient,
+    flags: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(BTreeMap<String, Vec<String>>, u64)> {
+    tokio::spawn(async move {
+        let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut refused = 0_u64;
+        let mut index = 0_usize;
+        while !stop.load(Ordering::Relaxed) {
+            let flag = &flags[index % flags.len()];
+            let id = format!("storm-{index}");
+            let mut definition = boolean_flag(flag);
+            definition.description = Some(format!("update {index}"));
+            let command = rollout_wire::Command::FlagUpdate(rollout_wire::FlagUpdate {
+                command_id: Some(id.clone()),
+                actor: None,
+                flag: definition,
+                expected_version: None,
+            });
+            loop {
+                match commands.send(command.clone()).await {
+                    Ok(_) => break,
+                    Err(error) => {
+                        assert!(
+                            error.is_retryable()
+                                || error.code() == rollout_sdk::ErrorCode::Unavailable,
+                            "{id}: {error}"
+                        );
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            acknowledged.entry(flag.clone()).or_default().push(id);
+            index += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acknowledged, refused)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_lost_with_its_replica_behind_loses_no_acknowledged_command() {
+    let sandbox = Sandbox::builder()
+        .redis_cluster(RedisClusterOptions::default().replicas_per_master(1))
+        .planners(1)
+        .evaluators(2)
+        .start()
+        .await;
+    assert_eq!(sandbox.redis_settings().wait_replicas, 1);
+    let cluster = sandbox.redis_cluster.as_ref().expect("a cluster");
+    let namespace = sandbox.namespace().clone();
+    let commands = sandbox.operator();
+    let flags: Vec<String> = (0..4).map(|index| format!("storm-{index}")).collect();
+    for flag in &flags {
+        commands
+            .create_flag(boolean_flag(flag))
+            .await
+            .unwrap_or_else(|error| panic!("{flag}: {error}"));
+    }
+    let master = cluster
+        .node_for_key(&format!("ro:{{{namespace}}}:flags"))
+        .expect("the namespace's master");
+    assert!(
+        !cluster.replicas_of(master).expect("replicas").is_empty(),
+        "the master has a replica"
+    );
+
+    let Some(stall) = ReplicationStall::of(master) else {
+        println!("skipped: cannot stall replication without iptables as root");
+        sandbox.stop().await;
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = command_storm(commands.clone(), flags.clone(), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the replication stream stalls: the master runs ahead of its replica
+    stall.start();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    master.kill().expect("SIGKILL the master");
+    stall.end();
+    let lost_at = tokio::time::Instant::now();
+    tokio::task::block_in_place(|| {
+        cluster
+            .wait_for_failover(master, Duration::from_secs(30))
+            .expect("the replica takes over")
+    });
+    println!("fail-over took {:?}", lost_at.elapsed());
+    // the storm goes on through the new master for a while
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, refused) = storm.await.expect("storm");
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+    println!("{total} commands acknowledged, {refused} attempts refused while the master was behind or gone");
+    assert!(refused > 0, "the stall and the kill were felt");
+
+    // every acknowledged command is applied exactly once
+    let store = sandbox.store().await;
+    let keys = rollout_store::Keys::new(&namespace);
+    for (flag, ids) in &acknowledged {
+        let mut connection = store.clone();
+        let (_, audit): (u64, Vec<rollout_wire::queries::AuditEntry>) =
+            rollout_store::reads::audit_page(
+                &mut connection,
+                &keys,
+                rollout_store::reads::AuditLog::Flag(flag),
+                0,
+                u32::MAX,
+            )
+            .await
+            .expect("audit");
+        for id in ids {
+            // a flag update is one audit entry carrying its command id
+            let applied = audit
+                .iter()
+                .filter(|entry| entry.details["command_id"].as_str() == Some(id.as_str()))
+                .count();
+            assert_eq!(applied, 1, "{flag}: command {id} applied {applied} times");
+        }
+        let version = rollout_store::reads::flag_version(&mut connection, &keys, flag)
+            .await
+            .expect("version");
+        assert_eq!(version, 1 + ids.len() as u64, "{flag}");
+    }
+    rollout_sandbox::oracle::assert_served_matches_committed(&sandbox).await;
     sandbox.stop().await;
 }

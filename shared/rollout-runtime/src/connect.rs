@@ -400,11 +400,13 @@ pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectEr
 pub async fn connect_redis(
     settings: &RedisSettings,
 ) -> Result<rollout_store::Connection, ConnectError> {
-    if settings.is_cluster() {
-        return connect_redis_cluster(settings).await.map(Into::into);
-    }
-    let client = redis_client(settings)?;
-    connect_redis_with(&client, settings).await.map(Into::into)
+    let connection: rollout_store::Connection = if settings.is_cluster() {
+        connect_redis_cluster(settings).await?.into()
+    } else {
+        let client = redis_client(settings)?;
+        connect_redis_with(&client, settings).await?.into()
+    };
+    Ok(connection.waiting_for_replicas(settings.wait_replicas, settings.wait_timeout))
 }
 
 /// [`connect_redis`] for a Redis Cluster.

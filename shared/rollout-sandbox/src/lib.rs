@@ -440,11 +440,13 @@ impl Sandbox {
         nats_settings(&self.nats.url())
     }
 
-    /// Redis settings for the sandbox's server, or its cluster (every node a seed).
+    /// Redis settings for the sandbox's server, or its cluster (every node a seed; with
+    /// replicas, every commit confirmed on one).
     pub fn redis_settings(&self) -> RedisSettings {
         match &self.redis_cluster {
             Some(cluster) => RedisSettings {
                 cluster: true,
+                wait_replicas: u32::from(cluster.options().replicas_per_master > 0),
                 ..redis_settings(&cluster.urls().join(","))
             },
             None => redis_settings(&self.redis.url()),

@@ -72,18 +72,53 @@ pub use write::{Change, Conditions, Pending, Writer, Written};
 /// tag, so a namespace's pipelines do; reads over several namespaces go through
 /// [`Connection::query_each`], one pipeline on a single server and one request per
 /// namespace, side by side, on a cluster.
+///
+/// A connection may also ask for replication ([`Connection::waiting_for_replicas`]): a
+/// [`Writer`] then confirms every commit on that many replicas (`WAIT`) before it reports
+/// it or publishes its events, so a fail-over that promotes a replica loses no change a
+/// caller was told about and no evaluator served.
 #[derive(Clone)]
-pub enum Connection {
-    /// A single Redis server.
+pub struct Connection {
+    link: Link,
+    replication: Option<Replication>,
+}
+
+/// How a [`Connection`] reaches Redis.
+#[derive(Clone)]
+enum Link {
     Single(redis::aio::ConnectionManager),
-    /// A Redis Cluster.
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Replicas each commit must reach, and how long a writer waits for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge a commit.
+    pub replicas: u32,
+    /// Longest wait for them.
+    pub timeout: std::time::Duration,
 }
 
 impl Connection {
     /// Whether this is a Redis Cluster connection.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Connection::Cluster(_))
+        matches!(self.link, Link::Cluster(_))
+    }
+
+    /// This connection, with every commit confirmed on `replicas` replicas within `timeout`
+    /// (none: `replicas` = 0).
+    pub fn waiting_for_replicas(
+        mut self,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> Connection {
+        self.replication = (replicas > 0).then_some(Replication { replicas, timeout });
+        self
+    }
+
+    /// The replication a commit waits for, if any.
+    pub fn replication(&self) -> Option<Replication> {
+        self.replication
     }
 
     /// Runs `commands` (each may touch a different slot) and returns their replies in
@@ -96,44 +131,47 @@ impl Connection {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        match self {
-            Connection::Single(_) => {
-                let mut pipe = redis::pipe();
-                for command in commands {
-                    pipe.add_command(command);
-                }
+        if self.is_cluster() {
+            let replies = commands.into_iter().map(|command| {
                 let mut connection = self.clone();
-                Ok(pipe.query_async(&mut connection).await?)
-            }
-            Connection::Cluster(_) => {
-                let replies = commands.into_iter().map(|command| {
-                    let mut connection = self.clone();
-                    async move { command.query_async::<T>(&mut connection).await }
-                });
-                Ok(futures_util::future::try_join_all(replies).await?)
-            }
+                async move { command.query_async::<T>(&mut connection).await }
+            });
+            return Ok(futures_util::future::try_join_all(replies).await?);
         }
+        let mut pipe = redis::pipe();
+        for command in commands {
+            pipe.add_command(command);
+        }
+        let mut connection = self.clone();
+        Ok(pipe.query_async(&mut connection).await?)
     }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            Connection::Single(_) => "Connection::Single",
-            Connection::Cluster(_) => "Connection::Cluster",
-        })
+        formatter
+            .debug_struct("Connection")
+            .field("cluster", &self.is_cluster())
+            .field("replication", &self.replication)
+            .finish()
     }
 }
 
 impl From<redis::aio::ConnectionManager> for Connection {
     fn from(manager: redis::aio::ConnectionManager) -> Connection {
-        Connection::Single(manager)
+        Connection {
+            link: Link::Single(manager),
+            replication: None,
+        }
     }
 }
 
 impl From<redis::cluster_async::ClusterConnection> for Connection {
     fn from(cluster: redis::cluster_async::ClusterConnection) -> Connection {
-        Connection::Cluster(cluster)
+        Connection {
+            link: Link::Cluster(cluster),
+            replication: None,
+        }
     }
 }
 
@@ -142,9 +180,9 @@ impl ConnectionLike for Connection {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Connection::Single(manager) => manager.req_packed_command(cmd),
-            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        match &mut self.link {
+            Link::Single(manager) => manager.req_packed_command(cmd),
+            Link::Cluster(cluster) => cluster.req_packed_command(cmd),
         }
     }
 
@@ -154,16 +192,16 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Connection::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        match &mut self.link {
+            Link::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Connection::Single(manager) => manager.get_db(),
-            Connection::Cluster(cluster) => cluster.get_db(),
+        match &self.link {
+            Link::Single(manager) => manager.get_db(),
+            Link::Cluster(cluster) => cluster.get_db(),
         }
     }
 }
@@ -183,6 +221,11 @@ pub enum StoreError {
     /// A change was described inconsistently (a bug in the caller, refused before Redis).
     #[error("inconsistent change: {0}")]
     Inconsistent(String),
+    /// A commit was applied on the master but not confirmed on the replicas asked for in
+    /// time: a fail-over may still lose it. Its events were not published; retrying with the
+    /// same command id is safe.
+    #[error("not replicated: {0}")]
+    Unreplicated(String),
     /// The replicas sharing Redis disagree on their configuration (the ticker shard
     /// count); nothing was written.
     #[error("misconfigured: {0}")]
@@ -195,7 +238,7 @@ impl StoreError {
     pub fn to_wire(&self) -> rollout_wire::envelope::WireError {
         use rollout_wire::envelope::WireError;
         match self {
-            StoreError::Redis(_) => {
+            StoreError::Redis(_) | StoreError::Unreplicated(_) => {
                 WireError::unavailable(format!("state store unavailable: {self}"))
             }
             StoreError::Corrupt(_)

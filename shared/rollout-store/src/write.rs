@@ -255,7 +255,11 @@ impl Writer {
                 _ => None,
             })
         };
-        if committed().next().is_some() {
+        let replicated = match committed().next() {
+            Some(_) => confirm_replicated(&mut connection, &keys).await,
+            None => Ok(()),
+        };
+        if committed().next().is_some() && replicated.is_ok() {
             crate::failpoint::hit("write.after_commit");
             if let Some(relay) = &self.relay {
                 let events: Vec<&ChangeEvent> = committed()
@@ -271,6 +275,11 @@ impl Writer {
             .map(|decided| {
                 let (prepared, outcome) = decided?;
                 Ok(match outcome {
+                    CommitOutcome::Committed { .. } if replicated.is_err() => {
+                        return Err(StoreError::Unreplicated(
+                            replicated.clone().err().unwrap_or_default(),
+                        ));
+                    }
                     CommitOutcome::Committed { now, outbox_ids } => Written::Committed {
                         now,
                         events: prepared.events,
@@ -281,5 +290,33 @@ impl Writer {
                 })
             })
             .collect())
+    }
+}
+
+/// When `connection` asks for replication, waits until the commits just made on it reached
+/// that many replicas of the namespace's master (`WAIT`, sent to the slot of `keys`); the
+/// reason when they did not in time.
+async fn confirm_replicated(connection: &mut Connection, keys: &Keys) -> Result<(), String> {
+    let Some(replication) = connection.replication() else {
+        return Ok(());
+    };
+    let timeout_ms = u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX);
+    // a keyed command first routes the pipeline to the namespace's master on a cluster
+    let waited: Result<(i64,), _> = redis::pipe()
+        .cmd("EXISTS")
+        .arg(keys.flags())
+        .ignore()
+        .cmd("WAIT")
+        .arg(replication.replicas)
+        .arg(timeout_ms)
+        .query_async(connection)
+        .await;
+    match waited {
+        Ok((acknowledged,)) if acknowledged >= i64::from(replication.replicas) => Ok(()),
+        Ok((acknowledged,)) => Err(format!(
+            "{acknowledged} of {} replicas confirmed the commit within {timeout_ms} ms",
+            replication.replicas
+        )),
+        Err(error) => Err(format!("waiting for the replicas failed: {error}")),
     }
 }

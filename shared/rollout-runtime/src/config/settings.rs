@@ -233,6 +233,14 @@ pub struct RedisSettings {
     /// How long one command may wait for its reply before failing, e.g. `2s`
     #[serde(with = "crate::config::duration")]
     pub response_timeout: Duration,
+    /// Replicas every commit must reach (`WAIT`) before it is reported or its events are
+    /// published, so a fail-over that promotes a replica loses nothing a caller was told;
+    /// 0 (the default) waits for none
+    pub wait_replicas: u32,
+    /// Longest wait for those replicas; a commit they did not confirm in time is reported
+    /// as unavailable (retrying with the same command id is safe), e.g. `1s`
+    #[serde(with = "crate::config::duration")]
+    pub wait_timeout: Duration,
 }
 
 impl RedisSettings {
@@ -242,6 +250,8 @@ impl RedisSettings {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default reply deadline for one command.
     pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default longest wait for replicas to confirm a commit.
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
     /// The node URLs `url` names (one for a single server).
     pub fn nodes(&self) -> Vec<&str> {
@@ -268,6 +278,8 @@ impl Default for RedisSettings {
             password: None,
             connect_timeout: RedisSettings::DEFAULT_CONNECT_TIMEOUT,
             response_timeout: RedisSettings::DEFAULT_RESPONSE_TIMEOUT,
+            wait_replicas: 0,
+            wait_timeout: RedisSettings::DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
@@ -295,6 +307,13 @@ impl Validate for RedisSettings {
             ));
         }
         check_positive("redis.connect_timeout", self.connect_timeout)?;
+        check_positive("redis.wait_timeout", self.wait_timeout)?;
+        if self.wait_replicas > 16 {
+            return Err(ConfigError::new(
+                "redis.wait_replicas",
+                "must be between 0 and 16",
+            ));
+        }
         check_positive("redis.response_timeout", self.response_timeout)
     }
 }
@@ -611,6 +630,16 @@ mod tests {
         let error = bad.validate().expect_err("the second node's port");
         assert_eq!(error.setting(), "redis.url");
         assert!(!error.message().contains("hunter2"), "{error}");
+        let too_many = RedisSettings {
+            wait_replicas: 17,
+            ..RedisSettings::default()
+        };
+        assert_eq!(
+            too_many
+                .validate()
+                .map_err(|error| error.setting().to_owned()),
+            Err("redis.wait_replicas".to_owned())
+        );
     }
 
     #[test]
