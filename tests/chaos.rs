@@ -25,7 +25,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +36,8 @@ use rollout_core::Timestamp;
 use rollout_sdk::{EvalClient, Namespace};
 use support::checks::{check_commands, check_rollouts, Replica, Report, VersionMonitor};
 use support::cluster::{
-    boolean_flag, publish_until_acked, storm_update, Cluster, ClusterOptions, EvaluatorProcess,
-    Workload,
+    boolean_flag, flag_update_storm, publish_until_acked, storm_update, Cluster, ClusterOptions,
+    EvaluatorProcess, Workload,
 };
 use support::oracle::{Oracle, OracleMonitor};
 use support::procs::Service;
@@ -409,51 +409,6 @@ async fn leader_cut_off_from_nats() {
     cut_off_leader(false).await;
 }
 
-/// Sends `flag.update` commands on `flags` (request-reply, each with its own id) until
-/// `stop`, retrying a refused or unanswered command with the same id until it is
-/// acknowledged; returns the acknowledged ids per flag.
-fn command_stream(
-    cluster: &Cluster,
-    flags: Vec<String>,
-    prefix: &'static str,
-    stop: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<BTreeMap<String, Vec<String>>> {
-    let commands = cluster.commands.clone();
-    tokio::spawn(async move {
-        let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut index = 0_usize;
-        while stop.load(Ordering::Relaxed) == 0 {
-            let flag = &flags[index % flags.len()];
-            let id = format!("{prefix}-{index}");
-            let mut definition = boolean_flag(flag);
-            definition.description = Some(format!("update {index}"));
-            let command = rollout_wire::Command::FlagUpdate(rollout_wire::FlagUpdate {
-                command_id: Some(id.clone()),
-                actor: None,
-                flag: definition,
-                expected_version: None,
-            });
-            loop {
-                match commands.send(command.clone()).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        assert!(
-                            error.is_retryable()
-                                || error.code() == rollout_sdk::ErrorCode::Unavailable,
-                            "{id}: {error}"
-                        );
-                        sleep_ms(100).await;
-                    }
-                }
-            }
-            acknowledged.entry(flag.clone()).or_default().push(id);
-            index += 1;
-            sleep_ms(10).await;
-        }
-        acknowledged
-    })
-}
-
 async fn create_flags(cluster: &Cluster, prefix: &str, count: usize) -> Vec<String> {
     let mut flags = Vec::new();
     for index in 0..count {
@@ -484,9 +439,9 @@ async fn redis_kill_9_and_restart_with_aof() {
     )
     .await;
     let command_flags = create_flags(&run.cluster, "acked", 8).await;
-    let stop = Arc::new(AtomicU64::new(0));
-    let stream = command_stream(
-        &run.cluster,
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = flag_update_storm(
+        run.cluster.commands.clone(),
         command_flags.clone(),
         "acked",
         Arc::clone(&stop),
@@ -501,8 +456,8 @@ async fn redis_kill_9_and_restart_with_aof() {
         run.cluster.wait_redis().await;
     }
     sleep_ms(1_000).await;
-    stop.store(1, Ordering::Relaxed);
-    let acknowledged = stream.await.expect("command stream");
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, _) = stream.await.expect("command stream");
     check_commands(&run.cluster.committed(), &acknowledged, &mut run.report).await;
     for (flag, ids) in &acknowledged {
         let version = run.cluster.flag_version(flag).await;

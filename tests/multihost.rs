@@ -279,10 +279,14 @@ async fn a_partitioned_ticker_hosts_shards_move_within_the_lease_and_nothing_adv
     ));
     // when the cut-off replica itself let its shards go, against when the others held them
     match dropped_at(&tickers[victim_index].log_text()) {
-        Some(dropped) => report.note(format!(
-            "{victim} dropped its shards (its log) {} ms after the others held them all",
-            dropped.as_millis() - taken_over_at.as_millis()
-        )),
+        Some(dropped) => {
+            let lead = taken_over_at.as_millis() - dropped.as_millis();
+            report.note(if lead >= 0 {
+                format!("{victim} dropped its shards (its log) {lead} ms before the others held them all")
+            } else {
+                format!("{victim} dropped its shards (its log) {} ms after the others held them all", -lead)
+            })
+        }
         None => report.note(format!("{victim} never logged dropping its shards")),
     }
     report.note(format!(

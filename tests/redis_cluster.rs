@@ -15,7 +15,9 @@
 //! is applied exactly once and what is served is what is committed. Without the wait the
 //! commands the master acknowledged during the stall are lost, and the test says so.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod support;
+
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use rollout_sandbox::{boolean_flag, wait_until_within, Sandbox};
 use rollout_sdk::{CommandClient, EvalClient, Namespace};
 use rollout_testkit::RedisClusterOptions;
 use serde_json::json;
+use support::cluster::flag_update_storm;
 
 /// Namespaces beside the sandbox's own.
 const NAMESPACES: usize = 6;
@@ -214,51 +217,6 @@ impl Drop for ReplicationStall {
     }
 }
 
-/// Updates `flags` in turn through `commands`, each update with its own command id retried
-/// until acknowledged, until `stop`; returns the acknowledged ids per flag and how many
-/// attempts were refused.
-fn command_storm(
-    commands: CommandClient,
-    flags: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(BTreeMap<String, Vec<String>>, u64)> {
-    tokio::spawn(async move {
-        let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut refused = 0_u64;
-        let mut index = 0_usize;
-        while !stop.load(Ordering::Relaxed) {
-            let flag = &flags[index % flags.len()];
-            let id = format!("storm-{index}");
-            let mut definition = boolean_flag(flag);
-            definition.description = Some(format!("update {index}"));
-            let command = rollout_wire::Command::FlagUpdate(rollout_wire::FlagUpdate {
-                command_id: Some(id.clone()),
-                actor: None,
-                flag: definition,
-                expected_version: None,
-            });
-            loop {
-                match commands.send(command.clone()).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        assert!(
-                            error.is_retryable()
-                                || error.code() == rollout_sdk::ErrorCode::Unavailable,
-                            "{id}: {error}"
-                        );
-                        refused += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-            acknowledged.entry(flag.clone()).or_default().push(id);
-            index += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (acknowledged, refused)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_lost_with_its_replica_behind_loses_no_acknowledged_command() {
     let sandbox = Sandbox::builder()
@@ -292,7 +250,7 @@ async fn a_master_lost_with_its_replica_behind_loses_no_acknowledged_command() {
         return;
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let storm = command_storm(commands.clone(), flags.clone(), Arc::clone(&stop));
+    let storm = flag_update_storm(commands.clone(), flags.clone(), "storm", Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // the replication stream stalls: the master runs ahead of its replica
     stall.start();

@@ -793,3 +793,53 @@ impl Drop for EventLog {
         self.task.abort();
     }
 }
+
+/// Sends `flag.update` commands on `flags` in turn through `commands` (request-reply, each
+/// with its own id `<prefix>-<n>`) until `stop`, retrying a refused or unanswered command
+/// with the same id until it is acknowledged (a refusal must be retryable or
+/// `unavailable`); returns the acknowledged ids per flag and how many attempts were
+/// refused.
+pub fn flag_update_storm(
+    commands: CommandClient,
+    flags: Vec<String>,
+    prefix: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(std::collections::BTreeMap<String, Vec<String>>, u64)> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut acknowledged: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        let mut refused = 0_u64;
+        let mut index = 0_usize;
+        while !stop.load(Ordering::Relaxed) {
+            let flag = &flags[index % flags.len()];
+            let id = format!("{prefix}-{index}");
+            let mut definition = boolean_flag(flag);
+            definition.description = Some(format!("update {index}"));
+            let command = rollout_wire::Command::FlagUpdate(rollout_wire::FlagUpdate {
+                command_id: Some(id.clone()),
+                actor: None,
+                flag: definition,
+                expected_version: None,
+            });
+            loop {
+                match commands.send(command.clone()).await {
+                    Ok(_) => break,
+                    Err(error) => {
+                        assert!(
+                            error.is_retryable()
+                                || error.code() == rollout_sdk::ErrorCode::Unavailable,
+                            "{id}: {error}"
+                        );
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            acknowledged.entry(flag.clone()).or_default().push(id);
+            index += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (acknowledged, refused)
+    })
+}

@@ -559,8 +559,8 @@ impl Ticker {
 
     /// The balancer: a balancing step every renewal interval (sooner when another
     /// replica's heartbeat runs out), publishing the shards held to the worker. A replica
-    /// that cannot renew before its leases would expire drops every shard until it can
-    /// again. On shutdown it waits for the worker (at most `shutdown_grace`), then gives
+    /// that cannot renew drops every shard half a renewal interval before its leases can
+    /// expire (an attempt never outlasts that moment), until it can renew again. On shutdown it waits for the worker (at most `shutdown_grace`), then gives
     /// every shard back.
     async fn keep_shards(
         &self,
@@ -571,21 +571,42 @@ impl Ticker {
     ) {
         let every = self.settings.renew_every();
         let ttl = self.leases.ttl();
+        // the shards are dropped this long before their leases can expire in Redis, so the
+        // worker has stopped firing them before another replica can take them
+        let margin = every / 2;
         let mut held: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut valid_until = Instant::now();
+        let mut drop_at = Instant::now();
         while !shutdown.is_triggered() {
+            if !held.is_empty() && Instant::now() >= drop_at {
+                tracing::warn!(
+                    shards = held.len(),
+                    "the shard leases could not be renewed before they expire; dropping them"
+                );
+                held.clear();
+                held_sender.send_replace(held.clone());
+            }
             let give_up =
                 std::mem::take(&mut *abandoned.lock().unwrap_or_else(PoisonError::into_inner));
             held.retain(|shard, _| !give_up.contains_key(shard));
             let attempt = Instant::now();
+            // an attempt holding shards may not outlast the moment they must be dropped
+            let deadline = if held.is_empty() {
+                attempt + every
+            } else {
+                (attempt + every).min(drop_at)
+            };
             let mut wait = every;
-            match tokio::time::timeout(every, self.leases.balance(&held, &give_up, Stance::Share))
-                .await
+            match tokio::time::timeout_at(
+                deadline,
+                self.leases.balance(&held, &give_up, Stance::Share),
+            )
+            .await
             {
                 Ok(Ok(balance)) => {
                     log_balance(&balance);
                     held = balance.held();
-                    valid_until = attempt + ttl;
+                    // Redis set the expiries after `attempt`: they run out after this
+                    drop_at = attempt + ttl.saturating_sub(margin);
                     held_sender.send_replace(held.clone());
                     if let Some(others) = balance.others_expire_in {
                         wait = wait.min(others + EXPIRY_MARGIN);
@@ -596,22 +617,13 @@ impl Ticker {
                     held.clear();
                     held_sender.send_replace(held.clone());
                 }
-                failed => {
-                    match failed {
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "balancing the shard leases failed; retrying")
-                        }
-                        _ => tracing::warn!("balancing the shard leases timed out; retrying"),
-                    }
-                    if !held.is_empty() && Instant::now() + every >= valid_until {
-                        tracing::warn!(
-                            shards = held.len(),
-                            "the shard leases could not be renewed before they expire; dropping them"
-                        );
-                        held.clear();
-                        held_sender.send_replace(held.clone());
-                    }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "balancing the shard leases failed; retrying")
                 }
+                Err(_) => tracing::warn!("balancing the shard leases timed out; retrying"),
+            }
+            if !held.is_empty() {
+                wait = wait.min(drop_at.saturating_duration_since(Instant::now()));
             }
             sleep_or_stop(wait, shutdown).await;
         }
