@@ -329,12 +329,11 @@ impl Ticker {
         // each batch is a task of its own, so batches decode, decide and encode on every
         // worker thread at once (they own what they use); a batch still running when the
         // round is dropped (the replica overstayed its shutdown grace) is aborted with it
-        let results: Vec<(u32, Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
+        let results: Vec<(Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
             .map(|(led, freezes, rollout_ids)| {
                 let fenced = Arc::clone(&fenced);
                 let context = self.context.clone();
                 let signal = leadership.signal.clone();
-                let shard = led.shard;
                 let batch = Spawned(tokio::spawn(async move {
                     // a stopping replica, or a shard another replica took, takes no more
                     // work; what is in flight finishes
@@ -372,19 +371,17 @@ impl Ticker {
                     (rollout_ids, fired)
                 }));
                 async move {
-                    let (rollout_ids, fired) = batch.await.unwrap_or_else(|error| {
+                    batch.await.unwrap_or_else(|error| {
                         let failed =
                             StoreError::Protocol(format!("a firing batch did not finish: {error}"));
                         (Vec::new(), Err(failed))
-                    });
-                    (shard, rollout_ids, fired)
+                    })
                 }
             })
             .buffer_unordered(self.settings.batches_in_flight())
             .collect()
             .await;
-        let mut refused_shards = BTreeSet::new();
-        for (shard, rollout_ids, fired) in results {
+        for (rollout_ids, fired) in results {
             let outcomes = match fired {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
@@ -397,10 +394,7 @@ impl Ticker {
             for (rollout_id, outcome) in rollout_ids.iter().zip(outcomes) {
                 match outcome {
                     Ok(Fired::Committed) => round.committed += 1,
-                    Ok(Fired::Fenced) => {
-                        round.fenced = true;
-                        refused_shards.insert(shard);
-                    }
+                    Ok(Fired::Fenced) => round.fenced = true,
                     Ok(Fired::Failed(reason)) => {
                         round.errors += 1;
                         self.context.stats.error();
@@ -415,6 +409,9 @@ impl Ticker {
                 }
             }
         }
+        // the shards the batches found fenced
+        let refused_shards =
+            std::mem::take(&mut *fenced.lock().unwrap_or_else(PoisonError::into_inner));
         for shard in refused_shards {
             tracing::warn!(
                 shard,

@@ -368,14 +368,7 @@ fn nats_fatal_kind(kind: async_nats::ConnectErrorKind) -> Option<ConnectErrorKin
 /// not allowed `CLIENT` (`deploy/redis/users.acl`), and Redis 7.2 would
 /// log a refusal for every connection, burying real ones in `ACL LOG`.
 pub fn redis_client(settings: &RedisSettings) -> Result<redis::Client, ConnectError> {
-    let invalid = |error: redis::RedisError| {
-        ConnectError::new(
-            Backend::Redis,
-            &settings.url,
-            ConnectErrorKind::InvalidSettings,
-            error.to_string(),
-        )
-    };
+    let invalid = |error| invalid_redis_settings(settings, error);
     let info = settings
         .url
         .as_str()
@@ -409,18 +402,21 @@ pub async fn connect_redis(
     Ok(connection.waiting_for_replicas(settings.wait_replicas, settings.wait_timeout))
 }
 
+/// The error for Redis settings the client refuses (a bad URL, a node that is not one).
+fn invalid_redis_settings(settings: &RedisSettings, error: redis::RedisError) -> ConnectError {
+    ConnectError::new(
+        Backend::Redis,
+        &settings.url,
+        ConnectErrorKind::InvalidSettings,
+        error.to_string(),
+    )
+}
+
 /// [`connect_redis`] for a Redis Cluster.
 async fn connect_redis_cluster(
     settings: &RedisSettings,
 ) -> Result<redis::cluster_async::ClusterConnection, ConnectError> {
-    let invalid = |error: redis::RedisError| {
-        ConnectError::new(
-            Backend::Redis,
-            &settings.url,
-            ConnectErrorKind::InvalidSettings,
-            error.to_string(),
-        )
-    };
+    let invalid = |error| invalid_redis_settings(settings, error);
     let mut seeds = Vec::new();
     for node in settings.nodes() {
         let info = node.into_connection_info().map_err(invalid)?;

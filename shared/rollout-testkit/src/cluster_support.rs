@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Result, TestkitError};
 
+/// Starts one server per item of `options` with `start`, each on a thread of its own, side
+/// by side; the results in order. A thread that panicked gives a protocol error naming the
+/// `server` it was starting.
+pub(crate) fn start_side_by_side<O: Send, T: Send>(
+    options: Vec<O>,
+    start: fn(O) -> Result<T>,
+    server: &str,
+) -> Vec<Result<T>> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = options
+            .into_iter()
+            .map(|options| scope.spawn(move || start(options)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(TestkitError::Protocol(format!(
+                        "the thread starting a {server} panicked"
+                    )))
+                })
+            })
+            .collect()
+    })
+}
+
 /// How many bytes of a node's log a cluster error shows.
 const LOG_TAIL_BYTES: u64 = 4096;
 

@@ -9,10 +9,11 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
 use std::time::Duration;
 
-use crate::cluster_support::{distinct_free_ports, log_tail, not_ready, poll_until, Waiting};
+use crate::cluster_support::{
+    distinct_free_ports, log_tail, not_ready, poll_until, start_side_by_side, Waiting,
+};
 use crate::error::{Result, TestkitError};
 use crate::nats::{NatsOptions, NatsServer};
 use crate::port::PORT_ATTEMPTS;
@@ -132,22 +133,7 @@ impl NatsCluster {
                 options.clone().config(config)
             })
             .collect();
-        let started: Vec<Result<NatsServer>> = thread::scope(|scope| {
-            let handles: Vec<_> = node_options
-                .into_iter()
-                .map(|node_options| scope.spawn(move || NatsServer::start_with(node_options)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(TestkitError::Protocol(
-                            "the thread starting a nats-server panicked".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
+        let started = start_side_by_side(node_options, NatsServer::start_with, "nats-server");
         // Any failure drops the nodes that did start, which kills them.
         let nodes = started.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(NatsCluster {

@@ -13,7 +13,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::binary::cached_binary;
-use crate::cluster_support::{distinct_free_ports, not_ready, poll_until, Waiting};
+use crate::cluster_support::{
+    distinct_free_ports, not_ready, poll_until, start_side_by_side, Waiting,
+};
 use crate::error::{Result, TestkitError};
 use crate::port::PORT_ATTEMPTS;
 use crate::redis::{RedisOptions, RedisServer};
@@ -180,30 +182,18 @@ impl RedisCluster {
     fn launch(options: &RedisClusterOptions) -> Result<RedisCluster> {
         let count = options.masters * (1 + options.replicas_per_master);
         let bus_ports = distinct_free_ports(count)?;
-        let started: Vec<Result<RedisServer>> = thread::scope(|scope| {
-            let handles: Vec<_> = bus_ports
-                .iter()
-                .map(|&bus_port| {
-                    let extra = node_config(
-                        options.node.extra_config.as_deref(),
-                        options.node_timeout,
-                        bus_port,
-                    );
-                    let node_options = options.node.clone().extra_config(extra);
-                    scope.spawn(move || RedisServer::start_with(node_options))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(TestkitError::Protocol(
-                            "the thread starting a redis-server panicked".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
+        let node_options: Vec<RedisOptions> = bus_ports
+            .iter()
+            .map(|&bus_port| {
+                let extra = node_config(
+                    options.node.extra_config.as_deref(),
+                    options.node_timeout,
+                    bus_port,
+                );
+                options.node.clone().extra_config(extra)
+            })
+            .collect();
+        let started = start_side_by_side(node_options, RedisServer::start_with, "redis-server");
         // Any failure drops the nodes that did start, which kills them.
         let nodes = started.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(RedisCluster {
