@@ -8,6 +8,8 @@
 #   - chromium and chromium-driver (Debian packages), for the console's browser tests;
 #   - the Python OpenFeature SDK and OFREP provider, for the evaluator's interop test;
 #   - schemathesis (PyPI), for the evaluator's OpenAPI conformance test;
+#   - iproute2, iptables and redis-tools (Debian packages), for the multi-host tests'
+#     network namespaces and the Redis Cluster tests' replication stall and cluster set-up;
 #   - a running Docker engine when one is installed (started if it is not), for the
 #     compose cluster tests (tests/compose_cluster.rs).
 # Prints what it did. Safe to run again and again.
@@ -117,6 +119,21 @@ install_redis() {
     say "installed $(redis-server --version | cut -d' ' -f1-3)"
 }
 
+install_network_tools() {
+    local missing=()
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    if [ "${#missing[@]}" = 0 ]; then
+        say "ip, iptables and redis-cli already present"
+        return 0
+    fi
+    say "installing ${missing[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 install_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
         say "cargo-nextest already present: $(cargo nextest --version | head -n 1)"
@@ -213,6 +230,7 @@ start_docker() {
 
 install_nats
 install_redis
+install_network_tools
 install_nextest
 install_python_openfeature
 install_schemathesis
