@@ -19,6 +19,15 @@ bash deploy/tools/install.sh
 # (and any tool run from a test) on the same binary.
 export ROLLOUT_NATS_SERVER_BIN="${ROLLOUT_NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The build must fit on a machine whose disk is shared and sometimes nearly full (a CI run
+# once died with "No space left on device" while linking doctests): no debug information
+# (tests still print panics and backtraces with function names) and no incremental caches
+# roughly quarter the target directory. Set them yourself to override.
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}"
+export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-0}"
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "=== disk before the build ==="
+df -h "$ROOT" /tmp 2>/dev/null || true
 
 status=0
 
@@ -33,6 +42,10 @@ cargo nextest run --workspace --all-targets --no-fail-fast --profile ci || statu
 
 echo "=== cargo test --workspace --doc ==="
 cargo test --workspace --doc --no-fail-fast || status=$?
+
+echo "=== disk after the tests ==="
+df -h "$ROOT" /tmp 2>/dev/null || true
+du -sh "${CARGO_TARGET_DIR:-$ROOT/target}" 2>/dev/null || true
 
 if [ "$status" -ne 0 ]; then
     echo "test.sh: FAILED (exit $status)"
