@@ -4,6 +4,10 @@
 //! down (every packet to and from the host is lost, connections stay open and resume when
 //! the link comes back up, as after a real partition), and healed by bringing it up again.
 //!
+//! Hosts reach each other across the bridge: a rule in iptables' FORWARD chain lets packets
+//! between the bridge's ports through (where Docker runs, the chain drops what it does not
+//! accept), removed on drop.
+//!
 //! Needs root and iproute2; [`Hosts::create`] says why and returns `None` otherwise, so a
 //! test can skip. Everything is removed on drop, after a panic too: the hosts' processes are
 //! killed, the namespaces, veth pairs and bridge deleted.
@@ -54,32 +58,27 @@ impl Host {
     /// Starts `binary` inside the host with exactly the `ROLLOUT_*` settings in `env`
     /// (others from the test's shell are removed), its output appended to `log`.
     pub fn spawn(&self, binary: &Path, env: &HashMap<String, String>, log: &Path) -> HostProcess {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        let err: File = out.try_clone().expect("log file");
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.netns]).arg(binary);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("ROLLOUT_") {
-                command.env_remove(name);
-            }
-        }
-        // `ip netns exec` execs the binary: the child's pid is the service's
-        let child = command
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("{} starts in {}: {error}", binary.display(), self.netns)
-            });
-        HostProcess {
-            child,
+        self.spawn_with_args(binary, &[], env, log)
+    }
+
+    /// [`Host::spawn`] with command-line arguments (a server's options).
+    pub fn spawn_with_args(
+        &self,
+        binary: &Path,
+        args: &[String],
+        env: &HashMap<String, String>,
+        log: &Path,
+    ) -> HostProcess {
+        let launch = Launch {
+            netns: self.netns.clone(),
+            binary: binary.to_owned(),
+            args: args.to_vec(),
+            env: env.clone(),
             log: log.to_owned(),
+        };
+        HostProcess {
+            child: Some(launch.start()),
+            launch,
         }
     }
 
@@ -94,24 +93,70 @@ impl Host {
     }
 }
 
-/// A process running inside a host; killed when dropped.
-#[derive(Debug)]
-pub struct HostProcess {
-    child: Child,
+/// How a host process was started, to start it again the same way.
+#[derive(Debug, Clone)]
+struct Launch {
+    netns: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    env: HashMap<String, String>,
     log: PathBuf,
 }
 
+impl Launch {
+    fn start(&self) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err: File = out.try_clone().expect("log file");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.netns])
+            .arg(&self.binary)
+            .args(&self.args);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ROLLOUT_") {
+                command.env_remove(name);
+            }
+        }
+        // `ip netns exec` execs the binary: the child's pid is the service's
+        command
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{} starts in {}: {error}",
+                    self.binary.display(),
+                    self.netns
+                )
+            })
+    }
+}
+
+/// A process running inside a host; killed when dropped.
+#[derive(Debug)]
+pub struct HostProcess {
+    child: Option<Child>,
+    launch: Launch,
+}
+
 impl HostProcess {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log
+        &self.launch.log
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.launch.log).unwrap_or_default()
     }
 
     /// Lines of its log containing `needle`.
@@ -122,9 +167,43 @@ impl HostProcess {
             .count()
     }
 
+    /// SIGTERM, as an orchestrator stops a service, and waits up to `grace` for it to exit;
+    /// then SIGKILL. Returns how it ended: `Ok` with its exit status when it exited on its
+    /// own, `Err` saying it had to be killed (or was not running).
+    pub fn terminate(&mut self, grace: Duration) -> Result<std::process::ExitStatus, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("not running".to_owned());
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let until = std::time::Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("still running {grace:?} after SIGTERM: killed"));
+                }
+            }
+        }
+    }
+
+    /// Starts it again exactly as it was started (after [`HostProcess::terminate`] or
+    /// [`HostProcess::kill`]); its log goes on in the same file.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(self.launch.start());
+    }
+
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -192,6 +271,11 @@ impl Hosts {
             &bridge,
         ])?;
         ip(&["link", "set", &bridge, "up"])?;
+        // hosts talk to each other across the bridge (a NATS cluster's routes): where
+        // Docker runs, the FORWARD chain's policy is DROP and bridged packets pass through it
+        if let Err(error) = run("iptables", &forward_rule("-I", &bridge)) {
+            println!("hosts may not reach each other: {error}");
+        }
         for index in 0..count {
             let host = Host {
                 index,
@@ -287,6 +371,15 @@ impl Drop for Hosts {
             let _ = ip(&["link", "del", &host.link]);
             let _ = ip(&["netns", "del", &host.netns]);
         }
+        let _ = run("iptables", &forward_rule("-D", &self.bridge));
         let _ = ip(&["link", "del", &self.bridge]);
     }
+}
+
+/// The iptables arguments inserting (`-I`) or deleting (`-D`) the rule that forwards
+/// packets between the ports of `bridge`.
+fn forward_rule<'a>(action: &'a str, bridge: &'a str) -> [&'a str; 8] {
+    [
+        action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",
+    ]
 }
