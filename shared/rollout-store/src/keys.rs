@@ -12,6 +12,7 @@
 //! | `ro:{ns}:due` | sorted set | rollout ids by due time (ms) |
 //! | `ro:{ns}:audit:rollout:<id>` / `ro:{ns}:audit:flag:<key>` | list | audit entries, newest first |
 //! | `ro:{ns}:outbox` | stream | change events not yet relayed to NATS |
+//! | `ro:{ns}:outbox:sweep` | string | time of the last outbox sweep (its write is what `WAIT` confirms) |
 //! | `ro:{ns}:webhooks` / `:webhooks:delivery` | hash / hash | webhooks (with secrets) / their delivery state |
 //! | `ro:{ns}:notify` / `:notify:lease` | stream / string | notices for the webhooks / the planner delivering them |
 //! | `ro:{ns}:cmd:<command_id>` | string | first outcome of a command (idempotency) |
@@ -158,6 +159,13 @@ impl Keys {
     /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
     pub(crate) fn outbox(&self) -> String {
         format!("{}:outbox", self.base)
+    }
+
+    /// `ro:{ns}:outbox:sweep`: when the outbox was last swept. The sweep writes it before
+    /// `WAIT`, so that the replicas' acknowledgement covers every entry it read (`WAIT`
+    /// only counts the asking client's own writes).
+    pub(crate) fn outbox_sweep(&self) -> String {
+        format!("{}:outbox:sweep", self.base)
     }
 
     /// `ro:{ns}:webhooks`: the namespace's webhooks, id → record with secret (JSON). While

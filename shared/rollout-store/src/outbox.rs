@@ -348,7 +348,9 @@ impl Relay {
     }
 
     /// Publishes and removes every outbox entry of `namespace` older than `grace` (by its
-    /// stream id's Redis time). Returns how many were relayed.
+    /// stream id's Redis time). Returns how many were relayed. On a store that confirms
+    /// commits on replicas, nothing is published before the replicas confirm they hold
+    /// the entries ([`StoreError::Unreplicated`] otherwise; they stay for the next sweep).
     pub async fn sweep(&self, namespace: &Namespace, grace: Duration) -> Result<usize, StoreError> {
         let keys = Keys::new(namespace);
         let mut connection = self.redis.clone();
@@ -362,6 +364,17 @@ impl Relay {
             .arg(SWEEP_BATCH)
             .query_async(&mut connection)
             .await?;
+        if entries.ids.is_empty() {
+            return Ok(0);
+        }
+        // an entry is only published once the replicas hold it: a committer whose commit
+        // was not replicated in time left its events here, and a fail-over promoting a
+        // replica without them must not find evaluators serving what it lost
+        crate::write::confirm_all_replicated(&mut connection, &keys, now)
+            .await
+            .map_err(|reason| {
+                StoreError::Unreplicated(format!("outbox of `{namespace}` not swept: {reason}"))
+            })?;
         let connects = self.connects();
         let mut relayed_ids = Vec::with_capacity(entries.ids.len());
         for entry in &entries.ids {
@@ -434,7 +447,14 @@ impl Relay {
         let mut relayed = 0;
         for name in names {
             match Namespace::new(name.as_str()) {
-                Ok(namespace) => relayed += self.sweep(&namespace, grace).await?,
+                Ok(namespace) => match self.sweep(&namespace, grace).await {
+                    Ok(swept) => relayed += swept,
+                    // that namespace's replicas lag: the others' outboxes are swept still
+                    Err(StoreError::Unreplicated(reason)) => {
+                        tracing::warn!(%reason, "outbox sweep waits for the replicas")
+                    }
+                    Err(error) => return Err(error),
+                },
                 Err(error) => {
                     tracing::error!(%error, namespace = %name, "invalid namespace in the registry")
                 }

@@ -293,6 +293,52 @@ impl Writer {
     }
 }
 
+/// When `connection` asks for replication, waits until everything the namespace's master
+/// held when this was called — writes of any client, such as outbox entries a crashed
+/// committer left — reached that many replicas: one write of its own
+/// ([`Keys::outbox_sweep`], replicated after everything before it) and `WAIT` for it.
+pub(crate) async fn confirm_all_replicated(
+    connection: &mut Connection,
+    keys: &Keys,
+    now: Timestamp,
+) -> Result<(), String> {
+    let Some(replication) = connection.replication() else {
+        return Ok(());
+    };
+    let timeout_ms = u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX);
+    let waited: Result<(i64,), _> = redis::pipe()
+        .cmd("SET")
+        .arg(keys.outbox_sweep())
+        .arg(now.as_millis())
+        .arg("PX")
+        .arg(SWEEP_MARK_TTL_MS)
+        .ignore()
+        .cmd("WAIT")
+        .arg(replication.replicas)
+        .arg(timeout_ms)
+        .query_async(connection)
+        .await;
+    replicas_confirmed(waited, replication.replicas, timeout_ms)
+}
+
+/// How long the sweep's mark outlives the sweep.
+const SWEEP_MARK_TTL_MS: u64 = 60_000;
+
+/// The verdict of a `WAIT` for `replicas` replicas.
+fn replicas_confirmed(
+    waited: Result<(i64,), redis::RedisError>,
+    replicas: u32,
+    timeout_ms: u64,
+) -> Result<(), String> {
+    match waited {
+        Ok((acknowledged,)) if acknowledged >= i64::from(replicas) => Ok(()),
+        Ok((acknowledged,)) => Err(format!(
+            "{acknowledged} of {replicas} replicas confirmed the writes within {timeout_ms} ms"
+        )),
+        Err(error) => Err(format!("waiting for the replicas failed: {error}")),
+    }
+}
+
 /// When `connection` asks for replication, waits until the commits just made on it reached
 /// that many replicas of the namespace's master (`WAIT`, sent to the slot of `keys`); the
 /// reason when they did not in time.
@@ -311,12 +357,5 @@ async fn confirm_replicated(connection: &mut Connection, keys: &Keys) -> Result<
         .arg(timeout_ms)
         .query_async(connection)
         .await;
-    match waited {
-        Ok((acknowledged,)) if acknowledged >= i64::from(replication.replicas) => Ok(()),
-        Ok((acknowledged,)) => Err(format!(
-            "{acknowledged} of {} replicas confirmed the commit within {timeout_ms} ms",
-            replication.replicas
-        )),
-        Err(error) => Err(format!("waiting for the replicas failed: {error}")),
-    }
+    replicas_confirmed(waited, replication.replicas, timeout_ms)
 }
