@@ -11,8 +11,20 @@
 //!   stream and phased rollouts through `docker kill` of the leader, of a NATS node and of
 //!   Redis (restarted from its AOF volume), `docker network disconnect` of an evaluator and
 //!   of the leader, and `docker pause` of the leader past its lease.
+//! - `a_redis_cluster_master_fails_over_losing_nothing_acknowledged`: the cluster with the
+//!   Redis Cluster variant (`deploy/compose/redis-cluster.yml`, 3 masters with a replica
+//!   each): two namespaces live on different masters, commands are acknowledged and served
+//!   as committed, the ticker moves phased rollouts; then the master of namespace prod is
+//!   `docker kill`ed during a stream of commands, its replica takes over, and once the old
+//!   master is back as the new one's replica every acknowledged command is applied once,
+//!   new commands are acknowledged, the rollouts complete and what is served is what is
+//!   committed.
 //!
-//! Without a Docker engine and a compose tool both say so and pass.
+//! The first two run against the single Redis, or against the Redis Cluster variant with
+//! `ROLLOUT_COMPOSE_REDIS_CLUSTER=1` (`deploy/compose/test.sh --redis-cluster`); there the
+//! Redis kill is a master's, failed over to its replica before it is started again.
+//!
+//! Without a Docker engine and a compose tool all say so and pass.
 
 mod support;
 
@@ -24,9 +36,10 @@ use std::time::Duration;
 use rollout_core::Timestamp;
 use support::checks::{check_commands, check_rollouts, Report, VersionMonitor};
 use support::cluster::{
-    boolean_flag, create_phased, millis, operator_commands, publish_until_acked, storm_update,
+    boolean_flag, create_phased, flag_update_storm, millis, operator_commands, publish_until_acked,
+    storm_update,
 };
-use support::compose::{self, ComposeCluster, LEASE};
+use support::compose::{self, ComposeCluster, RedisTopology, LEASE};
 use support::oracle::OracleMonitor;
 use support::{eventually, NS};
 
@@ -161,34 +174,7 @@ async fn a_phased_rollout_completes_through_a_leader_kill() {
         return;
     }
     let cluster = ComposeCluster::up("smoke").await;
-    // every replica of the topology answers, ready
-    let members = eventually(
-        "every replica to answer the cluster ping, ready",
-        Duration::from_secs(30),
-        || async {
-            let members = cluster.members().await;
-            let count = |service: &str| {
-                members
-                    .iter()
-                    .filter(|member| member.service == service && member.ready)
-                    .count()
-            };
-            (count("planner") == 2
-                && count("ticker") == 3
-                && count("evaluator") == 3
-                && count("console") == 1)
-                .then_some(members)
-        },
-    )
-    .await;
-    assert_eq!(
-        members
-            .iter()
-            .filter(|member| member.service == "ticker")
-            .count(),
-        3,
-        "{members:?}"
-    );
+    wait_members_ready(&cluster).await;
     // the three tickers share the 64 shards: fair shares of 22, 22 and 20
     wait_fair_shares(&cluster, "the tickers to share the shards").await;
     let (leader, epoch) = cluster.wait_for_leader(None).await;
@@ -228,6 +214,38 @@ async fn a_phased_rollout_completes_through_a_leader_kill() {
     report.note(format!("shards per ticker after the restart: {shares:?}"));
 
     finish(&cluster, &workload, monitor, oracle, report).await;
+}
+
+/// Waits (at most 30 s) until every replica of the topology answers the cluster ping,
+/// ready: 2 planners, 3 tickers, 3 evaluators and the console.
+async fn wait_members_ready(cluster: &ComposeCluster) {
+    let members = eventually(
+        "every replica to answer the cluster ping, ready",
+        Duration::from_secs(30),
+        || async {
+            let members = cluster.members().await;
+            let count = |service: &str| {
+                members
+                    .iter()
+                    .filter(|member| member.service == service && member.ready)
+                    .count()
+            };
+            (count("planner") == 2
+                && count("ticker") == 3
+                && count("evaluator") == 3
+                && count("console") == 1)
+                .then_some(members)
+        },
+    )
+    .await;
+    assert_eq!(
+        members
+            .iter()
+            .filter(|member| member.service == "ticker")
+            .count(),
+        3,
+        "{members:?}"
+    );
 }
 
 /// Waits (at most 30 s) until the three tickers lead fair shares of the 64 shards (22, 22
@@ -331,11 +349,21 @@ async fn faults_across_containers() {
     cluster.wait_healthy(Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // 3. Redis killed and started from its AOF volume
-    cluster.kill("redis");
-    report.fault("docker kill of Redis (restart from its AOF)");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.start("redis");
+    // 3. Redis killed and started from its AOF volume (with the Redis Cluster: namespace
+    //    prod's master, failed over to its replica first)
+    match cluster.topology {
+        RedisTopology::Single => {
+            cluster.kill("redis");
+            report.fault("docker kill of Redis (restart from its AOF)");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.start("redis");
+        }
+        RedisTopology::Cluster => {
+            let (killed, promoted) = fail_over_master_of(&cluster, NS).await;
+            report.fault("docker kill of a Redis Cluster master (failed over to its replica)");
+            report.note(format!("redis fail-over: {killed} → {promoted}"));
+        }
+    }
     cluster.wait_healthy(Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -398,4 +426,165 @@ async fn faults_across_containers() {
     let report = finish(&cluster, &workload, monitor, oracle, report).await;
     assert!(report.commands_checked > 0, "no command was checked");
     assert!(report.leader_changes >= 3, "{}", report.leader_changes);
+}
+
+/// `docker kill` of the Redis Cluster master holding `namespace`; waits until its replica
+/// has taken over, then starts it again and waits until it replicates its successor (so
+/// commits, each confirmed on a replica, are acknowledged again). Returns the killed and the
+/// promoted node.
+async fn fail_over_master_of(cluster: &ComposeCluster, namespace: &str) -> (String, String) {
+    let master = cluster.redis_master_holding(namespace).await;
+    let described = cluster
+        .redis_nodes()
+        .await
+        .into_iter()
+        .find(|node| node.name == master)
+        .expect("the master is a node");
+    cluster.kill(&master);
+    let promoted = cluster
+        .wait_for_redis_failover(&described, Duration::from_secs(60))
+        .await;
+    cluster.start(&master);
+    cluster
+        .wait_for_redis_replica(&master, Duration::from_secs(60))
+        .await;
+    (master, promoted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_master_fails_over_losing_nothing_acknowledged() {
+    if !engine_or_skip("a_redis_cluster_master_fails_over_losing_nothing_acknowledged") {
+        return;
+    }
+    let cluster = ComposeCluster::up_with("rcluster", RedisTopology::Cluster).await;
+    wait_members_ready(&cluster).await;
+    let mut report = Report::new("compose: a Redis Cluster master fails over");
+    let commands = operator_commands(cluster.operator.clone());
+    // namespaces spread over the masters: prod's and dev's keys live on different ones
+    let dev = rollout_sdk::CommandClient::new(
+        cluster.operator.clone(),
+        rollout_sdk::Namespace::new("dev").expect("namespace"),
+    )
+    .with_actor("operator");
+    dev.create_flag(boolean_flag("elsewhere"))
+        .await
+        .expect("a flag in namespace dev");
+    let storm_flags: Vec<String> = (0..3).map(|index| format!("storm-{index}")).collect();
+    for flag in &storm_flags {
+        commands
+            .create_flag(boolean_flag(flag))
+            .await
+            .unwrap_or_else(|error| panic!("flag {flag}: {error}"));
+    }
+    let prod_master = cluster.redis_master_holding(NS).await;
+    let dev_master = cluster.redis_master_holding("dev").await;
+    assert_ne!(
+        prod_master, dev_master,
+        "namespaces prod and dev are on the same master"
+    );
+    report.note(format!(
+        "namespace prod on {prod_master}, dev on {dev_master}"
+    ));
+
+    // a flag with a started rollout, created by commands, served as committed, moved by
+    // the ticker
+    let workload = phased_workload(
+        &cluster,
+        "rcluster",
+        3,
+        20,
+        Duration::from_millis(1500),
+        Duration::from_secs(3),
+    )
+    .await;
+    let committed = cluster.committed();
+    for id in &workload.rollouts {
+        eventually(
+            &format!("the ticker to move rollout {id} past its first phase"),
+            Duration::from_secs(30),
+            || async { (committed.rollout(id).await.state.step >= Some(1)).then_some(()) },
+        )
+        .await;
+    }
+    wait_served(&cluster, &workload.flags).await;
+    cluster.oracle().assert_served_matches_committed().await;
+    let monitor = VersionMonitor::start(cluster.replicas(), workload.flags.clone());
+    let oracle = OracleMonitor::start(cluster.oracle());
+
+    // commands acknowledged one after another, before, during and after the fail-over
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = flag_update_storm(
+        commands.clone(),
+        storm_flags.clone(),
+        "rcluster-storm",
+        Arc::clone(&stop),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let described = cluster
+        .redis_nodes()
+        .await
+        .into_iter()
+        .find(|node| node.name == prod_master)
+        .expect("prod's master is a node");
+    cluster.kill(&prod_master);
+    report.fault("docker kill of namespace prod's Redis master");
+    let killed = tokio::time::Instant::now();
+    let promoted = cluster
+        .wait_for_redis_failover(&described, Duration::from_secs(60))
+        .await;
+    report.note(format!(
+        "{prod_master} killed; {promoted} serves its slots after {} ms",
+        killed.elapsed().as_millis()
+    ));
+    // evaluations go on from what the evaluators hold (the oracle keeps judging them), and
+    // a namespace on another master takes commands as before
+    for replica in cluster.replicas() {
+        eventually(
+            &format!("{} to answer while prod's master is gone", replica.name()),
+            Duration::from_secs(30),
+            || async {
+                support::http::served_versions_as(replica.http_addr(), replica.bearer_token(), NS)
+                    .await
+                    .filter(|served| workload.flags.iter().all(|flag| served.contains_key(flag)))
+            },
+        )
+        .await;
+    }
+    dev.create_flag(boolean_flag("during-failover"))
+        .await
+        .expect("a command in namespace dev while prod's master is gone");
+    // the old master comes back as the new one's replica: commits in prod are confirmed on
+    // a replica again
+    cluster.start(&prod_master);
+    cluster
+        .wait_for_redis_replica(&prod_master, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, refused) = storm.await.expect("command storm");
+    report.note(format!(
+        "{} commands acknowledged, {refused} attempts refused while prod's master was gone or unreplicated",
+        acknowledged.values().map(Vec::len).sum::<usize>()
+    ));
+    commands
+        .create_flag(boolean_flag("after-failover"))
+        .await
+        .expect("a command in namespace prod after the fail-over");
+
+    // every acknowledged command applied exactly once, none lost with the master
+    check_commands(&cluster.committed(), &acknowledged, &mut report).await;
+    for (flag, ids) in &acknowledged {
+        assert_eq!(
+            cluster.committed().flag_version(flag).await,
+            1 + ids.len() as u64,
+            "{flag}: one version per acknowledged command"
+        );
+    }
+    wait_completed(&cluster, &workload, Duration::from_secs(90)).await;
+    let mut all_flags = workload.flags.clone();
+    all_flags.extend(storm_flags);
+    all_flags.push("after-failover".to_owned());
+    wait_served(&cluster, &all_flags).await;
+    let report = finish(&cluster, &workload, monitor, oracle, report).await;
+    assert!(report.commands_checked > 0, "no command was checked");
 }

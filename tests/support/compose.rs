@@ -11,11 +11,18 @@
 //! Faults are Docker's: `kill` (SIGKILL), `start`, `pause` (the cgroup freezer), network
 //! `disconnect` / `connect`.
 //!
+//! With [`RedisTopology::Cluster`] (or `ROLLOUT_COMPOSE_REDIS_CLUSTER=1` for the tests that
+//! take the topology from the environment) `deploy/compose/redis-cluster.yml` replaces the
+//! single Redis by a Redis Cluster of three masters with a replica each, and
+//! `deploy/compose/observe-redis-cluster.yml` publishes its six nodes on loopback: the
+//! observer then reads through a cluster connection that maps the names the nodes announce
+//! (`redis-1:6379` …) to those ports, so it follows slots and fail-overs as the services do.
+//!
 //! [`engine`] says whether a Docker engine and a compose tool are there; without them the
 //! tests say so and pass (CI machines have both). `ROLLOUT_COMPOSE_KEEP=1` leaves the
 //! cluster running after the test for a look.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -41,6 +48,45 @@ pub const EVALUATORS: [&str; 3] = ["evaluator-1", "evaluator-2", "evaluator-3"];
 pub const TICKERS: [&str; 3] = ["ticker-1", "ticker-2", "ticker-3"];
 /// The ticker lease of the shipped configuration (the ticker's default).
 pub const LEASE: Duration = Duration::from_secs(2);
+/// The nodes of the Redis Cluster variant (`deploy/compose/redis-cluster.yml`).
+pub const REDIS_NODES: [&str; 6] = [
+    "redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
+];
+
+/// Which Redis the cluster runs: the base file's single server, or the Redis Cluster
+/// overlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    Single,
+    Cluster,
+}
+
+impl RedisTopology {
+    /// `Cluster` when `ROLLOUT_COMPOSE_REDIS_CLUSTER=1` (as `deploy/compose/test.sh
+    /// --redis-cluster` sets it), else `Single`.
+    pub fn from_env() -> RedisTopology {
+        if std::env::var("ROLLOUT_COMPOSE_REDIS_CLUSTER").as_deref() == Ok("1") {
+            RedisTopology::Cluster
+        } else {
+            RedisTopology::Single
+        }
+    }
+}
+
+/// One node of the Redis Cluster as `CLUSTER NODES` describes it.
+#[derive(Clone, Debug)]
+pub struct RedisNode {
+    /// The service (the hostname it announces).
+    pub name: String,
+    pub id: String,
+    pub master: bool,
+    /// Flagged `fail` (or `fail?`) by the node asked.
+    pub failing: bool,
+    /// The master it replicates (its id), for a replica.
+    pub master_id: Option<String>,
+    /// Slot ranges it serves, for a master.
+    pub slots: Vec<(u16, u16)>,
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,6 +141,8 @@ fn free_port() -> u16 {
 pub struct Ports {
     pub nats: [u16; 3],
     pub redis: u16,
+    /// The Redis Cluster's nodes, in [`REDIS_NODES`] order (published with that topology).
+    pub redis_nodes: [u16; 6],
     pub evaluators: [u16; 3],
     pub console: u16,
     pub traces: u16,
@@ -105,6 +153,7 @@ pub struct ComposeCluster {
     project: String,
     env_file: PathBuf,
     _dir: TempDir,
+    pub topology: RedisTopology,
     pub ports: Ports,
     pub passwords: BTreeMap<String, String>,
     /// Connected as the operator: commands, queries, events, cluster pings.
@@ -112,7 +161,8 @@ pub struct ComposeCluster {
     pub commands: CommandClient,
     /// Connected as the prod SDK user: evaluations and fleet calls of namespace prod.
     pub sdk: async_nats::Client,
-    /// Connected as the `planner` Redis user, only to read the committed state.
+    /// Connected as the `planner` Redis user, only to read the committed state (a cluster
+    /// connection with [`RedisTopology::Cluster`]).
     pub redis: Connection,
     /// Every change event of the namespace, as the operator receives them.
     pub events: EventLog,
@@ -120,14 +170,28 @@ pub struct ComposeCluster {
 
 impl ComposeCluster {
     /// Builds the image (binaries of the dev profile, built if stale), starts the cluster as
-    /// project `rollout-<name>`, waits until every health check passes and connects.
+    /// project `rollout-<name>` with the Redis [`RedisTopology::from_env`] names, waits until
+    /// every health check passes and connects.
     pub async fn up(name: &str) -> ComposeCluster {
+        ComposeCluster::up_with(name, RedisTopology::from_env()).await
+    }
+
+    /// [`ComposeCluster::up`] with the given Redis topology.
+    pub async fn up_with(name: &str, topology: RedisTopology) -> ComposeCluster {
         let root = root();
         let dir = TempDir::new().expect("temp dir");
         let passwords = env_example();
         let ports = Ports {
             nats: [free_port(), free_port(), free_port()],
             redis: free_port(),
+            redis_nodes: [
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+            ],
             evaluators: [free_port(), free_port(), free_port()],
             console: free_port(),
             traces: free_port(),
@@ -151,6 +215,9 @@ impl ComposeCluster {
         ] {
             env_text.push_str(&format!("\n{variable}={value}\n"));
         }
+        for (index, port) in ports.redis_nodes.iter().enumerate() {
+            env_text.push_str(&format!("ROLLOUT_REDIS_{}_PORT={port}\n", index + 1));
+        }
         let env_file = dir.path().join(".env");
         std::fs::write(&env_file, env_text).expect("env file");
 
@@ -166,6 +233,7 @@ impl ComposeCluster {
             files: ComposeFiles {
                 project: project.clone(),
                 env_file: env_file.clone(),
+                topology,
             },
             armed: true,
         };
@@ -194,12 +262,16 @@ impl ComposeCluster {
             &passwords["ROLLOUT_SDK_PROD_PASSWORD"],
         )
         .await;
-        let redis = rollout_runtime::connect::connect_redis(&redis_settings(
-            &format!("redis://127.0.0.1:{}", ports.redis),
-            &Login::new("planner", &passwords["ROLLOUT_REDIS_PLANNER_PASSWORD"]),
-        ))
-        .await
-        .expect("redis as the planner user");
+        let planner = Login::new("planner", &passwords["ROLLOUT_REDIS_PLANNER_PASSWORD"]);
+        let redis = match topology {
+            RedisTopology::Single => rollout_runtime::connect::connect_redis(&redis_settings(
+                &format!("redis://127.0.0.1:{}", ports.redis),
+                &planner,
+            ))
+            .await
+            .expect("redis as the planner user"),
+            RedisTopology::Cluster => observe_cluster(&ports.redis_nodes, &planner).await,
+        };
         let commands = CommandClient::new(operator.clone(), Namespace::new(NS).expect("ns"));
         let events = EventLog::start(&operator, &format!("rollout.events.{NS}.>")).await;
         partial.armed = false;
@@ -207,6 +279,7 @@ impl ComposeCluster {
             project: partial.files.project.clone(),
             env_file: partial.files.env_file.clone(),
             _dir: dir,
+            topology,
             ports,
             passwords,
             operator,
@@ -221,6 +294,7 @@ impl ComposeCluster {
         ComposeFiles {
             project: self.project.clone(),
             env_file: self.env_file.clone(),
+            topology: self.topology,
         }
     }
 
@@ -419,6 +493,242 @@ impl ComposeCluster {
     }
 }
 
+impl ComposeCluster {
+    /// The password of the Redis Cluster's `cluster-admin` user: deploy/.env.example's, else
+    /// the example `deploy/compose/redis-cluster.yml` falls back to.
+    fn cluster_admin_password(&self) -> String {
+        const VARIABLE: &str = "ROLLOUT_REDIS_CLUSTER_ADMIN_PASSWORD";
+        self.passwords
+            .get(VARIABLE)
+            .cloned()
+            .unwrap_or_else(|| overlay_default(VARIABLE))
+    }
+
+    /// A plain connection to Redis Cluster node `node` (of [`REDIS_NODES`]) through its
+    /// published port, as `user`.
+    async fn node_connection(
+        &self,
+        node: &str,
+        user: &str,
+        password: &str,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        assert_eq!(
+            self.topology,
+            RedisTopology::Cluster,
+            "only the Redis Cluster has nodes"
+        );
+        let index = REDIS_NODES
+            .iter()
+            .position(|name| *name == node)
+            .unwrap_or_else(|| panic!("{node} is no Redis Cluster node"));
+        let client = redis::Client::open(format!(
+            "redis://127.0.0.1:{}",
+            self.ports.redis_nodes[index]
+        ))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("AUTH")
+            .arg(user)
+            .arg(password)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(connection)
+    }
+
+    /// `args` on node `node` as the `cluster-admin` user, as text.
+    async fn admin(&self, node: &str, args: &[&str]) -> redis::RedisResult<String> {
+        let password = self.cluster_admin_password();
+        let mut connection = self
+            .node_connection(node, "cluster-admin", &password)
+            .await?;
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async::<String>(&mut connection)
+            .await
+    }
+
+    /// The cluster's nodes as `node` sees them (`CLUSTER NODES`), `None` if it does not
+    /// answer.
+    pub async fn redis_nodes_seen_by(&self, node: &str) -> Option<Vec<RedisNode>> {
+        let text = self.admin(node, &["CLUSTER", "NODES"]).await.ok()?;
+        Some(text.lines().filter_map(parse_cluster_node).collect())
+    }
+
+    /// The cluster's nodes as the first node that answers sees them.
+    pub async fn redis_nodes(&self) -> Vec<RedisNode> {
+        for node in REDIS_NODES {
+            if let Some(nodes) = self.redis_nodes_seen_by(node).await {
+                return nodes;
+            }
+        }
+        panic!("no Redis Cluster node answers CLUSTER NODES");
+    }
+
+    /// The master holding namespace `namespace`'s keys (those of its flag index), found
+    /// by asking every master for the key itself: its owner answers, the others redirect
+    /// (`MOVED`).
+    pub async fn redis_master_holding(&self, namespace: &str) -> String {
+        let key = format!("ro:{{{namespace}}}:flags");
+        let password = self.passwords["ROLLOUT_REDIS_PLANNER_PASSWORD"].clone();
+        let mut holders = Vec::new();
+        for node in self.redis_nodes().await {
+            if !node.master || node.failing {
+                continue;
+            }
+            let mut connection = self
+                .node_connection(&node.name, "planner", &password)
+                .await
+                .unwrap_or_else(|error| panic!("{}: {error}", node.name));
+            match redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async::<u64>(&mut connection)
+                .await
+            {
+                Ok(1) => holders.push(node.name.clone()),
+                Ok(_) => panic!("{} serves {key}'s slot but does not hold it", node.name),
+                Err(error) if error.redirect_node().is_some() => {}
+                Err(error) => panic!("EXISTS {key} on {}: {error}", node.name),
+            }
+        }
+        assert_eq!(holders.len(), 1, "{key} held by {holders:?}");
+        holders.remove(0)
+    }
+
+    /// Waits until the nodes still running fail over `killed` (a master that was killed,
+    /// as it was described before): each flags it `fail`, says the cluster is ok and names
+    /// the same other master for its slots. Returns that master (its promoted replica).
+    pub async fn wait_for_redis_failover(&self, killed: &RedisNode, limit: Duration) -> String {
+        assert!(killed.master && !killed.slots.is_empty(), "{killed:?}");
+        let slots = killed.slots.clone();
+        super::eventually(
+            &format!("a replica of {} to take over its slots", killed.name),
+            limit,
+            || async {
+                let mut agreed: Option<String> = None;
+                for node in REDIS_NODES.iter().filter(|node| **node != killed.name) {
+                    let info = self.admin(node, &["CLUSTER", "INFO"]).await.ok()?;
+                    if !info.contains("cluster_state:ok") {
+                        return None;
+                    }
+                    let nodes = self.redis_nodes_seen_by(node).await?;
+                    let dead = nodes.iter().find(|seen| seen.id == killed.id)?;
+                    if !dead.failing || dead.master && !dead.slots.is_empty() {
+                        return None;
+                    }
+                    let holder = nodes.iter().find(|seen| {
+                        seen.master && !seen.failing && seen.id != killed.id && seen.slots == slots
+                    })?;
+                    if agreed.get_or_insert_with(|| holder.name.clone()) != &holder.name {
+                        return None;
+                    }
+                }
+                agreed
+            },
+        )
+        .await
+    }
+
+    /// Waits until `node` replicates a master with its link up (a restarted master rejoins
+    /// as its successor's replica).
+    pub async fn wait_for_redis_replica(&self, node: &str, limit: Duration) {
+        super::eventually(&format!("{node} to replicate a master"), limit, || async {
+            let info = self.admin(node, &["INFO", "replication"]).await.ok()?;
+            (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// One line of `CLUSTER NODES`: `<id> <ip:port@bus,hostname> <flags> <master> <ping>
+/// <pong> <epoch> <link> <slot>...`.
+fn parse_cluster_node(line: &str) -> Option<RedisNode> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 8 {
+        return None;
+    }
+    let name = fields[1].split_once(',')?.1.to_owned();
+    let flags: Vec<&str> = fields[2].split(',').collect();
+    let slots = fields[8..]
+        .iter()
+        .filter(|range| !range.starts_with('['))
+        .filter_map(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            Some((start.parse().ok()?, end.parse().ok()?))
+        })
+        .collect();
+    Some(RedisNode {
+        name,
+        id: fields[0].to_owned(),
+        master: flags.contains(&"master"),
+        failing: flags.contains(&"fail") || flags.contains(&"fail?"),
+        master_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+        slots,
+    })
+}
+
+/// The example value `deploy/compose/redis-cluster.yml` gives `variable` when deploy/.env
+/// does not set it (`${VARIABLE:-example}`).
+fn overlay_default(variable: &str) -> String {
+    let text = std::fs::read_to_string(root().join("deploy/compose/redis-cluster.yml"))
+        .expect("deploy/compose/redis-cluster.yml");
+    let start = format!("${{{variable}:-");
+    let at = text
+        .find(&start)
+        .unwrap_or_else(|| panic!("redis-cluster.yml gives {variable} no example"));
+    let rest = &text[at + start.len()..];
+    rest[..rest.find('}').expect("closing brace")].to_owned()
+}
+
+/// The observer's connection to the Redis Cluster through the nodes' published ports: the
+/// nodes announce themselves as `redis-<n>:6379`, which this machine cannot resolve, so
+/// each name is mapped to its port on loopback. Retries until the cluster answers.
+async fn observe_cluster(ports: &[u16; 6], login: &Login) -> Connection {
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    let map: HashMap<redis::cluster::NodeAddress, redis::cluster::NodeAddress> = REDIS_NODES
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            (
+                redis::cluster::NodeAddress::new(*name, 6379),
+                redis::cluster::NodeAddress::new("127.0.0.1", *port),
+            )
+        })
+        .collect();
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        .node_address_map(map)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .retries(8);
+    if let Some(user) = &login.user {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &login.password {
+        builder = builder.password(password.clone());
+    }
+    let client = builder.build().expect("a cluster client");
+    let connection = super::eventually(
+        "the observer's connection to the Redis Cluster",
+        Duration::from_secs(30),
+        || async {
+            let mut connection = client.get_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .ok()?;
+            Some(connection)
+        },
+    )
+    .await;
+    Connection::from(connection)
+}
+
 impl Drop for ComposeCluster {
     fn drop(&mut self) {
         self.files().teardown();
@@ -429,6 +739,7 @@ impl Drop for ComposeCluster {
 struct ComposeFiles {
     project: String,
     env_file: PathBuf,
+    topology: RedisTopology,
 }
 
 impl ComposeFiles {
@@ -436,14 +747,29 @@ impl ComposeFiles {
     fn script(&self, script: &str) -> Command {
         let root = root();
         let mut command = Command::new("bash");
+        let mut extra = root
+            .join("deploy/compose/observe.yml")
+            .display()
+            .to_string();
+        let cluster = self.topology == RedisTopology::Cluster;
+        if cluster {
+            extra.push(':');
+            extra.push_str(
+                &root
+                    .join("deploy/compose/observe-redis-cluster.yml")
+                    .display()
+                    .to_string(),
+            );
+        }
         command
             .arg(root.join("deploy/compose").join(script))
             .env("ROLLOUT_COMPOSE_PROJECT", &self.project)
             .env("ROLLOUT_COMPOSE_ENV_FILE", &self.env_file)
             .env(
-                "ROLLOUT_COMPOSE_EXTRA_FILES",
-                root.join("deploy/compose/observe.yml"),
-            );
+                "ROLLOUT_COMPOSE_REDIS_CLUSTER",
+                if cluster { "1" } else { "0" },
+            )
+            .env("ROLLOUT_COMPOSE_EXTRA_FILES", extra);
         command
     }
 
