@@ -11,7 +11,12 @@
 //! required on every evaluator, every `$VAR` of `accounts.conf` given to the NATS
 //! containers, the Dockerfile's `-p` packages, `nats-server -t` accepting each node's
 //! configuration, and the registry-free override (`deploy/compose/offline.yml`) giving every
-//! service the image `deploy/compose/images.sh` builds with the binaries it runs.
+//! service the image `deploy/compose/images.sh` builds with the binaries it runs. The Redis
+//! Cluster variant (`deploy/compose/redis-cluster.yml`) is merged over the compose file as
+//! compose does: six nodes with AOF and the ACL file, each announcing its own name and
+//! replicating as an ACL user whose password it is given, every Redis client pointed at every
+//! node with cluster mode and a replica per commit, the formation job waiting for every node,
+//! and the ACL granting what the cluster client, replication and the formation send.
 //! `compose_cluster.rs` runs the cluster itself.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -816,5 +821,367 @@ fn the_registry_free_override_pulls_nothing_and_runs_what_its_image_holds() {
                 "{name}'s health check runs {check}, not in the image"
             );
         }
+    }
+}
+
+/// `deploy/compose/redis-cluster.yml`, merge keys applied.
+fn redis_cluster_overlay() -> Value {
+    let text = read(&deploy().join("compose/redis-cluster.yml"));
+    let mut value: Value = serde_yaml_ng::from_str(&text).expect("redis-cluster.yml is yaml");
+    value.apply_merge().expect("merge keys resolve");
+    value
+}
+
+/// The compose file's services with `overlay`'s applied as compose merges an override file:
+/// `environment` and `depends_on` merge entry by entry, any other key is replaced, and a
+/// service only the override names is added.
+fn merged_services(overlay: &Value) -> BTreeMap<String, Value> {
+    let mut merged = services(&compose());
+    for (name, changes) in services(overlay) {
+        let service = merged
+            .entry(name)
+            .or_insert_with(|| Value::Mapping(Default::default()));
+        let service = service.as_mapping_mut().expect("a service is a mapping");
+        for (key, value) in changes.as_mapping().expect("a mapping") {
+            let by_entry = matches!(key.as_str(), Some("environment" | "depends_on"));
+            match (by_entry, service.get_mut(key), value) {
+                (true, Some(Value::Mapping(base)), Value::Mapping(entries)) => {
+                    for (entry, entry_value) in entries {
+                        base.insert(entry.clone(), entry_value.clone());
+                    }
+                }
+                _ => {
+                    service.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    merged
+}
+
+/// The Redis Cluster's nodes: the services running `redis-server` on cluster.conf.
+fn cluster_nodes(services: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    services
+        .iter()
+        .filter(|(_, service)| {
+            let command = strings(&service["command"]);
+            command.first().map(String::as_str) == Some("redis-server")
+                && command.iter().any(|word| word == "/etc/redis/cluster.conf")
+        })
+        .map(|(name, service)| (name.clone(), service.clone()))
+        .collect()
+}
+
+/// The word after `flag` in `words`.
+fn after<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
+    words
+        .iter()
+        .position(|word| word == flag)
+        .and_then(|at| words.get(at + 1))
+        .map(String::as_str)
+}
+
+/// `redis.conf`-style directives of a file: name → value.
+fn directives(file: &str) -> BTreeMap<String, String> {
+    read(&deploy().join("redis").join(file))
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.trim().split_once(' '))
+        .map(|(name, value)| (name.to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// Whether ACL rules `rules` allow `command` (`name` or `name|subcommand`): allowed by
+/// name or by its parent command, and not taken away after.
+fn acl_grants(rules: &[String], command: &str) -> bool {
+    let parent = command.split('|').next().unwrap_or(command);
+    let mut granted = false;
+    for rule in rules {
+        if rule == &format!("+{command}") || rule == &format!("+{parent}") || rule == "+@all" {
+            granted = true;
+        } else if rule == &format!("-{command}") || rule == &format!("-{parent}") || rule == "-@all"
+        {
+            granted = false;
+        }
+    }
+    granted
+}
+
+/// What the redis crate's cluster client sends beside the services' own commands: `CLUSTER
+/// SLOTS` to learn (and relearn after a fail-over) which node serves which slot, `ASKING`
+/// before a command on a slot being migrated. Found by running the compose cluster with the
+/// overlay: without `cluster|slots` no service connects (`NOPERM ... 'cluster|slots'`).
+const CLUSTER_CLIENT_COMMANDS: [&str; 2] = ["cluster|slots", "asking"];
+/// What a replica sends its master as `masteruser`.
+const REPLICATION_COMMANDS: [&str; 3] = ["ping", "replconf", "psync"];
+/// What `redis-cli --cluster create` and deploy/redis/cluster-init.sh send.
+const FORMATION_COMMANDS: [&str; 8] = [
+    "ping",
+    "info",
+    "cluster|info",
+    "cluster|nodes",
+    "cluster|addslots",
+    "cluster|set-config-epoch",
+    "cluster|meet",
+    "cluster|replicate",
+];
+
+/// The Redis Cluster variant: six nodes on cluster.conf (AOF and the ACL file of the single
+/// Redis, cluster mode on), each announcing its own service name, replicating as an ACL user
+/// whose password it is given; every service that reaches Redis given every node with
+/// cluster mode and one replica per commit; every service waiting for the cluster to be
+/// formed.
+#[test]
+fn the_redis_cluster_overlay_points_every_service_at_every_node() {
+    let overlay = redis_cluster_overlay();
+    let merged = merged_services(&overlay);
+    let nodes = cluster_nodes(&merged);
+    assert_eq!(
+        nodes.len(),
+        6,
+        "3 masters with a replica each: {:?}",
+        nodes.keys()
+    );
+    let example = env_example();
+    let cluster_conf = directives("cluster.conf");
+    assert_eq!(
+        cluster_conf.get("cluster-enabled").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        cluster_conf.get("include").map(String::as_str),
+        Some("/etc/redis/redis.conf"),
+        "cluster.conf keeps redis.conf's persistence and ACL file"
+    );
+    let redis_conf = directives("redis.conf");
+    assert_eq!(
+        redis_conf.get("appendonly").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        redis_conf.get("aclfile").map(String::as_str),
+        Some("/etc/redis/users.acl")
+    );
+    assert_eq!(
+        cluster_conf
+            .get("cluster-preferred-endpoint-type")
+            .map(String::as_str),
+        Some("hostname"),
+        "the nodes are named by hostname, which every container resolves"
+    );
+    let masteruser = cluster_conf
+        .get("masteruser")
+        .expect("replicas log in to their master as an ACL user (default is off)");
+    let mut data = BTreeSet::new();
+    for (name, node) in &nodes {
+        let volumes = strings(&node["volumes"]);
+        for (host, container) in [
+            ("./redis/redis.conf", "/etc/redis/redis.conf"),
+            ("./redis/cluster.conf", "/etc/redis/cluster.conf"),
+            ("./redis/users.acl", "/etc/redis/users.acl"),
+        ] {
+            assert!(
+                volumes
+                    .iter()
+                    .any(|volume| volume.starts_with(&format!("{host}:{container}"))),
+                "{name} does not mount {host} at {container}: {volumes:?}"
+            );
+        }
+        let volume = volumes
+            .iter()
+            .find_map(|volume| volume.strip_suffix(":/data"))
+            .unwrap_or_else(|| panic!("{name} keeps no /data volume (AOF, nodes.conf)"));
+        assert!(data.insert(volume.to_owned()), "{name} shares {volume}");
+        let command = strings(&node["command"]);
+        assert_eq!(
+            after(&command, "--cluster-announce-hostname"),
+            Some(name.as_str()),
+            "{name} announces another name than its own"
+        );
+        let masterauth = after(&command, "--masterauth")
+            .unwrap_or_else(|| panic!("{name} is given no --masterauth"));
+        assert_redis_login(name, masteruser, &resolve(masterauth, &example));
+        let test = strings(&node["healthcheck"]["test"]);
+        assert_eq!(
+            after(&test, "--user"),
+            Some("healthcheck"),
+            "{name}: {test:?}"
+        );
+        assert!(
+            node["image"]
+                .as_str()
+                .is_some_and(|image| image.contains("rollout-offline")),
+            "{name} runs the image images.sh builds"
+        );
+    }
+    let urls: BTreeSet<String> = nodes
+        .keys()
+        .map(|name| format!("redis://{name}:6379"))
+        .collect();
+
+    let mut pointed = 0;
+    for (name, service) in &merged {
+        let env = environment(service);
+        let command = strings(&service["command"]);
+        let reaches_redis = matches!(
+            command.first().map(String::as_str),
+            Some("planner" | "ticker" | "evaluator")
+        ) || services(&compose())
+            .get(name)
+            .is_some_and(|base| environment(base).contains_key("ROLLOUT_REDIS__URL"));
+        // whatever waited for the single Redis now waits for the cluster to be formed
+        if !service["depends_on"]["redis"].is_null() {
+            assert_eq!(
+                service["depends_on"]["redis"]["condition"].as_str(),
+                Some("service_completed_successfully"),
+                "{name} does not wait for the cluster to be formed"
+            );
+        }
+        if !reaches_redis {
+            continue;
+        }
+        let given: BTreeSet<String> = env
+            .get("ROLLOUT_REDIS__URL")
+            .unwrap_or_else(|| panic!("{name} is not given the cluster's nodes"))
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .collect();
+        assert_eq!(given, urls, "{name} is not given every node");
+        assert_eq!(
+            env.get("ROLLOUT_REDIS__CLUSTER").map(String::as_str),
+            Some("true"),
+            "{name}: cluster mode"
+        );
+        assert_eq!(
+            env.get("ROLLOUT_REDIS__WAIT_REPLICAS").map(String::as_str),
+            Some("1"),
+            "{name}: each commit confirmed on a replica"
+        );
+        // the settings as the service reads them
+        if let Some(at) = command.iter().position(|word| word == "--config") {
+            let file = deploy()
+                .join("config")
+                .join(command[at + 1].trim_start_matches("/etc/rollout/"));
+            let redis = match command[0].as_str() {
+                "planner" => check_config::<planner::PlannerConfig>(&file, &env).redis,
+                "ticker" => check_config::<ticker::TickerConfig>(&file, &env).redis,
+                _ => check_config::<evaluator::EvaluatorConfig>(&file, &env).redis,
+            };
+            assert!(redis.is_cluster(), "{name}");
+            assert_eq!(redis.nodes().len(), nodes.len(), "{name}");
+            assert_eq!(redis.wait_replicas, 1, "{name}");
+        }
+        pointed += 1;
+    }
+    assert!(
+        pointed >= 9,
+        "planners, tickers, evaluators and loadtest: {pointed}"
+    );
+}
+
+/// The one-shot `redis` service forms the cluster: it starts once every node answers its
+/// health check, runs deploy/redis/cluster-init.sh (`redis-cli --cluster create` over every
+/// node, one replica per master, skipped on a cluster already formed) as an ACL user allowed
+/// to, and is not restarted.
+#[test]
+fn the_redis_cluster_is_formed_once_every_node_answers() {
+    let merged = merged_services(&redis_cluster_overlay());
+    let nodes = cluster_nodes(&merged);
+    let init = &merged["redis"];
+    assert_eq!(init["restart"].as_str(), Some("no"), "a one-shot job");
+    for name in nodes.keys() {
+        assert_eq!(
+            init["depends_on"][name.as_str()]["condition"].as_str(),
+            Some("service_healthy"),
+            "the cluster is formed before {name} answers"
+        );
+    }
+    let command = strings(&init["command"]);
+    assert_eq!(
+        command,
+        ["sh", "/etc/redis/cluster-init.sh"],
+        "the job runs the formation script"
+    );
+    assert!(strings(&init["volumes"])
+        .iter()
+        .any(|volume| volume.starts_with("./redis/cluster-init.sh:/etc/redis/cluster-init.sh")));
+    let env = environment(init);
+    let listed: BTreeSet<String> = env["ROLLOUT_REDIS_CLUSTER_NODES"]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let expected: BTreeSet<String> = nodes.keys().map(|name| format!("{name}:6379")).collect();
+    assert_eq!(listed, expected, "the job joins every node");
+    let replicas: usize = env["ROLLOUT_REDIS_CLUSTER_REPLICAS"]
+        .parse()
+        .expect("a count");
+    assert_eq!(nodes.len() / (replicas + 1), 3, "3 masters");
+    let user = &env["ROLLOUT_REDIS_CLUSTER_USER"];
+    assert_redis_login(
+        "the cluster formation job",
+        user,
+        &resolve(&env["REDISCLI_AUTH"], &env_example()),
+    );
+    let script = read(&deploy().join("redis/cluster-init.sh"));
+    for needed in [
+        "--cluster create",
+        "--cluster-replicas",
+        "--cluster-yes",
+        // a cluster already formed is left alone
+        "cluster_slots_assigned:16384",
+        "ROLLOUT_REDIS_CLUSTER_NODES",
+        "ROLLOUT_REDIS_CLUSTER_USER",
+    ] {
+        assert!(script.contains(needed), "cluster-init.sh lacks {needed}");
+    }
+    // the image has the shell the job runs
+    assert!(
+        read(&deploy().join("compose/images.sh")).contains("add_binary \"$shell\" sh"),
+        "images.sh puts no sh in the image"
+    );
+}
+
+/// The ACL users of the Redis Cluster: every service user may run what the cluster client
+/// sends, the replication user only what a replica sends, the formation job's user what
+/// `redis-cli --cluster create` sends; none of them may read or write a key.
+#[test]
+fn the_acl_grants_what_the_redis_cluster_needs() {
+    let users = acl_users();
+    for service in ["planner", "ticker", "evaluator", "loadtest"] {
+        for command in CLUSTER_CLIENT_COMMANDS {
+            assert!(
+                acl_grants(&users[service], command),
+                "{service} may not run {command}, which the cluster client sends"
+            );
+        }
+    }
+    let masteruser = &directives("cluster.conf")["masteruser"];
+    let formation = environment(&merged_services(&redis_cluster_overlay())["redis"])
+        ["ROLLOUT_REDIS_CLUSTER_USER"]
+        .clone();
+    for (user, commands) in [
+        (masteruser, &REPLICATION_COMMANDS[..]),
+        (&formation, &FORMATION_COMMANDS[..]),
+    ] {
+        let rules = users
+            .get(user.as_str())
+            .unwrap_or_else(|| panic!("users.acl has no {user} user"));
+        for command in commands {
+            assert!(acl_grants(rules, command), "{user} may not run {command}");
+        }
+        assert!(
+            rules.iter().any(|rule| rule == "-@all"),
+            "{user} starts from nothing"
+        );
+        assert!(
+            !rules
+                .iter()
+                .any(|rule| rule.starts_with('~') || rule.starts_with("%") || rule == "allkeys"),
+            "{user} reaches keys: {rules:?}"
+        );
+        assert!(
+            !acl_grants(rules, "get") && !acl_grants(rules, "set"),
+            "{user} reads or writes data"
+        );
     }
 }

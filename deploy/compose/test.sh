@@ -10,7 +10,11 @@
 #      the cluster, each beside its baseline measured in the same run inside the cluster's
 #      network, rendered as one table.
 #
-#   deploy/compose/test.sh [--profile release|dev] [--skip-faults] [--skip-load]
+#   deploy/compose/test.sh [--profile release|dev] [--skip-faults] [--skip-load] [--redis-cluster]
+#
+# --redis-cluster runs all of it with the Redis Cluster variant (deploy/compose/redis-cluster.yml:
+# 3 masters with a replica each) in place of the single Redis; the fault run's Redis kill is
+# then a master's, failed over to its replica.
 #
 # --profile picks the binaries of the load run's image (release by default: the numbers
 # mean something; the fault run always uses the dev build the tests use). Needs a Docker
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
         --profile) profile="$2"; shift 2 ;;
         --skip-faults) faults=0; shift ;;
         --skip-load) load=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --redis-cluster) export ROLLOUT_COMPOSE_REDIS_CLUSTER=1; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done

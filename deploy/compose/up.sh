@@ -3,9 +3,12 @@
 # image from this machine's binaries (images.sh), starts deploy/docker-compose.yml with
 # deploy/compose/offline.yml, and waits until every service's health check passes.
 #
-#   deploy/compose/up.sh [--profile release|dev] [--no-build] [--demo]
+#   deploy/compose/up.sh [--profile release|dev] [--no-build] [--redis-cluster] [--demo]
 #
-# --demo then runs deploy/local/demo.sh against it (a phased and a label-staged rollout).
+# --redis-cluster runs a Redis Cluster (3 masters with a replica each,
+# deploy/compose/redis-cluster.yml) in place of the single Redis; later compose.sh calls on
+# the project add that file by themselves. --demo then runs deploy/local/demo.sh against it
+# (a phased and a label-staged rollout).
 # deploy/.env is made from deploy/.env.example on first use (change its passwords for
 # anything but a try-out). Stop with: deploy/compose/compose.sh down -v
 set -euo pipefail
@@ -21,7 +24,8 @@ while [ $# -gt 0 ]; do
         --profile) profile="$2"; shift 2 ;;
         --no-build) build_args+=(--no-build); shift ;;
         --demo) demo=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --redis-cluster) export ROLLOUT_COMPOSE_REDIS_CLUSTER=1; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "up.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -35,6 +39,10 @@ bash "$HERE/images.sh" --profile "$profile" "${build_args[@]}"
 bash "$HERE/compose.sh" up -d --no-build --remove-orphans
 bash "$HERE/wait-healthy.sh" 180
 
+if [ "${ROLLOUT_COMPOSE_REDIS_CLUSTER:-0}" = 1 ]; then
+    echo "up.sh: Redis runs as a cluster of 3 masters with a replica each (redis-1 … redis-6; the redis service formed it):"
+    bash "$HERE/compose.sh" logs --no-color redis | sed -n 's/^.*| //p' | grep -E 'master|slave' || true
+fi
 cat <<'INFO'
 up.sh: the cluster is up (deploy/compose/compose.sh ps):
   NATS      nats://127.0.0.1:4222 (users in deploy/nats/accounts.conf, passwords in deploy/.env)
