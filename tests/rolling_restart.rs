@@ -8,7 +8,13 @@
 //! and applications evaluate through the SDK without pause, every service of every host is
 //! stopped as an orchestrator stops it (SIGTERM), started again and waited for (`/readyz`),
 //! one at a time — evaluator, planner, ticker — and then the host's NATS node, waiting until
-//! JetStream on every node is current again before the next host.
+//! JetStream on every node is current again before the next host. Then one host is lost
+//! mid-storm as a machine is lost — its link goes down, no connection is closed — and comes
+//! back: its NATS node, planner, ticker and evaluator vanish together. Clients leave the
+//! silent node after two unanswered pings (`nats.ping_interval`, 2 s by default) and the
+//! nodes give up on it likewise (`ping_interval: "2s"`, `ping_max: 2`, as in
+//! `deploy/nats/`); with the libraries' defaults (a minute, two minutes) applications
+//! connected to it failed evaluations and recovery took 40 s.
 //!
 //! What a user must observe:
 //! - no failed evaluation: every SDK evaluation returns an answer (the SDK retries what went
@@ -71,6 +77,9 @@ const EVAL_TIMEOUT: Duration = Duration::from_millis(1500);
 const EVAL_RETRIES: u32 = 5;
 /// Evaluations that must succeed after each restart before the next one.
 const EVALS_BETWEEN: u64 = 200;
+/// The host cut off after the rolling restart, and for how long.
+const CUT_HOST: usize = 1;
+const CUT_FOR: Duration = Duration::from_secs(6);
 /// How long a stopped service or node may take to exit on SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Bound on a restarted node's JetStream catching up.
@@ -325,8 +334,39 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
         ));
         evals.wait_for_more(EVALS_BETWEEN).await;
     }
+    // a whole host lost mid-storm (a machine failure: its link goes down, no connection is
+    // closed): its NATS node, planner, ticker and evaluator vanish together, then return
+    let lost = &service_hosts[CUT_HOST];
+    let began = Instant::now();
+    hosts.host(lost.index).cut();
+    report.fault("host cut off");
+    tokio::time::sleep(CUT_FOR).await;
+    evals.wait_for_more(EVALS_BETWEEN).await;
+    hosts.host(lost.index).heal();
+    for (service, _) in &lost.services {
+        wait_ready(lost, *service).await;
+    }
+    for other in &service_hosts_addrs(&hosts) {
+        wait_nats_healthy_at(*other).await;
+    }
+    stops.push(format!(
+        "host-{}: cut off for {} ms, every node healthy and service ready {} ms after the cut",
+        lost.index,
+        CUT_FOR.as_millis(),
+        began.elapsed().as_millis()
+    ));
+    evals.wait_for_more(EVALS_BETWEEN).await;
     let retries = storm.counters.retries.load(Ordering::Relaxed);
     let acked = storm.stop().await;
+
+    // every stored command is consumed and acknowledged by a planner
+    let jetstream = async_nats::jetstream::new(operator.clone());
+    eventually("the command stream to drain", RECOVERY, || async {
+        let mut stream = jetstream.get_stream("ROLLOUT_CMDS").await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await;
 
     // every rollout completes
     let reader = CommittedReader::new(redis_conn.clone(), NS);
@@ -402,7 +442,8 @@ fn service_hosts_addrs(hosts: &Hosts) -> Vec<SocketAddr> {
 }
 
 /// Node `index`'s config: clients, routes and monitoring on every address of its host,
-/// JetStream stored in the test's directory, routes to every other node.
+/// JetStream stored in the test's directory, routes to every other node, and the pings of
+/// `deploy/nats/nats-*.conf`.
 fn nats_config(dir: &Path, index: usize, addrs: &[Ipv4Addr]) -> PathBuf {
     let routes: Vec<String> = addrs
         .iter()
@@ -416,6 +457,8 @@ fn nats_config(dir: &Path, index: usize, addrs: &[Ipv4Addr]) -> PathBuf {
          listen: \"0.0.0.0:{NATS_PORT}\"\n\
          http: \"0.0.0.0:{NATS_MONITOR_PORT}\"\n\
          lame_duck_grace_period: \"1s\"\n\
+         ping_interval: \"2s\"\n\
+         ping_max: 2\n\
          jetstream {{\n  store_dir: \"{}\"\n}}\n\
          cluster {{\n  name: \"rolling\"\n  listen: \"0.0.0.0:{NATS_ROUTE_PORT}\"\n  routes: [\n{}\n  ]\n}}\n",
         store.display(),

@@ -265,6 +265,7 @@ async fn nats_options(
         .name(name)
         .connection_timeout(per_connection_timeout(settings.connect_timeout))
         .subscription_capacity(settings.subscription_capacity)
+        .ping_interval(settings.ping_interval)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(on_nats_event(name.to_owned(), events));

@@ -69,6 +69,11 @@ pub struct NatsSettings {
     /// A user allowed to subscribe only to its own inboxes (`_INBOX_<user>.>`, as
     /// `deploy/nats/accounts.conf` does) needs it, or no request gets its reply
     pub inbox_prefix: Option<String>,
+    /// How often the client pings its server; after two unanswered pings it takes the
+    /// connection for dead and reconnects to another seed. A server whose host is lost
+    /// closes nothing, so this bounds how long a client keeps talking to it, e.g. `2s`
+    #[serde(with = "crate::config::duration")]
+    pub ping_interval: Duration,
 }
 
 impl NatsSettings {
@@ -80,6 +85,10 @@ impl NatsSettings {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default per-subscription buffer (async-nats's own default).
     pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+    /// Default ping interval: a lost server is left after about three of them (the
+    /// client library's own default, a minute, would leave a service talking to a lost
+    /// host for minutes).
+    pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
 
     /// The server URLs, split on commas and trimmed.
     pub fn urls(&self) -> Vec<&str> {
@@ -108,6 +117,7 @@ impl Default for NatsSettings {
             connect_timeout: NatsSettings::DEFAULT_CONNECT_TIMEOUT,
             subscription_capacity: NatsSettings::DEFAULT_SUBSCRIPTION_CAPACITY,
             inbox_prefix: None,
+            ping_interval: NatsSettings::DEFAULT_PING_INTERVAL,
         }
     }
 }
@@ -132,6 +142,12 @@ impl Validate for NatsSettings {
         validate_subject_prefix("nats.subject_prefix", &self.subject_prefix)?;
         if let Some(prefix) = &self.inbox_prefix {
             validate_subject_prefix("nats.inbox_prefix", prefix)?;
+        }
+        if self.ping_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "nats.ping_interval",
+                "must be at least 100ms",
+            ));
         }
         if self.subscription_capacity == 0 {
             return Err(ConfigError::new(
@@ -574,6 +590,15 @@ mod tests {
         assert_eq!(
             missing_ca.validate().map_err(|e| e.setting().to_owned()),
             Err("nats.tls_ca".to_owned())
+        );
+
+        let hasty_pings = NatsSettings {
+            ping_interval: Duration::from_millis(10),
+            ..NatsSettings::default()
+        };
+        assert_eq!(
+            hasty_pings.validate().map_err(|e| e.setting().to_owned()),
+            Err("nats.ping_interval".to_owned())
         );
 
         let zero_timeout = NatsSettings {
