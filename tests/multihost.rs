@@ -1,5 +1,5 @@
 //! Multi-host behaviour (SPEC §14, issue 15 item 4): hosts made of Linux network
-//! namespaces on one machine ([`support::netns`]), NATS and Redis in the root namespace
+//! namespaces on one machine ([`rollout_testkit::netns`]), NATS and Redis in the root namespace
 //! listening on the bridge, one ticker process per host, a planner in process.
 //!
 //! A partitioned ticker host: the ticker leading the most of the rollouts' namespaces is cut
@@ -22,11 +22,11 @@ use rollout_sandbox::{nats_settings, planner_config, redis_settings};
 use rollout_sdk::{CommandClient, Namespace, RequestOptions};
 use rollout_store::lease::{holders, shard_of, ShardHolder};
 use rollout_store::Connection;
+use rollout_testkit::netns::{HostProcess, Hosts};
 use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
 use support::checks::{check_rollouts, Report};
 use support::cluster::{create_phased, wall_clock_now, EventLog};
 use support::committed::CommittedReader;
-use support::netns::{HostProcess, Hosts};
 
 const TICKERS: usize = 3;
 const SHARDS: u32 = 64;

@@ -1,7 +1,7 @@
 //! A rolling restart of the whole system across hosts (SPEC §14, issue 15 item 4), with the
 //! outcome oracle watching: three service hosts, each a network namespace running one node
 //! of a 3-node NATS cluster (JetStream, the command stream at R3), a planner, a ticker and
-//! an evaluator, and a store host running Redis ([`support::netns`]). The test process (the
+//! an evaluator, and a store host running Redis ([`rollout_testkit::netns`]). The test process (the
 //! root namespace) is the operator and the applications, connected with every NATS seed.
 //!
 //! While phased rollouts advance, a command storm updates flags through the durable stream
@@ -41,11 +41,11 @@ use rollout_sandbox::oracle::{Oracle, OracleMonitor};
 use rollout_sandbox::Replica;
 use rollout_sdk::{EvalClient, Namespace};
 use rollout_store::Connection;
+use rollout_testkit::netns::{HostProcess, Hosts};
 use support::checks::{check_commands, check_rollouts, Report};
 use support::cluster::{boolean_flag, create_phased, operator_commands, wall_clock_now, EventLog};
 use support::committed::CommittedReader;
 use support::nats_cluster::Storm;
-use support::netns::{HostProcess, Hosts};
 use support::{eventually, http, NS, PATIENCE};
 use tokio::time::Instant;
 
@@ -241,7 +241,19 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
     let operator = rollout_runtime::connect::connect_nats(&operator_settings, "operator")
         .await
         .expect("operator connects");
-    let events = EventLog::start(&operator, "rollout.events.>").await;
+    // events are plain NATS messages: a subscriber misses those published while it is
+    // reconnecting (its own node restarting), as any application's would. Two observers on
+    // different nodes, never restarted together, see every event between them.
+    let mut observers = Vec::new();
+    for node in [0, SERVICE_HOSTS - 1] {
+        let mut settings =
+            rollout_sandbox::nats_settings(&format!("nats://{}:{NATS_PORT}", addr_of(node)));
+        settings.name = Some(format!("observer-{node}"));
+        let client = rollout_runtime::connect::connect_nats(&settings, "observer")
+            .await
+            .expect("observer connects");
+        observers.push(EventLog::start(&client, "rollout.events.>").await);
+    }
     let commands = operator_commands(operator.clone());
     let storm_flags: Vec<String> = (0..STORM_FLAGS)
         .map(|index| format!("storm-{index}"))
@@ -387,7 +399,14 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
     report.add_oracle(oracle.finish());
     // the events of the last transitions arrive
     tokio::time::sleep(Duration::from_millis(500)).await;
-    check_rollouts(&reader, &rollout_ids, Some(&events.events()), &mut report).await;
+    let seen: Vec<Vec<_>> = observers.iter().map(EventLog::events).collect();
+    report.note(format!(
+        "events seen by the observers on nodes 0 and {}: {:?}",
+        SERVICE_HOSTS - 1,
+        seen.iter().map(Vec::len).collect::<Vec<_>>()
+    ));
+    let events: Vec<_> = seen.into_iter().flatten().collect();
+    check_rollouts(&reader, &rollout_ids, Some(&events), &mut report).await;
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for command in &acked {
         expected

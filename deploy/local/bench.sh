@@ -69,7 +69,10 @@ scenario commands "${TARGET_ARGS[@]}" --count 3000 --concurrency 32 --baseline-d
 scenario ticker "${TARGET_ARGS[@]}" --rollouts 100000 --spread 16s --burst 20000 --script-duration 5s
 scenario failover --kills 5 --interval 4s --rollouts 200 --step 1s --lease-ttl 2s --ticker-bin "$BIN/ticker"
 # ticker replicas sharing the shards, N = 1, 2, 3 (private servers in both modes)
-scenario scale --replicas 3 --rollouts 20000 --namespaces 64 --ticker-bin "$BIN/ticker"
+# as root, each ticker runs on a host of its own (network namespaces on a bridge)
+scale_hosts=()
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then scale_hosts=(--hosts); fi
+scenario scale --replicas 3 --rollouts 20000 --namespaces 64 --ticker-bin "$BIN/ticker" "${scale_hosts[@]}"
 scenario propagation "${TARGET_ARGS[@]}" "${PROPAGATION_ARGS[@]}" --changes 300 --pause 20ms
 # OFREP change streams held by one evaluator of its own (private servers in both modes)
 scenario sse --clients 1000 --changes 50

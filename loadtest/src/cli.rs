@@ -235,6 +235,10 @@ pub struct ScaleArgs {
     /// Keeps the tickers' logs in this directory (default: a temporary one, removed)
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Runs each ticker on a host of its own (a network namespace on a bridge, reaching
+    /// NATS and Redis over it, as on separate machines); needs root and iproute2
+    #[arg(long)]
+    pub hosts: bool,
 }
 
 /// `loadtest propagation`.

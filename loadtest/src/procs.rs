@@ -259,25 +259,31 @@ pub struct TickerChild {
 
 impl TickerChild {
     /// Starts a ticker as replica `replica` with `env` (`ROLLOUT_*` settings), logging to
-    /// `<log_dir>/<replica>.log`.
+    /// `<log_dir>/<replica>.log`; inside network namespace `netns` when given (`ip netns
+    /// exec`, which execs the ticker: the child's pid is the ticker's).
     pub fn spawn(
         program: &TickerProgram,
         replica: &str,
         env: &[(String, String)],
         log_dir: &Path,
+        netns: Option<&str>,
     ) -> anyhow::Result<TickerChild> {
         let log_path = log_dir.join(format!("{replica}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let errors = log.try_clone().context("duplicating the log file")?;
-        let mut command = match program {
-            TickerProgram::Binary(path) => clean_command(path),
-            TickerProgram::SelfServe(path) => {
-                let mut command = clean_command(path);
-                command.arg("serve-ticker");
+        let (TickerProgram::Binary(path) | TickerProgram::SelfServe(path)) = program;
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = clean_command(Path::new("ip"));
+                command.args(["netns", "exec", netns]).arg(path);
                 command
             }
+            None => clean_command(path),
         };
+        if let TickerProgram::SelfServe(_) = program {
+            command.arg("serve-ticker");
+        }
         let process = command
             .envs(env.iter().map(|(name, value)| (name, value)))
             .env("ROLLOUT_TICKER__REPLICA_ID", replica)

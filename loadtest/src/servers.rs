@@ -21,7 +21,7 @@ use rollout_runtime::config::{load_config, NatsSettings, ProcessEnv, RedisSettin
 use rollout_runtime::shutdown::Shutdown;
 use rollout_sdk::CommandClient;
 use rollout_store::Connection;
-use rollout_testkit::TestCluster;
+use rollout_testkit::{NatsOptions, RedisOptions, TestCluster};
 use rollout_wire::subjects::{Namespace, Subjects};
 use serde::Deserialize;
 use ticker::{Ticker, TickerSettings};
@@ -65,11 +65,34 @@ impl Servers {
 
     /// Starts a private NATS (JetStream on) and Redis.
     pub async fn start_private() -> anyhow::Result<Servers> {
-        let cluster = tokio::task::spawn_blocking(TestCluster::start)
+        Servers::start_private_with(NatsOptions::default(), RedisOptions::default()).await
+    }
+
+    /// Starts a private NATS and Redis listening on loopback and on `also` (the bridge
+    /// of [`rollout_testkit::netns::Hosts`], for processes on those hosts).
+    pub async fn start_private_also_on(also: std::net::Ipv4Addr) -> anyhow::Result<Servers> {
+        Servers::start_private_with(
+            NatsOptions::default().arg("-a").arg("0.0.0.0"),
+            RedisOptions::default()
+                .extra_config(format!("bind 127.0.0.1 {also}\nprotected-mode no\n")),
+        )
+        .await
+    }
+
+    async fn start_private_with(nats: NatsOptions, redis: RedisOptions) -> anyhow::Result<Servers> {
+        let cluster = tokio::task::spawn_blocking(move || TestCluster::start_with(nats, redis))
             .await
             .context("server start task")?
             .context("starting nats-server and redis-server (run deploy/tools/install.sh once)")?;
         Ok(Servers::Private(Box::new(cluster)))
+    }
+
+    /// The private servers' ports (NATS, Redis).
+    pub fn private_ports(&self) -> Option<(u16, u16)> {
+        match self {
+            Servers::Private(cluster) => Some((cluster.nats.port(), cluster.redis.port())),
+            Servers::External { .. } => None,
+        }
     }
 
     /// Whether the servers were started for this run.

@@ -148,17 +148,37 @@ fn ticker_fires_every_rollout_of_both_waves() {
 
 #[test]
 fn scale_drains_every_burst_with_one_and_two_replicas_sharing_the_shards() {
-    let report = scenario(&[
-        "scale",
-        "--replicas",
-        "2",
-        "--rollouts",
-        "300",
-        "--namespaces",
-        "12",
-        "--script-duration",
-        "500ms",
-    ]);
+    check_scale(&scenario(&SCALE_ARGS));
+}
+
+#[test]
+fn scale_on_hosts_runs_each_ticker_in_a_network_namespace_of_its_own() {
+    let uid = std::process::Command::new("id").arg("-u").output();
+    if !uid.is_ok_and(|output| output.stdout.starts_with(b"0\n")) {
+        println!("skipped: network namespaces need root");
+        return;
+    }
+    let mut args = SCALE_ARGS.to_vec();
+    args.push("--hosts");
+    let report = scenario(&args);
+    assert_eq!(report["settings"]["hosts"], true, "{report}");
+    check_scale(&report);
+}
+
+const SCALE_ARGS: [&str; 9] = [
+    "scale",
+    "--replicas",
+    "2",
+    "--rollouts",
+    "300",
+    "--namespaces",
+    "12",
+    "--script-duration",
+    "500ms",
+];
+
+/// Both runs drained all 300 rollouts with every shard led once.
+fn check_scale(report: &Value) {
     let runs = report["details"]["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "{report}");
     for (index, run) in runs.iter().enumerate() {
@@ -178,7 +198,7 @@ fn scale_drains_every_burst_with_one_and_two_replicas_sharing_the_shards() {
         assert_eq!(shares.len(), index + 1, "{run}");
     }
     assert!(row(
-        &report,
+        report,
         "transitions/s draining 300 due at once over 12 namespaces, 2"
     )["pass"]
         .is_boolean());

@@ -15,7 +15,6 @@ pub mod cluster;
 pub mod committed;
 pub mod compose;
 pub mod nats_cluster;
-pub mod netns;
 pub mod procs;
 pub mod proxy;
 pub mod receiver;

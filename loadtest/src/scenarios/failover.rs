@@ -289,7 +289,7 @@ impl Fleet {
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.started += 1;
         let replica = format!("ticker-{}", self.started);
-        let child = TickerChild::spawn(&self.program, &replica, &self.env, &self.log_dir)?;
+        let child = TickerChild::spawn(&self.program, &replica, &self.env, &self.log_dir, None)?;
         self.children.push(child);
         Ok(())
     }

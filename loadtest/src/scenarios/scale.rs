@@ -13,6 +13,10 @@
 //! 3. the drain rate is rollouts ÷ (arrival of the last `rollout_step` event − due time);
 //! 4. the processes are killed and their leases dropped, so the next N starts clean.
 //!
+//! With `--hosts` (root), each ticker runs on a host of its own — a network namespace on a
+//! bridge, talking to NATS and Redis across it as from another machine
+//! ([`rollout_testkit::netns`]); the machine's cores are still shared.
+//!
 //! Beside them, in the same run: bare Redis script calls at the tickers' concurrency (the
 //! ceiling of any script-per-transition design on this Redis). The figure judged is each
 //! N's rate against one replica's.
@@ -36,6 +40,7 @@ use crate::scenarios::commands::bare_script;
 use crate::seed::Seeder;
 use crate::servers::Servers;
 use crate::watch::{unix_micros, StepWatcher};
+use rollout_testkit::netns::Hosts;
 
 /// Commits in flight while seeding.
 const SEED_CONCURRENCY: usize = 128;
@@ -65,7 +70,41 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
             "scale starts and kills its own ticker processes: it runs on private servers only (drop --nats-url/--redis-url)",
         ));
     }
-    let servers = Servers::from_common(&args.common).await?;
+    // with --hosts: a host per replica, the servers reached over their bridge
+    let hosts = if args.hosts {
+        let wanted = usize::try_from(args.replicas).unwrap_or(1);
+        let hosts = tokio::task::spawn_blocking(move || Hosts::create(wanted))
+            .await
+            .context("host set-up task")?
+            .ok_or_else(|| {
+                crate::usage("--hosts needs root and iproute2 (the reason is printed above)")
+            })?;
+        Some(hosts)
+    } else {
+        None
+    };
+    let servers = match &hosts {
+        Some(hosts) => Servers::start_private_also_on(hosts.bridge_addr).await?,
+        None => Servers::from_common(&args.common).await?,
+    };
+    let (nats_for_tickers, redis_for_tickers) = match (&hosts, servers.private_ports()) {
+        (Some(hosts), Some((nats_port, redis_port))) => (
+            format!("nats://{}:{nats_port}", hosts.bridge_addr),
+            format!("redis://{}:{redis_port}", hosts.bridge_addr),
+        ),
+        _ => (servers.nats_url(), servers.require_redis("tickers")?),
+    };
+    if let (Some(hosts), Some((nats_port, redis_port))) = (&hosts, servers.private_ports()) {
+        for index in 0..hosts.len() {
+            for port in [nats_port, redis_port] {
+                hosts
+                    .wait_reachable(index, port, Duration::from_secs(10))
+                    .map_err(|error| {
+                        anyhow::anyhow!("host {index} cannot reach the servers: {error}")
+                    })?;
+            }
+        }
+    }
     let base = crate::namespace(&args.common, "bench-scale")?;
     let subjects = Subjects::new(args.common.subject_prefix.as_str())
         .map_err(|error| crate::usage(format!("--subject-prefix: {error}")))?;
@@ -83,15 +122,13 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
             "max_in_flight": args.max_in_flight,
             "commit_batch": args.commit_batch,
             "ticker": program.describe(),
+            "hosts": args.hosts,
         }),
     );
     let (log_dir, _temporary) = crate::procs::log_dir(args.log_dir.as_deref())?;
     let env = vec![
-        ("ROLLOUT_NATS__URL".to_owned(), servers.nats_url()),
-        (
-            "ROLLOUT_REDIS__URL".to_owned(),
-            servers.require_redis("tickers")?,
-        ),
+        ("ROLLOUT_NATS__URL".to_owned(), nats_for_tickers),
+        ("ROLLOUT_REDIS__URL".to_owned(), redis_for_tickers),
         (
             "ROLLOUT_TICKER__MAX_IN_FLIGHT".to_owned(),
             args.max_in_flight.to_string(),
@@ -124,6 +161,9 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
                 &format!("scale-{replicas}-{index}"),
                 &env,
                 &log_dir,
+                hosts
+                    .as_ref()
+                    .map(|hosts| hosts.host(index as usize).netns.as_str()),
             )?);
         }
         let shares = wait_balanced(&redis, &mut children).await?;
@@ -238,6 +278,12 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
             .collect::<Vec<_>>(),
     );
     recorder.detail("redis_script", script.summary());
+    if args.hosts {
+        recorder.note(format!(
+            "each ticker on a host of its own (network namespaces on a bridge), NATS and Redis reached across it at {}",
+            hosts.as_ref().map_or_else(String::new, |hosts| hosts.bridge_addr.to_string())
+        ));
+    }
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     for run in &runs {
         let total: f64 = run.ticker_cpu_secs.iter().sum();

@@ -29,6 +29,9 @@
 //! `ROLLOUT_REDIS_SERVER_BIN`, then `<workspace>/.tools/bin`, then `PATH`
 //! (see [`find_binary`]); `deploy/tools/install.sh` puts a recent enough
 //! `nats-server` (>= 2.10) into `.tools/bin`.
+//!
+//! [`netns`] makes several hosts on one machine (network namespaces on a bridge, root
+//! only) for the multi-host tests and `loadtest scale --hosts`.
 
 mod binary;
 mod cluster;
@@ -36,6 +39,7 @@ mod cluster_support;
 mod error;
 mod nats;
 mod nats_cluster;
+pub mod netns;
 mod port;
 mod process;
 mod redis;
