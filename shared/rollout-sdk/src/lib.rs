@@ -60,7 +60,7 @@ pub use eval::{EvalClient, EvalClientBuilder};
 pub use events::{decode_event, EventSubscription};
 pub use fleet::FleetAgent;
 pub use specs::{parse_flag, parse_rollout_spec, SpecError, SpecFormat};
-pub use transport::{new_command_id, RequestOptions};
+pub use transport::{new_command_id, RequestOptions, NO_RESPONDERS_PATIENCE};
 
 pub use rollout_core::spec::RescheduleStepSpec;
 pub use rollout_core::{AttributeValue, Attributes, Entity, Flag, Labels, Reason, RolloutSpec};

@@ -30,9 +30,12 @@ pub struct RequestOptions {
     pub encoding: Encoding,
     /// How long one attempt waits for its reply.
     pub timeout: Duration,
-    /// Further attempts after no responders, a timeout or a transport failure.
+    /// Further attempts after a timeout or a transport failure. "No responders" is asked
+    /// again (with the same doubling pauses, at most a second) until `timeout × (retries +
+    /// 1)` or [`NO_RESPONDERS_PATIENCE`], whichever is shorter, has passed; 0 means one
+    /// attempt, whatever the error.
     pub retries: u32,
-    /// Pause before the first retry, doubled for each further one.
+    /// Pause before the first retry, doubled for each further one (at most a second).
     pub retry_delay: Duration,
 }
 
@@ -78,19 +81,45 @@ where
     let payload = codec::encode(body, options.encoding)?;
     let mut delay = options.retry_delay;
     let mut attempt = 0;
+    // "no responders" comes back at once and cost no service any work: asked again until
+    // the time every attempt timing out would have taken is spent, so that a caller rides
+    // out a moment with no responder in reach (a NATS node rejoining its cluster, the last
+    // replica restarting) instead of spending its retries in a few hundred milliseconds
+    let budget = options
+        .timeout
+        .saturating_mul(options.retries.saturating_add(1))
+        .min(NO_RESPONDERS_PATIENCE);
+    let started = tokio::time::Instant::now();
     loop {
         let outcome = request_once(nats, options, subject, payload.clone(), traceparent).await;
         match outcome {
-            Err(error) if error.is_retryable() && attempt < options.retries => {
+            Err(error) if error.is_retryable() && options.retries > 0 => {
+                let no_responders = error.kind() == ErrorKind::NoResponders;
+                let retry = if no_responders {
+                    started.elapsed() + delay < budget
+                } else {
+                    attempt < options.retries
+                };
+                if !retry {
+                    return Err(error);
+                }
                 tracing::debug!(subject, attempt, %error, "request unanswered; retrying");
-                attempt += 1;
+                if !no_responders {
+                    attempt += 1;
+                }
                 tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
+                delay = delay.saturating_mul(2).min(MAX_RETRY_DELAY);
             }
             other => return other,
         }
     }
 }
+
+/// The longest pause between two attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest a call keeps asking while nobody responds (a command-line user whose
+/// planner is not running hears so after this long, not after every timeout).
+pub const NO_RESPONDERS_PATIENCE: Duration = Duration::from_secs(5);
 
 async fn request_once<R: DeserializeOwned>(
     nats: &async_nats::Client,
@@ -162,7 +191,52 @@ pub fn new_command_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use rollout_wire::{encode_reply, ErrorCode};
+
+    /// A responder that subscribes only after the first attempts found nobody (past the
+    /// first pauses, 200 + 400 ms) is still reached within the call's time.
+    #[tokio::test]
+    async fn no_responders_is_asked_again_until_the_calls_time_is_spent() {
+        let server = rollout_testkit::NatsServer::start().expect("nats starts");
+        let nats = async_nats::connect(server.url())
+            .await
+            .expect("nats connects");
+        let options = RequestOptions {
+            encoding: Encoding::Json,
+            timeout: Duration::from_millis(800),
+            retries: 2,
+            retry_delay: Duration::from_millis(200),
+        };
+        let responder = nats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let mut requests = responder.subscribe("late.responder").await.expect("sub");
+            responder.flush().await.expect("flush");
+            while let Some(request) = requests.next().await {
+                let reply = encode_reply::<u32>(&Ok(42), Encoding::Json);
+                let to = request.reply.expect("a request");
+                responder.publish(to, reply.into()).await.expect("reply");
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let answer: u32 = request(&nats, &options, "late.responder", &1_u32)
+            .await
+            .expect("answered once the responder is there");
+        assert_eq!(answer, 42);
+        assert!(started.elapsed() >= Duration::from_millis(900));
+
+        // nobody ever: "no responders" once the call's time (3 × 800 ms) is spent
+        let started = tokio::time::Instant::now();
+        let error = request::<_, u32>(&nats, &options, "nobody.home", &1_u32)
+            .await
+            .expect_err("no responder");
+        assert_eq!(error.kind(), ErrorKind::NoResponders);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1_400),
+            "asked again meanwhile"
+        );
+    }
 
     #[test]
     fn replies_decode_into_results_or_refusals() {
