@@ -302,38 +302,38 @@ pub(crate) async fn confirm_all_replicated(
     keys: &Keys,
     now: Timestamp,
 ) -> Result<(), String> {
+    let mut mark = redis::cmd("SET");
+    mark.arg(keys.outbox_sweep())
+        .arg(now.as_millis())
+        .arg("PX")
+        .arg(SWEEP_MARK_TTL_MS);
+    wait_for_replicas(connection, mark).await
+}
+
+/// How long the sweep's mark outlives the sweep.
+const SWEEP_MARK_TTL_MS: u64 = 60_000;
+
+/// When `connection` asks for replication, sends `first` — a command on the namespace's
+/// slot, so that a cluster routes the pipeline to its master — then `WAIT`s for the
+/// replicas to acknowledge this client's writes; the reason when they did not in time.
+async fn wait_for_replicas(connection: &mut Connection, first: redis::Cmd) -> Result<(), String> {
     let Some(replication) = connection.replication() else {
         return Ok(());
     };
     let timeout_ms = u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX);
     let waited: Result<(i64,), _> = redis::pipe()
-        .cmd("SET")
-        .arg(keys.outbox_sweep())
-        .arg(now.as_millis())
-        .arg("PX")
-        .arg(SWEEP_MARK_TTL_MS)
+        .add_command(first)
         .ignore()
         .cmd("WAIT")
         .arg(replication.replicas)
         .arg(timeout_ms)
         .query_async(connection)
         .await;
-    replicas_confirmed(waited, replication.replicas, timeout_ms)
-}
-
-/// How long the sweep's mark outlives the sweep.
-const SWEEP_MARK_TTL_MS: u64 = 60_000;
-
-/// The verdict of a `WAIT` for `replicas` replicas.
-fn replicas_confirmed(
-    waited: Result<(i64,), redis::RedisError>,
-    replicas: u32,
-    timeout_ms: u64,
-) -> Result<(), String> {
     match waited {
-        Ok((acknowledged,)) if acknowledged >= i64::from(replicas) => Ok(()),
+        Ok((acknowledged,)) if acknowledged >= i64::from(replication.replicas) => Ok(()),
         Ok((acknowledged,)) => Err(format!(
-            "{acknowledged} of {replicas} replicas confirmed the writes within {timeout_ms} ms"
+            "{acknowledged} of {} replicas confirmed the writes within {timeout_ms} ms",
+            replication.replicas
         )),
         Err(error) => Err(format!("waiting for the replicas failed: {error}")),
     }
@@ -343,19 +343,7 @@ fn replicas_confirmed(
 /// that many replicas of the namespace's master (`WAIT`, sent to the slot of `keys`); the
 /// reason when they did not in time.
 async fn confirm_replicated(connection: &mut Connection, keys: &Keys) -> Result<(), String> {
-    let Some(replication) = connection.replication() else {
-        return Ok(());
-    };
-    let timeout_ms = u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX);
-    // a keyed command first routes the pipeline to the namespace's master on a cluster
-    let waited: Result<(i64,), _> = redis::pipe()
-        .cmd("EXISTS")
-        .arg(keys.flags())
-        .ignore()
-        .cmd("WAIT")
-        .arg(replication.replicas)
-        .arg(timeout_ms)
-        .query_async(connection)
-        .await;
-    replicas_confirmed(waited, replication.replicas, timeout_ms)
+    let mut routing = redis::cmd("EXISTS");
+    routing.arg(keys.flags());
+    wait_for_replicas(connection, routing).await
 }

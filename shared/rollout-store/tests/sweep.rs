@@ -94,20 +94,58 @@ async fn received(nats: &async_nats::Client, events: &mut async_nats::Subscriber
     flags
 }
 
+/// A master with a replica, NATS, a subscriber of the namespace's events and a plain
+/// connection to the master.
+struct Setup {
+    master: RedisServer,
+    replica: RedisServer,
+    _nats_server: NatsServer,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    namespace: Namespace,
+    events: async_nats::Subscriber,
+    writer: redis::aio::ConnectionManager,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let (master, replica) = master_and_replica();
+        let nats_server = NatsServer::start().expect("nats starts");
+        let nats = async_nats::connect(nats_server.url())
+            .await
+            .expect("nats connects");
+        let subjects = Subjects::default();
+        let namespace = Namespace::new(NS).expect("namespace");
+        let events = nats
+            .subscribe(subjects.events_namespace(&namespace))
+            .await
+            .expect("subscribe");
+        let writer = manager(&master).await;
+        Setup {
+            master,
+            replica,
+            _nats_server: nats_server,
+            nats,
+            subjects,
+            namespace,
+            events,
+            writer,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_publishes_an_outbox_entry_only_once_the_replica_holds_it() {
-    let (master, replica) = master_and_replica();
-    let nats_server = NatsServer::start().expect("nats starts");
-    let nats = async_nats::connect(nats_server.url())
-        .await
-        .expect("nats connects");
-    let subjects = Subjects::default();
-    let namespace = Namespace::new(NS).expect("namespace");
-    let mut events = nats
-        .subscribe(subjects.events_namespace(&namespace))
-        .await
-        .expect("subscribe");
-    let mut writer = manager(&master).await;
+    let Setup {
+        master,
+        replica,
+        _nats_server,
+        nats,
+        subjects,
+        namespace,
+        mut events,
+        mut writer,
+    } = Setup::start().await;
     let replicated = Connection::from(manager(&master).await)
         .waiting_for_replicas(1, Duration::from_millis(300));
     let relay = Relay::new(nats.clone(), replicated, subjects.clone());
@@ -159,18 +197,16 @@ async fn the_sweep_publishes_an_outbox_entry_only_once_the_replica_holds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replication_asked_for_the_sweep_publishes_at_once() {
-    let (master, replica) = master_and_replica();
-    let nats_server = NatsServer::start().expect("nats starts");
-    let nats = async_nats::connect(nats_server.url())
-        .await
-        .expect("nats connects");
-    let subjects = Subjects::default();
-    let namespace = Namespace::new(NS).expect("namespace");
-    let mut events = nats
-        .subscribe(subjects.events_namespace(&namespace))
-        .await
-        .expect("subscribe");
-    let mut writer = manager(&master).await;
+    let Setup {
+        master,
+        replica,
+        _nats_server,
+        nats,
+        subjects,
+        namespace,
+        mut events,
+        mut writer,
+    } = Setup::start().await;
     let relay = Relay::new(
         nats.clone(),
         Connection::from(manager(&master).await),
