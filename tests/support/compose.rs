@@ -148,6 +148,57 @@ pub struct Ports {
     pub traces: u16,
 }
 
+impl Ports {
+    /// Free ports for everything the cluster publishes.
+    fn pick() -> Ports {
+        Ports {
+            nats: [free_port(), free_port(), free_port()],
+            redis: free_port(),
+            redis_nodes: [
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+            ],
+            evaluators: [free_port(), free_port(), free_port()],
+            console: free_port(),
+            traces: free_port(),
+        }
+    }
+
+    /// Writes the project's `.env`: deploy/.env.example's passwords, the project name, the
+    /// offline image and these ports.
+    fn write_env(&self, root: &Path, project: &str, env_file: &Path) {
+        let mut env_text =
+            std::fs::read_to_string(root.join("deploy/.env.example")).expect("deploy/.env.example");
+        for (variable, value) in [
+            ("COMPOSE_PROJECT_NAME", project.to_owned()),
+            ("ROLLOUT_OFFLINE_IMAGE", "rollout-offline:test".to_owned()),
+            ("ROLLOUT_NATS_PORT", self.nats[0].to_string()),
+            ("ROLLOUT_NATS_2_PORT", self.nats[1].to_string()),
+            ("ROLLOUT_NATS_3_PORT", self.nats[2].to_string()),
+            ("ROLLOUT_NATS_MONITOR_PORT", free_port().to_string()),
+            ("ROLLOUT_REDIS_PORT", self.redis.to_string()),
+            ("ROLLOUT_EVALUATOR_1_PORT", self.evaluators[0].to_string()),
+            ("ROLLOUT_EVALUATOR_2_PORT", self.evaluators[1].to_string()),
+            ("ROLLOUT_EVALUATOR_3_PORT", self.evaluators[2].to_string()),
+            ("ROLLOUT_CONSOLE_PORT", self.console.to_string()),
+            ("ROLLOUT_TRACES_PORT", self.traces.to_string()),
+        ] {
+            env_text.push_str(&format!("\n{variable}={value}\n"));
+        }
+        for (index, port) in self.redis_nodes.iter().enumerate() {
+            env_text.push_str(&format!("ROLLOUT_REDIS_{}_PORT={port}\n", index + 1));
+        }
+        std::fs::write(env_file, env_text).expect("env file");
+    }
+}
+
+/// Attempts at `compose up` when a published port was taken between picking and binding.
+const UP_ATTEMPTS: u32 = 3;
+
 /// A running compose cluster; `docker compose down -v` when dropped.
 pub struct ComposeCluster {
     project: String,
@@ -181,68 +232,55 @@ impl ComposeCluster {
         let root = root();
         let dir = TempDir::new().expect("temp dir");
         let passwords = env_example();
-        let ports = Ports {
-            nats: [free_port(), free_port(), free_port()],
-            redis: free_port(),
-            redis_nodes: [
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-            ],
-            evaluators: [free_port(), free_port(), free_port()],
-            console: free_port(),
-            traces: free_port(),
-        };
         let project = format!("rollout-{name}-{}", std::process::id());
-        let mut env_text =
-            std::fs::read_to_string(root.join("deploy/.env.example")).expect("deploy/.env.example");
-        for (variable, value) in [
-            ("COMPOSE_PROJECT_NAME", project.clone()),
-            ("ROLLOUT_OFFLINE_IMAGE", "rollout-offline:test".to_owned()),
-            ("ROLLOUT_NATS_PORT", ports.nats[0].to_string()),
-            ("ROLLOUT_NATS_2_PORT", ports.nats[1].to_string()),
-            ("ROLLOUT_NATS_3_PORT", ports.nats[2].to_string()),
-            ("ROLLOUT_NATS_MONITOR_PORT", free_port().to_string()),
-            ("ROLLOUT_REDIS_PORT", ports.redis.to_string()),
-            ("ROLLOUT_EVALUATOR_1_PORT", ports.evaluators[0].to_string()),
-            ("ROLLOUT_EVALUATOR_2_PORT", ports.evaluators[1].to_string()),
-            ("ROLLOUT_EVALUATOR_3_PORT", ports.evaluators[2].to_string()),
-            ("ROLLOUT_CONSOLE_PORT", ports.console.to_string()),
-            ("ROLLOUT_TRACES_PORT", ports.traces.to_string()),
-        ] {
-            env_text.push_str(&format!("\n{variable}={value}\n"));
-        }
-        for (index, port) in ports.redis_nodes.iter().enumerate() {
-            env_text.push_str(&format!("ROLLOUT_REDIS_{}_PORT={port}\n", index + 1));
-        }
         let env_file = dir.path().join(".env");
-        std::fs::write(&env_file, env_text).expect("env file");
-
         run_checked(
             Command::new("bash")
                 .arg(root.join("deploy/compose/images.sh"))
                 .args(["--profile", "dev", "--tag", "rollout-offline:test"]),
             "deploy/compose/images.sh",
         );
-        // from here on, whatever happens, the project is taken down: by this guard until the
-        // cluster is made, then by the cluster's own Drop
-        let mut partial = PartialCluster {
-            files: ComposeFiles {
-                project: project.clone(),
-                env_file: env_file.clone(),
-                topology,
-            },
-            armed: true,
+        // free ports are picked, then published: a test beside this one may take one in
+        // between ("address already in use"), so a failed `up` is taken down and tried again
+        // on fresh ports
+        let mut attempt = 1;
+        let (ports, mut partial) = loop {
+            let ports = Ports::pick();
+            ports.write_env(&root, &project, &env_file);
+            // from here on, whatever happens, the project is taken down: by this guard until
+            // the cluster is made, then by the cluster's own Drop
+            let partial = PartialCluster {
+                files: ComposeFiles {
+                    project: project.clone(),
+                    env_file: env_file.clone(),
+                    topology,
+                },
+                armed: true,
+            };
+            let output = tokio::task::block_in_place(|| {
+                partial
+                    .files
+                    .compose(&["up", "-d", "--no-build", "--remove-orphans"])
+                    .output()
+            })
+            .expect("compose up runs");
+            if output.status.success() {
+                break (ports, partial);
+            }
+            let printed = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                attempt < UP_ATTEMPTS && printed.contains("address already in use"),
+                "compose up failed ({}, attempt {attempt}):\n{printed}",
+                output.status
+            );
+            println!("compose up: a published port was taken meanwhile; again on fresh ports");
+            attempt += 1;
+            drop(partial);
         };
-        run_checked(
-            &mut partial
-                .files
-                .compose(&["up", "-d", "--no-build", "--remove-orphans"]),
-            "compose up",
-        );
         let nats_urls = ports
             .nats
             .iter()
