@@ -120,7 +120,7 @@ impl Executor {
                 .await
                 .map_err(|error| error.to_wire())?
             {
-                return decode_reply(&stored, Encoding::Json);
+                return repeat(&mut connection, &keys, &stored).await;
             }
         }
         if matches!(
@@ -155,7 +155,7 @@ impl Executor {
             .await
             .map_err(|error| error.to_wire())?;
             if let Some(stored) = read.stored_outcome {
-                return decode_reply(&stored, Encoding::Json);
+                return repeat(&mut connection, &keys, &stored).await;
             }
             let now = read.now;
             let loaded = Loaded {
@@ -195,7 +195,7 @@ impl Executor {
             {
                 Written::Committed { .. } => return Ok(reply),
                 Written::Refused(Refused::Duplicate(first)) => {
-                    return decode_reply(&first, Encoding::Json)
+                    return repeat(&mut connection, &keys, &first).await
                 }
                 Written::Refused(Refused::Conflict { key, actual }) => {
                     // decide again on fresh records, but never move a rollout on from a
@@ -222,6 +222,20 @@ impl Executor {
             "gave up after {MAX_ATTEMPTS} attempts: the flag keeps changing under this command; retry"
         )))
     }
+}
+
+/// A command seen before gets its first outcome `stored` again, once the writes the master
+/// holds (the first attempt's commit among them) are confirmed on the replicas asked for:
+/// an attempt refused as unreplicated is never acknowledged by its retry alone.
+async fn repeat(
+    connection: &mut Connection,
+    keys: &Keys,
+    stored: &[u8],
+) -> Result<CommandReply, WireError> {
+    rollout_store::confirm_before_repeating(connection, keys)
+        .await
+        .map_err(|error| error.to_wire())?;
+    decode_reply(stored, Encoding::Json)
 }
 
 impl Executor {

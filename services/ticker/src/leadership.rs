@@ -9,7 +9,7 @@
 //! replica leads it now, and the next balancing step hands its lease back if it is still
 //! ours.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rollout_runtime::shutdown::Shutdown;
@@ -45,6 +45,10 @@ pub struct Leadership {
     /// Some led shard may have namespaces not fenced yet.
     pub(crate) namespaces_stale: bool,
     pub(crate) abandoned: Abandoned,
+    /// Namespaces whose last commits could not be confirmed on a replica: nothing more is
+    /// fired in them until a `WAIT` confirms what their master holds, so a rollout does not
+    /// go on stepping while the events of its last step are held back.
+    pub(crate) unconfirmed: Arc<Mutex<BTreeSet<String>>>,
     /// Triggered when the replica stops.
     pub(crate) signal: Shutdown,
     /// The change events, subscribed before the first namespace is read, so that no change
@@ -60,6 +64,7 @@ impl Leadership {
             kill_switches: KillSwitches::default(),
             namespaces_stale: false,
             abandoned: Arc::default(),
+            unconfirmed: Arc::default(),
             signal,
             events,
         }

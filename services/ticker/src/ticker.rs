@@ -34,7 +34,7 @@ use rollout_store::Keys;
 use rollout_store::{due, namespaces, redis_time, Connection, Relay, StoreError, Writer};
 use rollout_wire::codec::{self, Encoding, Limits, CONTENT_TYPE_HEADER};
 use rollout_wire::events::ChangeEvent;
-use rollout_wire::subjects::{Route, Subjects};
+use rollout_wire::subjects::{Namespace, Route, Subjects};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -55,6 +55,13 @@ struct OpenNamespace {
 
 /// The outcome of each rollout of a batch, or the batch's failed round trip.
 type FiredBatch = Result<Vec<Result<Fired, StoreError>>, StoreError>;
+
+/// A batch's namespace (`None` when its task did not finish), its rollouts and what firing
+/// them came to.
+type BatchResult = (Option<Namespace>, Vec<String>, FiredBatch);
+
+/// How soon a namespace held for unconfirmed commits is looked at again.
+const UNCONFIRMED_RETRY_MS: i64 = 500;
 
 /// What the worker reads before deciding to fire or sleep.
 struct Peek {
@@ -329,7 +336,7 @@ impl Ticker {
         // each batch is a task of its own, so batches decode, decide and encode on every
         // worker thread at once (they own what they use); a batch still running when the
         // round is dropped (the replica overstayed its shutdown grace) is aborted with it
-        let results: Vec<(Vec<String>, FiredBatch)> = futures_util::stream::iter(work)
+        let results: Vec<BatchResult> = futures_util::stream::iter(work)
             .map(|(led, freezes, rollout_ids)| {
                 let fenced = Arc::clone(&fenced);
                 let context = self.context.clone();
@@ -342,7 +349,7 @@ impl Ticker {
                         .unwrap_or_else(PoisonError::into_inner)
                         .contains(&led.shard);
                     if signal.is_triggered() || refused {
-                        return (rollout_ids, Ok(Vec::new()));
+                        return (Some(led.namespace), rollout_ids, Ok(Vec::new()));
                     }
                     let elapsed =
                         i64::try_from(round_started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -368,20 +375,37 @@ impl Ticker {
                                 .insert(led.shard);
                         }
                     }
-                    (rollout_ids, fired)
+                    (Some(led.namespace), rollout_ids, fired)
                 }));
                 async move {
                     batch.await.unwrap_or_else(|error| {
                         let failed =
                             StoreError::Protocol(format!("a firing batch did not finish: {error}"));
-                        (Vec::new(), Err(failed))
+                        (None, Vec::new(), Err(failed))
                     })
                 }
             })
             .buffer_unordered(self.settings.batches_in_flight())
             .collect()
             .await;
-        for (rollout_ids, fired) in results {
+        for (namespace, rollout_ids, fired) in results {
+            let unreplicated = match &fired {
+                Err(StoreError::Unreplicated(_)) => true,
+                Ok(outcomes) => outcomes
+                    .iter()
+                    .any(|outcome| matches!(outcome, Err(StoreError::Unreplicated(_)))),
+                Err(_) => false,
+            };
+            if let (true, Some(namespace)) = (unreplicated, &namespace) {
+                let newly = leadership
+                    .unconfirmed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(namespace.as_str().to_owned());
+                if newly {
+                    tracing::warn!(namespace = %namespace, "commits could not be confirmed on the replicas; holding the namespace's rollouts until they are");
+                }
+            }
             let outcomes = match fired {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
@@ -497,7 +521,39 @@ impl Ticker {
         let freezes = rollout_store::freezes::load_many(connection, &all).await?;
         let mut open = Vec::with_capacity(all.len());
         let mut thaws: Option<Timestamp> = None;
+        let held: Vec<String> = leadership
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let mut still_held = BTreeSet::new();
+        for name in held {
+            let confirmed = match leadership.namespaces.get(&name) {
+                Some(led) => rollout_store::confirm_before_repeating(connection, &led.keys)
+                    .await
+                    .is_ok(),
+                None => true,
+            };
+            if confirmed {
+                tracing::info!(namespace = %name, "commits are confirmed on the replicas again; firing resumes");
+                leadership
+                    .unconfirmed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
+            } else {
+                // looked at again soon, whatever else is due
+                let again = now.plus(DurationMs::from_millis(UNCONFIRMED_RETRY_MS));
+                thaws = Some(thaws.map_or(again, |thaw| thaw.min(again)));
+                still_held.insert(name);
+            }
+        }
         for (led, freezes) in leadership.namespaces.values().zip(freezes) {
+            if still_held.contains(led.namespace.as_str()) {
+                continue;
+            }
             match freezes.active_at(now) {
                 Some(freeze) => {
                     if let Some(until) = freeze.until {

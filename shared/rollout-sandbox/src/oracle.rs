@@ -333,6 +333,8 @@ pub struct Verdict {
     pub mismatches: usize,
     /// Mismatches that outlived [`GRACE`] (each reported once).
     pub violations: Vec<Violation>,
+    /// The first mismatch of the round, described (for a report).
+    pub first_mismatch: Option<String>,
 }
 
 #[derive(Debug)]
@@ -419,6 +421,17 @@ impl Judge {
                 continue;
             }
             verdict.mismatches += 1;
+            if verdict.first_mismatch.is_none() {
+                verdict.first_mismatch = Some(format!(
+                    "flag `{}`, entity `{}` ({}): committed {}; {} served {}",
+                    observation.flag,
+                    entity.id,
+                    observation.probe.why,
+                    expected,
+                    observation.path,
+                    observation.served
+                ));
+            }
             let open = self.open.entry(key).or_insert_with(|| OpenMismatch {
                 first_seen: now,
                 check: Check {
@@ -450,6 +463,11 @@ impl Judge {
             });
         }
         verdict
+    }
+
+    /// Forgets every open mismatch: what disagrees afterwards gets the grace from then.
+    pub fn forget_all(&mut self) {
+        self.open.clear();
     }
 
     /// Forgets the open mismatch of a check its path could not answer: a replica that went
@@ -828,9 +846,21 @@ impl Oracle {
                     failure_report(self.namespace.as_str(), &verdict, &asked)
                 );
             }
-            if verdict.mismatches == 0 && asked.unreachable.is_empty() {
+            // a flag that moved while the round asked (a ticker stepping rollouts every
+            // second, a round of a thousand answers on a loaded machine) is judged against
+            // the state committed after the round as well: every answer then agrees with a
+            // state that was the committed one at some instant of the round
+            let moved = if verdict.mismatches > 0 && asked.unreachable.is_empty() {
+                match self.read_committed(None).await {
+                    Ok(after) => explained_by(&asked.observations, &committed, &after),
+                    Err(_) => None,
+                }
+            } else {
+                Some(0)
+            };
+            if let (Some(moved), true) = (moved, asked.unreachable.is_empty()) {
                 println!(
-                    "served = committed in `{}`: {} answers for {} flags agree (round {rounds}, {} ms)",
+                    "served = committed in `{}`: {} answers for {} flags agree (round {rounds}, {} ms; {moved} at a state committed during the round)",
                     self.namespace,
                     verdict.checked,
                     committed.flags.len(),
@@ -840,14 +870,44 @@ impl Oracle {
             }
             assert!(
                 started.elapsed() < PATIENCE,
-                "served never matched committed in `{}` within {PATIENCE:?}: {} answers differ, {} unreachable (first: {:?})",
+                "served never matched committed in `{}` within {PATIENCE:?}: {} of {} answers differ (first: {}), {} unreachable (first: {:?})",
                 self.namespace,
                 verdict.mismatches,
+                verdict.checked,
+                verdict.first_mismatch.as_deref().unwrap_or("none"),
                 asked.unreachable.len(),
                 asked.unreachable.first()
             );
         }
     }
+}
+
+/// When every observation agrees with its flag's state in `before` or in `after` (two reads
+/// of the committed state around one round of asking), how many agree only with `after`;
+/// `None` when one agrees with neither.
+fn explained_by(
+    observations: &[Observation],
+    before: &Committed,
+    after: &Committed,
+) -> Option<usize> {
+    let agrees = |committed: &Committed, observation: &Observation| {
+        committed.flags.get(&observation.flag).is_some_and(|flag| {
+            observation
+                .served
+                .agrees_with(&Expected::of(&flag.compiled, &observation.probe.entity))
+        })
+    };
+    let mut moved = 0;
+    for observation in observations {
+        if !before.flags.contains_key(&observation.flag) || agrees(before, observation) {
+            continue;
+        }
+        if !agrees(after, observation) {
+            return None;
+        }
+        moved += 1;
+    }
+    Some(moved)
 }
 
 /// The OFREP context of `entity`: `targetingKey`, `labels`, attributes.
@@ -1205,6 +1265,7 @@ struct Tally {
     samples: u64,
     violations: u64,
     skipped_rounds: u64,
+    excused_rounds: u64,
     unreachable: BTreeMap<Path, u64>,
     examples: Vec<String>,
 }
@@ -1217,6 +1278,7 @@ struct Tally {
 #[derive(Debug)]
 pub struct OracleMonitor {
     tally: Arc<Mutex<Tally>>,
+    excused: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1224,6 +1286,8 @@ impl OracleMonitor {
     pub fn start(oracle: Oracle) -> OracleMonitor {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let sink = Arc::clone(&tally);
+        let excused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let excusing = Arc::clone(&excused);
         let task = tokio::spawn(async move {
             let mut judge = Judge::new(GRACE);
             let mut samples = Samples::default();
@@ -1234,6 +1298,12 @@ impl OracleMonitor {
                 cursor += MONITOR_ROTATION;
                 let mut tally = sink.lock().expect("oracle tally");
                 tally.rounds += 1;
+                if excusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    // a lag now is what the fault allows: judged afresh once it ends
+                    judge.forget_all();
+                    tally.excused_rounds += 1;
+                    continue;
+                }
                 match round {
                     Err(_) => tally.skipped_rounds += 1,
                     Ok((verdict, unreachable)) => {
@@ -1251,7 +1321,26 @@ impl OracleMonitor {
                 }
             }
         });
-        OracleMonitor { tally, task }
+        OracleMonitor {
+            tally,
+            excused,
+            task,
+        }
+    }
+
+    /// From now until [`OracleMonitor::judge_again`], answers are asked but not judged:
+    /// for a fault under which serving the committed state is not promised (writes that
+    /// cannot be confirmed on a replica, whose events are held back until they are). Once
+    /// judging resumes, a disagreement gets [`GRACE`] from then.
+    pub fn excuse(&self) {
+        self.excused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends [`OracleMonitor::excuse`].
+    pub fn judge_again(&self) {
+        self.excused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops the rounds; what they counted.
@@ -1264,9 +1353,10 @@ impl OracleMonitor {
             .map(|(path, count)| format!("{path} x{count}"))
             .collect();
         let mut notes = vec![format!(
-            "served = committed: {} rounds ({} skipped: redis unavailable); unanswered (not judged): {}",
+            "served = committed: {} rounds ({} skipped: redis unavailable; {} excused: during a fault that allows a lag); unanswered (not judged): {}",
             tally.rounds,
             tally.skipped_rounds,
+            tally.excused_rounds,
             if unreachable.is_empty() {
                 "none".to_owned()
             } else {

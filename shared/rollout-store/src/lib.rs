@@ -61,7 +61,7 @@ pub use namespaces::redis_time_registering;
 pub use outbox::Relay;
 pub use reads::{load_flag, load_rollout};
 pub use records::{decode_record, encode_record, FlagRecord, RolloutRecord, StoredFlag};
-pub use write::{Change, Conditions, Pending, Writer, Written};
+pub use write::{confirm_before_repeating, Change, Conditions, Pending, Writer, Written};
 
 /// The services' connection to Redis (opened by `rollout_runtime::connect::connect_redis`):
 /// one multiplexed connection to a single server, re-established on failure, or a Redis

@@ -310,6 +310,30 @@ pub(crate) async fn confirm_all_replicated(
     wait_for_replicas(connection, mark).await
 }
 
+/// Before a command is answered again with its stored first outcome: waits until what the
+/// namespace's master holds — the first attempt's commit among it, which may not have been
+/// confirmed when it was made — reached the replicas `connection` asks for, so a repeat is
+/// acknowledged no sooner than the first attempt could have been
+/// ([`StoreError::Unreplicated`] otherwise; the client retries again).
+pub async fn confirm_before_repeating(
+    connection: &mut Connection,
+    keys: &Keys,
+) -> Result<(), StoreError> {
+    if connection.replication().is_none() {
+        return Ok(());
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    confirm_all_replicated(connection, keys, Timestamp::from_millis(millis))
+        .await
+        .map_err(|reason| {
+            StoreError::Unreplicated(format!("a repeated command's first outcome: {reason}"))
+        })
+}
+
 /// How long the sweep's mark outlives the sweep.
 const SWEEP_MARK_TTL_MS: u64 = 60_000;
 
