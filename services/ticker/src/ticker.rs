@@ -111,6 +111,8 @@ pub struct Ticker {
     nats: async_nats::Client,
     subjects: Subjects,
     settings: TickerSettings,
+    /// Publishes what a held namespace's outbox kept once its commits are confirmed.
+    relay: Relay,
 }
 
 impl Ticker {
@@ -123,13 +125,11 @@ impl Ticker {
     ) -> Ticker {
         let replica = settings.replica();
         let stale_ms = i64::try_from(settings.stale_agent_after.as_millis()).unwrap_or(i64::MAX);
+        let relay = Relay::new(nats.clone(), redis.clone(), subjects.clone());
         Ticker {
             leases: ShardLeases::new(redis.clone(), replica, settings.lease_ttl, settings.shards),
             context: FireContext {
-                writer: Writer::publishing(
-                    redis.clone(),
-                    Relay::new(nats.clone(), redis.clone(), subjects.clone()),
-                ),
+                writer: Writer::publishing(redis.clone(), relay.clone()),
                 redis,
                 stats: TickerStats::new(),
                 stale_agent_after: DurationMs::from_millis(stale_ms),
@@ -137,6 +137,7 @@ impl Ticker {
             nats,
             subjects,
             settings,
+            relay,
         }
     }
 
@@ -530,14 +531,18 @@ impl Ticker {
             .collect();
         let mut still_held = BTreeSet::new();
         for name in held {
+            // the sweep publishes the events the outbox kept, in order, once the replicas
+            // confirm they hold them (an empty outbox: another sweep did already)
             let confirmed = match leadership.namespaces.get(&name) {
-                Some(led) => rollout_store::confirm_before_repeating(connection, &led.keys)
+                Some(led) => self
+                    .relay
+                    .sweep(&led.namespace, Duration::ZERO)
                     .await
                     .is_ok(),
                 None => true,
             };
             if confirmed {
-                tracing::info!(namespace = %name, "commits are confirmed on the replicas again; firing resumes");
+                tracing::info!(namespace = %name, "commits are confirmed on the replicas again and the held events published; firing resumes");
                 leadership
                     .unconfirmed
                     .lock()
