@@ -46,8 +46,9 @@ pub struct Leadership {
     pub(crate) namespaces_stale: bool,
     pub(crate) abandoned: Abandoned,
     /// Namespaces whose last commits could not be confirmed on a replica: nothing more is
-    /// fired in them until a `WAIT` confirms what their master holds, so a rollout does not
-    /// go on stepping while the events of its last step are held back.
+    /// fired in them until their outbox is swept (its events published once a `WAIT`
+    /// confirms what their master holds), so a rollout does not go on stepping while the
+    /// events of its last step are held back.
     pub(crate) unconfirmed: Arc<Mutex<BTreeSet<String>>>,
     /// Triggered when the replica stops.
     pub(crate) signal: Shutdown,
