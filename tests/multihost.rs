@@ -23,7 +23,7 @@ use rollout_sdk::{CommandClient, Namespace, RequestOptions};
 use rollout_store::lease::{holders, shard_of, ShardHolder};
 use rollout_store::Connection;
 use rollout_testkit::netns::{HostProcess, Hosts};
-use rollout_testkit::{NatsOptions, NatsServer, RedisOptions, RedisServer};
+use rollout_testkit::{NatsServer, RedisServer};
 use support::checks::{check_rollouts, Report};
 use support::cluster::{create_phased, wall_clock_now, EventLog};
 use support::committed::CommittedReader;
@@ -55,14 +55,10 @@ async fn a_partitioned_ticker_hosts_shards_move_within_the_lease_and_nothing_adv
         .tempdir()
         .expect("tempdir");
     // the servers listen on loopback (the test, the planner) and the bridge (the hosts)
+    let (nats_options, redis_options) = hosts.server_options();
     let (nats, redis) = tokio::task::spawn_blocking(move || {
-        let nats = NatsServer::start_with(NatsOptions::default().arg("-a").arg("0.0.0.0"))
-            .expect("nats-server starts");
-        let redis = RedisServer::start_with(
-            RedisOptions::default()
-                .extra_config(format!("bind 127.0.0.1 {bridge}\nprotected-mode no\n")),
-        )
-        .expect("redis-server starts");
+        let nats = NatsServer::start_with(nats_options).expect("nats-server starts");
+        let redis = RedisServer::start_with(redis_options).expect("redis-server starts");
         (nats, redis)
     })
     .await

@@ -68,15 +68,13 @@ impl Servers {
         Servers::start_private_with(NatsOptions::default(), RedisOptions::default()).await
     }
 
-    /// Starts a private NATS and Redis listening on loopback and on `also` (the bridge
-    /// of [`rollout_testkit::netns::Hosts`], for processes on those hosts).
-    pub async fn start_private_also_on(also: std::net::Ipv4Addr) -> anyhow::Result<Servers> {
-        Servers::start_private_with(
-            NatsOptions::default().arg("-a").arg("0.0.0.0"),
-            RedisOptions::default()
-                .extra_config(format!("bind 127.0.0.1 {also}\nprotected-mode no\n")),
-        )
-        .await
+    /// Starts a private NATS and Redis that the processes on `hosts` reach through their
+    /// bridge ([`rollout_testkit::netns::Hosts::server_options`]).
+    pub async fn start_private_for(
+        hosts: &rollout_testkit::netns::Hosts,
+    ) -> anyhow::Result<Servers> {
+        let (nats, redis) = hosts.server_options();
+        Servers::start_private_with(nats, redis).await
     }
 
     async fn start_private_with(nats: NatsOptions, redis: RedisOptions) -> anyhow::Result<Servers> {

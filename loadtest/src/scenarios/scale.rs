@@ -84,27 +84,27 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<Report> {
         None
     };
     let servers = match &hosts {
-        Some(hosts) => Servers::start_private_also_on(hosts.bridge_addr).await?,
+        Some(hosts) => Servers::start_private_for(hosts).await?,
         None => Servers::from_common(&args.common).await?,
     };
     let (nats_for_tickers, redis_for_tickers) = match (&hosts, servers.private_ports()) {
-        (Some(hosts), Some((nats_port, redis_port))) => (
-            format!("nats://{}:{nats_port}", hosts.bridge_addr),
-            format!("redis://{}:{redis_port}", hosts.bridge_addr),
-        ),
+        (Some(hosts), Some((nats_port, redis_port))) => {
+            for index in 0..hosts.len() {
+                for port in [nats_port, redis_port] {
+                    hosts
+                        .wait_reachable(index, port, Duration::from_secs(10))
+                        .map_err(|error| {
+                            anyhow::anyhow!("host {index} cannot reach the servers: {error}")
+                        })?;
+                }
+            }
+            (
+                format!("nats://{}:{nats_port}", hosts.bridge_addr),
+                format!("redis://{}:{redis_port}", hosts.bridge_addr),
+            )
+        }
         _ => (servers.nats_url(), servers.require_redis("tickers")?),
     };
-    if let (Some(hosts), Some((nats_port, redis_port))) = (&hosts, servers.private_ports()) {
-        for index in 0..hosts.len() {
-            for port in [nats_port, redis_port] {
-                hosts
-                    .wait_reachable(index, port, Duration::from_secs(10))
-                    .map_err(|error| {
-                        anyhow::anyhow!("host {index} cannot reach the servers: {error}")
-                    })?;
-            }
-        }
-    }
     let base = crate::namespace(&args.common, "bench-scale")?;
     let subjects = Subjects::new(args.common.subject_prefix.as_str())
         .map_err(|error| crate::usage(format!("--subject-prefix: {error}")))?;

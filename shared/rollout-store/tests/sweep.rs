@@ -108,6 +108,15 @@ struct Setup {
 }
 
 impl Setup {
+    /// A relay on the master, waiting for its replica to confirm what it sweeps or not.
+    async fn relay(&self, wait_for_replica: bool) -> Relay {
+        let mut connection = Connection::from(manager(&self.master).await);
+        if wait_for_replica {
+            connection = connection.waiting_for_replicas(1, Duration::from_millis(300));
+        }
+        Relay::new(self.nats.clone(), connection, self.subjects.clone())
+    }
+
     async fn start() -> Setup {
         let (master, replica) = master_and_replica();
         let nats_server = NatsServer::start().expect("nats starts");
@@ -136,34 +145,23 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_publishes_an_outbox_entry_only_once_the_replica_holds_it() {
-    let Setup {
-        master,
-        replica,
-        _nats_server,
-        nats,
-        subjects,
-        namespace,
-        mut events,
-        mut writer,
-    } = Setup::start().await;
-    let replicated = Connection::from(manager(&master).await)
-        .waiting_for_replicas(1, Duration::from_millis(300));
-    let relay = Relay::new(nats.clone(), replicated, subjects.clone());
+    let mut setup = Setup::start().await;
+    let relay = setup.relay(true).await;
 
-    leave_in_outbox(&mut writer, "left-behind").await;
-    replica.pause().expect("replica stops");
-    let swept = relay.sweep(&namespace, Duration::ZERO).await;
+    leave_in_outbox(&mut setup.writer, "left-behind").await;
+    setup.replica.pause().expect("replica stops");
+    let swept = relay.sweep(&setup.namespace, Duration::ZERO).await;
     assert!(
         matches!(swept, Err(StoreError::Unreplicated(_))),
         "the sweep went on without the replica: {swept:?}"
     );
     assert_eq!(
-        received(&nats, &mut events).await,
+        received(&setup.nats, &mut setup.events).await,
         Vec::<String>::new(),
         "an entry the replica does not hold was published"
     );
     assert_eq!(
-        outbox_len(&mut writer).await,
+        outbox_len(&mut setup.writer).await,
         1,
         "the entry stays for the next sweep"
     );
@@ -171,15 +169,15 @@ async fn the_sweep_publishes_an_outbox_entry_only_once_the_replica_holds_it() {
     let _: i64 = redis::cmd("SADD")
         .arg("ro:namespaces")
         .arg(NS)
-        .query_async(&mut writer)
+        .query_async(&mut setup.writer)
         .await
         .expect("register");
     assert_eq!(relay.sweep_all(Duration::ZERO).await.expect("sweep all"), 0);
 
-    replica.resume().expect("replica runs again");
+    setup.replica.resume().expect("replica runs again");
     let swept = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match relay.sweep(&namespace, Duration::ZERO).await {
+            match relay.sweep(&setup.namespace, Duration::ZERO).await {
                 Ok(swept) => break swept,
                 Err(StoreError::Unreplicated(_)) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -191,37 +189,34 @@ async fn the_sweep_publishes_an_outbox_entry_only_once_the_replica_holds_it() {
     .await
     .expect("the replica caught up");
     assert_eq!(swept, 1);
-    assert_eq!(received(&nats, &mut events).await, vec!["left-behind"]);
-    assert_eq!(outbox_len(&mut writer).await, 0, "a published entry goes");
+    assert_eq!(
+        received(&setup.nats, &mut setup.events).await,
+        vec!["left-behind"]
+    );
+    assert_eq!(
+        outbox_len(&mut setup.writer).await,
+        0,
+        "a published entry goes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replication_asked_for_the_sweep_publishes_at_once() {
-    let Setup {
-        master,
-        replica,
-        _nats_server,
-        nats,
-        subjects,
-        namespace,
-        mut events,
-        mut writer,
-    } = Setup::start().await;
-    let relay = Relay::new(
-        nats.clone(),
-        Connection::from(manager(&master).await),
-        subjects.clone(),
-    );
+    let mut setup = Setup::start().await;
+    let relay = setup.relay(false).await;
 
-    leave_in_outbox(&mut writer, "unguarded").await;
-    replica.pause().expect("replica stops");
+    leave_in_outbox(&mut setup.writer, "unguarded").await;
+    setup.replica.pause().expect("replica stops");
     assert_eq!(
         relay
-            .sweep(&namespace, Duration::ZERO)
+            .sweep(&setup.namespace, Duration::ZERO)
             .await
             .expect("sweep"),
         1
     );
-    assert_eq!(received(&nats, &mut events).await, vec!["unguarded"]);
-    replica.resume().expect("replica runs again");
+    assert_eq!(
+        received(&setup.nats, &mut setup.events).await,
+        vec!["unguarded"]
+    );
+    setup.replica.resume().expect("replica runs again");
 }

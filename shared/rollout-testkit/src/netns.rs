@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::{NatsOptions, RedisOptions};
+
 /// Runs `ip` with `args`; the error names the command and what it printed.
 fn ip(args: &[&str]) -> Result<String, String> {
     run("ip", args)
@@ -224,6 +226,19 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// Options for a NATS and a Redis in the root namespace that the hosts reach through
+    /// the bridge: NATS listens on every address, Redis on loopback and the bridge's
+    /// address (protected mode off, since the hosts' connections are not loopback).
+    pub fn server_options(&self) -> (NatsOptions, RedisOptions) {
+        (
+            NatsOptions::default().arg("-a").arg("0.0.0.0"),
+            RedisOptions::default().extra_config(format!(
+                "bind 127.0.0.1 {}\nprotected-mode no\n",
+                self.bridge_addr
+            )),
+        )
+    }
+
     /// Creates the bridge and `count` hosts, or says why it cannot (not root, no `ip`, no
     /// free network) and returns `None`.
     pub fn create(count: usize) -> Option<Hosts> {
