@@ -69,7 +69,7 @@ pub struct Commit {
     set_adds: Vec<(usize, String)>,
     set_removes: Vec<(usize, String)>,
     pushes: Vec<(usize, Vec<u8>, usize)>,
-    outbox: Vec<(usize, Vec<u8>)>,
+    outbox: Vec<(usize, bytes::Bytes)>,
     notify: Option<(usize, usize, usize)>,
 }
 
@@ -175,9 +175,9 @@ impl Commit {
     }
 
     /// Append an event to the outbox stream at `key`.
-    pub fn outbox(&mut self, key: &str, event: Vec<u8>) -> &mut Commit {
+    pub fn outbox(&mut self, key: &str, event: impl Into<bytes::Bytes>) -> &mut Commit {
         let index = self.key(key);
-        self.outbox.push((index, event));
+        self.outbox.push((index, event.into()));
         self
     }
 
@@ -200,8 +200,10 @@ impl Commit {
         &self,
         connection: &mut C,
     ) -> Result<CommitOutcome, StoreError> {
-        let reply: Vec<redis::Value> = self.invocation().invoke_async(connection).await?;
-        parse_reply(reply)
+        Commit::execute_many(connection, &[self])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Protocol("a commit left no outcome".to_owned())))
     }
 
     /// Runs every commit of `commits` in one round trip, each its own atomic script with
@@ -211,8 +213,8 @@ impl Commit {
         connection: &mut C,
         commits: &[&Commit],
     ) -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
-        let calls: Vec<_> = commits.iter().map(|commit| commit.invocation()).collect();
-        let answers = crate::pipelined::invoke_all(connection, &calls, &[&COMMIT_SCRIPT]).await?;
+        let calls: Vec<_> = commits.iter().map(|commit| commit.call()).collect();
+        let answers = crate::pipelined::invoke_all(connection, calls, &[&COMMIT_SCRIPT]).await?;
         Ok(answers
             .into_iter()
             .map(|answer| {
@@ -226,11 +228,11 @@ impl Commit {
             .collect())
     }
 
-    /// The script call this commit makes.
-    fn invocation(&self) -> redis::ScriptInvocation<'static> {
-        let mut invocation = COMMIT_SCRIPT.prepare_invoke();
+    /// The script call this commit makes, its keys and arguments written in place.
+    fn call(&self) -> redis::Cmd {
+        let mut invocation = crate::pipelined::script_call(&COMMIT_SCRIPT, self.keys.len());
         for key in &self.keys {
-            invocation.key(key);
+            invocation.arg(key);
         }
         let (idempotency_index, outcome, ttl) = match &self.idempotency {
             Some((index, outcome, ttl)) => (*index, outcome.as_slice(), *ttl),
@@ -282,7 +284,7 @@ impl Commit {
         }
         invocation.arg(self.outbox.len());
         for (index, event) in &self.outbox {
-            invocation.arg(*index).arg(event.as_slice());
+            invocation.arg(*index).arg(event.as_ref());
         }
         match self.notify {
             Some((stream, webhooks, max_len)) => {

@@ -100,10 +100,10 @@ pub async fn reschedule_many(
             let score = step
                 .look
                 .map_or_else(String::new, |time| time.as_millis().to_string());
-            let mut call = RESCHEDULE.prepare_invoke();
-            call.key(keys.rollout(step.rollout_id))
-                .key(keys.due())
-                .key(keys.fence())
+            let mut call = crate::pipelined::script_call(&RESCHEDULE, 3);
+            call.arg(keys.rollout(step.rollout_id))
+                .arg(keys.due())
+                .arg(keys.fence())
                 .arg(step.revision)
                 .arg(epoch)
                 .arg(step.rollout_id)
@@ -111,7 +111,7 @@ pub async fn reschedule_many(
             call
         })
         .collect();
-    let answers = crate::pipelined::invoke_all(connection, &calls, &[&RESCHEDULE]).await?;
+    let answers = crate::pipelined::invoke_all(connection, calls, &[&RESCHEDULE]).await?;
     Ok(answers
         .into_iter()
         .map(|answer| {

@@ -140,6 +140,8 @@ pub(crate) struct PreparedCommit {
     pub(crate) commit: Commit,
     /// The events it appends to the outbox, versions and snapshots filled in.
     pub(crate) events: Vec<ChangeEvent>,
+    /// Each event as the outbox holds it, published as is (not encoded a second time).
+    pub(crate) encoded: Vec<bytes::Bytes>,
     /// The flag's version after the commit.
     pub(crate) flag_version: u64,
 }
@@ -400,6 +402,7 @@ impl<'k> Mutation<'k> {
             (record.id.clone(), record.state.lifecycle, share, eta)
         });
         let mut events = Vec::with_capacity(self.happenings.len());
+        let mut encoded = Vec::with_capacity(self.happenings.len());
         for (position, happening) in self.happenings.into_iter().enumerate() {
             let mut event = happening.event;
             event.version = self.flag_version + u64::try_from(position).unwrap_or(0) + 1;
@@ -443,7 +446,9 @@ impl<'k> Mutation<'k> {
                     AUDIT_MAX_ENTRIES,
                 );
             }
-            commit.outbox(&keys.outbox(), encode_wire(&event)?);
+            let bytes = bytes::Bytes::from(encode_wire(&event)?);
+            commit.outbox(&keys.outbox(), bytes.clone());
+            encoded.push(bytes);
             events.push(event);
         }
         commit.notify(
@@ -461,6 +466,7 @@ impl<'k> Mutation<'k> {
         Ok(PreparedCommit {
             commit,
             events,
+            encoded,
             flag_version: new_version,
         })
     }

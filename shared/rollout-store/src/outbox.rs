@@ -102,6 +102,34 @@ impl Relay {
         E: std::borrow::Borrow<ChangeEvent>,
         I: AsRef<str>,
     {
+        let events: Vec<(&ChangeEvent, Option<&bytes::Bytes>)> =
+            events.iter().map(|event| (event.borrow(), None)).collect();
+        self.publish_all(keys, &events, outbox_ids).await;
+    }
+
+    /// [`Relay::publish_committed`] of events already encoded as the outbox holds them
+    /// (each beside its encoding, which is published as is).
+    pub async fn publish_encoded<I: AsRef<str>>(
+        &self,
+        keys: &Keys,
+        events: &[(&ChangeEvent, &bytes::Bytes)],
+        outbox_ids: &[I],
+    ) {
+        let events: Vec<(&ChangeEvent, Option<&bytes::Bytes>)> = events
+            .iter()
+            .map(|(event, encoded)| (*event, Some(*encoded)))
+            .collect();
+        self.publish_all(keys, &events, outbox_ids).await;
+    }
+
+    /// Publishes `events` (each as its encoding when given), proves their delivery and
+    /// trims `outbox_ids`; see [`Relay::publish_committed`].
+    async fn publish_all<I: AsRef<str>>(
+        &self,
+        keys: &Keys,
+        events: &[(&ChangeEvent, Option<&bytes::Bytes>)],
+        outbox_ids: &[I],
+    ) {
         if !self.nats_answering() {
             tracing::debug!(
                 events = events.len(),
@@ -111,8 +139,8 @@ impl Relay {
         }
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
             let connects = self.connects();
-            for event in events {
-                self.publish(event.borrow()).await?;
+            for (event, encoded) in events {
+                self.publish_as(event, encoded.cloned()).await?;
             }
             self.prove_and_trim(connects, keys.outbox(), outbox_ids)
                 .await
@@ -313,14 +341,28 @@ impl Relay {
     }
 
     async fn publish(&self, event: &ChangeEvent) -> Result<(), StoreError> {
+        self.publish_as(event, None).await
+    }
+
+    /// Publishes `event`, as `encoded` when given (its MessagePack encoding, as the outbox
+    /// holds it), else encoded here.
+    async fn publish_as(
+        &self,
+        event: &ChangeEvent,
+        encoded: Option<bytes::Bytes>,
+    ) -> Result<(), StoreError> {
         let namespace = Namespace::new(event.namespace.as_str())
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let subject = self
             .subjects
             .events(&namespace, &event.flag)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let mut payload = codec::encode(event, Encoding::MessagePack)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let mut payload: bytes::Bytes = match encoded {
+            Some(encoded) => encoded,
+            None => codec::encode(event, Encoding::MessagePack)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?
+                .into(),
+        };
         let max_payload = self.nats.server_info().max_payload;
         if payload.len() > max_payload.saturating_sub(EVENT_HEADROOM) && event.snapshot.is_some() {
             // too large for NATS with the flag's state inside: without it, evaluators read
@@ -337,12 +379,13 @@ impl Relay {
                 ..event.clone()
             };
             payload = codec::encode(&bare, Encoding::MessagePack)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?
+                .into();
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
         self.nats
-            .publish_with_headers(subject, headers, payload.into())
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|error| StoreError::Protocol(format!("nats publish: {error}")))
     }

@@ -2,32 +2,42 @@
 //! nothing, with its own preconditions); the pipeline only saves the round trips between
 //! them. A call's failure is its own: the others' answers come back beside it.
 //!
-//! Scripts run by `EVALSHA`; when Redis does not know a script yet (a fresh or restarted
+//! A call is an `EVALSHA` command built in place ([`script_call`]): its keys and arguments
+//! are written straight into the command's buffer, with no per-argument allocation (the
+//! hot path of every commit). When Redis does not know a script yet (a fresh or restarted
 //! server), it refuses the calls with `NOSCRIPT` before running them, so those calls are
 //! sent again, once, after `SCRIPT LOAD`.
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
 use crate::StoreError;
 
-/// Runs `calls` in one pipeline, in order; `scripts` are every script they use (loaded when
-/// Redis answers `NOSCRIPT`). One answer per call; `Err` only when the round trip itself
-/// failed (then nothing is known of any call).
+/// The start of a call of `script` with `keys` keys: add the keys, then the arguments.
+pub(crate) fn script_call(script: &Script, keys: usize) -> Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(script.get_hash()).arg(keys);
+    call
+}
+
+/// Runs `calls` (from [`script_call`]) in one pipeline, in order; `scripts` are every
+/// script they use (loaded when Redis answers `NOSCRIPT`). One answer per call; `Err` only
+/// when the round trip itself failed (then nothing is known of any call).
 pub(crate) async fn invoke_all<C: ConnectionLike>(
     connection: &mut C,
-    calls: &[ScriptInvocation<'_>],
+    calls: Vec<Cmd>,
     scripts: &[&Script],
 ) -> Result<Vec<RedisResult<Value>>, StoreError> {
     let mut answers: Vec<Option<RedisResult<Value>>> = (0..calls.len()).map(|_| None).collect();
+    // the original index of each call in the pipeline being sent, in its order
     let mut pending: Vec<usize> = (0..calls.len()).collect();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for call in calls {
+        pipe.add_command(call);
+    }
     let mut loaded = false;
     while !pending.is_empty() {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for &index in &pending {
-            pipe.invoke_script(&calls[index]);
-        }
         let replies: Vec<RedisResult<Value>> = pipe.query_async(connection).await?;
         if replies.len() != pending.len() {
             return Err(StoreError::Protocol(format!(
@@ -37,10 +47,10 @@ pub(crate) async fn invoke_all<C: ConnectionLike>(
             )));
         }
         let mut unknown = Vec::new();
-        for (index, reply) in pending.iter().zip(replies) {
+        for (position, reply) in replies.into_iter().enumerate() {
             match reply {
-                Err(error) if !loaded && is_noscript(&error) => unknown.push(*index),
-                other => answers[*index] = Some(other),
+                Err(error) if !loaded && is_noscript(&error) => unknown.push(position),
+                other => answers[pending[position]] = Some(other),
             }
         }
         if unknown.is_empty() {
@@ -50,7 +60,14 @@ pub(crate) async fn invoke_all<C: ConnectionLike>(
             script.load_async(connection).await?;
         }
         loaded = true;
-        pending = unknown;
+        let mut again = redis::pipe();
+        again.ignore_errors();
+        let sent: Vec<&Cmd> = pipe.cmd_iter().collect();
+        for &position in &unknown {
+            again.add_command(sent[position].clone());
+        }
+        pending = unknown.iter().map(|&position| pending[position]).collect();
+        pipe = again;
     }
     Ok(answers
         .into_iter()

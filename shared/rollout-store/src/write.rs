@@ -262,12 +262,12 @@ impl Writer {
         if committed().next().is_some() && replicated.is_ok() {
             crate::failpoint::hit("write.after_commit");
             if let Some(relay) = &self.relay {
-                let events: Vec<&ChangeEvent> = committed()
-                    .flat_map(|(prepared, _)| prepared.events.iter())
+                let events: Vec<(&ChangeEvent, &bytes::Bytes)> = committed()
+                    .flat_map(|(prepared, _)| prepared.events.iter().zip(&prepared.encoded))
                     .collect();
                 let outbox_ids: Vec<&String> =
                     committed().flat_map(|(_, ids)| ids.iter()).collect();
-                relay.publish_committed(&keys, &events, &outbox_ids).await;
+                relay.publish_encoded(&keys, &events, &outbox_ids).await;
             }
         }
         Ok(decided
