@@ -3,8 +3,6 @@
 //! audit entries, outbox events, the command's stored outcome — and `scripts/commit.lua` applies
 //! it atomically after checking every precondition, or applies nothing.
 
-use std::collections::HashMap;
-
 use redis::aio::ConnectionLike;
 use rollout_core::Timestamp;
 
@@ -56,7 +54,6 @@ pub enum Refused {
 #[derive(Debug, Default, Clone)]
 pub struct Commit {
     keys: Vec<String>,
-    key_index: HashMap<String, usize>,
     idempotency: Option<(usize, Vec<u8>, u64)>,
     fence: Option<(usize, u64)>,
     not_before_ms: i64,
@@ -80,13 +77,12 @@ impl Commit {
     }
 
     fn key(&mut self, key: &str) -> usize {
-        if let Some(index) = self.key_index.get(key) {
-            return *index;
+        // a commit touches a dozen keys or so: a scan beats hashing each one
+        if let Some(position) = self.keys.iter().position(|known| known == key) {
+            return position + 1;
         }
         self.keys.push(key.to_owned());
-        let index = self.keys.len();
-        self.key_index.insert(key.to_owned(), index);
-        index
+        self.keys.len()
     }
 
     /// Refuse (returning the stored outcome) if `key` exists; on success store `outcome`

@@ -403,13 +403,20 @@ impl<'k> Mutation<'k> {
         });
         let mut events = Vec::with_capacity(self.happenings.len());
         let mut encoded = Vec::with_capacity(self.happenings.len());
+        let last = self.happenings.len().saturating_sub(1);
+        let mut snapshot = snapshot;
         for (position, happening) in self.happenings.into_iter().enumerate() {
             let mut event = happening.event;
             event.version = self.flag_version + u64::try_from(position).unwrap_or(0) + 1;
             event.actor = Some(self.actor.name.clone());
             event.trace_id.clone_from(&self.actor.trace_id);
             event.command_id.clone_from(&self.actor.command_id);
-            event.snapshot.clone_from(&snapshot);
+            // the last event takes the snapshot, the others a copy of it
+            event.snapshot = if position == last {
+                snapshot.take()
+            } else {
+                snapshot.clone()
+            };
             if let Some((rollout_id, lifecycle, share, eta)) = &rollout_position {
                 if event.rollout_id.as_deref() == Some(rollout_id.as_str()) {
                     event.state = Some(*lifecycle);
