@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load test suite (SPEC §10): eval, commands, ticker, failover, scale, propagation and sse, each
+# The load test suite (SPEC §10): eval, commands, ticker, failover, scale, propagation, sse and ofrep, each
 # measured beside its baseline in the same run, sized for a 2-core machine (about three
 # minutes after the build). Writes loadtest/RESULTS.md (the table, the machine, every run's
 # settings) and the figures block of loadtest/README.md; the JSON and logs of each
@@ -8,7 +8,7 @@
 #   deploy/local/bench.sh             # every scenario on its own private servers
 #   deploy/local/bench.sh --cluster   # eval, commands, ticker and propagation against the
 #                                     # running local cluster (deploy/local/run.sh --no-demo);
-#                                     # failover, scale and sse always start their own servers
+#                                     # failover, scale, sse and ofrep always start their own servers
 #
 # Environment: CARGO_TARGET_DIR (where the release build goes), NATS_PORT, REDIS_PORT,
 # EVAL_PORT_1, EVAL_PORT_2 (the local cluster's ports, as in run.sh). Exit status 1 when a
@@ -76,6 +76,9 @@ scenario scale --replicas 3 --rollouts 20000 --namespaces 64 --ticker-bin "$BIN/
 scenario propagation "${TARGET_ARGS[@]}" "${PROPAGATION_ARGS[@]}" --changes 300 --pause 20ms
 # OFREP change streams held by one evaluator of its own (private servers in both modes)
 scenario sse --clients 1000 --changes 50
+# OFREP over HTTP (single flag, bulk of 5, 64 connections and sequential) from one evaluator
+# of its own beside a bare axum responder with the same-sized bodies (private servers in both modes)
+scenario ofrep --connections 64 --duration 5s --warmup 1s
 
 mem_field() { free -h | awk -v column="$1" '/^Mem:/ { print $column }'; }
 {
@@ -98,8 +101,8 @@ mem_field() { free -h | awk -v column="$1" '/^Mem:/ { print $column }'; }
 
 say "writing loadtest/RESULTS.md"
 "$BIN/loadtest" report \
-    "$OUT/eval.json" "$OUT/commands.json" "$OUT/ticker.json" "$OUT/failover.json" "$OUT/scale.json" "$OUT/propagation.json" "$OUT/sse.json" \
-    --expect eval,commands,ticker,failover,scale,propagation,sse \
+    "$OUT/eval.json" "$OUT/commands.json" "$OUT/ticker.json" "$OUT/failover.json" "$OUT/scale.json" "$OUT/propagation.json" "$OUT/sse.json" "$OUT/ofrep.json" \
+    --expect eval,commands,ticker,failover,scale,propagation,sse,ofrep \
     --machine "$OUT/machine.md" \
     --out "$ROOT/loadtest/RESULTS.md" \
     --readme "$ROOT/loadtest/README.md"

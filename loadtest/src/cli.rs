@@ -52,6 +52,10 @@ pub enum Scenario {
     /// OFREP change streams (SSE) held by one evaluator: memory per connection, evaluation
     /// throughput with them open, commit → message on every stream
     Sse(SseArgs),
+    /// OFREP over HTTP (single flag and bulk, --connections keep-alive connections and
+    /// sequential) from one evaluator, beside a bare axum responder returning its verified
+    /// answers as fixed bodies of the same size
+    Ofrep(OfrepArgs),
     /// Renders JSON results of several scenarios as one markdown table
     Report(ReportArgs),
     /// (internal) an evaluator configured by `ROLLOUT_*` variables
@@ -66,6 +70,13 @@ pub enum Scenario {
         /// Subject to answer on (queue group `echo`).
         #[arg(long)]
         subject: String,
+    },
+    /// (internal) the ofrep scenario's bare responder: fixed answers read from a JSON file
+    #[command(hide = true)]
+    ServeOfrepBare {
+        /// The answers, as the ofrep scenario writes them.
+        #[arg(long)]
+        bodies: PathBuf,
     },
     /// (internal) a ticker configured by `ROLLOUT_*` variables, when no `ticker` binary is
     /// at hand
@@ -284,6 +295,34 @@ pub struct SseArgs {
     /// Length of each throughput loop
     #[arg(long, default_value = "4s", value_parser = parse_duration)]
     pub duration: Duration,
+}
+
+/// `loadtest ofrep`.
+#[derive(Debug, Clone, Args)]
+pub struct OfrepArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Flags seeded (boolean, a targeting rule, a running 50 % rollout each): the bulk
+    /// answer holds them all (the SPEC target is stated for 5)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub flags: u32,
+    /// Closed loops, each on its own HTTP/1.1 keep-alive connection
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: u32,
+    /// Measured time of each run
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before each run
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Slices each side's warm-up and measured time is cut into, bare and evaluator
+    /// alternating (1: one run each)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Runs the bare responder in this process, beside the load loops, instead of in a
+    /// process of its own like the evaluator
+    #[arg(long)]
+    pub bare_in_process: bool,
 }
 
 /// `loadtest agents`.

@@ -10,6 +10,8 @@
 //! | [`scenarios::ticker`] | 100 000 rollouts with spread due times | bare Redis script calls |
 //! | [`scenarios::failover`] | three ticker processes, the leader killed with SIGKILL | the lease time to live |
 //! | [`scenarios::propagation`] | commit → every evaluator replica serves it | bare NATS publish → subscriber |
+//! | [`scenarios::sse`] | OFREP change streams held by one evaluator: memory, throughput, fan-out | the loop without streams; bare NATS publish → subscriber |
+//! | [`scenarios::ofrep`] | OFREP over HTTP, single flag and bulk, 64 connections and sequential, answers verified first | a bare axum responder returning the same-sized answers as fixed bodies |
 //! | [`scenarios::agents`] | a simulated fleet for demos (no measurement) | — |
 //!
 //! Code map: [`cli`] (options), [`servers`] (private servers or a running cluster, and the
@@ -85,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::ServeEvaluator => return procs::serve_evaluator().await,
         Scenario::ServeTicker => return procs::serve_ticker().await,
         Scenario::ServeEcho { nats, subject } => return procs::serve_echo(&nats, &subject).await,
+        Scenario::ServeOfrepBare { bodies } => return scenarios::ofrep::serve_bare(&bodies).await,
         Scenario::Report(args) => return render_report(&args),
         _ => {}
     }
@@ -122,9 +125,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = args.common.json_out.clone();
             (scenarios::sse::run(&args).await?, out)
         }
+        Scenario::Ofrep(args) => {
+            let out = args.common.json_out.clone();
+            (scenarios::ofrep::run(&args).await?, out)
+        }
         Scenario::Report(_)
         | Scenario::ServeEvaluator
         | Scenario::ServeTicker
+        | Scenario::ServeOfrepBare { .. }
         | Scenario::ServeEcho { .. } => return Ok(()),
     };
     finish(&report, json_out.as_deref())

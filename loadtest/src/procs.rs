@@ -192,6 +192,32 @@ pub async fn spawn_echo(nats_url: &str, subject: &str) -> anyhow::Result<Child> 
     })
 }
 
+/// Starts the ofrep scenario's bare responder process serving the answers in `bodies`
+/// and waits until it listens.
+pub async fn spawn_ofrep_bare(bodies: &Path) -> anyhow::Result<Child> {
+    let mut process = clean_command(&current_exe()?)
+        .arg("serve-ofrep-bare")
+        .arg("--bodies")
+        .arg(bodies)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the bare responder process")?;
+    let stdout = process.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(READY_PATIENCE, lines.next_line())
+        .await
+        .context("the bare responder did not start")??;
+    let port = line
+        .as_deref()
+        .and_then(|line| line.strip_prefix("ready "))
+        .and_then(|port| port.parse::<u16>().ok())
+        .with_context(|| format!("the bare responder said {line:?}"))?;
+    Ok(Child {
+        process,
+        http_port: Some(port),
+    })
+}
+
 /// How a ticker process is started.
 #[derive(Clone, Debug)]
 pub enum TickerProgram {

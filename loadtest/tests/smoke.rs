@@ -273,6 +273,66 @@ fn sse_streams_cost_memory_and_every_stream_gets_every_change() {
 }
 
 #[test]
+fn ofrep_verifies_answers_then_measures_evaluator_and_bare_responder() {
+    let report = scenario(&[
+        "ofrep",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--flags",
+        "3",
+    ]);
+    let details = &report["details"];
+    let verification = &details["verification"];
+    assert_eq!(count(&verification["entities"]), 256, "{verification}");
+    assert!(count(&verification["on"]) > 0, "{verification}");
+    assert!(count(&verification["off"]) > 0, "{verification}");
+    assert_eq!(count(&verification["bulk_flags"]), 3, "{verification}");
+    assert_eq!(verification["rule_match"], true);
+    for run in [
+        "bare_single",
+        "evaluator_single",
+        "bare_bulk",
+        "evaluator_bulk",
+        "bare_single_sequential",
+        "evaluator_single_sequential",
+    ] {
+        assert!(count(&details[run]["requests"]) > 0, "{run}: {details}");
+        assert_eq!(count(&details[run]["errors"]), 0, "{run}: {details}");
+        assert!(details[run]["latency"]["p99_ms"].is_number(), "{run}");
+        assert!(
+            details[run]["mean_body_bytes"].as_f64() > Some(0.0),
+            "{run}"
+        );
+    }
+    let bodies = &details["bodies"];
+    assert!(
+        count(&bodies["bulk_bytes"]) > count(&bodies["single_bytes"]),
+        "{bodies}"
+    );
+    // the bare responder answers the captured bodies, byte for byte
+    assert_eq!(
+        details["bare_single"]["mean_body_bytes"].as_f64(),
+        Some(count(&bodies["single_bytes"]) as f64)
+    );
+    assert_eq!(
+        details["bare_bulk"]["mean_body_bytes"].as_f64(),
+        Some(count(&bodies["bulk_bytes"]) as f64)
+    );
+    let single = row(&report, "OFREP single flag req/s, 4 connections");
+    assert!(single["baseline"]["value"].as_f64() > Some(0.0), "{single}");
+    assert!(single["ratio"].is_number());
+    assert!(single["pass"].is_boolean());
+    // the bulk target is stated for 5 flags: with 3 it is not judged
+    assert!(row(&report, "OFREP bulk of 3 flags req/s")["target"].is_null());
+    assert!(row(&report, "OFREP single flag req/s, 1 connection")["ratio"].is_number());
+    assert!(row(&report, "OFREP single flag p99, 4 connections")["ratio"].is_number());
+}
+
+#[test]
 fn agents_register_poll_and_report() {
     let report = scenario(&[
         "agents",
@@ -336,6 +396,7 @@ fn bad_targets_and_options_exit_64() {
         &["agents", "--redis-url", "redis://127.0.0.1:6379"],
         &["agents", "--labels", "env:x"],
         &["propagation", "--evaluator-http", "127.0.0.1:18081"],
+        &["ofrep", "--nats-url", "nats://127.0.0.1:4222"],
     ] {
         let output = loadtest(args);
         assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");

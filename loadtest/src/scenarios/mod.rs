@@ -4,6 +4,7 @@ pub mod agents;
 pub mod commands;
 pub mod eval;
 pub mod failover;
+pub mod ofrep;
 pub mod propagation;
 pub mod scale;
 pub mod sse;
