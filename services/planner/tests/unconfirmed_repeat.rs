@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::Cluster;
 use rollout_sandbox::{boolean_flag, Sandbox};
 use rollout_sdk::{CommandClient, CommandOutcome, ErrorCode};
-use rollout_testkit::{RedisOptions, RedisServer};
+use rollout_testkit::RedisServer;
 use rollout_wire::commands::{Command, FlagCreate, FlagResult, FlagUpdate};
 
 const FLAG: &str = "checkout";
@@ -26,31 +26,6 @@ const FLAG_KEY: &str = "ro:{test}:flag:checkout";
 const FLAG_AUDIT: &str = "ro:{test}:audit:flag:checkout";
 /// The command id of the update that is not confirmed at first.
 const UPDATE_ID: &str = "update-unconfirmed";
-
-/// A replica of the master on `master_port`, once it is in sync.
-fn replica_of(master_port: u16) -> RedisServer {
-    let replica = RedisServer::start_with(
-        RedisOptions::default().extra_config(format!("replicaof 127.0.0.1 {master_port}\n")),
-    )
-    .expect("replica starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = replica
-            .command(&["INFO", "replication"])
-            .ok()
-            .and_then(|reply| reply.as_text())
-            .unwrap_or_default();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never synced: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    replica
-}
 
 async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
@@ -140,10 +115,8 @@ async fn a_retried_command_is_acknowledged_only_once_its_first_commit_is_replica
             .start()
             .await,
     };
-    let master_port = cluster.redis.port();
-    let replica = tokio::task::spawn_blocking(move || replica_of(master_port))
-        .await
-        .expect("replica start task");
+    let replica = tokio::task::block_in_place(|| RedisServer::start_replica_of(&cluster.redis))
+        .expect("a replica in sync");
     cluster.add_planner().await;
     let operator = cluster.operator();
     let mut master = cluster.redis().await;

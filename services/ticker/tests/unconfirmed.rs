@@ -24,7 +24,7 @@ use common::{
 use rollout_core::Lifecycle;
 use rollout_runtime::config::RedisSettings;
 use rollout_store::Connection;
-use rollout_testkit::{RedisOptions, RedisServer};
+use rollout_testkit::RedisServer;
 use rollout_wire::codec::Encoding;
 use rollout_wire::events::{ChangeEvent, EventKind};
 use serde_json::json;
@@ -37,35 +37,6 @@ const WAIT_TIMEOUT: Duration = Duration::from_millis(300);
 const OUTBOX: &str = "ro:{prod}:outbox";
 /// Each phase lasts this long.
 const PHASE_MS: i64 = 10_000;
-
-/// A replica of `master`, once it is in sync.
-async fn replica_of(master: &RedisServer) -> RedisServer {
-    let port = master.port();
-    tokio::task::spawn_blocking(move || {
-        let replica = RedisServer::start_with(
-            RedisOptions::default().extra_config(format!("replicaof 127.0.0.1 {port}\n")),
-        )
-        .expect("the replica starts");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let info = replica
-                .command(&["INFO", "replication"])
-                .ok()
-                .and_then(|reply| reply.as_text())
-                .unwrap_or_default();
-            if info.contains("master_link_status:up") {
-                break replica;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the replica never synced: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .expect("replica task")
-}
 
 /// A connection to the harness's Redis (the master) asking, as a service configured with
 /// `redis.wait_replicas` = 1 does, that every commit reach one replica.
@@ -119,7 +90,9 @@ fn steps_of(events: &[ChangeEvent]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_transition_holds_its_namespace_until_the_replica_confirms_it() {
     let harness = Harness::start().await;
-    let replica = replica_of(&harness.cluster.redis).await;
+    let replica =
+        tokio::task::block_in_place(|| RedisServer::start_replica_of(&harness.cluster.redis))
+            .expect("a replica in sync");
     let events = harness.collect_events(NS).await;
     let now = harness.now().await;
     // started a minute ago, while no ticker ran: every step's planned time is past, so the

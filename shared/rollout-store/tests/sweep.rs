@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use rollout_core::Timestamp;
 use rollout_store::outbox::Relay;
 use rollout_store::{Connection, StoreError};
-use rollout_testkit::{NatsServer, RedisOptions, RedisServer};
+use rollout_testkit::{NatsServer, RedisServer};
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use rollout_wire::subjects::{Namespace, Subjects};
@@ -29,26 +29,7 @@ async fn manager(server: &RedisServer) -> redis::aio::ConnectionManager {
 /// A master and a replica of it, once the replica is in sync.
 fn master_and_replica() -> (RedisServer, RedisServer) {
     let master = RedisServer::start().expect("master starts");
-    let replica = RedisServer::start_with(
-        RedisOptions::default().extra_config(format!("replicaof 127.0.0.1 {}\n", master.port())),
-    )
-    .expect("replica starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = replica
-            .command(&["INFO", "replication"])
-            .ok()
-            .and_then(|reply| reply.as_text())
-            .unwrap_or_default();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica never synced: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let replica = RedisServer::start_replica_of(&master).expect("a replica in sync");
     (master, replica)
 }
 

@@ -109,6 +109,33 @@ impl RedisServer {
         RedisServer::start_with(RedisOptions::default())
     }
 
+    /// Starts a replica of `master` (default options otherwise) and waits until it is in
+    /// sync (`master_link_status:up`), for at most 20 s.
+    pub fn start_replica_of(master: &RedisServer) -> Result<RedisServer> {
+        let replica = RedisServer::start_with(
+            RedisOptions::default()
+                .extra_config(format!("replicaof 127.0.0.1 {}\n", master.port())),
+        )?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let info = replica
+                .command(&["INFO", "replication"])
+                .ok()
+                .and_then(|reply| reply.as_text())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return Ok(replica);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TestkitError::Protocol(format!(
+                    "the replica of 127.0.0.1:{} never synced: {info}",
+                    master.port()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Starts a server with `options` on a free port and waits until it
     /// answers `PING` (after `AUTH` when a password is set) and reports
     /// `loading:0`.
