@@ -45,7 +45,7 @@ pub struct MeasurementSummary {
 }
 
 impl Measurement {
-    fn empty(elapsed: Duration) -> anyhow::Result<Measurement> {
+    pub(crate) fn empty(elapsed: Duration) -> anyhow::Result<Measurement> {
         Ok(Measurement {
             requests: 0,
             errors: 0,
@@ -54,7 +54,7 @@ impl Measurement {
         })
     }
 
-    fn absorb(&mut self, other: &Measurement) {
+    pub(crate) fn absorb(&mut self, other: &Measurement) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.latency.merge(&other.latency);

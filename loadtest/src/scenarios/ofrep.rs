@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::cli::OfrepArgs;
-use crate::latency::{Latency, LatencySummary};
+use crate::load::{Measurement, MeasurementSummary};
 use crate::procs;
 use crate::progress::{self, phase};
 use crate::report::{Recorder, Report, Row, Target};
@@ -188,14 +188,14 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
         }
         for side in ["bare", "evaluator"] {
             let name = format!("{side}_{what}");
-            let measured = runs.get(&name).with_context(|| format!("no run {name}"))?;
-            if measured.requests == 0 {
+            let total = runs.get(&name).with_context(|| format!("no run {name}"))?;
+            if total.measured.requests == 0 {
                 bail!(
                     "{name} answered no request with 200 ({} errors)",
-                    measured.errors
+                    total.measured.errors
                 );
             }
-            recorder.detail(&name, measured.summary());
+            recorder.detail(&name, total.summary());
         }
     }
     bare.stop().await;
@@ -223,7 +223,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 bare_single,
             )
             .target(Target::ratio_at_least(0.6, "≥ 0.6× bare (goal 0.8×)")),
-            eval_single.errors,
+            eval_single.measured.errors,
         ),
         {
             let row = rate_row(
@@ -237,7 +237,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
             } else {
                 row
             };
-            (row, eval_bulk.errors)
+            (row, eval_bulk.measured.errors)
         },
         (
             rate_row(
@@ -245,7 +245,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 eval_seq,
                 bare_seq,
             ),
-            eval_seq.errors,
+            eval_seq.measured.errors,
         ),
         (
             latency_row(
@@ -254,7 +254,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 eval_single,
                 bare_single,
             ),
-            eval_single.errors,
+            eval_single.measured.errors,
         ),
         (
             latency_row(
@@ -263,7 +263,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 eval_bulk,
                 bare_bulk,
             ),
-            eval_bulk.errors,
+            eval_bulk.measured.errors,
         ),
         (
             latency_row(
@@ -272,7 +272,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 eval_seq,
                 bare_seq,
             ),
-            eval_seq.errors,
+            eval_seq.measured.errors,
         ),
     ];
     for (row, errors) in rows.drain(..) {
@@ -280,7 +280,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     }
     let errors: u64 = [eval_single, eval_bulk, eval_seq]
         .iter()
-        .map(|run| run.errors)
+        .map(|run| run.measured.errors)
         .sum();
     if errors > 0 {
         recorder.note(format!(
@@ -289,7 +289,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     }
     let bare_errors: u64 = [bare_single, bare_bulk, bare_seq]
         .iter()
-        .map(|run| run.errors)
+        .map(|run| run.measured.errors)
         .sum();
     if bare_errors > 0 {
         recorder.note(format!("{bare_errors} bare responder requests failed"));
@@ -323,9 +323,14 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
 }
 
 fn latency_row(what: &str, quantile: f64, eval: &Run, bare: &Run) -> Row {
-    Row::new(what.to_owned(), eval.latency.quantile_ms(quantile), "ms").baseline(
+    Row::new(
+        what.to_owned(),
+        eval.measured.latency.quantile_ms(quantile),
+        "ms",
+    )
+    .baseline(
         "bare axum, same-sized fixed body",
-        bare.latency.quantile_ms(quantile),
+        bare.measured.latency.quantile_ms(quantile),
     )
 }
 
@@ -801,61 +806,47 @@ async fn check_bare(target: &Endpoint, key: &str, verified: &Verified) -> anyhow
     Ok(())
 }
 
-/// What one closed-loop run measured.
+/// What one closed-loop run measured: the load generator's [`Measurement`] and the bytes of
+/// the answers it counted.
 #[derive(Debug)]
 struct Run {
-    requests: u64,
-    errors: u64,
+    measured: Measurement,
     body_bytes: u64,
-    elapsed: Duration,
-    latency: Latency,
 }
 
 /// A [`Run`] as reported.
 #[derive(Debug, Serialize)]
 struct RunSummary {
-    rate: f64,
-    requests: u64,
-    errors: u64,
-    seconds: f64,
+    #[serde(flatten)]
+    measured: MeasurementSummary,
     mean_body_bytes: f64,
-    latency: LatencySummary,
 }
 
 impl Run {
     fn empty(elapsed: Duration) -> anyhow::Result<Run> {
         Ok(Run {
-            requests: 0,
-            errors: 0,
+            measured: Measurement::empty(elapsed)?,
             body_bytes: 0,
-            elapsed,
-            latency: Latency::new()?,
         })
     }
 
     fn absorb(&mut self, other: &Run) {
-        self.requests += other.requests;
-        self.errors += other.errors;
+        self.measured.absorb(&other.measured);
         self.body_bytes += other.body_bytes;
-        self.latency.merge(&other.latency);
     }
 
     fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.measured.rate()
     }
 
     fn mean_body_bytes(&self) -> f64 {
-        self.body_bytes as f64 / (self.requests.max(1)) as f64
+        self.body_bytes as f64 / (self.measured.requests.max(1)) as f64
     }
 
     fn summary(&self) -> RunSummary {
         RunSummary {
-            rate: self.rate(),
-            requests: self.requests,
-            errors: self.errors,
-            seconds: self.elapsed.as_secs_f64(),
+            measured: self.measured.summary(),
             mean_body_bytes: self.mean_body_bytes(),
-            latency: self.latency.summary(),
         }
     }
 }
@@ -898,19 +889,19 @@ async fn closed_loop(
                 match answer {
                     Ok(answer) if answer.status == StatusCode::OK => {
                         if measured {
-                            part.requests += 1;
+                            part.measured.requests += 1;
                             part.body_bytes += answer.body.len() as u64;
-                            part.latency.record(sent.elapsed());
+                            part.measured.latency.record(sent.elapsed());
                         }
                     }
                     Ok(_) => {
                         if measured {
-                            part.errors += 1;
+                            part.measured.errors += 1;
                         }
                     }
                     Err(_) => {
                         if measured {
-                            part.errors += 1;
+                            part.measured.errors += 1;
                         }
                         // the connection may be gone: a fresh one, unless the run is over
                         if Instant::now() < end {
