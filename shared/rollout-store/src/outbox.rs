@@ -140,7 +140,7 @@ impl Relay {
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
             let connects = self.connects();
             for (event, encoded) in events {
-                self.publish_as(event, encoded.cloned()).await?;
+                self.publish(event, encoded.cloned()).await?;
             }
             self.prove_and_trim(connects, keys.outbox(), outbox_ids)
                 .await
@@ -340,13 +340,9 @@ impl Relay {
         }
     }
 
-    async fn publish(&self, event: &ChangeEvent) -> Result<(), StoreError> {
-        self.publish_as(event, None).await
-    }
-
     /// Publishes `event`, as `encoded` when given (its MessagePack encoding, as the outbox
     /// holds it), else encoded here.
-    async fn publish_as(
+    async fn publish(
         &self,
         event: &ChangeEvent,
         encoded: Option<bytes::Bytes>,
@@ -427,7 +423,11 @@ impl Relay {
                 continue;
             };
             match ChangeEvent::decode(bytes, Encoding::MessagePack) {
-                Ok(event) => match self.publish(&event).await {
+                // published as the outbox holds it, as its committer would have
+                Ok(event) => match self
+                    .publish(&event, Some(bytes::Bytes::copy_from_slice(bytes)))
+                    .await
+                {
                     Ok(()) => relayed_ids.push(entry.id.clone()),
                     // the connection is gone: the rest would fail too
                     Err(error) if !self.connected() => {
