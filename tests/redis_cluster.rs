@@ -274,22 +274,9 @@ async fn a_master_lost_with_its_replica_behind_loses_no_acknowledged_command() {
     // again, the storm's pending command among them
     tokio::task::block_in_place(|| {
         master.restart().expect("the old master starts again");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let info = master
-                .command(&["INFO", "replication"])
-                .ok()
-                .and_then(|reply| reply.as_text())
-                .unwrap_or_default();
-            if info.contains("role:slave") && info.contains("master_link_status:up") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the old master never replicated the new one: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        master
+            .wait_replicating(Duration::from_secs(30))
+            .expect("the old master replicates the new one");
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);

@@ -110,26 +110,33 @@ impl RedisServer {
     }
 
     /// Starts a replica of `master` (default options otherwise) and waits until it is in
-    /// sync (`master_link_status:up`), for at most 20 s.
+    /// sync, for at most 20 s ([`RedisServer::wait_replicating`]).
     pub fn start_replica_of(master: &RedisServer) -> Result<RedisServer> {
         let replica = RedisServer::start_with(
             RedisOptions::default()
                 .extra_config(format!("replicaof 127.0.0.1 {}\n", master.port())),
         )?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        replica.wait_replicating(std::time::Duration::from_secs(20))?;
+        Ok(replica)
+    }
+
+    /// Waits until this server is a replica whose link to its master is up
+    /// (`role:slave`, `master_link_status:up`), for at most `timeout`.
+    pub fn wait_replicating(&self, timeout: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
         loop {
-            let info = replica
+            let info = self
                 .command(&["INFO", "replication"])
                 .ok()
                 .and_then(|reply| reply.as_text())
                 .unwrap_or_default();
-            if info.contains("master_link_status:up") {
-                return Ok(replica);
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 return Err(TestkitError::Protocol(format!(
-                    "the replica of 127.0.0.1:{} never synced: {info}",
-                    master.port()
+                    "127.0.0.1:{} never replicated its master: {info}",
+                    self.port
                 )));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
