@@ -33,6 +33,7 @@ use axum::Router;
 use rollout_wire::codec::{self, CodecErrorKind, Encoding, DEFAULT_MAX_BYTES};
 use rollout_wire::envelope::ErrorCode;
 use rollout_wire::subjects::Namespace;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::{bearer_token, Denied};
@@ -137,8 +138,12 @@ async fn cors_layer(
     response
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A JSON answer already serialized.
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -149,7 +154,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 
 /// A refusal of the request's credentials: 401 with its `WWW-Authenticate` challenge, or
 /// 403, with the OFREP error `body`.
-fn denied_response(denied: &Denied, body: &Value) -> Response {
+fn denied_response(denied: &Denied, body: &impl Serialize) -> Response {
     let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut response = json_response(status, body);
     if let Some(challenge) = denied.challenge() {
@@ -287,12 +292,12 @@ async fn evaluate_one(
     let response = match prepare(&shared, &headers, &body) {
         Err(Refused::Denied(denied)) => {
             record(&shared, None, Some(ErrorCode::PermissionDenied));
-            denied_response(&denied, &OfrepError::denied(&denied).body_for(&key))
+            denied_response(&denied, &OfrepError::denied(&denied).body(Some(&key)))
         }
         Err(Refused::NotReady) => not_ready(&shared),
         Err(Refused::Bad(namespace, error)) => {
             record(&shared, namespace.as_deref(), Some(code_of(&error)));
-            json_response(status_of(&error), &error.body_for(&key))
+            json_response(status_of(&error), &error.body(Some(&key)))
         }
         Ok(prepared) => {
             let answer = prepared.namespace.as_deref().and_then(|namespace| {
@@ -301,14 +306,15 @@ async fn evaluate_one(
                     if ofrep::needs_key(&prepared.entity, &evaluation) {
                         Err(OfrepError::targeting_key_missing())
                     } else {
-                        Ok(ofrep::success_body(live, &evaluation))
+                        Ok(serde_json::to_vec(&ofrep::success_body(live, &evaluation))
+                            .unwrap_or_default())
                     }
                 })
             });
             match answer {
                 Some(Ok(body)) => {
                     record(&shared, prepared.namespace.as_deref(), None);
-                    json_response(StatusCode::OK, &body)
+                    json_bytes_response(StatusCode::OK, body)
                 }
                 Some(Err(error)) => {
                     record(
@@ -316,7 +322,7 @@ async fn evaluate_one(
                         prepared.namespace.as_deref(),
                         Some(code_of(&error)),
                     );
-                    json_response(status_of(&error), &error.body_for(&key))
+                    json_response(status_of(&error), &error.body(Some(&key)))
                 }
                 None => {
                     record(
@@ -325,7 +331,7 @@ async fn evaluate_one(
                         Some(ErrorCode::NotFound),
                     );
                     let error = OfrepError::flag_not_found(&key, &prepared.name);
-                    json_response(status_of(&error), &error.body_for(&key))
+                    json_response(status_of(&error), &error.body(Some(&key)))
                 }
             }
         }
@@ -346,16 +352,16 @@ async fn evaluate_bulk(
     let response = match prepare(&shared, &headers, &body) {
         Err(Refused::Denied(denied)) => {
             record(&shared, None, Some(ErrorCode::PermissionDenied));
-            denied_response(&denied, &OfrepError::denied(&denied).bulk_body())
+            denied_response(&denied, &OfrepError::denied(&denied).body(None))
         }
         Err(Refused::NotReady) => not_ready(&shared),
         Err(Refused::Bad(namespace, error)) => {
             record(&shared, namespace.as_deref(), Some(code_of(&error)));
-            json_response(status_of(&error), &error.bulk_body())
+            json_response(status_of(&error), &error.body(None))
         }
         Ok(prepared) => {
-            let mut answer = serde_json::Map::new();
-            let mut flags = Vec::new();
+            let mut answer = ofrep::BulkWriter::new();
+            let mut connections = None;
             if let Some(namespace) = prepared.namespace.as_deref() {
                 // a re-fetch told of a change (`sseEtag`) sees it even on a replica that
                 // has not applied it yet
@@ -370,11 +376,11 @@ async fn evaluate_bulk(
                 namespace.for_each_flag(|live| {
                     let evaluation = live.compiled().evaluate(&prepared.entity);
                     // a flag that needs the missing targeting key fails alone
-                    flags.push(if ofrep::needs_key(&prepared.entity, &evaluation) {
-                        OfrepError::targeting_key_missing().body_for(live.compiled().key())
+                    if ofrep::needs_key(&prepared.entity, &evaluation) {
+                        answer.error(live.compiled().key(), &OfrepError::targeting_key_missing());
                     } else {
-                        ofrep::success_body(live, &evaluation)
-                    });
+                        answer.flag(&ofrep::success_body(live, &evaluation));
+                    }
                 });
                 let host = headers.get(HOST).and_then(|value| value.to_str().ok());
                 let token = if shared.access.tokens.required() {
@@ -384,17 +390,12 @@ async fn evaluate_bulk(
                 } else {
                     None
                 };
-                if let Some(connections) =
-                    shared
-                        .push
-                        .refresh_connections(namespace.name(), state, host, token)
-                {
-                    answer.insert("refreshConnections".to_owned(), connections);
-                }
+                connections = shared
+                    .push
+                    .refresh_connections(namespace.name(), state, host, token);
             }
-            answer.insert("flags".to_owned(), Value::Array(flags));
             record(&shared, prepared.namespace.as_deref(), None);
-            tagged_json(&headers, &Value::Object(answer))
+            tagged_bytes(&headers, answer.finish(connections.as_ref()))
         }
     };
     shared
@@ -420,7 +421,7 @@ async fn stream(
     });
     let bound = match shared.access.tokens.authorize(authorization.as_ref()) {
         Ok(bound) => bound,
-        Err(denied) => return denied_response(&denied, &OfrepError::denied(&denied).bulk_body()),
+        Err(denied) => return denied_response(&denied, &OfrepError::denied(&denied).body(None)),
     };
     if !shared.metrics.is_ready() {
         return not_ready(&shared);
@@ -428,14 +429,14 @@ async fn stream(
     let name = match requested_namespace(bound, &name, "namespace") {
         Ok(name) => name,
         Err(Refused::Denied(denied)) => {
-            return denied_response(&denied, &OfrepError::denied(&denied).bulk_body())
+            return denied_response(&denied, &OfrepError::denied(&denied).body(None))
         }
-        Err(Refused::Bad(_, error)) => return json_response(status_of(&error), &error.bulk_body()),
+        Err(Refused::Bad(_, error)) => return json_response(status_of(&error), &error.body(None)),
         Err(Refused::NotReady) => return not_ready(&shared),
     };
     let Some(namespace) = shared.served.snapshot.namespace(&name) else {
         let error = OfrepError::namespace_not_found(&name);
-        return json_response(status_of(&error), &error.bulk_body());
+        return json_response(status_of(&error), &error.body(None));
     };
     let last_seen = headers
         .get("last-event-id")
@@ -464,7 +465,11 @@ async fn stream(
 /// `body` as JSON with a strong `ETag` of its bytes, or `304 Not Modified` when the
 /// request's `If-None-Match` names that tag.
 fn tagged_json(headers: &HeaderMap, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    tagged_bytes(headers, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// [`tagged_json`] for a body already serialized.
+fn tagged_bytes(headers: &HeaderMap, bytes: Vec<u8>) -> Response {
     let etag = ofrep::etag_of(&bytes);
     let unchanged = headers
         .get(IF_NONE_MATCH)

@@ -14,7 +14,7 @@
 
 use rollout_core::{AttributeValue, Entity, Evaluation, Labels, Reason, ValidationErrors};
 use rollout_wire::checks::validate_entity;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::snapshot::LiveFlag;
@@ -105,14 +105,14 @@ impl OfrepError {
         }
     }
 
-    /// The body for a single-flag request for `key`.
-    pub fn body_for(&self, key: &str) -> Value {
-        serde_json::json!({"key": key, "errorCode": self.code, "errorDetails": self.details})
-    }
-
-    /// The body for a bulk request.
-    pub fn bulk_body(&self) -> Value {
-        serde_json::json!({"errorCode": self.code, "errorDetails": self.details})
+    /// The error body: for a single-flag request or a bulk entry, naming the flag `key`;
+    /// for a whole bulk request, `None`.
+    pub fn body<'a>(&'a self, key: Option<&'a str>) -> ErrorBody<'a> {
+        ErrorBody {
+            code: self.code,
+            details: &self.details,
+            key,
+        }
     }
 }
 
@@ -231,33 +231,114 @@ fn native_reason(reason: Reason) -> &'static str {
     }
 }
 
+/// The OFREP success body for `evaluation` of `live`, serialized as it stands (no JSON
+/// tree is built): the fields are declared in key order, so the bytes are those of the
+/// equivalent JSON object.
+#[derive(Debug, Serialize)]
+pub struct SuccessBody<'a> {
+    key: &'a str,
+    metadata: Metadata<'a>,
+    reason: &'static str,
+    value: &'a Value,
+    variant: &'a str,
+}
+
+/// What decided an answer, in the success body's `metadata` (fields in key order).
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<u32>,
+    evaluation_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<usize>,
+    version: u64,
+}
+
 /// The OFREP success body for `evaluation` of `live`.
-pub fn success_body(live: &LiveFlag, evaluation: &Evaluation<'_>) -> Value {
-    let mut metadata = Map::new();
-    metadata.insert("version".into(), Value::from(live.version()));
-    metadata.insert(
-        "evaluation_reason".into(),
-        Value::from(native_reason(evaluation.reason)),
-    );
-    if let Some(rule_id) = evaluation.rule_id {
-        metadata.insert("rule_id".into(), Value::from(rule_id));
+pub fn success_body<'a>(live: &'a LiveFlag, evaluation: &Evaluation<'a>) -> SuccessBody<'a> {
+    SuccessBody {
+        key: live.compiled().key(),
+        metadata: Metadata {
+            bucket: evaluation.bucket,
+            evaluation_reason: native_reason(evaluation.reason),
+            rollout_id: evaluation.rollout_id,
+            rule_id: evaluation.rule_id,
+            step: evaluation.step,
+            version: live.version(),
+        },
+        reason: reason_name(evaluation.reason),
+        value: evaluation.value,
+        variant: evaluation.variation,
     }
-    if let Some(rollout_id) = evaluation.rollout_id {
-        metadata.insert("rollout_id".into(), Value::from(rollout_id));
+}
+
+/// An OFREP error body (fields in key order; `key` for a single flag or a bulk entry).
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    #[serde(rename = "errorCode")]
+    code: &'static str,
+    #[serde(rename = "errorDetails")]
+    details: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+}
+
+/// The answer to a bulk request, written as the JSON object
+/// `{"flags": [...], "refreshConnections": ...}` one flag at a time: [`BulkWriter::flag`]
+/// and [`BulkWriter::error`] append an entry, [`BulkWriter::finish`] closes it.
+#[derive(Debug)]
+pub struct BulkWriter {
+    bytes: Vec<u8>,
+    entries: usize,
+}
+
+impl BulkWriter {
+    /// An answer without entries yet.
+    pub fn new() -> BulkWriter {
+        let mut bytes = Vec::with_capacity(1024);
+        bytes.extend_from_slice(b"{\"flags\":[");
+        BulkWriter { bytes, entries: 0 }
     }
-    if let Some(step) = evaluation.step {
-        metadata.insert("step".into(), Value::from(step));
+
+    fn entry(&mut self, entry: &impl Serialize) {
+        if self.entries > 0 {
+            self.bytes.push(b',');
+        }
+        self.entries += 1;
+        // writing plain structs of strings and numbers into a Vec cannot fail
+        let _ = serde_json::to_writer(&mut self.bytes, entry);
     }
-    if let Some(bucket) = evaluation.bucket {
-        metadata.insert("bucket".into(), Value::from(bucket));
+
+    /// Appends a flag's success body.
+    pub fn flag(&mut self, body: &SuccessBody<'_>) {
+        self.entry(body);
     }
-    serde_json::json!({
-        "key": live.compiled().key(),
-        "value": evaluation.value,
-        "reason": reason_name(evaluation.reason),
-        "variant": evaluation.variation,
-        "metadata": metadata,
-    })
+
+    /// Appends a flag that failed alone (its error body, naming it).
+    pub fn error(&mut self, key: &str, error: &OfrepError) {
+        self.entry(&error.body(Some(key)));
+    }
+
+    /// The whole answer, with `refreshConnections` when change push offers some.
+    pub fn finish(mut self, refresh_connections: Option<&Value>) -> Vec<u8> {
+        self.bytes.push(b']');
+        if let Some(connections) = refresh_connections {
+            self.bytes.extend_from_slice(b",\"refreshConnections\":");
+            let _ = serde_json::to_writer(&mut self.bytes, connections);
+        }
+        self.bytes.push(b'}');
+        self.bytes
+    }
+}
+
+impl Default for BulkWriter {
+    fn default() -> BulkWriter {
+        BulkWriter::new()
+    }
 }
 
 /// The body of `GET /ofrep/v1/configuration`: this evaluator's name and capabilities —
