@@ -321,12 +321,14 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
     // lost with it (plain NATS messages)
     let mut losses: Vec<(Timestamp, Timestamp)> = Vec::new();
     let mut unclean: Vec<String> = Vec::new();
+    let mut phases = Phases::default();
     for host in &mut service_hosts {
         let index = host.index;
         for position in 0..host.services.len() {
             let service = host.services[position].0;
             let what = format!("{}-{index}", service.name());
             let began = Instant::now();
+            let began_at = wall_clock_now();
             let process = &mut host.services[position].1;
             let ended = tokio::task::block_in_place(|| process.terminate(STOP_GRACE));
             let stopped = began.elapsed();
@@ -338,6 +340,7 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
             process.restart();
             wait_ready(host, service).await;
             report.fault(&format!("{} restarted", service.name()));
+            phases.add(format!("{what} restart"), began_at);
             stops.push(format!(
                 "{what}: stopped in {} ms, ready again {} ms after SIGTERM",
                 stopped.as_millis(),
@@ -360,6 +363,7 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
             wait_nats_healthy_at(*other).await;
         }
         losses.push((stopped_at, wall_clock_now()));
+        phases.add(format!("nats-{index} restart"), stopped_at);
         stops.push(format!(
             "nats-{index}: JetStream current on every node {} ms after SIGTERM",
             began.elapsed().as_millis()
@@ -383,6 +387,7 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
         wait_nats_healthy_at(*other).await;
     }
     losses.push((cut_at, wall_clock_now()));
+    phases.add(format!("host-{} cut off", lost.index), cut_at);
     stops.push(format!(
         "host-{}: cut off for {} ms, every node healthy and service ready {} ms after the cut",
         lost.index,
@@ -479,10 +484,19 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
     ));
     report.note(format!(
         "{succeeded} evaluations answered, {} failed",
-        failures.values().sum::<u64>()
+        failures
+            .values()
+            .map(|failures| failures.count)
+            .sum::<u64>()
     ));
-    for (error, count) in &failures {
-        report.note(format!("failed evaluation x{count}: {error}"));
+    for (error, failures) in &failures {
+        report.note(format!(
+            "failed evaluation x{}: {error} (from {} to {}, during: {})",
+            failures.count,
+            failures.first,
+            failures.last,
+            phases.during(failures.first, failures.last)
+        ));
     }
     report.assert_clean();
     assert!(
@@ -611,7 +625,7 @@ async fn wait_nats_healthy_at(monitor: SocketAddr) {
 /// every seed, counting answers and failures.
 struct Applications {
     succeeded: Arc<AtomicU64>,
-    failures: Arc<Mutex<BTreeMap<String, u64>>>,
+    failures: Arc<Mutex<BTreeMap<String, Failures>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -652,11 +666,20 @@ impl Applications {
                             succeeded.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(error) => {
-                            *failures
+                            let at = wall_clock_now();
+                            failures
                                 .lock()
                                 .expect("failures")
                                 .entry(error.to_string())
-                                .or_default() += 1;
+                                .and_modify(|failures: &mut Failures| {
+                                    failures.count += 1;
+                                    failures.last = at;
+                                })
+                                .or_insert(Failures {
+                                    count: 1,
+                                    first: at,
+                                    last: at,
+                                });
                         }
                     }
                     turn += 1;
@@ -686,12 +709,49 @@ impl Applications {
 
     /// Stops evaluating (each application finishes its evaluation in flight) and returns
     /// the answers and the failures by error.
-    async fn stop(self) -> (u64, BTreeMap<String, u64>) {
+    async fn stop(self) -> (u64, BTreeMap<String, Failures>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.expect("application");
         }
         let failures = self.failures.lock().expect("failures").clone();
         (self.succeeded.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// The failures of one kind the applications met: how many, the first and the last.
+#[derive(Clone, Debug)]
+struct Failures {
+    count: u64,
+    first: Timestamp,
+    last: Timestamp,
+}
+
+/// The faults of the run, each from its start until the system had recovered from it: a
+/// failure report names those it fell into.
+#[derive(Debug, Default)]
+struct Phases(Vec<(String, Timestamp, Timestamp)>);
+
+impl Phases {
+    /// A fault that began at `began` and is over now.
+    fn add(&mut self, what: String, began: Timestamp) {
+        self.0.push((what, began, wall_clock_now()));
+    }
+
+    /// The faults overlapping `from..=to` (with a second's slack before), or "no fault".
+    fn during(&self, from: Timestamp, to: Timestamp) -> String {
+        let names: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(_, began, ended)| {
+                began.as_millis() <= to.as_millis() && ended.as_millis() + 1_000 >= from.as_millis()
+            })
+            .map(|(what, _, _)| what.as_str())
+            .collect();
+        if names.is_empty() {
+            "no fault".to_owned()
+        } else {
+            names.join(", ")
+        }
     }
 }

@@ -27,6 +27,13 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 const MANAGER_RECONNECT_RETRIES: usize = 3;
 /// Longest a single connection attempt may take.
 const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one NATS reconnection attempt may take once running. A node whose host was
+/// lost (no reset, no answer) holds an attempt for this long before the next node is
+/// tried, while the client's subscriptions reach no one; a NATS handshake takes
+/// milliseconds. With the default 2 s ping interval a client is back on a live node
+/// within about 7 s of losing its own (two unanswered pings, then at most one attempt at
+/// the lost node): within the SDK's patience for "no responders".
+const MAX_RECONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The server a [`ConnectError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +115,8 @@ impl ConnectError {
 /// user/password, token or credentials file, TLS (trusted CAs, client
 /// certificate, `tls_required`) and the inbox prefix replies come back
 /// under. Once connected, the client reconnects without limit, backing off
-/// up to 2 s between attempts, and logs disconnections and reconnections.
+/// up to 2 s between attempts, each attempt given at most 1 s, and logs
+/// disconnections and reconnections.
 /// Authentication and TLS failures are returned at once, without retrying.
 pub async fn connect_nats(
     settings: &NatsSettings,
@@ -263,7 +271,7 @@ async fn nats_options(
     // left before the start-up deadline (the caller bounds that attempt)
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(per_connection_timeout(settings.connect_timeout))
+        .connection_timeout(settings.connect_timeout.min(MAX_RECONNECT_ATTEMPT_TIMEOUT))
         .subscription_capacity(settings.subscription_capacity)
         .ping_interval(settings.ping_interval)
         .max_reconnects(None)

@@ -118,8 +118,12 @@ where
 /// The longest pause between two attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The longest a call keeps asking while nobody responds (a command-line user whose
-/// planner is not running hears so after this long, not after every timeout).
-pub const NO_RESPONDERS_PATIENCE: Duration = Duration::from_secs(5);
+/// planner is not running hears so after this long, not after every timeout). Longer than
+/// services need to leave a NATS node that vanished and be reachable again through another
+/// (two unanswered pings at the default 2 s interval, then one reconnection attempt of at
+/// most 1 s: about 7 s), so that an application whose every evaluator was connected
+/// through the lost node gets its answer.
+pub const NO_RESPONDERS_PATIENCE: Duration = Duration::from_secs(10);
 
 async fn request_once<R: DeserializeOwned>(
     nats: &async_nats::Client,
