@@ -1268,6 +1268,10 @@ struct Tally {
     excused_rounds: u64,
     unreachable: BTreeMap<Path, u64>,
     examples: Vec<String>,
+    /// Answers behind the latest committed state (allowed for [`GRACE`]), and the first
+    /// few, with when they were seen: where a run lost time even when nothing was violated.
+    lagging: u64,
+    lagging_examples: Vec<String>,
 }
 
 /// Runs oracle rounds in the background of a fault run, every ~150 ms: each round reads
@@ -1308,6 +1312,18 @@ impl OracleMonitor {
                     Err(_) => tally.skipped_rounds += 1,
                     Ok((verdict, unreachable)) => {
                         tally.samples += u64::try_from(verdict.checked).unwrap_or(u64::MAX);
+                        tally.lagging += u64::try_from(verdict.mismatches).unwrap_or(u64::MAX);
+                        if let Some(first) = &verdict.first_mismatch {
+                            if tally.lagging_examples.len() < 3 {
+                                let since_epoch = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap_or_default();
+                                let at = rollout_core::Timestamp::from_millis(
+                                    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
+                                );
+                                tally.lagging_examples.push(format!("at {at}: {first}"));
+                            }
+                        }
                         for violation in &verdict.violations {
                             tally.violations += 1;
                             if tally.examples.len() < 5 {
@@ -1369,6 +1385,14 @@ impl OracleMonitor {
                 .iter()
                 .map(|example| format!("served ≠ committed: {example}")),
         );
+        if tally.lagging > 0 {
+            notes.push(format!(
+                "answers behind the committed state (within the {} s grace): {}; the first: {}",
+                GRACE.as_secs(),
+                tally.lagging,
+                tally.lagging_examples.join("; ")
+            ));
+        }
         OracleFindings {
             samples: tally.samples,
             violations: tally.violations,
