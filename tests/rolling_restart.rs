@@ -294,6 +294,13 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
             )
         })
         .collect();
+    // before anyone evaluates, every replica serves every flag as committed: served =
+    // committed is promised within 2 s of a commit, and these were made a moment ago (on a
+    // cluster whose routes may still be settling, where an event can be lost: a replica
+    // that missed a flag's creation finds it through its namespace's version counter)
+    Oracle::new(redis_conn.clone(), operator.clone(), NS, replicas.clone())
+        .assert_served_matches_committed()
+        .await;
     let oracle = OracleMonitor::start(Oracle::new(
         redis_conn.clone(),
         operator.clone(),

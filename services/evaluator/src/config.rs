@@ -323,7 +323,8 @@ pub struct EvaluatorSettings {
     pub resync_interval: Duration,
     /// How often the NATS connection is checked for a reconnection (which triggers a
     /// full comparison), Redis's generation id for a data loss (which triggers a rebuild),
-    /// and failed resyncs are retried
+    /// every namespace's flag-version counter for a change whose event never arrived, and
+    /// failed resyncs are retried
     #[serde(with = "rollout_runtime::config::duration")]
     pub reconnect_check_interval: Duration,
     /// Longest time reported outcomes wait in memory before one pipelined write

@@ -128,11 +128,14 @@ pub enum ResyncReason {
     /// Redis lost its data (its generation id changed): every flag was read again and
     /// replaced, whatever version was held.
     StoreReset,
+    /// The namespace's flag-version counter showed a change whose event never arrived
+    /// (see `sync::watch`).
+    Missed,
 }
 
 impl ResyncReason {
     /// Every reason, in metric order.
-    pub const ALL: [ResyncReason; 8] = [
+    pub const ALL: [ResyncReason; 9] = [
         ResyncReason::Gap,
         ResyncReason::NoSnapshot,
         ResyncReason::Invalid,
@@ -141,6 +144,7 @@ impl ResyncReason {
         ResyncReason::Overflow,
         ResyncReason::SlowConsumer,
         ResyncReason::StoreReset,
+        ResyncReason::Missed,
     ];
 
     /// The metric label.
@@ -154,6 +158,7 @@ impl ResyncReason {
             ResyncReason::Overflow => "overflow",
             ResyncReason::SlowConsumer => "slow_consumer",
             ResyncReason::StoreReset => "store_reset",
+            ResyncReason::Missed => "missed",
         }
     }
 
@@ -316,6 +321,19 @@ impl NamespaceSnapshot {
             .filter(|slot| slot.state.load().live().is_some())
             .map(|slot| slot.key.clone())
             .collect()
+    }
+
+    /// The sum of the versions of the served flags (deletions not included).
+    pub fn live_version_sum(&self) -> u64 {
+        let index = self.index.load();
+        index
+            .ordered
+            .iter()
+            .filter_map(|slot| {
+                let state = slot.state.load();
+                state.live().is_some().then(|| state.version())
+            })
+            .fold(0_u64, u64::saturating_add)
     }
 
     /// How many flags are served, and the sum of every held version (deletions included):

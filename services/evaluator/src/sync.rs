@@ -12,6 +12,9 @@
 //!   `resync_interval` (pipelined `HGET rev`), and within `reconnect_check_interval` after
 //!   every NATS reconnection and every slow-consumer drop of the client, to catch events
 //!   that were never delivered.
+//! - At each of those checks it also reads every namespace's flag-version counter
+//!   ([`watch`]): a change whose event never arrived — the last of its flag, which no later
+//!   event would reveal — is read from Redis within two checks.
 //!
 //! Every install goes through the snapshot's version check, so the applier and the
 //! resync worker can race freely: the newer version wins, an older one is dropped.
@@ -33,6 +36,7 @@
 
 mod apply;
 mod load;
+mod watch;
 
 use crate::snapshot::ResyncReason;
 use rollout_store::StoreError;
@@ -43,6 +47,7 @@ pub use load::{
     check_store_generation, full_sync, load_state, rebuild, resync_flags, sync_namespace,
 };
 pub(crate) use load::{first_load, resync_worker, RESYNC_QUEUE};
+pub(crate) use watch::VersionWatch;
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]

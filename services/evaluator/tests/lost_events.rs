@@ -115,3 +115,102 @@ async fn a_redis_restored_from_an_older_backup_is_served_as_it_is_now() {
     .await;
     replica.stop().await;
 }
+
+/// What `flag` serves entity `u-1` over NATS: its variation and version, or `None` when
+/// the replica says it does not exist.
+async fn served_or_missing(client: &async_nats::Client, flag: &str) -> Option<(String, u64)> {
+    let reply = eval(
+        client,
+        NS,
+        &serde_json::json!({"flag": flag, "entity": {"id": "u-1"}}),
+        Encoding::Json,
+    )
+    .await;
+    match reply {
+        Ok(reply) => Some((
+            reply["variation"].as_str().expect("variation").to_owned(),
+            reply["version"].as_u64().expect("version"),
+        )),
+        Err(error) if error.code == rollout_wire::envelope::ErrorCode::NotFound => None,
+        Err(error) => panic!("evaluation failed: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_whose_events_never_arrive_are_served_without_waiting_for_the_periodic_resync() {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    for flag in ["edited", "deleted", "busy"] {
+        store.create_flag(NS, checkout_flag(flag)).await;
+    }
+    // the namespace's version counter is off by a constant, as for data written before it
+    // existed: only its movements count
+    let mut connection = store.redis.clone();
+    let _: () = redis::cmd("INCRBY")
+        .arg(format!("ro:{{{NS}}}:versions"))
+        .arg(1_000)
+        .query_async(&mut connection)
+        .await
+        .expect("offset the counter");
+    let mut config = servers.config();
+    // the periodic comparison never comes: only the version counter can bring these in
+    config.evaluator.resync_interval = Duration::from_secs(3600);
+    config.evaluator.reconnect_check_interval = Duration::from_millis(200);
+    let replica = start(config).await;
+    let client = servers.client().await;
+    let edited_before = served(&client, "edited").await;
+    assert_eq!(edited_before.0, "off");
+
+    // another flag of the namespace changes all the time, its events delivered
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (store, stop) = (store.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut changes = 0_u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.update_flag(NS, checkout_flag("busy")).await;
+                changes += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            changes
+        })
+    };
+    // an edit and a new flag, committed; their events are lost (the last of each flag)
+    let mut turned_on = checkout_flag("edited");
+    turned_on.default = rollout_core::Serve::variation("on");
+    let edited = store.commit_update_flag(NS, turned_on).await;
+    let created = store.commit_create_flag(NS, checkout_flag("created")).await;
+    eventually(
+        "the lost edit and creation are served while the namespace is busy",
+        || async {
+            served_or_missing(&client, "edited").await == Some(("on".to_owned(), edited.version))
+                && served_or_missing(&client, "created").await
+                    == Some(("off".to_owned(), created.version))
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy_changes = busy.await.expect("busy writer");
+    assert!(busy_changes > 0, "the namespace was busy meanwhile");
+
+    // a deletion whose event is lost, in a namespace at rest
+    store.commit_delete_flag(NS, "deleted").await;
+    eventually("the lost deletion is served", || async {
+        served_or_missing(&client, "deleted").await.is_none()
+    })
+    .await;
+    let metrics = http(replica.http_addr(), "GET", "/metrics", &[], b"")
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"reason="missed"} "#) && !metrics.contains(r#"reason="missed"} 0"#),
+        "the version counter brought the changes in (else this test proves nothing):\n{metrics}"
+    );
+    // every commit (creations, edits, a deletion) moved the counter with the listed
+    // versions: its offset is still the one it started with
+    let offset = rollout_store::versions::calibrate(&store.redis, &namespace(NS))
+        .await
+        .expect("calibrates");
+    assert_eq!(offset, 1_000);
+    replica.stop().await;
+}

@@ -68,6 +68,7 @@ pub struct Commit {
     pushes: Vec<(usize, Vec<u8>, usize)>,
     outbox: Vec<(usize, bytes::Bytes)>,
     notify: Option<(usize, usize, usize)>,
+    increments: Vec<(usize, i64)>,
 }
 
 impl Commit {
@@ -186,6 +187,13 @@ impl Commit {
         self
     }
 
+    /// INCRBY `key` by `amount` (a counter the commit moves with what it writes).
+    pub fn increment(&mut self, key: &str, amount: i64) -> &mut Commit {
+        let index = self.key(key);
+        self.increments.push((index, amount));
+        self
+    }
+
     /// The keys this commit touches, in KEYS order.
     pub fn keys(&self) -> &[String] {
         &self.keys
@@ -289,6 +297,10 @@ impl Commit {
             None => {
                 invocation.arg(0);
             }
+        }
+        invocation.arg(self.increments.len());
+        for (index, amount) in &self.increments {
+            invocation.arg(*index).arg(*amount);
         }
         invocation
     }

@@ -116,6 +116,17 @@ impl Keys {
         format!("{}:flags", self.base)
     }
 
+    /// `ro:{ns}:versions`: the namespace's flag-version counter. Every commit adds what it
+    /// changes of the sum of the versions of the flags in [`Keys::flags`] (a new flag adds
+    /// its version, an edit the versions it moves, a deletion takes its version away). Only
+    /// its changes mean anything: a namespace whose data predates the counter, or that
+    /// older writers changed, has it off by a constant. An evaluator in step with Redis
+    /// sees it move with the versions it holds, so a change whose event never arrived shows
+    /// as a difference that does not close (`evaluator::sync`).
+    pub(crate) fn versions(&self) -> String {
+        format!("{}:versions", self.base)
+    }
+
     /// `ro:{ns}:rollout:<id>`: one rollout.
     pub(crate) fn rollout(&self, rollout_id: &str) -> String {
         format!("{}:rollout:{rollout_id}", self.base)

@@ -47,6 +47,7 @@ pub mod outcomes;
 mod pipelined;
 pub mod reads;
 mod records;
+pub mod versions;
 pub mod webhooks;
 pub mod write;
 

@@ -349,6 +349,23 @@ impl<'k> Mutation<'k> {
                 commit.srem(&keys.flags(), &self.flag_key);
             }
         }
+        // the namespace's flag-version counter moves by what this changes of the sum of
+        // its listed flags' versions
+        let listed_before = if self.flag_created {
+            0
+        } else {
+            self.flag_version
+        };
+        let listed_after = if self.flag_record.is_some() {
+            new_version
+        } else {
+            0
+        };
+        let moved = i64::try_from(listed_after).unwrap_or(i64::MAX)
+            - i64::try_from(listed_before).unwrap_or(i64::MAX);
+        if moved != 0 {
+            commit.increment(&keys.versions(), moved);
+        }
         if let Some((previous_revision, record)) = &self.rollout {
             let rollout_key = keys.rollout(&record.id);
             commit.expect_revision(&rollout_key, *previous_revision);

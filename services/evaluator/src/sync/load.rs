@@ -233,7 +233,7 @@ async fn full_sync_inner(shared: &Shared, reason: Option<ResyncReason>) -> Resul
 }
 
 /// The namespaces in Redis's registry and those held.
-async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> {
+pub(super) async fn known_namespaces(shared: &Shared) -> Result<Vec<Namespace>, SyncError> {
     let mut connection = shared.io.redis.clone();
     let mut known: BTreeSet<Namespace> = namespaces::registered(&mut connection)
         .await?
@@ -375,6 +375,7 @@ pub(crate) async fn resync_worker(
     let mut slow_consumers = shared.served.nats_events.slow_consumers();
     let mut pending_full: Option<ResyncReason> = None;
     let mut requests_closed = false;
+    let mut watch = super::VersionWatch::default();
     loop {
         tokio::select! {
             biased;
@@ -430,6 +431,13 @@ pub(crate) async fn resync_worker(
                 // a failed check changes nothing and is simply made again at the next tick
                 if let Err(error) = check_store_generation(&shared).await {
                     tracing::debug!(%error, "checking redis's generation failed; trying again at the next check");
+                }
+                // a change whose event never arrived (the last of its flag: no later one
+                // reveals the gap) shows in its namespace's version counter
+                match watch.check(&shared).await {
+                    Ok(0) => {}
+                    Ok(missed) => tracing::info!(flags = missed, "changes whose events never arrived, read from redis"),
+                    Err(error) => tracing::debug!(%error, "checking the namespaces' version counters failed; trying again at the next check"),
                 }
                 if let Some(reason) = pending_full.take() {
                     if let Err(error) = full_sync(&shared, Some(reason)).await {

@@ -317,13 +317,18 @@ impl Store {
         committed.version
     }
 
-    /// `flag.delete`, published.
-    pub async fn delete_flag(&self, name: &str, key: &str) -> u64 {
+    /// `flag.delete`, committed but not published.
+    pub async fn commit_delete_flag(&self, name: &str, key: &str) -> Committed {
         let now = self.now().await;
         let (version, _) = self.flag_record(name, key).await;
         let mut change = Change::of_flag(key, version);
         change.happened = vec![Happened::event(EventKind::FlagDeleted, None)];
-        let committed = self.commit(name, change, now).await;
+        self.commit(name, change, now).await
+    }
+
+    /// `flag.delete`, published.
+    pub async fn delete_flag(&self, name: &str, key: &str) -> u64 {
+        let committed = self.commit_delete_flag(name, key).await;
         self.publish(name, &committed).await;
         committed.version
     }

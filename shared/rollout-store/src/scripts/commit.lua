@@ -25,6 +25,7 @@
 --                                                   (every outbox value is appended there
 --                                                    too, field "event", while the
 --                                                    namespace has webhooks)
+--   incrs   : key-index, amount                     (INCRBY: counters the commit moves)
 --
 -- Returns {"ok", now_ms, outbox ids...} | {"duplicate", stored outcome} |
 --         {"conflict", key, actual revision} | {"fenced", fence epoch} | {"early", now_ms}
@@ -139,6 +140,11 @@ if notify_index > 0 then
       redis.call('XADD', KEYS[notify_index], 'MAXLEN', '~', max_len, '*', 'event', value)
     end
   end
+end
+local incrs = tonumber(nextarg())
+for _ = 1, incrs do
+  local key = KEYS[tonumber(nextarg())]
+  redis.call('INCRBY', key, nextarg())
 end
 if idem_index > 0 then
   redis.call('SET', KEYS[idem_index], ARGV[2], 'EX', tonumber(ARGV[3]))
