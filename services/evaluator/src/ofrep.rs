@@ -323,12 +323,13 @@ impl BulkWriter {
         self.entry(&error.body(Some(key)));
     }
 
-    /// The whole answer, with `refreshConnections` when change push offers some.
-    pub fn finish(mut self, refresh_connections: Option<&Value>) -> Vec<u8> {
+    /// The whole answer, with `refreshConnections` when change push offers a stream.
+    pub fn finish(mut self, refresh: Option<&crate::push::RefreshConnection>) -> Vec<u8> {
         self.bytes.push(b']');
-        if let Some(connections) = refresh_connections {
-            self.bytes.extend_from_slice(b",\"refreshConnections\":");
-            let _ = serde_json::to_writer(&mut self.bytes, connections);
+        if let Some(connection) = refresh {
+            self.bytes.extend_from_slice(b",\"refreshConnections\":[");
+            let _ = serde_json::to_writer(&mut self.bytes, connection);
+            self.bytes.push(b']');
         }
         self.bytes.push(b'}');
         self.bytes

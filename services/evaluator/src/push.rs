@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,7 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use rollout_runtime::shutdown::Shutdown;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::snapshot::{NamespaceSnapshot, Snapshot};
@@ -91,6 +93,20 @@ fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The one entry of a bulk answer's `refreshConnections`: this evaluator's change stream
+/// for the namespace (fields in key order, as the JSON object's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefreshConnection {
+    /// Seconds of silence after which the client should reconnect.
+    #[serde(rename = "inactivityDelaySec")]
+    pub inactivity_delay_sec: u64,
+    /// Always `sse`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The stream's URL, with the state the answer was computed at.
+    pub url: String,
 }
 
 /// The streams of every namespace and their bounds.
@@ -151,33 +167,38 @@ impl Push {
         )
     }
 
-    /// The `refreshConnections` of a bulk answer for `namespace` at state `state`, asked
-    /// with `host` (the request's `Host`) and `token` (its bearer token, when required).
+    /// The `refreshConnections` entry of a bulk answer for `namespace` at state `state`,
+    /// asked with `host` (the request's `Host`) and `token` (its bearer token, when
+    /// required); `None` when change push is off.
     pub fn refresh_connections(
         &self,
         namespace: &str,
         state: u64,
         host: Option<&str>,
         token: Option<&str>,
-    ) -> Option<Value> {
+    ) -> Option<RefreshConnection> {
         if !self.enabled {
             return None;
         }
-        let base = match (&self.public_url, host) {
-            (Some(url), _) => url.clone(),
-            (None, Some(host)) => format!("http://{host}"),
-            (None, None) => String::new(),
-        };
-        let mut url = format!("{base}{PATH_PREFIX}{namespace}?since={state}");
+        let mut url = String::with_capacity(96);
+        match (&self.public_url, host) {
+            (Some(public), _) => url.push_str(public),
+            (None, Some(host)) => {
+                url.push_str("http://");
+                url.push_str(host);
+            }
+            (None, None) => {}
+        }
+        let _ = write!(url, "{PATH_PREFIX}{namespace}?since={state}");
         if let Some(token) = token {
             url.push_str("&token=");
             url.push_str(&percent_encode(token));
         }
-        Some(json!([{
-            "type": "sse",
-            "url": url,
-            "inactivityDelaySec": self.inactivity.as_secs(),
-        }]))
+        Some(RefreshConnection {
+            inactivity_delay_sec: self.inactivity.as_secs(),
+            kind: "sse",
+            url,
+        })
     }
 
     /// The latest message of `namespace` (made now if it has no channel yet).
@@ -431,22 +452,24 @@ mod tests {
     fn the_stream_url_uses_the_public_url_else_the_host() {
         let mut settings = HttpSettings::default();
         let push = Push::new(&settings, Shutdown::new());
-        let connections = push
+        let connection = push
             .refresh_connections("prod", 7, Some("10.0.0.1:8080"), Some("t+1"))
             .expect("on by default");
         assert_eq!(
-            connections[0]["url"],
-            "http://10.0.0.1:8080/ofrep/v1/sse/prod?since=7&token=t%2B1"
+            serde_json::to_value(&connection).expect("json"),
+            serde_json::json!({
+                "url": "http://10.0.0.1:8080/ofrep/v1/sse/prod?since=7&token=t%2B1",
+                "type": "sse",
+                "inactivityDelaySec": 120,
+            })
         );
-        assert_eq!(connections[0]["type"], "sse");
-        assert_eq!(connections[0]["inactivityDelaySec"], 120);
         settings.public_url = Some("https://flags.example.com/".to_owned());
         let push = Push::new(&settings, Shutdown::new());
-        let connections = push
+        let connection = push
             .refresh_connections("dev", 3, Some("ignored"), None)
             .expect("on");
         assert_eq!(
-            connections[0]["url"],
+            connection.url,
             "https://flags.example.com/ofrep/v1/sse/dev?since=3"
         );
         settings.sse = false;
