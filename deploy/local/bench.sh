@@ -9,6 +9,10 @@
 #   deploy/local/bench.sh --cluster   # eval, commands, ticker and propagation against the
 #                                     # running local cluster (deploy/local/run.sh --no-demo);
 #                                     # failover, scale, sse and ofrep always start their own servers
+#   deploy/local/bench.sh --peer unleash-edge
+#                                     # also `loadtest edge`: OFREP beside a real Unleash Edge
+#                                     # (installed by deploy/tools/install-unleash-edge.sh, a
+#                                     # long first build), added to the table
 #
 # Environment: CARGO_TARGET_DIR (where the release build goes), NATS_PORT, REDIS_PORT,
 # EVAL_PORT_1, EVAL_PORT_2 (the local cluster's ports, as in run.sh). Exit status 1 when a
@@ -18,11 +22,24 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 CLUSTER=0
-for argument in "$@"; do
-    case "$argument" in
+PEERS=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
         --cluster) CLUSTER=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-        *) echo "bench.sh: unknown argument $argument" >&2; exit 64 ;;
+        --peer)
+            [ "$#" -ge 2 ] || { echo "bench.sh: --peer needs a name (unleash-edge)" >&2; exit 64; }
+            PEERS+=("$2"); shift ;;
+        --peer=*) PEERS+=("${1#--peer=}") ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 64 ;;
+    esac
+    shift
+done
+EDGE_PEER=0
+for peer in "${PEERS[@]}"; do
+    case "$peer" in
+        unleash-edge) EDGE_PEER=1 ;;
+        *) echo "bench.sh: unknown peer $peer (known: unleash-edge)" >&2; exit 64 ;;
     esac
 done
 
@@ -36,6 +53,13 @@ say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
 say "installing tools (nats-server >= 2.10, redis-server) if missing"
 bash deploy/tools/install.sh >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+
+if [ "$EDGE_PEER" = 1 ]; then
+    say "installing unleash-edge if missing (a long build the first time)"
+    bash deploy/tools/install-unleash-edge.sh >"$OUT/install-unleash-edge.log" 2>&1 \
+        || { cat "$OUT/install-unleash-edge.log"; exit 1; }
+    tail -n 1 "$OUT/install-unleash-edge.log"
+fi
 
 say "building loadtest and ticker (release)"
 cargo build --release -q -p loadtest -p ticker
@@ -79,6 +103,13 @@ scenario sse --clients 1000 --changes 50
 # OFREP over HTTP (single flag, bulk of 5, 64 connections and sequential) from one evaluator
 # of its own beside a bare axum responder with the same-sized bodies (private servers in both modes)
 scenario ofrep --connections 64 --duration 5s --warmup 1s
+REPORT_INPUTS=(eval commands ticker failover scale propagation sse ofrep)
+if [ "$EDGE_PEER" = 1 ]; then
+    # OFREP (single flag, bulk of 5) beside a real Unleash Edge's frontend API, same flags
+    # as toggles, 64 connections (private servers in both modes)
+    scenario edge --connections 64 --duration 5s --warmup 1s --edge-bin "$ROOT/.tools/bin/unleash-edge"
+    REPORT_INPUTS+=(edge)
+fi
 
 mem_field() { free -h | awk -v column="$1" '/^Mem:/ { print $column }'; }
 {
@@ -100,9 +131,11 @@ mem_field() { free -h | awk -v column="$1" '/^Mem:/ { print $column }'; }
 } >"$OUT/machine.md"
 
 say "writing loadtest/RESULTS.md"
+REPORT_FILES=()
+for name in "${REPORT_INPUTS[@]}"; do REPORT_FILES+=("$OUT/$name.json"); done
 "$BIN/loadtest" report \
-    "$OUT/eval.json" "$OUT/commands.json" "$OUT/ticker.json" "$OUT/failover.json" "$OUT/scale.json" "$OUT/propagation.json" "$OUT/sse.json" "$OUT/ofrep.json" \
-    --expect eval,commands,ticker,failover,scale,propagation,sse,ofrep \
+    "${REPORT_FILES[@]}" \
+    --expect "$(IFS=,; echo "${REPORT_INPUTS[*]}")" \
     --machine "$OUT/machine.md" \
     --out "$ROOT/loadtest/RESULTS.md" \
     --readme "$ROOT/loadtest/README.md"

@@ -56,6 +56,10 @@ pub enum Scenario {
     /// sequential) from one evaluator, beside a bare axum responder returning its verified
     /// answers as fixed bodies of the same size
     Ofrep(OfrepArgs),
+    /// OFREP over HTTP from one evaluator (single flag, bulk) beside a real Unleash Edge
+    /// process (offline mode, the same flags as toggles) answering its frontend API; needs
+    /// deploy/tools/install-unleash-edge.sh
+    Edge(EdgeArgs),
     /// Renders JSON results of several scenarios as one markdown table
     Report(ReportArgs),
     /// (internal) an evaluator configured by `ROLLOUT_*` variables
@@ -297,11 +301,10 @@ pub struct SseArgs {
     pub duration: Duration,
 }
 
-/// `loadtest ofrep`.
-#[derive(Debug, Clone, Args)]
-pub struct OfrepArgs {
-    #[command(flatten)]
-    pub common: Common,
+/// The OFREP load `loadtest ofrep` and `loadtest edge` share: the flags seeded and the
+/// closed loops run against each side.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OfrepLoad {
     /// Flags seeded (boolean, a targeting rule, a running 50 % rollout each): the bulk
     /// answer holds them all (the SPEC target is stated for 5)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -315,14 +318,37 @@ pub struct OfrepArgs {
     /// Unmeasured time before each run
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Slices each side's warm-up and measured time is cut into, bare and evaluator
+    /// Slices each side's warm-up and measured time is cut into, the two sides
     /// alternating (1: one run each)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+}
+
+/// `loadtest ofrep`.
+#[derive(Debug, Clone, Args)]
+pub struct OfrepArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: OfrepLoad,
     /// Runs the bare responder in this process, beside the load loops, instead of in a
     /// process of its own like the evaluator
     #[arg(long)]
     pub bare_in_process: bool,
+}
+
+/// `loadtest edge`.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The same flags, as toggles, are given to Unleash Edge
+    #[command(flatten)]
+    pub load: OfrepLoad,
+    /// The `unleash-edge` binary (default: the project's .tools/bin/unleash-edge, where
+    /// deploy/tools/install-unleash-edge.sh puts it)
+    #[arg(long, value_name = "PATH", env = "UNLEASH_EDGE_BIN")]
+    pub edge_bin: Option<PathBuf>,
 }
 
 /// `loadtest agents`.

@@ -12,6 +12,7 @@
 //! | [`scenarios::propagation`] | commit → every evaluator replica serves it | bare NATS publish → subscriber |
 //! | [`scenarios::sse`] | OFREP change streams held by one evaluator: memory, throughput, fan-out | the loop without streams; bare NATS publish → subscriber |
 //! | [`scenarios::ofrep`] | OFREP over HTTP, single flag and bulk, 64 connections and sequential, answers verified first | a bare axum responder returning the same-sized answers as fixed bodies |
+//! | [`scenarios::edge`] | OFREP over HTTP, single flag and bulk, 64 connections, answers verified first | a real Unleash Edge process (offline mode) answering its frontend API for the same flags as toggles |
 //! | [`scenarios::agents`] | a simulated fleet for demos (no measurement) | — |
 //!
 //! Code map: [`cli`] (options), [`servers`] (private servers or a running cluster, and the
@@ -128,6 +129,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Ofrep(args) => {
             let out = args.common.json_out.clone();
             (scenarios::ofrep::run(&args).await?, out)
+        }
+        Scenario::Edge(args) => {
+            let out = args.common.json_out.clone();
+            (scenarios::edge::run(&args).await?, out)
         }
         Scenario::Report(_)
         | Scenario::ServeEvaluator

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod commands;
+pub mod edge;
 pub mod eval;
 pub mod failover;
 pub mod ofrep;

@@ -27,6 +27,10 @@
 //! so buckets differ); its answer sizes vary by a few bytes with the value (`true`/`false`,
 //! the bucket's digits), which the details record (`mean_body_bytes`). Any answer other
 //! than 200 counts as an error; an error in a measured evaluator run fails its rows.
+//!
+//! The start (private servers, seeded flags, the evaluator process, its verification), the
+//! HTTP/1.1 client and the alternating closed loops serve `loadtest edge` too
+//! ([`super::edge`]), which sets the same evaluator beside Unleash Edge.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use axum::http::header::{CONTENT_TYPE, ETAG, HOST};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
@@ -47,120 +51,70 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::cli::OfrepArgs;
+use crate::cli::{Common, OfrepArgs, OfrepLoad};
 use crate::load::{Measurement, MeasurementSummary};
 use crate::procs;
 use crate::progress::{self, phase};
 use crate::report::{Recorder, Report, Row, Target};
 use crate::seed::{self, Seeder};
 use crate::servers::Servers;
+use rollout_wire::subjects::Namespace;
 
 /// Entities whose single-flag answers are checked before measuring.
-const VERIFY_ENTITIES: u32 = 256;
+pub(crate) const VERIFY_ENTITIES: u32 = 256;
 /// Contexts the measured evaluator requests rotate through.
 const CONTEXTS: usize = 1024;
 /// The rollout's share of the candidate `on`, in parts per million (50 %).
 const SHARE_PPM: u32 = 500_000;
 /// Path of the bulk evaluation.
-const BULK_PATH: &str = "/ofrep/v1/evaluate/flags";
+pub(crate) const BULK_PATH: &str = "/ofrep/v1/evaluate/flags";
 /// Longest one request may take before it counts as an error (and its loop reconnects).
 const REQUEST_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One seeded flag: its key and its rollout's salt.
 #[derive(Clone, Debug)]
-struct SeededFlag {
-    key: String,
-    salt: String,
+pub(crate) struct SeededFlag {
+    pub(crate) key: String,
+    pub(crate) salt: String,
 }
 
 /// Runs the scenario.
 pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
-    if args.common.nats_url.is_some() {
-        return Err(crate::usage(
-            "ofrep measures one evaluator process of its own: run it without --nats-url",
-        ));
-    }
-    let servers = Servers::from_common(&args.common).await?;
-    let namespace = crate::namespace(&args.common, "bench-ofrep")?;
-    let mut recorder = Recorder::new(
+    let load = args.load;
+    let Started {
+        servers,
+        namespace,
+        mut recorder,
+        evaluator:
+            SeededEvaluator {
+                process: evaluator,
+                target,
+                flags,
+                verified,
+            },
+    } = start_private(
         "ofrep",
-        servers.mode(),
-        json!({
-            "flags": args.flags,
-            "connections": args.connections,
-            "duration_secs": args.duration.as_secs_f64(),
-            "warmup_secs": args.warmup.as_secs_f64(),
-            "rounds": args.rounds,
-            "namespace": namespace.as_str(),
-            "bare_in_process": args.bare_in_process,
-        }),
-    );
-
-    phase(format!(
-        "seeding {} flags, each with a running 50 % rollout",
-        args.flags
-    ));
-    let seeder = Seeder::new(servers.redis("seeding").await?);
-    seeder.register_namespace(&namespace).await?;
-    let mut flags = Vec::new();
-    for index in 0..args.flags {
-        let flag = SeededFlag {
-            key: format!("ofrep-{index}"),
-            salt: format!("ofrep-salt-{index}"),
-        };
-        seeder
-            .create_flag(&namespace, seed::typical_flag(&flag.key)?)
-            .await?;
-        seeder
-            .create_rollout(
-                &namespace,
-                seed::phases_spec(&flag.key, 50.0, "24h")?,
-                &flag.salt,
-            )
-            .await?;
-        flags.push(flag);
-    }
-    drop(seeder);
-
-    let redis_url = servers.require_redis("the evaluator")?;
-    let evaluator = procs::spawn_evaluator(&servers.nats_url(), &redis_url).await?;
-    evaluator.wait_ready().await?;
-    let evaluator_addr = SocketAddr::from((
-        [127, 0, 0, 1],
-        evaluator
-            .http_port()
-            .context("the evaluator has no http port")?,
-    ));
-    let target = Endpoint {
-        addr: evaluator_addr,
-        namespace: namespace.as_str().to_owned(),
-    };
-    wait_served(&target, &flags).await?;
-
-    phase("verifying the evaluator's OFREP answers against rollout-core");
-    let verified = verify(&target, &flags).await?;
-    recorder.detail("verification", &verified.summary);
+        &args.common,
+        &load,
+        json!({"bare_in_process": args.bare_in_process}),
+    )
+    .await?;
 
     let bodies = BareBodies {
         single: FixedSpec::of(&verified.single)?,
         bulk: FixedSpec::of(&verified.bulk)?,
     };
     let bare = BareResponder::start(&bodies, args.bare_in_process).await?;
-    let bare_target = Endpoint {
-        addr: bare.addr()?,
-        namespace: namespace.as_str().to_owned(),
-    };
+    let bare_target = Endpoint::evaluator(bare.addr()?, namespace.as_str())?;
     check_bare(&bare_target, &flags[0].key, &verified).await?;
 
     let single_path = format!("{BULK_PATH}/{}", flags[0].key);
-    let contexts = Arc::new(contexts());
-    let connections = args.connections as usize;
-    let rounds = args.rounds;
-    // each side gets `duration` measured in all, in `rounds` slices alternating with the
-    // other side's, so a change in the machine's other load hits both alike
-    let timing = Timing {
-        warmup: args.warmup / rounds,
-        duration: args.duration / rounds,
+    let contexts = Arc::new(contexts(context_body));
+    let connections = load.connections as usize;
+    let slices = Slices {
+        warmup: load.warmup,
+        duration: load.duration,
+        rounds: load.rounds,
     };
     let bulk_path = BULK_PATH.to_owned();
     let pairs = [
@@ -168,46 +122,31 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
         ("bulk", &bulk_path, connections),
         ("single_sequential", &single_path, 1),
     ];
-    let mut runs = std::collections::BTreeMap::new();
+    let mut runs = Runs::default();
     for (what, path, loops) in pairs {
-        phase(format!(
-            "{what}: {loops} connection(s), bare and evaluator alternating in {rounds} slices of {:?} + {:?}",
-            timing.warmup, timing.duration
-        ));
-        for side in ["bare", "evaluator"] {
-            runs.insert(format!("{side}_{what}"), Run::empty(args.duration)?);
-        }
-        for _ in 0..rounds {
-            for (side, on) in [("bare", &bare_target), ("evaluator", &target)] {
-                let name = format!("{side}_{what}");
-                let measured = closed_loop(&name, on, path, &contexts, loops, timing).await?;
-                if let Some(total) = runs.get_mut(&name) {
-                    total.absorb(&measured);
-                }
-            }
-        }
-        for side in ["bare", "evaluator"] {
-            let name = format!("{side}_{what}");
-            let total = runs.get(&name).with_context(|| format!("no run {name}"))?;
-            if total.measured.requests == 0 {
-                bail!(
-                    "{name} answered no request with 200 ({} errors)",
-                    total.measured.errors
-                );
-            }
-            recorder.detail(&name, total.summary());
-        }
+        let sides = [
+            Side {
+                name: "bare",
+                target: &bare_target,
+                path,
+                contexts: &contexts,
+            },
+            Side {
+                name: "evaluator",
+                target: &target,
+                path,
+                contexts: &contexts,
+            },
+        ];
+        alternate(what, &sides, loops, slices, &mut recorder, &mut runs).await?;
     }
     bare.stop().await;
     drop(evaluator);
 
-    let run = |name: &str| -> anyhow::Result<&Run> {
-        runs.get(name).with_context(|| format!("no run {name}"))
-    };
-    let bulk_name = format!("bulk of {} flags", args.flags);
+    let run = |name: &str| runs.get(name);
+    let bulk_name = format!("bulk of {} flags", load.flags);
     let rate_row = |what: &str, eval: &Run, bare: &Run| {
-        Row::new(what.to_owned(), eval.rate(), "req/s")
-            .baseline("bare axum, same-sized fixed body", bare.rate())
+        Row::new(what.to_owned(), eval.rate(), "req/s").baseline(BARE_BASELINE, bare.rate())
     };
     let (eval_single, bare_single) = (run("evaluator_single")?, run("bare_single")?);
     let (eval_bulk, bare_bulk) = (run("evaluator_bulk")?, run("bare_bulk")?);
@@ -232,7 +171,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 bare_bulk,
             );
             // the target is stated for a bulk of 5 flags
-            let row = if args.flags == 5 {
+            let row = if load.flags == 5 {
                 row.target(Target::ratio_at_least(0.5, "≥ 0.5× bare (goal 0.7×)"))
             } else {
                 row
@@ -253,6 +192,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 0.99,
                 eval_single,
                 bare_single,
+                BARE_BASELINE,
             ),
             eval_single.measured.errors,
         ),
@@ -262,6 +202,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 0.99,
                 eval_bulk,
                 bare_bulk,
+                BARE_BASELINE,
             ),
             eval_bulk.measured.errors,
         ),
@@ -271,6 +212,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
                 0.5,
                 eval_seq,
                 bare_seq,
+                BARE_BASELINE,
             ),
             eval_seq.measured.errors,
         ),
@@ -300,13 +242,13 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
          {:.1} B single, {:.1} B bulk); {} entities' answers checked against rollout-core \
          before measuring",
         verified.single.body.len(),
-        args.flags,
+        load.flags,
         verified.bulk.body.len(),
         eval_single.mean_body_bytes(),
         eval_bulk.mean_body_bytes(),
         verified.summary.entities,
     ));
-    if args.flags != 5 {
+    if load.flags != 5 {
         recorder.note("the SPEC's bulk target is stated for a bulk of 5 flags: not judged");
     }
     recorder.detail(
@@ -322,31 +264,251 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     Ok(recorder.finish())
 }
 
-fn latency_row(what: &str, quantile: f64, eval: &Run, bare: &Run) -> Row {
+/// What both OFREP scenarios start from.
+pub(crate) struct Started {
+    pub(crate) servers: Servers,
+    pub(crate) namespace: Namespace,
+    /// The report, its settings `load`'s and the scenario's own, the evaluator's
+    /// verification in its details.
+    pub(crate) recorder: Recorder,
+    pub(crate) evaluator: SeededEvaluator,
+}
+
+/// What both OFREP scenarios do first: refuse a running cluster (each measures one evaluator
+/// process of its own), start private servers, open the report of `scenario` with `load`'s
+/// settings and `extra`'s, and start the evaluator serving `load.flags` seeded flags, its
+/// answers verified.
+pub(crate) async fn start_private(
+    scenario: &str,
+    common: &Common,
+    load: &OfrepLoad,
+    extra: Value,
+) -> anyhow::Result<Started> {
+    if common.nats_url.is_some() {
+        return Err(crate::usage(format!(
+            "{scenario} measures one evaluator process of its own: run it without --nats-url"
+        )));
+    }
+    let servers = Servers::from_common(common).await?;
+    let namespace = crate::namespace(common, &format!("bench-{scenario}"))?;
+    let mut settings = json!({
+        "flags": load.flags,
+        "connections": load.connections,
+        "duration_secs": load.duration.as_secs_f64(),
+        "warmup_secs": load.warmup.as_secs_f64(),
+        "rounds": load.rounds,
+        "namespace": namespace.as_str(),
+    });
+    if let (Some(settings), Value::Object(extra)) = (settings.as_object_mut(), extra) {
+        settings.extend(extra);
+    }
+    let mut recorder = Recorder::new(scenario, servers.mode(), settings);
+    let evaluator = seeded_evaluator(&servers, &namespace, load.flags).await?;
+    recorder.detail("verification", &evaluator.verified.summary);
+    Ok(Started {
+        servers,
+        namespace,
+        recorder,
+        evaluator,
+    })
+}
+
+/// One evaluator process serving seeded flags, its answers verified against
+/// `rollout-core`.
+pub(crate) struct SeededEvaluator {
+    /// The process; killed when dropped.
+    pub(crate) process: procs::Child,
+    pub(crate) target: Endpoint,
+    pub(crate) flags: Vec<SeededFlag>,
+    pub(crate) verified: Verified,
+}
+
+/// Seeds `count` flags (`ofrep-<i>`: boolean, a rule on `plan`, a running 50 % rollout with
+/// salt `ofrep-salt-<i>`) in `namespace`, starts one evaluator process on `servers`, waits
+/// until it serves them all and verifies its answers.
+async fn seeded_evaluator(
+    servers: &Servers,
+    namespace: &Namespace,
+    count: u32,
+) -> anyhow::Result<SeededEvaluator> {
+    phase(format!(
+        "seeding {count} flags, each with a running 50 % rollout"
+    ));
+    let seeder = Seeder::new(servers.redis("seeding").await?);
+    seeder.register_namespace(namespace).await?;
+    let mut flags = Vec::new();
+    for index in 0..count {
+        let flag = SeededFlag {
+            key: format!("ofrep-{index}"),
+            salt: format!("ofrep-salt-{index}"),
+        };
+        seeder
+            .create_flag(namespace, seed::typical_flag(&flag.key)?)
+            .await?;
+        seeder
+            .create_rollout(
+                namespace,
+                seed::phases_spec(&flag.key, 50.0, "24h")?,
+                &flag.salt,
+            )
+            .await?;
+        flags.push(flag);
+    }
+    drop(seeder);
+
+    let redis_url = servers.require_redis("the evaluator")?;
+    let process = procs::spawn_evaluator(&servers.nats_url(), &redis_url).await?;
+    process.wait_ready().await?;
+    let port = process
+        .http_port()
+        .context("the evaluator has no http port")?;
+    let target = Endpoint::evaluator(SocketAddr::from(([127, 0, 0, 1], port)), namespace.as_str())?;
+    wait_served(&target, &flags).await?;
+
+    phase("verifying the evaluator's OFREP answers against rollout-core");
+    let verified = verify(&target, &flags).await?;
+    Ok(SeededEvaluator {
+        process,
+        target,
+        flags,
+        verified,
+    })
+}
+
+/// One side of a comparison: its name, where it is, the path it POSTs to and the bodies
+/// it rotates through.
+pub(crate) struct Side<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) target: &'a Endpoint,
+    pub(crate) path: &'a str,
+    pub(crate) contexts: &'a Arc<Vec<Bytes>>,
+}
+
+/// Warm-up and measured time each side of a comparison gets in all, and the slices they
+/// are cut into.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slices {
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) rounds: u32,
+}
+
+/// Each side's total of each comparison of a run, by `<side>_<what>`.
+#[derive(Debug, Default)]
+pub(crate) struct Runs(std::collections::BTreeMap<String, Run>);
+
+impl Runs {
+    pub(crate) fn get(&self, name: &str) -> anyhow::Result<&Run> {
+        self.0.get(name).with_context(|| format!("no run {name}"))
+    }
+}
+
+/// `loops` closed loops on each of `sides` in turn, `slices.rounds` times, so a change in
+/// the machine's other load hits every side alike. Each side's total goes into `runs` and
+/// the report's details as `<side>_<what>`. Fails when a side answered no request with 200.
+pub(crate) async fn alternate(
+    what: &str,
+    sides: &[Side<'_>],
+    loops: usize,
+    slices: Slices,
+    recorder: &mut Recorder,
+    runs: &mut Runs,
+) -> anyhow::Result<()> {
+    let timing = Timing {
+        warmup: slices.warmup / slices.rounds,
+        duration: slices.duration / slices.rounds,
+    };
+    let names: Vec<&str> = sides.iter().map(|side| side.name).collect();
+    phase(format!(
+        "{what}: {loops} connection(s), {} alternating in {} slices of {:?} + {:?}",
+        names.join(" and "),
+        slices.rounds,
+        timing.warmup,
+        timing.duration
+    ));
+    let mut totals = Vec::with_capacity(sides.len());
+    for _ in sides {
+        totals.push(Run::empty(slices.duration)?);
+    }
+    for _ in 0..slices.rounds {
+        for (side, total) in sides.iter().zip(totals.iter_mut()) {
+            let label = format!("{}_{what}", side.name);
+            let measured =
+                closed_loop(&label, side.target, side.path, side.contexts, loops, timing).await?;
+            total.absorb(&measured);
+        }
+    }
+    for (side, total) in sides.iter().zip(totals) {
+        let name = format!("{}_{what}", side.name);
+        if total.measured.requests == 0 {
+            bail!(
+                "{name} answered no request with 200 ({} errors)",
+                total.measured.errors
+            );
+        }
+        recorder.detail(&name, total.summary());
+        runs.0.insert(name, total);
+    }
+    Ok(())
+}
+
+/// What the evaluator is compared with.
+const BARE_BASELINE: &str = "bare axum, same-sized fixed body";
+
+/// The `quantile` latency of `eval` beside that of `baseline` (named `baseline_name`).
+pub(crate) fn latency_row(
+    what: &str,
+    quantile: f64,
+    eval: &Run,
+    baseline: &Run,
+    baseline_name: &str,
+) -> Row {
     Row::new(
         what.to_owned(),
         eval.measured.latency.quantile_ms(quantile),
         "ms",
     )
     .baseline(
-        "bare axum, same-sized fixed body",
-        bare.measured.latency.quantile_ms(quantile),
+        baseline_name,
+        baseline.measured.latency.quantile_ms(quantile),
     )
 }
 
 /// A row of a measured evaluator run with `errors` fails, target or not.
-fn failed_by_errors(mut row: Row, errors: u64) -> Row {
+pub(crate) fn failed_by_errors(mut row: Row, errors: u64) -> Row {
     if errors > 0 {
         row.pass = Some(false);
     }
     row
 }
 
-/// Where requests go: the address and the namespace header.
+/// Where requests go: the address, and the header every request carries to say what it
+/// asks about (the evaluator's namespace header; Unleash Edge's `Authorization` token).
 #[derive(Clone, Debug)]
-struct Endpoint {
-    addr: SocketAddr,
-    namespace: String,
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    scope: (HeaderName, HeaderValue),
+}
+
+impl Endpoint {
+    /// The evaluator (or a bare responder) at `addr`, asked about `namespace`.
+    pub(crate) fn evaluator(addr: SocketAddr, namespace: &str) -> anyhow::Result<Endpoint> {
+        Endpoint::scoped(addr, HeaderName::from_static(NAMESPACE_HEADER), namespace)
+    }
+
+    /// A server at `addr` whose requests carry the header `name: value`.
+    pub(crate) fn scoped(
+        addr: SocketAddr,
+        name: HeaderName,
+        value: &str,
+    ) -> anyhow::Result<Endpoint> {
+        let value = HeaderValue::from_str(value)
+            .with_context(|| format!("{value:?} as a {name} header"))?;
+        Ok(Endpoint {
+            addr,
+            scope: (name, value),
+        })
+    }
 }
 
 /// Warm-up and measured time of a run.
@@ -357,25 +519,28 @@ struct Timing {
 }
 
 /// The request body for entity `id` with plan `plan`.
-fn context_body(id: &str, plan: &str) -> Bytes {
+pub(crate) fn context_body(id: &str, plan: &str) -> Bytes {
     Bytes::from(json!({"context": {"targetingKey": id, "plan": plan, "country": "de"}}).to_string())
 }
 
-/// The rotating request bodies of the measured runs.
-fn contexts() -> Vec<Bytes> {
+/// The rotating request bodies of the measured runs: entity `user-<i>` on plan `pro`, as
+/// `body` writes a context.
+pub(crate) fn contexts(body: fn(&str, &str) -> Bytes) -> Vec<Bytes> {
     (0..CONTEXTS)
-        .map(|index| context_body(&format!("user-{index}"), "pro"))
+        .map(|index| body(&format!("user-{index}"), "pro"))
         .collect()
 }
 
-/// One HTTP/1.1 keep-alive connection.
-struct Connection {
+/// One HTTP/1.1 keep-alive connection to an [`Endpoint`].
+pub(crate) struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
     host: HeaderValue,
+    scope: (HeaderName, HeaderValue),
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
+    pub(crate) async fn open(target: &Endpoint) -> anyhow::Result<Connection> {
+        let addr = target.addr;
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
@@ -389,15 +554,16 @@ impl Connection {
         Ok(Connection {
             sender,
             host: HeaderValue::from_str(&addr.to_string())?,
+            scope: target.scope.clone(),
         })
     }
 
     /// One POST: status, `Content-Type`, `ETag` and body.
-    async fn post(&mut self, path: &str, namespace: &str, body: Bytes) -> anyhow::Result<Answer> {
+    pub(crate) async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<Answer> {
         let request = hyper::Request::post(path)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(NAMESPACE_HEADER, namespace)
+            .header(self.scope.0.clone(), self.scope.1.clone())
             .body(Full::new(body))?;
         let exchange = async {
             self.sender.ready().await?;
@@ -430,16 +596,16 @@ const NAMESPACE_HEADER: &str = "x-rollout-namespace";
 
 /// An HTTP answer.
 #[derive(Clone, Debug)]
-struct Answer {
-    status: StatusCode,
-    content_type: Option<String>,
-    etag: Option<String>,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<String>,
+    pub(crate) etag: Option<String>,
+    pub(crate) body: Bytes,
 }
 
 /// What the verification saw.
 #[derive(Clone, Debug, Default, Serialize)]
-struct VerifySummary {
+pub(crate) struct VerifySummary {
     /// Entities whose single-flag answer was checked.
     entities: u32,
     /// Of them, answered `on` (true) by the rollout.
@@ -454,10 +620,10 @@ struct VerifySummary {
 
 /// The verified answers (the bare responder's bodies) and what was seen.
 #[derive(Debug)]
-struct Verified {
-    single: Answer,
-    bulk: Answer,
-    summary: VerifySummary,
+pub(crate) struct Verified {
+    pub(crate) single: Answer,
+    pub(crate) bulk: Answer,
+    pub(crate) summary: VerifySummary,
 }
 
 /// Polls the bulk evaluation until every seeded flag is served with its rollout (30 s).
@@ -478,9 +644,9 @@ async fn wait_served(target: &Endpoint, flags: &[SeededFlag]) -> anyhow::Result<
 
 /// The keys of the bulk answer's flags decided by a rollout.
 async fn served_keys(target: &Endpoint) -> anyhow::Result<BTreeSet<String>> {
-    let mut connection = Connection::open(target.addr).await?;
+    let mut connection = Connection::open(target).await?;
     let answer = connection
-        .post(BULK_PATH, &target.namespace, context_body("probe", "pro"))
+        .post(BULK_PATH, context_body("probe", "pro"))
         .await?;
     ensure!(answer.status == StatusCode::OK, "bulk: {}", answer.status);
     let body: Value = serde_json::from_slice(&answer.body)?;
@@ -494,7 +660,7 @@ async fn served_keys(target: &Endpoint) -> anyhow::Result<BTreeSet<String>> {
 }
 
 /// Checks that `answer` is a 200 OFREP JSON answer.
-fn ensure_ok(answer: &Answer, what: &str) -> anyhow::Result<Value> {
+pub(crate) fn ensure_ok(answer: &Answer, what: &str) -> anyhow::Result<Value> {
     let text = String::from_utf8_lossy(&answer.body);
     ensure!(
         answer.status == StatusCode::OK,
@@ -547,14 +713,14 @@ fn check_evaluation(evaluation: &Value, flag: &SeededFlag, id: &str) -> anyhow::
 /// Verifies single and bulk answers against `rollout-core`; returns the answers for the
 /// first context of the measured runs.
 async fn verify(target: &Endpoint, flags: &[SeededFlag]) -> anyhow::Result<Verified> {
-    let mut connection = Connection::open(target.addr).await?;
+    let mut connection = Connection::open(target).await?;
     let first = &flags[0];
     let single_path = format!("{BULK_PATH}/{}", first.key);
     let mut summary = VerifySummary::default();
     for index in 0..VERIFY_ENTITIES {
         let id = format!("user-{index}");
         let answer = connection
-            .post(&single_path, &target.namespace, context_body(&id, "pro"))
+            .post(&single_path, context_body(&id, "pro"))
             .await?;
         let evaluation = ensure_ok(&answer, "single flag")?;
         if check_evaluation(&evaluation, first, &id)? {
@@ -572,11 +738,7 @@ async fn verify(target: &Endpoint, flags: &[SeededFlag]) -> anyhow::Result<Verif
         summary.off
     );
     let rule = connection
-        .post(
-            &single_path,
-            &target.namespace,
-            context_body("user-0", "beta"),
-        )
+        .post(&single_path, context_body("user-0", "beta"))
         .await?;
     let rule = ensure_ok(&rule, "single flag, rule")?;
     ensure!(
@@ -588,12 +750,10 @@ async fn verify(target: &Endpoint, flags: &[SeededFlag]) -> anyhow::Result<Verif
     // the answers for the first context of the measured runs become the bare bodies
     let id = "user-0";
     let single = connection
-        .post(&single_path, &target.namespace, context_body(id, "pro"))
+        .post(&single_path, context_body(id, "pro"))
         .await?;
     check_evaluation(&ensure_ok(&single, "single flag")?, first, id)?;
-    let bulk = connection
-        .post(BULK_PATH, &target.namespace, context_body(id, "pro"))
-        .await?;
+    let bulk = connection.post(BULK_PATH, context_body(id, "pro")).await?;
     let body = ensure_ok(&bulk, "bulk")?;
     let evaluations = body["flags"].as_array().context("bulk: no flags array")?;
     ensure!(
@@ -778,16 +938,12 @@ async fn start_bare(bodies: &BareBodies) -> anyhow::Result<Bare> {
 
 /// The bare responder answers byte-identical bodies to the captured ones.
 async fn check_bare(target: &Endpoint, key: &str, verified: &Verified) -> anyhow::Result<()> {
-    let mut connection = Connection::open(target.addr).await?;
+    let mut connection = Connection::open(target).await?;
     let single = connection
-        .post(
-            &format!("{BULK_PATH}/{key}"),
-            &target.namespace,
-            context_body("user-1", "pro"),
-        )
+        .post(&format!("{BULK_PATH}/{key}"), context_body("user-1", "pro"))
         .await?;
     let bulk = connection
-        .post(BULK_PATH, &target.namespace, context_body("user-1", "pro"))
+        .post(BULK_PATH, context_body("user-1", "pro"))
         .await?;
     ensure!(
         single.status == StatusCode::OK && single.body == verified.single.body,
@@ -809,14 +965,14 @@ async fn check_bare(target: &Endpoint, key: &str, verified: &Verified) -> anyhow
 /// What one closed-loop run measured: the load generator's [`Measurement`] and the bytes of
 /// the answers it counted.
 #[derive(Debug)]
-struct Run {
-    measured: Measurement,
+pub(crate) struct Run {
+    pub(crate) measured: Measurement,
     body_bytes: u64,
 }
 
 /// A [`Run`] as reported.
 #[derive(Debug, Serialize)]
-struct RunSummary {
+pub(crate) struct RunSummary {
     #[serde(flatten)]
     measured: MeasurementSummary,
     mean_body_bytes: f64,
@@ -835,15 +991,15 @@ impl Run {
         self.body_bytes += other.body_bytes;
     }
 
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.measured.rate()
     }
 
-    fn mean_body_bytes(&self) -> f64 {
+    pub(crate) fn mean_body_bytes(&self) -> f64 {
         self.body_bytes as f64 / (self.measured.requests.max(1)) as f64
     }
 
-    fn summary(&self) -> RunSummary {
+    pub(crate) fn summary(&self) -> RunSummary {
         RunSummary {
             measured: self.measured.summary(),
             mean_body_bytes: self.mean_body_bytes(),
@@ -865,7 +1021,7 @@ async fn closed_loop(
     // connect every loop first, so the warm-up is not spent connecting
     let mut connections = Vec::with_capacity(loops);
     for _ in 0..loops {
-        connections.push(Connection::open(target.addr).await?);
+        connections.push(Connection::open(target).await?);
     }
     let measure_from = Instant::now() + timing.warmup;
     let end = measure_from + timing.duration;
@@ -884,7 +1040,7 @@ async fn closed_loop(
                 }
                 let body = contexts[turn % contexts.len()].clone();
                 turn += loops;
-                let answer = connection.post(&path, &target.namespace, body).await;
+                let answer = connection.post(&path, body).await;
                 let measured = sent >= measure_from;
                 match answer {
                     Ok(answer) if answer.status == StatusCode::OK => {
@@ -905,7 +1061,7 @@ async fn closed_loop(
                         }
                         // the connection may be gone: a fresh one, unless the run is over
                         if Instant::now() < end {
-                            connection = Connection::open(target.addr).await?;
+                            connection = Connection::open(&target).await?;
                         }
                     }
                 }
