@@ -64,10 +64,7 @@ fn millis(duration: Duration) -> u128 {
 
 /// Now, in ms since the epoch, as the audit's (Redis) clock reads it on this machine.
 fn wall_clock_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is past 1970");
-    i64::try_from(since_epoch.as_millis()).expect("ms fit")
+    rollout_core::Timestamp::local_now().as_millis()
 }
 
 /// Starts a planner in process connected with every seed of `seeds`, the command stream at

@@ -782,10 +782,7 @@ impl EventLog {
 /// The wall clock now, as the domain's instant (Redis `TIME` on this machine reads the same
 /// clock).
 pub fn wall_clock_now() -> Timestamp {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    Timestamp::local_now()
 }
 
 impl Drop for EventLog {

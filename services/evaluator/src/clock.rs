@@ -4,7 +4,6 @@
 //! a measurement (half a round trip) does not matter.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rollout_core::Timestamp;
 use rollout_store::{Connection, StoreError};
@@ -16,11 +15,7 @@ pub struct RedisClock {
 }
 
 fn local_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
+    Timestamp::local_now().as_millis()
 }
 
 impl RedisClock {

@@ -22,6 +22,18 @@ impl Timestamp {
         self.0
     }
 
+    /// This machine's clock, to the millisecond (the Unix epoch if it reads earlier). The
+    /// scheduler decides on Redis's clock; this one is for what a process only needs close:
+    /// a spec's relative times, reports, replication deadlines, the offset to Redis's.
+    pub fn local_now() -> Timestamp {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+            });
+        Timestamp(millis)
+    }
+
     /// The instant Redis `TIME` describes (seconds and microseconds).
     pub const fn from_redis_time(seconds: i64, micros: i64) -> Timestamp {
         Timestamp(seconds * 1000 + micros / 1000)

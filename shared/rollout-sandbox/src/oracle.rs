@@ -1315,12 +1315,7 @@ impl OracleMonitor {
                         tally.lagging += u64::try_from(verdict.mismatches).unwrap_or(u64::MAX);
                         if let Some(first) = &verdict.first_mismatch {
                             if tally.lagging_examples.len() < 3 {
-                                let since_epoch = std::time::SystemTime::now()
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .unwrap_or_default();
-                                let at = rollout_core::Timestamp::from_millis(
-                                    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
-                                );
+                                let at = rollout_core::Timestamp::local_now();
                                 tally.lagging_examples.push(format!("at {at}: {first}"));
                             }
                         }

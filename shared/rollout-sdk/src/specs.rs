@@ -121,11 +121,7 @@ pub fn parse_rollout_spec(
 /// This machine's clock, for resolving `+DURATION` (the scheduler itself runs on Redis's
 /// clock; a spec's times only need to be close).
 pub fn local_now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Timestamp::from_millis(millis)
+    Timestamp::local_now()
 }
 
 /// Replaces every `+DURATION` in `start_at`, `template.start_at` and `manual[].execute_at`

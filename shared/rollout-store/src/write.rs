@@ -322,12 +322,7 @@ pub async fn confirm_before_repeating(
     if connection.replication().is_none() {
         return Ok(());
     }
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        });
-    confirm_all_replicated(connection, keys, Timestamp::from_millis(millis))
+    confirm_all_replicated(connection, keys, Timestamp::local_now())
         .await
         .map_err(|reason| {
             StoreError::Unreplicated(format!("a repeated command's first outcome: {reason}"))
