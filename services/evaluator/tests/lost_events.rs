@@ -9,20 +9,31 @@ use std::time::Duration;
 use common::*;
 use rollout_wire::codec::Encoding;
 
-/// Served variation and version of `flag` for entity `u-1`, over NATS.
+/// Served variation and version of `flag` for entity `u-1`, over NATS (it must exist).
 async fn served(client: &async_nats::Client, flag: &str) -> (String, u64) {
+    served_or_missing(client, flag)
+        .await
+        .unwrap_or_else(|| panic!("flag {flag} is not served"))
+}
+
+/// What `flag` serves entity `u-1` over NATS: its variation and version, or `None` when
+/// the replica says it does not exist.
+async fn served_or_missing(client: &async_nats::Client, flag: &str) -> Option<(String, u64)> {
     let reply = eval(
         client,
         NS,
         &serde_json::json!({"flag": flag, "entity": {"id": "u-1"}}),
         Encoding::Json,
     )
-    .await
-    .expect("evaluates");
-    (
-        reply["variation"].as_str().expect("variation").to_owned(),
-        reply["version"].as_u64().expect("version"),
-    )
+    .await;
+    match reply {
+        Ok(reply) => Some((
+            reply["variation"].as_str().expect("variation").to_owned(),
+            reply["version"].as_u64().expect("version"),
+        )),
+        Err(error) if error.code == rollout_wire::envelope::ErrorCode::NotFound => None,
+        Err(error) => panic!("evaluation failed: {error}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,26 +125,6 @@ async fn a_redis_restored_from_an_older_backup_is_served_as_it_is_now() {
     })
     .await;
     replica.stop().await;
-}
-
-/// What `flag` serves entity `u-1` over NATS: its variation and version, or `None` when
-/// the replica says it does not exist.
-async fn served_or_missing(client: &async_nats::Client, flag: &str) -> Option<(String, u64)> {
-    let reply = eval(
-        client,
-        NS,
-        &serde_json::json!({"flag": flag, "entity": {"id": "u-1"}}),
-        Encoding::Json,
-    )
-    .await;
-    match reply {
-        Ok(reply) => Some((
-            reply["variation"].as_str().expect("variation").to_owned(),
-            reply["version"].as_u64().expect("version"),
-        )),
-        Err(error) if error.code == rollout_wire::envelope::ErrorCode::NotFound => None,
-        Err(error) => panic!("evaluation failed: {error}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
