@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
-use rollout_wire::eval::{EvalMany, EvalRequest, EvalResult, EvalTarget};
+use rollout_wire::eval::{EvalMany, EvalRequest, EvalResult, EvalResultRef, EvalTarget};
 use rollout_wire::subjects::Route;
 use serde::Serialize;
 
 use crate::metrics::Transport;
 use crate::snapshot::{LiveFlag, NamespaceSnapshot};
 use crate::Shared;
-use rollout_runtime::serve::{request_encoding, send_reply};
+use rollout_runtime::serve::request_encoding;
 
 /// The result of an evaluation request: one answer, or several.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -96,18 +96,44 @@ pub fn answer(
     body: &[u8],
     encoding: Encoding,
 ) -> (Vec<u8>, Option<ErrorCode>) {
-    let outcome = codec::decode::<EvalRequest>(body, encoding)
+    let request = codec::decode::<EvalRequest>(body, encoding)
         .map_err(WireError::from)
-        .and_then(|request| {
-            request.validate()?;
-            evaluate(namespace, name, &request)
-        });
+        .and_then(|request| request.validate().map(|()| request));
+    let outcome = match request {
+        Ok(request) => match request.target() {
+            // the common case: the reply is written from the snapshot, nothing copied out
+            EvalTarget::One(key) => {
+                let reply = namespace.and_then(|namespace| {
+                    namespace.with_flag(key, |live| {
+                        let compiled = live.compiled();
+                        let evaluation = compiled.evaluate(&request.entity);
+                        let result = EvalResultRef::from_evaluation(
+                            compiled.key(),
+                            compiled.version(),
+                            &evaluation,
+                            request.explain,
+                        );
+                        encode_reply(&Ok(result), encoding)
+                    })
+                });
+                match reply {
+                    Some(reply) => return (reply, None),
+                    None => Err(unknown_flag(key, name)),
+                }
+            }
+            EvalTarget::Many(_) | EvalTarget::All => evaluate(namespace, name, &request),
+        },
+        Err(error) => Err(error),
+    };
     let code = outcome.as_ref().err().map(|error| error.code);
     (encode_reply(&outcome, encoding), code)
 }
 
-/// Handles one message of `rollout.eval.*`.
-pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
+/// The reply to one message of `rollout.eval.*`, and its encoding (the caller publishes it).
+pub(crate) fn answer_message(
+    shared: &Shared,
+    message: &async_nats::Message,
+) -> (Encoding, Vec<u8>) {
     let started = Instant::now();
     let encoding = request_encoding(message.headers.as_ref());
     let (reply, code) = match shared.io.subjects.parse(message.subject.as_str()) {
@@ -144,10 +170,10 @@ pub(crate) async fn handle(shared: &Shared, message: async_nats::Message) {
     if code == Some(ErrorCode::Internal) {
         tracing::error!(subject = %message.subject, "evaluation failed internally");
     }
-    send_reply(&shared.io.nats, message.reply, encoding, reply).await;
     shared
         .metrics
         .record_latency(Transport::Nats, started.elapsed());
+    (encoding, reply)
 }
 
 #[cfg(test)]
@@ -205,6 +231,29 @@ mod tests {
         assert_eq!(many["missing"], serde_json::json!(["nope"]));
         let all = ask(&snapshot, &serde_json::json!({"entity": {"id": "u"}})).expect("all");
         assert_eq!(all["results"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_one_flag_answer_is_the_entry_a_bulk_answer_holds() {
+        let snapshot = snapshot();
+        for entity in [
+            serde_json::json!({"id": "u", "attributes": {"plan": "beta"}}),
+            serde_json::json!({"id": "u"}),
+        ] {
+            for explain in [false, true] {
+                let one = ask(
+                    &snapshot,
+                    &serde_json::json!({"flag": "checkout", "entity": entity, "explain": explain}),
+                )
+                .expect("one");
+                let many = ask(
+                    &snapshot,
+                    &serde_json::json!({"flags": ["checkout"], "entity": entity, "explain": explain}),
+                )
+                .expect("many");
+                assert_eq!(one, many["results"][0], "{entity}, explain {explain}");
+            }
+        }
     }
 
     #[test]

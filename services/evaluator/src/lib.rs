@@ -61,10 +61,6 @@ use crate::fleet::{AgentCache, KnownRollouts};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
-/// Requests one evaluation worker handles at once (each waits only to hand its reply to
-/// the NATS connection).
-const EVAL_IN_FLIGHT: usize = 32;
-
 /// State shared by every task of one evaluator, grouped by concern: what is served and
 /// what keeps it current ([`Served`]), the connections every concern talks through
 /// ([`Io`]), HTTP access ([`Access`]), fleet agents ([`FleetState`]), counters and
@@ -344,15 +340,14 @@ async fn start_serving(
         let handler_shared = Arc::clone(&shared);
         tasks.spawn(
             format!("eval-{worker}"),
-            rollout_runtime::serve::serve(
+            // an evaluation is answered from memory at once: in place, each worker one
+            // request at a time
+            rollout_runtime::serve::answer_in_place(
                 subscriber,
-                EVAL_IN_FLIGHT,
+                shared.io.nats.clone(),
                 shutdown.clone(),
                 grace,
-                move |message| {
-                    let shared = Arc::clone(&handler_shared);
-                    async move { eval::handle(&shared, message).await }
-                },
+                move |message| eval::answer_message(&handler_shared, message),
             ),
         );
     }

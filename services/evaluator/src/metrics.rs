@@ -357,7 +357,7 @@ impl Metrics {
             &mut output,
             "rollout_evaluation_duration_seconds",
             "histogram",
-            "time from receiving an evaluation request to sending its reply",
+            "time from receiving an evaluation request to its reply being encoded (handed to NATS or HTTP next)",
         );
         for transport in Transport::ALL {
             self.latency[transport.index()].render(

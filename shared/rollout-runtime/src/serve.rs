@@ -1,7 +1,8 @@
 //! The one NATS serving loop of the services, and the request plumbing around it: the
 //! encoding a request asks for, replies in that encoding, and [`serve`], which bounds
 //! in-flight work and, on shutdown, stops taking requests (unsubscribing) and finishes the
-//! ones already received. The planner and the evaluator serve every subscription with it.
+//! ones already received. The planner and the evaluator serve every subscription with it;
+//! [`answer_in_place`] is its lean twin for requests answered from memory (evaluations).
 
 use std::future::Future;
 use std::time::Duration;
@@ -76,10 +77,14 @@ pub async fn serve<H, F>(
     let mut draining = false;
     let drain_deadline = tokio::time::sleep(Duration::MAX);
     tokio::pin!(drain_deadline);
+    // one waiter for the whole loop: a fresh one per message would register and drop a
+    // notification (two lock round trips) for every request served
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled(), if !draining => {
+            () = &mut cancelled, if !draining => {
                 draining = true;
                 drain_deadline.as_mut().reset(tokio::time::Instant::now() + grace);
                 if let Err(error) = subscriber.drain().await {
@@ -99,4 +104,49 @@ pub async fn serve<H, F>(
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// [`serve`] for requests answered from memory at once (evaluations): `answer` computes each
+/// reply (its encoding and bytes) in place and the loop publishes it to the request's reply
+/// subject, one request at a time, with nothing kept per request — no future boxed, no set
+/// of them to poll, no handle cloned. Run several on one queue group for parallelism. On
+/// `shutdown` it unsubscribes, answers what was already delivered, and returns (or `grace`
+/// after shutdown if the server never confirms the unsubscription).
+pub async fn answer_in_place<A>(
+    mut subscriber: Subscriber,
+    client: async_nats::Client,
+    shutdown: Shutdown,
+    grace: Duration,
+    mut answer: A,
+) where
+    A: FnMut(&async_nats::Message) -> (Encoding, Vec<u8>),
+{
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            message = subscriber.next() => match message {
+                Some(message) => {
+                    let (encoding, payload) = answer(&message);
+                    send_reply(&client, message.reply, encoding, payload).await;
+                }
+                None => return,
+            },
+        }
+    }
+    if let Err(error) = subscriber.drain().await {
+        tracing::warn!(%error, "unsubscribe failed; stopping at once");
+        return;
+    }
+    let delivered = async {
+        while let Some(message) = subscriber.next().await {
+            let (encoding, payload) = answer(&message);
+            send_reply(&client, message.reply, encoding, payload).await;
+        }
+    };
+    if tokio::time::timeout(grace, delivered).await.is_err() {
+        tracing::warn!("subscription drain not confirmed within the grace period");
+    }
 }

@@ -2,6 +2,8 @@
 //! metadata every command carries, paging, and the caps on entities (ids, attributes,
 //! labels) that evaluation and fleet requests share.
 
+use std::fmt;
+
 use rollout_core::error::names;
 use rollout_core::{AttributeValue, Attributes, Entity, Labels, ValidationErrors};
 
@@ -132,15 +134,45 @@ impl PageWindow {
 /// labels, names 1..=128 bytes, values at most 4 KiB (a list: at most 16 items of at most
 /// 256 bytes). Problems are recorded under `path`.
 pub fn validate_entity(entity: &Entity, path: &str, errors: &mut ValidationErrors) {
-    bounded_text(errors, &format!("{path}.id"), &entity.id, MAX_ID_BYTES);
-    validate_attributes(&entity.attributes, &format!("{path}.attributes"), errors);
-    validate_labels(&entity.labels, &format!("{path}.labels"), errors);
+    // every evaluation runs this: the nested paths are formatted only for a problem
+    let id = &entity.id;
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        bounded_text(errors, &format!("{path}.id"), id, MAX_ID_BYTES);
+    }
+    check_attributes(&entity.attributes, Nested(path, "attributes"), errors);
+    check_labels(&entity.labels, Nested(path, "labels"), errors);
 }
 
 /// Checks attributes against the caps; problems are recorded under `path`.
 pub fn validate_attributes(attributes: &Attributes, path: &str, errors: &mut ValidationErrors) {
+    check_attributes(attributes, path, errors);
+}
+
+/// Checks labels against the caps; problems are recorded under `path`.
+pub fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
+    check_labels(labels, path, errors);
+}
+
+/// `parent.child`, written out only when a problem is recorded under it.
+#[derive(Clone, Copy)]
+struct Nested<'a>(&'a str, &'a str);
+
+impl fmt::Display for Nested<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}.{}", self.0, self.1)
+    }
+}
+
+fn check_attributes(
+    attributes: &Attributes,
+    path: impl fmt::Display,
+    errors: &mut ValidationErrors,
+) {
     if attributes.len() > MAX_ATTRIBUTES {
-        errors.push(path, format!("at most {MAX_ATTRIBUTES} attributes"));
+        errors.push(
+            path.to_string(),
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        );
         return;
     }
     for (name, value) in attributes {
@@ -161,26 +193,30 @@ pub fn validate_attributes(attributes: &Attributes, path: &str, errors: &mut Val
             AttributeValue::List(items) => items.iter().map(String::len).sum(),
             AttributeValue::Number(_) | AttributeValue::Bool(_) => 0,
         };
-        check_entry(errors, path, name, value_bytes);
+        check_entry(errors, &path, name, value_bytes);
     }
 }
 
-/// Checks labels against the caps; problems are recorded under `path`.
-pub fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
+fn check_labels(labels: &Labels, path: impl fmt::Display, errors: &mut ValidationErrors) {
     if labels.len() > MAX_LABELS {
-        errors.push(path, format!("at most {MAX_LABELS} labels"));
+        errors.push(path.to_string(), format!("at most {MAX_LABELS} labels"));
         return;
     }
     for (name, value) in labels {
-        check_entry(errors, path, name, value.len());
+        check_entry(errors, &path, name, value.len());
     }
 }
 
-fn check_entry(errors: &mut ValidationErrors, path: &str, name: &str, value_bytes: usize) {
+fn check_entry(
+    errors: &mut ValidationErrors,
+    path: &impl fmt::Display,
+    name: &str,
+    value_bytes: usize,
+) {
     if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES {
         // the name itself may be huge: do not echo it into the path
         errors.push(
-            path,
+            path.to_string(),
             format!("names must be 1..={MAX_ATTRIBUTE_NAME_BYTES} bytes"),
         );
         return;

@@ -144,11 +144,26 @@ impl CodecError {
 /// Encodes `value`; MessagePack always with named fields, because field names are the
 /// contract.
 pub fn encode<T: Serialize + ?Sized>(value: &T, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    encode_reserving(value, encoding, 0)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes to begin with: a message of about that size
+/// (a reply on a hot path) is written without the buffer growing on the way.
+pub fn encode_reserving<T: Serialize + ?Sized>(
+    value: &T,
+    encoding: Encoding,
+    capacity: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut buffer = Vec::with_capacity(capacity);
     let encoded = match encoding {
-        Encoding::MessagePack => rmp_serde::to_vec_named(value).map_err(|error| error.to_string()),
-        Encoding::Json => serde_json::to_vec(value).map_err(|error| error.to_string()),
+        Encoding::MessagePack => {
+            rmp_serde::encode::write_named(&mut buffer, value).map_err(|error| error.to_string())
+        }
+        Encoding::Json => {
+            serde_json::to_writer(&mut buffer, value).map_err(|error| error.to_string())
+        }
     };
-    encoded.map_err(|message| {
+    encoded.map(|()| buffer).map_err(|message| {
         CodecError::new(CodecErrorKind::Encode, format!("cannot encode: {message}"))
     })
 }

@@ -303,6 +303,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Reply<T> {
     }
 }
 
+/// What a reply's buffer starts with, in bytes: an evaluation answer fits.
+const REPLY_CAPACITY: usize = 256;
+
 /// Encodes the reply to a request in the request's encoding. Never fails: should the result
 /// itself not encode, the reply becomes an `internal` error (which always encodes).
 pub fn encode_reply<T: Serialize>(outcome: &Result<T, WireError>, encoding: Encoding) -> Vec<u8> {
@@ -314,10 +317,13 @@ pub fn encode_reply<T: Serialize>(outcome: &Result<T, WireError>, encoding: Enco
         }
     }
 
-    codec::encode(&Envelope(outcome.as_ref()), encoding).unwrap_or_else(|error| {
-        let fallback = WireError::internal(format!("cannot encode the reply: {}", error.message()));
-        encode_error_reply(&fallback, encoding)
-    })
+    codec::encode_reserving(&Envelope(outcome.as_ref()), encoding, REPLY_CAPACITY).unwrap_or_else(
+        |error| {
+            let fallback =
+                WireError::internal(format!("cannot encode the reply: {}", error.message()));
+            encode_error_reply(&fallback, encoding)
+        },
+    )
 }
 
 /// Encodes an error reply.

@@ -124,17 +124,77 @@ impl EvalResult {
         evaluation: &Evaluation<'_>,
         explain: bool,
     ) -> EvalResult {
-        EvalResult {
-            flag: flag.to_owned(),
-            variation: evaluation.variation.to_owned(),
-            value: evaluation.value.clone(),
+        EvalResultRef::from_evaluation(flag, version, evaluation, explain).to_owned()
+    }
+}
+
+/// An [`EvalResult`] borrowed from the evaluation it reports, encoded byte for byte as the
+/// owned one: a reply is written from it without copying the flag key, the variation, its
+/// value, the rule and the rollout id out of the snapshot first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalResultRef<'a> {
+    /// Flag key.
+    pub flag: &'a str,
+    /// Variation id.
+    pub variation: &'a str,
+    /// Variation value.
+    pub value: &'a serde_json::Value,
+    /// Why the entity got it.
+    pub reason: Reason,
+    /// Rule that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<&'a str>,
+    /// Rollout that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<&'a str>,
+    /// That rollout's current step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// The entity's bucket, when bucketing decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<u32>,
+    /// Per-flag state version the answer was computed from.
+    pub version: u64,
+    /// A sentence explaining the answer, when the request asked to `explain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+}
+
+impl<'a> EvalResultRef<'a> {
+    /// The reply for `evaluation` of flag `flag` at `version`.
+    pub fn from_evaluation(
+        flag: &'a str,
+        version: u64,
+        evaluation: &Evaluation<'a>,
+        explain: bool,
+    ) -> EvalResultRef<'a> {
+        EvalResultRef {
+            flag,
+            variation: evaluation.variation,
+            value: evaluation.value,
             reason: evaluation.reason,
-            rule_id: evaluation.rule_id.map(str::to_owned),
-            rollout_id: evaluation.rollout_id.map(str::to_owned),
+            rule_id: evaluation.rule_id,
+            rollout_id: evaluation.rollout_id,
             step: evaluation.step,
             bucket: evaluation.bucket,
             version,
             explanation: explain.then(|| explain_evaluation(evaluation)),
+        }
+    }
+
+    /// The owned reply.
+    pub fn to_owned(&self) -> EvalResult {
+        EvalResult {
+            flag: self.flag.to_owned(),
+            variation: self.variation.to_owned(),
+            value: self.value.clone(),
+            reason: self.reason,
+            rule_id: self.rule_id.map(str::to_owned),
+            rollout_id: self.rollout_id.map(str::to_owned),
+            step: self.step,
+            bucket: self.bucket,
+            version: self.version,
+            explanation: self.explanation.clone(),
         }
     }
 }
@@ -290,5 +350,47 @@ mod tests {
             "step index 2 is the third step: {sentence}"
         );
         assert!(sentence.contains("31337"), "{sentence}");
+    }
+
+    #[test]
+    fn a_borrowed_result_encodes_byte_for_byte_as_the_owned_one() {
+        let value = serde_json::json!({"limit": 3, "tiers": ["a", "b"], "ratio": 0.5});
+        let full = Evaluation {
+            variation: "on",
+            value: &value,
+            reason: Reason::Rollout,
+            rule_id: Some("rule-1"),
+            rollout_id: Some("r-1"),
+            step: Some(2),
+            bucket: Some(31_337),
+            keyless: false,
+        };
+        let bare = Evaluation {
+            variation: "off",
+            value: &serde_json::Value::Null,
+            reason: Reason::Default,
+            rule_id: None,
+            rollout_id: None,
+            step: None,
+            bucket: None,
+            keyless: true,
+        };
+        for evaluation in [full, bare] {
+            for explain in [false, true] {
+                let borrowed = EvalResultRef::from_evaluation("flag-a", 9, &evaluation, explain);
+                let owned = EvalResult::from_evaluation("flag-a", 9, &evaluation, explain);
+                assert_eq!(borrowed.to_owned(), owned);
+                for encoding in [
+                    crate::codec::Encoding::MessagePack,
+                    crate::codec::Encoding::Json,
+                ] {
+                    assert_eq!(
+                        crate::codec::encode(&borrowed, encoding).expect("encodes"),
+                        crate::codec::encode(&owned, encoding).expect("encodes"),
+                        "{evaluation:?}, explain {explain}, {encoding:?}"
+                    );
+                }
+            }
+        }
     }
 }
