@@ -537,8 +537,30 @@ fn repeated_alert(stored: &[u8]) -> Result<AlertResult, WireError> {
 }
 
 fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write as _;
     let mut generator = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", generator.random::<u8>()))
-        .collect()
+    let mut text = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        // writing to a String cannot fail
+        let _ = write!(text, "{:02x}", generator.random::<u8>());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_hex;
+
+    #[test]
+    fn random_hex_is_two_lowercase_hex_digits_per_byte_and_differs_between_calls() {
+        for bytes in [1, 8, 12, 16] {
+            let text = random_hex(bytes);
+            assert_eq!(text.len(), bytes * 2, "{text}");
+            assert!(
+                text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{text}"
+            );
+        }
+        assert_ne!(random_hex(16), random_hex(16));
+    }
 }
