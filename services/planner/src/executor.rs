@@ -557,7 +557,8 @@ mod tests {
             let text = random_hex(bytes);
             assert_eq!(text.len(), bytes * 2, "{text}");
             assert!(
-                text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                text.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
                 "{text}"
             );
         }
