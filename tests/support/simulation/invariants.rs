@@ -707,8 +707,9 @@ impl OutboxMonitor {
 
 /// After the faults: starts probe rollouts on fresh flags, then until they complete (and at
 /// least lease + 1 s more) watches every running or queued rollout's next due time: each
-/// must be left within lease + 1 s of it (or of the start of this check, if later). Returns
-/// the probe rollouts.
+/// must be left within lease + 1 s of it (or of the start of this check, if later). A late
+/// one counts once, reported when it is finally left with how late it was and which ticker
+/// led at its deadline (the check waits for it, up to 30 s). Returns the probe rollouts.
 pub async fn check_liveness(
     cluster: &Cluster,
     lease: Duration,
@@ -741,8 +742,10 @@ pub async fn check_liveness(
     }
     let keys = cluster.keys();
     let give_up = Instant::now() + Duration::from_secs(30);
-    // (rollout, due time) → deadline
+    // (rollout, due time) → deadline, for due points not yet left
     let mut pending: HashMap<(String, Timestamp), Timestamp> = HashMap::new();
+    // due points judged late, each once: when their deadline passed and who led then
+    let mut late: HashMap<(String, Timestamp), (Timestamp, String)> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = cluster.now().await;
@@ -766,25 +769,51 @@ pub async fn check_liveness(
                 continue;
             }
             if let Some(due) = record.state.due_at(&record.plan) {
-                let deadline = due.max(quiet_start).plus(allowance);
-                pending.entry((id.clone(), due)).or_insert(deadline);
-                due_now.insert((id, due));
+                let point = (id, due);
+                if !late.contains_key(&point) {
+                    let deadline = due.max(quiet_start).plus(allowance);
+                    pending.entry(point.clone()).or_insert(deadline);
+                }
+                due_now.insert(point);
             }
         }
-        pending.retain(|(id, due), deadline| {
-            if !due_now.contains(&(id.clone(), *due)) {
-                // left that due point
+        let mut overdue = Vec::new();
+        pending.retain(|point, deadline| {
+            if !due_now.contains(point) {
+                // left that due point in time
                 findings.checked(LIVENESS);
                 return false;
             }
             if now > *deadline {
-                findings.violated(
-                    LIVENESS,
-                    format!("{id}: due at {due}, still there at {now} (deadline {deadline})"),
-                );
+                overdue.push((point.clone(), *deadline));
                 return false;
             }
             true
+        });
+        if !overdue.is_empty() {
+            let leader = match cluster.leader().await {
+                Some((replica, epoch)) => format!("{replica} (epoch {epoch})"),
+                None => "no ticker".to_owned(),
+            };
+            for (point, deadline) in overdue {
+                late.insert(point, (deadline, leader.clone()));
+            }
+        }
+        // a late due point is reported once it is left (or when the check ends), with how
+        // late it was: a few milliseconds under load and seconds of stall read differently
+        late.retain(|(id, due), (deadline, leader)| {
+            if due_now.contains(&(id.clone(), *due)) {
+                return true;
+            }
+            findings.violated(
+                LIVENESS,
+                format!(
+                    "{id}: due at {due}, seen left {} ms after its deadline {deadline} (lease + 1 s after {}); {leader} led at the deadline",
+                    now.millis_since(*deadline),
+                    (*due).max(quiet_start)
+                ),
+            );
+            false
         });
         let mut finished = 0;
         for probe in &probes {
@@ -797,10 +826,16 @@ pub async fn check_liveness(
             }
         }
         let long_enough = now.millis_since(quiet_start) > allowance.as_millis() + 1_000;
-        if finished == probes.len() && long_enough {
+        if finished == probes.len() && long_enough && late.is_empty() {
             return probes;
         }
         if Instant::now() > give_up {
+            for ((id, due), (deadline, leader)) in late {
+                findings.violated(
+                    LIVENESS,
+                    format!("{id}: due at {due}, still there at {now}, 30 s after the check began (deadline {deadline}; {leader} led at the deadline)"),
+                );
+            }
             findings.violated(
                 LIVENESS,
                 format!(
