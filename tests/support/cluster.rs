@@ -211,10 +211,7 @@ impl Cluster {
         Cluster {
             sandbox,
             options,
-            dir: tempfile::Builder::new()
-                .prefix("rollout-system-")
-                .tempdir()
-                .expect("tempdir"),
+            dir: log_dir(),
             redis_conn,
             commands,
             tickers: Vec::new(),
@@ -839,4 +836,19 @@ pub fn flag_update_storm(
         }
         (acknowledged, refused)
     })
+}
+
+/// Where a cluster's services write their logs: removed after the run, unless
+/// `ROLLOUT_KEEP_LOGS` is set (then it outlives a failure too, and its path is printed).
+fn log_dir() -> TempDir {
+    let keep_logs = std::env::var_os("ROLLOUT_KEEP_LOGS").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("rollout-system-")
+        .disable_cleanup(keep_logs)
+        .tempdir()
+        .expect("tempdir");
+    if keep_logs {
+        println!("logs kept in {}", dir.path().display());
+    }
+    dir
 }
