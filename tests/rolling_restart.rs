@@ -48,7 +48,9 @@ use rollout_store::Connection;
 use rollout_testkit::netns::{HostProcess, Hosts};
 use rollout_wire::events::{ChangeEvent, EventKind};
 use support::checks::{check_commands, check_rollouts, Report};
-use support::cluster::{boolean_flag, create_phased, operator_commands, wall_clock_now, EventLog};
+use support::cluster::{
+    boolean_flag, create_phased, log_dir, operator_commands, wall_clock_now, EventLog,
+};
 use support::committed::CommittedReader;
 use support::nats_cluster::Storm;
 use support::{eventually, http, NS, PATIENCE};
@@ -151,15 +153,7 @@ async fn a_rolling_restart_of_every_service_and_nats_node_fails_no_evaluation_an
         return;
     };
     // the servers' and services' logs outlive the run (a failure too) when asked to
-    let keep_logs = std::env::var_os("ROLLOUT_KEEP_LOGS").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix("rollout-rolling-")
-        .disable_cleanup(keep_logs)
-        .tempdir()
-        .expect("tempdir");
-    if keep_logs {
-        println!("logs kept in {}", dir.path().display());
-    }
+    let dir = log_dir("rollout-rolling-");
     let addr_of = |index: usize| hosts.host(index).addr;
     let seeds: String = (0..SERVICE_HOSTS)
         .map(|index| format!("nats://{}:{NATS_PORT}", addr_of(index)))

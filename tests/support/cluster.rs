@@ -211,7 +211,7 @@ impl Cluster {
         Cluster {
             sandbox,
             options,
-            dir: log_dir(),
+            dir: log_dir("rollout-system-"),
             redis_conn,
             commands,
             tickers: Vec::new(),
@@ -838,12 +838,13 @@ pub fn flag_update_storm(
     })
 }
 
-/// Where a cluster's services write their logs: removed after the run, unless
-/// `ROLLOUT_KEEP_LOGS` is set (then it outlives a failure too, and its path is printed).
-fn log_dir() -> TempDir {
+/// A directory (named `<prefix>…`) for a run's server and service logs: removed after the
+/// run, unless `ROLLOUT_KEEP_LOGS` is set (then it outlives a failure too, and its path is
+/// printed).
+pub fn log_dir(prefix: &str) -> TempDir {
     let keep_logs = std::env::var_os("ROLLOUT_KEEP_LOGS").is_some();
     let dir = tempfile::Builder::new()
-        .prefix("rollout-system-")
+        .prefix(prefix)
         .disable_cleanup(keep_logs)
         .tempdir()
         .expect("tempdir");
