@@ -8,29 +8,19 @@ use std::time::Instant;
 
 use rollout_wire::codec::{self, Encoding};
 use rollout_wire::envelope::{encode_reply, ErrorCode, WireError};
-use rollout_wire::eval::{EvalMany, EvalRequest, EvalResult, EvalResultRef, EvalTarget};
+use rollout_wire::eval::{EvalMany, EvalRequest, EvalResultRef, EvalTarget};
 use rollout_wire::subjects::Route;
-use serde::Serialize;
 
 use crate::metrics::Transport;
 use crate::snapshot::{LiveFlag, NamespaceSnapshot};
 use crate::Shared;
 use rollout_runtime::serve::request_encoding;
 
-/// The result of an evaluation request: one answer, or several.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum EvalReply {
-    /// For a request naming one `flag`.
-    One(EvalResult),
-    /// For a request naming `flags`, or none (all flags).
-    Many(EvalMany),
-}
-
-fn result_for(live: &LiveFlag, request: &EvalRequest) -> EvalResult {
+/// The answer `live` gives `request`'s entity, borrowed from the flag.
+fn result_for<'a>(live: &'a LiveFlag, request: &EvalRequest) -> EvalResultRef<'a> {
     let compiled = live.compiled();
     let evaluation = compiled.evaluate(&request.entity);
-    EvalResult::from_evaluation(
+    EvalResultRef::from_evaluation(
         compiled.key(),
         compiled.version(),
         &evaluation,
@@ -46,46 +36,38 @@ pub(crate) fn unknown_flag(key: &str, namespace: &str) -> WireError {
     .with_field("flag")
 }
 
-/// Answers a (validated) request from `namespace` (`None`: nothing of the namespace
-/// `name` is known). One unknown flag is `not_found`; unknown flags of a list are listed
-/// in `missing`.
-pub fn evaluate(
+/// The answers to a (validated) request naming several flags (`keys`), or every flag of
+/// `namespace` (`keys` = `None`); `namespace` = `None`: nothing of it is known. Keys it
+/// does not have are listed in `missing`.
+pub fn evaluate_many(
     namespace: Option<&NamespaceSnapshot>,
-    name: &str,
+    keys: Option<&[String]>,
     request: &EvalRequest,
-) -> Result<EvalReply, WireError> {
-    match request.target() {
-        EvalTarget::One(key) => namespace
-            .and_then(|namespace| namespace.with_flag(key, |live| result_for(live, request)))
-            .map(EvalReply::One)
-            .ok_or_else(|| unknown_flag(key, name)),
-        EvalTarget::Many(keys) => {
-            let mut many = EvalMany {
-                results: Vec::with_capacity(keys.len()),
-                missing: Vec::new(),
-            };
+) -> EvalMany {
+    let mut many = EvalMany {
+        results: Vec::with_capacity(keys.map_or(0, <[String]>::len)),
+        missing: Vec::new(),
+    };
+    match keys {
+        Some(keys) => {
             for key in keys {
                 let answer = namespace.and_then(|namespace| {
-                    namespace.with_flag(key, |live| result_for(live, request))
+                    namespace.with_flag(key, |live| result_for(live, request).to_result())
                 });
                 match answer {
                     Some(result) => many.results.push(result),
                     None => many.missing.push(key.clone()),
                 }
             }
-            Ok(EvalReply::Many(many))
         }
-        EvalTarget::All => {
-            let mut many = EvalMany {
-                results: Vec::new(),
-                missing: Vec::new(),
-            };
+        None => {
             if let Some(namespace) = namespace {
-                namespace.for_each_flag(|live| many.results.push(result_for(live, request)));
+                namespace
+                    .for_each_flag(|live| many.results.push(result_for(live, request).to_result()));
             }
-            Ok(EvalReply::Many(many))
         }
     }
+    many
 }
 
 /// Decodes, checks and answers one request body for namespace `name`; the reply is
@@ -100,33 +82,32 @@ pub fn answer(
         .map_err(WireError::from)
         .and_then(|request| request.validate().map(|()| request));
     let outcome = match request {
-        Ok(request) => match request.target() {
-            // the common case: the reply is written from the snapshot, nothing copied out
-            EvalTarget::One(key) => {
-                let reply = namespace.and_then(|namespace| {
-                    namespace.with_flag(key, |live| {
-                        let compiled = live.compiled();
-                        let evaluation = compiled.evaluate(&request.entity);
-                        let result = EvalResultRef::from_evaluation(
-                            compiled.key(),
-                            compiled.version(),
-                            &evaluation,
-                            request.explain,
-                        );
-                        encode_reply(&Ok(result), encoding)
-                    })
-                });
-                match reply {
-                    Some(reply) => return (reply, None),
-                    None => Err(unknown_flag(key, name)),
-                }
-            }
-            EvalTarget::Many(_) | EvalTarget::All => evaluate(namespace, name, &request),
-        },
         Err(error) => Err(error),
+        // the common case: the reply is written from the snapshot, nothing copied out
+        Ok(request) => match request.target() {
+            EvalTarget::One(key) => match answer_one(namespace, key, &request, encoding) {
+                Some(reply) => return (reply, None),
+                None => Err(unknown_flag(key, name)),
+            },
+            EvalTarget::Many(keys) => Ok(evaluate_many(namespace, Some(keys), &request)),
+            EvalTarget::All => Ok(evaluate_many(namespace, None, &request)),
+        },
     };
     let code = outcome.as_ref().err().map(|error| error.code);
     (encode_reply(&outcome, encoding), code)
+}
+
+/// The encoded reply to a one-flag `request` for `key`, or `None` when the namespace has
+/// no such flag.
+fn answer_one(
+    namespace: Option<&NamespaceSnapshot>,
+    key: &str,
+    request: &EvalRequest,
+    encoding: Encoding,
+) -> Option<Vec<u8>> {
+    namespace?.with_flag(key, |live| {
+        encode_reply(&Ok(result_for(live, request)), encoding)
+    })
 }
 
 /// The reply to one message of `rollout.eval.*`, and its encoding (the caller publishes it).

@@ -128,10 +128,7 @@ pub async fn answer_in_place<A>(
             biased;
             () = &mut cancelled => break,
             message = subscriber.next() => match message {
-                Some(message) => {
-                    let (encoding, payload) = answer(&message);
-                    send_reply(&client, message.reply, encoding, payload).await;
-                }
+                Some(message) => reply_in_place(&client, message, &mut answer).await,
                 None => return,
             },
         }
@@ -142,11 +139,22 @@ pub async fn answer_in_place<A>(
     }
     let delivered = async {
         while let Some(message) = subscriber.next().await {
-            let (encoding, payload) = answer(&message);
-            send_reply(&client, message.reply, encoding, payload).await;
+            reply_in_place(&client, message, &mut answer).await;
         }
     };
     if tokio::time::timeout(grace, delivered).await.is_err() {
         tracing::warn!("subscription drain not confirmed within the grace period");
     }
+}
+
+/// Answers `message` with `answer` and publishes the reply ([`send_reply`]).
+async fn reply_in_place<A>(
+    client: &async_nats::Client,
+    message: async_nats::Message,
+    answer: &mut A,
+) where
+    A: FnMut(&async_nats::Message) -> (Encoding, Vec<u8>),
+{
+    let (encoding, payload) = answer(&message);
+    send_reply(client, message.reply, encoding, payload).await;
 }

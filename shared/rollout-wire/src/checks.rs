@@ -38,17 +38,21 @@ pub(crate) fn token(errors: &mut ValidationErrors, field: &str, value: &str) {
     }
 }
 
-/// Records a problem unless `value` has 1..=`max_bytes` bytes.
+/// Records a problem unless `value` has 1..=`max_bytes` bytes (the field's name is written
+/// out only for a problem).
 pub(crate) fn bounded_text(
     errors: &mut ValidationErrors,
-    field: &str,
+    field: impl fmt::Display,
     value: &str,
     max_bytes: usize,
 ) {
     if value.is_empty() {
-        errors.push(field, "must not be empty");
+        errors.push(field.to_string(), "must not be empty");
     } else if value.len() > max_bytes {
-        errors.push(field, format!("must be at most {max_bytes} bytes"));
+        errors.push(
+            field.to_string(),
+            format!("must be at most {max_bytes} bytes"),
+        );
     }
 }
 
@@ -135,22 +139,9 @@ impl PageWindow {
 /// 256 bytes). Problems are recorded under `path`.
 pub fn validate_entity(entity: &Entity, path: &str, errors: &mut ValidationErrors) {
     // every evaluation runs this: the nested paths are formatted only for a problem
-    let id = &entity.id;
-    if id.is_empty() || id.len() > MAX_ID_BYTES {
-        bounded_text(errors, &format!("{path}.id"), id, MAX_ID_BYTES);
-    }
-    check_attributes(&entity.attributes, Nested(path, "attributes"), errors);
-    check_labels(&entity.labels, Nested(path, "labels"), errors);
-}
-
-/// Checks attributes against the caps; problems are recorded under `path`.
-pub fn validate_attributes(attributes: &Attributes, path: &str, errors: &mut ValidationErrors) {
-    check_attributes(attributes, path, errors);
-}
-
-/// Checks labels against the caps; problems are recorded under `path`.
-pub fn validate_labels(labels: &Labels, path: &str, errors: &mut ValidationErrors) {
-    check_labels(labels, path, errors);
+    bounded_text(errors, Nested(path, "id"), &entity.id, MAX_ID_BYTES);
+    validate_attributes(&entity.attributes, Nested(path, "attributes"), errors);
+    validate_labels(&entity.labels, Nested(path, "labels"), errors);
 }
 
 /// `parent.child`, written out only when a problem is recorded under it.
@@ -163,7 +154,8 @@ impl fmt::Display for Nested<'_> {
     }
 }
 
-fn check_attributes(
+/// Checks attributes against the caps; problems are recorded under `path`.
+pub fn validate_attributes(
     attributes: &Attributes,
     path: impl fmt::Display,
     errors: &mut ValidationErrors,
@@ -197,7 +189,8 @@ fn check_attributes(
     }
 }
 
-fn check_labels(labels: &Labels, path: impl fmt::Display, errors: &mut ValidationErrors) {
+/// Checks labels against the caps; problems are recorded under `path`.
+pub fn validate_labels(labels: &Labels, path: impl fmt::Display, errors: &mut ValidationErrors) {
     if labels.len() > MAX_LABELS {
         errors.push(path.to_string(), format!("at most {MAX_LABELS} labels"));
         return;

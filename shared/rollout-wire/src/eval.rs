@@ -124,7 +124,7 @@ impl EvalResult {
         evaluation: &Evaluation<'_>,
         explain: bool,
     ) -> EvalResult {
-        EvalResultRef::from_evaluation(flag, version, evaluation, explain).to_owned()
+        EvalResultRef::from_evaluation(flag, version, evaluation, explain).to_result()
     }
 }
 
@@ -183,7 +183,7 @@ impl<'a> EvalResultRef<'a> {
     }
 
     /// The owned reply.
-    pub fn to_owned(&self) -> EvalResult {
+    pub fn to_result(&self) -> EvalResult {
         EvalResult {
             flag: self.flag.to_owned(),
             variation: self.variation.to_owned(),
@@ -379,7 +379,7 @@ mod tests {
             for explain in [false, true] {
                 let borrowed = EvalResultRef::from_evaluation("flag-a", 9, &evaluation, explain);
                 let owned = EvalResult::from_evaluation("flag-a", 9, &evaluation, explain);
-                assert_eq!(borrowed.to_owned(), owned);
+                assert_eq!(borrowed.to_result(), owned);
                 for encoding in [
                     crate::codec::Encoding::MessagePack,
                     crate::codec::Encoding::Json,

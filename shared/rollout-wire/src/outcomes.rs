@@ -57,7 +57,7 @@ impl OutcomeReport {
         }
         checks::bounded_text(
             errors,
-            &format!("{path}entity"),
+            format!("{path}entity"),
             &self.entity,
             checks::MAX_ID_BYTES,
         );
