@@ -11,6 +11,11 @@ use crate::StoreError;
 static COMMIT_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("scripts/commit.lua")));
 
+/// The most commits one script call runs: what they share (the clock, the fence, the
+/// webhooks check) is asked once per call, and one call holds Redis for about
+/// this many commits' time.
+pub const COMMITS_PER_CALL: usize = 32;
+
 /// What the script did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -210,34 +215,118 @@ impl Commit {
             .unwrap_or_else(|| Err(StoreError::Protocol("a commit left no outcome".to_owned())))
     }
 
-    /// Runs every commit of `commits` in one round trip, each its own atomic script with
-    /// its own preconditions; one outcome per commit, in order. `Err` only when the round
-    /// trip failed (nothing is known then: each commit may or may not have run).
+    /// Runs every commit of `commits` in one round trip, each atomic with its own
+    /// preconditions (one refused or failed commit leaves the others as they are); one
+    /// outcome per commit, in order. The commits go [`COMMITS_PER_CALL`] to a script call,
+    /// so they must all be keys of one namespace (one cluster slot). `Err` only when the
+    /// round trip failed; a call that failed as a whole (a runtime error in the script)
+    /// fails each of its commits: nothing is known of them then, as of a lost reply.
     pub async fn execute_many<C: ConnectionLike>(
         connection: &mut C,
         commits: &[&Commit],
     ) -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
-        let calls: Vec<_> = commits.iter().map(|commit| commit.call()).collect();
+        let chunks: Vec<&[&Commit]> = commits.chunks(COMMITS_PER_CALL).collect();
+        let calls: Vec<_> = chunks.iter().map(|chunk| Commit::call(chunk)).collect();
         let answers = crate::pipelined::invoke_all(connection, calls, &[&COMMIT_SCRIPT]).await?;
-        Ok(answers
-            .into_iter()
-            .map(|answer| {
-                let value = answer?;
-                let reply: Vec<redis::Value> = redis::FromRedisValue::from_redis_value(value)
-                    .map_err(|error| {
+        let mut outcomes = Vec::with_capacity(commits.len());
+        for (chunk, answer) in chunks.iter().zip(answers) {
+            let replies = answer.map_err(StoreError::from).and_then(|value| {
+                let replies: Vec<Vec<redis::Value>> =
+                    redis::FromRedisValue::from_redis_value(value).map_err(|error| {
                         StoreError::Protocol(format!("unexpected commit script reply: {error}"))
                     })?;
-                parse_reply(reply)
-            })
-            .collect())
+                if replies.len() == chunk.len() {
+                    Ok(replies)
+                } else {
+                    Err(StoreError::Protocol(format!(
+                        "{} commit outcomes for {} commits",
+                        replies.len(),
+                        chunk.len()
+                    )))
+                }
+            });
+            match replies {
+                Ok(replies) => outcomes.extend(replies.into_iter().map(parse_reply)),
+                Err(error) => outcomes.extend(chunk.iter().map(|_| Err(error.clone()))),
+            }
+        }
+        Ok(outcomes)
     }
 
-    /// The script call this commit makes, its keys and arguments written in place.
-    fn call(&self) -> redis::Cmd {
-        let mut invocation = crate::pipelined::script_call(&COMMIT_SCRIPT, self.keys.len());
-        for key in &self.keys {
-            invocation.arg(key);
+    /// The script call running `commits`: every commit's keys, then their count and each
+    /// commit's key count, argument count and arguments, written in place into a command
+    /// sized once.
+    fn call(commits: &[&Commit]) -> redis::Cmd {
+        let keys: usize = commits.iter().map(|commit| commit.keys.len()).sum();
+        let args: usize = commits.iter().map(|commit| 2 + commit.arg_count()).sum();
+        let bytes: usize = commits.iter().map(|commit| commit.byte_estimate()).sum();
+        let mut invocation =
+            crate::pipelined::script_call_sized(&COMMIT_SCRIPT, keys, keys + args + 1, bytes);
+        for commit in commits {
+            for key in &commit.keys {
+                invocation.arg(key);
+            }
         }
+        invocation.arg(commits.len());
+        for commit in commits {
+            invocation.arg(commit.keys.len()).arg(commit.arg_count());
+            commit.write_args(&mut invocation);
+        }
+        invocation
+    }
+
+    /// How many arguments [`Commit::write_args`] writes.
+    fn arg_count(&self) -> usize {
+        let notify = if self.notify.is_some() { 3 } else { 1 };
+        6 + 1
+            + 2 * self.checks.len()
+            + 1
+            + 3 * self.puts.len()
+            + 1
+            + 2 * self.tombstones.len()
+            + 1
+            + self.deletes.len()
+            + 1
+            + 3 * self.zset_adds.len()
+            + 1
+            + 2 * self.zset_removes.len()
+            + 1
+            + 2 * self.set_adds.len()
+            + 1
+            + 2 * self.set_removes.len()
+            + 1
+            + 3 * self.pushes.len()
+            + 1
+            + 2 * self.outbox.len()
+            + notify
+            + 1
+            + 2 * self.increments.len()
+    }
+
+    /// About how many bytes the commit's keys and arguments take in a command.
+    fn byte_estimate(&self) -> usize {
+        let keys: usize = self.keys.iter().map(String::len).sum();
+        let idempotency = self
+            .idempotency
+            .as_ref()
+            .map_or(0, |(_, outcome, _)| outcome.len());
+        let puts: usize = self.puts.iter().map(|(_, _, data)| data.len()).sum();
+        let pushes: usize = self.pushes.iter().map(|(_, value, _)| value.len()).sum();
+        let outbox: usize = self.outbox.iter().map(|(_, event)| event.len()).sum();
+        let members: usize = self
+            .zset_adds
+            .iter()
+            .map(|(_, _, member)| member.len())
+            .chain(self.zset_removes.iter().map(|(_, member)| member.len()))
+            .chain(self.set_adds.iter().map(|(_, member)| member.len()))
+            .chain(self.set_removes.iter().map(|(_, member)| member.len()))
+            .sum();
+        // every number is at most 20 digits
+        keys + idempotency + puts + pushes + outbox + members + 20 * self.arg_count()
+    }
+
+    /// Writes the commit's arguments (the script's per-commit layout) into `invocation`.
+    fn write_args(&self, invocation: &mut redis::Cmd) {
         let (idempotency_index, outcome, ttl) = match &self.idempotency {
             Some((index, outcome, ttl)) => (*index, outcome.as_slice(), *ttl),
             None => (0, &[][..], 0),
@@ -302,7 +391,6 @@ impl Commit {
         for (index, amount) in &self.increments {
             invocation.arg(*index).arg(*amount);
         }
-        invocation
     }
 }
 
@@ -353,5 +441,74 @@ fn parse_reply(reply: Vec<redis::Value>) -> Result<CommitOutcome, StoreError> {
             now: Timestamp::from_millis(number_of(reply.get(1)).ok_or_else(malformed)?),
         })),
         _ => Err(malformed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit using every group, each more than once where it can.
+    fn full_commit(tag: &str) -> Commit {
+        let key = |name: &str| format!("ro:{{{tag}}}:{name}");
+        let mut commit = Commit::new();
+        commit
+            .idempotent(&key("command:c"), b"outcome".to_vec(), 60)
+            .fenced(&key("fence"), 3)
+            .not_before(Timestamp::from_millis(1_000))
+            .expect_revision(&key("flag:a"), 1)
+            .expect_revision(&key("rollout:r"), 2)
+            .put(&key("flag:a"), 2, b"flag".to_vec())
+            .put(&key("rollout:r"), 3, b"rollout".to_vec())
+            .tombstone(&key("flag:b"), 9)
+            .delete(&key("rollout:old"))
+            .zadd(&key("due"), 5, "r")
+            .zrem(&key("due"), "old")
+            .sadd(&key("flags"), "a")
+            .srem(&key("flags"), "b")
+            .push(&key("audit:flag:a"), b"entry".to_vec(), 10)
+            .outbox(&key("outbox"), b"event".to_vec())
+            .outbox(&key("outbox"), b"event-2".to_vec())
+            .notify(&key("notify"), &key("webhooks"), 100)
+            .increment(&key("versions"), 1);
+        commit
+    }
+
+    #[test]
+    fn each_commit_of_a_call_announces_exactly_the_arguments_it_writes() {
+        let full = full_commit("a");
+        let empty = Commit::new();
+        for commits in [vec![&full], vec![&empty], vec![&full, &empty, &full]] {
+            let call = Commit::call(&commits);
+            let args: Vec<Vec<u8>> = call
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => panic!("a script call has plain arguments only"),
+                })
+                .collect();
+            let keys: usize = commits.iter().map(|commit| commit.keys().len()).sum();
+            assert_eq!(args[0], b"EVALSHA");
+            assert_eq!(args[2], keys.to_string().into_bytes());
+            // walk the script's layout: the commit count, then each commit's key count,
+            // argument count and that many arguments, ending exactly at the end
+            let mut position = 3 + keys;
+            assert_eq!(args[position], commits.len().to_string().into_bytes());
+            position += 1;
+            for commit in &commits {
+                assert_eq!(args[position], commit.keys().len().to_string().into_bytes());
+                let announced: usize = String::from_utf8(args[position + 1].clone())
+                    .expect("a number")
+                    .parse()
+                    .expect("a number");
+                assert_eq!(announced, commit.arg_count());
+                position += 2 + announced;
+            }
+            assert_eq!(
+                position,
+                args.len(),
+                "the announced counts cover every argument"
+            );
+        }
     }
 }

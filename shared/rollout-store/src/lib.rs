@@ -54,7 +54,7 @@ pub mod write;
 use redis::aio::ConnectionLike;
 use rollout_core::Timestamp;
 
-pub use commit::{Commit, CommitOutcome, Refused};
+pub use commit::{Commit, CommitOutcome, Refused, COMMITS_PER_CALL};
 pub use idempotency::{store_unchanged_outcome, stored_outcome};
 pub use keys::Keys;
 pub use mutation::{Actor, Happened};
@@ -208,7 +208,7 @@ impl ConnectionLike for Connection {
 }
 
 /// Failures of the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis could not be reached or refused the command.
     #[error("redis: {0}")]

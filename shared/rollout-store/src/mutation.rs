@@ -539,6 +539,10 @@ fn audit_details(
 
 /// MessagePack with named fields, as the wire contract encodes.
 pub fn encode_wire<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    codec::encode(value, Encoding::MessagePack)
-        .map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
+    codec::encode_reserving(
+        value,
+        Encoding::MessagePack,
+        crate::records::TYPICAL_ENCODED_SIZE,
+    )
+    .map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
 }

@@ -15,8 +15,14 @@ use crate::StoreError;
 
 /// The start of a call of `script` with `keys` keys: add the keys, then the arguments.
 pub(crate) fn script_call(script: &Script, keys: usize) -> Cmd {
-    let mut call = redis::cmd("EVALSHA");
-    call.arg(script.get_hash()).arg(keys);
+    script_call_sized(script, keys, keys, 0)
+}
+
+/// [`script_call`] for about `args` keys and arguments of `bytes` bytes in all, its
+/// buffers sized once.
+pub(crate) fn script_call_sized(script: &Script, keys: usize, args: usize, bytes: usize) -> Cmd {
+    let mut call = Cmd::with_capacity(args + 3, bytes + 64);
+    call.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     call
 }
 

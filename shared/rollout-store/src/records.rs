@@ -19,10 +19,17 @@ pub struct StoredFlag {
     pub record: Option<FlagRecord>,
 }
 
+/// What a record, audit entry or event encodes to at most, typically (a rollout record
+/// ≈ 830 bytes, its step event ≈ 770): their buffers start at this size, so encoding one on
+/// the commit path does not grow it on the way.
+pub(crate) const TYPICAL_ENCODED_SIZE: usize = 1024;
+
 /// MessagePack with named fields: the encoding of every stored record.
 pub fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(record)
-        .map_err(|error| StoreError::Corrupt(format!("cannot encode record: {error}")))
+    let mut buffer = Vec::with_capacity(TYPICAL_ENCODED_SIZE);
+    rmp_serde::encode::write_named(&mut buffer, record)
+        .map_err(|error| StoreError::Corrupt(format!("cannot encode record: {error}")))?;
+    Ok(buffer)
 }
 
 /// Decodes a stored record; `what` names it in the error.

@@ -258,3 +258,95 @@ async fn concurrent_writers_of_one_revision_produce_exactly_one_winner() {
     let audit_len: usize = setup.llen("ro:{t}:audit:rollout:r").await.expect("llen");
     assert_eq!(audit_len, 1, "only the winner's audit entry exists");
 }
+
+#[tokio::test]
+async fn the_commits_of_one_call_are_each_decided_on_their_own_in_order() {
+    let server = RedisServer::start().expect("redis starts");
+    let mut connection = connect(&server).await;
+    let _: () = connection.set("ro:{t}:fence", 7).await.expect("set fence");
+    // more commits than one script call takes, so the batch spans calls
+    let count = rollout_store::COMMITS_PER_CALL * 2 + 6;
+    let stale = |index: usize| index % 7 == 3;
+    let fenced = |index: usize| index % 11 == 5;
+    let commits: Vec<Commit> = (0..count)
+        .map(|index| {
+            let key = format!("ro:{{t}}:flag:f{index}");
+            let mut commit = Commit::new();
+            commit
+                .fenced("ro:{t}:fence", if fenced(index) { 6 } else { 7 })
+                .expect_revision(&key, if stale(index) { 5 } else { 0 })
+                .put(&key, 1, format!("flag-{index}").into_bytes())
+                .outbox("ro:{t}:outbox", format!("event-{index}").into_bytes())
+                .increment("ro:{t}:versions", i64::try_from(index).expect("small"));
+            commit
+        })
+        .collect();
+    // the same command id twice in one call: the second gets the first's outcome
+    let mut first = Commit::new();
+    first
+        .idempotent("ro:{t}:command:c-1", b"first".to_vec(), 60)
+        .put("ro:{t}:flag:once", 1, b"once".to_vec());
+    let mut second = Commit::new();
+    second
+        .idempotent("ro:{t}:command:c-1", b"second".to_vec(), 60)
+        .put("ro:{t}:flag:once", 2, b"twice".to_vec());
+    let mut all: Vec<&Commit> = commits.iter().collect();
+    all.push(&first);
+    all.push(&second);
+    let outcomes = Commit::execute_many(&mut connection, &all)
+        .await
+        .expect("the round trip succeeds");
+    assert_eq!(outcomes.len(), count + 2);
+    let mut expected_sum = 0;
+    for (index, outcome) in outcomes.iter().take(count).enumerate() {
+        let outcome = outcome.as_ref().expect("each commit has an outcome");
+        let stored: Option<Vec<u8>> = connection
+            .hget(format!("ro:{{t}}:flag:f{index}"), "data")
+            .await
+            .expect("hget");
+        if fenced(index) {
+            assert_eq!(
+                outcome,
+                &CommitOutcome::Refused(Refused::Fenced { fence: 7 }),
+                "commit {index}"
+            );
+            assert_eq!(stored, None, "a fenced commit {index} wrote nothing");
+        } else if stale(index) {
+            assert!(
+                matches!(
+                    outcome,
+                    CommitOutcome::Refused(Refused::Conflict { actual: 0, .. })
+                ),
+                "commit {index}: {outcome:?}"
+            );
+            assert_eq!(stored, None, "a refused commit {index} wrote nothing");
+        } else {
+            let CommitOutcome::Committed { outbox_ids, .. } = outcome else {
+                panic!("commit {index} not committed: {outcome:?}");
+            };
+            assert_eq!(outbox_ids.len(), 1, "commit {index}");
+            assert_eq!(stored, Some(format!("flag-{index}").into_bytes()));
+            expected_sum += i64::try_from(index).expect("small");
+        }
+    }
+    let committed_count = (0..count)
+        .filter(|index| !stale(*index) && !fenced(*index))
+        .count();
+    let stream_len: usize = connection.xlen("ro:{t}:outbox").await.expect("xlen");
+    assert_eq!(
+        stream_len, committed_count,
+        "one outbox entry per commit made"
+    );
+    let versions: i64 = connection.get("ro:{t}:versions").await.expect("get");
+    assert_eq!(versions, expected_sum, "only commits made move the counter");
+    assert!(committed(outcomes[count].as_ref().expect("first")));
+    assert_eq!(
+        outcomes[count + 1].as_ref().expect("second"),
+        &CommitOutcome::Refused(Refused::Duplicate(b"first".to_vec()))
+    );
+    let once: Vec<u8> = connection
+        .hget("ro:{t}:flag:once", "data")
+        .await
+        .expect("hget");
+    assert_eq!(once, b"once");
+}

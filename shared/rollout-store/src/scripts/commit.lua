@@ -1,9 +1,13 @@
--- The one write path of the system: a compare-and-set commit.
+-- The one write path of the system: compare-and-set commits, several per call.
 --
--- Every precondition is checked before the first write, so a refused commit changes
--- nothing. Keys are passed in KEYS and referred to by 1-based index from ARGV.
+-- Each commit is all-or-nothing on its own: every precondition of it is checked before
+-- its first write, so a refused commit changes nothing, and the commits after it in the
+-- call are decided on their own. The call is one script, so nothing sees a state between
+-- two of its commits.
 --
--- ARGV layout (all integers as decimal strings):
+-- ARGV[1] is the number of commits; then, for each commit, its key count (its keys are
+-- the next that many KEYS, referred to by 1-based index within them), its argument count,
+-- and its arguments (all integers as decimal strings):
 --   [1] index of the idempotency key, or 0          (the command id's stored outcome)
 --   [2] outcome to store under it on success
 --   [3] its time to live in seconds
@@ -27,126 +31,160 @@
 --                                                    namespace has webhooks)
 --   incrs   : key-index, amount                     (INCRBY: counters the commit moves)
 --
--- Returns {"ok", now_ms, outbox ids...} | {"duplicate", stored outcome} |
---         {"conflict", key, actual revision} | {"fenced", fence epoch} | {"early", now_ms}
-
-local pos = 7
-local function nextarg()
-  local value = ARGV[pos]
-  pos = pos + 1
-  return value
-end
-
-local idem_index = tonumber(ARGV[1])
-if idem_index > 0 then
-  local stored = redis.call('GET', KEYS[idem_index])
-  if stored then
-    return {'duplicate', stored}
-  end
-end
-
-local fence_index = tonumber(ARGV[4])
-if fence_index > 0 then
-  local fence = tonumber(redis.call('GET', KEYS[fence_index]) or '0')
-  local epoch = tonumber(ARGV[5])
-  if epoch ~= fence then
-    return {'fenced', tostring(fence)}
-  end
-end
+-- Returns one reply per commit, in order:
+--   {"ok", now_ms, outbox ids...} | {"duplicate", stored outcome} |
+--   {"conflict", key, actual revision} | {"fenced", fence epoch} | {"early", now_ms}
+--
+-- What every commit of the call shares is asked once: the clock, each fence, whether the
+-- namespace has webhooks. A runtime error (a key of the wrong type) ends the call: the
+-- commits before it stay written, and the caller learns nothing of any (as of a lost reply).
 
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local not_before = tonumber(ARGV[6])
-if not_before > 0 and now_ms < not_before then
-  return {'early', tostring(now_ms)}
-end
+local fences = {}
+local hooked = {}
 
-local checks = tonumber(nextarg())
-for _ = 1, checks do
-  local key = KEYS[tonumber(nextarg())]
-  local expected = nextarg()
-  local actual = redis.call('HGET', key, 'rev') or '0'
-  if actual ~= expected then
-    return {'conflict', key, actual}
+-- the commit whose keys follow KEYS[kbase] and whose arguments follow ARGV[abase]
+local function commit(kbase, abase)
+  local pos = abase + 7
+  local function nextarg()
+    local value = ARGV[pos]
+    pos = pos + 1
+    return value
   end
-end
 
--- every precondition holds: write
-local puts = tonumber(nextarg())
-for _ = 1, puts do
-  local key = KEYS[tonumber(nextarg())]
-  local rev = nextarg()
-  local data = nextarg()
-  redis.call('HSET', key, 'rev', rev, 'data', data)
-end
-local tombs = tonumber(nextarg())
-for _ = 1, tombs do
-  local key = KEYS[tonumber(nextarg())]
-  local rev = nextarg()
-  redis.call('HDEL', key, 'data')
-  redis.call('HSET', key, 'rev', rev)
-end
-local dels = tonumber(nextarg())
-for _ = 1, dels do
-  redis.call('DEL', KEYS[tonumber(nextarg())])
-end
-local zadds = tonumber(nextarg())
-for _ = 1, zadds do
-  local key = KEYS[tonumber(nextarg())]
-  local score = nextarg()
-  local member = nextarg()
-  redis.call('ZADD', key, score, member)
-end
-local zrems = tonumber(nextarg())
-for _ = 1, zrems do
-  local key = KEYS[tonumber(nextarg())]
-  redis.call('ZREM', key, nextarg())
-end
-local sadds = tonumber(nextarg())
-for _ = 1, sadds do
-  local key = KEYS[tonumber(nextarg())]
-  redis.call('SADD', key, nextarg())
-end
-local srems = tonumber(nextarg())
-for _ = 1, srems do
-  local key = KEYS[tonumber(nextarg())]
-  redis.call('SREM', key, nextarg())
-end
-local pushes = tonumber(nextarg())
-for _ = 1, pushes do
-  local key = KEYS[tonumber(nextarg())]
-  local value = nextarg()
-  local max_len = tonumber(nextarg())
-  if redis.call('LPUSH', key, value) > max_len then
-    redis.call('LTRIM', key, 0, max_len - 1)
+  local function key(index)
+    return KEYS[kbase + tonumber(index)]
   end
-end
-local result = {'ok', tostring(now_ms)}
-local xadds = tonumber(nextarg())
-local events = {}
-for _ = 1, xadds do
-  local key = KEYS[tonumber(nextarg())]
-  local value = nextarg()
-  local id = redis.call('XADD', key, '*', 'event', value)
-  table.insert(result, id)
-  table.insert(events, value)
-end
-local notify_index = tonumber(nextarg())
-if notify_index > 0 then
-  local webhooks = KEYS[tonumber(nextarg())]
-  local max_len = nextarg()
-  if #events > 0 and redis.call('EXISTS', webhooks) == 1 then
-    for _, value in ipairs(events) do
-      redis.call('XADD', KEYS[notify_index], 'MAXLEN', '~', max_len, '*', 'event', value)
+
+  local idem_index = tonumber(ARGV[abase + 1])
+  if idem_index > 0 then
+    local stored = redis.call('GET', key(idem_index))
+    if stored then
+      return {'duplicate', stored}
     end
   end
+
+  local fence_index = tonumber(ARGV[abase + 4])
+  if fence_index > 0 then
+    local fence_key = key(fence_index)
+    local fence = fences[fence_key]
+    if fence == nil then
+      fence = tonumber(redis.call('GET', fence_key) or '0')
+      fences[fence_key] = fence
+    end
+    local epoch = tonumber(ARGV[abase + 5])
+    if epoch ~= fence then
+      return {'fenced', tostring(fence)}
+    end
+  end
+
+  local not_before = tonumber(ARGV[abase + 6])
+  if not_before > 0 and now_ms < not_before then
+    return {'early', tostring(now_ms)}
+  end
+
+  local checks = tonumber(nextarg())
+  for _ = 1, checks do
+    local target = key(nextarg())
+    local expected = nextarg()
+    local actual = redis.call('HGET', target, 'rev') or '0'
+    if actual ~= expected then
+      return {'conflict', target, actual}
+    end
+  end
+
+  -- every precondition holds: write
+  local puts = tonumber(nextarg())
+  for _ = 1, puts do
+    local target = key(nextarg())
+    local rev = nextarg()
+    local data = nextarg()
+    redis.call('HSET', target, 'rev', rev, 'data', data)
+  end
+  local tombs = tonumber(nextarg())
+  for _ = 1, tombs do
+    local target = key(nextarg())
+    local rev = nextarg()
+    redis.call('HDEL', target, 'data')
+    redis.call('HSET', target, 'rev', rev)
+  end
+  local dels = tonumber(nextarg())
+  for _ = 1, dels do
+    redis.call('DEL', key(nextarg()))
+  end
+  local zadds = tonumber(nextarg())
+  for _ = 1, zadds do
+    local target = key(nextarg())
+    local score = nextarg()
+    local member = nextarg()
+    redis.call('ZADD', target, score, member)
+  end
+  local zrems = tonumber(nextarg())
+  for _ = 1, zrems do
+    local target = key(nextarg())
+    redis.call('ZREM', target, nextarg())
+  end
+  local sadds = tonumber(nextarg())
+  for _ = 1, sadds do
+    local target = key(nextarg())
+    redis.call('SADD', target, nextarg())
+  end
+  local srems = tonumber(nextarg())
+  for _ = 1, srems do
+    local target = key(nextarg())
+    redis.call('SREM', target, nextarg())
+  end
+  local pushes = tonumber(nextarg())
+  for _ = 1, pushes do
+    local target = key(nextarg())
+    local value = nextarg()
+    local max_len = tonumber(nextarg())
+    if redis.call('LPUSH', target, value) > max_len then
+      redis.call('LTRIM', target, 0, max_len - 1)
+    end
+  end
+  local result = {'ok', tostring(now_ms)}
+  local xadds = tonumber(nextarg())
+  local events = {}
+  for _ = 1, xadds do
+    local target = key(nextarg())
+    local value = nextarg()
+    local id = redis.call('XADD', target, '*', 'event', value)
+    table.insert(result, id)
+    table.insert(events, value)
+  end
+  local notify_index = tonumber(nextarg())
+  if notify_index > 0 then
+    local webhooks = key(nextarg())
+    local max_len = nextarg()
+    if #events > 0 and hooked[webhooks] == nil then
+      hooked[webhooks] = redis.call('EXISTS', webhooks) == 1
+    end
+    if #events > 0 and hooked[webhooks] then
+      for _, value in ipairs(events) do
+        redis.call('XADD', key(notify_index), 'MAXLEN', '~', max_len, '*', 'event', value)
+      end
+    end
+  end
+  local incrs = tonumber(nextarg())
+  for _ = 1, incrs do
+    local counter = key(nextarg())
+    redis.call('INCRBY', counter, nextarg())
+  end
+  if idem_index > 0 then
+    redis.call('SET', key(idem_index), ARGV[abase + 2], 'EX', tonumber(ARGV[abase + 3]))
+  end
+  return result
 end
-local incrs = tonumber(nextarg())
-for _ = 1, incrs do
-  local key = KEYS[tonumber(nextarg())]
-  redis.call('INCRBY', key, nextarg())
+
+local results = {}
+local kbase, abase = 0, 1
+for position = 1, tonumber(ARGV[1]) do
+  local key_count = tonumber(ARGV[abase + 1])
+  local arg_count = tonumber(ARGV[abase + 2])
+  results[position] = commit(kbase, abase + 2)
+  kbase = kbase + key_count
+  abase = abase + 2 + arg_count
 end
-if idem_index > 0 then
-  redis.call('SET', KEYS[idem_index], ARGV[2], 'EX', tonumber(ARGV[3]))
-end
-return result
+return results
