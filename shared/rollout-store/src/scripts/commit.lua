@@ -36,13 +36,18 @@
 --   {"conflict", key, actual revision} | {"fenced", fence epoch} | {"early", now_ms}
 --
 -- What every commit of the call shares is asked once: the clock, each fence, whether the
--- namespace has webhooks. A runtime error (a key of the wrong type) ends the call: the
--- commits before it stay written, and the caller learns nothing of any (as of a lost reply).
+-- namespace has webhooks; each counter moves once, by what the commits made add up to. A
+-- runtime error (a key of the wrong type) ends the call: the commits before it stay
+-- written without their counter moves (readers recalibrate a counter that explains
+-- nothing), and the caller learns nothing of any commit (as of a lost reply).
 
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local fences = {}
 local hooked = {}
+-- what the commits made so far move each counter by, applied once at the end
+local moves = {}
+local counters = {}
 
 -- the commit whose keys follow KEYS[kbase] and whose arguments follow ARGV[abase]
 local function commit(kbase, abase)
@@ -170,7 +175,12 @@ local function commit(kbase, abase)
   local incrs = tonumber(nextarg())
   for _ = 1, incrs do
     local counter = key(nextarg())
-    redis.call('INCRBY', counter, nextarg())
+    local amount = tonumber(nextarg())
+    if moves[counter] == nil then
+      moves[counter] = 0
+      table.insert(counters, counter)
+    end
+    moves[counter] = moves[counter] + amount
   end
   if idem_index > 0 then
     redis.call('SET', key(idem_index), ARGV[abase + 2], 'EX', tonumber(ARGV[abase + 3]))
@@ -186,5 +196,10 @@ for position = 1, tonumber(ARGV[1]) do
   results[position] = commit(kbase, abase + 2)
   kbase = kbase + key_count
   abase = abase + 2 + arg_count
+end
+for _, counter in ipairs(counters) do
+  if moves[counter] ~= 0 then
+    redis.call('INCRBY', counter, moves[counter])
+  end
 end
 return results
