@@ -740,7 +740,10 @@ impl Ticker {
             let instant = Instant::now();
             if leadership.namespaces_stale || instant >= next_refresh {
                 next_refresh = instant + every;
-                if let Err(error) = self.refresh_namespaces(leadership).await {
+                let refreshed =
+                    unless_taken_over(self.refresh_namespaces(leadership), &mut held, &adopted)
+                        .await;
+                if let Some(Err(error)) = refreshed {
                     tracing::warn!(%error, "namespace refresh failed");
                 }
                 if leadership.events.is_none() {
@@ -768,9 +771,12 @@ impl Ticker {
             if leadership.signal.is_triggered() {
                 return;
             }
-            let Peek { now, next, open } = match self.peek_due(leadership).await {
-                Ok(peek) => peek,
-                Err(error) => {
+            let peeked = unless_taken_over(self.peek_due(leadership), &mut held, &adopted).await;
+            let Peek { now, next, open } = match peeked {
+                // shards were taken meanwhile: adopt them first
+                None => continue,
+                Some(Ok(peek)) => peek,
+                Some(Err(error)) => {
                     tracing::warn!(%error, "cannot read the due index; retrying");
                     sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     continue;
@@ -778,12 +784,18 @@ impl Ticker {
             };
             if next.is_some_and(|next| next <= now) {
                 // the freezes the peek read serve the round too
-                match self.fire_open(leadership, now, open).await {
-                    Ok(round) if round.errors > 0 && round.committed == 0 => {
+                let fired =
+                    unless_taken_over(self.fire_open(leadership, now, open), &mut held, &adopted)
+                        .await;
+                match fired {
+                    // shards were taken meanwhile: adopt them first (the round's rollouts
+                    // are still due and are looked at again)
+                    None => {}
+                    Some(Ok(round)) if round.errors > 0 && round.committed == 0 => {
                         sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     }
-                    Ok(_) => {}
-                    Err(error) => {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
                         tracing::warn!(%error, "firing round failed; retrying");
                         sleep_or_stop(ERROR_BACKOFF, &leadership.signal).await;
                     }
@@ -936,9 +948,79 @@ async fn next_event(events: &mut Option<async_nats::Subscriber>) -> Option<async
     }
 }
 
+/// Runs a worker step (`step`) unless, before it ends, the balancer publishes a shard (or
+/// an epoch) the worker has not adopted yet: the replica took a shard over and must fence
+/// and fire it now. A step can hang for the whole Redis response timeout on a connection
+/// that went silent under a partition (the chaos tests use 30 s) while the balancer, whose
+/// attempts have their own short deadline, already renews fresh leases on a new connection;
+/// without this, a replica that regains shards leads them without firing them until that
+/// old request times out. `None` when the step gave way (it is dropped: its batches are
+/// aborted, and whatever it left due is looked at again in the next round).
+async fn unless_taken_over<T>(
+    step: impl std::future::Future<Output = T>,
+    held: &mut watch::Receiver<BTreeMap<u32, u64>>,
+    adopted: &BTreeMap<u32, u64>,
+) -> Option<T> {
+    let taken_over = async {
+        let gone = held
+            .wait_for(|published| {
+                published
+                    .iter()
+                    .any(|(shard, epoch)| adopted.get(shard) != Some(epoch))
+            })
+            .await
+            .is_err();
+        if gone {
+            // the balancer is gone: only shutdown is left, which the worker checks itself
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        value = step => Some(value),
+        () = taken_over => None,
+    }
+}
+
 async fn sleep_or_stop(duration: Duration, stop: &Shutdown) {
     tokio::select! {
         () = stop.cancelled() => {}
         () = tokio::time::sleep(duration) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker step stuck on a silent Redis connection gives way as soon as the balancer
+    /// publishes a shard it did not adopt, and only then: the same shards published again
+    /// (every renewal does) or a shard lost leave it running.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_step_gives_way_to_shards_taken_over_only() {
+        let adopted = BTreeMap::from([(3, 10)]);
+        let (sender, mut held) = watch::channel(adopted.clone());
+        let publisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            sender.send_replace(BTreeMap::from([(3, 10)]));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            sender.send_replace(BTreeMap::new());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            // taken over again, at a new epoch
+            sender.send_replace(BTreeMap::from([(3, 11)]));
+            sender
+        });
+        let started = Instant::now();
+        let stuck = std::future::pending::<()>();
+        assert_eq!(unless_taken_over(stuck, &mut held, &adopted).await, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(450));
+        let sender = publisher.await.expect("publisher");
+        // a step that ends first keeps its outcome
+        let adopted = BTreeMap::from([(3, 11)]);
+        assert_eq!(
+            unless_taken_over(async { 7 }, &mut held, &adopted).await,
+            Some(7)
+        );
+        drop(sender);
     }
 }
