@@ -99,6 +99,18 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// `base` followed by `parts`, written into a string sized once (every commit makes a
+    /// dozen keys: no formatting machinery).
+    fn join(&self, parts: &[&str]) -> String {
+        let length = self.base.len() + parts.iter().map(|part| part.len()).sum::<usize>();
+        let mut key = String::with_capacity(length);
+        key.push_str(&self.base);
+        for part in parts {
+            key.push_str(part);
+        }
+        key
+    }
+
     /// The keys of `namespace`.
     pub fn new(namespace: &Namespace) -> Keys {
         Keys {
@@ -108,12 +120,12 @@ impl Keys {
 
     /// `ro:{ns}:flag:<key>`: one flag.
     pub(crate) fn flag(&self, key: &str) -> String {
-        format!("{}:flag:{key}", self.base)
+        self.join(&[":flag:", key])
     }
 
     /// `ro:{ns}:flags`: index of flag keys.
     pub(crate) fn flags(&self) -> String {
-        format!("{}:flags", self.base)
+        self.join(&[":flags"])
     }
 
     /// `ro:{ns}:versions`: the namespace's flag-version counter. Every commit adds what it
@@ -124,107 +136,107 @@ impl Keys {
     /// sees it move with the versions it holds, so a change whose event never arrived shows
     /// as a difference that does not close (`evaluator::sync`).
     pub(crate) fn versions(&self) -> String {
-        format!("{}:versions", self.base)
+        self.join(&[":versions"])
     }
 
     /// `ro:{ns}:rollout:<id>`: one rollout.
     pub(crate) fn rollout(&self, rollout_id: &str) -> String {
-        format!("{}:rollout:{rollout_id}", self.base)
+        self.join(&[":rollout:", rollout_id])
     }
 
     /// `ro:{ns}:rollouts:active`: index of queued, running and paused rollouts.
     pub(crate) fn rollouts_active(&self) -> String {
-        format!("{}:rollouts:active", self.base)
+        self.join(&[":rollouts:active"])
     }
 
     /// `ro:{ns}:rollouts:finished`: index of completed, stopped and rolled-back rollouts.
     pub(crate) fn rollouts_finished(&self) -> String {
-        format!("{}:rollouts:finished", self.base)
+        self.join(&[":rollouts:finished"])
     }
 
     /// `ro:{ns}:due`: rollout ids scored by when the ticker must next look at them.
     pub(crate) fn due(&self) -> String {
-        format!("{}:due", self.base)
+        self.join(&[":due"])
     }
 
     /// `ro:{ns}:audit:rollout:<id>`: audit of one rollout (kept after it is deleted).
     pub(crate) fn audit_rollout(&self, rollout_id: &str) -> String {
-        format!("{}:audit:rollout:{rollout_id}", self.base)
+        self.join(&[":audit:rollout:", rollout_id])
     }
 
     /// `ro:{ns}:audit:flag:<key>`: audit of one flag.
     pub(crate) fn audit_flag(&self, key: &str) -> String {
-        format!("{}:audit:flag:{key}", self.base)
+        self.join(&[":audit:flag:", key])
     }
 
     /// `ro:{ns}:freezes`: the namespace's freezes, current and past (JSON).
     pub(crate) fn freezes(&self) -> String {
-        format!("{}:freezes", self.base)
+        self.join(&[":freezes"])
     }
 
     /// `ro:{ns}:audit:namespace`: audit of the namespace's own changes (freezes).
     pub(crate) fn audit_namespace(&self) -> String {
-        format!("{}:audit:namespace", self.base)
+        self.join(&[":audit:namespace"])
     }
 
     /// `ro:{ns}:outbox`: events appended by the same script as the change, relayed to NATS.
     pub(crate) fn outbox(&self) -> String {
-        format!("{}:outbox", self.base)
+        self.join(&[":outbox"])
     }
 
     /// `ro:{ns}:outbox:sweep`: when the outbox was last swept. The sweep writes it before
     /// `WAIT`, so that the replicas' acknowledgement covers every entry it read (`WAIT`
     /// only counts the asking client's own writes).
     pub(crate) fn outbox_sweep(&self) -> String {
-        format!("{}:outbox:sweep", self.base)
+        self.join(&[":outbox:sweep"])
     }
 
     /// `ro:{ns}:webhooks`: the namespace's webhooks, id → record with secret (JSON). While
     /// it exists, every commit also appends its events to [`Keys::notify`].
     pub(crate) fn webhooks(&self) -> String {
-        format!("{}:webhooks", self.base)
+        self.join(&[":webhooks"])
     }
 
     /// `ro:{ns}:webhooks:delivery`: each webhook's delivery state, id → cursor and counts
     /// (JSON).
     pub(crate) fn deliveries(&self) -> String {
-        format!("{}:webhooks:delivery", self.base)
+        self.join(&[":webhooks:delivery"])
     }
 
     /// `ro:{ns}:notify`: notices for the namespace's webhooks, appended by the commit that
     /// makes the change, trimmed once every webhook has them.
     pub(crate) fn notify(&self) -> String {
-        format!("{}:notify", self.base)
+        self.join(&[":notify"])
     }
 
     /// `ro:{ns}:notify:lease`: the planner delivering the namespace's notifications.
     pub(crate) fn notify_lease(&self) -> String {
-        format!("{}:notify:lease", self.base)
+        self.join(&[":notify:lease"])
     }
 
     /// `ro:{ns}:cmd:<command_id>`: the first outcome of a command, returned on repeats.
     pub(crate) fn command(&self, command_id: &str) -> String {
-        format!("{}:cmd:{command_id}", self.base)
+        self.join(&[":cmd:", command_id])
     }
 
     /// `ro:{ns}:fence`: the fencing epoch of the ticker leader allowed to write.
     pub(crate) fn fence(&self) -> String {
-        format!("{}:fence", self.base)
+        self.join(&[":fence"])
     }
 
     /// `ro:{ns}:agent:<id>`: one fleet agent's labels and attributes.
     pub(crate) fn agent(&self, agent_id: &str) -> String {
-        format!("{}:agent:{agent_id}", self.base)
+        self.join(&[":agent:", agent_id])
     }
 
     /// `ro:{ns}:agents`: agent ids scored by last heartbeat.
     pub(crate) fn agents(&self) -> String {
-        format!("{}:agents", self.base)
+        self.join(&[":agents"])
     }
 
     /// `ro:{ns}:rollout:<id>:reports`: each agent's latest applied/failed report.
     pub(crate) fn stage_reports(&self, rollout_id: &str) -> String {
-        format!("{}:rollout:{rollout_id}:reports", self.base)
+        self.join(&[":rollout:", rollout_id, ":reports"])
     }
 
     /// `ro:{ns}:outcomes:<flag>:<window_start_ms>`: a flag's outcome counters of one window,
