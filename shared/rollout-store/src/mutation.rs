@@ -328,7 +328,7 @@ impl<'k> Mutation<'k> {
     /// indexes, audit entries, versioned events with the final snapshot, and (when the
     /// actor has a command id) the stored outcome `outcome`.
     pub(crate) fn into_commit(
-        self,
+        mut self,
         outcome: Option<Vec<u8>>,
     ) -> Result<PreparedCommit, StoreError> {
         let keys = self.keys;
@@ -402,15 +402,17 @@ impl<'k> Mutation<'k> {
             commit.zrem(&keys.rollouts_finished(), &record.id);
             commit.zrem(&keys.due(), &record.id);
         }
-        let snapshot = match &self.flag_record {
-            Some(record) => Some(FlagSnapshot {
-                flag: record.flag.clone(),
-                version: new_version,
-                rollout: self.active_view(record)?,
-                last_rollout: record.last_rollout.clone(),
-            }),
+        // the record is encoded: the snapshot takes its flag rather than a copy
+        let active = match &self.flag_record {
+            Some(record) => self.active_view(record)?,
             None => None,
         };
+        let snapshot = self.flag_record.take().map(|record| FlagSnapshot {
+            flag: record.flag,
+            version: new_version,
+            rollout: active,
+            last_rollout: record.last_rollout,
+        });
         // every event of a rollout carries where the rollout stands after the commit, so a
         // watcher can follow it from events alone
         let rollout_position = self.rollout.as_ref().map(|(_, record)| {
