@@ -1,9 +1,10 @@
 //! Firing a batch of due rollouts: load them, gather what the step function needs to know
 //! about health, run `step(plan, state, Tick(health), now)` for each, and either move its
 //! due-index entry (nothing changed) or commit its transition — flag and rollout records,
-//! audit, outbox — in its own fenced compare-and-set script, then publish the events and
-//! emit each `rollout.transition` span. The batch pays its round trips once: reads,
-//! commits and due-index moves are pipelined, and its events share one delivery proof.
+//! audit, outbox — as its own fenced, all-or-nothing compare-and-set commit, then publish
+//! the events and emit each `rollout.transition` span. The batch pays its round trips once:
+//! reads are pipelined, its commits go in one script call (each decided on its own) beside
+//! the due-index moves, and its events share one delivery proof.
 //!
 //! **Architecture Invariant:** every write here carries the leader's epoch and is refused
 //! by the namespace fence once a newer leader exists; a transition also carries the
@@ -75,9 +76,9 @@ pub struct FireContext {
 ///
 /// A batch costs a fixed number of round trips whatever its size: one pipelined read of
 /// the rollouts, the health reads of the guarded ones (side by side), one pipelined read of
-/// the flags of those that move, then one pipeline of fenced commits (each its own
-/// all-or-nothing script) beside one pipeline of fenced due-index moves, and one publish
-/// of every committed event with one delivery proof.
+/// the flags of those that move, then one call of fenced commits (each all-or-nothing on
+/// its own) beside one pipeline of fenced due-index moves, and one publish of every
+/// committed event with one delivery proof.
 pub async fn fire_batch(
     context: &FireContext,
     namespace: &Namespace,
