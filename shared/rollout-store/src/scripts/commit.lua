@@ -43,6 +43,7 @@
 
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local MEMBER_COMMANDS = {'ZREM', 'SADD', 'SREM'}
 local fences = {}
 local hooked = {}
 -- what the commits made so far move each counter by, applied once at the end
@@ -125,20 +126,13 @@ local function commit(kbase, abase)
     local member = nextarg()
     redis.call('ZADD', target, score, member)
   end
-  local zrems = tonumber(nextarg())
-  for _ = 1, zrems do
-    local target = key(nextarg())
-    redis.call('ZREM', target, nextarg())
-  end
-  local sadds = tonumber(nextarg())
-  for _ = 1, sadds do
-    local target = key(nextarg())
-    redis.call('SADD', target, nextarg())
-  end
-  local srems = tonumber(nextarg())
-  for _ = 1, srems do
-    local target = key(nextarg())
-    redis.call('SREM', target, nextarg())
+  -- zrems, sadds, srems: each a key-index and a member
+  for _, command in ipairs(MEMBER_COMMANDS) do
+    local count = tonumber(nextarg())
+    for _ = 1, count do
+      local target = key(nextarg())
+      redis.call(command, target, nextarg())
+    end
   end
   local pushes = tonumber(nextarg())
   for _ = 1, pushes do
