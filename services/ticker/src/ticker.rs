@@ -726,6 +726,8 @@ impl Ticker {
         let mut next_health = Instant::now();
         let mut next_rescan = Instant::now() + KILL_SWITCH_RESCAN;
         let mut adopted = BTreeMap::new();
+        // how long a step runs before a shard taken over meanwhile may interrupt it
+        let patience = self.settings.lease_ttl;
         loop {
             if leadership.signal.is_triggered() {
                 return;
@@ -740,9 +742,13 @@ impl Ticker {
             let instant = Instant::now();
             if leadership.namespaces_stale || instant >= next_refresh {
                 next_refresh = instant + every;
-                let refreshed =
-                    unless_taken_over(self.refresh_namespaces(leadership), &mut held, &adopted)
-                        .await;
+                let refreshed = unless_taken_over(
+                    self.refresh_namespaces(leadership),
+                    patience,
+                    &mut held,
+                    &adopted,
+                )
+                .await;
                 if let Some(Err(error)) = refreshed {
                     tracing::warn!(%error, "namespace refresh failed");
                 }
@@ -771,7 +777,8 @@ impl Ticker {
             if leadership.signal.is_triggered() {
                 return;
             }
-            let peeked = unless_taken_over(self.peek_due(leadership), &mut held, &adopted).await;
+            let peeked =
+                unless_taken_over(self.peek_due(leadership), patience, &mut held, &adopted).await;
             let Peek { now, next, open } = match peeked {
                 // shards were taken meanwhile: adopt them first
                 None => continue,
@@ -784,9 +791,13 @@ impl Ticker {
             };
             if next.is_some_and(|next| next <= now) {
                 // the freezes the peek read serve the round too
-                let fired =
-                    unless_taken_over(self.fire_open(leadership, now, open), &mut held, &adopted)
-                        .await;
+                let fired = unless_taken_over(
+                    self.fire_open(leadership, now, open),
+                    patience,
+                    &mut held,
+                    &adopted,
+                )
+                .await;
                 match fired {
                     // shards were taken meanwhile: adopt them first (the round's rollouts
                     // are still due and are looked at again)
@@ -948,20 +959,25 @@ async fn next_event(events: &mut Option<async_nats::Subscriber>) -> Option<async
     }
 }
 
-/// Runs a worker step (`step`) unless, before it ends, the balancer publishes a shard (or
-/// an epoch) the worker has not adopted yet: the replica took a shard over and must fence
-/// and fire it now. A step can hang for the whole Redis response timeout on a connection
-/// that went silent under a partition (the chaos tests use 30 s) while the balancer, whose
-/// attempts have their own short deadline, already renews fresh leases on a new connection;
-/// without this, a replica that regains shards leads them without firing them until that
-/// old request times out. `None` when the step gave way (it is dropped: its batches are
+/// Runs a worker step (`step`) unless it has run for `patience` and, by then or later
+/// before it ends, the balancer has published a shard (or an epoch) the worker has not
+/// adopted yet: the replica took a shard over and must fence and fire it now. A step can
+/// hang for the whole Redis response timeout on a connection that went silent under a
+/// partition (the chaos tests use 30 s) while the balancer, whose attempts have their own
+/// short deadline, already renews fresh leases on a new connection; without this, a
+/// replica that regains shards leads them without firing them until that old request times
+/// out. A step that is getting on (shorter than `patience`, a lease) is never dropped: a
+/// round dropped between its commits and their publish leaves its events to the outbox
+/// sweep, seconds later. `None` when the step gave way (it is dropped: its batches are
 /// aborted, and whatever it left due is looked at again in the next round).
 async fn unless_taken_over<T>(
     step: impl std::future::Future<Output = T>,
+    patience: Duration,
     held: &mut watch::Receiver<BTreeMap<u32, u64>>,
     adopted: &BTreeMap<u32, u64>,
 ) -> Option<T> {
     let taken_over = async {
+        tokio::time::sleep(patience).await;
         let gone = held
             .wait_for(|published| {
                 published
@@ -993,9 +1009,10 @@ async fn sleep_or_stop(duration: Duration, stop: &Shutdown) {
 mod tests {
     use super::*;
 
-    /// A worker step stuck on a silent Redis connection gives way as soon as the balancer
-    /// publishes a shard it did not adopt, and only then: the same shards published again
-    /// (every renewal does) or a shard lost leave it running.
+    /// A worker step stuck on a silent Redis connection gives way once it has run for its
+    /// patience and the balancer has published a shard it did not adopt, and only then: the
+    /// same shards published again (every renewal does) or a shard lost leave it running,
+    /// and a shard taken over early waits for the patience to run out.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_step_gives_way_to_shards_taken_over_only() {
         let adopted = BTreeMap::from([(3, 10)]);
@@ -1010,17 +1027,28 @@ mod tests {
             sender.send_replace(BTreeMap::from([(3, 11)]));
             sender
         });
+        let patience = Duration::from_millis(200);
         let started = Instant::now();
         let stuck = std::future::pending::<()>();
-        assert_eq!(unless_taken_over(stuck, &mut held, &adopted).await, None);
+        assert_eq!(
+            unless_taken_over(stuck, patience, &mut held, &adopted).await,
+            None
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(450));
         let sender = publisher.await.expect("publisher");
         // a step that ends first keeps its outcome
         let adopted = BTreeMap::from([(3, 11)]);
         assert_eq!(
-            unless_taken_over(async { 7 }, &mut held, &adopted).await,
+            unless_taken_over(async { 7 }, patience, &mut held, &adopted).await,
             Some(7)
         );
-        drop(sender);
+        // a shard taken over while the step is young: it gives way at its patience
+        sender.send_replace(BTreeMap::from([(3, 11), (4, 1)]));
+        let started = Instant::now();
+        assert_eq!(
+            unless_taken_over(std::future::pending::<()>(), patience, &mut held, &adopted).await,
+            None
+        );
+        assert_eq!(started.elapsed(), patience);
     }
 }
