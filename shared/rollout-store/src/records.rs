@@ -4,6 +4,7 @@
 //! keeps its hash with `rev` only (a tombstone), so a re-created flag's versions continue
 //! upwards and evaluators never see a version go back.
 
+use rollout_wire::codec::{self, Encoding};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use rollout_core::record::{FlagRecord, RolloutRecord};
@@ -26,10 +27,8 @@ pub(crate) const TYPICAL_ENCODED_SIZE: usize = 1024;
 
 /// MessagePack with named fields: the encoding of every stored record.
 pub fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    let mut buffer = Vec::with_capacity(TYPICAL_ENCODED_SIZE);
-    rmp_serde::encode::write_named(&mut buffer, record)
-        .map_err(|error| StoreError::Corrupt(format!("cannot encode record: {error}")))?;
-    Ok(buffer)
+    codec::encode_reserving(record, Encoding::MessagePack, TYPICAL_ENCODED_SIZE)
+        .map_err(|error| StoreError::Corrupt(format!("cannot encode record: {error}")))
 }
 
 /// Decodes a stored record; `what` names it in the error.
