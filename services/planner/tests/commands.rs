@@ -389,14 +389,13 @@ async fn the_command_trace_context_is_carried_into_the_rollout() {
         .await;
     let rollout_id = ok(&reply)["rollout_id"].as_str().expect("id").to_owned();
     let mut redis = cluster.redis().await;
-    let data: Vec<u8> = redis::cmd("HGET")
-        .arg(format!("ro:{{test}}:rollout:{rollout_id}"))
-        .arg("data")
-        .query_async(&mut redis)
+    let keys = rollout_store::Keys::new(
+        &rollout_wire::subjects::Namespace::new("test").expect("namespace"),
+    );
+    let record = rollout_store::load_rollout(&mut redis, &keys, &rollout_id)
         .await
-        .expect("hget");
-    let record: rollout_store::RolloutRecord =
-        rollout_store::decode_record(&data, "rollout").expect("decodes");
+        .expect("reads")
+        .expect("the rollout is stored");
     assert_eq!(record.traceparent.as_deref(), Some(traceparent));
     let audit = cluster
         .query("rollout.audit", json!({"rollout_id": rollout_id}))

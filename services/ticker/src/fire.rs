@@ -306,7 +306,7 @@ impl Moving {
         let rollout_id = moved.rollout.id.clone();
         let flag_key = moved.rollout.plan.flag.clone();
         let pending = Pending {
-            change: Change::rollout_moved(flag_version, &previous, moved),
+            change: Change::rollout_moved_on_stored_flag(flag_version, &previous, moved),
             actor: Actor {
                 name: TICKER_ACTOR.to_owned(),
                 command_id: None,

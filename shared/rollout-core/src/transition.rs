@@ -27,6 +27,12 @@ pub struct Transition {
     pub rollout: RolloutRecord,
     /// What happened, in order; empty when nothing changed.
     pub effects: Vec<Effect>,
+    /// Whether the flag record differs from the one the transition started from beyond
+    /// its timestamp (`updated_at`): a store need not write it again otherwise.
+    pub flag_changed: bool,
+    /// Whether the rollout's definition (everything but its state: spec, plan, creation)
+    /// differs from the one the transition started from, or the rollout is new.
+    pub definition_changed: bool,
 }
 
 impl Transition {
@@ -80,6 +86,8 @@ pub fn create(flag: &FlagRecord, new: NewRollout, now: Timestamp) -> Transition 
         flag,
         rollout,
         effects: created.effects,
+        flag_changed: true,
+        definition_changed: true,
     }
 }
 
@@ -124,6 +132,8 @@ pub fn reschedule(
         flag,
         rollout,
         effects: vec![effect],
+        flag_changed: false,
+        definition_changed: true,
     })
 }
 
@@ -140,11 +150,13 @@ pub fn settle(
         state: outcome.state,
         ..rollout
     };
-    settle_flag(&mut flag, &rollout, &outcome.effects, now);
+    let flag_changed = settle_flag(&mut flag, &rollout, &outcome.effects, now);
     Transition {
         flag,
         rollout,
         effects: outcome.effects,
+        flag_changed,
+        definition_changed: false,
     }
 }
 

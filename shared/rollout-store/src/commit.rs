@@ -55,6 +55,9 @@ pub enum Refused {
     },
 }
 
+/// A hash's fields a put writes besides its revision: name and value.
+pub type Fields = Vec<(&'static str, Vec<u8>)>;
+
 /// A set of preconditions and writes applied all together or not at all.
 #[derive(Debug, Default, Clone)]
 pub struct Commit {
@@ -63,14 +66,14 @@ pub struct Commit {
     fence: Option<(usize, u64)>,
     not_before_ms: i64,
     checks: Vec<(usize, u64)>,
-    puts: Vec<(usize, u64, Vec<u8>)>,
+    puts: Vec<(usize, u64, Fields)>,
     tombstones: Vec<(usize, u64)>,
     deletes: Vec<usize>,
     zset_adds: Vec<(usize, i64, String)>,
     zset_removes: Vec<(usize, String)>,
     set_adds: Vec<(usize, String)>,
     set_removes: Vec<(usize, String)>,
-    pushes: Vec<(usize, Vec<u8>, usize)>,
+    pushes: Vec<(Vec<usize>, Vec<u8>, usize)>,
     outbox: Vec<(usize, bytes::Bytes)>,
     notify: Option<(usize, usize, usize)>,
     increments: Vec<(usize, i64)>,
@@ -121,8 +124,13 @@ impl Commit {
 
     /// Write a record hash: revision and data.
     pub fn put(&mut self, key: &str, revision: u64, data: Vec<u8>) -> &mut Commit {
+        self.put_fields(key, revision, vec![("data", data)])
+    }
+
+    /// Write a record hash's revision and `fields`, leaving its other fields as they are.
+    pub fn put_fields(&mut self, key: &str, revision: u64, fields: Fields) -> &mut Commit {
         let index = self.key(key);
-        self.puts.push((index, revision, data));
+        self.puts.push((index, revision, fields));
         self
     }
 
@@ -171,8 +179,14 @@ impl Commit {
 
     /// LPUSH `value` and keep the newest `max_len` entries.
     pub fn push(&mut self, key: &str, value: Vec<u8>, max_len: usize) -> &mut Commit {
-        let index = self.key(key);
-        self.pushes.push((index, value, max_len.max(1)));
+        self.push_each(&[key], value, max_len)
+    }
+
+    /// LPUSH `value` to each list of `keys` (passed to the script once), each keeping its
+    /// newest `max_len` entries.
+    pub fn push_each(&mut self, keys: &[&str], value: Vec<u8>, max_len: usize) -> &mut Commit {
+        let indexes = keys.iter().map(|key| self.key(key)).collect();
+        self.pushes.push((indexes, value, max_len.max(1)));
         self
     }
 
@@ -281,7 +295,11 @@ impl Commit {
         6 + 1
             + 2 * self.checks.len()
             + 1
-            + 3 * self.puts.len()
+            + self
+                .puts
+                .iter()
+                .map(|(_, _, fields)| 3 + 2 * fields.len())
+                .sum::<usize>()
             + 1
             + 2 * self.tombstones.len()
             + 1
@@ -295,7 +313,11 @@ impl Commit {
             + 1
             + 2 * self.set_removes.len()
             + 1
-            + 3 * self.pushes.len()
+            + self
+                .pushes
+                .iter()
+                .map(|(keys, _, _)| 3 + keys.len())
+                .sum::<usize>()
             + 1
             + 2 * self.outbox.len()
             + notify
@@ -310,7 +332,12 @@ impl Commit {
             .idempotency
             .as_ref()
             .map_or(0, |(_, outcome, _)| outcome.len());
-        let puts: usize = self.puts.iter().map(|(_, _, data)| data.len()).sum();
+        let puts: usize = self
+            .puts
+            .iter()
+            .flat_map(|(_, _, fields)| fields)
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
         let pushes: usize = self.pushes.iter().map(|(_, value, _)| value.len()).sum();
         let outbox: usize = self.outbox.iter().map(|(_, event)| event.len()).sum();
         let members: usize = self
@@ -344,8 +371,11 @@ impl Commit {
             invocation.arg(*index).arg(*revision);
         }
         invocation.arg(self.puts.len());
-        for (index, revision, data) in &self.puts {
-            invocation.arg(*index).arg(*revision).arg(data.as_slice());
+        for (index, revision, fields) in &self.puts {
+            invocation.arg(*index).arg(*revision).arg(fields.len());
+            for (name, value) in fields {
+                invocation.arg(*name).arg(value.as_slice());
+            }
         }
         invocation.arg(self.tombstones.len());
         for (index, revision) in &self.tombstones {
@@ -372,8 +402,12 @@ impl Commit {
             invocation.arg(*index).arg(member);
         }
         invocation.arg(self.pushes.len());
-        for (index, value, max_len) in &self.pushes {
-            invocation.arg(*index).arg(value.as_slice()).arg(*max_len);
+        for (indexes, value, max_len) in &self.pushes {
+            invocation.arg(indexes.len());
+            for index in indexes {
+                invocation.arg(*index);
+            }
+            invocation.arg(value.as_slice()).arg(*max_len);
         }
         invocation.arg(self.outbox.len());
         for (index, event) in &self.outbox {
@@ -460,6 +494,11 @@ mod tests {
             .expect_revision(&key("rollout:r"), 2)
             .put(&key("flag:a"), 2, b"flag".to_vec())
             .put(&key("rollout:r"), 3, b"rollout".to_vec())
+            .put_fields(
+                &key("rollout:s"),
+                4,
+                vec![("def", b"d".to_vec()), ("state", b"s".to_vec())],
+            )
             .tombstone(&key("flag:b"), 9)
             .delete(&key("rollout:old"))
             .zadd(&key("due"), 5, "r")
@@ -467,6 +506,11 @@ mod tests {
             .sadd(&key("flags"), "a")
             .srem(&key("flags"), "b")
             .push(&key("audit:flag:a"), b"entry".to_vec(), 10)
+            .push_each(
+                &[&key("audit:flag:a"), &key("audit:rollout:r")],
+                b"entry-2".to_vec(),
+                10,
+            )
             .outbox(&key("outbox"), b"event".to_vec())
             .outbox(&key("outbox"), b"event-2".to_vec())
             .notify(&key("notify"), &key("webhooks"), 100)

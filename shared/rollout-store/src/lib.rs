@@ -9,9 +9,9 @@
 //!
 //! | key | type | written by | read by |
 //! |---|---|---|---|
-//! | `flag:<key>` | hash `{rev, data: FlagRecord}`; tombstone `{rev}` after delete | [`Commit`] (via [`Writer`]) | [`reads`] |
+//! | `flag:<key>` | hash `{rev, data: FlagRecord, touched: updated_at ms}`; tombstone `{rev}` after delete (fields: `records.rs`) | [`Commit`] (via [`Writer`]) | [`reads`] |
 //! | `flags` | set of flag keys | [`Commit`] | [`reads::flag_keys`] |
-//! | `rollout:<id>` | hash `{rev, data: RolloutRecord}` | [`Commit`] | [`reads`] |
+//! | `rollout:<id>` | hash `{rev, def: the record but its state, state: RolloutState}` (fields: `records.rs`) | [`Commit`] | [`reads`] |
 //! | `rollouts:active`, `rollouts:finished` | zset id → created / finished ms | [`Commit`] | [`reads::rollout_ids`] |
 //! | `due` | zset id → next due ms | [`Commit`], [`due::reschedule_many`] (fenced) | [`due`] |
 //! | `audit:rollout:<id>`, `audit:flag:<key>` | list, newest first | [`Commit`] | [`reads::audit_page`] |

@@ -11,6 +11,7 @@ use rollout_wire::codec::{self, Encoding};
 use rollout_wire::events::{ChangeEvent, EventKind, FlagSnapshot};
 use rollout_wire::queries::AuditEntry;
 
+use crate::records::RolloutDefinitionRef;
 use crate::write::Change;
 use crate::{encode_record, Commit, FlagRecord, RolloutRecord, StoreError};
 
@@ -127,7 +128,9 @@ pub(crate) struct Mutation<'k> {
     flag_version: u64,
     flag_record: Option<FlagRecord>,
     flag_created: bool,
+    flag_rewritten: bool,
     rollout: Option<(u64, RolloutRecord)>,
+    rollout_definition_rewritten: bool,
     unchanged_rollout: Option<RolloutRecord>,
     deleted_rollout: Option<RolloutRecord>,
     happenings: Vec<Happening>,
@@ -164,7 +167,9 @@ impl<'k> Mutation<'k> {
             flag_version: change.flag_version,
             flag_record: change.flag,
             flag_created: change.flag_created,
+            flag_rewritten: change.flag_rewritten,
             rollout: change.rollout,
+            rollout_definition_rewritten: change.rollout_definition_rewritten,
             unchanged_rollout: change.unchanged_rollout,
             deleted_rollout: change.deleted_rollout,
             happenings: Vec::new(),
@@ -339,7 +344,13 @@ impl<'k> Mutation<'k> {
         let new_version = self.flag_version + event_count;
         match &self.flag_record {
             Some(record) => {
-                commit.put(&flag_key, new_version, encode_record(record)?);
+                let touched = ("touched", record.updated_at.as_millis().to_string().into());
+                let fields = if self.flag_rewritten || self.flag_created {
+                    vec![("data", encode_record(record)?), touched]
+                } else {
+                    vec![touched]
+                };
+                commit.put_fields(&flag_key, new_version, fields);
                 if self.flag_created {
                     commit.sadd(&keys.flags(), &self.flag_key);
                 }
@@ -369,7 +380,14 @@ impl<'k> Mutation<'k> {
         if let Some((previous_revision, record)) = &self.rollout {
             let rollout_key = keys.rollout(&record.id);
             commit.expect_revision(&rollout_key, *previous_revision);
-            commit.put(&rollout_key, record.state.revision, encode_record(record)?);
+            let state = ("state", encode_record(&record.state)?);
+            let fields = if self.rollout_definition_rewritten || *previous_revision == 0 {
+                let definition = encode_record(&RolloutDefinitionRef::of(record))?;
+                vec![("def", definition), state]
+            } else {
+                vec![state]
+            };
+            commit.put_fields(&rollout_key, record.state.revision, fields);
             if *previous_revision == 0 {
                 commit.zadd(
                     &keys.rollouts_active(),
@@ -459,19 +477,17 @@ impl<'k> Mutation<'k> {
                 ),
                 trace_id: self.actor.trace_id.clone(),
             };
+            // one entry, passed once, for the flag's log and the rollout's
             let audit_bytes = encode_wire(&audit)?;
-            commit.push(
-                &keys.audit_flag(&self.flag_key),
-                audit_bytes.clone(),
-                AUDIT_MAX_ENTRIES,
-            );
-            if let Some(rollout_id) = &event.rollout_id {
-                commit.push(
-                    &keys.audit_rollout(rollout_id),
+            let flag_log = keys.audit_flag(&self.flag_key);
+            match &event.rollout_id {
+                Some(rollout_id) => commit.push_each(
+                    &[&flag_log, &keys.audit_rollout(rollout_id)],
                     audit_bytes,
                     AUDIT_MAX_ENTRIES,
-                );
-            }
+                ),
+                None => commit.push(&flag_log, audit_bytes, AUDIT_MAX_ENTRIES),
+            };
             let bytes = bytes::Bytes::from(encode_wire(&event)?);
             commit.outbox(&keys.outbox(), bytes.clone());
             encoded.push(bytes);

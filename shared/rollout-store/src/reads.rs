@@ -9,7 +9,10 @@ use rollout_wire::codec::{self, Encoding, Limits};
 use rollout_wire::queries::ListState;
 use serde::de::DeserializeOwned;
 
-use crate::records::{decode_record, FlagRecord, RolloutRecord, StoredFlag};
+use crate::records::{
+    flag_from_hash, rollout_from_hash, RolloutHash, StoredFlag, FLAG_FIELDS, ROLLOUT_FIELDS,
+};
+use crate::RolloutRecord;
 use crate::{Connection, StoreError};
 
 /// Reads a flag hash.
@@ -18,13 +21,12 @@ pub async fn load_flag<C: ConnectionLike + Send + Sync>(
     keys: &Keys,
     flag_key: &str,
 ) -> Result<StoredFlag, StoreError> {
-    let (revision, data): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+    let hash = redis::cmd("HMGET")
         .arg(keys.flag(flag_key))
-        .arg("rev")
-        .arg("data")
+        .arg(&FLAG_FIELDS[..])
         .query_async(connection)
         .await?;
-    stored_flag(flag_key, revision, data)
+    flag_from_hash(flag_key, hash)
 }
 
 /// Reads the flag hashes of `flag_keys` in one round trip, in order (a flag that never
@@ -52,36 +54,19 @@ pub async fn load_flags_each<C: ConnectionLike + Send + Sync>(
     }
     let mut pipe = redis::pipe();
     for key in flag_keys {
-        pipe.cmd("HMGET").arg(keys.flag(key)).arg("rev").arg("data");
+        pipe.cmd("HMGET").arg(keys.flag(key)).arg(&FLAG_FIELDS[..]);
     }
-    let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe.query_async(connection).await?;
+    let rows: Vec<_> = pipe.query_async(connection).await?;
     Ok(flag_keys
         .iter()
         .zip(rows)
-        .map(|(key, (revision, data))| stored_flag(key, revision, data))
+        .map(|(key, hash)| flag_from_hash(key, hash))
         .collect())
 }
 
-fn stored_flag(
-    flag_key: &str,
-    revision: Option<u64>,
-    data: Option<Vec<u8>>,
-) -> Result<StoredFlag, StoreError> {
-    let record = match data {
-        Some(bytes) => Some(decode_record::<FlagRecord>(
-            &bytes,
-            &format!("flag {flag_key}"),
-        )?),
-        None => None,
-    };
-    Ok(StoredFlag {
-        version: revision.unwrap_or(0),
-        record,
-    })
-}
-
 /// The encoded records of `flag_keys` in one round trip, in order, for callers that decode
-/// only part of a record (see [`decode_record`]).
+/// only part of a record (see [`crate::decode_record`]): the `data` of each hash, which
+/// holds the record but for its `touched` timestamp.
 pub async fn encoded_flags<C: ConnectionLike + Send + Sync>(
     connection: &mut C,
     keys: &Keys,
@@ -136,9 +121,12 @@ pub async fn load_rollout<C: ConnectionLike + Send + Sync>(
     keys: &Keys,
     rollout_id: &str,
 ) -> Result<Option<RolloutRecord>, StoreError> {
-    let data: Option<Vec<u8>> = connection.hget(keys.rollout(rollout_id), "data").await?;
-    data.map(|bytes| rollout_record(rollout_id, &bytes))
-        .transpose()
+    let hash: RolloutHash = redis::cmd("HMGET")
+        .arg(keys.rollout(rollout_id))
+        .arg(&ROLLOUT_FIELDS[..])
+        .query_async(connection)
+        .await?;
+    rollout_from_hash(rollout_id, hash).1
 }
 
 /// Reads the rollout hashes of `rollout_ids` in one round trip, in order: each one's
@@ -156,23 +144,14 @@ pub async fn load_rollouts<C: ConnectionLike + Send + Sync>(
     for id in rollout_ids {
         pipe.cmd("HMGET")
             .arg(keys.rollout(id))
-            .arg("rev")
-            .arg("data");
+            .arg(&ROLLOUT_FIELDS[..]);
     }
-    let rows: Vec<(Option<u64>, Option<Vec<u8>>)> = pipe.query_async(connection).await?;
+    let rows: Vec<RolloutHash> = pipe.query_async(connection).await?;
     Ok(rollout_ids
         .iter()
         .zip(rows)
-        .map(|(id, (revision, data))| {
-            let record = data.map(|bytes| rollout_record(id, &bytes)).transpose();
-            (revision.unwrap_or(0), record)
-        })
+        .map(|(id, hash)| rollout_from_hash(id, hash))
         .collect())
-}
-
-/// Decodes the stored record of rollout `rollout_id`.
-fn rollout_record(rollout_id: &str, bytes: &[u8]) -> Result<RolloutRecord, StoreError> {
-    decode_record(bytes, &format!("rollout {rollout_id}"))
 }
 
 /// A rollout hash's revision (0 when there is none), readable even when its record is not.
@@ -285,16 +264,11 @@ pub async fn for_command(
         None => reads.cmd("ECHO").arg(""),
     };
     match target {
-        CommandTarget::Flag(key) => reads
-            .cmd("HMGET")
-            .arg(keys.flag(key))
-            .arg("rev")
-            .arg("data"),
+        CommandTarget::Flag(key) => reads.cmd("HMGET").arg(keys.flag(key)).arg(&FLAG_FIELDS[..]),
         CommandTarget::Rollout(id) => reads
             .cmd("HMGET")
             .arg(keys.rollout(id))
-            .arg("rev")
-            .arg("data"),
+            .arg(&ROLLOUT_FIELDS[..]),
         CommandTarget::Nothing => reads.cmd("ECHO").arg(""),
     };
     let (now, stored, record): (Timestamp, Option<Vec<u8>>, redis::Value) =
@@ -336,22 +310,17 @@ pub async fn for_command(
     if read.stored_outcome.is_some() {
         return Ok(read);
     }
-    let hash = |record| -> Result<(Option<u64>, Option<Vec<u8>>), StoreError> {
-        redis::FromRedisValue::from_redis_value(record)
+    fn hash<T: redis::FromRedisValue>(record: redis::Value) -> Result<T, StoreError> {
+        T::from_redis_value(record)
             .map_err(|error| StoreError::Protocol(format!("unexpected record reply: {error}")))
-    };
+    }
     let flag = match target {
         CommandTarget::Nothing => return Ok(read),
-        CommandTarget::Flag(key) => {
-            let (revision, data) = hash(record)?;
-            stored_flag(key, revision, data)?
-        }
+        CommandTarget::Flag(key) => flag_from_hash(key, hash(record)?)?,
         CommandTarget::Rollout(id) => {
-            let (_, data) = hash(record)?;
-            let Some(bytes) = data else {
+            let Some(rollout) = rollout_from_hash(id, hash(record)?).1? else {
                 return Ok(read);
             };
-            let rollout = rollout_record(id, &bytes)?;
             let flag = load_flag(connection, keys, &rollout.plan.flag).await?;
             read.rollout = Some(rollout);
             flag

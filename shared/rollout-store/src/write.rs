@@ -30,8 +30,17 @@ pub struct Change {
     pub flag: Option<FlagRecord>,
     /// The flag is new (the commit adds it to the flag index).
     pub flag_created: bool,
+    /// Whether the commit stores [`Change::flag`] whole. When the decision knows the
+    /// record differs from the stored one in its timestamp only (a rollout's step:
+    /// [`Change::rollout_moved_on_stored_flag`]), the commit stores its new version and
+    /// timestamp alone; the revision check makes sure the stored record is the one the
+    /// decision read.
+    pub flag_rewritten: bool,
     /// The rollout after the change, with its revision as loaded (0: new).
     pub rollout: Option<(u64, RolloutRecord)>,
+    /// Whether the commit stores the rollout's definition (all but its state: spec, plan,
+    /// creation) besides its state; always for a new rollout.
+    pub rollout_definition_rewritten: bool,
     /// The flag's active rollout, left as it is: its view goes into the event snapshot (an
     /// evaluator applying the event keeps serving it) and the commit checks its revision.
     /// A change whose flag names an active rollout it carries neither here nor in
@@ -51,7 +60,9 @@ impl Change {
             flag_version,
             flag: None,
             flag_created: false,
+            flag_rewritten: true,
             rollout: None,
+            rollout_definition_rewritten: true,
             unchanged_rollout: None,
             deleted_rollout: None,
             happened: Vec::new(),
@@ -69,10 +80,25 @@ impl Change {
         change
     }
 
-    /// A rollout moved by the step function ([`rollout_core::transition::apply`] or
-    /// [`rollout_core::transition::settle`]) from state `before`, on a flag loaded at
-    /// `flag_version`.
+    /// A rollout moved by the step function ([`rollout_core::transition::apply`],
+    /// [`rollout_core::transition::settle`] or [`rollout_core::transition::reschedule`])
+    /// from state `before` as loaded, on a flag loaded at `flag_version`; the transition
+    /// may have started from a flag record the decision changed first, so the commit
+    /// stores the flag record whole.
     pub fn rollout_moved(flag_version: u64, before: &RolloutState, moved: Transition) -> Change {
+        let mut change = Change::rollout_moved_on_stored_flag(flag_version, before, moved);
+        change.flag_rewritten = true;
+        change
+    }
+
+    /// [`Change::rollout_moved`] for a transition that started from the flag record as
+    /// stored at `flag_version`: the commit stores the record whole only when the
+    /// transition changed it beyond its timestamp (most steps change only the rollout).
+    pub fn rollout_moved_on_stored_flag(
+        flag_version: u64,
+        before: &RolloutState,
+        moved: Transition,
+    ) -> Change {
         let mut change = Change::of_flag(&moved.flag.flag.key, flag_version);
         change.happened = vec![Happened::Effects {
             rollout_id: moved.rollout.id.clone(),
@@ -80,7 +106,9 @@ impl Change {
             effects: moved.effects,
         }];
         change.flag = Some(moved.flag);
+        change.flag_rewritten = moved.flag_changed;
         change.rollout = Some((before.revision, moved.rollout));
+        change.rollout_definition_rewritten = moved.definition_changed;
         change
     }
 

@@ -118,7 +118,7 @@ pub(super) fn apply(
         return Ok(Decision::Unchanged(reply));
     }
     Ok(changed(
-        Change::rollout_moved(stored.version, &rollout.state, moved),
+        Change::rollout_moved_on_stored_flag(stored.version, &rollout.state, moved),
         reply,
     ))
 }
@@ -144,7 +144,7 @@ pub(super) fn reschedule(
         )?;
     let reply = rollout_reply(record, &moved, context);
     Ok(changed(
-        Change::rollout_moved(stored.version, &rollout.state, moved),
+        Change::rollout_moved_on_stored_flag(stored.version, &rollout.state, moved),
         reply,
     ))
 }

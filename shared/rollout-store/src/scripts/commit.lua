@@ -16,14 +16,18 @@
 --   [6] earliest allowed Redis TIME in ms, or 0     (a transition must not fire early)
 --   then groups, each introduced by its count:
 --   checks  : key-index, expected revision ("0" = the hash has no revision yet)
---   puts    : key-index, new revision, data         (HSET rev, data)
+--   puts    : key-index, new revision, field count, then each field's name and value
+--                                                   (HSET rev and those fields; the
+--                                                    hash's other fields stay)
 --   tombs   : key-index, new revision               (HDEL data, keep rev: versions never go back)
 --   dels    : key-index
 --   zadds   : key-index, score, member
 --   zrems   : key-index, member
 --   sadds   : key-index, member
 --   srems   : key-index, member
---   pushes  : key-index, value, max length          (LPUSH, trimmed to the max: newest first)
+--   pushes  : key count, key-indexes, value, max length
+--                                                   (LPUSH the value to each list, trimmed
+--                                                    to the max: newest first)
 --   xadds   : key-index, value                      (outbox stream entry, field "event")
 --   then the notification stream: key-index, webhooks key-index, max length, or 0
 --                                                   (every outbox value is appended there
@@ -105,8 +109,17 @@ local function commit(kbase, abase)
   for _ = 1, puts do
     local target = key(nextarg())
     local rev = nextarg()
-    local data = nextarg()
-    redis.call('HSET', target, 'rev', rev, 'data', data)
+    local fields = tonumber(nextarg())
+    if fields == 1 then
+      redis.call('HSET', target, 'rev', rev, ARGV[pos], ARGV[pos + 1])
+    else
+      local command = {'HSET', target, 'rev', rev}
+      for offset = 0, 2 * fields - 1 do
+        command[5 + offset] = ARGV[pos + offset]
+      end
+      redis.call(unpack(command))
+    end
+    pos = pos + 2 * fields
   end
   local tombs = tonumber(nextarg())
   for _ = 1, tombs do
@@ -136,11 +149,16 @@ local function commit(kbase, abase)
   end
   local pushes = tonumber(nextarg())
   for _ = 1, pushes do
-    local target = key(nextarg())
+    local targets = tonumber(nextarg())
+    local first = pos
+    pos = pos + targets
     local value = nextarg()
     local max_len = tonumber(nextarg())
-    if redis.call('LPUSH', target, value) > max_len then
-      redis.call('LTRIM', target, 0, max_len - 1)
+    for at = first, first + targets - 1 do
+      local target = key(ARGV[at])
+      if redis.call('LPUSH', target, value) > max_len then
+        redis.call('LTRIM', target, 0, max_len - 1)
+      end
     end
   end
   local result = {'ok', tostring(now_ms)}
