@@ -645,7 +645,7 @@ impl Ticker {
             }
             let give_up =
                 std::mem::take(&mut *abandoned.lock().unwrap_or_else(PoisonError::into_inner));
-            held.retain(|shard, _| !give_up.contains_key(shard));
+            forget_given_up(&mut held, &give_up);
             let attempt = Instant::now();
             // an attempt holding shards may not outlast the moment they must be dropped
             let deadline = if held.is_empty() {
@@ -915,6 +915,12 @@ impl Ticker {
 }
 
 /// Logs what a balancing step changed.
+/// Drops from `held` the shards the worker gave up, each only at the epoch it gave it up
+/// at: a lease of the same shard taken again since, at a newer epoch, stays held.
+fn forget_given_up(held: &mut BTreeMap<u32, u64>, give_up: &BTreeMap<u32, u64>) {
+    held.retain(|shard, epoch| give_up.get(shard) != Some(epoch));
+}
+
 fn log_balance(balance: &Balance) {
     if !balance.acquired.is_empty() {
         tracing::info!(shards = ?balance.acquired, replicas = balance.replicas, "shards taken");
@@ -1008,6 +1014,15 @@ async fn sleep_or_stop(duration: Duration, stop: &Shutdown) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_given_up_is_forgotten_only_at_the_epoch_it_was_given_up_at() {
+        let mut held = BTreeMap::from([(1, 5), (2, 7), (3, 9)]);
+        // shard 1 given up at its epoch; shard 2 given up at epoch 6 and taken again at 7
+        let give_up = BTreeMap::from([(1, 5), (2, 6)]);
+        forget_given_up(&mut held, &give_up);
+        assert_eq!(held, BTreeMap::from([(2, 7), (3, 9)]));
+    }
 
     /// A worker step stuck on a silent Redis connection gives way once it has run for its
     /// patience and the balancer has published a shard it did not adopt, and only then: the
