@@ -5,7 +5,12 @@
 #   2. replays the largest of them, unchanged but for its namespace (a fresh one per replay,
 #      with the fence and the revisions the commits expect set first), on a private
 #      `redis-server`, pipelined, and reads `INFO commandstats`: µs of `EVALSHA` per call,
-#      divided by the commits in it.
+#      divided by the commits in it;
+#   3. replays the ticker benchmark's baseline the same way (`EVALSHA` of a one-`HSET` script
+#      with a rollout-record-sized value, 32 to a pipeline) and prints both in Redis's own
+#      accounting and in the server's CPU time (`/proc`, networking and parsing included):
+#      how many bare calls one transition commit costs Redis, i.e. the drain ratio Redis
+#      alone allows even with an infinitely fast ticker.
 # Steadier than the drain rate, which the machine's other load moves: one Redis thread,
 # nothing else on it.
 #   loadtest/commit-cost.sh [replays]     # uses <target>/release/loadtest (build it first)
@@ -47,7 +52,7 @@ BENCH_PID=1
 for _ in $(seq 1 50); do redis-cli -p "$BENCH_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 python3 - "$WORK/monitor.txt" "$ROOT/shared/rollout-store/src/scripts/commit.lua" "$BENCH_PORT" "$REPLAYS" <<'PY'
-import re, socket, sys
+import os, re, socket, sys
 
 monitor, script_path, port, replays = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ESCAPES = {'n': b'\n', 'r': b'\r', 't': b'\t', 'a': b'\x07', 'b': b'\x08', '"': b'"', '\\': b'\\'}
@@ -128,6 +133,17 @@ for _ in range(commits):
         setup.append((b'HSET', keys[kbase + int(index) - 1], b'rev', revision))
     kbase += key_count
     abase += 2 + arg_count
+
+def evalsha_usec():
+    stats = redis.call('INFO', 'commandstats').decode()
+    line = next(l for l in stats.split('\r\n') if l.startswith('cmdstat_evalsha:'))
+    return float(re.search(r'usec_per_call=([0-9.]+)', line).group(1))
+
+def cpu_seconds():
+    with open(f'/proc/{pid}/stat') as stat:
+        fields = stat.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
 redis = Redis(port)
 sha = redis.call('SCRIPT', 'LOAD', script)
 BATCH = 32
@@ -137,6 +153,8 @@ for start in range(0, replays, BATCH):
     for _ in range(len(tags) * len(setup)):
         redis.read()
 redis.call('CONFIG', 'RESETSTAT')
+pid = int(re.search(rb'process_id:(\d+)', redis.call('INFO', 'server')).group(1))
+cpu_before = cpu_seconds()
 for start in range(0, replays, BATCH):
     tags = [b'{replay-%d}' % n for n in range(start, min(start + BATCH, replays))]
     redis.send([[b'EVALSHA', sha, str(len(keys)).encode()] + [key.replace(tag, t) for key in keys] + argv
@@ -145,11 +163,31 @@ for start in range(0, replays, BATCH):
     refused = [reply for outcome in replies for reply in outcome if reply[0] != b'ok']
     if refused:
         sys.exit(f'commit-cost.sh: a replayed commit was refused: {refused[0]}')
-stats = redis.call('INFO', 'commandstats').decode()
-line = next(l for l in stats.split('\r\n') if l.startswith('cmdstat_evalsha:'))
-usec = float(re.search(r'usec_per_call=([0-9.]+)', line).group(1))
+usec = evalsha_usec()
+cpu_commits = cpu_seconds() - cpu_before
 size = sum(len(part) for part in keys + argv)
 print(f'commit.lua: {usec / commits:.1f} us of Redis per transition commit '
       f'({usec:.0f} us per call of {commits} commits, {size} bytes of keys and arguments; '
       f'{replays} calls replayed)')
+
+# the ticker benchmark's baseline, the same way: a one-HSET script, a record-sized value
+payload = max((part for part in argv if len(part) < 4096), key=len)
+bare = redis.call('SCRIPT', 'LOAD', "redis.call('HSET', KEYS[1], 'rev', ARGV[1], 'data', ARGV[2]) return 1")
+BARE_CALLS = 200 * BATCH * 10
+redis.call('CONFIG', 'RESETSTAT')
+cpu_before = cpu_seconds()
+for start in range(0, BARE_CALLS, BATCH):
+    redis.send([[b'EVALSHA', bare, b'1', b'{bare}:r%d' % (n % 1000), b'7', payload]
+                for n in range(start, start + BATCH)])
+    for _ in range(BATCH):
+        redis.read()
+cpu_bare = cpu_seconds() - cpu_before
+bare_usec = evalsha_usec()
+per_commit_cpu = cpu_commits * 1e6 / (replays * commits)
+per_bare_cpu = cpu_bare * 1e6 / BARE_CALLS
+print(f'bare script (one HSET of {len(payload)} bytes): {bare_usec:.1f} us of Redis per call')
+print(f'server CPU (networking included): {per_commit_cpu:.1f} us per transition commit, '
+      f'{per_bare_cpu:.1f} us per bare call: a commit costs Redis {per_commit_cpu / per_bare_cpu:.1f} '
+      f'bare calls, so Redis alone holds the drain below {per_bare_cpu / per_commit_cpu:.2f}x '
+      f'the bare script rate (before the record reads, the due-index moves and the outbox trim)')
 PY
