@@ -98,6 +98,21 @@ impl Store {
         moved
     }
 
+    /// Replaces the steps of the stored rollout `id` after its current one with `steps`
+    /// at `now`, committed as the planner commits it; returns the transition decided.
+    async fn reschedule(&self, id: &str, steps: serde_json::Value, now: Timestamp) -> Transition {
+        let rollout = self.rollout(id).await;
+        let (version, flag) = self.flag(&rollout.plan.flag).await;
+        let steps: Vec<RescheduleStepSpec> = serde_json::from_value(steps).expect("steps");
+        let rescheduled =
+            transition::reschedule(&flag, &rollout, &steps, now).expect("the reschedule applies");
+        assert_ne!(rescheduled.rollout.plan, rollout.plan, "the plan changes");
+        let change =
+            Change::rollout_moved_on_stored_flag(version, &rollout.state, rescheduled.clone());
+        self.commit(change, now).await;
+        rescheduled
+    }
+
     /// Expects the stored flag and rollout to be exactly `decided`'s, at `version`.
     async fn expect_stored(&self, decided: &Transition, version: u64) {
         assert_eq!(
@@ -200,26 +215,8 @@ async fn every_commit_of_a_rollout_reads_back_as_decided() {
     }
 
     // a reschedule changes the rollout's plan, not its flag
-    let rollout = store.rollout("r-1").await;
-    let (stored_version, stored_flag) = store.flag("checkout").await;
-    let steps: Vec<RescheduleStepSpec> = serde_json::from_value(serde_json::json!([
-        {"percentage": 75, "duration": "2h"},
-        {"percentage": 100}
-    ]))
-    .expect("steps");
-    let rescheduled = transition::reschedule(&stored_flag, &rollout, &steps, at(40))
-        .expect("the reschedule applies");
-    assert_ne!(rescheduled.rollout.plan, rollout.plan);
-    store
-        .commit(
-            Change::rollout_moved_on_stored_flag(
-                stored_version,
-                &rollout.state,
-                rescheduled.clone(),
-            ),
-            at(40),
-        )
-        .await;
+    let steps = serde_json::json!([{"percentage": 75, "duration": "2h"}, {"percentage": 100}]);
+    let rescheduled = store.reschedule("r-1", steps, at(40)).await;
     version += 1;
     store.expect_stored(&rescheduled, version).await;
 
@@ -279,22 +276,8 @@ async fn a_rollout_stored_whole_by_an_older_release_reads_and_moves_as_decided()
     store.expect_stored(&paused, version).await;
 
     // a reschedule writes the definition apart: it wins over the old record's
-    let rollout = store.rollout("r-old").await;
-    let (stored_version, stored_flag) = store.flag("legacy").await;
-    let steps: Vec<RescheduleStepSpec> =
-        serde_json::from_value(serde_json::json!([{"percentage": 100}])).expect("steps");
-    let rescheduled =
-        transition::reschedule(&stored_flag, &rollout, &steps, at(20)).expect("applies");
-    store
-        .commit(
-            Change::rollout_moved_on_stored_flag(
-                stored_version,
-                &rollout.state,
-                rescheduled.clone(),
-            ),
-            at(20),
-        )
-        .await;
+    let steps = serde_json::json!([{"percentage": 100}]);
+    let rescheduled = store.reschedule("r-old", steps, at(20)).await;
     store.expect_stored(&rescheduled, version + 1).await;
     let resumed = store.step("r-old", &Event::Resume, at(30)).await;
     store
