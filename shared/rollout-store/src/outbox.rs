@@ -11,6 +11,7 @@
 //! published without its snapshot (evaluators then read the flag from Redis); and one entry
 //! that cannot be published does not keep the sweep from the entries after it.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -217,7 +218,8 @@ impl Relay {
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(_) => Err("nats did not confirm the events in time".to_owned()),
             };
-            let mut trims: Vec<(String, Vec<String>)> = Vec::new();
+            // the proven entries of each outbox, trimmed with one XDEL
+            let mut trims: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for waiter in waiting {
                 let outcome = match &proof {
                     // a reconnection in between voids the proof: what was on the old socket
@@ -229,7 +231,7 @@ impl Relay {
                     Err(reason) => Err(reason.clone()),
                 };
                 if outcome.is_ok() && !waiter.ids.is_empty() {
-                    trims.push((waiter.outbox, waiter.ids));
+                    trims.entry(waiter.outbox).or_default().extend(waiter.ids);
                 }
                 let _ = waiter.proven.send(outcome);
             }
