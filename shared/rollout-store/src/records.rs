@@ -66,16 +66,28 @@ pub(crate) struct RolloutDefinitionRef<'a> {
 }
 
 impl<'a> RolloutDefinitionRef<'a> {
-    /// The definition of `record`.
+    /// The definition of `record`. Every field is named, so a field added to the record
+    /// does not compile until it is stored here or in the state (and read back in
+    /// [`RolloutDefinition::with_state`]).
     pub(crate) fn of(record: &'a RolloutRecord) -> RolloutDefinitionRef<'a> {
+        let RolloutRecord {
+            id,
+            namespace,
+            spec,
+            plan,
+            state: _,
+            created_at,
+            created_by,
+            traceparent,
+        } = record;
         RolloutDefinitionRef {
-            id: &record.id,
-            namespace: &record.namespace,
-            spec: &record.spec,
-            plan: &record.plan,
-            created_at: record.created_at,
-            created_by: record.created_by.as_deref(),
-            traceparent: record.traceparent.as_deref(),
+            id,
+            namespace,
+            spec,
+            plan,
+            created_at: *created_at,
+            created_by: created_by.as_deref(),
+            traceparent: traceparent.as_deref(),
         }
     }
 }
