@@ -8,7 +8,12 @@
 //! them, and every install is a compare on versions: a flag's version only ever rises.
 //!
 //! A flag update swaps one slot; only a flag key never seen before (or a new namespace)
-//! rebuilds an index, once per batch of writes. Each batch that changes a namespace notes
+//! rebuilds an index, once per batch of writes.
+//!
+//! A version is known by its number and the Redis time of the commit that wrote it
+//! ([`Held`]): after Redis was restored from an older backup, its new history can reach a
+//! version number served from the lost one with other content, and only the commit time
+//! tells them apart. Each batch that changes a namespace notes
 //! it for [`Snapshot::take_changed`] and wakes [`Snapshot::changed`] (the OFREP change push,
 //! [`crate::push`]).
 //!
@@ -19,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
-use rollout_core::{CompiledFlag, RolloutView};
+use rollout_core::{CompiledFlag, RolloutView, Timestamp};
 
 use crate::metrics::EvalCounters;
 
@@ -34,6 +39,8 @@ pub struct LiveFlag {
     /// The rollout that last finished on the flag, while none is active: agents' reports
     /// without a rollout id count for it.
     last_rollout: Option<String>,
+    /// The Redis time of the commit that wrote this version, when known.
+    committed_at: Option<Timestamp>,
 }
 
 impl LiveFlag {
@@ -43,7 +50,16 @@ impl LiveFlag {
             compiled,
             rollout: rollout.map(Box::new),
             last_rollout: None,
+            committed_at: None,
         }
+    }
+
+    /// The same, written by the commit at Redis time `at` (the flag record's `updated_at`,
+    /// each of that commit's events' `time`).
+    #[must_use]
+    pub fn committed_at(mut self, at: Timestamp) -> LiveFlag {
+        self.committed_at = Some(at);
+        self
     }
 
     /// The same, remembering the rollout that last finished on the flag.
@@ -98,12 +114,48 @@ impl FlagState {
         }
     }
 
+    /// The version and, for a served flag, the time of the commit that wrote it.
+    pub fn held(&self) -> Held {
+        match self {
+            FlagState::Live(live) => Held {
+                version: live.version(),
+                committed_at: live.committed_at,
+            },
+            FlagState::Deleted { version } => Held {
+                version: *version,
+                committed_at: None,
+            },
+        }
+    }
+
     /// The served flag, unless deleted.
     pub fn live(&self) -> Option<&LiveFlag> {
         match self {
             FlagState::Live(live) => Some(live),
             FlagState::Deleted { .. } => None,
         }
+    }
+}
+
+/// What the snapshot holds of a flag: a version, and the Redis time of the commit that
+/// wrote it when known (not for deletions, nor for records that do not say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The version.
+    pub version: u64,
+    /// The commit's Redis time.
+    pub committed_at: Option<Timestamp>,
+}
+
+impl Held {
+    /// Whether `other` is the same version written by another commit: two histories,
+    /// one of them lost by Redis.
+    pub fn diverges_from(&self, other: &Held) -> bool {
+        self.version == other.version
+            && matches!(
+                (self.committed_at, other.committed_at),
+                (Some(mine), Some(theirs)) if mine != theirs
+            )
     }
 }
 
@@ -131,11 +183,15 @@ pub enum ResyncReason {
     /// The namespace's flag-version counter showed a change whose event never arrived
     /// (see `sync::watch`).
     Missed,
+    /// An event or Redis has the version held from another commit: Redis was restored
+    /// from an older backup and its new history reached the version served from the lost
+    /// one.
+    Diverged,
 }
 
 impl ResyncReason {
     /// Every reason, in metric order.
-    pub const ALL: [ResyncReason; 9] = [
+    pub const ALL: [ResyncReason; 10] = [
         ResyncReason::Gap,
         ResyncReason::NoSnapshot,
         ResyncReason::Invalid,
@@ -145,6 +201,7 @@ impl ResyncReason {
         ResyncReason::SlowConsumer,
         ResyncReason::StoreReset,
         ResyncReason::Missed,
+        ResyncReason::Diverged,
     ];
 
     /// The metric label.
@@ -159,6 +216,7 @@ impl ResyncReason {
             ResyncReason::SlowConsumer => "slow_consumer",
             ResyncReason::StoreReset => "store_reset",
             ResyncReason::Missed => "missed",
+            ResyncReason::Diverged => "diverged",
         }
     }
 
@@ -184,21 +242,32 @@ pub enum EventAction {
     Resync(ResyncReason),
 }
 
-/// The apply rule. `held` is the version held for the flag (`None`: never seen, which
-/// counts as 0); `snapshot_version` is the version of the event's snapshot, if it has one.
+/// The apply rule. `held` is what is held for the flag (`None`: never seen, which counts as
+/// version 0); the event is at `event_version`, committed at `event_time`;
+/// `snapshot_version` is the version of the event's snapshot, if it has one.
 ///
+/// - the version held, committed at another time: the two diverged (Redis lost the
+///   history held), read the flag from Redis;
 /// - at or below `held`: ignore (never go backwards; duplicates are harmless);
 /// - more than one above: a gap, resync;
 /// - exactly one above: a deletion deletes; a snapshot at least as new as the event is
 ///   installed (one commit may publish several events that all carry its final
 ///   snapshot); anything else is read from Redis.
 pub fn decide(
-    held: Option<u64>,
+    held: Option<Held>,
     event_version: u64,
+    event_time: Timestamp,
     deleted: bool,
     snapshot_version: Option<u64>,
 ) -> EventAction {
-    let held_version = held.unwrap_or(0);
+    let event = Held {
+        version: event_version,
+        committed_at: Some(event_time),
+    };
+    if held.is_some_and(|held| held.diverges_from(&event)) {
+        return EventAction::Resync(ResyncReason::Diverged);
+    }
+    let held_version = held.map_or(0, |held| held.version);
     if event_version <= held_version {
         return EventAction::Ignore;
     }
@@ -292,11 +361,13 @@ impl NamespaceSnapshot {
 
     /// The version held for `key`, including a deletion's.
     pub fn held_version(&self, key: &str) -> Option<u64> {
+        self.held(key).map(|held| held.version)
+    }
+
+    /// What is held for `key`, including a deletion.
+    pub fn held(&self, key: &str) -> Option<Held> {
         let index = self.index.load();
-        index
-            .by_key
-            .get(key)
-            .map(|slot| slot.state.load().version())
+        index.by_key.get(key).map(|slot| slot.state.load().held())
     }
 
     /// Every key held with its version and whether it is served (false: deleted).
@@ -392,6 +463,11 @@ impl Snapshot {
         self.namespace(namespace)?.held_version(key)
     }
 
+    /// What is held for flag `key` of `namespace`, including a deletion.
+    pub fn held(&self, namespace: &str, key: &str) -> Option<Held> {
+        self.namespace(namespace)?.held(key)
+    }
+
     /// Waits until a batch of writes changed some namespace since the last
     /// [`Snapshot::take_changed`] (returns at once if one did meanwhile).
     pub async fn changed(&self) {
@@ -440,14 +516,19 @@ pub struct SnapshotWriter<'s> {
 impl SnapshotWriter<'_> {
     /// The version held for `key` of `namespace`, counting writes of this batch.
     pub fn held_version(&self, namespace: &str, key: &str) -> Option<u64> {
+        self.held(namespace, key).map(|held| held.version)
+    }
+
+    /// What is held for `key` of `namespace`, counting writes of this batch.
+    pub fn held(&self, namespace: &str, key: &str) -> Option<Held> {
         if let Some(state) = self
             .new_flags
             .get(namespace)
             .and_then(|flags| flags.get(key))
         {
-            return Some(state.version());
+            return Some(state.held());
         }
-        self.snapshot.held_version(namespace, key)
+        self.snapshot.held(namespace, key)
     }
 
     /// Makes sure `namespace` exists (empty) once this batch is published.
@@ -459,11 +540,15 @@ impl SnapshotWriter<'_> {
         }
     }
 
-    /// Installs `state` for `key` of `namespace` if it is newer than what is held;
+    /// Installs `state` for `key` of `namespace` if it is newer than what is held, or the
+    /// held version written by another commit (read from Redis after the two diverged);
     /// returns whether it did.
     pub fn install(&mut self, namespace: &str, key: &str, state: FlagState) -> bool {
-        let held = self.held_version(namespace, key);
-        if held.is_some_and(|version| state.version() <= version) {
+        let newer = match self.held(namespace, key) {
+            None => true,
+            Some(held) => state.version() > held.version || held.diverges_from(&state.held()),
+        };
+        if !newer {
             return false;
         }
         self.replace(namespace, key, state);
@@ -541,6 +626,19 @@ mod tests {
         .expect("flag")
     }
 
+    /// The time of the commits in these tests.
+    fn at() -> Timestamp {
+        Timestamp::from_millis(1_000)
+    }
+
+    /// `version` held, committed at [`at`].
+    fn held(version: u64) -> Option<Held> {
+        Some(Held {
+            version,
+            committed_at: Some(at()),
+        })
+    }
+
     fn live(key: &str, version: u64, serve: &str) -> FlagState {
         let compiled = CompiledFlag::compile(&flag(key, serve), version, None).expect("compiles");
         FlagState::Live(LiveFlag::new(compiled, None))
@@ -555,34 +653,96 @@ mod tests {
 
     #[test]
     fn the_apply_rule_never_goes_backwards_and_resyncs_on_gaps() {
-        assert_eq!(decide(None, 1, false, Some(1)), EventAction::Apply);
+        assert_eq!(decide(None, 1, at(), false, Some(1)), EventAction::Apply);
         assert_eq!(
-            decide(None, 3, false, Some(3)),
+            decide(None, 3, at(), false, Some(3)),
             EventAction::Resync(ResyncReason::Gap)
         );
-        assert_eq!(decide(Some(4), 4, false, Some(4)), EventAction::Ignore);
-        assert_eq!(decide(Some(4), 2, true, None), EventAction::Ignore);
-        assert_eq!(decide(Some(4), 5, false, Some(5)), EventAction::Apply);
-        // one commit publishing two events: both carry the final snapshot
-        assert_eq!(decide(Some(4), 5, false, Some(6)), EventAction::Apply);
-        assert_eq!(decide(Some(6), 6, false, Some(6)), EventAction::Ignore);
         assert_eq!(
-            decide(Some(4), 7, false, Some(7)),
-            EventAction::Resync(ResyncReason::Gap)
-        );
-        assert_eq!(decide(Some(4), 5, true, None), EventAction::Delete);
-        assert_eq!(
-            decide(Some(4), 5, false, None),
-            EventAction::Resync(ResyncReason::NoSnapshot)
-        );
-        assert_eq!(
-            decide(Some(4), 5, false, Some(4)),
-            EventAction::Resync(ResyncReason::NoSnapshot)
-        );
-        assert_eq!(
-            decide(Some(u64::MAX), u64::MAX, false, None),
+            decide(held(4), 4, at(), false, Some(4)),
             EventAction::Ignore
         );
+        assert_eq!(decide(held(4), 2, at(), true, None), EventAction::Ignore);
+        assert_eq!(decide(held(4), 5, at(), false, Some(5)), EventAction::Apply);
+        // one commit publishing two events: both carry the final snapshot
+        assert_eq!(decide(held(4), 5, at(), false, Some(6)), EventAction::Apply);
+        assert_eq!(
+            decide(held(6), 6, at(), false, Some(6)),
+            EventAction::Ignore
+        );
+        assert_eq!(
+            decide(held(4), 7, at(), false, Some(7)),
+            EventAction::Resync(ResyncReason::Gap)
+        );
+        assert_eq!(decide(held(4), 5, at(), true, None), EventAction::Delete);
+        assert_eq!(
+            decide(held(4), 5, at(), false, None),
+            EventAction::Resync(ResyncReason::NoSnapshot)
+        );
+        assert_eq!(
+            decide(held(4), 5, at(), false, Some(4)),
+            EventAction::Resync(ResyncReason::NoSnapshot)
+        );
+        assert_eq!(
+            decide(held(u64::MAX), u64::MAX, at(), false, None),
+            EventAction::Ignore
+        );
+    }
+
+    #[test]
+    fn the_version_held_from_another_commit_is_read_from_redis() {
+        let later = Timestamp::from_millis(9_000);
+        // Redis lost the history held and its new one reached the same version
+        assert_eq!(
+            decide(held(4), 4, later, false, Some(4)),
+            EventAction::Resync(ResyncReason::Diverged)
+        );
+        assert_eq!(
+            decide(held(4), 4, later, true, None),
+            EventAction::Resync(ResyncReason::Diverged)
+        );
+        // versions of another number go by the version rule alone
+        assert_eq!(
+            decide(held(4), 3, later, false, Some(3)),
+            EventAction::Ignore
+        );
+        assert_eq!(
+            decide(held(4), 5, later, false, Some(5)),
+            EventAction::Apply
+        );
+        // nothing to compare with: a deletion, or a record that did not say
+        let unknown = Some(Held {
+            version: 4,
+            committed_at: None,
+        });
+        assert_eq!(
+            decide(unknown, 4, later, false, Some(4)),
+            EventAction::Ignore
+        );
+    }
+
+    #[test]
+    fn a_version_written_by_another_commit_replaces_the_one_held() {
+        let snapshot = Snapshot::new();
+        let stamped = |version, serve, millis| match live("a", version, serve) {
+            FlagState::Live(flag) => {
+                FlagState::Live(flag.committed_at(Timestamp::from_millis(millis)))
+            }
+            deleted => deleted,
+        };
+        let mut writer = snapshot.writer();
+        assert!(writer.install("prod", "a", stamped(3, "on", 1_000)));
+        assert!(
+            !writer.install("prod", "a", stamped(3, "on", 1_000)),
+            "the same"
+        );
+        assert!(!writer.install("prod", "a", live("a", 3, "off")), "unknown");
+        assert!(
+            writer.install("prod", "a", stamped(3, "off", 2_000)),
+            "another"
+        );
+        drop(writer);
+        assert_eq!(served(&snapshot, "prod", "a"), Some(("off".into(), 3)));
     }
 
     #[test]

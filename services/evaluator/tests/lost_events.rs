@@ -1,6 +1,7 @@
 //! SPEC §11.1 "nothing any client does stalls the system" and "data loss is detected, not
 //! served", judged by what a replica serves: events the NATS client dropped as a slow
-//! consumer, and a Redis restored from an older backup (same generation, older versions).
+//! consumer, and a Redis restored from an older backup (same generation, older versions —
+//! or, once its new history has moved on, the same version numbers with other content).
 
 mod common;
 
@@ -125,6 +126,62 @@ async fn a_redis_restored_from_an_older_backup_is_served_as_it_is_now() {
     })
     .await;
     replica.stop().await;
+}
+
+/// A replica serving version `v` of a history Redis lost, when Redis's new history
+/// reaches the same `v` with other content: what it serves must follow Redis, whether the
+/// new commit's event arrives (`published`) or only the periodic comparison can tell.
+async fn restored_history_reaching_the_served_version(published: bool) {
+    let servers = Servers::start();
+    let store = servers.store().await;
+    store.create_flag(NS, checkout_flag("checkout")).await;
+    let mut config = servers.config();
+    config.evaluator.resync_interval = if published {
+        // only the event can bring the new history in
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_millis(300)
+    };
+    let replica = start(config).await;
+    let backup = store.backup().await;
+    // after the backup, the flag is turned on: a version the restore will lose
+    let mut turned_on = checkout_flag("checkout");
+    turned_on.default = rollout_core::Serve::variation("on");
+    let lost_version = store.update_flag(NS, turned_on).await;
+    let client = servers.client().await;
+    eventually("the replica serves the version to be lost", || async {
+        served(&client, "checkout").await == ("on".to_owned(), lost_version)
+    })
+    .await;
+
+    // the operator restores the backup, and the new history reaches the same version
+    // number with other content before the replica looked at Redis again
+    store.restore(&backup).await;
+    let mut new_history = checkout_flag("checkout");
+    new_history.description = Some("after the restore".to_owned());
+    let committed = store.commit_update_flag(NS, new_history).await;
+    assert_eq!(
+        committed.version, lost_version,
+        "the same version, another content"
+    );
+    if published {
+        store.publish(NS, &committed).await;
+    }
+    eventually("the replica serves what Redis holds now", || async {
+        served(&client, "checkout").await == ("off".to_owned(), lost_version)
+    })
+    .await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_redis_whose_new_history_reaches_the_served_version_is_served_as_it_is_now() {
+    restored_history_reaching_the_served_version(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_redis_reaching_the_served_version_unannounced_is_served_as_it_is_now() {
+    restored_history_reaching_the_served_version(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

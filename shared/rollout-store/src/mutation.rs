@@ -174,6 +174,12 @@ impl<'k> Mutation<'k> {
             deleted_rollout: change.deleted_rollout,
             happenings: Vec::new(),
         };
+        // a flag's `updated_at` is the Redis time of the commit that wrote its version, the
+        // `time` of each of the commit's events: readers tell two commits of one version
+        // apart by it (after Redis was restored from an older backup)
+        if let Some(record) = &mut mutation.flag_record {
+            record.updated_at = now;
+        }
         for happened in change.happened {
             mutation.record(happened);
         }

@@ -106,6 +106,29 @@ pub async fn flag_versions<C: ConnectionLike + Send + Sync>(
         .collect())
 }
 
+/// Each flag's version and the Redis time of the commit that wrote it (its `touched`
+/// field: `None` for a deleted flag, one never written, or a record from before the
+/// field), in one pipeline: what tells two histories' commits of one version apart after
+/// Redis was restored from an older backup.
+pub async fn flag_commits<C: ConnectionLike + Send + Sync>(
+    connection: &mut C,
+    keys: &Keys,
+    flag_keys: &[String],
+) -> Result<Vec<(u64, Option<Timestamp>)>, StoreError> {
+    let mut pipe = redis::pipe();
+    for flag_key in flag_keys {
+        pipe.cmd("HMGET")
+            .arg(keys.flag(flag_key))
+            .arg("rev")
+            .arg("touched");
+    }
+    let commits: Vec<(Option<u64>, Option<i64>)> = pipe.query_async(connection).await?;
+    Ok(commits
+        .into_iter()
+        .map(|(revision, touched)| (revision.unwrap_or(0), touched.map(Timestamp::from_millis)))
+        .collect())
+}
+
 /// The keys of every flag of a namespace (the `flags` set, deleted flags not included), in
 /// no order.
 pub async fn flag_keys<C: ConnectionLike + Send + Sync>(

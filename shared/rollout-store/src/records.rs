@@ -5,7 +5,7 @@
 //!
 //! | hash | fields |
 //! |---|---|
-//! | `flag:<key>` | `rev`; `data`: the [`FlagRecord`]; `touched`: its `updated_at` in ms, written with every commit, so a commit that moves only the flag's version and timestamp (a rollout's step) leaves `data` as it is. A deleted flag keeps `rev` only (a tombstone), so a re-created flag's versions continue upwards and evaluators never see a version go back. |
+//! | `flag:<key>` | `rev`; `data`: the [`FlagRecord`]; `touched`: its `updated_at` in ms — the Redis time of the commit that wrote the version, the `time` of that commit's events, and so what tells two histories' commits of one version apart after a restore from an older backup — written with every commit, so a commit that moves only the flag's version and timestamp (a rollout's step) leaves `data` as it is. A deleted flag keeps `rev` only (a tombstone; older tombstones may keep a `touched`), so a re-created flag's versions continue upwards and evaluators never see a version go back. |
 //! | `rollout:<id>` | `rev`; `def`: everything but the state ([`RolloutDefinitionRef`]: id, spec, plan, creation), written when the rollout is created or rescheduled; `state`: the [`rollout_core::RolloutState`], written with every commit. Records written before this layout hold the whole record in `data`: read as the definition (and the state, until a commit writes `state`). |
 //!
 //! Every reader goes through [`flag_from_hash`] and [`rollout_from_hash`]; every writer

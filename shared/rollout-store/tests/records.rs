@@ -7,12 +7,13 @@ use rollout_core::plan::{compile, CompileContext};
 use rollout_core::spec::RescheduleStepSpec;
 use rollout_core::transition::{self, NewRollout, Transition};
 use rollout_core::{DurationMs, Flag, RolloutSpec, Timestamp};
-use rollout_store::reads::{audit_page, AuditLog};
+use rollout_store::reads::{audit_page, flag_commits, AuditLog};
 use rollout_store::{
     encode_record, load_flag, load_rollout, Actor, Change, Conditions, Connection, FlagRecord,
-    Keys, RolloutRecord, Writer, Written,
+    Happened, Keys, RolloutRecord, Writer, Written,
 };
 use rollout_testkit::RedisServer;
+use rollout_wire::events::EventKind;
 use rollout_wire::queries::AuditEntry;
 use rollout_wire::subjects::Namespace;
 
@@ -181,6 +182,54 @@ fn created(flag: &FlagRecord, id: &str, now: Timestamp) -> Transition {
         },
         now,
     )
+}
+
+/// What `flag_commits` reads for the flag `checkout`.
+async fn stored_commit(store: &Store) -> (u64, Option<Timestamp>) {
+    let mut connection = store.connection.clone();
+    let commits = flag_commits(&mut connection, &store.keys, &["checkout".to_owned()])
+        .await
+        .expect("the flag's commit reads");
+    commits[0]
+}
+
+#[tokio::test]
+async fn a_flag_version_is_known_by_the_time_of_the_commit_that_wrote_it() {
+    let store = Store::start().await;
+    // the decision stamped its record an hour early: what counts is the commit's time,
+    // which its events carry too
+    let mut change = Change::of_flag("checkout", 0);
+    change.flag = Some(flag_record("checkout", at(-3_600)));
+    change.flag_created = true;
+    change.happened = vec![Happened::event(EventKind::FlagCreated, None)];
+    let written = store
+        .writer
+        .commit(
+            &store.namespace,
+            change,
+            Actor::default(),
+            at(0),
+            Conditions::default(),
+        )
+        .await
+        .expect("the commit runs");
+    let Written::Committed {
+        events,
+        flag_version,
+        ..
+    } = written
+    else {
+        panic!("not committed: {written:?}");
+    };
+    assert!(!events.is_empty() && events.iter().all(|event| event.time == at(0)));
+    assert_eq!(store.flag("checkout").await.1.updated_at, at(0));
+    assert_eq!(stored_commit(&store).await, (flag_version, Some(at(0))));
+
+    // a deletion keeps the version (a tombstone) and no commit time: nothing to compare
+    let mut deletion = Change::of_flag("checkout", flag_version);
+    deletion.happened = vec![Happened::event(EventKind::FlagDeleted, None)];
+    store.commit(deletion, at(10)).await;
+    assert_eq!(stored_commit(&store).await, (flag_version + 1, None));
 }
 
 #[tokio::test]

@@ -69,10 +69,10 @@ pub fn apply_event(
         tracing::warn!(namespace = %namespace, flag = %flag, "change event names another flag than its subject");
         return resync(ResyncReason::Invalid);
     }
-    let held = writer.held_version(namespace.as_str(), &flag);
+    let held = writer.held(namespace.as_str(), &flag);
     let deleted = event.kind == EventKind::FlagDeleted;
     let snapshot_version = event.snapshot.as_ref().map(|snapshot| snapshot.version);
-    match decide(held, event.version, deleted, snapshot_version) {
+    match decide(held, event.version, event.time, deleted, snapshot_version) {
         EventAction::Ignore => EventOutcome::Ignored,
         EventAction::Delete => {
             writer.install(
@@ -93,9 +93,11 @@ pub fn apply_event(
                     writer.install(
                         namespace.as_str(),
                         &flag,
+                        // the snapshot is the final state of the commit the event is from
                         FlagState::Live(
                             LiveFlag::new(compiled, snapshot.rollout)
-                                .with_last_rollout(snapshot.last_rollout),
+                                .with_last_rollout(snapshot.last_rollout)
+                                .committed_at(event.time),
                         ),
                     );
                     EventOutcome::Applied

@@ -14,7 +14,7 @@ use rollout_store::{generation, load_flag, load_rollout, namespaces, reads, Conn
 use rollout_wire::subjects::Namespace;
 use tokio::sync::mpsc;
 
-use crate::snapshot::{FlagState, LiveFlag, ResyncReason};
+use crate::snapshot::{FlagState, Held, LiveFlag, ResyncReason};
 use crate::Shared;
 
 use super::{ResyncRequest, SyncError};
@@ -67,7 +67,9 @@ pub async fn load_state(
             },
         )?;
         return Ok(Some(FlagState::Live(
-            LiveFlag::new(compiled, view).with_last_rollout(record.last_rollout),
+            LiveFlag::new(compiled, view)
+                .with_last_rollout(record.last_rollout)
+                .committed_at(record.updated_at),
         )));
     }
     Err(SyncError::Unstable {
@@ -148,7 +150,9 @@ async fn known_flags(
 
 /// Compares every flag of `namespace` (those Redis lists and those held) with its
 /// revision in Redis and reads again the ones held behind. Counts them as resyncs for
-/// `reason` (`None` for the first load). Returns how many were behind.
+/// `reason` (`None` for the first load). Returns how many were behind. A flag Redis holds
+/// at an older version than the one held, or at the version held but from another commit,
+/// is replaced by what Redis holds: Redis was restored from an older backup.
 pub async fn sync_namespace(
     shared: &Shared,
     namespace: &Namespace,
@@ -162,23 +166,29 @@ pub async fn sync_namespace(
         .collect();
     let mut behind = Vec::new();
     let mut rewound = Vec::new();
+    let mut diverged = Vec::new();
     for chunk in candidates.chunks(REVISION_CHUNK) {
-        // versions held before Redis is read: Redis can only be below one of these if it
-        // lost writes (an event is published after its commit)
-        let held_before: Vec<u64> = chunk
+        // what was held before Redis is read: Redis can only be below one of these versions,
+        // or hold one from another commit, if it lost writes (an event is published after
+        // its commit)
+        let held_before: Vec<Option<Held>> = chunk
             .iter()
-            .map(|flag| {
-                shared
-                    .served
-                    .snapshot
-                    .held_version(namespace.as_str(), flag)
-                    .unwrap_or(0)
-            })
+            .map(|flag| shared.served.snapshot.held(namespace.as_str(), flag))
             .collect();
-        let revisions = reads::flag_versions(&mut connection, &keys, chunk).await?;
-        for ((flag, revision), held_before) in chunk.iter().zip(revisions).zip(held_before) {
-            if revision < held_before {
+        let stored = reads::flag_commits(&mut connection, &keys, chunk).await?;
+        for ((flag, (revision, committed_at)), held_before) in
+            chunk.iter().zip(stored).zip(held_before)
+        {
+            let stored = Held {
+                version: revision,
+                committed_at,
+            };
+            if revision < held_before.map_or(0, |held| held.version) {
                 rewound.push(flag.clone());
+                continue;
+            }
+            if held_before.is_some_and(|held| held.diverges_from(&stored)) {
+                diverged.push(flag.clone());
                 continue;
             }
             let held = shared
@@ -193,7 +203,11 @@ pub async fn sync_namespace(
     }
     if !rewound.is_empty() {
         tracing::warn!(namespace = %namespace, flags = rewound.len(), "redis holds older versions than served (restored from an older backup?); serving what it holds now");
-        replace_with_stored(shared, namespace, rewound).await?;
+        replace_with_stored(shared, namespace, rewound, ResyncReason::StoreReset).await?;
+    }
+    if !diverged.is_empty() {
+        tracing::warn!(namespace = %namespace, flags = diverged.len(), "redis holds the versions served from other commits (restored from an older backup, and written since?); serving what it holds now");
+        replace_with_stored(shared, namespace, diverged, ResyncReason::Diverged).await?;
     }
     let behind_count = behind.len();
     if let Some(reason) = reason {
@@ -290,11 +304,12 @@ pub async fn check_store_generation(shared: &Shared) -> Result<(), SyncError> {
 
 /// Installs what Redis holds for `flags` whatever version is held (a flag Redis no longer
 /// has becomes deleted at version 0): for a Redis that lost data, whose history restarts
-/// below what was served.
+/// below what was served or diverged from it. Counted as resyncs for `reason`.
 async fn replace_with_stored(
     shared: &Shared,
     namespace: &Namespace,
     flags: impl IntoIterator<Item = String>,
+    reason: ResyncReason,
 ) -> Result<(), SyncError> {
     let loaded = load_states(shared, namespace, flags).await;
     let mut states = Vec::with_capacity(loaded.len());
@@ -309,7 +324,7 @@ async fn replace_with_stored(
             writer.replace(namespace.as_str(), &flag, state);
         }
     }
-    shared.metrics.add_resyncs(ResyncReason::StoreReset, count);
+    shared.metrics.add_resyncs(reason, count);
     Ok(())
 }
 
@@ -321,7 +336,7 @@ async fn replace_with_stored(
 pub async fn rebuild(shared: &Shared) -> Result<(), SyncError> {
     for namespace in known_namespaces(shared).await? {
         let flags = known_flags(shared, &namespace, true).await?;
-        replace_with_stored(shared, &namespace, flags).await?;
+        replace_with_stored(shared, &namespace, flags, ResyncReason::StoreReset).await?;
         sync_namespace(shared, &namespace, None).await?;
     }
     Ok(())

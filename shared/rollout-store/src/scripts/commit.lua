@@ -19,7 +19,8 @@
 --   puts    : key-index, new revision, field count, then each field's name and value
 --                                                   (HSET rev and those fields; the
 --                                                    hash's other fields stay)
---   tombs   : key-index, new revision               (HDEL data, keep rev: versions never go back)
+--   tombs   : key-index, new revision               (HDEL data and touched, keep rev:
+--                                                    versions never go back)
 --   dels    : key-index
 --   zadds   : key-index, score, member
 --   zrems   : key-index, member
@@ -125,7 +126,7 @@ local function commit(kbase, abase)
   for _ = 1, tombs do
     local target = key(nextarg())
     local rev = nextarg()
-    redis.call('HDEL', target, 'data')
+    redis.call('HDEL', target, 'data', 'touched')
     redis.call('HSET', target, 'rev', rev)
   end
   local dels = tonumber(nextarg())
