@@ -305,6 +305,9 @@ pub struct Violation {
     pub observation: Observation,
     pub expected: Expected,
     pub disagreeing_for: Duration,
+    /// When the disagreement had lasted [`Violation::disagreeing_for`] (this machine's
+    /// clock, to set beside the services' logs and the events' times).
+    pub noticed_at: rollout_core::Timestamp,
 }
 
 impl fmt::Display for Violation {
@@ -312,14 +315,15 @@ impl fmt::Display for Violation {
         let observation = &self.observation;
         write!(
             formatter,
-            "flag `{}`, entity `{}` ({}): committed {}; {} served {}, disagreeing for {} ms",
+            "flag `{}`, entity `{}` ({}): committed {}; {} served {}, disagreeing for {} ms by {}",
             observation.flag,
             observation.probe.entity.id,
             observation.probe.why,
             self.expected,
             observation.path,
             observation.served,
-            self.disagreeing_for.as_millis()
+            self.disagreeing_for.as_millis(),
+            self.noticed_at.to_rfc3339()
         )
     }
 }
@@ -460,6 +464,7 @@ impl Judge {
                 observation: observation.clone(),
                 expected,
                 disagreeing_for,
+                noticed_at: rollout_core::Timestamp::local_now(),
             });
         }
         verdict
