@@ -157,6 +157,18 @@ impl Held {
                 (Some(mine), Some(theirs)) if mine != theirs
             )
     }
+
+    /// Whether `other` is the same version written by a later commit: the history Redis
+    /// went on with after losing this one (a restore comes after what it loses, and the
+    /// new history after the restore). A read of the lost history that arrives late is
+    /// not one.
+    pub fn superseded_by(&self, other: &Held) -> bool {
+        self.version == other.version
+            && matches!(
+                (self.committed_at, other.committed_at),
+                (Some(mine), Some(theirs)) if theirs > mine
+            )
+    }
 }
 
 /// Why a flag is read again from Redis.
@@ -246,8 +258,9 @@ pub enum EventAction {
 /// version 0); the event is at `event_version`, committed at `event_time`;
 /// `snapshot_version` is the version of the event's snapshot, if it has one.
 ///
-/// - the version held, committed at another time: the two diverged (Redis lost the
-///   history held), read the flag from Redis;
+/// - the version held, committed later: Redis lost the history held and its new one
+///   reached the same version, read the flag from Redis (committed earlier: a straggler
+///   of the lost history, ignored);
 /// - at or below `held`: ignore (never go backwards; duplicates are harmless);
 /// - more than one above: a gap, resync;
 /// - exactly one above: a deletion deletes; a snapshot at least as new as the event is
@@ -264,7 +277,7 @@ pub fn decide(
         version: event_version,
         committed_at: Some(event_time),
     };
-    if held.is_some_and(|held| held.diverges_from(&event)) {
+    if held.is_some_and(|held| held.superseded_by(&event)) {
         return EventAction::Resync(ResyncReason::Diverged);
     }
     let held_version = held.map_or(0, |held| held.version);
@@ -541,12 +554,12 @@ impl SnapshotWriter<'_> {
     }
 
     /// Installs `state` for `key` of `namespace` if it is newer than what is held, or the
-    /// held version written by another commit (read from Redis after the two diverged);
+    /// held version written by a later commit (read from Redis after the two diverged);
     /// returns whether it did.
     pub fn install(&mut self, namespace: &str, key: &str, state: FlagState) -> bool {
         let newer = match self.held(namespace, key) {
             None => true,
-            Some(held) => state.version() > held.version || held.diverges_from(&state.held()),
+            Some(held) => state.version() > held.version || held.superseded_by(&state.held()),
         };
         if !newer {
             return false;
@@ -701,6 +714,11 @@ mod tests {
             decide(held(4), 4, later, true, None),
             EventAction::Resync(ResyncReason::Diverged)
         );
+        // a straggler of the lost history, committed before the version held
+        assert_eq!(
+            decide(held(4), 4, Timestamp::from_millis(500), false, Some(4)),
+            EventAction::Ignore
+        );
         // versions of another number go by the version rule alone
         assert_eq!(
             decide(held(4), 3, later, false, Some(3)),
@@ -737,6 +755,10 @@ mod tests {
             "the same"
         );
         assert!(!writer.install("prod", "a", live("a", 3, "off")), "unknown");
+        assert!(
+            !writer.install("prod", "a", stamped(3, "off", 500)),
+            "a late read of the lost history"
+        );
         assert!(
             writer.install("prod", "a", stamped(3, "off", 2_000)),
             "another"
