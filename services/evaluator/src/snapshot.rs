@@ -8,14 +8,14 @@
 //! them, and every install is a compare on versions: a flag's version only ever rises.
 //!
 //! A flag update swaps one slot; only a flag key never seen before (or a new namespace)
-//! rebuilds an index, once per batch of writes.
+//! rebuilds an index, once per batch of writes. Each batch that changes a namespace notes
+//! it for [`Snapshot::take_changed`] and wakes [`Snapshot::changed`] (the OFREP change push,
+//! [`crate::push`]).
 //!
 //! A version is known by its number and the Redis time of the commit that wrote it
 //! ([`Held`]): after Redis was restored from an older backup, its new history can reach a
 //! version number served from the lost one with other content, and only the commit time
-//! tells them apart. Each batch that changes a namespace notes
-//! it for [`Snapshot::take_changed`] and wakes [`Snapshot::changed`] (the OFREP change push,
-//! [`crate::push`]).
+//! tells them apart.
 //!
 //! **Architecture Invariant:** nothing here does IO; [`decide`] is the whole apply rule
 //! and is tested without servers.
@@ -148,14 +148,20 @@ pub struct Held {
 }
 
 impl Held {
+    /// How `other`'s commit compares in time with this one's, when both are of the same
+    /// version and both times are known; `None` otherwise.
+    fn commit_order(&self, other: &Held) -> Option<std::cmp::Ordering> {
+        match (self.committed_at, other.committed_at) {
+            (Some(mine), Some(theirs)) if self.version == other.version => Some(theirs.cmp(&mine)),
+            _ => None,
+        }
+    }
+
     /// Whether `other` is the same version written by another commit: two histories,
     /// one of them lost by Redis.
     pub fn diverges_from(&self, other: &Held) -> bool {
-        self.version == other.version
-            && matches!(
-                (self.committed_at, other.committed_at),
-                (Some(mine), Some(theirs)) if mine != theirs
-            )
+        self.commit_order(other)
+            .is_some_and(|order| order != std::cmp::Ordering::Equal)
     }
 
     /// Whether `other` is the same version written by a later commit: the history Redis
@@ -163,11 +169,7 @@ impl Held {
     /// new history after the restore). A read of the lost history that arrives late is
     /// not one.
     pub fn superseded_by(&self, other: &Held) -> bool {
-        self.version == other.version
-            && matches!(
-                (self.committed_at, other.committed_at),
-                (Some(mine), Some(theirs)) if theirs > mine
-            )
+        self.commit_order(other) == Some(std::cmp::Ordering::Greater)
     }
 }
 
